@@ -1,0 +1,94 @@
+//! Subcommands: one file each, each with its own `Args` and `run`.
+
+mod backup;
+mod cat;
+mod dump;
+mod init;
+mod ls;
+mod restore;
+mod snapshots;
+
+use crate::args::Cli;
+use anyhow::Result;
+use clap::Subcommand;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create a new repository.
+    Init(init::InitArgs),
+    /// Back up files, standard input, or a command's output.
+    Backup(backup::BackupArgs),
+    /// List snapshots.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// List files in a snapshot.
+    Ls(ls::LsArgs),
+    /// Restore a snapshot.
+    Restore(restore::RestoreArgs),
+    /// Write one file of a snapshot to standard output.
+    Dump(dump::DumpArgs),
+    /// Print a repository object (config, snapshot, index, key) as JSON.
+    Cat(cat::CatArgs),
+}
+
+pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Backup(a) => backup::run(g, a, cancel),
+        Command::Snapshots(a) => snapshots::run(g, &a),
+        Command::Ls(a) => ls::run(g, &a),
+        Command::Restore(a) => restore::run(g, &a, cancel),
+        Command::Dump(a) => dump::run(g, &a),
+        Command::Cat(a) => cat::run(g, &a),
+    }
+}
+
+/// `--host/--tag/--path` as accepted by commands that pick snapshots.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct FilterArgs {
+    /// Only snapshots of this host (repeatable).
+    #[arg(long = "host")]
+    pub(crate) hosts: Vec<String>,
+    /// Only snapshots with these tags (a,b = both; repeat for either).
+    #[arg(long = "tag")]
+    pub(crate) tags: Vec<String>,
+    /// Only snapshots including this path (repeatable).
+    #[arg(long = "path")]
+    pub(crate) paths: Vec<String>,
+}
+
+impl FilterArgs {
+    pub(crate) fn to_filter(&self) -> vault_engine::snapshot::SnapshotFilter {
+        vault_engine::snapshot::SnapshotFilter {
+            hosts: self.hosts.clone(),
+            tags: self.tags.clone(),
+            paths: self.paths.clone(),
+        }
+    }
+}
+
+/// Resolves `latest`, an id prefix, or `--at TIME` to one snapshot.
+pub(crate) fn pick_snapshot(
+    repo: &vault_engine::Repository,
+    spec: Option<&str>,
+    at: Option<&str>,
+    filter: &FilterArgs,
+) -> Result<(
+    vault_engine::id::SnapshotId,
+    vault_engine::snapshot::Snapshot,
+)> {
+    use anyhow::Context;
+    let snaps = repo.snapshots()?;
+    let filter = filter.to_filter();
+    if let Some(at) = at {
+        let time = crate::timespec::parse(at)?;
+        let found = vault_engine::snapshot::select_at(&snaps, time.timestamp(), &filter)
+            .with_context(|| format!("no snapshot at or before {at}"))?;
+        return Ok(found.clone());
+    }
+    let spec = spec.unwrap_or("latest");
+    Ok(vault_engine::snapshot::select(&snaps, spec, &filter)?.clone())
+}

@@ -1,0 +1,57 @@
+//! `vault init`: create a repository.
+
+use crate::args::GlobalArgs;
+use crate::global;
+use anyhow::{Context, Result};
+use std::process::ExitCode;
+use std::sync::Arc;
+use vault_engine::crypto::KdfParams;
+use vault_engine::repository::{InitOptions, Repository};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct InitArgs {
+    /// argon2id memory for the key derivation, in MiB.
+    #[arg(long, default_value_t = 64)]
+    kdf_memory_mib: u32,
+    /// argon2id passes.
+    #[arg(long, default_value_t = 3)]
+    kdf_iterations: u32,
+    /// Target pack size in MiB.
+    #[arg(long, default_value_t = 16)]
+    pack_size_mib: u32,
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
+    let url = global::repo_url(g)?;
+    let backend = global::open_backend(g, &url)?;
+    let password = global::password(g, true)?;
+    let options = InitOptions {
+        kdf: KdfParams {
+            memory_kib: args.kdf_memory_mib.saturating_mul(1024),
+            iterations: args.kdf_iterations,
+            parallelism: 1,
+        },
+        pack_size: Some(args.pack_size_mib.clamp(1, 1024) * 1024 * 1024),
+        hostname: global::hostname(),
+        username: global::username(),
+        ..InitOptions::default()
+    };
+    let repo = Repository::init(Arc::from(backend), &password, options)
+        .with_context(|| format!("creating repository at {url}"))?;
+    if g.json {
+        crate::output::print_json(&serde_json::json!({
+            "message_type": "initialized",
+            "id": repo.config().id,
+            "repository": url,
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "created vault repository {} at {url}",
+            &repo.config().id[..10]
+        );
+        println!(
+            "Keep the password safe: without it the data cannot be recovered. Consider `vault key export --paper`."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

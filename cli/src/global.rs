@@ -1,0 +1,123 @@
+//! Shared plumbing for commands: where the repository is, how to get the
+//! password, opening the repository, and the interrupt flag.
+
+use crate::args::GlobalArgs;
+use anyhow::{Context, Result, bail};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use vault_engine::Repository;
+use vault_engine::backend::{self, Backend, S3Options};
+use vault_engine::crypto::Password;
+
+/// Sets a flag on SIGINT/SIGTERM so long operations stop cleanly (flushing
+/// what they uploaded); a second signal exits at once.
+pub(crate) fn install_interrupt_handler() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if handler_flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(crate::exit::INTERRUPTED));
+        }
+        eprintln!("vault: interrupted, finishing uploads in progress (press again to abort)");
+    });
+    flag
+}
+
+pub(crate) fn repo_url(global: &GlobalArgs) -> Result<String> {
+    global.repo.clone().context(
+        "no repository given: pass --repo or set VAULT_REPOSITORY (a local path or s3:https://HOST/BUCKET/PREFIX)",
+    )
+}
+
+pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Box<dyn Backend>> {
+    let options = S3Options {
+        allow_http: global.allow_http,
+        ..S3Options::default()
+    };
+    backend::open_url(url, &options).with_context(|| format!("opening storage at {url}"))
+}
+
+/// The password from, in order: `VAULT_PASSWORD`, `--password-file`,
+/// `--password-command`, or a prompt on a terminal.
+pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
+    if let Ok(pw) = std::env::var("VAULT_PASSWORD") {
+        return Ok(Password::new(pw));
+    }
+    if let Some(file) = &global.password_file {
+        let text = std::fs::read(file)
+            .with_context(|| format!("reading password file {}", file.display()))?;
+        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        return Ok(Password::new(line.to_vec()));
+    }
+    if let Some(command) = &global.password_command {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("running the password command")?;
+        if !out.status.success() {
+            bail!("password command failed ({})", out.status);
+        }
+        let text = out.stdout;
+        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+        return Ok(Password::new(line.to_vec()));
+    }
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        let pw = rpassword::prompt_password("enter password for repository: ")?;
+        if confirm {
+            let again = rpassword::prompt_password("enter password again: ")?;
+            if again != pw {
+                bail!("passwords do not match");
+            }
+        }
+        return Ok(Password::new(pw));
+    }
+    bail!(
+        "no password: set VAULT_PASSWORD_FILE, VAULT_PASSWORD_COMMAND or VAULT_PASSWORD, or run on a terminal"
+    )
+}
+
+/// Opens the repository named by the global flags.
+pub(crate) fn open_repository(global: &GlobalArgs) -> Result<Arc<Repository>> {
+    open_repository_with(global, false)
+}
+
+/// Opens the repository; with `dry_run`, writes and deletes are discarded.
+pub(crate) fn open_repository_with(global: &GlobalArgs, dry_run: bool) -> Result<Arc<Repository>> {
+    let url = repo_url(global)?;
+    let mut backend = open_backend(global, &url)?;
+    if dry_run {
+        backend = Box::new(backend::DryRun(backend));
+    }
+    let password = password(global, false)?;
+    let repo = Repository::open(Arc::from(backend), &password)
+        .with_context(|| format!("opening repository {url}"))?;
+    Ok(Arc::new(repo))
+}
+
+pub(crate) fn hostname() -> String {
+    nix_hostname().unwrap_or_else(|| "localhost".into())
+}
+
+fn nix_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+}
+
+pub(crate) fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into())
+}
+
+/// Whether to draw progress bars: a terminal, and neither --quiet nor --json.
+pub(crate) fn show_progress(global: &GlobalArgs) -> bool {
+    !global.quiet && !global.json && std::io::stderr().is_terminal()
+}

@@ -1,0 +1,145 @@
+//! Storage backends: a narrow, byte-level contract (repo-format.md §2, §11).
+//!
+//! A backend stores whole objects under slash-separated keys. It knows
+//! nothing about encryption, packs or ids. The contract is the intersection
+//! of what local disks and S3-compatible stores guarantee: whole-object
+//! writes (no append, no rename visible to callers), reads of whole objects
+//! or byte ranges, listing by prefix, deletion. Listing may lag behind
+//! writes on some stores; the engine never relies on a fresh listing for
+//! correctness, only for discovery.
+
+mod local;
+mod object;
+
+pub use local::LocalBackend;
+pub use object::{ObjectBackend, S3Options};
+
+use bytes::Bytes;
+
+/// How `put` treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace any existing object.
+    Overwrite,
+    /// Fail with [`BackendError::AlreadyExists`] if the object exists, where
+    /// the backend can guarantee it atomically (see
+    /// [`Backend::has_atomic_create`]); otherwise behaves as `Overwrite`.
+    Create,
+}
+
+/// An object found by [`Backend::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full key, relative to the repository root.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A storage failure, classified so callers know whether to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The object does not exist.
+    #[error("object {0} does not exist")]
+    NotFound(String),
+    /// `PutMode::Create` found the object already present.
+    #[error("object {0} already exists")]
+    AlreadyExists(String),
+    /// The device or bucket quota is full.
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    /// Failed after retries or failed permanently (permissions, bad request).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    /// True for [`BackendError::NotFound`].
+    #[must_use]
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BackendError::NotFound(_))
+    }
+
+    /// True for [`BackendError::NoSpace`].
+    #[must_use]
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, BackendError::NoSpace(_))
+    }
+}
+
+/// The storage contract. Every method is blocking and safe to call from many
+/// threads at once.
+pub trait Backend: Send + Sync {
+    /// Human-readable location, for messages. Never contains credentials.
+    fn location(&self) -> String;
+
+    /// Stores `data` at `path` atomically: readers see either nothing or
+    /// the whole object. Returns only once the object is durable (fsynced
+    /// locally, acknowledged by the store remotely).
+    fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError>;
+
+    /// Reads a whole object.
+    fn get(&self, path: &str) -> Result<Bytes, BackendError>;
+
+    /// Reads `len` bytes at `offset`. A range past the end of the object is
+    /// an error, never a short read.
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError>;
+
+    /// Size of an object.
+    fn head(&self, path: &str) -> Result<u64, BackendError>;
+
+    /// Every object whose key starts with `prefix` (recursively), in no
+    /// particular order.
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError>;
+
+    /// Removes an object. Removing a missing object succeeds.
+    fn delete(&self, path: &str) -> Result<(), BackendError>;
+
+    /// Whether `PutMode::Create` is enforced atomically by this backend.
+    fn has_atomic_create(&self) -> bool;
+}
+
+/// Opens a backend from a repository URL: a local path, `local:PATH`,
+/// `s3:https://host/bucket/prefix`, `s3:http://127.0.0.1:port/bucket/prefix`
+/// or `s3://bucket/prefix` (AWS).
+pub fn open_url(url: &str, s3: &S3Options) -> Result<Box<dyn Backend>, BackendError> {
+    if let Some(rest) = url.strip_prefix("s3:") {
+        return Ok(Box::new(ObjectBackend::s3(rest, s3)?));
+    }
+    if url.starts_with("memory:") {
+        return Ok(Box::new(ObjectBackend::memory()));
+    }
+    let path = url.strip_prefix("local:").unwrap_or(url);
+    Ok(Box::new(LocalBackend::new(path)))
+}
+
+/// Wraps a backend so that nothing is written or deleted: `--dry-run`.
+/// Reads pass through, so commands plan against the real repository.
+pub struct DryRun(pub Box<dyn Backend>);
+
+impl Backend for DryRun {
+    fn location(&self) -> String {
+        self.0.location()
+    }
+    fn put(&self, _path: &str, _data: Bytes, _mode: PutMode) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
+        self.0.get(path)
+    }
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+        self.0.get_range(path, offset, len)
+    }
+    fn head(&self, path: &str) -> Result<u64, BackendError> {
+        self.0.head(path)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        self.0.list(prefix)
+    }
+    fn delete(&self, _path: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn has_atomic_create(&self) -> bool {
+        self.0.has_atomic_create()
+    }
+}

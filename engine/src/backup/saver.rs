@@ -1,0 +1,314 @@
+//! The write pipeline shared by backup, copy and repair: blobs in, durable
+//! packs and index files out.
+//!
+//! ```text
+//! caller (hash, dedup) --jobs--> N seal workers --sealed--> packer --packs--> M uploaders
+//! ```
+//!
+//! Every channel is bounded, so memory is capped whatever the input: at most
+//! `2·N` plaintext chunks queued, one pack being filled, and `M` packs in
+//! flight. An index file is written every `INDEX_EVERY_PACKS` uploaded packs
+//! so an interrupted backup leaves its uploaded data discoverable by the next
+//! one; the final index is written by [`Saver::finish`], which returns only
+//! when every accepted blob is durable and indexed.
+
+use crate::blob::BlobKind;
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+use crate::index::{IdMap, Index, IndexFile, IndexedPack};
+use crate::pack::{FinishedPack, PackWriter};
+use crate::repository::Repository;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Index files are flushed after this many packs (16 MiB packs: ~512 MiB).
+const INDEX_EVERY_PACKS: usize = 32;
+
+/// Counters the pipeline updates; readable any time for progress display.
+#[derive(Debug, Default)]
+pub struct SaverStats {
+    /// New blobs accepted.
+    pub blobs_added: AtomicU64,
+    /// New tree blobs accepted.
+    pub tree_blobs_added: AtomicU64,
+    /// Plaintext bytes of new blobs.
+    pub bytes_added: AtomicU64,
+    /// Sealed bytes of new blobs.
+    pub bytes_stored: AtomicU64,
+    /// Packs uploaded.
+    pub packs_uploaded: AtomicU64,
+}
+
+struct Job {
+    kind: BlobKind,
+    id: BlobId,
+    data: Vec<u8>,
+}
+
+struct Sealed {
+    kind: BlobKind,
+    id: BlobId,
+    raw_len: u32,
+    sealed: Vec<u8>,
+}
+
+struct Shared {
+    repo: Arc<Repository>,
+    failed: AtomicBool,
+    error: Mutex<Option<Error>>,
+    /// Packs uploaded but not yet in a stored index file.
+    unindexed: Mutex<Vec<IndexedPack>>,
+    stats: Arc<SaverStats>,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        self.failed.store(true, Ordering::SeqCst);
+        let mut slot = self.error.lock().expect("error mutex not poisoned");
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
+    /// Writes the pending packs' index file. Packs uploaded before are
+    /// durable; only after this are they known to other writers.
+    fn flush_index(&self) -> Result<()> {
+        let packs = std::mem::take(&mut *self.unindexed.lock().expect("not poisoned"));
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let file = IndexFile {
+            packs,
+            supersedes: Vec::new(),
+        };
+        self.repo.save_index(&file)?;
+        Ok(())
+    }
+}
+
+/// Accepts blobs, deduplicates them against the index and everything
+/// accepted before, and stores the new ones.
+pub struct Saver {
+    shared: Arc<Shared>,
+    known: Mutex<IdMap<BlobId, ()>>,
+    jobs: Option<Sender<Job>>,
+    compression: Compression,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Saver {
+    /// Starts the pipeline. `index` is the repository's current index; its
+    /// blobs are never stored again.
+    pub fn start(
+        repo: Arc<Repository>,
+        index: &Index,
+        compression: Compression,
+        upload_concurrency: usize,
+        stats: Arc<SaverStats>,
+    ) -> Self {
+        let workers = std::thread::available_parallelism().map_or(2, usize::from);
+        let uploaders = upload_concurrency.max(1);
+        let pack_size = repo.config().pack_size as usize;
+        let shared = Arc::new(Shared {
+            repo,
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            unindexed: Mutex::new(Vec::new()),
+            stats,
+        });
+        let (job_tx, job_rx) = bounded::<Job>(workers * 2);
+        let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 2);
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(uploaders);
+        let mut threads = Vec::new();
+        for _ in 0..workers {
+            let rx = job_rx.clone();
+            let tx = sealed_tx.clone();
+            let shared = shared.clone();
+            threads.push(std::thread::spawn(move || {
+                seal_worker(&shared, &rx, &tx, compression)
+            }));
+        }
+        drop(sealed_tx);
+        {
+            let shared = shared.clone();
+            threads.push(std::thread::spawn(move || {
+                packer(&shared, &sealed_rx, &pack_tx, pack_size);
+            }));
+        }
+        for _ in 0..uploaders {
+            let rx = pack_rx.clone();
+            let shared = shared.clone();
+            threads.push(std::thread::spawn(move || uploader(&shared, &rx)));
+        }
+        let mut known = IdMap::default();
+        known.reserve(index.len());
+        for (id, _) in index.blobs() {
+            known.insert(id, ());
+        }
+        Self {
+            shared,
+            known: Mutex::new(known),
+            jobs: Some(job_tx),
+            compression,
+            threads,
+        }
+    }
+
+    /// The repository.
+    #[must_use]
+    pub fn repo(&self) -> &Repository {
+        &self.shared.repo
+    }
+
+    /// True once any stage failed; callers should stop feeding.
+    #[must_use]
+    pub fn has_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::SeqCst)
+    }
+
+    /// Whether `id` is already stored or accepted.
+    #[must_use]
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.known.lock().expect("not poisoned").contains_key(id)
+    }
+
+    /// Hashes `data` and stores it unless known. Returns its id.
+    pub fn save(&self, kind: BlobKind, data: Vec<u8>) -> Result<BlobId> {
+        let id = self.shared.repo.key().blob_id(&data);
+        self.save_with_id(kind, id, data)?;
+        Ok(id)
+    }
+
+    /// Stores a blob whose id the caller computed.
+    pub fn save_with_id(&self, kind: BlobKind, id: BlobId, data: Vec<u8>) -> Result<()> {
+        if self.has_failed() {
+            return Err(self.take_error());
+        }
+        if self
+            .known
+            .lock()
+            .expect("not poisoned")
+            .insert(id, ())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let stats = &self.shared.stats;
+        stats.blobs_added.fetch_add(1, Ordering::Relaxed);
+        if kind == BlobKind::Tree {
+            stats.tree_blobs_added.fetch_add(1, Ordering::Relaxed);
+        }
+        stats
+            .bytes_added
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let jobs = self.jobs.as_ref().expect("save after finish");
+        if jobs.send(Job { kind, id, data }).is_err() {
+            return Err(self.take_error());
+        }
+        Ok(())
+    }
+
+    fn take_error(&self) -> Error {
+        self.shared
+            .error
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_else(|| Error::InvalidInput("write pipeline stopped".into()))
+    }
+
+    /// Drains the pipeline: every accepted blob is in a durable pack and a
+    /// stored index file when this returns `Ok`.
+    pub fn finish(mut self) -> Result<()> {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                self.shared
+                    .fail(Error::InvalidInput("a pipeline thread panicked".into()));
+            }
+        }
+        if self.has_failed() {
+            // Index what did reach storage so a retry can reuse it.
+            let _ = self.shared.flush_index();
+            return Err(self.take_error());
+        }
+        self.shared.flush_index()
+    }
+
+    /// The compression in use.
+    #[must_use]
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+}
+
+fn seal_worker(shared: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, c: Compression) {
+    for job in rx {
+        if shared.failed.load(Ordering::Relaxed) {
+            continue; // drain so the feeder never blocks forever
+        }
+        let raw_len = u32::try_from(job.data.len()).expect("blobs are below 4 GiB");
+        let sealed = shared.repo.seal_blob(job.kind, &job.id, c, &job.data);
+        let out = Sealed {
+            kind: job.kind,
+            id: job.id,
+            raw_len,
+            sealed,
+        };
+        if tx.send(out).is_err() {
+            return;
+        }
+    }
+}
+
+fn packer(shared: &Shared, rx: &Receiver<Sealed>, tx: &Sender<FinishedPack>, pack_size: usize) {
+    let mut pack = PackWriter::new();
+    for s in rx {
+        if shared.failed.load(Ordering::Relaxed) {
+            continue;
+        }
+        shared
+            .stats
+            .bytes_stored
+            .fetch_add(s.sealed.len() as u64, Ordering::Relaxed);
+        pack.add(s.kind, s.id, s.raw_len, s.sealed);
+        if pack.size() >= pack_size {
+            let full = std::mem::take(&mut pack).finish(shared.repo.key());
+            if tx.send(full).is_err() {
+                return;
+            }
+        }
+    }
+    if !pack.is_empty() && !shared.failed.load(Ordering::Relaxed) {
+        let _ = tx.send(pack.finish(shared.repo.key()));
+    }
+}
+
+fn uploader(shared: &Shared, rx: &Receiver<FinishedPack>) {
+    for pack in rx {
+        if shared.failed.load(Ordering::Relaxed) {
+            continue;
+        }
+        let size = pack.bytes.len() as u64;
+        if let Err(e) = shared.repo.save_pack(&pack.id, pack.bytes) {
+            shared.fail(e);
+            continue;
+        }
+        shared.stats.packs_uploaded.fetch_add(1, Ordering::Relaxed);
+        let flush = {
+            let mut pending = shared.unindexed.lock().expect("not poisoned");
+            pending.push(IndexedPack {
+                id: pack.id,
+                size,
+                blobs: pack.blobs,
+            });
+            pending.len() >= INDEX_EVERY_PACKS
+        };
+        if flush && let Err(e) = shared.flush_index() {
+            shared.fail(e);
+        }
+    }
+}

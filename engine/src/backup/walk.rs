@@ -1,0 +1,223 @@
+//! Reading the file system into nodes: metadata capture and exclusion rules.
+
+use crate::tree::{ExtendedAttribute, Node, NodeKind};
+use base64::Engine as _;
+use globset::{GlobBuilder, GlobMatcher};
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Exclusion patterns, with restic's meaning: a pattern without `/` matches
+/// a file name at any depth; one with `/` matches the whole path (relative
+/// patterns may start at any depth); a trailing `/` matches directories only.
+#[derive(Debug, Default)]
+pub struct Excludes {
+    name: Vec<(GlobMatcher, bool)>,
+    path: Vec<(GlobMatcher, bool)>,
+}
+
+impl Excludes {
+    /// Compiles patterns.
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let mut out = Self::default();
+        for raw in patterns {
+            let raw = raw.trim();
+            if raw.is_empty() || raw.starts_with('#') {
+                continue;
+            }
+            let dir_only = raw.ends_with('/') && raw.len() > 1;
+            let pat = raw.trim_end_matches('/');
+            let by_path = pat.contains('/');
+            let pat = if by_path && !pat.starts_with('/') {
+                format!("**/{pat}")
+            } else {
+                pat.to_owned()
+            };
+            let glob = GlobBuilder::new(&pat)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("invalid exclude pattern {raw:?}: {e}"))?
+                .compile_matcher();
+            if by_path {
+                out.path.push((glob, dir_only));
+            } else {
+                out.name.push((glob, dir_only));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `path` (absolute) should be skipped.
+    #[must_use]
+    pub fn is_excluded(&self, path: &Path, is_dir: bool) -> bool {
+        let name = path.file_name().map(Path::new);
+        self.name
+            .iter()
+            .any(|(g, dir_only)| (is_dir || !dir_only) && name.is_some_and(|n| g.is_match(n)))
+            || self
+                .path
+                .iter()
+                .any(|(g, dir_only)| (is_dir || !dir_only) && g.is_match(path))
+    }
+}
+
+/// CACHEDIR.TAG signature (bford.info/cachedir).
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Whether a directory carries a valid CACHEDIR.TAG.
+#[must_use]
+pub fn is_cache_dir(dir: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(dir.join("CACHEDIR.TAG")) else {
+        return false;
+    };
+    let mut buf = [0u8; 43];
+    f.read_exact(&mut buf).is_ok() && buf == CACHEDIR_SIGNATURE
+}
+
+fn timestamp(secs: i64, nanos: i64) -> jiff::Timestamp {
+    let nanos = i32::try_from(nanos).unwrap_or(0);
+    jiff::Timestamp::new(secs, nanos).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// Caches uid/gid → name lookups.
+#[derive(Default)]
+pub(crate) struct Names {
+    users: Mutex<HashMap<u32, String>>,
+    groups: Mutex<HashMap<u32, String>>,
+}
+
+impl Names {
+    fn user(&self, uid: u32) -> String {
+        let mut cache = self.users.lock().expect("not poisoned");
+        cache
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    fn group(&self, gid: u32) -> String {
+        let mut cache = self.groups.lock().expect("not poisoned");
+        cache
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
+/// Builds a node (without content or subtree) from a path's metadata.
+pub(crate) fn node_from_metadata(path: &Path, meta: &Metadata, names: &Names) -> Option<Node> {
+    let ft = meta.file_type();
+    let kind = if ft.is_file() {
+        NodeKind::File
+    } else if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_block_device() {
+        NodeKind::Dev
+    } else if ft.is_char_device() {
+        NodeKind::Chardev
+    } else if ft.is_fifo() {
+        NodeKind::Fifo
+    } else if ft.is_socket() {
+        NodeKind::Socket
+    } else {
+        return None;
+    };
+    let mut node = Node::new("x", kind);
+    if let Some(name) = path.file_name() {
+        node.set_name(name);
+    }
+    node.mode = meta.mode() & 0o7777;
+    node.mtime = timestamp(meta.mtime(), meta.mtime_nsec());
+    node.atime = timestamp(meta.atime(), meta.atime_nsec());
+    node.ctime = timestamp(meta.ctime(), meta.ctime_nsec());
+    node.uid = meta.uid();
+    node.gid = meta.gid();
+    node.user = names.user(meta.uid());
+    node.group = names.group(meta.gid());
+    node.inode = meta.ino();
+    node.device_id = meta.dev();
+    node.links = meta.nlink();
+    if kind == NodeKind::File {
+        node.size = meta.size();
+    }
+    if matches!(kind, NodeKind::Dev | NodeKind::Chardev) {
+        node.device = Some(meta.rdev());
+    }
+    if kind == NodeKind::Symlink
+        && let Ok(target) = std::fs::read_link(path)
+    {
+        node.set_link_target(target.as_os_str());
+    }
+    node.extended_attributes = read_xattrs(path);
+    Some(node)
+}
+
+fn read_xattrs(path: &Path) -> Vec<ExtendedAttribute> {
+    let Ok(names) = xattr::list_deref(path).or_else(|_| xattr::list(path)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<ExtendedAttribute> = names
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok().flatten()?;
+            Some(ExtendedAttribute {
+                name: name.to_string_lossy().into_owned(),
+                value: base64::engine::general_purpose::STANDARD.encode(value),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Whether a file can be reused from the parent snapshot without reading:
+/// same type, size, mtime, ctime and inode (as restic compares).
+#[must_use]
+pub(crate) fn unchanged(old: &Node, new: &Node) -> bool {
+    old.kind == NodeKind::File
+        && new.kind == NodeKind::File
+        && old.size == new.size
+        && old.mtime == new.mtime
+        && old.ctime == new.ctime
+        && old.inode == new.inode
+        && old.content.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excludes_match_names_paths_and_dirs() {
+        let ex = Excludes::new(&[
+            "*.tmp".into(),
+            "cache/".into(),
+            "/srv/skip".into(),
+            "a/b".into(),
+        ])
+        .unwrap();
+        assert!(ex.is_excluded(Path::new("/x/y/z.tmp"), false));
+        assert!(ex.is_excluded(Path::new("/x/cache"), true));
+        assert!(!ex.is_excluded(Path::new("/x/cache"), false));
+        assert!(ex.is_excluded(Path::new("/srv/skip"), true));
+        assert!(!ex.is_excluded(Path::new("/other/srv/skip"), true));
+        assert!(ex.is_excluded(Path::new("/q/a/b"), false));
+        assert!(!ex.is_excluded(Path::new("/q/a/bc"), false));
+    }
+}

@@ -1,0 +1,227 @@
+//! Per-blob compression (repo-format.md §6).
+//!
+//! A blob's plaintext inside its envelope is `tag (1) || payload`. Tag 0 is
+//! raw, 1 is a zstd frame, 2 is `raw_len u32 LE || LZ4 block`. A writer stores
+//! raw whenever compression does not shrink the blob, so incompressible
+//! media costs one byte, and no decompression time on restore.
+#![warn(clippy::indexing_slicing)]
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Largest plaintext a blob may have. Chunks are at most 8 MiB; tree blobs
+/// of huge directories can be bigger. Readers refuse anything above this, so
+/// a hostile length can never drive an allocation.
+pub const MAX_BLOB_LEN: usize = 256 * 1024 * 1024; // 256 MiB
+
+const TAG_NONE: u8 = 0;
+const TAG_ZSTD: u8 = 1;
+const TAG_LZ4: u8 = 2;
+
+/// The compression a writer applies to new blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Store raw.
+    None,
+    /// zstd at the given level (1..=19).
+    Zstd(i32),
+    /// LZ4 block compression: fastest, weaker.
+    Lz4,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Zstd(3)
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Compression::None => f.write_str("none"),
+            Compression::Zstd(level) => write!(f, "zstd,{level}"),
+            Compression::Lz4 => f.write_str("lz4"),
+        }
+    }
+}
+
+/// An unknown compression name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown compression {0:?} (expected none, lz4, zstd or zstd,LEVEL with LEVEL 1-19)")]
+pub struct ParseCompressionError(String);
+
+impl FromStr for Compression {
+    type Err = ParseCompressionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseCompressionError(s.to_owned());
+        match s {
+            "none" | "off" => Ok(Compression::None),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" | "auto" => Ok(Compression::Zstd(3)),
+            "max" => Ok(Compression::Zstd(19)),
+            _ => {
+                let level = s.strip_prefix("zstd,").ok_or_else(bad)?;
+                let level: i32 = level.parse().map_err(|_| bad())?;
+                if (1..=19).contains(&level) {
+                    Ok(Compression::Zstd(level))
+                } else {
+                    Err(bad())
+                }
+            }
+        }
+    }
+}
+
+/// Why a blob's payload could not be decompressed.
+#[derive(Debug, thiserror::Error)]
+pub enum DecompressError {
+    /// Empty plaintext: no tag byte.
+    #[error("empty blob")]
+    Empty,
+    /// Tag byte not defined by the format.
+    #[error("unknown compression tag {0}")]
+    UnknownTag(u8),
+    /// Declared or actual size above [`MAX_BLOB_LEN`] or the expected size.
+    #[error("blob larger than allowed")]
+    TooLarge,
+    /// The compressed stream is invalid.
+    #[error("invalid compressed data: {0}")]
+    Invalid(String),
+}
+
+/// Encodes `data` as `tag || payload`, falling back to raw when compression
+/// does not help.
+#[must_use]
+pub fn encode(compression: Compression, data: &[u8]) -> Vec<u8> {
+    let compressed = match compression {
+        Compression::None => None,
+        Compression::Zstd(level) => {
+            let mut out = Vec::with_capacity(data.len() / 2 + 64);
+            out.push(TAG_ZSTD);
+            match zstd::stream::copy_encode(data, &mut out, level) {
+                Ok(()) => Some(out),
+                Err(_) => None,
+            }
+        }
+        Compression::Lz4 => {
+            let mut out = Vec::with_capacity(data.len() / 2 + 64);
+            out.push(TAG_LZ4);
+            out.extend_from_slice(&lz4_flex::block::compress_prepend_size(data));
+            Some(out)
+        }
+    };
+    match compressed {
+        Some(out) if out.len() < data.len() + 1 => out,
+        _ => {
+            let mut out = Vec::with_capacity(data.len() + 1);
+            out.push(TAG_NONE);
+            out.extend_from_slice(data);
+            out
+        }
+    }
+}
+
+/// Decodes `tag || payload` back to the blob plaintext. `expected_len` is the
+/// plaintext length the index promises; output may not exceed it.
+pub fn decode(encoded: &[u8], expected_len: usize) -> Result<Vec<u8>, DecompressError> {
+    if expected_len > MAX_BLOB_LEN {
+        return Err(DecompressError::TooLarge);
+    }
+    let (&tag, payload) = encoded.split_first().ok_or(DecompressError::Empty)?;
+    let out = match tag {
+        TAG_NONE => payload.to_vec(),
+        TAG_ZSTD => zstd::bulk::decompress(payload, expected_len)
+            .map_err(|e| DecompressError::Invalid(e.to_string()))?,
+        TAG_LZ4 => {
+            let (size, _) = lz4_flex::block::uncompressed_size(payload)
+                .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+            if size > expected_len {
+                return Err(DecompressError::TooLarge);
+            }
+            lz4_flex::block::decompress_size_prepended(payload)
+                .map_err(|e| DecompressError::Invalid(e.to_string()))?
+        }
+        other => return Err(DecompressError::UnknownTag(other)),
+    };
+    if out.len() > expected_len {
+        return Err(DecompressError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// Decodes a whole stored object (index, snapshot, config): like [`decode`]
+/// but with a cap instead of an exact size, and streaming so the cap is not
+/// allocated up front.
+pub fn decode_capped(encoded: &[u8], cap: usize) -> Result<Vec<u8>, DecompressError> {
+    use std::io::Read;
+    let (&tag, payload) = encoded.split_first().ok_or(DecompressError::Empty)?;
+    match tag {
+        TAG_ZSTD => {
+            let decoder = zstd::stream::read::Decoder::new(payload)
+                .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+            let mut out = Vec::new();
+            decoder
+                .take(cap as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+            if out.len() > cap {
+                return Err(DecompressError::TooLarge);
+            }
+            Ok(out)
+        }
+        TAG_LZ4 => {
+            let (size, _) = lz4_flex::block::uncompressed_size(payload)
+                .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+            decode(encoded, size.min(cap))
+        }
+        _ => decode(encoded, cap.min(encoded.len())),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn decode_inverts_encode(data in proptest::collection::vec(0u8..4, 0..4096), which in 0usize..4) {
+            let c = [Compression::None, Compression::Zstd(3), Compression::Lz4, Compression::Zstd(19)][which];
+            let enc = encode(c, &data);
+            prop_assert!(enc.len() <= data.len() + 1);
+            prop_assert_eq!(decode(&enc, data.len()).unwrap(), data);
+        }
+
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512), cap in 0usize..100_000) {
+            let _ = decode(&data, cap);
+        }
+    }
+
+    #[test]
+    fn incompressible_data_is_stored_raw() {
+        let mut data = vec![0u8; 10_000];
+        rand::fill(&mut data[..]);
+        assert_eq!(encode(Compression::Zstd(3), &data)[0], TAG_NONE);
+    }
+
+    #[test]
+    fn decode_refuses_output_beyond_expected() {
+        let enc = encode(Compression::Zstd(3), &[0u8; 5000]);
+        assert!(decode(&enc, 100).is_err());
+        let enc = encode(Compression::Lz4, &[0u8; 5000]);
+        assert!(decode(&enc, 100).is_err());
+    }
+
+    #[test]
+    fn parse_names() {
+        assert_eq!(
+            "zstd,7".parse::<Compression>().unwrap(),
+            Compression::Zstd(7)
+        );
+        assert_eq!("lz4".parse::<Compression>().unwrap(), Compression::Lz4);
+        assert!("zstd,40".parse::<Compression>().is_err());
+        assert!("gzip".parse::<Compression>().is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! The engine's public error type.
+//!
+//! Modules keep small local error enums; this is the one matchable error at
+//! the API edge. Each variant maps to an [`ErrorKind`] that the CLI turns into
+//! an exit code. Messages never contain secrets (passwords, keys, argv).
+
+use crate::backend::BackendError;
+
+/// Result alias used across the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The coarse category of an [`Error`]: what a caller (or a cron script)
+/// can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The password does not open any key of the repository.
+    WrongPassword,
+    /// There is no repository at the given location.
+    RepositoryNotFound,
+    /// An object that should exist is missing.
+    NotFound,
+    /// Stored data failed authentication or decoding.
+    Corrupt,
+    /// An exclusive lock is held by someone else.
+    Locked,
+    /// A storage operation failed after retries.
+    Backend,
+    /// A backup source (a file, a dump command) failed.
+    SourceFailed,
+    /// The disk or quota is full.
+    NoSpace,
+    /// The operation was interrupted by a signal.
+    Interrupted,
+    /// The caller asked for something invalid.
+    InvalidInput,
+    /// A local I/O error.
+    Io,
+}
+
+/// An error from the engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No key file could be opened with the password.
+    #[error("wrong password or damaged key file")]
+    WrongPassword,
+    /// The repository's `config` object is absent.
+    #[error("no repository at {location} (run `vault init` first)")]
+    RepositoryNotFound {
+        /// Where we looked.
+        location: String,
+    },
+    /// A referenced object is missing.
+    #[error("{object} not found")]
+    NotFound {
+        /// The object, e.g. `pack 3f2a…` or `snapshot 1a2b3c4d`.
+        object: String,
+    },
+    /// An object failed authentication, hashing or decoding.
+    #[error("{object} is damaged: {reason}")]
+    Corrupt {
+        /// The damaged object.
+        object: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The repository is locked for exclusive maintenance.
+    #[error("repository is locked: {holder}")]
+    Locked {
+        /// Who holds the lock, e.g. `host X, pid Y since T`.
+        holder: String,
+    },
+    /// Storage failed.
+    #[error("storage error on {object}: {source}")]
+    Backend {
+        /// The object being read or written.
+        object: String,
+        /// The backend's error.
+        #[source]
+        source: BackendError,
+    },
+    /// A source could not be read completely.
+    #[error("{0}")]
+    SourceFailed(String),
+    /// A signal stopped the operation.
+    #[error("interrupted")]
+    Interrupted,
+    /// Invalid arguments or options.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing, including the path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The category of this error.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::WrongPassword => ErrorKind::WrongPassword,
+            Error::RepositoryNotFound { .. } => ErrorKind::RepositoryNotFound,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Backend { source, .. } => {
+                if source.is_no_space() {
+                    ErrorKind::NoSpace
+                } else if source.is_not_found() {
+                    ErrorKind::NotFound
+                } else {
+                    ErrorKind::Backend
+                }
+            }
+            Error::SourceFailed(_) => ErrorKind::SourceFailed,
+            Error::Interrupted => ErrorKind::Interrupted,
+            Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::Io { source, .. } => {
+                if source.raw_os_error() == Some(libc::ENOSPC)
+                    || source.raw_os_error() == Some(libc::EDQUOT)
+                {
+                    ErrorKind::NoSpace
+                } else {
+                    ErrorKind::Io
+                }
+            }
+        }
+    }
+
+    pub(crate) fn corrupt(object: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Error::Corrupt {
+            object: object.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn backend(object: impl Into<String>, source: BackendError) -> Self {
+        if source.is_not_found() {
+            return Error::NotFound {
+                object: object.into(),
+            };
+        }
+        Error::Backend {
+            object: object.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The repository handle (repo-format.md §2): opens and initialises a
+//! repository, holds the master key and config, and loads and saves typed
+//! objects. Operations (backup, restore, check, prune) live in their own
+//! modules and take a `&Repository`.
+
+use crate::backend::{Backend, BackendError, ObjectInfo, PutMode};
+use crate::blob::{self, BlobKind};
+use crate::chunker::ChunkerParams;
+use crate::compress::{self, Compression};
+use crate::crypto::{Domain, KdfParams, KeyFile, KeyFileError, MasterKey, Password};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
+use crate::index::{Index, IndexFile};
+use crate::snapshot::Snapshot;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Largest index, snapshot or config plaintext a reader accepts.
+const MAX_OBJECT_LEN: usize = 1024 * 1024 * 1024; // 1 GiB
+/// Current repository format version (§13).
+pub const FORMAT_VERSION: u32 = 1;
+/// Default target pack size.
+pub const DEFAULT_PACK_SIZE: u32 = 16 * 1024 * 1024; // 16 MiB
+
+/// The repository config (§2.1), stored sealed at `config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Format version.
+    pub version: u32,
+    /// Random repository id, hex.
+    pub id: String,
+    /// Chunker parameters shared by every writer.
+    pub chunker: ChunkerParams,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    /// Creation time.
+    pub created: jiff::Timestamp,
+}
+
+/// Options for [`Repository::init`].
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    /// argon2id parameters for the first key.
+    pub kdf: KdfParams,
+    /// Chunker parameters; random seed and defaults when `None`.
+    pub chunker: Option<ChunkerParams>,
+    /// Target pack size; [`DEFAULT_PACK_SIZE`] when `None`.
+    pub pack_size: Option<u32>,
+    /// Use this master key instead of a fresh one (golden vectors, key
+    /// import).
+    pub master_key: Option<MasterKey>,
+    /// Host recorded in the key file.
+    pub hostname: String,
+    /// User recorded in the key file.
+    pub username: String,
+}
+
+/// Kinds of stored files and where they live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `keys/<id>`.
+    Key,
+    /// `snapshots/<id>`.
+    Snapshot,
+    /// `index/<id>`.
+    Index,
+    /// `data/<2 hex>/<id>`.
+    Pack,
+    /// `locks/<id>`.
+    Lock,
+}
+
+impl FileKind {
+    /// Key prefix, with trailing slash.
+    #[must_use]
+    pub fn prefix(self) -> &'static str {
+        match self {
+            FileKind::Key => "keys/",
+            FileKind::Snapshot => "snapshots/",
+            FileKind::Index => "index/",
+            FileKind::Pack => "data/",
+            FileKind::Lock => "locks/",
+        }
+    }
+
+    /// Full key of the object named `hex`.
+    #[must_use]
+    pub fn path(self, hex: &str) -> String {
+        match self {
+            FileKind::Pack => format!("data/{}/{hex}", hex.get(..2).unwrap_or("00")),
+            other => format!("{}{hex}", other.prefix()),
+        }
+    }
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    key: MasterKey,
+    key_id: KeyId,
+    config: Config,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.backend.location())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn seal_object(key: &MasterKey, domain: Domain, body: &[u8], c: Compression) -> Vec<u8> {
+    key.seal(domain, &compress::encode(c, body))
+}
+
+fn open_object(key: &MasterKey, domain: Domain, what: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    let encoded = key
+        .open(domain, sealed)
+        .map_err(|e| Error::corrupt(what, e))?;
+    compress::decode_capped(&encoded, MAX_OBJECT_LEN).map_err(|e| Error::corrupt(what, e))
+}
+
+impl Repository {
+    /// Creates a repository at an empty location.
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        password: &Password,
+        options: InitOptions,
+    ) -> Result<Self> {
+        match backend.head("config") {
+            Ok(_) => {
+                return Err(Error::InvalidInput(format!(
+                    "a repository already exists at {}",
+                    backend.location()
+                )));
+            }
+            Err(BackendError::NotFound(_)) => {}
+            Err(e) => return Err(Error::backend("config", e)),
+        }
+        if password.is_empty() {
+            return Err(Error::InvalidInput("empty password refused".into()));
+        }
+        let chunker = options.chunker.unwrap_or_else(ChunkerParams::generate);
+        chunker.validate().map_err(Error::InvalidInput)?;
+        let key = options.master_key.unwrap_or_else(MasterKey::generate);
+        let mut repo_id = [0u8; 32];
+        rand::fill(&mut repo_id);
+        let config = Config {
+            version: FORMAT_VERSION,
+            id: hex::encode(repo_id),
+            chunker,
+            pack_size: options.pack_size.unwrap_or(DEFAULT_PACK_SIZE),
+            created: jiff::Timestamp::now(),
+        };
+        let backend_ref = &backend;
+        let key_file = KeyFile::wrap(
+            &key,
+            password,
+            options.kdf,
+            &options.hostname,
+            &options.username,
+            jiff::Timestamp::now().to_string(),
+        );
+        let key_bytes = key_file.encode();
+        let key_id = KeyId::of_bytes(&key_bytes);
+        let key_path = FileKind::Key.path(&key_id.to_hex());
+        backend_ref
+            .put(&key_path, key_bytes.into(), PutMode::Create)
+            .map_err(|e| Error::backend(&key_path, e))?;
+        let body = serde_json::to_vec(&config).expect("config serialises");
+        let sealed = seal_object(&key, Domain::Config, &body, Compression::None);
+        // The config goes last: its presence is what makes a repository, so
+        // an interrupted init leaves no half-repository behind.
+        backend
+            .put("config", sealed.into(), PutMode::Create)
+            .map_err(|e| Error::backend("config", e))?;
+        Ok(Self {
+            backend,
+            key,
+            key_id,
+            config,
+        })
+    }
+
+    /// Opens a repository with a password.
+    pub fn open(backend: Arc<dyn Backend>, password: &Password) -> Result<Self> {
+        let sealed_config = match backend.get("config") {
+            Ok(b) => b,
+            Err(BackendError::NotFound(_)) => {
+                return Err(Error::RepositoryNotFound {
+                    location: backend.location(),
+                });
+            }
+            Err(e) => return Err(Error::backend("config", e)),
+        };
+        let keys = backend
+            .list(FileKind::Key.prefix())
+            .map_err(|e| Error::backend("keys/", e))?;
+        for info in keys {
+            let bytes = match backend.get(&info.path) {
+                Ok(b) => b,
+                Err(_) => continue,
+            };
+            let Ok(file) = KeyFile::decode(&bytes) else {
+                tracing::warn!("skipping malformed key file {}", info.path);
+                continue;
+            };
+            match file.open(password) {
+                Ok(key) => {
+                    let key_id = KeyId::of_bytes(&bytes);
+                    return Self::with_key(backend, key, key_id, &sealed_config);
+                }
+                Err(KeyFileError::WrongPassword) => {}
+                Err(e) => tracing::warn!("skipping key file {}: {e}", info.path),
+            }
+        }
+        Err(Error::WrongPassword)
+    }
+
+    /// Opens with an already unwrapped master key (key import, tests).
+    pub fn open_with_key(backend: Arc<dyn Backend>, key: MasterKey) -> Result<Self> {
+        let sealed = backend.get("config").map_err(|e| match e {
+            BackendError::NotFound(_) => Error::RepositoryNotFound {
+                location: backend.location(),
+            },
+            e => Error::backend("config", e),
+        })?;
+        Self::with_key(backend, key, KeyId([0; 32]), &sealed)
+    }
+
+    fn with_key(
+        backend: Arc<dyn Backend>,
+        key: MasterKey,
+        key_id: KeyId,
+        sealed_config: &[u8],
+    ) -> Result<Self> {
+        let body = open_object(&key, Domain::Config, "config", sealed_config)?;
+        let config: Config =
+            serde_json::from_slice(&body).map_err(|e| Error::corrupt("config", e))?;
+        if config.version != FORMAT_VERSION {
+            return Err(Error::InvalidInput(format!(
+                "repository format version {} is not supported by this vault (supports {FORMAT_VERSION})",
+                config.version
+            )));
+        }
+        config
+            .chunker
+            .validate()
+            .map_err(|e| Error::corrupt("config", e))?;
+        Ok(Self {
+            backend,
+            key,
+            key_id,
+            config,
+        })
+    }
+
+    /// The storage backend.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The config.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The master key.
+    #[must_use]
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+
+    /// The key file used to open the repository.
+    #[must_use]
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
+    /// Lists objects of a kind.
+    pub fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
+        self.backend
+            .list(kind.prefix())
+            .map_err(|e| Error::backend(kind.prefix(), e))
+    }
+
+    fn save_sealed(&self, kind: FileKind, domain: Domain, body: &[u8]) -> Result<String> {
+        let sealed = seal_object(&self.key, domain, body, Compression::Zstd(3));
+        let hex = blake3::hash(&sealed).to_hex().to_string();
+        let path = kind.path(&hex);
+        self.backend
+            .put(&path, sealed.into(), PutMode::Create)
+            .or_else(|e| match e {
+                // Content-addressed: the same name means the same bytes.
+                BackendError::AlreadyExists(_) => Ok(()),
+                e => Err(e),
+            })
+            .map_err(|e| Error::backend(&path, e))?;
+        Ok(hex)
+    }
+
+    fn load_sealed(&self, kind: FileKind, domain: Domain, hex: &str) -> Result<Vec<u8>> {
+        let path = kind.path(hex);
+        let sealed = self
+            .backend
+            .get(&path)
+            .map_err(|e| Error::backend(&path, e))?;
+        if blake3::hash(&sealed).to_hex().as_str() != hex {
+            return Err(Error::corrupt(&path, "content does not match its name"));
+        }
+        open_object(&self.key, domain, &path, &sealed)
+    }
+
+    /// Stores an index file.
+    pub fn save_index(&self, file: &IndexFile) -> Result<IndexId> {
+        let hex = self.save_sealed(FileKind::Index, Domain::Index, &file.encode())?;
+        Ok(hex.parse().expect("blake3 hex is a valid id"))
+    }
+
+    /// Loads one index file.
+    pub fn load_index_file(&self, id: &IndexId) -> Result<IndexFile> {
+        let path = FileKind::Index.path(&id.to_hex());
+        let body = self.load_sealed(FileKind::Index, Domain::Index, &id.to_hex())?;
+        IndexFile::decode(&body).map_err(|e| Error::corrupt(path, e))
+    }
+
+    /// Ids of every stored index file.
+    pub fn index_ids(&self) -> Result<Vec<IndexId>> {
+        Ok(self
+            .list(FileKind::Index)?
+            .iter()
+            .filter_map(|o| o.path.rsplit('/').next()?.parse().ok())
+            .collect())
+    }
+
+    /// Loads every index file into one in-memory index, skipping files
+    /// that another index supersedes.
+    pub fn load_index(&self) -> Result<Index> {
+        let ids = self.index_ids()?;
+        let files: Vec<(IndexId, IndexFile)> = ids
+            .iter()
+            .map(|id| Ok((*id, self.load_index_file(id)?)))
+            .collect::<Result<_>>()?;
+        let superseded: HashSet<IndexId> = files
+            .iter()
+            .flat_map(|(_, f)| f.supersedes.iter().copied())
+            .collect();
+        let mut index = Index::new();
+        for (id, file) in &files {
+            if !superseded.contains(id) {
+                index.add_file(file);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Stores a snapshot.
+    pub fn save_snapshot(&self, snapshot: &Snapshot) -> Result<SnapshotId> {
+        let hex = self.save_sealed(FileKind::Snapshot, Domain::Snapshot, &snapshot.encode())?;
+        Ok(hex.parse().expect("blake3 hex is a valid id"))
+    }
+
+    /// Loads a snapshot.
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let path = FileKind::Snapshot.path(&id.to_hex());
+        let body = self.load_sealed(FileKind::Snapshot, Domain::Snapshot, &id.to_hex())?;
+        Snapshot::decode(&body).map_err(|e| Error::corrupt(path, e))
+    }
+
+    /// Every snapshot, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let mut out = Vec::new();
+        for info in self.list(FileKind::Snapshot)? {
+            let Some(id) = info
+                .path
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.parse::<SnapshotId>().ok())
+            else {
+                continue;
+            };
+            out.push((id, self.load_snapshot(&id)?));
+        }
+        out.sort_by_key(|(_, s)| s.time.timestamp());
+        Ok(out)
+    }
+
+    /// Removes a snapshot (forget).
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        let path = FileKind::Snapshot.path(&id.to_hex());
+        self.backend
+            .delete(&path)
+            .map_err(|e| Error::backend(path, e))
+    }
+
+    /// Stores a finished pack. Returns once it is durable.
+    pub fn save_pack(&self, id: &PackId, bytes: Vec<u8>) -> Result<()> {
+        let path = FileKind::Pack.path(&id.to_hex());
+        self.backend
+            .put(&path, bytes.into(), PutMode::Create)
+            .or_else(|e| match e {
+                BackendError::AlreadyExists(_) => Ok(()),
+                e => Err(e),
+            })
+            .map_err(|e| Error::backend(&path, e))
+    }
+
+    /// Reads and verifies one blob.
+    pub fn read_blob(&self, index: &Index, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = index.get(id).ok_or_else(|| Error::NotFound {
+            object: format!("blob {id} (not in any index)"),
+        })?;
+        let path = FileKind::Pack.path(&loc.pack.to_hex());
+        let stored = self
+            .backend
+            .get_range(&path, u64::from(loc.offset), u64::from(loc.length))
+            .map_err(|e| Error::backend(format!("pack {} (blob {})", loc.pack, id.short()), e))?;
+        blob::open(&self.key, loc.kind, id, loc.raw_len, &stored)
+            .map_err(|e| Error::corrupt(format!("blob {} in pack {}", id, loc.pack), e))
+    }
+
+    /// Reads and decodes a tree blob.
+    pub fn read_tree(&self, index: &Index, id: &BlobId) -> Result<crate::tree::Tree> {
+        let bytes = self.read_blob(index, id)?;
+        crate::tree::Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {id}"), e))
+    }
+
+    /// Seals a blob for a pack (used by the backup pipeline).
+    pub(crate) fn seal_blob(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        c: Compression,
+        data: &[u8],
+    ) -> Vec<u8> {
+        blob::seal(&self.key, kind, id, c, data)
+    }
+}

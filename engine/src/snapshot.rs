@@ -1,0 +1,320 @@
+//! Snapshots (repo-format.md §10): JSON documents naming a root tree, the
+//! backed-up paths and who/when. Field names follow restic's so scripts
+//! that read `snapshots --json` carry over.
+#![warn(clippy::indexing_slicing)]
+
+use crate::id::{BlobId, SnapshotId};
+use serde::{Deserialize, Serialize};
+
+/// Counters recorded by the backup that made the snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SnapshotSummary {
+    /// When the backup started.
+    pub backup_start: Option<jiff::Timestamp>,
+    /// When it finished.
+    pub backup_end: Option<jiff::Timestamp>,
+    /// Files not in the parent snapshot.
+    pub files_new: u64,
+    /// Files whose metadata changed since the parent.
+    pub files_changed: u64,
+    /// Files reused from the parent without reading.
+    pub files_unmodified: u64,
+    /// Directories seen.
+    pub dirs_total: u64,
+    /// Blobs this backup added.
+    pub data_blobs: u64,
+    /// Tree blobs this backup added.
+    pub tree_blobs: u64,
+    /// Plaintext bytes of new blobs.
+    pub data_added: u64,
+    /// Stored (compressed, sealed) bytes of new blobs.
+    pub data_added_packed: u64,
+    /// Files in the snapshot.
+    pub total_files_processed: u64,
+    /// Logical size of the snapshot.
+    pub total_bytes_processed: u64,
+    /// Entries that could not be read and were skipped.
+    pub errors: u64,
+}
+
+/// A snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Format version of the snapshot document, 1.
+    pub version: u32,
+    /// When the backup was taken, with the writer's UTC offset.
+    #[serde(with = "zoned_rfc3339")]
+    pub time: jiff::Zoned,
+    /// Root tree.
+    pub tree: BlobId,
+    /// Backed-up paths (absolute), or the stdin file name.
+    pub paths: Vec<String>,
+    /// Host name.
+    pub hostname: String,
+    /// User name.
+    pub username: String,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Tags, sorted.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Snapshot used to skip unchanged files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SnapshotId>,
+    /// Writer version.
+    pub program_version: String,
+    /// Counters.
+    #[serde(default)]
+    pub summary: SnapshotSummary,
+}
+
+/// A snapshot document that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed snapshot: {0}")]
+pub struct SnapshotError(String);
+
+impl Snapshot {
+    /// JSON bytes.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("snapshots serialise")
+    }
+
+    /// Decodes JSON bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let snap: Snapshot =
+            serde_json::from_slice(bytes).map_err(|e| SnapshotError(e.to_string()))?;
+        if snap.version != 1 {
+            return Err(SnapshotError(format!(
+                "unsupported version {}",
+                snap.version
+            )));
+        }
+        Ok(snap)
+    }
+
+    /// Logical size, for listings.
+    #[must_use]
+    pub fn size(&self) -> u64 {
+        self.summary.total_bytes_processed
+    }
+}
+
+/// Snapshot times keep the writer's UTC offset (retention buckets by it),
+/// stored as RFC 3339 with that offset, e.g. `2026-01-10T03:00:00+01:00`.
+mod zoned_rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(z: &jiff::Zoned, s: S) -> Result<S::Ok, S::Error> {
+        let ts = z.timestamp();
+        let offset = z.offset();
+        s.serialize_str(&ts.display_with_offset(offset).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<jiff::Zoned, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let ts: jiff::Timestamp = s.parse().map_err(serde::de::Error::custom)?;
+        let offset = parse_offset(&s).map_err(serde::de::Error::custom)?;
+        Ok(ts.to_zoned(jiff::tz::TimeZone::fixed(offset)))
+    }
+
+    fn parse_offset(s: &str) -> Result<jiff::tz::Offset, String> {
+        if s.ends_with('Z') || s.ends_with('z') {
+            return Ok(jiff::tz::Offset::UTC);
+        }
+        let tail = s.get(s.len().saturating_sub(6)..).ok_or("no offset")?;
+        let sign = match tail.as_bytes().first() {
+            Some(b'+') => 1,
+            Some(b'-') => -1,
+            _ => return Err("no UTC offset in time".into()),
+        };
+        let hours: i32 = tail
+            .get(1..3)
+            .ok_or("offset")?
+            .parse()
+            .map_err(|_| "offset")?;
+        let minutes: i32 = tail
+            .get(4..6)
+            .ok_or("offset")?
+            .parse()
+            .map_err(|_| "offset")?;
+        jiff::tz::Offset::from_seconds(sign * (hours * 3600 + minutes * 60))
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_keeps_its_offset() {
+        let json = r#"{"version":1,"time":"2026-01-10T03:00:00.5+01:00","tree":"0000000000000000000000000000000000000000000000000000000000000000","paths":["/x"],"hostname":"h","username":"u","uid":0,"gid":0,"program_version":"t"}"#;
+        let snap = Snapshot::decode(json.as_bytes()).unwrap();
+        assert_eq!(snap.time.offset().seconds(), 3600);
+        let again = Snapshot::decode(&snap.encode()).unwrap();
+        assert_eq!(again, snap);
+        assert!(
+            String::from_utf8(snap.encode())
+                .unwrap()
+                .contains("03:00:00.5+01:00")
+        );
+    }
+}
+
+/// Restricts which snapshots a command considers (`--host`, `--tag`,
+/// `--path`), with restic's meaning: any of the hosts; any of the tag
+/// lists, where a list `a,b` needs both tags; every given path present.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    /// Accepted host names (empty: any).
+    pub hosts: Vec<String>,
+    /// Tag lists; each element is a comma-separated AND list.
+    pub tags: Vec<String>,
+    /// Paths that must all be among the snapshot's paths.
+    pub paths: Vec<String>,
+}
+
+impl SnapshotFilter {
+    /// Whether `s` passes the filter.
+    #[must_use]
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        let host_ok = self.hosts.is_empty() || self.hosts.contains(&s.hostname);
+        let tags_ok = self.tags.is_empty()
+            || self.tags.iter().any(|list| {
+                list.split(',')
+                    .filter(|t| !t.is_empty())
+                    .all(|t| s.tags.iter().any(|have| have == t))
+            });
+        let paths_ok = self
+            .paths
+            .iter()
+            .all(|p| s.paths.iter().any(|have| have == p.trim_end_matches('/')));
+        host_ok && tags_ok && paths_ok
+    }
+}
+
+/// Why no snapshot was selected.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    /// Nothing matched.
+    #[error("no snapshot matches {0}")]
+    NoMatch(String),
+    /// An id prefix matched several snapshots.
+    #[error("snapshot id prefix {0} is ambiguous")]
+    Ambiguous(String),
+}
+
+/// Picks a snapshot by `latest` or an id prefix, among those passing the
+/// filter. `snapshots` must be sorted oldest first.
+pub fn select<'a>(
+    snapshots: &'a [(SnapshotId, Snapshot)],
+    spec: &str,
+    filter: &SnapshotFilter,
+) -> Result<&'a (SnapshotId, Snapshot), SelectError> {
+    if spec == "latest" {
+        return snapshots
+            .iter()
+            .rev()
+            .find(|(_, s)| filter.matches(s))
+            .ok_or_else(|| SelectError::NoMatch("latest".into()));
+    }
+    let spec_lower = spec.to_ascii_lowercase();
+    let mut found = snapshots
+        .iter()
+        .filter(|(id, s)| id.to_hex().starts_with(&spec_lower) && filter.matches(s));
+    let first = found
+        .next()
+        .ok_or_else(|| SelectError::NoMatch(spec.to_owned()))?;
+    if spec.is_empty() || found.next().is_some() {
+        return Err(SelectError::Ambiguous(spec.to_owned()));
+    }
+    Ok(first)
+}
+
+/// The newest snapshot taken at or before `at`, among those passing the
+/// filter. `snapshots` must be sorted oldest first.
+#[must_use]
+pub fn select_at<'a>(
+    snapshots: &'a [(SnapshotId, Snapshot)],
+    at: jiff::Timestamp,
+    filter: &SnapshotFilter,
+) -> Option<&'a (SnapshotId, Snapshot)> {
+    snapshots
+        .iter()
+        .rev()
+        .find(|(_, s)| s.time.timestamp() <= at && filter.matches(s))
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod select_tests {
+    use super::*;
+
+    fn snap(time: &str, host: &str, tags: &[&str]) -> (SnapshotId, Snapshot) {
+        let ts: jiff::Timestamp = time.parse().unwrap();
+        let s = Snapshot {
+            version: 1,
+            time: ts.to_zoned(jiff::tz::TimeZone::UTC),
+            tree: BlobId([0; 32]),
+            paths: vec!["/x".into()],
+            hostname: host.into(),
+            username: "u".into(),
+            uid: 0,
+            gid: 0,
+            tags: tags.iter().map(|t| (*t).to_string()).collect(),
+            parent: None,
+            program_version: "t".into(),
+            summary: SnapshotSummary::default(),
+        };
+        (SnapshotId::of_bytes(time.as_bytes()), s)
+    }
+
+    #[test]
+    fn select_at_picks_newest_not_after() {
+        let snaps = vec![
+            snap("2026-01-09T03:00:00Z", "a", &[]),
+            snap("2026-01-10T03:00:00Z", "a", &[]),
+            snap("2026-01-10T03:00:00Z", "b", &[]),
+            snap("2026-01-11T03:00:00Z", "a", &[]),
+        ];
+        let at: jiff::Timestamp = "2026-01-10T03:00:00Z".parse().unwrap();
+        let filter = SnapshotFilter {
+            hosts: vec!["a".into()],
+            ..SnapshotFilter::default()
+        };
+        let got = select_at(&snaps, at, &filter).unwrap();
+        assert_eq!(got.0, snaps[1].0);
+        let early: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        assert!(select_at(&snaps, early, &filter).is_none());
+    }
+
+    #[test]
+    fn tag_lists_are_and_within_or_across() {
+        let (_, s) = snap("2026-01-09T03:00:00Z", "a", &["x", "y"]);
+        let f = |tags: &[&str]| SnapshotFilter {
+            tags: tags.iter().map(|t| (*t).to_string()).collect(),
+            ..SnapshotFilter::default()
+        };
+        assert!(f(&["x,y"]).matches(&s));
+        assert!(!f(&["x,z"]).matches(&s));
+        assert!(f(&["x,z", "y"]).matches(&s));
+    }
+
+    #[test]
+    fn select_by_prefix_and_latest() {
+        let snaps = vec![
+            snap("2026-01-09T03:00:00Z", "a", &[]),
+            snap("2026-01-10T03:00:00Z", "a", &[]),
+        ];
+        let f = SnapshotFilter::default();
+        assert_eq!(select(&snaps, "latest", &f).unwrap().0, snaps[1].0);
+        let prefix = &snaps[0].0.to_hex()[..8];
+        assert_eq!(select(&snaps, prefix, &f).unwrap().0, snaps[0].0);
+        assert!(select(&snaps, "zzzz", &f).is_err());
+    }
+}
