@@ -18,7 +18,8 @@ pub(crate) struct Cli {
 /// Flags every command accepts.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct GlobalArgs {
-    /// Repository: a local path, or s3:https://HOST/BUCKET/PREFIX, or s3://BUCKET/PREFIX.
+    /// Repository: a local path, s3:https://HOST/BUCKET/PREFIX or s3://BUCKET/PREFIX
+    /// [default: ~/.local/share/vault/repo].
     #[arg(short = 'r', long = "repo", env = "VAULT_REPOSITORY", global = true)]
     pub(crate) repo: Option<String>,
     /// Read the password from this file (first line).

@@ -24,10 +24,18 @@ pub(crate) fn install_interrupt_handler() -> Arc<AtomicBool> {
     flag
 }
 
+/// The repository URL: `--repo`/`VAULT_REPOSITORY`, else the local default
+/// `$XDG_DATA_HOME/vault/repo` (`~/.local/share/vault/repo`).
 pub(crate) fn repo_url(global: &GlobalArgs) -> Result<String> {
-    global.repo.clone().context(
-        "no repository given: pass --repo or set VAULT_REPOSITORY (a local path or s3:https://HOST/BUCKET/PREFIX)",
-    )
+    if let Some(repo) = &global.repo {
+        return Ok(repo.clone());
+    }
+    let data_home = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")))
+        .context("no repository given: pass --repo or set VAULT_REPOSITORY (a local path or s3:https://HOST/BUCKET/PREFIX)")?;
+    Ok(data_home.join("vault/repo").to_string_lossy().into_owned())
 }
 
 pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Box<dyn Backend>> {

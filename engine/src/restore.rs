@@ -20,6 +20,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,17 +89,17 @@ pub fn walk(
     repo: &Repository,
     index: &Index,
     root: &BlobId,
-    visit: &mut dyn FnMut(&str, &Node) -> Result<bool>,
+    visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>,
 ) -> Result<()> {
     fn inner(
         repo: &Repository,
         index: &Index,
         tree: &Tree,
-        prefix: &str,
-        visit: &mut dyn FnMut(&str, &Node) -> Result<bool>,
+        prefix: &Path,
+        visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>,
     ) -> Result<()> {
         for node in &tree.nodes {
-            let path = format!("{prefix}/{}", node.name);
+            let path = prefix.join(node.os_name());
             let descend = visit(&path, node)?;
             if descend && let Some(sub) = &node.subtree {
                 let tree = repo.read_tree(index, sub)?;
@@ -108,7 +109,7 @@ pub fn walk(
         Ok(())
     }
     let tree = repo.read_tree(index, root)?;
-    inner(repo, index, &tree, "", visit)
+    inner(repo, index, &tree, Path::new("/"), visit)
 }
 
 /// Finds the node at an absolute snapshot path.
@@ -122,7 +123,7 @@ pub fn find_node(repo: &Repository, index: &Index, root: &BlobId, path: &str) ->
         let node = tree
             .nodes
             .iter()
-            .find(|n| n.name == *part)
+            .find(|n| n.os_name().as_bytes() == part.as_bytes())
             .cloned()
             .ok_or_else(not_found)?;
         if i + 1 == parts.len() {
@@ -150,12 +151,12 @@ pub fn dump(repo: &Repository, index: &Index, node: &Node, out: &mut dyn Write) 
     Ok(written)
 }
 
-fn matches_include(path: &str, includes: &[globset::GlobMatcher], raw: &[String]) -> bool {
+fn matches_include(path: &Path, includes: &[globset::GlobMatcher], raw: &[String]) -> bool {
     if raw.is_empty() {
         return true;
     }
     // A path is included when it, or one of its ancestors, matches.
-    let mut p = Path::new(path);
+    let mut p = path;
     loop {
         if includes.iter().any(|g| g.is_match(p)) {
             return true;
@@ -167,11 +168,9 @@ fn matches_include(path: &str, includes: &[globset::GlobMatcher], raw: &[String]
     }
 }
 
-fn is_ancestor_of_include(path: &str, raw: &[String]) -> bool {
-    raw.iter().any(|inc| {
-        let inc = inc.trim_end_matches('/');
-        inc.starts_with(path) && inc.as_bytes().get(path.len()) == Some(&b'/')
-    })
+fn is_ancestor_of_include(path: &Path, raw: &[String]) -> bool {
+    raw.iter()
+        .any(|inc| Path::new(inc).starts_with(path) && Path::new(inc) != path)
 }
 
 struct Item {
@@ -217,14 +216,14 @@ pub fn restore(
     // 1. Plan: the nodes to restore.
     let mut items: Vec<Item> = Vec::new();
     walk(repo, index, root, &mut |path, node| {
-        if excludes.is_excluded(Path::new(path), node.kind == NodeKind::Dir) {
+        if excludes.is_excluded(path, node.kind == NodeKind::Dir) {
             return Ok(false);
         }
         let selected = matches_include(path, &includes, &options.includes)
             || (node.kind == NodeKind::Dir && is_ancestor_of_include(path, &options.includes));
         if selected {
             items.push(Item {
-                path: options.target.join(path.trim_start_matches('/')),
+                path: options.target.join(path.strip_prefix("/").unwrap_or(path)),
                 node: node.clone(),
             });
         }
@@ -559,10 +558,9 @@ fn apply_metadata(path: &Path, node: &Node, is_root: bool, warnings: &mut Vec<St
         node.mtime.as_second(),
         node.mtime.subsec_nanosecond().unsigned_abs(),
     );
-    let atime = filetime::FileTime::from_unix_time(
-        node.atime.as_second(),
-        node.atime.subsec_nanosecond().unsigned_abs(),
-    );
+    let atime = node.atime.map_or(mtime, |a| {
+        filetime::FileTime::from_unix_time(a.as_second(), a.subsec_nanosecond().unsigned_abs())
+    });
     if let Err(e) = filetime::set_symlink_file_times(path, atime, mtime) {
         warnings.push(format!("{}: times: {e}", path.display()));
     }

@@ -53,8 +53,10 @@ pub struct Node {
     pub mode: u32,
     /// Modification time.
     pub mtime: jiff::Timestamp,
-    /// Access time.
-    pub atime: jiff::Timestamp,
+    /// Access time. Not recorded by default: it changes on every read and
+    /// would make every directory's tree blob new on each backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atime: Option<jiff::Timestamp>,
     /// Status change time.
     pub ctime: jiff::Timestamp,
     /// Owner uid.
@@ -152,7 +154,7 @@ impl Node {
             kind,
             mode: if kind == NodeKind::Dir { 0o755 } else { 0o644 },
             mtime: now,
-            atime: now,
+            atime: None,
             ctime: now,
             uid: 0,
             gid: 0,

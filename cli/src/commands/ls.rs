@@ -62,6 +62,8 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     let mut stdout = std::io::stdout().lock();
     restore::walk(&repo, &index, &snap.tree, &mut |path, node| {
         use std::io::Write;
+        let path_lossy = path.to_string_lossy();
+        let path: &str = &path_lossy;
         let (show, descend) = match dir.as_deref() {
             None | Some("") => (true, true),
             Some(d) => {

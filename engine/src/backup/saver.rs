@@ -185,7 +185,7 @@ impl Saver {
     /// Stores a blob whose id the caller computed.
     pub fn save_with_id(&self, kind: BlobKind, id: BlobId, data: Vec<u8>) -> Result<()> {
         if self.has_failed() {
-            return Err(self.take_error());
+            return Err(pipeline_failed());
         }
         if self
             .known
@@ -206,7 +206,7 @@ impl Saver {
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         let jobs = self.jobs.as_ref().expect("save after finish");
         if jobs.send(Job { kind, id, data }).is_err() {
-            return Err(self.take_error());
+            return Err(pipeline_failed());
         }
         Ok(())
     }
@@ -245,6 +245,13 @@ impl Saver {
     }
 }
 
+/// Placeholder returned to feeders once a stage failed; the stage's own
+/// error is kept for [`Saver::finish`], which callers must call and whose
+/// error they must prefer.
+fn pipeline_failed() -> Error {
+    Error::InvalidInput("write pipeline stopped after an error".into())
+}
+
 fn seal_worker(shared: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, c: Compression) {
     for job in rx {
         if shared.failed.load(Ordering::Relaxed) {
@@ -264,8 +271,12 @@ fn seal_worker(shared: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, c: Comp
     }
 }
 
+/// Data and tree blobs go to separate packs (as restic does), so metadata
+/// is dense for restore and check, and an unchanged re-backup that only
+/// adds a few tree blobs never writes a data pack.
 fn packer(shared: &Shared, rx: &Receiver<Sealed>, tx: &Sender<FinishedPack>, pack_size: usize) {
-    let mut pack = PackWriter::new();
+    let mut data = PackWriter::new();
+    let mut trees = PackWriter::new();
     for s in rx {
         if shared.failed.load(Ordering::Relaxed) {
             continue;
@@ -274,16 +285,22 @@ fn packer(shared: &Shared, rx: &Receiver<Sealed>, tx: &Sender<FinishedPack>, pac
             .stats
             .bytes_stored
             .fetch_add(s.sealed.len() as u64, Ordering::Relaxed);
+        let pack = match s.kind {
+            BlobKind::Data => &mut data,
+            BlobKind::Tree => &mut trees,
+        };
         pack.add(s.kind, s.id, s.raw_len, s.sealed);
         if pack.size() >= pack_size {
-            let full = std::mem::take(&mut pack).finish(shared.repo.key());
+            let full = std::mem::take(pack).finish(shared.repo.key());
             if tx.send(full).is_err() {
                 return;
             }
         }
     }
-    if !pack.is_empty() && !shared.failed.load(Ordering::Relaxed) {
-        let _ = tx.send(pack.finish(shared.repo.key()));
+    for pack in [data, trees] {
+        if !pack.is_empty() && !shared.failed.load(Ordering::Relaxed) {
+            let _ = tx.send(pack.finish(shared.repo.key()));
+        }
     }
 }
 

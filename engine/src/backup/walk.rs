@@ -145,7 +145,6 @@ pub(crate) fn node_from_metadata(path: &Path, meta: &Metadata, names: &Names) ->
     }
     node.mode = meta.mode() & 0o7777;
     node.mtime = timestamp(meta.mtime(), meta.mtime_nsec());
-    node.atime = timestamp(meta.atime(), meta.atime_nsec());
     node.ctime = timestamp(meta.ctime(), meta.ctime_nsec());
     node.uid = meta.uid();
     node.gid = meta.gid();

@@ -1,0 +1,416 @@
+//! Backup and restore round trips through the binary: every file type,
+//! metadata, dedup, stdin streams, `--at`, `--include` and overwrite rules.
+
+use crate::support::{Env, assert_code, assert_success, is_root, pseudo_random, stderr};
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A tree with every kind of entry vault records.
+fn make_tree(root: &Path) {
+    use std::fs;
+    fs::create_dir_all(root.join("docs/deep/er")).unwrap();
+    fs::write(root.join("docs/readme.txt"), b"hello vault\n").unwrap();
+    fs::write(
+        root.join("docs/deep/er/random.bin"),
+        pseudo_random(3_000_000, 1),
+    )
+    .unwrap();
+    fs::write(root.join("zeros.img"), vec![0u8; 2_500_000]).unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    let text: String = (0..50_000).map(|i| format!("row {i}\n")).collect();
+    fs::write(root.join("docs/text.csv"), text).unwrap();
+    std::os::unix::fs::symlink("docs/readme.txt", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    fs::hard_link(root.join("docs/readme.txt"), root.join("hardlink")).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9 name");
+    fs::write(root.join(odd), b"latin-1 name").unwrap();
+    fs::set_permissions(
+        root.join("docs/readme.txt"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    fs::set_permissions(root.join("docs/deep"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(root.join("setgid-file"), b"x").unwrap();
+    fs::set_permissions(root.join("setgid-file"), fs::Permissions::from_mode(0o2755)).unwrap();
+    xattr::set(root.join("docs/text.csv"), "user.origin", b"e2e").unwrap();
+    if is_root() {
+        std::os::unix::fs::chown(root.join("docs/text.csv"), Some(1234), Some(5678)).unwrap();
+        nix::sys::stat::mknod(
+            &root.join("null-dev"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+    }
+    let when = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_789);
+    for p in [
+        "docs/readme.txt",
+        "docs/text.csv",
+        "zeros.img",
+        "docs/deep/er",
+        "docs",
+    ] {
+        filetime::set_file_mtime(root.join(p), when).unwrap();
+    }
+    filetime::set_symlink_file_times(root.join("link"), when, when).unwrap();
+}
+
+#[derive(Debug, PartialEq)]
+struct Entry {
+    kind: String,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+    size: u64,
+    content: Option<Vec<u8>>,
+    link: Option<PathBuf>,
+    xattrs: Vec<(String, Vec<u8>)>,
+    rdev: u64,
+}
+
+/// Every entry below `root` with its metadata, plus hardlink groups.
+fn scan(root: &Path) -> (HashMap<PathBuf, Entry>, Vec<Vec<PathBuf>>) {
+    let mut out = HashMap::new();
+    let mut inodes: HashMap<u64, Vec<PathBuf>> = HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let ft = meta.file_type();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let kind = if ft.is_dir() {
+                stack.push(path.clone());
+                "dir"
+            } else if ft.is_symlink() {
+                "symlink"
+            } else if ft.is_file() {
+                inodes.entry(meta.ino()).or_default().push(rel.clone());
+                "file"
+            } else {
+                "special"
+            };
+            let mut xattrs: Vec<(String, Vec<u8>)> = if ft.is_symlink() {
+                Vec::new()
+            } else {
+                xattr::list(&path)
+                    .unwrap()
+                    .map(|n| {
+                        let v = xattr::get(&path, &n).unwrap().unwrap_or_default();
+                        (n.to_string_lossy().into_owned(), v)
+                    })
+                    .collect()
+            };
+            xattrs.sort();
+            out.insert(
+                rel,
+                Entry {
+                    kind: kind.into(),
+                    mode: if ft.is_symlink() {
+                        0
+                    } else {
+                        meta.mode() & 0o7777
+                    },
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                    // Directory mtimes are restored last; symlink mtimes too.
+                    mtime: (meta.mtime(), meta.mtime_nsec()),
+                    size: if ft.is_file() { meta.len() } else { 0 },
+                    content: ft.is_file().then(|| std::fs::read(&path).unwrap()),
+                    link: ft.is_symlink().then(|| std::fs::read_link(&path).unwrap()),
+                    xattrs,
+                    rdev: meta.rdev(),
+                },
+            );
+        }
+    }
+    let mut groups: Vec<Vec<PathBuf>> = inodes
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    groups.sort();
+    (out, groups)
+}
+
+fn restored_root(target: &Path, source: &Path) -> PathBuf {
+    target.join(source.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn round_trip_preserves_content_and_metadata() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    let out = env.vault(&["backup", src.to_str().unwrap(), "--tag", "nightly"]);
+    assert_success(&out);
+    let target = env.path("restore");
+    let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_success(&out);
+    let (want, want_links) = scan(&src);
+    let (got, got_links) = scan(&restored_root(&target, &src));
+    assert_eq!(want.len(), got.len(), "entry count");
+    for (path, entry) in &want {
+        assert_eq!(Some(entry), got.get(path), "{}", path.display());
+    }
+    assert_eq!(want_links, got_links, "hardlink groups");
+    // All-zero chunks are restored as holes.
+    let zeros = restored_root(&target, &src).join("zeros.img");
+    assert!(std::fs::metadata(zeros).unwrap().blocks() * 512 < 2_500_000);
+}
+
+#[test]
+fn backup_twice_adds_no_data_packs_and_skips_unchanged_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    let first = env.json(&["backup", src.to_str().unwrap()]);
+    assert!(first["files_new"].as_u64().unwrap() >= 5);
+    let packs_before = env.objects_under("data");
+    let second = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(second["files_new"], 0);
+    assert_eq!(second["files_changed"], 0);
+    assert_eq!(second["files_unmodified"], first["files_new"]);
+    assert_eq!(second["data_blobs"], 0);
+    // Only tree blobs may be new (the mtime of /tmp, an ancestor of the
+    // source, changes while tests run), in small tree-only packs.
+    let new_pack_bytes = |before: &[std::path::PathBuf]| -> u64 {
+        env.objects_under("data")
+            .iter()
+            .filter(|p| !before.contains(p))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    assert!(new_pack_bytes(&packs_before) < 4096);
+    // --force re-reads everything and still adds no data.
+    let packs_before = env.objects_under("data");
+    let forced = env.json(&["backup", "--force", src.to_str().unwrap()]);
+    assert_eq!(forced["data_blobs"], 0);
+    assert!(new_pack_bytes(&packs_before) < 4096);
+    assert_eq!(env.snapshots().len(), 3);
+}
+
+#[test]
+fn changed_rows_in_a_dump_add_only_a_few_chunks() {
+    let env = Env::new();
+    let mut dump: Vec<u8> = (0..1_200_000)
+        .flat_map(|i| {
+            format!(
+                "INSERT INTO calls VALUES ({i}, 'caller-{}', {});\n",
+                i * 7 % 1000,
+                i % 97
+            )
+            .into_bytes()
+        })
+        .collect();
+    let size = dump.len() as u64;
+    let first = env.vault_stdin(
+        &[
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "phone.sql",
+            "--json",
+        ],
+        &dump,
+    );
+    assert_success(&first);
+    // Change a few rows in the middle.
+    for at in [size / 3, size / 2, 2 * size / 3] {
+        let at = at as usize;
+        dump[at..at + 6].copy_from_slice(b"UPDATE");
+    }
+    let second = env.vault_stdin(
+        &[
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "phone.sql",
+            "--json",
+        ],
+        &dump,
+    );
+    assert_success(&second);
+    let summary: serde_json::Value =
+        serde_json::from_slice(second.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    let added = summary["data_added"].as_u64().unwrap();
+    assert!(
+        added * 5 < size,
+        "second dump added {added} of {size} bytes"
+    );
+    assert!(summary["data_blobs"].as_u64().unwrap() <= 6, "{summary}");
+    let restored = env.vault(&["dump", "latest", "/phone.sql"]);
+    assert_success(&restored);
+    assert_eq!(restored.stdout, dump);
+}
+
+#[test]
+fn stdin_from_command_round_trips_and_is_named() {
+    let env = Env::new();
+    let out = env.vault(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "db.sql",
+        "--",
+        "sh",
+        "-c",
+        "seq 1 200000",
+    ]);
+    assert_success(&out);
+    let dumped = env.vault(&["dump", "latest", "/db.sql"]);
+    assert_success(&dumped);
+    let want: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(String::from_utf8(dumped.stdout).unwrap(), want);
+    let snaps = env.snapshots();
+    assert_eq!(snaps[0]["paths"][0], "/db.sql");
+}
+
+#[test]
+fn restore_at_picks_newest_snapshot_at_or_before_time() {
+    let env = Env::new();
+    for (day, content) in [
+        ("2026-01-09", "nine"),
+        ("2026-01-10", "ten"),
+        ("2026-01-11", "eleven"),
+    ] {
+        let out = env.vault_stdin(
+            &[
+                "backup",
+                "--stdin",
+                "--stdin-filename",
+                "f",
+                "--time",
+                &format!("{day} 02:30:00"),
+            ],
+            content.as_bytes(),
+        );
+        assert_success(&out);
+    }
+    let target = env.path("r");
+    let out = env.vault(&[
+        "restore",
+        "--at",
+        "2026-01-10 03:00",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    assert_eq!(std::fs::read_to_string(target.join("f")).unwrap(), "ten");
+    let out = env.vault(&[
+        "restore",
+        "--at",
+        "2025-12-31",
+        "--target",
+        env.path("none").to_str().unwrap(),
+    ]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("no snapshot"), "{}", stderr(&out));
+    // JSON carries restic's field names and the offset-qualified time.
+    let snaps = env.snapshots();
+    for key in [
+        "id", "short_id", "time", "hostname", "username", "paths", "tags", "tree",
+    ] {
+        assert!(snaps[0].get(key).is_some(), "missing {key}");
+    }
+    let time = snaps[0]["time"].as_str().unwrap();
+    assert!(time.starts_with("2026-01-09T02:30:00"), "{time}");
+    assert!(
+        time.len() > 19 && (time.ends_with('Z') || time[19..].contains(['+', '-'])),
+        "{time}"
+    );
+}
+
+#[test]
+fn restore_include_and_overwrite_rules() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("r");
+    let include = src.join("docs/deep");
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        include.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let root = restored_root(&target, &src);
+    assert!(root.join("docs/deep/er/random.bin").exists());
+    assert!(!root.join("docs/readme.txt").exists());
+    assert!(!root.join("zeros.img").exists());
+
+    // A second restore into the same place is refused...
+    let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    // ...and if-changed repairs a damaged file by rewriting only what differs.
+    let file = root.join("docs/deep/er/random.bin");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+        "--json",
+    ]);
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["bytes_skipped"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(std::fs::read(&file).unwrap(), pseudo_random(3_000_000, 1));
+}
+
+#[test]
+fn excludes_skip_matching_entries() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("cache")).unwrap();
+    std::fs::create_dir_all(src.join("tagged")).unwrap();
+    std::fs::create_dir_all(src.join("keep")).unwrap();
+    std::fs::write(src.join("keep/a.txt"), b"a").unwrap();
+    std::fs::write(src.join("keep/b.tmp"), b"b").unwrap();
+    std::fs::write(src.join("cache/c"), b"c").unwrap();
+    std::fs::write(
+        src.join("tagged/CACHEDIR.TAG"),
+        b"Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("tagged/d"), b"d").unwrap();
+    let exclude_file = env.path("excludes");
+    std::fs::write(&exclude_file, "# comment\ncache/\n").unwrap();
+    let out = env.vault(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude-file",
+        exclude_file.to_str().unwrap(),
+        "--exclude-caches",
+    ]);
+    assert_success(&out);
+    let ls = env.vault(&["ls", "latest"]);
+    let listing = String::from_utf8(ls.stdout).unwrap();
+    assert!(listing.contains("keep/a.txt"));
+    assert!(!listing.contains("b.tmp"));
+    assert!(!listing.contains("cache/c"));
+    assert!(!listing.contains("tagged/d"));
+}
