@@ -2,9 +2,12 @@
 
 mod backup;
 mod cat;
+mod check;
 mod dump;
 mod init;
 mod ls;
+mod repair_index;
+mod repair_snapshots;
 mod restore;
 mod snapshots;
 
@@ -31,6 +34,19 @@ pub(crate) enum Command {
     Dump(dump::DumpArgs),
     /// Print a repository object (config, snapshot, index, key) as JSON.
     Cat(cat::CatArgs),
+    /// Check the repository's structure, and with --verify its data.
+    Check(check::CheckArgs),
+    /// Repair a damaged repository.
+    #[command(subcommand)]
+    Repair(RepairCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RepairCommand {
+    /// Rebuild the index from the packs.
+    Index(repair_index::RepairIndexArgs),
+    /// Drop files whose data is lost from snapshots.
+    Snapshots(repair_snapshots::RepairSnapshotsArgs),
 }
 
 pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
@@ -43,6 +59,9 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Restore(a) => restore::run(g, &a, cancel),
         Command::Dump(a) => dump::run(g, &a),
         Command::Cat(a) => cat::run(g, &a),
+        Command::Check(a) => check::run(g, &a),
+        Command::Repair(RepairCommand::Index(a)) => repair_index::run(g, &a),
+        Command::Repair(RepairCommand::Snapshots(a)) => repair_snapshots::run(g, &a),
     }
 }
 

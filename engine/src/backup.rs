@@ -246,6 +246,7 @@ pub fn backup(
         gid: nix::unistd::getgid().as_raw(),
         tags,
         parent: parent.map(|(id, _)| id),
+        original: None,
         program_version: format!("vault {}", env!("CARGO_PKG_VERSION")),
         summary: SnapshotSummary {
             backup_start: Some(start),

@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod backup;
 pub mod blob;
+pub mod check;
 pub mod chunker;
 pub mod compress;
 pub mod crypto;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod id;
 pub mod index;
 pub mod pack;
+pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod retention;

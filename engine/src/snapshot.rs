@@ -64,6 +64,9 @@ pub struct Snapshot {
     /// Snapshot used to skip unchanged files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<SnapshotId>,
+    /// For a snapshot rewritten by `repair snapshots`: the one it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<SnapshotId>,
     /// Writer version.
     pub program_version: String,
     /// Counters.
@@ -268,6 +271,7 @@ mod select_tests {
             gid: 0,
             tags: tags.iter().map(|t| (*t).to_string()).collect(),
             parent: None,
+            original: None,
             program_version: "t".into(),
             summary: SnapshotSummary::default(),
         };

@@ -5,5 +5,6 @@
 mod support;
 
 mod backup_restore;
+mod check;
 mod failures;
 mod interrupt;

@@ -1,0 +1,27 @@
+//! `vault repair index`: rebuild the index from the packs' own headers.
+
+use crate::args::GlobalArgs;
+use crate::{global, output};
+use anyhow::Result;
+use std::process::ExitCode;
+use vault_engine::repair;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RepairIndexArgs {}
+
+pub(crate) fn run(g: &GlobalArgs, _args: &RepairIndexArgs) -> Result<ExitCode> {
+    let repo = global::open_repository(g)?;
+    let report = repair::repair_index(&repo)?;
+    if g.json {
+        output::print_json(&report)?;
+    } else {
+        for p in &report.packs_unreadable {
+            eprintln!("vault: warning: {p}");
+        }
+        println!(
+            "indexed {} blobs in {} packs; wrote {} index files, removed {} old ones",
+            report.blobs, report.packs_indexed, report.indexes_written, report.indexes_removed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

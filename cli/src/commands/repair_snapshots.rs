@@ -1,0 +1,49 @@
+//! `vault repair snapshots`: rewrite snapshots without files whose data is
+//! lost, so the rest stays restorable.
+
+use crate::args::GlobalArgs;
+use crate::{global, output};
+use anyhow::Result;
+use std::process::ExitCode;
+use vault_engine::repair;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RepairSnapshotsArgs {
+    /// Remove the damaged originals once their repaired copies are saved.
+    #[arg(long)]
+    forget: bool,
+    /// Skip reading every pack (only missing packs and blobs are detected).
+    #[arg(long)]
+    no_verify: bool,
+    /// Show what would change without writing.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: &RepairSnapshotsArgs) -> Result<ExitCode> {
+    let repo = global::open_repository(g)?;
+    let report = repair::repair_snapshots(&repo, !args.no_verify, args.forget, args.dry_run)?;
+    if g.json {
+        output::print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &report.repaired {
+        match &r.replacement {
+            Some(new) => println!(
+                "snapshot {} -> {} (tagged repaired), removed:",
+                &r.original[..8],
+                &new[..8]
+            ),
+            None => println!("snapshot {} would lose:", &r.original[..8]),
+        }
+        for p in &r.removed {
+            println!("    {p}");
+        }
+    }
+    println!(
+        "{} snapshots repaired, {} intact",
+        report.repaired.len(),
+        report.intact
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,681 @@
+//! Checking a repository: structure (every snapshot's trees and blobs are
+//! indexed and their packs exist with the indexed sizes) and, optionally,
+//! data (every pack downloaded, its name re-hashed, its header compared to
+//! the index, and every blob authenticated, decompressed and re-hashed).
+//!
+//! Findings name the damaged object and, for damaged or missing blobs, the
+//! snapshots and file paths they hurt, so a user knows what is lost.
+
+use crate::blob;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IndexId, PackId, SnapshotId};
+use crate::index::{Index, IndexFile};
+use crate::pack;
+use crate::repository::{FileKind, Repository};
+use crate::snapshot::Snapshot;
+use crate::tree::NodeKind;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Which packs `--verify` reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum VerifySubset {
+    /// Every pack.
+    All,
+    /// Slice `n` (1-based) of `of` deterministic slices: a pack belongs to
+    /// slice `(first 8 id bytes as u64 LE) % of + 1`, so the slices
+    /// partition the packs and stay stable as packs are added.
+    Slice {
+        /// Which slice, 1..=of.
+        n: u32,
+        /// How many slices.
+        of: u32,
+    },
+    /// A random share of the packs, in percent (0, 100].
+    Percent(f64),
+}
+
+impl VerifySubset {
+    /// Whether `pack` is in this subset (`Percent` is decided by the caller).
+    #[must_use]
+    pub fn contains(&self, pack: &PackId) -> bool {
+        match *self {
+            VerifySubset::All | VerifySubset::Percent(_) => true,
+            VerifySubset::Slice { n, of } => {
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&pack.0[..8]);
+                u64::from_le_bytes(first) % u64::from(of) + 1 == u64::from(n)
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for VerifySubset {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid percentage {s:?}"))?;
+            if p > 0.0 && p <= 100.0 {
+                return Ok(VerifySubset::Percent(p));
+            }
+            return Err(format!("percentage {s:?} must be in (0, 100]"));
+        }
+        let (n, of) = s
+            .split_once('/')
+            .ok_or_else(|| format!("invalid subset {s:?}: use N/M or P%"))?;
+        let n: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid subset {s:?}"))?;
+        let of: u32 = of
+            .trim()
+            .parse()
+            .map_err(|_| format!("invalid subset {s:?}"))?;
+        if of == 0 || n == 0 || n > of {
+            return Err(format!("invalid subset {s:?}: need 1 <= N <= M"));
+        }
+        Ok(VerifySubset::Slice { n, of })
+    }
+}
+
+/// Knobs for a check.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Read data; `None` checks structure only.
+    pub verify: Option<VerifySubset>,
+    /// Concurrent pack downloads when verifying.
+    pub concurrency: usize,
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Data is missing or damaged: exit 1.
+    Error,
+    /// Harmless but worth knowing (orphaned packs, unused blobs).
+    Warning,
+}
+
+/// A file or tree hurt by damage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Affected {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Path inside the snapshot.
+    pub path: String,
+}
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Machine-readable kind, e.g. `pack_missing`, `blob_damaged`.
+    pub kind: &'static str,
+    /// The damaged object, e.g. `pack 3f2a…` or `index 9b1c…`.
+    pub object: String,
+    /// What is wrong.
+    pub message: String,
+    /// Files and trees that cannot be restored because of it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub affected: Vec<Affected>,
+}
+
+/// Live counters.
+#[derive(Debug, Default)]
+pub struct CheckProgress {
+    /// Packs to read.
+    pub packs_total: AtomicU64,
+    /// Packs read.
+    pub packs_done: AtomicU64,
+    /// Bytes read.
+    pub bytes_read: AtomicU64,
+}
+
+/// Outcome of a check.
+#[derive(Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Everything found, errors first.
+    pub findings: Vec<Finding>,
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Packs in storage.
+    pub packs: u64,
+    /// Blobs indexed.
+    pub blobs: u64,
+    /// Packs whose data was read.
+    pub packs_verified: u64,
+    /// Blobs authenticated and re-hashed.
+    pub blobs_verified: u64,
+    /// Bytes downloaded for verification.
+    pub bytes_verified: u64,
+}
+
+impl CheckReport {
+    /// Whether any error (not warning) was found.
+    #[must_use]
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    fn error(&mut self, kind: &'static str, object: String, message: String) {
+        self.findings.push(Finding {
+            severity: Severity::Error,
+            kind,
+            object,
+            message,
+            affected: Vec::new(),
+        });
+    }
+
+    fn warning(&mut self, kind: &'static str, object: String, message: String) {
+        self.findings.push(Finding {
+            severity: Severity::Warning,
+            kind,
+            object,
+            message,
+            affected: Vec::new(),
+        });
+    }
+}
+
+/// A finding from reading one pack, with the blobs it makes unreadable.
+type PackFinding = (Finding, Vec<BlobId>);
+
+/// Why a blob cannot be read: keyed by blob, pointing at a finding.
+type BadBlobs = HashMap<BlobId, usize>;
+
+/// Lists packs in storage with their sizes.
+pub fn stored_packs(repo: &Repository) -> Result<HashMap<PackId, u64>> {
+    Ok(repo
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|o| Some((o.path.rsplit('/').next()?.parse().ok()?, o.size)))
+        .collect())
+}
+
+/// Loads every readable index file, reporting damaged ones.
+fn load_indexes(
+    repo: &Repository,
+    report: &mut CheckReport,
+) -> Result<(Index, Vec<(IndexId, IndexFile)>)> {
+    let mut files = Vec::new();
+    for id in repo.index_ids()? {
+        match repo.load_index_file(&id) {
+            Ok(f) => files.push((id, f)),
+            Err(e) => report.error(
+                "index_damaged",
+                format!("index {id}"),
+                format!("{e} (run `vault repair index`)"),
+            ),
+        }
+    }
+    let superseded: HashSet<IndexId> = files
+        .iter()
+        .flat_map(|(_, f)| f.supersedes.iter().copied())
+        .collect();
+    let mut index = Index::new();
+    for (id, f) in &files {
+        if !superseded.contains(id) {
+            index.add_file(f);
+        }
+    }
+    Ok((index, files))
+}
+
+/// Runs a check.
+pub fn check(
+    repo: &Repository,
+    options: &CheckOptions,
+    progress: &CheckProgress,
+) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+
+    // Keys decode (each is tried at open; here we only report damage).
+    for info in repo.list(FileKind::Key)? {
+        match repo.backend().get(&info.path) {
+            Ok(bytes) => {
+                if let Err(e) = crate::crypto::KeyFile::decode(&bytes) {
+                    report.error("key_damaged", info.path.clone(), e.to_string());
+                }
+            }
+            Err(e) => report.error("key_unreadable", info.path.clone(), e.to_string()),
+        }
+    }
+
+    let (index, _) = load_indexes(repo, &mut report)?;
+    let stored = stored_packs(repo)?;
+    report.packs = stored.len() as u64;
+    report.blobs = index.len() as u64;
+    let mut bad: BadBlobs = HashMap::new();
+
+    // Indexed packs exist with the indexed size; entries fit inside.
+    let mut pack_findings: HashMap<PackId, usize> = HashMap::new();
+    for (pack, size) in index.packs() {
+        match stored.get(&pack) {
+            None => {
+                report.error(
+                    "pack_missing",
+                    format!("pack {pack}"),
+                    "indexed pack is missing from storage".into(),
+                );
+                pack_findings.insert(pack, report.findings.len() - 1);
+            }
+            Some(&actual) if actual != size => {
+                report.error(
+                    "pack_size",
+                    format!("pack {pack}"),
+                    format!("stored size {actual} differs from indexed size {size} (truncated or replaced)"),
+                );
+                pack_findings.insert(pack, report.findings.len() - 1);
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, loc) in index.blobs() {
+        if let Some(&f) = pack_findings.get(&loc.pack) {
+            bad.insert(id, f);
+        }
+    }
+    for (id, dup) in index.duplicates() {
+        if let Some(first) = index.get(id)
+            && first.raw_len != dup.raw_len
+        {
+            report.error(
+                "blob_conflict",
+                format!("blob {id}"),
+                format!(
+                    "indexed in packs {} and {} with different lengths",
+                    first.pack, dup.pack
+                ),
+            );
+        }
+    }
+    let indexed: HashSet<PackId> = index.packs().map(|(p, _)| p).collect();
+    for pack in stored.keys() {
+        if !indexed.contains(pack) {
+            report.warning(
+                "pack_unindexed",
+                format!("pack {pack}"),
+                "pack is not in any index (left by an interrupted backup; `vault prune` removes it, `vault repair index` adopts it)".into(),
+            );
+        }
+    }
+
+    // Data.
+    if let Some(subset) = options.verify {
+        verify_packs(
+            repo,
+            &index,
+            &stored,
+            subset,
+            options.concurrency,
+            progress,
+            &mut report,
+            &mut bad,
+        )?;
+    }
+
+    // Snapshots: trees decode, every referenced blob is indexed and sound.
+    let snapshot_ids: Vec<SnapshotId> = repo
+        .list(FileKind::Snapshot)?
+        .iter()
+        .filter_map(|o| o.path.rsplit('/').next()?.parse().ok())
+        .collect();
+    let mut snapshots: Vec<(SnapshotId, Snapshot)> = Vec::new();
+    for id in snapshot_ids {
+        match repo.load_snapshot(&id) {
+            Ok(s) => snapshots.push((id, s)),
+            Err(e) => report.error("snapshot_damaged", format!("snapshot {id}"), e.to_string()),
+        }
+    }
+    report.snapshots = snapshots.len() as u64;
+    let mut used: HashSet<BlobId> = HashSet::new();
+    let mut affected: BTreeMap<usize, Vec<Affected>> = BTreeMap::new();
+    for (sid, snap) in &snapshots {
+        let mut stack: Vec<(BlobId, PathBuf)> = vec![(snap.tree, PathBuf::from("/"))];
+        let mut seen_here: HashSet<BlobId> = HashSet::new();
+        while let Some((tree_id, path)) = stack.pop() {
+            if !seen_here.insert(tree_id) {
+                continue;
+            }
+            used.insert(tree_id);
+            let finding = blob_problem(&index, &bad, &tree_id, &mut report, "tree");
+            if let Some(f) = finding {
+                affected.entry(f).or_default().push(Affected {
+                    snapshot: sid.short(),
+                    path: path.display().to_string(),
+                });
+                continue;
+            }
+            let tree = match repo.read_tree(&index, &tree_id) {
+                Ok(t) => t,
+                Err(e) => {
+                    report.error("tree_damaged", format!("tree {tree_id}"), e.to_string());
+                    let f = report.findings.len() - 1;
+                    bad.insert(tree_id, f);
+                    affected.entry(f).or_default().push(Affected {
+                        snapshot: sid.short(),
+                        path: path.display().to_string(),
+                    });
+                    continue;
+                }
+            };
+            for node in &tree.nodes {
+                let child = path.join(node.os_name());
+                if node.kind == NodeKind::Dir {
+                    match node.subtree {
+                        Some(sub) => stack.push((sub, child)),
+                        None => report.error(
+                            "tree_damaged",
+                            format!("tree {tree_id}"),
+                            format!("directory {} has no subtree", child.display()),
+                        ),
+                    }
+                    continue;
+                }
+                for id in node.content.iter().flatten() {
+                    used.insert(*id);
+                    if let Some(f) = blob_problem(&index, &bad, id, &mut report, "data") {
+                        let list = affected.entry(f).or_default();
+                        let entry = Affected {
+                            snapshot: sid.short(),
+                            path: child.display().to_string(),
+                        };
+                        if !list.contains(&entry) {
+                            list.push(entry);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (f, list) in affected {
+        if let Some(finding) = report.findings.get_mut(f) {
+            finding.affected = list;
+        }
+    }
+    let unused = index.blobs().filter(|(id, _)| !used.contains(id)).count();
+    if unused > 0 {
+        report.warning(
+            "blobs_unused",
+            format!("{unused} blobs"),
+            format!(
+                "{unused} indexed blobs are not used by any snapshot (`vault prune` reclaims them)"
+            ),
+        );
+    }
+    report
+        .findings
+        .sort_by_key(|f| f.severity != Severity::Error);
+    Ok(report)
+}
+
+/// Returns the finding index explaining why `id` cannot be read, adding a
+/// `blob_missing` finding for unindexed blobs.
+fn blob_problem(
+    index: &Index,
+    bad: &BadBlobs,
+    id: &BlobId,
+    report: &mut CheckReport,
+    what: &str,
+) -> Option<usize> {
+    if let Some(&f) = bad.get(id) {
+        return Some(f);
+    }
+    if index.contains(id) {
+        return None;
+    }
+    // One finding per missing blob, shared by every file referencing it.
+    let object = format!("{what} blob {id}");
+    if let Some(pos) = report.findings.iter().position(|f| f.object == object) {
+        return Some(pos);
+    }
+    report.error(
+        "blob_missing",
+        object,
+        "referenced but not in any index".into(),
+    );
+    Some(report.findings.len() - 1)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn verify_packs(
+    repo: &Repository,
+    index: &Index,
+    stored: &HashMap<PackId, u64>,
+    subset: VerifySubset,
+    concurrency: usize,
+    progress: &CheckProgress,
+    report: &mut CheckReport,
+    bad: &mut BadBlobs,
+) -> Result<()> {
+    // Index entries grouped by pack, to compare with each pack's header.
+    let mut expected: HashMap<PackId, Vec<(BlobId, crate::index::BlobLocation)>> = HashMap::new();
+    for (id, loc) in index.blobs() {
+        expected.entry(loc.pack).or_default().push((id, loc));
+    }
+    let mut packs: Vec<PackId> = stored
+        .keys()
+        .copied()
+        .filter(|p| subset.contains(p))
+        .collect();
+    packs.sort();
+    if let VerifySubset::Percent(p) = subset {
+        use rand::seq::SliceRandom;
+        packs.shuffle(&mut rand::rng());
+        let keep = ((packs.len() as f64) * p / 100.0).ceil() as usize;
+        packs.truncate(keep.max(1).min(packs.len()));
+    }
+    progress
+        .packs_total
+        .store(packs.len() as u64, Ordering::Relaxed);
+    let found: Mutex<Vec<PackFinding>> = Mutex::new(Vec::new());
+    let blobs_verified = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(concurrency.max(1))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    pool.install(|| {
+        packs.par_iter().for_each(|pack| {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let entries = expected.get(pack).map(Vec::as_slice).unwrap_or_default();
+            match verify_pack(repo, pack, stored.get(pack).copied().unwrap_or(0), entries) {
+                Ok((findings, ok)) => {
+                    blobs_verified.fetch_add(ok, Ordering::Relaxed);
+                    found.lock().expect("ok").extend(findings);
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    fatal.lock().expect("ok").get_or_insert(e);
+                }
+            }
+            progress.packs_done.fetch_add(1, Ordering::Relaxed);
+            progress
+                .bytes_read
+                .fetch_add(stored.get(pack).copied().unwrap_or(0), Ordering::Relaxed);
+        });
+    });
+    if let Some(e) = fatal.into_inner().expect("ok") {
+        return Err(e);
+    }
+    report.packs_verified = packs.len() as u64;
+    report.blobs_verified = blobs_verified.load(Ordering::Relaxed);
+    report.bytes_verified = progress.bytes_read.load(Ordering::Relaxed);
+    for (finding, blobs) in found.into_inner().expect("ok") {
+        report.findings.push(finding);
+        let f = report.findings.len() - 1;
+        for b in blobs {
+            bad.insert(b, f);
+        }
+    }
+    Ok(())
+}
+
+/// Reads one pack and checks it; returns findings with the blobs each one
+/// makes unreadable, and the number of sound blobs.
+fn verify_pack(
+    repo: &Repository,
+    pack: &PackId,
+    size: u64,
+    entries: &[(BlobId, crate::index::BlobLocation)],
+) -> Result<(Vec<PackFinding>, u64)> {
+    let path = FileKind::Pack.path(&pack.to_hex());
+    let object = format!("pack {pack}");
+    let bytes = match repo.backend().get(&path) {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok((Vec::new(), 0)), // reported as missing
+        Err(e) => return Err(Error::backend(object, e)),
+    };
+    let err = |kind: &'static str, message: String| Finding {
+        severity: Severity::Error,
+        kind,
+        object: object.clone(),
+        message,
+        affected: Vec::new(),
+    };
+    let mut findings = Vec::new();
+    if PackId::of_bytes(&bytes) != *pack {
+        findings.push((
+            err(
+                "pack_hash",
+                "content does not match its name (altered, or replaced)".into(),
+            ),
+            Vec::new(),
+        ));
+    }
+    let tail_start = bytes.len() - pack::tail_len(size.min(bytes.len() as u64)) as usize;
+    let header = pack::read_header(repo.key(), bytes.len() as u64, &bytes[tail_start..]);
+    match &header {
+        Err(e) => findings.push((err("pack_header", e.to_string()), Vec::new())),
+        Ok(blobs) if !entries.is_empty() => {
+            let in_header: HashSet<(BlobId, u32, u32)> =
+                blobs.iter().map(|b| (b.id, b.offset, b.length)).collect();
+            let missing: Vec<BlobId> = entries
+                .iter()
+                .filter(|(id, loc)| !in_header.contains(&(*id, loc.offset, loc.length)))
+                .map(|(id, _)| *id)
+                .collect();
+            if !missing.is_empty() {
+                findings.push((
+                    err(
+                        "pack_header_mismatch",
+                        format!(
+                            "{} indexed blobs are not where the pack header says",
+                            missing.len()
+                        ),
+                    ),
+                    Vec::new(),
+                ));
+            }
+        }
+        Ok(_) => {}
+    }
+    let mut ok = 0u64;
+    let mut damaged = Vec::new();
+    for (id, loc) in entries {
+        let start = loc.offset as usize;
+        let end = start + loc.length as usize;
+        let sound = bytes.get(start..end).is_some_and(|stored| {
+            blob::open(repo.key(), loc.kind, id, loc.raw_len, stored).is_ok()
+        });
+        if sound {
+            ok += 1;
+        } else {
+            damaged.push(*id);
+        }
+    }
+    if !damaged.is_empty() {
+        findings.push((
+            err(
+                "blob_damaged",
+                format!(
+                    "{} blobs fail authentication or do not match their ids",
+                    damaged.len()
+                ),
+            ),
+            damaged,
+        ));
+    }
+    Ok((findings, ok))
+}
+
+/// Blobs that cannot be restored: unindexed ones are found by callers; this
+/// returns blobs whose pack is missing or truncated, and, when `verify`,
+/// blobs that fail authentication or hashing.
+pub fn unreadable_blobs(repo: &Repository, index: &Index, verify: bool) -> Result<HashSet<BlobId>> {
+    let stored = stored_packs(repo)?;
+    let mut out: HashSet<BlobId> = HashSet::new();
+    for (id, loc) in index.blobs() {
+        let sound = stored
+            .get(&loc.pack)
+            .is_some_and(|&size| u64::from(loc.offset) + u64::from(loc.length) <= size);
+        if !sound {
+            out.insert(id);
+        }
+    }
+    if verify {
+        let mut report = CheckReport::default();
+        let mut bad = BadBlobs::new();
+        let progress = CheckProgress::default();
+        verify_packs(
+            repo,
+            index,
+            &stored,
+            VerifySubset::All,
+            4,
+            &progress,
+            &mut report,
+            &mut bad,
+        )?;
+        out.extend(bad.into_keys());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_partition_packs() {
+        let packs: Vec<PackId> = (0..500u32)
+            .map(|i| PackId::of_bytes(&i.to_le_bytes()))
+            .collect();
+        for of in [1u32, 3, 10] {
+            for p in &packs {
+                let hits = (1..=of)
+                    .filter(|n| VerifySubset::Slice { n: *n, of }.contains(p))
+                    .count();
+                assert_eq!(hits, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn parse_subsets() {
+        assert_eq!(
+            "1/10".parse::<VerifySubset>().unwrap(),
+            VerifySubset::Slice { n: 1, of: 10 }
+        );
+        assert_eq!(
+            "5%".parse::<VerifySubset>().unwrap(),
+            VerifySubset::Percent(5.0)
+        );
+        for bad in ["0/10", "11/10", "1/0", "0%", "101%", "x"] {
+            assert!(bad.parse::<VerifySubset>().is_err(), "{bad}");
+        }
+    }
+}
