@@ -267,7 +267,7 @@ fn flipped_byte_in_tree_pack_is_found_by_plain_check() {
 fn truncated_and_deleted_packs_are_found_by_plain_check() {
     let (env, src) = damaged_fixture();
     let mut packs = packs_of_kind(&env, "data");
-    assert!(packs.len() >= 1);
+    assert!(!packs.is_empty());
     let victim = packs.remove(0);
     let name = victim.file_name().unwrap().to_string_lossy().into_owned();
     let bytes = std::fs::read(&victim).unwrap();
