@@ -4,12 +4,15 @@ mod backup;
 mod cat;
 mod check;
 mod dump;
+mod forget;
 mod init;
 mod ls;
+mod prune;
 mod repair_index;
 mod repair_snapshots;
 mod restore;
 mod snapshots;
+mod unlock;
 
 use crate::args::Cli;
 use anyhow::Result;
@@ -39,6 +42,12 @@ pub(crate) enum Command {
     /// Repair a damaged repository.
     #[command(subcommand)]
     Repair(RepairCommand),
+    /// Remove snapshots by a retention policy (GFS), optionally pruning.
+    Forget(forget::ForgetArgs),
+    /// Reclaim space that no snapshot uses.
+    Prune(prune::PruneCmdArgs),
+    /// Remove stale locks.
+    Unlock(unlock::UnlockArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -60,6 +69,9 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Dump(a) => dump::run(g, &a),
         Command::Cat(a) => cat::run(g, &a),
         Command::Check(a) => check::run(g, &a),
+        Command::Forget(a) => forget::run(g, &a),
+        Command::Prune(a) => prune::run(g, &a),
+        Command::Unlock(a) => unlock::run(g, &a),
         Command::Repair(RepairCommand::Index(a)) => repair_index::run(g, &a),
         Command::Repair(RepairCommand::Snapshots(a)) => repair_snapshots::run(g, &a),
     }

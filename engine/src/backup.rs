@@ -182,6 +182,8 @@ pub fn backup(
     progress: &BackupProgress,
 ) -> Result<BackupReport> {
     let start = jiff::Timestamp::now();
+    let index_ids_at_start: std::collections::HashSet<crate::id::IndexId> =
+        repo.index_ids()?.into_iter().collect();
     let index = repo.load_index()?;
     let excludes = Excludes::new(&options.excludes).map_err(Error::InvalidInput)?;
     let paths = snapshot_paths(&source)?;
@@ -230,6 +232,7 @@ pub fn backup(
         (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
         (Ok(root), Ok(())) => root,
     };
+    ensure_not_pruned_under_us(repo, &index_ids_at_start, &root)?;
     let stats = &progress.saver;
     let time = options.time.clone().unwrap_or_else(jiff::Zoned::now);
     let mut tags = options.tags.clone();
@@ -271,6 +274,57 @@ pub fn backup(
         snapshot,
         errors,
     })
+}
+
+/// A prune that ran while we backed up may have deleted a pack we
+/// deduplicated against (only possible if this backup outlived the prune
+/// safety margin, or with `--instant-delete`). Detect that before saving the
+/// snapshot, so a snapshot never references missing data.
+fn ensure_not_pruned_under_us(
+    repo: &Repository,
+    at_start: &std::collections::HashSet<crate::id::IndexId>,
+    root: &BlobId,
+) -> Result<()> {
+    let now = repo.index_ids()?;
+    let mut maintenance_ran = false;
+    for id in now.iter().filter(|id| !at_start.contains(id)) {
+        if let Ok(file) = repo.load_index_file(id)
+            && !file.supersedes.is_empty()
+        {
+            maintenance_ran = true;
+        }
+    }
+    if !maintenance_ran {
+        return Ok(());
+    }
+    let index = repo.load_index()?;
+    let stored = crate::check::stored_packs(repo)?;
+    let present = |id: &BlobId| index.get(id).is_some_and(|l| stored.contains_key(&l.pack));
+    let mut stack = vec![*root];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(tree_id) = stack.pop() {
+        if !seen.insert(tree_id) {
+            continue;
+        }
+        let missing = || {
+            Error::InvalidInput(
+                "a prune running beside this backup removed data it deduplicated against; no snapshot was saved, run the backup again".into(),
+            )
+        };
+        if !present(&tree_id) {
+            return Err(missing());
+        }
+        let tree = repo.read_tree(&index, &tree_id)?;
+        for node in tree.nodes {
+            if let Some(sub) = node.subtree {
+                stack.push(sub);
+            }
+            if node.content.iter().flatten().any(|id| !present(id)) {
+                return Err(missing());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn absolute(path: &Path) -> Result<PathBuf> {

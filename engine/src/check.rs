@@ -222,12 +222,12 @@ fn load_indexes(
         .iter()
         .flat_map(|(_, f)| f.supersedes.iter().copied())
         .collect();
-    let mut index = Index::new();
-    for (id, f) in &files {
-        if !superseded.contains(id) {
-            index.add_file(f);
-        }
-    }
+    let index = Index::from_files(
+        files
+            .iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .map(|(_, f)| f),
+    );
     Ok((index, files))
 }
 

@@ -23,6 +23,7 @@ pub(crate) enum Domain {
     Snapshot,
     PackHeader,
     MasterKey,
+    Lock,
 }
 
 impl Domain {
@@ -33,6 +34,7 @@ impl Domain {
             Domain::Snapshot => b"vault/v1/snapshot",
             Domain::PackHeader => b"vault/v1/pack-header",
             Domain::MasterKey => b"vault/v1/master-key",
+            Domain::Lock => b"vault/v1/lock",
         }
     }
 }

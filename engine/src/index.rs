@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 const MAGIC: &[u8; 4] = b"VIDX";
-const VERSION: u8 = 1;
+/// Version written. Version 1 files (no `marked` section) are still read.
+const VERSION: u8 = 2;
+const MARK_LEN: usize = 32 + 8;
 const PACK_ENTRY_FIXED: usize = 32 + 8 + 4;
 const BLOB_ENTRY_LEN: usize = 1 + 4 + 4 + 4 + 32;
 
@@ -47,6 +49,10 @@ pub struct IndexFile {
     /// Index files whose content this one replaces (written by prune and
     /// repair; readers ignore the superseded files).
     pub supersedes: Vec<IndexId>,
+    /// Packs marked for deletion by prune, with the Unix time of marking
+    /// (repo-format.md §11.3). Their blobs stay readable, but new backups do
+    /// not deduplicate against them.
+    pub marked: Vec<(PackId, i64)>,
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -104,6 +110,11 @@ impl IndexFile {
         for id in &self.supersedes {
             out.extend_from_slice(&id.0);
         }
+        out.extend_from_slice(&u32_of(self.marked.len()).to_le_bytes());
+        for (id, at) in &self.marked {
+            out.extend_from_slice(&id.0);
+            out.extend_from_slice(&at.to_le_bytes());
+        }
         out
     }
 
@@ -113,7 +124,8 @@ impl IndexFile {
         if r.take::<4>()? != MAGIC {
             return Err(IndexError::Malformed("magic"));
         }
-        if r.take::<1>()?[0] != VERSION {
+        let version = r.take::<1>()?[0];
+        if version != 1 && version != VERSION {
             return Err(IndexError::Malformed("unsupported version"));
         }
         let pack_count = r.count(PACK_ENTRY_FIXED)?;
@@ -148,10 +160,24 @@ impl IndexFile {
         for _ in 0..sup_count {
             supersedes.push(IndexId(*r.take::<32>()?));
         }
+        let mut marked = Vec::new();
+        if version >= 2 {
+            let mark_count = r.count(MARK_LEN)?;
+            marked.reserve(mark_count);
+            for _ in 0..mark_count {
+                let id = PackId(*r.take::<32>()?);
+                let at = i64::from_le_bytes(*r.take::<8>()?);
+                marked.push((id, at));
+            }
+        }
         if !r.0.is_empty() {
             return Err(IndexError::Malformed("trailing bytes"));
         }
-        Ok(Self { packs, supersedes })
+        Ok(Self {
+            packs,
+            supersedes,
+            marked,
+        })
     }
 }
 
@@ -209,6 +235,8 @@ pub struct Index {
     blobs: IdMap<BlobId, Entry>,
     /// Blobs listed in more than one pack (kept for check and prune).
     duplicates: Vec<(BlobId, BlobLocation)>,
+    /// Packs marked for deletion, with the time of marking.
+    marked: IdMap<PackId, i64>,
 }
 
 impl Index {
@@ -260,11 +288,53 @@ impl Index {
         }
     }
 
-    /// Adds every pack of an index file.
+    /// Adds every pack of an index file, and its marks.
     pub fn add_file(&mut self, file: &IndexFile) {
         for p in &file.packs {
             self.add_pack(p.id, p.size, &p.blobs);
         }
+        for (id, at) in &file.marked {
+            self.mark(*id, *at);
+        }
+    }
+
+    /// Builds the index of several files so that, for a blob stored in both
+    /// a marked and an unmarked pack, the unmarked location is the primary.
+    #[must_use]
+    pub fn from_files<'a>(files: impl IntoIterator<Item = &'a IndexFile> + Clone) -> Self {
+        let mut index = Index::new();
+        for f in files.clone() {
+            for (id, at) in &f.marked {
+                index.mark(*id, *at);
+            }
+        }
+        for marked_pass in [false, true] {
+            for f in files.clone() {
+                for p in &f.packs {
+                    if index.marked.contains_key(&p.id) == marked_pass {
+                        index.add_pack(p.id, p.size, &p.blobs);
+                    }
+                }
+            }
+        }
+        index
+    }
+
+    /// Records that `pack` was marked for deletion at `at` (earliest wins).
+    pub fn mark(&mut self, pack: PackId, at: i64) {
+        let entry = self.marked.entry(pack).or_insert(at);
+        *entry = (*entry).min(at);
+    }
+
+    /// When `pack` was marked for deletion, if it is.
+    #[must_use]
+    pub fn marked_at(&self, pack: &PackId) -> Option<i64> {
+        self.marked.get(pack).copied()
+    }
+
+    /// Every mark.
+    pub fn marks(&self) -> impl Iterator<Item = (PackId, i64)> + '_ {
+        self.marked.iter().map(|(p, t)| (*p, *t))
     }
 
     /// Where `id` is stored.
@@ -357,13 +427,14 @@ mod tests {
                 blobs: vec![blob(1, 0), blob(2, 10)],
             }],
             supersedes: vec![IndexId([3; 32])],
+            marked: vec![(PackId([4; 32]), 1_700_000_000)],
         };
         assert_eq!(IndexFile::decode(&file.encode()).unwrap(), file);
     }
 
     #[test]
     fn decode_rejects_huge_counts_without_allocating() {
-        let mut bytes = b"VIDX\x01".to_vec();
+        let mut bytes = b"VIDX\x02".to_vec();
         bytes.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             IndexFile::decode(&bytes),

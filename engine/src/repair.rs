@@ -73,6 +73,7 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
         repo.save_index(&IndexFile {
             packs: chunk,
             supersedes: old.clone(),
+            marked: Vec::new(),
         })?;
         report.indexes_written += 1;
     }

@@ -115,6 +115,11 @@ fn seal_object(key: &MasterKey, domain: Domain, body: &[u8], c: Compression) -> 
     key.seal(domain, &compress::encode(c, body))
 }
 
+/// Seals a lock document with a key copy (the lock refresher thread).
+pub(crate) fn seal_lock_with(key: &MasterKey, body: &[u8]) -> Vec<u8> {
+    seal_object(key, Domain::Lock, body, Compression::None)
+}
+
 fn open_object(key: &MasterKey, domain: Domain, what: &str, sealed: &[u8]) -> Result<Vec<u8>> {
     let encoded = key
         .open(domain, sealed)
@@ -315,6 +320,16 @@ impl Repository {
         open_object(&self.key, domain, &path, &sealed)
     }
 
+    /// Seals a lock document (§11.2).
+    pub(crate) fn seal_lock(&self, body: &[u8]) -> Vec<u8> {
+        seal_object(&self.key, Domain::Lock, body, Compression::None)
+    }
+
+    /// Opens a lock document.
+    pub(crate) fn open_lock(&self, path: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        open_object(&self.key, Domain::Lock, path, sealed)
+    }
+
     /// Stores an index file.
     pub fn save_index(&self, file: &IndexFile) -> Result<IndexId> {
         let hex = self.save_sealed(FileKind::Index, Domain::Index, &file.encode())?;
@@ -349,13 +364,12 @@ impl Repository {
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().copied())
             .collect();
-        let mut index = Index::new();
-        for (id, file) in &files {
-            if !superseded.contains(id) {
-                index.add_file(file);
-            }
-        }
-        Ok(index)
+        let live: Vec<&IndexFile> = files
+            .iter()
+            .filter(|(id, _)| !superseded.contains(id))
+            .map(|(_, f)| f)
+            .collect();
+        Ok(Index::from_files(live.iter().copied()))
     }
 
     /// Stores a snapshot.

@@ -8,3 +8,4 @@ mod backup_restore;
 mod check;
 mod failures;
 mod interrupt;
+mod retention;

@@ -15,6 +15,7 @@
 
 mod support;
 
+mod append_only;
 mod interrupt;
 mod roundtrip;
 mod tamper;

@@ -11,6 +11,12 @@ pub(crate) struct RepairIndexArgs {}
 
 pub(crate) fn run(g: &GlobalArgs, _args: &RepairIndexArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
+    let _lock = vault_engine::lock::lock_exclusive(
+        &repo,
+        "repair index",
+        &global::hostname(),
+        &global::username(),
+    )?;
     let report = repair::repair_index(&repo)?;
     if g.json {
         output::print_json(&report)?;

@@ -22,6 +22,12 @@ pub(crate) struct RepairSnapshotsArgs {
 
 pub(crate) fn run(g: &GlobalArgs, args: &RepairSnapshotsArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
+    let _lock = vault_engine::lock::lock_exclusive(
+        &repo,
+        "repair snapshots",
+        &global::hostname(),
+        &global::username(),
+    )?;
     let report = repair::repair_snapshots(&repo, !args.no_verify, args.forget, args.dry_run)?;
     if g.json {
         output::print_json(&report)?;

@@ -83,6 +83,7 @@ impl Shared {
         let file = IndexFile {
             packs,
             supersedes: Vec::new(),
+            marked: Vec::new(),
         };
         self.repo.save_index(&file)?;
         Ok(())
@@ -145,8 +146,12 @@ impl Saver {
         }
         let mut known = IdMap::default();
         known.reserve(index.len());
-        for (id, _) in index.blobs() {
-            known.insert(id, ());
+        // Blobs only in packs marked for deletion are not reused: a new
+        // snapshot must never start depending on a pack prune may delete.
+        for (id, loc) in index.blobs() {
+            if index.marked_at(&loc.pack).is_none() {
+                known.insert(id, ());
+            }
         }
         Self {
             shared,

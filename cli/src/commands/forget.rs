@@ -1,0 +1,214 @@
+//! `vault forget`: remove snapshots by a GFS retention policy, with the
+//! reason for every decision; `--prune` reclaims the space afterwards.
+
+use super::FilterArgs;
+use super::prune::PruneArgs;
+use crate::args::GlobalArgs;
+use crate::{global, output};
+use anyhow::{Context, Result, bail};
+use std::process::ExitCode;
+use vault_engine::lock;
+use vault_engine::retention::{self, Count, GroupBy, KeepPolicy, RetentionDuration, SnapshotMeta};
+
+/// A count: N, or -1 / `unlimited` for all.
+fn parse_count(s: &str) -> Result<Count, String> {
+    if s.trim() == "-1" {
+        return Ok(Count::Unlimited);
+    }
+    s.parse::<Count>().map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct PolicyArgs {
+    /// Keep the N newest snapshots (-1 or `unlimited`: all).
+    #[arg(short = 'l', long, value_parser = parse_count, allow_hyphen_values = true)]
+    pub(crate) keep_last: Option<Count>,
+    /// Keep the newest snapshot of each of the N newest hours.
+    #[arg(short = 'H', long, value_parser = parse_count, allow_hyphen_values = true)]
+    pub(crate) keep_hourly: Option<Count>,
+    /// Keep the newest snapshot of each of the N newest days.
+    #[arg(short = 'd', long, value_parser = parse_count, allow_hyphen_values = true)]
+    pub(crate) keep_daily: Option<Count>,
+    /// Keep the newest snapshot of each of the N newest ISO weeks.
+    #[arg(short = 'w', long, value_parser = parse_count, allow_hyphen_values = true)]
+    pub(crate) keep_weekly: Option<Count>,
+    /// Keep the newest snapshot of each of the N newest months.
+    #[arg(short = 'm', long, value_parser = parse_count, allow_hyphen_values = true)]
+    pub(crate) keep_monthly: Option<Count>,
+    /// Keep the newest snapshot of each of the N newest years.
+    #[arg(short = 'y', long, value_parser = parse_count, allow_hyphen_values = true)]
+    pub(crate) keep_yearly: Option<Count>,
+    /// Keep snapshots newer than the latest minus DURATION (e.g. 1y2m3d4h).
+    #[arg(long)]
+    pub(crate) keep_within: Option<RetentionDuration>,
+    /// Keep hourly snapshots within DURATION of the latest.
+    #[arg(long)]
+    pub(crate) keep_within_hourly: Option<RetentionDuration>,
+    /// Keep daily snapshots within DURATION of the latest.
+    #[arg(long)]
+    pub(crate) keep_within_daily: Option<RetentionDuration>,
+    /// Keep weekly snapshots within DURATION of the latest.
+    #[arg(long)]
+    pub(crate) keep_within_weekly: Option<RetentionDuration>,
+    /// Keep monthly snapshots within DURATION of the latest.
+    #[arg(long)]
+    pub(crate) keep_within_monthly: Option<RetentionDuration>,
+    /// Keep yearly snapshots within DURATION of the latest.
+    #[arg(long)]
+    pub(crate) keep_within_yearly: Option<RetentionDuration>,
+    /// Keep snapshots with these tags (a,b = both; repeat for either).
+    #[arg(long)]
+    pub(crate) keep_tag: Vec<String>,
+}
+
+impl PolicyArgs {
+    pub(crate) fn to_policy(&self) -> KeepPolicy {
+        KeepPolicy {
+            last: self.keep_last,
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+            monthly: self.keep_monthly,
+            yearly: self.keep_yearly,
+            within: self.keep_within,
+            within_hourly: self.keep_within_hourly,
+            within_daily: self.keep_within_daily,
+            within_weekly: self.keep_within_weekly,
+            within_monthly: self.keep_within_monthly,
+            within_yearly: self.keep_within_yearly,
+            tags: self
+                .keep_tag
+                .iter()
+                .map(|l| {
+                    l.split(',')
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ForgetArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Group snapshots by any of host,paths,tags ('' for no grouping).
+    #[arg(long, default_value = "host,paths")]
+    group_by: GroupBy,
+    /// Show what would be removed, and why each snapshot is kept.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Run prune afterwards.
+    #[arg(long)]
+    prune: bool,
+    #[command(flatten)]
+    prune_args: PruneArgs,
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
+    let policy = args.policy.to_policy();
+    if policy.is_empty() {
+        bail!(
+            "no retention policy given (e.g. --keep-daily 7): refusing to forget snapshots without one"
+        );
+    }
+    let repo = global::open_repository(g)?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(lock::lock_exclusive(
+            &repo,
+            "forget",
+            &global::hostname(),
+            &global::username(),
+        )?)
+    };
+    let filter = args.filter.to_filter();
+    let snaps: Vec<_> = repo
+        .snapshots()?
+        .into_iter()
+        .filter(|(_, s)| filter.matches(s))
+        .collect();
+    let metas: Vec<SnapshotMeta> = snaps
+        .iter()
+        .map(|(id, s)| SnapshotMeta {
+            id: id.to_hex(),
+            time: s.time.clone(),
+            hostname: s.hostname.clone(),
+            paths: s.paths.clone(),
+            tags: s.tags.clone(),
+        })
+        .collect();
+    let plans = retention::apply(&metas, &policy, args.group_by, jiff::Timestamp::now())
+        .context("applying the retention policy")?;
+    let mut removed = 0usize;
+    if g.json {
+        let groups: Vec<serde_json::Value> = plans
+            .iter()
+            .map(|p| {
+                let entry = |d: &retention::Decision| {
+                    serde_json::json!({
+                        "id": d.snapshot.id,
+                        "short_id": &d.snapshot.id[..8],
+                        "time": d.snapshot.time.timestamp().display_with_offset(d.snapshot.time.offset()).to_string(),
+                        "hostname": d.snapshot.hostname,
+                        "paths": d.snapshot.paths,
+                        "tags": d.snapshot.tags,
+                        "reasons": d.reasons,
+                    })
+                };
+                serde_json::json!({
+                    "host": p.key.hostname,
+                    "paths": p.key.paths,
+                    "tags": p.key.tags,
+                    "keep": p.keep.iter().map(entry).collect::<Vec<_>>(),
+                    "remove": p.remove.iter().map(entry).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        output::print_json(&groups)?;
+    }
+    for p in &plans {
+        if !g.json && !g.quiet {
+            println!("snapshots for {}:", p.key);
+            for d in &p.keep {
+                let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
+                println!(
+                    "  keep   {}  {}  {}",
+                    &d.snapshot.id[..8],
+                    output::local_time(&d.snapshot.time),
+                    reasons.join(", ")
+                );
+            }
+            for d in &p.remove {
+                println!(
+                    "  remove {}  {}",
+                    &d.snapshot.id[..8],
+                    output::local_time(&d.snapshot.time)
+                );
+            }
+        }
+        if !args.dry_run {
+            for d in &p.remove {
+                repo.delete_snapshot(&d.snapshot.id.parse()?)?;
+                removed += 1;
+            }
+        }
+    }
+    if !g.json && !g.quiet {
+        let would: usize = plans.iter().map(|p| p.remove.len()).sum();
+        if args.dry_run {
+            println!("dry run: would remove {would} snapshots");
+        } else {
+            println!("removed {removed} snapshots");
+        }
+    }
+    if args.prune && !args.dry_run {
+        super::prune::prune_locked(g, &repo, &args.prune_args)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

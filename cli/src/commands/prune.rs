@@ -1,0 +1,167 @@
+//! `vault prune`: reclaim space no snapshot uses (two-phase: mark now,
+//! delete on a later prune after the safety margin).
+
+use crate::args::GlobalArgs;
+use crate::{global, output};
+use anyhow::{Result, bail};
+use std::process::ExitCode;
+use std::sync::Arc;
+use vault_engine::Repository;
+use vault_engine::lock;
+use vault_engine::prune::{MaxUnused, PruneOptions, PrunePlan};
+
+fn parse_max_unused(s: &str) -> Result<MaxUnused, String> {
+    if s == "unlimited" {
+        return Ok(MaxUnused::Unlimited);
+    }
+    let p: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("invalid --max-unused {s:?}: use a percentage or `unlimited`"))?;
+    if !(0.0..=100.0).contains(&p) {
+        return Err(format!("--max-unused {s:?} must be within 0-100%"));
+    }
+    Ok(MaxUnused::Percent(p))
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mult: u64 = match s[i..]
+                .to_ascii_lowercase()
+                .trim_end_matches("ib")
+                .trim_end_matches('b')
+            {
+                "" => 1,
+                "k" => 1 << 10,
+                "m" => 1 << 20,
+                "g" => 1 << 30,
+                "t" => 1 << 40,
+                _ => return Err(format!("invalid size {s:?}")),
+            };
+            (&s[..i], mult)
+        }
+        None => (s, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}"))?;
+    Ok(n * mult)
+}
+
+fn parse_duration_secs(s: &str) -> Result<i64, String> {
+    let d: jiff::SignedDuration = s
+        .parse::<jiff::Span>()
+        .map_err(|e| format!("invalid duration {s:?}: {e}"))
+        .and_then(|span| {
+            jiff::SignedDuration::try_from(span).map_err(|e| format!("invalid duration {s:?}: {e}"))
+        })?;
+    Ok(d.as_secs())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PruneArgs {
+    /// Tolerated unused space in partly used packs before repacking them
+    /// (percent, or `unlimited` to never repack; 0 repacks everything).
+    #[arg(long, default_value = "5%", value_parser = parse_max_unused)]
+    max_unused: MaxUnused,
+    /// Repack at most this much per run (e.g. 2G).
+    #[arg(long, value_parser = parse_size)]
+    max_repack_size: Option<u64>,
+    /// Delete unneeded packs now instead of marking them (only when no backup can be running).
+    #[arg(long)]
+    instant_delete: bool,
+    /// How long a pack stays marked before a later prune deletes it (e.g. 24h).
+    #[arg(long, default_value = "24h", value_parser = parse_duration_secs)]
+    delete_margin: i64,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PruneCmdArgs {
+    #[command(flatten)]
+    prune: PruneArgs,
+    /// Show what would be removed and repacked.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: &PruneCmdArgs) -> Result<ExitCode> {
+    let repo = global::open_repository(g)?;
+    if args.dry_run {
+        let plan = PrunePlan::new(&repo, &options(&args.prune))?;
+        print_plan(g, &plan, true)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _lock = lock::lock_exclusive(&repo, "prune", &global::hostname(), &global::username())?;
+    prune_locked(g, &repo, &args.prune)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn options(args: &PruneArgs) -> PruneOptions {
+    PruneOptions {
+        max_unused: args.max_unused,
+        max_repack_bytes: args.max_repack_size,
+        margin_secs: args.delete_margin,
+        instant_delete: args.instant_delete,
+        ..PruneOptions::default()
+    }
+}
+
+fn print_plan(g: &GlobalArgs, plan: &PrunePlan, dry_run: bool) -> Result<()> {
+    if g.json {
+        let mut v = serde_json::to_value(plan)?;
+        v["message_type"] = "prune_plan".into();
+        v["dry_run"] = dry_run.into();
+        return output::print_json(&v);
+    }
+    if g.quiet {
+        return Ok(());
+    }
+    println!(
+        "{} snapshots use {} blobs; {} of {} stored is unused",
+        plan.snapshots,
+        plan.used_blobs,
+        output::bytes(plan.unused_bytes),
+        output::bytes(plan.total_bytes)
+    );
+    let verb = if dry_run { "would" } else { "will" };
+    println!(
+        "{verb} delete {} packs ({}), mark {} unused packs, repack {} packs ({}, {} still used), unmark {}; {} marked packs wait for the margin",
+        plan.delete.len(),
+        output::bytes(plan.delete_bytes),
+        plan.mark.len(),
+        plan.repack.len(),
+        output::bytes(plan.repack_bytes),
+        output::bytes(plan.repack_used_bytes),
+        plan.unmark.len(),
+        plan.waiting.len()
+    );
+    Ok(())
+}
+
+/// Runs prune; the caller holds the exclusive lock.
+pub(crate) fn prune_locked(g: &GlobalArgs, repo: &Arc<Repository>, args: &PruneArgs) -> Result<()> {
+    let options = options(args);
+    if options.margin_secs < 0 {
+        bail!("--delete-margin must not be negative");
+    }
+    let plan = PrunePlan::new(repo, &options)?;
+    print_plan(g, &plan, false)?;
+    let report = plan.execute(repo, &options)?;
+    if g.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["message_type"] = "prune".into();
+        output::print_json(&v)?;
+    } else if !g.quiet {
+        println!(
+            "deleted {} packs ({} freed), repacked {}, marked {} for deletion after the margin",
+            report.packs_deleted,
+            output::bytes(report.bytes_freed),
+            report.packs_repacked,
+            report.packs_marked
+        );
+    }
+    Ok(())
+}

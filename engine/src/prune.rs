@@ -1,0 +1,427 @@
+//! Prune: reclaim space no snapshot uses, safely beside running backups.
+//!
+//! Plan, then execute. Deletion is two-phase (repo-format.md §11.3): a
+//! prune only *marks* packs that no snapshot needs; a later prune deletes a
+//! marked pack once it stayed unneeded for the safety margin. Backups do not
+//! deduplicate against marked packs, and a backup that started before the
+//! mark and did reference one of its blobs keeps the pack alive: the next
+//! prune sees the reference and unmarks it.
+//!
+//! Execution order, chosen so that killing prune at any instant leaves a
+//! repository whose every snapshot restores:
+//! 1. repack: copy still-used blobs out of sparse packs into new packs, and
+//!    index them (new packs and index files only);
+//! 2. write the new index files (superseding every index file read at plan
+//!    time), carrying marks and dropping deleted packs;
+//! 3. delete the superseded index files;
+//! 4. delete packs whose mark is older than the margin (or, with
+//!    `instant_delete`, every pack no snapshot needs).
+
+use crate::backup::{Saver, SaverStats};
+use crate::check::stored_packs;
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IndexId, PackId};
+use crate::index::{BlobLocation, Index, IndexFile, IndexedPack};
+use crate::pack::PackedBlob;
+use crate::repository::{FileKind, Repository};
+use crate::tree::NodeKind;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Default safety margin between marking and deleting a pack. Backups must
+/// finish within it (a backup longer than this could reference a blob whose
+/// pack is deleted under it; the backup then detects it and fails rather
+/// than save a broken snapshot).
+pub const DEFAULT_MARGIN_SECS: i64 = 24 * 3600;
+
+/// Index entries per written index file.
+const PACKS_PER_INDEX: usize = 4096;
+
+/// How much unused space to tolerate in packs that are partly used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxUnused {
+    /// Repack until at most this percentage of stored bytes is unused.
+    Percent(f64),
+    /// Never repack partly used packs.
+    Unlimited,
+}
+
+/// Knobs for prune.
+#[derive(Debug, Clone)]
+pub struct PruneOptions {
+    /// Unused-space tolerance.
+    pub max_unused: MaxUnused,
+    /// Stop repacking after this many bytes of packs.
+    pub max_repack_bytes: Option<u64>,
+    /// Seconds a pack stays marked before deletion.
+    pub margin_secs: i64,
+    /// Delete unneeded packs at once (only when no backup can be running).
+    pub instant_delete: bool,
+    /// Current time (Unix seconds); injectable for tests.
+    pub now: i64,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            max_unused: MaxUnused::Percent(5.0),
+            max_repack_bytes: None,
+            margin_secs: DEFAULT_MARGIN_SECS,
+            instant_delete: false,
+            now: jiff::Timestamp::now().as_second(),
+        }
+    }
+}
+
+/// What a prune will do.
+#[derive(Debug, Default, Serialize)]
+pub struct PrunePlan {
+    /// Snapshots whose trees were walked.
+    pub snapshots: u64,
+    /// Blobs still used.
+    pub used_blobs: u64,
+    /// Stored bytes of all packs.
+    pub total_bytes: u64,
+    /// Stored bytes of blobs no snapshot uses.
+    pub unused_bytes: u64,
+    /// Packs to delete now (marked long enough, or instant delete).
+    pub delete: Vec<PackId>,
+    /// Bytes freed by those deletions.
+    pub delete_bytes: u64,
+    /// Packs newly marked for deletion.
+    pub mark: Vec<PackId>,
+    /// Marked packs that are needed again and get unmarked.
+    pub unmark: Vec<PackId>,
+    /// Marked packs waiting for the margin.
+    pub waiting: Vec<PackId>,
+    /// Partly used packs to rewrite.
+    pub repack: Vec<PackId>,
+    /// Stored bytes of packs to repack.
+    pub repack_bytes: u64,
+    /// Used bytes those repacked packs hold (copied).
+    pub repack_used_bytes: u64,
+    /// Packs in storage that no index lists (interrupted backups).
+    pub unindexed: Vec<PackId>,
+    #[serde(skip)]
+    index_ids: Vec<IndexId>,
+    #[serde(skip)]
+    used: HashSet<BlobId>,
+    #[serde(skip)]
+    keep_marks: Vec<(PackId, i64)>,
+}
+
+/// Outcome of executing a plan.
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    /// Packs deleted.
+    pub packs_deleted: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// Packs rewritten.
+    pub packs_repacked: u64,
+    /// Packs marked for later deletion.
+    pub packs_marked: u64,
+    /// Index files written.
+    pub indexes_written: u64,
+}
+
+/// Blobs referenced by any snapshot.
+pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, u64)> {
+    let snapshots = repo.snapshots()?;
+    let mut used: HashSet<BlobId> = HashSet::new();
+    let mut stack: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    while let Some(tree_id) = stack.pop() {
+        if !used.insert(tree_id) {
+            continue;
+        }
+        // A tree that cannot be read means blobs below it cannot be known:
+        // pruning would risk deleting data. Refuse.
+        let tree = repo.read_tree(index, &tree_id).map_err(|e| {
+            Error::InvalidInput(format!(
+                "cannot prune: {e}; run `vault check` and `vault repair` first"
+            ))
+        })?;
+        for node in tree.nodes {
+            if node.kind == NodeKind::Dir {
+                if let Some(sub) = node.subtree {
+                    stack.push(sub);
+                }
+            } else {
+                used.extend(node.content.into_iter().flatten());
+            }
+        }
+    }
+    Ok((used, snapshots.len() as u64))
+}
+
+impl PrunePlan {
+    /// Computes what to delete, mark and repack. The caller holds the
+    /// exclusive lock.
+    pub fn new(repo: &Repository, options: &PruneOptions) -> Result<Self> {
+        let index_ids = repo.index_ids()?;
+        let index = repo.load_index()?;
+        let stored = stored_packs(repo)?;
+        let (used, snapshots) = used_blobs(repo, &index)?;
+        let mut plan = PrunePlan {
+            snapshots,
+            used_blobs: used.len() as u64,
+            index_ids,
+            ..PrunePlan::default()
+        };
+
+        // Per pack: which of its blobs are used; whether each used blob has
+        // an unmarked copy elsewhere.
+        let mut by_pack: HashMap<PackId, Vec<(BlobId, BlobLocation)>> = HashMap::new();
+        for (id, loc) in index.blobs() {
+            by_pack.entry(loc.pack).or_default().push((id, loc));
+        }
+        for (id, loc) in index.duplicates() {
+            by_pack.entry(loc.pack).or_default().push((*id, *loc));
+        }
+        let served_unmarked: HashSet<BlobId> = by_pack
+            .iter()
+            .filter(|(p, _)| index.marked_at(p).is_none() && stored.contains_key(*p))
+            .flat_map(|(_, blobs)| blobs.iter().map(|(id, _)| *id))
+            .collect();
+
+        let mut candidates: Vec<(PackId, u64, u64)> = Vec::new(); // pack, size, used bytes
+        for (pack, size) in index.packs() {
+            plan.total_bytes += size;
+            let blobs = by_pack.get(&pack).map(Vec::as_slice).unwrap_or_default();
+            let marked = index.marked_at(&pack);
+            if !stored.contains_key(&pack) {
+                continue; // already gone; the new index drops it
+            }
+            let used_here: u64 = blobs
+                .iter()
+                .filter(|(id, _)| used.contains(id))
+                .map(|(_, l)| u64::from(l.length))
+                .sum();
+            plan.unused_bytes += size.saturating_sub(used_here);
+            if let Some(at) = marked {
+                // Needed if it holds a used blob with no unmarked copy.
+                let needed = blobs
+                    .iter()
+                    .any(|(id, _)| used.contains(id) && !served_unmarked.contains(id));
+                if needed {
+                    plan.unmark.push(pack);
+                } else if options.instant_delete || options.now - at >= options.margin_secs {
+                    plan.delete.push(pack);
+                    plan.delete_bytes += size;
+                } else {
+                    plan.waiting.push(pack);
+                    plan.keep_marks.push((pack, at));
+                }
+                continue;
+            }
+            if used_here == 0 {
+                if options.instant_delete {
+                    plan.delete.push(pack);
+                    plan.delete_bytes += size;
+                } else {
+                    plan.mark.push(pack);
+                }
+            } else if used_here < size {
+                candidates.push((pack, size, used_here));
+            }
+        }
+
+        // Repack the sparsest packs until unused space is within bounds.
+        if let MaxUnused::Percent(max) = options.max_unused {
+            candidates.sort_by(|a, b| {
+                let ra = (a.1 - a.2) as f64 / a.1 as f64;
+                let rb = (b.1 - b.2) as f64 / b.1 as f64;
+                rb.total_cmp(&ra)
+            });
+            let freed_now: u64 = plan.delete_bytes
+                + plan
+                    .mark
+                    .iter()
+                    .map(|p| stored.get(p).copied().unwrap_or(0))
+                    .sum::<u64>();
+            let mut unused_left = plan.unused_bytes.saturating_sub(freed_now);
+            let allowed = (plan.total_bytes as f64 * max / 100.0) as u64;
+            for (pack, size, used_here) in candidates {
+                if unused_left <= allowed {
+                    break;
+                }
+                if options
+                    .max_repack_bytes
+                    .is_some_and(|cap| plan.repack_bytes + size > cap)
+                {
+                    break;
+                }
+                plan.repack.push(pack);
+                plan.repack_bytes += size;
+                plan.repack_used_bytes += used_here;
+                unused_left = unused_left.saturating_sub(size - used_here);
+            }
+        }
+
+        // Packs no index lists: uploads of an interrupted (or running!)
+        // backup. Marked like unused packs, never deleted at first sight.
+        let indexed: HashSet<PackId> = index.packs().map(|(p, _)| p).collect();
+        for (pack, size) in &stored {
+            if indexed.contains(pack) {
+                continue;
+            }
+            plan.unindexed.push(*pack);
+            match index.marked_at(pack) {
+                Some(at) if options.instant_delete || options.now - at >= options.margin_secs => {
+                    plan.delete.push(*pack);
+                    plan.delete_bytes += size;
+                }
+                Some(at) => plan.keep_marks.push((*pack, at)),
+                None if options.instant_delete => {
+                    plan.delete.push(*pack);
+                    plan.delete_bytes += size;
+                }
+                None => plan.mark.push(*pack),
+            }
+        }
+        plan.used = used;
+        Ok(plan)
+    }
+
+    /// Whether executing would change anything.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.delete.is_empty()
+            && self.mark.is_empty()
+            && self.unmark.is_empty()
+            && self.repack.is_empty()
+    }
+
+    /// Applies the plan in the crash-safe order described in the module
+    /// docs.
+    pub fn execute(self, repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneReport> {
+        let mut report = PruneReport::default();
+        if self.is_empty() {
+            return Ok(report);
+        }
+        let index = repo.load_index()?;
+        let repack: HashSet<PackId> = self.repack.iter().copied().collect();
+        let delete: HashSet<PackId> = self.delete.iter().copied().collect();
+
+        // 1. Repack used blobs out of sparse packs. Blobs are re-saved by id,
+        // so a blob already elsewhere (unmarked) is not copied twice.
+        if !repack.is_empty() {
+            let mut seed = Index::new();
+            for (id, loc) in index.blobs() {
+                if !repack.contains(&loc.pack) && index.marked_at(&loc.pack).is_none() {
+                    seed.add_pack(
+                        loc.pack,
+                        0,
+                        &[PackedBlob {
+                            kind: loc.kind,
+                            id,
+                            offset: loc.offset,
+                            length: loc.length,
+                            raw_len: loc.raw_len,
+                        }],
+                    );
+                }
+            }
+            let saver = Saver::start(
+                repo.clone(),
+                &seed,
+                Compression::default(),
+                2,
+                Arc::new(SaverStats::default()),
+            );
+            for (id, loc) in index.blobs() {
+                if repack.contains(&loc.pack) && self.used.contains(&id) {
+                    let data = repo.read_blob(&index, &id)?;
+                    saver.save_with_id(loc.kind, id, data)?;
+                }
+            }
+            saver.finish()?;
+            report.packs_repacked = repack.len() as u64;
+        }
+
+        // 2. New index: every live pack except deleted ones; marks for packs
+        // newly marked, repacked, or still waiting.
+        let mut files: Vec<IndexFile> = Vec::new();
+        let mut current = IndexFile::default();
+        let mut by_pack: HashMap<PackId, (u64, Vec<PackedBlob>)> = HashMap::new();
+        for (pack, size) in index.packs() {
+            by_pack.insert(pack, (size, Vec::new()));
+        }
+        let all_locations = index.blobs().chain(index.duplicates().iter().copied());
+        for (id, loc) in all_locations {
+            if let Some((_, blobs)) = by_pack.get_mut(&loc.pack) {
+                blobs.push(PackedBlob {
+                    kind: loc.kind,
+                    id,
+                    offset: loc.offset,
+                    length: loc.length,
+                    raw_len: loc.raw_len,
+                });
+            }
+        }
+        let mut packs: Vec<(PackId, (u64, Vec<PackedBlob>))> = by_pack.into_iter().collect();
+        packs.sort_by_key(|(p, _)| *p);
+        let stored = stored_packs(repo)?;
+        let dropped =
+            |p: &PackId| delete.contains(p) || (options.instant_delete && repack.contains(p));
+        for (pack, (size, blobs)) in packs {
+            if dropped(&pack) || !stored.contains_key(&pack) {
+                continue;
+            }
+            current.packs.push(IndexedPack {
+                id: pack,
+                size,
+                blobs,
+            });
+            if current.packs.len() >= PACKS_PER_INDEX {
+                files.push(std::mem::take(&mut current));
+            }
+        }
+        let mut marks: Vec<(PackId, i64)> = self.keep_marks.clone();
+        marks.extend(self.mark.iter().map(|p| (*p, options.now)));
+        marks.extend(
+            self.repack
+                .iter()
+                .filter(|p| !delete.contains(p))
+                .map(|p| (*p, options.now)),
+        );
+        if options.instant_delete {
+            // Repacked packs are deleted right away too.
+            marks.retain(|(p, _)| !repack.contains(p));
+        }
+        report.packs_marked = (self.mark.len() + self.repack.len()) as u64;
+        current.marked = marks;
+        files.push(current);
+        for f in &mut files {
+            f.supersedes.clone_from(&self.index_ids);
+            repo.save_index(f)?;
+            report.indexes_written += 1;
+        }
+
+        // 3. Old index files go only after the new ones are durable.
+        for id in &self.index_ids {
+            let path = FileKind::Index.path(&id.to_hex());
+            repo.backend()
+                .delete(&path)
+                .map_err(|e| Error::backend(path, e))?;
+        }
+
+        // 4. Packs.
+        let mut to_delete: Vec<PackId> = self.delete.clone();
+        if options.instant_delete {
+            to_delete.extend(self.repack.iter().copied());
+        }
+        for pack in to_delete {
+            let path = FileKind::Pack.path(&pack.to_hex());
+            let size = stored.get(&pack).copied().unwrap_or(0);
+            repo.backend()
+                .delete(&path)
+                .map_err(|e| Error::backend(format!("pack {pack}"), e))?;
+            report.packs_deleted += 1;
+            report.bytes_freed += size;
+        }
+        Ok(report)
+    }
+}
