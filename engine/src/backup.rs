@@ -453,7 +453,15 @@ impl Walker<'_> {
 
     fn save_tree(&self, mut tree: Tree) -> Result<BlobId> {
         tree.sort();
-        self.saver.save(BlobKind::Tree, tree.encode())
+        let bytes = tree.encode();
+        if bytes.len() > crate::compress::MAX_BLOB_LEN {
+            return Err(Error::InvalidInput(format!(
+                "a directory listing of {} entries exceeds the format's {} byte tree limit",
+                tree.nodes.len(),
+                crate::compress::MAX_BLOB_LEN
+            )));
+        }
+        self.saver.save(BlobKind::Tree, bytes)
     }
 
     fn save_paths(&mut self, list: &[PathBuf], parent: Option<&Tree>) -> Result<BlobId> {

@@ -394,8 +394,12 @@ impl PrunePlan {
         report.packs_marked = (self.mark.len() + self.repack.len()) as u64;
         current.marked = marks;
         files.push(current);
-        for f in &mut files {
-            f.supersedes.clone_from(&self.index_ids);
+        // Only the last file supersedes the old ones (it is written last), so
+        // an interruption before it leaves the old files live.
+        if let Some(last) = files.last_mut() {
+            last.supersedes.clone_from(&self.index_ids);
+        }
+        for f in &files {
             repo.save_index(f)?;
             report.indexes_written += 1;
         }

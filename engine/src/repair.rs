@@ -69,10 +69,13 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
             .map(<[IndexedPack]>::to_vec)
             .collect()
     };
-    for chunk in chunks {
+    // Only the last file supersedes the old ones: until it is written, the
+    // old files stay live, so an interruption never hides a pack.
+    let last = chunks.len() - 1;
+    for (i, chunk) in chunks.into_iter().enumerate() {
         repo.save_index(&IndexFile {
             packs: chunk,
-            supersedes: old.clone(),
+            supersedes: if i == last { old.clone() } else { Vec::new() },
             marked: Vec::new(),
         })?;
         report.indexes_written += 1;

@@ -111,6 +111,14 @@ impl std::fmt::Debug for Repository {
     }
 }
 
+/// Parses the id at the end of an object key, only in its canonical
+/// (lowercase hex) spelling: other names are not ours.
+fn canonical_id<T: std::str::FromStr + std::fmt::Display>(path: &str) -> Option<T> {
+    let name = path.rsplit('/').next()?;
+    let id: T = name.parse().ok()?;
+    (id.to_string() == name).then_some(id)
+}
+
 fn seal_object(key: &MasterKey, domain: Domain, body: &[u8], c: Compression) -> Vec<u8> {
     key.seal(domain, &compress::encode(c, body))
 }
@@ -348,7 +356,7 @@ impl Repository {
         Ok(self
             .list(FileKind::Index)?
             .iter()
-            .filter_map(|o| o.path.rsplit('/').next()?.parse().ok())
+            .filter_map(|o| canonical_id(&o.path))
             .collect())
     }
 
@@ -389,15 +397,16 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let mut out = Vec::new();
         for info in self.list(FileKind::Snapshot)? {
-            let Some(id) = info
-                .path
-                .rsplit('/')
-                .next()
-                .and_then(|n| n.parse::<SnapshotId>().ok())
-            else {
+            let Some(id) = canonical_id::<SnapshotId>(&info.path) else {
                 continue;
             };
-            out.push((id, self.load_snapshot(&id)?));
+            // One damaged snapshot must not make the others unreachable;
+            // `check` reports it.
+            match self.load_snapshot(&id) {
+                Ok(s) => out.push((id, s)),
+                Err(e @ Error::Corrupt { .. }) => tracing::warn!("skipping {e}"),
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by_key(|(_, s)| s.time.timestamp());
         Ok(out)

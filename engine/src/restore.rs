@@ -258,10 +258,23 @@ pub fn restore(
         }
         match node.kind {
             NodeKind::Dir => {
-                match fs::create_dir(path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-                    Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
+                // Never follow a symlink where a directory belongs: content
+                // would land outside the target.
+                match fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) if options.overwrite == Overwrite::Never => {
+                        return Err(Error::InvalidInput(format!(
+                            "{} already exists and is not a directory; pass --overwrite to replace it",
+                            path.display()
+                        )));
+                    }
+                    Ok(_) => {
+                        remove_existing(path)?;
+                        fs::create_dir(path)
+                            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                    }
+                    Err(_) => fs::create_dir(path)
+                        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?,
                 }
                 report.dirs += 1;
             }

@@ -198,9 +198,18 @@ impl Tree {
         serde_json::to_vec(self).expect("trees serialise")
     }
 
-    /// Decodes tree bytes.
+    /// Decodes tree bytes. Names must be valid, unique and sorted: a tree
+    /// holding both a symlink `a` and a directory `a` could otherwise make
+    /// restore write through the link.
     pub fn decode(bytes: &[u8]) -> Result<Self, TreeError> {
         let tree: Tree = serde_json::from_slice(bytes).map_err(|e| TreeError(e.to_string()))?;
+        let sorted_unique = tree
+            .nodes
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if a.os_name() < b.os_name()));
+        if !sorted_unique {
+            return Err(TreeError("node names not sorted and unique".into()));
+        }
         for node in &tree.nodes {
             if node.name.is_empty()
                 || node.name.contains('/')

@@ -175,7 +175,9 @@ fn snapshot_flipped_byte_is_reported_corrupt() {
     for pos in positions(object_len(&fx, &object)) {
         let copy = fx.tampered(&object, pos);
         let repo = Repository::open(backend(copy.path()), &password()).expect("open repository");
-        assert_reported(repo.snapshots(), ErrorKind::Corrupt, &object);
+        // Listing skips the damaged snapshot (others stay reachable; check
+        // reports it); loading it by id fails naming it.
+        assert!(repo.snapshots().expect("listing").is_empty());
         assert_reported(
             repo.load_snapshot(&fx.snapshot_id),
             ErrorKind::Corrupt,

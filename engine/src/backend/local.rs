@@ -54,7 +54,14 @@ impl Backend for LocalBackend {
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
         let target = self.full(path)?;
         let dir = target.parent().expect("object keys are inside the root");
-        fs::create_dir_all(dir).map_err(|e| map_err(path, e))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(|e| map_err(path, e))?;
+            // Make the new directory's name durable too, or a power cut
+            // could lose the object along with it.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent).map_err(|e| map_err(path, e))?;
+            }
+        }
         let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
         let result = (|| {
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
