@@ -37,6 +37,9 @@ pub(crate) struct GlobalArgs {
     /// More log output (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub(crate) verbose: u8,
+    /// Configuration file [default: /etc/vault/vault.toml when it exists].
+    #[arg(long, env = "VAULT_CONFIG", global = true)]
+    pub(crate) config: Option<PathBuf>,
     /// Allow plain HTTP to a non-loopback S3 endpoint.
     #[arg(long, global = true)]
     pub(crate) allow_http: bool,

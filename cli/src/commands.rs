@@ -3,6 +3,7 @@
 mod backup;
 mod cat;
 mod check;
+mod drill;
 mod dump;
 mod forget;
 mod init;
@@ -12,6 +13,7 @@ mod repair_index;
 mod repair_snapshots;
 mod restore;
 mod snapshots;
+mod status;
 mod unlock;
 
 use crate::args::Cli;
@@ -48,6 +50,11 @@ pub(crate) enum Command {
     Prune(prune::PruneCmdArgs),
     /// Remove stale locks.
     Unlock(unlock::UnlockArgs),
+    /// Per configured source: last success and failure, age, sizes.
+    Status(status::StatusArgs),
+    /// Restore drill: load the latest backup of a source into a scratch
+    /// database or directory, check it, clean up.
+    Drill(drill::DrillArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,6 +79,8 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Forget(a) => forget::run(g, &a),
         Command::Prune(a) => prune::run(g, &a),
         Command::Unlock(a) => unlock::run(g, &a),
+        Command::Status(a) => status::run(g, &a),
+        Command::Drill(a) => drill::run(g, &a),
         Command::Repair(RepairCommand::Index(a)) => repair_index::run(g, &a),
         Command::Repair(RepairCommand::Snapshots(a)) => repair_snapshots::run(g, &a),
     }

@@ -2,6 +2,7 @@
 //! password, opening the repository, and the interrupt flag.
 
 use crate::args::GlobalArgs;
+use crate::config::Config;
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -24,11 +25,28 @@ pub(crate) fn install_interrupt_handler() -> Arc<AtomicBool> {
     flag
 }
 
-/// The repository URL: `--repo`/`VAULT_REPOSITORY`, else the local default
-/// `$XDG_DATA_HOME/vault/repo` (`~/.local/share/vault/repo`).
+static CONFIG: std::sync::OnceLock<Result<Option<Config>, String>> = std::sync::OnceLock::new();
+
+/// The configuration file, loaded once: `--config`/`VAULT_CONFIG`, else
+/// `/etc/vault/vault.toml` if it exists.
+pub(crate) fn config(global: &GlobalArgs) -> Result<Option<&'static Config>> {
+    let loaded = CONFIG
+        .get_or_init(|| Config::discover(global.config.as_deref()).map_err(|e| format!("{e:#}")));
+    match loaded {
+        Ok(c) => Ok(c.as_ref()),
+        Err(e) => Err(anyhow::anyhow!("{e}")),
+    }
+}
+
+/// The repository URL: `--repo`/`VAULT_REPOSITORY`, else the config file's,
+/// else the local default `$XDG_DATA_HOME/vault/repo`
+/// (`~/.local/share/vault/repo`).
 pub(crate) fn repo_url(global: &GlobalArgs) -> Result<String> {
     if let Some(repo) = &global.repo {
         return Ok(repo.clone());
+    }
+    if let Some(url) = config(global)?.and_then(|c| c.repository.url.clone()) {
+        return Ok(url);
     }
     let data_home = std::env::var_os("XDG_DATA_HOME")
         .filter(|v| !v.is_empty())
@@ -38,11 +56,29 @@ pub(crate) fn repo_url(global: &GlobalArgs) -> Result<String> {
     Ok(data_home.join("vault/repo").to_string_lossy().into_owned())
 }
 
+fn first_line(path: &std::path::Path, what: &str) -> Result<String> {
+    crate::config::ensure_private(path, what)?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {what} {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().trim().to_owned())
+}
+
 pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Box<dyn Backend>> {
-    let options = S3Options {
+    let mut options = S3Options {
         allow_http: global.allow_http,
         ..S3Options::default()
     };
+    if let Some(repo) = config(global)?.map(|c| &c.repository) {
+        options.allow_http |= repo.allow_http;
+        options.region.clone_from(&repo.region);
+        options.virtual_hosted_style = repo.path_style == Some(false);
+        if let Some(f) = &repo.access_key_id_file {
+            options.access_key_id = Some(first_line(f, "access key id file")?);
+        }
+        if let Some(f) = &repo.secret_access_key_file {
+            options.secret_access_key = Some(first_line(f, "secret access key file")?);
+        }
+    }
     backend::open_url(url, &options).with_context(|| format!("opening storage at {url}"))
 }
 
@@ -52,14 +88,26 @@ pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
     if let Ok(pw) = std::env::var("VAULT_PASSWORD") {
         return Ok(Password::new(pw));
     }
-    if let Some(file) = &global.password_file {
+    let from_config = config(global)?.map(|c| &c.repository);
+    let password_file = global
+        .password_file
+        .clone()
+        .or_else(|| from_config.and_then(|r| r.password_file.clone()));
+    let password_command = global
+        .password_command
+        .clone()
+        .or_else(|| from_config.and_then(|r| r.password_command.clone()));
+    if let Some(file) = &password_file {
+        if global.password_file.is_none() {
+            crate::config::ensure_private(file, "password file")?;
+        }
         let text = std::fs::read(file)
             .with_context(|| format!("reading password file {}", file.display()))?;
         let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         return Ok(Password::new(line.to_vec()));
     }
-    if let Some(command) = &global.password_command {
+    if let Some(command) = &password_command {
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(command)

@@ -3,9 +3,13 @@
 
 mod args;
 mod commands;
+mod config;
 mod exit;
 mod global;
+mod notify;
 mod output;
+mod sources;
+mod status;
 mod timespec;
 
 use clap::Parser;

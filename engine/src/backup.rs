@@ -703,10 +703,35 @@ impl Walker<'_> {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| Error::SourceFailed(format!("starting `{shown}`: {e}")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
+        // Pass the command's messages through, keeping the tail so a
+        // failure can say why (e.g. "pg_dump: error: database does not exist").
+        let stderr_tail = {
+            let mut stderr = child.stderr.take().expect("stderr is piped");
+            std::thread::spawn(move || {
+                let mut tail: Vec<u8> = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stderr.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let chunk = &buf[..n];
+                    let _ = std::io::Write::write_all(&mut std::io::stderr(), chunk);
+                    tail.extend_from_slice(chunk);
+                    if tail.len() > 2048 {
+                        tail.drain(..tail.len() - 2048);
+                    }
+                }
+                String::from_utf8_lossy(&tail)
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| l.trim().to_owned())
+            })
+        };
         let result = self.save_content(stdout);
         let (content, size) = match result {
             Ok(v) => v,
@@ -724,9 +749,11 @@ impl Walker<'_> {
         let status = child
             .wait()
             .map_err(|e| Error::SourceFailed(format!("waiting for `{shown}`: {e}")))?;
+        let last_message = stderr_tail.join().ok().flatten();
         if !status.success() {
+            let why = last_message.map(|m| format!(": {m}")).unwrap_or_default();
             return Err(Error::SourceFailed(format!(
-                "command `{shown}` failed ({status}); no snapshot was saved"
+                "command `{shown}` failed ({status}){why}; no snapshot was saved"
             )));
         }
         self.counters.files = 1;

@@ -406,7 +406,7 @@ mod tests {
 
     fn blob(i: u8, offset: u32) -> PackedBlob {
         PackedBlob {
-            kind: if i % 2 == 0 {
+            kind: if i.is_multiple_of(2) {
                 BlobKind::Data
             } else {
                 BlobKind::Tree

@@ -94,12 +94,22 @@ pub struct Lock {
     backend: Arc<dyn Backend>,
     path: String,
     stop: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
     refresher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Lock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lock").field("path", &self.path).finish()
+    }
+}
+
+impl Lock {
+    /// True once a refresh found the lock object no longer ours (another
+    /// process judged it stale and took over). Holders stop deleting then.
+    #[must_use]
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
     }
 }
 
@@ -110,7 +120,10 @@ impl Drop for Lock {
             t.thread().unpark();
             let _ = t.join();
         }
-        let _ = self.backend.delete(&self.path);
+        // Never delete a lock that is someone else's now.
+        if !self.is_lost() {
+            let _ = self.backend.delete(&self.path);
+        }
     }
 }
 
@@ -237,24 +250,40 @@ pub fn lock_exclusive(
         path
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(AtomicBool::new(false));
     let refresher = {
         let stop = stop.clone();
+        let lost = lost.clone();
         let backend = backend.clone();
         let path = path.clone();
         let mut info = info.clone();
+        // The refresher cannot borrow the repository; it keeps a key copy.
+        let key = repo.key().clone();
         let sealed_for = {
-            // The refresher cannot borrow the repository; pre-seal with a
-            // key copy held only for this thread.
-            let key = repo.key().clone();
+            let key = key.clone();
             move |i: &LockInfo| {
                 let body = serde_json::to_vec(i).expect("lock serialises");
                 crate::repository::seal_lock_with(&key, &body)
             }
         };
+        let still_ours = move |backend: &dyn Backend, path: &str, nonce: u64| -> bool {
+            let Ok(bytes) = backend.get(path) else {
+                return false;
+            };
+            crate::repository::open_lock_with(&key, path, &bytes)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
+                .is_some_and(|i| i.nonce == nonce)
+        };
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 std::thread::park_timeout(Duration::from_secs(LOCK_REFRESH_SECS));
                 if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if !still_ours(backend.as_ref(), &path, info.nonce) {
+                    tracing::error!("lock {path} was taken over; stopping maintenance");
+                    lost.store(true, Ordering::SeqCst);
                     break;
                 }
                 info.refreshed = now();
@@ -268,6 +297,7 @@ pub fn lock_exclusive(
         backend,
         path,
         stop,
+        lost,
         refresher: Some(refresher),
     })
 }

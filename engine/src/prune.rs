@@ -128,8 +128,24 @@ pub struct PruneReport {
 }
 
 /// Blobs referenced by any snapshot.
+///
+/// Strict where listing is lenient: a snapshot that cannot be read, or a
+/// referenced blob that no index lists, makes prune refuse, since its data
+/// would otherwise look unused and be deleted.
 pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, u64)> {
-    let snapshots = repo.snapshots()?;
+    let mut snapshots = Vec::new();
+    for info in repo.list(FileKind::Snapshot)? {
+        let name = info.path.rsplit('/').next().unwrap_or_default();
+        let id: crate::id::SnapshotId = name.parse().map_err(|_| {
+            Error::InvalidInput(format!("cannot prune: unexpected object {}", info.path))
+        })?;
+        let snap = repo.load_snapshot(&id).map_err(|e| {
+            Error::InvalidInput(format!(
+                "cannot prune: {e}; run `vault check` and `vault repair snapshots` first"
+            ))
+        })?;
+        snapshots.push((id, snap));
+    }
     let mut used: HashSet<BlobId> = HashSet::new();
     let mut stack: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.tree).collect();
     while let Some(tree_id) = stack.pop() {
@@ -152,6 +168,11 @@ pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, 
                 used.extend(node.content.into_iter().flatten());
             }
         }
+    }
+    if let Some(missing) = used.iter().find(|id| !index.contains(id)) {
+        return Err(Error::InvalidInput(format!(
+            "cannot prune: blob {missing} is used by a snapshot but in no index; run `vault repair index` first"
+        )));
     }
     Ok((used, snapshots.len() as u64))
 }
@@ -295,8 +316,22 @@ impl PrunePlan {
     }
 
     /// Applies the plan in the crash-safe order described in the module
-    /// docs.
-    pub fn execute(self, repo: &Arc<Repository>, options: &PruneOptions) -> Result<PruneReport> {
+    /// docs. `lock` is the exclusive lock the caller holds; if it is lost
+    /// (taken over as stale), nothing more is deleted.
+    pub fn execute(
+        self,
+        repo: &Arc<Repository>,
+        options: &PruneOptions,
+        lock: Option<&crate::lock::Lock>,
+    ) -> Result<PruneReport> {
+        let still_locked = || -> Result<()> {
+            match lock {
+                Some(l) if l.is_lost() => Err(Error::Locked {
+                    holder: "our lock was lost (taken over as stale); stopping before deleting anything more".into(),
+                }),
+                _ => Ok(()),
+            }
+        };
         let mut report = PruneReport::default();
         if self.is_empty() {
             return Ok(report);
@@ -367,7 +402,17 @@ impl PrunePlan {
         let dropped =
             |p: &PackId| delete.contains(p) || (options.instant_delete && repack.contains(p));
         for (pack, (size, blobs)) in packs {
-            if dropped(&pack) || !stored.contains_key(&pack) {
+            if dropped(&pack) {
+                continue;
+            }
+            // A listing may lag behind writes: only drop a pack from the
+            // index when a direct lookup confirms it is gone.
+            if !stored.contains_key(&pack)
+                && repo
+                    .backend()
+                    .head(&FileKind::Pack.path(&pack.to_hex()))
+                    .is_err_and(|e| e.is_not_found())
+            {
                 continue;
             }
             current.packs.push(IndexedPack {
@@ -379,13 +424,16 @@ impl PrunePlan {
                 files.push(std::mem::take(&mut current));
             }
         }
+        // Marks carry the time they become visible, not the start of this
+        // prune, so the margin is never shortened by a long repack.
+        let marked_at = jiff::Timestamp::now().as_second().max(options.now);
         let mut marks: Vec<(PackId, i64)> = self.keep_marks.clone();
-        marks.extend(self.mark.iter().map(|p| (*p, options.now)));
+        marks.extend(self.mark.iter().map(|p| (*p, marked_at)));
         marks.extend(
             self.repack
                 .iter()
                 .filter(|p| !delete.contains(p))
-                .map(|p| (*p, options.now)),
+                .map(|p| (*p, marked_at)),
         );
         if options.instant_delete {
             // Repacked packs are deleted right away too.
@@ -405,6 +453,7 @@ impl PrunePlan {
         }
 
         // 3. Old index files go only after the new ones are durable.
+        still_locked()?;
         for id in &self.index_ids {
             let path = FileKind::Index.path(&id.to_hex());
             repo.backend()
@@ -417,6 +466,7 @@ impl PrunePlan {
         if options.instant_delete {
             to_delete.extend(self.repack.iter().copied());
         }
+        still_locked()?;
         for pack in to_delete {
             let path = FileKind::Pack.path(&pack.to_hex());
             let size = stored.get(&pack).copied().unwrap_or(0);

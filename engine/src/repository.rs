@@ -128,6 +128,11 @@ pub(crate) fn seal_lock_with(key: &MasterKey, body: &[u8]) -> Vec<u8> {
     seal_object(key, Domain::Lock, body, Compression::None)
 }
 
+/// Opens a lock document with a key copy (the lock refresher thread).
+pub(crate) fn open_lock_with(key: &MasterKey, path: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    open_object(key, Domain::Lock, path, sealed)
+}
+
 fn open_object(key: &MasterKey, domain: Domain, what: &str, sealed: &[u8]) -> Result<Vec<u8>> {
     let encoded = key
         .open(domain, sealed)

@@ -2,18 +2,21 @@
 //! snapshot.
 
 use crate::args::GlobalArgs;
-use crate::{exit, global, output, timespec};
+use crate::config::{Config, SourceConfig};
+use crate::{exit, global, notify, output, sources, status, timespec};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use vault_engine::Repository;
 use vault_engine::backup::{self, BackupOptions, BackupProgress, Source};
 use vault_engine::compress::Compression;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BackupArgs {
-    /// Files and directories to back up.
+    /// Files and directories to back up, or names of configured sources
+    /// (none: every configured source).
     paths: Vec<PathBuf>,
     /// Back up standard input as one file.
     #[arg(long, conflicts_with = "stdin_from_command")]
@@ -67,6 +70,20 @@ pub(crate) struct BackupArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
+    if !args.stdin
+        && !args.stdin_from_command
+        && let Some(config) = global::config(g)?
+        && !config.sources.is_empty()
+    {
+        let names: Vec<String> = args
+            .paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if names.iter().all(|n| config.source(n).is_some()) {
+            return run_sources(g, &args, config, &names, cancel);
+        }
+    }
     let source = if args.stdin_from_command {
         let Some((program, rest)) = args.command.split_first() else {
             bail!("--stdin-from-command needs a command after `--`");
@@ -90,20 +107,45 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
         }
     } else {
         if args.paths.is_empty() {
-            bail!("nothing to back up: give paths, --stdin or --stdin-from-command");
+            bail!(
+                "nothing to back up: give paths, --stdin, --stdin-from-command, or configure sources"
+            );
         }
         if !args.command.is_empty() {
             bail!("a command after `--` needs --stdin-from-command");
         }
         Source::Paths(args.paths.clone())
     };
+    let repo = global::open_repository_with(g, args.dry_run)?;
+    let options = options(g, &args, &repo, cancel, args.tags.clone(), Vec::new())?;
+    let report = run_one(g, &repo, source, &options)?;
+    print_summary(g, &report, args.dry_run, None)?;
+    if report.errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "vault: snapshot saved, but {} entries could not be read",
+            report.errors.len()
+        );
+        Ok(ExitCode::from(exit::INCOMPLETE))
+    }
+}
+
+fn options(
+    g: &GlobalArgs,
+    args: &BackupArgs,
+    repo: &Repository,
+    cancel: Arc<AtomicBool>,
+    tags: Vec<String>,
+    extra_excludes: Vec<String>,
+) -> Result<BackupOptions> {
     let mut excludes = args.excludes.clone();
+    excludes.extend(extra_excludes);
     for file in &args.exclude_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("reading exclude file {}", file.display()))?;
         excludes.extend(text.lines().map(str::to_owned));
     }
-    let repo = global::open_repository_with(g, args.dry_run)?;
     let parent = match &args.parent {
         Some(spec) => {
             let snaps = repo.snapshots()?;
@@ -112,17 +154,13 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
         }
         None => None,
     };
-    let options = BackupOptions {
+    let _ = g;
+    Ok(BackupOptions {
         compression: args.compression,
         excludes,
         exclude_caches: args.exclude_caches,
         one_file_system: args.one_file_system,
-        tags: args
-            .tags
-            .iter()
-            .filter(|t| !t.is_empty())
-            .cloned()
-            .collect(),
+        tags: tags.into_iter().filter(|t| !t.is_empty()).collect(),
         hostname: args.host.clone().unwrap_or_else(global::hostname),
         username: global::username(),
         time: args.time.as_deref().map(timespec::parse).transpose()?,
@@ -130,9 +168,16 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
         force: args.force,
         upload_concurrency: args.upload_concurrency,
         cancel,
-    };
-    let progress = BackupProgress::default();
-    let progress = Arc::new(progress);
+    })
+}
+
+fn run_one(
+    g: &GlobalArgs,
+    repo: &Arc<Repository>,
+    source: Source,
+    options: &BackupOptions,
+) -> Result<backup::BackupReport> {
+    let progress = Arc::new(BackupProgress::default());
     let bar = {
         let p = progress.clone();
         let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -147,21 +192,35 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
             )
         })
     };
-    let result = backup::backup(&repo, source, &options, &progress);
+    let result = backup::backup(repo, source, options, &progress);
     bar.finish();
     let report = result.context("backup failed")?;
     for e in &report.errors {
         eprintln!("vault: warning: {}: {}", e.path, e.error);
     }
+    Ok(report)
+}
+
+fn duration_secs(report: &backup::BackupReport) -> f64 {
     let s = &report.snapshot.summary;
-    let duration = match (s.backup_start, s.backup_end) {
+    match (s.backup_start, s.backup_end) {
         (Some(a), Some(b)) => (b - a).total(jiff::Unit::Second).unwrap_or(0.0),
         _ => 0.0,
-    };
+    }
+}
+
+fn print_summary(
+    g: &GlobalArgs,
+    report: &backup::BackupReport,
+    dry_run: bool,
+    source: Option<&str>,
+) -> Result<()> {
+    let s = &report.snapshot.summary;
+    let duration = duration_secs(report);
     if g.json {
-        output::print_json(&serde_json::json!({
+        let mut v = serde_json::json!({
             "message_type": "summary",
-            "dry_run": args.dry_run,
+            "dry_run": dry_run,
             "files_new": s.files_new,
             "files_changed": s.files_changed,
             "files_unmodified": s.files_unmodified,
@@ -175,8 +234,15 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
             "total_duration": duration,
             "snapshot_id": report.snapshot_id.to_hex(),
             "errors": report.errors,
-        }))?;
+        });
+        if let Some(name) = source {
+            v["source"] = name.into();
+        }
+        output::print_json(&v)?;
     } else if !g.quiet {
+        if let Some(name) = source {
+            println!("source {name}:");
+        }
         println!(
             "Files: {} new, {} changed, {} unmodified",
             s.files_new, s.files_changed, s.files_unmodified
@@ -191,19 +257,183 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
             s.total_files_processed,
             output::bytes(s.total_bytes_processed)
         );
-        if args.dry_run {
+        if dry_run {
             println!("dry run: nothing was written");
         } else {
             println!("snapshot {} saved", report.snapshot_id.short());
         }
     }
-    if report.errors.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "vault: snapshot saved, but {} entries could not be read",
-            report.errors.len()
-        );
-        Ok(ExitCode::from(exit::INCOMPLETE))
+    Ok(())
+}
+
+/// Holds a per-source lock file so overlapping cron runs never back up the
+/// same source twice at once. Released when dropped (or when the process
+/// dies: the kernel drops the lock).
+fn source_lock(status_path: &std::path::Path, name: &str) -> Result<Option<std::fs::File>> {
+    let dir = status_path
+        .parent()
+        .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf)
+        .join("locks");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
     }
+}
+
+fn run_sources(
+    g: &GlobalArgs,
+    args: &BackupArgs,
+    config: &Config,
+    names: &[String],
+    cancel: Arc<AtomicBool>,
+) -> Result<ExitCode> {
+    let selected: Vec<&SourceConfig> = if names.is_empty() {
+        config.sources.iter().collect()
+    } else {
+        names.iter().filter_map(|n| config.source(n)).collect()
+    };
+    let repo = global::open_repository_with(g, args.dry_run)?;
+    let status_path = status::path(config.notify.status_file.as_deref());
+    let host = args.host.clone().unwrap_or_else(global::hostname);
+    let mut failed = 0usize;
+    let mut incomplete = 0usize;
+    let mut locked = 0usize;
+    let mut outcomes: Vec<(String, Result<backup::BackupReport, String>)> = Vec::new();
+    for source in selected {
+        let name = source.name().to_owned();
+        if cancel.load(Ordering::SeqCst) {
+            return Err(vault_engine::Error::Interrupted.into());
+        }
+        let Some(_guard) = source_lock(&status_path, &name)? else {
+            eprintln!("vault: source {name}: another vault backup of it is still running; skipped");
+            locked += 1;
+            continue;
+        };
+        let mut tags = vec![name.clone()];
+        tags.extend(source.tags.iter().cloned());
+        tags.extend(args.tags.iter().cloned());
+        let result = (|| -> Result<backup::BackupReport> {
+            let engine_source = sources::backup_source(source)?;
+            let mut opts = options(g, args, &repo, cancel.clone(), tags, source.exclude.clone())?;
+            opts.exclude_caches |= source.exclude_caches;
+            opts.one_file_system |= source.one_file_system;
+            run_one(g, &repo, engine_source, &opts)
+        })();
+        match &result {
+            Ok(report) => {
+                print_summary(g, report, args.dry_run, Some(&name))?;
+                if !report.errors.is_empty() {
+                    incomplete += 1;
+                }
+            }
+            Err(e) => {
+                if e.chain().any(|c| {
+                    c.downcast_ref::<vault_engine::Error>()
+                        .is_some_and(|v| matches!(v, vault_engine::Error::Interrupted))
+                }) {
+                    return Err(vault_engine::Error::Interrupted.into());
+                }
+                eprintln!("vault: error: source {name}: {e:#}");
+                failed += 1;
+            }
+        }
+        outcomes.push((name, result.map_err(|e| format!("{e:#}"))));
+    }
+    if !args.dry_run {
+        record(config, &status_path, &host, &outcomes)?;
+    }
+    if failed > 0 {
+        eprintln!(
+            "vault: {failed} of {} sources failed",
+            outcomes.len() + locked
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if locked > 0 {
+        return Ok(ExitCode::from(exit::LOCKED));
+    }
+    if incomplete > 0 {
+        return Ok(ExitCode::from(exit::INCOMPLETE));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Updates the status file, sends failure alerts and, when due, the
+/// success heartbeat.
+fn record(
+    config: &Config,
+    status_path: &std::path::Path,
+    host: &str,
+    outcomes: &[(String, Result<backup::BackupReport, String>)],
+) -> Result<()> {
+    let mut file = status::StatusFile::load(status_path)?;
+    let now = jiff::Timestamp::now();
+    let now_text = now.to_string();
+    for (name, outcome) in outcomes {
+        let entry = file.sources.entry(name.clone()).or_default();
+        match outcome {
+            Ok(report) => {
+                entry.last_success = Some(status::Success {
+                    time: now_text.clone(),
+                    snapshot: report.snapshot_id.to_hex(),
+                    bytes_processed: report.snapshot.summary.total_bytes_processed,
+                    bytes_added: report.snapshot.summary.data_added_packed,
+                    duration_secs: duration_secs(report),
+                });
+                entry.last_result = Some("success".into());
+            }
+            Err(error) => {
+                entry.last_failure = Some(status::Failure {
+                    time: now_text.clone(),
+                    error: error.clone(),
+                });
+                entry.last_result = Some("failure".into());
+                notify::failure(&config.notify.on_failure, name, error, host, &now_text);
+            }
+        }
+    }
+    let all_ok = outcomes.iter().all(|(_, o)| o.is_ok());
+    if all_ok && let Some(period) = config.notify.heartbeat {
+        let due = file
+            .last_heartbeat
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_none_or(|last| now.as_second() - last.as_second() >= period.secs());
+        if due {
+            let urls = if config.notify.on_success.is_empty() {
+                &config.notify.on_failure
+            } else {
+                &config.notify.on_success
+            };
+            let lines: Vec<(String, String)> = outcomes
+                .iter()
+                .filter_map(|(n, o)| {
+                    let r = o.as_ref().ok()?;
+                    Some((
+                        n.clone(),
+                        format!(
+                            "snapshot {}, {} processed, {} added",
+                            r.snapshot_id.short(),
+                            output::bytes(r.snapshot.summary.total_bytes_processed),
+                            output::bytes(r.snapshot.summary.data_added_packed)
+                        ),
+                    ))
+                })
+                .collect();
+            notify::heartbeat(urls, host, &now_text, &lines);
+            file.last_heartbeat = Some(now_text.clone());
+        }
+    }
+    file.save(status_path)
 }

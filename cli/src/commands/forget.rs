@@ -110,14 +110,39 @@ pub(crate) struct ForgetArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
-    let policy = args.policy.to_policy();
-    if policy.is_empty() {
-        bail!(
-            "no retention policy given (e.g. --keep-daily 7): refusing to forget snapshots without one"
-        );
+    // Jobs: the policy from flags over the filtered snapshots, or, with no
+    // flags, each configured source's policy over that source's snapshots.
+    let mut jobs: Vec<(
+        Option<String>,
+        vault_engine::snapshot::SnapshotFilter,
+        KeepPolicy,
+    )> = Vec::new();
+    let flags = args.policy.to_policy();
+    if flags.is_empty() {
+        if let Some(config) = global::config(g)? {
+            for source in &config.sources {
+                if let Some(policy) = source.policy(config.retention.as_ref())? {
+                    let mut filter = args.filter.to_filter();
+                    filter.tags = vec![source.name().to_owned()];
+                    jobs.push((Some(source.name().to_owned()), filter, policy));
+                }
+            }
+            if config.sources.is_empty()
+                && let Some(r) = &config.retention
+            {
+                jobs.push((None, args.filter.to_filter(), r.to_policy()?));
+            }
+        }
+        if jobs.iter().all(|(_, _, p)| p.is_empty()) {
+            bail!(
+                "no retention policy given (e.g. --keep-daily 7, or [retention] in the config): refusing to forget snapshots without one"
+            );
+        }
+    } else {
+        jobs.push((None, args.filter.to_filter(), flags));
     }
     let repo = global::open_repository(g)?;
-    let _lock = if args.dry_run {
+    let held = if args.dry_run {
         None
     } else {
         Some(lock::lock_exclusive(
@@ -127,24 +152,31 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             &global::username(),
         )?)
     };
-    let filter = args.filter.to_filter();
-    let snaps: Vec<_> = repo
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| filter.matches(s))
-        .collect();
-    let metas: Vec<SnapshotMeta> = snaps
-        .iter()
-        .map(|(id, s)| SnapshotMeta {
-            id: id.to_hex(),
-            time: s.time.clone(),
-            hostname: s.hostname.clone(),
-            paths: s.paths.clone(),
-            tags: s.tags.clone(),
-        })
-        .collect();
-    let plans = retention::apply(&metas, &policy, args.group_by, jiff::Timestamp::now())
-        .context("applying the retention policy")?;
+    let all = repo.snapshots()?;
+    let mut plans = Vec::new();
+    for (source, filter, policy) in &jobs {
+        let metas: Vec<SnapshotMeta> = all
+            .iter()
+            .filter(|(_, s)| filter.matches(s))
+            .map(|(id, s)| SnapshotMeta {
+                id: id.to_hex(),
+                time: s.time.clone(),
+                hostname: s.hostname.clone(),
+                paths: s.paths.clone(),
+                tags: s.tags.clone(),
+            })
+            .collect();
+        if metas.is_empty() {
+            continue;
+        }
+        let what = source
+            .as_deref()
+            .map_or(String::new(), |s| format!(" of source {s}"));
+        plans.extend(
+            retention::apply(&metas, policy, args.group_by, jiff::Timestamp::now())
+                .with_context(|| format!("applying the retention policy{what}"))?,
+        );
+    }
     let mut removed = 0usize;
     if g.json {
         let groups: Vec<serde_json::Value> = plans
@@ -208,7 +240,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         }
     }
     if args.prune && !args.dry_run {
-        super::prune::prune_locked(g, &repo, &args.prune_args)?;
+        super::prune::prune_locked(g, &repo, &args.prune_args, held.as_ref())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -94,8 +94,8 @@ pub(crate) fn run(g: &GlobalArgs, args: &PruneCmdArgs) -> Result<ExitCode> {
         print_plan(g, &plan, true)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let _lock = lock::lock_exclusive(&repo, "prune", &global::hostname(), &global::username())?;
-    prune_locked(g, &repo, &args.prune)?;
+    let lock = lock::lock_exclusive(&repo, "prune", &global::hostname(), &global::username())?;
+    prune_locked(g, &repo, &args.prune, Some(&lock))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -142,14 +142,19 @@ fn print_plan(g: &GlobalArgs, plan: &PrunePlan, dry_run: bool) -> Result<()> {
 }
 
 /// Runs prune; the caller holds the exclusive lock.
-pub(crate) fn prune_locked(g: &GlobalArgs, repo: &Arc<Repository>, args: &PruneArgs) -> Result<()> {
+pub(crate) fn prune_locked(
+    g: &GlobalArgs,
+    repo: &Arc<Repository>,
+    args: &PruneArgs,
+    lock: Option<&lock::Lock>,
+) -> Result<()> {
     let options = options(args);
     if options.margin_secs < 0 {
         bail!("--delete-margin must not be negative");
     }
     let plan = PrunePlan::new(repo, &options)?;
     print_plan(g, &plan, false)?;
-    let report = plan.execute(repo, &options)?;
+    let report = plan.execute(repo, &options, lock)?;
     if g.json {
         let mut v = serde_json::to_value(&report)?;
         v["message_type"] = "prune".into();

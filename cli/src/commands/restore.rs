@@ -3,7 +3,7 @@
 use super::FilterArgs;
 use crate::args::GlobalArgs;
 use crate::{global, output};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,14 +19,18 @@ enum OverwriteArg {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RestoreArgs {
-    /// Snapshot: `latest` (default) or an id prefix.
+    /// Snapshot: `latest` (default), an id prefix, or a configured source
+    /// name (its latest snapshot, or the one --at picks).
     snapshot: Option<String>,
     /// Restore the newest snapshot at or before this time instead.
-    #[arg(long, conflicts_with = "snapshot")]
+    #[arg(long)]
     at: Option<String>,
     /// Directory to restore into (paths are re-rooted under it).
-    #[arg(short, long)]
-    target: PathBuf,
+    #[arg(short, long, required_unless_present = "into_database")]
+    target: Option<PathBuf>,
+    /// For a database source: create this database and load the dump into it.
+    #[arg(long, conflicts_with = "target")]
+    into_database: Option<String>,
     /// Only restore these snapshot paths (and what is below them).
     #[arg(short, long = "include")]
     includes: Vec<String>,
@@ -45,15 +49,29 @@ pub(crate) struct RestoreArgs {
 
 pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
-    let (id, snap) = super::pick_snapshot(
-        &repo,
-        args.snapshot.as_deref(),
-        args.at.as_deref(),
-        &args.filter,
-    )?;
+    let mut filter = args.filter.clone();
+    let mut spec = args.snapshot.as_deref();
+    let source = match (global::config(g)?, spec) {
+        (Some(config), Some(name)) => config.source(name),
+        _ => None,
+    };
+    if let Some(source) = source {
+        filter.tags.push(source.name().to_owned());
+        spec = None;
+    } else if args.at.is_some() && spec.is_some() {
+        bail!("give either a snapshot id or --at, not both");
+    }
+    let (id, snap) = super::pick_snapshot(&repo, spec, args.at.as_deref(), &filter)?;
     let index = repo.load_index()?;
+    if let Some(database) = &args.into_database {
+        let source = source.context(
+            "--into-database needs a configured database source name, e.g. `vault restore phone-db --into-database phone_restored`",
+        )?;
+        return restore_database(g, &repo, &index, &snap, &id, source, database);
+    }
+    let target = args.target.clone().context("--target is required")?;
     let options = RestoreOptions {
-        target: args.target.clone(),
+        target: target.clone(),
         includes: args.includes.clone(),
         excludes: args.excludes.clone(),
         overwrite: match args.overwrite {
@@ -92,7 +110,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             "restored snapshot {} ({}) to {}: {} files, {} dirs, {} written{}",
             id.short(),
             output::local_time(&snap.time),
-            args.target.display(),
+            target.display(),
             report.files,
             report.dirs,
             output::bytes(report.bytes_written),
@@ -101,6 +119,43 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             } else {
                 String::new()
             }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore_database(
+    g: &GlobalArgs,
+    repo: &vault_engine::Repository,
+    index: &vault_engine::index::Index,
+    snap: &vault_engine::snapshot::Snapshot,
+    id: &vault_engine::id::SnapshotId,
+    source: &crate::config::SourceConfig,
+    database: &str,
+) -> Result<ExitCode> {
+    let filename = crate::sources::dump_filename(source);
+    let node = restore::find_node(repo, index, &snap.tree, &format!("/{filename}"))
+        .with_context(|| format!("snapshot {} holds no {filename}", id.short()))?;
+    crate::sources::create_database(source, database)?;
+    let mut written = 0u64;
+    crate::sources::load_database(source, database, &mut |out| {
+        written = restore::dump(repo, index, &node, out)?;
+        Ok(())
+    })?;
+    if g.json {
+        output::print_json(&serde_json::json!({
+            "message_type": "summary",
+            "snapshot_id": id.to_hex(),
+            "database": database,
+            "bytes": written,
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "loaded {} ({}) from snapshot {} ({}) into database {database}",
+            filename,
+            output::bytes(written),
+            id.short(),
+            output::local_time(&snap.time)
         );
     }
     Ok(ExitCode::SUCCESS)

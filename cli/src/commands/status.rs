@@ -1,0 +1,98 @@
+//! `vault status`: per configured source, the last success and failure, the
+//! age of the newest backup, snapshot count, sizes and dedup ratio.
+
+use crate::args::GlobalArgs;
+use crate::{global, output, status};
+use anyhow::{Result, bail};
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {}
+
+pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
+    let Some(config) = global::config(g)? else {
+        bail!("vault status reports on configured sources: no config file (see --config)");
+    };
+    let file = status::StatusFile::load(&status::path(config.notify.status_file.as_deref()))?;
+    let repo = global::open_repository(g)?;
+    let snapshots = repo.snapshots()?;
+    let now = jiff::Timestamp::now();
+    let mut rows = Vec::new();
+    let mut any_failing = false;
+    for source in &config.sources {
+        let name = source.name();
+        let mine: Vec<_> = snapshots
+            .iter()
+            .filter(|(_, s)| s.tags.iter().any(|t| t == name))
+            .collect();
+        let processed: u64 = mine
+            .iter()
+            .map(|(_, s)| s.summary.total_bytes_processed)
+            .sum();
+        let added: u64 = mine.iter().map(|(_, s)| s.summary.data_added).sum();
+        let stored: u64 = mine.iter().map(|(_, s)| s.summary.data_added_packed).sum();
+        let latest = mine.last();
+        let entry = file.sources.get(name).cloned().unwrap_or_default();
+        let failing = entry.last_result.as_deref() == Some("failure");
+        any_failing |= failing;
+        rows.push(serde_json::json!({
+            "source": name,
+            "kind": format!("{:?}", source.kind).to_lowercase(),
+            "snapshots": mine.len(),
+            "latest_snapshot": latest.map(|(id, _)| id.to_hex()),
+            "latest_time": latest.map(|(_, s)| s.time.timestamp().to_string()),
+            "age_seconds": latest.map(|(_, s)| now.as_second() - s.time.timestamp().as_second()),
+            "latest_size": latest.map(|(_, s)| s.summary.total_bytes_processed),
+            "stored_bytes": stored,
+            "dedup_ratio": if added > 0 { processed as f64 / added as f64 } else { 0.0 },
+            "last_result": entry.last_result,
+            "last_success": entry.last_success,
+            "last_failure": entry.last_failure,
+        }));
+    }
+    if g.json {
+        output::print_json(&serde_json::json!({ "sources": rows, "ok": !any_failing }))?;
+    } else {
+        println!(
+            "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>7}  last failure",
+            "source", "result", "snapshots", "age", "size", "stored", "dedup"
+        );
+        for r in &rows {
+            let age = r["age_seconds"].as_i64().map_or("never".to_owned(), |s| {
+                if s < 3600 {
+                    format!("{}m", s / 60)
+                } else if s < 86_400 * 2 {
+                    format!("{}h", s / 3600)
+                } else {
+                    format!("{}d", s / 86_400)
+                }
+            });
+            let failure = r["last_failure"]
+                .as_object()
+                .map(|f| {
+                    format!(
+                        "{} {}",
+                        f["time"].as_str().unwrap_or(""),
+                        f["error"].as_str().unwrap_or("")
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>6.1}x  {}",
+                r["source"].as_str().unwrap_or(""),
+                r["last_result"].as_str().unwrap_or("-"),
+                r["snapshots"],
+                age,
+                output::bytes(r["latest_size"].as_u64().unwrap_or(0)),
+                output::bytes(r["stored_bytes"].as_u64().unwrap_or(0)),
+                r["dedup_ratio"].as_f64().unwrap_or(0.0),
+                failure
+            );
+        }
+    }
+    Ok(if any_failing {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,433 @@
+//! The configuration file (`/etc/vault/vault.toml`, `$VAULT_CONFIG` or
+//! `--config`): repository, default retention, sources and notifications,
+//! so that `vault backup && vault forget` from cron needs no flags.
+//!
+//! Parsing is strict: unknown keys, missing fields and unknown kinds are
+//! errors that name the file, the line and what was expected.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+use vault_engine::retention::{Count, KeepPolicy, RetentionDuration};
+
+pub(crate) const DEFAULT_PATH: &str = "/etc/vault/vault.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    #[serde(default)]
+    pub(crate) repository: RepositoryConfig,
+    #[serde(default)]
+    pub(crate) retention: Option<RetentionConfig>,
+    #[serde(default, rename = "source")]
+    pub(crate) sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub(crate) notify: NotifyConfig,
+    #[serde(skip)]
+    pub(crate) path: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RepositoryConfig {
+    /// Local path or S3 URL.
+    pub(crate) url: Option<String>,
+    pub(crate) password_file: Option<PathBuf>,
+    pub(crate) password_command: Option<String>,
+    /// File holding the S3 access key id (first line).
+    pub(crate) access_key_id_file: Option<PathBuf>,
+    /// File holding the S3 secret access key (first line).
+    pub(crate) secret_access_key_file: Option<PathBuf>,
+    pub(crate) region: Option<String>,
+    /// Path-style requests (default for custom endpoints); false selects
+    /// virtual-hosted style.
+    pub(crate) path_style: Option<bool>,
+    #[serde(default)]
+    pub(crate) allow_http: bool,
+}
+
+/// A retention count: a number, -1, or "unlimited".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum CountValue {
+    Number(i64),
+    Text(String),
+}
+
+impl CountValue {
+    fn to_count(&self) -> Result<Count> {
+        match self {
+            CountValue::Number(-1) => Ok(Count::Unlimited),
+            CountValue::Number(n) => {
+                Ok(Count::Limited(u32::try_from(*n).with_context(|| {
+                    format!("invalid count {n}: use N, -1 or \"unlimited\"")
+                })?))
+            }
+            CountValue::Text(s) => s
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid count {s:?}: {e}")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RetentionConfig {
+    keep_last: Option<CountValue>,
+    keep_hourly: Option<CountValue>,
+    keep_daily: Option<CountValue>,
+    keep_weekly: Option<CountValue>,
+    keep_monthly: Option<CountValue>,
+    keep_yearly: Option<CountValue>,
+    keep_within: Option<String>,
+    keep_within_hourly: Option<String>,
+    keep_within_daily: Option<String>,
+    keep_within_weekly: Option<String>,
+    keep_within_monthly: Option<String>,
+    keep_within_yearly: Option<String>,
+    #[serde(default)]
+    keep_tag: Vec<String>,
+}
+
+impl RetentionConfig {
+    pub(crate) fn to_policy(&self) -> Result<KeepPolicy> {
+        let count = |c: &Option<CountValue>| c.as_ref().map(CountValue::to_count).transpose();
+        let dur = |d: &Option<String>| -> Result<Option<RetentionDuration>> {
+            d.as_deref()
+                .map(|s| {
+                    s.parse()
+                        .map_err(|e| anyhow::anyhow!("invalid duration {s:?}: {e}"))
+                })
+                .transpose()
+        };
+        Ok(KeepPolicy {
+            last: count(&self.keep_last)?,
+            hourly: count(&self.keep_hourly)?,
+            daily: count(&self.keep_daily)?,
+            weekly: count(&self.keep_weekly)?,
+            monthly: count(&self.keep_monthly)?,
+            yearly: count(&self.keep_yearly)?,
+            within: dur(&self.keep_within)?,
+            within_hourly: dur(&self.keep_within_hourly)?,
+            within_daily: dur(&self.keep_within_daily)?,
+            within_weekly: dur(&self.keep_within_weekly)?,
+            within_monthly: dur(&self.keep_within_monthly)?,
+            within_yearly: dur(&self.keep_within_yearly)?,
+            tags: self
+                .keep_tag
+                .iter()
+                .map(|l| {
+                    l.split(',')
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SourceKind {
+    Postgres,
+    Mysql,
+    Files,
+    Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum DumpFormat {
+    /// Plain SQL: restorable with psql, dedups well.
+    #[default]
+    Plain,
+    /// `pg_dump -Fc -Z0`: custom format without compression.
+    Custom,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SourceConfig {
+    pub(crate) name: Spanned<String>,
+    pub(crate) kind: SourceKind,
+    // postgres / mysql
+    pub(crate) database: Option<String>,
+    /// libpq connection string (postgres); never a password.
+    pub(crate) connection: Option<String>,
+    /// PGPASSFILE for the dump process (postgres).
+    pub(crate) passfile: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) format: DumpFormat,
+    /// Client defaults file with credentials (mysql).
+    pub(crate) defaults_file: Option<PathBuf>,
+    /// Directory holding pg_dump/psql or mariadb-dump/mariadb.
+    pub(crate) bin_dir: Option<PathBuf>,
+    // files
+    #[serde(default)]
+    pub(crate) paths: Vec<PathBuf>,
+    #[serde(default)]
+    pub(crate) exclude: Vec<String>,
+    #[serde(default)]
+    pub(crate) exclude_caches: bool,
+    #[serde(default)]
+    pub(crate) one_file_system: bool,
+    // command
+    #[serde(default)]
+    pub(crate) command: Vec<String>,
+    pub(crate) filename: Option<String>,
+    // common
+    #[serde(default)]
+    pub(crate) tags: Vec<String>,
+    pub(crate) retention: Option<RetentionConfig>,
+}
+
+impl SourceConfig {
+    pub(crate) fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+
+    /// The retention for this source: its own, else the default.
+    pub(crate) fn policy(&self, default: Option<&RetentionConfig>) -> Result<Option<KeepPolicy>> {
+        self.retention
+            .as_ref()
+            .or(default)
+            .map(RetentionConfig::to_policy)
+            .transpose()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Heartbeat {
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl Heartbeat {
+    pub(crate) fn secs(self) -> i64 {
+        match self {
+            Heartbeat::Daily => 86_400,
+            Heartbeat::Weekly => 7 * 86_400,
+            Heartbeat::Monthly => 30 * 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NotifyConfig {
+    /// Webhooks POSTed on any failure.
+    #[serde(default)]
+    pub(crate) on_failure: Vec<String>,
+    /// Webhooks for the periodic success summary (default: on_failure's).
+    #[serde(default)]
+    pub(crate) on_success: Vec<String>,
+    pub(crate) heartbeat: Option<Heartbeat>,
+    pub(crate) status_file: Option<PathBuf>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
+}
+
+/// Refuses secret-bearing files that every user can read.
+pub(crate) fn ensure_private(path: &Path, what: &str) -> Result<()> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        bail!(
+            "{what} {} is readable by every user; it holds secrets: run `chmod o-rwx {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Finds the config: `--config`/`VAULT_CONFIG` (must exist), else the
+    /// default path if present.
+    pub(crate) fn discover(explicit: Option<&Path>) -> Result<Option<Config>> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+            None => return Ok(None),
+        };
+        Config::load(&path).map(Some)
+    }
+
+    pub(crate) fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(0, |s| line_of(&text, s.start));
+            anyhow::anyhow!("{}:{line}: {}", path.display(), e.message())
+        })?;
+        config.path = path.to_path_buf();
+        config.validate(&text)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str) -> Result<()> {
+        let at = |s: &SourceConfig| {
+            format!(
+                "{}:{}",
+                self.path.display(),
+                line_of(text, s.name.span().start)
+            )
+        };
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.sources {
+            let name = s.name();
+            if name.is_empty() || name.contains(['/', ',', ' ']) || name == "latest" {
+                bail!(
+                    "{}: invalid source name {name:?} (no '/', ',', spaces, not \"latest\")",
+                    at(s)
+                );
+            }
+            if !seen.insert(name.to_owned()) {
+                bail!("{}: duplicate source name {name:?}", at(s));
+            }
+            let need = |field: &str, present: bool| -> Result<()> {
+                if present {
+                    Ok(())
+                } else {
+                    bail!(
+                        "{}: source {name:?} of kind {:?} needs `{field}`",
+                        at(s),
+                        s.kind
+                    )
+                }
+            };
+            let forbid = |field: &str, present: bool| -> Result<()> {
+                if present {
+                    bail!(
+                        "{}: `{field}` does not apply to source {name:?} of kind {:?}",
+                        at(s),
+                        s.kind
+                    )
+                }
+                Ok(())
+            };
+            let db = s.database.is_some();
+            match s.kind {
+                SourceKind::Postgres => {
+                    need("database", db)?;
+                    forbid("defaults_file", s.defaults_file.is_some())?;
+                    if s.connection
+                        .as_deref()
+                        .is_some_and(|c| c.contains("password"))
+                    {
+                        bail!(
+                            "{}: source {name:?}: no password in `connection`; put it in a PGPASSFILE and set `passfile`",
+                            at(s)
+                        );
+                    }
+                }
+                SourceKind::Mysql => {
+                    need("database", db)?;
+                    forbid("connection", s.connection.is_some())?;
+                    forbid("passfile", s.passfile.is_some())?;
+                }
+                SourceKind::Files => {
+                    need("paths", !s.paths.is_empty())?;
+                    forbid("database", db)?;
+                    forbid("command", !s.command.is_empty())?;
+                }
+                SourceKind::Command => {
+                    need("command", !s.command.is_empty())?;
+                    forbid("database", db)?;
+                    forbid("paths", !s.paths.is_empty())?;
+                }
+            }
+            if let Some(r) = s.retention.as_ref() {
+                r.to_policy()
+                    .with_context(|| format!("{}: retention of source {name:?}", at(s)))?;
+            }
+        }
+        if let Some(r) = &self.retention {
+            r.to_policy()
+                .with_context(|| format!("{}: [retention]", self.path.display()))?;
+        }
+        let has_secrets = !self.notify.on_failure.is_empty() || !self.notify.on_success.is_empty();
+        if has_secrets {
+            ensure_private(&self.path, "config file (webhook URLs are credentials)")?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn source(&self, name: &str) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Config::load(&path)
+    }
+
+    #[test]
+    fn unknown_keys_name_file_and_line() {
+        let err = parse("[repository]\nurl = \"/x\"\n\n[[source]]\nname = \"a\"\nkind = \"files\"\npaths = [\"/x\"]\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vault.toml:8") && err.contains("bogus"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_kind_and_missing_fields_are_explained() {
+        let err = parse("[[source]]\nname = \"a\"\nkind = \"oracle\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vault.toml:3") && err.contains("postgres"),
+            "{err}"
+        );
+        let err = parse("\n[[source]]\nname = \"db\"\nkind = \"postgres\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vault.toml:3") && err.contains("needs `database`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn retention_overrides_and_counts() {
+        let c = parse(
+            "[retention]\nkeep_daily = 7\nkeep_monthly = \"unlimited\"\n[[source]]\nname = \"a\"\nkind = \"files\"\npaths = [\"/x\"]\nretention = { keep_last = 3, keep_yearly = -1 }\n",
+        )
+        .unwrap();
+        let p = c.sources[0].policy(c.retention.as_ref()).unwrap().unwrap();
+        assert_eq!(p.last, Some(Count::Limited(3)));
+        assert_eq!(p.yearly, Some(Count::Unlimited));
+        assert_eq!(p.daily, None);
+        let d = c.retention.as_ref().unwrap().to_policy().unwrap();
+        assert_eq!(d.monthly, Some(Count::Unlimited));
+    }
+
+    #[test]
+    fn world_readable_config_with_webhooks_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.toml");
+        std::fs::write(&path, "[notify]\non_failure = [\"http://127.0.0.1/x\"]\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("readable by every user"), "{err}");
+    }
+}

@@ -1,0 +1,110 @@
+//! Webhook alerts: a POST on failure (Discord's message format when the URL
+//! is a Discord webhook, a JSON object otherwise) and a periodic success
+//! heartbeat. Messages carry source, error, host and time, never secrets;
+//! URLs (which are credentials) are never printed.
+
+use serde_json::json;
+use std::time::Duration;
+
+fn is_discord(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or_default();
+    (host.ends_with("discord.com") || host.ends_with("discordapp.com"))
+        && rest.contains("/api/webhooks/")
+}
+
+/// Where a URL points, without its secret path.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    format!(
+        "{scheme}://{}/…",
+        rest.split('/').next().unwrap_or_default()
+    )
+}
+
+fn post(urls: &[String], discord_text: &str, body: &serde_json::Value) {
+    if urls.is_empty() {
+        return;
+    }
+    let client = match reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vault: warning: cannot send notifications: {e}");
+            return;
+        }
+    };
+    for url in urls {
+        let payload = if is_discord(url) {
+            json!({ "content": discord_text, "username": "vault" })
+        } else {
+            body.clone()
+        };
+        let result = client.post(url).json(&payload).send();
+        match result {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => eprintln!(
+                "vault: warning: webhook {} answered {}",
+                redacted(url),
+                r.status()
+            ),
+            Err(e) => eprintln!(
+                "vault: warning: webhook {} failed: {}",
+                redacted(url),
+                e.without_url()
+            ),
+        }
+    }
+}
+
+/// Reports a failed source.
+pub(crate) fn failure(urls: &[String], source: &str, error: &str, host: &str, time: &str) {
+    let text = format!(
+        "**vault backup failed** on `{host}`\nsource: `{source}`\nerror: {error}\ntime: {time}"
+    );
+    let body = json!({
+        "event": "backup_failed",
+        "source": source,
+        "error": error,
+        "host": host,
+        "time": time,
+    });
+    post(urls, &text, &body);
+}
+
+/// Sends the periodic success summary.
+pub(crate) fn heartbeat(urls: &[String], host: &str, time: &str, lines: &[(String, String)]) {
+    let mut text = format!("**vault heartbeat** from `{host}`: all sources OK ({time})");
+    for (source, summary) in lines {
+        text.push_str(&format!("\n- `{source}`: {summary}"));
+    }
+    let body = json!({
+        "event": "heartbeat",
+        "host": host,
+        "time": time,
+        "sources": lines.iter().map(|(s, m)| json!({"source": s, "summary": m})).collect::<Vec<_>>(),
+    });
+    post(urls, &text, &body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discord_urls_are_detected_and_redacted() {
+        assert!(is_discord("https://discord.com/api/webhooks/1/abc"));
+        assert!(is_discord("https://discordapp.com/api/webhooks/1/abc"));
+        assert!(!is_discord("https://example.com/api/webhooks/1"));
+        assert!(!is_discord("https://discord.com.evil.net/api/webhooks/1"));
+        assert_eq!(
+            redacted("https://discord.com/api/webhooks/1/secret"),
+            "https://discord.com/…"
+        );
+    }
+}
