@@ -5,6 +5,36 @@
 //! `object_store` is async; the engine's pipeline is threads and rayon. This
 //! adapter owns a small tokio runtime and blocks on it, so async stays an
 //! implementation detail of remote storage.
+//!
+//! # Behaviour on remote stores
+//!
+//! - **Addressing**: custom endpoints (`s3:https://HOST/BUCKET/PREFIX`) use
+//!   path-style requests unless virtual-hosted style is asked for; `s3://`
+//!   means AWS (virtual-hosted style, region from `AWS_REGION` /
+//!   `AWS_DEFAULT_REGION`, else `us-east-1`). Plain HTTP is accepted only
+//!   to loopback addresses unless `--allow-http`.
+//! - **Retries**: every request is retried by `object_store` on 5xx, 429,
+//!   408, connection failures and, for idempotent requests (GET, HEAD, PUT
+//!   that overwrites, multipart parts), timeouts and dropped connections,
+//!   with exponential backoff and decorrelated jitter (200 ms doubling up to
+//!   20 s). The number of retries is [`DEFAULT_MAX_RETRIES`], or
+//!   `VAULT_S3_MAX_RETRIES`. `object_store` does not retry transport
+//!   failures of DELETE, of create-only PUTs, nor a listing whose body is
+//!   cut short; this adapter retries those operations as a whole up to
+//!   [`EXTRA_ATTEMPTS`] more times (fewer if the budget is smaller), and
+//!   resolves the ambiguity of a create-only PUT whose first attempt may
+//!   have landed by comparing the stored bytes.
+//! - **Timeouts**: connecting times out after 10 s; a whole request after
+//!   [`DEFAULT_REQUEST_TIMEOUT_SECS`] (`VAULT_S3_TIMEOUT`, seconds), which
+//!   must cover uploading one pack (or one multipart part) on a slow link.
+//! - **Uploads**: verified twice: requests are signed with the payload's
+//!   SHA-256 (`x-amz-content-sha256`), which the store checks against the
+//!   body it received, and the stored length is read back with HEAD before
+//!   `put` returns. Objects of [`MULTIPART_THRESHOLD`] bytes or more
+//!   (`VAULT_S3_MULTIPART_THRESHOLD_MIB`) under `data/` are uploaded in
+//!   [`MULTIPART_PART_SIZE`] parts; a failed multipart upload is aborted.
+//! - **Conditional create**: `If-None-Match: *` is used only where a probe
+//!   showed the store honours it (Garage silently ignores it).
 
 use super::{Backend, BackendError, ObjectInfo, PutMode};
 use bytes::Bytes;
@@ -12,12 +42,26 @@ use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutOptions, PutPayload};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Retries per request unless `VAULT_S3_MAX_RETRIES` says otherwise.
+pub const DEFAULT_MAX_RETRIES: usize = 8;
+/// Per-request timeout unless `VAULT_S3_TIMEOUT` says otherwise.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Whole-operation attempts added for failures `object_store` leaves
+/// unretried (see the module documentation).
+pub const EXTRA_ATTEMPTS: usize = 2;
+/// Size from which packs are uploaded in parts.
+pub const MULTIPART_THRESHOLD: usize = 64 * 1024 * 1024;
+/// Part size of multipart uploads (above every store's 5 MiB minimum, and
+/// equal for all but the last part, as R2 requires).
+pub const MULTIPART_PART_SIZE: usize = 16 * 1024 * 1024;
 
 /// Settings for S3-compatible stores that are not part of the URL.
 #[derive(Debug, Clone, Default)]
 pub struct S3Options {
     /// Region; defaults to `AWS_REGION`/`AWS_DEFAULT_REGION`, then
-    /// `us-east-1` (custom endpoints ignore it).
+    /// `us-east-1`.
     pub region: Option<String>,
     /// Access key id; defaults to `AWS_ACCESS_KEY_ID`.
     pub access_key_id: Option<String>,
@@ -25,8 +69,18 @@ pub struct S3Options {
     pub secret_access_key: Option<String>,
     /// Allow plain HTTP to a non-loopback endpoint.
     pub allow_http: bool,
-    /// Use virtual-hosted-style requests instead of path-style.
+    /// Use virtual-hosted-style requests (`https://BUCKET.HOST/`) instead of
+    /// path-style for a custom endpoint.
     pub virtual_hosted_style: bool,
+    /// Retries per request; defaults to `VAULT_S3_MAX_RETRIES`, then
+    /// [`DEFAULT_MAX_RETRIES`].
+    pub max_retries: Option<usize>,
+    /// Timeout of one request; defaults to `VAULT_S3_TIMEOUT` (seconds),
+    /// then [`DEFAULT_REQUEST_TIMEOUT_SECS`].
+    pub request_timeout: Option<Duration>,
+    /// Size from which packs use multipart uploads; defaults to
+    /// `VAULT_S3_MULTIPART_THRESHOLD_MIB`, then [`MULTIPART_THRESHOLD`].
+    pub multipart_threshold: Option<usize>,
 }
 
 /// A repository in an `object_store` store.
@@ -36,6 +90,8 @@ pub struct ObjectBackend {
     location: String,
     runtime: tokio::runtime::Runtime,
     atomic_create: OnceLock<bool>,
+    extra_attempts: usize,
+    multipart_threshold: usize,
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -54,12 +110,99 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime can be built")
 }
 
+/// Whether `host` (without port) names this machine.
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
+    host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The host part of `host[:port]`, `[v6]` or `[v6]:port`.
+fn hostname_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// A number from the environment; unset or empty means `None`.
+fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, BackendError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| BackendError::Other(format!("{name}={v} is not a valid number"))),
+        _ => Ok(None),
+    }
+}
+
+/// A failure that `object_store` may not have retried: no HTTP status was
+/// received (connection dropped, timed out, body cut short).
+fn is_transport(e: &object_store::Error) -> bool {
+    if !matches!(e, object_store::Error::Generic { .. }) {
+        return false;
+    }
+    let text = e.to_string();
+    !(text.contains("Server returned") || text.contains("status code"))
+}
+
+/// The parsed part of a repository URL after `s3:`.
+#[derive(Debug, PartialEq, Eq)]
+struct S3Url {
+    /// `scheme://authority` of a custom endpoint; `None` for AWS.
+    endpoint: Option<(String, String)>,
+    bucket: String,
+    prefix: String,
+}
+
+fn parse_s3_url(spec: &str, allow_http: bool) -> Result<S3Url, BackendError> {
+    let invalid = |why: &str| BackendError::Other(format!("invalid S3 URL s3:{spec}: {why}"));
+    let (endpoint, rest) = if let Some(rest) = spec.strip_prefix("//") {
+        (None, rest)
+    } else if let Some((scheme, rest)) = spec.split_once("://") {
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "https" && scheme != "http" {
+            return Err(invalid("scheme must be http or https"));
+        }
+        let (authority, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() {
+            return Err(invalid("missing host"));
+        }
+        if authority.contains('@') {
+            return Err(invalid(
+                "credentials do not belong in the URL; use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ));
+        }
+        if scheme == "http" && !is_loopback(hostname_of(authority)) && !allow_http {
+            return Err(invalid(
+                "plain HTTP is allowed only to loopback; pass --allow-http to override",
+            ));
+        }
+        (Some((scheme, authority.to_owned())), rest)
+    } else {
+        return Err(invalid(
+            "expected s3:https://HOST/BUCKET/PREFIX or s3://BUCKET/PREFIX",
+        ));
+    };
+    let rest = rest.trim_start_matches('/');
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(invalid("missing bucket"));
+    }
+    let prefix = prefix.trim_matches('/');
+    if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") {
+        return Err(invalid(
+            "the prefix must not contain empty, `.` or `..` parts",
+        ));
+    }
+    Ok(S3Url {
+        endpoint,
+        bucket: bucket.to_owned(),
+        prefix: prefix.to_owned(),
+    })
 }
 
 impl ObjectBackend {
@@ -72,6 +215,8 @@ impl ObjectBackend {
             location: "memory:".into(),
             runtime: runtime(),
             atomic_create: OnceLock::from(true),
+            extra_attempts: 0,
+            multipart_threshold: usize::MAX,
         }
     }
 
@@ -79,81 +224,122 @@ impl ObjectBackend {
     /// `s3:`: `https://host/bucket/prefix`, `http://127.0.0.1:3900/bucket`,
     /// or `//bucket/prefix` for AWS.
     pub fn s3(spec: &str, options: &S3Options) -> Result<Self, BackendError> {
-        use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
-        let invalid = |why: &str| BackendError::Other(format!("invalid S3 URL s3:{spec}: {why}"));
-        let mut builder = AmazonS3Builder::from_env();
-        let (endpoint, rest) = if let Some(rest) = spec.strip_prefix("//") {
-            (None, rest)
-        } else if let Some((scheme, rest)) = spec.split_once("://") {
-            let (host, rest) = rest.split_once('/').unwrap_or((rest, ""));
-            if scheme != "https" && scheme != "http" {
-                return Err(invalid("scheme must be http or https"));
-            }
-            if scheme == "http" {
-                let hostname = host.rsplit_once(':').map_or(host, |(h, _)| h);
-                if !is_loopback(hostname) && !options.allow_http {
-                    return Err(invalid(
-                        "plain HTTP is allowed only to loopback; pass --allow-http to override",
-                    ));
-                }
-            }
-            (Some((format!("{scheme}://{host}"), scheme == "http")), rest)
-        } else {
-            return Err(invalid(
-                "expected s3:https://HOST/BUCKET/PREFIX or s3://BUCKET/PREFIX",
-            ));
+        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+        let url = parse_s3_url(spec, options.allow_http)?;
+        let max_retries = match options.max_retries {
+            Some(n) => n,
+            None => env_number("VAULT_S3_MAX_RETRIES")?.unwrap_or(DEFAULT_MAX_RETRIES),
         };
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(invalid("missing bucket"));
+        let timeout = match options.request_timeout {
+            Some(t) => t,
+            None => Duration::from_secs(
+                env_number("VAULT_S3_TIMEOUT")?.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS),
+            ),
+        };
+        let multipart_threshold = match options.multipart_threshold {
+            Some(n) => n,
+            None => env_number::<usize>("VAULT_S3_MULTIPART_THRESHOLD_MIB")?
+                .map_or(MULTIPART_THRESHOLD, |mib| mib.saturating_mul(1024 * 1024)),
         }
+        .max(MULTIPART_PART_SIZE + 1);
+
+        // Credentials, session tokens, container/web-identity settings and
+        // the like come from the usual AWS_* variables; where the data goes
+        // (endpoint, bucket, addressing, HTTP) comes only from the URL and
+        // vault's flags.
+        let mut builder = AmazonS3Builder::new();
+        for (key, value) in std::env::vars() {
+            let Some(name) = key.strip_prefix("AWS_") else {
+                continue;
+            };
+            let Ok(config_key) = format!("aws_{}", name.to_ascii_lowercase()).parse() else {
+                continue;
+            };
+            match config_key {
+                AmazonS3ConfigKey::Endpoint
+                | AmazonS3ConfigKey::Bucket
+                | AmazonS3ConfigKey::VirtualHostedStyleRequest
+                | AmazonS3ConfigKey::ConditionalPut
+                | AmazonS3ConfigKey::Client(_) => {}
+                other => builder = builder.with_config(other, value),
+            }
+        }
+        // `with_client_options` replaces every client option set before it,
+        // including allow_http: everything goes into this one value.
+        let client = object_store::ClientOptions::new()
+            .with_allow_http(url.endpoint.as_ref().is_some_and(|(s, _)| s == "http"))
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(timeout)
+            .with_pool_idle_timeout(Duration::from_secs(20))
+            .with_user_agent(
+                concat!("vault/", env!("CARGO_PKG_VERSION"))
+                    .parse()
+                    .expect("a valid header value"),
+            );
         builder = builder
-            .with_bucket_name(bucket)
+            .with_client_options(client)
+            .with_bucket_name(&url.bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_retry(object_store::RetryConfig {
                 backoff: object_store::BackoffConfig {
-                    init_backoff: std::time::Duration::from_millis(200),
-                    max_backoff: std::time::Duration::from_secs(20),
+                    init_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(20),
                     base: 2.0,
                 },
-                max_retries: 8,
-                retry_timeout: std::time::Duration::from_secs(180),
+                max_retries,
+                retry_timeout: Duration::from_secs(600).max(timeout * 3),
             });
         let region = options
             .region
             .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
-        if let Some(region) = region {
-            builder = builder.with_region(region);
-        } else if endpoint.is_some() {
-            builder = builder.with_region("us-east-1");
-        }
+            .or_else(|| std::env::var("AWS_REGION").ok().filter(|r| !r.is_empty()))
+            .or_else(|| {
+                std::env::var("AWS_DEFAULT_REGION")
+                    .ok()
+                    .filter(|r| !r.is_empty())
+            })
+            .unwrap_or_else(|| "us-east-1".into());
+        builder = builder.with_region(region);
         if let Some(id) = &options.access_key_id {
             builder = builder.with_access_key_id(id);
         }
         if let Some(secret) = &options.secret_access_key {
             builder = builder.with_secret_access_key(secret);
         }
-        let location = match &endpoint {
-            Some((url, _)) => format!("s3:{url}/{bucket}/{prefix}"),
-            None => format!("s3://{bucket}/{prefix}"),
+        let bucket = &url.bucket;
+        let location = match &url.endpoint {
+            Some((scheme, authority)) => format!("s3:{scheme}://{authority}/{bucket}"),
+            None => format!("s3://{bucket}"),
         };
-        if let Some((url, http)) = endpoint {
-            builder = builder
-                .with_endpoint(url)
-                .with_virtual_hosted_style_request(options.virtual_hosted_style)
-                .with_allow_http(http);
+        match &url.endpoint {
+            Some((scheme, authority)) if options.virtual_hosted_style => {
+                builder = builder
+                    .with_endpoint(format!("{scheme}://{bucket}.{authority}"))
+                    .with_virtual_hosted_style_request(true);
+            }
+            Some((scheme, authority)) => {
+                builder = builder
+                    .with_endpoint(format!("{scheme}://{authority}"))
+                    .with_virtual_hosted_style_request(false);
+            }
+            // AWS: virtual-hosted style, as AWS recommends.
+            None => builder = builder.with_virtual_hosted_style_request(true),
         }
         let store = builder
             .build()
             .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?;
         Ok(Self {
             store: Arc::new(store),
-            prefix: prefix.trim_matches('/').to_owned(),
-            location: location.trim_end_matches('/').to_owned(),
+            location: if url.prefix.is_empty() {
+                location
+            } else {
+                format!("{location}/{}", url.prefix)
+            },
+            prefix: url.prefix,
             runtime: runtime(),
             atomic_create: OnceLock::new(),
+            extra_attempts: EXTRA_ATTEMPTS.min(max_retries),
+            multipart_threshold,
         })
     }
 
@@ -165,9 +351,31 @@ impl ObjectBackend {
         }
     }
 
+    /// Runs `op` again, up to `extra_attempts` times, while it fails with a
+    /// transport error (for operations `object_store` does not retry then).
+    async fn again<T, F, Fut>(&self, mut op: F) -> object_store::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e) if attempt < self.extra_attempts && is_transport(&e) => {
+                    attempt += 1;
+                    let jitter = rand::random_range(0..200u64);
+                    tracing::info!("retrying after transport error: {e}");
+                    tokio::time::sleep(Duration::from_millis(200 * (1 << attempt) + jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Creates a random key twice with `PutMode::Create`; a store that lets
     /// the second succeed ignores `If-None-Match` (Garage does), so the
-    /// engine must not rely on it there.
+    /// engine must not rely on it there. Any failure counts as "not
+    /// honoured", the safe answer.
     fn probe_atomic_create(&self) -> bool {
         let path = format!("locks/probe-{:016x}", rand::random::<u64>());
         let key = self.key(&path);
@@ -191,8 +399,102 @@ impl ObjectBackend {
                 Err(object_store::Error::AlreadyExists { .. })
             )
         });
-        let _ = self.runtime.block_on(self.store.delete(&key));
+        let _ = self
+            .runtime
+            .block_on(self.again(|| self.store.delete(&key)));
+        tracing::debug!("{}: conditional create honoured: {honoured}", self.location);
         honoured
+    }
+
+    /// A create-only PUT. Its transport failures are retried here. When the
+    /// object turns out to exist, an earlier attempt of ours may have landed
+    /// (every object vault creates holds unique or content-addressed
+    /// bytes): it counts as created by us only if it holds our bytes.
+    async fn put_create(
+        &self,
+        path: &str,
+        key: &StorePath,
+        data: &Bytes,
+    ) -> Result<(), BackendError> {
+        let mut attempt = 0;
+        loop {
+            let opts = PutOptions {
+                mode: object_store::PutMode::Create,
+                ..PutOptions::default()
+            };
+            match self
+                .store
+                .put_opts(key, PutPayload::from_bytes(data.clone()), opts)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Also after a first attempt: object_store itself retries a
+                // create answered with 5xx, which may have been stored.
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let existing = self
+                        .again(|| async { self.store.get(key).await?.bytes().await })
+                        .await
+                        .map_err(|e| map_err(path, e))?;
+                    return if existing == *data {
+                        Ok(())
+                    } else {
+                        Err(BackendError::AlreadyExists(path.to_owned()))
+                    };
+                }
+                Err(e) if attempt < self.extra_attempts && is_transport(&e) => {
+                    attempt += 1;
+                    tracing::info!("retrying create of {path} after transport error: {e}");
+                    let jitter = rand::random_range(0..200u64);
+                    tokio::time::sleep(Duration::from_millis(200 * (1 << attempt) + jitter)).await;
+                }
+                Err(e) => return Err(map_err(path, e)),
+            }
+        }
+    }
+
+    /// Uploads in [`MULTIPART_PART_SIZE`] parts, two at a time; aborts the
+    /// upload on failure so no parts are left billed.
+    async fn put_multipart(
+        &self,
+        path: &str,
+        key: &StorePath,
+        data: &Bytes,
+    ) -> Result<(), BackendError> {
+        let mut upload = self
+            .store
+            .put_multipart(key)
+            .await
+            .map_err(|e| map_err(path, e))?;
+        let mut result = Ok(());
+        let mut pending = Vec::new();
+        for start in (0..data.len()).step_by(MULTIPART_PART_SIZE) {
+            let end = (start + MULTIPART_PART_SIZE).min(data.len());
+            pending.push(upload.put_part(PutPayload::from_bytes(data.slice(start..end))));
+            if pending.len() == 2 {
+                result = futures::future::try_join_all(pending.drain(..))
+                    .await
+                    .map(|_| ());
+                if result.is_err() {
+                    break;
+                }
+            }
+        }
+        if result.is_ok() && !pending.is_empty() {
+            result = futures::future::try_join_all(pending.drain(..))
+                .await
+                .map(|_| ());
+        }
+        drop(pending);
+        if result.is_ok() {
+            result = upload.complete().await.map(|_| ());
+        }
+        if let Err(e) = result {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!("aborting the multipart upload of {path}: {abort}");
+            }
+            return Err(map_err(path, e));
+        }
+        Ok(())
     }
 }
 
@@ -212,19 +514,24 @@ impl Backend for ObjectBackend {
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
         let key = self.key(path);
         let len = data.len() as u64;
-        let mode = match mode {
-            PutMode::Create if self.has_atomic_create() => object_store::PutMode::Create,
-            _ => object_store::PutMode::Overwrite,
-        };
-        let opts = PutOptions {
-            mode,
-            ..PutOptions::default()
-        };
+        let create = mode == PutMode::Create && self.has_atomic_create();
         self.runtime.block_on(async {
-            self.store
-                .put_opts(&key, PutPayload::from_bytes(data), opts)
-                .await
-                .map_err(|e| map_err(path, e))?;
+            if data.len() >= self.multipart_threshold && path.starts_with("data/") {
+                // Content-addressed packs: overwriting one is harmless, so
+                // create-only semantics are not needed for them.
+                self.put_multipart(path, &key, &data).await?;
+            } else if create {
+                self.put_create(path, &key, &data).await?;
+            } else {
+                let opts = PutOptions {
+                    mode: object_store::PutMode::Overwrite,
+                    ..PutOptions::default()
+                };
+                self.store
+                    .put_opts(&key, PutPayload::from_bytes(data), opts)
+                    .await
+                    .map_err(|e| map_err(path, e))?;
+            }
             // Verify the store holds what we sent before anyone may rely on
             // it (a snapshot is written only after this returns).
             let meta = self.store.head(&key).await.map_err(|e| map_err(path, e))?;
@@ -280,7 +587,7 @@ impl Backend for ObjectBackend {
         };
         let metas: Vec<object_store::ObjectMeta> = self
             .runtime
-            .block_on(self.store.list(Some(&list_prefix)).try_collect())
+            .block_on(self.again(|| self.store.list(Some(&list_prefix)).try_collect()))
             .map_err(|e| map_err(prefix, e))?;
         Ok(metas
             .into_iter()
@@ -297,7 +604,10 @@ impl Backend for ObjectBackend {
 
     fn delete(&self, path: &str) -> Result<(), BackendError> {
         let key = self.key(path);
-        match self.runtime.block_on(self.store.delete(&key)) {
+        match self
+            .runtime
+            .block_on(self.again(|| self.store.delete(&key)))
+        {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_err(path, e)),
         }
@@ -307,5 +617,95 @@ impl Backend for ObjectBackend {
         *self
             .atomic_create
             .get_or_init(|| self.probe_atomic_create())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(spec: &str) -> S3Url {
+        parse_s3_url(spec, false).unwrap_or_else(|e| panic!("{spec}: {e}"))
+    }
+
+    #[test]
+    fn custom_endpoints_keep_bucket_and_prefix() {
+        assert_eq!(
+            url("https://acct.r2.cloudflarestorage.com/backups/hornbill"),
+            S3Url {
+                endpoint: Some(("https".into(), "acct.r2.cloudflarestorage.com".into())),
+                bucket: "backups".into(),
+                prefix: "hornbill".into(),
+            }
+        );
+        let u = url("http://127.0.0.1:3900/bucket/a/b/");
+        assert_eq!(u.endpoint, Some(("http".into(), "127.0.0.1:3900".into())));
+        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("bucket", "a/b"));
+        let u = url("http://[::1]:3900/bucket");
+        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("bucket", ""));
+        url("http://localhost/b");
+        url("http://[::1]/b");
+    }
+
+    #[test]
+    fn aws_urls_have_no_endpoint() {
+        let u = url("//jig-ho-cottage-dr/pi-hosting/foundry");
+        assert_eq!(u.endpoint, None);
+        assert_eq!(u.bucket, "jig-ho-cottage-dr");
+        assert_eq!(u.prefix, "pi-hosting/foundry");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_with_a_reason() {
+        for (spec, why) in [
+            ("http://backup.example.com/b", "--allow-http"),
+            ("http://10.0.0.1:9000/b", "--allow-http"),
+            ("ftp://host/b", "scheme"),
+            ("https://host/", "missing bucket"),
+            ("https:///b", "missing host"),
+            ("//", "missing bucket"),
+            ("https://key:secret@host/b", "credentials"),
+            ("https://host/b/../x", "prefix"),
+            ("bucket/prefix", "expected"),
+        ] {
+            let err = parse_s3_url(spec, false).unwrap_err().to_string();
+            assert!(err.contains(why), "{spec}: {err}");
+        }
+        assert!(parse_s3_url("http://backup.example.com/b", true).is_ok());
+    }
+
+    #[test]
+    fn only_status_free_failures_count_as_transport_errors() {
+        let generic = |msg: &str| object_store::Error::Generic {
+            store: "S3",
+            source: msg.to_owned().into(),
+        };
+        assert!(is_transport(&generic(
+            "Error performing DELETE http://x in 30s - HTTP error: error sending request"
+        )));
+        assert!(!is_transport(&generic(
+            "Error performing PUT http://x in 1s, after 2 retries - Server returned non-2xx status code: 503 Service Unavailable: "
+        )));
+        assert!(!is_transport(&object_store::Error::NotFound {
+            path: "x".into(),
+            source: "gone".into(),
+        }));
+    }
+
+    #[test]
+    fn builds_without_network_and_never_shows_secrets() {
+        let options = S3Options {
+            access_key_id: Some("GKexample".into()),
+            secret_access_key: Some("s3cr3t".into()),
+            region: Some("garage".into()),
+            ..S3Options::default()
+        };
+        let b = ObjectBackend::s3("http://127.0.0.1:1/bucket/pre/fix", &options).unwrap();
+        assert_eq!(b.location(), "s3:http://127.0.0.1:1/bucket/pre/fix");
+        assert!(!format!("{b:?}").contains("s3cr3t"));
+        assert_eq!(b.key("config").to_string(), "pre/fix/config");
+        let b = ObjectBackend::s3("//bucket", &options).unwrap();
+        assert_eq!(b.location(), "s3://bucket");
+        assert_eq!(b.key("config").to_string(), "config");
     }
 }
