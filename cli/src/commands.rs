@@ -15,6 +15,7 @@ mod restore;
 mod snapshots;
 mod status;
 mod unlock;
+mod wal;
 
 use crate::args::Cli;
 use anyhow::Result;
@@ -55,6 +56,9 @@ pub(crate) enum Command {
     /// Restore drill: load the latest backup of a source into a scratch
     /// database or directory, check it, clean up.
     Drill(drill::DrillArgs),
+    /// PostgreSQL WAL archiving for point-in-time recovery.
+    #[command(subcommand)]
+    Wal(wal::WalCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +85,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Unlock(a) => unlock::run(g, &a),
         Command::Status(a) => status::run(g, &a),
         Command::Drill(a) => drill::run(g, &a),
+        Command::Wal(c) => wal::run(g, &c),
         Command::Repair(RepairCommand::Index(a)) => repair_index::run(g, &a),
         Command::Repair(RepairCommand::Snapshots(a)) => repair_snapshots::run(g, &a),
     }
@@ -131,4 +136,38 @@ pub(crate) fn pick_snapshot(
     }
     let spec = spec.unwrap_or("latest");
     Ok(vault_engine::snapshot::select(&snaps, spec, &filter)?.clone())
+}
+
+/// The newest snapshot of a configured source (at or before `at`), either
+/// its physical base backups or everything else.
+pub(crate) fn pick_source_snapshot(
+    repo: &vault_engine::Repository,
+    source: &str,
+    at: Option<&str>,
+    physical: bool,
+    filter: &FilterArgs,
+) -> Result<(
+    vault_engine::id::SnapshotId,
+    vault_engine::snapshot::Snapshot,
+)> {
+    use anyhow::Context;
+    let mut filter = filter.to_filter();
+    filter.tags.push(source.to_owned());
+    let at = at.map(crate::timespec::parse).transpose()?;
+    repo.snapshots()?
+        .into_iter()
+        .rev()
+        .filter(|(_, s)| filter.matches(s))
+        .filter(|(_, s)| s.tags.iter().any(|t| t == "physical") == physical)
+        .find(|(_, s)| {
+            at.as_ref()
+                .is_none_or(|t| s.time.timestamp() <= t.timestamp())
+        })
+        .with_context(|| {
+            format!(
+                "no {}snapshot of source {source}{}",
+                if physical { "physical " } else { "" },
+                at.map(|t| format!(" at or before {t}")).unwrap_or_default()
+            )
+        })
 }

@@ -8,6 +8,7 @@ mod exit;
 mod global;
 mod notify;
 mod output;
+mod pitr;
 mod sources;
 mod status;
 mod timespec;

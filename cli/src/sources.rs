@@ -307,3 +307,30 @@ pub(crate) fn table_counts(s: &SourceConfig, target: &str) -> Result<Vec<(String
     }
     Ok(out)
 }
+
+/// A physical base backup (`pg_basebackup` as a tar stream, WAL excluded:
+/// it comes from the archive) of a postgres source.
+pub(crate) fn physical_source(s: &SourceConfig) -> Result<Source> {
+    if s.kind != SourceKind::Postgres {
+        bail!(
+            "--physical needs a postgres source; {} is not one",
+            s.name()
+        );
+    }
+    let database = s.database.as_deref().unwrap_or("postgres");
+    let args: Vec<OsString> = vec![
+        "--pgdata=-".into(),
+        "--format=tar".into(),
+        "--wal-method=none".into(),
+        "--checkpoint=fast".into(),
+        "--no-password".into(),
+        "--dbname".into(),
+        pg_conninfo(s, database).into(),
+    ];
+    Ok(Source::Command {
+        filename: "base.tar".into(),
+        program: program(s, &["pg_basebackup"]),
+        args,
+        env: pg_env(s)?,
+    })
+}

@@ -24,6 +24,7 @@ pub(crate) enum Domain {
     PackHeader,
     MasterKey,
     Lock,
+    Wal,
 }
 
 impl Domain {
@@ -35,6 +36,7 @@ impl Domain {
             Domain::PackHeader => b"vault/v1/pack-header",
             Domain::MasterKey => b"vault/v1/master-key",
             Domain::Lock => b"vault/v1/lock",
+            Domain::Wal => b"vault/v1/wal",
         }
     }
 }

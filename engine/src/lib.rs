@@ -32,6 +32,7 @@ pub mod restore;
 pub mod retention;
 pub mod snapshot;
 pub mod tree;
+pub mod wal;
 
 pub use error::{Error, ErrorKind, Result};
 pub use repository::Repository;

@@ -169,6 +169,13 @@ pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, 
             }
         }
     }
+    // Archived WAL is data too: its blobs stay as long as its records do
+    // (retention trims records; prune then reclaims their blobs).
+    for (_, record) in crate::wal::all_records(repo)
+        .map_err(|e| Error::InvalidInput(format!("cannot prune: {e}; run `vault check` first")))?
+    {
+        used.extend(record.content);
+    }
     if let Some(missing) = used.iter().find(|id| !index.contains(id)) {
         return Err(Error::InvalidInput(format!(
             "cannot prune: blob {missing} is used by a snapshot but in no index; run `vault repair index` first"

@@ -343,6 +343,16 @@ impl Repository {
         open_object(&self.key, Domain::Lock, path, sealed)
     }
 
+    /// Seals a WAL segment record (§11.7).
+    pub(crate) fn seal_wal(&self, body: &[u8]) -> Vec<u8> {
+        seal_object(&self.key, Domain::Wal, body, Compression::None)
+    }
+
+    /// Opens a WAL segment record.
+    pub(crate) fn open_wal(&self, path: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        open_object(&self.key, Domain::Wal, path, sealed)
+    }
+
     /// Stores an index file.
     pub fn save_index(&self, file: &IndexFile) -> Result<IndexId> {
         let hex = self.save_sealed(FileKind::Index, Domain::Index, &file.encode())?;

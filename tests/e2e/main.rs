@@ -8,4 +8,5 @@ mod backup_restore;
 mod check;
 mod failures;
 mod interrupt;
+mod pitr;
 mod retention;

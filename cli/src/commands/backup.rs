@@ -28,6 +28,10 @@ pub(crate) struct BackupArgs {
     /// snapshot fails if the command exits non-zero.
     #[arg(long)]
     stdin_from_command: bool,
+    /// For postgres sources: a physical base backup (pg_basebackup) for
+    /// point-in-time recovery with archived WAL, instead of a dump.
+    #[arg(long)]
+    physical: bool,
     /// Tag the snapshot (repeatable, or comma-separated).
     #[arg(long = "tag", value_delimiter = ',')]
     tags: Vec<String>,
@@ -83,6 +87,9 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
         if names.iter().all(|n| config.source(n).is_some()) {
             return run_sources(g, &args, config, &names, cancel);
         }
+    }
+    if args.physical {
+        bail!("--physical backs up configured postgres sources: `vault backup SOURCE --physical`");
     }
     let source = if args.stdin_from_command {
         let Some((program, rest)) = args.command.split_first() else {
@@ -321,10 +328,17 @@ fn run_sources(
             continue;
         };
         let mut tags = vec![name.clone()];
+        if args.physical {
+            tags.push("physical".into());
+        }
         tags.extend(source.tags.iter().cloned());
         tags.extend(args.tags.iter().cloned());
         let result = (|| -> Result<backup::BackupReport> {
-            let engine_source = sources::backup_source(source)?;
+            let engine_source = if args.physical {
+                sources::physical_source(source)?
+            } else {
+                sources::backup_source(source)?
+            };
             let mut opts = options(g, args, &repo, cancel.clone(), tags, source.exclude.clone())?;
             opts.exclude_caches |= source.exclude_caches;
             opts.one_file_system |= source.one_file_system;

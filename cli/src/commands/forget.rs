@@ -239,8 +239,49 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             println!("removed {removed} snapshots");
         }
     }
+    if !args.dry_run
+        && let Some(config) = global::config(g)?
+    {
+        trim_wal(g, &repo, config)?;
+    }
     if args.prune && !args.dry_run {
         super::prune::prune_locked(g, &repo, &args.prune_args, held.as_ref())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Drops archived WAL older than the oldest kept base backup of each
+/// postgres source: every kept base backup keeps the segments it needs to
+/// become consistent and to reach the next one (all later segments).
+fn trim_wal(
+    g: &GlobalArgs,
+    repo: &vault_engine::Repository,
+    config: &crate::config::Config,
+) -> Result<()> {
+    let snapshots = repo.snapshots()?;
+    let mut index = None;
+    for source in config
+        .sources
+        .iter()
+        .filter(|s| s.kind == crate::config::SourceKind::Postgres)
+    {
+        let oldest = snapshots.iter().find(|(_, s)| {
+            s.tags.iter().any(|t| t == source.name()) && s.tags.iter().any(|t| t == "physical")
+        });
+        let Some((_, snap)) = oldest else { continue };
+        if index.is_none() {
+            index = Some(repo.load_index()?);
+        }
+        let index = index.as_ref().expect("loaded above");
+        let (start, _) = crate::pitr::base_backup_start(repo, index, snap)?;
+        let removed = vault_engine::wal::trim(repo, source.name(), &start)?;
+        if !removed.is_empty() && !g.quiet && !g.json {
+            println!(
+                "removed {} archived WAL files of {} older than its oldest base backup ({start})",
+                removed.len(),
+                source.name()
+            );
+        }
+    }
+    Ok(())
 }

@@ -31,6 +31,11 @@ pub(crate) struct RestoreArgs {
     /// For a database source: create this database and load the dump into it.
     #[arg(long, conflicts_with = "target")]
     into_database: Option<String>,
+    /// Point-in-time recovery of a postgres source: write the newest base
+    /// backup before --at into --target with recovery settings, so starting
+    /// PostgreSQL there replays archived WAL up to --at.
+    #[arg(long, requires = "target")]
+    pitr: bool,
     /// Only restore these snapshot paths (and what is below them).
     #[arg(short, long = "include")]
     includes: Vec<String>,
@@ -49,19 +54,31 @@ pub(crate) struct RestoreArgs {
 
 pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
-    let mut filter = args.filter.clone();
-    let mut spec = args.snapshot.as_deref();
+    let filter = args.filter.clone();
+    let spec = args.snapshot.as_deref();
     let source = match (global::config(g)?, spec) {
         (Some(config), Some(name)) => config.source(name),
         _ => None,
     };
-    if let Some(source) = source {
-        filter.tags.push(source.name().to_owned());
-        spec = None;
-    } else if args.at.is_some() && spec.is_some() {
-        bail!("give either a snapshot id or --at, not both");
+    if args.pitr {
+        let source = source.context("--pitr needs a configured postgres source name")?;
+        return crate::pitr::restore(
+            g,
+            &repo,
+            source,
+            args.at.as_deref(),
+            &args.target.clone().context("--target")?,
+        );
     }
-    let (id, snap) = super::pick_snapshot(&repo, spec, args.at.as_deref(), &filter)?;
+    let picked = if let Some(source) = source {
+        super::pick_source_snapshot(&repo, source.name(), args.at.as_deref(), false, &filter)?
+    } else {
+        if args.at.is_some() && spec.is_some() {
+            bail!("give either a snapshot id or --at, not both");
+        }
+        super::pick_snapshot(&repo, spec, args.at.as_deref(), &filter)?
+    };
+    let (id, snap) = picked;
     let index = repo.load_index()?;
     if let Some(database) = &args.into_database {
         let source = source.context(

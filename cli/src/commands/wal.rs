@@ -1,0 +1,142 @@
+//! `vault wal push|fetch|list`: PostgreSQL WAL archiving into the
+//! repository, for point-in-time recovery.
+//!
+//! `archive_command = 'vault wal push %p'` exits 0 only once the segment is
+//! durable; pushing an identical segment again succeeds, a different one
+//! fails loudly. `restore_command = 'vault wal fetch %f %p'` exits
+//! [`NOT_FOUND`] for files the archive does not have (PostgreSQL probes for
+//! history files and future segments).
+
+use crate::args::GlobalArgs;
+use crate::config::{Config, SourceKind};
+use crate::{global, output};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vault_engine::wal;
+
+/// Exit code of `wal fetch` for a file that is not archived.
+pub(crate) const NOT_FOUND: u8 = 4;
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum WalCommand {
+    /// Archive one WAL file (archive_command = 'vault wal push %p').
+    Push {
+        /// Path of the WAL file (%p).
+        path: PathBuf,
+        /// Source the WAL belongs to (default: the only postgres source).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Restore one WAL file (restore_command = 'vault wal fetch %f %p').
+    Fetch {
+        /// WAL file name (%f).
+        name: String,
+        /// Where to write it (%p).
+        path: PathBuf,
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// List archived WAL files, timelines and gaps.
+    List {
+        /// Source (default: the only postgres source).
+        source: Option<String>,
+    },
+}
+
+/// The postgres source WAL belongs to.
+pub(crate) fn wal_source(config: Option<&Config>, given: Option<&str>) -> Result<String> {
+    if let Some(name) = given {
+        return Ok(name.to_owned());
+    }
+    let config =
+        config.context("no --source given and no config file to find the postgres source in")?;
+    let pg: Vec<&str> = config
+        .sources
+        .iter()
+        .filter(|s| s.kind == SourceKind::Postgres)
+        .map(|s| s.name())
+        .collect();
+    match pg.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => bail!("no postgres source in {}", config.path.display()),
+        _ => bail!("several postgres sources: pass --source NAME"),
+    }
+}
+
+pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
+    let config = global::config(g)?;
+    match cmd {
+        WalCommand::Push { path, source } => {
+            let source = wal_source(config, source.as_deref())?;
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("WAL path has no file name")?
+                .to_owned();
+            let data =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let repo = global::open_repository(g)?;
+            let outcome = wal::push(&repo, &source, &name, data)
+                .with_context(|| format!("archiving {name}"))?;
+            if !g.quiet && g.verbose > 0 {
+                eprintln!("vault: {name}: {outcome:?}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WalCommand::Fetch { name, path, source } => {
+            let source = wal_source(config, source.as_deref())?;
+            if !wal::is_valid_name(name) {
+                bail!("{name:?} is not a WAL file name");
+            }
+            let repo = global::open_repository(g)?;
+            let tmp = path.with_extension("vault-tmp");
+            let mut file = std::fs::File::create(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            let found = wal::fetch(&repo, &source, name, &mut file)?;
+            if !found {
+                drop(file);
+                let _ = std::fs::remove_file(&tmp);
+                eprintln!("vault: WAL file {name} is not in the archive");
+                return Ok(ExitCode::from(NOT_FOUND));
+            }
+            file.sync_all()?;
+            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        WalCommand::List { source } => {
+            let source = wal_source(config, source.as_deref())?;
+            let repo = global::open_repository(g)?;
+            let files = wal::list(&repo, &source)?;
+            let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
+            let gaps = wal::gaps(&names);
+            let mut timelines: Vec<u32> = names
+                .iter()
+                .filter_map(|n| wal::position(n).map(|p| p.0))
+                .collect();
+            timelines.sort_unstable();
+            timelines.dedup();
+            if g.json {
+                output::print_json(&serde_json::json!({
+                    "source": source,
+                    "files": names,
+                    "timelines": timelines,
+                    "gaps": gaps.iter().map(|(t, f, c)| serde_json::json!({"timeline": t, "first_missing": f, "count": c})).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                for n in &names {
+                    println!("{n}");
+                }
+                println!("{} files on timelines {timelines:?}", names.len());
+                for (t, f, c) in &gaps {
+                    println!("GAP: {c} segment(s) missing on timeline {t} from {f}");
+                }
+            }
+            Ok(if gaps.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}

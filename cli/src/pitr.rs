@@ -1,0 +1,167 @@
+//! Point-in-time recovery for PostgreSQL: the newest base backup before the
+//! target time, unpacked into the target directory, plus `recovery.signal`
+//! and the recovery settings (`restore_command = 'vault wal fetch %f %p'`,
+//! `recovery_target_time`) so that starting PostgreSQL there replays the
+//! archived WAL up to that second. The WAL chain is checked first: a gap
+//! after the base backup's start is reported before anything is written.
+
+use crate::args::GlobalArgs;
+use crate::config::{SourceConfig, SourceKind};
+use crate::{global, output};
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use vault_engine::{Repository, restore, wal};
+
+/// Start segment and timeline of a base backup snapshot, from the
+/// `backup_label` at the head of its tar.
+pub(crate) fn base_backup_start(
+    repo: &Repository,
+    index: &vault_engine::index::Index,
+    snap: &vault_engine::snapshot::Snapshot,
+) -> Result<(String, u32)> {
+    let node = restore::find_node(repo, index, &snap.tree, "/base.tar")?;
+    let first = node
+        .content
+        .as_ref()
+        .and_then(|c| c.first())
+        .context("empty base backup")?;
+    let head = repo.read_blob(index, first)?;
+    let label =
+        wal::backup_label_from_tar(&head).context("no backup_label at the start of base.tar")?;
+    wal::parse_backup_label(&label).context("unreadable backup_label")
+}
+
+pub(crate) fn restore(
+    g: &GlobalArgs,
+    repo: &Repository,
+    source: &SourceConfig,
+    at: Option<&str>,
+    target: &Path,
+) -> Result<ExitCode> {
+    if source.kind != SourceKind::Postgres {
+        bail!(
+            "--pitr needs a postgres source; {} is not one",
+            source.name()
+        );
+    }
+    let config_path = global::config(g)?
+        .map(|c| c.path.clone())
+        .context("--pitr writes a restore_command that needs the config file")?;
+    let (id, snap) =
+        crate::commands::pick_source_snapshot(repo, source.name(), at, true, &Default::default())?;
+    let index = repo.load_index()?;
+    let (start, timeline) = base_backup_start(repo, &index, &snap)?;
+
+    // The WAL chain from the base backup on must be unbroken.
+    let names: Vec<String> = wal::list(repo, source.name())?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let (_, start_seg) = wal::position(&start).context("bad start segment")?;
+    if !names.iter().any(|n| n == &start) {
+        bail!(
+            "the WAL segment {start} where base backup {} starts is not archived: recovery cannot begin",
+            id.short()
+        );
+    }
+    let relevant: Vec<String> = names
+        .iter()
+        .filter(|n| wal::position(n).is_some_and(|(t, s)| t >= timeline && s >= start_seg))
+        .cloned()
+        .collect();
+    if let Some((tli, first, count)) = wal::gaps(&relevant).first() {
+        bail!(
+            "WAL archive has a gap: {count} segment(s) missing on timeline {tli} from {first}; recovery from base backup {} would stop there. Nothing was written.",
+            id.short()
+        );
+    }
+
+    // Unpack the base backup.
+    if target.exists() && std::fs::read_dir(target)?.next().is_some() {
+        bail!("{} is not empty", target.display());
+    }
+    std::fs::create_dir_all(target)?;
+    let node = restore::find_node(repo, &index, &snap.tree, "/base.tar")?;
+    let mut tar = Command::new("tar")
+        .args(["-x", "-f", "-", "-C"])
+        .arg(target)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting tar")?;
+    let mut stdin = tar.stdin.take().expect("piped");
+    let written = restore::dump(repo, &index, &node, &mut stdin);
+    drop(stdin);
+    let out = tar.wait_with_output()?;
+    written?;
+    if !out.status.success() {
+        bail!(
+            "unpacking the base backup failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+
+    // Recovery settings.
+    let vault = std::env::current_exe().context("locating the vault binary")?;
+    let restore_command = format!(
+        "{} --config {} wal fetch --source {} %f %p",
+        vault.display(),
+        config_path.display(),
+        source.name()
+    );
+    let mut settings = format!(
+        "\n# written by vault restore --pitr from snapshot {}\nrestore_command = '{}'\n",
+        id.short(),
+        restore_command.replace('\'', "''")
+    );
+    if let Some(at) = at {
+        let t = crate::timespec::parse(at)?;
+        let ts = t.timestamp().display_with_offset(t.offset()).to_string();
+        settings.push_str(&format!(
+            "recovery_target_time = '{ts}'\nrecovery_target_action = 'promote'\n"
+        ));
+    }
+    let auto = target.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&auto)?;
+    f.write_all(settings.as_bytes())?;
+    std::fs::write(target.join("recovery.signal"), b"")?;
+    // PostgreSQL insists on owning a 0700 data directory: match the owner
+    // of the restored files.
+    let owner =
+        std::fs::metadata(target.join("PG_VERSION")).context("base backup has no PG_VERSION")?;
+    for p in [
+        target.to_path_buf(),
+        auto.clone(),
+        target.join("recovery.signal"),
+    ] {
+        let _ = std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid()));
+    }
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))?;
+    if g.json {
+        output::print_json(&serde_json::json!({
+            "message_type": "pitr",
+            "snapshot_id": id.to_hex(),
+            "base_backup_time": snap.time.timestamp().to_string(),
+            "start_segment": start,
+            "timeline": timeline,
+            "wal_files": relevant.len(),
+            "target": target,
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "restored base backup {} ({}) into {}; {} archived WAL files follow it. Start PostgreSQL on it to recover{}.",
+            id.short(),
+            output::local_time(&snap.time),
+            target.display(),
+            relevant.len(),
+            at.map(|a| format!(" to {a}")).unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,366 @@
+//! PostgreSQL WAL archiving (repo-format.md §11.7): segments pushed by
+//! `archive_command`, fetched by `restore_command`, listed with their gaps,
+//! and trimmed by retention.
+//!
+//! A segment's bytes are chunked, deduplicated, compressed and sealed like
+//! any file (data blobs in packs). A small sealed record at
+//! `wal/<stream>/<file name>` lists its blobs; `<stream>` is the first 16 hex
+//! of the keyed id of the source name, so the provider does not learn source
+//! names. The record is written only after its blobs are durable and
+//! indexed, so a record that exists can always be fetched.
+
+use crate::backend::{BackendError, PutMode};
+use crate::backup::{Saver, SaverStats};
+use crate::blob::BlobKind;
+use crate::compress::Compression;
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+use crate::repository::Repository;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// One archived WAL file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalRecord {
+    /// Record version, 1.
+    pub version: u32,
+    /// WAL file name as PostgreSQL names it (`000000010000000000000003`,
+    /// `00000002.history`, ...).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Content chunks in order.
+    pub content: Vec<BlobId>,
+    /// When it was pushed.
+    pub pushed: jiff::Timestamp,
+}
+
+/// Outcome of [`push`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Newly stored.
+    Stored,
+    /// Already archived with identical content (a retried archive_command).
+    AlreadyArchived,
+}
+
+fn stream_dir(repo: &Repository, source: &str) -> String {
+    let id = repo
+        .key()
+        .blob_id(format!("wal-stream:{source}").as_bytes());
+    format!("wal/{}", &id.to_hex()[..16])
+}
+
+/// Whether `name` is a WAL file name PostgreSQL archives.
+#[must_use]
+pub fn is_valid_name(name: &str) -> bool {
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    let base = name.split('.').next().unwrap_or_default();
+    let suffix_ok = match name.split_once('.') {
+        None => name.len() == 24,
+        Some((_, "history")) => base.len() == 8,
+        Some((_, "partial")) => base.len() == 24,
+        Some((_, rest)) => rest.ends_with("backup") && base.len() == 24,
+    };
+    suffix_ok && hex(base) && !base.is_empty()
+}
+
+/// Archives one WAL file. Returns only once it is durable. Pushing the same
+/// name again succeeds when the content is identical and fails otherwise.
+pub fn push(
+    repo: &Arc<Repository>,
+    source: &str,
+    name: &str,
+    data: Vec<u8>,
+) -> Result<PushOutcome> {
+    if !is_valid_name(name) {
+        return Err(Error::InvalidInput(format!(
+            "{name:?} is not a WAL file name"
+        )));
+    }
+    let index = repo.load_index()?;
+    let size = data.len() as u64;
+    let mut content = Vec::new();
+    let saver = Saver::start(
+        repo.clone(),
+        &index,
+        Compression::default(),
+        2,
+        Arc::new(SaverStats::default()),
+    );
+    for chunk in repo.config().chunker.chunks(&data[..]) {
+        let chunk = chunk.map_err(|e| Error::io(format!("chunking {name}"), e))?;
+        content.push(saver.save(BlobKind::Data, chunk)?);
+    }
+    saver.finish()?;
+    let record = WalRecord {
+        version: 1,
+        name: name.to_owned(),
+        size,
+        content,
+        pushed: jiff::Timestamp::now(),
+    };
+    let path = format!("{}/{name}", stream_dir(repo, source));
+    if let Some(existing) = load(repo, source, name)? {
+        return if existing.size == record.size && existing.content == record.content {
+            Ok(PushOutcome::AlreadyArchived)
+        } else {
+            Err(Error::InvalidInput(format!(
+                "WAL file {name} is already archived with different content; refusing to overwrite it"
+            )))
+        };
+    }
+    let sealed = repo.seal_wal(&serde_json::to_vec(&record).expect("record serialises"));
+    match repo.backend().put(&path, sealed.into(), PutMode::Create) {
+        Ok(()) => Ok(PushOutcome::Stored),
+        Err(BackendError::AlreadyExists(_)) => {
+            let existing = load(repo, source, name)?.ok_or_else(|| Error::NotFound {
+                object: path.clone(),
+            })?;
+            if existing.content == record.content {
+                Ok(PushOutcome::AlreadyArchived)
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "WAL file {name} is already archived with different content"
+                )))
+            }
+        }
+        Err(e) => Err(Error::backend(path, e)),
+    }
+}
+
+/// Loads the record of `name`, if archived.
+pub fn load(repo: &Repository, source: &str, name: &str) -> Result<Option<WalRecord>> {
+    let path = format!("{}/{name}", stream_dir(repo, source));
+    let sealed = match repo.backend().get(&path) {
+        Ok(b) => b,
+        Err(BackendError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(Error::backend(path, e)),
+    };
+    let body = repo.open_wal(&path, &sealed)?;
+    let record: WalRecord = serde_json::from_slice(&body).map_err(|e| Error::corrupt(&path, e))?;
+    if record.name != name {
+        return Err(Error::corrupt(&path, "record names another WAL file"));
+    }
+    Ok(Some(record))
+}
+
+/// Writes an archived WAL file's bytes (verified chunk by chunk) to `out`.
+pub fn fetch(
+    repo: &Repository,
+    source: &str,
+    name: &str,
+    out: &mut dyn std::io::Write,
+) -> Result<bool> {
+    let Some(record) = load(repo, source, name)? else {
+        return Ok(false);
+    };
+    let index = repo.load_index()?;
+    for id in &record.content {
+        let data = repo.read_blob(&index, id)?;
+        out.write_all(&data)
+            .map_err(|e| Error::io(format!("writing {name}"), e))?;
+    }
+    Ok(true)
+}
+
+/// Names of the archived WAL files of a source, sorted.
+pub fn list(repo: &Repository, source: &str) -> Result<Vec<(String, u64)>> {
+    let dir = stream_dir(repo, source);
+    let mut out: Vec<(String, u64)> = repo
+        .backend()
+        .list(&format!("{dir}/"))
+        .map_err(|e| Error::backend(&dir, e))?
+        .into_iter()
+        .filter_map(|o| {
+            let name = o.path.rsplit('/').next()?.to_owned();
+            is_valid_name(&name).then_some((name, o.size))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Every WAL record of every source (prune keeps their blobs alive).
+pub fn all_records(repo: &Repository) -> Result<Vec<(String, WalRecord)>> {
+    let mut out = Vec::new();
+    for o in repo
+        .backend()
+        .list("wal/")
+        .map_err(|e| Error::backend("wal/", e))?
+    {
+        let body = repo
+            .backend()
+            .get(&o.path)
+            .map_err(|e| Error::backend(&o.path, e))
+            .and_then(|sealed| repo.open_wal(&o.path, &sealed))?;
+        let record: WalRecord =
+            serde_json::from_slice(&body).map_err(|e| Error::corrupt(&o.path, e))?;
+        out.push((o.path, record));
+    }
+    Ok(out)
+}
+
+/// Segment position `(timeline, segment number)` of a 24-hex segment name,
+/// assuming PostgreSQL's default 16 MiB segments (256 per log file).
+#[must_use]
+pub fn position(name: &str) -> Option<(u32, u64)> {
+    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let tli = u32::from_str_radix(name.get(0..8)?, 16).ok()?;
+    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
+    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
+    Some((tli, log * 256 + seg))
+}
+
+/// Missing segments between the first and last archived segment of each
+/// timeline: `(timeline, first missing name, count)`.
+#[must_use]
+pub fn gaps(names: &[String]) -> Vec<(u32, String, u64)> {
+    let mut by_tli: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for n in names {
+        if let Some((tli, seg)) = position(n) {
+            by_tli.entry(tli).or_default().push(seg);
+        }
+    }
+    let mut out = Vec::new();
+    for (tli, mut segs) in by_tli {
+        segs.sort_unstable();
+        segs.dedup();
+        for w in segs.windows(2) {
+            if let [a, b] = w
+                && b - a > 1
+            {
+                let missing = a + 1;
+                out.push((
+                    tli,
+                    format!("{tli:08X}{:08X}{:08X}", missing / 256, missing % 256),
+                    b - a - 1,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Removes archived segments older than `keep_from` (same or older
+/// timelines); history files are always kept. Returns the removed names.
+pub fn trim(repo: &Repository, source: &str, keep_from: &str) -> Result<Vec<String>> {
+    let Some((keep_tli, keep_seg)) = position(keep_from) else {
+        return Err(Error::InvalidInput(format!(
+            "invalid WAL segment {keep_from}"
+        )));
+    };
+    let dir = stream_dir(repo, source);
+    let mut removed = Vec::new();
+    for (name, _) in list(repo, source)? {
+        let base = name.split('.').next().unwrap_or_default();
+        let Some((tli, seg)) = position(base) else {
+            continue;
+        };
+        if tli <= keep_tli && seg < keep_seg {
+            let path = format!("{dir}/{name}");
+            repo.backend()
+                .delete(&path)
+                .map_err(|e| Error::backend(&path, e))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+/// Parses `backup_label` text: the start segment and timeline.
+#[must_use]
+pub fn parse_backup_label(text: &str) -> Option<(String, u32)> {
+    let mut start = None;
+    let mut tli = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("START WAL LOCATION:") {
+            start = rest
+                .split("(file ")
+                .nth(1)
+                .and_then(|r| r.split(')').next())
+                .map(str::to_owned);
+        }
+        if let Some(rest) = line.strip_prefix("START TIMELINE:") {
+            tli = rest.trim().parse().ok();
+        }
+    }
+    Some((start?, tli?))
+}
+
+/// Finds `backup_label` in the first bytes of a base backup tar stream.
+#[must_use]
+pub fn backup_label_from_tar(head: &[u8]) -> Option<String> {
+    let mut offset = 0usize;
+    while let Some(header) = head.get(offset..offset + 512) {
+        let name_end = header
+            .get(..100)?
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(100);
+        let name = std::str::from_utf8(header.get(..name_end)?).ok()?;
+        if name.is_empty() {
+            return None;
+        }
+        let size_field = std::str::from_utf8(header.get(124..136)?).ok()?;
+        let size =
+            usize::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+                .ok()?;
+        let body = offset + 512;
+        if name == "backup_label" || name.ends_with("/backup_label") {
+            return head
+                .get(body..body + size)
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+        }
+        offset = body + size.div_ceil(512) * 512;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_positions_and_gaps() {
+        assert!(is_valid_name("000000010000000000000003"));
+        assert!(is_valid_name("00000002.history"));
+        assert!(is_valid_name("000000010000000000000003.00000028.backup"));
+        assert!(is_valid_name("000000010000000000000003.partial"));
+        assert!(!is_valid_name("../etc/passwd"));
+        assert!(!is_valid_name("0000000100000000000000"));
+        assert_eq!(position("0000000100000001000000FF"), Some((1, 511)));
+        let names: Vec<String> = [
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000010000000000000005",
+            "0000000100000000000000FF",
+            "000000010000000100000000",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let g = gaps(&names);
+        assert_eq!(g[0], (1, "000000010000000000000003".to_owned(), 2));
+        assert_eq!(g.len(), 2);
+    }
+
+    #[test]
+    fn backup_label_is_parsed() {
+        let label = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nSTART TIMELINE: 1\n";
+        assert_eq!(
+            parse_backup_label(label),
+            Some(("000000010000000000000002".into(), 1))
+        );
+        let mut tar = vec![0u8; 512];
+        tar[..12].copy_from_slice(b"backup_label");
+        let size = format!("{:011o}\0", label.len());
+        tar[124..136].copy_from_slice(size.as_bytes());
+        tar.extend_from_slice(label.as_bytes());
+        tar.resize(2048, 0);
+        assert_eq!(backup_label_from_tar(&tar).as_deref(), Some(label));
+    }
+}
