@@ -29,16 +29,24 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
         )
     })?;
     let repo = global::open_repository(g)?;
-    let filter = super::FilterArgs {
-        tags: vec![source.name().to_owned()],
-        ..super::FilterArgs::default()
+    // Drills exercise the dumps (or file backups), not physical base
+    // backups, unless a snapshot is named.
+    let (id, snap) = match &args.snapshot {
+        Some(spec) => {
+            let filter = super::FilterArgs {
+                tags: vec![source.name().to_owned()],
+                ..super::FilterArgs::default()
+            };
+            super::pick_snapshot(&repo, Some(spec), None, &filter)?
+        }
+        None => super::pick_source_snapshot(
+            &repo,
+            source.name(),
+            None,
+            false,
+            &super::FilterArgs::default(),
+        )?,
     };
-    let (id, snap) = super::pick_snapshot(
-        &repo,
-        Some(args.snapshot.as_deref().unwrap_or("latest")),
-        None,
-        &filter,
-    )?;
     let index = repo.load_index()?;
     let started = std::time::Instant::now();
     let mut report = serde_json::json!({
