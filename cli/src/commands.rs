@@ -3,16 +3,25 @@
 mod backup;
 mod cat;
 mod check;
+mod copy;
+mod diff;
 mod drill;
 mod dump;
 mod forget;
 mod init;
+mod key_add;
+mod key_export;
+mod key_import;
+mod key_list;
+mod key_passwd;
+mod key_remove;
 mod ls;
 mod prune;
 mod repair_index;
 mod repair_snapshots;
 mod restore;
 mod snapshots;
+mod stats;
 mod status;
 mod unlock;
 mod wal;
@@ -59,6 +68,31 @@ pub(crate) enum Command {
     /// PostgreSQL WAL archiving for point-in-time recovery.
     #[command(subcommand)]
     Wal(wal::WalCommand),
+    /// Manage the repository's passwords (key files) and its master key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Copy snapshots to another repository (its own password and keys).
+    Copy(copy::CopyArgs),
+    /// Show what changed between two snapshots.
+    Diff(diff::DiffArgs),
+    /// Sizes, deduplication and compression of snapshots and the repository.
+    Stats(stats::StatsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// List key files; the one in use is marked (`current` in --json).
+    List(key_list::KeyListArgs),
+    /// Add a password (a new key file for the same master key).
+    Add(key_add::KeyAddArgs),
+    /// Remove a key file (never the last; the one in use only with --force).
+    Remove(key_remove::KeyRemoveArgs),
+    /// Change the password in use (adds a key file, removes the old one).
+    Passwd(key_passwd::KeyPasswdArgs),
+    /// Print the master key in a printable form with checks, to keep offline.
+    Export(key_export::KeyExportArgs),
+    /// Regain access with an exported master key; adds a key file for a new password.
+    Import(key_import::KeyImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +119,15 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Unlock(a) => unlock::run(g, &a),
         Command::Status(a) => status::run(g, &a),
         Command::Drill(a) => drill::run(g, &a),
+        Command::Key(KeyCommand::List(a)) => key_list::run(g, &a),
+        Command::Key(KeyCommand::Add(a)) => key_add::run(g, &a),
+        Command::Key(KeyCommand::Remove(a)) => key_remove::run(g, &a),
+        Command::Key(KeyCommand::Passwd(a)) => key_passwd::run(g, &a),
+        Command::Key(KeyCommand::Export(a)) => key_export::run(g, &a),
+        Command::Key(KeyCommand::Import(a)) => key_import::run(g, &a),
+        Command::Copy(a) => copy::run(g, &a, cancel),
+        Command::Diff(a) => diff::run(g, &a),
+        Command::Stats(a) => stats::run(g, &a),
         Command::Wal(c) => wal::run(g, &c),
         Command::Repair(RepairCommand::Index(a)) => repair_index::run(g, &a),
         Command::Repair(RepairCommand::Snapshots(a)) => repair_snapshots::run(g, &a),

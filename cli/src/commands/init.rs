@@ -19,18 +19,50 @@ pub(crate) struct InitArgs {
     /// Target pack size in MiB.
     #[arg(long, default_value_t = 16)]
     pack_size_mib: u32,
+    /// Use the chunker parameters (sizes and secret seed) of the --from-repo
+    /// repository, so both cut files identically (for `vault copy`).
+    #[arg(long, requires = "from_repo")]
+    copy_chunker_params: bool,
+    /// The repository to copy chunker parameters from.
+    #[arg(long, requires = "copy_chunker_params")]
+    from_repo: Option<String>,
+    /// Read --from-repo's password from this file (first line). Without
+    /// this, VAULT_FROM_PASSWORD or --from-password-command, the new
+    /// repository's password is tried.
+    #[arg(long, env = "VAULT_FROM_PASSWORD_FILE")]
+    from_password_file: Option<std::path::PathBuf>,
+    /// Run this shell command and use its output as --from-repo's password.
+    #[arg(long, env = "VAULT_FROM_PASSWORD_COMMAND")]
+    from_password_command: Option<String>,
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
     let url = global::repo_url(g)?;
     let backend = global::open_backend(g, &url)?;
+    let kdf = KdfParams {
+        memory_kib: args.kdf_memory_mib.saturating_mul(1024),
+        iterations: args.kdf_iterations,
+        parallelism: 1,
+    };
+    vault_engine::key::validate_kdf(&kdf)?;
     let password = global::password(g, true)?;
+    let chunker = match (&args.from_repo, args.copy_chunker_params) {
+        (Some(from), true) => {
+            let from_password = super::copy::other_password(
+                args.from_password_file.as_deref(),
+                "VAULT_FROM_PASSWORD",
+                args.from_password_command.as_deref(),
+            )?
+            .unwrap_or_else(|| password.clone());
+            let source = super::copy::open_other(g, from, &from_password)
+                .context("reading chunker parameters from --from-repo")?;
+            Some(source.config().chunker)
+        }
+        _ => None,
+    };
     let options = InitOptions {
-        kdf: KdfParams {
-            memory_kib: args.kdf_memory_mib.saturating_mul(1024),
-            iterations: args.kdf_iterations,
-            parallelism: 1,
-        },
+        kdf,
+        chunker,
         pack_size: Some(args.pack_size_mib.clamp(1, 1024) * 1024 * 1024),
         hostname: global::hostname(),
         username: global::username(),

@@ -1,0 +1,96 @@
+//! `vault key add`: another password for the repository (a new key file
+//! wrapping the same master key; no data is rewritten). Also the flags and
+//! the new-password prompt the other `vault key` commands share.
+
+use crate::args::GlobalArgs;
+use crate::{global, output};
+use anyhow::{Context, Result, bail};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vault_engine::crypto::{KdfParams, Password};
+use vault_engine::key::{self, NewKey};
+
+/// How to get the new password and how hard to derive its key.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct NewKeyArgs {
+    /// Read the new password from this file (first line) instead of asking.
+    #[arg(long, env = "VAULT_NEW_PASSWORD_FILE")]
+    pub(crate) new_password_file: Option<PathBuf>,
+    /// argon2id memory for the new key's derivation, in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) kdf_memory_mib: u32,
+    /// argon2id passes for the new key.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) kdf_iterations: u32,
+}
+
+impl NewKeyArgs {
+    pub(crate) fn new_key(&self) -> Result<NewKey> {
+        let kdf = KdfParams {
+            memory_kib: self.kdf_memory_mib.saturating_mul(1024),
+            iterations: self.kdf_iterations,
+            parallelism: 1,
+        };
+        key::validate_kdf(&kdf)?;
+        Ok(NewKey {
+            kdf,
+            hostname: global::hostname(),
+            username: global::username(),
+        })
+    }
+
+    /// The new password: `--new-password-file`, else a prompt (twice) on a
+    /// terminal, else `None`.
+    pub(crate) fn new_password(&self) -> Result<Option<Password>> {
+        if let Some(file) = &self.new_password_file {
+            return read_password_file(file, "new password file").map(Some);
+        }
+        if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+            let pw = rpassword::prompt_password("enter new password: ")?;
+            let again = rpassword::prompt_password("enter new password again: ")?;
+            if again != pw {
+                bail!("passwords do not match");
+            }
+            return Ok(Some(Password::new(pw)));
+        }
+        Ok(None)
+    }
+
+    /// The new password, or an error saying how to give one.
+    pub(crate) fn require_new_password(&self) -> Result<Password> {
+        self.new_password()?.context(
+            "no new password: pass --new-password-file FILE (or run on a terminal to be asked)",
+        )
+    }
+}
+
+/// The first line of a password file (without `\r\n`).
+pub(crate) fn read_password_file(path: &std::path::Path, what: &str) -> Result<Password> {
+    let text = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    Ok(Password::new(line.to_vec()))
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct KeyAddArgs {
+    #[command(flatten)]
+    new: NewKeyArgs,
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: &KeyAddArgs) -> Result<ExitCode> {
+    let new = args.new.new_key()?;
+    let repo = global::open_repository(g)?;
+    let password = args.new.require_new_password()?;
+    let id = key::add(&repo, &password, &new)?;
+    if g.json {
+        output::print_json(&serde_json::json!({
+            "message_type": "key_added",
+            "id": id.to_hex(),
+        }))?;
+    } else if !g.quiet {
+        println!("added key {}", id.short());
+    }
+    Ok(ExitCode::SUCCESS)
+}

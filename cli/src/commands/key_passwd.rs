@@ -1,0 +1,42 @@
+//! `vault key passwd`: change the password of the key in use: a key file
+//! for the new password is added (and verified), then the old one removed.
+
+use super::key_add::NewKeyArgs;
+use crate::args::GlobalArgs;
+use crate::{global, output};
+use anyhow::Result;
+use std::process::ExitCode;
+use vault_engine::{key, lock};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct KeyPasswdArgs {
+    #[command(flatten)]
+    new: NewKeyArgs,
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: &KeyPasswdArgs) -> Result<ExitCode> {
+    let new = args.new.new_key()?;
+    let repo = global::open_repository(g)?;
+    let password = args.new.require_new_password()?;
+    let _lock = lock::lock_exclusive(
+        &repo,
+        "key passwd",
+        &global::hostname(),
+        &global::username(),
+    )?;
+    let (added, removed) = key::change_password(&repo, &password, &new)?;
+    if g.json {
+        output::print_json(&serde_json::json!({
+            "message_type": "key_changed",
+            "id": added.to_hex(),
+            "removed": removed.to_hex(),
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "password changed: added key {}, removed key {}",
+            added.short(),
+            removed.short()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

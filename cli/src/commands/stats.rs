@@ -1,0 +1,136 @@
+//! `vault stats`: restore size or raw data of some or all snapshots, and
+//! totals of the whole repository. (Request counts are not reported yet.)
+
+use super::FilterArgs;
+use crate::args::GlobalArgs;
+use crate::{global, output};
+use anyhow::Result;
+use std::process::ExitCode;
+use vault_engine::stats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// Logical bytes and files a restore would write.
+    RestoreSize,
+    /// Distinct blobs referenced: plaintext and stored size, dedup and compression ratios.
+    RawData,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatsArgs {
+    /// Snapshots (`latest` or id prefixes); all when none is given.
+    snapshots: Vec<String>,
+    /// What to count.
+    #[arg(long, value_enum, default_value = "restore-size")]
+    mode: Mode,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
+    let repo = global::open_repository(g)?;
+    let all = repo.snapshots()?;
+    let filter = args.filter.to_filter();
+    let chosen: Vec<_> = if args.snapshots.is_empty() {
+        all.iter()
+            .filter(|(_, s)| filter.matches(s))
+            .cloned()
+            .collect()
+    } else {
+        let mut out = Vec::new();
+        for spec in &args.snapshots {
+            let found = vault_engine::snapshot::select(&all, spec, &filter)?.clone();
+            if !out.iter().any(|(id, _)| *id == found.0) {
+                out.push(found);
+            }
+        }
+        out
+    };
+    let index = repo.load_index()?;
+    let report = stats::stats(&repo, &index, &chosen)?;
+    let mode = match args.mode {
+        Mode::RestoreSize => "restore-size",
+        Mode::RawData => "raw-data",
+    };
+    if g.json {
+        let mut v = match args.mode {
+            Mode::RestoreSize => serde_json::to_value(&report.restore_size)?,
+            Mode::RawData => {
+                let mut v = serde_json::to_value(&report.raw_data)?;
+                v["restore_size"] = report.restore_size.total_size.into();
+                v
+            }
+        };
+        v["message_type"] = "stats".into();
+        v["mode"] = mode.into();
+        v["snapshots_count"] = report.snapshots_count.into();
+        v["repository"] = serde_json::to_value(&report.repository)?;
+        output::print_json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("Stats in {mode} mode:");
+    println!("     Snapshots processed:  {}", report.snapshots_count);
+    match args.mode {
+        Mode::RestoreSize => {
+            let r = &report.restore_size;
+            println!("        Total File Count:  {}", r.total_file_count);
+            println!("         Total Dir Count:  {}", r.total_dir_count);
+            println!("              Total Size:  {}", output::bytes(r.total_size));
+        }
+        Mode::RawData => {
+            let r = &report.raw_data;
+            println!(
+                "        Total Blob Count:  {} ({} data, {} tree)",
+                r.total_blob_count, r.data_blob_count, r.tree_blob_count
+            );
+            println!(
+                " Total Uncompressed Size:  {}",
+                output::bytes(r.total_uncompressed_size)
+            );
+            println!("       Total Stored Size:  {}", output::bytes(r.total_size));
+            println!(
+                "            Restore Size:  {}",
+                output::bytes(report.restore_size.total_size)
+            );
+            println!("    Deduplication Ratio:  {:.2}x", r.dedup_ratio);
+            println!("      Compression Ratio:  {:.2}x", r.compression_ratio);
+            if r.missing_blobs > 0 {
+                println!(
+                    "           Missing Blobs:  {} (run `vault check`)",
+                    r.missing_blobs
+                );
+            }
+        }
+    }
+    let repo_totals = &report.repository;
+    println!();
+    println!("Repository:");
+    for (kind, c) in &repo_totals.objects {
+        println!(
+            "  {kind:<10} {:>8} objects  {:>12}",
+            c.count,
+            output::bytes(c.bytes)
+        );
+    }
+    println!(
+        "  {:<10} {:>8} objects  {:>12}",
+        "total",
+        repo_totals.objects.values().map(|c| c.count).sum::<u64>(),
+        output::bytes(repo_totals.total_bytes)
+    );
+    let ix = &repo_totals.index;
+    println!(
+        "  index: {} blobs in {} packs, {} plaintext, {} stored ({:.2}x){}",
+        ix.blobs,
+        ix.packs,
+        output::bytes(ix.uncompressed_bytes),
+        output::bytes(ix.stored_bytes),
+        ix.compression_ratio,
+        if ix.unindexed_packs > 0 {
+            format!("; {} unindexed packs", ix.unindexed_packs)
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

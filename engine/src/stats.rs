@@ -1,0 +1,302 @@
+//! Repository statistics, as `restic stats` offers them.
+//!
+//! - *restore size*: the logical bytes and files a restore of the chosen
+//!   snapshots would write (hard-linked files counted once per snapshot);
+//! - *raw data*: the distinct blobs those snapshots reference, their
+//!   plaintext and stored sizes, and the deduplication and compression
+//!   ratios that follow;
+//! - *repository totals*: every stored object by kind, from a listing of
+//!   the backend, and what the index holds.
+//!
+//! One pass computes all three: each distinct tree is read once, however
+//! many snapshots share it.
+
+use crate::blob::BlobKind;
+use crate::error::Result;
+use crate::id::{BlobId, PackId, SnapshotId};
+use crate::index::Index;
+use crate::repository::{FileKind, Repository};
+use crate::snapshot::Snapshot;
+use crate::tree::NodeKind;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+/// What a restore of the chosen snapshots would write.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreSize {
+    /// Logical bytes of file content.
+    pub total_size: u64,
+    /// Regular files.
+    pub total_file_count: u64,
+    /// Directories.
+    pub total_dir_count: u64,
+    /// Symlinks, devices, fifos, sockets.
+    pub total_other_count: u64,
+}
+
+/// The distinct blobs the chosen snapshots reference.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RawData {
+    /// Distinct blobs (data and tree).
+    pub total_blob_count: u64,
+    /// Distinct data blobs.
+    pub data_blob_count: u64,
+    /// Distinct tree blobs.
+    pub tree_blob_count: u64,
+    /// Their plaintext bytes.
+    pub total_uncompressed_size: u64,
+    /// Their stored bytes (compressed and sealed, in packs).
+    pub total_size: u64,
+    /// Plaintext bytes of the distinct data blobs.
+    pub data_uncompressed_size: u64,
+    /// Logical bytes ÷ distinct data plaintext bytes: how much deduplication
+    /// saves (1.0 = nothing shared).
+    pub dedup_ratio: f64,
+    /// Plaintext ÷ stored bytes of the distinct blobs.
+    pub compression_ratio: f64,
+    /// Referenced blobs no index lists (their sizes are unknown; `vault
+    /// check` reports them).
+    pub missing_blobs: u64,
+}
+
+/// Stored objects of one kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ObjectCount {
+    /// Objects.
+    pub count: u64,
+    /// Their stored bytes.
+    pub bytes: u64,
+}
+
+/// What the index lists.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IndexTotals {
+    /// Indexed packs.
+    pub packs: u64,
+    /// Distinct blobs.
+    pub blobs: u64,
+    /// Distinct data blobs.
+    pub data_blobs: u64,
+    /// Distinct tree blobs.
+    pub tree_blobs: u64,
+    /// Their plaintext bytes.
+    pub uncompressed_bytes: u64,
+    /// Their stored bytes.
+    pub stored_bytes: u64,
+    /// Plaintext ÷ stored bytes.
+    pub compression_ratio: f64,
+    /// Packs in storage that no index lists (an interrupted or running
+    /// backup's uploads).
+    pub unindexed_packs: u64,
+}
+
+/// The whole repository, from a listing of its storage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepositoryTotals {
+    /// Objects by kind: `config`, `keys`, `snapshots`, `index`, `data`, `locks`.
+    pub objects: BTreeMap<&'static str, ObjectCount>,
+    /// Every stored byte.
+    pub total_bytes: u64,
+    /// Snapshots.
+    pub snapshots: u64,
+    /// What the index holds.
+    pub index: IndexTotals,
+}
+
+/// Everything `vault stats` reports.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatsReport {
+    /// Snapshots counted.
+    pub snapshots_count: u64,
+    /// Restore size of those snapshots.
+    pub restore_size: RestoreSize,
+    /// Raw data of those snapshots.
+    pub raw_data: RawData,
+    /// Repository totals.
+    pub repository: RepositoryTotals,
+}
+
+/// Totals of one tree and everything below it. Hard-linked files are kept
+/// apart so each snapshot can count an inode once.
+#[derive(Default)]
+struct TreeTotals {
+    bytes: u64,
+    files: u64,
+    dirs: u64,
+    others: u64,
+    /// (device, inode, size) of files with more than one link.
+    hardlinks: Vec<(u64, u64, u64)>,
+}
+
+struct Walker<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    memo: HashMap<BlobId, Arc<TreeTotals>>,
+    data: HashSet<BlobId>,
+}
+
+impl Walker<'_> {
+    fn totals(&mut self, id: &BlobId) -> Result<Arc<TreeTotals>> {
+        if let Some(t) = self.memo.get(id) {
+            return Ok(t.clone());
+        }
+        let tree = self.repo.read_tree(self.index, id)?;
+        let mut t = TreeTotals::default();
+        for node in &tree.nodes {
+            match node.kind {
+                NodeKind::Dir => {
+                    t.dirs += 1;
+                    if let Some(sub) = &node.subtree {
+                        let below = self.totals(sub)?;
+                        t.bytes += below.bytes;
+                        t.files += below.files;
+                        t.dirs += below.dirs;
+                        t.others += below.others;
+                        t.hardlinks.extend_from_slice(&below.hardlinks);
+                    }
+                }
+                NodeKind::File => {
+                    if node.links > 1 && node.inode != 0 {
+                        t.hardlinks.push((node.device_id, node.inode, node.size));
+                    } else {
+                        t.bytes += node.size;
+                        t.files += 1;
+                    }
+                    self.data.extend(node.content.iter().flatten().copied());
+                }
+                _ => t.others += 1,
+            }
+        }
+        let t = Arc::new(t);
+        self.memo.insert(*id, t.clone());
+        Ok(t)
+    }
+}
+
+fn ratio(num: u64, den: u64) -> f64 {
+    if den == 0 {
+        0.0
+    } else {
+        #[allow(clippy::cast_precision_loss)]
+        let r = num as f64 / den as f64;
+        (r * 1000.0).round() / 1000.0
+    }
+}
+
+/// Repository totals from a listing of the storage and the index.
+pub fn repository_totals(repo: &Repository, index: &Index) -> Result<RepositoryTotals> {
+    let mut totals = RepositoryTotals::default();
+    let config = repo
+        .backend()
+        .head("config")
+        .map_err(|e| crate::Error::backend("config", e))?;
+    totals.objects.insert(
+        "config",
+        ObjectCount {
+            count: 1,
+            bytes: config,
+        },
+    );
+    let mut stored_packs: HashSet<PackId> = HashSet::new();
+    for (name, kind) in [
+        ("keys", FileKind::Key),
+        ("snapshots", FileKind::Snapshot),
+        ("index", FileKind::Index),
+        ("data", FileKind::Pack),
+        ("locks", FileKind::Lock),
+    ] {
+        let mut c = ObjectCount::default();
+        for info in repo.list(kind)? {
+            c.count += 1;
+            c.bytes += info.size;
+            if kind == FileKind::Pack
+                && let Some(id) = info.path.rsplit('/').next().and_then(|n| n.parse().ok())
+            {
+                stored_packs.insert(id);
+            }
+        }
+        totals.objects.insert(name, c);
+    }
+    totals.total_bytes = totals.objects.values().map(|c| c.bytes).sum();
+    totals.snapshots = totals.objects.get("snapshots").map_or(0, |c| c.count);
+    let mut ix = IndexTotals::default();
+    let mut indexed_packs: HashSet<PackId> = HashSet::new();
+    for (pack, _) in index.packs() {
+        indexed_packs.insert(pack);
+    }
+    ix.packs = indexed_packs.len() as u64;
+    for (_, loc) in index.blobs() {
+        ix.blobs += 1;
+        match loc.kind {
+            BlobKind::Data => ix.data_blobs += 1,
+            BlobKind::Tree => ix.tree_blobs += 1,
+        }
+        ix.uncompressed_bytes += u64::from(loc.raw_len);
+        ix.stored_bytes += u64::from(loc.length);
+    }
+    ix.compression_ratio = ratio(ix.uncompressed_bytes, ix.stored_bytes);
+    ix.unindexed_packs = stored_packs.difference(&indexed_packs).count() as u64;
+    totals.index = ix;
+    Ok(totals)
+}
+
+/// Statistics of `snapshots` (restore size and raw data) and of the whole
+/// repository.
+pub fn stats(
+    repo: &Repository,
+    index: &Index,
+    snapshots: &[(SnapshotId, Snapshot)],
+) -> Result<StatsReport> {
+    let mut walker = Walker {
+        repo,
+        index,
+        memo: HashMap::new(),
+        data: HashSet::new(),
+    };
+    let mut restore = RestoreSize::default();
+    for (_, snap) in snapshots {
+        let t = walker.totals(&snap.tree)?;
+        restore.total_size += t.bytes;
+        restore.total_file_count += t.files;
+        restore.total_dir_count += t.dirs;
+        restore.total_other_count += t.others;
+        let mut seen = HashSet::new();
+        for (dev, ino, size) in &t.hardlinks {
+            restore.total_file_count += 1;
+            if seen.insert((*dev, *ino)) {
+                restore.total_size += size;
+            }
+        }
+    }
+    let mut raw = RawData::default();
+    let mut add = |id: &BlobId, kind: BlobKind| match index.get(id) {
+        Some(loc) => {
+            raw.total_blob_count += 1;
+            match kind {
+                BlobKind::Data => {
+                    raw.data_blob_count += 1;
+                    raw.data_uncompressed_size += u64::from(loc.raw_len);
+                }
+                BlobKind::Tree => raw.tree_blob_count += 1,
+            }
+            raw.total_uncompressed_size += u64::from(loc.raw_len);
+            raw.total_size += u64::from(loc.length);
+        }
+        None => raw.missing_blobs += 1,
+    };
+    for id in walker.memo.keys() {
+        add(id, BlobKind::Tree);
+    }
+    for id in &walker.data {
+        add(id, BlobKind::Data);
+    }
+    raw.dedup_ratio = ratio(restore.total_size, raw.data_uncompressed_size);
+    raw.compression_ratio = ratio(raw.total_uncompressed_size, raw.total_size);
+    Ok(StatsReport {
+        snapshots_count: snapshots.len() as u64,
+        restore_size: restore,
+        raw_data: raw,
+        repository: repository_totals(repo, index)?,
+    })
+}
