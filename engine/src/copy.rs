@@ -756,3 +756,135 @@ fn write_snapshots(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, ObjectBackend};
+    use crate::backup::{self, BackupOptions, BackupProgress, Source};
+    use crate::crypto::{KdfParams, MasterKey, Password};
+    use crate::repository::InitOptions;
+
+    const FAST: KdfParams = KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+
+    fn repo(master_key: Option<MasterKey>) -> Arc<Repository> {
+        let backend: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
+        let options = InitOptions {
+            kdf: FAST,
+            master_key,
+            chunker: Some(crate::chunker::ChunkerParams {
+                min_size: 1024,
+                avg_size: 4096,
+                max_size: 16384,
+                seed: 7,
+            }),
+            pack_size: Some(64 * 1024),
+            ..InitOptions::default()
+        };
+        Arc::new(Repository::init(backend, &Password::new("pw"), options).unwrap())
+    }
+
+    fn backup_stream(repo: &Arc<Repository>, data: &[u8]) {
+        let source = Source::Stream {
+            filename: "dump.sql".into(),
+            reader: Box::new(std::io::Cursor::new(data.to_vec())),
+        };
+        let options = BackupOptions {
+            hostname: "h".into(),
+            ..BackupOptions::default()
+        };
+        backup::backup(repo, source, &options, &BackupProgress::default()).unwrap();
+    }
+
+    fn content(repo: &Repository, snap: &Snapshot) -> Vec<u8> {
+        let index = repo.load_index().unwrap();
+        let node = crate::restore::find_node(repo, &index, &snap.tree, "/dump.sql").unwrap();
+        let mut out = Vec::new();
+        crate::restore::dump(repo, &index, &node, &mut out).unwrap();
+        out
+    }
+
+    fn data(seed: u8, len: usize) -> Vec<u8> {
+        let mut state = u64::from(seed) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()[0]
+            })
+            .collect()
+    }
+
+    fn copy_all(src: &Repository, dst: &Arc<Repository>) -> CopyReport {
+        let snaps = src.snapshots().unwrap();
+        copy(
+            src,
+            dst,
+            &snaps,
+            &CopyOptions::default(),
+            &CopyProgress::default(),
+        )
+        .unwrap()
+    }
+
+    /// Both id-key cases: a target with its own master key (ids re-keyed,
+    /// trees rewritten) and one sharing the source's (ids kept).
+    #[test]
+    fn copies_round_trip_and_repeat_as_no_ops() {
+        for same_key in [false, true] {
+            let src = repo(None);
+            let dst = repo(same_key.then(|| src.key().clone()));
+            let first = data(1, 300_000);
+            backup_stream(&src, &first);
+            let report = copy_all(&src, &dst);
+            assert_eq!(report.same_id_key, same_key);
+            assert_eq!(report.copied.len(), 1);
+            let copied = dst.snapshots().unwrap();
+            assert_eq!(content(&dst, &copied[0].1), first);
+            assert_eq!(copied[0].1.original, Some(report.copied[0].source));
+            assert_eq!(
+                copied[0].1.tree == src.snapshots().unwrap()[0].1.tree,
+                same_key
+            );
+
+            let again = copy_all(&src, &dst);
+            assert!(again.copied.is_empty());
+            assert_eq!(again.skipped.len(), 1);
+            assert_eq!(again.blobs_read + again.blobs_added, 0);
+
+            // A second snapshot sharing most of its data: only what is new
+            // is read from the source.
+            let mut second = first.clone();
+            second.extend_from_slice(&data(2, 1000));
+            backup_stream(&src, &second);
+            let third = copy_all(&src, &dst);
+            assert_eq!(third.copied.len(), 1);
+            let total_blobs = src.load_index().unwrap().len() as u64;
+            assert!(total_blobs > 40);
+            assert!(third.blobs_read <= 3, "{third:?}");
+            let latest = dst.snapshots().unwrap().pop().unwrap().1;
+            assert_eq!(content(&dst, &latest), second);
+        }
+    }
+
+    #[test]
+    fn refuses_to_copy_into_itself() {
+        let src = repo(None);
+        backup_stream(&src, b"x");
+        let snaps = src.snapshots().unwrap();
+        let err = copy(
+            &src,
+            &src,
+            &snaps,
+            &CopyOptions::default(),
+            &CopyProgress::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("same repository"));
+    }
+}
