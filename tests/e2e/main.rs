@@ -9,4 +9,5 @@ mod check;
 mod failures;
 mod interrupt;
 mod pitr;
+mod repo_ops;
 mod retention;

@@ -1,0 +1,566 @@
+//! Repository operations: several passwords (key files) for one repository,
+//! paper export and import of the master key, copying snapshots to a second
+//! repository with its own password, diff and stats. On local disk and S3.
+
+use crate::support::{Backend, Env, assert_code, assert_success, pseudo_random, stderr};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+const FAST_KDF: [&str; 4] = ["--kdf-memory-mib", "8", "--kdf-iterations", "1"];
+
+/// Writes a password file in the test directory.
+fn password_file(env: &Env, name: &str, password: &str) -> PathBuf {
+    let path = env.path(name);
+    std::fs::write(&path, format!("{password}\n")).unwrap();
+    path
+}
+
+/// Runs vault with another password file.
+fn vault_as(env: &Env, password_file: &Path, args: &[&str]) -> Output {
+    env.command(args)
+        .env("VAULT_PASSWORD_FILE", password_file)
+        .output()
+        .unwrap()
+}
+
+fn json_as(env: &Env, password_file: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = vault_as(env, password_file, &all);
+    assert_success(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+fn add_key(env: &Env, new_password: &Path) -> String {
+    let mut args = vec![
+        "key",
+        "add",
+        "--new-password-file",
+        new_password.to_str().unwrap(),
+    ];
+    args.extend(FAST_KDF);
+    args.push("--json");
+    let out = env.vault(&args);
+    assert_success(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// The id of the key that `password` opens, from `key list --json`.
+fn current_key(env: &Env, password: &Path) -> String {
+    let keys = json_as(env, password, &["key", "list"]);
+    let current: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["current"] == true)
+        .collect();
+    assert_eq!(current.len(), 1, "exactly one current key: {keys}");
+    current[0]["id"].as_str().unwrap().to_owned()
+}
+
+fn key_count(env: &Env) -> usize {
+    env.json(&["key", "list"]).as_array().unwrap().len()
+}
+
+/// A small tree: text files, a 600 KB incompressible file (several
+/// chunks with small chunker settings do not matter here: one chunk is
+/// fine), a subdirectory and a symlink.
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("a.txt"), b"alpha\n").unwrap();
+    std::fs::write(root.join("b.txt"), b"bravo\n").unwrap();
+    std::fs::write(root.join("sub/big.bin"), pseudo_random(600_000, 7)).unwrap();
+    std::fs::write(root.join("sub/deeper/c.txt"), b"charlie\n").unwrap();
+    std::os::unix::fs::symlink("a.txt", root.join("link")).unwrap();
+}
+
+/// Every entry below `root`: relative path → file content, link target or
+/// `dir`.
+fn scan(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.insert(rel, b"dir".to_vec());
+                walk(root, &path, out);
+            } else if meta.is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, format!("-> {}", target.display()).into_bytes());
+            } else {
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn restored(env: &Env, password: &Path, target: &str, src: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let target = env.path(target);
+    assert_success(&vault_as(
+        env,
+        password,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    ));
+    scan(&target.join(src.strip_prefix("/").unwrap()))
+}
+
+backend_test!(three_keys_each_open_and_a_removed_one_fails_with_12);
+fn three_keys_each_open_and_a_removed_one_fails_with_12(backend: Backend) {
+    let env = Env::on(backend);
+    let first = env.password_file.clone();
+    let second = password_file(&env, "pw2", "second password");
+    let third = password_file(&env, "pw3", "third password");
+    let id2 = add_key(&env, &second);
+    let id3 = add_key(&env, &third);
+    assert_eq!(key_count(&env), 3);
+    // Each password opens the repository, through its own key file.
+    let id1 = current_key(&env, &first);
+    assert_eq!(current_key(&env, &second), id2);
+    assert_eq!(current_key(&env, &third), id3);
+    assert!(id1 != id2 && id2 != id3 && id1 != id3);
+    let keys = env.json(&["key", "list"]);
+    for k in keys.as_array().unwrap() {
+        assert!(k["created"].as_str().is_some_and(|c| !c.is_empty()), "{k}");
+        assert!(
+            k["hostname"].is_string() && k["username"].is_string(),
+            "{k}"
+        );
+    }
+
+    // The key in use is refused without --force.
+    let out = env.vault(&["key", "remove", &id1]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+
+    // Removing the second key (by prefix): its password no longer opens.
+    let out = env.vault(&["key", "remove", &id2[..8]]);
+    assert_success(&out);
+    assert_eq!(key_count(&env), 2);
+    assert_code(&vault_as(&env, &second, &["snapshots"]), 12);
+    assert_success(&vault_as(&env, &first, &["snapshots"]));
+    assert_success(&vault_as(&env, &third, &["snapshots"]));
+
+    // Never the last key, even with --force.
+    assert_success(&vault_as(&env, &third, &["key", "remove", &id1, "--force"]));
+    assert_code(&env.vault(&["snapshots"]), 12);
+    let out = vault_as(&env, &third, &["key", "remove", &id3, "--force"]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("last key"), "{}", stderr(&out));
+    assert_success(&vault_as(&env, &third, &["snapshots"]));
+    // Unknown ids are an error, not a silent success.
+    assert_code(&vault_as(&env, &third, &["key", "remove", "00000000"]), 1);
+}
+
+backend_test!(passwd_replaces_the_key_in_use);
+fn passwd_replaces_the_key_in_use(backend: Backend) {
+    let env = Env::on(backend);
+    let old = env.password_file.clone();
+    let new = password_file(&env, "new", "a new password");
+    let before = current_key(&env, &old);
+    let mut args = vec![
+        "key",
+        "passwd",
+        "--new-password-file",
+        new.to_str().unwrap(),
+    ];
+    args.extend(FAST_KDF);
+    assert_success(&env.vault(&args));
+    assert_code(&vault_as(&env, &old, &["snapshots"]), 12);
+    assert_ne!(current_key(&env, &new), before);
+    assert_eq!(
+        json_as(&env, &new, &["key", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+backend_test!(paper_key_restores_access_after_every_key_is_lost);
+fn paper_key_restores_access_after_every_key_is_lost(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    make_tree(&src);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let paper = env.path("paper.txt");
+    assert_success(&env.vault(&[
+        "key",
+        "export",
+        "--paper",
+        "--output",
+        paper.to_str().unwrap(),
+    ]));
+    let text = std::fs::read_to_string(&paper).unwrap();
+    let config = env.json(&["cat", "config"]);
+    assert!(
+        text.contains(&config["id"].as_str().unwrap()[..8]),
+        "the paper names the repository"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&paper).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "paper key file is private");
+    }
+
+    // Disaster: every key object is gone.
+    let keys = env.objects_under("keys");
+    assert!(!keys.is_empty());
+    for key in &keys {
+        env.delete_object(key);
+    }
+    assert_code(&env.vault(&["snapshots"]), 12);
+
+    let new = password_file(&env, "new", "after the disaster");
+    let import = |file: &Path| {
+        let mut args = vec![
+            "key",
+            "import",
+            file.to_str().unwrap(),
+            "--new-password-file",
+            new.to_str().unwrap(),
+        ];
+        args.extend(FAST_KDF);
+        env.vault(&args)
+    };
+    // A mistyped digit is caught and its line named.
+    let line = text.lines().find(|l| l.starts_with("key 2:")).unwrap();
+    let digit = line.chars().nth(7).unwrap();
+    let other = if digit == '0' { '1' } else { '0' };
+    let typo = format!("{}{other}{}", &line[..7], &line[8..]);
+    let bad = env.path("bad.txt");
+    std::fs::write(&bad, text.replace(line, &typo)).unwrap();
+    let out = import(&bad);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("key 2"), "{}", stderr(&out));
+    assert!(env.objects_under("keys").is_empty(), "nothing written");
+
+    assert_success(&import(&paper));
+    assert_eq!(env.objects_under("keys").len(), 1);
+    let snaps = json_as(&env, &new, &["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    assert_eq!(restored(&env, &new, "r", &src), scan(&src));
+    assert_code(&env.vault(&["snapshots"]), 12);
+
+    // A paper key of another repository does not open this one.
+    let other = Env::on(backend);
+    let out = other.vault(&[
+        "key",
+        "import",
+        paper.to_str().unwrap(),
+        "--kdf-memory-mib",
+        "8",
+        "--kdf-iterations",
+        "1",
+    ]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("does not decrypt"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A second repository with its own password, chunking like `source`.
+fn copy_target(source: &Env, backend: Backend) -> Env {
+    let target = Env::uninitialised_on(backend);
+    std::fs::write(&target.password_file, "the offsite password\n").unwrap();
+    let mut args = vec![
+        "init",
+        "--copy-chunker-params",
+        "--from-repo",
+        &source.repo,
+        "--from-password-file",
+        source.password_file.to_str().unwrap(),
+    ];
+    args.extend(FAST_KDF);
+    assert_success(&target.vault(&args));
+    target
+}
+
+fn copy_to(source: &Env, target: &Env, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "copy",
+        "--to",
+        &target.repo,
+        "--to-password-file",
+        target.password_file.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    source.json(&args)
+}
+
+backend_test!(copy_to_a_second_repository_restores_identically_and_twice_adds_nothing);
+fn copy_to_a_second_repository_restores_identically_and_twice_adds_nothing(backend: Backend) {
+    let source = Env::on(backend);
+    let src = source.path("src");
+    make_tree(&src);
+    assert_success(&source.vault(&["backup", src.to_str().unwrap(), "--tag", "first"]));
+    std::fs::write(src.join("a.txt"), b"alpha, changed\n").unwrap();
+    std::fs::write(src.join("new.txt"), b"new file\n").unwrap();
+    assert_success(&source.vault(&["backup", src.to_str().unwrap()]));
+    let target = copy_target(&source, backend);
+    // The target's password is not the source's.
+    assert_success(&target.vault(&["snapshots"]));
+    assert_code(
+        &target
+            .command(&["snapshots"])
+            .env("VAULT_PASSWORD_FILE", &source.password_file)
+            .output()
+            .unwrap(),
+        12,
+    );
+
+    let report = copy_to(&source, &target, &[]);
+    assert_eq!(report["copied"].as_array().unwrap().len(), 2, "{report}");
+    assert!(report["blobs_added"].as_u64().unwrap() > 0);
+    let source_snaps = source.snapshots();
+    let target_snaps = target.snapshots();
+    assert_eq!(target_snaps.len(), 2);
+    for (s, t) in source_snaps.iter().zip(&target_snaps) {
+        // The copy marker: the source snapshot's id.
+        assert_eq!(t["original"], s["id"]);
+        for field in ["time", "hostname", "username", "paths", "tags", "summary"] {
+            assert_eq!(t.get(field), s.get(field), "{field}");
+        }
+        assert_ne!(t["tree"], s["tree"], "ids are keyed per repository");
+    }
+    assert_success(&target.vault(&["check", "--verify"]));
+    assert_eq!(
+        restored(&target, &target.password_file, "r", &src),
+        scan(&src)
+    );
+
+    // Copying again copies nothing and uploads nothing.
+    let data_before = target.objects_under("data");
+    let snaps_before = target.objects_under("snapshots");
+    let again = copy_to(&source, &target, &[]);
+    assert_eq!(again["copied"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["skipped"].as_array().unwrap().len(), 2);
+    assert_eq!(again["blobs_read"], 0);
+    assert_eq!(again["blobs_added"], 0);
+    assert_eq!(target.objects_under("data"), data_before);
+    assert_eq!(target.objects_under("snapshots"), snaps_before);
+
+    // A new snapshot: only it is copied, and only the changed file is read
+    // from the source (the rest is known from the earlier copy).
+    std::fs::write(src.join("b.txt"), b"bravo, changed\n").unwrap();
+    assert_success(&source.vault(&["backup", src.to_str().unwrap()]));
+    let third = copy_to(&source, &target, &["latest"]);
+    assert_eq!(third["copied"].as_array().unwrap().len(), 1, "{third}");
+    assert_eq!(third["blobs_read"], 1, "{third}");
+    assert_eq!(
+        restored(&target, &target.password_file, "r3", &src),
+        scan(&src)
+    );
+    assert_success(&target.vault(&["check"]));
+
+    // Same chunker parameters: backing up the same files directly into the
+    // target finds every chunk already there.
+    let direct = target.json(&["backup", "--force", src.to_str().unwrap()]);
+    assert_eq!(direct["data_blobs"], 0, "{direct}");
+}
+
+#[test]
+fn interrupted_copy_resumes_without_uploading_again() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let source = Env::new();
+    let src = source.path("big");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..24 {
+        std::fs::write(src.join(format!("f{i:02}")), pseudo_random(1_500_000, i)).unwrap();
+    }
+    assert_success(&source.vault(&["backup", src.to_str().unwrap(), "--compression", "none"]));
+    let target = Env::uninitialised();
+    let mut args = vec!["init", "--pack-size-mib", "1"];
+    args.extend(FAST_KDF);
+    assert_success(&target.vault(&args));
+
+    let child = source
+        .command(&[
+            "copy",
+            "--to",
+            &target.repo,
+            "--to-password-file",
+            target.password_file.to_str().unwrap(),
+            "--compression",
+            "none",
+            "--upload-concurrency",
+            "1",
+            "--download-concurrency",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while target.objects_under("data").len() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        eprintln!("NOTICE: the copy finished before the interrupt; nothing to resume");
+        return;
+    }
+    assert_code(&out, 130);
+    assert!(
+        target.snapshots().is_empty(),
+        "no snapshot from the interrupted copy"
+    );
+    let uploaded = target.objects_under("data");
+    assert!(!uploaded.is_empty());
+    assert!(
+        !target.objects_under("index").is_empty(),
+        "uploads were indexed"
+    );
+
+    let report = copy_to(&source, &target, &["--compression", "none"]);
+    assert_eq!(report["copied"].as_array().unwrap().len(), 1);
+    let total = 24 * 1_500_000;
+    assert!(
+        report["bytes_added"].as_u64().unwrap() < total,
+        "the rerun stored again what was uploaded: {report}"
+    );
+    let after = target.objects_under("data");
+    assert!(uploaded.iter().all(|k| after.contains(k)));
+    assert_success(&target.vault(&["check", "--verify"]));
+    assert_eq!(
+        restored(&target, &target.password_file, "r", &src),
+        scan(&src)
+    );
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert_success(out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+backend_test!(diff_and_stats_report_changes_and_sizes);
+fn diff_and_stats_report_changes_and_sizes(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    make_tree(&src);
+    let first = env.json(&["backup", src.to_str().unwrap()]);
+    std::fs::write(src.join("a.txt"), b"alpha, changed\n").unwrap();
+    std::fs::remove_file(src.join("b.txt")).unwrap();
+    std::fs::write(src.join("e.txt"), b"echo\n").unwrap();
+    std::fs::remove_file(src.join("link")).unwrap();
+    std::fs::create_dir(src.join("link")).unwrap();
+    std::fs::write(src.join("link/inner"), b"inner\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let c = src.join("sub/deeper/c.txt");
+        std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let second = env.json(&["backup", src.to_str().unwrap()]);
+    let a = first["snapshot_id"].as_str().unwrap()[..8].to_owned();
+    let b = second["snapshot_id"].as_str().unwrap()[..8].to_owned();
+    let root = src.to_str().unwrap();
+
+    let lines = json_lines(&env.vault(&["diff", &a, &b, "--json"]));
+    let (stats, changes) = lines.split_last().unwrap();
+    let got: Vec<(String, String)> = changes
+        .iter()
+        .map(|c| {
+            assert_eq!(c["message_type"], "change");
+            (
+                c["modifier"].as_str().unwrap().to_owned(),
+                c["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("M", "/a.txt"),
+        ("-", "/b.txt"),
+        ("+", "/e.txt"),
+        ("T", "/link/"),
+        ("+", "/link/inner"),
+    ]
+    .iter()
+    .map(|(m, p)| ((*m).to_owned(), format!("{root}{p}")))
+    .collect();
+    assert_eq!(got, want);
+    assert_eq!(stats["message_type"], "statistics");
+    assert_eq!(stats["changed_files"], 1);
+    assert_eq!(stats["type_changed"], 1);
+    assert_eq!(stats["added"]["files"], 2);
+    assert_eq!(stats["removed"]["files"], 1);
+    assert!(stats["added"]["data_blobs"].as_u64().unwrap() >= 3);
+    assert!(stats["removed"]["data_blobs"].as_u64().unwrap() >= 2);
+
+    // --metadata adds the permission change, as `U`.
+    let meta = json_lines(&env.vault(&["diff", &a, &b, "--metadata", "--json"]));
+    let c = format!("{root}/sub/deeper/c.txt");
+    let u = meta
+        .iter()
+        .find(|l| l["path"] == c.as_str())
+        .expect("c.txt reported with --metadata");
+    assert_eq!(u["modifier"], "U");
+    assert!(u["what"].as_array().unwrap().contains(&"mode".into()));
+    // The same snapshot twice: nothing.
+    let same = json_lines(&env.vault(&["diff", &b, &b, "--json"]));
+    assert_eq!(same.len(), 1);
+    // Human output, restic's layout.
+    let out = env.vault(&["diff", &a, &b]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("M    {root}/a.txt")), "{text}");
+    assert!(text.contains(&format!("-    {root}/b.txt")), "{text}");
+
+    // stats, restore-size: both snapshots' logical bytes and files.
+    let size_of = |s: &serde_json::Value| s["total_bytes_processed"].as_u64().unwrap();
+    let files_of = |s: &serde_json::Value| s["total_files_processed"].as_u64().unwrap();
+    let rs = env.json(&["stats"]);
+    assert_eq!(rs["mode"], "restore-size");
+    assert_eq!(rs["snapshots_count"], 2);
+    assert_eq!(
+        rs["total_size"].as_u64().unwrap(),
+        size_of(&first) + size_of(&second)
+    );
+    assert_eq!(
+        rs["total_file_count"].as_u64().unwrap(),
+        files_of(&first) + files_of(&second)
+    );
+    let latest = env.json(&["stats", "latest"]);
+    assert_eq!(latest["snapshots_count"], 1);
+    assert_eq!(latest["total_size"].as_u64().unwrap(), size_of(&second));
+
+    // raw-data: the big file is shared, so dedup saves; sizes add up.
+    let raw = env.json(&["stats", "--mode", "raw-data"]);
+    assert_eq!(raw["mode"], "raw-data");
+    let blobs = raw["total_blob_count"].as_u64().unwrap();
+    assert_eq!(
+        blobs,
+        raw["data_blob_count"].as_u64().unwrap() + raw["tree_blob_count"].as_u64().unwrap()
+    );
+    assert!(raw["dedup_ratio"].as_f64().unwrap() > 1.5, "{raw}");
+    assert!(raw["compression_ratio"].as_f64().unwrap() > 0.9, "{raw}");
+    assert!(raw["total_size"].as_u64().unwrap() > 600_000);
+    assert_eq!(raw["missing_blobs"], 0);
+    let repo = &raw["repository"];
+    assert_eq!(repo["snapshots"], 2);
+    assert_eq!(repo["objects"]["snapshots"]["count"], 2);
+    assert_eq!(repo["objects"]["keys"]["count"], 1);
+    assert_eq!(repo["objects"]["config"]["count"], 1);
+    assert!(repo["objects"]["data"]["count"].as_u64().unwrap() >= 2);
+    let listed: u64 = env.objects().iter().map(|(_, size)| size).sum();
+    assert_eq!(repo["total_bytes"].as_u64().unwrap(), listed);
+    // Every indexed blob is referenced here, so the totals agree.
+    assert_eq!(repo["index"]["blobs"].as_u64().unwrap(), blobs);
+}
