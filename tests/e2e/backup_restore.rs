@@ -1,7 +1,8 @@
 //! Backup and restore round trips through the binary: every file type,
-//! metadata, dedup, stdin streams, `--at`, `--include` and overwrite rules.
+//! metadata, dedup, stdin streams, `--at`, `--include` and overwrite rules;
+//! each on local disk and on S3.
 
-use crate::support::{Env, assert_code, assert_success, is_root, pseudo_random, stderr};
+use crate::support::{Backend, Env, assert_code, assert_success, is_root, pseudo_random, stderr};
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -149,9 +150,9 @@ fn restored_root(target: &Path, source: &Path) -> PathBuf {
     target.join(source.strip_prefix("/").unwrap())
 }
 
-#[test]
-fn round_trip_preserves_content_and_metadata() {
-    let env = Env::new();
+backend_test!(round_trip_preserves_content_and_metadata);
+fn round_trip_preserves_content_and_metadata(backend: Backend) {
+    let env = Env::on(backend);
     let src = env.path("src");
     make_tree(&src);
     let out = env.vault(&["backup", src.to_str().unwrap(), "--tag", "nightly"]);
@@ -171,9 +172,9 @@ fn round_trip_preserves_content_and_metadata() {
     assert!(std::fs::metadata(zeros).unwrap().blocks() * 512 < 2_500_000);
 }
 
-#[test]
-fn backup_twice_adds_no_data_packs_and_skips_unchanged_files() {
-    let env = Env::new();
+backend_test!(backup_twice_adds_no_data_packs_and_skips_unchanged_files);
+fn backup_twice_adds_no_data_packs_and_skips_unchanged_files(backend: Backend) {
+    let env = Env::on(backend);
     let src = env.path("src");
     make_tree(&src);
     let first = env.json(&["backup", src.to_str().unwrap()]);
@@ -186,11 +187,11 @@ fn backup_twice_adds_no_data_packs_and_skips_unchanged_files() {
     assert_eq!(second["data_blobs"], 0);
     // Only tree blobs may be new (the mtime of /tmp, an ancestor of the
     // source, changes while tests run), in small tree-only packs.
-    let new_pack_bytes = |before: &[std::path::PathBuf]| -> u64 {
-        env.objects_under("data")
+    let new_pack_bytes = |before: &[String]| -> u64 {
+        env.sizes_under("data")
             .iter()
-            .filter(|p| !before.contains(p))
-            .map(|p| std::fs::metadata(p).unwrap().len())
+            .filter(|(k, _)| !before.contains(k))
+            .map(|(_, size)| size)
             .sum()
     };
     assert!(new_pack_bytes(&packs_before) < 4096);
@@ -202,9 +203,9 @@ fn backup_twice_adds_no_data_packs_and_skips_unchanged_files() {
     assert_eq!(env.snapshots().len(), 3);
 }
 
-#[test]
-fn changed_rows_in_a_dump_add_only_a_few_chunks() {
-    let env = Env::new();
+backend_test!(changed_rows_in_a_dump_add_only_a_few_chunks);
+fn changed_rows_in_a_dump_add_only_a_few_chunks(backend: Backend) {
+    let env = Env::on(backend);
     let mut dump: Vec<u8> = (0..1_200_000)
         .flat_map(|i| {
             format!(
@@ -256,9 +257,9 @@ fn changed_rows_in_a_dump_add_only_a_few_chunks() {
     assert_eq!(restored.stdout, dump);
 }
 
-#[test]
-fn stdin_from_command_round_trips_and_is_named() {
-    let env = Env::new();
+backend_test!(stdin_from_command_round_trips_and_is_named);
+fn stdin_from_command_round_trips_and_is_named(backend: Backend) {
+    let env = Env::on(backend);
     let out = env.vault(&[
         "backup",
         "--stdin-from-command",
@@ -278,9 +279,9 @@ fn stdin_from_command_round_trips_and_is_named() {
     assert_eq!(snaps[0]["paths"][0], "/db.sql");
 }
 
-#[test]
-fn restore_at_picks_newest_snapshot_at_or_before_time() {
-    let env = Env::new();
+backend_test!(restore_at_picks_newest_snapshot_at_or_before_time);
+fn restore_at_picks_newest_snapshot_at_or_before_time(backend: Backend) {
+    let env = Env::on(backend);
     for (day, content) in [
         ("2026-01-09", "nine"),
         ("2026-01-10", "ten"),
@@ -333,9 +334,9 @@ fn restore_at_picks_newest_snapshot_at_or_before_time() {
     );
 }
 
-#[test]
-fn restore_include_and_overwrite_rules() {
-    let env = Env::new();
+backend_test!(restore_include_and_overwrite_rules);
+fn restore_include_and_overwrite_rules(backend: Backend) {
+    let env = Env::on(backend);
     let src = env.path("src");
     make_tree(&src);
     assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
@@ -379,9 +380,9 @@ fn restore_include_and_overwrite_rules() {
     assert_eq!(std::fs::read(&file).unwrap(), pseudo_random(3_000_000, 1));
 }
 
-#[test]
-fn excludes_skip_matching_entries() {
-    let env = Env::new();
+backend_test!(excludes_skip_matching_entries);
+fn excludes_skip_matching_entries(backend: Backend) {
+    let env = Env::on(backend);
     let src = env.path("src");
     std::fs::create_dir_all(src.join("cache")).unwrap();
     std::fs::create_dir_all(src.join("tagged")).unwrap();

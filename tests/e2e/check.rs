@@ -2,13 +2,15 @@
 //! check that `vault check` (or `check --verify` where plain check cannot
 //! see it) exits 1 and names the object and the hurt snapshots/paths; and
 //! that `repair index` restores a healthy repository where data survives.
+//! Every case runs on local disk and on S3 (objects are damaged through
+//! the engine's backend, as a faulty disk or store would).
 
-use crate::support::{Env, assert_code, assert_success, pseudo_random};
+use crate::support::{Backend, Env, assert_code, assert_success, key_name, pseudo_random};
 use std::path::{Path, PathBuf};
 
 /// A repository with two snapshots of a tree with distinct files.
-fn damaged_fixture() -> (Env, PathBuf) {
-    let env = Env::new();
+fn damaged_fixture(backend: Backend) -> (Env, PathBuf) {
+    let env = Env::on(backend);
     let src = env.path("src");
     std::fs::create_dir_all(src.join("voicemail")).unwrap();
     for i in 0..4u64 {
@@ -45,12 +47,11 @@ fn errors(v: &serde_json::Value) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Packs holding data (not trees), found through the index.
-fn packs_of_kind(env: &Env, kind: &str) -> Vec<PathBuf> {
+/// Keys of the packs holding only blobs of `kind`, found through the index.
+fn packs_of_kind(env: &Env, kind: &str) -> Vec<String> {
     let mut out = Vec::new();
     for idx in env.objects_under("index") {
-        let id = idx.file_name().unwrap().to_string_lossy().into_owned();
-        let v = env.json(&["cat", "index", &id]);
+        let v = env.json(&["cat", "index", key_name(&idx)]);
         for p in v["packs"].as_array().unwrap() {
             if p["blobs"]
                 .as_array()
@@ -59,18 +60,11 @@ fn packs_of_kind(env: &Env, kind: &str) -> Vec<PathBuf> {
                 .all(|b| b["type"] == kind)
             {
                 let pid = p["id"].as_str().unwrap();
-                out.push(Path::new(&env.repo).join("data").join(&pid[..2]).join(pid));
+                out.push(format!("data/{}/{pid}", &pid[..2]));
             }
         }
     }
     out
-}
-
-fn flip(path: &Path, at: usize) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let at = at.min(bytes.len() - 1);
-    bytes[at] ^= 0x40;
-    std::fs::write(path, bytes).unwrap();
 }
 
 fn restore_matches(env: &Env, src: &Path) {
@@ -96,9 +90,9 @@ fn rand_suffix() -> u64 {
         .as_nanos() as u64
 }
 
-#[test]
-fn healthy_repository_passes_verify_with_nothing_reported() {
-    let (env, _) = damaged_fixture();
+backend_test!(healthy_repository_passes_verify_with_nothing_reported);
+fn healthy_repository_passes_verify_with_nothing_reported(backend: Backend) {
+    let (env, _) = damaged_fixture(backend);
     let (code, v) = check_json(&env, &["--verify"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["findings"].as_array().unwrap().len(), 0, "{v}");
@@ -106,9 +100,9 @@ fn healthy_repository_passes_verify_with_nothing_reported() {
     assert_eq!(v["packs_verified"], v["packs"]);
 }
 
-#[test]
-fn verify_subsets_cover_every_pack_exactly_once() {
-    let env = Env::uninitialised();
+backend_test!(verify_subsets_cover_every_pack_exactly_once);
+fn verify_subsets_cover_every_pack_exactly_once(backend: Backend) {
+    let env = Env::uninitialised_on(backend);
     assert_success(&env.vault(&[
         "init",
         "--kdf-memory-mib",
@@ -138,15 +132,20 @@ fn verify_subsets_cover_every_pack_exactly_once() {
     assert_eq!(v["packs_verified"].as_u64().unwrap(), total.div_ceil(2));
 }
 
-#[test]
-fn flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths() {
-    let (env, src) = damaged_fixture();
-    let pack = packs_of_kind(&env, "data").remove(0);
-    flip(&pack, 100);
+backend_test!(flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths);
+fn flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths(backend: Backend) {
+    let (env, src) = damaged_fixture(backend);
+    // The biggest data pack: byte 100 of a small one may be its header.
+    let sizes = env.sizes_under("data");
+    let pack = packs_of_kind(&env, "data")
+        .into_iter()
+        .max_by_key(|p| sizes[p])
+        .unwrap();
+    env.flip(&pack, 100);
     let (code, v) = check_json(&env, &["--verify"]);
     assert_eq!(code, 1);
     let errs = errors(&v);
-    let pack_name = pack.file_name().unwrap().to_string_lossy().into_owned();
+    let pack_name = key_name(&pack).to_owned();
     let damaged = errs
         .iter()
         .find(|f| f["kind"] == "blob_damaged")
@@ -189,14 +188,14 @@ fn flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths() {
     );
 }
 
-#[test]
-fn flipped_byte_in_index_is_found_and_repair_index_heals_it() {
-    let (env, src) = damaged_fixture();
+backend_test!(flipped_byte_in_index_is_found_and_repair_index_heals_it);
+fn flipped_byte_in_index_is_found_and_repair_index_heals_it(backend: Backend) {
+    let (env, src) = damaged_fixture(backend);
     let index = env.objects_under("index").remove(0);
-    flip(&index, 50);
+    env.flip(&index, 50);
     let (code, v) = check_json(&env, &[]);
     assert_eq!(code, 1);
-    let name = index.file_name().unwrap().to_string_lossy().into_owned();
+    let name = key_name(&index).to_owned();
     assert!(
         errors(&v)
             .iter()
@@ -209,11 +208,11 @@ fn flipped_byte_in_index_is_found_and_repair_index_heals_it() {
     restore_matches(&env, &src);
 }
 
-#[test]
-fn deleted_index_is_found_and_repair_index_heals_it() {
-    let (env, src) = damaged_fixture();
+backend_test!(deleted_index_is_found_and_repair_index_heals_it);
+fn deleted_index_is_found_and_repair_index_heals_it(backend: Backend) {
+    let (env, src) = damaged_fixture(backend);
     for index in env.objects_under("index") {
-        std::fs::remove_file(index).unwrap();
+        env.delete_object(&index);
     }
     let (code, v) = check_json(&env, &[]);
     assert_eq!(code, 1);
@@ -227,14 +226,14 @@ fn deleted_index_is_found_and_repair_index_heals_it() {
     restore_matches(&env, &src);
 }
 
-#[test]
-fn flipped_byte_in_snapshot_is_named() {
-    let (env, _) = damaged_fixture();
+backend_test!(flipped_byte_in_snapshot_is_named);
+fn flipped_byte_in_snapshot_is_named(backend: Backend) {
+    let (env, _) = damaged_fixture(backend);
     let snap = env.objects_under("snapshots").remove(0);
-    flip(&snap, 40);
+    env.flip(&snap, 40);
     let (code, v) = check_json(&env, &[]);
     assert_eq!(code, 1);
-    let name = snap.file_name().unwrap().to_string_lossy().into_owned();
+    let name = key_name(&snap).to_owned();
     assert!(
         errors(&v)
             .iter()
@@ -244,13 +243,13 @@ fn flipped_byte_in_snapshot_is_named() {
     );
 }
 
-#[test]
-fn flipped_byte_in_tree_pack_is_found_by_plain_check() {
-    let (env, _) = damaged_fixture();
+backend_test!(flipped_byte_in_tree_pack_is_found_by_plain_check);
+fn flipped_byte_in_tree_pack_is_found_by_plain_check(backend: Backend) {
+    let (env, _) = damaged_fixture(backend);
     let packs = packs_of_kind(&env, "tree");
     assert!(!packs.is_empty());
     for p in &packs {
-        flip(p, 30);
+        env.flip(p, 30);
     }
     let (code, v) = check_json(&env, &[]);
     assert_eq!(code, 1);
@@ -263,15 +262,15 @@ fn flipped_byte_in_tree_pack_is_found_by_plain_check() {
     assert!(!tree["affected"].as_array().unwrap().is_empty());
 }
 
-#[test]
-fn truncated_and_deleted_packs_are_found_by_plain_check() {
-    let (env, src) = damaged_fixture();
+backend_test!(truncated_and_deleted_packs_are_found_by_plain_check);
+fn truncated_and_deleted_packs_are_found_by_plain_check(backend: Backend) {
+    let (env, src) = damaged_fixture(backend);
     let mut packs = packs_of_kind(&env, "data");
     assert!(!packs.is_empty());
     let victim = packs.remove(0);
-    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
-    let bytes = std::fs::read(&victim).unwrap();
-    std::fs::write(&victim, &bytes[..bytes.len() / 2]).unwrap();
+    let name = key_name(&victim).to_owned();
+    let bytes = env.read_object(&victim);
+    env.write_object(&victim, &bytes[..bytes.len() / 2]);
     let (code, v) = check_json(&env, &[]);
     assert_eq!(code, 1);
     let f = errors(&v)
@@ -286,7 +285,7 @@ fn truncated_and_deleted_packs_are_found_by_plain_check() {
             .iter()
             .any(|a| a["path"].as_str().unwrap().contains(src.to_str().unwrap()))
     );
-    std::fs::remove_file(&victim).unwrap();
+    env.delete_object(&victim);
     let (code, v) = check_json(&env, &[]);
     assert_eq!(code, 1);
     let f = errors(&v)

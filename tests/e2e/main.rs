@@ -1,7 +1,9 @@
 //! End-to-end tests: they run the built `vault` binary as a user or cron
-//! would, against real repositories in temporary directories, and check
-//! exit codes, output and restored bytes.
+//! would, against real repositories in temporary directories and in an
+//! S3-compatible store (Garage), and check exit codes, output and restored
+//! bytes. See `support` for how the backends are chosen.
 
+#[macro_use]
 mod support;
 
 mod backup_restore;
@@ -11,3 +13,4 @@ mod interrupt;
 mod pitr;
 mod repo_ops;
 mod retention;
+mod s3;

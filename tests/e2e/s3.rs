@@ -1,0 +1,813 @@
+//! What only an object store can show: the maintenance lock under
+//! contention on both lock protocols, upload parallelism, multipart
+//! uploads, injected faults (errors, slow and hung requests, dropped and
+//! truncated connections) between vault and the store, and a 3-node Garage
+//! cluster losing a node in the middle of a backup.
+//!
+//! Every command is also exercised against S3 by the parametrised tests in
+//! the other modules.
+
+use crate::support::{
+    Backend, Env, PASSWORD, S3Server, assert_code, assert_success, pseudo_random,
+    run_export_script, s3, stderr,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// A TCP proxy between vault and the S3 server that injects faults into a
+/// chosen share of requests, and records what passes through.
+mod proxy {
+    use std::io::{self, Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// A fault injected in place of (or into) one request.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub(crate) enum Fault {
+        /// Answer with this status and an S3 error body, without forwarding.
+        Status(u16),
+        /// Close the connection without answering.
+        Drop,
+        /// Forward after a delay (100-800 ms).
+        Delay,
+        /// Forward, and cut the response off half way (in the head or body).
+        Truncate,
+        /// Hold the connection without answering for the hang time (longer
+        /// than the client's request timeout).
+        Hang,
+    }
+
+    /// Every kind of fault.
+    pub(crate) const ALL: &[Fault] = &[
+        Fault::Status(500),
+        Fault::Status(503),
+        Fault::Status(429),
+        Fault::Drop,
+        Fault::Delay,
+        Fault::Truncate,
+        Fault::Hang,
+    ];
+
+    type Filter = dyn Fn(&str, &str) -> bool + Send + Sync;
+
+    struct State {
+        upstream: SocketAddr,
+        /// Faults per thousand matching requests.
+        rate: AtomicU32,
+        faults: Mutex<Vec<Fault>>,
+        filter: Mutex<Arc<Filter>>,
+        hang: Duration,
+        rng: AtomicU64,
+        requests: Mutex<Vec<String>>,
+        injected: Mutex<Vec<(Fault, String)>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    pub(crate) struct FaultProxy {
+        addr: SocketAddr,
+        state: Arc<State>,
+    }
+
+    impl FaultProxy {
+        /// Listens on a free loopback port and forwards to `upstream`
+        /// (`http://HOST:PORT`), injecting nothing until told to.
+        pub(crate) fn start(upstream: &str, hang: Duration) -> Self {
+            let upstream: SocketAddr = upstream
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1;
+            let state = Arc::new(State {
+                upstream,
+                rate: AtomicU32::new(0),
+                faults: Mutex::new(ALL.to_vec()),
+                filter: Mutex::new(Arc::new(|_: &str, _: &str| true)),
+                hang,
+                rng: AtomicU64::new(seed),
+                requests: Mutex::new(Vec::new()),
+                injected: Mutex::new(Vec::new()),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
+            });
+            let shared = state.clone();
+            // Serves until the test binary exits.
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { continue };
+                    let state = shared.clone();
+                    std::thread::spawn(move || {
+                        let _ = handle(&state, client);
+                    });
+                }
+            });
+            Self { addr, state }
+        }
+
+        /// `http://127.0.0.1:PORT`
+        pub(crate) fn endpoint(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// Injects one of `faults` into `per_mille`/1000 of the requests
+        /// `filter(method, target)` selects.
+        pub(crate) fn inject(
+            &self,
+            per_mille: u32,
+            faults: &[Fault],
+            filter: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+        ) {
+            *self.state.faults.lock().unwrap() = faults.to_vec();
+            *self.state.filter.lock().unwrap() = Arc::new(filter);
+            self.state.rate.store(per_mille, Ordering::SeqCst);
+        }
+
+        /// `METHOD TARGET` of every request seen.
+        pub(crate) fn requests(&self) -> Vec<String> {
+            self.state.requests.lock().unwrap().clone()
+        }
+
+        /// Faults injected so far, with their requests.
+        pub(crate) fn injected(&self) -> Vec<(Fault, String)> {
+            self.state.injected.lock().unwrap().clone()
+        }
+
+        /// Most filter-selected requests in progress at once.
+        pub(crate) fn max_in_flight(&self) -> usize {
+            self.state.max_in_flight.load(Ordering::SeqCst)
+        }
+
+        pub(crate) fn reset_max_in_flight(&self) {
+            self.state.max_in_flight.store(0, Ordering::SeqCst);
+        }
+    }
+
+    impl State {
+        fn random(&self) -> u64 {
+            let mut x = self.rng.load(Ordering::Relaxed);
+            loop {
+                let mut next = x;
+                next ^= next << 13;
+                next ^= next >> 7;
+                next ^= next << 17;
+                match self
+                    .rng
+                    .compare_exchange(x, next, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    Ok(_) => return next,
+                    Err(actual) => x = actual,
+                }
+            }
+        }
+    }
+
+    struct InFlight<'a>(&'a AtomicUsize);
+
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Reads up to the end of an HTTP head; returns it and any bytes read
+    /// past it.
+    fn read_head(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = buf.split_off(end + 4);
+                return Ok((buf, rest));
+            }
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn header(head: &str, name: &str) -> Option<String> {
+        head.split("\r\n").skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    /// The head with `Connection: close`, so every connection carries one
+    /// request and the response ends where the stream does.
+    fn close_after(head: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(head);
+        let mut out = String::new();
+        for line in text.trim_end_matches("\r\n").split("\r\n") {
+            let name = line.split(':').next().unwrap_or_default().trim();
+            if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive") {
+                continue;
+            }
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str("Connection: close\r\n\r\n");
+        out.into_bytes()
+    }
+
+    fn handle(state: &State, mut client: TcpStream) -> io::Result<()> {
+        client.set_read_timeout(Some(Duration::from_secs(120)))?;
+        let (head, rest) = read_head(&mut client)?;
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let mut words = text.split(' ');
+        let method = words.next().unwrap_or_default().to_owned();
+        let target = words.next().unwrap_or_default().to_owned();
+        let request = format!("{method} {target}");
+        state.requests.lock().unwrap().push(request.clone());
+        let selected = (state.filter.lock().unwrap().clone())(&method, &target);
+        let _in_flight = selected.then(|| {
+            let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            InFlight(&state.in_flight)
+        });
+        let rate = u64::from(state.rate.load(Ordering::SeqCst));
+        let fault = if selected && state.random() % 1000 < rate {
+            let faults = state.faults.lock().unwrap();
+            let f = faults[(state.random() % faults.len() as u64) as usize];
+            state.injected.lock().unwrap().push((f, request));
+            Some(f)
+        } else {
+            None
+        };
+        match fault {
+            Some(Fault::Status(code)) => {
+                // Read the request body first, so the client sees the
+                // answer rather than a reset.
+                let len: u64 = header(&text, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let remaining = len.saturating_sub(rest.len() as u64);
+                io::copy(&mut (&mut client).take(remaining), &mut io::sink())?;
+                let (reason, s3_code) = match code {
+                    503 => ("Service Unavailable", "SlowDown"),
+                    429 => ("Too Many Requests", "SlowDown"),
+                    _ => ("Internal Server Error", "InternalError"),
+                };
+                let body = format!(
+                    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+                     <Error><Code>{s3_code}</Code><Message>injected by the test proxy</Message></Error>"
+                );
+                let mut response = format!(
+                    "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                if method != "HEAD" {
+                    response.push_str(&body);
+                }
+                client.write_all(response.as_bytes())?;
+                client.shutdown(Shutdown::Both)
+            }
+            Some(Fault::Drop) => client.shutdown(Shutdown::Both),
+            Some(Fault::Hang) => {
+                std::thread::sleep(state.hang);
+                Ok(())
+            }
+            Some(Fault::Delay) => {
+                std::thread::sleep(Duration::from_millis(100 + state.random() % 700));
+                forward(state, client, &head, &rest, false)
+            }
+            Some(Fault::Truncate) => forward(state, client, &head, &rest, true),
+            None => forward(state, client, &head, &rest, false),
+        }
+    }
+
+    fn forward(
+        state: &State,
+        mut client: TcpStream,
+        head: &[u8],
+        rest: &[u8],
+        truncate: bool,
+    ) -> io::Result<()> {
+        let mut upstream = TcpStream::connect(state.upstream)?;
+        upstream.write_all(&close_after(head))?;
+        upstream.write_all(rest)?;
+        // The rest of the request body, whatever its framing: the client
+        // sends one request per connection.
+        let pump = {
+            let mut from = client.try_clone()?;
+            let mut to = upstream.try_clone()?;
+            std::thread::spawn(move || {
+                let _ = io::copy(&mut from, &mut to);
+            })
+        };
+        let result = (|| {
+            let (response_head, body_start) = read_head(&mut upstream)?;
+            let response_head = close_after(&response_head);
+            if truncate {
+                let text = String::from_utf8_lossy(&response_head).into_owned();
+                let body_len: usize = header(&text, "content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let cut = (response_head.len() + body_len) / 2;
+                let mut whole = response_head;
+                whole.extend_from_slice(&body_start);
+                io::copy(&mut upstream, &mut whole)?;
+                client.write_all(&whole[..cut.min(whole.len())])?;
+                return Ok(());
+            }
+            client.write_all(&response_head)?;
+            client.write_all(&body_start)?;
+            io::copy(&mut upstream, &mut client)?;
+            Ok(())
+        })();
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = upstream.shutdown(Shutdown::Both);
+        let _ = pump.join();
+        result
+    }
+}
+
+use proxy::{Fault, FaultProxy};
+
+/// Files of incompressible data from the kernel (quick even unoptimised).
+fn random_tree(root: &Path, files: usize, bytes_each: usize) {
+    std::fs::create_dir_all(root).unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for i in $(seq -w 0 {}); do head -c {bytes_each} /dev/urandom > f$i; done",
+            files - 1
+        ))
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Every regular file below `root`, relative path to content.
+fn contents(root: &Path) -> HashMap<String, Vec<u8>> {
+    let mut out = HashMap::new();
+    crate::support::walk_files(root, &mut |p| {
+        let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        out.insert(rel, std::fs::read(p).unwrap());
+    });
+    out
+}
+
+#[track_caller]
+fn assert_restores_identically(env: &Env, src: &Path, target_name: &str, via: Option<&str>) {
+    let target = env.path(target_name);
+    let mut cmd = env.command(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    if let Some(repo) = via {
+        cmd.env("VAULT_REPOSITORY", repo);
+    }
+    assert_success(&cmd.output().unwrap());
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    let (want, got) = (contents(src), contents(&restored));
+    assert_eq!(want.len(), got.len(), "file count");
+    for (path, bytes) in &want {
+        assert!(got.get(path) == Some(bytes), "{path} differs after restore");
+    }
+}
+
+fn check_verify(env: &Env) -> serde_json::Value {
+    let out = env.vault(&["check", "--verify", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert!(v["findings"].as_array().unwrap().is_empty(), "{v}");
+    v
+}
+
+fn init_with_pack_size(env: &Env, mib: u32) {
+    assert_success(&env.vault(&[
+        "init",
+        "--kdf-memory-mib",
+        "8",
+        "--kdf-iterations",
+        "1",
+        "--pack-size-mib",
+        &mib.to_string(),
+    ]));
+}
+
+#[test]
+fn plain_http_to_a_remote_host_is_refused_without_allow_http() {
+    let env = Env::uninitialised();
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_REPOSITORY", "s3:http://backup.example.com/bucket/p")
+        .output()
+        .unwrap();
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("--allow-http"), "{}", stderr(&out));
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_REPOSITORY", "s3:ftp://host/bucket")
+        .output()
+        .unwrap();
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("invalid S3 URL"), "{}", stderr(&out));
+}
+
+backend_test!(lock_is_exclusive_under_contention);
+/// Contenders racing for the maintenance lock, in one process through the
+/// engine (so holding can be observed exactly): never two holders at once.
+/// Locally that is the atomic create-only object; on Garage, which ignores
+/// `If-None-Match`, the write-list-wait protocol.
+fn lock_is_exclusive_under_contention(backend: Backend) {
+    use vault_engine::Repository;
+    use vault_engine::crypto::Password;
+    let env = Env::on(backend);
+    let open = || {
+        let options = env
+            .server
+            .as_ref()
+            .map_or_else(Default::default, S3Server::options);
+        let store = vault_engine::backend::open_url(&env.repo, &options).unwrap();
+        Repository::open(Arc::from(store), &Password::new(PASSWORD)).unwrap()
+    };
+    let atomic = open().backend().has_atomic_create();
+    match backend {
+        Backend::Local => assert!(atomic, "local disk has atomic create"),
+        Backend::S3 if env.server.as_ref().unwrap().is_garage => {
+            assert!(
+                !atomic,
+                "Garage ignores If-None-Match: the probe must notice"
+            );
+        }
+        Backend::S3 => {}
+    }
+    let contenders = 4;
+    let rounds = if atomic { 20 } else { 4 };
+    let repos: Vec<Repository> = (0..contenders).map(|_| open()).collect();
+    let holders = AtomicUsize::new(0);
+    let most = AtomicUsize::new(0);
+    let granted = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    for _ in 0..rounds {
+        let barrier = std::sync::Barrier::new(contenders);
+        std::thread::scope(|scope| {
+            for (i, repo) in repos.iter().enumerate() {
+                let (barrier, holders, most) = (&barrier, &holders, &most);
+                let (granted, refused) = (&granted, &refused);
+                scope.spawn(move || {
+                    barrier.wait();
+                    match vault_engine::lock::lock_exclusive(
+                        repo,
+                        "test",
+                        &format!("contender-{i}"),
+                        "tester",
+                    ) {
+                        Ok(lock) => {
+                            let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            granted.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(100));
+                            holders.fetch_sub(1, Ordering::SeqCst);
+                            drop(lock);
+                        }
+                        Err(vault_engine::Error::Locked { .. }) => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => panic!("contender {i}: {e}"),
+                    }
+                });
+            }
+        });
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two holders at once");
+    assert!(
+        refused.load(Ordering::SeqCst) >= rounds,
+        "contention was real"
+    );
+    if atomic {
+        // The create-only object always has exactly one winner.
+        assert_eq!(granted.load(Ordering::SeqCst), rounds);
+    }
+    // With nobody else around, the lock is granted (and released).
+    drop(vault_engine::lock::lock_exclusive(&repos[0], "test", "alone", "tester").unwrap());
+    assert!(env.locks().is_empty(), "{:?}", env.locks());
+}
+
+/// `--upload-concurrency N` bounds the pack uploads in progress at once.
+#[test]
+fn upload_concurrency_bounds_parallel_uploads() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::uninitialised_on(Backend::S3);
+    init_with_pack_size(&env, 1);
+    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(1));
+    let via = env.repo_via(&proxy.endpoint());
+    // Slow every pack upload down so uploads pile up behind the limit.
+    proxy.inject(1000, &[Fault::Delay], |method, target| {
+        method == "PUT" && target.contains("/data/")
+    });
+    for (n, files) in [(1, 6), (3, 14)] {
+        let src = env.path(&format!("src{n}"));
+        random_tree(&src, files, 1_000_000);
+        proxy.reset_max_in_flight();
+        let out = env
+            .command(&[
+                "backup",
+                src.to_str().unwrap(),
+                "--compression",
+                "none",
+                "--upload-concurrency",
+                &n.to_string(),
+            ])
+            .env("VAULT_REPOSITORY", &via)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        let most = proxy.max_in_flight();
+        assert!(
+            most <= n,
+            "{most} uploads at once with --upload-concurrency {n}"
+        );
+        assert!(most >= n.min(2), "uploads never overlapped: {most}");
+    }
+    check_verify(&env);
+}
+
+/// Request timeout for runs through the fault proxy (its hung requests
+/// last longer), in seconds.
+const PROXY_TIMEOUT_SECS: &str = "4";
+
+/// 10% of all requests fail in every way the proxy knows, for a backup, a
+/// second backup, a restore and a `forget --prune`: everything succeeds,
+/// and `check --verify` (straight to the store) then finds nothing wrong.
+#[test]
+fn operations_under_ten_percent_injected_faults_succeed_and_verify() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::uninitialised_on(Backend::S3);
+    init_with_pack_size(&env, 1);
+    let src = env.path("src");
+    random_tree(&src, 10, 700_000);
+    std::fs::write(src.join("notes.txt"), b"small file").unwrap();
+    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(10));
+    let via = env.repo_via(&proxy.endpoint());
+    proxy.inject(100, proxy::ALL, |_, _| true);
+    let run = |args: &[&str]| {
+        let started = Instant::now();
+        let out = env
+            .command(args)
+            .env("VAULT_REPOSITORY", &via)
+            .env("VAULT_S3_TIMEOUT", PROXY_TIMEOUT_SECS)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        eprintln!("vault {args:?} through faults: {:.1?}", started.elapsed());
+    };
+    run(&["backup", src.to_str().unwrap(), "--compression", "none"]);
+    std::fs::write(src.join("f00"), pseudo_random(900_000, 7)).unwrap();
+    run(&["backup", src.to_str().unwrap(), "--compression", "none"]);
+    assert_eq!(env.snapshots().len(), 2);
+    check_verify(&env);
+    assert_restores_identically(&env, &src, "restored", Some(&via));
+    run(&[
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--instant-delete",
+        "--max-unused",
+        "0",
+    ]);
+    assert_eq!(env.snapshots().len(), 1);
+    check_verify(&env);
+    assert_restores_identically(&env, &src, "after-prune", None);
+    let injected = proxy.injected();
+    let requests = proxy.requests().len();
+    eprintln!(
+        "{} faults injected into {requests} requests",
+        injected.len()
+    );
+    assert!(
+        injected.len() >= 5,
+        "too few faults to mean anything: {injected:?}"
+    );
+    let kinds: std::collections::HashSet<_> = injected.iter().map(|(f, _)| *f).collect();
+    assert!(kinds.len() >= 4, "{kinds:?}");
+}
+
+/// When every pack upload fails, past the retry budget, the backup fails
+/// with an error naming the object and saves no snapshot; the repository
+/// stays healthy and the next backup works. Both with error answers and
+/// with dropped connections.
+#[test]
+fn persistent_faults_fail_the_backup_naming_the_object_and_record_no_snapshot() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::uninitialised_on(Backend::S3);
+    init_with_pack_size(&env, 1);
+    let src = env.path("src");
+    random_tree(&src, 3, 600_000);
+    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(10));
+    let via = env.repo_via(&proxy.endpoint());
+    for (fault, words) in [
+        (Fault::Status(503), "503"),
+        (Fault::Drop, "error"),
+        (Fault::Status(500), "500"),
+    ] {
+        proxy.inject(1000, &[fault], |method, target| {
+            method == "PUT" && target.contains("/data/")
+        });
+        let before = proxy.injected().len();
+        let started = Instant::now();
+        let out = env
+            .command(&["backup", src.to_str().unwrap()])
+            .env("VAULT_REPOSITORY", &via)
+            .env("VAULT_S3_MAX_RETRIES", "2")
+            .output()
+            .unwrap();
+        assert_code(&out, 1);
+        let err = stderr(&out);
+        eprintln!("{fault:?}: failed after {:.1?}: {err}", started.elapsed());
+        // The object: data/<2 hex>/<64 hex>.
+        let named = err.split(|c: char| c.is_whitespace() || c == ':').any(|w| {
+            let parts: Vec<&str> = w.split('/').collect();
+            parts.len() == 3
+                && parts[0] == "data"
+                && parts[2].len() == 64
+                && parts[2].starts_with(parts[1])
+        });
+        assert!(named, "{fault:?}: no object named in: {err}");
+        assert!(err.contains(words), "{fault:?}: {err}");
+        // 1 attempt + 2 retries per failed upload, at least.
+        assert!(proxy.injected().len() - before >= 3);
+        assert!(env.snapshots().is_empty(), "a snapshot was recorded");
+    }
+    check_verify(&env);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    check_verify(&env);
+    assert_restores_identically(&env, &src, "restored", None);
+}
+
+/// Packs at or above the multipart threshold go up in parts (seen at the
+/// proxy) and come back bit-identical.
+#[test]
+fn large_packs_are_uploaded_in_parts() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::uninitialised_on(Backend::S3);
+    init_with_pack_size(&env, 40);
+    let src = env.path("src");
+    random_tree(&src, 3, 30_000_000);
+    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(10));
+    let out = env
+        .command(&["backup", src.to_str().unwrap(), "--compression", "none"])
+        .env("VAULT_REPOSITORY", env.repo_via(&proxy.endpoint()))
+        .env("VAULT_S3_MULTIPART_THRESHOLD_MIB", "20")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let requests = proxy.requests();
+    let parts = requests
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("partNumber="))
+        .count();
+    let completions = requests
+        .iter()
+        .filter(|r| r.starts_with("POST ") && r.contains("uploadId="))
+        .count();
+    // 90 MB in 40 MiB packs: two packs of 3 parts (16 + 16 + 8 MiB).
+    assert!(completions >= 2, "{requests:#?}");
+    assert!(parts >= 3 * completions - 1, "{parts} parts: {requests:#?}");
+    let big = env
+        .sizes_under("data")
+        .values()
+        .filter(|&&s| s > 20 * 1024 * 1024)
+        .count();
+    assert_eq!(big, completions);
+    check_verify(&env);
+    assert_restores_identically(&env, &src, "restored", None);
+}
+
+/// Kills a process by pid (nodes are started by us).
+fn kill(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+fn port_open(endpoint: &str) -> bool {
+    std::net::TcpStream::connect(endpoint.trim_start_matches("http://")).is_ok()
+}
+
+/// Scale-out: a 3-node Garage cluster (replication factor 3). A backup
+/// talks to node 1; node 3 is killed in the middle of it. The backup
+/// completes, restores bit-identically and verifies; node 3 is restarted
+/// and serves the repository too.
+#[test]
+fn three_node_cluster_survives_losing_a_node_mid_backup() {
+    if !Backend::S3.available() || !s3().is_garage {
+        eprintln!("NOTICE: skipping the cluster test: it needs garage");
+        return;
+    }
+    let vars = run_export_script("garage-cluster.sh", &["--nodes", "3"]);
+    let var = |k: &str| vars[k].clone();
+    let server = S3Server::from_vars(&vars);
+    let env = Env::uninitialised_on_server(&server);
+    init_with_pack_size(&env, 1);
+    let src = env.path("src");
+    random_tree(&src, 40, 1_000_000);
+    let mut backup = env
+        .command(&["backup", src.to_str().unwrap(), "--compression", "none"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while env.objects_under("data").len() < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let node3: u32 = var("GARAGE_NODE3_PID").parse().unwrap();
+    kill(node3, nix::sys::signal::Signal::SIGKILL);
+    let packs_at_kill = env.objects_under("data").len();
+    let killed_at = Instant::now();
+    assert!(
+        backup.try_wait().unwrap().is_none(),
+        "the backup finished before the node was killed"
+    );
+    let out = backup.wait_with_output().unwrap();
+    assert_success(&out);
+    let packs = env.objects_under("data").len();
+    eprintln!(
+        "cluster: node 3 killed at {packs_at_kill} packs; backup finished {:.1?} later with {packs}",
+        killed_at.elapsed()
+    );
+    assert!(packs > packs_at_kill, "no pack was uploaded after the kill");
+    assert_eq!(env.snapshots().len(), 1);
+    check_verify(&env);
+    assert_restores_identically(&env, &src, "restored-degraded", None);
+
+    // Restart node 3; the watchdog of garage-cluster.sh finds it by pid.
+    let config = var("GARAGE_NODE3_CONFIG");
+    let node_dir = Path::new(&config).parent().unwrap().to_path_buf();
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(node_dir.join("garage.log"))
+        .unwrap();
+    let garage = crate::support::garage_binary().unwrap();
+    let mut restarted = std::process::Command::new(garage)
+        .args(["-c", &config, "server"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(node_dir.join("pid"), restarted.id().to_string()).unwrap();
+    let endpoint3 = var("GARAGE_NODE3_ENDPOINT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !port_open(&endpoint3) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(port_open(&endpoint3), "node 3 did not come back");
+    // Node 3 serves the repository written while it was down.
+    let via3 = env.repo_via(&endpoint3);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = env
+            .command(&["check", "--verify", "--json"])
+            .env("VAULT_REPOSITORY", &via3)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "check through the restarted node: {}",
+            stderr(&out)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_restores_identically(&env, &src, "restored-via-node3", Some(&via3));
+
+    for pid in [
+        var("GARAGE_NODE1_PID").parse().unwrap(),
+        var("GARAGE_NODE2_PID").parse().unwrap(),
+        restarted.id(),
+    ] {
+        kill(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    restarted.wait().unwrap();
+    let _ = std::fs::remove_dir_all(var("GARAGE_DIR"));
+}
