@@ -127,7 +127,13 @@ impl Backend for LocalBackend {
                 if name.starts_with(".tmp-") {
                     continue;
                 }
-                let meta = entry.metadata().map_err(|e| map_err(prefix, e))?;
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Deleted (a released lock, a renamed temporary file)
+                    // between reading the directory and looking at it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(map_err(prefix, e)),
+                };
                 if meta.is_dir() {
                     stack.push(entry.path());
                 } else if let Ok(rel) = entry.path().strip_prefix(&self.root) {
