@@ -14,3 +14,4 @@ mod pitr;
 mod repo_ops;
 mod retention;
 mod s3;
+mod sources;

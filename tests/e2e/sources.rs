@@ -1,0 +1,562 @@
+//! Sources from the config file, end to end: file, command, PostgreSQL and
+//! MariaDB sources backed up by one `vault backup`, per-source retention,
+//! status, failure webhooks and heartbeat (a small HTTP server on
+//! 127.0.0.1 records what vault posts), restores into new databases, and
+//! drills. PostgreSQL and MariaDB are real servers started on 127.0.0.1 by
+//! `scripts/start-postgres.sh` / `scripts/start-mariadb.sh`; without them
+//! (and without VAULT_REQUIRE_DB=1) the database tests print a notice and
+//! pass trivially.
+
+use crate::support::{Env, assert_code, assert_success, stderr};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Records JSON bodies POSTed to it.
+struct Webhook {
+    url: String,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Webhook {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        std::thread::spawn(move || {
+            // Bounded: a test sends a handful of requests.
+            for stream in listener.incoming().take(50) {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                let _ = reader.read_exact(&mut body);
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    sink.lock().unwrap().push(v);
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { url, bodies }
+    }
+
+    fn received(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+fn write_config(env: &Env, text: &str) -> PathBuf {
+    let path = env.path("vault.toml");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+fn vault_with(env: &Env, config: &Path, args: &[&str]) -> std::process::Output {
+    env.command(args)
+        .env("VAULT_CONFIG", config)
+        .output()
+        .unwrap()
+}
+
+fn json_with(env: &Env, config: &Path, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = vault_with(env, config, &all);
+    serde_json::from_slice(
+        out.stdout
+            .split(|&b| b == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        )
+    })
+}
+
+fn tagged(env: &Env, tag: &str) -> usize {
+    env.snapshots()
+        .iter()
+        .filter(|s| s["tags"].as_array().unwrap().iter().any(|t| t == tag))
+        .count()
+}
+
+#[test]
+fn file_and_command_sources_back_up_report_status_and_alert_on_failure() {
+    let env = Env::new();
+    let hook = Webhook::start();
+    let data = env.path("voicemail");
+    std::fs::create_dir_all(data.join("cache")).unwrap();
+    std::fs::write(data.join("msg1.wav"), b"hello").unwrap();
+    std::fs::write(data.join("skip.tmp"), b"tmp").unwrap();
+    std::fs::write(data.join("cache/x"), b"cached").unwrap();
+    let status_file = env.path("state/status.json");
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[retention]
+keep_last = 2
+
+[[source]]
+name = "voicemail"
+kind = "files"
+paths = ["{data}"]
+exclude = ["*.tmp", "cache/"]
+
+[[source]]
+name = "redis"
+kind = "command"
+command = ["sh", "-c", "seq 1 1000"]
+filename = "dump.rdb"
+retention = {{ keep_last = 1 }}
+
+[[source]]
+name = "broken"
+kind = "command"
+command = ["sh", "-c", "echo partial; echo 'redis-cli: connection refused' >&2; exit 2"]
+
+[[source]]
+name = "killed"
+kind = "command"
+command = ["sh", "-c", "seq 1 200000; kill -9 $$"]
+
+[notify]
+on_failure = ["{hook}"]
+heartbeat = "daily"
+status_file = "{status}"
+"#,
+            data = data.display(),
+            hook = hook.url,
+            status = status_file.display()
+        ),
+    );
+    let out = vault_with(&env, &config, &["backup"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("source broken") && stderr(&out).contains("connection refused"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tagged(&env, "voicemail"), 1);
+    assert_eq!(tagged(&env, "redis"), 1);
+    assert_eq!(tagged(&env, "broken"), 0);
+    assert_eq!(
+        tagged(&env, "killed"),
+        0,
+        "a dump killed mid-way records no snapshot"
+    );
+    let ls = String::from_utf8(
+        vault_with(&env, &config, &["ls", "latest", "--tag", "voicemail"]).stdout,
+    )
+    .unwrap();
+    assert!(
+        ls.contains("msg1.wav") && !ls.contains("skip.tmp") && !ls.contains("cache/x"),
+        "{ls}"
+    );
+    let dumped = vault_with(
+        &env,
+        &config,
+        &["dump", "latest", "/dump.rdb", "--tag", "redis"],
+    );
+    assert_eq!(
+        String::from_utf8(dumped.stdout).unwrap().lines().count(),
+        1000
+    );
+
+    // The failure reached the webhook, without secrets, and no heartbeat
+    // went out because not everything succeeded.
+    let got = hook.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|b| b["event"] == "backup_failed"));
+    assert_eq!(got[0]["source"], "broken");
+    assert_eq!(got[1]["source"], "killed");
+    assert!(
+        got[1]["error"].as_str().unwrap().contains("signal"),
+        "{got:?}"
+    );
+    assert!(
+        got[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
+    assert!(got[0]["host"].as_str().is_some() && got[0]["time"].as_str().is_some());
+
+    // Status: per source, last result and why.
+    let status = json_with(&env, &config, &["status"]);
+    let rows: HashMap<String, serde_json::Value> = status["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["source"].as_str().unwrap().to_owned(), r.clone()))
+        .collect();
+    assert_eq!(rows["voicemail"]["last_result"], "success");
+    assert_eq!(rows["voicemail"]["snapshots"], 1);
+    assert_eq!(rows["broken"]["last_result"], "failure");
+    assert!(
+        rows["broken"]["last_failure"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("exit status: 2")
+    );
+    assert_eq!(status["ok"], false);
+    assert_code(&vault_with(&env, &config, &["status"]), 1);
+
+    // A run that overlaps another one holding a source skips that source.
+    let lock_path = status_file.parent().unwrap().join("locks/voicemail.lock");
+    let held = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    held.lock().unwrap();
+    let before = tagged(&env, "voicemail");
+    let out = vault_with(&env, &config, &["backup", "voicemail"]);
+    assert_code(&out, 11);
+    assert!(stderr(&out).contains("still running"), "{}", stderr(&out));
+    assert_eq!(tagged(&env, "voicemail"), before);
+    drop(held);
+
+    // One source by name; success of everything selected sends the heartbeat.
+    for _ in 0..2 {
+        assert_success(&vault_with(
+            &env,
+            &config,
+            &["backup", "voicemail", "redis"],
+        ));
+    }
+    let got = hook.received();
+    let beats: Vec<_> = got.iter().filter(|b| b["event"] == "heartbeat").collect();
+    assert_eq!(beats.len(), 1, "one heartbeat per period: {got:?}");
+    assert_eq!(tagged(&env, "voicemail"), 3);
+
+    // Per-source retention from the config: redis keeps 1, voicemail the default 2.
+    assert_success(&vault_with(&env, &config, &["forget"]));
+    assert_eq!(tagged(&env, "redis"), 1);
+    assert_eq!(tagged(&env, "voicemail"), 2);
+
+    // Restore a source by name, and a drill of a file source.
+    let target = env.path("restored");
+    assert_success(&vault_with(
+        &env,
+        &config,
+        &["restore", "voicemail", "--target", target.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read(
+            target
+                .join(data.strip_prefix("/").unwrap())
+                .join("msg1.wav")
+        )
+        .unwrap(),
+        b"hello"
+    );
+    let drill = json_with(&env, &config, &["drill", "voicemail"]);
+    assert_eq!(drill["ok"], true, "{drill}");
+}
+
+#[test]
+fn bad_config_is_explained_with_file_and_line() {
+    let env = Env::new();
+    let config = write_config(
+        &env,
+        "[[source]]\nname = \"db\"\nkind = \"postgress\"\ndatabase = \"x\"\n",
+    );
+    let out = vault_with(&env, &config, &["backup"]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("vault.toml:3") && err.contains("postgres"),
+        "{err}"
+    );
+    let config = write_config(&env, "[repository]\nurl = \"/x\"\npasword_file = \"/y\"\n");
+    let err = stderr(&vault_with(&env, &config, &["snapshots"]));
+    assert!(
+        err.contains("vault.toml:3")
+            && err.contains("pasword_file")
+            && err.contains("password_file"),
+        "{err}"
+    );
+    // Secrets in a world-readable config are refused.
+    let config = write_config(&env, "[notify]\non_failure = [\"http://127.0.0.1:9/x\"]\n");
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = stderr(&vault_with(&env, &config, &["snapshots"]));
+    assert!(err.contains("readable by every user"), "{err}");
+}
+
+/// `export NAME='VALUE'` lines from a start script.
+fn start_server(script: &str) -> Option<HashMap<String, String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts").join(script))
+        // The server stops and removes itself when this test process exits.
+        .env("VAULT_TEST_PARENT_PID", std::process::id().to_string())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).into_owned();
+        if std::env::var_os("VAULT_REQUIRE_DB").is_some() {
+            panic!("{script} failed: {msg}");
+        }
+        eprintln!("NOTICE: {script} failed, skipping database test: {msg}");
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.strip_prefix("export ")?.split_once('=')?;
+                Some((k.to_owned(), v.trim_matches('\'').to_owned()))
+            })
+            .collect(),
+    )
+}
+
+static POSTGRES: OnceLock<Option<HashMap<String, String>>> = OnceLock::new();
+static MARIADB: OnceLock<Option<HashMap<String, String>>> = OnceLock::new();
+
+fn sh(cmd: &str, envs: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(cmd)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn postgres_source_restores_an_earlier_state_into_a_new_database_and_drills() {
+    let Some(pg) = POSTGRES.get_or_init(|| start_server("start-postgres.sh")) else {
+        return;
+    };
+    let env = Env::new();
+    let hook = Webhook::start();
+    let bin = &pg["VAULT_TEST_PG_BIN"];
+    let conn = &pg["VAULT_TEST_PG_CONN"];
+    let passfile = &pg["VAULT_TEST_PG_PASSFILE"];
+    let penv = [("PGPASSFILE", passfile.as_str())];
+    let psql = |db: &str, sql: &str| {
+        sh(
+            &format!("{bin}/psql -X -At -v ON_ERROR_STOP=1 -d '{conn} dbname={db}' -c \"{sql}\""),
+            &penv,
+        )
+    };
+    psql("postgres", "DROP DATABASE IF EXISTS phone");
+    psql("postgres", "CREATE DATABASE phone");
+    psql(
+        "phone",
+        "CREATE TABLE calls (id int primary key, caller text, secs int); INSERT INTO calls SELECT g, 'caller-' || (g % 500), g % 97 FROM generate_series(1, 1500000) g; CREATE TABLE users (id int, name text); INSERT INTO users VALUES (1, 'ann'), (2, 'bob')",
+    );
+    let fingerprint = |db: &str| {
+        psql(
+            db,
+            "SELECT (SELECT count(*) FROM calls) || ':' || (SELECT md5(string_agg(id || caller || secs, ',' ORDER BY id)) FROM calls) || ':' || (SELECT count(*) FROM users)",
+        )
+    };
+    let first_state = fingerprint("phone");
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[[source]]
+name = "phone-db"
+kind = "postgres"
+database = "phone"
+connection = "{conn}"
+passfile = "{passfile}"
+bin_dir = "{bin}"
+
+[[source]]
+name = "ghost-db"
+kind = "postgres"
+database = "does_not_exist"
+connection = "{conn}"
+passfile = "{passfile}"
+bin_dir = "{bin}"
+
+[notify]
+on_failure = ["{hook}"]
+status_file = "{status}"
+"#,
+            hook = hook.url,
+            status = env.path("status.json").display()
+        ),
+    );
+    let out = vault_with(
+        &env,
+        &config,
+        &["backup", "phone-db", "--time", "2026-01-10 02:00:00"],
+    );
+    assert_success(&out);
+    let first = env.snapshots()[0].clone();
+    let size = first["summary"]["total_bytes_processed"].as_u64().unwrap();
+    // Change a few rows, back up again.
+    psql(
+        "phone",
+        "UPDATE calls SET secs = secs + 1 WHERE id BETWEEN 700000 AND 700004; INSERT INTO users VALUES (3, 'cy')",
+    );
+    assert_ne!(fingerprint("phone"), first_state);
+    let second = json_with(
+        &env,
+        &config,
+        &["backup", "phone-db", "--time", "2026-01-11 02:00:00"],
+    );
+    let added = second["data_added"].as_u64().unwrap();
+    eprintln!(
+        "second dump of {size} bytes added {added} bytes ({:.1}%)",
+        added as f64 * 100.0 / size as f64
+    );
+    // A handful of changed rows costs a few chunks (about 1 MiB each, the
+    // middle where rows left and the end where their new versions went).
+    assert!(added * 4 < size, "second dump added {added} of {size}");
+    // The argv of the dump never held a password (there is none in the config).
+    assert!(
+        !std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("password=")
+    );
+
+    // Restore the first state into a new database.
+    psql("postgres", "DROP DATABASE IF EXISTS phone_restored");
+    let out = vault_with(
+        &env,
+        &config,
+        &[
+            "restore",
+            "phone-db",
+            "--at",
+            "2026-01-10 03:00",
+            "--into-database",
+            "phone_restored",
+        ],
+    );
+    assert_success(&out);
+    assert_eq!(fingerprint("phone_restored"), first_state);
+
+    // A failing dump records no snapshot, reports status, fires the webhook,
+    // and leaves the other source's snapshot saved.
+    let before = env.snapshots().len();
+    let out = vault_with(&env, &config, &["backup"]);
+    assert_code(&out, 1);
+    assert_eq!(env.snapshots().len(), before + 1);
+    assert!(hook.received().iter().any(|b| b["source"] == "ghost-db"));
+    let status = json_with(&env, &config, &["status"]);
+    let ghost = status["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["source"] == "ghost-db")
+        .unwrap()
+        .clone();
+    assert_eq!(ghost["last_result"], "failure");
+    assert!(
+        ghost["last_failure"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("does_not_exist"),
+        "{ghost}"
+    );
+
+    // Drill passes on a good backup...
+    let drill = json_with(&env, &config, &["drill", "phone-db"]);
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert!(drill["rows"].as_u64().unwrap() >= 1_500_003);
+    // ...and fails on a damaged one.
+    for (pack, size) in env.sizes_under("data") {
+        if size > 1000 {
+            env.flip(&pack, 500);
+        }
+    }
+    let out = vault_with(&env, &config, &["drill", "phone-db"]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("FAILED"), "{}", stderr(&out));
+}
+
+#[test]
+fn mariadb_source_restores_into_a_new_database() {
+    let Some(my) = MARIADB.get_or_init(|| start_server("start-mariadb.sh")) else {
+        return;
+    };
+    let env = Env::new();
+    let defaults = &my["VAULT_TEST_MY_DEFAULTS_FILE"];
+    let client = |db: &str, sql: &str| {
+        sh(
+            &format!("mariadb --defaults-file={defaults} -N -B {db} -e \"{sql}\""),
+            &[],
+        )
+    };
+    client(
+        "",
+        "DROP DATABASE IF EXISTS schwarm; CREATE DATABASE schwarm",
+    );
+    client(
+        "schwarm",
+        "CREATE TABLE shifts (id INT PRIMARY KEY, who VARCHAR(40)); INSERT INTO shifts VALUES (1,'ann'),(2,'bob'),(3,'cy')",
+    );
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"schwarm-db\"\nkind = \"mysql\"\ndatabase = \"schwarm\"\ndefaults_file = \"{defaults}\"\n"
+        ),
+    );
+    assert_success(&vault_with(
+        &env,
+        &config,
+        &["backup", "--time", "2026-02-01 01:00:00"],
+    ));
+    client("schwarm", "DELETE FROM shifts WHERE id = 2");
+    assert_success(&vault_with(
+        &env,
+        &config,
+        &["backup", "--time", "2026-02-02 01:00:00"],
+    ));
+    client("", "DROP DATABASE IF EXISTS schwarm_restored");
+    let out = vault_with(
+        &env,
+        &config,
+        &[
+            "restore",
+            "schwarm-db",
+            "--at",
+            "2026-02-01 12:00",
+            "--into-database",
+            "schwarm_restored",
+        ],
+    );
+    assert_success(&out);
+    assert_eq!(
+        client(
+            "schwarm_restored",
+            "SELECT GROUP_CONCAT(who ORDER BY id) FROM shifts"
+        )
+        .trim(),
+        "ann,bob,cy"
+    );
+    let drill = json_with(&env, &config, &["drill", "schwarm-db"]);
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert_eq!(drill["rows"], 2);
+}
