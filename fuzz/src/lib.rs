@@ -64,6 +64,21 @@ pub fn seal(aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Opens an envelope sealed under the fixed key (the corpus generator uses
+/// it to take real stored objects back to their plaintext).
+pub fn open(aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 24 + 16 {
+        return None;
+    }
+    let (nonce, rest) = sealed.split_at(24);
+    let (ciphertext, tag) = rest.split_at(rest.len() - 16);
+    let mut buf = ciphertext.to_vec();
+    cipher()
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut buf, chacha20poly1305::Tag::from_slice(tag))
+        .ok()?;
+    Some(buf)
+}
+
 /// AAD of a blob in a pack: `kind || id` (repo-format.md §7).
 pub fn blob_aad(kind: BlobKind, id: &BlobId) -> [u8; 33] {
     let mut aad = [0u8; 33];
