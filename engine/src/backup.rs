@@ -1,17 +1,30 @@
 //! Backup: a source (file trees, a stream, a command's output) into a
 //! snapshot.
 //!
-//! The walk runs on the calling thread: it reads files, cuts chunks and
-//! hashes them, and hands new chunks to the [`Saver`] pipeline, which seals,
-//! packs and uploads them on other threads. Files unchanged since the parent
-//! snapshot (same size, mtime, ctime and inode) are not read again. The
-//! snapshot is written last, after [`Saver::finish`] has made every blob it
-//! references durable and indexed (repo-format.md §11).
+//! ```text
+//! walker --file tasks--> R readers --chunks--> Saver (hash, dedup, compress,
+//!   |                      |                   encrypt, pack, upload)
+//!   |                      '--chunk ids--.
+//!   '--directories (post-order)--> finalizer: waits for each file's ids and
+//!                                   each subdirectory's tree, saves the tree
+//! ```
+//!
+//! The walker (the calling thread) lists directories and reads metadata.
+//! Files unchanged since the parent snapshot (same size, mtime, ctime and
+//! inode) are not read again; the others become tasks for a few reader
+//! threads, which open them, cut chunks and hand each chunk to the [`Saver`]
+//! pipeline without waiting: its workers hash, deduplicate, compress and
+//! encrypt on every core. So many small files are read in parallel, and no
+//! single thread hashes everything. The finalizer thread assembles each
+//! directory's tree once its files' chunk ids are known, children before
+//! parents. Every queue is bounded. The snapshot is written last, after
+//! [`Saver::finish`] has made every blob it references durable and indexed
+//! (repo-format.md §11).
 
 mod saver;
 mod walk;
 
-pub use saver::{Saver, SaverStats};
+pub use saver::{PendingId, Saver, SaverStats};
 pub use walk::Excludes;
 
 use crate::blob::BlobKind;
@@ -22,13 +35,22 @@ use crate::index::Index;
 use crate::repository::Repository;
 use crate::snapshot::{Snapshot, SnapshotSummary};
 use crate::tree::{Node, NodeKind, Tree};
-use std::collections::BTreeMap;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use walk::Names;
+
+/// File tasks queued for the readers.
+const FILE_QUEUE: usize = 64;
+/// Finished directory listings queued for the finalizer.
+const DIR_QUEUE: usize = 256;
+/// Chunk ids a reader leaves outstanding per file before it waits.
+const MAX_OUTSTANDING: usize = 32;
 
 /// What to back up.
 pub enum Source {
@@ -153,25 +175,77 @@ pub struct BackupReport {
 
 #[derive(Default)]
 struct Counters {
-    files_new: u64,
-    files_changed: u64,
-    files_unmodified: u64,
-    dirs: u64,
-    files: u64,
-    bytes: u64,
+    files_new: AtomicU64,
+    files_changed: AtomicU64,
+    files_unmodified: AtomicU64,
+    dirs: AtomicU64,
+    files: AtomicU64,
+    bytes: AtomicU64,
 }
 
-struct Walker<'a> {
+/// What the walker, readers and finalizer share.
+struct Ctx<'a> {
     repo: &'a Repository,
     index: &'a Index,
     saver: &'a Saver,
     options: &'a BackupOptions,
-    excludes: Excludes,
-    names: Names,
     progress: &'a BackupProgress,
     errors: Mutex<Vec<SourceError>>,
     counters: Counters,
+    /// The first error of the readers or the finalizer; the walker stops.
+    failure: Mutex<Option<Error>>,
+    stop: AtomicBool,
+}
+
+/// A file's content as a reader produced it: ids, some still being hashed.
+enum ContentId {
+    Id(BlobId),
+    Pending(PendingId),
+}
+
+enum FileOutcome {
+    Content {
+        ids: Vec<ContentId>,
+        size: u64,
+    },
+    /// Could not be read: reported, and left out of the snapshot.
+    Unreadable(std::io::Error),
+}
+
+struct FileTask {
+    path: PathBuf,
+    size: u64,
+    reply: Sender<Result<FileOutcome>>,
+}
+
+/// A directory entry whose node may still wait for content or a subtree.
+enum PendingNode {
+    Ready(Node),
+    File {
+        node: Node,
+        path: PathBuf,
+        changed: bool,
+        outcome: Receiver<Result<FileOutcome>>,
+    },
+    Dir {
+        node: Node,
+        subtree: Receiver<Result<BlobId>>,
+    },
+}
+
+/// A listed directory, for the finalizer.
+struct PendingDir {
+    nodes: Vec<PendingNode>,
+    reply: Sender<Result<BlobId>>,
+}
+
+struct Walker<'c, 'a> {
+    ctx: &'c Ctx<'a>,
+    excludes: Excludes,
+    names: Names,
     root_dev: Option<u64>,
+    tasks: Sender<FileTask>,
+    dirs: Sender<PendingDir>,
 }
 
 /// Runs a backup and writes its snapshot.
@@ -199,31 +273,31 @@ pub fn backup(
         options.upload_concurrency,
         progress.saver.clone(),
     );
-    let mut walker = Walker {
+    let ctx = Ctx {
         repo,
         index: &index,
         saver: &saver,
         options,
-        excludes,
-        names: Names::default(),
         progress,
         errors: Mutex::new(Vec::new()),
         counters: Counters::default(),
-        root_dev: None,
+        failure: Mutex::new(None),
+        stop: AtomicBool::new(false),
     };
     let walked = match source {
-        Source::Paths(list) => walker.save_paths(&list, parent_tree.as_ref()),
-        Source::Stream { filename, reader } => walker.save_stream(&filename, reader),
+        Source::Paths(list) => save_paths(&ctx, excludes, &list, parent_tree.as_ref()),
+        Source::Stream { filename, reader } => ctx.save_stream(&filename, reader),
         Source::Command {
             filename,
             program,
             args,
             env,
-        } => walker.save_command(&filename, &program, &args, &env),
+        } => ctx.save_command(&filename, &program, &args, &env),
     };
-    let counters = std::mem::take(&mut walker.counters);
-    let errors = std::mem::take(&mut *walker.errors.lock().expect("not poisoned"));
-    drop(walker);
+    let Ctx {
+        counters, errors, ..
+    } = ctx;
+    let errors = errors.into_inner().expect("not poisoned");
     // Even a failed walk drains the pipeline, so what was uploaded gets
     // indexed and the next backup can reuse it.
     let finished = saver.finish();
@@ -254,17 +328,17 @@ pub fn backup(
         summary: SnapshotSummary {
             backup_start: Some(start),
             backup_end: Some(jiff::Timestamp::now()),
-            files_new: counters.files_new,
-            files_changed: counters.files_changed,
-            files_unmodified: counters.files_unmodified,
-            dirs_total: counters.dirs,
+            files_new: counters.files_new.into_inner(),
+            files_changed: counters.files_changed.into_inner(),
+            files_unmodified: counters.files_unmodified.into_inner(),
+            dirs_total: counters.dirs.into_inner(),
             data_blobs: stats.blobs_added.load(Ordering::Relaxed)
                 - stats.tree_blobs_added.load(Ordering::Relaxed),
             tree_blobs: stats.tree_blobs_added.load(Ordering::Relaxed),
             data_added: stats.bytes_added.load(Ordering::Relaxed),
             data_added_packed: stats.bytes_stored.load(Ordering::Relaxed),
-            total_files_processed: counters.files,
-            total_bytes_processed: counters.bytes,
+            total_files_processed: counters.files.into_inner(),
+            total_bytes_processed: counters.bytes.into_inner(),
             errors: errors.len() as u64,
         },
     };
@@ -421,11 +495,100 @@ impl VirtualDir {
     }
 }
 
-fn find_child<'t>(tree: Option<&'t Tree>, name: &OsStr) -> Option<&'t Node> {
-    tree?.nodes.iter().find(|n| n.os_name() == name)
+/// Compares a node's name with an OS name without allocating in the usual
+/// case (a UTF-8 name, stored as is).
+fn cmp_name(node: &Node, name: &OsStr) -> std::cmp::Ordering {
+    match &node.name_raw {
+        None => node.name.as_bytes().cmp(name.as_bytes()),
+        Some(_) => node.os_name().as_os_str().cmp(name),
+    }
 }
 
-impl Walker<'_> {
+/// The parent snapshot's node of the same name (trees are sorted by name).
+fn find_child<'t>(tree: Option<&'t Tree>, name: &OsStr) -> Option<&'t Node> {
+    let nodes = &tree?.nodes;
+    let i = nodes.binary_search_by(|n| cmp_name(n, name)).ok()?;
+    nodes.get(i)
+}
+
+/// Whether nodes are in canonical order already (the walker lists names
+/// sorted), so [`Tree::sort`] and its allocations can be skipped.
+fn is_sorted(tree: &Tree) -> bool {
+    tree.nodes.windows(2).all(|w| match w {
+        [a, b] if a.name_raw.is_none() && b.name_raw.is_none() => {
+            a.name.as_bytes() < b.name.as_bytes()
+        }
+        [a, b] => a.os_name() < b.os_name(),
+        _ => true,
+    })
+}
+
+/// Stops the walk on the first error of a reader or the finalizer.
+fn stopped() -> Error {
+    Error::InvalidInput("backup stopped after an error".into())
+}
+
+/// Walks `list`, reading files on reader threads and assembling trees on a
+/// finalizer thread. Returns the root tree's id.
+fn save_paths(
+    ctx: &Ctx<'_>,
+    excludes: Excludes,
+    list: &[PathBuf],
+    parent: Option<&Tree>,
+) -> Result<BlobId> {
+    let readers = std::thread::available_parallelism()
+        .map_or(2, usize::from)
+        .clamp(2, 4);
+    std::thread::scope(|scope| {
+        let (task_tx, task_rx) = bounded::<FileTask>(FILE_QUEUE);
+        let (dir_tx, dir_rx) = bounded::<PendingDir>(DIR_QUEUE);
+        for _ in 0..readers {
+            let rx = task_rx.clone();
+            std::thread::Builder::new()
+                .name("vault-read".into())
+                .spawn_scoped(scope, move || {
+                    for task in rx {
+                        let _ = task.reply.send(ctx.read_file(&task.path, task.size));
+                    }
+                })
+                .map_err(|e| Error::io("starting a reader thread", e))?;
+        }
+        drop(task_rx);
+        let finalizer = std::thread::Builder::new()
+            .name("vault-tree".into())
+            .spawn_scoped(scope, move || {
+                for dir in dir_rx {
+                    let result = ctx.finalize(dir.nodes).map_err(|e| ctx.fail(e));
+                    let _ = dir.reply.send(result);
+                }
+            })
+            .map_err(|e| Error::io("starting the tree thread", e))?;
+        let mut walker = Walker {
+            ctx,
+            excludes,
+            names: Names::default(),
+            root_dev: None,
+            tasks: task_tx,
+            dirs: dir_tx,
+        };
+        let walked = walker.save_paths(list, parent);
+        // Closing the queues lets the readers and the finalizer finish.
+        drop(walker);
+        let root = walked.and_then(|root| root.recv().unwrap_or_else(|_| Err(stopped())));
+        let _ = finalizer.join();
+        root.map_err(|e| match e {
+            Error::Interrupted => Error::Interrupted,
+            e => ctx
+                .failure
+                .lock()
+                .expect("not poisoned")
+                .take()
+                .unwrap_or(e),
+        })
+    })
+}
+
+impl Ctx<'_> {
     fn record_error(&self, path: &Path, error: impl std::fmt::Display) {
         tracing::warn!("{}: {error}", path.display());
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
@@ -433,6 +596,20 @@ impl Walker<'_> {
             path: path.display().to_string(),
             error: error.to_string(),
         });
+    }
+
+    /// Stops the walk on a finalizer error: keeps the first one for
+    /// [`save_paths`] to return, and passes a placeholder up the trees.
+    fn fail(&self, e: Error) -> Error {
+        if matches!(e, Error::Interrupted) {
+            return e;
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let mut slot = self.failure.lock().expect("not poisoned");
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+        stopped()
     }
 
     fn check_cancel(&self) -> Result<()> {
@@ -443,16 +620,16 @@ impl Walker<'_> {
             // Surface the pipeline's error via finish().
             return Err(Error::InvalidInput("write pipeline failed".into()));
         }
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
         Ok(())
     }
 
-    fn parent_subtree(&self, node: Option<&Node>) -> Option<Tree> {
-        let id = node?.subtree?;
-        self.repo.read_tree(self.index, &id).ok()
-    }
-
     fn save_tree(&self, mut tree: Tree) -> Result<BlobId> {
-        tree.sort();
+        if !is_sorted(&tree) {
+            tree.sort();
+        }
         let bytes = tree.encode();
         if bytes.len() > crate::compress::MAX_BLOB_LEN {
             return Err(Error::InvalidInput(format!(
@@ -464,204 +641,102 @@ impl Walker<'_> {
         self.saver.save(BlobKind::Tree, bytes)
     }
 
-    fn save_paths(&mut self, list: &[PathBuf], parent: Option<&Tree>) -> Result<BlobId> {
-        let mut root = VirtualDir::default();
-        for p in list {
-            let abs = absolute(p)?;
-            let components: Vec<OsString> = abs
-                .components()
-                .filter_map(|c| match c {
-                    std::path::Component::Normal(n) => Some(n.to_os_string()),
-                    _ => None,
-                })
-                .collect();
-            if components.is_empty() {
-                // Backing up "/" itself: walk it as the root directory.
-                let meta = std::fs::symlink_metadata("/").map_err(|e| Error::io("reading /", e))?;
-                self.root_dev = Some(std::os::unix::fs::MetadataExt::dev(&meta));
-                let tree = self.read_dir_tree(Path::new("/"), parent)?;
-                return self.save_tree(tree);
-            }
-            root.insert(&components, &abs);
-        }
-        let tree = self.save_virtual(&root, Path::new("/"), parent)?;
-        self.save_tree(tree)
-    }
-
-    fn save_virtual(&mut self, dir: &VirtualDir, at: &Path, parent: Option<&Tree>) -> Result<Tree> {
-        let mut tree = Tree::default();
-        for (name, entry) in &dir.children {
-            let path = at.join(name);
-            let parent_node = find_child(parent, name);
-            match entry {
-                VirtualEntry::Leaf(full) => {
-                    let meta = match std::fs::symlink_metadata(full) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            self.record_error(full, e);
-                            continue;
-                        }
-                    };
-                    self.root_dev = Some(std::os::unix::fs::MetadataExt::dev(&meta));
-                    if let Some(node) = self.save_entry(full, meta, parent_node)? {
-                        tree.nodes.push(node);
-                    }
-                }
-                VirtualEntry::Dir(sub) => {
-                    let meta = match std::fs::symlink_metadata(&path) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            self.record_error(&path, e);
-                            continue;
-                        }
-                    };
-                    let Some(mut node) = walk::node_from_metadata(&path, &meta, &self.names) else {
-                        continue;
-                    };
-                    let parent_sub = self.parent_subtree(parent_node);
-                    let subtree = self.save_virtual(sub, &path, parent_sub.as_ref())?;
-                    node.subtree = Some(self.save_tree(subtree)?);
-                    tree.nodes.push(node);
-                }
-            }
-        }
-        Ok(tree)
-    }
-
-    fn read_dir_tree(&mut self, dir: &Path, parent: Option<&Tree>) -> Result<Tree> {
-        let mut tree = Tree::default();
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                self.record_error(dir, e);
-                return Ok(tree);
-            }
+    /// A reader's work: cut a file into chunks and hand them to the saver.
+    fn read_file(&self, path: &Path, size: u64) -> Result<FileOutcome> {
+        self.check_cancel()?;
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => return Ok(FileOutcome::Unreadable(e)),
         };
-        let mut names: Vec<OsString> = Vec::new();
-        for entry in entries {
-            match entry {
-                Ok(e) => names.push(e.file_name()),
-                Err(e) => self.record_error(dir, e),
-            }
+        match self.save_content(file, Some(size)) {
+            Ok((ids, size)) => Ok(FileOutcome::Content { ids, size }),
+            Err(ContentError::Read(e)) => Ok(FileOutcome::Unreadable(e)),
+            Err(ContentError::Engine(e)) => Err(e),
         }
-        names.sort();
-        for name in names {
-            self.check_cancel()?;
-            let path = dir.join(&name);
-            let meta = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.record_error(&path, e);
-                    continue;
-                }
-            };
-            if self.excludes.is_excluded(&path, meta.is_dir()) {
-                continue;
-            }
-            if let Some(node) = self.save_entry(&path, meta, find_child(parent, &name))? {
-                tree.nodes.push(node);
-            }
-        }
-        Ok(tree)
     }
 
-    fn save_entry(
-        &mut self,
-        path: &Path,
-        meta: std::fs::Metadata,
-        parent_node: Option<&Node>,
-    ) -> Result<Option<Node>> {
-        let Some(mut node) = walk::node_from_metadata(path, &meta, &self.names) else {
-            return Ok(None);
-        };
-        match node.kind {
-            NodeKind::File => {
-                self.counters.files += 1;
-                self.counters.bytes += node.size;
-                if let Some(old) = parent_node
-                    && !self.options.force
-                    && walk::unchanged(old, &node)
-                    && old
-                        .content
-                        .as_ref()
-                        .is_some_and(|c| c.iter().all(|id| self.saver.contains(id)))
-                {
-                    node.content.clone_from(&old.content);
-                    self.counters.files_unmodified += 1;
-                    self.progress.files.fetch_add(1, Ordering::Relaxed);
-                    self.progress.bytes.fetch_add(node.size, Ordering::Relaxed);
-                    return Ok(Some(node));
-                }
-                let file = match std::fs::File::open(path) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.record_error(path, e);
-                        self.counters.files -= 1;
-                        self.counters.bytes -= node.size;
-                        return Ok(None);
-                    }
-                };
-                match self.save_content(file) {
-                    Ok((content, size)) => {
-                        // Record what was read, which may differ from the
-                        // stat size if the file changed under us.
-                        self.counters.bytes = self.counters.bytes - node.size + size;
-                        node.size = size;
-                        node.content = Some(content);
-                    }
-                    Err(ContentError::Read(e)) => {
-                        self.record_error(path, e);
-                        self.counters.files -= 1;
-                        self.counters.bytes -= node.size;
-                        return Ok(None);
-                    }
-                    Err(ContentError::Engine(e)) => return Err(e),
-                }
-                if parent_node.is_some() {
-                    self.counters.files_changed += 1;
-                } else {
-                    self.counters.files_new += 1;
-                }
-                self.progress.files.fetch_add(1, Ordering::Relaxed);
-            }
-            NodeKind::Dir => {
-                self.counters.dirs += 1;
-                let dev = std::os::unix::fs::MetadataExt::dev(&meta);
-                let crosses =
-                    self.options.one_file_system && self.root_dev.is_some_and(|d| d != dev);
-                let tree = if crosses || (self.options.exclude_caches && walk::is_cache_dir(path)) {
-                    Tree::default()
-                } else {
-                    let parent_sub = self.parent_subtree(parent_node);
-                    self.read_dir_tree(path, parent_sub.as_ref())?
-                };
-                node.subtree = Some(self.save_tree(tree)?);
-            }
-            _ => {}
-        }
-        Ok(Some(node))
-    }
-
+    /// Cuts a stream into chunks and submits them; ids are left pending
+    /// (at most [`MAX_OUTSTANDING`] at a time) so reading never waits for
+    /// hashing except to bound memory.
     fn save_content(
         &self,
         reader: impl Read,
-    ) -> std::result::Result<(Vec<BlobId>, u64), ContentError> {
+        size_hint: Option<u64>,
+    ) -> std::result::Result<(Vec<ContentId>, u64), ContentError> {
         let mut content = Vec::new();
+        let mut outstanding: VecDeque<usize> = VecDeque::new();
         let mut size = 0u64;
-        for chunk in self.repo.config().chunker.chunks(reader) {
+        for chunk in self.repo.config().chunker.chunks_sized(reader, size_hint) {
             self.check_cancel().map_err(ContentError::Engine)?;
             let chunk = chunk.map_err(ContentError::Read)?;
             size += chunk.len() as u64;
             self.progress
                 .bytes
                 .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            content.push(
-                self.saver
-                    .save(BlobKind::Data, chunk)
-                    .map_err(ContentError::Engine)?,
-            );
+            let pending = self
+                .saver
+                .submit(BlobKind::Data, chunk)
+                .map_err(ContentError::Engine)?;
+            outstanding.push_back(content.len());
+            content.push(ContentId::Pending(pending));
+            while let Some(&first) = outstanding.front() {
+                let ready = matches!(&content[first], ContentId::Pending(p) if p.ready());
+                if !ready && outstanding.len() <= MAX_OUTSTANDING {
+                    break;
+                }
+                outstanding.pop_front();
+                resolve(&mut content[first]).map_err(ContentError::Engine)?;
+            }
         }
         Ok((content, size))
+    }
+
+    /// The finalizer's work: a directory's tree once every entry is known.
+    fn finalize(&self, nodes: Vec<PendingNode>) -> Result<BlobId> {
+        let mut tree = Tree::default();
+        tree.nodes.reserve(nodes.len());
+        let counters = &self.counters;
+        for pending in nodes {
+            match pending {
+                PendingNode::Ready(node) => tree.nodes.push(node),
+                PendingNode::Dir { mut node, subtree } => {
+                    node.subtree = Some(subtree.recv().unwrap_or_else(|_| Err(stopped()))?);
+                    tree.nodes.push(node);
+                }
+                PendingNode::File {
+                    mut node,
+                    path,
+                    changed,
+                    outcome,
+                } => match outcome.recv().unwrap_or_else(|_| Err(stopped()))? {
+                    FileOutcome::Content { ids, size } => {
+                        let ids = ids
+                            .into_iter()
+                            .map(|mut c| resolve(&mut c))
+                            .collect::<Result<Vec<_>>>()?;
+                        // Record what was read, which may differ from the
+                        // stat size if the file changed under us.
+                        counters.bytes.fetch_add(size, Ordering::Relaxed);
+                        counters.bytes.fetch_sub(node.size, Ordering::Relaxed);
+                        node.size = size;
+                        node.content = Some(ids);
+                        if changed {
+                            counters.files_changed.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            counters.files_new.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.progress.files.fetch_add(1, Ordering::Relaxed);
+                        tree.nodes.push(node);
+                    }
+                    FileOutcome::Unreadable(e) => {
+                        self.record_error(&path, e);
+                        counters.files.fetch_sub(1, Ordering::Relaxed);
+                        counters.bytes.fetch_sub(node.size, Ordering::Relaxed);
+                    }
+                },
+            }
+        }
+        self.save_tree(tree)
     }
 
     fn stream_node(&self, filename: &str, content: Vec<BlobId>, size: u64) -> Node {
@@ -674,20 +749,38 @@ impl Walker<'_> {
         node
     }
 
-    fn save_stream(&mut self, filename: &str, reader: Box<dyn Read + Send>) -> Result<BlobId> {
-        let (content, size) = self.save_content(reader).map_err(|e| match e {
-            ContentError::Read(e) => Error::SourceFailed(format!("reading standard input: {e}")),
-            ContentError::Engine(e) => e,
-        })?;
-        self.counters.files = 1;
-        self.counters.files_new = 1;
-        self.counters.bytes = size;
+    /// Saves a whole stream as one file; returns its tree.
+    fn save_stream_content(
+        &self,
+        filename: &str,
+        reader: impl Read,
+    ) -> std::result::Result<BlobId, ContentError> {
+        let (content, size) = self.save_content(reader, None)?;
+        let content = content
+            .into_iter()
+            .map(|mut c| resolve(&mut c))
+            .collect::<Result<Vec<_>>>()
+            .map_err(ContentError::Engine)?;
+        self.counters.files.store(1, Ordering::Relaxed);
+        self.counters.files_new.store(1, Ordering::Relaxed);
+        self.counters.bytes.store(size, Ordering::Relaxed);
         let node = self.stream_node(filename, content, size);
         self.save_tree(Tree { nodes: vec![node] })
+            .map_err(ContentError::Engine)
+    }
+
+    fn save_stream(&self, filename: &str, reader: Box<dyn Read + Send>) -> Result<BlobId> {
+        self.save_stream_content(filename, reader)
+            .map_err(|e| match e {
+                ContentError::Read(e) => {
+                    Error::SourceFailed(format!("reading standard input: {e}"))
+                }
+                ContentError::Engine(e) => e,
+            })
     }
 
     fn save_command(
-        &mut self,
+        &self,
         filename: &str,
         program: &OsStr,
         args: &[OsString],
@@ -732,7 +825,15 @@ impl Walker<'_> {
                     .map(|l| l.trim().to_owned())
             })
         };
-        let result = self.save_content(stdout);
+        // The tree is saved only after the exit status is known.
+        let result = self.save_content(stdout, None).and_then(|(content, size)| {
+            let ids = content
+                .into_iter()
+                .map(|mut c| resolve(&mut c))
+                .collect::<Result<Vec<_>>>()
+                .map_err(ContentError::Engine)?;
+            Ok((ids, size))
+        });
         let (content, size) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -756,11 +857,213 @@ impl Walker<'_> {
                 "command `{shown}` failed ({status}){why}; no snapshot was saved"
             )));
         }
-        self.counters.files = 1;
-        self.counters.files_new = 1;
-        self.counters.bytes = size;
+        self.counters.files.store(1, Ordering::Relaxed);
+        self.counters.files_new.store(1, Ordering::Relaxed);
+        self.counters.bytes.store(size, Ordering::Relaxed);
         let node = self.stream_node(filename, content, size);
         self.save_tree(Tree { nodes: vec![node] })
+    }
+}
+
+/// Turns a pending id into the id, waiting for it if needed.
+fn resolve(c: &mut ContentId) -> Result<BlobId> {
+    let id = match std::mem::replace(c, ContentId::Id(BlobId([0; 32]))) {
+        ContentId::Id(id) => id,
+        ContentId::Pending(p) => p.wait()?,
+    };
+    *c = ContentId::Id(id);
+    Ok(id)
+}
+
+impl Walker<'_, '_> {
+    fn parent_subtree(&self, node: Option<&Node>) -> Option<Tree> {
+        let id = node?.subtree?;
+        self.ctx.repo.read_tree(self.ctx.index, &id).ok()
+    }
+
+    /// Hands a listed directory to the finalizer; returns where its tree id
+    /// will arrive.
+    fn finish_dir(&self, nodes: Vec<PendingNode>) -> Result<Receiver<Result<BlobId>>> {
+        let (tx, rx) = bounded(1);
+        self.dirs
+            .send(PendingDir { nodes, reply: tx })
+            .map_err(|_| stopped())?;
+        Ok(rx)
+    }
+
+    fn save_paths(
+        &mut self,
+        list: &[PathBuf],
+        parent: Option<&Tree>,
+    ) -> Result<Receiver<Result<BlobId>>> {
+        let mut root = VirtualDir::default();
+        for p in list {
+            let abs = absolute(p)?;
+            let components: Vec<OsString> = abs
+                .components()
+                .filter_map(|c| match c {
+                    std::path::Component::Normal(n) => Some(n.to_os_string()),
+                    _ => None,
+                })
+                .collect();
+            if components.is_empty() {
+                // Backing up "/" itself: walk it as the root directory.
+                let meta = std::fs::symlink_metadata("/").map_err(|e| Error::io("reading /", e))?;
+                self.root_dev = Some(std::os::unix::fs::MetadataExt::dev(&meta));
+                return self.read_dir_tree(Path::new("/"), parent);
+            }
+            root.insert(&components, &abs);
+        }
+        self.save_virtual(&root, Path::new("/"), parent)
+    }
+
+    fn save_virtual(
+        &mut self,
+        dir: &VirtualDir,
+        at: &Path,
+        parent: Option<&Tree>,
+    ) -> Result<Receiver<Result<BlobId>>> {
+        let mut nodes = Vec::new();
+        for (name, entry) in &dir.children {
+            let path = at.join(name);
+            let parent_node = find_child(parent, name);
+            match entry {
+                VirtualEntry::Leaf(full) => {
+                    let meta = match std::fs::symlink_metadata(full) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            self.ctx.record_error(full, e);
+                            continue;
+                        }
+                    };
+                    self.root_dev = Some(std::os::unix::fs::MetadataExt::dev(&meta));
+                    if let Some(node) = self.save_entry(full, meta, parent_node)? {
+                        nodes.push(node);
+                    }
+                }
+                VirtualEntry::Dir(sub) => {
+                    let meta = match std::fs::symlink_metadata(&path) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            self.ctx.record_error(&path, e);
+                            continue;
+                        }
+                    };
+                    let Some(node) = walk::node_from_metadata(&path, &meta, &self.names) else {
+                        continue;
+                    };
+                    let parent_sub = self.parent_subtree(parent_node);
+                    let subtree = self.save_virtual(sub, &path, parent_sub.as_ref())?;
+                    nodes.push(PendingNode::Dir { node, subtree });
+                }
+            }
+        }
+        self.finish_dir(nodes)
+    }
+
+    fn read_dir_tree(
+        &mut self,
+        dir: &Path,
+        parent: Option<&Tree>,
+    ) -> Result<Receiver<Result<BlobId>>> {
+        let mut nodes = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                self.ctx.record_error(dir, e);
+                return self.finish_dir(nodes);
+            }
+        };
+        let mut names: Vec<OsString> = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(e) => names.push(e.file_name()),
+                Err(e) => self.ctx.record_error(dir, e),
+            }
+        }
+        names.sort();
+        nodes.reserve(names.len());
+        for name in names {
+            self.ctx.check_cancel()?;
+            let path = dir.join(&name);
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.ctx.record_error(&path, e);
+                    continue;
+                }
+            };
+            if self.excludes.is_excluded(&path, meta.is_dir()) {
+                continue;
+            }
+            if let Some(node) = self.save_entry(&path, meta, find_child(parent, &name))? {
+                nodes.push(node);
+            }
+        }
+        self.finish_dir(nodes)
+    }
+
+    fn save_entry(
+        &mut self,
+        path: &Path,
+        meta: std::fs::Metadata,
+        parent_node: Option<&Node>,
+    ) -> Result<Option<PendingNode>> {
+        let Some(mut node) = walk::node_from_metadata(path, &meta, &self.names) else {
+            return Ok(None);
+        };
+        let ctx = self.ctx;
+        match node.kind {
+            NodeKind::File => {
+                ctx.counters.files.fetch_add(1, Ordering::Relaxed);
+                ctx.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
+                if let Some(old) = parent_node
+                    && !ctx.options.force
+                    && walk::unchanged(old, &node)
+                    && old
+                        .content
+                        .as_ref()
+                        .is_some_and(|c| c.iter().all(|id| ctx.saver.contains(id)))
+                {
+                    node.content.clone_from(&old.content);
+                    ctx.counters
+                        .files_unmodified
+                        .fetch_add(1, Ordering::Relaxed);
+                    ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+                    ctx.progress.bytes.fetch_add(node.size, Ordering::Relaxed);
+                    return Ok(Some(PendingNode::Ready(node)));
+                }
+                let (reply, outcome) = bounded(1);
+                self.tasks
+                    .send(FileTask {
+                        path: path.to_path_buf(),
+                        size: node.size,
+                        reply,
+                    })
+                    .map_err(|_| stopped())?;
+                Ok(Some(PendingNode::File {
+                    node,
+                    path: path.to_path_buf(),
+                    changed: parent_node.is_some(),
+                    outcome,
+                }))
+            }
+            NodeKind::Dir => {
+                ctx.counters.dirs.fetch_add(1, Ordering::Relaxed);
+                let dev = std::os::unix::fs::MetadataExt::dev(&meta);
+                let crosses =
+                    ctx.options.one_file_system && self.root_dev.is_some_and(|d| d != dev);
+                let subtree = if crosses || (ctx.options.exclude_caches && walk::is_cache_dir(path))
+                {
+                    self.finish_dir(Vec::new())?
+                } else {
+                    let parent_sub = self.parent_subtree(parent_node);
+                    self.read_dir_tree(path, parent_sub.as_ref())?
+                };
+                Ok(Some(PendingNode::Dir { node, subtree }))
+            }
+            _ => Ok(Some(PendingNode::Ready(node))),
+        }
     }
 }
 

@@ -4,9 +4,38 @@
 //! The seed and sizes live in the encrypted repository config, so every
 //! writer of a repository cuts identically (dedup across hosts) while the
 //! storage provider cannot predict cut points from known content.
+//!
+//! Cut points are exactly those of `fastcdc::v2020::StreamCDC` (§6.3; a
+//! test compares the two), but the stream is scanned incrementally: bytes are
+//! read straight into the buffer that becomes the chunk, and only the bytes
+//! read past a cut are copied, into the next chunk. `StreamCDC` instead
+//! shifts its whole `max_size` buffer down after every chunk (about nine
+//! bytes of memory traffic per input byte with the default sizes) and
+//! allocates that buffer for every file, however small.
 
 use serde::{Deserialize, Serialize};
 use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+/// FastCDC's gear table and its left-shifted twin, seeded.
+type Gears = ([u64; 256], [u64; 256]);
+
+/// The seeded tables, computed once per seed rather than once per file.
+fn gears(seed: u64) -> Arc<Gears> {
+    static LAST: Mutex<Option<(u64, Arc<Gears>)>> = Mutex::new(None);
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((s, g)) = last.as_ref()
+        && *s == seed
+    {
+        return g.clone();
+    }
+    let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(seed);
+    let g = Arc::new((*gear, *gear_ls));
+    *last = Some((seed, g.clone()));
+    g
+}
 
 /// Chunk size bounds and gear seed, recorded in the repository config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +52,7 @@ pub struct ChunkerParams {
 
 impl ChunkerParams {
     /// Defaults: 256 KiB / 1 MiB / 8 MiB with a fresh random seed.
-    /// See the README's "chunk size" note for the measurement behind them.
+    /// See BENCHMARKS.md ("Chunk size") for the measurement behind them.
     #[must_use]
     pub fn generate() -> Self {
         Self {
@@ -54,34 +83,211 @@ impl ChunkerParams {
         }
     }
 
-    /// Splits a stream into chunks. Memory use is bounded by `max_size`.
+    /// Splits a stream into chunks. Memory use is bounded by `max_size`
+    /// plus one read step.
+    ///
+    /// # Panics
+    /// If the sizes fail [`ChunkerParams::validate`] (configs are validated
+    /// when a repository is opened).
     pub fn chunks<R: Read>(&self, reader: R) -> Chunks<R> {
+        self.chunks_sized(reader, None)
+    }
+
+    /// Like [`ChunkerParams::chunks`], with the stream's expected length
+    /// (e.g. a file's size) so small inputs get small buffers. The hint only
+    /// sizes allocations; a stream longer or shorter than it is still cut
+    /// correctly.
+    ///
+    /// # Panics
+    /// As [`ChunkerParams::chunks`].
+    pub fn chunks_sized<R: Read>(&self, reader: R, size_hint: Option<u64>) -> Chunks<R> {
+        assert!(self.validate().is_ok(), "invalid chunker parameters");
+        let bits = fastcdc::v2020::logarithm2(self.avg_size);
+        // Normalization level 1 (§6.3).
+        let mask_s = fastcdc::v2020::MASKS[(bits + 1) as usize];
+        let mask_l = fastcdc::v2020::MASKS[(bits - 1) as usize];
+        let gears = gears(self.seed);
+        let avg = self.avg_size as usize;
         Chunks {
-            inner: fastcdc::v2020::StreamCDC::with_level_and_seed(
-                reader,
-                self.min_size,
-                self.avg_size,
-                self.max_size,
-                fastcdc::v2020::Normalization::Level1,
-                self.seed,
-            ),
+            reader,
+            min: self.min_size as usize,
+            avg,
+            max: self.max_size as usize,
+            mask_s,
+            mask_l,
+            mask_s_ls: mask_s << 1,
+            mask_l_ls: mask_l << 1,
+            gears,
+            step: (avg / 4).clamp(1024, 1024 * 1024),
+            remaining_hint: size_hint,
+            pending: None,
+            eof: false,
+            failed: false,
         }
     }
 }
 
 /// Iterator over the chunks of a stream.
 pub struct Chunks<R: Read> {
-    inner: fastcdc::v2020::StreamCDC<R>,
+    reader: R,
+    min: usize,
+    avg: usize,
+    max: usize,
+    mask_s: u64,
+    mask_l: u64,
+    mask_s_ls: u64,
+    mask_l_ls: u64,
+    gears: Arc<Gears>,
+    /// Bytes per read call.
+    step: usize,
+    /// Expected bytes not yet read, if known.
+    remaining_hint: Option<u64>,
+    /// Bytes read past the previous cut: the start of the next chunk.
+    pending: Option<Vec<u8>>,
+    eof: bool,
+    failed: bool,
+}
+
+/// Where the scan of the current chunk stands: the next byte pair to hash,
+/// and the gear hash so far.
+struct CutState {
+    pair: usize,
+    hash: u64,
+}
+
+impl<R: Read> Chunks<R> {
+    /// Continues FastCDC 2020's `cut_gear` over `data` (the current chunk's
+    /// bytes so far) from `scan`, visiting only byte pairs fully inside
+    /// `data` and inside `max`. Returns the chunk length if a cut point was
+    /// found. Visiting the pairs in several calls as data arrives gives the
+    /// same result as one call over the whole input: `cut_gear` uses the
+    /// small mask below `avg` and the large one from there to `max`, and at
+    /// the end of a stream it visits exactly the pairs that fit.
+    fn find_cut(&self, data: &[u8], scan: &mut CutState) -> Option<usize> {
+        let avail = data.len().min(self.max) / 2;
+        let small_end = (self.avg / 2).min(avail);
+        let gear = &self.gears.0;
+        let gear_ls = &self.gears.1;
+        let mut hash = scan.hash;
+        if scan.pair < small_end {
+            let start = scan.pair;
+            for (i, pair) in data[start * 2..small_end * 2].chunks_exact(2).enumerate() {
+                hash = (hash << 2).wrapping_add(gear_ls[usize::from(pair[0])]);
+                if hash & self.mask_s_ls == 0 {
+                    return Some((start + i) * 2);
+                }
+                hash = hash.wrapping_add(gear[usize::from(pair[1])]);
+                if hash & self.mask_s == 0 {
+                    return Some((start + i) * 2 + 1);
+                }
+            }
+            scan.pair = small_end;
+        }
+        if scan.pair < avail {
+            let start = scan.pair;
+            for (i, pair) in data[start * 2..avail * 2].chunks_exact(2).enumerate() {
+                hash = (hash << 2).wrapping_add(gear_ls[usize::from(pair[0])]);
+                if hash & self.mask_l_ls == 0 {
+                    return Some((start + i) * 2);
+                }
+                hash = hash.wrapping_add(gear[usize::from(pair[1])]);
+                if hash & self.mask_l == 0 {
+                    return Some((start + i) * 2 + 1);
+                }
+            }
+            scan.pair = avail;
+        }
+        scan.hash = hash;
+        None
+    }
+
+    /// Appends up to `want` bytes from the reader to `buf`; marks end of
+    /// stream when fewer arrive.
+    fn fill(&mut self, buf: &mut Vec<u8>, want: usize) -> std::io::Result<()> {
+        let before = buf.len();
+        buf.reserve(want);
+        (&mut self.reader).take(want as u64).read_to_end(buf)?;
+        let got = buf.len() - before;
+        if got < want {
+            self.eof = true;
+        } else if let Some(h) = self.remaining_hint {
+            // A stream longer than announced: stop trusting the hint.
+            self.remaining_hint = h.checked_sub(got as u64).filter(|&h| h > 0);
+        }
+        Ok(())
+    }
+
+    /// A buffer for the next chunk starting with `leftover`, with room for
+    /// a typical chunk, or for the rest of the announced input if smaller,
+    /// so it rarely has to grow.
+    fn buffer_with(&self, leftover: &[u8]) -> Vec<u8> {
+        let room = if self.eof {
+            0
+        } else {
+            let typical = 2 * self.avg;
+            match self.remaining_hint {
+                Some(h) => usize::try_from(h).map_or(typical, |h| h.saturating_add(1).min(typical)),
+                None => typical,
+            }
+            .max(self.step.min(typical))
+        };
+        let mut buf = Vec::with_capacity(leftover.len() + room);
+        buf.extend_from_slice(leftover);
+        buf
+    }
+
+    fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut buf = match self.pending.take() {
+            Some(b) => b,
+            None => self.buffer_with(&[]),
+        };
+        let mut scan = CutState {
+            pair: self.min / 2,
+            hash: 0,
+        };
+        loop {
+            let cut = if buf.len() > self.min
+                && let Some(cut) = self.find_cut(&buf, &mut scan)
+            {
+                Some(cut)
+            } else if buf.len() >= self.max {
+                Some(self.max)
+            } else {
+                None
+            };
+            if let Some(cut) = cut {
+                if cut < buf.len() || !self.eof {
+                    self.pending = Some(self.buffer_with(&buf[cut..]));
+                }
+                buf.truncate(cut);
+                return Ok(Some(buf));
+            }
+            if self.eof {
+                return Ok((!buf.is_empty()).then_some(buf));
+            }
+            let want = match self.remaining_hint {
+                // Read the announced rest whole, plus one byte to see its end.
+                Some(h) if h < self.step as u64 => usize::try_from(h).map_or(self.step, |h| h + 1),
+                _ => self.step,
+            };
+            self.fill(&mut buf, want)?;
+        }
+    }
 }
 
 impl<R: Read> Iterator for Chunks<R> {
     type Item = std::io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.inner.next()? {
-            Ok(chunk) => Some(Ok(chunk.data)),
-            Err(fastcdc::v2020::Error::IoError(e)) => Some(Err(e)),
-            Err(other) => Some(Err(std::io::Error::other(other.to_string()))),
+        if self.failed {
+            return None;
+        }
+        match self.next_chunk() {
+            Ok(chunk) => chunk.map(Ok),
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
         }
     }
 }
@@ -100,26 +306,114 @@ mod tests {
         }
     }
 
+    /// The reference: what repo-format.md §6.3 specifies.
+    fn reference(p: &ChunkerParams, data: &[u8]) -> Vec<usize> {
+        fastcdc::v2020::StreamCDC::with_level_and_seed(
+            data,
+            p.min_size,
+            p.avg_size,
+            p.max_size,
+            fastcdc::v2020::Normalization::Level1,
+            p.seed,
+        )
+        .map(|c| c.unwrap().length)
+        .collect()
+    }
+
+    /// A reader that returns at most `n` bytes per call, like a pipe.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn lcg_bytes(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed;
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (state >> 33) as u8
+            })
+            .collect()
+    }
+
     proptest! {
         #[test]
         fn concatenated_chunks_equal_input(data in proptest::collection::vec(any::<u8>(), 0..20_000)) {
             let p = small();
             let chunks: Vec<Vec<u8>> = p.chunks(&data[..]).map(Result::unwrap).collect();
             prop_assert!(chunks.iter().all(|c| c.len() <= p.max_size as usize));
+            prop_assert!(chunks.iter().all(|c| !c.is_empty()));
             prop_assert_eq!(chunks.concat(), data);
+        }
+
+        #[test]
+        fn cuts_match_fastcdc_stream_cdc(
+            len in 0usize..40_000,
+            seed in any::<u64>(),
+            data_seed in any::<u64>(),
+            min in 64u32..400,
+            avg_extra in 0u32..2000,
+            max_extra in 0u32..6000,
+            trickle in 1usize..3000,
+            hint_delta in -50i64..50,
+            zeros in any::<bool>(),
+        ) {
+            let avg = (min + avg_extra).max(256);
+            let p = ChunkerParams { min_size: min, avg_size: avg, max_size: (avg + max_extra).max(1024), seed };
+            let data = if zeros { vec![0u8; len] } else { lcg_bytes(len, data_seed) };
+            let want = reference(&p, &data);
+            let hint = u64::try_from(len as i64 + hint_delta).ok();
+            let got: Vec<usize> = p
+                .chunks_sized(Trickle(&data, trickle), hint)
+                .map(|c| c.unwrap().len())
+                .collect();
+            prop_assert_eq!(got, want);
         }
     }
 
     #[test]
-    fn small_insertion_keeps_most_later_chunks() {
-        let mut data = vec![0u8; 200_000];
-        let mut state = 1u64;
-        for b in &mut data {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            *b = (state >> 33) as u8;
+    fn default_sizes_match_fastcdc_stream_cdc() {
+        let mut p = ChunkerParams::generate();
+        p.seed = 0x0123_4567_89ab_cdef;
+        // Pseudo-random data with a long run of zeros (max-size chunks).
+        let mut data = lcg_bytes(12 * 1024 * 1024, 7);
+        data.extend(std::iter::repeat_n(0u8, 20 * 1024 * 1024));
+        data.extend(lcg_bytes(3 * 1024 * 1024 + 17, 9));
+        let want = reference(&p, &data);
+        assert!(want.len() > 10);
+        let got: Vec<usize> = p.chunks(&data[..]).map(|c| c.unwrap().len()).collect();
+        assert_eq!(got, want);
+        let hinted: Vec<usize> = p
+            .chunks_sized(&data[..], Some(data.len() as u64))
+            .map(|c| c.unwrap().len())
+            .collect();
+        assert_eq!(hinted, want);
+    }
+
+    #[test]
+    fn read_errors_end_the_stream() {
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk on fire"))
+            }
         }
+        let mut chunks = small().chunks(Failing);
+        assert!(chunks.next().unwrap().is_err());
+        assert!(chunks.next().is_none());
+    }
+
+    #[test]
+    fn small_insertion_keeps_most_later_chunks() {
+        let mut data = lcg_bytes(200_000, 1);
         let p = small();
         let before: std::collections::HashSet<Vec<u8>> =
             p.chunks(&data[..]).map(Result::unwrap).collect();

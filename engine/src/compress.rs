@@ -89,20 +89,54 @@ pub enum DecompressError {
     Invalid(String),
 }
 
+thread_local! {
+    /// Each thread's zstd contexts, reused across blobs: creating one per
+    /// blob (hash tables of ~1 MiB at level 3, allocated and zeroed) cost
+    /// more than compressing a typical small file.
+    #[allow(clippy::type_complexity)]
+    static ZSTD_COMPRESSOR: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>, Vec<u8>)>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD_DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd-compresses `data` with this thread's context; returns `tag ||
+/// frame` if the frame is at most `limit` bytes, `None` otherwise. The frame
+/// goes to a per-thread scratch buffer first (no zeroing, no oversized
+/// result), then to an exactly sized result.
+fn zstd_tagged(level: i32, data: &[u8], limit: usize) -> Option<Vec<u8>> {
+    ZSTD_COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?, Vec::new()));
+        }
+        let (_, compressor, scratch) = slot.as_mut()?;
+        scratch.clear();
+        scratch.reserve(limit);
+        // zstd writes into the spare capacity and fails with "destination
+        // too small" rather than overrun it.
+        let n = compressor.compress_to_buffer(data, scratch).ok()?;
+        if n > limit {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n + 1);
+        out.push(TAG_ZSTD);
+        out.extend_from_slice(scratch.get(..n)?);
+        Some(out)
+    })
+}
+
 /// Encodes `data` as `tag || payload`, falling back to raw when compression
 /// does not help.
 #[must_use]
 pub fn encode(compression: Compression, data: &[u8]) -> Vec<u8> {
+    // A zstd frame header alone is longer than this.
+    const TOO_SMALL: usize = 16;
     let compressed = match compression {
         Compression::None => None,
-        Compression::Zstd(level) => {
-            let mut out = Vec::with_capacity(data.len() / 2 + 64);
-            out.push(TAG_ZSTD);
-            match zstd::stream::copy_encode(data, &mut out, level) {
-                Ok(()) => Some(out),
-                Err(_) => None,
-            }
-        }
+        Compression::Zstd(_) if data.len() < TOO_SMALL => None,
+        // Only a frame shorter than the input is worth keeping.
+        Compression::Zstd(level) => zstd_tagged(level, data, data.len() - 1),
         Compression::Lz4 => {
             let mut out = Vec::with_capacity(data.len() / 2 + 64);
             out.push(TAG_LZ4);
@@ -121,6 +155,45 @@ pub fn encode(compression: Compression, data: &[u8]) -> Vec<u8> {
     }
 }
 
+/// zstd-decompresses a frame of at most `cap` bytes with this thread's
+/// context.
+fn zstd_decode(payload: &[u8], cap: usize) -> Result<Vec<u8>, DecompressError> {
+    ZSTD_DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| DecompressError::Invalid(e.to_string()))?,
+            );
+        }
+        let Some(d) = slot.as_mut() else {
+            return Err(DecompressError::Invalid("no zstd context".into()));
+        };
+        d.decompress(payload, cap)
+            .map_err(|e| DecompressError::Invalid(e.to_string()))
+    })
+}
+
+/// Largest zstd window a reader accepts: 16 MiB.
+const MAX_WINDOW_LOG: u32 = 24;
+
+/// The size an LZ4 payload (`raw_len || block`) declares, refused when the
+/// block could not possibly expand to it: the decoder allocates the declared
+/// size up front, so a 4-byte prefix alone could otherwise cost 256 MiB.
+/// Each block byte yields at most 255 output bytes (a run-length extension
+/// byte), plus a few for the final literals.
+fn lz4_declared_size(payload: &[u8]) -> Result<usize, DecompressError> {
+    let (size, block) = lz4_flex::block::uncompressed_size(payload)
+        .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+    if size > block.len().saturating_mul(255).saturating_add(64) {
+        return Err(DecompressError::Invalid(format!(
+            "LZ4 block of {} bytes cannot expand to the declared {size}",
+            block.len()
+        )));
+    }
+    Ok(size)
+}
+
 /// Decodes `tag || payload` back to the blob plaintext. `expected_len` is the
 /// plaintext length the index promises; output may not exceed it.
 pub fn decode(encoded: &[u8], expected_len: usize) -> Result<Vec<u8>, DecompressError> {
@@ -130,11 +203,9 @@ pub fn decode(encoded: &[u8], expected_len: usize) -> Result<Vec<u8>, Decompress
     let (&tag, payload) = encoded.split_first().ok_or(DecompressError::Empty)?;
     let out = match tag {
         TAG_NONE => payload.to_vec(),
-        TAG_ZSTD => zstd::bulk::decompress(payload, expected_len)
-            .map_err(|e| DecompressError::Invalid(e.to_string()))?,
+        TAG_ZSTD => zstd_decode(payload, expected_len)?,
         TAG_LZ4 => {
-            let (size, _) = lz4_flex::block::uncompressed_size(payload)
-                .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+            let size = lz4_declared_size(payload)?;
             if size > expected_len {
                 return Err(DecompressError::TooLarge);
             }
@@ -157,7 +228,14 @@ pub fn decode_capped(encoded: &[u8], cap: usize) -> Result<Vec<u8>, DecompressEr
     let (&tag, payload) = encoded.split_first().ok_or(DecompressError::Empty)?;
     match tag {
         TAG_ZSTD => {
-            let decoder = zstd::stream::read::Decoder::new(payload)
+            let mut decoder = zstd::stream::read::Decoder::new(payload)
+                .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+            // The streaming decoder sizes its buffers from the window the
+            // frame declares (up to 128 MiB by default) before producing a
+            // byte; writers at levels 1-19 never need more than 8 MiB
+            // (repo-format.md §6.1), so a larger declared window is refused.
+            decoder
+                .window_log_max(MAX_WINDOW_LOG)
                 .map_err(|e| DecompressError::Invalid(e.to_string()))?;
             let mut out = Vec::new();
             decoder
@@ -170,8 +248,7 @@ pub fn decode_capped(encoded: &[u8], cap: usize) -> Result<Vec<u8>, DecompressEr
             Ok(out)
         }
         TAG_LZ4 => {
-            let (size, _) = lz4_flex::block::uncompressed_size(payload)
-                .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+            let size = lz4_declared_size(payload)?;
             decode(encoded, size.min(cap))
         }
         _ => decode(encoded, cap.min(encoded.len())),
@@ -212,6 +289,33 @@ mod tests {
         assert!(decode(&enc, 100).is_err());
         let enc = encode(Compression::Lz4, &[0u8; 5000]);
         assert!(decode(&enc, 100).is_err());
+    }
+
+    #[test]
+    fn declared_sizes_out_of_proportion_are_refused() {
+        // The two fuzz findings kept in fuzz/regressions/: a zstd frame
+        // declaring a 128 MiB window, an LZ4 size prefix with no block.
+        let zstd_window = [1u8, 0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x88, 0x01, 0x00, 0x00];
+        assert!(matches!(
+            decode_capped(&zstd_window, 1 << 20),
+            Err(DecompressError::Invalid(_))
+        ));
+        let lz4_prefix = [2u8, 0xff, 0xff, 0xff, 0x0f];
+        assert!(matches!(
+            decode_capped(&lz4_prefix, 1 << 30),
+            Err(DecompressError::Invalid(_))
+        ));
+        assert!(decode(&lz4_prefix, MAX_BLOB_LEN).is_err());
+        // Highly compressible data at the largest level still round-trips.
+        let zeros = vec![0u8; 20 << 20];
+        for c in [
+            Compression::Zstd(19),
+            Compression::Lz4,
+            Compression::Zstd(1),
+        ] {
+            let enc = encode(c, &zeros);
+            assert_eq!(decode_capped(&enc, 1 << 30).unwrap().len(), zeros.len());
+        }
     }
 
     #[test]

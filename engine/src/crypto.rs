@@ -132,13 +132,17 @@ impl MasterKey {
         aead::open(&self.encrypt, domain.aad(), sealed)
     }
 
-    /// Seals a blob; the AAD binds its kind and id (§7).
-    pub(crate) fn seal_blob(&self, aad: &[u8; 33], plaintext: Vec<u8>) -> Vec<u8> {
+    /// Seals a blob; the AAD binds its kind and id (§7). Public only for
+    /// the benchmarks in `benches/` (the AEAD alone); not a stable API.
+    #[doc(hidden)]
+    pub fn seal_blob(&self, aad: &[u8; 33], plaintext: Vec<u8>) -> Vec<u8> {
         aead::seal_owned(&self.encrypt, aad, plaintext)
     }
 
-    /// Opens a blob sealed with [`MasterKey::seal_blob`].
-    pub(crate) fn open_blob(&self, aad: &[u8; 33], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    /// Opens a blob sealed with [`MasterKey::seal_blob`]. Public only for
+    /// the benchmarks in `benches/`; not a stable API.
+    #[doc(hidden)]
+    pub fn open_blob(&self, aad: &[u8; 33], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         aead::open(&self.encrypt, aad, sealed)
     }
 }

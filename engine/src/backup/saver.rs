@@ -2,12 +2,18 @@
 //! packs and index files out.
 //!
 //! ```text
-//! caller (hash, dedup) --jobs--> N seal workers --sealed--> packer --packs--> M uploaders
+//! callers --jobs--> N seal workers --sealed--> packer --packs--> M uploaders
+//!                   (hash, dedup, compress, encrypt)
 //! ```
 //!
+//! A caller either hashes and deduplicates a blob itself ([`Saver::save`],
+//! [`Saver::save_with_id`]) or leaves both to the workers
+//! ([`Saver::submit`]), which is how backup reads files: the reading threads
+//! only cut chunks, and keyed BLAKE3 runs on every core.
+//!
 //! Every channel is bounded, so memory is capped whatever the input: at most
-//! `2·N` plaintext chunks queued, one pack being filled, and `M` packs in
-//! flight. An index file is written every `INDEX_EVERY_PACKS` uploaded packs
+//! `2·N` plaintext chunks queued, one pack being filled, one finished, and
+//! `M` packs being uploaded. An index file is written every `INDEX_EVERY_PACKS` uploaded packs
 //! so an interrupted backup leaves its uploaded data discoverable by the next
 //! one; the final index is written by [`Saver::finish`], which returns only
 //! when every accepted blob is durable and indexed.
@@ -44,8 +50,32 @@ pub struct SaverStats {
 
 struct Job {
     kind: BlobKind,
-    id: BlobId,
+    id: JobId,
     data: Vec<u8>,
+}
+
+enum JobId {
+    /// Hashed and deduplicated by the caller: store it.
+    Known(BlobId),
+    /// The worker hashes, deduplicates, and sends the id back.
+    Reply(Sender<BlobId>),
+}
+
+/// The id of a blob handed to [`Saver::submit`], once a worker hashed it.
+pub struct PendingId(Receiver<BlobId>);
+
+impl PendingId {
+    /// Waits for the id. Fails only if the pipeline stopped (its error is
+    /// reported by [`Saver::finish`]).
+    pub fn wait(self) -> Result<BlobId> {
+        self.0.recv().map_err(|_| pipeline_failed())
+    }
+
+    /// The id if it is already known.
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        !self.0.is_empty()
+    }
 }
 
 struct Sealed {
@@ -57,6 +87,8 @@ struct Sealed {
 
 struct Shared {
     repo: Arc<Repository>,
+    /// Every blob stored before or accepted by this pipeline.
+    known: Mutex<IdMap<BlobId, ()>>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
     /// Packs uploaded but not yet in a stored index file.
@@ -65,6 +97,26 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records `id` as stored; returns false if it already was.
+    fn accept(&self, kind: BlobKind, id: BlobId, len: usize) -> bool {
+        if self
+            .known
+            .lock()
+            .expect("not poisoned")
+            .insert(id, ())
+            .is_some()
+        {
+            return false;
+        }
+        let stats = &self.stats;
+        stats.blobs_added.fetch_add(1, Ordering::Relaxed);
+        if kind == BlobKind::Tree {
+            stats.tree_blobs_added.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.bytes_added.fetch_add(len as u64, Ordering::Relaxed);
+        true
+    }
+
     fn fail(&self, e: Error) {
         self.failed.store(true, Ordering::SeqCst);
         let mut slot = self.error.lock().expect("error mutex not poisoned");
@@ -94,7 +146,6 @@ impl Shared {
 /// accepted before, and stores the new ones.
 pub struct Saver {
     shared: Arc<Shared>,
-    known: Mutex<IdMap<BlobId, ()>>,
     jobs: Option<Sender<Job>>,
     compression: Compression,
     threads: Vec<JoinHandle<()>>,
@@ -113,37 +164,6 @@ impl Saver {
         let workers = std::thread::available_parallelism().map_or(2, usize::from);
         let uploaders = upload_concurrency.max(1);
         let pack_size = repo.config().pack_size as usize;
-        let shared = Arc::new(Shared {
-            repo,
-            failed: AtomicBool::new(false),
-            error: Mutex::new(None),
-            unindexed: Mutex::new(Vec::new()),
-            stats,
-        });
-        let (job_tx, job_rx) = bounded::<Job>(workers * 2);
-        let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 2);
-        let (pack_tx, pack_rx) = bounded::<FinishedPack>(uploaders);
-        let mut threads = Vec::new();
-        for _ in 0..workers {
-            let rx = job_rx.clone();
-            let tx = sealed_tx.clone();
-            let shared = shared.clone();
-            threads.push(std::thread::spawn(move || {
-                seal_worker(&shared, &rx, &tx, compression)
-            }));
-        }
-        drop(sealed_tx);
-        {
-            let shared = shared.clone();
-            threads.push(std::thread::spawn(move || {
-                packer(&shared, &sealed_rx, &pack_tx, pack_size);
-            }));
-        }
-        for _ in 0..uploaders {
-            let rx = pack_rx.clone();
-            let shared = shared.clone();
-            threads.push(std::thread::spawn(move || uploader(&shared, &rx)));
-        }
         let mut known = IdMap::default();
         known.reserve(index.len());
         // Blobs only in packs marked for deletion are not reused: a new
@@ -153,9 +173,43 @@ impl Saver {
                 known.insert(id, ());
             }
         }
+        let shared = Arc::new(Shared {
+            repo,
+            known: Mutex::new(known),
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            unindexed: Mutex::new(Vec::new()),
+            stats,
+        });
+        let (job_tx, job_rx) = bounded::<Job>(workers * 2);
+        let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 2);
+        // A rendezvous: a finished pack waits in the packer until an
+        // uploader is free, so at most `uploaders + 2` packs (one filling,
+        // one finished) are in memory at once.
+        let (pack_tx, pack_rx) = bounded::<FinishedPack>(0);
+        let mut threads = Vec::new();
+        for _ in 0..workers {
+            let rx = job_rx.clone();
+            let tx = sealed_tx.clone();
+            let shared = shared.clone();
+            threads.push(spawn("vault-seal", move || {
+                seal_worker(&shared, &rx, &tx, compression);
+            }));
+        }
+        drop(sealed_tx);
+        {
+            let shared = shared.clone();
+            threads.push(spawn("vault-pack", move || {
+                packer(&shared, &sealed_rx, &pack_tx, pack_size);
+            }));
+        }
+        for _ in 0..uploaders {
+            let rx = pack_rx.clone();
+            let shared = shared.clone();
+            threads.push(spawn("vault-upload", move || uploader(&shared, &rx)));
+        }
         Self {
             shared,
-            known: Mutex::new(known),
             jobs: Some(job_tx),
             compression,
             threads,
@@ -177,7 +231,11 @@ impl Saver {
     /// Whether `id` is already stored or accepted.
     #[must_use]
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.known.lock().expect("not poisoned").contains_key(id)
+        self.shared
+            .known
+            .lock()
+            .expect("not poisoned")
+            .contains_key(id)
     }
 
     /// Hashes `data` and stores it unless known. Returns its id.
@@ -192,28 +250,35 @@ impl Saver {
         if self.has_failed() {
             return Err(pipeline_failed());
         }
-        if self
-            .known
-            .lock()
-            .expect("not poisoned")
-            .insert(id, ())
-            .is_some()
-        {
+        if !self.shared.accept(kind, id, data.len()) {
             return Ok(());
         }
-        let stats = &self.shared.stats;
-        stats.blobs_added.fetch_add(1, Ordering::Relaxed);
-        if kind == BlobKind::Tree {
-            stats.tree_blobs_added.fetch_add(1, Ordering::Relaxed);
-        }
-        stats
-            .bytes_added
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let jobs = self.jobs.as_ref().expect("save after finish");
-        if jobs.send(Job { kind, id, data }).is_err() {
+        self.send(Job {
+            kind,
+            id: JobId::Known(id),
+            data,
+        })
+    }
+
+    /// Hands `data` to the workers, which hash it, deduplicate it and store
+    /// it if new; the returned handle yields its id. Blocks while the
+    /// workers are busy (the queue is bounded).
+    pub fn submit(&self, kind: BlobKind, data: Vec<u8>) -> Result<PendingId> {
+        if self.has_failed() {
             return Err(pipeline_failed());
         }
-        Ok(())
+        let (tx, rx) = bounded(1);
+        self.send(Job {
+            kind,
+            id: JobId::Reply(tx),
+            data,
+        })?;
+        Ok(PendingId(rx))
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        let jobs = self.jobs.as_ref().expect("save after finish");
+        jobs.send(job).map_err(|_| pipeline_failed())
     }
 
     fn take_error(&self) -> Error {
@@ -250,6 +315,13 @@ impl Saver {
     }
 }
 
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawning a pipeline thread")
+}
+
 /// Placeholder returned to feeders once a stage failed; the stage's own
 /// error is kept for [`Saver::finish`], which callers must call and whose
 /// error they must prefer.
@@ -262,11 +334,24 @@ fn seal_worker(shared: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, c: Comp
         if shared.failed.load(Ordering::Relaxed) {
             continue; // drain so the feeder never blocks forever
         }
+        let id = match job.id {
+            JobId::Known(id) => id,
+            JobId::Reply(reply) => {
+                let id = shared.repo.key().blob_id(&job.data);
+                // The caller only needs the id; it is stored (or known)
+                // by the time finish() returns.
+                let _ = reply.send(id);
+                if !shared.accept(job.kind, id, job.data.len()) {
+                    continue;
+                }
+                id
+            }
+        };
         let raw_len = u32::try_from(job.data.len()).expect("blobs are below 4 GiB");
-        let sealed = shared.repo.seal_blob(job.kind, &job.id, c, &job.data);
+        let sealed = shared.repo.seal_blob(job.kind, &id, c, &job.data);
         let out = Sealed {
             kind: job.kind,
-            id: job.id,
+            id,
             raw_len,
             sealed,
         };

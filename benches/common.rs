@@ -1,0 +1,126 @@
+//! Shared bench input: a 64 MiB sample that compresses like real files.
+//!
+//! With `VAULT_BENCH_SAMPLE=FILE` the sample is the first 64 MiB of that file
+//! (repeated if shorter): `benches/compare.sh` points it at a tar of its tree
+//! corpus so the primitive ceiling is measured on the data the comparison
+//! backs up. Without it the sample is generated: 3/4 text-like bytes (words
+//! drawn from a small vocabulary, compressing about 4:1 with zstd-3, like
+//! HTML and source) and 1/4 pseudo-random bytes (like compressed or machine
+//! code sections), in 64 KiB runs.
+
+#![allow(dead_code)]
+
+/// Size of the standard sample.
+pub const SAMPLE_LEN: usize = 64 * 1024 * 1024;
+
+/// Deterministic xorshift bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn text_bytes(len: usize, seed: u64) -> Vec<u8> {
+    const WORDS: &[&str] = &[
+        "fn",
+        "let",
+        "mut",
+        "impl",
+        "struct",
+        "<div class=\"item\">",
+        "</div>",
+        "pub",
+        "self",
+        "return",
+        "match",
+        "Some",
+        "None",
+        "Result",
+        "Vec<u8>",
+        "&str",
+        "where",
+        "trait",
+        "{",
+        "}",
+        "(",
+        ")",
+        ";",
+        "::",
+        "->",
+        "=>",
+        "<a href=\"../index.html\">",
+        "</a>",
+        "usize",
+        "u64",
+        "iter",
+        "map",
+        "collect",
+        "unwrap",
+        "clone",
+        "into",
+        "String",
+        "docblock",
+        "<span>",
+        "</span>",
+        "\n",
+        "\n    ",
+        "0x1f",
+        "42",
+        "data",
+        "buffer",
+    ];
+    let mut s = seed | 1;
+    let mut out = Vec::with_capacity(len + 64);
+    while out.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let w = WORDS[(s % WORDS.len() as u64) as usize];
+        out.extend_from_slice(w.as_bytes());
+        if s & 0x300 != 0 {
+            out.push(b' ');
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+/// The standard sample, `len` bytes.
+pub fn sample(len: usize) -> Vec<u8> {
+    if let Ok(path) = std::env::var("VAULT_BENCH_SAMPLE") {
+        let mut data = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+        assert!(!data.is_empty(), "{path} is empty");
+        data.truncate(len);
+        let base = data.clone();
+        while data.len() < len {
+            let take = (len - data.len()).min(base.len());
+            data.extend_from_slice(&base[..take]);
+        }
+        return data;
+    }
+    let mut out = Vec::with_capacity(len);
+    let mut i = 0u64;
+    while out.len() < len {
+        let run = (64 * 1024).min(len - out.len());
+        if i % 4 == 3 {
+            out.extend(random_bytes(run, i + 1));
+        } else {
+            out.extend(text_bytes(run, i + 1));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Where the sample came from, for bench output.
+pub fn sample_name() -> String {
+    std::env::var("VAULT_BENCH_SAMPLE")
+        .unwrap_or_else(|_| "synthetic (3/4 text, 1/4 random)".into())
+}

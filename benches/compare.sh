@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# Side-by-side comparison of vault, restic and borg on the same data, all in
+# one run (BENCHMARKS.md has results and how to read them).
+#
+#   benches/compare.sh [WORKDIR]
+#
+# WORKDIR (default /var/tmp/vault-compare) receives the corpora, the three
+# repositories and the restore targets: about 8 GB free space is needed. It
+# is reused between runs: the pg_dump pair is kept (delete WORKDIR/corpus/
+# pgbench-*.sql to rebuild it), everything else is rebuilt.
+#
+# What it does:
+#  1. installs restic, borgbackup and GNU time with apt-get if missing
+#     (Debian packages: restic 0.14, borg 1.2.4 on Debian 12), and the
+#     PostgreSQL server via scripts/install-test-deps.sh if missing;
+#  2. builds vault in release mode (cargo build --release -p vault-cli);
+#  3. builds the corpora: a copy of one Rust toolchain directory from this
+#     machine's rustup home (VAULT_BENCH_TREE overrides it; the stable
+#     toolchain is ~1.3 GB in ~52k files), and the pg_dump output of a
+#     pgbench database at scale 30 before and after `pgbench -t 3000`,
+#     from a throw-away server started with scripts/start-postgres.sh;
+#  4. runs every step for vault, restic and borg in turn (so slow drift of a
+#     shared machine hits all three alike), each under `/usr/bin/time -v`:
+#       tree-1     first backup of the tree (read from page cache)
+#       tree-2     backup after ~2% of the files changed (every 50th file:
+#                  half get a line appended, half get bytes overwritten
+#                  in place)
+#       tree-3     unchanged re-backup
+#       dump-1     first pg_dump via stdin
+#       dump-2     second pg_dump via stdin (repository growth reported)
+#       restore    full restore of the tree's last snapshot into an empty dir
+#       check      check with full data read (vault check --verify,
+#                  restic check --read-data, borg check --verify-data)
+#  5. prints a table of wall time, CPU time (user+sys), peak RSS and
+#     repository size per step and tool, with vault's ratio to each other
+#     tool, and writes it to WORKDIR/results.md (raw numbers: results.tsv).
+#
+# Settings: vault defaults (zstd-3, 1 MiB average chunks, default argon2id);
+# restic defaults with repository version 2 (compression auto); borg
+# `--compression zstd,3`, `repokey-blake2` encryption. All repositories are
+# local directories on the same file system as WORKDIR. Caches (restic,
+# borg) live in WORKDIR.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="${1:-/var/tmp/vault-compare}"
+mkdir -p "$WORK"
+WORK="$(cd "$WORK" && pwd -P)"
+log() { echo "compare: $*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+# --- 1. tools ------------------------------------------------------------------
+need_apt=()
+command -v restic >/dev/null || need_apt+=(restic)
+command -v borg >/dev/null || need_apt+=(borgbackup)
+[ -x /usr/bin/time ] || need_apt+=(time)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    log "installing ${need_apt[*]}"
+    SUDO=()
+    [ "$(id -u)" -eq 0 ] || SUDO=(sudo -n)
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_apt[@]}" >&2
+fi
+if ! ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1; then
+    "$ROOT/scripts/install-test-deps.sh" >&2
+fi
+
+# --- 2. vault --------------------------------------------------------------------
+log "building vault (release)"
+(cd "$ROOT" && cargo build --release -q -p vault-cli) >&2
+TARGET_DIR="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+VAULT="$TARGET_DIR/release/vault"
+[ -x "$VAULT" ] || die "no vault binary at $VAULT"
+
+# --- 3. corpora ------------------------------------------------------------------
+CORPUS="$WORK/corpus"
+mkdir -p "$CORPUS"
+if [ -z "${VAULT_BENCH_TREE:-}" ]; then
+    RUSTUP_HOME="${RUSTUP_HOME:-$HOME/.rustup}"
+    for d in "$RUSTUP_HOME"/toolchains/stable-* "$RUSTUP_HOME"/toolchains/*; do
+        if [ -d "$d" ] && [ ! -L "$d" ]; then
+            VAULT_BENCH_TREE="$d"
+            break
+        fi
+    done
+fi
+[ -d "${VAULT_BENCH_TREE:-}" ] || die "no tree corpus: set VAULT_BENCH_TREE to a directory"
+TREE="$CORPUS/tree"
+log "copying $VAULT_BENCH_TREE to $TREE"
+rm -rf "$TREE"
+cp -a "$VAULT_BENCH_TREE/." "$TREE/"
+TREE_FILES=$(find "$TREE" -type f | wc -l)
+TREE_BYTES=$(find "$TREE" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+
+DUMP1="$CORPUS/pgbench-1.sql"
+DUMP2="$CORPUS/pgbench-2.sql"
+if [ ! -s "$DUMP1" ] || [ ! -s "$DUMP2" ]; then
+    log "building the pgbench dumps (scale 30, then pgbench -t 3000)"
+    PGOUT="$("$ROOT/scripts/start-postgres.sh")"
+    eval "$PGOUT"
+    trap '"$ROOT/scripts/stop-postgres.sh" "$VAULT_TEST_PG_DIR" || true' EXIT
+    export PGPASSFILE="$VAULT_TEST_PG_PASSFILE"
+    "$VAULT_TEST_PG_BIN/pgbench" -q -i -s 30 "$VAULT_TEST_PG_CONN dbname=vault_test" >&2
+    "$VAULT_TEST_PG_BIN/pg_dump" "$VAULT_TEST_PG_CONN dbname=vault_test" >"$DUMP1.tmp"
+    "$VAULT_TEST_PG_BIN/pgbench" -t 3000 "$VAULT_TEST_PG_CONN dbname=vault_test" >&2
+    "$VAULT_TEST_PG_BIN/pg_dump" "$VAULT_TEST_PG_CONN dbname=vault_test" >"$DUMP2.tmp"
+    mv "$DUMP1.tmp" "$DUMP1"
+    mv "$DUMP2.tmp" "$DUMP2"
+    "$ROOT/scripts/stop-postgres.sh" "$VAULT_TEST_PG_DIR"
+    trap - EXIT
+fi
+DUMP1_BYTES=$(stat -c %s "$DUMP1")
+DUMP2_BYTES=$(stat -c %s "$DUMP2")
+
+# --- 4. runs -----------------------------------------------------------------------
+REPOS="$WORK/repos"
+RESTORES="$WORK/restore"
+rm -rf "$REPOS" "$RESTORES" "$WORK/cache" "$WORK/borg-home" "$WORK/logs"
+mkdir -p "$REPOS" "$RESTORES" "$WORK/cache" "$WORK/borg-home" "$WORK/logs"
+printf 'benchmark-password\n' >"$WORK/password"
+export VAULT_PASSWORD_FILE="$WORK/password"
+export RESTIC_PASSWORD_FILE="$WORK/password" RESTIC_CACHE_DIR="$WORK/cache/restic"
+export BORG_PASSPHRASE="benchmark-password" BORG_BASE_DIR="$WORK/borg-home"
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=no BORG_RELOCATED_REPO_ACCESS_IS_OK=no
+V_REPO="$REPOS/vault"
+R_REPO="$REPOS/restic"
+B_REPO="$REPOS/borg"
+TOOLS=(vault restic borg)
+
+"$VAULT" --repo "$V_REPO" init -q >&2 2>/dev/null || "$VAULT" --repo "$V_REPO" init >&2
+restic -r "$R_REPO" init --repository-version 2 -q >&2
+borg init -e repokey-blake2 "$B_REPO" >&2
+
+RESULTS="$WORK/results.tsv"
+printf 'tool\tstep\twall_s\tuser_s\tsys_s\tmaxrss_kib\trepo_bytes\tinput_bytes\n' >"$RESULTS"
+
+repo_of() {
+    case "$1" in
+    vault) echo "$V_REPO" ;;
+    restic) echo "$R_REPO" ;;
+    borg) echo "$B_REPO" ;;
+    esac
+}
+
+# measure TOOL STEP INPUT_BYTES STDIN_FILE -- COMMAND...
+measure() {
+    local tool="$1" step="$2" input="$3" stdin="$4"
+    shift 5
+    local out="$WORK/logs/$tool-$step"
+    log "$tool $step"
+    if ! /usr/bin/time -v -o "$out.time" "$@" <"$stdin" >"$out.out" 2>"$out.err"; then
+        cat "$out.err" >&2
+        die "$tool $step failed (logs in $out.*)"
+    fi
+    local wall user sys rss
+    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {
+        n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$out.time")
+    user=$(awk -F': ' '/User time/ {print $2}' "$out.time")
+    sys=$(awk -F': ' '/System time/ {print $2}' "$out.time")
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out.time")
+    sync
+    local size
+    size=$(du -sb "$(repo_of "$tool")" | cut -f1)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$tool" "$step" "$wall" "$user" "$sys" "$rss" "$size" "$input" >>"$RESULTS"
+}
+
+backup_tree() { # TOOL STEP
+    case "$1" in
+    vault) measure vault "$2" "$TREE_BYTES" /dev/null -- "$VAULT" --repo "$V_REPO" backup --tag tree "$TREE" ;;
+    restic) measure restic "$2" "$TREE_BYTES" /dev/null -- restic -r "$R_REPO" backup --tag tree "$TREE" ;;
+    borg) measure borg "$2" "$TREE_BYTES" /dev/null -- borg create --stats --compression zstd,3 "$B_REPO::$2" "$TREE" ;;
+    esac
+}
+
+backup_dump() { # TOOL STEP FILE BYTES
+    case "$1" in
+    vault) measure vault "$2" "$4" "$3" -- "$VAULT" --repo "$V_REPO" backup --tag dump --stdin --stdin-filename pgbench.sql ;;
+    restic) measure restic "$2" "$4" "$3" -- restic -r "$R_REPO" backup --tag dump --stdin --stdin-filename pgbench.sql ;;
+    borg) measure borg "$2" "$4" "$3" -- borg create --stats --compression zstd,3 --stdin-name pgbench.sql "$B_REPO::$2" - ;;
+    esac
+}
+
+warm_tree() { find "$TREE" -type f -print0 | xargs -0 cat >/dev/null; }
+
+change_files() {
+    # Every 50th file in name order: even ones get a line appended (new
+    # size), odd ones get 16 bytes overwritten in the middle (same size).
+    local i=0 n=0
+    while IFS= read -r -d '' f; do
+        i=$((i + 1))
+        [ $((i % 50)) -eq 0 ] || continue
+        n=$((n + 1))
+        if [ $((n % 2)) -eq 0 ]; then
+            printf 'changed by compare.sh %d\n' "$n" >>"$f"
+        else
+            local size off
+            size=$(stat -c %s "$f")
+            off=$((size / 2))
+            printf 'CHANGED%09d' "$n" | dd of="$f" bs=1 seek="$off" conv=notrunc status=none
+        fi
+    done < <(find "$TREE" -type f -print0 | sort -z)
+    echo "$n"
+}
+
+warm_tree
+for t in "${TOOLS[@]}"; do backup_tree "$t" tree-1; done
+CHANGED=$(change_files)
+log "changed $CHANGED of $TREE_FILES files"
+warm_tree
+for t in "${TOOLS[@]}"; do backup_tree "$t" tree-2; done
+for t in "${TOOLS[@]}"; do backup_tree "$t" tree-3; done
+cat "$DUMP1" "$DUMP2" >/dev/null
+for t in "${TOOLS[@]}"; do backup_dump "$t" dump-1 "$DUMP1" "$DUMP1_BYTES"; done
+for t in "${TOOLS[@]}"; do backup_dump "$t" dump-2 "$DUMP2" "$DUMP2_BYTES"; done
+
+for t in "${TOOLS[@]}"; do
+    dest="$RESTORES/$t"
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    sync
+    case "$t" in
+    vault) measure vault restore "$TREE_BYTES" /dev/null -- "$VAULT" --repo "$V_REPO" restore latest --tag tree --target "$dest" ;;
+    restic) measure restic restore "$TREE_BYTES" /dev/null -- restic -r "$R_REPO" restore latest --tag tree --target "$dest" ;;
+    borg) measure borg restore "$TREE_BYTES" /dev/null -- sh -c 'cd "$1" && borg extract "$2::tree-3"' sh "$dest" "$B_REPO" ;;
+    esac
+    if [ "$t" = vault ]; then
+        # Not timed against the others: the restore must be exact, and a
+        # second restore over it with --overwrite if-changed writes nothing.
+        diff -r --no-dereference "$TREE" "$dest$TREE" >&2 || die "vault restore differs from the source"
+        measure vault restore-if-changed "$TREE_BYTES" /dev/null -- "$VAULT" --repo "$V_REPO" restore latest --tag tree --target "$dest" --overwrite if-changed
+    fi
+    rm -rf "$dest"
+done
+
+for t in "${TOOLS[@]}"; do
+    case "$t" in
+    vault) measure vault check 0 /dev/null -- "$VAULT" --repo "$V_REPO" check --verify ;;
+    restic) measure restic check 0 /dev/null -- restic -r "$R_REPO" check --read-data ;;
+    borg) measure borg check 0 /dev/null -- borg check --verify-data "$B_REPO" ;;
+    esac
+done
+
+# --- 5. report ---------------------------------------------------------------------
+python3 - "$RESULTS" "$WORK/results.md" "$TREE_FILES" "$TREE_BYTES" "$CHANGED" "$DUMP1_BYTES" "$DUMP2_BYTES" "$(nproc)" <<'PY'
+import sys, collections
+results, out_md, files, tree_bytes, changed, d1, d2, cores = sys.argv[1:]
+rows = [l.rstrip("\n").split("\t") for l in open(results)][1:]
+data = collections.OrderedDict()
+for tool, step, wall, user, sys_, rss, repo, inp in rows:
+    data.setdefault(step, {})[tool] = dict(wall=float(wall), cpu=float(user) + float(sys_),
+                                          rss=int(rss) / 1024, repo=int(repo), input=int(inp))
+MB = 1e6
+def mbps(d):
+    return f"{d['input'] / MB / d['wall']:.0f} MB/s" if d["input"] and d["wall"] > 0 else ""
+lines = []
+p = lines.append
+p(f"Tree: {int(files)} files, {int(tree_bytes) / MB:.0f} MB ({int(changed)} files changed for tree-2); "
+  f"dumps: {int(d1) / MB:.0f} MB and {int(d2) / MB:.0f} MB; {cores} cores.")
+p("")
+p("Time ratios are other/vault (above 1: vault faster); RSS and size ratios are vault/other (below 1: vault smaller).")
+p("")
+p("| step | tool | wall s | throughput | CPU s | CPU % | peak RSS MiB | repo MB | vault speed-up | vault RSS ratio |")
+p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for step, by in data.items():
+    v = by.get("vault")
+    for tool in ("vault", "restic", "borg"):
+        d = by.get(tool)
+        if d is None:
+            continue
+        speed = rss = ""
+        if v and tool != "vault" and v["wall"] > 0:
+            speed = f"{d['wall'] / v['wall']:.2f}x"
+            rss = f"{v['rss'] / d['rss']:.2f}"
+        cpu_pct = f"{100 * d['cpu'] / d['wall']:.0f}%" if d["wall"] > 0 else ""
+        p(f"| {step} | {tool} | {d['wall']:.2f} | {mbps(d)} | {d['cpu']:.2f} | {cpu_pct} | {d['rss']:.0f} | "
+          f"{d['repo'] / MB:.1f} | {speed} | {rss} |")
+p("")
+p("| repository | vault | restic | borg | vault/restic | vault/borg |")
+p("|---|---:|---:|---:|---:|---:|")
+def size(step, tool):
+    return data.get(step, {}).get(tool, {}).get("repo")
+def row(name, vals):
+    v, r, b = vals
+    def f(x): return f"{x / MB:.1f} MB" if x is not None else "?"
+    def q(a, b): return f"{a / b:.2f}" if a is not None and b else ""
+    p(f"| {name} | {f(v)} | {f(r)} | {f(b)} | {q(v, r)} | {q(v, b)} |")
+row("after both tree backups (tree-2)", [size("tree-2", t) for t in ("vault", "restic", "borg")])
+growth = []
+for t in ("vault", "restic", "borg"):
+    a, b = size("dump-1", t), size("dump-2", t)
+    growth.append(b - a if a is not None and b is not None else None)
+row("growth from the second dump", growth)
+row("final (all steps)", [size("dump-2", t) for t in ("vault", "restic", "borg")])
+peak = {t: max(d[t]["rss"] for d in data.values() if t in d) for t in ("vault", "restic", "borg")}
+p("")
+p(f"Peak RSS over all steps: vault {peak['vault']:.0f} MiB, restic {peak['restic']:.0f} MiB, borg {peak['borg']:.0f} MiB.")
+text = "\n".join(lines) + "\n"
+open(out_md, "w").write(text)
+print(text)
+PY
+log "results in $WORK/results.md and $RESULTS"
