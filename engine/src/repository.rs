@@ -13,7 +13,7 @@ use crate::id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
 use crate::index::{Index, IndexFile};
 use crate::snapshot::Snapshot;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Largest index, snapshot or config plaintext a reader accepts.
@@ -377,12 +377,37 @@ impl Repository {
 
     /// Loads every index file into one in-memory index, skipping files
     /// that another index supersedes.
+    ///
+    /// A concurrent prune writes its replacement index before deleting the
+    /// files it supersedes (§11.3), so an index file that vanishes between
+    /// the listing and the read is answered by listing again: the new
+    /// listing holds its replacement.
     pub fn load_index(&self) -> Result<Index> {
-        let ids = self.index_ids()?;
-        let files: Vec<(IndexId, IndexFile)> = ids
-            .iter()
-            .map(|id| Ok((*id, self.load_index_file(id)?)))
-            .collect::<Result<_>>()?;
+        const ATTEMPTS: usize = 4;
+        let mut loaded: HashMap<IndexId, IndexFile> = HashMap::new();
+        let mut attempt = 0;
+        let files: Vec<(IndexId, IndexFile)> = 'listing: loop {
+            attempt += 1;
+            let ids = self.index_ids()?;
+            for id in &ids {
+                if loaded.contains_key(id) {
+                    continue;
+                }
+                match self.load_index_file(id) {
+                    Ok(file) => {
+                        loaded.insert(*id, file);
+                    }
+                    Err(Error::NotFound { .. }) if attempt < ATTEMPTS => continue 'listing,
+                    Err(e) => return Err(e),
+                }
+            }
+            // In listing order, so which copy of a blob wins is the same
+            // on every load.
+            break ids
+                .iter()
+                .filter_map(|id| Some((*id, loaded.remove(id)?)))
+                .collect();
+        };
         let superseded: HashSet<IndexId> = files
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().copied())
