@@ -63,7 +63,8 @@ fn first_line(path: &std::path::Path, what: &str) -> Result<String> {
     Ok(text.lines().next().unwrap_or_default().trim().to_owned())
 }
 
-pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Box<dyn Backend>> {
+/// Opens the storage at `url`; its requests are counted for `vault stats`.
+pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Backend>> {
     let mut options = S3Options {
         allow_http: global.allow_http,
         ..S3Options::default()
@@ -79,7 +80,11 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Box<dyn Bac
             options.secret_access_key = Some(first_line(f, "secret access key file")?);
         }
     }
-    backend::open_url(url, &options).with_context(|| format!("opening storage at {url}"))
+    let backend: Arc<dyn Backend> = backend::open_url(url, &options)
+        .with_context(|| format!("opening storage at {url}"))?
+        .into();
+    crate::requests::track(&backend);
+    Ok(backend)
 }
 
 /// The password from, in order: `VAULT_PASSWORD`, `--password-file`,
@@ -147,10 +152,10 @@ pub(crate) fn open_repository_with(global: &GlobalArgs, dry_run: bool) -> Result
     let url = repo_url(global)?;
     let mut backend = open_backend(global, &url)?;
     if dry_run {
-        backend = Box::new(backend::DryRun(backend));
+        backend = Arc::new(backend::DryRun(backend));
     }
     let password = password(global, false)?;
-    let repo = Repository::open(Arc::from(backend), &password)
+    let repo = Repository::open(backend, &password)
         .with_context(|| format!("opening repository {url}"))?;
     Ok(Arc::new(repo))
 }

@@ -9,15 +9,25 @@ mod global;
 mod notify;
 mod output;
 mod pitr;
+mod requests;
 mod sources;
 mod status;
 mod timespec;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = args::Cli::parse();
+    let matches = args::Cli::command().get_matches();
+    let cli = args::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // "backup", "key add", "wal push": the operation `vault stats` reports.
+    let mut command = Vec::new();
+    let mut sub = matches.subcommand();
+    while let Some((name, m)) = sub {
+        command.push(name);
+        sub = m.subcommand();
+    }
+    let command = command.join(" ");
     let filter = match cli.global.verbose {
         0 if cli.global.quiet => "error",
         0 => "warn",
@@ -34,7 +44,10 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let cancel = global::install_interrupt_handler();
-    match commands::run(cli, cancel) {
+    let result = commands::run(cli, cancel);
+    let success = matches!(&result, Ok(code) if *code == ExitCode::SUCCESS);
+    requests::record(&command, success);
+    match result {
         Ok(code) => code,
         Err(err) => {
             if exit::is_broken_pipe(&err) {

@@ -42,12 +42,17 @@ pub(crate) fn path(configured: Option<&Path>) -> PathBuf {
     if let Some(p) = configured {
         return p.to_path_buf();
     }
-    let base = std::env::var_os("XDG_STATE_HOME")
+    state_dir().join("status.json")
+}
+
+/// vault's local state: `$XDG_STATE_HOME/vault` (`~/.local/state/vault`).
+pub(crate) fn state_dir() -> PathBuf {
+    std::env::var_os("XDG_STATE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/var/lib"));
-    base.join("vault/status.json")
+        .unwrap_or_else(|| PathBuf::from("/var/lib"))
+        .join("vault")
 }
 
 impl StatusFile {

@@ -67,6 +67,33 @@ impl BackendError {
     }
 }
 
+/// Requests a backend sent to its store, by kind, for cost reports: object
+/// stores bill writes and listings (PUT, POST, LIST: "class A") apart from
+/// reads (GET, HEAD: "class B"). Counts are of requests vault issued,
+/// including its own retries; retries inside the HTTP client are not seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RequestCounts {
+    /// PUT object, and the create/part/complete/abort calls of multipart
+    /// uploads.
+    pub put: u64,
+    /// GET object (whole or a range).
+    pub get: u64,
+    /// HEAD object (size checks after every upload).
+    pub head: u64,
+    /// LIST pages (up to 1000 keys each).
+    pub list: u64,
+    /// DELETE object.
+    pub delete: u64,
+}
+
+impl RequestCounts {
+    /// Every request.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.put + self.get + self.head + self.list + self.delete
+    }
+}
+
 /// The storage contract. Every method is blocking and safe to call from many
 /// threads at once.
 pub trait Backend: Send + Sync {
@@ -97,6 +124,12 @@ pub trait Backend: Send + Sync {
 
     /// Whether `PutMode::Create` is enforced atomically by this backend.
     fn has_atomic_create(&self) -> bool;
+
+    /// Requests sent so far, where each costs money (object stores); `None`
+    /// for a local directory.
+    fn requests(&self) -> Option<RequestCounts> {
+        None
+    }
 }
 
 /// Opens a backend from a repository URL: a local path, `local:PATH`,
@@ -115,7 +148,7 @@ pub fn open_url(url: &str, s3: &S3Options) -> Result<Box<dyn Backend>, BackendEr
 
 /// Wraps a backend so that nothing is written or deleted: `--dry-run`.
 /// Reads pass through, so commands plan against the real repository.
-pub struct DryRun(pub Box<dyn Backend>);
+pub struct DryRun(pub std::sync::Arc<dyn Backend>);
 
 impl Backend for DryRun {
     fn location(&self) -> String {
@@ -141,5 +174,8 @@ impl Backend for DryRun {
     }
     fn has_atomic_create(&self) -> bool {
         self.0.has_atomic_create()
+    }
+    fn requests(&self) -> Option<RequestCounts> {
+        self.0.requests()
     }
 }

@@ -563,4 +563,52 @@ fn diff_and_stats_report_changes_and_sizes(backend: Backend) {
     assert_eq!(repo["total_bytes"].as_u64().unwrap(), listed);
     // Every indexed blob is referenced here, so the totals agree.
     assert_eq!(repo["index"]["blobs"].as_u64().unwrap(), blobs);
+
+    // Requests of the last operation: what an object store bills.
+    let before: std::collections::HashSet<String> =
+        env.objects().into_iter().map(|(k, _)| k).collect();
+    std::fs::write(env.path("src/c.bin"), pseudo_random(3_000_000, 77)).unwrap();
+    assert_success(&env.vault(&["backup", env.path("src").to_str().unwrap()]));
+    let created = env
+        .objects()
+        .into_iter()
+        .filter(|(k, _)| !before.contains(k))
+        .count() as u64;
+    let after_backup = env.json(&["stats", "latest"]);
+    let last = &after_backup["last_operation"];
+    match backend {
+        Backend::Local => assert!(last.is_null(), "{last}"),
+        Backend::S3 => {
+            assert_eq!(last["command"], "backup", "{last}");
+            assert_eq!(last["success"], true, "{last}");
+            let r = &last["requests"];
+            let n = |k: &str| r[k].as_u64().unwrap();
+            // Every new object was PUT and its size checked with a HEAD;
+            // the repository was listed; the lock was released (DELETE).
+            assert!(created >= 3, "{created}");
+            assert!(n("put") >= created, "{r} for {created} new objects");
+            assert!(n("head") >= created, "{r}");
+            assert!(n("list") >= 1 && n("get") >= 1 && n("delete") >= 1, "{r}");
+            // The stats command counts its own requests too.
+            assert!(
+                after_backup["requests_this_command"]["get"]
+                    .as_u64()
+                    .unwrap()
+                    >= 1
+            );
+            // A failed operation is recorded as such.
+            let failed = env.vault(&["restore", "ffffffff", "--target", "/nonexistent"]);
+            assert!(!failed.status.success());
+            let again = env.json(&["stats", "latest"]);
+            assert_eq!(again["last_operation"]["command"], "restore");
+            assert_eq!(again["last_operation"]["success"], false);
+            // And the human-readable form names it.
+            let text = env.vault(&["stats", "latest"]);
+            let text = String::from_utf8_lossy(&text.stdout).into_owned();
+            assert!(
+                text.contains("Requests of the last operation (`vault stats`"),
+                "{text}"
+            );
+        }
+    }
 }

@@ -313,6 +313,8 @@ impl Env {
             .env("VAULT_PASSWORD_FILE", &self.password_file)
             .env_remove("VAULT_PASSWORD")
             .env_remove("VAULT_PASSWORD_COMMAND")
+            // Local state (request counts, status) stays with the test.
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .stdin(Stdio::null());
         if let Some(server) = &self.server {
             server.apply(&mut cmd);

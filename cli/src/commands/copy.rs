@@ -82,8 +82,7 @@ pub(crate) fn other_password(
 /// Opens a repository at `url` with `password`.
 pub(crate) fn open_other(g: &GlobalArgs, url: &str, password: &Password) -> Result<Repository> {
     let backend = global::open_backend(g, url)?;
-    Repository::open(Arc::from(backend), password)
-        .with_context(|| format!("opening repository {url}"))
+    Repository::open(backend, password).with_context(|| format!("opening repository {url}"))
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &CopyArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {

@@ -4,7 +4,6 @@ use crate::args::GlobalArgs;
 use crate::global;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
-use std::sync::Arc;
 use vault_engine::crypto::KdfParams;
 use vault_engine::repository::{InitOptions, Repository};
 
@@ -68,7 +67,7 @@ pub(crate) fn run(g: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
         username: global::username(),
         ..InitOptions::default()
     };
-    let repo = Repository::init(Arc::from(backend), &password, options)
+    let repo = Repository::init(backend, &password, options)
         .with_context(|| format!("creating repository at {url}"))?;
     if g.json {
         crate::output::print_json(&serde_json::json!({

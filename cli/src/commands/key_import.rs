@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use vault_engine::key::{self, paper};
 
 #[derive(Debug, clap::Args)]
@@ -43,7 +42,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyImportArgs) -> Result<ExitCode> {
         Some(_) => args.new.require_new_password()?,
         None => global::password(g, true)?,
     };
-    let (repo, id) = key::import(Arc::from(backend), &paper, &password, &new)
+    let (repo, id) = key::import(backend, &paper, &password, &new)
         .with_context(|| format!("importing the key into {url}"))?;
     if g.json {
         output::print_json(&serde_json::json!({

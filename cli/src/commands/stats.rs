@@ -1,9 +1,10 @@
-//! `vault stats`: restore size or raw data of some or all snapshots, and
-//! totals of the whole repository. (Request counts are not reported yet.)
+//! `vault stats`: restore size or raw data of some or all snapshots, totals
+//! of the whole repository, and the requests the last operation on it sent
+//! to its object store (what a per-request bill counts).
 
 use super::FilterArgs;
 use crate::args::GlobalArgs;
-use crate::{global, output};
+use crate::{global, output, requests};
 use anyhow::Result;
 use std::process::ExitCode;
 use vault_engine::stats;
@@ -29,6 +30,9 @@ pub(crate) struct StatsArgs {
 
 pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
+    let location = repo.backend().location();
+    // Read before this command records itself as the last operation.
+    let last = requests::last(&location);
     let all = repo.snapshots()?;
     let filter = args.filter.to_filter();
     let chosen: Vec<_> = if args.snapshots.is_empty() {
@@ -65,6 +69,8 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
         v["mode"] = mode.into();
         v["snapshots_count"] = report.snapshots_count.into();
         v["repository"] = serde_json::to_value(&report.repository)?;
+        v["last_operation"] = serde_json::to_value(&last)?;
+        v["requests_this_command"] = serde_json::to_value(requests::so_far(&location))?;
         output::print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -132,5 +138,27 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
             String::new()
         }
     );
+    if let Some(op) = &last {
+        let r = &op.requests;
+        println!();
+        println!(
+            "Requests of the last operation (`vault {}`, {}, finished {}):",
+            op.command,
+            if op.success { "succeeded" } else { "failed" },
+            op.finished
+        );
+        println!(
+            "  {} in all: {} PUT, {} GET, {} HEAD, {} LIST, {} DELETE",
+            r.total(),
+            r.put,
+            r.get,
+            r.head,
+            r.list,
+            r.delete
+        );
+    }
+    if let Some(r) = requests::so_far(&location) {
+        println!("  (this `vault stats` sent {} so far)", r.total());
+    }
     Ok(ExitCode::SUCCESS)
 }

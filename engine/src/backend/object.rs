@@ -36,11 +36,12 @@
 //! - **Conditional create**: `If-None-Match: *` is used only where a probe
 //!   showed the store honours it (Garage silently ignores it).
 
-use super::{Backend, BackendError, ObjectInfo, PutMode};
+use super::{Backend, BackendError, ObjectInfo, PutMode, RequestCounts};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutOptions, PutPayload};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -92,6 +93,33 @@ pub struct ObjectBackend {
     atomic_create: OnceLock<bool>,
     extra_attempts: usize,
     multipart_threshold: usize,
+    requests: Counter,
+}
+
+/// [`RequestCounts`] as they accumulate.
+#[derive(Debug, Default)]
+struct Counter {
+    put: AtomicU64,
+    get: AtomicU64,
+    head: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+}
+
+impl Counter {
+    fn add(field: &AtomicU64, n: u64) {
+        field.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            put: self.put.load(Ordering::Relaxed),
+            get: self.get.load(Ordering::Relaxed),
+            head: self.head.load(Ordering::Relaxed),
+            list: self.list.load(Ordering::Relaxed),
+            delete: self.delete.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -217,6 +245,7 @@ impl ObjectBackend {
             atomic_create: OnceLock::from(true),
             extra_attempts: 0,
             multipart_threshold: usize::MAX,
+            requests: Counter::default(),
         }
     }
 
@@ -340,6 +369,7 @@ impl ObjectBackend {
             atomic_create: OnceLock::new(),
             extra_attempts: EXTRA_ATTEMPTS.min(max_retries),
             multipart_threshold,
+            requests: Counter::default(),
         })
     }
 
@@ -383,6 +413,7 @@ impl ObjectBackend {
             mode: object_store::PutMode::Create,
             ..PutOptions::default()
         };
+        Counter::add(&self.requests.put, 2);
         let honoured = self.runtime.block_on(async {
             if self
                 .store
@@ -399,9 +430,10 @@ impl ObjectBackend {
                 Err(object_store::Error::AlreadyExists { .. })
             )
         });
-        let _ = self
-            .runtime
-            .block_on(self.again(|| self.store.delete(&key)));
+        let _ = self.runtime.block_on(self.again(|| {
+            Counter::add(&self.requests.delete, 1);
+            self.store.delete(&key)
+        }));
         tracing::debug!("{}: conditional create honoured: {honoured}", self.location);
         honoured
     }
@@ -422,6 +454,7 @@ impl ObjectBackend {
                 mode: object_store::PutMode::Create,
                 ..PutOptions::default()
             };
+            Counter::add(&self.requests.put, 1);
             match self
                 .store
                 .put_opts(key, PutPayload::from_bytes(data.clone()), opts)
@@ -432,7 +465,10 @@ impl ObjectBackend {
                 // create answered with 5xx, which may have been stored.
                 Err(object_store::Error::AlreadyExists { .. }) => {
                     let existing = self
-                        .again(|| async { self.store.get(key).await?.bytes().await })
+                        .again(|| async {
+                            Counter::add(&self.requests.get, 1);
+                            self.store.get(key).await?.bytes().await
+                        })
                         .await
                         .map_err(|e| map_err(path, e))?;
                     return if existing == *data {
@@ -460,6 +496,9 @@ impl ObjectBackend {
         key: &StorePath,
         data: &Bytes,
     ) -> Result<(), BackendError> {
+        // Create, one request per part, then complete (or abort).
+        let parts = data.len().div_ceil(MULTIPART_PART_SIZE) as u64;
+        Counter::add(&self.requests.put, parts + 2);
         let mut upload = self
             .store
             .put_multipart(key)
@@ -527,6 +566,7 @@ impl Backend for ObjectBackend {
                     mode: object_store::PutMode::Overwrite,
                     ..PutOptions::default()
                 };
+                Counter::add(&self.requests.put, 1);
                 self.store
                     .put_opts(&key, PutPayload::from_bytes(data), opts)
                     .await
@@ -534,6 +574,7 @@ impl Backend for ObjectBackend {
             }
             // Verify the store holds what we sent before anyone may rely on
             // it (a snapshot is written only after this returns).
+            Counter::add(&self.requests.head, 1);
             let meta = self.store.head(&key).await.map_err(|e| map_err(path, e))?;
             if meta.size != len {
                 return Err(BackendError::Other(format!(
@@ -547,6 +588,7 @@ impl Backend for ObjectBackend {
 
     fn get(&self, path: &str) -> Result<Bytes, BackendError> {
         let key = self.key(path);
+        Counter::add(&self.requests.get, 1);
         self.runtime.block_on(async {
             let result = self.store.get(&key).await.map_err(|e| map_err(path, e))?;
             result.bytes().await.map_err(|e| map_err(path, e))
@@ -558,6 +600,7 @@ impl Backend for ObjectBackend {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| BackendError::Other(format!("{path}: range overflow")))?;
+        Counter::add(&self.requests.get, 1);
         let bytes = self
             .runtime
             .block_on(self.store.get_range(&key, offset..end))
@@ -572,6 +615,7 @@ impl Backend for ObjectBackend {
 
     fn head(&self, path: &str) -> Result<u64, BackendError> {
         let key = self.key(path);
+        Counter::add(&self.requests.head, 1);
         self.runtime
             .block_on(self.store.head(&key))
             .map(|m| m.size)
@@ -587,7 +631,15 @@ impl Backend for ObjectBackend {
         };
         let metas: Vec<object_store::ObjectMeta> = self
             .runtime
-            .block_on(self.again(|| self.store.list(Some(&list_prefix)).try_collect()))
+            .block_on(self.again(|| async {
+                Counter::add(&self.requests.list, 1);
+                let metas: Vec<object_store::ObjectMeta> =
+                    self.store.list(Some(&list_prefix)).try_collect().await?;
+                // S3 returns at most 1000 keys per LIST request.
+                let more_pages = metas.len().saturating_sub(1) / 1000;
+                Counter::add(&self.requests.list, more_pages as u64);
+                Ok(metas)
+            }))
             .map_err(|e| map_err(prefix, e))?;
         Ok(metas
             .into_iter()
@@ -604,10 +656,10 @@ impl Backend for ObjectBackend {
 
     fn delete(&self, path: &str) -> Result<(), BackendError> {
         let key = self.key(path);
-        match self
-            .runtime
-            .block_on(self.again(|| self.store.delete(&key)))
-        {
+        match self.runtime.block_on(self.again(|| {
+            Counter::add(&self.requests.delete, 1);
+            self.store.delete(&key)
+        })) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(map_err(path, e)),
         }
@@ -617,6 +669,10 @@ impl Backend for ObjectBackend {
         *self
             .atomic_create
             .get_or_init(|| self.probe_atomic_create())
+    }
+
+    fn requests(&self) -> Option<RequestCounts> {
+        Some(self.requests.snapshot())
     }
 }
 
