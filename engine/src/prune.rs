@@ -22,7 +22,7 @@ use crate::check::stored_packs;
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId};
-use crate::index::{BlobLocation, Index, IndexFile, IndexedPack};
+use crate::index::{BlobLocation, Index, IndexBuilder, IndexFile, IndexedPack};
 use crate::pack::PackedBlob;
 use crate::repository::{FileKind, Repository};
 use crate::tree::NodeKind;
@@ -350,7 +350,7 @@ impl PrunePlan {
         // 1. Repack used blobs out of sparse packs. Blobs are re-saved by id,
         // so a blob already elsewhere (unmarked) is not copied twice.
         if !repack.is_empty() {
-            let mut seed = Index::new();
+            let mut seed = IndexBuilder::new();
             for (id, loc) in index.blobs() {
                 if !repack.contains(&loc.pack) && index.marked_at(&loc.pack).is_none() {
                     seed.add_pack(
@@ -366,6 +366,7 @@ impl PrunePlan {
                     );
                 }
             }
+            let seed = seed.finish();
             let saver = Saver::start(
                 repo.clone(),
                 &seed,

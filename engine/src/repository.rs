@@ -10,7 +10,7 @@ use crate::compress::{self, Compression};
 use crate::crypto::{Domain, KdfParams, KeyFile, KeyFileError, MasterKey, Password};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
-use crate::index::{Index, IndexFile};
+use crate::index::{Index, IndexBuilder, IndexFile};
 use crate::snapshot::Snapshot;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -412,12 +412,15 @@ impl Repository {
             .iter()
             .flat_map(|(_, f)| f.supersedes.iter().copied())
             .collect();
-        let live: Vec<&IndexFile> = files
-            .iter()
-            .filter(|(id, _)| !superseded.contains(id))
-            .map(|(_, f)| f)
-            .collect();
-        Ok(Index::from_files(live.iter().copied()))
+        // Each file is dropped once added, so the decoded files and the
+        // index they become are not both held whole.
+        let mut builder = IndexBuilder::new();
+        for (id, file) in files {
+            if !superseded.contains(&id) {
+                builder.add_file(&file);
+            }
+        }
+        Ok(builder.finish())
     }
 
     /// Stores a snapshot.

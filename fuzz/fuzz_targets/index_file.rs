@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vault_engine::index::{Index, IndexFile};
+use vault_engine::index::{Index, IndexBuilder, IndexFile};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(file) = IndexFile::decode(data) {
@@ -26,8 +26,11 @@ fuzz_target!(|data: &[u8]| {
         for (id, loc) in index.blobs() {
             assert_eq!(index.get(&id), Some(loc));
         }
-        let mut index = Index::new();
-        index.add_file(&file);
-        let _ = index.marks().count();
+        let mut builder = IndexBuilder::new();
+        builder.add_file(&file);
+        builder.add_file(&file);
+        let twice = builder.finish();
+        assert_eq!(twice.len(), index.len());
+        let _ = twice.marks().count();
     }
 });
