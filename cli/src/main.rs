@@ -9,6 +9,7 @@ mod global;
 mod notify;
 mod output;
 mod pitr;
+mod snapshot_fs;
 mod sources;
 mod status;
 mod timespec;
