@@ -253,8 +253,12 @@ fn backed_up_and_mounted(backend: Backend) -> Option<(Env, PathBuf, Mounted)> {
     fs::write(
         &config,
         format!(
-            "[[source]]\nname = \"home\"\nkind = \"files\"\npaths = [\"{}\"]\n",
-            data.display()
+            // The status file (and the per-source lock beside it) in this
+            // test's directory: tests running at once must not share them.
+            "[[source]]\nname = \"home\"\nkind = \"files\"\npaths = [\"{}\"]\n\n\
+             [notify]\nstatus_file = \"{}\"\n",
+            data.display(),
+            env.path("state/status.json").display()
         ),
     )
     .unwrap();
