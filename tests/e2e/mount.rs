@@ -84,9 +84,15 @@ impl Mounted {
 
     /// SIGINT, then the exit status (within 30 s).
     fn interrupt(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
+        let child = self.child.as_ref().expect("running");
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        self.wait()
+    }
+
+    /// The exit status, within 30 s.
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -429,6 +435,20 @@ fn mount_reads_at_any_offset_across_chunks(backend: Backend) {
     std::os::unix::fs::FileExt::read_exact_at(&other, &mut buf, 3_333_333).unwrap();
     assert!(buf == want[3_333_333..3_333_333 + 4096]);
     drop((file, other));
-    let status = mounted.interrupt();
+    // Unmounted from outside, vault notices and exits 0.
+    let mnt = mounted.mountpoint.clone();
+    let unmounted = ["fusermount3", "fusermount", "umount"].iter().any(|tool| {
+        let mut cmd = std::process::Command::new(tool);
+        if *tool != "umount" {
+            cmd.arg("-u");
+        }
+        cmd.arg(&mnt)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(unmounted, "no tool could unmount {}", mnt.display());
+    let status = mounted.wait();
     assert!(status.success(), "{status}: {}", mounted.log_text());
+    assert!(!is_mounted(&mnt));
 }
