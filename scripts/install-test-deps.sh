@@ -7,6 +7,8 @@
 #   mariadb-server  mariadbd, mariadb-install-db
 #   mariadb-client  mariadb, mariadb-dump, mariadb-admin
 #   eatmydata       LD_PRELOAD that makes fsync a no-op (faster MariaDB start)
+#   fuse3           fusermount3, with which `vault mount` mounts as non-root
+#                   (tests/e2e/mount.rs; root mounts /dev/fuse directly)
 #
 # Idempotent: when every needed program is already there it does nothing and
 # exits at once. Otherwise it runs `apt-get update` once and installs the
@@ -38,6 +40,8 @@ pg_bin_ok || missing+=(postgresql postgresql-client)
 { have mariadb && have mariadb-dump && have mariadb-admin; } || missing+=(mariadb-client)
 # Makes fsync a no-op for the throw-away MariaDB bootstrap (3-5 s -> ~1.5 s).
 have eatmydata || missing+=(eatmydata)
+# The setuid mount helper for FUSE (vault mount) when not root.
+{ have fusermount3 || have fusermount; } || missing+=(fuse3)
 # Used by the start scripts; part of every Debian system, but cheap to check.
 have runuser || missing+=(util-linux)
 

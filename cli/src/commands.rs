@@ -16,6 +16,7 @@ mod key_list;
 mod key_passwd;
 mod key_remove;
 mod ls;
+mod mount;
 mod prune;
 mod repair_index;
 mod repair_snapshots;
@@ -47,6 +48,9 @@ pub(crate) enum Command {
     Restore(restore::RestoreArgs),
     /// Write one file of a snapshot to standard output.
     Dump(dump::DumpArgs),
+    /// Browse every snapshot as a read-only filesystem (FUSE), in the
+    /// foreground until Ctrl-C.
+    Mount(mount::MountArgs),
     /// Print a repository object (config, snapshot, index, key) as JSON.
     Cat(cat::CatArgs),
     /// Check the repository's structure, and with --verify its data.
@@ -112,6 +116,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Ls(a) => ls::run(g, &a),
         Command::Restore(a) => restore::run(g, &a, cancel),
         Command::Dump(a) => dump::run(g, &a),
+        Command::Mount(a) => mount::run(g, &a, cancel),
         Command::Cat(a) => cat::run(g, &a),
         Command::Check(a) => check::run(g, &a),
         Command::Forget(a) => forget::run(g, &a),

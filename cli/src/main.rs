@@ -10,6 +10,7 @@ mod notify;
 mod output;
 mod pitr;
 mod requests;
+mod snapshot_fs;
 mod sources;
 mod status;
 mod timespec;
