@@ -27,6 +27,7 @@ pub mod id;
 pub mod index;
 pub mod key;
 pub mod lock;
+pub mod object_lock;
 pub mod pack;
 pub mod prune;
 pub mod repair;

@@ -35,13 +35,20 @@
 //!   [`MULTIPART_PART_SIZE`] parts; a failed multipart upload is aborted.
 //! - **Conditional create**: `If-None-Match: *` is used only where a probe
 //!   showed the store honours it (Garage silently ignores it).
+//! - **Object Lock** (repo-format.md §11.8): once
+//!   [`Backend::set_object_lock`] is called, every upload outside `locks/`
+//!   carries a retention of its own (now + N days, computed per request)
+//!   and is read back with HEAD to confirm the store applied it. Locked
+//!   uploads never use multipart (one PUT takes up to 5 GiB; packs are far
+//!   smaller), so each object is locked by the request that creates it.
 
-use super::{Backend, BackendError, ObjectInfo, PutMode};
+use super::object_lock::{self, CaptureRetention, LockingConnector, RetainUntil, Signing};
+use super::{Backend, BackendError, ObjectInfo, ObjectLock, PutMode};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutOptions, PutPayload};
-use std::sync::{Arc, OnceLock};
+use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Retries per request unless `VAULT_S3_MAX_RETRIES` says otherwise.
@@ -92,6 +99,12 @@ pub struct ObjectBackend {
     atomic_create: OnceLock<bool>,
     extra_attempts: usize,
     multipart_threshold: usize,
+    /// Signing for Object Lock requests; `None` for the in-memory store,
+    /// which cannot lock.
+    signing: Option<Arc<Signing>>,
+    /// The HTTP client the lock probe goes through.
+    http: Option<object_store::client::HttpClient>,
+    object_lock: RwLock<Option<ObjectLock>>,
 }
 
 impl std::fmt::Debug for ObjectBackend {
@@ -217,6 +230,9 @@ impl ObjectBackend {
             atomic_create: OnceLock::from(true),
             extra_attempts: 0,
             multipart_threshold: usize::MAX,
+            signing: None,
+            http: None,
+            object_lock: RwLock::new(None),
         }
     }
 
@@ -276,6 +292,7 @@ impl ObjectBackend {
                     .parse()
                     .expect("a valid header value"),
             );
+        let client_for_probe = client.clone();
         builder = builder
             .with_client_options(client)
             .with_bucket_name(&url.bucket)
@@ -299,7 +316,7 @@ impl ObjectBackend {
                     .filter(|r| !r.is_empty())
             })
             .unwrap_or_else(|| "us-east-1".into());
-        builder = builder.with_region(region);
+        builder = builder.with_region(&region);
         if let Some(id) = &options.access_key_id {
             builder = builder.with_access_key_id(id);
         }
@@ -325,10 +342,33 @@ impl ObjectBackend {
             // AWS: virtual-hosted style, as AWS recommends.
             None => builder = builder.with_virtual_hosted_style_request(true),
         }
+        let bucket_url = match &url.endpoint {
+            Some((scheme, authority)) if options.virtual_hosted_style => {
+                format!("{scheme}://{bucket}.{authority}")
+            }
+            Some((scheme, authority)) => format!("{scheme}://{authority}/{bucket}"),
+            None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        };
+        let signing = Arc::new(Signing {
+            credentials: OnceLock::new(),
+            region,
+            bucket_url,
+        });
+        let http = {
+            use object_store::client::HttpConnector;
+            LockingConnector(signing.clone())
+                .connect(&client_for_probe)
+                .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?
+        };
         let store = builder
+            .with_http_connector(LockingConnector(signing.clone()))
             .build()
             .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?;
+        let _ = signing.credentials.set(store.credentials().clone());
         Ok(Self {
+            signing: Some(signing),
+            http: Some(http),
+            object_lock: RwLock::new(None),
             store: Arc::new(store),
             location: if url.prefix.is_empty() {
                 location
@@ -415,11 +455,13 @@ impl ObjectBackend {
         path: &str,
         key: &StorePath,
         data: &Bytes,
+        extensions: &http::Extensions,
     ) -> Result<(), BackendError> {
         let mut attempt = 0;
         loop {
             let opts = PutOptions {
                 mode: object_store::PutMode::Create,
+                extensions: extensions.clone(),
                 ..PutOptions::default()
             };
             match self
@@ -515,16 +557,37 @@ impl Backend for ObjectBackend {
         let key = self.key(path);
         let len = data.len() as u64;
         let create = mode == PutMode::Create && self.has_atomic_create();
+        // Lock files are rewritten and removed all the time; locking them
+        // would only pile up versions nobody can delete.
+        let retain = if path.starts_with("locks/") {
+            None
+        } else {
+            self.object_lock
+                .read()
+                .expect("object lock setting is never poisoned")
+                .map(|lock| RetainUntil {
+                    mode: lock.mode,
+                    until: lock.retain_until(jiff::Timestamp::now()),
+                })
+        };
+        let mut extensions = http::Extensions::new();
+        if let Some(retain) = retain {
+            extensions.insert(retain);
+        }
         self.runtime.block_on(async {
-            if data.len() >= self.multipart_threshold && path.starts_with("data/") {
+            if retain.is_none()
+                && data.len() >= self.multipart_threshold
+                && path.starts_with("data/")
+            {
                 // Content-addressed packs: overwriting one is harmless, so
                 // create-only semantics are not needed for them.
                 self.put_multipart(path, &key, &data).await?;
             } else if create {
-                self.put_create(path, &key, &data).await?;
+                self.put_create(path, &key, &data, &extensions).await?;
             } else {
                 let opts = PutOptions {
                     mode: object_store::PutMode::Overwrite,
+                    extensions: extensions.clone(),
                     ..PutOptions::default()
                 };
                 self.store
@@ -533,8 +596,32 @@ impl Backend for ObjectBackend {
                     .map_err(|e| map_err(path, e))?;
             }
             // Verify the store holds what we sent before anyone may rely on
-            // it (a snapshot is written only after this returns).
-            let meta = self.store.head(&key).await.map_err(|e| map_err(path, e))?;
+            // it (a snapshot is written only after this returns), and, when
+            // locking, that it holds it under the retention we asked for.
+            let capture = CaptureRetention::default();
+            let mut head_extensions = http::Extensions::new();
+            if retain.is_some() {
+                head_extensions.insert(capture.clone());
+            }
+            let head = GetOptions {
+                head: true,
+                extensions: head_extensions,
+                ..GetOptions::default()
+            };
+            let meta = self
+                .store
+                .get_opts(&key, head)
+                .await
+                .map_err(|e| map_err(path, e))?
+                .meta;
+            if let Some(retain) = retain {
+                let reported = capture
+                    .0
+                    .lock()
+                    .expect("capture lock is never poisoned")
+                    .take();
+                object_lock::check_reported(path, reported, retain)?;
+            }
             if meta.size != len {
                 return Err(BackendError::Other(format!(
                     "{path}: stored size {} differs from uploaded {len}",
@@ -597,6 +684,8 @@ impl Backend for ObjectBackend {
                 Some(ObjectInfo {
                     path: rel,
                     size: m.size,
+                    modified: jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis())
+                        .ok(),
                 })
             })
             .collect())
@@ -617,6 +706,30 @@ impl Backend for ObjectBackend {
         *self
             .atomic_create
             .get_or_init(|| self.probe_atomic_create())
+    }
+
+    fn set_object_lock(&self, lock: ObjectLock, verify: bool) -> Result<(), BackendError> {
+        let (Some(signing), Some(http)) = (&self.signing, &self.http) else {
+            return Err(BackendError::Unsupported(format!(
+                "{} cannot lock objects",
+                self.location
+            )));
+        };
+        if lock.days == 0 || lock.days > ObjectLock::MAX_DAYS {
+            return Err(BackendError::Other(format!(
+                "object lock days must be between 1 and {}",
+                ObjectLock::MAX_DAYS
+            )));
+        }
+        if verify {
+            self.runtime
+                .block_on(object_lock::verify_bucket(signing, http))?;
+        }
+        *self
+            .object_lock
+            .write()
+            .expect("object lock setting is never poisoned") = Some(lock);
+        Ok(())
     }
 }
 
