@@ -10,6 +10,7 @@ mod backup_restore;
 mod check;
 mod failures;
 mod interrupt;
+mod object_lock;
 mod pitr;
 mod repo_ops;
 mod retention;
