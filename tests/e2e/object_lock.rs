@@ -236,3 +236,39 @@ fn local_repositories_refuse_object_lock() {
         stderr(&out)
     );
 }
+
+#[test]
+fn storing_an_object_that_is_already_there_keeps_its_own_retention() {
+    use vault_engine::backend::{Backend, ObjectBackend, ObjectLock, PutMode, RetentionMode};
+    let Some(moto) = moto() else { return };
+    let spec = format!(
+        "{}/{}/e2e-{}",
+        moto.lock.endpoint,
+        moto.lock.bucket,
+        crate::support::random_hex()
+    );
+    let backend = ObjectBackend::s3(&spec, &moto.lock.options()).unwrap();
+    let lock = ObjectLock {
+        mode: RetentionMode::Governance,
+        days: 1,
+    };
+    backend.set_object_lock(lock, true).unwrap();
+    let bytes = b"content-addressed".to_vec();
+    backend
+        .put("index/aa", bytes.clone().into(), PutMode::Create)
+        .unwrap();
+    // Later, the same content-addressed object is saved again (a repack or
+    // a retried upload). Where the store honours If-None-Match the second
+    // PUT is refused and the object keeps its first, shorter retention,
+    // which is not an error; where it does not (moto, as the probe finds),
+    // the PUT stores a new version with a new retention.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    backend
+        .put("index/aa", bytes.into(), PutMode::Create)
+        .unwrap();
+    // Lock files carry no retention: they must stay removable.
+    backend
+        .put("locks/x", b"l".to_vec().into(), PutMode::Overwrite)
+        .unwrap();
+    backend.delete("locks/x").unwrap();
+}

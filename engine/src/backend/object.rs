@@ -450,13 +450,14 @@ impl ObjectBackend {
     /// object turns out to exist, an earlier attempt of ours may have landed
     /// (every object vault creates holds unique or content-addressed
     /// bytes): it counts as created by us only if it holds our bytes.
+    /// Returns whether this call stored the object (false: it was there).
     async fn put_create(
         &self,
         path: &str,
         key: &StorePath,
         data: &Bytes,
         extensions: &http::Extensions,
-    ) -> Result<(), BackendError> {
+    ) -> Result<bool, BackendError> {
         let mut attempt = 0;
         loop {
             let opts = PutOptions {
@@ -469,7 +470,7 @@ impl ObjectBackend {
                 .put_opts(key, PutPayload::from_bytes(data.clone()), opts)
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 // Also after a first attempt: object_store itself retries a
                 // create answered with 5xx, which may have been stored.
                 Err(object_store::Error::AlreadyExists { .. }) => {
@@ -478,7 +479,7 @@ impl ObjectBackend {
                         .await
                         .map_err(|e| map_err(path, e))?;
                     return if existing == *data {
-                        Ok(())
+                        Ok(false)
                     } else {
                         Err(BackendError::AlreadyExists(path.to_owned()))
                     };
@@ -575,6 +576,7 @@ impl Backend for ObjectBackend {
             extensions.insert(retain);
         }
         self.runtime.block_on(async {
+            let mut fresh = true;
             if retain.is_none()
                 && data.len() >= self.multipart_threshold
                 && path.starts_with("data/")
@@ -583,7 +585,7 @@ impl Backend for ObjectBackend {
                 // create-only semantics are not needed for them.
                 self.put_multipart(path, &key, &data).await?;
             } else if create {
-                self.put_create(path, &key, &data, &extensions).await?;
+                fresh = self.put_create(path, &key, &data, &extensions).await?;
             } else {
                 let opts = PutOptions {
                     mode: object_store::PutMode::Overwrite,
@@ -600,7 +602,7 @@ impl Backend for ObjectBackend {
             // locking, that it holds it under the retention we asked for.
             let capture = CaptureRetention::default();
             let mut head_extensions = http::Extensions::new();
-            if retain.is_some() {
+            if retain.is_some() && fresh {
                 head_extensions.insert(capture.clone());
             }
             let head = GetOptions {
@@ -614,7 +616,10 @@ impl Backend for ObjectBackend {
                 .await
                 .map_err(|e| map_err(path, e))?
                 .meta;
-            if let Some(retain) = retain {
+            // An object that was already there (same content-addressed
+            // bytes) keeps the retention of its own upload, like any
+            // deduplicated data (repo-format.md §11.8).
+            if let Some(retain) = retain.filter(|_| fresh) {
                 let reported = capture
                     .0
                     .lock()
