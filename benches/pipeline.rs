@@ -64,6 +64,7 @@ impl Backend for Memory {
             .map(|(k, v)| ObjectInfo {
                 path: k.clone(),
                 size: v.len() as u64,
+                modified: None,
             })
             .collect())
     }

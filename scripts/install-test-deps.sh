@@ -17,6 +17,10 @@
 # one) forbids maintainer scripts to start services; the tests use their own
 # data directories and random ports anyway.
 #
+# Also moto's S3 server and boto3 (`pip install 'moto[server]'`) for
+# tests/e2e/object_lock.rs: moto implements S3 Object Lock, which Garage
+# does not. Skipped when moto_server and boto3 are already there.
+#
 # Needs root (or sudo without a password) only when something is missing.
 set -euo pipefail
 
@@ -45,12 +49,28 @@ have eatmydata || missing+=(eatmydata)
 # Used by the start scripts; part of every Debian system, but cheap to check.
 have runuser || missing+=(util-linux)
 
+have_moto() { command -v moto_server >/dev/null 2>&1 && python3 -c 'import boto3, moto' 2>/dev/null; }
+have_moto || python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+
+install_moto() {
+    have_moto && return 0
+    log "installing moto[server] with pip"
+    # Debian 12 marks its python as externally managed (PEP 668).
+    "${SUDO[@]}" python3 -m pip install --quiet 'moto[server]' >&2 ||
+        "${SUDO[@]}" python3 -m pip install --quiet --break-system-packages 'moto[server]' >&2
+    have_moto || { log "moto_server is still missing after pip install" >&2; exit 1; }
+}
+
+SUDO=()
 if [ "${#missing[@]}" -eq 0 ]; then
     log "postgresql and mariadb already installed"
+    if ! have_moto && [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo -n)
+    fi
+    install_moto
     exit 0
 fi
 
-SUDO=()
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         SUDO=(sudo -n)
@@ -92,4 +112,5 @@ if ! pg_bin_ok || ! have mariadbd || ! have mariadb-install-db || ! have mariadb
     log "installation finished but some programs are still missing" >&2
     exit 1
 fi
+install_moto
 log "done"

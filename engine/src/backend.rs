@@ -10,11 +10,13 @@
 
 mod local;
 mod object;
+mod object_lock;
 
 pub use local::LocalBackend;
 pub use object::{ObjectBackend, S3Options};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// How `put` treats an existing object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,71 @@ pub struct ObjectInfo {
     pub path: String,
     /// Size in bytes.
     pub size: u64,
+    /// When the store last wrote the object (S3 `Last-Modified`, file
+    /// mtime), if the backend reports it. Object Lock expiry is computed
+    /// from it (repo-format.md §11.8).
+    pub modified: Option<jiff::Timestamp>,
+}
+
+/// S3 Object Lock retention mode (repo-format.md §11.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    /// Users with `s3:BypassGovernanceRetention` may still delete or
+    /// shorten the retention; everyone else cannot.
+    Governance,
+    /// Nobody, not even the account root, can delete the object version
+    /// before the retention ends.
+    Compliance,
+}
+
+impl RetentionMode {
+    /// The value of the `x-amz-object-lock-mode` header.
+    #[must_use]
+    pub fn header_value(self) -> &'static str {
+        match self {
+            RetentionMode::Governance => "GOVERNANCE",
+            RetentionMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl std::str::FromStr for RetentionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "governance" => Ok(RetentionMode::Governance),
+            "compliance" => Ok(RetentionMode::Compliance),
+            _ => Err(format!(
+                "unknown object lock mode {s:?} (expected governance or compliance)"
+            )),
+        }
+    }
+}
+
+/// Retention that every object written from now on must carry: locked
+/// against deletion and overwrite until `days` days after its upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectLock {
+    /// Retention mode.
+    pub mode: RetentionMode,
+    /// Retention period in days, counted from each object's upload.
+    pub days: u32,
+}
+
+impl ObjectLock {
+    /// Longest retention accepted, as a sanity bound (about 100 years;
+    /// AWS accepts retain-until dates far in the future, but a typo here
+    /// would make a bucket undeletable for a lifetime in compliance mode).
+    pub const MAX_DAYS: u32 = 36_500;
+
+    /// The retain-until time of an object written at `written`.
+    #[must_use]
+    pub fn retain_until(&self, written: jiff::Timestamp) -> jiff::Timestamp {
+        written
+            .checked_add(jiff::SignedDuration::from_hours(i64::from(self.days) * 24))
+            .unwrap_or(jiff::Timestamp::MAX)
+    }
 }
 
 /// A storage failure, classified so callers know whether to retry.
@@ -48,6 +115,10 @@ pub enum BackendError {
     /// The device or bucket quota is full.
     #[error("no space left: {0}")]
     NoSpace(String),
+    /// The backend or store lacks a feature the repository needs (S3
+    /// Object Lock).
+    #[error("{0}")]
+    Unsupported(String),
     /// Failed after retries or failed permanently (permissions, bad request).
     #[error("{0}")]
     Other(String),
@@ -130,6 +201,23 @@ pub trait Backend: Send + Sync {
     fn requests(&self) -> Option<RequestCounts> {
         None
     }
+
+    /// From now on, every object written (except under `locks/`, which
+    /// are transient) carries `lock`'s retention, counted from its upload,
+    /// and `put` fails unless the store confirms the retention was applied.
+    /// With `verify`, first checks that the store can lock at all (S3:
+    /// Object Lock enabled on the bucket) and fails with
+    /// [`BackendError::Unsupported`] otherwise.
+    ///
+    /// Backends without object locking return
+    /// [`BackendError::Unsupported`], the default.
+    fn set_object_lock(&self, lock: ObjectLock, verify: bool) -> Result<(), BackendError> {
+        let _ = (lock, verify);
+        Err(BackendError::Unsupported(format!(
+            "{} cannot lock objects (S3 Object Lock needs an S3 bucket created with Object Lock enabled)",
+            self.location()
+        )))
+    }
 }
 
 /// Opens a backend from a repository URL: a local path, `local:PATH`,
@@ -177,5 +265,8 @@ impl Backend for DryRun {
     }
     fn requests(&self) -> Option<RequestCounts> {
         self.0.requests()
+    }
+    fn set_object_lock(&self, lock: ObjectLock, verify: bool) -> Result<(), BackendError> {
+        self.0.set_object_lock(lock, verify)
     }
 }

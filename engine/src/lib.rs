@@ -28,6 +28,7 @@ pub mod index;
 pub mod key;
 pub mod lock;
 pub mod mount;
+pub mod object_lock;
 pub mod pack;
 pub mod prune;
 pub mod repair;

@@ -16,6 +16,11 @@
 //! 3. delete the superseded index files;
 //! 4. delete packs whose mark is older than the margin (or, with
 //!    `instant_delete`, every pack no snapshot needs).
+//!
+//! In a repository with S3 Object Lock (§11.8), packs and index files
+//! whose retention has not ended are neither deleted nor repacked: they
+//! stay in the new index (marked, when unused) and are reported as
+//! [`PrunePlan::locked`]; a prune after the retention ends removes them.
 
 use crate::backup::{Saver, SaverStats};
 use crate::check::stored_packs;
@@ -23,6 +28,7 @@ use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId};
 use crate::index::{BlobLocation, Index, IndexBuilder, IndexFile, IndexedPack};
+use crate::object_lock;
 use crate::pack::PackedBlob;
 use crate::repository::{FileKind, Repository};
 use crate::tree::NodeKind;
@@ -104,6 +110,17 @@ pub struct PrunePlan {
     pub repack_used_bytes: u64,
     /// Packs in storage that no index lists (interrupted backups).
     pub unindexed: Vec<PackId>,
+    /// Packs that would be deleted or repacked now but are still under
+    /// S3 Object Lock retention: kept, and marked when unused.
+    pub locked: Vec<PackId>,
+    /// Stored bytes of those packs.
+    pub locked_bytes: u64,
+    /// When the last of their retentions ends.
+    pub locked_until: Option<jiff::Timestamp>,
+    /// Superseded index files kept because they are still locked.
+    pub locked_index_files: u64,
+    #[serde(skip)]
+    locked_indexes: HashSet<IndexId>,
     #[serde(skip)]
     index_ids: Vec<IndexId>,
     #[serde(skip)]
@@ -192,11 +209,28 @@ impl PrunePlan {
         let index = repo.load_index()?;
         let stored = stored_packs(repo)?;
         let (used, snapshots) = used_blobs(repo, &index)?;
+        let now =
+            jiff::Timestamp::from_second(options.now).unwrap_or_else(|_| jiff::Timestamp::now());
+        let locked: HashMap<PackId, jiff::Timestamp> =
+            object_lock::locked_objects(repo, FileKind::Pack, now)?;
+        let locked_indexes: HashSet<IndexId> =
+            object_lock::locked_objects::<IndexId>(repo, FileKind::Index, now)?
+                .into_keys()
+                .filter(|id| index_ids.contains(id))
+                .collect();
         let mut plan = PrunePlan {
             snapshots,
             used_blobs: used.len() as u64,
+            locked_index_files: locked_indexes.len() as u64,
+            locked_indexes,
             index_ids,
             ..PrunePlan::default()
+        };
+        // Records a pack kept only because of its lock.
+        let defer = |plan: &mut PrunePlan, pack: PackId, size: u64, until: jiff::Timestamp| {
+            plan.locked.push(pack);
+            plan.locked_bytes += size;
+            plan.locked_until = plan.locked_until.max(Some(until));
         };
 
         // Per pack: which of its blobs are used; whether each used blob has
@@ -236,8 +270,13 @@ impl PrunePlan {
                 if needed {
                     plan.unmark.push(pack);
                 } else if options.instant_delete || options.now - at >= options.margin_secs {
-                    plan.delete.push(pack);
-                    plan.delete_bytes += size;
+                    if let Some(until) = locked.get(&pack) {
+                        defer(&mut plan, pack, size, *until);
+                        plan.keep_marks.push((pack, at));
+                    } else {
+                        plan.delete.push(pack);
+                        plan.delete_bytes += size;
+                    }
                 } else {
                     plan.waiting.push(pack);
                     plan.keep_marks.push((pack, at));
@@ -245,7 +284,12 @@ impl PrunePlan {
                 continue;
             }
             if used_here == 0 {
-                if options.instant_delete {
+                if let Some(until) = locked.get(&pack).filter(|_| options.instant_delete) {
+                    // Marked instead, like without instant delete; deleted
+                    // by a prune after the retention ends.
+                    defer(&mut plan, pack, size, *until);
+                    plan.mark.push(pack);
+                } else if options.instant_delete {
                     plan.delete.push(pack);
                     plan.delete_bytes += size;
                 } else {
@@ -275,6 +319,12 @@ impl PrunePlan {
                 if unused_left <= allowed {
                     break;
                 }
+                // Copying blobs out of a locked pack frees nothing before
+                // its retention ends; it only stores them twice.
+                if let Some(until) = locked.get(&pack) {
+                    defer(&mut plan, pack, size, *until);
+                    continue;
+                }
                 if options
                     .max_repack_bytes
                     .is_some_and(|cap| plan.repack_bytes + size > cap)
@@ -296,6 +346,18 @@ impl PrunePlan {
                 continue;
             }
             plan.unindexed.push(*pack);
+            let due = match index.marked_at(pack) {
+                Some(at) => options.instant_delete || options.now - at >= options.margin_secs,
+                None => options.instant_delete,
+            };
+            if let Some(until) = locked.get(pack).filter(|_| due) {
+                defer(&mut plan, *pack, *size, *until);
+                match index.marked_at(pack) {
+                    Some(at) => plan.keep_marks.push((*pack, at)),
+                    None => plan.mark.push(*pack),
+                }
+                continue;
+            }
             match index.marked_at(pack) {
                 Some(at) if options.instant_delete || options.now - at >= options.margin_secs => {
                     plan.delete.push(*pack);
@@ -462,7 +524,13 @@ impl PrunePlan {
 
         // 3. Old index files go only after the new ones are durable.
         still_locked()?;
-        for id in &self.index_ids {
+        // Superseded files still under Object Lock stay: readers skip them,
+        // and the next prune after their retention deletes them.
+        for id in self
+            .index_ids
+            .iter()
+            .filter(|id| !self.locked_indexes.contains(id))
+        {
             let path = FileKind::Index.path(&id.to_hex());
             repo.backend()
                 .delete(&path)

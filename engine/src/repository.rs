@@ -3,7 +3,7 @@
 //! objects. Operations (backup, restore, check, prune) live in their own
 //! modules and take a `&Repository`.
 
-use crate::backend::{Backend, BackendError, ObjectInfo, PutMode};
+use crate::backend::{Backend, BackendError, ObjectInfo, ObjectLock, PutMode};
 use crate::blob::{self, BlobKind};
 use crate::chunker::ChunkerParams;
 use crate::compress::{self, Compression};
@@ -36,6 +36,11 @@ pub struct Config {
     pub pack_size: u32,
     /// Creation time.
     pub created: jiff::Timestamp,
+    /// S3 Object Lock retention every writer applies (§11.8). Optional:
+    /// absent in repositories without it, which keeps their config bytes
+    /// (and the v1 golden vectors) unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// Options for [`Repository::init`].
@@ -54,6 +59,9 @@ pub struct InitOptions {
     pub hostname: String,
     /// User recorded in the key file.
     pub username: String,
+    /// Lock every object against deletion for this long after its upload
+    /// (S3 Object Lock, §11.8). Init fails unless the store can lock.
+    pub object_lock: Option<ObjectLock>,
 }
 
 /// Kinds of stored files and where they live.
@@ -160,6 +168,16 @@ impl Repository {
         if password.is_empty() {
             return Err(Error::InvalidInput("empty password refused".into()));
         }
+        if let Some(lock) = options.object_lock {
+            // Before anything is written: a bucket without Object Lock must
+            // not become a repository that only claims to be locked.
+            backend.set_object_lock(lock, true).map_err(|e| match e {
+                BackendError::Unsupported(why) => {
+                    Error::InvalidInput(format!("--object-lock-days needs S3 Object Lock: {why}"))
+                }
+                e => Error::backend("config", e),
+            })?;
+        }
         let chunker = options.chunker.unwrap_or_else(ChunkerParams::generate);
         chunker.validate().map_err(Error::InvalidInput)?;
         let key = options.master_key.unwrap_or_else(MasterKey::generate);
@@ -171,6 +189,7 @@ impl Repository {
             chunker,
             pack_size: options.pack_size.unwrap_or(DEFAULT_PACK_SIZE),
             created: jiff::Timestamp::now(),
+            object_lock: options.object_lock,
         };
         let backend_ref = &backend;
         let key_file = KeyFile::wrap(
@@ -267,6 +286,17 @@ impl Repository {
             .chunker
             .validate()
             .map_err(|e| Error::corrupt("config", e))?;
+        if let Some(lock) = config.object_lock {
+            match backend.set_object_lock(lock, false) {
+                Ok(()) => {}
+                // Reading a copy of a locked repository (a local mirror)
+                // must work; what is written there is simply not locked.
+                Err(BackendError::Unsupported(why)) => tracing::warn!(
+                    "the repository asks for S3 Object Lock, but objects written now are not locked: {why}"
+                ),
+                Err(e) => return Err(Error::backend("config", e)),
+            }
+        }
         Ok(Self {
             backend,
             key,

@@ -137,6 +137,7 @@ fn main() {
             master_key: Some(key().clone()),
             hostname: "fuzz".into(),
             username: "fuzz".into(),
+            object_lock: None,
         },
     )
     .expect("init");

@@ -11,6 +11,7 @@ mod check;
 mod failures;
 mod interrupt;
 mod mount;
+mod object_lock;
 mod pitr;
 mod repo_ops;
 mod retention;

@@ -17,6 +17,7 @@ mod support;
 
 mod append_only;
 mod interrupt;
+mod object_lock;
 mod roundtrip;
 mod tamper;
 mod vectors;

@@ -54,6 +54,7 @@ pub fn init(backend: Arc<dyn Backend>, chunker: ChunkerParams, pack_size: u32) -
         master_key: None,
         hostname: "test-host".into(),
         username: "tester".into(),
+        object_lock: None,
     };
     Arc::new(Repository::init(backend, &password(), options).expect("init repository"))
 }

@@ -239,6 +239,7 @@ fn vectors_generate() {
             master_key: Some(key),
             hostname: "golden".into(),
             username: "golden".into(),
+            object_lock: None,
         },
     )
     .expect("init golden repository");

@@ -6,8 +6,12 @@ use super::prune::PruneArgs;
 use crate::args::GlobalArgs;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
 use std::process::ExitCode;
+use vault_engine::id::SnapshotId;
 use vault_engine::lock;
+use vault_engine::object_lock;
+use vault_engine::repository::FileKind;
 use vault_engine::retention::{self, Count, GroupBy, KeepPolicy, RetentionDuration, SnapshotMeta};
 
 /// A count: N, or -1 / `unlimited` for all.
@@ -153,6 +157,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         )?)
     };
     let all = repo.snapshots()?;
+    // Snapshots still under S3 Object Lock are not removed: deleting one
+    // would only hide it (the store keeps the locked version), and its
+    // data must stay restorable as long as the lock promises (§11.8).
+    let locked: HashMap<SnapshotId, jiff::Timestamp> =
+        object_lock::locked_objects(&repo, FileKind::Snapshot, jiff::Timestamp::now())?;
+    let mut kept_locked = 0usize;
     let mut plans = Vec::new();
     for (source, filter, policy) in &jobs {
         let metas: Vec<SnapshotMeta> = all
@@ -217,26 +227,43 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
                 );
             }
             for d in &p.remove {
-                println!(
-                    "  remove {}  {}",
-                    &d.snapshot.id[..8],
-                    output::local_time(&d.snapshot.time)
-                );
+                let id: SnapshotId = d.snapshot.id.parse()?;
+                match locked.get(&id) {
+                    Some(until) => println!(
+                        "  locked {}  {}  under object lock until {}, kept",
+                        &d.snapshot.id[..8],
+                        output::local_time(&d.snapshot.time),
+                        until.strftime("%Y-%m-%d %H:%M:%S UTC")
+                    ),
+                    None => println!(
+                        "  remove {}  {}",
+                        &d.snapshot.id[..8],
+                        output::local_time(&d.snapshot.time)
+                    ),
+                }
             }
         }
-        if !args.dry_run {
-            for d in &p.remove {
-                repo.delete_snapshot(&d.snapshot.id.parse()?)?;
+        for d in &p.remove {
+            let id: SnapshotId = d.snapshot.id.parse()?;
+            if locked.contains_key(&id) {
+                kept_locked += 1;
+            } else if !args.dry_run {
+                repo.delete_snapshot(&id)?;
                 removed += 1;
             }
         }
     }
     if !g.json && !g.quiet {
-        let would: usize = plans.iter().map(|p| p.remove.len()).sum();
+        let would: usize = plans.iter().map(|p| p.remove.len()).sum::<usize>() - kept_locked;
         if args.dry_run {
             println!("dry run: would remove {would} snapshots");
         } else {
             println!("removed {removed} snapshots");
+        }
+        if kept_locked > 0 {
+            println!(
+                "kept {kept_locked} snapshots the policy would remove: still under object lock (forget again once it ends)"
+            );
         }
     }
     if !args.dry_run

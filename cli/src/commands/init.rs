@@ -4,6 +4,7 @@ use crate::args::GlobalArgs;
 use crate::global;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
+use vault_engine::backend::{ObjectLock, RetentionMode};
 use vault_engine::crypto::KdfParams;
 use vault_engine::repository::{InitOptions, Repository};
 
@@ -33,6 +34,15 @@ pub(crate) struct InitArgs {
     /// Run this shell command and use its output as --from-repo's password.
     #[arg(long, env = "VAULT_FROM_PASSWORD_COMMAND")]
     from_password_command: Option<String>,
+    /// Lock every object against deletion and overwrite for N days after
+    /// its upload (S3 Object Lock; the bucket must have it enabled).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(ObjectLock::MAX_DAYS)))]
+    object_lock_days: Option<u32>,
+    /// Object Lock mode: governance (an admin with
+    /// s3:BypassGovernanceRetention can still delete) or compliance
+    /// (nobody can, not even the account root).
+    #[arg(long, default_value = "governance", requires = "object_lock_days")]
+    object_lock_mode: RetentionMode,
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
@@ -65,6 +75,10 @@ pub(crate) fn run(g: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
         pack_size: Some(args.pack_size_mib.clamp(1, 1024) * 1024 * 1024),
         hostname: global::hostname(),
         username: global::username(),
+        object_lock: args.object_lock_days.map(|days| ObjectLock {
+            mode: args.object_lock_mode,
+            days,
+        }),
         ..InitOptions::default()
     };
     let repo = Repository::init(backend, &password, options)
@@ -80,6 +94,13 @@ pub(crate) fn run(g: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
             "created vault repository {} at {url}",
             &repo.config().id[..10]
         );
+        if let Some(lock) = repo.config().object_lock {
+            println!(
+                "every object is locked ({} mode) for {} days after its upload",
+                lock.mode.header_value().to_ascii_lowercase(),
+                lock.days
+            );
+        }
         println!(
             "Keep the password safe: without it the data cannot be recovered. Consider `vault key export --paper`."
         );

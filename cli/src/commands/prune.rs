@@ -138,6 +138,20 @@ fn print_plan(g: &GlobalArgs, plan: &PrunePlan, dry_run: bool) -> Result<()> {
         plan.unmark.len(),
         plan.waiting.len()
     );
+    if let Some(until) = plan.locked_until {
+        println!(
+            "{} packs ({}) still under object lock until {}, kept",
+            plan.locked.len(),
+            output::bytes(plan.locked_bytes),
+            until.strftime("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    if plan.locked_index_files > 0 {
+        println!(
+            "{} superseded index files still under object lock, kept",
+            plan.locked_index_files
+        );
+    }
     Ok(())
 }
 

@@ -140,6 +140,10 @@ impl Backend for LocalBackend {
                     out.push(ObjectInfo {
                         path: rel.to_string_lossy().replace('\\', "/"),
                         size: meta.len(),
+                        modified: meta
+                            .modified()
+                            .ok()
+                            .and_then(|t| jiff::Timestamp::try_from(t).ok()),
                     });
                 }
             }

@@ -35,14 +35,21 @@
 //!   [`MULTIPART_PART_SIZE`] parts; a failed multipart upload is aborted.
 //! - **Conditional create**: `If-None-Match: *` is used only where a probe
 //!   showed the store honours it (Garage silently ignores it).
+//! - **Object Lock** (repo-format.md §11.8): once
+//!   [`Backend::set_object_lock`] is called, every upload outside `locks/`
+//!   carries a retention of its own (now + N days, computed per request)
+//!   and is read back with HEAD to confirm the store applied it. Locked
+//!   uploads never use multipart (one PUT takes up to 5 GiB; packs are far
+//!   smaller), so each object is locked by the request that creates it.
 
-use super::{Backend, BackendError, ObjectInfo, PutMode, RequestCounts};
+use super::object_lock::{self, CaptureRetention, LockingConnector, RetainUntil, Signing};
+use super::{Backend, BackendError, ObjectInfo, ObjectLock, PutMode, RequestCounts};
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutOptions, PutPayload};
+use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Retries per request unless `VAULT_S3_MAX_RETRIES` says otherwise.
@@ -93,6 +100,12 @@ pub struct ObjectBackend {
     atomic_create: OnceLock<bool>,
     extra_attempts: usize,
     multipart_threshold: usize,
+    /// Signing for Object Lock requests; `None` for the in-memory store,
+    /// which cannot lock.
+    signing: Option<Arc<Signing>>,
+    /// The HTTP client the lock probe goes through.
+    http: Option<object_store::client::HttpClient>,
+    object_lock: RwLock<Option<ObjectLock>>,
     requests: Counter,
 }
 
@@ -246,6 +259,9 @@ impl ObjectBackend {
             extra_attempts: 0,
             multipart_threshold: usize::MAX,
             requests: Counter::default(),
+            signing: None,
+            http: None,
+            object_lock: RwLock::new(None),
         }
     }
 
@@ -305,6 +321,7 @@ impl ObjectBackend {
                     .parse()
                     .expect("a valid header value"),
             );
+        let client_for_probe = client.clone();
         builder = builder
             .with_client_options(client)
             .with_bucket_name(&url.bucket)
@@ -328,7 +345,7 @@ impl ObjectBackend {
                     .filter(|r| !r.is_empty())
             })
             .unwrap_or_else(|| "us-east-1".into());
-        builder = builder.with_region(region);
+        builder = builder.with_region(&region);
         if let Some(id) = &options.access_key_id {
             builder = builder.with_access_key_id(id);
         }
@@ -354,10 +371,33 @@ impl ObjectBackend {
             // AWS: virtual-hosted style, as AWS recommends.
             None => builder = builder.with_virtual_hosted_style_request(true),
         }
+        let bucket_url = match &url.endpoint {
+            Some((scheme, authority)) if options.virtual_hosted_style => {
+                format!("{scheme}://{bucket}.{authority}")
+            }
+            Some((scheme, authority)) => format!("{scheme}://{authority}/{bucket}"),
+            None => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        };
+        let signing = Arc::new(Signing {
+            credentials: OnceLock::new(),
+            region,
+            bucket_url,
+        });
+        let http = {
+            use object_store::client::HttpConnector;
+            LockingConnector(signing.clone())
+                .connect(&client_for_probe)
+                .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?
+        };
         let store = builder
+            .with_http_connector(LockingConnector(signing.clone()))
             .build()
             .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?;
+        let _ = signing.credentials.set(store.credentials().clone());
         Ok(Self {
+            signing: Some(signing),
+            http: Some(http),
+            object_lock: RwLock::new(None),
             store: Arc::new(store),
             location: if url.prefix.is_empty() {
                 location
@@ -442,16 +482,19 @@ impl ObjectBackend {
     /// object turns out to exist, an earlier attempt of ours may have landed
     /// (every object vault creates holds unique or content-addressed
     /// bytes): it counts as created by us only if it holds our bytes.
+    /// Returns whether this call stored the object (false: it was there).
     async fn put_create(
         &self,
         path: &str,
         key: &StorePath,
         data: &Bytes,
-    ) -> Result<(), BackendError> {
+        extensions: &http::Extensions,
+    ) -> Result<bool, BackendError> {
         let mut attempt = 0;
         loop {
             let opts = PutOptions {
                 mode: object_store::PutMode::Create,
+                extensions: extensions.clone(),
                 ..PutOptions::default()
             };
             Counter::add(&self.requests.put, 1);
@@ -460,7 +503,7 @@ impl ObjectBackend {
                 .put_opts(key, PutPayload::from_bytes(data.clone()), opts)
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(true),
                 // Also after a first attempt: object_store itself retries a
                 // create answered with 5xx, which may have been stored.
                 Err(object_store::Error::AlreadyExists { .. }) => {
@@ -472,7 +515,7 @@ impl ObjectBackend {
                         .await
                         .map_err(|e| map_err(path, e))?;
                     return if existing == *data {
-                        Ok(())
+                        Ok(false)
                     } else {
                         Err(BackendError::AlreadyExists(path.to_owned()))
                     };
@@ -554,16 +597,38 @@ impl Backend for ObjectBackend {
         let key = self.key(path);
         let len = data.len() as u64;
         let create = mode == PutMode::Create && self.has_atomic_create();
+        // Lock files are rewritten and removed all the time; locking them
+        // would only pile up versions nobody can delete.
+        let retain = if path.starts_with("locks/") {
+            None
+        } else {
+            self.object_lock
+                .read()
+                .expect("object lock setting is never poisoned")
+                .map(|lock| RetainUntil {
+                    mode: lock.mode,
+                    until: lock.retain_until(jiff::Timestamp::now()),
+                })
+        };
+        let mut extensions = http::Extensions::new();
+        if let Some(retain) = retain {
+            extensions.insert(retain);
+        }
         self.runtime.block_on(async {
-            if data.len() >= self.multipart_threshold && path.starts_with("data/") {
+            let mut fresh = true;
+            if retain.is_none()
+                && data.len() >= self.multipart_threshold
+                && path.starts_with("data/")
+            {
                 // Content-addressed packs: overwriting one is harmless, so
                 // create-only semantics are not needed for them.
                 self.put_multipart(path, &key, &data).await?;
             } else if create {
-                self.put_create(path, &key, &data).await?;
+                fresh = self.put_create(path, &key, &data, &extensions).await?;
             } else {
                 let opts = PutOptions {
                     mode: object_store::PutMode::Overwrite,
+                    extensions: extensions.clone(),
                     ..PutOptions::default()
                 };
                 Counter::add(&self.requests.put, 1);
@@ -573,9 +638,36 @@ impl Backend for ObjectBackend {
                     .map_err(|e| map_err(path, e))?;
             }
             // Verify the store holds what we sent before anyone may rely on
-            // it (a snapshot is written only after this returns).
+            // it (a snapshot is written only after this returns), and, when
+            // locking, that it holds it under the retention we asked for.
+            let capture = CaptureRetention::default();
+            let mut head_extensions = http::Extensions::new();
+            if retain.is_some() && fresh {
+                head_extensions.insert(capture.clone());
+            }
+            let head = GetOptions {
+                head: true,
+                extensions: head_extensions,
+                ..GetOptions::default()
+            };
             Counter::add(&self.requests.head, 1);
-            let meta = self.store.head(&key).await.map_err(|e| map_err(path, e))?;
+            let meta = self
+                .store
+                .get_opts(&key, head)
+                .await
+                .map_err(|e| map_err(path, e))?
+                .meta;
+            // An object that was already there (same content-addressed
+            // bytes) keeps the retention of its own upload, like any
+            // deduplicated data (repo-format.md §11.8).
+            if let Some(retain) = retain.filter(|_| fresh) {
+                let reported = capture
+                    .0
+                    .lock()
+                    .expect("capture lock is never poisoned")
+                    .take();
+                object_lock::check_reported(path, reported, retain)?;
+            }
             if meta.size != len {
                 return Err(BackendError::Other(format!(
                     "{path}: stored size {} differs from uploaded {len}",
@@ -649,6 +741,8 @@ impl Backend for ObjectBackend {
                 Some(ObjectInfo {
                     path: rel,
                     size: m.size,
+                    modified: jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis())
+                        .ok(),
                 })
             })
             .collect())
@@ -673,6 +767,30 @@ impl Backend for ObjectBackend {
 
     fn requests(&self) -> Option<RequestCounts> {
         Some(self.requests.snapshot())
+    }
+
+    fn set_object_lock(&self, lock: ObjectLock, verify: bool) -> Result<(), BackendError> {
+        let (Some(signing), Some(http)) = (&self.signing, &self.http) else {
+            return Err(BackendError::Unsupported(format!(
+                "{} cannot lock objects",
+                self.location
+            )));
+        };
+        if lock.days == 0 || lock.days > ObjectLock::MAX_DAYS {
+            return Err(BackendError::Other(format!(
+                "object lock days must be between 1 and {}",
+                ObjectLock::MAX_DAYS
+            )));
+        }
+        if verify {
+            self.runtime
+                .block_on(object_lock::verify_bucket(signing, http))?;
+        }
+        *self
+            .object_lock
+            .write()
+            .expect("object lock setting is never poisoned") = Some(lock);
+        Ok(())
     }
 }
 
