@@ -4,6 +4,12 @@
 //! `recovery_target_time`) so that starting PostgreSQL there replays the
 //! archived WAL up to that second. The WAL chain is checked first: a gap
 //! after the base backup's start is reported before anything is written.
+//!
+//! Timelines: every PITR that is started and promoted forks a new timeline
+//! and archives its `.history` file. The timeline to recover along is the
+//! one that was current at the target time (the last whose history file was
+//! archived before it; `--timeline` overrides), written out as
+//! `recovery_target_timeline`, and the base backup must lie on its path.
 
 use crate::args::GlobalArgs;
 use crate::config::{SourceConfig, SourceKind};
@@ -34,11 +40,18 @@ pub(crate) fn base_backup_start(
     wal::parse_backup_label(&label).context("unreadable backup_label")
 }
 
+/// Timeline 1 (or any timeline without an archived history file) as a
+/// one-step path.
+fn plain_path(tli: u32) -> Vec<(u32, u64)> {
+    vec![(tli, 0)]
+}
+
 pub(crate) fn restore(
     g: &GlobalArgs,
     repo: &Repository,
     source: &SourceConfig,
     at: Option<&str>,
+    timeline: Option<u32>,
     target: &Path,
 ) -> Result<ExitCode> {
     if source.kind != SourceKind::Postgres {
@@ -50,29 +63,73 @@ pub(crate) fn restore(
     let config_path = global::config(g)?
         .map(|c| c.path.clone())
         .context("--pitr writes a restore_command that needs the config file")?;
-    let (id, snap) =
-        crate::commands::pick_source_snapshot(repo, source.name(), at, true, &Default::default())?;
+    let at_time = at.map(crate::timespec::parse).transpose()?;
     let index = repo.load_index()?;
-    let (start, timeline) = base_backup_start(repo, &index, &snap)?;
-
-    // The WAL chain from the base backup on must be unbroken.
     let names: Vec<String> = wal::list(repo, source.name())?
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let (_, start_seg) = wal::position(&start).context("bad start segment")?;
+
+    // Which timeline to recover along. PostgreSQL's default, 'latest',
+    // follows the newest timeline even to a time before it forked off, and
+    // silently misses what its parent committed after the fork point.
+    let timelines = wal::timelines(repo, source.name())?;
+    let chosen: Option<&wal::Timeline> = match timeline {
+        Some(n) => timelines.iter().find(|t| t.timeline == n),
+        None => wal::timeline_at(&timelines, at_time.as_ref().map(jiff::Zoned::timestamp)),
+    };
+
+    // The newest base backup before --at from which that timeline can be
+    // reached: taken on it or on an ancestor before the path left it.
+    let mut candidates = repo.snapshots()?;
+    candidates.reverse();
+    let mut picked = None;
+    for (id, snap) in candidates {
+        if !snap.tags.iter().any(|t| t == source.name())
+            || !snap.tags.iter().any(|t| t == "physical")
+            || at_time
+                .as_ref()
+                .is_some_and(|t| snap.time.timestamp() > t.timestamp())
+        {
+            continue;
+        }
+        let (start, start_tli) = base_backup_start(repo, &index, &snap)?;
+        let (_, start_seg) = wal::position(&start).context("bad start segment")?;
+        let path = match (chosen, timeline) {
+            (Some(t), _) => t.path(),
+            (None, Some(n)) => plain_path(n),
+            (None, None) => plain_path(start_tli),
+        };
+        if let Some(chain) = wal::chain(&names, &path, start_tli, start_seg) {
+            picked = Some((id, snap, start, start_tli, path, chain));
+            break;
+        }
+    }
+    let Some((id, snap, start, start_tli, path, chain)) = picked else {
+        bail!(
+            "no physical snapshot of source {}{} from which timeline {} can be reached",
+            source.name(),
+            at_time
+                .as_ref()
+                .map(|t| format!(" at or before {t}"))
+                .unwrap_or_default(),
+            chosen
+                .map(|t| t.timeline)
+                .or(timeline)
+                .map_or_else(|| "of the backup".to_owned(), |t| t.to_string())
+        );
+    };
+    let recovery_tli = path.last().map_or(1, |(t, _)| *t);
+
+    // The WAL chain from the base backup on, along that path, must be
+    // unbroken: a gap stops recovery short of the target.
     if !names.iter().any(|n| n == &start) {
         bail!(
             "the WAL segment {start} where base backup {} starts is not archived: recovery cannot begin",
             id.short()
         );
     }
-    let relevant: Vec<String> = names
-        .iter()
-        .filter(|n| wal::position(n).is_some_and(|(t, s)| t >= timeline && s >= start_seg))
-        .cloned()
-        .collect();
-    if let Some((tli, first, count)) = wal::gaps(&relevant).first() {
+    if let Some((tli, first, count)) = chain.gaps.first() {
         bail!(
             "WAL archive has a gap: {count} segment(s) missing on timeline {tli} from {first}; recovery from base backup {} would stop there. Nothing was written.",
             id.short()
@@ -117,8 +174,9 @@ pub(crate) fn restore(
         id.short(),
         restore_command.replace('\'', "''")
     );
-    if let Some(at) = at {
-        let t = crate::timespec::parse(at)?;
+    // Always explicit: the timeline chosen above, never 'latest'.
+    settings.push_str(&format!("recovery_target_timeline = '{recovery_tli}'\n"));
+    if let Some(t) = &at_time {
         let ts = t.timestamp().display_with_offset(t.offset()).to_string();
         settings.push_str(&format!(
             "recovery_target_time = '{ts}'\nrecovery_target_action = 'promote'\n"
@@ -149,17 +207,18 @@ pub(crate) fn restore(
             "snapshot_id": id.to_hex(),
             "base_backup_time": snap.time.timestamp().to_string(),
             "start_segment": start,
-            "timeline": timeline,
-            "wal_files": relevant.len(),
+            "base_backup_timeline": start_tli,
+            "timeline": recovery_tli,
+            "wal_files": chain.segments,
             "target": target,
         }))?;
     } else if !g.quiet {
         println!(
-            "restored base backup {} ({}) into {}; {} archived WAL files follow it. Start PostgreSQL on it to recover{}.",
+            "restored base backup {} ({}) into {}; {} archived WAL segments follow it on timeline {recovery_tli}. Start PostgreSQL on it to recover{}.",
             id.short(),
             output::local_time(&snap.time),
             target.display(),
-            relevant.len(),
+            chain.segments,
             at.map(|a| format!(" to {a}")).unwrap_or_default()
         );
     }

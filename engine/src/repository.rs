@@ -235,6 +235,7 @@ impl Repository {
         let keys = backend
             .list(FileKind::Key.prefix())
             .map_err(|e| Error::backend("keys/", e))?;
+        let mut files = Vec::with_capacity(keys.len());
         for info in keys {
             let bytes = match backend.get(&info.path) {
                 Ok(b) => b,
@@ -244,6 +245,18 @@ impl Repository {
                 tracing::warn!("skipping malformed key file {}", info.path);
                 continue;
             };
+            files.push((info, bytes, file));
+        }
+        // Cheapest derivation first: a process that opens with a key made
+        // for frequent short runs (archive_command's, with a long random
+        // password and light argon2 parameters) does not pay for the
+        // expensive keys of human passwords before reaching it. Every
+        // file is still tried, so the order changes only the time taken.
+        files.sort_by_key(|(_, _, f)| {
+            let p = f.kdf_params();
+            u64::from(p.memory_kib) * u64::from(p.iterations)
+        });
+        for (info, bytes, file) in files {
             match file.open(password) {
                 Ok(key) => {
                     let key_id = KeyId::of_bytes(&bytes);

@@ -34,6 +34,11 @@ pub struct WalRecord {
     pub content: Vec<BlobId>,
     /// When it was pushed.
     pub pushed: jiff::Timestamp,
+    /// The file's modification time when it was pushed, if known. For a
+    /// `.history` file that is when PostgreSQL switched to the timeline,
+    /// on the database host's clock (the clock of its commit times).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<jiff::Timestamp>,
 }
 
 /// Outcome of [`push`].
@@ -66,13 +71,15 @@ pub fn is_valid_name(name: &str) -> bool {
     suffix_ok && hex(base) && !base.is_empty()
 }
 
-/// Archives one WAL file. Returns only once it is durable. Pushing the same
-/// name again succeeds when the content is identical and fails otherwise.
+/// Archives one WAL file (`modified`: its modification time). Returns only
+/// once it is durable. Pushing the same name again succeeds when the
+/// content is identical and fails otherwise.
 pub fn push(
     repo: &Arc<Repository>,
     source: &str,
     name: &str,
     data: Vec<u8>,
+    modified: Option<jiff::Timestamp>,
 ) -> Result<PushOutcome> {
     if !is_valid_name(name) {
         return Err(Error::InvalidInput(format!(
@@ -100,6 +107,7 @@ pub fn push(
         size,
         content,
         pushed: jiff::Timestamp::now(),
+        modified,
     };
     let path = format!("{}/{name}", stream_dir(repo, source));
     if let Some(existing) = load(repo, source, name)? {
@@ -271,6 +279,196 @@ pub fn trim(repo: &Repository, source: &str, keep_from: &str) -> Result<Vec<Stri
     Ok(removed)
 }
 
+/// PostgreSQL's default WAL segment size, which [`position`] assumes too.
+pub const SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// The 24-hex name of segment `seg` (a [`position`]) on timeline `tli`.
+#[must_use]
+pub fn segment_name(tli: u32, seg: u64) -> String {
+    format!("{tli:08X}{:08X}{:08X}", seg / 256, seg % 256)
+}
+
+/// Parses an LSN as PostgreSQL prints it (`0/5000A28`).
+#[must_use]
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    let hi = u32::from_str_radix(hi, 16).ok()?;
+    let lo = u32::from_str_radix(lo, 16).ok()?;
+    Some((u64::from(hi) << 32) | u64::from(lo))
+}
+
+/// One line of a timeline history file: timeline `parent` was left at
+/// `switch_lsn` (the first LSN of the next timeline in the file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    pub parent: u32,
+    pub switch_lsn: u64,
+    /// PostgreSQL's comment, e.g. `before 2024-05-01 12:00:00.1+00`.
+    pub reason: String,
+}
+
+/// Parses a `NNNNNNNN.history` file: one `parent TAB switchpoint TAB
+/// reason` line per ancestor, oldest first (PostgreSQL's
+/// `readTimeLineHistory`); blank lines and `#` comments are skipped.
+#[must_use]
+pub fn parse_history(text: &str) -> Option<Vec<HistoryEntry>> {
+    let mut out: Vec<HistoryEntry> = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.splitn(3, char::is_whitespace);
+        let parent: u32 = fields.next()?.parse().ok()?;
+        let switch_lsn = parse_lsn(fields.next()?.trim())?;
+        let reason = fields.next().unwrap_or_default().trim().to_owned();
+        // PostgreSQL rejects files whose timelines do not increase.
+        if out.last().is_some_and(|p| p.parent >= parent) {
+            return None;
+        }
+        out.push(HistoryEntry {
+            parent,
+            switch_lsn,
+            reason,
+        });
+    }
+    Some(out)
+}
+
+/// An archived timeline other than the first: its ancestry (from its
+/// `.history` file) and when the server switched to it: the history file's
+/// modification time as pushed (PostgreSQL writes it at the switch, before
+/// the first commit on the new timeline), else when it was archived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timeline {
+    pub timeline: u32,
+    pub parents: Vec<HistoryEntry>,
+    pub born: jiff::Timestamp,
+}
+
+impl Timeline {
+    /// The timelines a server on this one has replayed, oldest first, each
+    /// with the LSN where it begins.
+    #[must_use]
+    pub fn path(&self) -> Vec<(u32, u64)> {
+        let mut out = Vec::with_capacity(self.parents.len() + 1);
+        let mut begin = 0;
+        for p in &self.parents {
+            out.push((p.parent, begin));
+            begin = p.switch_lsn;
+        }
+        out.push((self.timeline, begin));
+        out
+    }
+}
+
+/// The timelines of a source that have an archived `.history` file,
+/// ordered by timeline.
+pub fn timelines(repo: &Repository, source: &str) -> Result<Vec<Timeline>> {
+    let mut out = Vec::new();
+    for (name, _) in list(repo, source)? {
+        let Some(hex) = name.strip_suffix(".history") else {
+            continue;
+        };
+        let Ok(timeline) = u32::from_str_radix(hex, 16) else {
+            continue;
+        };
+        let Some(record) = load(repo, source, &name)? else {
+            continue;
+        };
+        let mut text = Vec::new();
+        fetch(repo, source, &name, &mut text)?;
+        let path = format!("{}/{name}", stream_dir(repo, source));
+        let parents = parse_history(&String::from_utf8_lossy(&text))
+            .filter(|p| p.last().is_none_or(|l| l.parent < timeline))
+            .ok_or_else(|| Error::corrupt(&path, "unreadable timeline history"))?;
+        out.push(Timeline {
+            timeline,
+            parents,
+            born: record.modified.unwrap_or(record.pushed),
+        });
+    }
+    out.sort_by_key(|t| t.timeline);
+    Ok(out)
+}
+
+/// The timeline that was current at `at`: the one whose history file was
+/// archived last at or before `at` (every server promoted later forked off
+/// after `at`, so what the database held at `at` is on this one); without
+/// `at`, the newest timeline. `None` means no archived timeline switch
+/// applies: the base backup's own timeline.
+#[must_use]
+pub fn timeline_at(timelines: &[Timeline], at: Option<jiff::Timestamp>) -> Option<&Timeline> {
+    match at {
+        Some(at) => timelines
+            .iter()
+            .filter(|t| t.born <= at)
+            .max_by_key(|t| (t.born, t.timeline)),
+        None => timelines.iter().max_by_key(|t| t.timeline),
+    }
+}
+
+/// What recovery along a timeline path needs from the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// Archived segments on the path from the start segment on.
+    pub segments: u64,
+    /// Missing runs before the last archived one: `(timeline, first
+    /// missing name, count)`.
+    pub gaps: Vec<(u32, String, u64)>,
+}
+
+/// Checks the segments recovery reads when it starts at segment `start` of
+/// timeline `start_tli` and follows `path` (from [`Timeline::path`], or
+/// `[(tli, 0)]` without a switch). For each position PostgreSQL reads the
+/// file of the newest timeline on the path that begins at or before that
+/// segment, so segments of an ancestor after it was left are not needed.
+/// `None` when the start is not on the path (the base backup was taken on
+/// another branch, or after the path left its timeline).
+#[must_use]
+pub fn chain(names: &[String], path: &[(u32, u64)], start_tli: u32, start: u64) -> Option<Chain> {
+    let at = path.iter().position(|(t, _)| *t == start_tli)?;
+    if path[at].1 / SEGMENT_SIZE > start {
+        return None;
+    }
+    if let Some((_, next_begin)) = path.get(at + 1)
+        && start > next_begin / SEGMENT_SIZE
+    {
+        return None;
+    }
+    let expected = |seg: u64| {
+        path.iter()
+            .rev()
+            .find(|(_, begin)| begin / SEGMENT_SIZE <= seg)
+            .map_or(start_tli, |(t, _)| *t)
+    };
+    let on_path: std::collections::BTreeSet<u64> = names
+        .iter()
+        .filter_map(|n| position(n))
+        .filter(|&(tli, seg)| seg >= start && expected(seg) == tli)
+        .map(|(_, seg)| seg)
+        .collect();
+    let mut gaps: Vec<(u32, String, u64)> = Vec::new();
+    let mut next = start;
+    for &seg in &on_path {
+        if seg > next {
+            gaps.push((
+                expected(next),
+                segment_name(expected(next), next),
+                seg - next,
+            ));
+        }
+        next = seg + 1;
+    }
+    if on_path.is_empty() {
+        gaps.push((start_tli, segment_name(start_tli, start), 1));
+    }
+    Some(Chain {
+        segments: on_path.len() as u64,
+        gaps,
+    })
+}
+
 /// Parses `backup_label` text: the start segment and timeline.
 #[must_use]
 pub fn parse_backup_label(text: &str) -> Option<(String, u32)> {
@@ -346,6 +544,97 @@ mod tests {
         let g = gaps(&names);
         assert_eq!(g[0], (1, "000000010000000000000003".to_owned(), 2));
         assert_eq!(g.len(), 2);
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn history_files_are_parsed_into_paths() {
+        let text = "1\t0/5000A28\tbefore 2024-05-01 12:00:00.5+00\n\n# a comment\n2\t0/7000000\tno recovery target specified\n";
+        let parents = parse_history(text).unwrap();
+        assert_eq!(parents.len(), 2);
+        assert_eq!(parents[0].parent, 1);
+        assert_eq!(parents[0].switch_lsn, 0x500_0A28);
+        assert_eq!(parents[0].reason, "before 2024-05-01 12:00:00.5+00");
+        assert_eq!(parse_lsn("1/0"), Some(1 << 32));
+        assert!(parse_history("2\t0/1\tx\n1\t0/2\ty\n").is_none());
+        assert!(parse_history("1\tnot-an-lsn\tx\n").is_none());
+        let tl = Timeline {
+            timeline: 3,
+            parents,
+            born: jiff::Timestamp::UNIX_EPOCH,
+        };
+        assert_eq!(tl.path(), vec![(1, 0), (2, 0x500_0A28), (3, 0x700_0000)]);
+    }
+
+    #[test]
+    fn the_timeline_current_at_a_time_is_the_last_one_born_before_it() {
+        let at = |s: i64| jiff::Timestamp::from_second(s).unwrap();
+        let tl = |timeline, born| Timeline {
+            timeline,
+            parents: vec![HistoryEntry {
+                parent: 1,
+                switch_lsn: 0,
+                reason: String::new(),
+            }],
+            born: at(born),
+        };
+        let all = [tl(2, 100), tl(3, 200)];
+        assert_eq!(timeline_at(&all, Some(at(50))), None);
+        assert_eq!(timeline_at(&all, Some(at(100))).unwrap().timeline, 2);
+        assert_eq!(timeline_at(&all, Some(at(150))).unwrap().timeline, 2);
+        assert_eq!(timeline_at(&all, Some(at(250))).unwrap().timeline, 3);
+        assert_eq!(timeline_at(&all, None).unwrap().timeline, 3);
+    }
+
+    #[test]
+    fn the_chain_follows_the_path_across_a_switch() {
+        // Timeline 2 leaves timeline 1 inside segment 5; timeline 1 went on
+        // (its 5..7 are archived but not on timeline 2's path).
+        let path = [(1, 0), (2, 5 * SEGMENT_SIZE + 0x28)];
+        let archived = names(&[
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000010000000000000006",
+            "000000010000000000000007",
+            "00000002.history",
+            "000000020000000000000005",
+            "000000020000000000000006",
+        ]);
+        let c = chain(&archived, &path, 1, 3).unwrap();
+        assert_eq!(c.segments, 4);
+        assert!(c.gaps.is_empty(), "{c:?}");
+        // Timeline 1 alone: its own later segments count.
+        assert_eq!(chain(&archived, &[(1, 0)], 1, 3).unwrap().segments, 5);
+        // A base backup on timeline 1 after the switch is not on the path.
+        assert!(chain(&archived, &path, 1, 6).is_none());
+        assert!(chain(&archived, &path, 4, 6).is_none());
+        // Missing segment 4 (before the switch) and 6 on the new timeline.
+        let holes = names(&[
+            "000000010000000000000003",
+            "000000020000000000000005",
+            "000000020000000000000007",
+        ]);
+        let c = chain(&holes, &path, 1, 3).unwrap();
+        assert_eq!(
+            c.gaps,
+            vec![
+                (1, "000000010000000000000004".to_owned(), 1),
+                (2, "000000020000000000000006".to_owned(), 1)
+            ]
+        );
+        // The switch segment only under the old timeline's name is a gap.
+        let old_only = names(&[
+            "000000010000000000000003",
+            "000000010000000000000004",
+            "000000010000000000000005",
+            "000000020000000000000006",
+        ]);
+        let c = chain(&old_only, &path, 1, 3).unwrap();
+        assert_eq!(c.gaps, vec![(2, "000000020000000000000005".to_owned(), 1)]);
     }
 
     #[test]

@@ -1,16 +1,19 @@
-//! PostgreSQL point-in-time recovery against a real server: WAL archived
-//! by `archive_command = 'vault wal push %p'`, a physical base backup,
-//! rows committed one by one with their commit times, a restore to a time
-//! between two of them, and PostgreSQL started on the restored directory
-//! holding exactly the rows committed before that time. A missing segment is
-//! reported by `check` and by the restore before anything is written.
+//! PostgreSQL point-in-time recovery against a real server, on both
+//! backends: WAL archived by `archive_command = 'vault wal push %p'`, a
+//! physical base backup, rows committed one by one with their commit times,
+//! a restore to a time between two of them, and PostgreSQL started on the
+//! restored directory holding exactly the rows committed before that time.
+//! That restored server goes on, archiving, on timeline 2; restores to
+//! times on timeline 1 (before and after the fork point) and on timeline 2
+//! each hold exactly their rows. A missing segment is reported by `check`
+//! and by the restore before anything is written.
 //!
 //! PostgreSQL runs as the `postgres` user (it refuses root), and so does
 //! every vault command here (as `archive_command` would), in a work
 //! directory that user owns. Needs root; without PostgreSQL (and without
 //! VAULT_REQUIRE_DB=1) it prints a notice and passes trivially.
 
-use crate::support::{assert_code, assert_success, stderr};
+use crate::support::{Backend, S3Server, assert_code, assert_success, random_hex, s3, stderr};
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,21 @@ struct Pitr {
     uid: u32,
     gid: u32,
     pg: HashMap<String, String>,
+    /// The repository's storage, opened directly (to damage it).
+    store: Box<dyn vault_engine::backend::Backend>,
+}
+
+/// A PostgreSQL server started on a restored directory, stopped on drop.
+struct Restored<'a> {
+    t: &'a Pitr,
+    data: PathBuf,
+    port: String,
+}
+
+impl Drop for Restored<'_> {
+    fn drop(&mut self) {
+        let _ = self.t.pg_ctl(&self.data, &["-m", "fast", "-w", "stop"]);
+    }
 }
 
 impl Pitr {
@@ -70,24 +88,117 @@ impl Pitr {
             .unwrap()
     }
 
-    fn wal_objects(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        crate::support::walk_files(&self.dir.join("repo/wal"), &mut |p| {
-            out.push(p.to_path_buf())
-        });
-        out.sort();
-        out
+    /// Commits row `id` and returns its commit time (UTC, microseconds).
+    fn commit(&self, port: &str, id: u32) -> jiff::Timestamp {
+        let at = self.psql(port, &format!("INSERT INTO events VALUES ({id}, clock_timestamp()) RETURNING to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"));
+        at.parse().unwrap()
+    }
+
+    fn rows(&self, port: &str) -> String {
+        self.psql(
+            port,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM events",
+        )
+    }
+
+    /// Switches to a new segment and waits until the server has archived
+    /// everything up to it.
+    fn archive_all(&self, port: &str) {
+        let last = self.psql(port, "SELECT pg_walfile_name(pg_switch_wal())");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.psql(
+            port,
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        ) < last
+        {
+            assert!(Instant::now() < deadline, "WAL {last} was never archived");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `vault restore pgdb --pitr [--at AT] --target DIR`; its JSON report.
+    fn restore(&self, at: Option<jiff::Timestamp>, dir: &str) -> serde_json::Value {
+        let target = self.dir.join(dir);
+        let at = at.map(|a| a.to_string());
+        let mut args = vec!["--json", "restore", "pgdb", "--pitr"];
+        if let Some(at) = &at {
+            args.extend(["--at", at]);
+        }
+        args.extend(["--target", target.to_str().unwrap()]);
+        let out = self.vault(&args);
+        assert_success(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Starts PostgreSQL on a restored directory and waits until recovery
+    /// has reached its target and the server is promoted.
+    fn start(&self, dir: &str, port: &str, options: &str) -> Restored<'_> {
+        let data = self.dir.join(dir);
+        let log = self.dir.join(format!("{dir}.log"));
+        let started = self.pg_ctl(
+            &data,
+            &[
+                "-w",
+                "-t",
+                "120",
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &format!("-p {port} {options}"),
+                "start",
+            ],
+        );
+        let server = Restored {
+            t: self,
+            data,
+            port: port.to_owned(),
+        };
+        let text = || std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            started.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&started.stderr),
+            text()
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.psql(port, "SELECT pg_is_in_recovery()") == "t" {
+            assert!(
+                Instant::now() < deadline,
+                "recovery never finished: {}",
+                text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        server
+    }
+
+    /// Restores to `at`, starts a server on it without archiving, and
+    /// returns its rows and the timeline the restore chose.
+    fn rows_at(&self, at: jiff::Timestamp, dir: &str, port: &str) -> (String, u64) {
+        let report = self.restore(Some(at), dir);
+        let server = self.start(dir, port, "-c archive_mode=off");
+        let rows = self.rows(&server.port);
+        drop(server);
+        (rows, report["timeline"].as_u64().unwrap())
     }
 }
 
-fn setup() -> Option<Pitr> {
+fn mid(a: jiff::Timestamp, b: jiff::Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_microsecond((a.as_microsecond() + b.as_microsecond()) / 2).unwrap()
+}
+
+fn setup(backend: Backend) -> Option<Pitr> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("NOTICE: the PITR test needs root (PostgreSQL runs as the postgres user)");
         return None;
     }
     let user = nix::unistd::User::from_name("postgres").ok().flatten()?;
     let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
-    let dir = std::env::temp_dir().join(format!("vault-pitr-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "vault-pitr-{}-{}",
+        std::process::id(),
+        random_hex()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let vault = env!("CARGO_BIN_EXE_vault");
@@ -141,12 +252,46 @@ fn setup() -> Option<Pitr> {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
+    // The vault processes run as postgres, several from the server's
+    // archive_command: the S3 credentials reach them through files named
+    // in the config, as they would in production.
+    let server: Option<&S3Server> = (backend == Backend::S3).then(s3);
+    let (url, s3_settings) = match server {
+        None => (
+            dir.join("repo").to_string_lossy().into_owned(),
+            String::new(),
+        ),
+        Some(server) => {
+            let (id, secret) = (dir.join("s3-key-id"), dir.join("s3-secret"));
+            std::fs::write(&id, format!("{}\n", server.access_key_id)).unwrap();
+            std::fs::write(&secret, format!("{}\n", server.secret_access_key)).unwrap();
+            for p in [&id, &secret] {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+                std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
+            }
+            (
+                server.url(&format!("pitr-{}", random_hex())),
+                format!(
+                    "access_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\nregion = \"{}\"\n",
+                    id.display(),
+                    secret.display(),
+                    server.region
+                ),
+            )
+        }
+    };
+    let store = vault_engine::backend::open_url(
+        &url,
+        &server.map_or_else(Default::default, S3Server::options),
+    )
+    .unwrap();
     std::fs::write(
         &config,
         format!(
-            "[repository]\nurl = \"{repo}\"\npassword_file = \"{pass}\"\n\n[[source]]\nname = \"pgdb\"\nkind = \"postgres\"\ndatabase = \"vault_test\"\nconnection = \"host=127.0.0.1 port={port} user=vault_test\"\npasswfile_placeholder = 0\nbin_dir = \"{bin}\"\n\n[notify]\nstatus_file = \"{status}\"\n",
+            "[repository]\nurl = \"{repo}\"\npassword_file = \"{pass}\"\n{s3_settings}\n[[source]]\nname = \"pgdb\"\nkind = \"postgres\"\ndatabase = \"vault_test\"\nconnection = \"host=127.0.0.1 port={port} user=vault_test\"\npasswfile_placeholder = 0\nbin_dir = \"{bin}\"\n\n[notify]\nstatus_file = \"{status}\"\n",
             status = dir.join("status.json").display(),
-            repo = dir.join("repo").display(),
+            repo = url,
             pass = dir.join("pass").display(),
             port = pg["VAULT_TEST_PG_PORT"],
             bin = pg["VAULT_TEST_PG_BIN"],
@@ -171,13 +316,18 @@ fn setup() -> Option<Pitr> {
         uid,
         gid,
         pg,
+        store,
     })
 }
 
-#[test]
-fn restore_to_a_second_between_two_commits_replays_exactly_up_to_it() {
-    let Some(t) = setup() else { return };
+backend_test!(restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_to_it);
+fn restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_to_it(
+    backend: Backend,
+) {
+    let Some(t) = setup(backend) else { return };
     let port = t.pg["VAULT_TEST_PG_PORT"].clone();
+    let port_tl2 = (port.parse::<u32>().unwrap() + 1).to_string();
+    let port_check = (port.parse::<u32>().unwrap() + 2).to_string();
     assert_success(&t.vault(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]));
     t.psql(
         &port,
@@ -187,25 +337,15 @@ fn restore_to_a_second_between_two_commits_replays_exactly_up_to_it() {
     assert_success(&out);
     // One row per commit, with the commit's time; a segment switch between
     // some of them so the rows span several archived segments.
-    let mut times = Vec::new();
+    let mut times = vec![jiff::Timestamp::UNIX_EPOCH];
     for i in 1..=8 {
-        let at = t.psql(&port, &format!("INSERT INTO events VALUES ({i}, clock_timestamp()) RETURNING to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"));
-        times.push(at);
+        times.push(t.commit(&port, i));
         if i % 3 == 0 {
             t.psql(&port, "SELECT pg_switch_wal()");
         }
         std::thread::sleep(Duration::from_millis(600));
     }
-    let last = t.psql(&port, "SELECT pg_walfile_name(pg_switch_wal())");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while t.psql(
-        &port,
-        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-    ) < last
-    {
-        assert!(Instant::now() < deadline, "WAL {last} was never archived");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    t.archive_all(&port);
     let listed = t.vault(&["wal", "list", "--json"]);
     assert_success(&listed);
     let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
@@ -246,63 +386,90 @@ fn restore_to_a_second_between_two_commits_replays_exactly_up_to_it() {
         4,
     );
 
-    // Restore to halfway between commit 5 and commit 6.
-    let t5: jiff::Timestamp = times[4].parse().unwrap();
-    let t6: jiff::Timestamp = times[5].parse().unwrap();
-    let mid =
-        jiff::Timestamp::from_microsecond((t5.as_microsecond() + t6.as_microsecond()) / 2).unwrap();
-    let target = t.dir.join("restored");
-    let out = t.vault(&[
-        "restore",
-        "pgdb",
-        "--pitr",
-        "--at",
-        &mid.to_string(),
-        "--target",
-        target.to_str().unwrap(),
-    ]);
-    assert_success(&out);
-    let port2 = (port.parse::<u32>().unwrap() + 1).to_string();
-    let started = t.pg_ctl(
-        &target,
-        &[
-            "-w",
-            "-t",
-            "120",
-            "-l",
-            t.dir.join("restored.log").to_str().unwrap(),
-            "-o",
-            &format!("-p {port2} -c archive_mode=off"),
-            "start",
-        ],
-    );
-    let log = std::fs::read_to_string(t.dir.join("restored.log")).unwrap_or_default();
-    assert!(
-        started.status.success(),
-        "{}\n{log}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    // Wait for recovery to reach the target and promote.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while t.psql(&port2, "SELECT pg_is_in_recovery()") == "t" {
-        assert!(Instant::now() < deadline, "recovery never finished");
-        std::thread::sleep(Duration::from_millis(200));
+    // Restore to halfway between commit 5 and commit 6, and keep that
+    // server: it archives 00000002.history and goes on on timeline 2
+    // (archive_command as in the base backup), while the original server
+    // stays on timeline 1 with rows 6 to 8.
+    let report = t.restore(Some(mid(times[5], times[6])), "tl2");
+    assert_eq!(report["timeline"], 1, "{report}");
+    let start = report["start_segment"].as_str().unwrap().to_owned();
+    let tl2 = t.start("tl2", &port_tl2, "");
+    assert_eq!(t.rows(&port_tl2), "1,2,3,4,5");
+    let wal_file = t.psql(&port_tl2, "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    assert!(wal_file.starts_with("00000002"), "{wal_file}");
+    let mut tl2_times = HashMap::new();
+    for i in 101..=104 {
+        tl2_times.insert(i, t.commit(&port_tl2, i));
+        std::thread::sleep(Duration::from_millis(600));
     }
-    let ids = t.psql(
-        &port2,
-        "SELECT string_agg(id::text, ',' ORDER BY id) FROM events",
-    );
-    let _ = t.pg_ctl(&target, &["-m", "fast", "stop"]);
-    assert_eq!(ids, "1,2,3,4,5", "restored to {mid}: {log}");
+    t.archive_all(&port_tl2);
+    drop(tl2);
 
-    // A missing segment: check names it, and restore refuses up front.
-    let victims: Vec<PathBuf> = t
-        .wal_objects()
-        .into_iter()
-        .filter(|p| p.file_name().unwrap().len() == 24)
+    // Both timelines are listed, the fork with them, and neither list nor
+    // check sees a gap where timeline 2 begins mid-way.
+    let listed = t.vault(&["wal", "list", "--json"]);
+    assert_success(&listed);
+    let list: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(list["timelines"], serde_json::json!([1, 2]), "{list}");
+    assert_eq!(list["histories"][0]["timeline"], 2, "{list}");
+    assert_eq!(list["histories"][0]["parent"], 1, "{list}");
+    assert!(list["gaps"].as_array().unwrap().is_empty(), "{list}");
+    let files: Vec<&str> = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
         .collect();
-    let victim = &victims[victims.len() - 2];
-    std::fs::remove_file(victim).unwrap();
+    assert!(files.contains(&"00000002.history"), "{list}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.len() == 24 && f.starts_with("00000002")),
+        "{list}"
+    );
+    let out = t.vault(&["check", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        !report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "wal_gap"),
+        "{report}"
+    );
+    assert_success(&out);
+
+    // On timeline 1 before the fork point.
+    assert_eq!(
+        t.rows_at(mid(times[2], times[3]), "t0", &port_check),
+        ("1,2".to_owned(), 1)
+    );
+    // On timeline 1 after the fork point but before timeline 2 existed:
+    // what the database held then. Following the newest timeline (what
+    // PostgreSQL does by default) would give 1 to 5.
+    assert_eq!(
+        t.rows_at(mid(times[6], times[7]), "t1", &port_check),
+        ("1,2,3,4,5,6".to_owned(), 1)
+    );
+    // On timeline 2.
+    assert_eq!(
+        t.rows_at(mid(tl2_times[&102], tl2_times[&103]), "t2", &port_check),
+        ("1,2,3,4,5,101,102".to_owned(), 2)
+    );
+
+    // A missing segment on the path to timeline 2 (before the fork): check
+    // names it, and restore refuses up front.
+    let (tli, seg) = vault_engine::wal::position(&start).unwrap();
+    let victim = vault_engine::wal::segment_name(tli, seg + 1);
+    let key = t
+        .store
+        .list("wal/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.path)
+        .find(|k| k.ends_with(&format!("/{victim}")))
+        .unwrap_or_else(|| panic!("{victim} is not archived"));
+    t.store.delete(&key).unwrap();
     let out = t.vault(&["check", "--json"]);
     assert_code(&out, 1);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -314,16 +481,16 @@ fn restore_to_a_second_between_two_commits_replays_exactly_up_to_it() {
             .any(|f| f["kind"] == "wal_gap"),
         "{report}"
     );
-    let target2 = t.dir.join("restored2");
+    let target = t.dir.join("after-gap");
     let out = t.vault(&[
         "restore",
         "pgdb",
         "--pitr",
         "--target",
-        target2.to_str().unwrap(),
+        target.to_str().unwrap(),
     ]);
     assert_code(&out, 1);
     assert!(stderr(&out).contains("gap"), "{}", stderr(&out));
-    assert!(!target2.join("PG_VERSION").exists());
+    assert!(!target.join("PG_VERSION").exists());
     let _ = std::fs::remove_dir_all(&t.dir);
 }

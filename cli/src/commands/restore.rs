@@ -36,6 +36,10 @@ pub(crate) struct RestoreArgs {
     /// PostgreSQL there replays archived WAL up to --at.
     #[arg(long, requires = "target")]
     pitr: bool,
+    /// With --pitr: recover along this timeline instead of the one that was
+    /// current at --at (the newest without --at).
+    #[arg(long, requires = "pitr")]
+    timeline: Option<u32>,
     /// Only restore these snapshot paths (and what is below them).
     #[arg(short, long = "include")]
     includes: Vec<String>,
@@ -67,6 +71,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             &repo,
             source,
             args.at.as_deref(),
+            args.timeline,
             &args.target.clone().context("--target")?,
         );
     }

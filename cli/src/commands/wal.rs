@@ -76,8 +76,12 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                 .to_owned();
             let data =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let modified = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| jiff::Timestamp::try_from(t).ok());
             let repo = global::open_repository(g)?;
-            let outcome = wal::push(&repo, &source, &name, data)
+            let outcome = wal::push(&repo, &source, &name, data, modified)
                 .with_context(|| format!("archiving {name}"))?;
             if !g.quiet && g.verbose > 0 {
                 eprintln!("vault: {name}: {outcome:?}");
@@ -114,6 +118,8 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                 .iter()
                 .filter_map(|n| wal::position(n).map(|p| p.0))
                 .collect();
+            let histories = wal::timelines(&repo, &source)?;
+            timelines.extend(histories.iter().map(|t| t.timeline));
             timelines.sort_unstable();
             timelines.dedup();
             if g.json {
@@ -121,6 +127,13 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                     "source": source,
                     "files": names,
                     "timelines": timelines,
+                    "histories": histories.iter().map(|t| serde_json::json!({
+                        "timeline": t.timeline,
+                        "parent": t.parents.last().map(|p| p.parent),
+                        "switch_lsn": t.parents.last().map(|p| format!("{:X}/{:X}", p.switch_lsn >> 32, p.switch_lsn & 0xFFFF_FFFF)),
+                        "reason": t.parents.last().map(|p| p.reason.clone()),
+                        "archived": t.born.to_string(),
+                    })).collect::<Vec<_>>(),
                     "gaps": gaps.iter().map(|(t, f, c)| serde_json::json!({"timeline": t, "first_missing": f, "count": c})).collect::<Vec<_>>(),
                 }))?;
             } else {
@@ -128,6 +141,19 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                     println!("{n}");
                 }
                 println!("{} files on timelines {timelines:?}", names.len());
+                for t in &histories {
+                    if let Some(p) = t.parents.last() {
+                        println!(
+                            "timeline {} forked from timeline {} at {:X}/{:X} ({}), archived {}",
+                            t.timeline,
+                            p.parent,
+                            p.switch_lsn >> 32,
+                            p.switch_lsn & 0xFFFF_FFFF,
+                            p.reason,
+                            output::local_time(&t.born.to_zoned(jiff::tz::TimeZone::system()))
+                        );
+                    }
+                }
                 for (t, f, c) in &gaps {
                     println!("GAP: {c} segment(s) missing on timeline {t} from {f}");
                 }
