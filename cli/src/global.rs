@@ -20,7 +20,7 @@ pub(crate) fn install_interrupt_handler() -> Arc<AtomicBool> {
         if handler_flag.swap(true, Ordering::SeqCst) {
             std::process::exit(i32::from(crate::exit::INTERRUPTED));
         }
-        eprintln!("vault: interrupted, finishing uploads in progress (press again to abort)");
+        eprintln!("vault: interrupted, stopping cleanly (press again to abort at once)");
     });
     flag
 }

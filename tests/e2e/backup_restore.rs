@@ -172,6 +172,48 @@ fn round_trip_preserves_content_and_metadata(backend: Backend) {
     assert!(std::fs::metadata(zeros).unwrap().blocks() * 512 < 2_500_000);
 }
 
+backend_test!(restore_of_many_small_files_stays_within_a_low_open_file_limit);
+/// Thousands of small files share a pack; restoring it must not hold them
+/// all open (a 52k-file tree failed with "Too many open files").
+fn restore_of_many_small_files_stays_within_a_low_open_file_limit(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    for d in 0..4 {
+        let dir = src.join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..150 {
+            std::fs::write(
+                dir.join(format!("f{f}")),
+                format!("file {d}/{f}\n").repeat(f + 1),
+            )
+            .unwrap();
+        }
+    }
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("restore");
+    // The same command under `ulimit -n 128`.
+    let vault = env.command(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let mut limited = std::process::Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("ulimit -n 128 && exec \"$0\" \"$@\"")
+        .arg(vault.get_program())
+        .args(vault.get_args());
+    for (k, v) in vault.get_envs() {
+        match v {
+            Some(v) => limited.env(k, v),
+            None => limited.env_remove(k),
+        };
+    }
+    assert_success(&limited.output().unwrap());
+    let (want, _) = scan(&src);
+    let (got, _) = scan(&restored_root(&target, &src));
+    assert_eq!(want.len(), got.len(), "entry count");
+    for (path, entry) in &want {
+        assert_eq!(Some(entry), got.get(path), "{}", path.display());
+    }
+}
+
 backend_test!(backup_twice_adds_no_data_packs_and_skips_unchanged_files);
 fn backup_twice_adds_no_data_packs_and_skips_unchanged_files(backend: Backend) {
     let env = Env::on(backend);
