@@ -52,7 +52,7 @@ pub struct ChunkerParams {
 
 impl ChunkerParams {
     /// Defaults: 256 KiB / 1 MiB / 8 MiB with a fresh random seed.
-    /// See BENCHMARKS.md ("Chunk size") for the measurement behind them.
+    /// BENCHMARKS.md ("Dump growth") has what they cost on a changed dump.
     #[must_use]
     pub fn generate() -> Self {
         Self {
