@@ -94,20 +94,10 @@ pub(crate) fn record(command: &str, success: bool) {
             },
         );
     }
-    if let Err(e) = write(&path, &all) {
+    let written = serde_json::to_vec_pretty(&all)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::status::write_atomic(&path, &bytes));
+    if let Err(e) = written {
         tracing::debug!("not recording request counts in {}: {e}", path.display());
     }
-}
-
-fn write(path: &std::path::Path, all: &BTreeMap<String, Operation>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // A unique temporary name: several vault processes may end at once.
-    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(all).map_err(std::io::Error::other)?,
-    )?;
-    std::fs::rename(&tmp, path)
 }

@@ -408,12 +408,6 @@ impl IndexBuilder {
 }
 
 impl Index {
-    /// Empty.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// The index of several files; see [`IndexBuilder::finish`] for which
     /// location of a blob wins.
     #[must_use]
