@@ -666,7 +666,8 @@ impl Ctx<'_> {
         let mut content = Vec::new();
         let mut outstanding: VecDeque<usize> = VecDeque::new();
         let mut size = 0u64;
-        for chunk in self.repo.config().chunker.chunks_sized(reader, size_hint) {
+        let chunks = self.repo.config().chunker.chunks_sized(reader, size_hint);
+        for chunk in chunks.with_buffers(self.saver.buffers()) {
             self.check_cancel().map_err(ContentError::Engine)?;
             let chunk = chunk.map_err(ContentError::Read)?;
             size += chunk.len() as u64;

@@ -13,6 +13,7 @@
 //! bytes of memory traffic per input byte with the default sizes) and
 //! allocates that buffer for every file, however small.
 
+use crate::buffer::BufferPool;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -123,6 +124,7 @@ impl ChunkerParams {
             pending: None,
             eof: false,
             failed: false,
+            buffers: None,
         }
     }
 }
@@ -146,6 +148,8 @@ pub struct Chunks<R: Read> {
     pending: Option<Vec<u8>>,
     eof: bool,
     failed: bool,
+    /// Where chunk buffers come from, if not straight from the allocator.
+    buffers: Option<Arc<BufferPool>>,
 }
 
 /// Where the scan of the current chunk stands: the next byte pair to hash,
@@ -156,6 +160,14 @@ struct CutState {
 }
 
 impl<R: Read> Chunks<R> {
+    /// Takes chunk buffers from `pool`; whoever consumes the chunks should
+    /// give them back ([`BufferPool::give`]) when done.
+    #[must_use]
+    pub fn with_buffers(mut self, pool: Arc<BufferPool>) -> Self {
+        self.buffers = Some(pool);
+        self
+    }
+
     /// Continues FastCDC 2020's `cut_gear` over `data` (the current chunk's
     /// bytes so far) from `scan`, visiting only byte pairs fully inside
     /// `data` and inside `max`. Returns the chunk length if a cut point was
@@ -205,7 +217,14 @@ impl<R: Read> Chunks<R> {
     /// stream when fewer arrive.
     fn fill(&mut self, buf: &mut Vec<u8>, want: usize) -> std::io::Result<()> {
         let before = buf.len();
-        buf.reserve(want);
+        if buf.capacity() - before < want {
+            // Grow geometrically, but never past the largest chunk plus one
+            // read: doubling a 4 MiB buffer for an 8 MiB chunk would
+            // allocate 16 MiB.
+            let cap = buf.capacity();
+            let target = (before + want).max((2 * cap).min(self.max + self.step));
+            buf.reserve_exact(target - before);
+        }
         (&mut self.reader).take(want as u64).read_to_end(buf)?;
         let got = buf.len() - before;
         if got < want {
@@ -231,7 +250,11 @@ impl<R: Read> Chunks<R> {
             }
             .max(self.step.min(typical))
         };
-        let mut buf = Vec::with_capacity(leftover.len() + room);
+        let capacity = leftover.len() + room;
+        let mut buf = match &self.buffers {
+            Some(pool) => pool.take(capacity),
+            None => Vec::with_capacity(capacity),
+        };
         buf.extend_from_slice(leftover);
         buf
     }

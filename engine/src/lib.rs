@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod backup;
 pub mod blob;
+pub mod buffer;
 pub mod check;
 pub mod chunker;
 pub mod compress;

@@ -99,9 +99,17 @@ impl PackWriter {
 
     /// Shuffles, concatenates and appends the sealed header.
     #[must_use]
-    pub fn finish(mut self, key: &MasterKey) -> FinishedPack {
+    pub fn finish(self, key: &MasterKey) -> FinishedPack {
+        self.finish_into(key, Vec::new())
+    }
+
+    /// Like [`PackWriter::finish`], writing into `bytes` (cleared first), so
+    /// a caller can reuse pack-sized buffers.
+    #[must_use]
+    pub fn finish_into(mut self, key: &MasterKey, mut bytes: Vec<u8>) -> FinishedPack {
         self.pending.shuffle(&mut rand::rng());
-        let mut bytes = Vec::with_capacity(self.size + 64);
+        bytes.clear();
+        bytes.reserve_exact(self.size + 64);
         let mut blobs = Vec::with_capacity(self.pending.len());
         for p in self.pending {
             let offset = u32::try_from(bytes.len()).expect("packs stay below 4 GiB");

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, KeyId, PackId, SnapshotId};
 use crate::index::{Index, IndexBuilder, IndexFile};
 use crate::snapshot::Snapshot;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -507,10 +508,10 @@ impl Repository {
     }
 
     /// Stores a finished pack. Returns once it is durable.
-    pub fn save_pack(&self, id: &PackId, bytes: Vec<u8>) -> Result<()> {
+    pub fn save_pack(&self, id: &PackId, bytes: Bytes) -> Result<()> {
         let path = FileKind::Pack.path(&id.to_hex());
         self.backend
-            .put(&path, bytes.into(), PutMode::Create)
+            .put(&path, bytes, PutMode::Create)
             .or_else(|e| match e {
                 BackendError::AlreadyExists(_) => Ok(()),
                 e => Err(e),

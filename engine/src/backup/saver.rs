@@ -19,12 +19,14 @@
 //! when every accepted blob is durable and indexed.
 
 use crate::blob::BlobKind;
+use crate::buffer::BufferPool;
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::index::{IdMap, Index, IndexFile, IndexedPack};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repository::Repository;
+use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,6 +96,12 @@ struct Shared {
     /// Packs uploaded but not yet in a stored index file.
     unindexed: Mutex<Vec<IndexedPack>>,
     stats: Arc<SaverStats>,
+    /// Plaintext buffers come back here once sealed.
+    buffers: Arc<BufferPool>,
+    /// Pack buffers come back here once uploaded: 16 MiB buffers freed by
+    /// one thread and allocated by another fragment glibc's arenas the same
+    /// way chunk buffers do (see [`crate::buffer`]).
+    packs: BufferPool,
 }
 
 impl Shared {
@@ -180,6 +188,10 @@ impl Saver {
             error: Mutex::new(None),
             unindexed: Mutex::new(Vec::new()),
             stats,
+            // Idle buffers only: one per worker and one per reader thread
+            // covers the steady state; more would only hold memory.
+            buffers: Arc::new(BufferPool::new(workers + 2)),
+            packs: BufferPool::new(uploaders + 2),
         });
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 2);
@@ -214,6 +226,13 @@ impl Saver {
             compression,
             threads,
         }
+    }
+
+    /// The pool that sealed blobs' plaintext buffers return to: feeders
+    /// that take their buffers from it keep memory from fragmenting.
+    #[must_use]
+    pub fn buffers(&self) -> Arc<BufferPool> {
+        self.shared.buffers.clone()
     }
 
     /// The repository.
@@ -342,6 +361,7 @@ fn seal_worker(shared: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, c: Comp
                 // by the time finish() returns.
                 let _ = reply.send(id);
                 if !shared.accept(job.kind, id, job.data.len()) {
+                    shared.buffers.give(job.data);
                     continue;
                 }
                 id
@@ -349,6 +369,7 @@ fn seal_worker(shared: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, c: Comp
         };
         let raw_len = u32::try_from(job.data.len()).expect("blobs are below 4 GiB");
         let sealed = shared.repo.seal_blob(job.kind, &id, c, &job.data);
+        shared.buffers.give(job.data);
         let out = Sealed {
             kind: job.kind,
             id,
@@ -381,7 +402,8 @@ fn packer(shared: &Shared, rx: &Receiver<Sealed>, tx: &Sender<FinishedPack>, pac
         };
         pack.add(s.kind, s.id, s.raw_len, s.sealed);
         if pack.size() >= pack_size {
-            let full = std::mem::take(pack).finish(shared.repo.key());
+            let buf = shared.packs.take(pack.size() + 64);
+            let full = std::mem::take(pack).finish_into(shared.repo.key(), buf);
             if tx.send(full).is_err() {
                 return;
             }
@@ -400,9 +422,14 @@ fn uploader(shared: &Shared, rx: &Receiver<FinishedPack>) {
             continue;
         }
         let size = pack.bytes.len() as u64;
-        if let Err(e) = shared.repo.save_pack(&pack.id, pack.bytes) {
+        let bytes = Bytes::from(pack.bytes);
+        if let Err(e) = shared.repo.save_pack(&pack.id, bytes.clone()) {
             shared.fail(e);
             continue;
+        }
+        // The backend is done with it: reuse the buffer for another pack.
+        if let Ok(buf) = bytes.try_into_mut() {
+            shared.packs.give(buf.into());
         }
         shared.stats.packs_uploaded.fetch_add(1, Ordering::Relaxed);
         let flush = {
