@@ -208,8 +208,8 @@ fn load_indexes(
     report: &mut CheckReport,
 ) -> Result<(Index, Vec<(IndexId, IndexFile)>)> {
     let mut files = Vec::new();
-    for id in repo.index_ids()? {
-        match repo.load_index_file(&id) {
+    for (id, file) in repo.fetch_index_files(&repo.index_ids()?) {
+        match file {
             Ok(f) => files.push((id, f)),
             Err(e) => report.error(
                 "index_damaged",
