@@ -9,7 +9,8 @@
 //! - `tamper`: a flipped byte in any stored object is detected, never
 //!   silently turned into different data;
 //! - `interrupt`: failing storage and cancellation leave no snapshot and a
-//!   readable repository that the next backup can build on.
+//!   readable repository that the next backup can build on;
+//! - `wal`: a WAL push costs the same however much was archived before.
 //!
 //! Run with `cargo test -p vault-engine --test engine -j2`.
 
@@ -21,3 +22,4 @@ mod object_lock;
 mod roundtrip;
 mod tamper;
 mod vectors;
+mod wal;
