@@ -310,20 +310,6 @@ pub fn check(
         }
     }
 
-    // Data.
-    if let Some(subset) = options.verify {
-        verify_packs(
-            repo,
-            &index,
-            &stored,
-            subset,
-            options.concurrency,
-            progress,
-            &mut report,
-            &mut bad,
-        )?;
-    }
-
     // Snapshots: trees decode, every referenced blob is indexed and sound.
     let snapshot_ids: Vec<SnapshotId> = repo
         .list(FileKind::Snapshot)?
@@ -338,9 +324,36 @@ pub fn check(
         }
     }
     report.snapshots = snapshots.len() as u64;
-    let mut used: HashSet<BlobId> = HashSet::new();
+    let roots: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+
+    // Data.
+    let bad_before = bad.len();
+    if let Some(subset) = options.verify {
+        verify_packs(
+            repo,
+            &index,
+            &stored,
+            subset,
+            options.concurrency,
+            progress,
+            &mut report,
+            &mut bad,
+        )?;
+    }
+    // (Walking the trees on a thread of its own while the data is read was
+    // measured slower: 2.0 s -> 2.5 s for a 1.3 GB tree on 2 cores.)
+    let scanned = if bad.len() > bad_before {
+        None
+    } else {
+        scan_trees(repo, &index, &bad, roots.into_iter())
+    };
     let mut affected: BTreeMap<usize, Vec<Affected>> = BTreeMap::new();
-    for (sid, snap) in &snapshots {
+    // Something is wrong (damaged data, or the walk stopped): walk each
+    // snapshot on its own to name every snapshot and path the damage
+    // reaches.
+    let walk_each = scanned.is_none();
+    let mut used = scanned.unwrap_or_default();
+    for (sid, snap) in snapshots.iter().filter(|_| walk_each) {
         let mut stack: Vec<(BlobId, PathBuf)> = vec![(snap.tree, PathBuf::from("/"))];
         let mut seen_here: HashSet<BlobId> = HashSet::new();
         while let Some((tree_id, path)) = stack.pop() {
@@ -473,6 +486,49 @@ pub fn check(
 
 /// Returns the finding index explaining why `id` cannot be read, adding a
 /// `blob_missing` finding for unindexed blobs.
+/// Walks every tree reachable from `roots` once, however many snapshots
+/// share it (consecutive snapshots share nearly all their trees, so walking
+/// each one on its own read every tree blob once per snapshot: on an object
+/// store, one GET per directory per snapshot). Returns the blobs used, or
+/// `None` at the first tree or blob that is missing, damaged or unreadable;
+/// the caller then walks snapshot by snapshot to report where.
+fn scan_trees(
+    repo: &Repository,
+    index: &Index,
+    bad: &BadBlobs,
+    roots: impl Iterator<Item = BlobId>,
+) -> Option<HashSet<BlobId>> {
+    let sound = |id: &BlobId| index.contains(id) && !bad.contains_key(id);
+    let mut trees: HashSet<BlobId> = HashSet::new();
+    let mut used: HashSet<BlobId> = HashSet::new();
+    let mut stack: Vec<BlobId> = roots.collect();
+    while let Some(tree_id) = stack.pop() {
+        // Trees are tracked apart from data blobs: a file whose bytes equal
+        // a tree's encoding has the same id, and must not stop the walk.
+        if !trees.insert(tree_id) {
+            continue;
+        }
+        if !sound(&tree_id) {
+            return None;
+        }
+        used.insert(tree_id);
+        let tree = repo.read_tree(index, &tree_id).ok()?;
+        for node in &tree.nodes {
+            if node.kind == NodeKind::Dir {
+                stack.push(node.subtree?);
+                continue;
+            }
+            for id in node.content.iter().flatten() {
+                if !sound(id) {
+                    return None;
+                }
+                used.insert(*id);
+            }
+        }
+    }
+    Some(used)
+}
+
 fn blob_problem(
     index: &Index,
     bad: &BadBlobs,

@@ -10,6 +10,7 @@
 //!   silently turned into different data;
 //! - `interrupt`: failing storage and cancellation leave no snapshot and a
 //!   readable repository that the next backup can build on;
+//! - `check`: trees shared by snapshots are read once;
 //! - `wal`: a WAL push costs the same however much was archived before.
 //!
 //! Run with `cargo test -p vault-engine --test engine -j2`.
@@ -17,6 +18,7 @@
 mod support;
 
 mod append_only;
+mod check;
 mod interrupt;
 mod object_lock;
 mod roundtrip;
