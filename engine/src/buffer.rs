@@ -21,15 +21,20 @@ pub const POOLED_MIN: usize = 256 * 1024;
 pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
     keep: usize,
+    largest: usize,
 }
 
 impl BufferPool {
-    /// A pool that keeps at most `keep` idle buffers.
+    /// A pool that keeps at most `keep` idle buffers of at most `largest`
+    /// bytes' capacity. Larger ones (grown for an unusually large chunk) go
+    /// back to the allocator: kept, they would hold their pages resident
+    /// while serving ordinary chunks.
     #[must_use]
-    pub fn new(keep: usize) -> Self {
+    pub fn new(keep: usize, largest: usize) -> Self {
         Self {
             free: Mutex::new(Vec::with_capacity(keep)),
             keep,
+            largest,
         }
     }
 
@@ -46,10 +51,10 @@ impl BufferPool {
         Vec::with_capacity(capacity)
     }
 
-    /// Returns a buffer for reuse; small buffers, and any beyond `keep`, are
-    /// freed.
+    /// Returns a buffer for reuse; small and oversized buffers, and any
+    /// beyond `keep`, are freed.
     pub fn give(&self, mut buf: Vec<u8>) {
-        if buf.capacity() < POOLED_MIN {
+        if buf.capacity() < POOLED_MIN || buf.capacity() > self.largest {
             return;
         }
         let mut free = self.free.lock().expect("not poisoned");
@@ -72,7 +77,7 @@ mod tests {
 
     #[test]
     fn large_buffers_are_reused_and_small_ones_are_not_kept() {
-        let pool = BufferPool::new(2);
+        let pool = BufferPool::new(2, usize::MAX);
         let mut a = pool.take(POOLED_MIN);
         a.extend_from_slice(b"old contents");
         let ptr = a.as_ptr();
@@ -91,11 +96,15 @@ mod tests {
 
     #[test]
     fn the_pool_is_bounded_and_grows_a_reused_buffer_on_demand() {
-        let pool = BufferPool::new(2);
+        let pool = BufferPool::new(2, 2 * POOLED_MIN);
         for _ in 0..5 {
             pool.give(Vec::with_capacity(POOLED_MIN));
         }
         assert_eq!(pool.idle(), 2);
+        drop(pool.take(POOLED_MIN));
+        pool.give(Vec::with_capacity(3 * POOLED_MIN));
+        assert_eq!(pool.idle(), 1, "an oversized buffer is not kept");
+        pool.give(Vec::with_capacity(POOLED_MIN));
         let big = pool.take(4 * POOLED_MIN);
         assert!(big.capacity() >= 4 * POOLED_MIN);
         assert_eq!(pool.idle(), 1);

@@ -172,6 +172,7 @@ impl Saver {
         let workers = std::thread::available_parallelism().map_or(2, usize::from);
         let uploaders = upload_concurrency.max(1);
         let pack_size = repo.config().pack_size as usize;
+        let avg_chunk = repo.config().chunker.avg_size as usize;
         let mut known = IdMap::default();
         known.reserve(index.len());
         // Blobs only in packs marked for deletion are not reused: a new
@@ -189,9 +190,10 @@ impl Saver {
             unindexed: Mutex::new(Vec::new()),
             stats,
             // Idle buffers only: one per worker and one per reader thread
-            // covers the steady state; more would only hold memory.
-            buffers: Arc::new(BufferPool::new(workers + 2)),
-            packs: BufferPool::new(uploaders + 2),
+            // covers the steady state; more would only hold memory. The
+            // chunker's usual buffer is two average chunks plus one read.
+            buffers: Arc::new(BufferPool::new(workers + 2, 3 * avg_chunk)),
+            packs: BufferPool::new(uploaders + 2, 2 * pack_size),
         });
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 2);
