@@ -11,14 +11,14 @@
 
 use crate::backend::{BackendError, PutMode};
 use crate::backup::{Saver, SaverStats};
-use crate::blob::BlobKind;
+use crate::blob::{self, BlobKind};
 use crate::compress::Compression;
 use crate::error::{Error, Result};
-use crate::id::BlobId;
+use crate::id::{BlobId, PackId};
 use crate::index::IndexBuilder;
-use crate::repository::Repository;
+use crate::repository::{FileKind, Repository};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// One archived WAL file.
@@ -40,6 +40,25 @@ pub struct WalRecord {
     /// on the database host's clock (the clock of its commit times).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modified: Option<jiff::Timestamp>,
+    /// Where each blob of `content` was stored by this push (same order and
+    /// length), so a fetch needs no index; empty when unknown. A hint only:
+    /// prune may have moved a blob since, which a reader notices when the
+    /// blob fails to open there, and then looks it up in the index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<WalBlobLocation>,
+}
+
+/// Where a WAL record's blob was stored when it was pushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalBlobLocation {
+    /// The pack.
+    pub pack: PackId,
+    /// Offset of the sealed blob in the pack.
+    pub offset: u32,
+    /// Sealed length.
+    pub length: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
 }
 
 /// Outcome of [`push`].
@@ -122,11 +141,32 @@ pub fn push(
         2,
         Arc::new(SaverStats::default()),
     );
+    saver.record_packs();
     for chunk in repo.config().chunker.chunks(&data[..]) {
         let chunk = chunk.map_err(|e| Error::io(format!("chunking {name}"), e))?;
         content.push(saver.save(BlobKind::Data, chunk)?);
     }
-    saver.finish()?;
+    let packs = saver.finish_with_packs()?;
+    let stored: HashMap<BlobId, WalBlobLocation> = packs
+        .iter()
+        .flat_map(|p| {
+            p.blobs.iter().map(|b| {
+                let at = WalBlobLocation {
+                    pack: p.id,
+                    offset: b.offset,
+                    length: b.length,
+                    raw_len: b.raw_len,
+                };
+                (b.id, at)
+            })
+        })
+        .collect();
+    // All or nothing: every blob of this push was stored by it.
+    let locations = content
+        .iter()
+        .map(|id| stored.get(id).copied())
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
     let record = WalRecord {
         version: 1,
         name: name.to_owned(),
@@ -134,6 +174,7 @@ pub fn push(
         content,
         pushed: jiff::Timestamp::now(),
         modified,
+        locations,
     };
     let sealed = repo.seal_wal(&serde_json::to_vec(&record).expect("record serialises"));
     match repo.backend().put(&path, sealed.into(), PutMode::Create) {
@@ -170,6 +211,43 @@ pub fn load(repo: &Repository, source: &str, name: &str) -> Result<Option<WalRec
     Ok(Some(record))
 }
 
+/// Reads a record's blobs from the locations it holds, without the index
+/// (`restore_command` runs once per segment, and loading the index meant
+/// reading every index file each time). `None` if the record has no
+/// locations or any blob is not (or no longer) sound where it says; nothing
+/// has been written then, and the caller falls back to the index.
+fn read_located(repo: &Repository, record: &WalRecord) -> Option<Vec<Vec<u8>>> {
+    if record.locations.len() != record.content.len() || record.content.is_empty() {
+        return None;
+    }
+    // One ranged read per pack, over the blobs needed from it.
+    let mut spans: HashMap<PackId, (u64, u64)> = HashMap::new();
+    for at in &record.locations {
+        let start = u64::from(at.offset);
+        let end = start + u64::from(at.length);
+        let span = spans.entry(at.pack).or_insert((start, end));
+        span.0 = span.0.min(start);
+        span.1 = span.1.max(end);
+    }
+    let mut fetched = HashMap::new();
+    for (pack, (start, end)) in spans {
+        let path = FileKind::Pack.path(&pack.to_hex());
+        let bytes = repo.backend().get_range(&path, start, end - start).ok()?;
+        fetched.insert(pack, (start, bytes));
+    }
+    record
+        .content
+        .iter()
+        .zip(&record.locations)
+        .map(|(id, at)| {
+            let (start, bytes) = fetched.get(&at.pack)?;
+            let from = usize::try_from(u64::from(at.offset) - start).ok()?;
+            let stored = bytes.get(from..from.checked_add(at.length as usize)?)?;
+            blob::open(repo.key(), BlobKind::Data, id, at.raw_len, stored).ok()
+        })
+        .collect()
+}
+
 /// Writes an archived WAL file's bytes (verified chunk by chunk) to `out`.
 pub fn fetch(
     repo: &Repository,
@@ -180,6 +258,13 @@ pub fn fetch(
     let Some(record) = load(repo, source, name)? else {
         return Ok(false);
     };
+    if let Some(chunks) = read_located(repo, &record) {
+        for data in chunks {
+            out.write_all(&data)
+                .map_err(|e| Error::io(format!("writing {name}"), e))?;
+        }
+        return Ok(true);
+    }
     let index = repo.load_index()?;
     for id in &record.content {
         let data = repo.read_blob(&index, id)?;

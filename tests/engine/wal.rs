@@ -7,8 +7,13 @@
 //! without storing anything, and that fetched segments are byte-exact.
 
 use crate::support::{MEDIUM_CHUNKER, init_memory, random_bytes};
+use std::sync::Arc;
 use vault_engine::backend::RequestCounts;
-use vault_engine::repository::Repository;
+use vault_engine::backup::{Saver, SaverStats};
+use vault_engine::blob::BlobKind;
+use vault_engine::compress::Compression;
+use vault_engine::index::IndexBuilder;
+use vault_engine::repository::{FileKind, Repository};
 use vault_engine::wal::{self, PushOutcome};
 
 fn segment_name(n: u32) -> String {
@@ -57,12 +62,70 @@ fn a_push_costs_the_same_however_many_segments_came_before() {
     assert_eq!(costs[1].list, costs[11].list, "{costs:?}");
     assert!(costs[11].get <= 2, "{:?}", costs[11]);
 
-    // Every segment comes back byte-exact.
+    // Every segment comes back byte-exact, read from where its record says
+    // its blobs are: no listing, no index file read (PostgreSQL runs
+    // restore_command once per segment).
     for n in 1..=12 {
+        let before = requests(&repo);
         let mut out = Vec::new();
         assert!(wal::fetch(&repo, "db", &segment_name(n), &mut out).expect("fetch"));
         assert_eq!(out, random_bytes(u64::from(n), 100_000));
+        let cost = delta(requests(&repo), before);
+        assert_eq!(cost.list, 0, "a fetch listed objects: {cost:?}");
+        let record = wal::load(&repo, "db", &segment_name(n))
+            .expect("load")
+            .expect("archived");
+        let packs: std::collections::HashSet<_> = record.locations.iter().map(|l| l.pack).collect();
+        assert_eq!(
+            cost.get,
+            1 + packs.len() as u64,
+            "one GET for the record and one per pack: {cost:?}"
+        );
     }
+}
+
+#[test]
+fn a_fetch_falls_back_to_the_index_when_a_blob_has_moved() {
+    let repo = init_memory(MEDIUM_CHUNKER, 1 << 20);
+    let data = random_bytes(3, 80_000);
+    let name = segment_name(3);
+    wal::push(&repo, "db", &name, data.clone(), None).expect("push");
+    let record = wal::load(&repo, "db", &name)
+        .expect("load")
+        .expect("archived");
+    assert_eq!(record.locations.len(), record.content.len());
+    let old_packs: std::collections::HashSet<_> = record.locations.iter().map(|l| l.pack).collect();
+    let old_indexes = repo.index_ids().expect("list");
+
+    // What a repacking prune does: the blobs are stored again in a new
+    // pack, then the old pack and the index file naming it are deleted.
+    let saver = Saver::start(
+        repo.clone(),
+        &IndexBuilder::new().finish(),
+        Compression::default(),
+        1,
+        Arc::new(SaverStats::default()),
+    );
+    for chunk in repo.config().chunker.chunks(&data[..]) {
+        saver
+            .save(BlobKind::Data, chunk.expect("chunk"))
+            .expect("save");
+    }
+    saver.finish().expect("finish");
+    for pack in &old_packs {
+        repo.backend()
+            .delete(&FileKind::Pack.path(&pack.to_hex()))
+            .expect("delete pack");
+    }
+    for id in old_indexes {
+        repo.backend()
+            .delete(&FileKind::Index.path(&id.to_hex()))
+            .expect("delete index");
+    }
+
+    let mut out = Vec::new();
+    assert!(wal::fetch(&repo, "db", &name, &mut out).expect("fetch through the index"));
+    assert_eq!(out, data);
 }
 
 #[test]

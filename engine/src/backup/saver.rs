@@ -98,6 +98,8 @@ struct Shared {
     stats: Arc<SaverStats>,
     /// Plaintext buffers come back here once sealed.
     buffers: Arc<BufferPool>,
+    /// Every pack uploaded, when the caller asked ([`Saver::record_packs`]).
+    recorded: Mutex<Option<Vec<IndexedPack>>>,
     /// Pack buffers come back here once uploaded: 16 MiB buffers freed by
     /// one thread and allocated by another fragment glibc's arenas the same
     /// way chunk buffers do (see [`crate::buffer`]).
@@ -194,6 +196,7 @@ impl Saver {
             // chunker's usual buffer is two average chunks plus one read.
             buffers: Arc::new(BufferPool::new(workers + 2, 3 * avg_chunk)),
             packs: BufferPool::new(uploaders + 2, 2 * pack_size),
+            recorded: Mutex::new(None),
         });
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 2);
@@ -329,6 +332,26 @@ impl Saver {
         self.shared.flush_index()
     }
 
+    /// Keeps a list of the packs this pipeline uploads, with where each
+    /// blob went, for [`Saver::finish_with_packs`]. Meant for small writes
+    /// (one WAL file): the list grows with every pack.
+    pub fn record_packs(&self) {
+        *self.shared.recorded.lock().expect("not poisoned") = Some(Vec::new());
+    }
+
+    /// [`Saver::finish`], returning the packs uploaded since
+    /// [`Saver::record_packs`] (empty if it was not called).
+    pub fn finish_with_packs(self) -> Result<Vec<IndexedPack>> {
+        let shared = self.shared.clone();
+        self.finish()?;
+        Ok(shared
+            .recorded
+            .lock()
+            .expect("not poisoned")
+            .take()
+            .unwrap_or_default())
+    }
+
     /// The compression in use.
     #[must_use]
     pub fn compression(&self) -> Compression {
@@ -434,13 +457,17 @@ fn uploader(shared: &Shared, rx: &Receiver<FinishedPack>) {
             shared.packs.give(buf.into());
         }
         shared.stats.packs_uploaded.fetch_add(1, Ordering::Relaxed);
+        let indexed = IndexedPack {
+            id: pack.id,
+            size,
+            blobs: pack.blobs,
+        };
+        if let Some(list) = shared.recorded.lock().expect("not poisoned").as_mut() {
+            list.push(indexed.clone());
+        }
         let flush = {
             let mut pending = shared.unindexed.lock().expect("not poisoned");
-            pending.push(IndexedPack {
-                id: pack.id,
-                size,
-                blobs: pack.blobs,
-            });
+            pending.push(indexed);
             pending.len() >= INDEX_EVERY_PACKS
         };
         if flush && let Err(e) = shared.flush_index() {
