@@ -1,9 +1,9 @@
-//! Shared bench input: a 64 MiB sample that compresses like real files.
+//! Shared bench input: a 64 MiB sample that compresses like real files, and
+//! a sample of a real tree's files ([`tree_sample`], for the ceiling that
+//! `benches/compare.sh` measures on its corpus).
 //!
 //! With `VAULT_BENCH_SAMPLE=FILE` the sample is the first 64 MiB of that file
-//! (repeated if shorter): `benches/compare.sh` points it at a tar of its tree
-//! corpus so the primitive ceiling is measured on the data the comparison
-//! backs up. Without it the sample is generated: 3/4 text-like bytes (words
+//! (repeated if shorter). Without it the sample is generated: 3/4 text-like bytes (words
 //! drawn from a small vocabulary, compressing about 4:1 with zstd-3, like
 //! HTML and source) and 1/4 pseudo-random bytes (like compressed or machine
 //! code sections), in 64 KiB runs.
@@ -123,4 +123,46 @@ pub fn sample(len: usize) -> Vec<u8> {
 pub fn sample_name() -> String {
     std::env::var("VAULT_BENCH_SAMPLE")
         .unwrap_or_else(|_| "synthetic (3/4 text, 1/4 random)".into())
+}
+
+/// Most bytes [`tree_sample`] reads.
+pub const TREE_SAMPLE_LEN: u64 = 256 * 1024 * 1024;
+
+/// Files of the tree at `root`, as a backup reads them: every n-th regular
+/// file in path order (n chosen so at most `limit` bytes are read), each
+/// kept whole, so small files stay small chunks and the sample compresses
+/// like the tree.
+pub fn tree_sample(root: &std::path::Path, limit: u64) -> Vec<Vec<u8>> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, u64)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                walk(&entry.path(), out);
+            } else if meta.is_file() {
+                out.push((entry.path(), meta.len()));
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(root, &mut files);
+    files.sort();
+    let total: u64 = files.iter().map(|(_, len)| len).sum();
+    let stride = usize::try_from(total.div_ceil(limit.max(1))).map_or(1, |s| s.max(1));
+    let mut read = 0u64;
+    let mut out = Vec::new();
+    for (path, _) in files.iter().step_by(stride) {
+        if read >= limit {
+            break;
+        }
+        if let Ok(data) = std::fs::read(path) {
+            read += data.len() as u64;
+            out.push(data);
+        }
+    }
+    out
 }

@@ -19,6 +19,8 @@
 #     toolchain is ~1.3 GB in ~52k files), and the pg_dump output of a
 #     pgbench database at scale 30 before and after `pgbench -t 3000`,
 #     from a throw-away server started with scripts/start-postgres.sh;
+#  3b. measures the primitive ceiling on a sample of the tree's files
+#     (criterion, benches/primitives.rs, one thread);
 #  4. runs every step for vault, restic and borg in turn (so slow drift of a
 #     shared machine hits all three alike), each under `/usr/bin/time -v`:
 #       tree-1     first backup of the tree (read from page cache)
@@ -116,6 +118,24 @@ if [ ! -s "$DUMP1" ] || [ ! -s "$DUMP2" ]; then
 fi
 DUMP1_BYTES=$(stat -c %s "$DUMP1")
 DUMP2_BYTES=$(stat -c %s "$DUMP2")
+
+# --- 3b. primitive ceiling on this tree ---------------------------------------------
+# chunk + keyed BLAKE3 + zstd-3 + seal, one thread, over a sample of the tree's
+# own files (benches/primitives.rs); times the core count, it is the most a
+# backup of this tree could do here. Measured in this run, beside the tools.
+log "measuring the primitive ceiling on the tree (criterion)"
+(cd "$ROOT" && VAULT_BENCH_TREE="$TREE" cargo bench -q -p vault-engine --bench primitives -- \
+    'ceiling/chunk_hash_zstd3_seal_1thread_tree' >"$WORK/ceiling.log" 2>&1) ||
+    die "ceiling benchmark failed (log: $WORK/ceiling.log)"
+CEILING_DIR="$TARGET_DIR/criterion/ceiling/chunk_hash_zstd3_seal_1thread_tree/new"
+CEILING_MBPS=$(python3 - "$CEILING_DIR" <<'PY'
+import json, sys
+d = sys.argv[1]
+bytes_ = json.load(open(f"{d}/benchmark.json"))["throughput"]["Bytes"]
+median_ns = json.load(open(f"{d}/estimates.json"))["median"]["point_estimate"]
+print(f"{bytes_ / (median_ns / 1e9) / 1e6:.0f}")
+PY
+)
 
 # --- 4. runs -----------------------------------------------------------------------
 REPOS="$WORK/repos"
@@ -284,9 +304,9 @@ for t in "${TOOLS[@]}"; do
 done
 
 # --- 5. report ---------------------------------------------------------------------
-python3 - "$RESULTS" "$WORK/results.md" "$TREE_FILES" "$TREE_BYTES" "$CHANGED" "$DUMP1_BYTES" "$DUMP2_BYTES" "$(nproc)" <<'PY'
+python3 - "$RESULTS" "$WORK/results.md" "$TREE_FILES" "$TREE_BYTES" "$CHANGED" "$DUMP1_BYTES" "$DUMP2_BYTES" "$(nproc)" "$CEILING_MBPS" <<'PY'
 import sys, collections
-results, out_md, files, tree_bytes, changed, d1, d2, cores = sys.argv[1:]
+results, out_md, files, tree_bytes, changed, d1, d2, cores, ceiling = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(results)][1:]
 data = collections.OrderedDict()
 for tool, step, wall, user, sys_, rss, repo, inp in rows:
@@ -337,6 +357,14 @@ row("final (all steps)", [size("dump-2", t) for t in ("vault", "restic", "borg")
 peak = {t: max(d[t]["rss"] for d in data.values() if t in d) for t in ("vault", "restic", "borg")}
 p("")
 p(f"Peak RSS over all steps: vault {peak['vault']:.0f} MiB, restic {peak['restic']:.0f} MiB, borg {peak['borg']:.0f} MiB.")
+t1 = data.get("tree-1", {}).get("vault")
+if t1 and t1["wall"] > 0:
+    speed = t1["input"] / MB / t1["wall"]
+    total = float(ceiling) * int(cores)
+    p("")
+    p(f"Primitive ceiling on this tree (chunk + hash + zstd-3 + seal, one thread, criterion): "
+      f"{float(ceiling):.0f} MB/s per core, {total:.0f} MB/s for {cores} cores; "
+      f"vault's first backup: {speed:.0f} MB/s = {100 * speed / total:.0f}% of it.")
 text = "\n".join(lines) + "\n"
 open(out_md, "w").write(text)
 print(text)

@@ -12,7 +12,8 @@
 //! - pack: `PackWriter` filling and finishing a 16 MiB pack;
 //! - ceiling: chunk + hash + zstd-3 + seal of the whole sample on one
 //!   thread: twice its throughput is the 2-core primitive ceiling of a
-//!   backup (BENCHMARKS.md).
+//!   backup (BENCHMARKS.md); with `VAULT_BENCH_TREE=DIR`, also over a
+//!   sample of that tree's files.
 //!
 //! Run: `cargo bench -p vault-engine --bench primitives`.
 
@@ -253,6 +254,27 @@ fn ceiling(c: &mut Criterion) {
             }
         });
     });
+    // The same work over a sample of a real tree (VAULT_BENCH_TREE, as
+    // benches/compare.sh sets it), file by file as a backup reads it: how
+    // fast zstd runs depends on the data, so this is the ceiling for that
+    // tree.
+    if let Some(root) = std::env::var_os("VAULT_BENCH_TREE") {
+        let files = common::tree_sample(std::path::Path::new(&root), common::TREE_SAMPLE_LEN);
+        let bytes: usize = files.iter().map(Vec::len).sum();
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function("chunk_hash_zstd3_seal_1thread_tree", |b| {
+            b.iter(|| {
+                for file in &files {
+                    for chunk in p.chunks_sized(&file[..], Some(file.len() as u64)) {
+                        let chunk = chunk.unwrap();
+                        let id = key.blob_id(&chunk);
+                        let enc = compress::encode(Compression::Zstd(3), &chunk);
+                        black_box(key.seal_blob(&aad(BlobKind::Data, &id), enc));
+                    }
+                }
+            });
+        });
+    }
     g.finish();
 }
 
