@@ -249,3 +249,57 @@ fn backup_of_large_file_with_small_edit_adds_few_blobs() {
         "restored content differs from the edited file"
     );
 }
+
+/// Restoring over an earlier restore: `always` replaces a symlink planted
+/// where a file belongs instead of writing through it, and `never` accepts
+/// a non-empty target as long as nothing restored is already there.
+#[test]
+fn overwrite_replaces_a_planted_symlink_and_never_checks_only_restored_paths() {
+    use vault_engine::restore::{self, Overwrite, RestoreOptions, RestoreProgress};
+    let src = tempfile::tempdir().expect("tempdir");
+    write_file(&src.path().join("dir/a.txt"), b"the real contents\n");
+    let repo = init_memory(MEDIUM_CHUNKER, 64 * 1024);
+    let report = backup_paths(&repo, &[src.path()], &options()).expect("backup");
+    let index = repo.load_index().expect("index");
+    let restore_with = |target: &Path, overwrite| {
+        let opts = RestoreOptions {
+            target: target.to_path_buf(),
+            overwrite,
+            concurrency: 2,
+            ..RestoreOptions::default()
+        };
+        restore::restore(
+            &repo,
+            &index,
+            &report.snapshot.tree,
+            &opts,
+            &RestoreProgress::default(),
+        )
+    };
+
+    // A target holding only unrelated files is fine with `never`.
+    let target = tempfile::tempdir().expect("tempdir");
+    write_file(&target.path().join("unrelated.txt"), b"keep me");
+    restore_with(target.path(), Overwrite::Never).expect("restore beside other files");
+    let restored = restored_path(target.path(), src.path().to_str().expect("utf-8"));
+    let file = restored.join("dir/a.txt");
+    assert_eq!(std::fs::read(&file).expect("read"), b"the real contents\n");
+    assert_eq!(
+        std::fs::read(target.path().join("unrelated.txt")).expect("read"),
+        b"keep me"
+    );
+    // Now the restored file exists: `never` refuses.
+    let err = restore_with(target.path(), Overwrite::Never).expect_err("refused");
+    assert!(err.to_string().contains("already exists"), "{err}");
+
+    // A symlink where the file belongs is replaced, not followed.
+    let victim = target.path().join("victim.txt");
+    write_file(&victim, b"must not change");
+    std::fs::remove_file(&file).expect("remove");
+    std::os::unix::fs::symlink(&victim, &file).expect("symlink");
+    restore_with(target.path(), Overwrite::Always).expect("restore over it");
+    let meta = std::fs::symlink_metadata(&file).expect("stat");
+    assert!(meta.is_file(), "the symlink was followed or kept");
+    assert_eq!(std::fs::read(&file).expect("read"), b"the real contents\n");
+    assert_eq!(std::fs::read(&victim).expect("read"), b"must not change");
+}
