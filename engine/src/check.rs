@@ -484,8 +484,6 @@ pub fn check(
     Ok(report)
 }
 
-/// Returns the finding index explaining why `id` cannot be read, adding a
-/// `blob_missing` finding for unindexed blobs.
 /// Walks every tree reachable from `roots` once, however many snapshots
 /// share it (consecutive snapshots share nearly all their trees, so walking
 /// each one on its own read every tree blob once per snapshot: on an object
@@ -529,6 +527,8 @@ fn scan_trees(
     Some(used)
 }
 
+/// Returns the finding index explaining why `id` cannot be read, adding a
+/// `blob_missing` finding for unindexed blobs.
 fn blob_problem(
     index: &Index,
     bad: &BadBlobs,
