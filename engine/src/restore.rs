@@ -85,6 +85,12 @@ pub struct RestoreReport {
 /// Calls `visit(path, node)` for every node below `root`, depth first,
 /// parents before children; `visit` returns whether to descend into a
 /// directory. `path` is absolute within the snapshot.
+///
+/// The subtrees of a directory are read in parallel, a few siblings at a
+/// time, before those siblings are visited: one tree read is one request, and a serial walk of a tree of
+/// thousands of directories on S3 spent most of a restore's planning
+/// waiting on them one at a time. A subtree that fails to read fails the
+/// walk only if `visit` descends into it.
 pub fn walk(
     repo: &Repository,
     index: &Index,
@@ -98,12 +104,17 @@ pub fn walk(
         prefix: &Path,
         visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>,
     ) -> Result<()> {
-        for node in &tree.nodes {
-            let path = prefix.join(node.os_name());
-            let descend = visit(&path, node)?;
-            if descend && let Some(sub) = &node.subtree {
-                let tree = repo.read_tree(index, sub)?;
-                inner(repo, index, &tree, &path, visit)?;
+        for batch in tree.nodes.chunks(PREFETCH_TREES) {
+            let mut subtrees: Vec<Option<Result<Tree>>> = batch
+                .par_iter()
+                .map(|node| node.subtree.as_ref().map(|sub| repo.read_tree(index, sub)))
+                .collect();
+            for (node, subtree) in batch.iter().zip(&mut subtrees) {
+                let path = prefix.join(node.os_name());
+                let descend = visit(&path, node)?;
+                if descend && let Some(subtree) = subtree.take() {
+                    inner(repo, index, &subtree?, &path, visit)?;
+                }
             }
         }
         Ok(())
@@ -111,6 +122,11 @@ pub fn walk(
     let tree = repo.read_tree(index, root)?;
     inner(repo, index, &tree, Path::new("/"), visit)
 }
+
+/// Sibling nodes whose subtrees [`walk`] reads at once. Holding every
+/// sibling's subtree (and, below it, theirs) took ~20 MiB more memory on a
+/// 52k-file tree; a batch keeps it to a few trees per level.
+const PREFETCH_TREES: usize = 8;
 
 /// Finds the node at an absolute snapshot path.
 pub fn find_node(repo: &Repository, index: &Index, root: &BlobId, path: &str) -> Result<Node> {
@@ -200,6 +216,22 @@ pub fn restore(
     options: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreReport> {
+    // Every phase runs on one pool: threads of a second pool would each
+    // grow a malloc arena of their own (~10 MiB more resident).
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.concurrency.max(2))
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    pool.install(|| restore_on_pool(repo, index, root, options, progress))
+}
+
+fn restore_on_pool(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    options: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreReport> {
     let includes: Vec<globset::GlobMatcher> = options
         .includes
         .iter()
@@ -213,6 +245,8 @@ pub fn restore(
         .collect::<Result<_>>()?;
     let excludes = crate::backup::Excludes::new(&options.excludes).map_err(Error::InvalidInput)?;
 
+    let started = std::time::Instant::now();
+    let phase = |name: &str| tracing::debug!("restore: {name} done at {:?}", started.elapsed());
     // 1. Plan: the nodes to restore.
     let mut items: Vec<Item> = Vec::new();
     walk(repo, index, root, &mut |path, node| {
@@ -245,6 +279,7 @@ pub fn restore(
         }
     }
 
+    phase("plan");
     let mut report = RestoreReport::default();
     fs::create_dir_all(&options.target)
         .map_err(|e| Error::io(format!("creating {}", options.target.display()), e))?;
@@ -348,11 +383,31 @@ pub fn restore(
         }
     }
 
-    // Regular files are created (and sized) on every core: for trees of
-    // small files, creating inodes is most of a restore's time, nearly all
-    // of it in the kernel.
+    phase("skeleton");
+    // A file whose content lies in one pack (nearly every small file) is
+    // created, written and given its metadata by that pack's worker through
+    // one descriptor: creating it here, reopening it for content and
+    // setting metadata by path later cost three path lookups and twice the
+    // syscalls per file. Not when resuming (if-changed): there a file's
+    // unchanged chunks are never written, so no worker would finish it.
+    let owned: Vec<bool> = {
+        let mut owned = vec![false; items.len()];
+        if options.overwrite != Overwrite::IfChanged {
+            for (idx, content) in &content_files {
+                let mut packs = content.iter().map(|id| index.get(id).map(|l| l.pack));
+                if let Some(Some(first)) = packs.next() {
+                    owned[*idx] = packs.all(|p| p == Some(first));
+                }
+            }
+        }
+        owned
+    };
+    // The other regular files are created (and sized) on every core: for
+    // trees of small files, creating inodes is most of a restore's time,
+    // nearly all of it in the kernel.
     let prepared: Vec<(usize, bool)> = content_files
         .par_iter()
+        .filter(|(idx, _)| !owned[*idx])
         .map(|(idx, _)| {
             let item = &items[*idx];
             Ok((
@@ -364,12 +419,13 @@ pub fn restore(
     for (idx, is_fresh) in prepared {
         fresh[idx] = is_fresh;
     }
-    for (first, path) in &links {
-        remove_existing(path)?;
-        fs::hard_link(first, path)
-            .map_err(|e| Error::io(format!("linking {}", path.display()), e))?;
+    for (idx, _) in &content_files {
+        if owned[*idx] {
+            fresh[*idx] = true;
+        }
     }
 
+    phase("create files");
     // 3. Content, grouped by pack.
     let mut by_pack: BTreeMap<PackId, HashMap<BlobId, BlobTarget>> = BTreeMap::new();
     let mut total = 0u64;
@@ -416,22 +472,26 @@ pub fn restore(
         }
     }
     progress.bytes_total.store(total, Ordering::Relaxed);
-    let written = AtomicU64::new(0);
+    let is_root = nix::unistd::geteuid().is_root();
+    let content = Content {
+        repo,
+        items: &items,
+        fresh: &fresh,
+        owned: &owned,
+        is_root,
+        written: AtomicU64::new(0),
+        warnings: Mutex::new(Vec::new()),
+        progress,
+    };
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.concurrency.max(2))
-        .build()
-        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
     let packs: Vec<(PackId, HashMap<BlobId, BlobTarget>)> = by_pack.into_iter().collect();
-    pool.install(|| {
-        packs.par_iter().for_each(|(pack, blobs)| {
-            if options.cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
-                return;
-            }
-            if let Err(e) = restore_pack(repo, pack, blobs, &items, &fresh, &written, progress) {
-                first_error.lock().expect("ok").get_or_insert(e);
-            }
-        });
+    packs.par_iter().for_each(|(pack, blobs)| {
+        if options.cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
+            return;
+        }
+        if let Err(e) = content.restore_pack(pack, blobs) {
+            first_error.lock().expect("ok").get_or_insert(e);
+        }
     });
     if let Some(e) = first_error.into_inner().expect("ok") {
         return Err(e);
@@ -439,21 +499,34 @@ pub fn restore(
     if options.cancel.load(Ordering::Relaxed) {
         return Err(Error::Interrupted);
     }
-    report.bytes_written = written.load(Ordering::Relaxed);
+    report.bytes_written = content.written.load(Ordering::Relaxed);
+    report
+        .warnings
+        .extend(content.warnings.into_inner().expect("ok"));
     report.bytes_skipped = skipped.load(Ordering::Relaxed);
+    // Second names of hard-linked files, now that every first name exists
+    // (a first name owned by a pack worker was created just above).
+    for (first, path) in &links {
+        remove_existing(path)?;
+        fs::hard_link(first, path)
+            .map_err(|e| Error::io(format!("linking {}", path.display()), e))?;
+    }
+    phase("content");
     // Content is durable before the restore reports success: one syncfs of
     // the target's file system rather than an fsync per file (which cost
     // more than the writes for trees of small files).
     sync_target(&options.target)?;
+    phase("sync");
 
-    // 4. Metadata: everything but directories, then directories deepest first.
-    let is_root = nix::unistd::geteuid().is_root();
+    // 4. Metadata: everything but directories (and files their pack worker
+    // finished), then directories deepest first.
     let warnings: Vec<String> = items
         .par_iter()
-        .filter(|i| i.node.kind != NodeKind::Dir)
-        .flat_map_iter(|item| {
+        .zip(owned.par_iter())
+        .filter(|(i, owned)| i.node.kind != NodeKind::Dir && !**owned)
+        .flat_map_iter(|(item, _)| {
             let mut w = Vec::new();
-            apply_metadata(&item.path, &item.node, is_root, &mut w);
+            apply_metadata(Meta::Path(&item.path), &item.node, is_root, &mut w);
             w
         })
         .collect();
@@ -464,8 +537,14 @@ pub fn restore(
         .collect();
     dirs.sort_by_key(|i| std::cmp::Reverse(i.path.components().count()));
     for item in dirs {
-        apply_metadata(&item.path, &item.node, is_root, &mut report.warnings);
+        apply_metadata(
+            Meta::Path(&item.path),
+            &item.node,
+            is_root,
+            &mut report.warnings,
+        );
     }
+    phase("metadata");
     Ok(report)
 }
 
@@ -505,20 +584,26 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
             .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
         return Ok(false);
     }
+    let f = create_file(path)?;
+    f.set_len(size)
+        .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
+    Ok(true)
+}
+
+/// Creates a new empty file, replacing whatever is in the way (the caller
+/// has refused existing paths already unless overwriting).
+fn create_file(path: &Path) -> Result<fs::File> {
     let create = || OpenOptions::new().write(true).create_new(true).open(path);
     // Into an empty target nothing is in the way: try first, and look only
     // when something is (create_new never follows a symlink there).
-    let f = match create() {
+    match create() {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             remove_existing(path)?;
             create()
         }
         other => other,
     }
-    .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    f.set_len(size)
-        .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
-    Ok(true)
+    .map_err(|e| Error::io(format!("creating {}", path.display()), e))
 }
 
 /// For if-changed restores: which chunks of an existing file already hold
@@ -543,73 +628,142 @@ fn existing_chunks_ok(
     Some(out)
 }
 
-fn restore_pack(
-    repo: &Repository,
-    pack: &PackId,
-    blobs: &HashMap<BlobId, BlobTarget>,
-    items: &[Item],
-    fresh: &[bool],
-    written: &AtomicU64,
-    progress: &RestoreProgress,
-) -> Result<()> {
-    let backend: &dyn Backend = repo.backend().as_ref();
-    let path = FileKind::Pack.path(&pack.to_hex());
-    let mut targets: Vec<&BlobTarget> = blobs.values().collect();
-    targets.sort_unstable_by_key(|t| t.offset);
-    // Files this pack writes to stay open while it is processed, but never
-    // more than OPEN_FILES at once: one pack of small files can touch
-    // thousands, and several packs are restored in parallel.
-    const OPEN_FILES: usize = 16;
-    let mut files: HashMap<usize, fs::File> = HashMap::new();
-    for run in read_runs(&targets) {
-        let first = run[0].offset;
-        let last = run[run.len() - 1];
-        let end = u64::from(last.offset) + u64::from(last.length);
-        let span = backend
-            .get_range(&path, u64::from(first), end - u64::from(first))
-            .map_err(|e| Error::backend(format!("pack {pack}"), e))?;
-        for target in run {
-            let from = (target.offset - first) as usize;
-            let stored = span
-                .get(from..from + target.length as usize)
-                .ok_or_else(|| Error::corrupt(format!("pack {pack}"), "shorter than indexed"))?;
-            let data = blob::open(repo.key(), target.kind, &target.id, target.raw_len, stored)
-                .map_err(|e| Error::corrupt(format!("blob {} in pack {pack}", target.id), e))?;
-            let zero = data.iter().all(|&b| b == 0);
-            for w in &target.writes {
-                if zero && fresh[w.file] {
-                    // A new file was sized with set_len: this range is
-                    // already a hole that reads as zeros. Leaving it keeps
-                    // files sparse.
-                    continue;
-                }
-                if files.len() >= OPEN_FILES && !files.contains_key(&w.file) {
-                    files.clear();
-                }
-                let file = match files.entry(w.file) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        let p = &items[w.file].path;
-                        v.insert(
-                            OpenOptions::new()
-                                .write(true)
-                                .open(p)
-                                .map_err(|e| Error::io(format!("opening {}", p.display()), e))?,
-                        )
-                    }
-                };
-                file.write_all_at(&data, w.offset).map_err(|e| {
-                    Error::io(format!("writing {}", items[w.file].path.display()), e)
-                })?;
-                written.fetch_add(data.len() as u64, Ordering::Relaxed);
+/// What the pack workers share while restoring content.
+struct Content<'a> {
+    repo: &'a Repository,
+    items: &'a [Item],
+    /// By item: the file was created empty, so zero runs can stay holes.
+    fresh: &'a [bool],
+    /// By item: the file's content lies in one pack, whose worker creates
+    /// it and applies its metadata.
+    owned: &'a [bool],
+    is_root: bool,
+    written: AtomicU64,
+    warnings: Mutex<Vec<String>>,
+    progress: &'a RestoreProgress,
+}
+
+/// A file a pack worker creates and finishes itself.
+struct OwnedFile {
+    /// Writes of this pack to the file not yet done.
+    remaining: usize,
+    /// End of the last byte written; below the file's size, the tail is a
+    /// hole made by `set_len`.
+    end: u64,
+    created: bool,
+}
+
+impl Content<'_> {
+    fn restore_pack(&self, pack: &PackId, blobs: &HashMap<BlobId, BlobTarget>) -> Result<()> {
+        let backend: &dyn Backend = self.repo.backend().as_ref();
+        let path = FileKind::Pack.path(&pack.to_hex());
+        let mut targets: Vec<&BlobTarget> = blobs.values().collect();
+        targets.sort_unstable_by_key(|t| t.offset);
+        let mut owned: HashMap<usize, OwnedFile> = HashMap::new();
+        for w in targets.iter().flat_map(|t| &t.writes) {
+            if self.owned[w.file] {
+                owned
+                    .entry(w.file)
+                    .or_insert(OwnedFile {
+                        remaining: 0,
+                        end: 0,
+                        created: false,
+                    })
+                    .remaining += 1;
             }
-            progress.bytes_done.fetch_add(
-                data.len() as u64 * target.writes.len() as u64,
-                Ordering::Relaxed,
-            );
         }
+        // Files this pack writes to stay open while it is processed, but
+        // never more than OPEN_FILES at once: one pack of small files can
+        // touch thousands, and several packs are restored in parallel.
+        const OPEN_FILES: usize = 16;
+        let mut files: HashMap<usize, fs::File> = HashMap::new();
+        for run in read_runs(&targets) {
+            let first = run[0].offset;
+            let last = run[run.len() - 1];
+            let end = u64::from(last.offset) + u64::from(last.length);
+            let span = backend
+                .get_range(&path, u64::from(first), end - u64::from(first))
+                .map_err(|e| Error::backend(format!("pack {pack}"), e))?;
+            for target in run {
+                let from = (target.offset - first) as usize;
+                let stored = span
+                    .get(from..from + target.length as usize)
+                    .ok_or_else(|| {
+                        Error::corrupt(format!("pack {pack}"), "shorter than indexed")
+                    })?;
+                let data = blob::open(
+                    self.repo.key(),
+                    target.kind,
+                    &target.id,
+                    target.raw_len,
+                    stored,
+                )
+                .map_err(|e| Error::corrupt(format!("blob {} in pack {pack}", target.id), e))?;
+                let zero = data.iter().all(|&b| b == 0);
+                for w in &target.writes {
+                    let mut own = owned.get_mut(&w.file);
+                    // A new file is sized with set_len: a zero range is a
+                    // hole that reads as zeros already. Leaving it keeps
+                    // files sparse. An owned file is still opened, so it
+                    // exists even if it is all zeros.
+                    let skip = zero && self.fresh[w.file];
+                    if skip && own.is_none() {
+                        continue;
+                    }
+                    if files.len() >= OPEN_FILES && !files.contains_key(&w.file) {
+                        files.clear();
+                    }
+                    let p = &self.items[w.file].path;
+                    let file = match files.entry(w.file) {
+                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            let f = match own.as_deref_mut() {
+                                Some(o) if !o.created => {
+                                    o.created = true;
+                                    create_file(p)
+                                }
+                                _ => OpenOptions::new()
+                                    .write(true)
+                                    .open(p)
+                                    .map_err(|e| Error::io(format!("opening {}", p.display()), e)),
+                            }?;
+                            v.insert(f)
+                        }
+                    };
+                    if !skip {
+                        file.write_all_at(&data, w.offset)
+                            .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+                        self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                    if let Some(o) = own {
+                        if !skip {
+                            o.end = o.end.max(w.offset + data.len() as u64);
+                        }
+                        o.remaining -= 1;
+                        if o.remaining == 0 {
+                            let node = &self.items[w.file].node;
+                            if o.end < node.size {
+                                file.set_len(node.size).map_err(|e| {
+                                    Error::io(format!("resizing {}", p.display()), e)
+                                })?;
+                            }
+                            let mut warnings = Vec::new();
+                            apply_metadata(Meta::File(file, p), node, self.is_root, &mut warnings);
+                            if !warnings.is_empty() {
+                                self.warnings.lock().expect("ok").extend(warnings);
+                            }
+                            files.remove(&w.file);
+                        }
+                    }
+                }
+                self.progress.bytes_done.fetch_add(
+                    data.len() as u64 * target.writes.len() as u64,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Largest span one ranged read covers (unless a single blob is larger).
@@ -642,27 +796,52 @@ fn read_runs<'a>(sorted: &'a [&'a BlobTarget]) -> Vec<&'a [&'a BlobTarget]> {
     runs
 }
 
-fn apply_metadata(path: &Path, node: &Node, is_root: bool, warnings: &mut Vec<String>) {
+/// Where [`apply_metadata`] applies: a path (not following a final
+/// symlink), or a file already open (the path only names it in warnings).
+#[derive(Clone, Copy)]
+enum Meta<'a> {
+    Path(&'a Path),
+    File(&'a fs::File, &'a Path),
+}
+
+fn apply_metadata(at: Meta<'_>, node: &Node, is_root: bool, warnings: &mut Vec<String>) {
     use std::os::unix::fs::PermissionsExt;
+    use xattr::FileExt;
+    let path = match at {
+        Meta::Path(p) | Meta::File(_, p) => p,
+    };
     let symlink = node.kind == NodeKind::Symlink;
     if is_root {
-        let r = if symlink {
-            std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
-        } else {
-            std::os::unix::fs::chown(path, Some(node.uid), Some(node.gid))
+        let r = match at {
+            Meta::File(f, _) => std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid)),
+            Meta::Path(p) if symlink => {
+                std::os::unix::fs::lchown(p, Some(node.uid), Some(node.gid))
+            }
+            Meta::Path(p) => std::os::unix::fs::chown(p, Some(node.uid), Some(node.gid)),
         };
         if let Err(e) = r {
             warnings.push(format!("{}: chown: {e}", path.display()));
         }
     }
-    if !symlink && let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(node.mode)) {
-        warnings.push(format!("{}: chmod: {e}", path.display()));
+    if !symlink {
+        let mode = fs::Permissions::from_mode(node.mode);
+        let r = match at {
+            Meta::File(f, _) => f.set_permissions(mode),
+            Meta::Path(p) => fs::set_permissions(p, mode),
+        };
+        if let Err(e) = r {
+            warnings.push(format!("{}: chmod: {e}", path.display()));
+        }
     }
     for xattr in &node.extended_attributes {
-        if let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&xattr.value)
-            && let Err(e) = xattr::set(path, &xattr.name, &value)
-        {
-            warnings.push(format!("{}: xattr {}: {e}", path.display(), xattr.name));
+        if let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&xattr.value) {
+            let r = match at {
+                Meta::File(f, _) => f.set_xattr(&xattr.name, &value),
+                Meta::Path(p) => xattr::set(p, &xattr.name, &value),
+            };
+            if let Err(e) = r {
+                warnings.push(format!("{}: xattr {}: {e}", path.display(), xattr.name));
+            }
         }
     }
     let mtime = filetime::FileTime::from_unix_time(
@@ -672,7 +851,11 @@ fn apply_metadata(path: &Path, node: &Node, is_root: bool, warnings: &mut Vec<St
     let atime = node.atime.map_or(mtime, |a| {
         filetime::FileTime::from_unix_time(a.as_second(), a.subsec_nanosecond().unsigned_abs())
     });
-    if let Err(e) = filetime::set_symlink_file_times(path, atime, mtime) {
+    let r = match at {
+        Meta::File(f, _) => filetime::set_file_handle_times(f, Some(atime), Some(mtime)),
+        Meta::Path(p) => filetime::set_symlink_file_times(p, atime, mtime),
+    };
+    if let Err(e) = r {
         warnings.push(format!("{}: times: {e}", path.display()));
     }
 }

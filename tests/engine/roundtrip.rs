@@ -303,3 +303,59 @@ fn overwrite_replaces_a_planted_symlink_and_never_checks_only_restored_paths() {
     assert_eq!(std::fs::read(&file).expect("read"), b"the real contents\n");
     assert_eq!(std::fs::read(&victim).expect("read"), b"must not change");
 }
+
+#[test]
+fn restore_applies_metadata_to_files_in_one_pack_and_across_packs() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // With 64 KiB packs, 300 KB files span several packs (created up front,
+    // metadata by path after all content) while small files lie in one
+    // pack (created, written and finished by that pack's worker).
+    let src = tempfile::tempdir().expect("tempdir");
+    let root = src.path();
+    let files: [(&str, Vec<u8>, u32); 6] = [
+        ("small.txt", b"one pack\n".to_vec(), 0o640),
+        ("readonly.txt", b"written before chmod\n".to_vec(), 0o444),
+        ("zeros-small", vec![0; 3000], 0o600),
+        ("big.bin", random_bytes(7, 300_000), 0o751),
+        ("big-readonly.bin", random_bytes(8, 300_000), 0o400),
+        (
+            "big-zero-tail.bin",
+            [random_bytes(9, 100_000), vec![0; 200_000]].concat(),
+            0o644,
+        ),
+    ];
+    for (name, data, _) in &files {
+        write_file(&root.join(name), data);
+    }
+    // Hard links whose first name lies in one pack, and across packs.
+    std::fs::hard_link(root.join("small.txt"), root.join("z-small-link")).expect("link");
+    std::fs::hard_link(root.join("big.bin"), root.join("z-big-link")).expect("link");
+    let when = filetime::FileTime::from_unix_time(1_500_000_000, 987_654_321);
+    for (name, _, mode) in &files {
+        let p = root.join(name);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+        filetime::set_file_mtime(&p, when).expect("mtime");
+    }
+    let repo_dir = tempfile::tempdir().expect("tempdir");
+    let repo = init_local(repo_dir.path(), MEDIUM_CHUNKER, 64 * 1024);
+    let report = backup_paths(&repo, &[root], &options()).expect("backup");
+    let target = tempfile::tempdir().expect("tempdir");
+    restore_tree(&repo, &report.snapshot.tree, target.path()).expect("restore");
+    let restored = restored_path(target.path(), root.to_str().expect("utf-8"));
+    for (name, data, mode) in &files {
+        let p = restored.join(name);
+        let meta = std::fs::metadata(&p).expect("stat");
+        assert_eq!(&std::fs::read(&p).expect("read"), data, "{name}");
+        assert_eq!(meta.mode() & 0o7777, *mode, "{name} mode");
+        assert_eq!(
+            (meta.mtime(), meta.mtime_nsec()),
+            (1_500_000_000, 987_654_321),
+            "{name} mtime"
+        );
+    }
+    for (first, second) in [("small.txt", "z-small-link"), ("big.bin", "z-big-link")] {
+        let a = std::fs::metadata(restored.join(first)).expect("stat");
+        let b = std::fs::metadata(restored.join(second)).expect("stat");
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{first} and {second}");
+    }
+}
