@@ -196,6 +196,12 @@ pub trait Backend: Send + Sync {
     /// Whether `PutMode::Create` is enforced atomically by this backend.
     fn has_atomic_create(&self) -> bool;
 
+    /// Whether reads are served by a local file system, without network
+    /// round trips to hide behind more concurrent requests.
+    fn is_local(&self) -> bool {
+        false
+    }
+
     /// Requests sent so far, where each costs money (object stores); `None`
     /// for a local directory.
     fn requests(&self) -> Option<RequestCounts> {
@@ -262,6 +268,9 @@ impl Backend for DryRun {
     }
     fn has_atomic_create(&self) -> bool {
         self.0.has_atomic_create()
+    }
+    fn is_local(&self) -> bool {
+        self.0.is_local()
     }
     fn requests(&self) -> Option<RequestCounts> {
         self.0.requests()

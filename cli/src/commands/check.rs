@@ -15,9 +15,10 @@ pub(crate) struct CheckArgs {
     /// Verify only a subset of packs: N/M (the Nth of M deterministic slices) or P%.
     #[arg(long, alias = "read-data-subset", value_name = "N/M|P%")]
     verify_subset: Option<VerifySubset>,
-    /// Concurrent pack downloads when verifying.
-    #[arg(long, default_value_t = 4)]
-    concurrency: usize,
+    /// Concurrent pack downloads when verifying [default: one per core on
+    /// a local disk, 4 on an object store].
+    #[arg(long)]
+    concurrency: Option<usize>,
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
@@ -29,7 +30,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
     };
     let options = CheckOptions {
         verify,
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.unwrap_or_else(|| repo.read_concurrency()),
     };
     let progress = Arc::new(CheckProgress::default());
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));

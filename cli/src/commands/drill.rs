@@ -90,7 +90,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
             let dir = tempfile_dir()?;
             let options = RestoreOptions {
                 target: dir.clone(),
-                concurrency: 4,
+                concurrency: repo.read_concurrency(),
                 ..RestoreOptions::default()
             };
             let result = restore::restore(

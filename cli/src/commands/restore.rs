@@ -49,9 +49,10 @@ pub(crate) struct RestoreArgs {
     /// Existing files: never (refuse), always, if-changed (verify and fix).
     #[arg(long, value_enum, default_value = "never", num_args = 0..=1, default_missing_value = "always")]
     overwrite: OverwriteArg,
-    /// Concurrent pack downloads.
-    #[arg(long, default_value_t = 4)]
-    concurrency: usize,
+    /// Concurrent pack downloads [default: one per core on a local disk, 4
+    /// on an object store].
+    #[arg(long)]
+    concurrency: Option<usize>,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -101,7 +102,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             OverwriteArg::Always => Overwrite::Always,
             OverwriteArg::IfChanged => Overwrite::IfChanged,
         },
-        concurrency: args.concurrency,
+        concurrency: args.concurrency.unwrap_or_else(|| repo.read_concurrency()),
         cancel,
     };
     let progress = Arc::new(RestoreProgress::default());

@@ -163,4 +163,8 @@ impl Backend for LocalBackend {
     fn has_atomic_create(&self) -> bool {
         true
     }
+
+    fn is_local(&self) -> bool {
+        true
+    }
 }
