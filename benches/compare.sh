@@ -318,7 +318,7 @@ done
 
 # --- 5. report ---------------------------------------------------------------------
 python3 - "$RESULTS" "$WORK/results.md" "$TREE_FILES" "$TREE_BYTES" "$CHANGED" "$DUMP1_BYTES" "$DUMP2_BYTES" "$(nproc)" "$CEILING_MBPS" "$CEILING_ALL_MBPS" <<'PY'
-import sys, collections
+import sys, collections, statistics
 results, out_md, files, tree_bytes, changed, d1, d2, cores, ceiling, ceiling_all = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(results)][1:]
 runs = collections.OrderedDict()
@@ -331,6 +331,13 @@ data = collections.OrderedDict(
     (step, {tool: sorted(rs, key=lambda r: r["wall"])[len(rs) // 2] for tool, rs in by.items()})
     for step, by in runs.items())
 rounds = max(len(rs) for by in runs.values() for rs in by.values())
+def speedup(step, tool):
+    """other/vault wall time; over rounds, the median of each round's ratio
+    (a round's runs are minutes apart, so drift of the machine cancels)."""
+    o, v = runs[step][tool], runs[step]["vault"]
+    if len(o) == len(v) > 1:
+        return statistics.median(a["wall"] / b["wall"] for a, b in zip(o, v))
+    return data[step][tool]["wall"] / data[step]["vault"]["wall"]
 MB = 1e6
 def mbps(d):
     return f"{d['input'] / MB / d['wall']:.0f} MB/s" if d["input"] and d["wall"] > 0 else ""
@@ -341,7 +348,8 @@ p(f"Tree: {int(files)} files, {int(tree_bytes) / MB:.0f} MB ({int(changed)} file
 p("")
 p("Time ratios are other/vault (above 1: vault faster); RSS and size ratios are vault/other (below 1: vault smaller).")
 if rounds > 1:
-    p(f"restore and check: the median-time run of {rounds}, the tools taking turns.")
+    p(f"restore and check ran {rounds} times, the tools taking turns: each row is the tool's "
+      f"median-time run, each speed-up the median of the {rounds} rounds' ratios.")
 p("")
 p("| step | tool | wall s | throughput | CPU s | CPU % | peak RSS MiB | repo MB | vault speed-up | vault RSS ratio |")
 p("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -353,7 +361,7 @@ for step, by in data.items():
             continue
         speed = rss = ""
         if v and tool != "vault" and v["wall"] > 0:
-            speed = f"{d['wall'] / v['wall']:.2f}x"
+            speed = f"{speedup(step, tool):.2f}x"
             rss = f"{v['rss'] / d['rss']:.2f}"
         cpu_pct = f"{100 * d['cpu'] / d['wall']:.0f}%" if d["wall"] > 0 else ""
         p(f"| {step} | {tool} | {d['wall']:.2f} | {mbps(d)} | {d['cpu']:.2f} | {cpu_pct} | {d['rss']:.0f} | "
