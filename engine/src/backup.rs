@@ -31,10 +31,10 @@ use crate::blob::BlobKind;
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
-use crate::index::Index;
 use crate::repository::Repository;
 use crate::snapshot::{Snapshot, SnapshotSummary};
 use crate::tree::{Node, NodeKind, Tree};
+use crate::tree_reader::TreeReader;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
@@ -186,7 +186,10 @@ struct Counters {
 /// What the walker, readers and finalizer share.
 struct Ctx<'a> {
     repo: &'a Repository,
-    index: &'a Index,
+    /// The parent snapshot's trees (from an object store, a tree pack at a
+    /// time: one request per directory made an unchanged re-backup of a
+    /// 1 446-directory tree from a local Garage take 63 s).
+    trees: TreeReader<'a>,
     saver: &'a Saver,
     options: &'a BackupOptions,
     progress: &'a BackupProgress,
@@ -275,7 +278,7 @@ pub fn backup(
     );
     let ctx = Ctx {
         repo,
-        index: &index,
+        trees: TreeReader::new(repo, &index),
         saver: &saver,
         options,
         progress,
@@ -879,7 +882,7 @@ fn resolve(c: &mut ContentId) -> Result<BlobId> {
 impl Walker<'_, '_> {
     fn parent_subtree(&self, node: Option<&Node>) -> Option<Tree> {
         let id = node?.subtree?;
-        self.ctx.repo.read_tree(self.ctx.index, &id).ok()
+        self.ctx.trees.read(&id).ok()
     }
 
     /// Hands a listed directory to the finalizer; returns where its tree id

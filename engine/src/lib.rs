@@ -39,6 +39,7 @@ pub mod retention;
 pub mod snapshot;
 pub mod stats;
 pub mod tree;
+mod tree_reader;
 pub mod wal;
 
 pub use error::{Error, ErrorKind, Result};

@@ -15,6 +15,7 @@ use crate::id::{BlobId, PackId};
 use crate::index::Index;
 use crate::repository::{FileKind, Repository};
 use crate::tree::{Node, NodeKind, Tree};
+use crate::tree_reader::TreeReader;
 use base64::Engine as _;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -87,10 +88,11 @@ pub struct RestoreReport {
 /// directory. `path` is absolute within the snapshot.
 ///
 /// The subtrees of a directory are read in parallel, a few siblings at a
-/// time, before those siblings are visited: one tree read is one request, and a serial walk of a tree of
-/// thousands of directories on S3 spent most of a restore's planning
-/// waiting on them one at a time. A subtree that fails to read fails the
-/// walk only if `visit` descends into it.
+/// time, before those siblings are visited, and from an object store whole
+/// tree packs are fetched at once (`tree_reader`): a serial walk, one
+/// request per tree, spent most of a restore's planning waiting on them.
+/// A subtree that fails to read fails the walk only if `visit` descends
+/// into it.
 pub fn walk(
     repo: &Repository,
     index: &Index,
@@ -98,8 +100,7 @@ pub fn walk(
     visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>,
 ) -> Result<()> {
     fn inner(
-        repo: &Repository,
-        index: &Index,
+        trees: &TreeReader<'_>,
         tree: &Tree,
         prefix: &Path,
         visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>,
@@ -107,20 +108,21 @@ pub fn walk(
         for batch in tree.nodes.chunks(PREFETCH_TREES) {
             let mut subtrees: Vec<Option<Result<Tree>>> = batch
                 .par_iter()
-                .map(|node| node.subtree.as_ref().map(|sub| repo.read_tree(index, sub)))
+                .map(|node| node.subtree.as_ref().map(|sub| trees.read(sub)))
                 .collect();
             for (node, subtree) in batch.iter().zip(&mut subtrees) {
                 let path = prefix.join(node.os_name());
                 let descend = visit(&path, node)?;
                 if descend && let Some(subtree) = subtree.take() {
-                    inner(repo, index, &subtree?, &path, visit)?;
+                    inner(trees, &subtree?, &path, visit)?;
                 }
             }
         }
         Ok(())
     }
-    let tree = repo.read_tree(index, root)?;
-    inner(repo, index, &tree, Path::new("/"), visit)
+    let trees = TreeReader::new(repo, index);
+    let tree = trees.read(root)?;
+    inner(&trees, &tree, Path::new("/"), visit)
 }
 
 /// Sibling nodes whose subtrees [`walk`] reads at once. Holding every

@@ -11,7 +11,9 @@
 //! - `interrupt`: failing storage and cancellation leave no snapshot and a
 //!   readable repository that the next backup can build on;
 //! - `check`: trees shared by snapshots are read once;
-//! - `wal`: a WAL push costs the same however much was archived before.
+//! - `wal`: a WAL push costs the same however much was archived before;
+//! - `tree_reads`: re-backups and restores from an object store read trees
+//!   a tree pack at a time.
 //!
 //! Run with `cargo test -p vault-engine --test engine -j2`.
 
@@ -23,5 +25,6 @@ mod interrupt;
 mod object_lock;
 mod roundtrip;
 mod tamper;
+mod tree_reads;
 mod vectors;
 mod wal;

@@ -1,0 +1,132 @@
+//! Reading many trees from an object store: a walk of a snapshot.
+//!
+//! One ranged GET per tree made planning a restore of a 52k-file tree
+//! (1 446 directories) from a local Garage take 25 s, against 3 s for all
+//! of its content. Trees are packed apart from data, so a tree pack holds
+//! only trees: the first tree a walk needs from such a pack fetches the
+//! pack's whole indexed span in one request, and the pack's other trees
+//! come from memory.
+//!
+//! Memory is bounded: spans stay cached up to [`CACHE_BUDGET`] bytes, oldest
+//! dropped first. A pack needed again after its span was dropped is read
+//! tree by tree from then on, so a walk that jumps between many large
+//! packs never downloads a pack more than once. From a local disk a ranged
+//! read is cheap, and trees are read one by one as before.
+
+use crate::blob::{self, BlobKind};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId};
+use crate::index::Index;
+use crate::repository::{FileKind, Repository};
+use crate::tree::Tree;
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Bytes of pack spans a walk keeps (four full 16 MiB tree packs).
+const CACHE_BUDGET: u64 = 64 * 1024 * 1024;
+
+/// A fetched span, or `None` when fetching it failed (the caller then reads
+/// the tree alone, which reports the error with the tree's name).
+type Span = Arc<OnceLock<Option<Bytes>>>;
+
+/// Reads trees for one walk; safe to share between threads.
+pub(crate) struct TreeReader<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    /// Per tree pack: start and end of its indexed blobs. Empty when
+    /// reading from a local disk.
+    spans: HashMap<PackId, (u32, u32)>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    spans: HashMap<PackId, Span>,
+    /// Cached packs, oldest first, with their span lengths.
+    order: VecDeque<(PackId, u64)>,
+    bytes: u64,
+    /// Packs whose span was dropped: read tree by tree from now on.
+    dropped: HashSet<PackId>,
+}
+
+impl<'a> TreeReader<'a> {
+    pub(crate) fn new(repo: &'a Repository, index: &'a Index) -> Self {
+        let mut spans: HashMap<PackId, (u32, u32)> = HashMap::new();
+        if !repo.backend().is_local() {
+            let mut data_packs: HashSet<PackId> = HashSet::new();
+            for (_, loc) in index.blobs() {
+                if loc.kind != BlobKind::Tree {
+                    data_packs.insert(loc.pack);
+                    continue;
+                }
+                let end = loc.offset.saturating_add(loc.length);
+                let span = spans.entry(loc.pack).or_insert((loc.offset, end));
+                span.0 = span.0.min(loc.offset);
+                span.1 = span.1.max(end);
+            }
+            // A pack mixing kinds (not written by vault, or repaired) is
+            // read tree by tree rather than fetched with its data.
+            spans.retain(|pack, _| !data_packs.contains(pack));
+        }
+        Self {
+            repo,
+            index,
+            spans,
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// Reads and decodes tree `id`.
+    pub(crate) fn read(&self, id: &BlobId) -> Result<Tree> {
+        if let Some(loc) = self.index.get(id)
+            && loc.kind == BlobKind::Tree
+            && let Some(span) = self.span(&loc.pack)
+            && let Some(Some(bytes)) = span.get()
+        {
+            let from = loc.offset.saturating_sub(self.spans[&loc.pack].0) as usize;
+            if let Some(stored) = bytes.get(from..from + loc.length as usize) {
+                let plain = blob::open(self.repo.key(), loc.kind, id, loc.raw_len, stored)
+                    .map_err(|e| Error::corrupt(format!("blob {id} in pack {}", loc.pack), e))?;
+                return Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e));
+            }
+        }
+        self.repo.read_tree(self.index, id)
+    }
+
+    /// The cached span of `pack`, fetched by the first caller to need it
+    /// (others wait for it); `None` to read tree by tree.
+    fn span(&self, pack: &PackId) -> Option<Span> {
+        let &(start, end) = self.spans.get(pack)?;
+        let cell = {
+            let mut cache = self.cache.lock().expect("not poisoned");
+            if cache.dropped.contains(pack) {
+                return None;
+            }
+            if let Some(cell) = cache.spans.get(pack) {
+                cell.clone()
+            } else {
+                let len = u64::from(end - start);
+                cache.bytes += len;
+                cache.order.push_back((*pack, len));
+                while cache.bytes > CACHE_BUDGET && cache.order.len() > 1 {
+                    let (old, old_len) = cache.order.pop_front().expect("not empty");
+                    cache.spans.remove(&old);
+                    cache.dropped.insert(old);
+                    cache.bytes -= old_len;
+                }
+                let cell = Span::default();
+                cache.spans.insert(*pack, cell.clone());
+                cell
+            }
+        };
+        cell.get_or_init(|| {
+            let path = FileKind::Pack.path(&pack.to_hex());
+            self.repo
+                .backend()
+                .get_range(&path, u64::from(start), u64::from(end - start))
+                .ok()
+        });
+        Some(cell)
+    }
+}
