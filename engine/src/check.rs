@@ -14,6 +14,7 @@ use crate::pack;
 use crate::repository::{FileKind, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::NodeKind;
+use crate::tree_reader::TreeReader;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -500,6 +501,7 @@ fn scan_trees(
     let mut trees: HashSet<BlobId> = HashSet::new();
     let mut used: HashSet<BlobId> = HashSet::new();
     let mut stack: Vec<BlobId> = roots.collect();
+    let reader = TreeReader::new(repo, index);
     while let Some(tree_id) = stack.pop() {
         // Trees are tracked apart from data blobs: a file whose bytes equal
         // a tree's encoding has the same id, and must not stop the walk.
@@ -510,7 +512,7 @@ fn scan_trees(
             return None;
         }
         used.insert(tree_id);
-        let tree = repo.read_tree(index, &tree_id).ok()?;
+        let tree = reader.read(&tree_id).ok()?;
         for node in &tree.nodes {
             if node.kind == NodeKind::Dir {
                 stack.push(node.subtree?);

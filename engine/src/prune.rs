@@ -32,6 +32,7 @@ use crate::object_lock;
 use crate::pack::PackedBlob;
 use crate::repository::{FileKind, Repository};
 use crate::tree::NodeKind;
+use crate::tree_reader::TreeReader;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -165,13 +166,14 @@ pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, 
     }
     let mut used: HashSet<BlobId> = HashSet::new();
     let mut stack: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.tree).collect();
+    let trees = TreeReader::new(repo, index);
     while let Some(tree_id) = stack.pop() {
         if !used.insert(tree_id) {
             continue;
         }
         // A tree that cannot be read means blobs below it cannot be known:
         // pruning would risk deleting data. Refuse.
-        let tree = repo.read_tree(index, &tree_id).map_err(|e| {
+        let tree = trees.read(&tree_id).map_err(|e| {
             Error::InvalidInput(format!(
                 "cannot prune: {e}; run `vault check` and `vault repair` first"
             ))

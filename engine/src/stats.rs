@@ -18,6 +18,7 @@ use crate::index::Index;
 use crate::repository::{FileKind, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::NodeKind;
+use crate::tree_reader::TreeReader;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -130,8 +131,7 @@ struct TreeTotals {
 }
 
 struct Walker<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
+    trees: TreeReader<'a>,
     memo: HashMap<BlobId, Arc<TreeTotals>>,
     data: HashSet<BlobId>,
 }
@@ -141,7 +141,7 @@ impl Walker<'_> {
         if let Some(t) = self.memo.get(id) {
             return Ok(t.clone());
         }
-        let tree = self.repo.read_tree(self.index, id)?;
+        let tree = self.trees.read(id)?;
         let mut t = TreeTotals::default();
         for node in &tree.nodes {
             match node.kind {
@@ -249,8 +249,7 @@ pub fn stats(
     snapshots: &[(SnapshotId, Snapshot)],
 ) -> Result<StatsReport> {
     let mut walker = Walker {
-        repo,
-        index,
+        trees: TreeReader::new(repo, index),
         memo: HashMap::new(),
         data: HashSet::new(),
     };
