@@ -12,6 +12,7 @@ use crate::id::BlobId;
 use crate::index::Index;
 use crate::repository::Repository;
 use crate::tree::{Node, NodeKind, Tree};
+use crate::tree_reader::TreeReader;
 use serde::Serialize;
 use std::cmp::Ordering;
 use std::collections::HashSet;
@@ -104,8 +105,7 @@ pub struct DiffStats {
 }
 
 struct Differ<'a> {
-    repo: &'a Repository,
-    index: &'a Index,
+    trees: &'a TreeReader<'a>,
     options: DiffOptions,
     stats: DiffStats,
     emit: &'a mut dyn FnMut(&Change) -> Result<()>,
@@ -149,7 +149,7 @@ fn metadata_changes(a: &Node, b: &Node) -> Vec<&'static str> {
 impl Differ<'_> {
     fn tree(&self, id: Option<&BlobId>) -> Result<Tree> {
         match id {
-            Some(id) => self.repo.read_tree(self.index, id),
+            Some(id) => self.trees.read(id),
             None => Ok(Tree::default()),
         }
     }
@@ -268,11 +268,7 @@ impl Differ<'_> {
 }
 
 /// Every blob (trees and content) reachable from `root`.
-fn reachable(
-    repo: &Repository,
-    index: &Index,
-    root: &BlobId,
-) -> Result<(HashSet<BlobId>, HashSet<BlobId>)> {
+fn reachable(reader: &TreeReader<'_>, root: &BlobId) -> Result<(HashSet<BlobId>, HashSet<BlobId>)> {
     let mut trees = HashSet::new();
     let mut data = HashSet::new();
     let mut stack = vec![*root];
@@ -280,7 +276,7 @@ fn reachable(
         if !trees.insert(id) {
             continue;
         }
-        for node in repo.read_tree(index, &id)?.nodes {
+        for node in reader.read(&id)?.nodes {
             if let Some(sub) = node.subtree {
                 stack.push(sub);
             }
@@ -300,9 +296,9 @@ pub fn diff(
     options: DiffOptions,
     emit: &mut dyn FnMut(&Change) -> Result<()>,
 ) -> Result<DiffStats> {
+    let trees = TreeReader::new(repo, index);
     let mut differ = Differ {
-        repo,
-        index,
+        trees: &trees,
         options,
         stats: DiffStats::default(),
         emit,
@@ -313,8 +309,8 @@ pub fn diff(
         differ.compare("/", &ta, &tb)?;
     }
     let mut stats = differ.stats;
-    let (trees_a, data_a) = reachable(repo, index, a)?;
-    let (trees_b, data_b) = reachable(repo, index, b)?;
+    let (trees_a, data_a) = reachable(&trees, a)?;
+    let (trees_b, data_b) = reachable(&trees, b)?;
     let size = |id: &BlobId| index.get(id).map_or(0, |l| u64::from(l.raw_len));
     for (side, trees_x, data_x, trees_y, data_y) in [
         (&mut stats.added, &trees_b, &data_b, &trees_a, &data_a),

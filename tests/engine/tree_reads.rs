@@ -1,8 +1,8 @@
 //! Reading trees from an object store, on the in-memory store (which counts
 //! requests the way an S3 store bills them).
 //!
-//! Guards that an unchanged re-backup, a restore, check, prune's walk and
-//! stats read a snapshot's trees a tree pack at a time, not one request per
+//! Guards that an unchanged re-backup, a restore, check, prune's walk,
+//! stats and diff read a snapshot's trees a tree pack at a time, not one request per
 //! directory: on a local Garage a 1 446-directory tree took 63 s to re-back
 //! up and 25 s to plan a restore that way. Fixture: a tree of `dirs`
 //! directories of two small files each, backed up twice; the GETs of each
@@ -21,8 +21,9 @@ fn gets(repo: &Repository) -> u64 {
 }
 
 /// GETs of each operation over a tree of `dirs` directories: an unchanged
-/// re-backup, a full restore, a structural check, prune's walk, stats.
-fn tree_gets(dirs: usize) -> [u64; 5] {
+/// re-backup, a full restore, a structural check, prune's walk, stats, a
+/// diff.
+fn tree_gets(dirs: usize) -> [u64; 6] {
     let src = tempfile::tempdir().expect("tempdir");
     for d in 0..dirs {
         for f in 0..2 {
@@ -65,7 +66,24 @@ fn tree_gets(dirs: usize) -> [u64; 5] {
         let snapshots = repo.snapshots().expect("snapshots");
         vault_engine::stats::stats(&repo, &index, &snapshots).expect("stats");
     });
-    [backup, restore, check, prune, stats]
+    // One file changed: the diff compares one path, but sizes what each
+    // snapshot reaches by walking both.
+    write_file(&src.path().join("d0/e0/f0"), b"changed\n");
+    backup_paths(&repo, &[src.path()], &options()).expect("third backup");
+    let diff = counted(&|| {
+        let index = repo.load_index().expect("index");
+        let snapshots = repo.snapshots().expect("snapshots");
+        let (first, last) = (&snapshots[0].1, &snapshots[snapshots.len() - 1].1);
+        let mut changes = 0usize;
+        let options = vault_engine::diff::DiffOptions::default();
+        vault_engine::diff::diff(&repo, &index, &first.tree, &last.tree, options, &mut |_| {
+            changes += 1;
+            Ok(())
+        })
+        .expect("diff");
+        assert_eq!(changes, 1);
+    });
+    [backup, restore, check, prune, stats, diff]
 }
 
 #[test]
@@ -74,7 +92,14 @@ fn walks_read_trees_a_pack_at_a_time() {
     let large = tree_gets(120);
     // 120 directories in one tree pack: a request per directory would add
     // over a hundred GETs to each.
-    let ops = ["re-backup", "restore", "check", "prune walk", "stats"];
+    let ops = [
+        "re-backup",
+        "restore",
+        "check",
+        "prune walk",
+        "stats",
+        "diff",
+    ];
     for ((op, s), l) in ops.iter().zip(small).zip(large) {
         assert!(l <= s + 4, "{op}: {s} GETs for 10 dirs, {l} for 120");
     }
