@@ -40,6 +40,7 @@ use crate::index::Index;
 use crate::repository::{FileKind, Repository};
 use crate::snapshot::Snapshot;
 use crate::tree::Tree;
+use crate::tree_reader::TreeReader;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -184,6 +185,8 @@ struct Copier<'a> {
     src: &'a Repository,
     dst: &'a Arc<Repository>,
     src_index: &'a Index,
+    /// The source's trees (a tree pack at a time from an object store).
+    src_trees: TreeReader<'a>,
     dst_index: Index,
     same_key: bool,
     map: Mutex<Mapping>,
@@ -237,7 +240,7 @@ impl Copier<'_> {
             return Ok(false);
         }
         let (Ok(st), Ok(dt)) = (
-            self.src.read_tree(self.src_index, &src_tree),
+            self.src_trees.read(&src_tree),
             self.dst.read_tree(&self.dst_index, &dst_tree),
         ) else {
             return Ok(false);
@@ -298,7 +301,7 @@ impl Copier<'_> {
         if let Some(t) = self.tree_cache.get(id) {
             return Ok(t.clone());
         }
-        let tree = self.src.read_tree(self.src_index, id)?;
+        let tree = self.src_trees.read(id)?;
         if keep && self.cached_nodes + tree.nodes.len() <= TREE_CACHE_NODES {
             self.cached_nodes += tree.nodes.len();
             self.tree_cache.insert(*id, tree.clone());
@@ -622,6 +625,7 @@ pub fn copy(
         src,
         dst,
         src_index: &src_index,
+        src_trees: TreeReader::new(src, &src_index),
         dst_index: dst.load_index()?,
         same_key,
         map: Mutex::new(Mapping::default()),

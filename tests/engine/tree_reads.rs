@@ -2,11 +2,12 @@
 //! requests the way an S3 store bills them).
 //!
 //! Guards that an unchanged re-backup, a restore, check, prune's walk,
-//! stats and diff read a snapshot's trees a tree pack at a time, not one request per
-//! directory: on a local Garage a 1 446-directory tree took 63 s to re-back
-//! up and 25 s to plan a restore that way. Fixture: a tree of `dirs`
-//! directories of two small files each, backed up twice; the GETs of each
-//! operation after that must not grow with `dirs`.
+//! stats, diff and copy read a snapshot's trees a tree pack at a time, not
+//! one request per directory: on a local Garage a 1 446-directory tree took
+//! 63 s to re-back up and 25 s to plan a restore that way. Fixture: a tree
+//! of `dirs` directories of two small files each, backed up three times (one
+//! file changed the third time); the GETs of each operation must not grow
+//! with `dirs`.
 
 use crate::support::{
     MEDIUM_CHUNKER, backup_paths, init_memory, options, restore_tree, write_file,
@@ -22,8 +23,8 @@ fn gets(repo: &Repository) -> u64 {
 
 /// GETs of each operation over a tree of `dirs` directories: an unchanged
 /// re-backup, a full restore, a structural check, prune's walk, stats, a
-/// diff.
-fn tree_gets(dirs: usize) -> [u64; 6] {
+/// diff, a copy to another repository.
+fn tree_gets(dirs: usize) -> [u64; 7] {
     let src = tempfile::tempdir().expect("tempdir");
     for d in 0..dirs {
         for f in 0..2 {
@@ -83,7 +84,16 @@ fn tree_gets(dirs: usize) -> [u64; 6] {
         .expect("diff");
         assert_eq!(changes, 1);
     });
-    [backup, restore, check, prune, stats, diff]
+    // Copying reads the source's trees (the GETs counted are the source's).
+    let target = init_memory(MEDIUM_CHUNKER, 256 * 1024);
+    let copy = counted(&|| {
+        let snapshots = repo.snapshots().expect("snapshots");
+        let options = vault_engine::copy::CopyOptions::default();
+        let progress = vault_engine::copy::CopyProgress::default();
+        vault_engine::copy::copy(&repo, &target, &snapshots, &options, &progress).expect("copy");
+    });
+    assert_eq!(target.snapshots().expect("copied").len(), 3);
+    [backup, restore, check, prune, stats, diff, copy]
 }
 
 #[test]
@@ -99,6 +109,7 @@ fn walks_read_trees_a_pack_at_a_time() {
         "prune walk",
         "stats",
         "diff",
+        "copy",
     ];
     for ((op, s), l) in ops.iter().zip(small).zip(large) {
         assert!(l <= s + 4, "{op}: {s} GETs for 10 dirs, {l} for 120");
