@@ -743,17 +743,7 @@ impl Content<'_> {
                         }
                         o.remaining -= 1;
                         if o.remaining == 0 {
-                            let node = &self.items[w.file].node;
-                            if o.end < node.size {
-                                file.set_len(node.size).map_err(|e| {
-                                    Error::io(format!("resizing {}", p.display()), e)
-                                })?;
-                            }
-                            let mut warnings = Vec::new();
-                            apply_metadata(Meta::File(file, p), node, self.is_root, &mut warnings);
-                            if !warnings.is_empty() {
-                                self.warnings.lock().expect("ok").extend(warnings);
-                            }
+                            self.finish_owned(file, &self.items[w.file], o.end)?;
                             files.remove(&w.file);
                         }
                     }
@@ -763,6 +753,27 @@ impl Content<'_> {
                     Ordering::Relaxed,
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Completes a file whose last write was just made: sizes a tail left
+    /// as a hole (`end` is where written content stops) and applies its
+    /// metadata through the open descriptor.
+    fn finish_owned(&self, file: &fs::File, item: &Item, end: u64) -> Result<()> {
+        if end < item.node.size {
+            file.set_len(item.node.size)
+                .map_err(|e| Error::io(format!("resizing {}", item.path.display()), e))?;
+        }
+        let mut warnings = Vec::new();
+        apply_metadata(
+            Meta::File(file, &item.path),
+            &item.node,
+            self.is_root,
+            &mut warnings,
+        );
+        if !warnings.is_empty() {
+            self.warnings.lock().expect("ok").extend(warnings);
         }
         Ok(())
     }
