@@ -37,7 +37,7 @@ pub(crate) struct TreeReader<'a> {
     index: &'a Index,
     /// Per tree pack: start and end of its indexed blobs. Empty when
     /// reading from a local disk.
-    spans: HashMap<PackId, (u32, u32)>,
+    spans: OnceLock<HashMap<PackId, (u32, u32)>>,
     cache: Mutex<Cache>,
 }
 
@@ -53,10 +53,24 @@ struct Cache {
 
 impl<'a> TreeReader<'a> {
     pub(crate) fn new(repo: &'a Repository, index: &'a Index) -> Self {
-        let mut spans: HashMap<PackId, (u32, u32)> = HashMap::new();
-        if !repo.backend().is_local() {
+        Self {
+            repo,
+            index,
+            spans: OnceLock::new(),
+            cache: Mutex::new(Cache::default()),
+        }
+    }
+
+    /// Per tree pack, the span of its indexed blobs; worked out from the
+    /// index on the first read (a backup without a parent reads no tree).
+    fn spans(&self) -> &HashMap<PackId, (u32, u32)> {
+        self.spans.get_or_init(|| {
+            let mut spans: HashMap<PackId, (u32, u32)> = HashMap::new();
+            if self.repo.backend().is_local() {
+                return spans;
+            }
             let mut data_packs: HashSet<PackId> = HashSet::new();
-            for (_, loc) in index.blobs() {
+            for (_, loc) in self.index.blobs() {
                 if loc.kind != BlobKind::Tree {
                     data_packs.insert(loc.pack);
                     continue;
@@ -69,13 +83,8 @@ impl<'a> TreeReader<'a> {
             // A pack mixing kinds (not written by vault, or repaired) is
             // read tree by tree rather than fetched with its data.
             spans.retain(|pack, _| !data_packs.contains(pack));
-        }
-        Self {
-            repo,
-            index,
-            spans,
-            cache: Mutex::new(Cache::default()),
-        }
+            spans
+        })
     }
 
     /// Reads and decodes tree `id`.
@@ -85,7 +94,7 @@ impl<'a> TreeReader<'a> {
             && let Some(span) = self.span(&loc.pack)
             && let Some(Some(bytes)) = span.get()
         {
-            let from = loc.offset.saturating_sub(self.spans[&loc.pack].0) as usize;
+            let from = loc.offset.saturating_sub(self.spans()[&loc.pack].0) as usize;
             if let Some(stored) = bytes.get(from..from + loc.length as usize) {
                 let plain = blob::open(self.repo.key(), loc.kind, id, loc.raw_len, stored)
                     .map_err(|e| Error::corrupt(format!("blob {id} in pack {}", loc.pack), e))?;
@@ -98,7 +107,7 @@ impl<'a> TreeReader<'a> {
     /// The cached span of `pack`, fetched by the first caller to need it
     /// (others wait for it); `None` to read tree by tree.
     fn span(&self, pack: &PackId) -> Option<Span> {
-        let &(start, end) = self.spans.get(pack)?;
+        let &(start, end) = self.spans().get(pack)?;
         let cell = {
             let mut cache = self.cache.lock().expect("not poisoned");
             if cache.dropped.contains(pack) {
