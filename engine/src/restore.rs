@@ -649,9 +649,9 @@ struct Content<'a> {
 struct OwnedFile {
     /// Writes of this pack to the file not yet done.
     remaining: usize,
-    /// End of the last byte written; below the file's size, the tail is a
-    /// hole made by `set_len`.
-    end: u64,
+    /// The file's length so far; below its size when finished, the tail
+    /// is a hole made by `set_len`.
+    len: u64,
     created: bool,
 }
 
@@ -668,7 +668,7 @@ impl Content<'_> {
                     .entry(w.file)
                     .or_insert(OwnedFile {
                         remaining: 0,
-                        end: 0,
+                        len: 0,
                         created: false,
                     })
                     .remaining += 1;
@@ -722,7 +722,20 @@ impl Content<'_> {
                             let f = match own.as_deref_mut() {
                                 Some(o) if !o.created => {
                                     o.created = true;
-                                    create_file(p)
+                                    let f = create_file(p)?;
+                                    // Other blobs are opened before this
+                                    // file's next write, and one may fail:
+                                    // like every file of a failed restore,
+                                    // it must then have its full size,
+                                    // holes where content is missing.
+                                    if o.remaining > 1 {
+                                        let size = self.items[w.file].node.size;
+                                        f.set_len(size).map_err(|e| {
+                                            Error::io(format!("resizing {}", p.display()), e)
+                                        })?;
+                                        o.len = size;
+                                    }
+                                    Ok(f)
                                 }
                                 _ => OpenOptions::new()
                                     .write(true)
@@ -739,11 +752,11 @@ impl Content<'_> {
                     }
                     if let Some(o) = own {
                         if !skip {
-                            o.end = o.end.max(w.offset + data.len() as u64);
+                            o.len = o.len.max(w.offset + data.len() as u64);
                         }
                         o.remaining -= 1;
                         if o.remaining == 0 {
-                            self.finish_owned(file, &self.items[w.file], o.end)?;
+                            self.finish_owned(file, &self.items[w.file], o.len)?;
                             files.remove(&w.file);
                         }
                     }
@@ -758,10 +771,10 @@ impl Content<'_> {
     }
 
     /// Completes a file whose last write was just made: sizes a tail left
-    /// as a hole (`end` is where written content stops) and applies its
+    /// as a hole (`len` is the file's length so far) and applies its
     /// metadata through the open descriptor.
-    fn finish_owned(&self, file: &fs::File, item: &Item, end: u64) -> Result<()> {
-        if end < item.node.size {
+    fn finish_owned(&self, file: &fs::File, item: &Item, len: u64) -> Result<()> {
+        if len < item.node.size {
             file.set_len(item.node.size)
                 .map_err(|e| Error::io(format!("resizing {}", item.path.display()), e))?;
         }
