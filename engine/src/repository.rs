@@ -431,20 +431,7 @@ impl Repository {
     /// them until the next prune, which one at a time would take minutes.
     /// Results come back in the order of `ids`.
     pub(crate) fn fetch_index_files(&self, ids: &[IndexId]) -> Vec<(IndexId, Result<IndexFile>)> {
-        /// Concurrent reads; they wait on the network, not on a core.
-        const FETCHES: usize = 8;
-        let one = |id: &IndexId| (*id, self.load_index_file(id));
-        if ids.len() < 2 {
-            return ids.iter().map(one).collect();
-        }
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(FETCHES.min(ids.len()))
-            .thread_name(|_| "vault-index".into())
-            .build()
-        {
-            Ok(pool) => pool.install(|| ids.par_iter().map(one).collect()),
-            Err(_) => ids.iter().map(one).collect(),
-        }
+        fetch_all(ids, |id| self.load_index_file(id))
     }
 
     /// Ids of every stored index file.
@@ -525,14 +512,16 @@ impl Repository {
 
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let ids: Vec<SnapshotId> = self
+            .list(FileKind::Snapshot)?
+            .iter()
+            .filter_map(|info| canonical_id(&info.path))
+            .collect();
         let mut out = Vec::new();
-        for info in self.list(FileKind::Snapshot)? {
-            let Some(id) = canonical_id::<SnapshotId>(&info.path) else {
-                continue;
-            };
+        for (id, loaded) in fetch_all(&ids, |id| self.load_snapshot(id)) {
             // One damaged snapshot must not make the others unreachable;
             // `check` reports it.
-            match self.load_snapshot(&id) {
+            match loaded {
                 Ok(s) => out.push((id, s)),
                 Err(e @ Error::Corrupt { .. }) => tracing::warn!("skipping {e}"),
                 Err(e) => return Err(e),
@@ -591,5 +580,27 @@ impl Repository {
         data: &[u8],
     ) -> Vec<u8> {
         blob::seal(&self.key, kind, id, c, data)
+    }
+}
+
+/// Runs `load` over `ids`, several at once: on an object store each load is
+/// a GET that waits a network round trip, not a core (index files and
+/// snapshots are one object each).
+fn fetch_all<I: Copy + Send + Sync, T: Send>(
+    ids: &[I],
+    load: impl Fn(&I) -> T + Sync,
+) -> Vec<(I, T)> {
+    const FETCHES: usize = 8;
+    let one = |id: &I| (*id, load(id));
+    if ids.len() < 2 {
+        return ids.iter().map(one).collect();
+    }
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(FETCHES.min(ids.len()))
+        .thread_name(|_| "vault-fetch".into())
+        .build()
+    {
+        Ok(pool) => pool.install(|| ids.par_iter().map(one).collect()),
+        Err(_) => ids.iter().map(one).collect(),
     }
 }
