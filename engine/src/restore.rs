@@ -399,6 +399,8 @@ fn restore_on_pool(
                 let mut packs = content.iter().map(|id| index.get(id).map(|l| l.pack));
                 if let Some(Some(first)) = packs.next() {
                     owned[*idx] = packs.all(|p| p == Some(first));
+                    // Its worker creates it empty.
+                    fresh[*idx] = owned[*idx];
                 }
             }
         }
@@ -420,11 +422,6 @@ fn restore_on_pool(
         .collect::<Result<_>>()?;
     for (idx, is_fresh) in prepared {
         fresh[idx] = is_fresh;
-    }
-    for (idx, _) in &content_files {
-        if owned[*idx] {
-            fresh[*idx] = true;
-        }
     }
 
     phase("create files");
