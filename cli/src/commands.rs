@@ -7,6 +7,7 @@ mod copy;
 mod diff;
 mod drill;
 mod dump;
+mod extend_retention;
 mod forget;
 mod init;
 mod key_add;
@@ -64,6 +65,9 @@ pub(crate) enum Command {
     Prune(prune::PruneCmdArgs),
     /// Remove stale locks.
     Unlock(unlock::UnlockArgs),
+    /// Extend the S3 Object Lock retention of everything a locked
+    /// repository holds to now + its days (prune does it too).
+    ExtendRetention(extend_retention::ExtendRetentionArgs),
     /// Per configured source: last success and failure, age, sizes.
     Status(status::StatusArgs),
     /// Restore drill: load the latest backup of a source into a scratch
@@ -122,6 +126,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Forget(a) => forget::run(g, &a),
         Command::Prune(a) => prune::run(g, &a),
         Command::Unlock(a) => unlock::run(g, &a),
+        Command::ExtendRetention(a) => extend_retention::run(g, &a),
         Command::Status(a) => status::run(g, &a),
         Command::Drill(a) => drill::run(g, &a),
         Command::Key(KeyCommand::List(a)) => key_list::run(g, &a),

@@ -224,6 +224,17 @@ pub trait Backend: Send + Sync {
             self.location()
         )))
     }
+
+    /// Moves the retention of the stored object `path` to `until` with the
+    /// mode set by [`Backend::set_object_lock`], which must have succeeded.
+    /// Only ever used to extend it (repo-format.md §11.8).
+    fn extend_retention(&self, path: &str, until: jiff::Timestamp) -> Result<(), BackendError> {
+        let _ = until;
+        Err(BackendError::Unsupported(format!(
+            "{}: {path}: this backend cannot lock objects",
+            self.location()
+        )))
+    }
 }
 
 /// Opens a backend from a repository URL: a local path, `local:PATH`,

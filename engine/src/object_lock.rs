@@ -15,9 +15,11 @@
 //! defer such objects instead of relying on the store to refuse.
 
 use crate::backend::{ObjectInfo, ObjectLock};
-use crate::error::Result;
-use crate::repository::{FileKind, Repository};
+use crate::error::{Error, Result};
+use crate::repository::{FileKind, Repository, fetch_all};
+use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Added to a computed expiry to cover clock differences between the
 /// writer that uploaded an object and the store that dated it.
@@ -72,6 +74,61 @@ where
             (id.to_string() == name).then_some((id, until))
         })
         .collect())
+}
+
+/// What [`extend_retention`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Extension {
+    /// Objects whose retention now ends at `until`.
+    pub objects: u64,
+    /// The new end of their retention: `now` + the repository's days.
+    pub until: jiff::Timestamp,
+}
+
+/// Extends the retention of every object the repository holds (except
+/// lock objects) to `now` + the repository's days, so that everything it
+/// shows now, however long ago it was uploaded, stays protected that long.
+/// Each upload is locked only from its own upload time, and backups keep
+/// referring to old packs (deduplication), the config and the key files;
+/// without this their protection ends while snapshots still need them.
+/// `None` when the repository is not locked.
+pub fn extend_retention(repo: &Repository, now: jiff::Timestamp) -> Result<Option<Extension>> {
+    let Some(lock) = repo.config().object_lock else {
+        return Ok(None);
+    };
+    let until = lock.retain_until(now);
+    let paths: Vec<String> = repo
+        .backend()
+        .list("")
+        .map_err(|e| Error::backend("the repository listing", e))?
+        .into_iter()
+        .map(|o| o.path)
+        .filter(|p| !p.starts_with(FileKind::Lock.prefix()))
+        .collect();
+    let positions: Vec<usize> = (0..paths.len()).collect();
+    // After the first failure (missing permission, say) the rest are
+    // skipped rather than each failing the same way.
+    let failed = AtomicBool::new(false);
+    let results = fetch_all(&positions, |&i| {
+        let path = paths.get(i)?;
+        if failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let result = repo.backend().extend_retention(path, until);
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        Some(result)
+    });
+    for (i, result) in results {
+        if let Some(Err(e)) = result {
+            return Err(Error::backend(paths.get(i).map_or("", String::as_str), e));
+        }
+    }
+    Ok(Some(Extension {
+        objects: paths.len() as u64,
+        until,
+    }))
 }
 
 #[cfg(test)]

@@ -586,7 +586,7 @@ impl Repository {
 /// Runs `load` over `ids`, several at once: on an object store each load is
 /// a GET that waits a network round trip, not a core (index files and
 /// snapshots are one object each).
-fn fetch_all<I: Copy + Send + Sync, T: Send>(
+pub(crate) fn fetch_all<I: Copy + Send + Sync, T: Send>(
     ids: &[I],
     load: impl Fn(&I) -> T + Sync,
 ) -> Vec<(I, T)> {

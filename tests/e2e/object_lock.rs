@@ -272,3 +272,90 @@ fn storing_an_object_that_is_already_there_keeps_its_own_retention() {
         .unwrap();
     backend.delete("locks/x").unwrap();
 }
+
+/// Every object's Object Lock mode and retain-until (Unix seconds), by
+/// key relative to the repository, as the store reports them.
+fn retentions(moto: &Moto, env: &Env) -> std::collections::BTreeMap<String, (String, i64)> {
+    boto3(
+        &moto.lock,
+        env,
+        "for page in s3.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix + '/'):\n\
+         \x20   for o in page.get('Contents', []):\n\
+         \x20       h = s3.head_object(Bucket=bucket, Key=o['Key'])\n\
+         \x20       until = h.get('ObjectLockRetainUntilDate')\n\
+         \x20       print(o['Key'][len(prefix) + 1:], h.get('ObjectLockMode'), int(until.timestamp()) if until else -1)\n",
+    )
+    .lines()
+    .map(|line| {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        (
+            parts[0].to_owned(),
+            (parts[1].to_owned(), parts[2].parse().unwrap()),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn extend_retention_and_prune_move_every_objects_lock_forward() {
+    let Some(moto) = moto() else { return };
+    let env = Env::uninitialised_on_server(&moto.lock);
+    assert_success(&init(&env, &["--object-lock-days", "1"]));
+    two_backups(&env);
+    let before = retentions(moto, &env);
+    let stored: Vec<&String> = before.keys().filter(|k| !k.starts_with("locks/")).collect();
+    assert!(stored.len() >= 6, "{before:?}");
+
+    // Retain-until dates are whole seconds: after two seconds an extension
+    // to now + 1 day lies later than every upload's own date.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = env.vault(&["extend-retention"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "object lock of {} objects extended until",
+            stored.len()
+        )),
+        "{text}"
+    );
+    let after = retentions(moto, &env);
+    for key in &stored {
+        let (mode, until) = &after[*key];
+        assert_eq!(mode, "GOVERNANCE", "{key}");
+        assert!(
+            *until > before[*key].1,
+            "{key}: {until} not after {:?}",
+            before[*key]
+        );
+    }
+    // No lock object is left behind by the command's own repository lock.
+    assert!(after.keys().all(|k| !k.starts_with("locks/")), "{after:?}");
+    // The data is still whole.
+    assert_success(&env.vault(&["check", "--verify"]));
+
+    // prune extends what it keeps, after pruning.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = env.vault(&["prune"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("objects extended until"), "{text}");
+    let pruned = retentions(moto, &env);
+    for (key, (_, until)) in pruned.iter().filter(|(k, _)| !k.starts_with("locks/")) {
+        if let Some((_, earlier)) = after.get(key) {
+            assert!(until > earlier, "{key}: {until} not after {earlier}");
+        }
+    }
+}
+
+#[test]
+fn extend_retention_refuses_an_unlocked_repository() {
+    let env = Env::new();
+    let out = env.vault(&["extend-retention"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("this repository is not locked"),
+        "{}",
+        stderr(&out)
+    );
+}

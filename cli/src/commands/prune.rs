@@ -182,5 +182,8 @@ pub(crate) fn prune_locked(
             report.packs_marked
         );
     }
+    // What is left is what snapshots need: keep it locked as long as a
+    // fresh upload would be (repo-format.md §11.8).
+    super::extend_retention::extend(g, repo)?;
     Ok(())
 }

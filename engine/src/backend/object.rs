@@ -792,6 +792,32 @@ impl Backend for ObjectBackend {
             .expect("object lock setting is never poisoned") = Some(lock);
         Ok(())
     }
+
+    fn extend_retention(&self, path: &str, until: jiff::Timestamp) -> Result<(), BackendError> {
+        let lock = *self
+            .object_lock
+            .read()
+            .expect("object lock setting is never poisoned");
+        let (Some(signing), Some(http), Some(lock)) = (&self.signing, &self.http, lock) else {
+            return Err(BackendError::Unsupported(format!(
+                "{}: {path}: objects written here are not locked",
+                self.location
+            )));
+        };
+        let key = self.key(path);
+        Counter::add(&self.requests.put, 1);
+        let retain = RetainUntil {
+            mode: lock.mode,
+            until,
+        };
+        self.runtime.block_on(object_lock::put_retention(
+            signing,
+            http,
+            key.as_ref(),
+            path,
+            retain,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -200,23 +200,11 @@ pub(super) async fn verify_bucket(
         BackendError::Other(format!("asking for the Object Lock configuration: {e}"))
     })?;
     let status = response.status();
-    let mut body = Vec::new();
-    let mut stream = response.into_body().bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk: Bytes = chunk.map_err(|e| BackendError::Other(e.to_string()))?;
-        body.extend_from_slice(&chunk);
-        if body.len() > 64 * 1024 {
-            break; // 64 KiB: a lock configuration is a few hundred bytes
-        }
-    }
-    let body = String::from_utf8_lossy(&body);
+    let body = small_body(response).await?;
     if !status.is_success() {
-        let code = body
-            .split_once("<Code>")
-            .and_then(|(_, rest)| rest.split_once("</Code>"))
-            .map_or(String::new(), |(code, _)| format!(" {code}"));
         return Err(unsupported(format!(
-            "GetObjectLockConfiguration answered {status}{code}"
+            "GetObjectLockConfiguration answered {status}{}",
+            error_code(&body)
         )));
     }
     // A store that does not know `?object-lock` may answer a bucket
@@ -229,6 +217,113 @@ pub(super) async fn verify_bucket(
             "the bucket reports no ObjectLockEnabled=Enabled".into(),
         ))
     }
+}
+
+/// Reads at most 64 KiB of a response body: S3 error and configuration
+/// documents are a few hundred bytes.
+async fn small_body(response: HttpResponse) -> Result<String, BackendError> {
+    let mut body = Vec::new();
+    let mut stream = response.into_body().bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk: Bytes = chunk.map_err(|e| BackendError::Other(e.to_string()))?;
+        body.extend_from_slice(&chunk);
+        if body.len() > 64 * 1024 {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The `<Code>` of an S3 error document, with a leading space, or nothing.
+fn error_code(body: &str) -> String {
+    body.split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map_or(String::new(), |(code, _)| format!(" {code}"))
+}
+
+/// How often a retention request is sent before its failure is reported:
+/// an extension touches every object, so one dropped connection must not
+/// fail a run of thousands.
+const RETENTION_ATTEMPTS: u32 = 3;
+
+/// Sets the retention of the current version of `key` (the full object key
+/// in the bucket) with `PutObjectRetention` (`PUT /key?retention`). Used
+/// only to extend: the store refuses to shorten a compliance retention, and
+/// a governance one without a bypass vault never sends.
+pub(super) async fn put_retention(
+    signing: &Signing,
+    client: &HttpClient,
+    key: &str,
+    path: &str,
+    retain: RetainUntil,
+) -> Result<(), BackendError> {
+    use sha2::Digest as _;
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>{}</Mode><RetainUntilDate>{}</RetainUntilDate></Retention>",
+        retain.mode.header_value(),
+        format_retain_until(retain.until)
+    );
+    let digest = sha2::Sha256::digest(body.as_bytes());
+    // The same encoding object_store gives keys in its own request URLs.
+    const KEY_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~')
+        .remove(b'/');
+    let url = format!(
+        "{}/{}?retention",
+        signing.bucket_url,
+        percent_encoding::utf8_percent_encode(key, KEY_ENCODE)
+    );
+    let mut last = String::new();
+    for attempt in 1..=RETENTION_ATTEMPTS {
+        let mut request = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(&url)
+            .header(http::header::CONTENT_TYPE, "application/xml")
+            .header(
+                CHECKSUM_SHA256_HEADER,
+                base64::engine::general_purpose::STANDARD.encode(digest),
+            )
+            .header(SDK_CHECKSUM_HEADER, "SHA256")
+            .body(HttpRequestBody::from(Bytes::from(body.clone())))
+            .map_err(|e| {
+                BackendError::Other(format!("{path}: building a retention request: {e}"))
+            })?;
+        signing
+            .sign(&mut request, Some(digest.as_slice()))
+            .await
+            .map_err(|e| {
+                BackendError::Other(format!("{path}: signing a retention request: {e}"))
+            })?;
+        match client.execute(request).await {
+            Ok(response) if response.status().is_success() => return Ok(()),
+            Ok(response) => {
+                let status = response.status();
+                let code = error_code(&small_body(response).await?);
+                if status.is_server_error() && attempt < RETENTION_ATTEMPTS {
+                    last = format!("{status}{code}");
+                } else {
+                    let hint = if status == http::StatusCode::FORBIDDEN {
+                        " (the credentials need s3:PutObjectRetention)"
+                    } else {
+                        ""
+                    };
+                    return Err(BackendError::Other(format!(
+                        "{path}: extending its Object Lock retention failed: {status}{code}{hint}"
+                    )));
+                }
+            }
+            Err(e) => last = e.to_string(),
+        }
+        if attempt < RETENTION_ATTEMPTS {
+            tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+    }
+    Err(BackendError::Other(format!(
+        "{path}: extending its Object Lock retention failed after {RETENTION_ATTEMPTS} attempts: {last}"
+    )))
 }
 
 /// Checks that a HEAD reported the retention `put` asked for.
