@@ -15,6 +15,7 @@
 //! stale and may be removed.
 
 use crate::backend::{Backend, BackendError, PutMode};
+use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::repository::{FileKind, Repository};
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,9 @@ fn now() -> i64 {
 /// A held lock; released (deleted) on drop.
 pub struct Lock {
     backend: Arc<dyn Backend>,
+    /// To read the lock back before deleting it.
+    key: MasterKey,
+    nonce: u64,
     path: String,
     stop: Arc<AtomicBool>,
     lost: Arc<AtomicBool>,
@@ -120,11 +124,23 @@ impl Drop for Lock {
             t.thread().unpark();
             let _ = t.join();
         }
-        // Never delete a lock that is someone else's now.
-        if !self.is_lost() {
+        // Never delete a lock that is someone else's now: the refresher
+        // looks only once a minute, so look again.
+        let ours = !self.is_lost()
+            && read_lock(self.backend.as_ref(), &self.key, &self.path)
+                .is_some_and(|held| held.nonce == self.nonce);
+        if ours {
             let _ = self.backend.delete(&self.path);
         }
     }
+}
+
+/// The lock document stored at `path`, if it is there and opens.
+fn read_lock(backend: &dyn Backend, key: &MasterKey, path: &str) -> Option<LockInfo> {
+    let bytes = backend.get(path).ok()?;
+    crate::repository::open_lock_with(key, path, &bytes)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
 }
 
 /// Every lock in the repository with its path. Unreadable lock objects are
@@ -194,9 +210,30 @@ pub fn lock_exclusive(
     };
     let path = if backend.has_atomic_create() {
         let mut attempts = 0;
+        let mut took_over = false;
         loop {
             attempts += 1;
             match backend.put(EXCLUSIVE, encode(&info).into(), PutMode::Create) {
+                Ok(()) if took_over => {
+                    // Another process may have judged the same lock stale
+                    // at the same moment: it then deletes the lock we just
+                    // created, believing it the stale one, and creates its
+                    // own. Both would hold it. So after a takeover, wait,
+                    // and go on only if the lock is still ours; of two
+                    // such contenders the one whose lock survives wins.
+                    std::thread::sleep(Duration::from_millis(LOCK_SETTLE_MILLIS));
+                    match read_lock(backend.as_ref(), repo.key(), EXCLUSIVE) {
+                        Some(held) if held.nonce == info.nonce => break EXCLUSIVE.to_owned(),
+                        held => {
+                            return Err(Error::Locked {
+                                holder: held.map_or_else(
+                                    || "another process taking over the same stale lock".into(),
+                                    |h| h.describe(),
+                                ),
+                            });
+                        }
+                    }
+                }
                 Ok(()) => break EXCLUSIVE.to_owned(),
                 Err(BackendError::AlreadyExists(_)) => {
                     let holder = list(repo)?
@@ -209,6 +246,7 @@ pub fn lock_exclusive(
                             backend
                                 .delete(EXCLUSIVE)
                                 .map_err(|e| Error::backend(EXCLUSIVE, e))?;
+                            took_over = true;
                         }
                         Some(h) => {
                             return Err(Error::Locked {
@@ -267,13 +305,7 @@ pub fn lock_exclusive(
             }
         };
         let still_ours = move |backend: &dyn Backend, path: &str, nonce: u64| -> bool {
-            let Ok(bytes) = backend.get(path) else {
-                return false;
-            };
-            crate::repository::open_lock_with(&key, path, &bytes)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
-                .is_some_and(|i| i.nonce == nonce)
+            read_lock(backend, &key, path).is_some_and(|i| i.nonce == nonce)
         };
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
@@ -295,6 +327,8 @@ pub fn lock_exclusive(
     };
     Ok(Lock {
         backend,
+        key: repo.key().clone(),
+        nonce: info.nonce,
         path,
         stop,
         lost,
@@ -318,4 +352,145 @@ pub fn unlock(repo: &Repository, all: bool, hostname: &str) -> Result<Vec<String
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{ObjectBackend, ObjectInfo};
+    use crate::crypto::{KdfParams, Password};
+    use crate::repository::InitOptions;
+    use bytes::Bytes;
+    use std::sync::Mutex;
+
+    type Hook = Box<dyn FnOnce() + Send>;
+
+    /// Storage that runs `hook` right after the first create of the
+    /// exclusive lock that follows a delete of it: the moment another
+    /// process racing for the same stale lock would strike.
+    struct Racing {
+        inner: Arc<dyn Backend>,
+        deleted: AtomicBool,
+        hook: Mutex<Option<Hook>>,
+    }
+
+    impl Backend for Racing {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
+            self.inner.put(path, data, mode)?;
+            if path == EXCLUSIVE && self.deleted.load(Ordering::SeqCst) {
+                let hook = self.hook.lock().unwrap().take();
+                if let Some(hook) = hook {
+                    hook();
+                }
+            }
+            Ok(())
+        }
+        fn get(&self, path: &str) -> Result<Bytes, BackendError> {
+            self.inner.get(path)
+        }
+        fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+            self.inner.get_range(path, offset, len)
+        }
+        fn head(&self, path: &str) -> Result<u64, BackendError> {
+            self.inner.head(path)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, path: &str) -> Result<(), BackendError> {
+            if path == EXCLUSIVE {
+                self.deleted.store(true, Ordering::SeqCst);
+            }
+            self.inner.delete(path)
+        }
+        fn has_atomic_create(&self) -> bool {
+            self.inner.has_atomic_create()
+        }
+    }
+
+    fn password() -> Password {
+        Password::new("pw")
+    }
+
+    fn memory_repo() -> (Arc<dyn Backend>, Arc<Repository>) {
+        let backend: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
+        let options = InitOptions {
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(backend.clone(), &password(), options).unwrap();
+        assert!(backend.has_atomic_create());
+        (backend, Arc::new(repo))
+    }
+
+    fn lock_document(repo: &Repository, hostname: &str, refreshed: i64) -> Bytes {
+        let info = LockInfo {
+            hostname: hostname.into(),
+            username: "u".into(),
+            pid: 1,
+            purpose: "prune".into(),
+            created: refreshed,
+            refreshed,
+            nonce: rand::random(),
+        };
+        repo.seal_lock(&serde_json::to_vec(&info).unwrap()).into()
+    }
+
+    #[test]
+    fn of_two_processes_taking_over_one_stale_lock_only_one_holds_it() {
+        let (store, repo_b) = memory_repo();
+        let stale = lock_document(&repo_b, "crashed", now() - 10 * LOCK_STALE_SECS);
+        store.put(EXCLUSIVE, stale, PutMode::Create).unwrap();
+
+        // B read the same stale lock a moment before A removed it: B now
+        // deletes the lock A just created, taking it for the stale one,
+        // and creates its own.
+        let held_b: Arc<Mutex<Option<Result<Lock>>>> = Arc::new(Mutex::new(None));
+        let hook: Hook = {
+            let (store, held_b) = (store.clone(), held_b.clone());
+            Box::new(move || {
+                store.delete(EXCLUSIVE).unwrap();
+                *held_b.lock().unwrap() = Some(lock_exclusive(&repo_b, "prune", "host-b", "u"));
+            })
+        };
+        let racing: Arc<dyn Backend> = Arc::new(Racing {
+            inner: store.clone(),
+            deleted: AtomicBool::new(false),
+            hook: Mutex::new(Some(hook)),
+        });
+        let repo_a = Repository::open(racing, &password()).unwrap();
+        let a = lock_exclusive(&repo_a, "prune", "host-a", "u");
+
+        let b = held_b.lock().unwrap().take().expect("B raced");
+        let b = b.expect("B holds the lock it created");
+        match a {
+            Err(Error::Locked { holder }) => assert!(holder.contains("host-b"), "{holder}"),
+            other => panic!("A must back off, B holds the lock: {other:?}"),
+        }
+        // A left B's lock alone.
+        let held = read_lock(store.as_ref(), repo_a.key(), EXCLUSIVE).unwrap();
+        assert_eq!(held.hostname, "host-b");
+        drop(b);
+        assert!(store.get(EXCLUSIVE).unwrap_err().is_not_found());
+    }
+
+    #[test]
+    fn a_lock_taken_over_is_not_deleted_by_its_former_holder() {
+        let (store, repo) = memory_repo();
+        let lock = lock_exclusive(&repo, "prune", "host-a", "u").unwrap();
+        // Judged stale elsewhere (this holder stalled) and taken over
+        // before this holder's refresher noticed.
+        let other = lock_document(&repo, "host-b", now());
+        store.put(EXCLUSIVE, other, PutMode::Overwrite).unwrap();
+        drop(lock);
+        let held = read_lock(store.as_ref(), repo.key(), EXCLUSIVE).unwrap();
+        assert_eq!(held.hostname, "host-b");
+    }
 }
