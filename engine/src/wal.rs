@@ -354,30 +354,60 @@ pub fn gaps(names: &[String]) -> Vec<(u32, String, u64)> {
     out
 }
 
+/// What [`trim`] removed and what it had to keep.
+#[derive(Debug, Default)]
+pub struct Trimmed {
+    /// Names removed.
+    pub removed: Vec<String>,
+    /// Names old enough to go but still under Object Lock retention
+    /// (repo-format.md §11.8): kept, like snapshots forget keeps, until a
+    /// later trim after the retention.
+    pub locked: Vec<String>,
+}
+
 /// Removes archived segments older than `keep_from` (same or older
-/// timelines); history files are always kept. Returns the removed names.
-pub fn trim(repo: &Repository, source: &str, keep_from: &str) -> Result<Vec<String>> {
+/// timelines); history files are always kept, and so are segments still
+/// under Object Lock retention at `now`.
+pub fn trim(
+    repo: &Repository,
+    source: &str,
+    keep_from: &str,
+    now: jiff::Timestamp,
+) -> Result<Trimmed> {
     let Some((keep_tli, keep_seg)) = position(keep_from) else {
         return Err(Error::InvalidInput(format!(
             "invalid WAL segment {keep_from}"
         )));
     };
     let dir = stream_dir(repo, source);
-    let mut removed = Vec::new();
-    for (name, _) in list(repo, source)? {
+    let lock = repo.config().object_lock;
+    let mut objects = repo
+        .backend()
+        .list(&format!("{dir}/"))
+        .map_err(|e| Error::backend(&dir, e))?;
+    objects.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut trimmed = Trimmed::default();
+    for info in objects {
+        let Some(name) = info.path.rsplit('/').next().filter(|n| is_valid_name(n)) else {
+            continue;
+        };
         let base = name.split('.').next().unwrap_or_default();
         let Some((tli, seg)) = position(base) else {
             continue;
         };
-        if tli <= keep_tli && seg < keep_seg {
-            let path = format!("{dir}/{name}");
-            repo.backend()
-                .delete(&path)
-                .map_err(|e| Error::backend(&path, e))?;
-            removed.push(name);
+        if tli > keep_tli || seg >= keep_seg {
+            continue;
         }
+        if crate::object_lock::locked_until(lock, &info, now).is_some() {
+            trimmed.locked.push(name.to_owned());
+            continue;
+        }
+        repo.backend()
+            .delete(&info.path)
+            .map_err(|e| Error::backend(&info.path, e))?;
+        trimmed.removed.push(name.to_owned());
     }
-    Ok(removed)
+    Ok(trimmed)
 }
 
 /// PostgreSQL's default WAL segment size, which [`position`] assumes too.

@@ -245,3 +245,41 @@ fn init_with_object_lock_refuses_stores_that_cannot_lock() {
         assert!(backend.list("").unwrap().is_empty());
     }
 }
+
+#[test]
+fn wal_trim_keeps_segments_still_under_retention() {
+    let worm = Arc::new(WormMemory::new());
+    let repo = init_locked(worm.clone(), 1).unwrap();
+    let name = |n: u32| format!("0000000100000000{n:08X}");
+    for n in 1..=3 {
+        vault_engine::wal::push(
+            &repo,
+            "db",
+            &name(n),
+            random_bytes(u64::from(n), 20_000),
+            None,
+        )
+        .unwrap();
+    }
+    // The oldest kept base backup starts in segment 3: 1 and 2 may go, but
+    // not while their retention lasts.
+    let trimmed = vault_engine::wal::trim(&repo, "db", &name(3), worm.now()).unwrap();
+    assert!(trimmed.removed.is_empty(), "{trimmed:?}");
+    assert_eq!(trimmed.locked, [name(1), name(2)]);
+    assert!(
+        worm.refused.lock().unwrap().is_empty(),
+        "trim tried to delete a locked segment"
+    );
+    assert_eq!(vault_engine::wal::list(&repo, "db").unwrap().len(), 3);
+
+    worm.offset_secs.store(2 * DAY_SECS, Ordering::SeqCst);
+    let trimmed = vault_engine::wal::trim(&repo, "db", &name(3), worm.now()).unwrap();
+    assert_eq!(trimmed.removed, [name(1), name(2)]);
+    assert!(trimmed.locked.is_empty());
+    let left: Vec<String> = vault_engine::wal::list(&repo, "db")
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(left, [name(3)]);
+}

@@ -301,11 +301,21 @@ fn trim_wal(
         }
         let index = index.as_ref().expect("loaded above");
         let (start, _) = crate::pitr::base_backup_start(repo, index, snap)?;
-        let removed = vault_engine::wal::trim(repo, source.name(), &start)?;
-        if !removed.is_empty() && !g.quiet && !g.json {
+        let trimmed = vault_engine::wal::trim(repo, source.name(), &start, jiff::Timestamp::now())?;
+        if g.quiet || g.json {
+            continue;
+        }
+        if !trimmed.removed.is_empty() {
             println!(
                 "removed {} archived WAL files of {} older than its oldest base backup ({start})",
-                removed.len(),
+                trimmed.removed.len(),
+                source.name()
+            );
+        }
+        if !trimmed.locked.is_empty() {
+            println!(
+                "kept {} archived WAL files of {} older than its oldest base backup: still under object lock",
+                trimmed.locked.len(),
                 source.name()
             );
         }
