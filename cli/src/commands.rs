@@ -25,6 +25,7 @@ mod restore;
 mod snapshots;
 mod stats;
 mod status;
+mod tag;
 mod unlock;
 mod wal;
 
@@ -63,6 +64,8 @@ pub(crate) enum Command {
     Forget(forget::ForgetArgs),
     /// Reclaim space that no snapshot uses.
     Prune(prune::PruneCmdArgs),
+    /// Add, remove or set tags of snapshots.
+    Tag(tag::TagArgs),
     /// Remove stale locks.
     Unlock(unlock::UnlockArgs),
     /// Extend the S3 Object Lock retention of everything a locked
@@ -125,6 +128,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Check(a) => check::run(g, &a),
         Command::Forget(a) => forget::run(g, &a),
         Command::Prune(a) => prune::run(g, &a),
+        Command::Tag(a) => tag::run(g, &a),
         Command::Unlock(a) => unlock::run(g, &a),
         Command::ExtendRetention(a) => extend_retention::run(g, &a),
         Command::Status(a) => status::run(g, &a),

@@ -503,6 +503,14 @@ impl Repository {
         Ok(hex.parse().expect("blake3 hex is a valid id"))
     }
 
+    /// Stores `new` in place of the snapshot `old`: `new` first, so that a
+    /// failure in between leaves both, never neither.
+    pub fn replace_snapshot(&self, old: &SnapshotId, new: &Snapshot) -> Result<SnapshotId> {
+        let id = self.save_snapshot(new)?;
+        self.delete_snapshot(old)?;
+        Ok(id)
+    }
+
     /// Loads a snapshot.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let path = FileKind::Snapshot.path(&id.to_hex());

@@ -64,7 +64,8 @@ pub struct Snapshot {
     /// Snapshot used to skip unchanged files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<SnapshotId>,
-    /// For a snapshot rewritten by `repair snapshots`: the one it replaces.
+    /// For a snapshot rewritten by `repair snapshots` or `tag`, or copied:
+    /// the one it replaces or was copied from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<SnapshotId>,
     /// Writer version.
@@ -201,6 +202,47 @@ impl SnapshotFilter {
     }
 }
 
+/// A change to snapshots' tags, as `vault tag` (and `restic tag`) takes
+/// it: replace them all, or add and remove some.
+#[derive(Debug, Clone, Default)]
+pub struct TagChange {
+    /// Replace every tag with these (`--set`); applied before add/remove.
+    pub set: Option<Vec<String>>,
+    /// Tags to add.
+    pub add: Vec<String>,
+    /// Tags to remove.
+    pub remove: Vec<String>,
+}
+
+impl TagChange {
+    /// The tags `tags` become: sorted, without duplicates or empty ones.
+    #[must_use]
+    pub fn apply(&self, tags: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = self.set.clone().unwrap_or_else(|| tags.to_vec());
+        out.extend(self.add.iter().cloned());
+        out.retain(|t| !t.is_empty() && !self.remove.contains(t));
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// `snapshot` (stored as `id`) with its tags changed, recording the
+    /// snapshot it replaces in `original` (kept if already set, so a copy
+    /// or a second change still points at the first); `None` when its tags
+    /// would not change.
+    #[must_use]
+    pub fn rewrite(&self, id: &SnapshotId, snapshot: &Snapshot) -> Option<Snapshot> {
+        let tags = self.apply(&snapshot.tags);
+        if tags == snapshot.tags {
+            return None;
+        }
+        let mut new = snapshot.clone();
+        new.tags = tags;
+        new.original = Some(snapshot.original.unwrap_or(*id));
+        Some(new)
+    }
+}
+
 /// Why no snapshot was selected.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
@@ -320,5 +362,37 @@ mod select_tests {
         let prefix = &snaps[0].0.to_hex()[..8];
         assert_eq!(select(&snaps, prefix, &f).unwrap().0, snaps[0].0);
         assert!(select(&snaps, "zzzz", &f).is_err());
+    }
+
+    #[test]
+    fn tag_changes_set_then_add_then_remove_and_record_the_original() {
+        let (id, s) = snap("2026-01-09T03:00:00Z", "a", &["daily", "db"]);
+        let add = TagChange {
+            add: vec!["keep".into(), "db".into()],
+            ..TagChange::default()
+        };
+        let new = add.rewrite(&id, &s).unwrap();
+        assert_eq!(new.tags, ["daily", "db", "keep"]);
+        assert_eq!(new.original, Some(id));
+        assert_eq!(new.tree, s.tree);
+        // A second change still points at the first snapshot.
+        let (id2, _) = snap("2026-01-10T03:00:00Z", "a", &[]);
+        let remove = TagChange {
+            remove: vec!["daily".into()],
+            ..TagChange::default()
+        };
+        assert_eq!(remove.rewrite(&id2, &new).unwrap().original, Some(id));
+        // Nothing to change: no rewrite.
+        assert!(
+            remove
+                .rewrite(&id, &snap("2026-01-09T03:00:00Z", "a", &["db"]).1)
+                .is_none()
+        );
+        let set = TagChange {
+            set: Some(vec!["b".into(), "a".into(), String::new()]),
+            add: vec!["c".into()],
+            remove: vec!["b".into()],
+        };
+        assert_eq!(set.apply(&s.tags), ["a", "c"]);
     }
 }

@@ -333,6 +333,15 @@ fn extend_retention_and_prune_move_every_objects_lock_forward() {
     assert!(after.keys().all(|k| !k.starts_with("locks/")), "{after:?}");
     // The data is still whole.
     assert_success(&env.vault(&["check", "--verify"]));
+    // A locked snapshot cannot be retagged: its replacement would hide it.
+    let out = env.vault(&["tag", "latest", "--add", "keep"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is under object lock until"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.snapshots().len(), 2);
 
     // prune extends what it keeps, after pruning.
     std::thread::sleep(std::time::Duration::from_secs(2));

@@ -612,3 +612,90 @@ fn diff_and_stats_report_changes_and_sizes(backend: Backend) {
         }
     }
 }
+
+backend_test!(tag_adds_removes_and_sets_tags_and_forget_keeps_tagged);
+fn tag_adds_removes_and_sets_tags_and_forget_keeps_tagged(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    make_tree(&src);
+    let src_arg = src.to_str().unwrap();
+    assert_success(&env.vault(&["backup", "--tag", "daily", src_arg]));
+    std::fs::write(src.join("a.txt"), b"alpha, changed\n").unwrap();
+    assert_success(&env.vault(&["backup", "--tag", "daily", src_arg]));
+    let before = env.snapshots();
+    let (old_first, second) = (
+        before[0]["id"].as_str().unwrap().to_owned(),
+        before[1]["id"].as_str().unwrap().to_owned(),
+    );
+    let tags_of = |snaps: &[serde_json::Value], id: &str| -> Vec<String> {
+        let s = snaps
+            .iter()
+            .find(|s| s["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {snaps:?}"));
+        s["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Nothing to do, an unknown snapshot: refused, nothing changes.
+    let out = env.vault(&["tag", "latest"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("nothing to do"), "{}", stderr(&out));
+    assert!(
+        !env.vault(&["tag", "ffffffff", "--add", "x"])
+            .status
+            .success()
+    );
+    assert_eq!(env.snapshots(), before);
+
+    // Mark the older snapshot to keep: it is stored anew, the old document
+    // goes, and its content is untouched.
+    let changed = json_lines(&env.vault(&["--json", "tag", &old_first[..8], "--add", "keep"]));
+    assert_eq!(changed[0]["old_snapshot"], old_first.as_str());
+    let first = changed[0]["new_snapshot"].as_str().unwrap().to_owned();
+    assert_ne!(first, old_first);
+    assert_eq!(changed[1]["changed_snapshots"], 1);
+    let snaps = env.snapshots();
+    assert_eq!(snaps.len(), 2);
+    assert_eq!(tags_of(&snaps, &first), ["daily", "keep"]);
+    assert_eq!(tags_of(&snaps, &second), ["daily"]);
+    let cat = env.json(&["cat", "snapshot", &first]);
+    assert_eq!(cat["original"], old_first.as_str(), "{cat}");
+    assert_eq!(cat["tree"], before[0]["tree"], "{cat}");
+    let listed = env.vault(&["ls", &first[..8]]);
+    assert_success(&listed);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("a.txt"));
+
+    // forget --keep-last 1 --keep-tag keep keeps both.
+    let out = env.vault(&["forget", "--keep-last", "1", "--keep-tag", "keep"]);
+    assert_success(&out);
+    assert_eq!(env.snapshots().len(), 2);
+
+    // Remove a tag from every snapshot carrying it (no ids: the filter).
+    let out = env.vault(&["tag", "--tag", "daily", "--remove", "daily"]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("modified 2 snapshots"));
+    let snaps = env.snapshots();
+    assert_eq!(snaps.len(), 2);
+    let mut all: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| tags_of(&snaps, s["id"].as_str().unwrap()))
+        .collect();
+    all.sort();
+    assert_eq!(all, [vec![], vec!["keep".to_owned()]]);
+
+    // Set replaces; the same change again changes nothing.
+    assert_success(&env.vault(&["tag", "latest", "--set", "x,y"]));
+    let out = env.vault(&["tag", "latest", "--set", "y,x"]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("modified 0 snapshots"));
+    let snaps = env.snapshots();
+    let latest = snaps.last().unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(tags_of(&snaps, &latest), ["x", "y"]);
+    // The retagged snapshots still hold all their data.
+    assert_success(&env.vault(&["check", "--verify"]));
+    assert!(env.locks().is_empty(), "{:?}", env.locks());
+}
