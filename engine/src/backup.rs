@@ -344,6 +344,7 @@ pub fn backup(
             total_bytes_processed: counters.bytes.into_inner(),
             errors: errors.len() as u64,
         },
+        extra: serde_json::Map::new(),
     };
     let snapshot_id = repo.save_snapshot(&snapshot)?;
     Ok(BackupReport {

@@ -327,6 +327,7 @@ mod tests {
                     original: None,
                     program_version: "t".into(),
                     summary: SnapshotSummary::default(),
+                    extra: serde_json::Map::new(),
                 },
             )
         };

@@ -73,6 +73,10 @@ pub struct Snapshot {
     /// Counters.
     #[serde(default)]
     pub summary: SnapshotSummary,
+    /// Fields this version does not know (a newer writer's): kept, so that
+    /// rewriting a snapshot (tag, repair, copy) does not drop them.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A snapshot document that does not decode.
@@ -316,6 +320,7 @@ mod select_tests {
             original: None,
             program_version: "t".into(),
             summary: SnapshotSummary::default(),
+            extra: serde_json::Map::new(),
         };
         (SnapshotId::of_bytes(time.as_bytes()), s)
     }
@@ -394,5 +399,27 @@ mod select_tests {
             remove: vec!["b".into()],
         };
         assert_eq!(set.apply(&s.tags), ["a", "c"]);
+    }
+
+    #[test]
+    fn fields_of_a_newer_writer_survive_a_rewrite() {
+        let (id, s) = snap("2026-01-09T03:00:00Z", "a", &[]);
+        let mut json: serde_json::Value = serde_json::from_slice(&s.encode()).unwrap();
+        json["description"] = "before the migration".into();
+        json["labels"] = serde_json::json!({"team": "ops"});
+        let decoded = Snapshot::decode(json.to_string().as_bytes()).unwrap();
+        assert_eq!(decoded.extra.len(), 2);
+        let add = TagChange {
+            add: vec!["keep".into()],
+            ..TagChange::default()
+        };
+        let rewritten = add.rewrite(&id, &decoded).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&rewritten.encode()).unwrap();
+        assert_eq!(back["description"], "before the migration");
+        assert_eq!(back["labels"]["team"], "ops");
+        assert_eq!(back["tags"], serde_json::json!(["keep"]));
+        // Without extra fields the encoding is what it always was.
+        assert!(s.extra.is_empty());
+        assert_eq!(Snapshot::decode(&s.encode()).unwrap().encode(), s.encode());
     }
 }
