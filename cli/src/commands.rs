@@ -8,6 +8,7 @@ mod diff;
 mod drill;
 mod dump;
 mod extend_retention;
+mod find;
 mod forget;
 mod init;
 mod key_add;
@@ -46,6 +47,8 @@ pub(crate) enum Command {
     Snapshots(snapshots::SnapshotsArgs),
     /// List files in a snapshot.
     Ls(ls::LsArgs),
+    /// Find files by name or path pattern in snapshots.
+    Find(find::FindArgs),
     /// Restore a snapshot.
     Restore(restore::RestoreArgs),
     /// Write one file of a snapshot to standard output.
@@ -121,6 +124,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Backup(a) => backup::run(g, a, cancel),
         Command::Snapshots(a) => snapshots::run(g, &a),
         Command::Ls(a) => ls::run(g, &a),
+        Command::Find(a) => find::run(g, &a),
         Command::Restore(a) => restore::run(g, &a, cancel),
         Command::Dump(a) => dump::run(g, &a),
         Command::Mount(a) => mount::run(g, &a, cancel),

@@ -24,6 +24,7 @@ pub mod copy;
 pub mod crypto;
 pub mod diff;
 pub mod error;
+pub mod find;
 pub mod id;
 pub mod index;
 pub mod key;

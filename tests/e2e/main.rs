@@ -9,6 +9,7 @@ mod support;
 mod backup_restore;
 mod check;
 mod failures;
+mod find;
 mod interrupt;
 mod mount;
 mod object_lock;

@@ -24,7 +24,7 @@ pub(crate) struct LsArgs {
     filter: FilterArgs,
 }
 
-fn kind_char(kind: NodeKind) -> char {
+pub(super) fn kind_char(kind: NodeKind) -> char {
     match kind {
         NodeKind::Dir => 'd',
         NodeKind::Symlink => 'l',

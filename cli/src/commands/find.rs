@@ -1,0 +1,180 @@
+//! `vault find PATTERN...`: entries matching glob patterns in every snapshot
+//! (or the ones selected), as `restic find` prints them: per snapshot with
+//! matches, a header, then mode, size, mtime and path of each entry.
+
+use crate::args::GlobalArgs;
+use crate::{global, output, timespec};
+use anyhow::Result;
+use std::io::Write;
+use std::process::ExitCode;
+use vault_engine::find::{FindOptions, Finder, Match};
+use vault_engine::id::SnapshotId;
+use vault_engine::snapshot::{self, Snapshot};
+use vault_engine::tree::NodeKind;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct FindArgs {
+    /// Glob patterns. Without `/`: matched against names (`*.log`). With
+    /// `/`: against the whole path in the snapshot (`/home/*/notes.txt`;
+    /// `*` stays within a directory, `**` crosses them); one not starting
+    /// with `/` may match at any depth.
+    #[arg(value_name = "PATTERN", required = true)]
+    patterns: Vec<String>,
+    /// Only search this snapshot: `latest` or an id prefix (repeatable)
+    /// [default: every snapshot].
+    #[arg(long = "snapshot", value_name = "ID")]
+    snapshots: Vec<String>,
+    #[command(flatten)]
+    filter: super::FilterArgs,
+    /// Match names and paths regardless of case.
+    #[arg(short = 'i', long)]
+    ignore_case: bool,
+    /// Only snapshots taken at or after TIME.
+    #[arg(long, value_name = "TIME")]
+    oldest: Option<String>,
+    /// Only snapshots taken at or before TIME.
+    #[arg(long, value_name = "TIME")]
+    newest: Option<String>,
+}
+
+/// `-rwxr-x---`, as `ls -l` shows a mode, with setuid, setgid and sticky
+/// bits as `s`/`S` and `t`/`T`.
+fn mode_string(kind: NodeKind, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(super::ls::kind_char(kind));
+    for (shift, special, mark) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
+        let bits = (mode >> shift) & 0o7;
+        s.push(if bits & 0o4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 0o2 != 0 { 'w' } else { '-' });
+        s.push(match (mode & special != 0, bits & 0o1 != 0) {
+            (true, true) => mark,
+            (true, false) => mark.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+/// The snapshots to search, oldest first.
+fn selected(
+    snaps: &[(SnapshotId, Snapshot)],
+    args: &FindArgs,
+) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    let filter = args.filter.to_filter();
+    let mut chosen: Vec<&(SnapshotId, Snapshot)> = if args.snapshots.is_empty() {
+        snaps.iter().filter(|(_, s)| filter.matches(s)).collect()
+    } else {
+        let mut chosen: Vec<&(SnapshotId, Snapshot)> = Vec::new();
+        for spec in &args.snapshots {
+            let found = snapshot::select(snaps, spec, &filter)?;
+            if !chosen.iter().any(|(id, _)| *id == found.0) {
+                chosen.push(found);
+            }
+        }
+        chosen.sort_by_key(|(_, s)| s.time.timestamp());
+        chosen
+    };
+    let time = |t: &Option<String>| -> Result<Option<jiff::Timestamp>> {
+        Ok(t.as_deref()
+            .map(timespec::parse)
+            .transpose()?
+            .map(|z| z.timestamp()))
+    };
+    let (oldest, newest) = (time(&args.oldest)?, time(&args.newest)?);
+    chosen.retain(|(_, s)| {
+        let t = s.time.timestamp();
+        oldest.is_none_or(|o| t >= o) && newest.is_none_or(|n| t <= n)
+    });
+    Ok(chosen.into_iter().cloned().collect())
+}
+
+/// An output error as the engine's I/O error, keeping its kind (a closed
+/// pipe ends the command quietly).
+fn output_error(e: anyhow::Error) -> vault_engine::Error {
+    let source = match e.downcast::<std::io::Error>() {
+        Ok(io) => io,
+        Err(e) => match e
+            .downcast_ref::<serde_json::Error>()
+            .and_then(|j| j.io_error_kind())
+        {
+            Some(kind) => std::io::Error::from(kind),
+            None => std::io::Error::other(e.to_string()),
+        },
+    };
+    vault_engine::Error::Io {
+        context: "writing output".into(),
+        source,
+    }
+}
+
+fn print_line(line: std::fmt::Arguments<'_>) -> vault_engine::Result<()> {
+    writeln!(std::io::stdout().lock(), "{line}").map_err(|e| vault_engine::Error::Io {
+        context: "writing output".into(),
+        source: e,
+    })
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
+    let repo = global::open_repository(g)?;
+    let snaps = repo.snapshots()?;
+    let chosen = selected(&snaps, args)?;
+    let index = repo.load_index()?;
+    let options = FindOptions {
+        patterns: args.patterns.clone(),
+        ignore_case: args.ignore_case,
+    };
+    // One finder for every snapshot: it reads each distinct directory tree
+    // once rather than once per snapshot holding it.
+    let mut finder = Finder::new(&repo, &index, &options)?;
+    let mut total = 0u64;
+    for (id, snap) in &chosen {
+        let mut header = false;
+        let earlier = total > 0;
+        total += finder.find(&snap.tree, &mut |m: &Match| {
+            if g.json {
+                let mut v = serde_json::to_value(m).map_err(|e| output_error(e.into()))?;
+                v["message_type"] = "match".into();
+                v["snapshot"] = id.to_hex().into();
+                return output::print_json(&v).map_err(output_error);
+            }
+            if !header {
+                header = true;
+                if earlier {
+                    print_line(format_args!(""))?;
+                }
+                print_line(format_args!(
+                    "Found matching entries in snapshot {} from {}",
+                    id.short(),
+                    output::local_time(&snap.time)
+                ))?;
+            }
+            print_line(format_args!(
+                "{} {:>12} {} {}",
+                mode_string(m.kind, m.mode),
+                m.size,
+                output::local_time(&m.mtime.to_zoned(jiff::tz::TimeZone::UTC)),
+                m.path
+            ))
+        })?;
+    }
+    if total == 0 && !g.json && !g.quiet {
+        println!("no matches");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_read_as_ls_shows_them() {
+        assert_eq!(mode_string(NodeKind::File, 0o644), "-rw-r--r--");
+        assert_eq!(mode_string(NodeKind::Dir, 0o755), "drwxr-xr-x");
+        assert_eq!(mode_string(NodeKind::File, 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string(NodeKind::File, 0o2640), "-rw-r-S---");
+        assert_eq!(mode_string(NodeKind::Dir, 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string(NodeKind::Symlink, 0o777), "lrwxrwxrwx");
+    }
+}

@@ -1,0 +1,429 @@
+//! Finding files by name or path in snapshots, as `restic find` does.
+//!
+//! A pattern without `/` is a glob matched against each entry's name (`*.log`,
+//! `notes-202?.txt`); a pattern with `/` is matched against the entry's whole
+//! path in the snapshot, which starts with `/` (`/home/*/notes.txt`). There `*`
+//! and `?` do not cross a `/`, `**` does. A path pattern that does not start
+//! with `/` may match at any depth, as if it started with `**/`. Every kind
+//! of entry can match, directories included; a directory that matches is
+//! still searched.
+//!
+//! Snapshots share most of their trees. A [`Finder`] searching several of
+//! them remembers, per directory tree, the matches found below it, and does
+//! not read that tree (or anything under it) again when a later snapshot
+//! holds it unchanged.
+#![warn(clippy::indexing_slicing, clippy::unwrap_used)]
+
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+use crate::index::Index;
+use crate::repository::Repository;
+use crate::tree::{Node, NodeKind};
+use crate::tree_reader::TreeReader;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// What to look for.
+#[derive(Debug, Clone, Default)]
+pub struct FindOptions {
+    /// Glob patterns; an entry matching any of them is reported.
+    pub patterns: Vec<String>,
+    /// Match regardless of case.
+    pub ignore_case: bool,
+}
+
+/// One entry found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Match {
+    /// Absolute path in the snapshot (lossy UTF-8), without a trailing `/`.
+    pub path: String,
+    /// Kind of entry.
+    #[serde(rename = "type")]
+    pub kind: NodeKind,
+    /// Content size (0 for anything but files).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: jiff::Timestamp,
+    /// Permission and special bits.
+    pub mode: u32,
+}
+
+impl Match {
+    fn new(node: &Node, path: String) -> Self {
+        Self {
+            path,
+            kind: node.kind,
+            size: node.size,
+            mtime: node.mtime,
+            mode: node.mode,
+        }
+    }
+
+    /// This match, whose path is relative to `dir`, with its path under `dir`.
+    fn under(&self, dir: &str) -> Self {
+        Self {
+            path: child_path(dir, &self.path),
+            ..self.clone()
+        }
+    }
+}
+
+/// `dir/name`, where `dir` is `/` or an absolute path without a trailing
+/// `/`, or a relative path.
+fn child_path(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Compiled patterns: by name, and by path.
+struct Patterns {
+    names: GlobSet,
+    paths: GlobSet,
+}
+
+impl Patterns {
+    fn new(options: &FindOptions) -> Result<Self> {
+        if options.patterns.is_empty() {
+            return Err(Error::InvalidInput("find: no pattern given".into()));
+        }
+        let mut names = GlobSetBuilder::new();
+        let mut paths = GlobSetBuilder::new();
+        for raw in &options.patterns {
+            // `/src/a/` names the directory `/src/a`: paths have no trailing `/`.
+            let pattern = raw.trim_end_matches('/');
+            if pattern.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "invalid pattern {raw:?}: it matches nothing"
+                )));
+            }
+            let (set, pattern) = if !pattern.contains('/') {
+                (&mut names, pattern.to_owned())
+            } else if pattern.starts_with('/') {
+                (&mut paths, pattern.to_owned())
+            } else {
+                (&mut paths, format!("**/{pattern}"))
+            };
+            let glob = GlobBuilder::new(&pattern)
+                .case_insensitive(options.ignore_case)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| Error::InvalidInput(format!("invalid pattern {raw:?}: {e}")))?;
+            set.add(glob);
+        }
+        let build = |set: GlobSetBuilder| {
+            set.build()
+                .map_err(|e| Error::InvalidInput(format!("invalid patterns: {e}")))
+        };
+        Ok(Self {
+            names: build(names)?,
+            paths: build(paths)?,
+        })
+    }
+
+    fn is_match(&self, name: &str, path: &str) -> bool {
+        self.names.is_match(name) || (!self.paths.is_empty() && self.paths.is_match(path))
+    }
+}
+
+/// A directory's matches are remembered only when it has at most this many
+/// below it: enough for the needle-in-a-haystack searches `find` is for,
+/// while a pattern matching nearly everything (`*`) keeps nothing.
+const MEMO_MATCHES_PER_DIR: usize = 64;
+/// Directories remembered: ~64 bytes each when nothing matched below them
+/// (most of them), so at most ~16 MiB.
+const MEMO_DIRS: usize = 256 * 1024;
+/// Matches remembered across all directories (~100 bytes each).
+const MEMO_MATCHES: usize = 64 * 1024;
+
+/// Searches snapshot trees; reuse one for several snapshots of a
+/// repository.
+///
+/// Why it remembers matches per directory: consecutive snapshots mostly
+/// hold the same directory trees, and reading a tree (a fetch, decryption,
+/// decoding) is the whole cost of a search. Remembering for each directory
+/// tree the matches found below it, with paths relative to it, lets a later
+/// snapshot skip every unchanged directory, while output still streams as
+/// trees are read. Memory is bounded ([`MEMO_DIRS`], [`MEMO_MATCHES`]):
+/// once full, further directories are simply read again. The one
+/// [`TreeReader`] is kept across snapshots too, so on an object store a
+/// tree pack fetched for one snapshot also serves the next ones while it
+/// stays cached.
+pub struct Finder<'a> {
+    trees: TreeReader<'a>,
+    patterns: Patterns,
+    /// Relative matches below a directory tree, by [`Finder::memo_key`].
+    memo: HashMap<[u8; 32], Vec<Match>>,
+    /// Matches held in `memo`.
+    memo_matches: usize,
+}
+
+impl<'a> Finder<'a> {
+    /// Compiles the patterns; fails on an invalid one, or none.
+    pub fn new(repo: &'a Repository, index: &'a Index, options: &FindOptions) -> Result<Self> {
+        Ok(Self {
+            trees: TreeReader::new(repo, index),
+            patterns: Patterns::new(options)?,
+            memo: HashMap::new(),
+            memo_matches: 0,
+        })
+    }
+
+    /// Searches the snapshot whose root tree is `tree`, calling `on_match`
+    /// for each entry found, in path order; returns how many were found.
+    pub fn find(
+        &mut self,
+        tree: &BlobId,
+        on_match: &mut dyn FnMut(&Match) -> Result<()>,
+    ) -> Result<u64> {
+        let (count, _) = self.search(tree, "/", on_match)?;
+        Ok(count)
+    }
+
+    /// Under name patterns only, what is found below a tree does not depend
+    /// on where the tree is, and the tree id is the key. Path patterns
+    /// depend on the directory's path as well: the key then hashes both.
+    fn memo_key(&self, tree: &BlobId, dir: &str) -> [u8; 32] {
+        if self.patterns.paths.is_empty() {
+            return tree.0;
+        }
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&tree.0);
+        hasher.update(dir.as_bytes());
+        *hasher.finalize().as_bytes()
+    }
+
+    /// Searches the directory tree `tree` at path `dir`. Returns how many
+    /// matches it reported and, when there are at most
+    /// [`MEMO_MATCHES_PER_DIR`], those matches with paths relative to `dir`
+    /// (for the parent to remember).
+    fn search(
+        &mut self,
+        tree: &BlobId,
+        dir: &str,
+        on_match: &mut dyn FnMut(&Match) -> Result<()>,
+    ) -> Result<(u64, Option<Vec<Match>>)> {
+        let key = self.memo_key(tree, dir);
+        if let Some(found) = self.memo.get(&key) {
+            for m in found {
+                on_match(&m.under(dir))?;
+            }
+            return Ok((found.len() as u64, Some(found.clone())));
+        }
+        let listing = self.trees.read(tree)?;
+        let mut count = 0u64;
+        let mut relative = Some(Vec::new());
+        for node in &listing.nodes {
+            let path = child_path(dir, &node.name);
+            if self.patterns.is_match(&node.name, &path) {
+                let found = Match::new(node, path.clone());
+                on_match(&found)?;
+                count += 1;
+                keep(
+                    &mut relative,
+                    vec![Match {
+                        path: node.name.clone(),
+                        ..found
+                    }],
+                );
+            }
+            if node.kind == NodeKind::Dir
+                && let Some(subtree) = &node.subtree
+            {
+                let (below, matches) = self.search(subtree, &path, on_match)?;
+                count += below;
+                match matches {
+                    Some(matches) if relative.is_some() => keep(
+                        &mut relative,
+                        matches.iter().map(|m| m.under(&node.name)).collect(),
+                    ),
+                    _ => relative = None,
+                }
+            }
+        }
+        if let Some(found) = &relative
+            && self.memo.len() < MEMO_DIRS
+            && self.memo_matches + found.len() <= MEMO_MATCHES
+        {
+            self.memo_matches += found.len();
+            self.memo.insert(key, found.clone());
+        }
+        Ok((count, relative))
+    }
+}
+
+/// Adds `more` to `relative` unless that makes too many to remember (then
+/// nothing is kept).
+fn keep(relative: &mut Option<Vec<Match>>, more: Vec<Match>) {
+    if let Some(list) = relative {
+        if list.len() + more.len() > MEMO_MATCHES_PER_DIR {
+            *relative = None;
+        } else {
+            list.extend(more);
+        }
+    }
+}
+
+/// Searches one snapshot's tree (see [`Finder`] to search several).
+pub fn find(
+    repo: &Repository,
+    index: &Index,
+    tree: &BlobId,
+    options: &FindOptions,
+    on_match: &mut dyn FnMut(&Match) -> Result<()>,
+) -> Result<u64> {
+    Finder::new(repo, index, options)?.find(tree, on_match)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::backend::{Backend, ObjectBackend};
+    use crate::backup::{self, BackupOptions, BackupProgress, Source};
+    use crate::crypto::{KdfParams, Password};
+    use crate::repository::InitOptions;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    fn options(patterns: &[&str], ignore_case: bool) -> FindOptions {
+        FindOptions {
+            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            ignore_case,
+        }
+    }
+
+    #[test]
+    fn names_and_paths_match_as_documented() {
+        let p = Patterns::new(&options(&["*.log", "/src/a/*.txt", "b/*.md"], false)).unwrap();
+        assert!(p.is_match("x.log", "/deep/down/x.log"));
+        assert!(!p.is_match("x.LOG", "/x.LOG"));
+        assert!(p.is_match("y.txt", "/src/a/y.txt"));
+        assert!(!p.is_match("y.txt", "/src/a/sub/y.txt"), "* crosses no /");
+        assert!(!p.is_match("y.txt", "/other/src/a/y.txt"), "anchored at /");
+        assert!(
+            p.is_match("r.md", "/any/where/b/r.md"),
+            "relative: any depth"
+        );
+        assert!(p.is_match("r.md", "/b/r.md"));
+        assert!(!p.is_match("r.md", "/ab/r.md"));
+        let i = Patterns::new(&options(&["*.log", "/SRC/*"], true)).unwrap();
+        assert!(i.is_match("X.LOG", "/X.LOG"));
+        assert!(i.is_match("a", "/src/a"));
+        assert!(Patterns::new(&options(&[], false)).is_err());
+        assert!(Patterns::new(&options(&["/"], false)).is_err());
+        assert!(Patterns::new(&options(&["a[b"], false)).is_err());
+    }
+
+    fn write(path: &Path, data: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, data).unwrap();
+    }
+
+    /// Backs up `root` (twice, with a change between) and searches both
+    /// snapshots with one finder, then each with a fresh one.
+    #[test]
+    fn finds_in_several_snapshots_with_and_without_memo() {
+        let backend: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
+        let init = InitOptions {
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            ..InitOptions::default()
+        };
+        let repo = Arc::new(Repository::init(backend, &Password::new("pw"), init).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        write(&root.join("a/one.log"), b"1");
+        write(&root.join("a/b/two.log"), b"22");
+        write(&root.join("c/three.txt"), b"333");
+        let backup = |repo: &Arc<Repository>| {
+            let options = BackupOptions {
+                hostname: "h".into(),
+                ..BackupOptions::default()
+            };
+            let source = Source::Paths(vec![root.clone()]);
+            backup::backup(repo, source, &options, &BackupProgress::default())
+                .unwrap()
+                .snapshot
+                .tree
+        };
+        let first = backup(&repo);
+        write(&root.join("c/four.log"), b"4444");
+        let second = backup(&repo);
+        let index = repo.load_index().unwrap();
+        let prefix = root.to_string_lossy().into_owned();
+        let expect = |names: &[&str]| -> Vec<String> {
+            names.iter().map(|n| format!("{prefix}/{n}")).collect()
+        };
+
+        let collect = |finder: &mut Finder<'_>, tree: &BlobId| {
+            let mut found = Vec::new();
+            let n = finder
+                .find(tree, &mut |m| {
+                    found.push(m.clone());
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(n, found.len() as u64);
+            found
+        };
+        let paths = |found: &[Match]| found.iter().map(|m| m.path.clone()).collect::<Vec<_>>();
+        for patterns in [&["*.LOG"][..], &["**/*.log"][..]] {
+            let opts = options(patterns, true);
+            let fresh =
+                |tree: &BlobId| collect(&mut Finder::new(&repo, &index, &opts).unwrap(), tree);
+            let (fresh_first, fresh_second) = (fresh(&first), fresh(&second));
+            assert_eq!(paths(&fresh_first), expect(&["a/b/two.log", "a/one.log"]));
+            assert_eq!(
+                paths(&fresh_second),
+                expect(&["a/b/two.log", "a/one.log", "c/four.log"])
+            );
+            let sizes: Vec<u64> = fresh_second.iter().map(|m| m.size).collect();
+            assert_eq!(sizes, [2, 1, 4]);
+            assert!(fresh_second.iter().all(|m| m.kind == NodeKind::File));
+
+            // One finder for both: `a` comes from memory for the second
+            // snapshot, and all of the first one when repeated.
+            let mut finder = Finder::new(&repo, &index, &opts).unwrap();
+            assert_eq!(collect(&mut finder, &first), fresh_first);
+            assert!(finder.memo.contains_key(&finder.memo_key(&first, "/")));
+            assert_eq!(collect(&mut finder, &second), fresh_second);
+            assert_eq!(collect(&mut finder, &first), fresh_first);
+        }
+
+        let mut dirs = Vec::new();
+        find(
+            &repo,
+            &index,
+            &second,
+            &options(&["b", "c/"], false),
+            &mut |m| {
+                dirs.push((m.path.clone(), m.kind));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            dirs,
+            [
+                (format!("{prefix}/a/b"), NodeKind::Dir),
+                (format!("{prefix}/c"), NodeKind::Dir)
+            ]
+        );
+        let none = find(
+            &repo,
+            &index,
+            &second,
+            &options(&["nothing"], false),
+            &mut |_| panic!("nothing matches"),
+        )
+        .unwrap();
+        assert_eq!(none, 0);
+    }
+}
