@@ -23,6 +23,7 @@ mod prune;
 mod repair_index;
 mod repair_snapshots;
 mod restore;
+mod rewrite;
 mod snapshots;
 mod stats;
 mod status;
@@ -67,6 +68,9 @@ pub(crate) enum Command {
     Forget(forget::ForgetArgs),
     /// Reclaim space that no snapshot uses.
     Prune(prune::PruneCmdArgs),
+    /// Store snapshots anew without paths matching patterns (leaked
+    /// secrets, data that must go); --forget deletes the originals.
+    Rewrite(rewrite::RewriteArgs),
     /// Add, remove or set tags of snapshots.
     Tag(tag::TagArgs),
     /// Remove stale locks.
@@ -132,6 +136,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Check(a) => check::run(g, &a),
         Command::Forget(a) => forget::run(g, &a),
         Command::Prune(a) => prune::run(g, &a),
+        Command::Rewrite(a) => rewrite::run(g, &a),
         Command::Tag(a) => tag::run(g, &a),
         Command::Unlock(a) => unlock::run(g, &a),
         Command::ExtendRetention(a) => extend_retention::run(g, &a),

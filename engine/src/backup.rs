@@ -24,6 +24,7 @@
 mod saver;
 mod walk;
 
+pub(crate) use saver::TreeSink;
 pub use saver::{PendingId, Saver, SaverStats};
 pub use walk::Excludes;
 

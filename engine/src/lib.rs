@@ -37,6 +37,7 @@ pub mod repair;
 pub mod repository;
 pub mod restore;
 pub mod retention;
+pub mod rewrite;
 pub mod snapshot;
 pub mod stats;
 pub mod tree;

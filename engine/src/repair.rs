@@ -5,10 +5,8 @@
 //! every old one) are written before any old one is deleted. `snapshots`:
 //! the rewritten snapshot is saved before the original is removed.
 
-use crate::backup::{Saver, SaverStats};
-use crate::blob::BlobKind;
+use crate::backup::TreeSink;
 use crate::check::{stored_packs, unreadable_blobs};
-use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
 use crate::index::{Index, IndexFile, IndexedPack};
@@ -114,7 +112,7 @@ struct Rewriter<'a> {
     repo: &'a Repository,
     index: &'a Index,
     bad: &'a HashSet<BlobId>,
-    saver: Option<&'a Saver>,
+    sink: &'a TreeSink,
     memo: HashMap<BlobId, (BlobId, Vec<PathBuf>)>,
 }
 
@@ -163,13 +161,8 @@ impl Rewriter<'_> {
         Ok((new, removed_rel.iter().map(|p| at.join(p)).collect()))
     }
 
-    fn save_tree(&self, mut tree: Tree) -> Result<BlobId> {
-        tree.sort();
-        let bytes = tree.encode();
-        match self.saver {
-            Some(s) => s.save(BlobKind::Tree, bytes),
-            None => Ok(self.repo.key().blob_id(&bytes)),
-        }
+    fn save_tree(&self, tree: Tree) -> Result<BlobId> {
+        self.sink.save(tree)
     }
 }
 
@@ -185,15 +178,7 @@ pub fn repair_snapshots(
 ) -> Result<RepairSnapshotsReport> {
     let index = repo.load_index()?;
     let bad = unreadable_blobs(repo, &index, verify)?;
-    let saver = (!dry_run).then(|| {
-        Saver::start(
-            repo.clone(),
-            &index,
-            Compression::default(),
-            2,
-            Arc::new(SaverStats::default()),
-        )
-    });
+    let sink = TreeSink::new(repo, &index, dry_run);
     let mut report = RepairSnapshotsReport::default();
     let mut pending: Vec<(SnapshotId, crate::snapshot::Snapshot, Vec<PathBuf>)> = Vec::new();
     {
@@ -201,7 +186,7 @@ pub fn repair_snapshots(
             repo,
             index: &index,
             bad: &bad,
-            saver: saver.as_ref(),
+            sink: &sink,
             memo: HashMap::new(),
         };
         for (id, snap) in repo.snapshots()? {
@@ -228,9 +213,7 @@ pub fn repair_snapshots(
             }
         }
     }
-    if let Some(saver) = saver {
-        saver.finish()?;
-    }
+    sink.finish()?;
     for (id, new, removed) in pending {
         let replacement = if dry_run {
             None

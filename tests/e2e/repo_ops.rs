@@ -699,3 +699,119 @@ fn tag_adds_removes_and_sets_tags_and_forget_keeps_tagged(backend: Backend) {
     assert_success(&env.vault(&["check", "--verify"]));
     assert!(env.locks().is_empty(), "{:?}", env.locks());
 }
+
+/// Bytes of every pack in the repository.
+fn pack_bytes(env: &Env) -> u64 {
+    env.sizes_under("data/").values().sum()
+}
+
+backend_test!(rewrite_removes_excluded_paths_and_prune_frees_their_data);
+fn rewrite_removes_excluded_paths_and_prune_frees_their_data(backend: Backend) {
+    let env = Env::on(backend);
+    let password = password_file(&env, "pass", crate::support::PASSWORD);
+    let src = env.path("src");
+    make_tree(&src);
+    // An incompressible secret, and a directory that should never have
+    // been backed up.
+    std::fs::write(src.join("sub/secret.key"), pseudo_random(300_000, 99)).unwrap();
+    std::fs::create_dir_all(src.join("cache/x")).unwrap();
+    std::fs::write(src.join("cache/x/blob"), pseudo_random(200_000, 98)).unwrap();
+    std::fs::write(src.join("cache/y"), b"yankee\n").unwrap();
+    let src_arg = src.to_str().unwrap();
+    assert_success(&env.vault(&["backup", src_arg]));
+    std::fs::write(src.join("a.txt"), b"alpha, changed\n").unwrap();
+    assert_success(&env.vault(&["backup", src_arg]));
+    let before = env.snapshots();
+    let cache = format!("{src_arg}/cache");
+    let excludes = ["--exclude", "secret.key", "--exclude", cache.as_str()];
+
+    // Nothing to remove, or no pattern: refused or a no-op.
+    let out = env.vault(&["rewrite"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("nothing to remove"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.vault(&["rewrite", "--exclude", "no-such-name"]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rewrote 0 snapshots"));
+
+    // A dry run names what would go and writes nothing.
+    let mut args = vec!["rewrite", "--dry-run"];
+    args.extend(excludes);
+    let out = env.vault(&args);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("would rewrite 2 snapshots"), "{text}");
+    assert!(
+        text.contains(&format!("{src_arg}/sub/secret.key")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("  {cache}\n")), "{text}");
+    assert!(text.contains("would lose 3 files"), "{text}");
+    assert_eq!(env.snapshots(), before);
+
+    // The latest only, keeping the original: three snapshots, the new one
+    // naming the original. Then the original goes by name (`forget ID`).
+    let original = before[1]["id"].as_str().unwrap().to_owned();
+    let mut args = vec!["rewrite", "latest"];
+    args.extend(excludes);
+    assert_success(&env.vault(&args));
+    let three = env.snapshots();
+    assert_eq!(three.len(), 3);
+    let new = three
+        .iter()
+        .find(|s| before.iter().all(|b| b["id"] != s["id"]))
+        .unwrap();
+    let cat = env.json(&["cat", "snapshot", new["id"].as_str().unwrap()]);
+    assert_eq!(cat["original"], original.as_str());
+    let out = env.vault(&["forget", &original[..8], "--keep-last", "1"]);
+    assert!(stderr(&out).contains("not both"), "{}", stderr(&out));
+    assert_eq!(env.snapshots().len(), 3);
+    let out = env.vault(&["forget", &original[..8]]);
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 1 snapshots"));
+    assert_eq!(env.snapshots().len(), 2);
+
+    // Every snapshot, forgetting the originals: the first is rewritten, the
+    // rewritten latest has nothing left to remove. Two are left, none with
+    // the excluded paths, everything else intact.
+    let mut args = vec!["--json", "rewrite", "--forget"];
+    args.extend(excludes);
+    let lines = json_lines(&env.vault(&args));
+    let rewritten: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message_type"] == "rewritten")
+        .collect();
+    assert_eq!(rewritten.len(), 1, "{lines:?}");
+    for r in &rewritten {
+        assert_eq!(r["removed_files"], 3, "{r}");
+        assert_eq!(r["removed_bytes"], 300_000 + 200_000 + 7, "{r}");
+        assert_eq!(r["forgotten"], true);
+    }
+    let after = env.snapshots();
+    assert_eq!(after.len(), 2, "{after:?}");
+    for s in &before {
+        assert!(
+            after.iter().all(|a| a["id"] != s["id"]),
+            "{} still there",
+            s["id"]
+        );
+    }
+    let find = env.vault(&["find", "secret.key", "blob"]);
+    assert_success(&find);
+    assert!(String::from_utf8_lossy(&find.stdout).contains("no matches"));
+    let mut expected = scan(&src);
+    expected.retain(|p, _| !p.starts_with("cache") && !p.ends_with("secret.key"));
+    assert_eq!(restored(&env, &password, "restore", &src), expected);
+
+    // prune then frees the excluded data for good.
+    let before_prune = pack_bytes(&env);
+    let out = env.vault(&["prune", "--max-unused", "0", "--instant-delete"]);
+    assert_success(&out);
+    let freed = before_prune - pack_bytes(&env);
+    assert!(freed >= 500_000, "prune freed only {freed} bytes");
+    assert_success(&env.vault(&["check", "--verify"]));
+    assert!(env.locks().is_empty(), "{:?}", env.locks());
+}

@@ -96,6 +96,9 @@ impl PolicyArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ForgetArgs {
+    /// Remove exactly these snapshots (`latest` or id prefixes) instead of
+    /// applying a policy.
+    snapshots: Vec<String>,
     #[command(flatten)]
     policy: PolicyArgs,
     #[command(flatten)]
@@ -114,6 +117,12 @@ pub(crate) struct ForgetArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
+    if !args.snapshots.is_empty() {
+        if !args.policy.to_policy().is_empty() {
+            bail!("give snapshots to remove or a retention policy, not both");
+        }
+        return forget_named(g, args);
+    }
     // Jobs: the policy from flags over the filtered snapshots, or, with no
     // flags, each configured source's policy over that source's snapshots.
     let mut jobs: Vec<(
@@ -146,16 +155,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         jobs.push((None, args.filter.to_filter(), flags));
     }
     let repo = global::open_repository(g)?;
-    let held = if args.dry_run {
-        None
-    } else {
-        Some(lock::lock_exclusive(
-            &repo,
-            "forget",
-            &global::hostname(),
-            &global::username(),
-        )?)
-    };
+    let held = lock_unless_dry_run(&repo, args)?;
     let all = repo.snapshots()?;
     // Snapshots still under S3 Object Lock are not removed: deleting one
     // would only hide it (the store keeps the locked version), and its
@@ -266,14 +266,97 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             );
         }
     }
-    if !args.dry_run
-        && let Some(config) = global::config(g)?
-    {
-        trim_wal(g, &repo, config)?;
+    after_forget(g, &repo, args, held.as_ref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The exclusive lock, except on a dry run, which changes nothing.
+fn lock_unless_dry_run(
+    repo: &vault_engine::Repository,
+    args: &ForgetArgs,
+) -> Result<Option<lock::Lock>> {
+    if args.dry_run {
+        return Ok(None);
     }
-    if args.prune && !args.dry_run {
-        super::prune::prune_locked(g, &repo, &args.prune_args, held.as_ref())?;
+    Ok(Some(lock::lock_exclusive(
+        repo,
+        "forget",
+        &global::hostname(),
+        &global::username(),
+    )?))
+}
+
+/// What follows removing snapshots: WAL no kept base backup needs goes,
+/// then prune if asked.
+fn after_forget(
+    g: &GlobalArgs,
+    repo: &std::sync::Arc<vault_engine::Repository>,
+    args: &ForgetArgs,
+    held: Option<&lock::Lock>,
+) -> Result<()> {
+    if args.dry_run {
+        return Ok(());
     }
+    if let Some(config) = global::config(g)? {
+        trim_wal(g, repo, config)?;
+    }
+    if args.prune {
+        super::prune::prune_locked(g, repo, &args.prune_args, held)?;
+    }
+    Ok(())
+}
+
+/// `vault forget ID...`: removes the named snapshots, as `restic forget
+/// ID` does; those still under object lock are kept and reported.
+fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
+    let repo = global::open_repository(g)?;
+    let held = lock_unless_dry_run(&repo, args)?;
+    let all = repo.snapshots()?;
+    let filter = args.filter.to_filter();
+    let mut chosen: Vec<SnapshotId> = Vec::new();
+    for spec in &args.snapshots {
+        let (id, _) = vault_engine::snapshot::select(&all, spec, &filter)?;
+        if !chosen.contains(id) {
+            chosen.push(*id);
+        }
+    }
+    let locked: HashMap<SnapshotId, jiff::Timestamp> =
+        object_lock::locked_objects(&repo, FileKind::Snapshot, jiff::Timestamp::now())?;
+    let mut removed = Vec::new();
+    for id in &chosen {
+        if let Some(until) = locked.get(id) {
+            if !g.quiet {
+                eprintln!(
+                    "snapshot {} is under object lock until {}, kept",
+                    id.short(),
+                    until.strftime("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            continue;
+        }
+        if !args.dry_run {
+            repo.delete_snapshot(id)?;
+        }
+        removed.push(id.to_hex());
+    }
+    if g.json {
+        output::print_json(&serde_json::json!({
+            "message_type": "forget",
+            "dry_run": args.dry_run,
+            "removed": removed,
+        }))?;
+    } else if !g.quiet {
+        for id in &removed {
+            println!("  remove {}", id.get(..8).unwrap_or(id));
+        }
+        let verb = if args.dry_run {
+            "dry run: would remove"
+        } else {
+            "removed"
+        };
+        println!("{verb} {} snapshots", removed.len());
+    }
+    after_forget(g, &repo, args, held.as_ref())?;
     Ok(ExitCode::SUCCESS)
 }
 

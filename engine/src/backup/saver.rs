@@ -475,3 +475,44 @@ fn uploader(shared: &Shared, rx: &Receiver<FinishedPack>) {
         }
     }
 }
+
+/// Where trees rewritten from existing snapshots go (`repair snapshots`,
+/// `rewrite`): a [`Saver`], or on a dry run nowhere, only their ids
+/// computed.
+pub(crate) struct TreeSink {
+    repo: Arc<Repository>,
+    saver: Option<Saver>,
+}
+
+impl TreeSink {
+    pub(crate) fn new(repo: &Arc<Repository>, index: &Index, dry_run: bool) -> Self {
+        let saver = (!dry_run).then(|| {
+            Saver::start(
+                repo.clone(),
+                index,
+                Compression::default(),
+                2,
+                Arc::new(SaverStats::default()),
+            )
+        });
+        Self {
+            repo: repo.clone(),
+            saver,
+        }
+    }
+
+    /// Stores `tree` (sorted first) and returns its id.
+    pub(crate) fn save(&self, mut tree: crate::tree::Tree) -> Result<BlobId> {
+        tree.sort();
+        let bytes = tree.encode();
+        match &self.saver {
+            Some(s) => s.save(BlobKind::Tree, bytes),
+            None => Ok(self.repo.key().blob_id(&bytes)),
+        }
+    }
+
+    /// Waits until every tree is stored and indexed.
+    pub(crate) fn finish(self) -> Result<()> {
+        self.saver.map_or(Ok(()), Saver::finish)
+    }
+}

@@ -1,0 +1,146 @@
+//! `vault rewrite`: store snapshots anew without paths that should never
+//! have been backed up, as `restic rewrite --exclude` does. `--forget`
+//! deletes the originals; `vault prune` then frees the data.
+
+use crate::args::GlobalArgs;
+use crate::{global, output};
+use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use vault_engine::backup::Excludes;
+use vault_engine::id::SnapshotId;
+use vault_engine::repository::FileKind;
+use vault_engine::snapshot::Snapshot;
+use vault_engine::{lock, object_lock, rewrite};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RewriteArgs {
+    /// Snapshots (`latest` or id prefixes); every snapshot passing
+    /// --host/--tag/--path when none is given.
+    snapshots: Vec<String>,
+    /// Remove paths matching a pattern (repeatable; the rules of `backup
+    /// --exclude`, matched against the backed-up absolute paths).
+    #[arg(short = 'e', long = "exclude")]
+    excludes: Vec<String>,
+    /// Read patterns from a file, one per line.
+    #[arg(long)]
+    exclude_file: Vec<PathBuf>,
+    /// Delete each original once its rewritten snapshot is stored.
+    #[arg(long)]
+    forget: bool,
+    /// Show what would be removed without writing anything.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    #[command(flatten)]
+    filter: super::FilterArgs,
+}
+
+pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
+    let mut patterns = args.excludes.clone();
+    for file in &args.exclude_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading exclude file {}", file.display()))?;
+        patterns.extend(text.lines().map(str::to_owned));
+    }
+    if patterns
+        .iter()
+        .all(|p| p.trim().is_empty() || p.trim().starts_with('#'))
+    {
+        bail!("nothing to remove: give --exclude or --exclude-file");
+    }
+    let excludes = Excludes::new(&patterns).map_err(anyhow::Error::msg)?;
+    let repo = global::open_repository(g)?;
+    // Exclusive even on a dry run, like `repair snapshots`: a prune running
+    // meanwhile could delete trees the rewritten snapshots reuse.
+    let _lock = lock::lock_exclusive(&repo, "rewrite", &global::hostname(), &global::username())?;
+    let all = repo.snapshots()?;
+    let filter = args.filter.to_filter();
+    let mut chosen: Vec<(SnapshotId, Snapshot)> = if args.snapshots.is_empty() {
+        all.iter()
+            .filter(|(_, s)| filter.matches(s))
+            .cloned()
+            .collect()
+    } else {
+        args.snapshots
+            .iter()
+            .map(|spec| vault_engine::snapshot::select(&all, spec, &filter).cloned())
+            .collect::<Result<_, _>>()?
+    };
+    chosen.sort_by_key(|(id, _)| *id);
+    chosen.dedup_by_key(|(id, _)| *id);
+    if args.forget && !args.dry_run {
+        // A locked original cannot be deleted, only hidden: refuse before
+        // writing anything rather than leave the data it should remove.
+        let locked: HashMap<SnapshotId, jiff::Timestamp> =
+            object_lock::locked_objects(&repo, FileKind::Snapshot, jiff::Timestamp::now())?;
+        if let Some((id, until)) = chosen
+            .iter()
+            .find_map(|(id, _)| locked.get(id).map(|u| (id, u)))
+        {
+            bail!(
+                "snapshot {} is under object lock until {}: it cannot be forgotten before then (nothing was written)",
+                id.short(),
+                until.strftime("%Y-%m-%d %H:%M:%S UTC")
+            );
+        }
+    }
+    let index = repo.load_index()?;
+    let report = rewrite::rewrite(&repo, &index, &chosen, &excludes, args.forget, args.dry_run)?;
+    if g.json {
+        for r in &report {
+            let mut v = serde_json::to_value(r)?;
+            v["message_type"] = "rewritten".into();
+            output::print_json(&v)?;
+        }
+        output::print_json(&serde_json::json!({
+            "message_type": "summary",
+            "rewritten_snapshots": report.len(),
+            "dry_run": args.dry_run,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if g.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &report {
+        let short = r.original.get(..8).unwrap_or(&r.original);
+        match &r.replacement {
+            Some(new) => println!(
+                "snapshot {short} -> {}{}: removed {} files ({})",
+                new.get(..8).unwrap_or(new),
+                if r.forgotten {
+                    " (original deleted)"
+                } else {
+                    ""
+                },
+                r.removed_files,
+                output::bytes(r.removed_bytes)
+            ),
+            None => println!(
+                "snapshot {short} would lose {} files ({}):",
+                r.removed_files,
+                output::bytes(r.removed_bytes)
+            ),
+        }
+        for p in &r.removed {
+            println!("  {p}");
+        }
+    }
+    let verb = if args.dry_run {
+        "would rewrite"
+    } else {
+        "rewrote"
+    };
+    println!("{verb} {} snapshots", report.len());
+    if !args.dry_run && !report.is_empty() {
+        if args.forget {
+            println!("run `vault prune` to free the removed data");
+        } else {
+            println!(
+                "the originals are kept: `vault forget` them (or rerun with --forget), then `vault prune`"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
