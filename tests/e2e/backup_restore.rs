@@ -457,3 +457,73 @@ fn excludes_skip_matching_entries(backend: Backend) {
     assert!(!listing.contains("cache/c"));
     assert!(!listing.contains("tagged/d"));
 }
+
+backend_test!(files_from_lists_the_paths_to_back_up);
+fn files_from_lists_the_paths_to_back_up(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    for dir in ["etc", "srv/uploads", "srv/scratch"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    std::fs::write(src.join("etc/app.conf"), b"conf").unwrap();
+    std::fs::write(src.join("srv/uploads/u1"), b"upload").unwrap();
+    std::fs::write(src.join("srv/scratch/s1"), b"scratch").unwrap();
+    let list = env.path("list");
+    std::fs::write(
+        &list,
+        format!(
+            "# what to back up\n{}\n\n{}\r\n",
+            src.join("etc").display(),
+            src.join("srv/uploads").display()
+        ),
+    )
+    .unwrap();
+    let out = env.vault(&["backup", "--files-from", list.to_str().unwrap()]);
+    assert_success(&out);
+    let snaps = env.snapshots();
+    let mut paths: Vec<&str> = snaps[0]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    paths.sort_unstable();
+    let (etc, uploads) = (src.join("etc"), src.join("srv/uploads"));
+    assert_eq!(paths, [etc.to_str().unwrap(), uploads.to_str().unwrap()]);
+    let listing = String::from_utf8(env.vault(&["ls", "latest", "--recursive"]).stdout).unwrap();
+    assert!(listing.contains("etc/app.conf"), "{listing}");
+    assert!(listing.contains("uploads/u1"), "{listing}");
+    assert!(!listing.contains("scratch"), "{listing}");
+
+    // Positional paths add to the list; a list from standard input works.
+    let input = format!("{}\n", src.join("etc").display());
+    let out = env.vault_stdin(
+        &[
+            "backup",
+            "--files-from",
+            "-",
+            src.join("srv/scratch").to_str().unwrap(),
+        ],
+        input.as_bytes(),
+    );
+    assert_success(&out);
+    let listing = String::from_utf8(env.vault(&["ls", "latest", "--recursive"]).stdout).unwrap();
+    assert!(
+        listing.contains("scratch/s1") && listing.contains("app.conf"),
+        "{listing}"
+    );
+    assert!(!listing.contains("uploads"), "{listing}");
+
+    // A missing or empty list is an error, and nothing is saved.
+    let out = env.vault(&["backup", "--files-from", env.path("nope").to_str().unwrap()]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("reading --files-from"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&list, "# nothing\n\n").unwrap();
+    let out = env.vault(&["backup", "--files-from", list.to_str().unwrap()]);
+    assert!(stderr(&out).contains("lists no paths"), "{}", stderr(&out));
+    assert_eq!(env.snapshots().len(), 2);
+}

@@ -18,6 +18,11 @@ pub(crate) struct BackupArgs {
     /// Files and directories to back up, or names of configured sources
     /// (none: every configured source).
     paths: Vec<PathBuf>,
+    /// Also back up the paths listed in this file, one per line (`-`:
+    /// standard input; blank lines and lines starting with `#` are
+    /// skipped; repeatable).
+    #[arg(long)]
+    files_from: Vec<PathBuf>,
     /// Back up standard input as one file.
     #[arg(long, conflicts_with = "stdin_from_command")]
     stdin: bool,
@@ -73,7 +78,43 @@ pub(crate) struct BackupArgs {
     command: Vec<std::ffi::OsString>,
 }
 
+/// The paths listed in `--files-from` files.
+fn listed_paths(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for file in files {
+        let text = if file.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin())
+                .context("reading paths from standard input")?
+        } else {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading --files-from {}", file.display()))?
+        };
+        out.extend(
+            text.lines()
+                .map(|l| l.strip_suffix('\r').unwrap_or(l))
+                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+                .map(PathBuf::from),
+        );
+    }
+    Ok(out)
+}
+
 pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
+    if !args.files_from.is_empty() {
+        if args.stdin || args.stdin_from_command {
+            bail!(
+                "--files-from backs up paths: it does not go with --stdin or --stdin-from-command"
+            );
+        }
+        let listed = listed_paths(&args.files_from)?;
+        if listed.is_empty() && args.paths.is_empty() {
+            bail!("--files-from lists no paths");
+        }
+        let mut args = args;
+        args.paths.extend(listed);
+        args.files_from.clear();
+        return run(g, args, cancel);
+    }
     if !args.stdin
         && !args.stdin_from_command
         && let Some(config) = global::config(g)?
