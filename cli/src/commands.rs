@@ -3,6 +3,7 @@
 mod backup;
 mod cat;
 mod check;
+mod completion;
 mod copy;
 mod diff;
 mod drill;
@@ -95,6 +96,8 @@ pub(crate) enum Command {
     Diff(diff::DiffArgs),
     /// Sizes, deduplication and compression of snapshots and the repository.
     Stats(stats::StatsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(completion::CompletionArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +154,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Copy(a) => copy::run(g, &a, cancel),
         Command::Diff(a) => diff::run(g, &a),
         Command::Stats(a) => stats::run(g, &a),
+        Command::Completion(a) => completion::run(&a),
         Command::Wal(c) => wal::run(g, &c),
         Command::Repair(RepairCommand::Index(a)) => repair_index::run(g, &a),
         Command::Repair(RepairCommand::Snapshots(a)) => repair_snapshots::run(g, &a),

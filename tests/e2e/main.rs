@@ -8,6 +8,7 @@ mod support;
 
 mod backup_restore;
 mod check;
+mod cli;
 mod failures;
 mod find;
 mod interrupt;
