@@ -14,7 +14,7 @@
 //! nothing and hides data the lock is meant to keep": prune and forget
 //! defer such objects instead of relying on the store to refuse.
 
-use crate::backend::{ObjectInfo, ObjectLock};
+use crate::backend::{BackendError, ObjectInfo, ObjectLock};
 use crate::error::{Error, Result};
 use crate::repository::{FileKind, Repository, fetch_all};
 use serde::Serialize;
@@ -91,7 +91,8 @@ pub struct Extension {
 /// Each upload is locked only from its own upload time, and backups keep
 /// referring to old packs (deduplication), the config and the key files;
 /// without this their protection ends while snapshots still need them.
-/// `None` when the repository is not locked.
+/// `None` when the repository is not locked, or when this copy of a locked
+/// one lies on storage that cannot lock (a local mirror).
 pub fn extend_retention(repo: &Repository, now: jiff::Timestamp) -> Result<Option<Extension>> {
     let Some(lock) = repo.config().object_lock else {
         return Ok(None);
@@ -105,7 +106,18 @@ pub fn extend_retention(repo: &Repository, now: jiff::Timestamp) -> Result<Optio
         .map(|o| o.path)
         .filter(|p| !p.starts_with(FileKind::Lock.prefix()))
         .collect();
-    let positions: Vec<usize> = (0..paths.len()).collect();
+    // The first alone: storage that cannot lock says so on it.
+    if let Some(first) = paths.first() {
+        match repo.backend().extend_retention(first, until) {
+            Ok(()) => {}
+            Err(BackendError::Unsupported(why)) => {
+                tracing::warn!("object lock retention not extended: {why}");
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::backend(first, e)),
+        }
+    }
+    let positions: Vec<usize> = (1..paths.len()).collect();
     // After the first failure (missing permission, say) the rest are
     // skipped rather than each failing the same way.
     let failed = AtomicBool::new(false);

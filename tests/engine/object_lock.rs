@@ -283,3 +283,21 @@ fn wal_trim_keeps_segments_still_under_retention() {
         .collect();
     assert_eq!(left, [name(3)]);
 }
+
+#[test]
+fn retention_is_not_extended_on_storage_that_cannot_lock() {
+    // WormMemory takes the lock setting but has no way to extend one, like
+    // a local copy of a locked repository: the extension says so by
+    // returning nothing, instead of failing the prune that runs it.
+    let worm = Arc::new(WormMemory::new());
+    let repo = init_locked(worm.clone(), 1).unwrap();
+    let done = vault_engine::object_lock::extend_retention(&repo, worm.now()).unwrap();
+    assert!(done.is_none());
+    // An unlocked repository has nothing to extend either.
+    let plain = crate::support::init_memory(SMALL_CHUNKER, 4096);
+    assert!(
+        vault_engine::object_lock::extend_retention(&plain, jiff::Timestamp::now())
+            .unwrap()
+            .is_none()
+    );
+}

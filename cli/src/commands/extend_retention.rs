@@ -26,15 +26,20 @@ pub(crate) fn run(g: &GlobalArgs, _args: &ExtendRetentionArgs) -> Result<ExitCod
         &global::hostname(),
         &global::username(),
     )?;
-    extend(g, &repo)?;
+    if !extend(g, &repo)? {
+        bail!(
+            "the storage of this copy of a locked repository cannot lock objects: nothing was extended"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Extends the retention of a locked repository's objects and says so;
-/// nothing for an unlocked one. The caller holds the exclusive lock.
-pub(crate) fn extend(g: &GlobalArgs, repo: &Repository) -> Result<()> {
+/// nothing for an unlocked one, or one on storage that cannot lock (then
+/// `false`). The caller holds the exclusive lock.
+pub(crate) fn extend(g: &GlobalArgs, repo: &Repository) -> Result<bool> {
     let Some(done) = object_lock::extend_retention(repo, jiff::Timestamp::now())? else {
-        return Ok(());
+        return Ok(repo.config().object_lock.is_none());
     };
     if g.json {
         let mut v = serde_json::to_value(&done)?;
@@ -47,5 +52,5 @@ pub(crate) fn extend(g: &GlobalArgs, repo: &Repository) -> Result<()> {
             done.until.strftime("%Y-%m-%d %H:%M:%S UTC")
         );
     }
-    Ok(())
+    Ok(true)
 }

@@ -184,6 +184,8 @@ pub(crate) fn prune_locked(
     }
     // What is left is what snapshots need: keep it locked as long as a
     // fresh upload would be (repo-format.md §11.8).
-    super::extend_retention::extend(g, repo)?;
+    if !super::extend_retention::extend(g, repo)? && !g.quiet {
+        eprintln!("vault: object lock retention not extended: this storage cannot lock objects");
+    }
     Ok(())
 }
