@@ -185,6 +185,38 @@ impl FilterArgs {
     }
 }
 
+/// The snapshots `specs` name (`latest` or id prefixes), each once, in the
+/// order given; with none, every snapshot passing `filter`, oldest first.
+pub(crate) fn pick_snapshots<'a>(
+    all: &'a [(
+        vault_engine::id::SnapshotId,
+        vault_engine::snapshot::Snapshot,
+    )],
+    specs: &[String],
+    filter: &FilterArgs,
+) -> Result<
+    Vec<&'a (
+        vault_engine::id::SnapshotId,
+        vault_engine::snapshot::Snapshot,
+    )>,
+> {
+    let filter = filter.to_filter();
+    if specs.is_empty() {
+        return Ok(all.iter().filter(|(_, s)| filter.matches(s)).collect());
+    }
+    let mut chosen: Vec<&(
+        vault_engine::id::SnapshotId,
+        vault_engine::snapshot::Snapshot,
+    )> = Vec::new();
+    for spec in specs {
+        let found = vault_engine::snapshot::select(all, spec, &filter)?;
+        if !chosen.iter().any(|(id, _)| *id == found.0) {
+            chosen.push(found);
+        }
+    }
+    Ok(chosen)
+}
+
 /// Resolves `latest`, an id prefix, or `--at TIME` to one snapshot.
 pub(crate) fn pick_snapshot(
     repo: &vault_engine::Repository,

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use vault_engine::find::{FindOptions, Finder, Match};
 use vault_engine::id::SnapshotId;
-use vault_engine::snapshot::{self, Snapshot};
+use vault_engine::snapshot::Snapshot;
 use vault_engine::tree::NodeKind;
 
 #[derive(Debug, clap::Args)]
@@ -61,20 +61,8 @@ fn selected(
     snaps: &[(SnapshotId, Snapshot)],
     args: &FindArgs,
 ) -> Result<Vec<(SnapshotId, Snapshot)>> {
-    let filter = args.filter.to_filter();
-    let mut chosen: Vec<&(SnapshotId, Snapshot)> = if args.snapshots.is_empty() {
-        snaps.iter().filter(|(_, s)| filter.matches(s)).collect()
-    } else {
-        let mut chosen: Vec<&(SnapshotId, Snapshot)> = Vec::new();
-        for spec in &args.snapshots {
-            let found = snapshot::select(snaps, spec, &filter)?;
-            if !chosen.iter().any(|(id, _)| *id == found.0) {
-                chosen.push(found);
-            }
-        }
-        chosen.sort_by_key(|(_, s)| s.time.timestamp());
-        chosen
-    };
+    let mut chosen = super::pick_snapshots(snaps, &args.snapshots, &args.filter)?;
+    chosen.sort_by_key(|(_, s)| s.time.timestamp());
     let time = |t: &Option<String>| -> Result<Option<jiff::Timestamp>> {
         Ok(t.as_deref()
             .map(timespec::parse)

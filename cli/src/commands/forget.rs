@@ -312,14 +312,10 @@ fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let held = lock_unless_dry_run(&repo, args)?;
     let all = repo.snapshots()?;
-    let filter = args.filter.to_filter();
-    let mut chosen: Vec<SnapshotId> = Vec::new();
-    for spec in &args.snapshots {
-        let (id, _) = vault_engine::snapshot::select(&all, spec, &filter)?;
-        if !chosen.contains(id) {
-            chosen.push(*id);
-        }
-    }
+    let chosen: Vec<SnapshotId> = super::pick_snapshots(&all, &args.snapshots, &args.filter)?
+        .into_iter()
+        .map(|(id, _)| *id)
+        .collect();
     let locked: HashMap<SnapshotId, jiff::Timestamp> =
         object_lock::locked_objects(&repo, FileKind::Snapshot, jiff::Timestamp::now())?;
     let mut removed = Vec::new();

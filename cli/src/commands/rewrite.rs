@@ -55,20 +55,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     // meanwhile could delete trees the rewritten snapshots reuse.
     let _lock = lock::lock_exclusive(&repo, "rewrite", &global::hostname(), &global::username())?;
     let all = repo.snapshots()?;
-    let filter = args.filter.to_filter();
-    let mut chosen: Vec<(SnapshotId, Snapshot)> = if args.snapshots.is_empty() {
-        all.iter()
-            .filter(|(_, s)| filter.matches(s))
+    let chosen: Vec<(SnapshotId, Snapshot)> =
+        super::pick_snapshots(&all, &args.snapshots, &args.filter)?
+            .into_iter()
             .cloned()
-            .collect()
-    } else {
-        args.snapshots
-            .iter()
-            .map(|spec| vault_engine::snapshot::select(&all, spec, &filter).cloned())
-            .collect::<Result<_, _>>()?
-    };
-    chosen.sort_by_key(|(id, _)| *id);
-    chosen.dedup_by_key(|(id, _)| *id);
+            .collect();
     if args.forget && !args.dry_run {
         // A locked original cannot be deleted, only hidden: refuse before
         // writing anything rather than leave the data it should remove.

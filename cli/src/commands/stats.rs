@@ -34,22 +34,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
     // Read before this command records itself as the last operation.
     let last = requests::last(&location);
     let all = repo.snapshots()?;
-    let filter = args.filter.to_filter();
-    let chosen: Vec<_> = if args.snapshots.is_empty() {
-        all.iter()
-            .filter(|(_, s)| filter.matches(s))
-            .cloned()
-            .collect()
-    } else {
-        let mut out = Vec::new();
-        for spec in &args.snapshots {
-            let found = vault_engine::snapshot::select(&all, spec, &filter)?.clone();
-            if !out.iter().any(|(id, _)| *id == found.0) {
-                out.push(found);
-            }
-        }
-        out
-    };
+    let chosen: Vec<_> = super::pick_snapshots(&all, &args.snapshots, &args.filter)?
+        .into_iter()
+        .cloned()
+        .collect();
     let index = repo.load_index()?;
     let report = stats::stats(&repo, &index, &chosen)?;
     let mode = match args.mode {

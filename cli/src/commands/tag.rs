@@ -48,27 +48,14 @@ pub(crate) fn run(g: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
     // forget or prune would be lost or resurrected.
     let _lock = lock::lock_exclusive(&repo, "tag", &global::hostname(), &global::username())?;
     let all = repo.snapshots()?;
-    let filter = args.filter.to_filter();
-    let chosen: Vec<&(SnapshotId, vault_engine::snapshot::Snapshot)> = if args.snapshots.is_empty()
-    {
-        all.iter().filter(|(_, s)| filter.matches(s)).collect()
-    } else {
-        args.snapshots
-            .iter()
-            .map(|spec| vault_engine::snapshot::select(&all, spec, &filter))
-            .collect::<Result<_, _>>()?
-    };
+    let chosen = super::pick_snapshots(&all, &args.snapshots, &args.filter)?;
     // A snapshot under S3 Object Lock cannot be replaced: deleting it would
     // only hide the locked version, and the repository would show one
     // snapshot where the lock keeps two (repo-format.md §11.8).
     let locked: HashMap<SnapshotId, jiff::Timestamp> =
         object_lock::locked_objects(&repo, FileKind::Snapshot, jiff::Timestamp::now())?;
     let mut changed = 0usize;
-    let mut done = std::collections::HashSet::new();
     for (id, snapshot) in chosen {
-        if !done.insert(*id) {
-            continue; // named twice
-        }
         let Some(new) = change.rewrite(id, snapshot) else {
             continue;
         };
