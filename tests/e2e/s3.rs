@@ -236,7 +236,10 @@ mod proxy {
         let request = format!("{method} {target}");
         state.requests.lock().unwrap().push(request.clone());
         let selected = (state.filter.lock().unwrap().clone())(&method, &target);
-        let _in_flight = selected.then(|| {
+        // Counted from the request's arrival to the store's answer: the
+        // client may send its next request as soon as it has read a whole
+        // response, before this thread has closed both connections.
+        let in_flight = selected.then(|| {
             let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             state.max_in_flight.fetch_max(now, Ordering::SeqCst);
             InFlight(&state.in_flight)
@@ -268,6 +271,7 @@ mod proxy {
                     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
                      <Error><Code>{s3_code}</Code><Message>injected by the test proxy</Message></Error>"
                 );
+                drop(in_flight);
                 let mut response = format!(
                     "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -286,10 +290,10 @@ mod proxy {
             }
             Some(Fault::Delay) => {
                 std::thread::sleep(Duration::from_millis(100 + state.random() % 700));
-                forward(state, client, &head, &rest, false)
+                forward(state, client, &head, &rest, false, in_flight)
             }
-            Some(Fault::Truncate) => forward(state, client, &head, &rest, true),
-            None => forward(state, client, &head, &rest, false),
+            Some(Fault::Truncate) => forward(state, client, &head, &rest, true, in_flight),
+            None => forward(state, client, &head, &rest, false, in_flight),
         }
     }
 
@@ -299,6 +303,7 @@ mod proxy {
         head: &[u8],
         rest: &[u8],
         truncate: bool,
+        in_flight: Option<InFlight<'_>>,
     ) -> io::Result<()> {
         let mut upstream = TcpStream::connect(state.upstream)?;
         upstream.write_all(&close_after(head))?;
@@ -314,6 +319,7 @@ mod proxy {
         };
         let result = (|| {
             let (response_head, body_start) = read_head(&mut upstream)?;
+            drop(in_flight);
             let response_head = close_after(&response_head);
             if truncate {
                 let text = String::from_utf8_lossy(&response_head).into_owned();
