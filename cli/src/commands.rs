@@ -185,6 +185,24 @@ impl FilterArgs {
     }
 }
 
+/// The exclusive maintenance lock for `purpose`, except on a dry run,
+/// which changes nothing.
+pub(crate) fn maintenance_lock(
+    repo: &vault_engine::Repository,
+    purpose: &str,
+    dry_run: bool,
+) -> Result<Option<vault_engine::lock::Lock>> {
+    if dry_run {
+        return Ok(None);
+    }
+    Ok(Some(vault_engine::lock::lock_exclusive(
+        repo,
+        purpose,
+        &crate::global::hostname(),
+        &crate::global::username(),
+    )?))
+}
+
 /// The snapshots `specs` name (`latest` or id prefixes), each once, in the
 /// order given; with none, every snapshot passing `filter`, oldest first.
 pub(crate) fn pick_snapshots<'a>(

@@ -155,7 +155,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         jobs.push((None, args.filter.to_filter(), flags));
     }
     let repo = global::open_repository(g)?;
-    let held = lock_unless_dry_run(&repo, args)?;
+    let held = super::maintenance_lock(&repo, "forget", args.dry_run)?;
     let all = repo.snapshots()?;
     // Snapshots still under S3 Object Lock are not removed: deleting one
     // would only hide it (the store keeps the locked version), and its
@@ -270,22 +270,6 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The exclusive lock, except on a dry run, which changes nothing.
-fn lock_unless_dry_run(
-    repo: &vault_engine::Repository,
-    args: &ForgetArgs,
-) -> Result<Option<lock::Lock>> {
-    if args.dry_run {
-        return Ok(None);
-    }
-    Ok(Some(lock::lock_exclusive(
-        repo,
-        "forget",
-        &global::hostname(),
-        &global::username(),
-    )?))
-}
-
 /// What follows removing snapshots: WAL no kept base backup needs goes,
 /// then prune if asked.
 fn after_forget(
@@ -310,7 +294,7 @@ fn after_forget(
 /// ID` does; those still under object lock are kept and reported.
 fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
-    let held = lock_unless_dry_run(&repo, args)?;
+    let held = super::maintenance_lock(&repo, "forget", args.dry_run)?;
     let all = repo.snapshots()?;
     let chosen: Vec<SnapshotId> = super::pick_snapshots(&all, &args.snapshots, &args.filter)?
         .into_iter()

@@ -12,7 +12,7 @@ use vault_engine::backup::Excludes;
 use vault_engine::id::SnapshotId;
 use vault_engine::repository::FileKind;
 use vault_engine::snapshot::Snapshot;
-use vault_engine::{lock, object_lock, rewrite};
+use vault_engine::{object_lock, rewrite};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RewriteArgs {
@@ -51,9 +51,9 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     }
     let excludes = Excludes::new(&patterns).map_err(anyhow::Error::msg)?;
     let repo = global::open_repository(g)?;
-    // Exclusive even on a dry run, like `repair snapshots`: a prune running
-    // meanwhile could delete trees the rewritten snapshots reuse.
-    let _lock = lock::lock_exclusive(&repo, "rewrite", &global::hostname(), &global::username())?;
+    // Exclusive: a prune running meanwhile could delete trees and data the
+    // rewritten snapshots reuse. A dry run writes nothing and needs none.
+    let _lock = super::maintenance_lock(&repo, "rewrite", args.dry_run)?;
     let all = repo.snapshots()?;
     let chosen: Vec<(SnapshotId, Snapshot)> =
         super::pick_snapshots(&all, &args.snapshots, &args.filter)?
