@@ -13,6 +13,7 @@
 //! many blobs; *index* the blob → pack map; *snapshot* one backup.
 //! The on-storage format is specified in `repo-format.md`.
 
+pub mod archive;
 pub mod backend;
 pub mod backup;
 pub mod blob;

@@ -531,3 +531,77 @@ fn files_from_lists_the_paths_to_back_up(backend: Backend) {
     assert!(stderr(&out).contains("lists no paths"), "{}", stderr(&out));
     assert_eq!(env.snapshots().len(), 2);
 }
+
+backend_test!(dump_of_a_directory_is_a_tar_stream_that_extracts_to_the_same_tree);
+fn dump_of_a_directory_is_a_tar_stream_that_extracts_to_the_same_tree(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("uploads/2026/11")).unwrap();
+    std::fs::write(
+        src.join("uploads/2026/11/big.bin"),
+        pseudo_random(3_000_000, 5),
+    )
+    .unwrap();
+    std::fs::write(src.join("uploads/empty"), b"").unwrap();
+    std::fs::write(src.join("uploads/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+    std::fs::set_permissions(
+        src.join("uploads/run.sh"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("2026/11/big.bin", src.join("uploads/latest")).unwrap();
+    std::fs::write(src.join("other.txt"), b"not in the dump\n").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+
+    let uploads = src.join("uploads");
+    let out = env.vault(&["dump", "latest", uploads.to_str().unwrap()]);
+    assert_success(&out);
+    let tar = env.path("uploads.tar");
+    std::fs::write(&tar, &out.stdout).unwrap();
+    let into = env.path("extracted");
+    std::fs::create_dir_all(&into).unwrap();
+    let extracted = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&into)
+        .output()
+        .unwrap();
+    assert_success(&extracted);
+    let got = into.join(uploads.strip_prefix("/").unwrap());
+    let (want, _) = scan(&uploads);
+    let (have, _) = scan(&got);
+    let keys =
+        |m: &HashMap<PathBuf, Entry>| m.keys().cloned().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(keys(&have), keys(&want));
+    for (path, entry) in &want {
+        assert_eq!(have[path].content, entry.content, "{}", path.display());
+        assert_eq!(have[path].mode, entry.mode, "{}", path.display());
+        assert_eq!(have[path].link, entry.link, "{}", path.display());
+    }
+    assert!(!got.parent().unwrap().join("other.txt").exists());
+
+    // The whole snapshot with `/`; a file is still written as itself.
+    let all = env.vault(&["dump", "latest", "/"]);
+    assert_success(&all);
+    std::fs::write(&tar, &all.stdout).unwrap();
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    let names = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        names.contains("other.txt") && names.contains("uploads/run.sh"),
+        "{names}"
+    );
+    let file = env.vault(&["dump", "latest", src.join("other.txt").to_str().unwrap()]);
+    assert_eq!(file.stdout, b"not in the dump\n");
+    let missing = env.vault(&["dump", "latest", src.join("nope").to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("not found"),
+        "{}",
+        stderr(&missing)
+    );
+}
