@@ -205,30 +205,17 @@ impl<'a, I: Iterator<Item = &'a BlobId>> Read for Content<'a, I> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::backend::{Backend, ObjectBackend};
     use crate::backup::{self, BackupOptions, BackupProgress, Source};
-    use crate::crypto::{KdfParams, Password};
     use crate::repository::InitOptions;
+    use crate::test_support::{SMALL_CHUNKER, memory_repo};
     use std::sync::Arc;
 
     /// A repository holding one snapshot of a stream `data.bin`; its node.
     fn stored(data: &[u8]) -> (Arc<Repository>, Index, Node) {
-        let backend: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
-        let options = InitOptions {
-            kdf: KdfParams {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            },
-            chunker: Some(crate::chunker::ChunkerParams {
-                min_size: 1024,
-                avg_size: 4096,
-                max_size: 16384,
-                seed: 3,
-            }),
+        let (_, repo) = memory_repo(InitOptions {
+            chunker: Some(SMALL_CHUNKER),
             ..InitOptions::default()
-        };
-        let repo = Arc::new(Repository::init(backend, &Password::new("pw"), options).unwrap());
+        });
         let source = Source::Stream {
             filename: "data.bin".into(),
             reader: Box::new(std::io::Cursor::new(data.to_vec())),

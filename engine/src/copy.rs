@@ -764,32 +764,18 @@ fn write_snapshots(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Backend, ObjectBackend};
     use crate::backup::{self, BackupOptions, BackupProgress, Source};
-    use crate::crypto::{KdfParams, MasterKey, Password};
+    use crate::crypto::MasterKey;
     use crate::repository::InitOptions;
 
-    const FAST: KdfParams = KdfParams {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
-
     fn repo(master_key: Option<MasterKey>) -> Arc<Repository> {
-        let backend: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
-        let options = InitOptions {
-            kdf: FAST,
+        crate::test_support::memory_repo(InitOptions {
             master_key,
-            chunker: Some(crate::chunker::ChunkerParams {
-                min_size: 1024,
-                avg_size: 4096,
-                max_size: 16384,
-                seed: 7,
-            }),
+            chunker: Some(crate::test_support::SMALL_CHUNKER),
             pack_size: Some(64 * 1024),
             ..InitOptions::default()
-        };
-        Arc::new(Repository::init(backend, &Password::new("pw"), options).unwrap())
+        })
+        .1
     }
 
     fn backup_stream(repo: &Arc<Repository>, data: &[u8]) {

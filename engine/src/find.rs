@@ -282,9 +282,7 @@ pub fn find(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::backend::{Backend, ObjectBackend};
     use crate::backup::{self, BackupOptions, BackupProgress, Source};
-    use crate::crypto::{KdfParams, Password};
     use crate::repository::InitOptions;
     use std::path::Path;
     use std::sync::Arc;
@@ -327,16 +325,7 @@ mod tests {
     /// snapshots with one finder, then each with a fresh one.
     #[test]
     fn finds_in_several_snapshots_with_and_without_memo() {
-        let backend: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
-        let init = InitOptions {
-            kdf: KdfParams {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            },
-            ..InitOptions::default()
-        };
-        let repo = Arc::new(Repository::init(backend, &Password::new("pw"), init).unwrap());
+        let (_, repo) = crate::test_support::memory_repo(InitOptions::default());
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         write(&root.join("a/one.log"), b"1");

@@ -41,6 +41,8 @@ pub mod retention;
 pub mod rewrite;
 pub mod snapshot;
 pub mod stats;
+#[cfg(test)]
+mod test_support;
 pub mod tree;
 mod tree_reader;
 pub mod wal;

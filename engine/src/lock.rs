@@ -357,9 +357,9 @@ pub fn unlock(repo: &Repository, all: bool, hostname: &str) -> Result<Vec<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{ObjectBackend, ObjectInfo};
-    use crate::crypto::{KdfParams, Password};
+    use crate::backend::ObjectInfo;
     use crate::repository::InitOptions;
+    use crate::test_support::password;
     use bytes::Bytes;
     use std::sync::Mutex;
 
@@ -411,23 +411,10 @@ mod tests {
         }
     }
 
-    fn password() -> Password {
-        Password::new("pw")
-    }
-
     fn memory_repo() -> (Arc<dyn Backend>, Arc<Repository>) {
-        let backend: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
-        let options = InitOptions {
-            kdf: KdfParams {
-                memory_kib: 64,
-                iterations: 1,
-                parallelism: 1,
-            },
-            ..InitOptions::default()
-        };
-        let repo = Repository::init(backend.clone(), &password(), options).unwrap();
+        let (backend, repo) = crate::test_support::memory_repo(InitOptions::default());
         assert!(backend.has_atomic_create());
-        (backend, Arc::new(repo))
+        (backend, repo)
     }
 
     fn lock_document(repo: &Repository, hostname: &str, refreshed: i64) -> Bytes {

@@ -1,0 +1,38 @@
+//! What the engine's unit tests share: a repository in memory with the
+//! cheapest key derivation.
+
+use crate::backend::{Backend, ObjectBackend};
+use crate::chunker::ChunkerParams;
+use crate::crypto::{KdfParams, Password};
+use crate::repository::{InitOptions, Repository};
+use std::sync::Arc;
+
+/// Small chunks (4 KiB average), so little data makes several.
+pub(crate) const SMALL_CHUNKER: ChunkerParams = ChunkerParams {
+    min_size: 1024,
+    avg_size: 4096,
+    max_size: 16384,
+    seed: 7,
+};
+
+/// The password of every repository made here.
+pub(crate) fn password() -> Password {
+    Password::new("pw")
+}
+
+/// A repository in memory made with `options`, whose key derivation is
+/// replaced by argon2id at its cheapest; also its backend.
+#[allow(clippy::unwrap_used)]
+pub(crate) fn memory_repo(options: InitOptions) -> (Arc<dyn Backend>, Arc<Repository>) {
+    let backend: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
+    let options = InitOptions {
+        kdf: KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        },
+        ..options
+    };
+    let repo = Repository::init(backend.clone(), &password(), options).unwrap();
+    (backend, Arc::new(repo))
+}
