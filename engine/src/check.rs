@@ -331,10 +331,7 @@ pub fn check(
     // is one thread's work (decoding trees), which reading packs alone would
     // leave a core idle for. If the data turns out damaged the walk's answer
     // is dropped and the slow walk below names what the damage reaches.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.concurrency.max(1))
-        .build()
-        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    let pool = crate::repository::thread_pool(options.concurrency.max(1))?;
     let (verified, scanned) = pool.install(|| {
         rayon::join(
             || {
@@ -746,10 +743,7 @@ pub fn unreadable_blobs(repo: &Repository, index: &Index, verify: bool) -> Resul
     }
     if verify {
         let progress = CheckProgress::default();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(repo.read_concurrency())
-            .build()
-            .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+        let pool = crate::repository::thread_pool(repo.read_concurrency())?;
         let verified =
             pool.install(|| verify_packs(repo, index, &stored, VerifySubset::All, &progress))?;
         out.extend(verified.findings.into_iter().flat_map(|(_, blobs)| blobs));

@@ -365,10 +365,7 @@ impl Copier<'_> {
         }
         let packs: Vec<(PackId, Vec<Needed>)> = by_pack.into_iter().collect();
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.options.download_concurrency.max(1))
-            .build()
-            .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+        let pool = crate::repository::thread_pool(self.options.download_concurrency.max(1))?;
         pool.install(|| {
             packs.par_iter().for_each(|(pack, needed)| {
                 if self.options.cancel.load(Ordering::Relaxed)

@@ -591,6 +591,15 @@ impl Repository {
     }
 }
 
+/// A rayon pool of `threads` threads, for work that must not spread over
+/// the global pool's (one per core).
+pub(crate) fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))
+}
+
 /// Runs `load` over `ids`, several at once: on an object store each load is
 /// a GET that waits a network round trip, not a core (index files and
 /// snapshots are one object each).

@@ -220,10 +220,7 @@ pub fn restore(
 ) -> Result<RestoreReport> {
     // Every phase runs on one pool: threads of a second pool would each
     // grow a malloc arena of their own (~10 MiB more resident).
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.concurrency.max(2))
-        .build()
-        .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))?;
+    let pool = crate::repository::thread_pool(options.concurrency.max(2))?;
     pool.install(|| restore_on_pool(repo, index, root, options, progress))
 }
 
