@@ -53,7 +53,7 @@ pub(crate) enum Command {
     Find(find::FindArgs),
     /// Restore a snapshot.
     Restore(restore::RestoreArgs),
-    /// Write one file of a snapshot to standard output.
+    /// Write a file of a snapshot to standard output, or a directory as a tar stream.
     Dump(dump::DumpArgs),
     /// Browse every snapshot as a read-only filesystem (FUSE), in the
     /// foreground until Ctrl-C.

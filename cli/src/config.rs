@@ -171,7 +171,13 @@ pub(crate) struct SourceConfig {
     #[serde(default)]
     pub(crate) exclude: Vec<String>,
     #[serde(default)]
+    pub(crate) iexclude: Vec<String>,
+    #[serde(default)]
     pub(crate) exclude_caches: bool,
+    #[serde(default)]
+    pub(crate) exclude_if_present: Vec<String>,
+    /// A size such as "500M" (`parse_size`), checked when loading.
+    pub(crate) exclude_larger_than: Option<String>,
     #[serde(default)]
     pub(crate) one_file_system: bool,
     // command
@@ -336,6 +342,11 @@ impl Config {
                 }
                 SourceKind::Files => {
                     need("paths", !s.paths.is_empty())?;
+                    if let Some(size) = &s.exclude_larger_than {
+                        crate::args::parse_size(size).map_err(|e| {
+                            anyhow::anyhow!("{}: source {name:?}: exclude_larger_than: {e}", at(s))
+                        })?;
+                    }
                     forbid("database", db)?;
                     forbid("command", !s.command.is_empty())?;
                 }
@@ -403,6 +414,15 @@ mod tests {
             .to_string();
         assert!(
             err.contains("vault.toml:3") && err.contains("needs `database`"),
+            "{err}"
+        );
+        let err = parse(
+            "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"/x\"]\nexclude_larger_than = \"lots\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("vault.toml:2") && err.contains("exclude_larger_than"),
             "{err}"
         );
     }

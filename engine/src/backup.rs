@@ -26,7 +26,7 @@ mod walk;
 
 pub(crate) use saver::TreeSink;
 pub use saver::{PendingId, Saver, SaverStats};
-pub use walk::Excludes;
+pub use walk::{ChangeDetection, Excludes};
 
 use crate::blob::BlobKind;
 use crate::compress::Compression;
@@ -98,8 +98,16 @@ pub struct BackupOptions {
     pub compression: Compression,
     /// Exclude patterns.
     pub excludes: Vec<String>,
+    /// Exclude patterns matched regardless of case.
+    pub iexcludes: Vec<String>,
+    /// Leave out files larger than this many bytes.
+    pub exclude_larger_than: Option<u64>,
     /// Skip directories holding a CACHEDIR.TAG.
     pub exclude_caches: bool,
+    /// Skip directories holding a file of one of these names (`NAME` or
+    /// `NAME:HEADER`, see [`walk::has_marker`]); like `exclude_caches`, the
+    /// directory itself is kept, empty.
+    pub exclude_if_present: Vec<String>,
     /// Do not cross file-system boundaries below each given path.
     pub one_file_system: bool,
     /// Tags for the snapshot.
@@ -115,6 +123,11 @@ pub struct BackupOptions {
     pub parent: Option<SnapshotId>,
     /// Re-read every file even if unchanged.
     pub force: bool,
+    /// Which metadata change detection compares.
+    pub change_detection: ChangeDetection,
+    /// Save no snapshot when nothing changed since the parent (same root
+    /// tree, no unreadable entries); the report then names the parent.
+    pub skip_if_unchanged: bool,
     /// Concurrent pack uploads.
     pub upload_concurrency: usize,
     /// Set to stop the backup; it then flushes what it uploaded and fails
@@ -127,7 +140,10 @@ impl Default for BackupOptions {
         Self {
             compression: Compression::default(),
             excludes: Vec::new(),
+            iexcludes: Vec::new(),
+            exclude_larger_than: None,
             exclude_caches: false,
+            exclude_if_present: Vec::new(),
             one_file_system: false,
             tags: Vec::new(),
             hostname: String::new(),
@@ -135,6 +151,8 @@ impl Default for BackupOptions {
             time: None,
             parent: None,
             force: false,
+            change_detection: ChangeDetection::default(),
+            skip_if_unchanged: false,
             upload_concurrency: 2,
             cancel: Arc::new(AtomicBool::new(false)),
         }
@@ -172,6 +190,10 @@ pub struct BackupReport {
     pub snapshot: Snapshot,
     /// Entries skipped because they could not be read.
     pub errors: Vec<SourceError>,
+    /// Nothing changed since the parent and `skip_if_unchanged` was set: no
+    /// snapshot was saved, `snapshot_id` is the parent's and `snapshot` the
+    /// one that would have been saved.
+    pub skipped: bool,
 }
 
 #[derive(Default)]
@@ -263,7 +285,9 @@ pub fn backup(
     let index_ids_at_start: std::collections::HashSet<crate::id::IndexId> =
         repo.index_ids()?.into_iter().collect();
     let index = repo.load_index()?;
-    let excludes = Excludes::new(&options.excludes).map_err(Error::InvalidInput)?;
+    let excludes = Excludes::new(&options.excludes)
+        .and_then(|e| e.case_insensitive(&options.iexcludes))
+        .map_err(Error::InvalidInput)?;
     let paths = snapshot_paths(&source)?;
     let parent = find_parent(repo, options, &paths)?;
     let parent_tree = match &parent {
@@ -310,6 +334,10 @@ pub fn backup(
         (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
         (Ok(root), Ok(())) => root,
     };
+    let unchanged_parent = parent
+        .as_ref()
+        .filter(|(_, snap)| options.skip_if_unchanged && errors.is_empty() && snap.tree == root)
+        .map(|(id, _)| *id);
     ensure_not_pruned_under_us(repo, &index_ids_at_start, &root)?;
     let stats = &progress.saver;
     let time = options.time.clone().unwrap_or_else(jiff::Zoned::now);
@@ -347,11 +375,20 @@ pub fn backup(
         },
         extra: serde_json::Map::new(),
     };
+    if let Some(parent_id) = unchanged_parent {
+        return Ok(BackupReport {
+            snapshot_id: parent_id,
+            snapshot,
+            errors,
+            skipped: true,
+        });
+    }
     let snapshot_id = repo.save_snapshot(&snapshot)?;
     Ok(BackupReport {
         snapshot_id,
         snapshot,
         errors,
+        skipped: false,
     })
 }
 
@@ -999,7 +1036,14 @@ impl Walker<'_, '_> {
                     continue;
                 }
             };
-            if self.excludes.is_excluded(&path, meta.is_dir()) {
+            if self.excludes.is_excluded(&path, meta.is_dir())
+                || (meta.is_file()
+                    && self
+                        .ctx
+                        .options
+                        .exclude_larger_than
+                        .is_some_and(|max| meta.len() > max))
+            {
                 continue;
             }
             if let Some(node) = self.save_entry(&path, meta, find_child(parent, &name))? {
@@ -1025,7 +1069,7 @@ impl Walker<'_, '_> {
                 ctx.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
                 if let Some(old) = parent_node
                     && !ctx.options.force
-                    && walk::unchanged(old, &node)
+                    && walk::unchanged(old, &node, ctx.options.change_detection)
                     && old
                         .content
                         .as_ref()
@@ -1059,8 +1103,10 @@ impl Walker<'_, '_> {
                 let dev = std::os::unix::fs::MetadataExt::dev(&meta);
                 let crosses =
                     ctx.options.one_file_system && self.root_dev.is_some_and(|d| d != dev);
-                let subtree = if crosses || (ctx.options.exclude_caches && walk::is_cache_dir(path))
-                {
+                let marked = (ctx.options.exclude_caches && walk::is_cache_dir(path))
+                    || (ctx.options.exclude_if_present.iter())
+                        .any(|marker| walk::has_marker(path, marker));
+                let subtree = if crosses || marked {
                     self.finish_dir(Vec::new())?
                 } else {
                     let parent_sub = self.parent_subtree(parent_node);

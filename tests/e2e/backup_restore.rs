@@ -462,6 +462,133 @@ fn excludes_skip_matching_entries(backend: Backend) {
     assert!(!listing.contains("tagged/d"));
 }
 
+#[test]
+fn size_case_and_marker_filters_leave_out_what_they_name() {
+    let env = Env::new();
+    let src = env.path("src");
+    for dir in ["photos", "private", "tagged", "mistagged"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    std::fs::write(src.join("big.bin"), vec![7u8; 3000]).unwrap();
+    std::fs::write(src.join("small.bin"), vec![7u8; 2048]).unwrap();
+    std::fs::write(src.join("photos/IMG_1.JPG"), b"jpeg").unwrap();
+    std::fs::write(src.join("photos/notes.txt"), b"keep").unwrap();
+    std::fs::write(src.join("photos/trace.LOG"), b"case kept for --exclude").unwrap();
+    std::fs::write(src.join("private/.nobackup"), b"").unwrap();
+    std::fs::write(src.join("private/secret"), b"s").unwrap();
+    std::fs::write(src.join("tagged/TAG"), b"skip-me: yes").unwrap();
+    std::fs::write(src.join("tagged/t"), b"t").unwrap();
+    std::fs::write(src.join("mistagged/TAG"), b"something else").unwrap();
+    std::fs::write(src.join("mistagged/m"), b"m").unwrap();
+    let out = env.vault(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude-larger-than",
+        "2k",
+        "--iexclude",
+        "*.jpg",
+        "--exclude",
+        "*.log",
+        "--exclude-if-present",
+        ".nobackup",
+        "--exclude-if-present",
+        "TAG:skip-me",
+    ]);
+    assert_success(&out);
+    let ls = env.vault(&["ls", "latest"]);
+    let listing = String::from_utf8(ls.stdout).unwrap();
+    for kept in [
+        "small.bin",
+        "photos/notes.txt",
+        "photos/trace.LOG",
+        "mistagged/m",
+        "mistagged/TAG",
+        // A marked directory stays, empty, as with --exclude-caches.
+        "/private",
+        "/tagged",
+    ] {
+        assert!(listing.contains(kept), "{kept} missing from:\n{listing}");
+    }
+    for left_out in [
+        "big.bin",
+        "IMG_1.JPG",
+        "private/secret",
+        "private/.nobackup",
+        "tagged/t",
+    ] {
+        assert!(!listing.contains(left_out), "{left_out} in:\n{listing}");
+    }
+    // A bad size is refused before anything is read.
+    let bad = env.vault(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude-larger-than",
+        "2q",
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid size"));
+}
+
+#[test]
+fn skip_if_unchanged_saves_no_snapshot_until_something_changes() {
+    let env = Env::new();
+    // Every directory above the source is part of the snapshot, and the
+    // system temporary directory's mtime moves whenever another test creates
+    // something in it; this one's ancestors stay still.
+    let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let src = base.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.txt"), b"first").unwrap();
+    let src = src.to_str().unwrap();
+    let first = env.json(&["backup", src, "--skip-if-unchanged"]);
+    assert_eq!(first["snapshot_skipped"], false);
+    let again = env.json(&["backup", src, "--skip-if-unchanged"]);
+    assert_eq!(again["snapshot_skipped"], true, "{again}");
+    assert_eq!(again["snapshot_id"], first["snapshot_id"]);
+    assert_eq!(env.snapshots().len(), 1);
+    let text = env.vault(&["backup", src, "--skip-if-unchanged"]);
+    assert_success(&text);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("no snapshot saved"));
+    // Without the flag an unchanged backup is still recorded.
+    env.json(&["backup", src]);
+    assert_eq!(env.snapshots().len(), 2);
+    std::fs::write(std::path::Path::new(src).join("a.txt"), b"second").unwrap();
+    let changed = env.json(&["backup", src, "--skip-if-unchanged"]);
+    assert_eq!(changed["snapshot_skipped"], false);
+    assert_eq!(changed["files_changed"], 1);
+    assert_eq!(env.snapshots().len(), 3);
+}
+
+#[test]
+fn ignore_inode_reuses_files_whose_inode_alone_changed() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = src.join("data.bin");
+    std::fs::write(&file, vec![1u8; 10_000]).unwrap();
+    env.json(&["backup", src.to_str().unwrap()]);
+    // Same content, size and mtime under a new inode (what a file system
+    // that renumbers inodes on mount looks like).
+    let mtime = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&file).unwrap());
+    let copy = src.join("data.new");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    filetime::set_file_mtime(&file, mtime).unwrap();
+    let strict = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(strict["files_changed"], 1, "{strict}");
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::rename(&copy, &file).unwrap();
+    filetime::set_file_mtime(&file, mtime).unwrap();
+    let lax = env.json(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--ignore-inode",
+        "--ignore-ctime",
+    ]);
+    assert_eq!(lax["files_changed"], 0, "{lax}");
+    assert_eq!(lax["files_unmodified"], 1, "{lax}");
+}
+
 backend_test!(files_from_lists_the_paths_to_back_up);
 fn files_from_lists_the_paths_to_back_up(backend: Backend) {
     let env = Env::on(backend);

@@ -108,6 +108,11 @@ fn file_and_command_sources_back_up_report_status_and_alert_on_failure() {
     std::fs::write(data.join("msg1.wav"), b"hello").unwrap();
     std::fs::write(data.join("skip.tmp"), b"tmp").unwrap();
     std::fs::write(data.join("cache/x"), b"cached").unwrap();
+    std::fs::write(data.join("image.iso"), vec![0u8; 5000]).unwrap();
+    std::fs::write(data.join("Old.BAK"), b"bak").unwrap();
+    std::fs::create_dir_all(data.join("private")).unwrap();
+    std::fs::write(data.join("private/.nobackup"), b"").unwrap();
+    std::fs::write(data.join("private/key"), b"k").unwrap();
     let status_file = env.path("state/status.json");
     let config = write_config(
         &env,
@@ -121,6 +126,9 @@ name = "voicemail"
 kind = "files"
 paths = ["{data}"]
 exclude = ["*.tmp", "cache/"]
+iexclude = ["*.bak"]
+exclude_if_present = [".nobackup"]
+exclude_larger_than = "4k"
 
 [[source]]
 name = "redis"
@@ -169,7 +177,12 @@ status_file = "{status}"
     )
     .unwrap();
     assert!(
-        ls.contains("msg1.wav") && !ls.contains("skip.tmp") && !ls.contains("cache/x"),
+        ls.contains("msg1.wav")
+            && !ls.contains("skip.tmp")
+            && !ls.contains("cache/x")
+            && !ls.contains("image.iso")
+            && !ls.contains("Old.BAK")
+            && !ls.contains("private/key"),
         "{ls}"
     );
     let dumped = vault_with(

@@ -49,12 +49,22 @@ pub(crate) struct BackupArgs {
     /// Exclude paths matching a pattern (repeatable).
     #[arg(short = 'e', long = "exclude")]
     excludes: Vec<String>,
+    /// Exclude paths matching a pattern, ignoring case (repeatable).
+    #[arg(long = "iexclude")]
+    iexcludes: Vec<String>,
     /// Read exclude patterns from a file, one per line.
     #[arg(long)]
     exclude_file: Vec<PathBuf>,
+    /// Leave out files larger than SIZE (e.g. 500M, 2G).
+    #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size)]
+    exclude_larger_than: Option<u64>,
     /// Skip directories containing a CACHEDIR.TAG.
     #[arg(long)]
     exclude_caches: bool,
+    /// Skip the content of directories containing a file of this name;
+    /// `NAME:HEADER` also requires the file to start with HEADER (repeatable).
+    #[arg(long, value_name = "NAME[:HEADER]")]
+    exclude_if_present: Vec<String>,
     /// Stay on the file system of each given path.
     #[arg(short = 'x', long)]
     one_file_system: bool,
@@ -67,6 +77,16 @@ pub(crate) struct BackupArgs {
     /// Parent snapshot for change detection (default: newest with same host and paths).
     #[arg(long)]
     parent: Option<String>,
+    /// Change detection ignores inode numbers (file systems that renumber
+    /// them on every mount would otherwise re-read every file).
+    #[arg(long)]
+    ignore_inode: bool,
+    /// Change detection ignores the status change time (ctime).
+    #[arg(long)]
+    ignore_ctime: bool,
+    /// Save no snapshot when nothing changed since the parent snapshot.
+    #[arg(long)]
+    skip_if_unchanged: bool,
     /// Concurrent pack uploads.
     #[arg(long, default_value_t = 4)]
     upload_concurrency: usize,
@@ -206,7 +226,10 @@ fn options(
     Ok(BackupOptions {
         compression: args.compression,
         excludes,
+        iexcludes: args.iexcludes.clone(),
+        exclude_larger_than: args.exclude_larger_than,
         exclude_caches: args.exclude_caches,
+        exclude_if_present: args.exclude_if_present.clone(),
         one_file_system: args.one_file_system,
         tags: tags.into_iter().filter(|t| !t.is_empty()).collect(),
         hostname: args.host.clone().unwrap_or_else(global::hostname),
@@ -214,6 +237,11 @@ fn options(
         time: args.time.as_deref().map(timespec::parse).transpose()?,
         parent,
         force: args.force,
+        change_detection: backup::ChangeDetection {
+            ignore_inode: args.ignore_inode,
+            ignore_ctime: args.ignore_ctime,
+        },
+        skip_if_unchanged: args.skip_if_unchanged,
         upload_concurrency: args.upload_concurrency,
         cancel,
     })
@@ -281,6 +309,7 @@ fn print_summary(
             "total_bytes_processed": s.total_bytes_processed,
             "total_duration": duration,
             "snapshot_id": report.snapshot_id.to_hex(),
+            "snapshot_skipped": report.skipped,
             "errors": report.errors,
         });
         if let Some(name) = source {
@@ -307,6 +336,11 @@ fn print_summary(
         );
         if dry_run {
             println!("dry run: nothing was written");
+        } else if report.skipped {
+            println!(
+                "nothing changed since snapshot {}: no snapshot saved",
+                report.snapshot_id.short()
+            );
         } else {
             println!("snapshot {} saved", report.snapshot_id.short());
         }
@@ -382,6 +416,15 @@ fn run_sources(
             };
             let mut opts = options(g, args, &repo, cancel.clone(), tags, source.exclude.clone())?;
             opts.exclude_caches |= source.exclude_caches;
+            opts.iexcludes.extend(source.iexclude.iter().cloned());
+            opts.exclude_if_present
+                .extend(source.exclude_if_present.iter().cloned());
+            if opts.exclude_larger_than.is_none()
+                && let Some(size) = &source.exclude_larger_than
+            {
+                opts.exclude_larger_than =
+                    Some(crate::args::parse_size(size).map_err(anyhow::Error::msg)?);
+            }
             opts.one_file_system |= source.one_file_system;
             run_one(g, &repo, engine_source, &opts)
         })();

@@ -24,33 +24,6 @@ fn parse_max_unused(s: &str) -> Result<MaxUnused, String> {
     Ok(MaxUnused::Percent(p))
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => {
-            let mult: u64 = match s[i..]
-                .to_ascii_lowercase()
-                .trim_end_matches("ib")
-                .trim_end_matches('b')
-            {
-                "" => 1,
-                "k" => 1 << 10,
-                "m" => 1 << 20,
-                "g" => 1 << 30,
-                "t" => 1 << 40,
-                _ => return Err(format!("invalid size {s:?}")),
-            };
-            (&s[..i], mult)
-        }
-        None => (s, 1),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}"))?;
-    Ok(n * mult)
-}
-
 fn parse_duration_secs(s: &str) -> Result<i64, String> {
     let d: jiff::SignedDuration = s
         .parse::<jiff::Span>()
@@ -68,7 +41,7 @@ pub(crate) struct PruneArgs {
     #[arg(long, default_value = "5%", value_parser = parse_max_unused)]
     max_unused: MaxUnused,
     /// Repack at most this much per run (e.g. 2G).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = crate::args::parse_size)]
     max_repack_size: Option<u64>,
     /// Delete unneeded packs now instead of marking them (only when no backup can be running).
     #[arg(long)]

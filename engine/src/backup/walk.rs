@@ -21,7 +21,15 @@ pub struct Excludes {
 impl Excludes {
     /// Compiles patterns.
     pub fn new(patterns: &[String]) -> Result<Self, String> {
-        let mut out = Self::default();
+        Self::default().with(patterns, false)
+    }
+
+    /// Adds patterns that match regardless of case (`--iexclude`).
+    pub fn case_insensitive(self, patterns: &[String]) -> Result<Self, String> {
+        self.with(patterns, true)
+    }
+
+    fn with(mut self, patterns: &[String], case_insensitive: bool) -> Result<Self, String> {
         for raw in patterns {
             let raw = raw.trim();
             if raw.is_empty() || raw.starts_with('#') {
@@ -37,16 +45,17 @@ impl Excludes {
             };
             let glob = GlobBuilder::new(&pat)
                 .literal_separator(true)
+                .case_insensitive(case_insensitive)
                 .build()
                 .map_err(|e| format!("invalid exclude pattern {raw:?}: {e}"))?
                 .compile_matcher();
             if by_path {
-                out.path.push((glob, dir_only));
+                self.path.push((glob, dir_only));
             } else {
-                out.name.push((glob, dir_only));
+                self.name.push((glob, dir_only));
             }
         }
-        Ok(out)
+        Ok(self)
     }
 
     /// Whether `path` (absolute) should be skipped.
@@ -80,6 +89,29 @@ pub fn is_cache_dir(dir: &Path) -> bool {
 fn timestamp(secs: i64, nanos: i64) -> jiff::Timestamp {
     let nanos = i32::try_from(nanos).unwrap_or(0);
     jiff::Timestamp::new(secs, nanos).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// Whether a directory holds a file named `marker`, given as `NAME` or
+/// `NAME:HEADER` (restic's `--exclude-if-present`): with a header, the
+/// file must also start with those bytes.
+#[must_use]
+pub fn has_marker(dir: &Path, marker: &str) -> bool {
+    use std::io::Read;
+    let (name, header) = match marker.split_once(':') {
+        Some((name, header)) => (name, Some(header.as_bytes())),
+        None => (marker, None),
+    };
+    let path = dir.join(name);
+    let Some(header) = header else {
+        return std::fs::symlink_metadata(&path).is_ok();
+    };
+    let Ok(file) = std::fs::File::open(&path) else {
+        return false;
+    };
+    let mut start = Vec::with_capacity(header.len());
+    file.take(header.len() as u64)
+        .read_to_end(&mut start)
+        .is_ok_and(|_| start == header)
 }
 
 /// Caches uid/gid → name lookups.
@@ -185,16 +217,28 @@ fn read_xattrs(path: &Path) -> Vec<ExtendedAttribute> {
     out
 }
 
+/// Which metadata must match the parent snapshot's for a file to be reused
+/// without reading it. Size and mtime always count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeDetection {
+    /// Ignore the inode number: file systems that renumber on every mount
+    /// (FUSE, some network file systems) would otherwise re-read all files.
+    pub ignore_inode: bool,
+    /// Ignore the status change time (changed by chmod, chown, link count).
+    pub ignore_ctime: bool,
+}
+
 /// Whether a file can be reused from the parent snapshot without reading:
-/// same type, size, mtime, ctime and inode (as restic compares).
+/// same type, size, mtime, ctime and inode (as restic compares), minus what
+/// `detection` ignores.
 #[must_use]
-pub(crate) fn unchanged(old: &Node, new: &Node) -> bool {
+pub(crate) fn unchanged(old: &Node, new: &Node, detection: ChangeDetection) -> bool {
     old.kind == NodeKind::File
         && new.kind == NodeKind::File
         && old.size == new.size
         && old.mtime == new.mtime
-        && old.ctime == new.ctime
-        && old.inode == new.inode
+        && (detection.ignore_ctime || old.ctime == new.ctime)
+        && (detection.ignore_inode || old.inode == new.inode)
         && old.content.is_some()
 }
 
@@ -218,5 +262,56 @@ mod tests {
         assert!(!ex.is_excluded(Path::new("/other/srv/skip"), true));
         assert!(ex.is_excluded(Path::new("/q/a/b"), false));
         assert!(!ex.is_excluded(Path::new("/q/a/bc"), false));
+        assert!(!ex.is_excluded(Path::new("/x/y/Z.TMP"), false));
+    }
+
+    #[test]
+    fn case_insensitive_patterns_ignore_case_and_others_keep_it() {
+        let ex = Excludes::new(&["*.log".into()])
+            .unwrap()
+            .case_insensitive(&["*.jpg".into(), "photos/raw/".into()])
+            .unwrap();
+        assert!(ex.is_excluded(Path::new("/a/IMG_1.JPG"), false));
+        assert!(ex.is_excluded(Path::new("/a/Photos/RAW"), true));
+        assert!(ex.is_excluded(Path::new("/a/x.log"), false));
+        assert!(!ex.is_excluded(Path::new("/a/X.LOG"), false));
+    }
+
+    #[test]
+    fn markers_match_by_name_and_optional_header() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".nobackup"), b"").unwrap();
+        std::fs::write(dir.path().join("TAG"), b"Signature: yes\n").unwrap();
+        assert!(has_marker(dir.path(), ".nobackup"));
+        assert!(!has_marker(dir.path(), ".absent"));
+        assert!(has_marker(dir.path(), "TAG:Signature: yes"));
+        assert!(!has_marker(dir.path(), "TAG:Signature: no"));
+        assert!(!has_marker(dir.path(), ".nobackup:x"));
+    }
+
+    #[test]
+    fn change_detection_can_ignore_inode_and_ctime() {
+        let mut old = Node::new("f", NodeKind::File);
+        old.size = 3;
+        old.inode = 7;
+        old.content = Some(Vec::new());
+        let mut new = old.clone();
+        new.inode = 8;
+        new.ctime = jiff::Timestamp::from_second(5).unwrap();
+        let strict = ChangeDetection::default();
+        assert!(unchanged(&old, &old, strict));
+        assert!(!unchanged(&old, &new, strict));
+        let lax = ChangeDetection {
+            ignore_inode: true,
+            ignore_ctime: false,
+        };
+        assert!(!unchanged(&old, &new, lax));
+        let laxer = ChangeDetection {
+            ignore_inode: true,
+            ignore_ctime: true,
+        };
+        assert!(unchanged(&old, &new, laxer));
+        new.size = 4;
+        assert!(!unchanged(&old, &new, laxer));
     }
 }
