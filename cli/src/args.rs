@@ -43,6 +43,14 @@ pub(crate) struct GlobalArgs {
     /// Allow plain HTTP to a non-loopback S3 endpoint.
     #[arg(long, global = true)]
     pub(crate) allow_http: bool,
+    /// Where to keep local copies of an object store's snapshots and index
+    /// files [default: $XDG_CACHE_HOME/vault or ~/.cache/vault].
+    #[arg(long, env = "VAULT_CACHE_DIR", global = true)]
+    pub(crate) cache_dir: Option<PathBuf>,
+    /// Download snapshots and index files every time instead of keeping
+    /// local copies.
+    #[arg(long, global = true)]
+    pub(crate) no_cache: bool,
 }
 
 /// A byte size: a number with an optional binary unit (`k`, `m`, `g`, `t`,

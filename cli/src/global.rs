@@ -5,10 +5,12 @@ use crate::args::GlobalArgs;
 use crate::config::Config;
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use vault_engine::Repository;
 use vault_engine::backend::{self, Backend, S3Options};
+use vault_engine::cache::Cache;
 use vault_engine::crypto::Password;
 
 /// Sets a flag on SIGINT/SIGTERM so long operations stop cleanly (flushing
@@ -149,15 +151,52 @@ pub(crate) fn open_repository(global: &GlobalArgs) -> Result<Arc<Repository>> {
 
 /// Opens the repository; with `dry_run`, writes and deletes are discarded.
 pub(crate) fn open_repository_with(global: &GlobalArgs, dry_run: bool) -> Result<Arc<Repository>> {
+    open(global, dry_run, !dry_run)
+}
+
+/// Opens the repository without the local cache: for commands that must
+/// judge what the store itself holds (check, repair).
+pub(crate) fn open_repository_uncached(global: &GlobalArgs) -> Result<Arc<Repository>> {
+    open(global, false, false)
+}
+
+fn open(global: &GlobalArgs, dry_run: bool, cached: bool) -> Result<Arc<Repository>> {
     let url = repo_url(global)?;
     let mut backend = open_backend(global, &url)?;
     if dry_run {
         backend = Arc::new(backend::DryRun(backend));
     }
     let password = password(global, false)?;
-    let repo = Repository::open(backend, &password)
+    let mut repo = Repository::open(backend, &password)
         .with_context(|| format!("opening repository {url}"))?;
+    // A local repository is its own cache.
+    if cached
+        && !global.no_cache
+        && !repo.backend().is_local()
+        && let Some(base) = cache_base(global)
+    {
+        match Cache::open(&base, &repo.config().id) {
+            Ok(cache) => repo.set_cache(cache),
+            Err(e) => tracing::warn!(
+                "cache {} cannot be used ({e}); going on without it",
+                base.display()
+            ),
+        }
+    }
     Ok(Arc::new(repo))
+}
+
+/// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/vault`, else
+/// `~/.cache/vault`.
+fn cache_base(global: &GlobalArgs) -> Option<PathBuf> {
+    if let Some(dir) = &global.cache_dir {
+        return Some(dir.clone());
+    }
+    let xdg = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let home = || std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"));
+    Some(xdg.or_else(home)?.join("vault"))
 }
 
 pub(crate) fn hostname() -> String {

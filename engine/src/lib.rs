@@ -18,6 +18,7 @@ pub mod backend;
 pub mod backup;
 pub mod blob;
 pub mod buffer;
+pub mod cache;
 pub mod check;
 pub mod chunker;
 pub mod compress;

@@ -110,6 +110,8 @@ pub struct Repository {
     key: MasterKey,
     key_id: KeyId,
     config: Config,
+    /// Local copies of snapshots and index files ([`Repository::set_cache`]).
+    cache: Option<crate::cache::Cache>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -220,6 +222,7 @@ impl Repository {
             key,
             key_id,
             config,
+            cache: None,
         })
     }
 
@@ -317,6 +320,7 @@ impl Repository {
             key,
             key_id,
             config,
+            cache: None,
         })
     }
 
@@ -332,6 +336,13 @@ impl Repository {
         } else {
             4
         }
+    }
+
+    /// Keeps snapshots and index files in `cache` from now on, and reads
+    /// them from there (see [`crate::cache`]). Commands that must see the
+    /// store's bytes (check, repair) run without one.
+    pub fn set_cache(&mut self, cache: crate::cache::Cache) {
+        self.cache = Some(cache);
     }
 
     /// The storage backend.
@@ -369,19 +380,26 @@ impl Repository {
         let sealed = seal_object(&self.key, domain, body, Compression::Zstd(3));
         let hex = blake3::hash(&sealed).to_hex().to_string();
         let path = kind.path(&hex);
+        let sealed = Bytes::from(sealed);
         self.backend
-            .put(&path, sealed.into(), PutMode::Create)
+            .put(&path, sealed.clone(), PutMode::Create)
             .or_else(|e| match e {
                 // Content-addressed: the same name means the same bytes.
                 BackendError::AlreadyExists(_) => Ok(()),
                 e => Err(e),
             })
             .map_err(|e| Error::backend(&path, e))?;
+        if let Some(cache) = &self.cache {
+            cache.write(kind, &hex, &sealed);
+        }
         Ok(hex)
     }
 
     fn load_sealed(&self, kind: FileKind, domain: Domain, hex: &str) -> Result<Vec<u8>> {
         let path = kind.path(hex);
+        if let Some(sealed) = self.cache.as_ref().and_then(|c| c.read(kind, hex)) {
+            return open_object(&self.key, domain, &path, &sealed);
+        }
         let sealed = self
             .backend
             .get(&path)
@@ -389,7 +407,24 @@ impl Repository {
         if blake3::hash(&sealed).to_hex().as_str() != hex {
             return Err(Error::corrupt(&path, "content does not match its name"));
         }
-        open_object(&self.key, domain, &path, &sealed)
+        let body = open_object(&self.key, domain, &path, &sealed)?;
+        // Cached only once it opened: a copy is always one that worked.
+        if let Some(cache) = &self.cache {
+            cache.write(kind, hex, &sealed);
+        }
+        Ok(body)
+    }
+
+    /// Drops cached copies of `kind` that `listed` (the store's listing)
+    /// no longer holds.
+    fn prune_cache(&self, kind: FileKind, listed: &[ObjectInfo]) {
+        if let Some(cache) = &self.cache {
+            let names: HashSet<String> = listed
+                .iter()
+                .filter_map(|o| o.path.rsplit('/').next().map(str::to_owned))
+                .collect();
+            cache.retain(kind, &names);
+        }
     }
 
     /// Seals a lock document (§11.2).
@@ -436,8 +471,9 @@ impl Repository {
 
     /// Ids of every stored index file.
     pub fn index_ids(&self) -> Result<Vec<IndexId>> {
-        Ok(self
-            .list(FileKind::Index)?
+        let listed = self.list(FileKind::Index)?;
+        self.prune_cache(FileKind::Index, &listed);
+        Ok(listed
             .iter()
             .filter_map(|o| canonical_id(&o.path))
             .collect())
@@ -520,8 +556,9 @@ impl Repository {
 
     /// Every snapshot, oldest first.
     pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
-        let ids: Vec<SnapshotId> = self
-            .list(FileKind::Snapshot)?
+        let listed = self.list(FileKind::Snapshot)?;
+        self.prune_cache(FileKind::Snapshot, &listed);
+        let ids: Vec<SnapshotId> = listed
             .iter()
             .filter_map(|info| canonical_id(&info.path))
             .collect();
@@ -542,6 +579,9 @@ impl Repository {
     /// Removes a snapshot (forget).
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
         let path = FileKind::Snapshot.path(&id.to_hex());
+        if let Some(cache) = &self.cache {
+            cache.remove(FileKind::Snapshot, &id.to_hex());
+        }
         self.backend
             .delete(&path)
             .map_err(|e| Error::backend(path, e))

@@ -581,6 +581,87 @@ fn rebackup_and_restore_read_trees_a_pack_at_a_time() {
     assert_restores_identically(&env, &src, "restore-again", None);
 }
 
+/// Snapshots and index files are kept in a local cache: listing snapshots
+/// again downloads none of them, a forgotten snapshot leaves the cache, a
+/// damaged copy is fetched again, and check reads the store, not the cache.
+#[test]
+fn snapshots_and_index_files_are_downloaded_once() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::on(Backend::S3);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for n in 0..4 {
+        std::fs::write(src.join("f"), format!("version {n}")).unwrap();
+        assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    }
+    let gets = |args: &[&str]| {
+        assert_success(&env.vault(args));
+        let stats = env.json(&["stats"]);
+        let last = &stats["last_operation"];
+        assert_eq!(last["command"], args[0], "{last}");
+        last["requests"]["get"].as_u64().unwrap()
+    };
+    // Opening reads the config and a key file; with --no-cache each of the
+    // 4 snapshots is a GET too.
+    let uncached = gets(&["snapshots", "--no-cache"]);
+    let cached = gets(&["snapshots"]);
+    assert!(
+        uncached >= cached + 4,
+        "{uncached} GETs uncached, {cached} cached"
+    );
+    let cache = env.path("cache/vault");
+    assert!(cache.join("CACHEDIR.TAG").exists());
+    let repo_dir = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("a directory for the repository");
+    let cached_snapshots = || {
+        std::fs::read_dir(repo_dir.join("snapshots"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(cached_snapshots(), 4);
+    assert!(std::fs::read_dir(repo_dir.join("index")).unwrap().count() >= 4);
+    // A damaged copy is not used: it is fetched again (and the listing is
+    // still right).
+    let victim = std::fs::read_dir(repo_dir.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::write(&victim, b"garbage").unwrap();
+    assert_eq!(env.snapshots().len(), 4);
+    assert_ne!(std::fs::read(&victim).unwrap(), b"garbage");
+    // Forgetting drops the copy.
+    assert_success(&env.vault(&["forget", "--keep-last", "1"]));
+    assert_eq!(env.snapshots().len(), 1);
+    assert_eq!(cached_snapshots(), 1);
+    // check judges the store: a snapshot damaged there is found although the
+    // cache holds an intact copy.
+    let (key, _) = env
+        .objects()
+        .into_iter()
+        .find(|(k, _)| k.starts_with("snapshots/"))
+        .unwrap();
+    env.store()
+        .put(
+            &key,
+            b"damaged".to_vec().into(),
+            vault_engine::backend::PutMode::Overwrite,
+        )
+        .unwrap();
+    let check = env.vault(&["check"]);
+    assert!(
+        !check.status.success(),
+        "check passed over a damaged snapshot"
+    );
+}
+
 /// `--upload-concurrency N` bounds the pack uploads in progress at once.
 #[test]
 fn upload_concurrency_bounds_parallel_uploads() {

@@ -315,6 +315,9 @@ impl Env {
             .env_remove("VAULT_PASSWORD_COMMAND")
             // Local state (request counts, status) stays with the test.
             .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            // So is the cache of snapshots and index files.
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .env_remove("VAULT_CACHE_DIR")
             .stdin(Stdio::null());
         if let Some(server) = &self.server {
             server.apply(&mut cmd);

@@ -22,7 +22,7 @@ pub(crate) struct CheckArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
-    let repo = global::open_repository(g)?;
+    let repo = global::open_repository_uncached(g)?;
     let verify = match (args.verify, args.verify_subset) {
         (_, Some(subset)) => Some(subset),
         (true, None) => Some(VerifySubset::All),

@@ -10,7 +10,7 @@ use vault_engine::repair;
 pub(crate) struct RepairIndexArgs {}
 
 pub(crate) fn run(g: &GlobalArgs, _args: &RepairIndexArgs) -> Result<ExitCode> {
-    let repo = global::open_repository(g)?;
+    let repo = global::open_repository_uncached(g)?;
     let _lock = vault_engine::lock::lock_exclusive(
         &repo,
         "repair index",

@@ -21,7 +21,7 @@ pub(crate) struct RepairSnapshotsArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &RepairSnapshotsArgs) -> Result<ExitCode> {
-    let repo = global::open_repository(g)?;
+    let repo = global::open_repository_uncached(g)?;
     let _lock = vault_engine::lock::lock_exclusive(
         &repo,
         "repair snapshots",

@@ -1,0 +1,295 @@
+//! A local copy of a repository's snapshots and index files.
+//!
+//! Without it every command against an object store downloads every
+//! snapshot and index file again: a GET each, paid for per request and, on
+//! some providers, per byte. Both kinds are write-once and named by the
+//! BLAKE3 of their stored bytes (repo-format.md §2), so a cached copy never
+//! goes stale: it is either the object or, if damaged or tampered with, not
+//! (its hash no longer matches its name, and it is fetched again). Reads stay
+//! driven by the store's listing, so an object deleted in the store is never
+//! resurrected from here; the listing also tells which copies to drop.
+//!
+//! Files are the sealed objects as stored: the cache reveals nothing the
+//! store does not. The cache is an optimisation only: when it cannot be
+//! written (full disk, permissions) it turns itself off and the command goes
+//! on without it.
+
+use crate::repository::FileKind;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// CACHEDIR.TAG (bford.info/cachedir): backup tools, vault's own
+/// `--exclude-caches` among them, skip the directory.
+const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by vault.\n\
+# For information about cache directory tags see https://bford.info/cachedir/\n";
+
+/// The object kinds kept here.
+const KINDS: [FileKind; 2] = [FileKind::Snapshot, FileKind::Index];
+
+/// One repository's cache directory.
+#[derive(Debug)]
+pub struct Cache {
+    dir: PathBuf,
+    off: AtomicBool,
+}
+
+impl Cache {
+    /// Opens, creating it if needed, the cache of the repository with id
+    /// `repo_id` (its config's `id`) under `base`: `base/<repo_id>/`.
+    pub fn open(base: &Path, repo_id: &str) -> std::io::Result<Self> {
+        if repo_id.len() != 64 || !repo_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "repository id is not 64 hex digits",
+            ));
+        }
+        create_private_dir(base)?;
+        let tag = base.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            write_atomically(&tag, CACHEDIR_TAG)?;
+        }
+        let dir = base.join(repo_id);
+        create_private_dir(&dir)?;
+        for kind in KINDS {
+            create_private_dir(&dir.join(kind.prefix().trim_end_matches('/')))?;
+        }
+        Ok(Self {
+            dir,
+            off: AtomicBool::new(false),
+        })
+    }
+
+    /// The directory holding this repository's copies.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether objects of `kind` are kept here.
+    pub(crate) fn keeps(kind: FileKind) -> bool {
+        KINDS.contains(&kind)
+    }
+
+    fn file(&self, kind: FileKind, hex: &str) -> Option<PathBuf> {
+        // Only canonical ids become file names: nothing read from the store
+        // can name a path outside the cache.
+        let canonical =
+            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        (Self::keeps(kind) && canonical && !self.off.load(Ordering::Relaxed))
+            .then(|| self.dir.join(kind.path(hex)))
+    }
+
+    /// The cached object `kind/hex`, if present and intact.
+    pub(crate) fn read(&self, kind: FileKind, hex: &str) -> Option<Vec<u8>> {
+        let path = self.file(kind, hex)?;
+        let bytes = std::fs::read(&path).ok()?;
+        if blake3::hash(&bytes).to_hex().as_str() == hex {
+            Some(bytes)
+        } else {
+            tracing::warn!("cache: {} is damaged; fetching it again", path.display());
+            let _ = std::fs::remove_file(&path);
+            None
+        }
+    }
+
+    /// Keeps a copy of `kind/hex` (already verified against its name).
+    pub(crate) fn write(&self, kind: FileKind, hex: &str, bytes: &[u8]) {
+        let Some(path) = self.file(kind, hex) else {
+            return;
+        };
+        if let Err(e) = write_atomically(&path, bytes) {
+            self.turn_off(&e);
+        }
+    }
+
+    /// Drops the copy of `kind/hex`.
+    pub(crate) fn remove(&self, kind: FileKind, hex: &str) {
+        if let Some(path) = self.file(kind, hex) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// Drops every copy of `kind` whose id the store no longer lists.
+    pub(crate) fn retain(&self, kind: FileKind, listed: &HashSet<String>) {
+        let Some(dir) = self
+            .file(kind, &"0".repeat(64))
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            // Another process's write in progress.
+            if name.starts_with(".tmp-") {
+                continue;
+            }
+            if !listed.contains(name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    fn turn_off(&self, e: &std::io::Error) {
+        if !self.off.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "cache {} cannot be written ({e}); going on without it",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes through a temporary name and renames, so a reader (another vault
+/// process) sees the whole file or none; a crash leaves at most a temporary
+/// file, which no id ever names.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPO: &str = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
+
+    fn named(bytes: &[u8]) -> String {
+        blake3::hash(bytes).to_hex().to_string()
+    }
+
+    #[test]
+    fn copies_come_back_only_while_intact() {
+        let base = tempfile::tempdir().unwrap();
+        let cache = Cache::open(base.path(), REPO).unwrap();
+        let bytes = b"sealed snapshot".to_vec();
+        let hex = named(&bytes);
+        assert_eq!(cache.read(FileKind::Snapshot, &hex), None);
+        cache.write(FileKind::Snapshot, &hex, &bytes);
+        assert_eq!(cache.read(FileKind::Snapshot, &hex), Some(bytes.clone()));
+        // Another kind, same name: a different file.
+        assert_eq!(cache.read(FileKind::Index, &hex), None);
+        let file = cache.dir().join("snapshots").join(&hex);
+        std::fs::write(&file, b"tampered").unwrap();
+        assert_eq!(cache.read(FileKind::Snapshot, &hex), None);
+        assert!(!file.exists(), "a damaged copy is dropped");
+        assert!(base.path().join("CACHEDIR.TAG").exists());
+    }
+
+    #[test]
+    fn only_canonical_names_of_kept_kinds_become_files() {
+        let base = tempfile::tempdir().unwrap();
+        let cache = Cache::open(base.path(), REPO).unwrap();
+        cache.write(FileKind::Snapshot, "../../escape", b"x");
+        cache.write(FileKind::Pack, &named(b"p"), b"p");
+        cache.write(FileKind::Snapshot, &named(b"s").to_uppercase(), b"s");
+        let mut files = Vec::new();
+        for entry in walk(base.path()) {
+            files.push(entry);
+        }
+        assert_eq!(files, vec![base.path().join("CACHEDIR.TAG")]);
+        assert!(Cache::open(base.path(), "../x").is_err());
+    }
+
+    #[test]
+    fn retain_drops_what_the_store_no_longer_lists() {
+        let base = tempfile::tempdir().unwrap();
+        let cache = Cache::open(base.path(), REPO).unwrap();
+        let (a, b) = (named(b"a"), named(b"b"));
+        cache.write(FileKind::Index, &a, b"a");
+        cache.write(FileKind::Index, &b, b"b");
+        cache.retain(FileKind::Index, &HashSet::from([a.clone()]));
+        assert!(cache.read(FileKind::Index, &a).is_some());
+        assert!(cache.read(FileKind::Index, &b).is_none());
+    }
+
+    #[test]
+    fn an_unwritable_cache_turns_itself_off() {
+        let base = tempfile::tempdir().unwrap();
+        let cache = Cache::open(base.path(), REPO).unwrap();
+        std::fs::remove_dir_all(cache.dir().join("index")).unwrap();
+        std::fs::write(cache.dir().join("index"), b"not a directory").unwrap();
+        let hex = named(b"i");
+        cache.write(FileKind::Index, &hex, b"i");
+        assert!(cache.off.load(Ordering::Relaxed));
+        assert_eq!(cache.read(FileKind::Index, &hex), None);
+    }
+
+    #[test]
+    fn a_cached_repository_reads_snapshots_and_index_files_from_the_store_once() {
+        use crate::backup::{self, BackupOptions, BackupProgress, Source};
+        use crate::repository::{InitOptions, Repository};
+        use crate::test_support::{memory_repo, password};
+        let (backend, repo) = memory_repo(InitOptions::default());
+        let source = Source::Stream {
+            filename: "dump.sql".into(),
+            reader: Box::new(std::io::Cursor::new(vec![5u8; 10_000])),
+        };
+        let options = BackupOptions {
+            hostname: "h".into(),
+            ..BackupOptions::default()
+        };
+        backup::backup(&repo, source, &options, &BackupProgress::default()).unwrap();
+        let base = tempfile::tempdir().unwrap();
+        let open = || {
+            let mut repo = Repository::open(backend.clone(), &password()).unwrap();
+            let cache = Cache::open(base.path(), &repo.config().id).unwrap();
+            repo.set_cache(cache);
+            repo
+        };
+        let gets = || backend.requests().unwrap().get;
+        let first = open();
+        let before = gets();
+        let (id, snap) = first.snapshots().unwrap().pop().unwrap();
+        let index = first.load_index().unwrap();
+        assert!(gets() >= before + 2);
+        let second = open();
+        let before = gets();
+        let (id2, snap2) = second.snapshots().unwrap().pop().unwrap();
+        let index2 = second.load_index().unwrap();
+        assert_eq!(gets(), before, "everything came from the cache");
+        assert_eq!((id, snap.tree), (id2, snap2.tree));
+        assert_eq!(index.len(), index2.len());
+        // A snapshot deleted in the store (forget from another machine) is
+        // not served from the cache, and its copy goes.
+        backend
+            .delete(&FileKind::Snapshot.path(&id.to_hex()))
+            .unwrap();
+        assert!(second.snapshots().unwrap().is_empty());
+        let copy = Path::new(&second.config().id).join(FileKind::Snapshot.path(&id.to_hex()));
+        assert!(!base.path().join(copy).exists());
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+}
