@@ -51,6 +51,14 @@ pub(crate) struct GlobalArgs {
     /// local copies.
     #[arg(long, global = true)]
     pub(crate) no_cache: bool,
+    /// Upload at most this many KiB/s (averaged over each object).
+    #[arg(long, value_name = "KIB_PER_SEC", env = "VAULT_LIMIT_UPLOAD", global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) limit_upload: Option<u64>,
+    /// Download at most this many KiB/s (averaged over each object).
+    #[arg(long, value_name = "KIB_PER_SEC", env = "VAULT_LIMIT_DOWNLOAD", global = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) limit_download: Option<u64>,
 }
 
 /// A byte size: a number with an optional binary unit (`k`, `m`, `g`, `t`,

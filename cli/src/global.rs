@@ -82,10 +82,18 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
             options.secret_access_key = Some(first_line(f, "secret access key file")?);
         }
     }
-    let backend: Arc<dyn Backend> = backend::open_url(url, &options)
+    let mut backend: Arc<dyn Backend> = backend::open_url(url, &options)
         .with_context(|| format!("opening storage at {url}"))?
         .into();
     crate::requests::track(&backend);
+    if global.limit_upload.is_some() || global.limit_download.is_some() {
+        let kib = |limit: Option<u64>| limit.map(|k| k.saturating_mul(1024));
+        backend = Arc::new(backend::RateLimited::new(
+            backend,
+            kib(global.limit_upload),
+            kib(global.limit_download),
+        ));
+    }
     Ok(backend)
 }
 

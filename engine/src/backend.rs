@@ -8,10 +8,12 @@
 //! writes on some stores; the engine never relies on a fresh listing for
 //! correctness, only for discovery.
 
+mod limit;
 mod local;
 mod object;
 mod object_lock;
 
+pub use limit::RateLimited;
 pub use local::LocalBackend;
 pub use object::{ObjectBackend, S3Options};
 

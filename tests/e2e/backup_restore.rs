@@ -589,6 +589,43 @@ fn ignore_inode_reuses_files_whose_inode_alone_changed() {
     assert_eq!(lax["files_unmodified"], 1, "{lax}");
 }
 
+/// `--limit-upload` and `--limit-download` hold transfers to their rates.
+/// Only lower bounds are asserted: a slow machine adds time, never removes it.
+#[test]
+fn bandwidth_limits_hold_backup_and_restore_to_their_rates() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // Incompressible, so at least this much is stored and read back.
+    std::fs::write(src.join("data"), pseudo_random(1 << 20, 4)).unwrap();
+    let started = std::time::Instant::now();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--limit-upload", "256"]));
+    let upload = started.elapsed();
+    assert!(
+        upload.as_secs_f64() >= 3.5,
+        "1 MiB at 256 KiB/s took {upload:?}"
+    );
+    let target = env.path("r");
+    let started = std::time::Instant::now();
+    assert_success(&env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--limit-download",
+        "512",
+    ]));
+    let download = started.elapsed();
+    assert!(
+        download.as_secs_f64() >= 1.8,
+        "1 MiB at 512 KiB/s took {download:?}"
+    );
+    let restored = restored_root(&target, &src).join("data");
+    assert_eq!(std::fs::read(restored).unwrap(), pseudo_random(1 << 20, 4));
+    let zero = env.vault(&["snapshots", "--limit-upload", "0"]);
+    assert!(!zero.status.success());
+}
+
 backend_test!(files_from_lists_the_paths_to_back_up);
 fn files_from_lists_the_paths_to_back_up(backend: Backend) {
     let env = Env::on(backend);

@@ -1,0 +1,200 @@
+//! Bandwidth limits (`--limit-upload`, `--limit-download`): a backup from a
+//! database server must not fill the uplink its users need.
+//!
+//! Transfers are scheduled one after another on a shared timeline: an
+//! object of `n` bytes books `n / rate` seconds after every booking before
+//! it, may start when its slot starts, and returns no earlier than its slot
+//! ends. However many threads upload or download, the bytes moved by any
+//! point in time never exceed `rate × elapsed` plus the object in progress.
+//! Within one object the store's client sends at full speed: the limit holds
+//! on average over each object (packs are 16 MiB unless the repository was
+//! made with another `--pack-size-mib`), not per packet.
+
+use super::{Backend, BackendError, ObjectInfo, ObjectLock, PutMode, RequestCounts};
+use bytes::Bytes;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One direction's schedule.
+#[derive(Debug)]
+struct Schedule {
+    bytes_per_sec: u64,
+    /// When the last booked slot ends.
+    booked_until: Mutex<Option<Instant>>,
+}
+
+impl Schedule {
+    fn new(bytes_per_sec: u64) -> Self {
+        Self {
+            bytes_per_sec: bytes_per_sec.max(1),
+            booked_until: Mutex::new(None),
+        }
+    }
+
+    /// Books a slot for `bytes`, returning its start and end. A slot never
+    /// starts in the past: idle time is not saved up for a later burst.
+    fn book(&self, bytes: u64) -> (Instant, Instant) {
+        #[allow(clippy::cast_precision_loss)]
+        let length = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+        let mut booked = self
+            .booked_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let start = booked.map_or(now, |b| b.max(now));
+        let end = start + length;
+        *booked = Some(end);
+        (start, end)
+    }
+
+    /// Runs `transfer` of `bytes` within a booked slot.
+    fn run<T>(&self, bytes: u64, transfer: impl FnOnce() -> T) -> T {
+        let (start, end) = self.book(bytes);
+        sleep_until(start);
+        let out = transfer();
+        sleep_until(end);
+        out
+    }
+
+    /// Books and waits out a slot for `bytes` already moved (a download's
+    /// size is known only once it arrived).
+    fn account(&self, bytes: u64) {
+        let (_, end) = self.book(bytes);
+        sleep_until(end);
+    }
+}
+
+fn sleep_until(when: Instant) {
+    let now = Instant::now();
+    if when > now {
+        std::thread::sleep(when - now);
+    }
+}
+
+/// A backend whose transfers are held to the given rates.
+pub struct RateLimited {
+    inner: Arc<dyn Backend>,
+    upload: Option<Schedule>,
+    download: Option<Schedule>,
+}
+
+impl RateLimited {
+    /// Limits `inner` to `upload` and `download` bytes per second (`None`:
+    /// unlimited).
+    #[must_use]
+    pub fn new(inner: Arc<dyn Backend>, upload: Option<u64>, download: Option<u64>) -> Self {
+        Self {
+            inner,
+            upload: upload.map(Schedule::new),
+            download: download.map(Schedule::new),
+        }
+    }
+
+    fn downloaded(&self, got: Result<Bytes, BackendError>) -> Result<Bytes, BackendError> {
+        if let (Some(schedule), Ok(bytes)) = (&self.download, &got) {
+            schedule.account(bytes.len() as u64);
+        }
+        got
+    }
+}
+
+impl Backend for RateLimited {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
+        match &self.upload {
+            Some(schedule) => schedule.run(data.len() as u64, || self.inner.put(path, data, mode)),
+            None => self.inner.put(path, data, mode),
+        }
+    }
+    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
+        self.downloaded(self.inner.get(path))
+    }
+    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
+        self.downloaded(self.inner.get_range(path, offset, len))
+    }
+    fn head(&self, path: &str) -> Result<u64, BackendError> {
+        self.inner.head(path)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
+        self.inner.list(prefix)
+    }
+    fn delete(&self, path: &str) -> Result<(), BackendError> {
+        self.inner.delete(path)
+    }
+    fn has_atomic_create(&self) -> bool {
+        self.inner.has_atomic_create()
+    }
+    fn is_local(&self) -> bool {
+        self.inner.is_local()
+    }
+    fn requests(&self) -> Option<RequestCounts> {
+        self.inner.requests()
+    }
+    fn set_object_lock(&self, lock: ObjectLock, verify: bool) -> Result<(), BackendError> {
+        self.inner.set_object_lock(lock, verify)
+    }
+    fn extend_retention(&self, path: &str, until: jiff::Timestamp) -> Result<(), BackendError> {
+        self.inner.extend_retention(path, until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ObjectBackend;
+
+    #[test]
+    fn slots_follow_one_another_and_never_start_in_the_past() {
+        let schedule = Schedule::new(1000);
+        let (s1, e1) = schedule.book(500);
+        let (s2, e2) = schedule.book(1000);
+        assert_eq!(e1 - s1, Duration::from_millis(500));
+        assert_eq!(s2, e1);
+        assert_eq!(e2 - s2, Duration::from_secs(1));
+        std::thread::sleep(Duration::from_millis(1600));
+        let (s3, _) = schedule.book(1);
+        assert!(s3 >= Instant::now() - Duration::from_millis(50));
+    }
+
+    #[test]
+    fn transfers_from_several_threads_share_one_rate() {
+        // 4 threads x 2 objects of 25 kB at 200 kB/s: at least 1 s in all
+        // (a lower bound: a slow machine only adds time).
+        let inner: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
+        let limited = Arc::new(RateLimited::new(inner, Some(200_000), Some(200_000)));
+        let started = Instant::now();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let limited = &limited;
+                s.spawn(move || {
+                    for n in 0..2 {
+                        let data = Bytes::from(vec![t as u8; 25_000]);
+                        limited
+                            .put(&format!("o/{t}-{n}"), data, PutMode::Create)
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert!(
+            started.elapsed() >= Duration::from_millis(950),
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        for t in 0..4 {
+            assert_eq!(limited.get(&format!("o/{t}-0")).unwrap().len(), 25_000);
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            started.elapsed()
+        );
+        // Unlimited directions are left alone.
+        let inner: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
+        let uploads_only = RateLimited::new(inner, Some(1), None);
+        assert!(uploads_only.get("missing").unwrap_err().is_not_found());
+    }
+}
