@@ -1,6 +1,7 @@
 //! Subcommands: one file each, each with its own `Args` and `run`.
 
 mod backup;
+mod cache;
 mod cat;
 mod check;
 mod completion;
@@ -98,6 +99,8 @@ pub(crate) enum Command {
     Stats(stats::StatsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(completion::CompletionArgs),
+    /// List the local caches of object-store repositories; --cleanup removes unused ones.
+    Cache(cache::CacheArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +158,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Diff(a) => diff::run(g, &a),
         Command::Stats(a) => stats::run(g, &a),
         Command::Completion(a) => completion::run(&a),
+        Command::Cache(a) => cache::run(g, &a),
         Command::Wal(c) => wal::run(g, &c),
         Command::Repair(RepairCommand::Index(a)) => repair_index::run(g, &a),
         Command::Repair(RepairCommand::Snapshots(a)) => repair_snapshots::run(g, &a),

@@ -196,7 +196,7 @@ fn open(global: &GlobalArgs, dry_run: bool, cached: bool) -> Result<Arc<Reposito
 
 /// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/vault`, else
 /// `~/.cache/vault`.
-fn cache_base(global: &GlobalArgs) -> Option<PathBuf> {
+pub(crate) fn cache_base(global: &GlobalArgs) -> Option<PathBuf> {
     if let Some(dir) = &global.cache_dir {
         return Some(dir.clone());
     }

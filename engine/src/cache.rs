@@ -1,13 +1,16 @@
-//! A local copy of a repository's snapshots and index files.
+//! A local copy of a repository's snapshots, index files and tree packs.
 //!
 //! Without it every command against an object store downloads every
 //! snapshot and index file again: a GET each, paid for per request and, on
-//! some providers, per byte. Both kinds are write-once and named by the
+//! some providers, per byte; and every backup, `ls`, `find` or restore
+//! walks trees, whose packs (written apart from data) it downloads whole.
+//! All three are write-once and named by the
 //! BLAKE3 of their stored bytes (repo-format.md §2), so a cached copy never
 //! goes stale: it is either the object or, if damaged or tampered with, not
 //! (its hash no longer matches its name, and it is fetched again). Reads stay
-//! driven by the store's listing, so an object deleted in the store is never
-//! resurrected from here; the listing also tells which copies to drop.
+//! driven by the store's listing (for packs: the index, itself from a
+//! listing), so an object deleted in the store is never resurrected from
+//! here; the listing and the index also tell which copies to drop.
 //!
 //! Files are the sealed objects as stored: the cache reveals nothing the
 //! store does not. The cache is an optimisation only: when it cannot be
@@ -25,8 +28,17 @@ const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by vault.\n\
 # For information about cache directory tags see https://bford.info/cachedir/\n";
 
-/// The object kinds kept here.
-const KINDS: [FileKind; 2] = [FileKind::Snapshot, FileKind::Index];
+/// The object kinds kept here. Packs are only ever tree packs (the tree
+/// reader is their one writer), under `trees/<id>`.
+const KINDS: [FileKind; 3] = [FileKind::Snapshot, FileKind::Index, FileKind::Pack];
+
+/// The directory of `kind` inside a repository's cache.
+fn subdir(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::Pack => "trees",
+        other => other.prefix().trim_end_matches('/'),
+    }
+}
 
 /// One repository's cache directory.
 #[derive(Debug)]
@@ -52,8 +64,10 @@ impl Cache {
         }
         let dir = base.join(repo_id);
         create_private_dir(&dir)?;
+        // Its mtime says when it was last used (`vault cache --cleanup`).
+        let _ = filetime::set_file_mtime(&dir, filetime::FileTime::now());
         for kind in KINDS {
-            create_private_dir(&dir.join(kind.prefix().trim_end_matches('/')))?;
+            create_private_dir(&dir.join(subdir(kind)))?;
         }
         Ok(Self {
             dir,
@@ -78,7 +92,7 @@ impl Cache {
         let canonical =
             hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         (Self::keeps(kind) && canonical && !self.off.load(Ordering::Relaxed))
-            .then(|| self.dir.join(kind.path(hex)))
+            .then(|| self.dir.join(subdir(kind)).join(hex))
     }
 
     /// The cached object `kind/hex`, if present and intact.
@@ -113,13 +127,10 @@ impl Cache {
 
     /// Drops every copy of `kind` whose id the store no longer lists.
     pub(crate) fn retain(&self, kind: FileKind, listed: &HashSet<String>) {
-        let Some(dir) = self
-            .file(kind, &"0".repeat(64))
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-        else {
+        if !Self::keeps(kind) || self.off.load(Ordering::Relaxed) {
             return;
-        };
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        }
+        let Ok(entries) = std::fs::read_dir(self.dir.join(subdir(kind))) else {
             return;
         };
         for entry in entries.flatten() {
@@ -145,6 +156,70 @@ impl Cache {
             );
         }
     }
+}
+
+/// One repository's cache directory, as `vault cache` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheDir {
+    /// The repository's id (its config's `id`).
+    pub repository_id: String,
+    /// The directory.
+    pub path: PathBuf,
+    /// Bytes of the files in it.
+    pub bytes: u64,
+    /// When a command last opened it.
+    pub last_used: Option<jiff::Timestamp>,
+}
+
+/// Every repository cache under `base`, least recently used first.
+pub fn list(base: &Path) -> std::io::Result<Vec<CacheDir>> {
+    let entries = match std::fs::read_dir(base) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let meta = entry.metadata()?;
+        if !meta.is_dir() || name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let last_used = meta
+            .modified()
+            .ok()
+            .and_then(|t| jiff::Timestamp::try_from(t).ok());
+        out.push(CacheDir {
+            repository_id: name,
+            bytes: size_of_tree(&entry.path()),
+            path: entry.path(),
+            last_used,
+        });
+    }
+    out.sort_by_key(|d| d.last_used);
+    Ok(out)
+}
+
+/// Removes a repository's cache directory.
+pub fn remove(dir: &CacheDir) -> std::io::Result<()> {
+    std::fs::remove_dir_all(&dir.path)
+}
+
+fn size_of_tree(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => size_of_tree(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -201,7 +276,7 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let cache = Cache::open(base.path(), REPO).unwrap();
         cache.write(FileKind::Snapshot, "../../escape", b"x");
-        cache.write(FileKind::Pack, &named(b"p"), b"p");
+        cache.write(FileKind::Key, &named(b"k"), b"k");
         cache.write(FileKind::Snapshot, &named(b"s").to_uppercase(), b"s");
         let mut files = Vec::new();
         for entry in walk(base.path()) {
@@ -209,6 +284,27 @@ mod tests {
         }
         assert_eq!(files, vec![base.path().join("CACHEDIR.TAG")]);
         assert!(Cache::open(base.path(), "../x").is_err());
+    }
+
+    #[test]
+    fn listing_shows_each_repository_with_its_size_and_last_use() {
+        let base = tempfile::tempdir().unwrap();
+        let other = "cd".repeat(32);
+        let old = Cache::open(base.path(), &other).unwrap();
+        old.write(FileKind::Index, &named(b"12345"), b"12345");
+        let past = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+        filetime::set_file_mtime(old.dir(), past).unwrap();
+        let cache = Cache::open(base.path(), REPO).unwrap();
+        cache.write(FileKind::Snapshot, &named(b"abc"), b"abc");
+        std::fs::create_dir(base.path().join("not-a-repository")).unwrap();
+        let dirs = list(base.path()).unwrap();
+        let ids: Vec<&str> = dirs.iter().map(|d| d.repository_id.as_str()).collect();
+        assert_eq!(ids, [other.as_str(), REPO], "least recently used first");
+        assert_eq!((dirs[0].bytes, dirs[1].bytes), (5, 3));
+        assert_eq!(dirs[0].last_used.unwrap().as_second(), 1_000_000_000);
+        remove(&dirs[0]).unwrap();
+        assert_eq!(list(base.path()).unwrap().len(), 1);
+        assert!(list(&base.path().join("absent")).unwrap().is_empty());
     }
 
     #[test]
@@ -276,7 +372,7 @@ mod tests {
             .delete(&FileKind::Snapshot.path(&id.to_hex()))
             .unwrap();
         assert!(second.snapshots().unwrap().is_empty());
-        let copy = Path::new(&second.config().id).join(FileKind::Snapshot.path(&id.to_hex()));
+        let copy = Path::new(&second.config().id).join(format!("snapshots/{id}"));
         assert!(!base.path().join(copy).exists());
     }
 

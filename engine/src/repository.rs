@@ -345,6 +345,11 @@ impl Repository {
         self.cache = Some(cache);
     }
 
+    /// The local cache, if one is set.
+    pub(crate) fn cache(&self) -> Option<&crate::cache::Cache> {
+        self.cache.as_ref()
+    }
+
     /// The storage backend.
     #[must_use]
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -530,7 +535,13 @@ impl Repository {
                 builder.add_file(&file);
             }
         }
-        Ok(builder.finish())
+        let index = builder.finish();
+        // Cached tree packs the index no longer lists were pruned away.
+        if let Some(cache) = &self.cache {
+            let packs: HashSet<String> = index.packs().map(|(id, _)| id.to_hex()).collect();
+            cache.retain(FileKind::Pack, &packs);
+        }
+        Ok(index)
     }
 
     /// Stores a snapshot.

@@ -13,6 +13,10 @@
 //! tree by tree from then on, so a walk that jumps between many large
 //! packs never downloads a pack more than once. From a local disk a ranged
 //! read is cheap, and trees are read one by one as before.
+//!
+//! With the repository's local cache ([`crate::cache`]) tree packs are
+//! fetched whole, checked against their names and kept on disk, so walks
+//! in later commands read them from there.
 
 use crate::blob::{self, BlobKind};
 use crate::error::{Error, Result};
@@ -122,7 +126,12 @@ impl<'a> TreeReader<'a> {
                 while cache.bytes > CACHE_BUDGET && cache.order.len() > 1 {
                     let (old, old_len) = cache.order.pop_front().expect("not empty");
                     cache.spans.remove(&old);
-                    cache.dropped.insert(old);
+                    // With a disk cache a dropped pack is read from disk
+                    // again, whole; only without one would that download it
+                    // again.
+                    if self.repo.cache().is_none() {
+                        cache.dropped.insert(old);
+                    }
                     cache.bytes -= old_len;
                 }
                 let cell = Span::default();
@@ -131,6 +140,11 @@ impl<'a> TreeReader<'a> {
             }
         };
         cell.get_or_init(|| {
+            if self.repo.cache().is_some() {
+                let whole = self.whole_pack(pack)?;
+                let range = start as usize..end as usize;
+                return whole.get(range.clone()).map(|_| whole.slice(range));
+            }
             let path = FileKind::Pack.path(&pack.to_hex());
             self.repo
                 .backend()
@@ -138,5 +152,103 @@ impl<'a> TreeReader<'a> {
                 .ok()
         });
         Some(cell)
+    }
+
+    /// Tree pack `pack` whole, from the local cache or else from the store
+    /// (then kept in the cache): with a cache, the next walk of the same
+    /// trees (tomorrow's backup, an `ls`) downloads nothing. Fetched whole,
+    /// not just its span, so the copy can be checked against its name.
+    fn whole_pack(&self, pack: &PackId) -> Option<Bytes> {
+        let cache = self.repo.cache()?;
+        let hex = pack.to_hex();
+        if let Some(bytes) = cache.read(FileKind::Pack, &hex) {
+            return Some(Bytes::from(bytes));
+        }
+        let bytes = self.repo.backend().get(&FileKind::Pack.path(&hex)).ok()?;
+        // A pack that does not match its name is not cached; its trees are
+        // then read one by one, which names what is wrong.
+        if blake3::hash(&bytes).to_hex().as_str() != hex {
+            return None;
+        }
+        cache.write(FileKind::Pack, &hex, &bytes);
+        Some(bytes)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::backup::{self, BackupOptions, BackupProgress, Source};
+    use crate::cache::Cache;
+    use crate::repository::InitOptions;
+    use crate::test_support::{memory_repo, password};
+
+    /// Every file name under `tree`, read through `reader`.
+    fn walk(reader: &TreeReader<'_>, tree: &BlobId, out: &mut Vec<String>) {
+        for node in reader.read(tree).unwrap().nodes {
+            out.push(node.name.clone());
+            if let Some(sub) = node.subtree {
+                walk(reader, &sub, out);
+            }
+        }
+    }
+
+    #[test]
+    fn with_a_disk_cache_tree_packs_are_downloaded_once_and_checked() {
+        let (backend, repo) = memory_repo(InitOptions::default());
+        let src = tempfile::tempdir().unwrap();
+        for d in 0..20 {
+            let dir = src.path().join(format!("d{d}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("f"), format!("{d}")).unwrap();
+        }
+        let options = BackupOptions {
+            hostname: "h".into(),
+            ..BackupOptions::default()
+        };
+        let source = Source::Paths(vec![src.path().to_path_buf()]);
+        let root = backup::backup(&repo, source, &options, &BackupProgress::default())
+            .unwrap()
+            .snapshot
+            .tree;
+        let base = tempfile::tempdir().unwrap();
+        let open = || {
+            let mut repo = Repository::open(backend.clone(), &password()).unwrap();
+            repo.set_cache(Cache::open(base.path(), &repo.config().id).unwrap());
+            repo
+        };
+        let gets = || backend.requests().unwrap().get;
+        let names = |repo: &Repository| {
+            let index = repo.load_index().unwrap();
+            let mut out = Vec::new();
+            walk(&TreeReader::new(repo, &index), &root, &mut out);
+            out
+        };
+        let first = open();
+        let before = gets();
+        let expected = names(&first);
+        assert!(expected.len() > 40);
+        assert!(gets() > before);
+        let second = open();
+        let before = gets();
+        assert_eq!(names(&second), expected);
+        assert_eq!(gets(), before, "trees came from the cache");
+        // A damaged copy is not believed: the pack is fetched again.
+        let trees = base.path().join(&second.config().id).join("trees");
+        let copies: Vec<_> = std::fs::read_dir(&trees).unwrap().flatten().collect();
+        assert!(!copies.is_empty());
+        for copy in &copies {
+            std::fs::write(copy.path(), b"damaged").unwrap();
+        }
+        let third = open();
+        let before = gets();
+        assert_eq!(names(&third), expected);
+        assert!(gets() > before);
+        // A pack the index no longer lists (pruned) leaves the cache.
+        let stray = trees.join("ab".repeat(32));
+        std::fs::write(&stray, b"pruned pack").unwrap();
+        third.load_index().unwrap();
+        assert!(!stray.exists());
     }
 }

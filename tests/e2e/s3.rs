@@ -581,11 +581,11 @@ fn rebackup_and_restore_read_trees_a_pack_at_a_time() {
     assert_restores_identically(&env, &src, "restore-again", None);
 }
 
-/// Snapshots and index files are kept in a local cache: listing snapshots
-/// again downloads none of them, a forgotten snapshot leaves the cache, a
+/// Snapshots, index files and tree packs are kept in a local cache: listing
+/// snapshots or files again downloads none of them, a forgotten snapshot leaves the cache, a
 /// damaged copy is fetched again, and check reads the store, not the cache.
 #[test]
-fn snapshots_and_index_files_are_downloaded_once() {
+fn snapshots_index_files_and_trees_are_downloaded_once() {
     if !Backend::S3.available() {
         return;
     }
@@ -626,6 +626,16 @@ fn snapshots_and_index_files_are_downloaded_once() {
     };
     assert_eq!(cached_snapshots(), 4);
     assert!(std::fs::read_dir(repo_dir.join("index")).unwrap().count() >= 4);
+    // Tree packs too (`stats` above walked every snapshot's trees): listing
+    // files costs no more GETs than listing snapshots, just opening.
+    let ls = gets(&["ls", "latest"]);
+    assert_eq!(ls, cached, "ls: {ls} GETs, snapshots: {cached}");
+    let ls_uncached = gets(&["ls", "latest", "--no-cache"]);
+    assert!(
+        ls_uncached > ls + 4,
+        "ls without the cache: {ls_uncached} GETs"
+    );
+    assert!(std::fs::read_dir(repo_dir.join("trees")).unwrap().count() >= 1);
     // A damaged copy is not used: it is fetched again (and the listing is
     // still right).
     let victim = std::fs::read_dir(repo_dir.join("snapshots"))
@@ -660,6 +670,19 @@ fn snapshots_and_index_files_are_downloaded_once() {
         !check.status.success(),
         "check passed over a damaged snapshot"
     );
+    // `vault cache` lists the directory; --cleanup removes it once unused
+    // for --max-age days.
+    let listed = env.json(&["cache"]);
+    let caches = listed["caches"].as_array().unwrap();
+    assert_eq!(caches.len(), 1, "{listed}");
+    assert!(caches[0]["bytes"].as_u64().unwrap() > 0);
+    let kept = env.json(&["cache", "--cleanup"]);
+    assert!(kept["removed"].as_array().unwrap().is_empty(), "{kept}");
+    let long_ago = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+    filetime::set_file_mtime(&repo_dir, long_ago).unwrap();
+    let cleaned = env.json(&["cache", "--cleanup", "--max-age", "7"]);
+    assert_eq!(cleaned["removed"].as_array().unwrap().len(), 1, "{cleaned}");
+    assert!(!repo_dir.exists());
 }
 
 /// `--upload-concurrency N` bounds the pack uploads in progress at once.
