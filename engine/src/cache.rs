@@ -108,6 +108,25 @@ impl Cache {
         }
     }
 
+    /// Bytes `offset..offset + len` of the cached object `kind/hex`, not
+    /// checked against its name (that would hash the whole object for one
+    /// blob): the caller authenticates what it reads, and calls
+    /// [`Cache::remove`] if that fails.
+    pub(crate) fn read_range(
+        &self,
+        kind: FileKind,
+        hex: &str,
+        offset: u64,
+        len: u64,
+    ) -> Option<Vec<u8>> {
+        use std::io::{Read, Seek};
+        let mut file = std::fs::File::open(self.file(kind, hex)?).ok()?;
+        file.seek(std::io::SeekFrom::Start(offset)).ok()?;
+        let mut out = vec![0; usize::try_from(len).ok()?];
+        file.read_exact(&mut out).ok()?;
+        Some(out)
+    }
+
     /// Keeps a copy of `kind/hex` (already verified against its name).
     pub(crate) fn write(&self, kind: FileKind, hex: &str, bytes: &[u8]) {
         let Some(path) = self.file(kind, hex) else {

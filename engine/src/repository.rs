@@ -615,6 +615,20 @@ impl Repository {
         let loc = index.get(id).ok_or_else(|| Error::NotFound {
             object: format!("blob {id} (not in any index)"),
         })?;
+        // A tree in a tree pack the cache holds (a walk fetched it) is read
+        // from there: `mount`, path lookups and `dump` read trees one at a time.
+        if loc.kind == BlobKind::Tree
+            && let Some(cache) = &self.cache
+        {
+            let hex = loc.pack.to_hex();
+            let (offset, len) = (u64::from(loc.offset), u64::from(loc.length));
+            if let Some(stored) = cache.read_range(FileKind::Pack, &hex, offset, len) {
+                match blob::open(&self.key, loc.kind, id, loc.raw_len, &stored) {
+                    Ok(plain) => return Ok(plain),
+                    Err(_) => cache.remove(FileKind::Pack, &hex),
+                }
+            }
+        }
         let path = FileKind::Pack.path(&loc.pack.to_hex());
         let stored = self
             .backend

@@ -234,13 +234,27 @@ mod tests {
         let before = gets();
         assert_eq!(names(&second), expected);
         assert_eq!(gets(), before, "trees came from the cache");
+        // Single tree reads (mount, path lookups) use the cached packs too.
+        let index = second.load_index().unwrap();
+        let before = gets();
+        let tree = second.read_tree(&index, &root).unwrap();
+        assert_eq!(gets(), before, "a single tree read came from the cache");
         // A damaged copy is not believed: the pack is fetched again.
         let trees = base.path().join(&second.config().id).join("trees");
         let copies: Vec<_> = std::fs::read_dir(&trees).unwrap().flatten().collect();
         assert!(!copies.is_empty());
         for copy in &copies {
-            std::fs::write(copy.path(), b"damaged").unwrap();
+            let flipped: Vec<u8> = std::fs::read(copy.path())
+                .unwrap()
+                .iter()
+                .map(|b| !b)
+                .collect();
+            std::fs::write(copy.path(), flipped).unwrap();
         }
+        let before = gets();
+        assert_eq!(second.read_tree(&index, &root).unwrap(), tree);
+        assert!(gets() > before, "a damaged copy is read past");
+        assert!(copies.iter().any(|c| !c.path().exists()), "and dropped");
         let third = open();
         let before = gets();
         assert_eq!(names(&third), expected);
