@@ -46,6 +46,10 @@ pub(crate) struct RepositoryConfig {
     pub(crate) path_style: Option<bool>,
     #[serde(default)]
     pub(crate) allow_http: bool,
+    /// KiB/s, as `--limit-upload` (which wins when given).
+    pub(crate) limit_upload: Option<u64>,
+    /// KiB/s, as `--limit-download`.
+    pub(crate) limit_download: Option<u64>,
 }
 
 /// A retention count: a number, -1, or "unlimited".

@@ -86,12 +86,19 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
         .with_context(|| format!("opening storage at {url}"))?
         .into();
     crate::requests::track(&backend);
-    if global.limit_upload.is_some() || global.limit_download.is_some() {
-        let kib = |limit: Option<u64>| limit.map(|k| k.saturating_mul(1024));
+    let from_config = config(global)?.map(|c| &c.repository);
+    let upload = global
+        .limit_upload
+        .or_else(|| from_config.and_then(|r| r.limit_upload));
+    let download = global
+        .limit_download
+        .or_else(|| from_config.and_then(|r| r.limit_download));
+    if upload.is_some() || download.is_some() {
+        let bytes = |limit: Option<u64>| limit.map(|k| k.max(1).saturating_mul(1024));
         backend = Arc::new(backend::RateLimited::new(
             backend,
-            kib(global.limit_upload),
-            kib(global.limit_download),
+            bytes(upload),
+            bytes(download),
         ));
     }
     Ok(backend)

@@ -73,6 +73,32 @@ fn vault_with(env: &Env, config: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `limit_upload` under `[repository]` holds uploads to its rate, like
+/// `--limit-upload` (a lower bound only: a slow machine adds time).
+#[test]
+fn configured_upload_limit_holds_backups_to_its_rate() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(
+        src.join("data"),
+        crate::support::pseudo_random(512 * 1024, 8),
+    )
+    .unwrap();
+    let config = write_config(&env, "[repository]\nlimit_upload = 128\n");
+    let started = std::time::Instant::now();
+    assert_success(&vault_with(
+        &env,
+        &config,
+        &["backup", src.to_str().unwrap()],
+    ));
+    let took = started.elapsed();
+    assert!(
+        took.as_secs_f64() >= 3.5,
+        "512 KiB at 128 KiB/s took {took:?}"
+    );
+}
+
 fn json_with(env: &Env, config: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.push("--json");
