@@ -51,6 +51,12 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     /// Existing-file policy.
     pub overwrite: Overwrite,
+    /// Remove what the target holds but the snapshot does not, inside the
+    /// restored directories at or below these snapshot paths (give the
+    /// snapshot's `paths`: the directories above them are only the way
+    /// there, and stay untouched). Paths `excludes` matches are kept. Empty:
+    /// remove nothing.
+    pub delete_within: Vec<String>,
     /// Concurrent pack downloads.
     pub concurrency: usize,
     /// Stop flag.
@@ -79,6 +85,9 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     /// Content bytes already correct (if-changed).
     pub bytes_skipped: u64,
+    /// Files and directories removed because the snapshot does not hold
+    /// them (`delete_within`); a directory counts once.
+    pub deleted: u64,
     /// Metadata that could not be applied (e.g. ownership as non-root).
     pub warnings: Vec<String>,
 }
@@ -513,6 +522,11 @@ fn restore_on_pool(
     // more than the writes for trees of small files).
     sync_target(&options.target)?;
     phase("sync");
+    // Before the metadata: removing an entry changes its directory's mtime.
+    if !options.delete_within.is_empty() {
+        report.deleted = delete_extras(&items, options, &includes, &excludes)?;
+        phase("delete");
+    }
 
     // 4. Metadata: everything but directories (and files their pack worker
     // finished), then directories deepest first.
@@ -542,6 +556,58 @@ fn restore_on_pool(
     }
     phase("metadata");
     Ok(report)
+}
+
+/// Removes, from each restored directory at or below `delete_within` that
+/// the includes select whole, the entries the snapshot does not hold.
+fn delete_extras(
+    items: &[Item],
+    options: &RestoreOptions,
+    includes: &[globset::GlobMatcher],
+    excludes: &crate::backup::Excludes,
+) -> Result<u64> {
+    let mut expected: HashMap<&Path, std::collections::HashSet<&std::ffi::OsStr>> = HashMap::new();
+    for item in items {
+        if let (Some(parent), Some(name)) = (item.path.parent(), item.path.file_name()) {
+            expected.entry(parent).or_default().insert(name);
+        }
+    }
+    let mut deleted = 0;
+    for item in items.iter().filter(|i| i.node.kind == NodeKind::Dir) {
+        let Ok(rel) = item.path.strip_prefix(&options.target) else {
+            continue;
+        };
+        let in_snapshot = Path::new("/").join(rel);
+        let within = options
+            .delete_within
+            .iter()
+            .any(|root| in_snapshot.starts_with(root));
+        if !within || !matches_include(&in_snapshot, includes, &options.includes) {
+            continue;
+        }
+        let entries = fs::read_dir(&item.path)
+            .map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
+            let name = entry.file_name();
+            if expected
+                .get(item.path.as_path())
+                .is_some_and(|names| names.contains(name.as_os_str()))
+            {
+                continue;
+            }
+            let path = entry.path();
+            let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            if excludes.is_excluded(&in_snapshot.join(&name), is_dir) {
+                continue;
+            }
+            tracing::info!("deleting {}", path.display());
+            remove_existing(&path)?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
 }
 
 fn sync_target(target: &Path) -> Result<()> {

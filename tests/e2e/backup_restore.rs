@@ -626,6 +626,67 @@ fn bandwidth_limits_hold_backup_and_restore_to_their_rates() {
     assert!(!zero.status.success());
 }
 
+backend_test!(restore_delete_makes_the_target_what_the_snapshot_was);
+fn restore_delete_makes_the_target_what_the_snapshot_was(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("keep.txt"), b"keep").unwrap();
+    std::fs::write(src.join("sub/a"), b"a").unwrap();
+    std::fs::write(src.join("sub/b"), b"b").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("r");
+    let t = target.to_str().unwrap();
+    assert_success(&env.vault(&["restore", "latest", "--target", t]));
+    let root = restored_root(&target, &src);
+    // What ransomware or a bad deploy leaves behind.
+    std::fs::write(root.join("README-decrypt.txt"), b"pay").unwrap();
+    std::fs::write(root.join("sub/c"), b"c").unwrap();
+    std::fs::create_dir_all(root.join("new/deep")).unwrap();
+    std::fs::write(root.join("new/deep/f"), b"f").unwrap();
+    std::fs::write(root.join("sub/a"), b"encrypted").unwrap();
+    std::fs::write(root.join("app.log"), b"excluded, so kept").unwrap();
+    // Beside the backed-up directory, above it: not the snapshot's business.
+    let sibling = root.parent().unwrap().join("sibling");
+    std::fs::write(&sibling, b"not backed up").unwrap();
+    let refused = env.vault(&["restore", "latest", "--target", t, "--delete"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--overwrite"),
+        "{}",
+        stderr(&refused)
+    );
+    let restore_deleting = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "--target",
+            t,
+            "--overwrite",
+            "if-changed",
+        ];
+        args.push("--delete");
+        args.extend_from_slice(extra);
+        env.json(&args)
+    };
+    // --include limits where anything is deleted.
+    let sub = format!("{}/sub", src.display());
+    let out = restore_deleting(&["--include", &sub]);
+    assert_eq!(out["deleted"], 1, "{out}");
+    assert!(!root.join("sub/c").exists());
+    assert!(root.join("README-decrypt.txt").exists());
+    let out = restore_deleting(&["--exclude", "*.log"]);
+    assert_eq!(out["deleted"], 2, "{out}");
+    for gone in ["README-decrypt.txt", "new"] {
+        assert!(!root.join(gone).exists(), "{gone} survived");
+    }
+    assert_eq!(std::fs::read(root.join("sub/a")).unwrap(), b"a");
+    assert_eq!(std::fs::read(root.join("sub/b")).unwrap(), b"b");
+    assert_eq!(std::fs::read(root.join("keep.txt")).unwrap(), b"keep");
+    assert!(root.join("app.log").exists());
+    assert!(sibling.exists());
+}
+
 backend_test!(files_from_lists_the_paths_to_back_up);
 fn files_from_lists_the_paths_to_back_up(backend: Backend) {
     let env = Env::on(backend);

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use vault_engine::restore::{self, Overwrite, RestoreOptions, RestoreProgress};
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OverwriteArg {
     Never,
     Always,
@@ -49,6 +49,11 @@ pub(crate) struct RestoreArgs {
     /// Existing files: never (refuse), always, if-changed (verify and fix).
     #[arg(long, value_enum, default_value = "never", num_args = 0..=1, default_missing_value = "always")]
     overwrite: OverwriteArg,
+    /// Remove files and directories the snapshot does not hold from the
+    /// restored directories (inside the backed-up paths; excluded paths are
+    /// kept), so the target ends up as the snapshot was. Needs --overwrite.
+    #[arg(long)]
+    delete: bool,
     /// Concurrent pack downloads [default: one per core on a local disk, 4
     /// on an object store].
     #[arg(long)]
@@ -93,6 +98,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         return restore_database(g, &repo, &index, &snap, &id, source, database);
     }
     let target = args.target.clone().context("--target is required")?;
+    if args.delete && args.overwrite == OverwriteArg::Never {
+        bail!(
+            "--delete makes the target what the snapshot was: give --overwrite (always) or --overwrite if-changed too"
+        );
+    }
     let options = RestoreOptions {
         target: target.clone(),
         includes: args.includes.clone(),
@@ -101,6 +111,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             OverwriteArg::Never => Overwrite::Never,
             OverwriteArg::Always => Overwrite::Always,
             OverwriteArg::IfChanged => Overwrite::IfChanged,
+        },
+        delete_within: if args.delete {
+            snap.paths.clone()
+        } else {
+            Vec::new()
         },
         concurrency: args.concurrency.unwrap_or_else(|| repo.read_concurrency()),
         cancel,
@@ -130,7 +145,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         output::print_json(&v)?;
     } else if !g.quiet {
         println!(
-            "restored snapshot {} ({}) to {}: {} files, {} dirs, {} written{}",
+            "restored snapshot {} ({}) to {}: {} files, {} dirs, {} written{}{}",
             id.short(),
             output::local_time(&snap.time),
             target.display(),
@@ -139,6 +154,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             output::bytes(report.bytes_written),
             if report.bytes_skipped > 0 {
                 format!(", {} already correct", output::bytes(report.bytes_skipped))
+            } else {
+                String::new()
+            },
+            if args.delete {
+                format!(", {} deleted", report.deleted)
             } else {
                 String::new()
             }
