@@ -370,15 +370,21 @@ impl fmt::Display for GroupBy {
 
 impl GroupBy {
     fn key_for(self, snapshot: &SnapshotMeta) -> GroupKey {
+        self.key(&snapshot.hostname, &snapshot.paths, &snapshot.tags)
+    }
+
+    /// The group of a snapshot with these host, paths and tags.
+    #[must_use]
+    pub fn key(self, hostname: &str, paths: &[String], tags: &[String]) -> GroupKey {
         let sorted = |list: &[String]| {
             let mut list = list.to_vec();
             list.sort();
             list
         };
         GroupKey {
-            hostname: self.host.then(|| snapshot.hostname.clone()),
-            paths: self.paths.then(|| sorted(&snapshot.paths)),
-            tags: self.tags.then(|| sorted(&snapshot.tags)),
+            hostname: self.host.then(|| hostname.to_owned()),
+            paths: self.paths.then(|| sorted(paths)),
+            tags: self.tags.then(|| sorted(tags)),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The command line itself: shell completion scripts.
+//! The command line itself: shell completion scripts, listings.
 
 use crate::support::{Env, assert_success};
 
@@ -43,4 +43,40 @@ fn completion_scripts_cover_every_command_and_load_in_bash() {
         );
     }
     assert!(!env.vault(&["completion", "tcsh"]).status.success());
+}
+
+#[test]
+fn snapshots_group_by_lists_each_group_under_its_key() {
+    let env = Env::new();
+    for (dir, tag) in [("etc", "a"), ("srv", "a"), ("etc", "b")] {
+        let path = env.path(dir);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("f"), tag).unwrap();
+        let out = env.vault(&["backup", path.to_str().unwrap(), "--tag", tag]);
+        assert_success(&out);
+    }
+    let grouped = env.json(&["snapshots", "--group-by", "paths"]);
+    let groups = grouped.as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{grouped}");
+    let sizes: Vec<usize> = groups
+        .iter()
+        .map(|g| g["snapshots"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [2, 1]);
+    let etc = env.path("etc").to_str().unwrap().to_owned();
+    assert_eq!(groups[0]["group_key"]["paths"][0], etc.as_str());
+    assert!(groups[0]["group_key"].get("hostname").is_none());
+    let by_tags = env.json(&["snapshots", "--group-by", "tags,paths"]);
+    assert_eq!(by_tags.as_array().unwrap().len(), 3);
+    let text = env.vault(&["snapshots", "-g", "paths"]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains(&format!("snapshots for (path [{etc}]):")),
+        "{text}"
+    );
+    assert!(text.contains("3 snapshots"));
+    // Without grouping: one flat list, as before.
+    assert_eq!(env.snapshots().len(), 3);
+    let bad = env.vault(&["snapshots", "--group-by", "colour"]);
+    assert!(!bad.status.success());
 }

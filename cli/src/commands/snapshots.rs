@@ -5,6 +5,9 @@ use crate::args::GlobalArgs;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
+use vault_engine::id::SnapshotId;
+use vault_engine::retention::{GroupBy, GroupKey};
+use vault_engine::snapshot::Snapshot;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SnapshotsArgs {
@@ -13,7 +16,13 @@ pub(crate) struct SnapshotsArgs {
     /// Only the newest N snapshots per host and paths.
     #[arg(long)]
     latest: Option<usize>,
+    /// List snapshots in groups by any of host,paths,tags.
+    #[arg(short = 'g', long)]
+    group_by: Option<GroupBy>,
 }
+
+/// A group's key (none without --group-by) and its snapshots, oldest first.
+type Group<'a> = (Option<GroupKey>, Vec<&'a (SnapshotId, Snapshot)>);
 
 pub(crate) fn run(g: &GlobalArgs, args: &SnapshotsArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
@@ -39,25 +48,65 @@ pub(crate) fn run(g: &GlobalArgs, args: &SnapshotsArgs) -> Result<ExitCode> {
         let mut it = keep.into_iter();
         snaps.retain(|_| it.next().unwrap_or(false));
     }
+    let groups: Vec<Group<'_>> = match args.group_by {
+        None => vec![(None, snaps.iter().collect())],
+        Some(by) => {
+            let mut groups: Vec<Group<'_>> = Vec::new();
+            for entry in &snaps {
+                let key = by.key(&entry.1.hostname, &entry.1.paths, &entry.1.tags);
+                match groups.iter_mut().find(|(k, _)| k.as_ref() == Some(&key)) {
+                    Some((_, members)) => members.push(entry),
+                    None => groups.push((Some(key), vec![entry])),
+                }
+            }
+            groups
+        }
+    };
     if g.json {
-        let list: Vec<serde_json::Value> = snaps
-            .iter()
-            .map(|(id, s)| {
-                let mut v = serde_json::to_value(s).expect("snapshot serialises");
-                v["id"] = id.to_hex().into();
-                v["short_id"] = id.short().into();
-                v
-            })
-            .collect();
-        output::print_json(&list)?;
+        let as_json = |list: &[&(SnapshotId, Snapshot)]| -> Vec<serde_json::Value> {
+            list.iter()
+                .map(|(id, s)| {
+                    let mut v = serde_json::to_value(s).expect("snapshot serialises");
+                    v["id"] = id.to_hex().into();
+                    v["short_id"] = id.short().into();
+                    v
+                })
+                .collect()
+        };
+        if args.group_by.is_none() {
+            output::print_json(&as_json(&snaps.iter().collect::<Vec<_>>()))?;
+        } else {
+            // As restic prints grouped snapshots.
+            let list: Vec<serde_json::Value> = groups
+                .iter()
+                .map(|(key, members)| {
+                    serde_json::json!({ "group_key": key, "snapshots": as_json(members) })
+                })
+                .collect();
+            output::print_json(&list)?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
+    for (n, (key, members)) in groups.iter().enumerate() {
+        if let Some(key) = key {
+            if n > 0 {
+                println!();
+            }
+            println!("snapshots for ({key}):");
+        }
+        print_table(members);
+    }
+    println!("{} snapshots", snaps.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(snaps: &[&(SnapshotId, Snapshot)]) {
     println!(
         "{:<10} {:<19}  {:<16} {:<20} {:<40} {:>10}",
         "ID", "Time", "Host", "Tags", "Paths", "Size"
     );
     println!("{}", "-".repeat(120));
-    for (id, s) in &snaps {
+    for (id, s) in snaps {
         let paths = s.paths.join(", ");
         println!(
             "{:<10} {:<19}  {:<16} {:<20} {:<40} {:>10}",
@@ -69,6 +118,4 @@ pub(crate) fn run(g: &GlobalArgs, args: &SnapshotsArgs) -> Result<ExitCode> {
             output::bytes(s.size())
         );
     }
-    println!("{} snapshots", snaps.len());
-    Ok(ExitCode::SUCCESS)
 }
