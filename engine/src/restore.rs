@@ -57,6 +57,10 @@ pub struct RestoreOptions {
     /// there, and stay untouched). Paths `excludes` matches are kept. Empty:
     /// remove nothing.
     pub delete_within: Vec<String>,
+    /// Change nothing: report what the restore would create, write and
+    /// delete (with `IfChanged`, existing files are read to tell which
+    /// chunks differ). Nothing is downloaded but trees.
+    pub dry_run: bool,
     /// Concurrent pack downloads.
     pub concurrency: usize,
     /// Stop flag.
@@ -88,6 +92,9 @@ pub struct RestoreReport {
     /// Files and directories removed because the snapshot does not hold
     /// them (`delete_within`); a directory counts once.
     pub deleted: u64,
+    /// Their paths.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deleted_paths: Vec<String>,
     /// Metadata that could not be applied (e.g. ownership as non-root).
     pub warnings: Vec<String>,
 }
@@ -288,6 +295,9 @@ fn restore_on_pool(
     }
 
     phase("plan");
+    if options.dry_run {
+        return plan_only(repo, index, &items, options, &includes, &excludes);
+    }
     let mut report = RestoreReport::default();
     fs::create_dir_all(&options.target)
         .map_err(|e| Error::io(format!("creating {}", options.target.display()), e))?;
@@ -524,7 +534,9 @@ fn restore_on_pool(
     phase("sync");
     // Before the metadata: removing an entry changes its directory's mtime.
     if !options.delete_within.is_empty() {
-        report.deleted = delete_extras(&items, options, &includes, &excludes)?;
+        let deleted = delete_extras(&items, options, &includes, &excludes, false)?;
+        report.deleted = deleted.len() as u64;
+        report.deleted_paths = deleted;
         phase("delete");
     }
 
@@ -558,21 +570,82 @@ fn restore_on_pool(
     Ok(report)
 }
 
+/// What a restore would do, changing nothing.
+fn plan_only(
+    repo: &Repository,
+    index: &Index,
+    items: &[Item],
+    options: &RestoreOptions,
+    includes: &[globset::GlobMatcher],
+    excludes: &crate::backup::Excludes,
+) -> Result<RestoreReport> {
+    let mut report = RestoreReport::default();
+    let files: Vec<&Item> = items
+        .iter()
+        .filter(|i| i.node.kind == NodeKind::File)
+        .collect();
+    report.dirs = items
+        .iter()
+        .filter(|i| i.node.kind == NodeKind::Dir)
+        .count() as u64;
+    report.files = files.len() as u64;
+    report.others = items
+        .iter()
+        .filter(|i| {
+            !matches!(
+                i.node.kind,
+                NodeKind::Dir | NodeKind::File | NodeKind::Socket
+            )
+        })
+        .count() as u64;
+    let sizes: Vec<(u64, u64)> = files
+        .par_iter()
+        .map(|item| {
+            let content = item.node.content.as_deref().unwrap_or_default();
+            let ok = if options.overwrite == Overwrite::IfChanged {
+                existing_chunks_ok(repo, index, &item.path, content).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let (mut write, mut skip) = (0, 0);
+            for (n, id) in content.iter().enumerate() {
+                let len = index.get(id).map_or(0, |l| u64::from(l.raw_len));
+                if ok.get(n).copied().unwrap_or(false) {
+                    skip += len;
+                } else {
+                    write += len;
+                }
+            }
+            (write, skip)
+        })
+        .collect();
+    report.bytes_written = sizes.iter().map(|(w, _)| w).sum();
+    report.bytes_skipped = sizes.iter().map(|(_, s)| s).sum();
+    if !options.delete_within.is_empty() {
+        report.deleted_paths = delete_extras(items, options, includes, excludes, true)?;
+        report.deleted = report.deleted_paths.len() as u64;
+    }
+    Ok(report)
+}
+
 /// Removes, from each restored directory at or below `delete_within` that
-/// the includes select whole, the entries the snapshot does not hold.
+/// the includes select whole, the entries the snapshot does not hold, and
+/// returns their paths; with `dry_run` only returns them. A directory not
+/// there yet holds nothing to remove.
 fn delete_extras(
     items: &[Item],
     options: &RestoreOptions,
     includes: &[globset::GlobMatcher],
     excludes: &crate::backup::Excludes,
-) -> Result<u64> {
+    dry_run: bool,
+) -> Result<Vec<String>> {
     let mut expected: HashMap<&Path, std::collections::HashSet<&std::ffi::OsStr>> = HashMap::new();
     for item in items {
         if let (Some(parent), Some(name)) = (item.path.parent(), item.path.file_name()) {
             expected.entry(parent).or_default().insert(name);
         }
     }
-    let mut deleted = 0;
+    let mut deleted = Vec::new();
     for item in items.iter().filter(|i| i.node.kind == NodeKind::Dir) {
         let Ok(rel) = item.path.strip_prefix(&options.target) else {
             continue;
@@ -585,8 +658,11 @@ fn delete_extras(
         if !within || !matches_include(&in_snapshot, includes, &options.includes) {
             continue;
         }
-        let entries = fs::read_dir(&item.path)
-            .map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
+        let entries = match fs::read_dir(&item.path) {
+            Ok(entries) => entries,
+            Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("listing {}", item.path.display()), e)),
+        };
         for entry in entries {
             let entry =
                 entry.map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
@@ -602,9 +678,11 @@ fn delete_extras(
             if excludes.is_excluded(&in_snapshot.join(&name), is_dir) {
                 continue;
             }
-            tracing::info!("deleting {}", path.display());
-            remove_existing(&path)?;
-            deleted += 1;
+            if !dry_run {
+                tracing::info!("deleting {}", path.display());
+                remove_existing(&path)?;
+            }
+            deleted.push(path.to_string_lossy().into_owned());
         }
     }
     Ok(deleted)

@@ -669,6 +669,32 @@ fn restore_delete_makes_the_target_what_the_snapshot_was(backend: Backend) {
         args.extend_from_slice(extra);
         env.json(&args)
     };
+    // A dry run tells what would change, and changes nothing.
+    let dry = restore_deleting(&["--dry-run"]);
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["deleted"], 4, "{dry}");
+    let listed = dry["deleted_paths"].as_array().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|p| p.as_str().unwrap().ends_with("README-decrypt.txt"))
+    );
+    assert_eq!(dry["bytes_written"], 1, "only sub/a differs: {dry}");
+    assert_eq!(std::fs::read(root.join("sub/a")).unwrap(), b"encrypted");
+    assert!(root.join("sub/c").exists() && root.join("new/deep/f").exists());
+    let fresh = env.path("fresh");
+    let dry = env.json(&[
+        "restore",
+        "latest",
+        "--target",
+        fresh.to_str().unwrap(),
+        "-n",
+    ]);
+    assert_eq!(
+        (dry["files"].as_u64(), dry["bytes_written"].as_u64()),
+        (Some(3), Some(6))
+    );
+    assert!(!fresh.exists());
     // --include limits where anything is deleted.
     let sub = format!("{}/sub", src.display());
     let out = restore_deleting(&["--include", &sub]);

@@ -54,6 +54,9 @@ pub(crate) struct RestoreArgs {
     /// kept), so the target ends up as the snapshot was. Needs --overwrite.
     #[arg(long)]
     delete: bool,
+    /// Change nothing: print what would be restored, written and deleted.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
     /// Concurrent pack downloads [default: one per core on a local disk, 4
     /// on an object store].
     #[arg(long)]
@@ -117,6 +120,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         } else {
             Vec::new()
         },
+        dry_run: args.dry_run,
         concurrency: args.concurrency.unwrap_or_else(|| repo.read_concurrency()),
         cancel,
     };
@@ -142,23 +146,41 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         let mut v = serde_json::to_value(&report)?;
         v["message_type"] = "summary".into();
         v["snapshot_id"] = id.to_hex().into();
+        v["dry_run"] = args.dry_run.into();
         output::print_json(&v)?;
     } else if !g.quiet {
+        if args.dry_run || g.verbose > 0 {
+            let verb = if args.dry_run {
+                "would delete"
+            } else {
+                "deleted"
+            };
+            for path in &report.deleted_paths {
+                println!("{verb} {path}");
+            }
+        }
         println!(
-            "restored snapshot {} ({}) to {}: {} files, {} dirs, {} written{}{}",
+            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}",
+            if args.dry_run {
+                "dry run: nothing changed; would restore "
+            } else {
+                "restored "
+            },
             id.short(),
             output::local_time(&snap.time),
             target.display(),
             report.files,
             report.dirs,
             output::bytes(report.bytes_written),
+            if args.dry_run { "to write" } else { "written" },
             if report.bytes_skipped > 0 {
                 format!(", {} already correct", output::bytes(report.bytes_skipped))
             } else {
                 String::new()
             },
             if args.delete {
-                format!(", {} deleted", report.deleted)
+                let verb = if args.dry_run { "to delete" } else { "deleted" };
+                format!(", {} {verb}", report.deleted)
             } else {
                 String::new()
             }
