@@ -592,9 +592,24 @@ fn snapshots_index_files_and_trees_are_downloaded_once() {
     let env = Env::on(Backend::S3);
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
+    let trees_cached = || {
+        let base = env.path("cache/vault");
+        let repo = std::fs::read_dir(&base)
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().is_dir());
+        std::fs::read_dir(repo.unwrap().path().join("trees"))
+            .unwrap()
+            .count()
+    };
     for n in 0..4 {
         std::fs::write(src.join("f"), format!("version {n}")).unwrap();
         assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+        if n == 0 {
+            // A first backup walks no parent: its own tree packs were kept
+            // as they were uploaded, for the next backup to walk.
+            assert!(trees_cached() >= 1);
+        }
     }
     let gets = |args: &[&str]| {
         assert_success(&env.vault(args));

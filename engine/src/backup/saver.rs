@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::index::{IdMap, Index, IndexFile, IndexedPack};
 use crate::pack::{FinishedPack, PackWriter};
-use crate::repository::Repository;
+use crate::repository::{FileKind, Repository};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -451,6 +451,13 @@ fn uploader(shared: &Shared, rx: &Receiver<FinishedPack>) {
         if let Err(e) = shared.repo.save_pack(&pack.id, bytes.clone()) {
             shared.fail(e);
             continue;
+        }
+        // The next backup walks these trees as its parent's: with a cache,
+        // it finds them there instead of downloading them.
+        if let Some(cache) = shared.repo.cache()
+            && pack.blobs.iter().all(|b| b.kind == BlobKind::Tree)
+        {
+            cache.write(FileKind::Pack, &pack.id.to_hex(), &bytes);
         }
         // The backend is done with it: reuse the buffer for another pack.
         if let Ok(buf) = bytes.try_into_mut() {
