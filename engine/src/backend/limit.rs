@@ -9,8 +9,13 @@
 //! Within one object the store's client sends at full speed: the limit holds
 //! on average over each object (packs are 16 MiB unless the repository was
 //! made with another `--pack-size-mib`), not per packet.
+//!
+//! Lock objects are exempt: a few hundred bytes each, and a lock refresh
+//! queued behind pack uploads at a low rate could arrive after the lock
+//! counts as stale (five minutes), letting a prune elsewhere take over.
 
 use super::{Backend, BackendError, ObjectInfo, ObjectLock, PutMode, RequestCounts};
+use crate::repository::FileKind;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -64,6 +69,10 @@ impl Schedule {
     }
 }
 
+fn is_lock(path: &str) -> bool {
+    path.starts_with(FileKind::Lock.prefix())
+}
+
 fn sleep_until(when: Instant) {
     let now = Instant::now();
     if when > now {
@@ -90,8 +99,14 @@ impl RateLimited {
         }
     }
 
-    fn downloaded(&self, got: Result<Bytes, BackendError>) -> Result<Bytes, BackendError> {
-        if let (Some(schedule), Ok(bytes)) = (&self.download, &got) {
+    fn downloaded(
+        &self,
+        path: &str,
+        got: Result<Bytes, BackendError>,
+    ) -> Result<Bytes, BackendError> {
+        if let (Some(schedule), Ok(bytes)) = (&self.download, &got)
+            && !is_lock(path)
+        {
             schedule.account(bytes.len() as u64);
         }
         got
@@ -104,15 +119,17 @@ impl Backend for RateLimited {
     }
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
         match &self.upload {
-            Some(schedule) => schedule.run(data.len() as u64, || self.inner.put(path, data, mode)),
-            None => self.inner.put(path, data, mode),
+            Some(schedule) if !is_lock(path) => {
+                schedule.run(data.len() as u64, || self.inner.put(path, data, mode))
+            }
+            _ => self.inner.put(path, data, mode),
         }
     }
     fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.downloaded(self.inner.get(path))
+        self.downloaded(path, self.inner.get(path))
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-        self.downloaded(self.inner.get_range(path, offset, len))
+        self.downloaded(path, self.inner.get_range(path, offset, len))
     }
     fn head(&self, path: &str) -> Result<u64, BackendError> {
         self.inner.head(path)
@@ -192,6 +209,23 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+        // Lock objects book no time: they never wait behind packs.
+        let busy = RateLimited::new(Arc::new(ObjectBackend::memory()), Some(1000), Some(1000));
+        let booked =
+            |schedule: &Option<Schedule>| *schedule.as_ref().unwrap().booked_until.lock().unwrap();
+        busy.put("data/x", Bytes::from(vec![0; 10]), PutMode::Create)
+            .unwrap();
+        let (up, down) = (booked(&busy.upload), booked(&busy.download));
+        busy.put(
+            "locks/exclusive",
+            Bytes::from(vec![0; 500]),
+            PutMode::Overwrite,
+        )
+        .unwrap();
+        busy.get("locks/exclusive").unwrap();
+        assert_eq!((booked(&busy.upload), booked(&busy.download)), (up, down));
+        busy.get("data/x").unwrap();
+        assert_ne!(booked(&busy.download), down);
         // Unlimited directions are left alone.
         let inner: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
         let uploads_only = RateLimited::new(inner, Some(1), None);
