@@ -630,8 +630,7 @@ fn plan_only(
 
 /// Removes, from each restored directory at or below `delete_within` that
 /// the includes select whole, the entries the snapshot does not hold, and
-/// returns their paths; with `dry_run` only returns them. A directory not
-/// there yet holds nothing to remove.
+/// returns their paths; with `dry_run` only returns them.
 fn delete_extras(
     items: &[Item],
     options: &RestoreOptions,
@@ -658,11 +657,13 @@ fn delete_extras(
         if !within || !matches_include(&in_snapshot, includes, &options.includes) {
             continue;
         }
-        let entries = match fs::read_dir(&item.path) {
-            Ok(entries) => entries,
-            Err(e) if dry_run && e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(format!("listing {}", item.path.display()), e)),
-        };
+        // Never list through a symlink (a dry run has not replaced one yet),
+        // and a directory not there yet holds nothing to remove.
+        if !fs::symlink_metadata(&item.path).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let entries = fs::read_dir(&item.path)
+            .map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
         for entry in entries {
             let entry =
                 entry.map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
