@@ -61,6 +61,9 @@ pub struct RestoreOptions {
     /// delete (with `IfChanged`, existing files are read to tell which
     /// chunks differ). Nothing is downloaded but trees.
     pub dry_run: bool,
+    /// Read every restored file back and check each chunk against the
+    /// snapshot's hash before reporting success.
+    pub verify: bool,
     /// Concurrent pack downloads.
     pub concurrency: usize,
     /// Stop flag.
@@ -95,6 +98,8 @@ pub struct RestoreReport {
     /// Their paths.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deleted_paths: Vec<String>,
+    /// Files read back and found identical to the snapshot (`verify`).
+    pub verified_files: u64,
     /// Metadata that could not be applied (e.g. ownership as non-root).
     pub warnings: Vec<String>,
 }
@@ -532,7 +537,12 @@ fn restore_on_pool(
     // more than the writes for trees of small files).
     sync_target(&options.target)?;
     phase("sync");
-    // Before the metadata: removing an entry changes its directory's mtime.
+    // Before the metadata: reading a file changes its atime, removing an
+    // entry its directory's mtime.
+    if options.verify {
+        report.verified_files = verify_restored(repo, index, &items, &content_files)?;
+        phase("verify");
+    }
     if !options.delete_within.is_empty() {
         let deleted = delete_extras(&items, options, &includes, &excludes, false)?;
         report.deleted = deleted.len() as u64;
@@ -568,6 +578,44 @@ fn restore_on_pool(
     }
     phase("metadata");
     Ok(report)
+}
+
+/// Reads every restored file back and compares each chunk with the id the
+/// snapshot gives it (`restore --verify`); returns how many files passed.
+/// What was written mostly comes back from the page cache: this catches a
+/// restore that went wrong on the way to the file system, not media errors
+/// the disk has yet to show.
+fn verify_restored(
+    repo: &Repository,
+    index: &Index,
+    items: &[Item],
+    content_files: &[(usize, Vec<BlobId>)],
+) -> Result<u64> {
+    content_files
+        .par_iter()
+        .map(|(idx, content)| {
+            let item = &items[*idx];
+            let damaged = |reason: String| Error::Corrupt {
+                object: format!("restored file {}", item.path.display()),
+                reason,
+            };
+            let size = fs::symlink_metadata(&item.path)
+                .map_err(|e| Error::io(format!("verifying {}", item.path.display()), e))?
+                .len();
+            if size != item.node.size {
+                return Err(damaged(format!(
+                    "{size} bytes, the snapshot has {}",
+                    item.node.size
+                )));
+            }
+            let ok = existing_chunks_ok(repo, index, &item.path, content)
+                .ok_or_else(|| damaged("cannot be read back".into()))?;
+            match ok.iter().position(|good| !good) {
+                Some(n) => Err(damaged(format!("chunk {n} differs from the snapshot"))),
+                None => Ok(1),
+            }
+        })
+        .sum()
 }
 
 /// What a restore would do, changing nothing.
@@ -1072,5 +1120,57 @@ mod tests {
         let big = vec![target(0, 10), target(10, 6 * MIB), target(10 + 6 * MIB, 10)];
         assert_eq!(runs_of(&big), vec![vec![0], vec![10], vec![10 + 6 * MIB]]);
         assert!(runs_of(&[]).is_empty());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod verify_tests {
+    use super::*;
+    use crate::backup::{self, BackupOptions, BackupProgress, Source};
+    use crate::repository::InitOptions;
+    use crate::test_support::{SMALL_CHUNKER, memory_repo};
+
+    #[test]
+    fn read_back_finds_a_changed_byte_and_a_wrong_size() {
+        let (_, repo) = memory_repo(InitOptions {
+            chunker: Some(SMALL_CHUNKER),
+            ..InitOptions::default()
+        });
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let source = Source::Stream {
+            filename: "f".into(),
+            reader: Box::new(std::io::Cursor::new(data.clone())),
+        };
+        let options = BackupOptions {
+            hostname: "h".into(),
+            ..BackupOptions::default()
+        };
+        let root = backup::backup(&repo, source, &options, &BackupProgress::default())
+            .unwrap()
+            .snapshot
+            .tree;
+        let index = repo.load_index().unwrap();
+        let node = find_node(&repo, &index, &root, "/f").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let content = node.content.clone().unwrap();
+        assert!(content.len() > 2, "several chunks");
+        let items = [Item {
+            path: path.clone(),
+            node,
+        }];
+        let files = [(0, content)];
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(verify_restored(&repo, &index, &items, &files).unwrap(), 1);
+        let mut changed = data.clone();
+        changed[30_000] ^= 1;
+        std::fs::write(&path, &changed).unwrap();
+        let err = verify_restored(&repo, &index, &items, &files).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("differs"), "{err}");
+        std::fs::write(&path, &data[..49_999]).unwrap();
+        let err = verify_restored(&repo, &index, &items, &files).unwrap_err();
+        assert!(err.to_string().contains("49999 bytes"), "{err}");
     }
 }

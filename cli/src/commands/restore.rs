@@ -57,6 +57,9 @@ pub(crate) struct RestoreArgs {
     /// Change nothing: print what would be restored, written and deleted.
     #[arg(short = 'n', long)]
     dry_run: bool,
+    /// Read every restored file back and check it against the snapshot.
+    #[arg(long, conflicts_with = "dry_run")]
+    verify: bool,
     /// Concurrent pack downloads [default: one per core on a local disk, 4
     /// on an object store].
     #[arg(long)]
@@ -121,6 +124,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             Vec::new()
         },
         dry_run: args.dry_run,
+        verify: args.verify,
         concurrency: args.concurrency.unwrap_or_else(|| repo.read_concurrency()),
         cancel,
     };
@@ -160,7 +164,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             }
         }
         println!(
-            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}",
+            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}{}",
             if args.dry_run {
                 "dry run: nothing changed; would restore "
             } else {
@@ -181,6 +185,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             if args.delete {
                 let verb = if args.dry_run { "to delete" } else { "deleted" };
                 format!(", {} {verb}", report.deleted)
+            } else {
+                String::new()
+            },
+            if args.verify {
+                format!("; {} files read back and verified", report.verified_files)
             } else {
                 String::new()
             }
