@@ -46,6 +46,10 @@ pub struct RestoreOptions {
     /// Directory to restore into; snapshot paths are re-rooted under it.
     pub target: PathBuf,
     /// Only restore paths matching (or below) these snapshot paths/globs.
+    /// A pattern not starting with `/` matches at any depth (`voicemails`
+    /// selects every directory or file of that name, `app/db.sql` every
+    /// such path suffix), as restic's do. Includes that select nothing fail
+    /// the restore rather than restore nothing.
     pub includes: Vec<String>,
     /// Skip paths matching these patterns.
     pub excludes: Vec<String>,
@@ -207,6 +211,32 @@ fn matches_include(path: &Path, includes: &[globset::GlobMatcher], raw: &[String
     }
 }
 
+/// Adds, as items, the directories above selected items that the walk
+/// passed over, so they are restored with their own metadata; parents
+/// before children, as the skeleton expects.
+fn add_ancestors(items: &mut Vec<Item>, mut passed: HashMap<PathBuf, Node>, target: &Path) {
+    if passed.is_empty() {
+        return;
+    }
+    let mut needed: Vec<Item> = Vec::new();
+    for item in items.iter() {
+        for ancestor in item.path.ancestors().skip(1) {
+            if ancestor == target {
+                break;
+            }
+            if let Some(node) = passed.remove(ancestor) {
+                needed.push(Item {
+                    path: ancestor.to_path_buf(),
+                    node,
+                });
+            }
+        }
+    }
+    needed.sort_by_key(|i| i.path.components().count());
+    needed.append(items);
+    *items = needed;
+}
+
 fn is_ancestor_of_include(path: &Path, raw: &[String]) -> bool {
     raw.iter()
         .any(|inc| Path::new(inc).starts_with(path) && Path::new(inc) != path)
@@ -256,7 +286,13 @@ fn restore_on_pool(
         .includes
         .iter()
         .map(|p| {
-            globset::GlobBuilder::new(p.trim_end_matches('/'))
+            let pattern = p.trim_end_matches('/');
+            let pattern = if pattern.starts_with('/') {
+                pattern.to_owned()
+            } else {
+                format!("**/{pattern}")
+            };
+            globset::GlobBuilder::new(&pattern)
                 .literal_separator(true)
                 .build()
                 .map(|g| g.compile_matcher())
@@ -269,20 +305,38 @@ fn restore_on_pool(
     let phase = |name: &str| tracing::debug!("restore: {name} done at {:?}", started.elapsed());
     // 1. Plan: the nodes to restore.
     let mut items: Vec<Item> = Vec::new();
+    // Directories passed over, for the ancestors of what a relative include
+    // selects further down (known only once the walk gets there).
+    let mut passed: HashMap<PathBuf, Node> = HashMap::new();
+    let mut matched = false;
     walk(repo, index, root, &mut |path, node| {
         if excludes.is_excluded(path, node.kind == NodeKind::Dir) {
             return Ok(false);
         }
-        let selected = matches_include(path, &includes, &options.includes)
+        let included = matches_include(path, &includes, &options.includes);
+        matched |= included;
+        let selected = included
             || (node.kind == NodeKind::Dir && is_ancestor_of_include(path, &options.includes));
+        let restored = options.target.join(path.strip_prefix("/").unwrap_or(path));
         if selected {
             items.push(Item {
-                path: options.target.join(path.strip_prefix("/").unwrap_or(path)),
+                path: restored,
                 node: node.clone(),
             });
+        } else if node.kind == NodeKind::Dir && !options.includes.is_empty() {
+            passed.insert(restored, node.clone());
         }
         Ok(true)
     })?;
+    if !options.includes.is_empty() {
+        if !matched {
+            return Err(Error::InvalidInput(format!(
+                "--include {} matches nothing in the snapshot",
+                options.includes.join(", ")
+            )));
+        }
+        add_ancestors(&mut items, passed, &options.target);
+    }
 
     // Into a missing or empty target nothing can be in the way; otherwise
     // look at every path (on every core: one stat each).

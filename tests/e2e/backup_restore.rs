@@ -725,6 +725,60 @@ fn restore_delete_makes_the_target_what_the_snapshot_was(backend: Backend) {
     assert!(sibling.exists());
 }
 
+/// The runbooks' `restic restore latest --target T --include "sgos-phone"`:
+/// an include without a leading `/` matches at any depth, the directories
+/// above what it selects come back with their own metadata, and one that
+/// matches nothing fails instead of restoring nothing.
+#[test]
+fn relative_includes_match_at_any_depth_and_an_unmatched_one_fails() {
+    let env = Env::new();
+    let src = env.path("staging");
+    std::fs::create_dir_all(src.join("sgos-phone/voicemails")).unwrap();
+    std::fs::create_dir_all(src.join("other")).unwrap();
+    std::fs::write(src.join("sgos-phone/voicemails/m1.wav"), b"hello").unwrap();
+    std::fs::write(src.join("sgos-phone/database.sql"), b"dump").unwrap();
+    std::fs::write(src.join("other/x"), b"x").unwrap();
+    std::fs::set_permissions(src.join("sgos-phone"), PermissionsExt::from_mode(0o750)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let restore = |include: &str| {
+        let target = env.path(&format!("r-{}", include.replace('/', "_")));
+        let out = env.vault(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--include",
+            include,
+        ]);
+        (out, restored_root(&target, &src))
+    };
+    let (out, root) = restore("sgos-phone");
+    assert_success(&out);
+    assert_eq!(
+        std::fs::read(root.join("sgos-phone/voicemails/m1.wav")).unwrap(),
+        b"hello"
+    );
+    assert!(root.join("sgos-phone/database.sql").exists());
+    assert!(!root.join("other").exists());
+    let (out, root) = restore("sgos-phone/database.sql");
+    assert_success(&out);
+    assert!(root.join("sgos-phone/database.sql").exists());
+    assert!(!root.join("sgos-phone/voicemails").exists());
+    let mode = std::fs::metadata(root.join("sgos-phone"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o750,
+        "the directory above keeps its own mode"
+    );
+    let (out, root) = restore("voicemail");
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("matches nothing"), "{}", stderr(&out));
+    assert!(!root.exists());
+}
+
 backend_test!(files_from_lists_the_paths_to_back_up);
 fn files_from_lists_the_paths_to_back_up(backend: Backend) {
     let env = Env::on(backend);
