@@ -71,7 +71,8 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
         allow_http: global.allow_http,
         ..S3Options::default()
     };
-    if let Some(repo) = config(global)?.map(|c| &c.repository) {
+    let from_config = config(global)?.map(|c| &c.repository);
+    if let Some(repo) = from_config {
         options.allow_http |= repo.allow_http;
         options.region.clone_from(&repo.region);
         options.virtual_hosted_style = repo.path_style == Some(false);
@@ -86,7 +87,6 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
         .with_context(|| format!("opening storage at {url}"))?
         .into();
     crate::requests::track(&backend);
-    let from_config = config(global)?.map(|c| &c.repository);
     let upload = global
         .limit_upload
         .or_else(|| from_config.and_then(|r| r.limit_upload));

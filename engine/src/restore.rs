@@ -306,7 +306,9 @@ fn restore_on_pool(
     // 1. Plan: the nodes to restore.
     let mut items: Vec<Item> = Vec::new();
     // Directories passed over, for the ancestors of what a relative include
-    // selects further down (known only once the walk gets there).
+    // selects further down (known only once the walk gets there; an
+    // absolute include names its ancestors up front).
+    let relative = options.includes.iter().any(|p| !p.starts_with('/'));
     let mut passed: HashMap<PathBuf, Node> = HashMap::new();
     let mut matched = false;
     walk(repo, index, root, &mut |path, node| {
@@ -323,7 +325,7 @@ fn restore_on_pool(
                 path: restored,
                 node: node.clone(),
             });
-        } else if node.kind == NodeKind::Dir && !options.includes.is_empty() {
+        } else if node.kind == NodeKind::Dir && relative {
             passed.insert(restored, node.clone());
         }
         Ok(true)
