@@ -184,21 +184,29 @@ fn open(global: &GlobalArgs, dry_run: bool, cached: bool) -> Result<Arc<Reposito
     let password = password(global, false)?;
     let mut repo = Repository::open(backend, &password)
         .with_context(|| format!("opening repository {url}"))?;
-    // A local repository is its own cache.
-    if cached
-        && !global.no_cache
-        && !repo.backend().is_local()
-        && let Some(base) = cache_base(global)
-    {
-        match Cache::open(&base, &repo.config().id) {
-            Ok(cache) => repo.set_cache(cache),
-            Err(e) => tracing::warn!(
-                "cache {} cannot be used ({e}); going on without it",
-                base.display()
-            ),
-        }
+    if cached {
+        attach_cache(global, &mut repo);
     }
     Ok(Arc::new(repo))
+}
+
+/// Gives `repo` its local cache, unless it is on a local disk (its own
+/// cache) or `--no-cache` was given. A cache that cannot be opened is
+/// warned about and done without.
+pub(crate) fn attach_cache(global: &GlobalArgs, repo: &mut Repository) {
+    if global.no_cache || repo.backend().is_local() {
+        return;
+    }
+    let Some(base) = cache_base(global) else {
+        return;
+    };
+    match Cache::open(&base, &repo.config().id) {
+        Ok(cache) => repo.set_cache(cache),
+        Err(e) => tracing::warn!(
+            "cache {} cannot be used ({e}); going on without it",
+            base.display()
+        ),
+    }
 }
 
 /// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/vault`, else

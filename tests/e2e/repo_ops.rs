@@ -320,6 +320,11 @@ fn copy_to_a_second_repository_restores_identically_and_twice_adds_nothing(backe
     let report = copy_to(&source, &target, &[]);
     assert_eq!(report["copied"].as_array().unwrap().len(), 2, "{report}");
     assert!(report["blobs_added"].as_u64().unwrap() > 0);
+    if backend == Backend::S3 {
+        // Both repositories of a copy use the local cache.
+        let caches = source.json(&["cache"]);
+        assert_eq!(caches["caches"].as_array().unwrap().len(), 2, "{caches}");
+    }
     let source_snaps = source.snapshots();
     let target_snaps = target.snapshots();
     assert_eq!(target_snaps.len(), 2);

@@ -79,10 +79,13 @@ pub(crate) fn other_password(
     Ok(None)
 }
 
-/// Opens a repository at `url` with `password`.
+/// Opens a repository at `url` with `password`, with its local cache.
 pub(crate) fn open_other(g: &GlobalArgs, url: &str, password: &Password) -> Result<Repository> {
     let backend = global::open_backend(g, url)?;
-    Repository::open(backend, password).with_context(|| format!("opening repository {url}"))
+    let mut repo =
+        Repository::open(backend, password).with_context(|| format!("opening repository {url}"))?;
+    global::attach_cache(g, &mut repo);
+    Ok(repo)
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &CopyArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
