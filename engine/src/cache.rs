@@ -28,8 +28,8 @@ const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n\
 # This file is a cache directory tag created by vault.\n\
 # For information about cache directory tags see https://bford.info/cachedir/\n";
 
-/// The object kinds kept here. Packs are only ever tree packs (the tree
-/// reader is their one writer), under `trees/<id>`.
+/// The object kinds kept here. Packs are only ever tree packs (written by
+/// the tree reader and by the backup's uploader), under `trees/<id>`.
 const KINDS: [FileKind; 3] = [FileKind::Snapshot, FileKind::Index, FileKind::Pack];
 
 /// The directory of `kind` inside a repository's cache.
