@@ -205,7 +205,6 @@ impl<'a, I: Iterator<Item = &'a BlobId>> Read for Content<'a, I> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::backup::{self, BackupOptions, BackupProgress, Source};
     use crate::repository::InitOptions;
     use crate::test_support::{SMALL_CHUNKER, memory_repo};
     use std::sync::Arc;
@@ -216,18 +215,9 @@ mod tests {
             chunker: Some(SMALL_CHUNKER),
             ..InitOptions::default()
         });
-        let source = Source::Stream {
-            filename: "data.bin".into(),
-            reader: Box::new(std::io::Cursor::new(data.to_vec())),
-        };
-        let options = BackupOptions {
-            hostname: "h".into(),
-            ..BackupOptions::default()
-        };
-        let report = backup::backup(&repo, source, &options, &BackupProgress::default()).unwrap();
+        let snapshot = crate::test_support::backup_stream(&repo, "data.bin", data);
         let index = repo.load_index().unwrap();
-        let node =
-            crate::restore::find_node(&repo, &index, &report.snapshot.tree, "/data.bin").unwrap();
+        let node = crate::restore::find_node(&repo, &index, &snapshot.tree, "/data.bin").unwrap();
         (repo, index, node)
     }
 

@@ -352,19 +352,10 @@ mod tests {
 
     #[test]
     fn a_cached_repository_reads_snapshots_and_index_files_from_the_store_once() {
-        use crate::backup::{self, BackupOptions, BackupProgress, Source};
         use crate::repository::{InitOptions, Repository};
-        use crate::test_support::{memory_repo, password};
+        use crate::test_support::{backup_stream, memory_repo, password};
         let (backend, repo) = memory_repo(InitOptions::default());
-        let source = Source::Stream {
-            filename: "dump.sql".into(),
-            reader: Box::new(std::io::Cursor::new(vec![5u8; 10_000])),
-        };
-        let options = BackupOptions {
-            hostname: "h".into(),
-            ..BackupOptions::default()
-        };
-        backup::backup(&repo, source, &options, &BackupProgress::default()).unwrap();
+        backup_stream(&repo, "dump.sql", &[5u8; 10_000]);
         let base = tempfile::tempdir().unwrap();
         let open = || {
             let mut repo = Repository::open(backend.clone(), &password()).unwrap();

@@ -761,7 +761,6 @@ fn write_snapshots(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::{self, BackupOptions, BackupProgress, Source};
     use crate::crypto::MasterKey;
     use crate::repository::InitOptions;
 
@@ -776,15 +775,7 @@ mod tests {
     }
 
     fn backup_stream(repo: &Arc<Repository>, data: &[u8]) {
-        let source = Source::Stream {
-            filename: "dump.sql".into(),
-            reader: Box::new(std::io::Cursor::new(data.to_vec())),
-        };
-        let options = BackupOptions {
-            hostname: "h".into(),
-            ..BackupOptions::default()
-        };
-        backup::backup(repo, source, &options, &BackupProgress::default()).unwrap();
+        crate::test_support::backup_stream(repo, "dump.sql", data);
     }
 
     fn content(repo: &Repository, snap: &Snapshot) -> Vec<u8> {

@@ -282,7 +282,7 @@ pub fn find(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::backup::{self, BackupOptions, BackupProgress, Source};
+    use crate::backup::Source;
     use crate::repository::InitOptions;
     use std::path::Path;
     use std::sync::Arc;
@@ -332,15 +332,7 @@ mod tests {
         write(&root.join("a/b/two.log"), b"22");
         write(&root.join("c/three.txt"), b"333");
         let backup = |repo: &Arc<Repository>| {
-            let options = BackupOptions {
-                hostname: "h".into(),
-                ..BackupOptions::default()
-            };
-            let source = Source::Paths(vec![root.clone()]);
-            backup::backup(repo, source, &options, &BackupProgress::default())
-                .unwrap()
-                .snapshot
-                .tree
+            crate::test_support::backup_source(repo, Source::Paths(vec![root.clone()])).tree
         };
         let first = backup(&repo);
         write(&root.join("c/four.log"), b"4444");

@@ -1183,9 +1183,8 @@ mod tests {
 #[allow(clippy::unwrap_used)]
 mod verify_tests {
     use super::*;
-    use crate::backup::{self, BackupOptions, BackupProgress, Source};
     use crate::repository::InitOptions;
-    use crate::test_support::{SMALL_CHUNKER, memory_repo};
+    use crate::test_support::{SMALL_CHUNKER, backup_stream, memory_repo};
 
     #[test]
     fn read_back_finds_a_changed_byte_and_a_wrong_size() {
@@ -1194,18 +1193,7 @@ mod verify_tests {
             ..InitOptions::default()
         });
         let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let source = Source::Stream {
-            filename: "f".into(),
-            reader: Box::new(std::io::Cursor::new(data.clone())),
-        };
-        let options = BackupOptions {
-            hostname: "h".into(),
-            ..BackupOptions::default()
-        };
-        let root = backup::backup(&repo, source, &options, &BackupProgress::default())
-            .unwrap()
-            .snapshot
-            .tree;
+        let root = backup_stream(&repo, "f", &data).tree;
         let index = repo.load_index().unwrap();
         let node = find_node(&repo, &index, &root, "/f").unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -36,3 +36,31 @@ pub(crate) fn memory_repo(options: InitOptions) -> (Arc<dyn Backend>, Arc<Reposi
     let repo = Repository::init(backend.clone(), &password(), options).unwrap();
     (backend, Arc::new(repo))
 }
+
+/// Backs up `source` into `repo` with host `h`; the new snapshot.
+#[allow(clippy::unwrap_used)]
+pub(crate) fn backup_source(
+    repo: &Arc<Repository>,
+    source: crate::backup::Source,
+) -> crate::snapshot::Snapshot {
+    let options = crate::backup::BackupOptions {
+        hostname: "h".into(),
+        ..crate::backup::BackupOptions::default()
+    };
+    crate::backup::backup(repo, source, &options, &Default::default())
+        .unwrap()
+        .snapshot
+}
+
+/// Backs up `data` as the stream file `/<filename>`; the new snapshot.
+pub(crate) fn backup_stream(
+    repo: &Arc<Repository>,
+    filename: &str,
+    data: &[u8],
+) -> crate::snapshot::Snapshot {
+    let source = crate::backup::Source::Stream {
+        filename: filename.into(),
+        reader: Box::new(std::io::Cursor::new(data.to_vec())),
+    };
+    backup_source(repo, source)
+}

@@ -179,10 +179,10 @@ impl<'a> TreeReader<'a> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::backup::{self, BackupOptions, BackupProgress, Source};
+    use crate::backup::Source;
     use crate::cache::Cache;
     use crate::repository::InitOptions;
-    use crate::test_support::{memory_repo, password};
+    use crate::test_support::{backup_source, memory_repo, password};
 
     /// Every file name under `tree`, read through `reader`.
     fn walk(reader: &TreeReader<'_>, tree: &BlobId, out: &mut Vec<String>) {
@@ -203,15 +203,7 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(dir.join("f"), format!("{d}")).unwrap();
         }
-        let options = BackupOptions {
-            hostname: "h".into(),
-            ..BackupOptions::default()
-        };
-        let source = Source::Paths(vec![src.path().to_path_buf()]);
-        let root = backup::backup(&repo, source, &options, &BackupProgress::default())
-            .unwrap()
-            .snapshot
-            .tree;
+        let root = backup_source(&repo, Source::Paths(vec![src.path().to_path_buf()])).tree;
         let base = tempfile::tempdir().unwrap();
         let open = || {
             let mut repo = Repository::open(backend.clone(), &password()).unwrap();
