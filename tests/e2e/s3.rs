@@ -246,9 +246,13 @@ mod proxy {
         });
         let rate = u64::from(state.rate.load(Ordering::SeqCst));
         let fault = if selected && state.random() % 1000 < rate {
+            // Which requests fail is random; the kinds take turns, so a
+            // run with few requests still meets each kind (a random pick
+            // once left a run with fewer than four kinds).
             let faults = state.faults.lock().unwrap();
-            let f = faults[(state.random() % faults.len() as u64) as usize];
-            state.injected.lock().unwrap().push((f, request));
+            let mut injected = state.injected.lock().unwrap();
+            let f = faults[injected.len() % faults.len()];
+            injected.push((f, request));
             Some(f)
         } else {
             None
