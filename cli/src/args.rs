@@ -91,6 +91,33 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// How hard to derive a new key file's key from its password (argon2id).
+/// The parameters are stored in the key file, so any of them opens it.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct KdfArgs {
+    /// argon2id memory, in MiB.
+    #[arg(long, default_value_t = 64)]
+    kdf_memory_mib: u32,
+    /// argon2id passes.
+    #[arg(long, default_value_t = 3)]
+    kdf_iterations: u32,
+    /// argon2id lanes, computed on all cores at once.
+    #[arg(long, default_value_t = vault_engine::crypto::KdfParams::default().parallelism)]
+    kdf_lanes: u32,
+}
+
+impl KdfArgs {
+    pub(crate) fn params(&self) -> vault_engine::Result<vault_engine::crypto::KdfParams> {
+        let kdf = vault_engine::crypto::KdfParams {
+            memory_kib: self.kdf_memory_mib.saturating_mul(1024),
+            iterations: self.kdf_iterations,
+            parallelism: self.kdf_lanes,
+        };
+        vault_engine::key::validate_kdf(&kdf)?;
+        Ok(kdf)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_size;

@@ -1,21 +1,16 @@
 //! `vault init`: create a repository.
 
-use crate::args::GlobalArgs;
+use crate::args::{GlobalArgs, KdfArgs};
 use crate::global;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
 use vault_engine::backend::{ObjectLock, RetentionMode};
-use vault_engine::crypto::KdfParams;
 use vault_engine::repository::{InitOptions, Repository};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct InitArgs {
-    /// argon2id memory for the key derivation, in MiB.
-    #[arg(long, default_value_t = 64)]
-    kdf_memory_mib: u32,
-    /// argon2id passes.
-    #[arg(long, default_value_t = 3)]
-    kdf_iterations: u32,
+    #[command(flatten)]
+    kdf: KdfArgs,
     /// Target pack size in MiB.
     #[arg(long, default_value_t = 16)]
     pack_size_mib: u32,
@@ -48,12 +43,7 @@ pub(crate) struct InitArgs {
 pub(crate) fn run(g: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
     let url = global::repo_url(g)?;
     let backend = global::open_backend(g, &url)?;
-    let kdf = KdfParams {
-        memory_kib: args.kdf_memory_mib.saturating_mul(1024),
-        iterations: args.kdf_iterations,
-        parallelism: 1,
-    };
-    vault_engine::key::validate_kdf(&kdf)?;
+    let kdf = args.kdf.params()?;
     let password = global::password(g, true)?;
     let chunker = match (&args.from_repo, args.copy_chunker_params) {
         (Some(from), true) => {

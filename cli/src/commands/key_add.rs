@@ -2,13 +2,13 @@
 //! wrapping the same master key; no data is rewritten). Also the flags and
 //! the new-password prompt the other `vault key` commands share.
 
-use crate::args::GlobalArgs;
+use crate::args::{GlobalArgs, KdfArgs};
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use vault_engine::crypto::{KdfParams, Password};
+use vault_engine::crypto::Password;
 use vault_engine::key::{self, NewKey};
 
 /// How to get the new password and how hard to derive its key.
@@ -17,24 +17,14 @@ pub(crate) struct NewKeyArgs {
     /// Read the new password from this file (first line) instead of asking.
     #[arg(long, env = "VAULT_NEW_PASSWORD_FILE")]
     pub(crate) new_password_file: Option<PathBuf>,
-    /// argon2id memory for the new key's derivation, in MiB.
-    #[arg(long, default_value_t = 64)]
-    pub(crate) kdf_memory_mib: u32,
-    /// argon2id passes for the new key.
-    #[arg(long, default_value_t = 3)]
-    pub(crate) kdf_iterations: u32,
+    #[command(flatten)]
+    pub(crate) kdf: KdfArgs,
 }
 
 impl NewKeyArgs {
     pub(crate) fn new_key(&self) -> Result<NewKey> {
-        let kdf = KdfParams {
-            memory_kib: self.kdf_memory_mib.saturating_mul(1024),
-            iterations: self.kdf_iterations,
-            parallelism: 1,
-        };
-        key::validate_kdf(&kdf)?;
         Ok(NewKey {
-            kdf,
+            kdf: self.kdf.params()?,
             hostname: global::hostname(),
             username: global::username(),
         })

@@ -37,7 +37,14 @@ pub(crate) fn run(g: &GlobalArgs, _args: &KeyListArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| k.created.clone());
         let kdf = k.kdf.map_or_else(
             || "invalid".to_owned(),
-            |p| format!("{}M/{}", p.memory_kib / 1024, p.iterations),
+            |p| {
+                format!(
+                    "{}M/{}/{}",
+                    p.memory_kib / 1024,
+                    p.iterations,
+                    p.parallelism
+                )
+            },
         );
         println!(
             "{}{:<10} {:<12} {:<20} {:<20} {:>8}",
