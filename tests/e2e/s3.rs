@@ -64,6 +64,8 @@ mod proxy {
         filter: Mutex<Arc<Filter>>,
         hang: Duration,
         rng: AtomicU64,
+        /// Selected requests so far, from a random starting point.
+        selected: AtomicU64,
         requests: Mutex<Vec<String>>,
         injected: Mutex<Vec<(Fault, String)>>,
         in_flight: AtomicUsize,
@@ -98,6 +100,7 @@ mod proxy {
                 filter: Mutex::new(Arc::new(|_: &str, _: &str| true)),
                 hang,
                 rng: AtomicU64::new(seed),
+                selected: AtomicU64::new(seed % 1000),
                 requests: Mutex::new(Vec::new()),
                 injected: Mutex::new(Vec::new()),
                 in_flight: AtomicUsize::new(0),
@@ -245,10 +248,17 @@ mod proxy {
             InFlight(&state.in_flight)
         });
         let rate = u64::from(state.rate.load(Ordering::SeqCst));
-        let fault = if selected && state.random() % 1000 < rate {
-            // Which requests fail is random; the kinds take turns, so a
-            // run with few requests still meets each kind (a random pick
-            // once left a run with fewer than four kinds).
+        // Exactly `rate` in every thousand selected requests fail, spread
+        // evenly from a random starting point: a random draw per request
+        // could leave a run of ~130 requests with too few faults.
+        let n = if selected {
+            state.selected.fetch_add(1, Ordering::SeqCst)
+        } else {
+            0
+        };
+        let fault = if selected && (n + 1) * rate / 1000 > n * rate / 1000 {
+            // The kinds take turns, so a run with few faults still meets
+            // each kind.
             let faults = state.faults.lock().unwrap();
             let mut injected = state.injected.lock().unwrap();
             let f = faults[injected.len() % faults.len()];
