@@ -62,7 +62,7 @@ pub fn write_tar(
     walk(repo, index, &dir, &mut |path, node| {
         let full = base.join(path.strip_prefix("/").unwrap_or(path));
         let name = full.strip_prefix("/").unwrap_or(&full);
-        append(repo, index, &mut tar, name, node, &mut stats)?;
+        append(repo, index, &mut tar, name, &node, &mut stats)?;
         Ok(true)
     })?;
     tar.into_inner()
