@@ -467,50 +467,26 @@ fn restore_on_pool(
     }
 
     phase("skeleton");
-    // A file whose content lies in one pack (nearly every small file) is
-    // created, written and given its metadata by that pack's worker through
-    // one descriptor: creating it here, reopening it for content and
-    // setting metadata by path later cost three path lookups and twice the
-    // syscalls per file. Not when resuming (if-changed): there a file's
-    // unchanged chunks are never written, so no worker would finish it.
-    let owned: Vec<bool> = {
-        let mut owned = vec![false; items.len()];
-        if options.overwrite != Overwrite::IfChanged {
-            for (idx, content) in &content_files {
-                let mut packs = content.iter().map(|id| index.get(id).map(|l| l.pack));
-                if let Some(Some(first)) = packs.next() {
-                    owned[*idx] = packs.all(|p| p == Some(first));
-                    // Its worker creates it empty.
-                    fresh[*idx] = owned[*idx];
-                }
-            }
-        }
-        owned
+    // When resuming (if-changed) every file is sized first, then what it
+    // holds already is compared with the snapshot: unchanged chunks are
+    // never fetched.
+    let resuming = options.overwrite == Overwrite::IfChanged;
+    let prepare = |files: Vec<usize>| -> Result<Vec<(usize, bool)>> {
+        files
+            .into_par_iter()
+            .map(|idx| {
+                let item = &items[idx];
+                Ok((
+                    idx,
+                    prepare_file(&item.path, item.node.size, options.overwrite)?,
+                ))
+            })
+            .collect()
     };
-    // The other regular files are created (and sized) on every core: for
-    // trees of small files, creating inodes is most of a restore's time,
-    // nearly all of it in the kernel.
-    let prepared: Vec<(usize, bool)> = content_files
-        .par_iter()
-        .filter(|(idx, _)| !owned[*idx])
-        .map(|(idx, _)| {
-            let item = &items[*idx];
-            Ok((
-                *idx,
-                prepare_file(&item.path, item.node.size, options.overwrite)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    for (idx, is_fresh) in prepared {
-        fresh[idx] = is_fresh;
-    }
-
-    phase("create files");
-    // 3. Content, grouped by pack.
-    let mut by_pack: BTreeMap<PackId, HashMap<BlobId, BlobTarget>> = BTreeMap::new();
-    let mut total = 0u64;
-    let skipped = AtomicU64::new(0);
-    let verified: Vec<Vec<bool>> = if options.overwrite == Overwrite::IfChanged {
+    let verified: Vec<Vec<bool>> = if resuming {
+        for (idx, is_fresh) in prepare(content_files.iter().map(|(idx, _)| *idx).collect())? {
+            fresh[idx] = is_fresh;
+        }
         content_files
             .par_iter()
             .map(|(idx, content)| {
@@ -520,6 +496,12 @@ fn restore_on_pool(
     } else {
         vec![Vec::new(); content_files.len()]
     };
+
+    // 3. Content, grouped by pack, then cut into runs of blobs each fetched
+    // with one read.
+    let mut by_pack: BTreeMap<PackId, HashMap<BlobId, BlobTarget>> = BTreeMap::new();
+    let mut total = 0u64;
+    let skipped = AtomicU64::new(0);
     for (file_no, (idx, content)) in content_files.iter().enumerate() {
         let mut offset = 0u64;
         for (chunk_no, id) in content.iter().enumerate() {
@@ -551,6 +533,58 @@ fn restore_on_pool(
             offset += u64::from(loc.raw_len);
         }
     }
+    let runs: Vec<(PackId, Vec<BlobTarget>)> = by_pack
+        .into_iter()
+        .flat_map(|(pack, blobs)| {
+            let mut targets: Vec<BlobTarget> = blobs.into_values().collect();
+            targets.sort_unstable_by_key(|t| t.offset);
+            into_runs(targets).into_iter().map(move |run| (pack, run))
+        })
+        .collect();
+
+    // A file whose content lies in one run (nearly every small file) is
+    // created, written and given its metadata by that run's worker through
+    // one descriptor: creating it here, reopening it for content and
+    // setting metadata by path later cost three path lookups and twice the
+    // syscalls per file. Runs rather than whole packs are the workers'
+    // tasks so that no core waits long for the last one. Not when resuming:
+    // there a file's unchanged chunks are never written, so no worker would
+    // finish it.
+    let mut owned = vec![false; items.len()];
+    if !resuming {
+        const NONE: usize = usize::MAX;
+        const SEVERAL: usize = usize::MAX - 1;
+        let mut run_of = vec![NONE; items.len()];
+        for (run_no, (_, run)) in runs.iter().enumerate() {
+            for w in run.iter().flat_map(|t| &t.writes) {
+                let r = &mut run_of[w.file];
+                *r = if *r == NONE || *r == run_no {
+                    run_no
+                } else {
+                    SEVERAL
+                };
+            }
+        }
+        for (idx, _) in &content_files {
+            // Its worker creates it empty. (A file of zeros only, whose
+            // one blob is written nowhere else, is still owned: the worker
+            // opens it even when it writes nothing.)
+            owned[*idx] = run_of[*idx] < SEVERAL;
+            fresh[*idx] = owned[*idx];
+        }
+        // The other regular files are created (and sized) on every core:
+        // for trees of small files, creating inodes is most of a restore's
+        // time, nearly all of it in the kernel.
+        let others = content_files
+            .iter()
+            .map(|(idx, _)| *idx)
+            .filter(|idx| !owned[*idx])
+            .collect();
+        for (idx, is_fresh) in prepare(others)? {
+            fresh[idx] = is_fresh;
+        }
+    }
+    phase("create files");
     progress.bytes_total.store(total, Ordering::Relaxed);
     let is_root = nix::unistd::geteuid().is_root();
     let content = Content {
@@ -564,12 +598,11 @@ fn restore_on_pool(
         progress,
     };
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let packs: Vec<(PackId, HashMap<BlobId, BlobTarget>)> = by_pack.into_iter().collect();
-    packs.par_iter().for_each(|(pack, blobs)| {
+    runs.par_iter().for_each(|(pack, run)| {
         if options.cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
             return;
         }
-        if let Err(e) = content.restore_pack(pack, blobs) {
+        if let Err(e) = content.restore_run(pack, run) {
             first_error.lock().expect("ok").get_or_insert(e);
         }
     });
@@ -903,13 +936,13 @@ struct OwnedFile {
 }
 
 impl Content<'_> {
-    fn restore_pack(&self, pack: &PackId, blobs: &HashMap<BlobId, BlobTarget>) -> Result<()> {
+    /// Fetches one run of blobs (sorted by offset, from [`read_runs`]) with
+    /// one read and writes each where it belongs.
+    fn restore_run(&self, pack: &PackId, run: &[BlobTarget]) -> Result<()> {
         let backend: &dyn Backend = self.repo.backend().as_ref();
         let path = FileKind::Pack.path(&pack.to_hex());
-        let mut targets: Vec<&BlobTarget> = blobs.values().collect();
-        targets.sort_unstable_by_key(|t| t.offset);
         let mut owned: HashMap<usize, OwnedFile> = HashMap::new();
-        for w in targets.iter().flat_map(|t| &t.writes) {
+        for w in run.iter().flat_map(|t| &t.writes) {
             if self.owned[w.file] {
                 owned
                     .entry(w.file)
@@ -921,99 +954,98 @@ impl Content<'_> {
                     .remaining += 1;
             }
         }
-        // Files this pack writes to stay open while it is processed, but
-        // never more than OPEN_FILES at once: one pack of small files can
-        // touch thousands, and several packs are restored in parallel.
+        // Files this run writes to stay open while it is processed, but
+        // never more than OPEN_FILES at once: one run of small files can
+        // touch hundreds, and several runs are restored in parallel.
         const OPEN_FILES: usize = 16;
         let mut files: HashMap<usize, fs::File> = HashMap::new();
-        for run in read_runs(&targets) {
-            let first = run[0].offset;
-            let last = run[run.len() - 1];
-            let end = u64::from(last.offset) + u64::from(last.length);
-            let span = backend
-                .get_range(&path, u64::from(first), end - u64::from(first))
-                .map_err(|e| Error::backend(format!("pack {pack}"), e))?;
-            for target in run {
-                let from = (target.offset - first) as usize;
-                let stored = span
-                    .get(from..from + target.length as usize)
-                    .ok_or_else(|| {
-                        Error::corrupt(format!("pack {pack}"), "shorter than indexed")
-                    })?;
-                let data = blob::open(
-                    self.repo.key(),
-                    target.kind,
-                    &target.id,
-                    target.raw_len,
-                    stored,
-                )
-                .map_err(|e| Error::corrupt(format!("blob {} in pack {pack}", target.id), e))?;
-                let zero = data.iter().all(|&b| b == 0);
-                for w in &target.writes {
-                    let mut own = owned.get_mut(&w.file);
-                    // A new file is sized with set_len: a zero range is a
-                    // hole that reads as zeros already. Leaving it keeps
-                    // files sparse. An owned file is still opened, so it
-                    // exists even if it is all zeros.
-                    let skip = zero && self.fresh[w.file];
-                    if skip && own.is_none() {
-                        continue;
-                    }
-                    if files.len() >= OPEN_FILES && !files.contains_key(&w.file) {
-                        files.clear();
-                    }
-                    let p = &self.items[w.file].path;
-                    let file = match files.entry(w.file) {
-                        std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                        std::collections::hash_map::Entry::Vacant(v) => {
-                            let f = match own.as_deref_mut() {
-                                Some(o) if !o.created => {
-                                    o.created = true;
-                                    let f = create_file(p)?;
-                                    // Other blobs are opened before this
-                                    // file's next write, and one may fail:
-                                    // like every file of a failed restore,
-                                    // it must then have its full size,
-                                    // holes where content is missing.
-                                    if o.remaining > 1 {
-                                        let size = self.items[w.file].node.size;
-                                        f.set_len(size).map_err(|e| {
-                                            Error::io(format!("resizing {}", p.display()), e)
-                                        })?;
-                                        o.len = size;
-                                    }
-                                    Ok(f)
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(());
+        };
+        let first = first.offset;
+        let end = u64::from(last.offset) + u64::from(last.length);
+        let span = backend
+            .get_range(&path, u64::from(first), end - u64::from(first))
+            .map_err(|e| Error::backend(format!("pack {pack}"), e))?;
+        for target in run {
+            let from = (target.offset - first) as usize;
+            let stored = span
+                .get(from..from + target.length as usize)
+                .ok_or_else(|| Error::corrupt(format!("pack {pack}"), "shorter than indexed"))?;
+            let data = blob::open(
+                self.repo.key(),
+                target.kind,
+                &target.id,
+                target.raw_len,
+                stored,
+            )
+            .map_err(|e| Error::corrupt(format!("blob {} in pack {pack}", target.id), e))?;
+            let zero = data.iter().all(|&b| b == 0);
+            for w in &target.writes {
+                let mut own = owned.get_mut(&w.file);
+                // A new file is sized with set_len: a zero range is a
+                // hole that reads as zeros already. Leaving it keeps
+                // files sparse. An owned file is still opened, so it
+                // exists even if it is all zeros.
+                let skip = zero && self.fresh[w.file];
+                if skip && own.is_none() {
+                    continue;
+                }
+                if files.len() >= OPEN_FILES && !files.contains_key(&w.file) {
+                    files.clear();
+                }
+                let p = &self.items[w.file].path;
+                let file = match files.entry(w.file) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let f = match own.as_deref_mut() {
+                            Some(o) if !o.created => {
+                                o.created = true;
+                                let f = create_file(p)?;
+                                // Other blobs are opened before this
+                                // file's next write, and one may fail:
+                                // like every file of a failed restore,
+                                // it must then have its full size,
+                                // holes where content is missing.
+                                if o.remaining > 1 {
+                                    let size = self.items[w.file].node.size;
+                                    f.set_len(size).map_err(|e| {
+                                        Error::io(format!("resizing {}", p.display()), e)
+                                    })?;
+                                    o.len = size;
                                 }
-                                _ => OpenOptions::new()
-                                    .write(true)
-                                    .open(p)
-                                    .map_err(|e| Error::io(format!("opening {}", p.display()), e)),
-                            }?;
-                            v.insert(f)
-                        }
-                    };
-                    if !skip {
-                        file.write_all_at(&data, w.offset)
-                            .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
-                        self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                                Ok(f)
+                            }
+                            _ => OpenOptions::new()
+                                .write(true)
+                                .open(p)
+                                .map_err(|e| Error::io(format!("opening {}", p.display()), e)),
+                        }?;
+                        v.insert(f)
                     }
-                    if let Some(o) = own {
-                        if !skip {
-                            o.len = o.len.max(w.offset + data.len() as u64);
-                        }
-                        o.remaining -= 1;
-                        if o.remaining == 0 {
-                            self.finish_owned(file, &self.items[w.file], o.len)?;
-                            files.remove(&w.file);
-                        }
+                };
+                if !skip {
+                    file.write_all_at(&data, w.offset)
+                        .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+                    self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(o) = own {
+                    if !skip {
+                        o.len = o.len.max(w.offset + data.len() as u64);
+                    }
+                    o.remaining -= 1;
+                    if o.remaining == 0 {
+                        self.finish_owned(file, &self.items[w.file], o.len)?;
+                        files.remove(&w.file);
                     }
                 }
-                self.progress.bytes_done.fetch_add(
-                    data.len() as u64 * target.writes.len() as u64,
-                    Ordering::Relaxed,
-                );
             }
+            self.progress.bytes_done.fetch_add(
+                data.len() as u64 * target.writes.len() as u64,
+                Ordering::Relaxed,
+            );
         }
+
         Ok(())
     }
 
@@ -1050,22 +1082,34 @@ const MAX_READ_GAP: u64 = 256 * 1024;
 /// Splits blobs sorted by offset into runs, each fetched with one ranged
 /// read: consecutive blobs join a run while the run stays within
 /// [`MAX_READ_SPAN`] and the gap before them within [`MAX_READ_GAP`].
-fn read_runs<'a>(sorted: &'a [&'a BlobTarget]) -> Vec<&'a [&'a BlobTarget]> {
+fn read_runs(sorted: &[BlobTarget]) -> Vec<std::ops::Range<usize>> {
     let mut runs = Vec::new();
     let mut begin = 0;
-    for i in 1..sorted.len() {
-        let run_start = u64::from(sorted[begin].offset);
-        let prev_end = u64::from(sorted[i - 1].offset) + u64::from(sorted[i - 1].length);
-        let this_end = u64::from(sorted[i].offset) + u64::from(sorted[i].length);
-        let gap = u64::from(sorted[i].offset).saturating_sub(prev_end);
+    for (i, pair) in sorted.windows(2).enumerate() {
+        let [prev, this] = pair else { continue };
+        let run_start = sorted.get(begin).map_or(0, |t| u64::from(t.offset));
+        let prev_end = u64::from(prev.offset) + u64::from(prev.length);
+        let this_end = u64::from(this.offset) + u64::from(this.length);
+        let gap = u64::from(this.offset).saturating_sub(prev_end);
         if gap > MAX_READ_GAP || this_end - run_start > MAX_READ_SPAN {
-            runs.push(&sorted[begin..i]);
-            begin = i;
+            runs.push(begin..i + 1);
+            begin = i + 1;
         }
     }
     if begin < sorted.len() {
-        runs.push(&sorted[begin..]);
+        runs.push(begin..sorted.len());
     }
+    runs
+}
+
+/// Cuts blobs sorted by offset into the runs [`read_runs`] gives.
+fn into_runs(mut sorted: Vec<BlobTarget>) -> Vec<Vec<BlobTarget>> {
+    let mut runs: Vec<Vec<BlobTarget>> = read_runs(&sorted)
+        .into_iter()
+        .rev()
+        .map(|range| sorted.split_off(range.start))
+        .collect();
+    runs.reverse();
     runs
 }
 
@@ -1149,8 +1193,8 @@ mod tests {
     }
 
     fn runs_of(blobs: &[BlobTarget]) -> Vec<Vec<u32>> {
-        let sorted: Vec<&BlobTarget> = blobs.iter().collect();
-        read_runs(&sorted)
+        let owned = blobs.iter().map(|t| target(t.offset, t.length)).collect();
+        into_runs(owned)
             .into_iter()
             .map(|r| r.iter().map(|t| t.offset).collect())
             .collect()
