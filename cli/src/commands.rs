@@ -249,17 +249,33 @@ pub(crate) fn pick_snapshot(
     vault_engine::id::SnapshotId,
     vault_engine::snapshot::Snapshot,
 )> {
-    use anyhow::Context;
-    let snaps = repo.snapshots()?;
-    let filter = filter.to_filter();
-    if let Some(at) = at {
-        let time = crate::timespec::parse(at)?;
-        let found = vault_engine::snapshot::select_at(&snaps, time.timestamp(), &filter)
-            .with_context(|| format!("no snapshot at or before {at}"))?;
-        return Ok(found.clone());
+    let (snaps, damaged) = repo.snapshots_and_damaged()?;
+    for e in &damaged {
+        tracing::warn!("skipping {e}");
     }
-    let spec = spec.unwrap_or("latest");
-    Ok(vault_engine::snapshot::select(&snaps, spec, &filter)?.clone())
+    let filter = filter.to_filter();
+    let missing = match at {
+        Some(at) => {
+            let time = crate::timespec::parse(at)?;
+            match vault_engine::snapshot::select_at(&snaps, time.timestamp(), &filter) {
+                Some(found) => return Ok(found.clone()),
+                None => format!("no snapshot at or before {at}"),
+            }
+        }
+        None => match vault_engine::snapshot::select(&snaps, spec.unwrap_or("latest"), &filter) {
+            Ok(found) => return Ok(found.clone()),
+            Err(e @ vault_engine::snapshot::SelectError::NoMatch(_)) => e.to_string(),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    // The one asked for may be among the damaged: that is a damaged
+    // repository (exit 5), not a missing snapshot.
+    Err(match damaged.into_iter().next() {
+        Some(first) => anyhow::Error::from(first).context(format!(
+            "{missing}, and a snapshot that could be it is unreadable"
+        )),
+        None => anyhow::anyhow!(missing),
+    })
 }
 
 /// The newest snapshot of a configured source (at or before `at`), either

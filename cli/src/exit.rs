@@ -8,6 +8,20 @@ use vault_engine::ErrorKind;
 pub(crate) const FATAL: u8 = 1;
 /// Backup saved, but some files could not be read.
 pub(crate) const INCOMPLETE: u8 = 3;
+/// An object the command needs is missing from the repository (also a WAL
+/// file `vault wal fetch` is asked for and the archive does not have).
+pub(crate) const MISSING: u8 = 4;
+/// The repository is damaged: stored data failed authentication or
+/// decoding, or `check` found errors.
+pub(crate) const DAMAGED: u8 = 5;
+/// A backup source failed: its command exited non-zero, or its input could
+/// not be read. Nothing of it was saved.
+pub(crate) const SOURCE_FAILED: u8 = 6;
+/// No space left (or quota exhausted) where vault writes: the repository's
+/// disk, a restore target, the output.
+pub(crate) const NO_SPACE: u8 = 7;
+/// The storage kept failing after retries (unreachable, refusing, erroring).
+pub(crate) const STORAGE: u8 = 8;
 /// No repository at the given location.
 pub(crate) const NO_REPOSITORY: u8 = 10;
 /// The repository is locked by another process.
@@ -22,23 +36,45 @@ Exit codes:
   0    success
   1    fatal error (nothing or not everything was saved)
   3    backup saved, but some files could not be read (listed on stderr)
+  4    an object is missing from the repository
+  5    the repository is damaged (data fails authentication, or check found errors)
+  6    a backup source failed (its command exited non-zero, or it could not be read)
+  7    no space left on a disk or quota vault writes to
+  8    the storage kept failing after retries
   10   repository does not exist
   11   repository is locked
   12   wrong password
   130  interrupted (SIGINT/SIGTERM)";
 
 pub(crate) fn code_for(err: &anyhow::Error) -> ExitCode {
-    let code = err
+    ExitCode::from(code_of(err))
+}
+
+/// The exit code for an error: by the kind of the engine error in its
+/// chain, else a local disk that is full, else [`FATAL`].
+pub(crate) fn code_of(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err
         .chain()
         .find_map(|e| e.downcast_ref::<vault_engine::Error>())
-        .map_or(FATAL, |e| match e.kind() {
+    {
+        return match e.kind() {
             ErrorKind::RepositoryNotFound => NO_REPOSITORY,
             ErrorKind::Locked => LOCKED,
             ErrorKind::WrongPassword => WRONG_PASSWORD,
             ErrorKind::Interrupted => INTERRUPTED,
+            ErrorKind::NotFound => MISSING,
+            ErrorKind::Corrupt => DAMAGED,
+            ErrorKind::SourceFailed => SOURCE_FAILED,
+            ErrorKind::NoSpace => NO_SPACE,
+            ErrorKind::Backend => STORAGE,
             _ => FATAL,
-        });
-    ExitCode::from(code)
+        };
+    }
+    let full = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+    });
+    if full { NO_SPACE } else { FATAL }
 }
 
 pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -46,7 +82,7 @@ pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             || e.downcast_ref::<vault_engine::Error>().is_some_and(|v| {
-                matches!(v, vault_engine::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
+                matches!(v, vault_engine::Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::BrokenPipe)
             })
     })
 }

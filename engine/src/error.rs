@@ -72,13 +72,14 @@ pub enum Error {
         holder: String,
     },
     /// Storage failed.
-    #[error("storage error on {object}: {source}")]
+    #[error("storage error on {object}: {cause}")]
     Backend {
         /// The object being read or written.
         object: String,
-        /// The backend's error.
-        #[source]
-        source: BackendError,
+        /// The backend's error. Shown in this error's message and so not
+        /// also its `source()` (a field named `source` would be): a chain
+        /// printed whole (`{:#}`) showed it twice.
+        cause: BackendError,
     },
     /// A source could not be read completely.
     #[error("{0}")]
@@ -90,13 +91,12 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
     /// A local file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What we were doing, including the path.
         context: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error, shown in the message (not a `source()`, as above).
+        cause: std::io::Error,
     },
 }
 
@@ -110,7 +110,7 @@ impl Error {
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Locked { .. } => ErrorKind::Locked,
-            Error::Backend { source, .. } => {
+            Error::Backend { cause: source, .. } => {
                 if source.is_no_space() {
                     ErrorKind::NoSpace
                 } else if source.is_not_found() {
@@ -122,7 +122,7 @@ impl Error {
             Error::SourceFailed(_) => ErrorKind::SourceFailed,
             Error::Interrupted => ErrorKind::Interrupted,
             Error::InvalidInput(_) => ErrorKind::InvalidInput,
-            Error::Io { source, .. } => {
+            Error::Io { cause: source, .. } => {
                 if source.raw_os_error() == Some(libc::ENOSPC)
                     || source.raw_os_error() == Some(libc::EDQUOT)
                 {
@@ -144,7 +144,7 @@ impl Error {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -156,7 +156,7 @@ impl Error {
         }
         Error::Backend {
             object: object.into(),
-            source,
+            cause: source,
         }
     }
 }

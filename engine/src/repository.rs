@@ -123,6 +123,9 @@ impl std::fmt::Debug for Repository {
     }
 }
 
+/// Snapshots with their ids, oldest first.
+pub type SnapshotList = Vec<(SnapshotId, Snapshot)>;
+
 /// Parses the id at the end of an object key, only in its canonical
 /// (lowercase hex) spelling: other names are not ours.
 fn canonical_id<T: std::str::FromStr + std::fmt::Display>(path: &str) -> Option<T> {
@@ -565,8 +568,21 @@ impl Repository {
         Snapshot::decode(&body).map_err(|e| Error::corrupt(path, e))
     }
 
-    /// Every snapshot, oldest first.
-    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+    /// Every snapshot, oldest first. Damaged ones are skipped with a
+    /// warning: one must not make the others unreachable (`check` reports
+    /// it).
+    pub fn snapshots(&self) -> Result<SnapshotList> {
+        let (out, damaged) = self.snapshots_and_damaged()?;
+        for e in damaged {
+            tracing::warn!("skipping {e}");
+        }
+        Ok(out)
+    }
+
+    /// Every readable snapshot, oldest first, and the errors of those that
+    /// are damaged: for a caller that must tell "no such snapshot" from "it
+    /// may be one of these".
+    pub fn snapshots_and_damaged(&self) -> Result<(SnapshotList, Vec<Error>)> {
         let listed = self.list(FileKind::Snapshot)?;
         self.prune_cache(FileKind::Snapshot, &listed);
         let ids: Vec<SnapshotId> = listed
@@ -574,17 +590,16 @@ impl Repository {
             .filter_map(|info| canonical_id(&info.path))
             .collect();
         let mut out = Vec::new();
+        let mut damaged = Vec::new();
         for (id, loaded) in fetch_all(&ids, |id| self.load_snapshot(id)) {
-            // One damaged snapshot must not make the others unreachable;
-            // `check` reports it.
             match loaded {
                 Ok(s) => out.push((id, s)),
-                Err(e @ Error::Corrupt { .. }) => tracing::warn!("skipping {e}"),
+                Err(e @ Error::Corrupt { .. }) => damaged.push(e),
                 Err(e) => return Err(e),
             }
         }
         out.sort_by_key(|(_, s)| s.time.timestamp());
-        Ok(out)
+        Ok((out, damaged))
     }
 
     /// Removes a snapshot (forget).

@@ -143,7 +143,7 @@ fn flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths(backend: Bac
         .unwrap();
     env.flip(&pack, 100);
     let (code, v) = check_json(&env, &["--verify"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5);
     let errs = errors(&v);
     let pack_name = key_name(&pack).to_owned();
     let damaged = errs
@@ -167,7 +167,7 @@ fn flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths(backend: Bac
     assert_eq!(snaps.len(), 2, "{v}");
     // Human output names the pack too.
     let out = env.vault(&["check", "--verify"]);
-    assert_code(&out, 1);
+    assert_code(&out, 5);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&pack_name));
 
     // repair snapshots drops the hurt files; the rest restores.
@@ -194,7 +194,7 @@ fn flipped_byte_in_index_is_found_and_repair_index_heals_it(backend: Backend) {
     let index = env.objects_under("index").remove(0);
     env.flip(&index, 50);
     let (code, v) = check_json(&env, &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5);
     let name = key_name(&index).to_owned();
     assert!(
         errors(&v)
@@ -215,7 +215,7 @@ fn deleted_index_is_found_and_repair_index_heals_it(backend: Backend) {
         env.delete_object(&index);
     }
     let (code, v) = check_json(&env, &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5);
     assert!(
         errors(&v).iter().any(|f| f["kind"] == "blob_missing"),
         "{v}"
@@ -232,7 +232,7 @@ fn flipped_byte_in_snapshot_is_named(backend: Backend) {
     let snap = env.objects_under("snapshots").remove(0);
     env.flip(&snap, 40);
     let (code, v) = check_json(&env, &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5);
     let name = key_name(&snap).to_owned();
     assert!(
         errors(&v)
@@ -252,7 +252,7 @@ fn flipped_byte_in_tree_pack_is_found_by_plain_check(backend: Backend) {
         env.flip(p, 30);
     }
     let (code, v) = check_json(&env, &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5);
     let errs = errors(&v);
     let tree = errs
         .iter()
@@ -272,7 +272,7 @@ fn truncated_and_deleted_packs_are_found_by_plain_check(backend: Backend) {
     let bytes = env.read_object(&victim);
     env.write_object(&victim, &bytes[..bytes.len() / 2]);
     let (code, v) = check_json(&env, &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5);
     let f = errors(&v)
         .into_iter()
         .find(|f| f["kind"] == "pack_size")
@@ -287,7 +287,7 @@ fn truncated_and_deleted_packs_are_found_by_plain_check(backend: Backend) {
     );
     env.delete_object(&victim);
     let (code, v) = check_json(&env, &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 5);
     let f = errors(&v)
         .into_iter()
         .find(|f| f["kind"] == "pack_missing")

@@ -2,7 +2,9 @@
 //! wrong password, missing repository, unreadable files, failing dump
 //! commands, and tampered storage; each on local disk and on S3.
 
-use crate::support::{Backend, Env, assert_code, assert_success, is_root, key_name, stderr};
+use crate::support::{
+    Backend, Env, assert_code, assert_success, is_root, key_name, pseudo_random, stderr,
+};
 use std::os::unix::fs::PermissionsExt;
 
 backend_test!(wrong_password_exits_12_and_writes_nothing);
@@ -50,7 +52,8 @@ fn failing_dump_command_records_no_snapshot(backend: Backend) {
         "-c",
         "seq 1 100000; echo 'pg_dump: error: connection failed' >&2; exit 1",
     ]);
-    assert_code(&out, 1);
+    // 6: a backup source failed.
+    assert_code(&out, 6);
     assert!(stderr(&out).contains("no snapshot"), "{}", stderr(&out));
     assert!(env.snapshots().is_empty());
     let out = env.vault(&[
@@ -59,7 +62,7 @@ fn failing_dump_command_records_no_snapshot(backend: Backend) {
         "--",
         "/nonexistent/pg_dump",
     ]);
-    assert_code(&out, 1);
+    assert_code(&out, 6);
     assert!(env.snapshots().is_empty());
 }
 
@@ -125,7 +128,8 @@ fn tampered_objects_fail_with_an_error_naming_them(backend: Backend) {
             "--target",
             target.to_str().unwrap(),
         ]);
-        assert_code(&out, 1);
+        // 5: the repository is damaged.
+        assert_code(&out, 5);
         let err = stderr(&out);
         let name = key_name(&victim).to_owned();
         assert!(
@@ -149,7 +153,7 @@ fn tampered_objects_fail_with_an_error_naming_them(backend: Backend) {
     bytes[30] ^= 0x01;
     env.write_object("config", &bytes);
     let out = env.vault(&["snapshots"]);
-    assert_code(&out, 1);
+    assert_code(&out, 5);
     assert!(
         stderr(&out).contains("config is damaged"),
         "{}",
@@ -157,4 +161,131 @@ fn tampered_objects_fail_with_an_error_naming_them(backend: Backend) {
     );
     env.write_object("config", &original);
     assert_success(&env.vault(&["snapshots"]));
+}
+
+backend_test!(a_missing_pack_exits_4_naming_it);
+/// A pack deleted from the store: restore fails with 4 (an object is
+/// missing) and names it.
+fn a_missing_pack_exits_4_naming_it(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), pseudo_random(300_000, 4)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    // The file's pack, the largest (the other holds the trees, which on S3
+    // the local cache would still serve).
+    let sizes = env.sizes_under("data");
+    let victim = sizes.keys().max_by_key(|k| sizes[*k]).unwrap().clone();
+    env.delete_object(&victim);
+    let target = env.path("r");
+    let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_code(&out, 4);
+    assert!(
+        stderr(&out).contains(&key_name(&victim)[..8]),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    /// `None` (with a notice) where mounting needs a root the test lacks.
+    fn mount(dir: std::path::PathBuf, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = is_root()
+            && std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("NOTICE: skipped, mounting a {size} tmpfs needs root");
+        }
+        mounted.then_some(Self(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+/// The repository's disk fills up during a backup: exit 7, no snapshot,
+/// and the repository stays sound (check passes, a smaller backup then
+/// works). A restore target that fills up: exit 7 too.
+fn a_full_disk_exits_7_and_loses_nothing() {
+    let env = Env::new();
+    let Some(disk) = SmallDisk::mount(env.path("small"), "4m") else {
+        return;
+    };
+    let repo = disk.0.join("repo");
+    let on_small = |args: &[&str]| {
+        env.command(args)
+            .env("VAULT_REPOSITORY", &repo)
+            .output()
+            .unwrap()
+    };
+    assert_success(&on_small(&[
+        "init",
+        "--kdf-memory-mib",
+        "8",
+        "--kdf-iterations",
+        "1",
+    ]));
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..3 {
+        std::fs::write(src.join(format!("big{i}")), pseudo_random(3_000_000, i)).unwrap();
+    }
+    let out = on_small(&["backup", "--compression", "none", src.to_str().unwrap()]);
+    assert_code(&out, 7);
+    assert!(stderr(&out).contains("no space"), "{}", stderr(&out));
+    let listed = on_small(&["snapshots", "--json"]);
+    assert_success(&listed);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]");
+    assert_success(&on_small(&["check"]));
+    let small = env.path("small-src");
+    std::fs::create_dir_all(&small).unwrap();
+    std::fs::write(small.join("note"), b"fits").unwrap();
+    assert_success(&on_small(&["backup", small.to_str().unwrap()]));
+
+    // Restoring 9 MB into 4 MB.
+    assert_success(&env.vault(&["backup", "--compression", "none", src.to_str().unwrap()]));
+    let Some(target) = SmallDisk::mount(env.path("target"), "4m") else {
+        return;
+    };
+    let out = env.vault(&["restore", "latest", "--target", target.0.to_str().unwrap()]);
+    assert_code(&out, 7);
+}
+
+#[test]
+/// Output to a full disk (`/dev/full`): 7 and one clear line, whether the
+/// command writes through `println!` (cat, key list) or its own writer
+/// (dump); never a panic.
+fn output_to_a_full_disk_exits_7() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), pseudo_random(100_000, 3)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let file = src.join("f");
+    for args in [
+        vec!["cat", "config"],
+        vec!["key", "list"],
+        vec!["dump", "latest", file.to_str().unwrap()],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = env.command(&args).stdout(full).output().unwrap();
+        assert_code(&out, 7);
+        let err = stderr(&out);
+        assert!(err.contains("No space left"), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
 }

@@ -471,7 +471,8 @@ fn restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_t
         .unwrap_or_else(|| panic!("{victim} is not archived"));
     t.store.delete(&key).unwrap();
     let out = t.vault(&["check", "--json"]);
-    assert_code(&out, 1);
+    // 5: check found errors.
+    assert_code(&out, 5);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(
         report["findings"]

@@ -163,7 +163,8 @@ fn three_keys_each_open_and_a_removed_one_fails_with_12(backend: Backend) {
     assert!(stderr(&out).contains("last key"), "{}", stderr(&out));
     assert_success(&vault_as(&env, &third, &["snapshots"]));
     // Unknown ids are an error, not a silent success.
-    assert_code(&vault_as(&env, &third, &["key", "remove", "00000000"]), 1);
+    // 4: no such object.
+    assert_code(&vault_as(&env, &third, &["key", "remove", "00000000"]), 4);
 }
 
 backend_test!(passwd_replaces_the_key_in_use);

@@ -849,7 +849,8 @@ fn persistent_faults_fail_the_backup_naming_the_object_and_record_no_snapshot() 
             .env("VAULT_S3_MAX_RETRIES", "2")
             .output()
             .unwrap();
-        assert_code(&out, 1);
+        // 8: the storage kept failing.
+        assert_code(&out, 8);
         let err = stderr(&out);
         eprintln!("{fault:?}: failed after {:.1?}: {err}", started.elapsed());
         // The object: data/<2 hex>/<64 hex>.

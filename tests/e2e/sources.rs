@@ -184,7 +184,8 @@ status_file = "{status}"
         ),
     );
     let out = vault_with(&env, &config, &["backup"]);
-    assert_code(&out, 1);
+    // 6: a backup source failed.
+    assert_code(&out, 6);
     assert!(
         stderr(&out).contains("source broken") && stderr(&out).contains("connection refused"),
         "{}",
@@ -503,7 +504,8 @@ status_file = "{status}"
     // and leaves the other source's snapshot saved.
     let before = env.snapshots().len();
     let out = vault_with(&env, &config, &["backup"]);
-    assert_code(&out, 1);
+    // 6: a backup source failed.
+    assert_code(&out, 6);
     assert_eq!(env.snapshots().len(), before + 1);
     assert!(hook.received().iter().any(|b| b["source"] == "ghost-db"));
     let status = json_with(&env, &config, &["status"]);

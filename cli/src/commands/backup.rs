@@ -389,6 +389,9 @@ fn run_sources(
     let status_path = status::path(config.notify.status_file.as_deref());
     let host = args.host.clone().unwrap_or_else(global::hostname);
     let mut failed = 0usize;
+    // The exit code of the first source that failed (its kind: a failing
+    // dump command, a full disk...).
+    let mut first_failure: Option<u8> = None;
     let mut incomplete = 0usize;
     let mut locked = 0usize;
     let mut outcomes: Vec<(String, Result<backup::BackupReport, String>)> = Vec::new();
@@ -444,6 +447,7 @@ fn run_sources(
                 }
                 eprintln!("vault: error: source {name}: {e:#}");
                 failed += 1;
+                first_failure.get_or_insert(exit::code_of(e));
             }
         }
         outcomes.push((name, result.map_err(|e| format!("{e:#}"))));
@@ -456,7 +460,7 @@ fn run_sources(
             "vault: {failed} of {} sources failed",
             outcomes.len() + locked
         );
-        return Ok(ExitCode::FAILURE);
+        return Ok(ExitCode::from(first_failure.unwrap_or(exit::FATAL)));
     }
     if locked > 0 {
         return Ok(ExitCode::from(exit::LOCKED));

@@ -1,7 +1,7 @@
 //! `vault check`: prove the repository is restorable and locate damage.
 
 use crate::args::GlobalArgs;
-use crate::{global, output};
+use crate::{exit, global, output};
 use anyhow::Result;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
         }
     }
     Ok(if errors > 0 {
-        ExitCode::FAILURE
+        ExitCode::from(exit::DAMAGED)
     } else {
         ExitCode::SUCCESS
     })

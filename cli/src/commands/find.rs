@@ -92,14 +92,14 @@ fn output_error(e: anyhow::Error) -> vault_engine::Error {
     };
     vault_engine::Error::Io {
         context: "writing output".into(),
-        source,
+        cause: source,
     }
 }
 
 fn print_line(line: std::fmt::Arguments<'_>) -> vault_engine::Result<()> {
     writeln!(std::io::stdout().lock(), "{line}").map_err(|e| vault_engine::Error::Io {
         context: "writing output".into(),
-        source: e,
+        cause: e,
     })
 }
 

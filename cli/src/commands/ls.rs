@@ -116,7 +116,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
             };
             writeln!(stdout, "{line}").map_err(|e| vault_engine::Error::Io {
                 context: "writing output".into(),
-                source: e,
+                cause: e,
             })?;
         }
         Ok(descend)

@@ -4,19 +4,16 @@
 //! `archive_command = 'vault wal push %p'` exits 0 only once the segment is
 //! durable; pushing an identical segment again succeeds, a different one
 //! fails loudly. `restore_command = 'vault wal fetch %f %p'` exits
-//! [`NOT_FOUND`] for files the archive does not have (PostgreSQL probes for
-//! history files and future segments).
+//! [`exit::MISSING`] (4) for files the archive does not have (PostgreSQL
+//! probes for history files and future segments).
 
 use crate::args::GlobalArgs;
 use crate::config::{Config, SourceKind};
-use crate::{global, output};
+use crate::{exit, global, output};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vault_engine::wal;
-
-/// Exit code of `wal fetch` for a file that is not archived.
-pub(crate) const NOT_FOUND: u8 = 4;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum WalCommand {
@@ -102,7 +99,7 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                 drop(file);
                 let _ = std::fs::remove_file(&tmp);
                 eprintln!("vault: WAL file {name} is not in the archive");
-                return Ok(ExitCode::from(NOT_FOUND));
+                return Ok(ExitCode::from(exit::MISSING));
             }
             file.sync_all()?;
             std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
