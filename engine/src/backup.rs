@@ -281,6 +281,21 @@ pub fn backup(
     options: &BackupOptions,
     progress: &BackupProgress,
 ) -> Result<BackupReport> {
+    // As restic: if not one of the paths can be read (an unmounted volume,
+    // a typo in a crontab), fail. A snapshot of nothing would count as a
+    // backup in `forget --keep-last` and push out the real ones.
+    if let Source::Paths(list) = &source
+        && let Some(Err(error)) = list
+            .iter()
+            .map(std::fs::symlink_metadata)
+            .reduce(|a, b| a.or(b))
+    {
+        let shown: Vec<String> = list.iter().map(|p| p.display().to_string()).collect();
+        return Err(Error::SourceFailed(format!(
+            "nothing to back up: {} cannot be read ({error})",
+            shown.join(", ")
+        )));
+    }
     let start = jiff::Timestamp::now();
     let index_ids_at_start: std::collections::HashSet<crate::id::IndexId> =
         repo.index_ids()?.into_iter().collect();

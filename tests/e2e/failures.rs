@@ -289,3 +289,32 @@ fn output_to_a_full_disk_exits_7() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+backend_test!(backing_up_only_missing_paths_fails_with_6_and_saves_nothing);
+/// An unmounted volume or a typo in a crontab: when not one path can be
+/// read, the backup fails (6) instead of saving an empty snapshot that
+/// `forget --keep-last` would count. One readable path is enough for a
+/// snapshot, with 3 for the rest.
+fn backing_up_only_missing_paths_fails_with_6_and_saves_nothing(backend: Backend) {
+    let env = Env::on(backend);
+    let missing = env.path("not-mounted");
+    let also = env.path("typo");
+    let out = env.vault(&["backup", missing.to_str().unwrap(), also.to_str().unwrap()]);
+    assert_code(&out, 6);
+    assert!(
+        stderr(&out).contains("nothing to back up"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.snapshots().is_empty());
+    let present = env.path("present");
+    std::fs::create_dir_all(&present).unwrap();
+    std::fs::write(present.join("f"), b"data").unwrap();
+    let out = env.vault(&[
+        "backup",
+        missing.to_str().unwrap(),
+        present.to_str().unwrap(),
+    ]);
+    assert_code(&out, 3);
+    assert_eq!(env.snapshots().len(), 1);
+}
