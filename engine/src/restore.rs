@@ -936,7 +936,7 @@ struct OwnedFile {
 }
 
 impl Content<'_> {
-    /// Fetches one run of blobs (sorted by offset, from [`read_runs`]) with
+    /// Fetches one run of blobs (sorted by offset, from [`into_runs`]) with
     /// one read and writes each where it belongs.
     fn restore_run(&self, pack: &PackId, run: &[BlobTarget]) -> Result<()> {
         let backend: &dyn Backend = self.repo.backend().as_ref();
@@ -1082,34 +1082,23 @@ const MAX_READ_GAP: u64 = 256 * 1024;
 /// Splits blobs sorted by offset into runs, each fetched with one ranged
 /// read: consecutive blobs join a run while the run stays within
 /// [`MAX_READ_SPAN`] and the gap before them within [`MAX_READ_GAP`].
-fn read_runs(sorted: &[BlobTarget]) -> Vec<std::ops::Range<usize>> {
-    let mut runs = Vec::new();
-    let mut begin = 0;
-    for (i, pair) in sorted.windows(2).enumerate() {
-        let [prev, this] = pair else { continue };
-        let run_start = sorted.get(begin).map_or(0, |t| u64::from(t.offset));
-        let prev_end = u64::from(prev.offset) + u64::from(prev.length);
-        let this_end = u64::from(this.offset) + u64::from(this.length);
-        let gap = u64::from(this.offset).saturating_sub(prev_end);
-        if gap > MAX_READ_GAP || this_end - run_start > MAX_READ_SPAN {
-            runs.push(begin..i + 1);
-            begin = i + 1;
+fn into_runs(sorted: Vec<BlobTarget>) -> Vec<Vec<BlobTarget>> {
+    let mut runs: Vec<Vec<BlobTarget>> = Vec::new();
+    for target in sorted {
+        let end = u64::from(target.offset) + u64::from(target.length);
+        let joins = runs
+            .last()
+            .and_then(|run| Some((run.first()?, run.last()?)))
+            .is_some_and(|(first, prev)| {
+                let prev_end = u64::from(prev.offset) + u64::from(prev.length);
+                u64::from(target.offset).saturating_sub(prev_end) <= MAX_READ_GAP
+                    && end.saturating_sub(u64::from(first.offset)) <= MAX_READ_SPAN
+            });
+        match runs.last_mut() {
+            Some(run) if joins => run.push(target),
+            _ => runs.push(vec![target]),
         }
     }
-    if begin < sorted.len() {
-        runs.push(begin..sorted.len());
-    }
-    runs
-}
-
-/// Cuts blobs sorted by offset into the runs [`read_runs`] gives.
-fn into_runs(mut sorted: Vec<BlobTarget>) -> Vec<Vec<BlobTarget>> {
-    let mut runs: Vec<Vec<BlobTarget>> = read_runs(&sorted)
-        .into_iter()
-        .rev()
-        .map(|range| sorted.split_off(range.start))
-        .collect();
-    runs.reverse();
     runs
 }
 
