@@ -370,6 +370,10 @@ fn restore_on_pool(
     // 2. Skeleton: directories, empty files, links, special files.
     let mut hardlinks: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut fresh = vec![false; items.len()];
+    // Entries the skeleton did not create (sockets, device nodes mknod
+    // refused): no metadata to apply, and no warnings about a path that is
+    // not there.
+    let mut absent = vec![false; items.len()];
     let mut content_files: Vec<(usize, Vec<BlobId>)> = Vec::new();
     // Second and later names of hard-linked files: linked once the first
     // name exists.
@@ -454,14 +458,18 @@ fn restore_on_pool(
                     node.device.unwrap_or(0),
                 ) {
                     Ok(()) => report.others += 1,
-                    Err(e) => report.warnings.push(format!(
-                        "{}: cannot create device node: {e}",
-                        path.display()
-                    )),
+                    Err(e) => {
+                        absent[idx] = true;
+                        report.warnings.push(format!(
+                            "{}: cannot create device node: {e}",
+                            path.display()
+                        ));
+                    }
                 }
             }
             NodeKind::Socket => {
                 // Sockets are recreated by the program that owns them.
+                absent[idx] = true;
             }
         }
     }
@@ -647,8 +655,8 @@ fn restore_on_pool(
     // finished), then directories deepest first.
     let warnings: Vec<String> = items
         .par_iter()
-        .zip(owned.par_iter())
-        .filter(|(i, owned)| i.node.kind != NodeKind::Dir && !**owned)
+        .zip(owned.par_iter().zip(absent.par_iter()))
+        .filter(|(i, (owned, absent))| i.node.kind != NodeKind::Dir && !**owned && !**absent)
         .flat_map_iter(|(item, _)| {
             let mut w = Vec::new();
             apply_metadata(Meta::Path(&item.path), &item.node, is_root, &mut w);

@@ -184,6 +184,32 @@ fn round_trip_preserves_content_and_metadata(backend: Backend) {
     assert!(std::fs::metadata(zeros).unwrap().blocks() * 512 < 2_500_000);
 }
 
+/// A socket is recorded but not recreated (its program makes it anew), and
+/// restore must not then warn that it cannot chown, chmod or time a path it
+/// never created.
+#[test]
+fn sockets_are_recorded_and_skipped_on_restore_without_warnings() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("kept"), b"kept").unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(src.join("app.sock")).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let listing = env.vault(&["ls", "latest", src.to_str().unwrap()]);
+    assert_success(&listing);
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains("app.sock"),
+        "the socket is in the snapshot"
+    );
+    let target = env.path("restore");
+    let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_success(&out);
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let root = restored_root(&target, &src);
+    assert_eq!(std::fs::read(root.join("kept")).unwrap(), b"kept");
+    assert!(std::fs::symlink_metadata(root.join("app.sock")).is_err());
+}
+
 backend_test!(restore_of_many_small_files_stays_within_a_low_open_file_limit);
 /// Thousands of small files share a pack; restoring it must not hold them
 /// all open (a 52k-file tree failed with "Too many open files").
