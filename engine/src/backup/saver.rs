@@ -13,9 +13,9 @@
 //!
 //! Every channel is bounded, so memory is capped whatever the input: at most
 //! `2·N` plaintext chunks queued, one pack being filled, one finished, and
-//! `M` packs being uploaded. An index file is written every `INDEX_EVERY_PACKS` uploaded packs
-//! so an interrupted backup leaves its uploaded data discoverable by the next
-//! one; the final index is written by [`Saver::finish`], which returns only
+//! `M` packs being uploaded. An index file is written every `INDEX_EVERY_PACKS` uploaded packs,
+//! or sooner once a pack has waited `INDEX_MAX_AGE` for one, so an interrupted
+//! backup leaves its uploaded data discoverable by the next one; the final index is written by [`Saver::finish`], which returns only
 //! when every accepted blob is durable and indexed.
 
 use crate::blob::BlobKind;
@@ -31,9 +31,24 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Index files are flushed after this many packs (16 MiB packs: ~512 MiB).
 const INDEX_EVERY_PACKS: usize = 32;
+
+/// ... or once the oldest pack not yet in an index file has waited this
+/// long: at 1 MB/s, 32 packs take nine minutes to upload, and a backup
+/// killed before its next index file would leave all of them for the next
+/// run to upload again.
+const INDEX_MAX_AGE: Duration = Duration::from_secs(5 * 60);
+
+/// Packs uploaded but not yet in a stored index file.
+#[derive(Default)]
+struct Unindexed {
+    packs: Vec<IndexedPack>,
+    /// When the first of `packs` was uploaded.
+    since: Option<Instant>,
+}
 
 /// Counters the pipeline updates; readable any time for progress display.
 #[derive(Debug, Default)]
@@ -93,8 +108,9 @@ struct Shared {
     known: Mutex<IdMap<BlobId, ()>>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
-    /// Packs uploaded but not yet in a stored index file.
-    unindexed: Mutex<Vec<IndexedPack>>,
+    unindexed: Mutex<Unindexed>,
+    /// [`INDEX_MAX_AGE`], shorter in tests.
+    index_max_age: Duration,
     stats: Arc<SaverStats>,
     /// Plaintext buffers come back here once sealed.
     buffers: Arc<BufferPool>,
@@ -138,7 +154,7 @@ impl Shared {
     /// Writes the pending packs' index file. Packs uploaded before are
     /// durable; only after this are they known to other writers.
     fn flush_index(&self) -> Result<()> {
-        let packs = std::mem::take(&mut *self.unindexed.lock().expect("not poisoned"));
+        let packs = std::mem::take(&mut *self.unindexed.lock().expect("not poisoned")).packs;
         if packs.is_empty() {
             return Ok(());
         }
@@ -171,6 +187,24 @@ impl Saver {
         upload_concurrency: usize,
         stats: Arc<SaverStats>,
     ) -> Self {
+        Self::start_with_index_age(
+            repo,
+            index,
+            compression,
+            upload_concurrency,
+            stats,
+            INDEX_MAX_AGE,
+        )
+    }
+
+    fn start_with_index_age(
+        repo: Arc<Repository>,
+        index: &Index,
+        compression: Compression,
+        upload_concurrency: usize,
+        stats: Arc<SaverStats>,
+        index_max_age: Duration,
+    ) -> Self {
         let workers = std::thread::available_parallelism().map_or(2, usize::from);
         let uploaders = upload_concurrency.max(1);
         let pack_size = repo.config().pack_size as usize;
@@ -189,7 +223,8 @@ impl Saver {
             known: Mutex::new(known),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
-            unindexed: Mutex::new(Vec::new()),
+            unindexed: Mutex::new(Unindexed::default()),
+            index_max_age,
             stats,
             // Idle buffers only: one per worker and one per reader thread
             // covers the steady state; more would only hold memory. The
@@ -474,8 +509,9 @@ fn uploader(shared: &Shared, rx: &Receiver<FinishedPack>) {
         }
         let flush = {
             let mut pending = shared.unindexed.lock().expect("not poisoned");
-            pending.push(indexed);
-            pending.len() >= INDEX_EVERY_PACKS
+            pending.packs.push(indexed);
+            let since = *pending.since.get_or_insert_with(Instant::now);
+            pending.packs.len() >= INDEX_EVERY_PACKS || since.elapsed() >= shared.index_max_age
         };
         if flush && let Err(e) = shared.flush_index() {
             shared.fail(e);
@@ -521,5 +557,54 @@ impl TreeSink {
     /// Waits until every tree is stored and indexed.
     pub(crate) fn finish(self) -> Result<()> {
         self.saver.map_or(Ok(()), Saver::finish)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::repository::InitOptions;
+    use crate::test_support::memory_repo;
+
+    /// Starts a pipeline on a repository of 64 KiB packs, stores `packs`
+    /// blobs that each fill a pack (and so are uploaded at once), waits for
+    /// their uploads, and returns the number of index files stored before
+    /// `finish`, then after.
+    fn index_files_written(max_age: Duration, packs: usize) -> (usize, usize) {
+        let (backend, repo) = memory_repo(InitOptions {
+            pack_size: Some(64 * 1024),
+            ..InitOptions::default()
+        });
+        let stats = Arc::new(SaverStats::default());
+        let saver = Saver::start_with_index_age(
+            repo,
+            &crate::index::IndexBuilder::new().finish(),
+            Compression::None,
+            1,
+            stats.clone(),
+            max_age,
+        );
+        for n in 0..packs {
+            let data: Vec<u8> = (0..70_000u32).map(|i| (i * 7 + n as u32) as u8).collect();
+            saver.save(BlobKind::Data, data).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while stats.packs_uploaded.load(Ordering::Relaxed) < packs as u64 {
+            assert!(Instant::now() < deadline, "packs were not uploaded");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let count = || backend.list("index/").unwrap().len();
+        let before = count();
+        saver.finish().unwrap();
+        (before, count())
+    }
+
+    #[test]
+    fn index_files_follow_uploads_that_waited_too_long() {
+        // With the real age, 4 uploaded packs wait for the 32nd or finish.
+        assert_eq!(index_files_written(INDEX_MAX_AGE, 4), (0, 1));
+        // Once a pack has waited the age, an upload flushes the index.
+        assert_eq!(index_files_written(Duration::ZERO, 4), (4, 4));
     }
 }
