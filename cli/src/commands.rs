@@ -207,13 +207,34 @@ pub(crate) fn maintenance_lock(
     )?))
 }
 
+/// Every readable snapshot, oldest first, and the errors of the damaged
+/// ones (each warned about, as `Repository::snapshots` does): for a command
+/// that picks snapshots by id, where a damaged one may be the one asked for
+/// (see [`unmatched`]).
+pub(crate) fn snapshots_and_damaged(
+    repo: &vault_engine::Repository,
+) -> Result<(
+    vault_engine::repository::SnapshotList,
+    Vec<(vault_engine::id::SnapshotId, vault_engine::Error)>,
+)> {
+    let (snaps, damaged) = repo.snapshots_and_damaged()?;
+    for (_, e) in &damaged {
+        tracing::warn!("skipping {e}");
+    }
+    Ok((snaps, damaged))
+}
+
 /// The snapshots `specs` name (`latest` or id prefixes), each once, in the
 /// order given; with none, every snapshot passing `filter`, oldest first.
+/// `damaged` are the snapshots that could not be read (from
+/// [`snapshots_and_damaged`]): a spec that matches none of `all` but could
+/// be one of them fails as a damaged repository (see [`unmatched`]).
 pub(crate) fn pick_snapshots<'a>(
     all: &'a [(
         vault_engine::id::SnapshotId,
         vault_engine::snapshot::Snapshot,
     )],
+    damaged: Vec<(vault_engine::id::SnapshotId, vault_engine::Error)>,
     specs: &[String],
     filter: &FilterArgs,
 ) -> Result<
@@ -231,7 +252,13 @@ pub(crate) fn pick_snapshots<'a>(
         vault_engine::snapshot::Snapshot,
     )> = Vec::new();
     for spec in specs {
-        let found = vault_engine::snapshot::select(all, spec, &filter)?;
+        let found = match vault_engine::snapshot::select(all, spec, &filter) {
+            Ok(found) => found,
+            Err(e @ vault_engine::snapshot::SelectError::NoMatch(_)) => {
+                return Err(unmatched(e.to_string(), Some(spec), damaged));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !chosen.iter().any(|(id, _)| *id == found.0) {
             chosen.push(found);
         }
@@ -249,33 +276,55 @@ pub(crate) fn pick_snapshot(
     vault_engine::id::SnapshotId,
     vault_engine::snapshot::Snapshot,
 )> {
-    let (snaps, damaged) = repo.snapshots_and_damaged()?;
-    for e in &damaged {
-        tracing::warn!("skipping {e}");
-    }
+    let (snaps, damaged) = snapshots_and_damaged(repo)?;
     let filter = filter.to_filter();
-    let missing = match at {
+    match at {
         Some(at) => {
             let time = crate::timespec::parse(at)?;
             match vault_engine::snapshot::select_at(&snaps, time.timestamp(), &filter) {
-                Some(found) => return Ok(found.clone()),
-                None => format!("no snapshot at or before {at}"),
+                Some(found) => Ok(found.clone()),
+                None => Err(unmatched(
+                    format!("no snapshot at or before {at}"),
+                    None,
+                    damaged,
+                )),
             }
         }
-        None => match vault_engine::snapshot::select(&snaps, spec.unwrap_or("latest"), &filter) {
-            Ok(found) => return Ok(found.clone()),
-            Err(e @ vault_engine::snapshot::SelectError::NoMatch(_)) => e.to_string(),
-            Err(e) => return Err(e.into()),
-        },
+        None => {
+            let spec = spec.unwrap_or("latest");
+            match vault_engine::snapshot::select(&snaps, spec, &filter) {
+                Ok(found) => Ok(found.clone()),
+                Err(e @ vault_engine::snapshot::SelectError::NoMatch(_)) => {
+                    Err(unmatched(e.to_string(), Some(spec), damaged))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// The error for a snapshot asked for (`spec`: `latest` or an id prefix;
+/// `None` for a time) that no readable snapshot matches, `missing` saying
+/// so. If one of the `damaged` snapshots could be it, that is a damaged
+/// repository (exit 5) naming it, not a missing snapshot: any of them could
+/// be `latest` or the one at a time (their time and tags are unreadable),
+/// but only one whose id starts with an id prefix could be that.
+fn unmatched(
+    missing: String,
+    spec: Option<&str>,
+    damaged: Vec<(vault_engine::id::SnapshotId, vault_engine::Error)>,
+) -> anyhow::Error {
+    let prefix = spec.filter(|s| *s != "latest").map(str::to_ascii_lowercase);
+    let could_be = |(id, _): &(vault_engine::id::SnapshotId, vault_engine::Error)| match &prefix {
+        None => true,
+        Some(prefix) => id.to_hex().starts_with(prefix.as_str()),
     };
-    // The one asked for may be among the damaged: that is a damaged
-    // repository (exit 5), not a missing snapshot.
-    Err(match damaged.into_iter().next() {
-        Some(first) => anyhow::Error::from(first).context(format!(
+    match damaged.into_iter().find(could_be) {
+        Some((_, e)) => anyhow::Error::from(e).context(format!(
             "{missing}, and a snapshot that could be it is unreadable"
         )),
         None => anyhow::anyhow!(missing),
-    })
+    }
 }
 
 /// The newest snapshot of a configured source (at or before `at`), either

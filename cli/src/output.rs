@@ -5,13 +5,54 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+/// `println!` that returns an error instead of panicking when standard
+/// output fails (a full disk behind `vault ls latest > file`, a closed
+/// pipe): `outln!("{x}")?`. The error is the `std::io::Error` under the
+/// context "writing output", so `exit` finds it in the chain: a full disk
+/// exits 7, a closed pipe ends the command quietly with 0.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::written({
+            use ::std::io::Write as _;
+            ::std::writeln!(::std::io::stdout().lock(), $($arg)*)
+        })
+    };
+}
+pub(crate) use outln;
+
+/// The outcome of a write to standard output, under the context that says so.
+pub(crate) fn written(result: std::io::Result<()>) -> anyhow::Result<()> {
+    anyhow::Context::context(result, "writing output")
+}
+
+/// An output error as the engine's I/O error, for output written from an
+/// engine callback (a tree walk, a diff, a find): the `std::io::Error`
+/// keeps its kind and OS error, so a full disk still exits 7 and a closed
+/// pipe still ends the command quietly.
+pub(crate) fn engine_error(e: anyhow::Error) -> vault_engine::Error {
+    let cause = match e.downcast::<std::io::Error>() {
+        Ok(io) => io,
+        Err(e) => match e
+            .downcast_ref::<serde_json::Error>()
+            .and_then(serde_json::Error::io_error_kind)
+        {
+            Some(kind) => std::io::Error::from(kind),
+            None => std::io::Error::other(format!("{e:#}")),
+        },
+    };
+    vault_engine::Error::Io {
+        context: "writing output".into(),
+        cause,
+    }
+}
+
 /// Prints a value as one line of JSON on stdout.
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, value)?;
-    writeln!(out)?;
-    Ok(())
+    // Serialised first: a `serde_json::Error` from writing does not keep
+    // the `std::io::Error` in its source chain, where `exit` looks for a
+    // full disk or a closed pipe.
+    let line = serde_json::to_string(value)?;
+    outln!("{line}")
 }
 
 /// `1.5 GiB`-style sizes.

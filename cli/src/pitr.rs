@@ -13,6 +13,7 @@
 
 use crate::args::GlobalArgs;
 use crate::config::{SourceConfig, SourceKind};
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -213,14 +214,14 @@ pub(crate) fn restore(
             "target": target,
         }))?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "restored base backup {} ({}) into {}; {} archived WAL segments follow it on timeline {recovery_tli}. Start PostgreSQL on it to recover{}.",
             id.short(),
             output::local_time(&snap.time),
             target.display(),
             chain.segments,
             at.map(|a| format!(" to {a}")).unwrap_or_default()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -573,16 +573,16 @@ impl Repository {
     /// it).
     pub fn snapshots(&self) -> Result<SnapshotList> {
         let (out, damaged) = self.snapshots_and_damaged()?;
-        for e in damaged {
+        for (_, e) in damaged {
             tracing::warn!("skipping {e}");
         }
         Ok(out)
     }
 
-    /// Every readable snapshot, oldest first, and the errors of those that
-    /// are damaged: for a caller that must tell "no such snapshot" from "it
-    /// may be one of these".
-    pub fn snapshots_and_damaged(&self) -> Result<(SnapshotList, Vec<Error>)> {
+    /// Every readable snapshot, oldest first, and the ids and errors of
+    /// those that are damaged: for a caller that must tell "no such
+    /// snapshot" from "it may be one of these".
+    pub fn snapshots_and_damaged(&self) -> Result<(SnapshotList, Vec<(SnapshotId, Error)>)> {
         let listed = self.list(FileKind::Snapshot)?;
         self.prune_cache(FileKind::Snapshot, &listed);
         let ids: Vec<SnapshotId> = listed
@@ -594,7 +594,7 @@ impl Repository {
         for (id, loaded) in fetch_all(&ids, |id| self.load_snapshot(id)) {
             match loaded {
                 Ok(s) => out.push((id, s)),
-                Err(e @ Error::Corrupt { .. }) => damaged.push(e),
+                Err(e @ Error::Corrupt { .. }) => damaged.push((id, e)),
                 Err(e) => return Err(e),
             }
         }

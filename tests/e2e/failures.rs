@@ -264,7 +264,8 @@ fn a_full_disk_exits_7_and_loses_nothing() {
 
 #[test]
 /// Output to a full disk (`/dev/full`): 7 and one clear line, whether the
-/// command writes through `println!` (cat, key list) or its own writer
+/// command prints lines (cat, key list, snapshots, stats, diff, JSON), walks
+/// a tree printing as it goes (ls, find) or streams through its own writer
 /// (dump); never a panic.
 fn output_to_a_full_disk_exits_7() {
     let env = Env::new();
@@ -272,11 +273,24 @@ fn output_to_a_full_disk_exits_7() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), pseudo_random(100_000, 3)).unwrap();
     assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    std::fs::write(src.join("g"), b"second").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    std::fs::write(src.join("h"), b"third").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let first = env.snapshots()[0]["id"].as_str().unwrap().to_owned();
     let file = src.join("f");
     for args in [
         vec!["cat", "config"],
         vec!["key", "list"],
         vec!["dump", "latest", file.to_str().unwrap()],
+        vec!["snapshots"],
+        // More than stdout's line buffer holds, in one line.
+        vec!["snapshots", "--json"],
+        vec!["ls", "latest"],
+        vec!["find", "f"],
+        vec!["stats"],
+        vec!["diff", &first, "latest"],
+        vec!["check"],
     ] {
         let full = std::fs::OpenOptions::new()
             .write(true)
@@ -287,7 +301,123 @@ fn output_to_a_full_disk_exits_7() {
         let err = stderr(&out);
         assert!(err.contains("No space left"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
+        if args[0] != "dump" {
+            assert!(
+                err.contains("vault: error: writing output: No space left on device"),
+                "{args:?}: {err}"
+            );
+        }
     }
+    // The repository is untouched and unlocked.
+    assert_eq!(env.snapshots().len(), 3);
+    assert_success(&env.vault(&["check"]));
+}
+
+#[test]
+/// Output to a pipe whose reader is gone (`vault snapshots | head -0`): the
+/// command stops quietly with 0, as other Unix tools do; never a panic.
+fn output_to_a_closed_pipe_ends_quietly() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), pseudo_random(100_000, 5)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    for args in [
+        vec!["snapshots"],
+        vec!["snapshots", "--json"],
+        vec!["stats"],
+        vec!["ls", "latest"],
+        vec!["key", "list"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = env.command(&args).stdout(writer).output().unwrap();
+        assert_success(&out);
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("error"), "{args:?}: {err}");
+    }
+}
+
+backend_test!(naming_a_damaged_snapshot_exits_5_and_changes_nothing);
+/// `forget ID`, `tag ID`, `stats ID` with the id of a snapshot that exists
+/// but cannot be read: 5 (the repository is damaged) naming it, like
+/// `restore ID`, not "no snapshot matches" (1); and nothing is forgotten or
+/// tagged, not even the readable snapshots named with it. An id that no
+/// snapshot, damaged or not, has is still "no snapshot matches".
+fn naming_a_damaged_snapshot_exits_5_and_changes_nothing(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"first").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    std::fs::write(src.join("f"), b"second").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let ids: Vec<String> = env
+        .snapshots()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let (damaged, good) = (&ids[0], &ids[1]);
+    let key = format!("snapshots/{damaged}");
+    let len = env.read_object(&key).len();
+    env.flip(&key, len / 2);
+    let before = env.objects_under("snapshots");
+    assert_eq!(before.len(), 2);
+
+    // Without the local cache, whose verified copy would stand in for the
+    // damaged snapshot in the store.
+    for args in [
+        vec!["forget", damaged.as_str()],
+        vec!["forget", &damaged[..8]],
+        vec!["forget", good.as_str(), &damaged[..8]],
+        vec!["tag", "--add", "x", damaged.as_str()],
+        vec!["tag", "--add", "x", good.as_str(), &damaged[..10]],
+        vec!["stats", &damaged[..8]],
+        vec!["ls", &damaged[..8]],
+    ] {
+        let mut all = vec!["--no-cache"];
+        all.extend(&args);
+        let out = env.vault(&all);
+        assert_code(&out, 5);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&damaged[..8]) && err.contains("damaged"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    assert_eq!(env.objects_under("snapshots"), before);
+    let readable = env.json(&["--no-cache", "snapshots"]);
+    let readable = readable.as_array().unwrap();
+    assert_eq!(readable.len(), 1);
+    assert_eq!(readable[0]["id"].as_str().unwrap(), good);
+    assert!(
+        readable[0]["tags"]
+            .as_array()
+            .is_none_or(|tags| tags.iter().all(|t| t != "x")),
+        "{readable:?}"
+    );
+
+    // An id neither snapshot has: no snapshot matches (1), damaged or not.
+    let first = "0123456789abcdef"
+        .chars()
+        .find(|c| !ids.iter().any(|id| id.starts_with(*c)))
+        .unwrap();
+    let unknown = first.to_string().repeat(8);
+    for args in [vec!["forget", &unknown], vec!["ls", &unknown]] {
+        let mut all = vec!["--no-cache"];
+        all.extend(&args);
+        let out = env.vault(&all);
+        assert_code(&out, 1);
+        assert!(
+            stderr(&out).contains("no snapshot matches"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(env.objects_under("snapshots"), before);
 }
 
 backend_test!(backing_up_only_missing_paths_fails_with_6_and_saves_nothing);

@@ -3,6 +3,7 @@
 
 use crate::args::GlobalArgs;
 use crate::config::{Config, SourceConfig};
+use crate::output::outln;
 use crate::{exit, global, notify, output, sources, status, timespec};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -215,11 +216,7 @@ fn options(
         excludes.extend(text.lines().map(str::to_owned));
     }
     let parent = match &args.parent {
-        Some(spec) => {
-            let snaps = repo.snapshots()?;
-            let found = vault_engine::snapshot::select(&snaps, spec, &Default::default())?;
-            Some(found.0)
-        }
+        Some(spec) => Some(super::pick_snapshot(repo, Some(spec), None, &Default::default())?.0),
         None => None,
     };
     let _ = g;
@@ -318,31 +315,33 @@ fn print_summary(
         output::print_json(&v)?;
     } else if !g.quiet {
         if let Some(name) = source {
-            println!("source {name}:");
+            outln!("source {name}:")?;
         }
-        println!(
+        outln!(
             "Files: {} new, {} changed, {} unmodified",
-            s.files_new, s.files_changed, s.files_unmodified
-        );
-        println!(
+            s.files_new,
+            s.files_changed,
+            s.files_unmodified
+        )?;
+        outln!(
             "Added to the repository: {} ({} stored)",
             output::bytes(s.data_added),
             output::bytes(s.data_added_packed)
-        );
-        println!(
+        )?;
+        outln!(
             "processed {} files, {} in {duration:.1}s",
             s.total_files_processed,
             output::bytes(s.total_bytes_processed)
-        );
+        )?;
         if dry_run {
-            println!("dry run: nothing was written");
+            outln!("dry run: nothing was written")?;
         } else if report.skipped {
-            println!(
+            outln!(
                 "nothing changed since snapshot {}: no snapshot saved",
                 report.snapshot_id.short()
-            );
+            )?;
         } else {
-            println!("snapshot {} saved", report.snapshot_id.short());
+            outln!("snapshot {} saved", report.snapshot_id.short())?;
         }
     }
     Ok(())

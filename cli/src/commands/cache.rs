@@ -3,6 +3,7 @@
 //! no command has used for a while.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result};
 use std::process::ExitCode;
@@ -50,9 +51,9 @@ pub(crate) fn run(g: &GlobalArgs, args: &CacheArgs) -> Result<ExitCode> {
     if g.quiet {
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{}", base.display());
+    outln!("{}", base.display())?;
     if dirs.is_empty() {
-        println!("no caches");
+        outln!("no caches")?;
     }
     for dir in &dirs {
         let used = dir.last_used.map_or_else(
@@ -64,11 +65,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &CacheArgs) -> Result<ExitCode> {
         } else {
             ""
         };
-        println!(
+        outln!(
             "  {}  {:>10}  last used {used}{note}",
             &dir.repository_id[..8],
             output::bytes(dir.bytes)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 use super::FilterArgs;
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
 use std::process::ExitCode;
@@ -80,7 +81,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
     if g.json {
         output::print_json(&value)?;
     } else {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?)?;
     }
     Ok(ExitCode::SUCCESS)
 }

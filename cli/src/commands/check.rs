@@ -1,6 +1,7 @@
 //! `vault check`: prove the repository is restorable and locate damage.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{exit, global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -71,17 +72,17 @@ pub(crate) fn run(g: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
             };
-            println!("{label}: {}: {} [{}]", f.object, f.message, f.kind);
+            outln!("{label}: {}: {} [{}]", f.object, f.message, f.kind)?;
             const SHOWN: usize = 20;
             for a in f.affected.iter().take(SHOWN) {
-                println!("    affects snapshot {} {}", a.snapshot, a.path);
+                outln!("    affects snapshot {} {}", a.snapshot, a.path)?;
             }
             if f.affected.len() > SHOWN {
-                println!("    ... and {} more (see --json)", f.affected.len() - SHOWN);
+                outln!("    ... and {} more (see --json)", f.affected.len() - SHOWN)?;
             }
         }
         if !g.quiet {
-            println!(
+            outln!(
                 "checked {} snapshots, {} packs, {} blobs{}: {errors} errors, {warnings} warnings",
                 report.snapshots,
                 report.packs,
@@ -96,7 +97,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
                 } else {
                     String::new()
                 }
-            );
+            )?;
         }
     }
     Ok(if errors > 0 {

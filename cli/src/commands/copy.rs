@@ -7,6 +7,7 @@
 use super::FilterArgs;
 use super::key_add::read_password_file;
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -105,20 +106,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &CopyArgs, cancel: Arc<AtomicBool>) -> R
     let dst =
         Arc::new(open_other(g, &args.to, &dst_password).context("opening the target of the copy")?);
 
-    let all = src.snapshots()?;
-    let filter = args.filter.to_filter();
-    let selected: Vec<_> = if args.snapshots.is_empty() {
-        all.iter()
-            .filter(|(_, s)| filter.matches(s))
-            .cloned()
-            .collect()
-    } else {
-        let mut out = Vec::new();
-        for spec in &args.snapshots {
-            out.push(vault_engine::snapshot::select(&all, spec, &filter)?.clone());
-        }
-        out
-    };
+    let (all, damaged) = super::snapshots_and_damaged(&src)?;
+    let selected: Vec<_> = super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?
+        .into_iter()
+        .cloned()
+        .collect();
     let options = CopyOptions {
         compression: args.compression,
         upload_concurrency: args.upload_concurrency.max(1),
@@ -165,22 +157,22 @@ pub(crate) fn run(g: &GlobalArgs, args: &CopyArgs, cancel: Arc<AtomicBool>) -> R
             })
         };
         for s in &report.skipped {
-            println!(
+            outln!(
                 "skipped snapshot {} ({}): already in the target as {}",
                 s.source.short(),
                 describe(&s.source),
                 s.existing.short()
-            );
+            )?;
         }
         for c in &report.copied {
-            println!(
+            outln!(
                 "copied snapshot {} ({}) to {}",
                 c.source.short(),
                 describe(&c.source),
                 c.target.short()
-            );
+            )?;
         }
-        println!(
+        outln!(
             "{} snapshots copied, {} already there; read {} blobs ({}), stored {} new blobs ({} plaintext, {} stored) in {} packs",
             report.copied.len(),
             report.skipped.len(),
@@ -190,7 +182,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &CopyArgs, cancel: Arc<AtomicBool>) -> R
             output::bytes(report.bytes_added),
             output::bytes(report.bytes_stored),
             report.packs_uploaded
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

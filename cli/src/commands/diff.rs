@@ -3,6 +3,7 @@
 //! changed, `U` metadata only (with `--metadata`), then a summary.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -27,7 +28,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<ExitCode> {
     let (id_b, b) = super::pick_snapshot(&repo, Some(&args.second), None, &args.filter)?;
     let index = repo.load_index()?;
     if !g.json && !g.quiet {
-        println!("comparing snapshot {} to {}:\n", id_a.short(), id_b.short());
+        outln!("comparing snapshot {} to {}:\n", id_a.short(), id_b.short())?;
     }
     let options = DiffOptions {
         metadata: args.metadata,
@@ -36,10 +37,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<ExitCode> {
         if g.json {
             let mut v = serde_json::to_value(change).expect("change serialises");
             v["message_type"] = "change".into();
-            output::print_json(&v)
-                .map_err(|e| vault_engine::Error::InvalidInput(format!("writing output: {e}")))?;
+            output::print_json(&v).map_err(output::engine_error)?;
         } else {
-            println!("{}    {}", change.modifier.symbol(), change.path);
+            outln!("{}    {}", change.modifier.symbol(), change.path)
+                .map_err(output::engine_error)?;
         }
         Ok(())
     })?;
@@ -53,23 +54,23 @@ pub(crate) fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<ExitCode> {
         let side = |s: &DiffSide| (s.files, s.dirs, s.others, s.data_blobs, s.tree_blobs);
         let (af, ad, ao, adb, atb) = side(&stats.added);
         let (rf, rd, ro, rdb, rtb) = side(&stats.removed);
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "Files:       {af:5} new, {rf:5} removed, {:5} changed",
             stats.changed_files
-        );
-        println!("Dirs:        {ad:5} new, {rd:5} removed");
-        println!("Others:      {ao:5} new, {ro:5} removed");
+        )?;
+        outln!("Dirs:        {ad:5} new, {rd:5} removed")?;
+        outln!("Others:      {ao:5} new, {ro:5} removed")?;
         if stats.type_changed > 0 {
-            println!("Type changes: {:4}", stats.type_changed);
+            outln!("Type changes: {:4}", stats.type_changed)?;
         }
         if args.metadata {
-            println!("Metadata only: {:3} changed", stats.metadata_changed);
+            outln!("Metadata only: {:3} changed", stats.metadata_changed)?;
         }
-        println!("Data Blobs:  {adb:5} new, {rdb:5} removed");
-        println!("Tree Blobs:  {atb:5} new, {rtb:5} removed");
-        println!("  Added:   {}", output::bytes(stats.added.bytes));
-        println!("  Removed: {}", output::bytes(stats.removed.bytes));
+        outln!("Data Blobs:  {adb:5} new, {rdb:5} removed")?;
+        outln!("Tree Blobs:  {atb:5} new, {rtb:5} removed")?;
+        outln!("  Added:   {}", output::bytes(stats.added.bytes))?;
+        outln!("  Removed: {}", output::bytes(stats.removed.bytes))?;
     }
     Ok(ExitCode::SUCCESS)
 }

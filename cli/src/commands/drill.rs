@@ -5,6 +5,7 @@
 
 use crate::args::GlobalArgs;
 use crate::config::SourceKind;
+use crate::output::outln;
 use crate::{global, output, sources};
 use anyhow::{Context, Result, bail};
 use std::process::ExitCode;
@@ -119,7 +120,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
     } else if let Err(e) = &outcome {
         eprintln!("vault: drill of {} FAILED: {e:#}", source.name());
     } else if !g.quiet {
-        println!(
+        outln!(
             "drill of {} passed: snapshot {} ({}) restored in {:.1}s{}",
             source.name(),
             id.short(),
@@ -132,7 +133,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
                 ),
                 None => format!(", {} files", report["files"]),
             }
-        );
+        )?;
     }
     Ok(if outcome.is_ok() {
         ExitCode::SUCCESS

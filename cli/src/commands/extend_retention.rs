@@ -3,6 +3,7 @@
 //! same after pruning; this is for running it more often than prune.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Result, bail};
 use std::process::ExitCode;
@@ -46,11 +47,11 @@ pub(crate) fn extend(g: &GlobalArgs, repo: &Repository) -> Result<bool> {
         v["message_type"] = "retention_extended".into();
         output::print_json(&v)?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "object lock of {} objects extended until {}",
             done.objects,
             done.until.strftime("%Y-%m-%d %H:%M:%S UTC")
-        );
+        )?;
     }
     Ok(true)
 }

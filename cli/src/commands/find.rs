@@ -3,9 +3,9 @@
 //! matches, a header, then mode, size, mtime and path of each entry.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output, timespec};
 use anyhow::Result;
-use std::io::Write;
 use std::process::ExitCode;
 use vault_engine::find::{FindOptions, Finder, Match};
 use vault_engine::id::SnapshotId;
@@ -59,9 +59,10 @@ fn mode_string(kind: NodeKind, mode: u32) -> String {
 /// The snapshots to search, oldest first.
 fn selected(
     snaps: &[(SnapshotId, Snapshot)],
+    damaged: Vec<(SnapshotId, vault_engine::Error)>,
     args: &FindArgs,
 ) -> Result<Vec<(SnapshotId, Snapshot)>> {
-    let mut chosen = super::pick_snapshots(snaps, &args.snapshots, &args.filter)?;
+    let mut chosen = super::pick_snapshots(snaps, damaged, &args.snapshots, &args.filter)?;
     chosen.sort_by_key(|(_, s)| s.time.timestamp());
     let time = |t: &Option<String>| -> Result<Option<jiff::Timestamp>> {
         Ok(t.as_deref()
@@ -77,36 +78,14 @@ fn selected(
     Ok(chosen.into_iter().cloned().collect())
 }
 
-/// An output error as the engine's I/O error, keeping its kind (a closed
-/// pipe ends the command quietly).
-fn output_error(e: anyhow::Error) -> vault_engine::Error {
-    let source = match e.downcast::<std::io::Error>() {
-        Ok(io) => io,
-        Err(e) => match e
-            .downcast_ref::<serde_json::Error>()
-            .and_then(|j| j.io_error_kind())
-        {
-            Some(kind) => std::io::Error::from(kind),
-            None => std::io::Error::other(e.to_string()),
-        },
-    };
-    vault_engine::Error::Io {
-        context: "writing output".into(),
-        cause: source,
-    }
-}
-
 fn print_line(line: std::fmt::Arguments<'_>) -> vault_engine::Result<()> {
-    writeln!(std::io::stdout().lock(), "{line}").map_err(|e| vault_engine::Error::Io {
-        context: "writing output".into(),
-        cause: e,
-    })
+    outln!("{line}").map_err(output::engine_error)
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
-    let snaps = repo.snapshots()?;
-    let chosen = selected(&snaps, args)?;
+    let (snaps, damaged) = super::snapshots_and_damaged(&repo)?;
+    let chosen = selected(&snaps, damaged, args)?;
     let index = repo.load_index()?;
     let options = FindOptions {
         patterns: args.patterns.clone(),
@@ -121,10 +100,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
         let earlier = total > 0;
         total += finder.find(&snap.tree, &mut |m: &Match| {
             if g.json {
-                let mut v = serde_json::to_value(m).map_err(|e| output_error(e.into()))?;
+                let mut v = serde_json::to_value(m).map_err(|e| output::engine_error(e.into()))?;
                 v["message_type"] = "match".into();
                 v["snapshot"] = id.to_hex().into();
-                return output::print_json(&v).map_err(output_error);
+                return output::print_json(&v).map_err(output::engine_error);
             }
             if !header {
                 header = true;
@@ -147,7 +126,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
         })?;
     }
     if total == 0 && !g.json && !g.quiet {
-        println!("no matches");
+        outln!("no matches")?;
     }
     Ok(ExitCode::SUCCESS)
 }

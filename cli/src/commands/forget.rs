@@ -4,6 +4,7 @@
 use super::FilterArgs;
 use super::prune::PruneArgs;
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
@@ -216,30 +217,30 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     }
     for p in &plans {
         if !g.json && !g.quiet {
-            println!("snapshots for {}:", p.key);
+            outln!("snapshots for {}:", p.key)?;
             for d in &p.keep {
                 let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
-                println!(
+                outln!(
                     "  keep   {}  {}  {}",
                     &d.snapshot.id[..8],
                     output::local_time(&d.snapshot.time),
                     reasons.join(", ")
-                );
+                )?;
             }
             for d in &p.remove {
                 let id: SnapshotId = d.snapshot.id.parse()?;
                 match locked.get(&id) {
-                    Some(until) => println!(
+                    Some(until) => outln!(
                         "  locked {}  {}  under object lock until {}, kept",
                         &d.snapshot.id[..8],
                         output::local_time(&d.snapshot.time),
                         until.strftime("%Y-%m-%d %H:%M:%S UTC")
-                    ),
-                    None => println!(
+                    )?,
+                    None => outln!(
                         "  remove {}  {}",
                         &d.snapshot.id[..8],
                         output::local_time(&d.snapshot.time)
-                    ),
+                    )?,
                 }
             }
         }
@@ -256,14 +257,14 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     if !g.json && !g.quiet {
         let would: usize = plans.iter().map(|p| p.remove.len()).sum::<usize>() - kept_locked;
         if args.dry_run {
-            println!("dry run: would remove {would} snapshots");
+            outln!("dry run: would remove {would} snapshots")?;
         } else {
-            println!("removed {removed} snapshots");
+            outln!("removed {removed} snapshots")?;
         }
         if kept_locked > 0 {
-            println!(
+            outln!(
                 "kept {kept_locked} snapshots the policy would remove: still under object lock (forget again once it ends)"
-            );
+            )?;
         }
     }
     after_forget(g, &repo, args, held.as_ref())?;
@@ -295,11 +296,12 @@ fn after_forget(
 fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let held = super::maintenance_lock(&repo, "forget", args.dry_run)?;
-    let all = repo.snapshots()?;
-    let chosen: Vec<SnapshotId> = super::pick_snapshots(&all, &args.snapshots, &args.filter)?
-        .into_iter()
-        .map(|(id, _)| *id)
-        .collect();
+    let (all, damaged) = super::snapshots_and_damaged(&repo)?;
+    let chosen: Vec<SnapshotId> =
+        super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?
+            .into_iter()
+            .map(|(id, _)| *id)
+            .collect();
     let locked: HashMap<SnapshotId, jiff::Timestamp> =
         object_lock::locked_objects(&repo, FileKind::Snapshot, jiff::Timestamp::now())?;
     let mut removed = Vec::new();
@@ -327,14 +329,14 @@ fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         }))?;
     } else if !g.quiet {
         for id in &removed {
-            println!("  remove {}", id.get(..8).unwrap_or(id));
+            outln!("  remove {}", id.get(..8).unwrap_or(id))?;
         }
         let verb = if args.dry_run {
             "dry run: would remove"
         } else {
             "removed"
         };
-        println!("{verb} {} snapshots", removed.len());
+        outln!("{verb} {} snapshots", removed.len())?;
     }
     after_forget(g, &repo, args, held.as_ref())?;
     Ok(ExitCode::SUCCESS)
@@ -369,18 +371,18 @@ fn trim_wal(
             continue;
         }
         if !trimmed.removed.is_empty() {
-            println!(
+            outln!(
                 "removed {} archived WAL files of {} older than its oldest base backup ({start})",
                 trimmed.removed.len(),
                 source.name()
-            );
+            )?;
         }
         if !trimmed.locked.is_empty() {
-            println!(
+            outln!(
                 "kept {} archived WAL files of {} older than its oldest base backup: still under object lock",
                 trimmed.locked.len(),
                 source.name()
-            );
+            )?;
         }
     }
     Ok(())

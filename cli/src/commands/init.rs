@@ -2,6 +2,7 @@
 
 use crate::args::{GlobalArgs, KdfArgs};
 use crate::global;
+use crate::output::outln;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
 use vault_engine::backend::{ObjectLock, RetentionMode};
@@ -80,20 +81,20 @@ pub(crate) fn run(g: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
             "repository": url,
         }))?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "created vault repository {} at {url}",
             &repo.config().id[..10]
-        );
+        )?;
         if let Some(lock) = repo.config().object_lock {
-            println!(
+            outln!(
                 "every object is locked ({} mode) for {} days after its upload",
                 lock.mode.header_value().to_ascii_lowercase(),
                 lock.days
-            );
+            )?;
         }
-        println!(
+        outln!(
             "Keep the password safe: without it the data cannot be recovered. Consider `vault key export --paper`."
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

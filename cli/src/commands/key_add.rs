@@ -3,6 +3,7 @@
 //! the new-password prompt the other `vault key` commands share.
 
 use crate::args::{GlobalArgs, KdfArgs};
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
@@ -80,7 +81,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyAddArgs) -> Result<ExitCode> {
             "id": id.to_hex(),
         }))?;
     } else if !g.quiet {
-        println!("added key {}", id.short());
+        outln!("added key {}", id.short())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 
 use super::key_add::NewKeyArgs;
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result};
 use std::io::Read;
@@ -51,11 +52,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyImportArgs) -> Result<ExitCode> {
             "id": id.to_hex(),
         }))?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "the key opens repository {}; added key {} for the new password",
             &repo.config().id[..10],
             id.short()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! `vault key list`: the key files, the one in use marked `current`.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -24,11 +25,15 @@ pub(crate) fn run(g: &GlobalArgs, _args: &KeyListArgs) -> Result<ExitCode> {
         output::print_json(&list)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    outln!(
         " {:<10} {:<12} {:<20} {:<20} {:>8}",
-        "ID", "User", "Host", "Created", "KDF"
-    );
-    println!("{}", "-".repeat(76));
+        "ID",
+        "User",
+        "Host",
+        "Created",
+        "KDF"
+    )?;
+    outln!("{}", "-".repeat(76))?;
     for k in &keys {
         let created = k
             .created
@@ -46,7 +51,7 @@ pub(crate) fn run(g: &GlobalArgs, _args: &KeyListArgs) -> Result<ExitCode> {
                 )
             },
         );
-        println!(
+        outln!(
             "{}{:<10} {:<12} {:<20} {:<20} {:>8}",
             if k.current { "*" } else { " " },
             k.id.short(),
@@ -54,9 +59,9 @@ pub(crate) fn run(g: &GlobalArgs, _args: &KeyListArgs) -> Result<ExitCode> {
             k.hostname,
             created,
             kdf
-        );
+        )?;
         if let Some(e) = &k.error {
-            println!("   (unusable: {e})");
+            outln!("   (unusable: {e})")?;
         }
     }
     Ok(ExitCode::SUCCESS)

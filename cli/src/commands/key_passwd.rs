@@ -3,6 +3,7 @@
 
 use super::key_add::NewKeyArgs;
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -32,11 +33,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyPasswdArgs) -> Result<ExitCode> {
             "removed": removed.to_hex(),
         }))?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "password changed: added key {}, removed key {}",
             added.short(),
             removed.short()
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

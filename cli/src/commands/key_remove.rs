@@ -2,6 +2,7 @@
 //! the one in use without `--force`.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -33,7 +34,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyRemoveArgs) -> Result<ExitCode> {
             "id": id.to_hex(),
         }))?;
     } else if !g.quiet {
-        println!("removed key {}", id.short());
+        outln!("removed key {}", id.short())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! delete on a later prune after the safety margin).
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Result, bail};
 use std::process::ExitCode;
@@ -92,15 +93,15 @@ fn print_plan(g: &GlobalArgs, plan: &PrunePlan, dry_run: bool) -> Result<()> {
     if g.quiet {
         return Ok(());
     }
-    println!(
+    outln!(
         "{} snapshots use {} blobs; {} of {} stored is unused",
         plan.snapshots,
         plan.used_blobs,
         output::bytes(plan.unused_bytes),
         output::bytes(plan.total_bytes)
-    );
+    )?;
     let verb = if dry_run { "would" } else { "will" };
-    println!(
+    outln!(
         "{verb} delete {} packs ({}), mark {} unused packs, repack {} packs ({}, {} still used), unmark {}; {} marked packs wait for the margin",
         plan.delete.len(),
         output::bytes(plan.delete_bytes),
@@ -110,20 +111,20 @@ fn print_plan(g: &GlobalArgs, plan: &PrunePlan, dry_run: bool) -> Result<()> {
         output::bytes(plan.repack_used_bytes),
         plan.unmark.len(),
         plan.waiting.len()
-    );
+    )?;
     if let Some(until) = plan.locked_until {
-        println!(
+        outln!(
             "{} packs ({}) still under object lock until {}, kept",
             plan.locked.len(),
             output::bytes(plan.locked_bytes),
             until.strftime("%Y-%m-%d %H:%M:%S UTC")
-        );
+        )?;
     }
     if plan.locked_index_files > 0 {
-        println!(
+        outln!(
             "{} superseded index files still under object lock, kept",
             plan.locked_index_files
-        );
+        )?;
     }
     Ok(())
 }
@@ -147,13 +148,13 @@ pub(crate) fn prune_locked(
         v["message_type"] = "prune".into();
         output::print_json(&v)?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "deleted {} packs ({} freed), repacked {}, marked {} for deletion after the margin",
             report.packs_deleted,
             output::bytes(report.bytes_freed),
             report.packs_repacked,
             report.packs_marked
-        );
+        )?;
     }
     // What is left is what snapshots need: keep it locked as long as a
     // fresh upload would be (repo-format.md §11.8).

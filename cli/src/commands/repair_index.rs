@@ -1,6 +1,7 @@
 //! `vault repair index`: rebuild the index from the packs' own headers.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -24,10 +25,13 @@ pub(crate) fn run(g: &GlobalArgs, _args: &RepairIndexArgs) -> Result<ExitCode> {
         for p in &report.packs_unreadable {
             eprintln!("vault: warning: {p}");
         }
-        println!(
+        outln!(
             "indexed {} blobs in {} packs; wrote {} index files, removed {} old ones",
-            report.blobs, report.packs_indexed, report.indexes_written, report.indexes_removed
-        );
+            report.blobs,
+            report.packs_indexed,
+            report.indexes_written,
+            report.indexes_removed
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

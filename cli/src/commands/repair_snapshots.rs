@@ -2,6 +2,7 @@
 //! lost, so the rest stays restorable.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -35,21 +36,21 @@ pub(crate) fn run(g: &GlobalArgs, args: &RepairSnapshotsArgs) -> Result<ExitCode
     }
     for r in &report.repaired {
         match &r.replacement {
-            Some(new) => println!(
+            Some(new) => outln!(
                 "snapshot {} -> {} (tagged repaired), removed:",
                 &r.original[..8],
                 &new[..8]
-            ),
-            None => println!("snapshot {} would lose:", &r.original[..8]),
+            )?,
+            None => outln!("snapshot {} would lose:", &r.original[..8])?,
         }
         for p in &r.removed {
-            println!("    {p}");
+            outln!("    {p}")?;
         }
     }
-    println!(
+    outln!(
         "{} snapshots repaired, {} intact",
         report.repaired.len(),
         report.intact
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 use super::FilterArgs;
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -160,10 +161,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
                 "deleted"
             };
             for path in &report.deleted_paths {
-                println!("{verb} {path}");
+                outln!("{verb} {path}")?;
             }
         }
-        println!(
+        outln!(
             "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}{}",
             if args.dry_run {
                 "dry run: nothing changed; would restore "
@@ -193,7 +194,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             } else {
                 String::new()
             }
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -224,13 +225,13 @@ fn restore_database(
             "bytes": written,
         }))?;
     } else if !g.quiet {
-        println!(
+        outln!(
             "loaded {} ({}) from snapshot {} ({}) into database {database}",
             filename,
             output::bytes(written),
             id.short(),
             output::local_time(&snap.time)
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 //! deletes the originals; `vault prune` then frees the data.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
 use std::collections::HashMap;
@@ -54,9 +55,9 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     // Exclusive: a prune running meanwhile could delete trees and data the
     // rewritten snapshots reuse. A dry run writes nothing and needs none.
     let _lock = super::maintenance_lock(&repo, "rewrite", args.dry_run)?;
-    let all = repo.snapshots()?;
+    let (all, damaged) = super::snapshots_and_damaged(&repo)?;
     let chosen: Vec<(SnapshotId, Snapshot)> =
-        super::pick_snapshots(&all, &args.snapshots, &args.filter)?
+        super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?
             .into_iter()
             .cloned()
             .collect();
@@ -97,7 +98,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     for r in &report {
         let short = r.original.get(..8).unwrap_or(&r.original);
         match &r.replacement {
-            Some(new) => println!(
+            Some(new) => outln!(
                 "snapshot {short} -> {}{}: removed {} files ({})",
                 new.get(..8).unwrap_or(new),
                 if r.forgotten {
@@ -107,15 +108,15 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
                 },
                 r.removed_files,
                 output::bytes(r.removed_bytes)
-            ),
-            None => println!(
+            )?,
+            None => outln!(
                 "snapshot {short} would lose {} files ({}):",
                 r.removed_files,
                 output::bytes(r.removed_bytes)
-            ),
+            )?,
         }
         for p in &r.removed {
-            println!("  {p}");
+            outln!("  {p}")?;
         }
     }
     let verb = if args.dry_run {
@@ -123,14 +124,14 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     } else {
         "rewrote"
     };
-    println!("{verb} {} snapshots", report.len());
+    outln!("{verb} {} snapshots", report.len())?;
     if !args.dry_run && !report.is_empty() {
         if args.forget {
-            println!("run `vault prune` to free the removed data");
+            outln!("run `vault prune` to free the removed data")?;
         } else {
-            println!(
+            outln!(
                 "the originals are kept: `vault forget` them (or rerun with --forget), then `vault prune`"
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

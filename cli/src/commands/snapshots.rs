@@ -2,6 +2,7 @@
 
 use super::FilterArgs;
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -90,25 +91,30 @@ pub(crate) fn run(g: &GlobalArgs, args: &SnapshotsArgs) -> Result<ExitCode> {
     for (n, (key, members)) in groups.iter().enumerate() {
         if let Some(key) = key {
             if n > 0 {
-                println!();
+                outln!()?;
             }
-            println!("snapshots for ({key}):");
+            outln!("snapshots for ({key}):")?;
         }
-        print_table(members);
+        print_table(members)?;
     }
-    println!("{} snapshots", snaps.len());
+    outln!("{} snapshots", snaps.len())?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(snaps: &[&(SnapshotId, Snapshot)]) {
-    println!(
+fn print_table(snaps: &[&(SnapshotId, Snapshot)]) -> Result<()> {
+    outln!(
         "{:<10} {:<19}  {:<16} {:<20} {:<40} {:>10}",
-        "ID", "Time", "Host", "Tags", "Paths", "Size"
-    );
-    println!("{}", "-".repeat(120));
+        "ID",
+        "Time",
+        "Host",
+        "Tags",
+        "Paths",
+        "Size"
+    )?;
+    outln!("{}", "-".repeat(120))?;
     for (id, s) in snaps {
         let paths = s.paths.join(", ");
-        println!(
+        outln!(
             "{:<10} {:<19}  {:<16} {:<20} {:<40} {:>10}",
             id.short(),
             output::local_time(&s.time),
@@ -116,6 +122,7 @@ fn print_table(snaps: &[&(SnapshotId, Snapshot)]) {
             s.tags.join(","),
             paths,
             output::bytes(s.size())
-        );
+        )?;
     }
+    Ok(())
 }

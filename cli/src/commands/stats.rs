@@ -4,6 +4,7 @@
 
 use super::FilterArgs;
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output, requests};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -33,8 +34,8 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
     let location = repo.backend().location();
     // Read before this command records itself as the last operation.
     let last = requests::last(&location);
-    let all = repo.snapshots()?;
-    let chosen: Vec<_> = super::pick_snapshots(&all, &args.snapshots, &args.filter)?
+    let (all, damaged) = super::snapshots_and_damaged(&repo)?;
+    let chosen: Vec<_> = super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?
         .into_iter()
         .cloned()
         .collect();
@@ -62,58 +63,60 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
         output::print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Stats in {mode} mode:");
-    println!("     Snapshots processed:  {}", report.snapshots_count);
+    outln!("Stats in {mode} mode:")?;
+    outln!("     Snapshots processed:  {}", report.snapshots_count)?;
     match args.mode {
         Mode::RestoreSize => {
             let r = &report.restore_size;
-            println!("        Total File Count:  {}", r.total_file_count);
-            println!("         Total Dir Count:  {}", r.total_dir_count);
-            println!("              Total Size:  {}", output::bytes(r.total_size));
+            outln!("        Total File Count:  {}", r.total_file_count)?;
+            outln!("         Total Dir Count:  {}", r.total_dir_count)?;
+            outln!("              Total Size:  {}", output::bytes(r.total_size))?;
         }
         Mode::RawData => {
             let r = &report.raw_data;
-            println!(
+            outln!(
                 "        Total Blob Count:  {} ({} data, {} tree)",
-                r.total_blob_count, r.data_blob_count, r.tree_blob_count
-            );
-            println!(
+                r.total_blob_count,
+                r.data_blob_count,
+                r.tree_blob_count
+            )?;
+            outln!(
                 " Total Uncompressed Size:  {}",
                 output::bytes(r.total_uncompressed_size)
-            );
-            println!("       Total Stored Size:  {}", output::bytes(r.total_size));
-            println!(
+            )?;
+            outln!("       Total Stored Size:  {}", output::bytes(r.total_size))?;
+            outln!(
                 "            Restore Size:  {}",
                 output::bytes(report.restore_size.total_size)
-            );
-            println!("    Deduplication Ratio:  {:.2}x", r.dedup_ratio);
-            println!("      Compression Ratio:  {:.2}x", r.compression_ratio);
+            )?;
+            outln!("    Deduplication Ratio:  {:.2}x", r.dedup_ratio)?;
+            outln!("      Compression Ratio:  {:.2}x", r.compression_ratio)?;
             if r.missing_blobs > 0 {
-                println!(
+                outln!(
                     "           Missing Blobs:  {} (run `vault check`)",
                     r.missing_blobs
-                );
+                )?;
             }
         }
     }
     let repo_totals = &report.repository;
-    println!();
-    println!("Repository:");
+    outln!()?;
+    outln!("Repository:")?;
     for (kind, c) in &repo_totals.objects {
-        println!(
+        outln!(
             "  {kind:<10} {:>8} objects  {:>12}",
             c.count,
             output::bytes(c.bytes)
-        );
+        )?;
     }
-    println!(
+    outln!(
         "  {:<10} {:>8} objects  {:>12}",
         "total",
         repo_totals.objects.values().map(|c| c.count).sum::<u64>(),
         output::bytes(repo_totals.total_bytes)
-    );
+    )?;
     let ix = &repo_totals.index;
-    println!(
+    outln!(
         "  index: {} blobs in {} packs, {} plaintext, {} stored ({:.2}x){}",
         ix.blobs,
         ix.packs,
@@ -125,17 +128,17 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
         } else {
             String::new()
         }
-    );
+    )?;
     if let Some(op) = &last {
         let r = &op.requests;
-        println!();
-        println!(
+        outln!()?;
+        outln!(
             "Requests of the last operation (`vault {}`, {}, finished {}):",
             op.command,
             if op.success { "succeeded" } else { "failed" },
             op.finished
-        );
-        println!(
+        )?;
+        outln!(
             "  {} in all: {} PUT, {} GET, {} HEAD, {} LIST, {} DELETE",
             r.total(),
             r.put,
@@ -143,10 +146,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
             r.head,
             r.list,
             r.delete
-        );
+        )?;
     }
     if let Some(r) = requests::so_far(&location) {
-        println!("  (this `vault stats` sent {} so far)", r.total());
+        outln!("  (this `vault stats` sent {} so far)", r.total())?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! age of the newest backup, snapshot count, sizes and dedup ratio.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output, status};
 use anyhow::{Result, bail};
 use std::process::ExitCode;
@@ -53,10 +54,16 @@ pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
     if g.json {
         output::print_json(&serde_json::json!({ "sources": rows, "ok": !any_failing }))?;
     } else {
-        println!(
+        outln!(
             "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>7}  last failure",
-            "source", "result", "snapshots", "age", "size", "stored", "dedup"
-        );
+            "source",
+            "result",
+            "snapshots",
+            "age",
+            "size",
+            "stored",
+            "dedup"
+        )?;
         for r in &rows {
             let age = r["age_seconds"].as_i64().map_or("never".to_owned(), |s| {
                 if s < 3600 {
@@ -77,7 +84,7 @@ pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
                     )
                 })
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>6.1}x  {}",
                 r["source"].as_str().unwrap_or(""),
                 r["last_result"].as_str().unwrap_or("-"),
@@ -87,7 +94,7 @@ pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
                 output::bytes(r["stored_bytes"].as_u64().unwrap_or(0)),
                 r["dedup_ratio"].as_f64().unwrap_or(0.0),
                 failure
-            );
+            )?;
         }
     }
     Ok(if any_failing {

@@ -5,6 +5,7 @@
 //! the first one, and the old document is deleted.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Result, bail};
 use std::collections::HashMap;
@@ -47,8 +48,8 @@ pub(crate) fn run(g: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
     // Exclusive, like forget: a snapshot deleted under a concurrent
     // forget or prune would be lost or resurrected.
     let _lock = lock::lock_exclusive(&repo, "tag", &global::hostname(), &global::username())?;
-    let all = repo.snapshots()?;
-    let chosen = super::pick_snapshots(&all, &args.snapshots, &args.filter)?;
+    let (all, damaged) = super::snapshots_and_damaged(&repo)?;
+    let chosen = super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?;
     // A snapshot under S3 Object Lock cannot be replaced: deleting it would
     // only hide the locked version, and the repository would show one
     // snapshot where the lock keeps two (repo-format.md §11.8).
@@ -76,7 +77,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
                 "tags": new.tags,
             }))?;
         } else if !g.quiet {
-            println!(
+            outln!(
                 "snapshot {} -> {}: tags {}",
                 id.short(),
                 new_id.short(),
@@ -85,7 +86,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
                 } else {
                     new.tags.join(",")
                 }
-            );
+            )?;
         }
     }
     if g.json {
@@ -94,7 +95,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
             "changed_snapshots": changed,
         }))?;
     } else if !g.quiet {
-        println!("modified {changed} snapshots");
+        outln!("modified {changed} snapshots")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! `vault unlock`: remove stale maintenance locks.
 
 use crate::args::GlobalArgs;
+use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
@@ -20,10 +21,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &UnlockArgs) -> Result<ExitCode> {
         output::print_json(&serde_json::json!({ "removed": removed }))?;
     } else {
         for r in &removed {
-            println!("removed lock {r}");
+            outln!("removed lock {r}")?;
         }
         if removed.is_empty() && !g.quiet {
-            println!("no stale locks");
+            outln!("no stale locks")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@
 
 use crate::args::GlobalArgs;
 use crate::config::{Config, SourceKind};
+use crate::output::outln;
 use crate::{exit, global, output};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -135,12 +136,12 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                 }))?;
             } else {
                 for n in &names {
-                    println!("{n}");
+                    outln!("{n}")?;
                 }
-                println!("{} files on timelines {timelines:?}", names.len());
+                outln!("{} files on timelines {timelines:?}", names.len())?;
                 for t in &histories {
                     if let Some(p) = t.parents.last() {
-                        println!(
+                        outln!(
                             "timeline {} forked from timeline {} at {:X}/{:X} ({}), archived {}",
                             t.timeline,
                             p.parent,
@@ -148,11 +149,11 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                             p.switch_lsn & 0xFFFF_FFFF,
                             p.reason,
                             output::local_time(&t.born.to_zoned(jiff::tz::TimeZone::system()))
-                        );
+                        )?;
                     }
                 }
                 for (t, f, c) in &gaps {
-                    println!("GAP: {c} segment(s) missing on timeline {t} from {f}");
+                    outln!("GAP: {c} segment(s) missing on timeline {t} from {f}")?;
                 }
             }
             Ok(if gaps.is_empty() {
