@@ -153,18 +153,44 @@ impl Shared {
 
     /// Writes the pending packs' index file. Packs uploaded before are
     /// durable; only after this are they known to other writers.
+    ///
+    /// Each pack is first looked up in storage: a prune beside a backup
+    /// that outlived its `--delete-margin` deletes the backup's packs that no
+    /// index lists yet (repo-format.md §11.3). Listing those would leave
+    /// index entries that the next backup deduplicates against, saving a
+    /// snapshot whose data is gone; they are left out, and the pipeline
+    /// fails.
     fn flush_index(&self) -> Result<()> {
         let packs = std::mem::take(&mut *self.unindexed.lock().expect("not poisoned")).packs;
         if packs.is_empty() {
             return Ok(());
         }
-        let file = IndexFile {
-            packs,
-            supersedes: Vec::new(),
-            marked: Vec::new(),
-        };
-        self.repo.save_index(&file)?;
-        Ok(())
+        let mut present = Vec::with_capacity(packs.len());
+        let mut gone = Vec::new();
+        for pack in packs {
+            let path = FileKind::Pack.path(&pack.id.to_hex());
+            match self.repo.backend().head(&path) {
+                Ok(_) => present.push(pack),
+                Err(e) if e.is_not_found() => gone.push(pack.id),
+                Err(e) => return Err(Error::backend(path, e)),
+            }
+        }
+        if !present.is_empty() {
+            self.repo.save_index(&IndexFile {
+                packs: present,
+                supersedes: Vec::new(),
+                marked: Vec::new(),
+            })?;
+        }
+        match gone.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::InvalidInput(format!(
+                "{} pack(s) this backup uploaded (pack {first} first) were deleted by a prune \
+                 running beside it (the backup outlived prune's --delete-margin); no snapshot \
+                 was saved, run the backup again",
+                gone.len()
+            ))),
+        }
     }
 }
 
@@ -567,11 +593,10 @@ mod tests {
     use crate::repository::InitOptions;
     use crate::test_support::memory_repo;
 
-    /// Starts a pipeline on a repository of 64 KiB packs, stores `packs`
-    /// blobs that each fill a pack (and so are uploaded at once), waits for
-    /// their uploads, and returns the number of index files stored before
-    /// `finish`, then after.
-    fn index_files_written(max_age: Duration, packs: usize) -> (usize, usize) {
+    /// A pipeline on a repository of 64 KiB packs that has stored `packs`
+    /// blobs, each filling a pack (and so uploaded at once), and uploaded
+    /// them all; also the repository's backend.
+    fn uploaded(max_age: Duration, packs: usize) -> (Arc<dyn crate::backend::Backend>, Saver) {
         let (backend, repo) = memory_repo(InitOptions {
             pack_size: Some(64 * 1024),
             ..InitOptions::default()
@@ -594,10 +619,42 @@ mod tests {
             assert!(Instant::now() < deadline, "packs were not uploaded");
             std::thread::sleep(Duration::from_millis(10));
         }
+        (backend, saver)
+    }
+
+    /// The number of index files stored before `finish`, then after.
+    fn index_files_written(max_age: Duration, packs: usize) -> (usize, usize) {
+        let (backend, saver) = uploaded(max_age, packs);
         let count = || backend.list("index/").unwrap().len();
         let before = count();
         saver.finish().unwrap();
         (before, count())
+    }
+
+    #[test]
+    fn packs_a_prune_deleted_are_left_out_of_the_index_and_fail_the_backup() {
+        let (backend, saver) = uploaded(INDEX_MAX_AGE, 3);
+        let mut packs: Vec<String> = backend
+            .list("data/")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.path)
+            .collect();
+        packs.sort();
+        backend.delete(&packs[0]).unwrap();
+        let err = saver.finish().unwrap_err().to_string();
+        assert!(err.contains("deleted by a prune"), "{err}");
+        let index = backend.list("index/").unwrap();
+        assert_eq!(index.len(), 1);
+        let repo = Repository::open(backend.clone(), &crate::test_support::password()).unwrap();
+        let listed: Vec<String> = repo
+            .load_index()
+            .unwrap()
+            .packs()
+            .map(|(id, _)| FileKind::Pack.path(&id.to_hex()))
+            .collect();
+        assert_eq!(listed.len(), 2);
+        assert!(!listed.contains(&packs[0]));
     }
 
     #[test]
