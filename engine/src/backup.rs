@@ -1000,7 +1000,13 @@ impl Walker<'_, '_> {
                     }
                 }
                 VirtualEntry::Dir(sub) => {
-                    let meta = match std::fs::symlink_metadata(&path) {
+                    // An ancestor of a path to back up is the directory it
+                    // leads to, even through a symlink (`/var/run` ->
+                    // `/run`): recorded as the symlink, it was a symlink node
+                    // with children, which prune did not follow (deleting
+                    // their data) and restore recreated as a symlink it then
+                    // wrote through.
+                    let meta = match std::fs::metadata(&path) {
                         Ok(m) => m,
                         Err(e) => {
                             self.ctx.record_error(&path, e);

@@ -396,6 +396,11 @@ pub fn check(
             };
             for node in &tree.nodes {
                 let child = path.join(node.os_name());
+                // A non-directory with a subtree: an older backup's
+                // symlinked ancestor, walked as a directory (restore.rs).
+                if let (false, Some(sub)) = (node.kind == NodeKind::Dir, node.subtree) {
+                    stack.push((sub, child.clone()));
+                }
                 if node.kind == NodeKind::Dir {
                     match node.subtree {
                         Some(sub) => stack.push((sub, child)),
@@ -528,6 +533,9 @@ fn scan_trees(
             if node.kind == NodeKind::Dir {
                 stack.push(node.subtree?);
                 continue;
+            }
+            if let Some(sub) = node.subtree {
+                stack.push(sub);
             }
             for id in node.content.iter().flatten() {
                 if !sound(id) {

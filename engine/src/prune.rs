@@ -31,7 +31,6 @@ use crate::index::{BlobLocation, Index, IndexBuilder, IndexFile, IndexedPack};
 use crate::object_lock;
 use crate::pack::PackedBlob;
 use crate::repository::{FileKind, Repository};
-use crate::tree::NodeKind;
 use crate::tree_reader::TreeReader;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -178,14 +177,14 @@ pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, 
                 "cannot prune: {e}; run `vault check` and `vault repair` first"
             ))
         })?;
+        // Whatever its kind claims, a node's subtree and content are used:
+        // an older backup recorded a symlinked ancestor as a symlink with a
+        // subtree, which restore walks as a directory (restore.rs).
         for node in tree.nodes {
-            if node.kind == NodeKind::Dir {
-                if let Some(sub) = node.subtree {
-                    stack.push(sub);
-                }
-            } else {
-                used.extend(node.content.into_iter().flatten());
+            if let Some(sub) = node.subtree {
+                stack.push(sub);
             }
+            used.extend(node.content.into_iter().flatten());
         }
     }
     // Archived WAL is data too: its blobs stay as long as its records do

@@ -139,7 +139,8 @@ pub fn walk(
                 .par_iter()
                 .map(|node| node.subtree.as_ref().map(|sub| trees.read(sub)))
                 .collect();
-            for (node, subtree) in batch.into_iter().zip(subtrees) {
+            for (mut node, subtree) in batch.into_iter().zip(subtrees) {
+                legacy_ancestor_as_dir(&mut node);
                 let path = prefix.join(node.os_name());
                 let descend = visit(&path, node)?;
                 if descend && let Some(subtree) = subtree {
@@ -152,6 +153,24 @@ pub fn walk(
     let trees = TreeReader::new(repo, index);
     let tree = trees.read(root)?;
     inner(&trees, tree, Path::new("/"), visit)
+}
+
+/// Backups by vault before 2026-11-24 recorded an ancestor of a backed-up
+/// path reached through a symlink as that symlink, with the children below
+/// it. Such a node stands for the
+/// directory the backup walked: walked as one, restore creates a directory
+/// there instead of a symlink it would then write through, possibly outside
+/// its target.
+fn legacy_ancestor_as_dir(node: &mut Node) {
+    if node.subtree.is_some() && node.kind != NodeKind::Dir {
+        if node.kind == NodeKind::Symlink {
+            node.mode = 0o755;
+        }
+        node.kind = NodeKind::Dir;
+        node.linktarget = None;
+        node.linktarget_raw = None;
+        node.content = None;
+    }
 }
 
 /// Sibling nodes whose subtrees [`walk`] reads at once. Holding every

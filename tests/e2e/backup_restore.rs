@@ -210,6 +210,38 @@ fn sockets_are_recorded_and_skipped_on_restore_without_warnings() {
     assert!(std::fs::symlink_metadata(root.join("app.sock")).is_err());
 }
 
+backend_test!(a_path_through_a_symlinked_directory_is_kept_pruned_safely_and_restored_inside);
+/// `backup /x/alias/docs` where `alias` is a symlink (`/var/run` -> `/run`,
+/// merged /usr): the ancestor is recorded as the directory it leads to.
+/// Recorded as the symlink, prune deleted the data below it, and restore
+/// recreated the symlink and wrote through it, outside the target.
+fn a_path_through_a_symlinked_directory_is_kept_pruned_safely_and_restored_inside(
+    backend: Backend,
+) {
+    let env = Env::on(backend);
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("file"), b"backed up").unwrap();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("alias")).unwrap();
+    let through = src.join("alias/file");
+    assert_success(&env.vault(&["backup", through.to_str().unwrap()]));
+    // Changed after the backup: a restore writing through a recreated
+    // symlink would put the old content back here.
+    std::fs::write(outside.join("file"), b"newer").unwrap();
+    assert_success(&env.vault(&["prune", "--instant-delete"]));
+    let check = env.vault(&["check", "--verify"]);
+    assert_success(&check);
+    assert!(!stderr(&check).contains("not used"), "{}", stderr(&check));
+    let target = env.path("restore");
+    assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
+    let alias = restored_root(&target, &src).join("alias");
+    assert!(std::fs::symlink_metadata(&alias).unwrap().is_dir());
+    assert_eq!(std::fs::read(alias.join("file")).unwrap(), b"backed up");
+    assert_eq!(std::fs::read(outside.join("file")).unwrap(), b"newer");
+}
+
 backend_test!(restore_of_many_small_files_stays_within_a_low_open_file_limit);
 /// Thousands of small files share a pack; restoring it must not hold them
 /// all open (a 52k-file tree failed with "Too many open files").
