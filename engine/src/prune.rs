@@ -308,14 +308,21 @@ impl PrunePlan {
                 let rb = (b.1 - b.2) as f64 / b.1 as f64;
                 rb.total_cmp(&ra)
             });
-            let freed_now: u64 = plan.delete_bytes
+            // Only the unused space of partly used packs is what repacking
+            // can free. Packs deleted, marked now, or marked before and
+            // waiting out the margin go without it: counting theirs too
+            // repacked nearly full packs on every run, each run's copies
+            // adding to what the next counted.
+            let size_of = |p: &PackId| stored.get(p).copied().unwrap_or(0);
+            let going: u64 = plan.delete_bytes
                 + plan
                     .mark
                     .iter()
-                    .map(|p| stored.get(p).copied().unwrap_or(0))
+                    .chain(&plan.waiting)
+                    .map(size_of)
                     .sum::<u64>();
-            let mut unused_left = plan.unused_bytes.saturating_sub(freed_now);
-            let allowed = (plan.total_bytes as f64 * max / 100.0) as u64;
+            let mut unused_left: u64 = candidates.iter().map(|(_, size, used)| size - used).sum();
+            let allowed = (plan.total_bytes.saturating_sub(going) as f64 * max / 100.0) as u64;
             for (pack, size, used_here) in candidates {
                 if unused_left <= allowed {
                     break;

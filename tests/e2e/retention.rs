@@ -142,6 +142,32 @@ fn prune_marks_first_and_deletes_after_the_margin(backend: Backend) {
     assert_eq!(code, 0, "{v}");
 }
 
+backend_test!(prunes_in_a_row_do_not_repack_what_the_first_left);
+/// Marked packs waiting out the margin are not unused space repacking can
+/// free: counting them, every prune repacked nearly full packs again and
+/// the repository grew with each run.
+fn prunes_in_a_row_do_not_repack_what_the_first_left(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12u64 {
+        std::fs::write(src.join(format!("r{}", i % 4)), pseudo_random(20_000, i)).unwrap();
+        assert_success(&env.vault(&["backup", "-q", src.to_str().unwrap()]));
+    }
+    assert_success(&env.vault(&["forget", "--keep-last", "2"]));
+    let first = env.json(&["prune"]);
+    assert!(first["packs_marked"].as_u64().unwrap() >= 1, "{first}");
+    let after_first = repo_bytes(&env);
+    for _ in 0..2 {
+        let v = env.json(&["prune"]);
+        assert_eq!(v["packs_repacked"], 0, "{v}");
+        assert_eq!(v["packs_marked"], 0, "{v}");
+        assert_eq!(repo_bytes(&env), after_first);
+    }
+    let (code, v) = check_verify(&env);
+    assert_eq!(code, 0, "{v}");
+}
+
 backend_test!(backup_referencing_a_marked_blob_keeps_its_pack_alive);
 fn backup_referencing_a_marked_blob_keeps_its_pack_alive(backend: Backend) {
     let env = Env::on(backend);
