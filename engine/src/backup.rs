@@ -233,6 +233,9 @@ enum FileOutcome {
     Content {
         ids: Vec<ContentId>,
         size: u64,
+        /// The file found at the path when it was opened, if it was not
+        /// the one listed (replaced by a rename): its own metadata.
+        replaced: Option<Box<Node>>,
     },
     /// Could not be read: reported, and left out of the snapshot.
     Unreadable(std::io::Error),
@@ -241,6 +244,9 @@ enum FileOutcome {
 struct FileTask {
     path: PathBuf,
     size: u64,
+    /// `(st_dev, st_ino)` when the walk listed it: the file read must be
+    /// that one.
+    identity: (u64, u64),
     reply: Sender<Result<FileOutcome>>,
 }
 
@@ -405,6 +411,40 @@ pub fn backup(
         errors,
         skipped: false,
     })
+}
+
+/// Opens the regular file the walk listed at `path` as `identity`. Between
+/// the listing and the open, whoever can write the directory may put a
+/// symlink there (to a file only root can read, which a backup as root
+/// would then store under the unprivileged owner's name) or a FIFO (a read
+/// that never returns): `O_NOFOLLOW` refuses the symlink, `O_NONBLOCK`
+/// keeps the open from waiting, and what was opened must be a regular
+/// file. Another regular file (an application replacing it by rename,
+/// logrotate) is read, and its own metadata returned to record instead of
+/// the listed file's.
+fn open_listed(
+    path: &Path,
+    identity: (u64, u64),
+) -> std::io::Result<(std::fs::File, Option<std::fs::Metadata>)> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => {
+                std::io::Error::other("replaced by a symlink while the backup ran; not followed")
+            }
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other(
+            "replaced by something other than a file while the backup ran; not read",
+        ));
+    }
+    let replaced = ((meta.dev(), meta.ino()) != identity).then_some(meta);
+    Ok((file, replaced))
 }
 
 /// A prune that ran while we backed up may have deleted a pack we
@@ -605,7 +645,8 @@ fn save_paths(
                 .name("vault-read".into())
                 .spawn_scoped(scope, move || {
                     for task in rx {
-                        let _ = task.reply.send(ctx.read_file(&task.path, task.size));
+                        let read = ctx.read_file(&task.path, task.size, task.identity);
+                        let _ = task.reply.send(read);
                     }
                 })
                 .map_err(|e| Error::io("starting a reader thread", e))?;
@@ -699,14 +740,21 @@ impl Ctx<'_> {
     }
 
     /// A reader's work: cut a file into chunks and hand them to the saver.
-    fn read_file(&self, path: &Path, size: u64) -> Result<FileOutcome> {
+    fn read_file(&self, path: &Path, size: u64, identity: (u64, u64)) -> Result<FileOutcome> {
         self.check_cancel()?;
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
+        let (file, replaced) = match open_listed(path, identity) {
+            Ok(opened) => opened,
             Err(e) => return Ok(FileOutcome::Unreadable(e)),
         };
+        let replaced = replaced
+            .and_then(|meta| walk::node_from_metadata(path, &meta, &walk::Names::default()))
+            .map(Box::new);
         match self.save_content(file, Some(size)) {
-            Ok((ids, size)) => Ok(FileOutcome::Content { ids, size }),
+            Ok((ids, size)) => Ok(FileOutcome::Content {
+                ids,
+                size,
+                replaced,
+            }),
             Err(ContentError::Read(e)) => Ok(FileOutcome::Unreadable(e)),
             Err(ContentError::Engine(e)) => Err(e),
         }
@@ -767,7 +815,14 @@ impl Ctx<'_> {
                     changed,
                     outcome,
                 } => match outcome.recv().unwrap_or_else(|_| Err(stopped()))? {
-                    FileOutcome::Content { ids, size } => {
+                    FileOutcome::Content {
+                        ids,
+                        size,
+                        replaced,
+                    } => {
+                        if let Some(found) = replaced {
+                            node = *found;
+                        }
                         let ids = ids
                             .into_iter()
                             .map(|mut c| resolve(&mut c))
@@ -1109,6 +1164,10 @@ impl Walker<'_, '_> {
                     .send(FileTask {
                         path: path.to_path_buf(),
                         size: node.size,
+                        identity: (
+                            std::os::unix::fs::MetadataExt::dev(&meta),
+                            std::os::unix::fs::MetadataExt::ino(&meta),
+                        ),
                         reply,
                     })
                     .map_err(|_| stopped())?;
@@ -1143,4 +1202,57 @@ impl Walker<'_, '_> {
 enum ContentError {
     Read(std::io::Error),
     Engine(Error),
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn identity(path: &Path) -> (u64, u64) {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        (meta.dev(), meta.ino())
+    }
+
+    #[test]
+    fn a_listed_file_swapped_before_its_read_is_never_followed_or_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"listed").unwrap();
+        let listed = identity(&path);
+        // Made while `f` exists, so it cannot reuse its inode number.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"renamed over").unwrap();
+        let (_, replaced) = open_listed(&path, listed).unwrap();
+        assert!(replaced.is_none());
+
+        // A symlink to a file the owner of the directory may not read.
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"root only").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&secret, &path).unwrap();
+        let err = open_listed(&path, listed).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+
+        // A FIFO: refused at once instead of a read that never returns.
+        std::fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = open_listed(&path, listed).unwrap_err();
+        assert!(err.to_string().contains("other than a file"), "{err}");
+
+        // Another regular file, renamed over it: read, with its own
+        // metadata to record.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        let (mut file, replaced) = open_listed(&path, listed).unwrap();
+        let meta = replaced.expect("a different file");
+        assert_eq!((meta.dev(), meta.ino()), identity(&path));
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        let mut content = String::new();
+        std::io::Read::read_to_string(&mut file, &mut content).unwrap();
+        assert_eq!(content, "renamed over");
+    }
 }
