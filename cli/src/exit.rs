@@ -78,11 +78,27 @@ pub(crate) fn code_of(err: &anyhow::Error) -> u8 {
 }
 
 pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
+    let epipe = err.chain().any(|e| {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             || e.downcast_ref::<vault_engine::Error>().is_some_and(|v| {
                 matches!(v, vault_engine::Error::Io { cause, .. } if cause.kind() == std::io::ErrorKind::BrokenPipe)
             })
-    })
+    });
+    // Only vault's own output: a pipe to a child (a database client) that
+    // closed is that child's failure, never a quiet success.
+    epipe && stdout_reader_gone()
+}
+
+/// Whether standard output is a pipe whose reader has gone (`vault ... |
+/// head`): poll reports POLLERR on the write end of such a pipe.
+fn stdout_reader_gone() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
 }

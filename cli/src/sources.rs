@@ -249,13 +249,19 @@ pub(crate) fn load_database(
     let out = child
         .wait_with_output()
         .context("waiting for the database client")?;
-    fed?;
+    // The client's failure first: it stops reading at its first error
+    // (ON_ERROR_STOP, --exit-on-error), so feeding it then fails with a
+    // broken pipe that says nothing, and that must never pass for the
+    // closed stdout of `vault ... | head`, which ends a command quietly.
     if !out.status.success() {
         bail!(
             "loading the dump into {target} failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
+    }
+    if let Err(e) = fed {
+        bail!("feeding the dump to the database client: {e:#}");
     }
     Ok(())
 }

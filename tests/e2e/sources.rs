@@ -525,11 +525,41 @@ status_file = "{status}"
         "{ghost}"
     );
 
-    // Drill passes on a good backup...
+    // Drill passes on a good backup.
     let drill = json_with(&env, &config, &["drill", "phone-db"]);
     assert_eq!(drill["ok"], true, "{drill}");
     assert!(drill["rows"].as_u64().unwrap() >= 1_500_003);
-    // ...and fails on a damaged one.
+
+    // A load the client gives up on (a role the target lacks, as on a
+    // fresh server) fails with the client's message. psql stops at the
+    // first error, vault's write to it then fails with a broken pipe, and
+    // that was taken for `vault ... | head` and exited 0, leaving a
+    // database without its tables.
+    psql(
+        "phone",
+        "CREATE ROLE gone_owner; CREATE TABLE owned_t (x int); ALTER TABLE owned_t OWNER TO gone_owner",
+    );
+    let owned = json_with(&env, &config, &["backup", "phone-db"]);
+    psql(
+        "phone",
+        "DROP TABLE owned_t; DROP OWNED BY gone_owner; DROP ROLE gone_owner",
+    );
+    psql("postgres", "DROP DATABASE IF EXISTS phone_failed");
+    let out = vault_with(
+        &env,
+        &config,
+        &["restore", "phone-db", "--into-database", "phone_failed"],
+    );
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("gone_owner"),
+        "the client's error: {}",
+        stderr(&out)
+    );
+    let owned = owned["snapshot_id"].as_str().unwrap();
+    assert_success(&vault_with(&env, &config, &["forget", owned]));
+
+    // The drill fails on a damaged backup.
     for (pack, size) in env.sizes_under("data") {
         if size > 1000 {
             env.flip(&pack, 500);
