@@ -41,6 +41,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -322,6 +323,13 @@ pub fn backup(
         options.upload_concurrency,
         progress.saver.clone(),
     );
+    // Ctrl-C also while the walk is done and `finish` drains the pipeline
+    // (uploads held to --limit-upload could take minutes): it ran to the
+    // end and saved the snapshot, exit 0, after saying it was stopping.
+    let _watch = CancelWatch::start(options.cancel.clone(), {
+        let interrupter = saver.interrupter();
+        move || interrupter.interrupt()
+    });
     let ctx = Ctx {
         repo,
         trees: TreeReader::new(repo, &index),
@@ -907,12 +915,20 @@ impl Ctx<'_> {
         let mut child = std::process::Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            // Its own process group, so that Ctrl-C stops the command and
+            // whatever it started (`sh -c '... | gzip'`), through the watch
+            // below, and not only vault.
+            .process_group(0)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| Error::SourceFailed(format!("starting `{shown}`: {e}")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
+        let group = nix::unistd::Pid::from_raw(-i32::try_from(child.id()).unwrap_or(i32::MAX));
+        let _watch = CancelWatch::start(self.options.cancel.clone(), move || {
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+        });
         // Pass the command's messages through, keeping the tail so a
         // failure can say why (e.g. "pg_dump: error: database does not exist").
         let stderr_tail = {
@@ -931,11 +947,7 @@ impl Ctx<'_> {
                         tail.drain(..tail.len() - 2048);
                     }
                 }
-                String::from_utf8_lossy(&tail)
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(|l| l.trim().to_owned())
+                failure_reason(&String::from_utf8_lossy(&tail))
             })
         };
         // The tree is saved only after the exit status is known.
@@ -964,6 +976,7 @@ impl Ctx<'_> {
             .wait()
             .map_err(|e| Error::SourceFailed(format!("waiting for `{shown}`: {e}")))?;
         let last_message = stderr_tail.join().ok().flatten();
+        self.check_cancel()?;
         if !status.success() {
             let why = last_message.map(|m| format!(": {m}")).unwrap_or_default();
             return Err(Error::SourceFailed(format!(
@@ -975,6 +988,61 @@ impl Ctx<'_> {
         self.counters.bytes.store(size, Ordering::Relaxed);
         let node = self.stream_node(filename, content, size);
         self.save_tree(Tree { nodes: vec![node] })
+    }
+}
+
+/// What a failed command's stderr says about why: its last line naming an
+/// error (`pg_dump: error: ... FATAL: password authentication failed`),
+/// with the last line after it if there is one (`Is the server running on
+/// that host...?`); else its last line. The very last line alone was often
+/// only a remark ("password retrieved from file ...").
+fn failure_reason(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let last = lines.last()?;
+    let error = lines.iter().rposition(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("error") || l.contains("fatal")
+    });
+    Some(match error {
+        Some(i) if i + 1 < lines.len() => format!("{} ({last})", lines[i]),
+        Some(i) => lines[i].to_owned(),
+        None => (*last).to_owned(),
+    })
+}
+
+/// Runs `on_cancel` once if `cancel` is set before this is dropped; polls
+/// every 100 ms on its own thread.
+struct CancelWatch {
+    done: Arc<AtomicBool>,
+}
+
+impl CancelWatch {
+    fn start(cancel: Arc<AtomicBool>, on_cancel: impl FnOnce() + Send + 'static) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let until = done.clone();
+        // Detached: it notices `done` within one poll and ends.
+        let _ = std::thread::Builder::new()
+            .name("vault-cancel".into())
+            .spawn(move || {
+                while !until.load(Ordering::Relaxed) {
+                    if cancel.load(Ordering::Relaxed) {
+                        on_cancel();
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+        Self { done }
+    }
+}
+
+impl Drop for CancelWatch {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1213,6 +1281,22 @@ mod tests {
     fn identity(path: &Path) -> (u64, u64) {
         let meta = std::fs::symlink_metadata(path).unwrap();
         (meta.dev(), meta.ino())
+    }
+
+    #[test]
+    fn a_failed_commands_reason_is_its_error_line() {
+        let pg = "pg_dump: error: connection to server at \"127.0.0.1\", port 5 failed: FATAL:  password authentication failed for user \"u\"\npassword retrieved from file \"/p\"\n";
+        assert_eq!(
+            failure_reason(pg).unwrap(),
+            "pg_dump: error: connection to server at \"127.0.0.1\", port 5 failed: FATAL:  password authentication failed for user \"u\" (password retrieved from file \"/p\")"
+        );
+        assert_eq!(
+            failure_reason("warming up\nmysqldump: Got error: 1049: Unknown database 'x'\n\n")
+                .unwrap(),
+            "mysqldump: Got error: 1049: Unknown database 'x'"
+        );
+        assert_eq!(failure_reason("first\nsecond\n").unwrap(), "second");
+        assert_eq!(failure_reason("  \n"), None);
     }
 
     #[test]

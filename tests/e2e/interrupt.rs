@@ -168,3 +168,84 @@ fn streaming_a_large_input_keeps_memory_bounded() {
         1536u64 * 1024 * 1024
     );
 }
+
+/// Ctrl-C while the walk is done and the pipeline drains uploads held to
+/// --limit-upload: it ran them all, saved the snapshot and exited 0 after
+/// saying it was stopping.
+#[test]
+fn sigint_while_uploads_drain_exits_130_without_a_snapshot() {
+    let env = env_with_small_packs(Backend::Local);
+    let src = big_tree(&env, 6);
+    let child = env
+        .command(&[
+            "backup",
+            src.to_str().unwrap(),
+            "--compression",
+            "none",
+            "--limit-upload",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // At 1000 KiB/s the 12 MB take ~12 s; the reads end long before.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.objects_under("data").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 130);
+    assert!(env.snapshots().is_empty());
+    assert_success(&env.vault(&["check"]));
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+}
+
+/// Ctrl-C during a command source stops the command and what it started,
+/// instead of waiting for it to end and saving its output.
+#[test]
+fn sigint_stops_a_running_command_source_and_its_children() {
+    let env = Env::new();
+    let marker = "31.4159";
+    let child = env
+        .command(&[
+            "backup",
+            "--stdin-from-command",
+            "--stdin-filename",
+            "slow.out",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo start; sleep {marker}; echo end"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let running = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &format!("sleep {marker}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(running(), "the command never started");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 130);
+    assert!(env.snapshots().is_empty());
+    // The command's own child went with it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(), "sleep {marker} outlived the backup");
+}

@@ -78,6 +78,16 @@ enum JobId {
     Reply(Sender<BlobId>),
 }
 
+/// Stops a [`Saver`] from another thread ([`Saver::interrupter`]).
+pub struct Interrupter(Arc<Shared>);
+
+impl Interrupter {
+    /// Stops the pipeline as interrupted.
+    pub fn interrupt(&self) {
+        self.0.fail(Error::Interrupted);
+    }
+}
+
 /// The id of a blob handed to [`Saver::submit`], once a worker hashed it.
 pub struct PendingId(Receiver<BlobId>);
 
@@ -292,6 +302,15 @@ impl Saver {
             compression,
             threads,
         }
+    }
+
+    /// A handle that stops the pipeline from another thread (Ctrl-C while
+    /// [`Saver::finish`] drains it): packs not yet uploaded are dropped,
+    /// those uploaded are still indexed, and `finish` returns
+    /// [`Error::Interrupted`].
+    #[must_use]
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(self.shared.clone())
     }
 
     /// The pool that sealed blobs' plaintext buffers return to: feeders
