@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use vault_engine::{Repository, restore, wal};
 
 /// Start segment and timeline of a base backup snapshot, from the
@@ -143,7 +143,7 @@ pub(crate) fn restore(
     }
     std::fs::create_dir_all(target)?;
     let node = restore::find_node(repo, &index, &snap.tree, "/base.tar")?;
-    let mut tar = Command::new("tar")
+    let mut tar = vault_engine::backup::child_command("tar")
         .args(["-x", "-f", "-", "-C"])
         .arg(target)
         .stdin(Stdio::piped())

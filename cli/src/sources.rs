@@ -158,7 +158,7 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 fn psql(s: &SourceConfig, database: &str) -> Result<Command> {
-    let mut cmd = Command::new(program(s, &["psql"]));
+    let mut cmd = vault_engine::backup::child_command(program(s, &["psql"]));
     cmd.args([
         "--no-password",
         "--no-psqlrc",
@@ -174,7 +174,7 @@ fn psql(s: &SourceConfig, database: &str) -> Result<Command> {
 }
 
 fn mariadb(s: &SourceConfig) -> Result<Command> {
-    let mut cmd = Command::new(program(s, &["mariadb", "mysql"]));
+    let mut cmd = vault_engine::backup::child_command(program(s, &["mariadb", "mysql"]));
     cmd.args(my_defaults(s)?);
     Ok(cmd)
 }
@@ -224,7 +224,7 @@ pub(crate) fn load_database(
     let mut cmd = match (s.kind, s.format) {
         (SourceKind::Postgres, DumpFormat::Plain) => psql(s, target)?,
         (SourceKind::Postgres, DumpFormat::Custom) => {
-            let mut c = Command::new(program(s, &["pg_restore"]));
+            let mut c = vault_engine::backup::child_command(program(s, &["pg_restore"]));
             c.args(["--no-password", "--exit-on-error", "--no-owner", "--dbname"])
                 .arg(pg_conninfo(s, target))
                 .envs(pg_env(s)?);

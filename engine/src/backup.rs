@@ -912,7 +912,7 @@ impl Ctx<'_> {
             .unwrap_or(program)
             .to_string_lossy()
             .into_owned();
-        let mut child = std::process::Command::new(program)
+        let mut child = child_command(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             // Its own process group, so that Ctrl-C stops the command and
@@ -989,6 +989,28 @@ impl Ctx<'_> {
         let node = self.stream_node(filename, content, size);
         self.save_tree(Tree { nodes: vec![node] })
     }
+}
+
+/// Environment variables holding vault's own secrets: its repository
+/// password and the object store's secret key.
+const SECRET_ENV: [&str; 3] = [
+    "VAULT_PASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+/// A command for a child process (a dump, a database client) without
+/// vault's secrets in its environment: a `command` source running `env`,
+/// or any program logging its environment, would otherwise have written
+/// the repository password into the backup. What a child needs, it gets
+/// from its own configuration (a passfile, a defaults file).
+#[must_use]
+pub fn child_command(program: impl AsRef<OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    for name in SECRET_ENV {
+        cmd.env_remove(name);
+    }
+    cmd
 }
 
 /// What a failed command's stderr says about why: its last line naming an

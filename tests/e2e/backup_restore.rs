@@ -980,3 +980,35 @@ fn dump_of_a_directory_is_a_tar_stream_that_extracts_to_the_same_tree(backend: B
         stderr(&missing)
     );
 }
+
+backend_test!(commands_run_for_a_backup_do_not_inherit_vaults_secrets);
+/// A command source that prints its environment (or a dump tool that logs
+/// it) must not put the repository password or the store's secret key
+/// into the backup.
+fn commands_run_for_a_backup_do_not_inherit_vaults_secrets(backend: Backend) {
+    let env = Env::on(backend);
+    let password = std::fs::read_to_string(&env.password_file).unwrap();
+    let password = password.trim_end().to_owned();
+    assert!(!password.is_empty());
+    let out = env
+        .command(&[
+            "backup",
+            "--stdin-from-command",
+            "--stdin-filename",
+            "env.txt",
+            "--",
+            "env",
+        ])
+        .env("VAULT_PASSWORD", &password)
+        .env_remove("VAULT_PASSWORD_FILE")
+        .env("VAULT_TEST_MARKER", "kept")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let dumped = env.vault(&["dump", "latest", "/env.txt"]);
+    assert_success(&dumped);
+    let text = String::from_utf8_lossy(&dumped.stdout);
+    assert!(text.contains("VAULT_TEST_MARKER=kept"), "{text}");
+    assert!(!text.contains("VAULT_PASSWORD="), "{text}");
+    assert!(!text.contains("AWS_SECRET_ACCESS_KEY="), "{text}");
+}
