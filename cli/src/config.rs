@@ -329,10 +329,11 @@ impl Config {
                 SourceKind::Postgres => {
                     need("database", db)?;
                     forbid("defaults_file", s.defaults_file.is_some())?;
-                    if s.connection
-                        .as_deref()
-                        .is_some_and(|c| c.contains("password"))
-                    {
+                    if s.connection.as_deref().is_some_and(|c| {
+                        c.contains("password")
+                            || (crate::sources::is_pg_uri(c)
+                                && crate::sources::pg_uri_has_password(c))
+                    }) {
                         bail!(
                             "{}: source {name:?}: no password in `connection`; put it in a PGPASSFILE and set `passfile`",
                             at(s)
@@ -402,6 +403,29 @@ mod tests {
             err.contains("vault.toml:8") && err.contains("bogus"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_password_in_a_postgres_uri_is_refused_like_one_in_key_value_form() {
+        let source = |conn: &str| {
+            format!(
+                "[[source]]\nname = \"db\"\nkind = \"postgres\"\ndatabase = \"shop\"\nconnection = \"{conn}\"\n"
+            )
+        };
+        for bad in [
+            "host=h password=x",
+            "postgresql://u:secret@127.0.0.1:5432/shop",
+            "postgres://u:s@h",
+        ] {
+            let err = parse(&source(bad)).unwrap_err().to_string();
+            assert!(err.contains("no password"), "{bad}: {err}");
+        }
+        for good in [
+            "postgresql://u@127.0.0.1:5432",
+            "postgres://h/db?sslmode=require",
+        ] {
+            parse(&source(good)).unwrap();
+        }
     }
 
     #[test]

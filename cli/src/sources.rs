@@ -42,13 +42,45 @@ fn program(s: &SourceConfig, candidates: &[&str]) -> OsString {
 }
 
 fn pg_conninfo(s: &SourceConfig, database: &str) -> String {
+    let base = s.connection.clone().unwrap_or_default();
+    if is_pg_uri(&base) {
+        // A URI takes the database as a parameter; appended `dbname='x'`
+        // became part of its port or path.
+        let encoded: String = database
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let joint = if base.contains('?') { '&' } else { '?' };
+        return format!("{base}{joint}dbname={encoded}");
+    }
     // libpq conninfo values may be quoted; database names are validated or
     // come from the config.
-    let base = s.connection.clone().unwrap_or_default();
     format!(
         "{base} dbname='{}'",
         database.replace('\\', "\\\\").replace('\'', "\\'")
     )
+}
+
+/// Whether a libpq connection string is in URI form.
+pub(crate) fn is_pg_uri(connection: &str) -> bool {
+    connection.starts_with("postgresql://") || connection.starts_with("postgres://")
+}
+
+/// Whether a URI-form connection string carries a password in its user
+/// part (`postgresql://user:secret@host`), which would reach pg_dump's argv.
+pub(crate) fn pg_uri_has_password(connection: &str) -> bool {
+    let Some(rest) = connection.split_once("://").map(|(_, r)| r) else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(user, _)| user.contains(':'))
 }
 
 fn pg_env(s: &SourceConfig) -> Result<Vec<(OsString, OsString)>> {
@@ -339,4 +371,32 @@ pub(crate) fn physical_source(s: &SourceConfig) -> Result<Source> {
         args,
         env: pg_env(s)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_connection(connection: &str) -> SourceConfig {
+        let text = format!(
+            "name = \"db\"\nkind = \"postgres\"\ndatabase = \"shop\"\nconnection = \"{connection}\"\n"
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn the_database_joins_a_uri_as_a_parameter_and_key_value_as_a_pair() {
+        assert_eq!(
+            pg_conninfo(&with_connection("postgresql://u@127.0.0.1:5432"), "shop"),
+            "postgresql://u@127.0.0.1:5432?dbname=shop"
+        );
+        assert_eq!(
+            pg_conninfo(&with_connection("postgres://h?sslmode=require"), "a b"),
+            "postgres://h?sslmode=require&dbname=a%20b"
+        );
+        assert_eq!(
+            pg_conninfo(&with_connection("host=h port=5"), "it's"),
+            "host=h port=5 dbname='it\\'s'"
+        );
+    }
 }

@@ -438,12 +438,23 @@ connection = "{conn}"
 passfile = "{passfile}"
 bin_dir = "{bin}"
 
+[[source]]
+name = "users-uri"
+kind = "postgres"
+database = "phone"
+connection = "postgresql://{user}@127.0.0.1:{port}"
+passfile = "{passfile}"
+bin_dir = "{bin}"
+format = "custom"
+
 [notify]
 on_failure = ["{hook}"]
 status_file = "{status}"
 "#,
             hook = hook.url,
-            status = env.path("status.json").display()
+            status = env.path("status.json").display(),
+            user = pg["VAULT_TEST_PG_USER"],
+            port = pg["VAULT_TEST_PG_PORT"],
         ),
     );
     let out = vault_with(
@@ -500,13 +511,24 @@ status_file = "{status}"
     assert_success(&out);
     assert_eq!(fingerprint("phone_restored"), first_state);
 
+    // A connection in URI form: the database joins it as a parameter.
+    assert_success(&vault_with(&env, &config, &["backup", "users-uri"]));
+    psql("postgres", "DROP DATABASE IF EXISTS phone_uri");
+    let out = vault_with(
+        &env,
+        &config,
+        &["restore", "users-uri", "--into-database", "phone_uri"],
+    );
+    assert_success(&out);
+    assert_eq!(fingerprint("phone_uri"), fingerprint("phone"));
+
     // A failing dump records no snapshot, reports status, fires the webhook,
-    // and leaves the other source's snapshot saved.
+    // and leaves the other sources' snapshots saved.
     let before = env.snapshots().len();
     let out = vault_with(&env, &config, &["backup"]);
     // 6: a backup source failed.
     assert_code(&out, 6);
-    assert_eq!(env.snapshots().len(), before + 1);
+    assert_eq!(env.snapshots().len(), before + 2);
     assert!(hook.received().iter().any(|b| b["source"] == "ghost-db"));
     let status = json_with(&env, &config, &["status"]);
     let ghost = status["sources"]
