@@ -269,10 +269,17 @@ status_file = "{status}"
         .unwrap();
     held.lock().unwrap();
     let before = tagged(&env, "voicemail");
+    let alerts = hook.received().len();
     let out = vault_with(&env, &config, &["backup", "voicemail"]);
     assert_code(&out, 11);
     assert!(stderr(&out).contains("still running"), "{}", stderr(&out));
     assert_eq!(tagged(&env, "voicemail"), before);
+    // A source hung since the last run is a failure to report, not fine.
+    let got = hook.received();
+    assert_eq!(got.len(), alerts + 1, "{got:?}");
+    assert_eq!(got[alerts]["source"], "voicemail");
+    let status = json_with(&env, &config, &["status"]);
+    assert_eq!(status["ok"], false, "{status}");
     drop(held);
 
     // One source by name; success of everything selected sends the heartbeat.
@@ -311,6 +318,30 @@ status_file = "{status}"
     );
     let drill = json_with(&env, &config, &["drill", "voicemail"]);
     assert_eq!(drill["ok"], true, "{drill}");
+
+    // A repository that cannot be opened (here: a wrong password) fails
+    // every source, alerted and recorded like a failing dump.
+    let alerts = hook.received().len();
+    let wrong = env.path("wrong-password");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    let out = env
+        .command(&["--config", config.to_str().unwrap(), "backup", "voicemail"])
+        .env("VAULT_PASSWORD_FILE", &wrong)
+        .output()
+        .unwrap();
+    assert_code(&out, 12);
+    let received = hook.received();
+    assert_eq!(received.len(), alerts + 1, "{received:?}");
+    assert_eq!(received[alerts]["source"], "voicemail");
+    let status = json_with(&env, &config, &["status"]);
+    let voicemail = status["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["source"] == "voicemail")
+        .unwrap()
+        .clone();
+    assert_eq!(voicemail["last_result"], "failure", "{voicemail}");
 }
 
 #[test]

@@ -384,9 +384,25 @@ fn run_sources(
     } else {
         names.iter().filter_map(|n| config.source(n)).collect()
     };
-    let repo = global::open_repository_with(g, args.dry_run)?;
     let status_path = status::path(config.notify.status_file.as_deref());
     let host = args.host.clone().unwrap_or_else(global::hostname);
+    // A repository that cannot be opened (revoked keys, an endpoint down,
+    // an unmounted disk) fails every source: recorded and alerted like any
+    // other failure, or cron's most common failure would be silent.
+    let repo = match global::open_repository_with(g, args.dry_run) {
+        Ok(repo) => repo,
+        Err(e) => {
+            if !args.dry_run {
+                let why = format!("opening the repository: {e:#}");
+                let outcomes: Vec<_> = selected
+                    .iter()
+                    .map(|s| (s.name().to_owned(), Err(why.clone())))
+                    .collect();
+                record(config, &status_path, &host, &outcomes)?;
+            }
+            return Err(e);
+        }
+    };
     let mut failed = 0usize;
     // The exit code of the first source that failed (its kind: a failing
     // dump command, a full disk...).
@@ -402,6 +418,12 @@ fn run_sources(
         let Some(_guard) = source_lock(&status_path, &name)? else {
             eprintln!("vault: source {name}: another vault backup of it is still running; skipped");
             locked += 1;
+            // A failure to report: a source hung since the last run must not
+            // pass for fine in the status and the heartbeat.
+            outcomes.push((
+                name,
+                Err("skipped: the previous backup of this source is still running".into()),
+            ));
             continue;
         };
         let mut tags = vec![name.clone()];
@@ -455,10 +477,7 @@ fn run_sources(
         record(config, &status_path, &host, &outcomes)?;
     }
     if failed > 0 {
-        eprintln!(
-            "vault: {failed} of {} sources failed",
-            outcomes.len() + locked
-        );
+        eprintln!("vault: {failed} of {} sources failed", outcomes.len());
         return Ok(ExitCode::from(first_failure.unwrap_or(exit::FATAL)));
     }
     if locked > 0 {
