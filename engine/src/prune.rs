@@ -156,10 +156,18 @@ pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, 
         let id: crate::id::SnapshotId = name.parse().map_err(|_| {
             Error::InvalidInput(format!("cannot prune: unexpected object {}", info.path))
         })?;
-        let snap = repo.load_snapshot(&id).map_err(|e| {
-            Error::InvalidInput(format!(
+        let snap = repo.load_snapshot(&id).map_err(|e| match e {
+            // Still a damaged repository (exit 5), with the way out.
+            Error::Corrupt { object, reason } => Error::Corrupt {
+                object,
+                reason: format!(
+                    "{reason}; cannot prune while a snapshot is unreadable (its data would look unused): \
+                     `vault repair snapshots --forget` removes it"
+                ),
+            },
+            e => Error::InvalidInput(format!(
                 "cannot prune: {e}; run `vault check` and `vault repair snapshots` first"
-            ))
+            )),
         })?;
         snapshots.push((id, snap));
     }

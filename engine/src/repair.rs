@@ -106,6 +106,20 @@ pub struct RepairSnapshotsReport {
     pub repaired: Vec<RepairedSnapshot>,
     /// Snapshots already intact.
     pub intact: u64,
+    /// Snapshot objects that cannot be read at all (they fail to decrypt
+    /// or decode): nothing to rewrite, only to remove.
+    pub unreadable: Vec<UnreadableSnapshot>,
+}
+
+/// A snapshot object that cannot be read.
+#[derive(Debug, Serialize)]
+pub struct UnreadableSnapshot {
+    /// Its id.
+    pub id: String,
+    /// Why it cannot be read.
+    pub error: String,
+    /// Whether it was deleted (`--forget`, not a dry run).
+    pub removed: bool,
 }
 
 struct Rewriter<'a> {
@@ -189,7 +203,22 @@ pub fn repair_snapshots(
             sink: &sink,
             memo: HashMap::new(),
         };
-        for (id, snap) in repo.snapshots()? {
+        let (snapshots, damaged) = repo.snapshots_and_damaged()?;
+        // A snapshot object that cannot be read blocks prune (its blobs
+        // cannot be known) and `forget ID` (it cannot be matched): with
+        // --forget it goes here, as the damaged originals do.
+        for (id, error) in damaged {
+            let removed = forget && !dry_run;
+            if removed {
+                repo.delete_snapshot(&id)?;
+            }
+            report.unreadable.push(UnreadableSnapshot {
+                id: id.to_hex(),
+                error: error.to_string(),
+                removed,
+            });
+        }
+        for (id, snap) in snapshots {
             if !rw.readable(&snap.tree) {
                 report.repaired.push(RepairedSnapshot {
                     original: id.to_hex(),

@@ -418,6 +418,30 @@ fn naming_a_damaged_snapshot_exits_5_and_changes_nothing(backend: Backend) {
         );
     }
     assert_eq!(env.objects_under("snapshots"), before);
+
+    // Prune refuses (5: its data would look unused) and names the way out,
+    // which works: repair snapshots --forget removes the unreadable object
+    // (a dry run only reports it), and prune goes ahead.
+    let out = env.vault(&["--no-cache", "prune"]);
+    assert_code(&out, 5);
+    assert!(
+        stderr(&out).contains("repair snapshots --forget"),
+        "{}",
+        stderr(&out)
+    );
+    let dry = env.json(&["--no-cache", "repair", "snapshots", "--forget", "--dry-run"]);
+    assert_eq!(dry["unreadable"][0]["removed"], false, "{dry}");
+    assert_eq!(env.objects_under("snapshots"), before);
+    let done = env.json(&["--no-cache", "repair", "snapshots", "--forget"]);
+    assert_eq!(
+        done["unreadable"][0]["id"].as_str().unwrap(),
+        damaged,
+        "{done}"
+    );
+    assert_eq!(done["unreadable"][0]["removed"], true, "{done}");
+    assert_eq!(env.objects_under("snapshots").len(), 1);
+    assert_success(&env.vault(&["--no-cache", "prune"]));
+    assert_success(&env.vault(&["--no-cache", "check"]));
 }
 
 backend_test!(backing_up_only_missing_paths_fails_with_6_and_saves_nothing);

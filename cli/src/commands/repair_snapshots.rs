@@ -34,6 +34,21 @@ pub(crate) fn run(g: &GlobalArgs, args: &RepairSnapshotsArgs) -> Result<ExitCode
         output::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
+    for u in &report.unreadable {
+        if u.removed {
+            outln!(
+                "snapshot {} cannot be read ({}): removed",
+                &u.id[..8],
+                u.error
+            )?;
+        } else {
+            outln!(
+                "snapshot {} cannot be read ({}): `--forget` removes it",
+                &u.id[..8],
+                u.error
+            )?;
+        }
+    }
     for r in &report.repaired {
         match &r.replacement {
             Some(new) => outln!(
@@ -48,9 +63,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &RepairSnapshotsArgs) -> Result<ExitCode
         }
     }
     outln!(
-        "{} snapshots repaired, {} intact",
+        "{} snapshots repaired, {} intact, {} unreadable",
         report.repaired.len(),
-        report.intact
+        report.intact,
+        report.unreadable.len()
     )?;
     Ok(ExitCode::SUCCESS)
 }
