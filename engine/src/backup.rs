@@ -696,7 +696,9 @@ fn save_paths(
 
 impl Ctx<'_> {
     fn record_error(&self, path: &Path, error: impl std::fmt::Display) {
-        tracing::warn!("{}: {error}", path.display());
+        // The report carries it, and the CLI prints every one as a warning:
+        // a warning here too printed each twice.
+        tracing::info!("{}: {error}", path.display());
         self.progress.errors.fetch_add(1, Ordering::Relaxed);
         self.errors.lock().expect("not poisoned").push(SourceError {
             path: path.display().to_string(),
