@@ -505,6 +505,7 @@ fn excludes_skip_matching_entries(backend: Backend) {
     std::fs::create_dir_all(src.join("keep")).unwrap();
     std::fs::write(src.join("keep/a.txt"), b"a").unwrap();
     std::fs::write(src.join("keep/b.tmp"), b"b").unwrap();
+    std::fs::write(src.join("keep/wanted.tmp"), b"w").unwrap();
     std::fs::write(src.join("cache/c"), b"c").unwrap();
     std::fs::write(
         src.join("tagged/CACHEDIR.TAG"),
@@ -513,7 +514,9 @@ fn excludes_skip_matching_entries(backend: Backend) {
     .unwrap();
     std::fs::write(src.join("tagged/d"), b"d").unwrap();
     let exclude_file = env.path("excludes");
-    std::fs::write(&exclude_file, "# comment\ncache/\n").unwrap();
+    // `!` includes again what an earlier pattern left out (restic's syntax;
+    // it was taken as part of a name and matched nothing).
+    std::fs::write(&exclude_file, "# comment\ncache/\n!wanted.tmp\n").unwrap();
     let out = env.vault(&[
         "backup",
         src.to_str().unwrap(),
@@ -527,6 +530,7 @@ fn excludes_skip_matching_entries(backend: Backend) {
     let ls = env.vault(&["ls", "latest"]);
     let listing = String::from_utf8(ls.stdout).unwrap();
     assert!(listing.contains("keep/a.txt"));
+    assert!(listing.contains("keep/wanted.tmp"));
     assert!(!listing.contains("b.tmp"));
     assert!(!listing.contains("cache/c"));
     assert!(!listing.contains("tagged/d"));

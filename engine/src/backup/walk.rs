@@ -11,11 +11,23 @@ use std::sync::Mutex;
 
 /// Exclusion patterns, with restic's meaning: a pattern without `/` matches
 /// a file name at any depth; one with `/` matches the whole path (relative
-/// patterns may start at any depth); a trailing `/` matches directories only.
+/// patterns may start at any depth); a trailing `/` matches directories
+/// only; a leading `!` includes again what an earlier pattern excluded (the
+/// last pattern that matches decides; a path below an excluded directory
+/// is never visited, so `!` cannot bring it back).
 #[derive(Debug, Default)]
 pub struct Excludes {
-    name: Vec<(GlobMatcher, bool)>,
-    path: Vec<(GlobMatcher, bool)>,
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    glob: GlobMatcher,
+    dir_only: bool,
+    /// Matched against the whole path, not the name.
+    by_path: bool,
+    /// `!pattern`: includes.
+    negated: bool,
 }
 
 impl Excludes {
@@ -35,6 +47,10 @@ impl Excludes {
             if raw.is_empty() || raw.starts_with('#') {
                 continue;
             }
+            let (negated, raw) = match raw.strip_prefix('!') {
+                Some(rest) if !rest.is_empty() => (true, rest),
+                _ => (false, raw),
+            };
             let dir_only = raw.ends_with('/') && raw.len() > 1;
             let pat = raw.trim_end_matches('/');
             let by_path = pat.contains('/');
@@ -49,11 +65,12 @@ impl Excludes {
                 .build()
                 .map_err(|e| format!("invalid exclude pattern {raw:?}: {e}"))?
                 .compile_matcher();
-            if by_path {
-                self.path.push((glob, dir_only));
-            } else {
-                self.name.push((glob, dir_only));
-            }
+            self.rules.push(Rule {
+                glob,
+                dir_only,
+                by_path,
+                negated,
+            });
         }
         Ok(self)
     }
@@ -62,13 +79,18 @@ impl Excludes {
     #[must_use]
     pub fn is_excluded(&self, path: &Path, is_dir: bool) -> bool {
         let name = path.file_name().map(Path::new);
-        self.name
+        self.rules
             .iter()
-            .any(|(g, dir_only)| (is_dir || !dir_only) && name.is_some_and(|n| g.is_match(n)))
-            || self
-                .path
-                .iter()
-                .any(|(g, dir_only)| (is_dir || !dir_only) && g.is_match(path))
+            .rev()
+            .find(|r| {
+                (is_dir || !r.dir_only)
+                    && if r.by_path {
+                        r.glob.is_match(path)
+                    } else {
+                        name.is_some_and(|n| r.glob.is_match(n))
+                    }
+            })
+            .is_some_and(|r| !r.negated)
     }
 }
 
@@ -263,6 +285,24 @@ mod tests {
         assert!(ex.is_excluded(Path::new("/q/a/b"), false));
         assert!(!ex.is_excluded(Path::new("/q/a/bc"), false));
         assert!(!ex.is_excluded(Path::new("/x/y/Z.TMP"), false));
+    }
+
+    #[test]
+    fn a_negated_pattern_includes_again_and_the_last_match_decides() {
+        let ex = Excludes::new(&[
+            "*.log".into(),
+            "!app.log".into(),
+            "/srv/data/*".into(),
+            "!/srv/data/keep".into(),
+        ])
+        .unwrap();
+        assert!(ex.is_excluded(Path::new("/x/other.log"), false));
+        assert!(!ex.is_excluded(Path::new("/x/app.log"), false));
+        assert!(ex.is_excluded(Path::new("/srv/data/tmp"), true));
+        assert!(!ex.is_excluded(Path::new("/srv/data/keep"), true));
+        // Order matters: an exclusion after the negation wins again.
+        let ex = Excludes::new(&["!app.log".into(), "*.log".into()]).unwrap();
+        assert!(ex.is_excluded(Path::new("/x/app.log"), false));
     }
 
     #[test]
