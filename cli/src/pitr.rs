@@ -53,6 +53,7 @@ pub(crate) fn restore(
     source: &SourceConfig,
     at: Option<&str>,
     timeline: Option<u32>,
+    keep_archiving: bool,
     target: &Path,
 ) -> Result<ExitCode> {
     if source.kind != SourceKind::Postgres {
@@ -177,6 +178,12 @@ pub(crate) fn restore(
     );
     // Always explicit: the timeline chosen above, never 'latest'.
     settings.push_str(&format!("recovery_target_timeline = '{recovery_tli}'\n"));
+    if !keep_archiving {
+        settings.push_str(
+            "# off: this cluster's own WAL must not join the source's archive \
+             (vault restore --pitr --keep-archiving keeps it)\narchive_mode = 'off'\n",
+        );
+    }
     if let Some(t) = &at_time {
         let ts = t.timestamp().display_with_offset(t.offset()).to_string();
         settings.push_str(&format!(
@@ -222,6 +229,11 @@ pub(crate) fn restore(
             chain.segments,
             at.map(|a| format!(" to {a}")).unwrap_or_default()
         )?;
+        if !keep_archiving {
+            outln!(
+                "WAL archiving is off in the restored cluster (archive_mode = 'off' in postgresql.auto.conf); if it replaces the primary, remove that line, or restore with --keep-archiving."
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

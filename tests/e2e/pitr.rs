@@ -126,9 +126,20 @@ impl Pitr {
 
     /// `vault restore pgdb --pitr [--at AT] --target DIR`; its JSON report.
     fn restore(&self, at: Option<jiff::Timestamp>, dir: &str) -> serde_json::Value {
+        self.restore_with(at, dir, &[])
+    }
+
+    /// [`Pitr::restore`] with more arguments.
+    fn restore_with(
+        &self,
+        at: Option<jiff::Timestamp>,
+        dir: &str,
+        extra: &[&str],
+    ) -> serde_json::Value {
         let target = self.dir.join(dir);
         let at = at.map(|a| a.to_string());
         let mut args = vec!["--json", "restore", "pgdb", "--pitr"];
+        args.extend(extra);
         if let Some(at) = &at {
             args.extend(["--at", at]);
         }
@@ -180,11 +191,15 @@ impl Pitr {
         server
     }
 
-    /// Restores to `at`, starts a server on it without archiving, and
-    /// returns its rows and the timeline the restore chose.
+    /// Restores to `at`, starts a server on it, and returns its rows and
+    /// the timeline the restore chose.
     fn rows_at(&self, at: jiff::Timestamp, dir: &str, port: &str) -> (String, u64) {
         let report = self.restore(Some(at), dir);
-        let server = self.start(dir, port, "-c archive_mode=off");
+        // No `-c archive_mode=off`: the restore turns archiving off, or
+        // this promoted test server would push its own timeline into the
+        // archive the source still writes.
+        let server = self.start(dir, port, "");
+        assert_eq!(self.psql(&server.port, "SHOW archive_mode"), "off");
         let rows = self.rows(&server.port);
         drop(server);
         (rows, report["timeline"].as_u64().unwrap())
@@ -395,10 +410,10 @@ fn restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_t
     );
 
     // Restore to halfway between commit 5 and commit 6, and keep that
-    // server: it archives 00000002.history and goes on on timeline 2
-    // (archive_command as in the base backup), while the original server
-    // stays on timeline 1 with rows 6 to 8.
-    let report = t.restore(Some(mid(times[5], times[6])), "tl2");
+    // server as a new primary: it archives 00000002.history and goes on on
+    // timeline 2 (--keep-archiving: archive_command as in the base backup),
+    // while the original server stays on timeline 1 with rows 6 to 8.
+    let report = t.restore_with(Some(mid(times[5], times[6])), "tl2", &["--keep-archiving"]);
     assert_eq!(report["timeline"], 1, "{report}");
     let start = report["start_segment"].as_str().unwrap().to_owned();
     let tl2 = t.start("tl2", &port_tl2, "");

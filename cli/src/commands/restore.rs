@@ -41,6 +41,13 @@ pub(crate) struct RestoreArgs {
     /// current at --at (the newest without --at).
     #[arg(long, requires = "pitr")]
     timeline: Option<u32>,
+    /// With --pitr: keep the source's WAL archiving in the restored cluster
+    /// (for a cluster that replaces the lost primary). Without it
+    /// archive_mode is off there: a restore test that promotes would push
+    /// its own timeline into the production archive, and a later restore
+    /// to the newest timeline would follow the test's history.
+    #[arg(long, requires = "pitr")]
+    keep_archiving: bool,
     /// Only restore these snapshot paths (and what is below them).
     #[arg(short, long = "include")]
     includes: Vec<String>,
@@ -85,6 +92,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             source,
             args.at.as_deref(),
             args.timeline,
+            args.keep_archiving,
             &args.target.clone().context("--target")?,
         );
     }
