@@ -16,7 +16,7 @@ use vault_engine::crypto::Password;
 /// Sets a flag on SIGINT/SIGTERM so long operations stop cleanly (flushing
 /// what they uploaded); a second signal exits at once.
 pub(crate) fn install_interrupt_handler() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
+    let flag = interrupted();
     let handler_flag = flag.clone();
     let _ = ctrlc::set_handler(move || {
         if handler_flag.swap(true, Ordering::SeqCst) {
@@ -25,6 +25,14 @@ pub(crate) fn install_interrupt_handler() -> Arc<AtomicBool> {
         eprintln!("vault: interrupted, stopping cleanly (press again to abort at once)");
     });
     flag
+}
+
+/// The flag Ctrl-C and SIGTERM set, for code reached without it passed down
+/// (prune, also from `forget --prune`).
+pub(crate) fn interrupted() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone()
 }
 
 static CONFIG: std::sync::OnceLock<Result<Option<Config>, String>> = std::sync::OnceLock::new();

@@ -1040,12 +1040,15 @@ fn failure_reason(stderr: &str) -> Option<String> {
 
 /// Runs `on_cancel` once if `cancel` is set before this is dropped; polls
 /// every 100 ms on its own thread.
-struct CancelWatch {
+pub(crate) struct CancelWatch {
     done: Arc<AtomicBool>,
 }
 
 impl CancelWatch {
-    fn start(cancel: Arc<AtomicBool>, on_cancel: impl FnOnce() + Send + 'static) -> Self {
+    pub(crate) fn start(
+        cancel: Arc<AtomicBool>,
+        on_cancel: impl FnOnce() + Send + 'static,
+    ) -> Self {
         let done = Arc::new(AtomicBool::new(false));
         let until = done.clone();
         // Detached: it notices `done` within one poll and ends.

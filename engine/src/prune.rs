@@ -35,6 +35,7 @@ use crate::tree_reader::TreeReader;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Default safety margin between marking and deleting a pack. Backups must
 /// finish within it (a backup longer than this could reference a blob whose
@@ -67,6 +68,10 @@ pub struct PruneOptions {
     pub instant_delete: bool,
     /// Current time (Unix seconds); injectable for tests.
     pub now: i64,
+    /// Set to stop (Ctrl-C): checked between blobs of the repack and
+    /// between the steps and deletions that follow, each a point where the
+    /// repository is consistent.
+    pub cancel: Arc<AtomicBool>,
 }
 
 impl Default for PruneOptions {
@@ -77,6 +82,7 @@ impl Default for PruneOptions {
             margin_secs: DEFAULT_MARGIN_SECS,
             instant_delete: false,
             now: jiff::Timestamp::now().as_second(),
+            cancel: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -410,6 +416,9 @@ impl PrunePlan {
         lock: Option<&crate::lock::Lock>,
     ) -> Result<PruneReport> {
         let still_locked = || -> Result<()> {
+            if options.cancel.load(Ordering::SeqCst) {
+                return Err(Error::Interrupted);
+            }
             match lock {
                 Some(l) if l.is_lost() => Err(Error::Locked {
                     holder: "our lock was lost (taken over as stale); stopping before deleting anything more".into(),
@@ -452,13 +461,26 @@ impl PrunePlan {
                 2,
                 Arc::new(SaverStats::default()),
             );
+            let _watch = crate::backup::CancelWatch::start(options.cancel.clone(), {
+                let interrupter = saver.interrupter();
+                move || interrupter.interrupt()
+            });
+            let mut copied = Ok(());
             for (id, loc) in index.blobs() {
                 if repack.contains(&loc.pack) && self.used.contains(&id) {
+                    // Stopped here, the copies made are stored and indexed
+                    // (finish, below): duplicates a later prune reclaims.
+                    if options.cancel.load(Ordering::SeqCst) {
+                        copied = Err(Error::Interrupted);
+                        break;
+                    }
                     let data = repo.read_blob(&index, &id)?;
                     saver.save_with_id(loc.kind, id, data)?;
                 }
             }
             saver.finish()?;
+            copied?;
+            still_locked()?;
             report.packs_repacked = repack.len() as u64;
         }
 
@@ -558,8 +580,8 @@ impl PrunePlan {
         if options.instant_delete {
             to_delete.extend(self.repack.iter().copied());
         }
-        still_locked()?;
         for pack in to_delete {
+            still_locked()?;
             let path = FileKind::Pack.path(&pack.to_hex());
             let size = stored.get(&pack).copied().unwrap_or(0);
             repo.backend()

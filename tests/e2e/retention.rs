@@ -378,3 +378,49 @@ fn backup_beside_prune_finishes_and_everything_restores(backend: Backend) {
         assert_eq!(env.snapshots().len(), 5);
     }
 }
+
+/// Ctrl-C during a prune's repack (its uploads held to --limit-upload)
+/// stops it: exit 130, nothing deleted, every snapshot still whole. It
+/// said it was stopping and then ran to the end.
+#[test]
+fn sigint_stops_a_prune_during_its_repack() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        std::fs::write(src.join(name), pseudo_random(3_000_000, i as u64)).unwrap();
+    }
+    assert_success(&env.vault(&["backup", "--compression", "none", src.to_str().unwrap()]));
+    std::fs::remove_file(src.join("c")).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    assert_success(&env.vault(&["forget", "--keep-last", "1"]));
+    let packs_before = env.objects_under("data");
+    // 6 MB still used in the one data pack: at 300 KiB/s, ~20 s to repack.
+    let child = env
+        .command(&[
+            "prune",
+            "--max-unused",
+            "0",
+            "--instant-delete",
+            "--limit-upload",
+            "300",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 130);
+    let packs_after = env.objects_under("data");
+    assert!(
+        packs_before.iter().all(|p| packs_after.contains(p)),
+        "a pack was deleted"
+    );
+    let (code, v) = check_verify(&env);
+    assert_eq!(code, 0, "{v}");
+    let target = env.path("r");
+    assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
+}

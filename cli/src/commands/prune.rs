@@ -79,6 +79,7 @@ fn options(args: &PruneArgs) -> PruneOptions {
         max_repack_bytes: args.max_repack_size,
         margin_secs: args.delete_margin,
         instant_delete: args.instant_delete,
+        cancel: crate::global::interrupted(),
         ..PruneOptions::default()
     }
 }
