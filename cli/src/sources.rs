@@ -356,6 +356,19 @@ pub(crate) fn physical_source(s: &SourceConfig) -> Result<Source> {
         );
     }
     let database = s.database.as_deref().unwrap_or("postgres");
+    // The base backup holds no WAL (it comes from the archive): without
+    // archiving it can never be restored, and nothing would say so until
+    // the day it is needed.
+    let archive_mode = run_checked(
+        psql(s, database)?.args(["-At", "-c", "SHOW archive_mode"]),
+        "psql (archive_mode)",
+    )?;
+    if archive_mode.trim() == "off" {
+        return Err(vault_engine::Error::SourceFailed(
+            "archive_mode is off on the server: a base backup without archived WAL can never be restored; set archive_mode = on and archive_command = 'vault wal push %p' (docs/pitr.md), restart PostgreSQL, then back up".into(),
+        )
+        .into());
+    }
     let args: Vec<OsString> = vec![
         "--pgdata=-".into(),
         "--format=tar".into(),

@@ -542,6 +542,18 @@ status_file = "{status}"
     assert_success(&out);
     assert_eq!(fingerprint("phone_restored"), first_state);
 
+    // A physical base backup of a server that does not archive WAL could
+    // never be restored: refused (6), no snapshot.
+    let before = env.snapshots().len();
+    let out = vault_with(&env, &config, &["backup", "phone-db", "--physical"]);
+    assert_code(&out, 6);
+    assert!(
+        stderr(&out).contains("archive_mode is off"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.snapshots().len(), before);
+
     // A connection in URI form: the database joins it as a parameter.
     assert_success(&vault_with(&env, &config, &["backup", "users-uri"]));
     psql("postgres", "DROP DATABASE IF EXISTS phone_uri");
