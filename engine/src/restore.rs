@@ -182,9 +182,9 @@ const PREFETCH_TREES: usize = 8;
 pub fn find_node(repo: &Repository, index: &Index, root: &BlobId, path: &str) -> Result<Node> {
     let mut tree = repo.read_tree(index, root)?;
     let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
-    let not_found = || Error::NotFound {
-        object: format!("path {path} in snapshot"),
-    };
+    // A wrong path given by the user (exit 1), not an object missing from
+    // the repository (exit 4, which says the repository is short of data).
+    let not_found = || Error::InvalidInput(format!("the snapshot holds no {path}"));
     for (i, part) in parts.iter().enumerate() {
         let node = tree
             .nodes

@@ -393,6 +393,15 @@ fn stdin_from_command_round_trips_and_is_named(backend: Backend) {
     assert_eq!(String::from_utf8(dumped.stdout).unwrap(), want);
     let snaps = env.snapshots();
     assert_eq!(snaps[0]["paths"][0], "/db.sql");
+    // A path the snapshot does not hold is the caller's mistake (1), not
+    // data missing from the repository (4).
+    let wrong = env.vault(&["dump", "latest", "/db.sq"]);
+    assert_code(&wrong, 1);
+    assert!(
+        stderr(&wrong).contains("holds no /db.sq"),
+        "{}",
+        stderr(&wrong)
+    );
 }
 
 backend_test!(restore_at_picks_newest_snapshot_at_or_before_time);
