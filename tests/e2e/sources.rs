@@ -261,6 +261,15 @@ status_file = "{status}"
     assert_eq!(status["ok"], false);
     assert_code(&vault_with(&env, &config, &["status"]), 1);
 
+    // A mistyped source name is named as one, not read as a missing path.
+    let out = vault_with(&env, &config, &["backup", "voicemial"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("voicemial is neither a configured source (voicemail"),
+        "{}",
+        stderr(&out)
+    );
+
     // A run that overlaps another one holding a source skips that source.
     let lock_path = status_file.parent().unwrap().join("locks/voicemail.lock");
     let held = std::fs::OpenOptions::new()

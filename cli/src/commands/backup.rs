@@ -149,6 +149,17 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
         if names.iter().all(|n| config.source(n).is_some()) {
             return run_sources(g, &args, config, &names, cancel);
         }
+        // `vault backup shopdb` for the source shop-db: say so, rather than
+        // "nothing to back up: shopdb cannot be read".
+        if let Some(typo) = names.iter().find(|n| {
+            !n.contains('/') && config.source(n).is_none() && std::fs::symlink_metadata(n).is_err()
+        }) {
+            let known: Vec<&str> = config.sources.iter().map(SourceConfig::name).collect();
+            bail!(
+                "{typo} is neither a configured source ({}) nor a path",
+                known.join(", ")
+            );
+        }
     }
     if args.physical {
         bail!("--physical backs up configured postgres sources: `vault backup SOURCE --physical`");
