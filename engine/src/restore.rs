@@ -881,9 +881,13 @@ fn remove_existing(path: &Path) -> Result<()> {
 /// Creates or resizes a file; returns whether it was created empty (so
 /// unwritten ranges are holes reading as zeros).
 fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
+    // A file restored read-only (0444) cannot be opened to write as a user
+    // other than root: it is made anew instead, as files that are not
+    // there. Resuming was refused outright ("Permission denied").
     if overwrite == Overwrite::IfChanged
         && let Ok(meta) = fs::symlink_metadata(path)
         && meta.is_file()
+        && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
     {
         let f = OpenOptions::new()
             .write(true)
