@@ -64,11 +64,32 @@ fn post(urls: &[String], discord_text: &str, body: &serde_json::Value) {
 
 /// Reports a failed source.
 pub(crate) fn failure(urls: &[String], source: &str, error: &str, host: &str, time: &str) {
-    let text = format!(
-        "**vault backup failed** on `{host}`\nsource: `{source}`\nerror: {error}\ntime: {time}"
-    );
+    alert(urls, Alert::BackupFailed, source, error, host, time);
+}
+
+/// What went wrong, for [`alert`].
+#[derive(Clone, Copy)]
+pub(crate) enum Alert {
+    BackupFailed,
+    DrillFailed,
+}
+
+/// Reports a failure of `source`.
+pub(crate) fn alert(
+    urls: &[String],
+    what: Alert,
+    source: &str,
+    error: &str,
+    host: &str,
+    time: &str,
+) {
+    let (event, title) = match what {
+        Alert::BackupFailed => ("backup_failed", "vault backup failed"),
+        Alert::DrillFailed => ("drill_failed", "vault restore drill failed"),
+    };
+    let text = format!("**{title}** on `{host}`\nsource: `{source}`\nerror: {error}\ntime: {time}");
     let body = json!({
-        "event": "backup_failed",
+        "event": event,
         "source": source,
         "error": error,
         "host": host,

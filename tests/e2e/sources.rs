@@ -642,6 +642,14 @@ status_file = "{status}"
     let out = vault_with(&env, &config, &["drill", "phone-db"]);
     assert_code(&out, 1);
     assert!(stderr(&out).contains("FAILED"), "{}", stderr(&out));
+    // ...and alerts, as a failed backup does.
+    assert!(
+        hook.received()
+            .iter()
+            .any(|b| b["event"] == "drill_failed" && b["source"] == "phone-db"),
+        "{:?}",
+        hook.received()
+    );
 }
 
 #[test]

@@ -114,6 +114,16 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
     report["ok"] = outcome.is_ok().into();
     if let Err(e) = &outcome {
         report["error"] = format!("{e:#}").into();
+        // A drill run from cron is how a team learns its backups do not
+        // restore: it alerts like a failed backup.
+        crate::notify::alert(
+            &config.notify.on_failure,
+            crate::notify::Alert::DrillFailed,
+            source.name(),
+            &format!("{e:#}"),
+            &global::hostname(),
+            &jiff::Timestamp::now().to_string(),
+        );
     }
     if g.json {
         output::print_json(&report)?;
