@@ -598,7 +598,11 @@ impl Repository {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by_key(|(_, s)| s.time.timestamp());
+        // A rewritten snapshot (`rewrite` without --forget, `repair
+        // snapshots`) keeps its original's time: it sorts after it, so that
+        // `latest` and `--at` give the rewritten one, not the original
+        // still holding what was removed.
+        out.sort_by_key(|(_, s)| (s.time.timestamp(), s.original.is_some()));
         Ok((out, damaged))
     }
 

@@ -780,6 +780,14 @@ fn rewrite_removes_excluded_paths_and_prune_frees_their_data(backend: Backend) {
         .unwrap();
     let cat = env.json(&["cat", "snapshot", new["id"].as_str().unwrap()]);
     assert_eq!(cat["original"], original.as_str());
+    // Same time as its original, and still `latest`: the original holds
+    // what the rewrite removed.
+    let ls = env.vault(&["ls", "latest"]);
+    assert_success(&ls);
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains("secret.key"),
+        "latest is the original"
+    );
     let out = env.vault(&["forget", &original[..8], "--keep-last", "1"]);
     assert!(stderr(&out).contains("not both"), "{}", stderr(&out));
     assert_eq!(env.snapshots().len(), 3);
