@@ -71,6 +71,8 @@ pub(crate) fn failure(urls: &[String], source: &str, error: &str, host: &str, ti
 #[derive(Clone, Copy)]
 pub(crate) enum Alert {
     BackupFailed,
+    /// Saved, without entries that could not be read (exit 3).
+    BackupIncomplete,
     DrillFailed,
 }
 
@@ -85,6 +87,10 @@ pub(crate) fn alert(
 ) {
     let (event, title) = match what {
         Alert::BackupFailed => ("backup_failed", "vault backup failed"),
+        Alert::BackupIncomplete => (
+            "backup_incomplete",
+            "vault backup saved, but some files could not be read",
+        ),
         Alert::DrillFailed => ("drill_failed", "vault restore drill failed"),
     };
     let text = format!("**{title}** on `{host}`\nsource: `{source}`\nerror: {error}\ntime: {time}");

@@ -353,6 +353,48 @@ status_file = "{status}"
     assert_eq!(voicemail["last_result"], "failure", "{voicemail}");
 }
 
+/// A source saved without some of its entries (exit 3) alerts: the
+/// snapshot is there, but someone must look at what it lacks.
+#[test]
+fn a_source_saved_without_unreadable_entries_alerts() {
+    let env = Env::new();
+    let hook = Webhook::start();
+    let data = env.path("uploads");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), b"a").unwrap();
+    let missing = env.path("unmounted");
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[[source]]
+name = "uploads"
+kind = "files"
+paths = ["{data}", "{missing}"]
+
+[notify]
+on_failure = ["{hook}"]
+status_file = "{status}"
+"#,
+            data = data.display(),
+            missing = missing.display(),
+            hook = hook.url,
+            status = env.path("status.json").display()
+        ),
+    );
+    let out = vault_with(&env, &config, &["backup"]);
+    assert_code(&out, 3);
+    assert_eq!(env.snapshots().len(), 1);
+    let got = hook.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["event"], "backup_incomplete");
+    assert_eq!(got[0]["source"], "uploads");
+    assert!(
+        got[0]["error"].as_str().unwrap().contains("unmounted"),
+        "{got:?}"
+    );
+}
+
 #[test]
 fn bad_config_is_explained_with_file_and_line() {
     let env = Env::new();

@@ -523,6 +523,24 @@ fn record(
                     duration_secs: duration_secs(report),
                 });
                 entry.last_result = Some("success".into());
+                // Exit 3: saved, but without what could not be read (a
+                // permission, a vanished mount). Someone must look.
+                if let Some(first) = report.errors.first() {
+                    let error = format!(
+                        "{} entries could not be read, first {}: {}",
+                        report.errors.len(),
+                        first.path,
+                        first.error
+                    );
+                    notify::alert(
+                        &config.notify.on_failure,
+                        notify::Alert::BackupIncomplete,
+                        name,
+                        &error,
+                        host,
+                        &now_text,
+                    );
+                }
             }
             Err(error) => {
                 entry.last_failure = Some(status::Failure {
