@@ -13,12 +13,47 @@ use std::path::{Path, PathBuf};
 #[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
+    /// Modes for new directories and files, from the root's (see
+    /// [`LocalBackend::modes`]).
+    modes: std::sync::OnceLock<(u32, u32)>,
 }
 
 impl LocalBackend {
     /// A backend rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            modes: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Modes of new directories and files: private to the owner (0700,
+    /// 0600), as restic's. Key files let whoever reads them guess passwords
+    /// offline; with the umask's 0644 every local user could. A root the
+    /// administrator made group-accessible (a repository shared by root's
+    /// backups and the postgres user's `wal push`) passes its group bits
+    /// on: read to files, read/write/search to directories. A root that
+    /// does not exist yet is created 0700.
+    fn modes(&self) -> io::Result<(u32, u32)> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        if let Some(modes) = self.modes.get() {
+            return Ok(*modes);
+        }
+        let root_mode = match fs::metadata(&self.root) {
+            Ok(m) => m.mode(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&self.root)?;
+                0o700
+            }
+            Err(e) => return Err(e),
+        };
+        // The set-group-id bit too: new directories then keep the shared
+        // group, as the root's do.
+        let modes = (0o700 | (root_mode & 0o2070), 0o600 | (root_mode & 0o040));
+        Ok(*self.modes.get_or_init(|| modes))
     }
 
     fn full(&self, path: &str) -> Result<PathBuf, BackendError> {
@@ -52,10 +87,24 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let target = self.full(path)?;
         let dir = target.parent().expect("object keys are inside the root");
+        let (dir_mode, file_mode) = self.modes().map_err(|e| map_err(path, e))?;
         if !dir.is_dir() {
-            fs::create_dir_all(dir).map_err(|e| map_err(path, e))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(dir_mode)
+                .create(dir)
+                .map_err(|e| map_err(path, e))?;
+            // Exactly that mode, whatever the umask took away (a group
+            // that must write there, under umask 022). Object keys are at
+            // most two directories deep (`data/ab/...`).
+            for new in [Some(dir), dir.parent()].into_iter().flatten() {
+                if new != self.root.as_path() && new.starts_with(&self.root) {
+                    let _ = fs::set_permissions(new, fs::Permissions::from_mode(dir_mode));
+                }
+            }
             // Make the new directory's name durable too, or a power cut
             // could lose the object along with it.
             if let Some(parent) = dir.parent() {
@@ -64,7 +113,12 @@ impl Backend for LocalBackend {
         }
         let tmp = dir.join(format!(".tmp-{:016x}", rand::random::<u64>()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(file_mode)
+                .open(&tmp)?;
+            f.set_permissions(fs::Permissions::from_mode(file_mode))?;
             f.write_all(&data)?;
             f.sync_all()?;
             drop(f);
@@ -166,5 +220,48 @@ impl Backend for LocalBackend {
 
     fn is_local(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[test]
+    fn objects_are_private_unless_the_root_is_shared_with_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        // A root vault creates: everything private to the owner.
+        let root = dir.path().join("repo");
+        let backend = LocalBackend::new(&root);
+        backend
+            .put("keys/k", Bytes::from_static(b"key"), PutMode::Create)
+            .unwrap();
+        backend
+            .put("data/ab/p", Bytes::from_static(b"pack"), PutMode::Create)
+            .unwrap();
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("keys/k")), 0o600);
+        assert_eq!(mode(&root.join("data")), 0o700);
+        assert_eq!(mode(&root.join("data/ab")), 0o700);
+        assert_eq!(mode(&root.join("data/ab/p")), 0o600);
+
+        // A root made group-writable and set-group-id: directories the
+        // group may write, files it may read, whatever the umask.
+        let shared = dir.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o2770)).unwrap();
+        let backend = LocalBackend::new(&shared);
+        backend
+            .put("data/cd/p", Bytes::from_static(b"pack"), PutMode::Create)
+            .unwrap();
+        assert_eq!(mode(&shared.join("data")), 0o2770);
+        assert_eq!(mode(&shared.join("data/cd")), 0o2770);
+        assert_eq!(mode(&shared.join("data/cd/p")), 0o640);
     }
 }
