@@ -4,7 +4,7 @@
 //! large input (local only: the bound is the pipeline's, and 1.5 GiB
 //! through the test store would only make the suite slower).
 
-use crate::support::{Backend, Env, assert_code, assert_success};
+use crate::support::{Backend, Env, assert_code, assert_success, interrupt};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -176,27 +176,20 @@ fn streaming_a_large_input_keeps_memory_bounded() {
 fn sigint_while_uploads_drain_exits_130_without_a_snapshot() {
     let env = env_with_small_packs(Backend::Local);
     let src = big_tree(&env, 6);
-    let child = env
-        .command(&[
-            "backup",
-            src.to_str().unwrap(),
-            "--compression",
-            "none",
-            "--limit-upload",
-            "1000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--compression",
+        "none",
+        "--limit-upload",
+        "1000",
+    ]);
     // At 1000 KiB/s the 12 MB take ~12 s; the reads end long before.
     let deadline = Instant::now() + Duration::from_secs(60);
     while env.objects_under("data").is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = interrupt(child);
     assert_code(&out, 130);
     assert!(env.snapshots().is_empty());
     assert_success(&env.vault(&["check"]));
@@ -209,21 +202,17 @@ fn sigint_while_uploads_drain_exits_130_without_a_snapshot() {
 fn sigint_stops_a_running_command_source_and_its_children() {
     let env = Env::new();
     let marker = "31.4159";
-    let child = env
-        .command(&[
-            "backup",
-            "--stdin-from-command",
-            "--stdin-filename",
-            "slow.out",
-            "--",
-            "sh",
-            "-c",
-            &format!("echo start; sleep {marker}; echo end"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let command = format!("echo start; sleep {marker}; echo end");
+    let child = env.spawn(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "slow.out",
+        "--",
+        "sh",
+        "-c",
+        &command,
+    ]);
     let running = || {
         std::process::Command::new("pgrep")
             .args(["-f", &format!("sleep {marker}")])
@@ -237,9 +226,7 @@ fn sigint_stops_a_running_command_source_and_its_children() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(running(), "the command never started");
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = interrupt(child);
     assert_code(&out, 130);
     assert!(env.snapshots().is_empty());
     // The command's own child went with it.

@@ -4,7 +4,7 @@
 //! local disk (atomic create-only lock) and on S3 (on Garage, which ignores
 //! conditional writes, the write-list-wait lock protocol).
 
-use crate::support::{Backend, Env, assert_code, assert_success, pseudo_random, stderr};
+use crate::support::{Backend, Env, assert_code, assert_success, interrupt, pseudo_random, stderr};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -396,23 +396,16 @@ fn sigint_stops_a_prune_during_its_repack() {
     assert_success(&env.vault(&["forget", "--keep-last", "1"]));
     let packs_before = env.objects_under("data");
     // 6 MB still used in the one data pack: at 300 KiB/s, ~20 s to repack.
-    let child = env
-        .command(&[
-            "prune",
-            "--max-unused",
-            "0",
-            "--instant-delete",
-            "--limit-upload",
-            "300",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn(&[
+        "prune",
+        "--max-unused",
+        "0",
+        "--instant-delete",
+        "--limit-upload",
+        "300",
+    ]);
     std::thread::sleep(Duration::from_millis(1500));
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = interrupt(child);
     assert_code(&out, 130);
     let packs_after = env.objects_under("data");
     assert!(

@@ -325,6 +325,16 @@ impl Env {
         cmd
     }
 
+    /// `vault ARGS` started with its output captured, for a test to signal
+    /// ([`interrupt`]).
+    pub(crate) fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     pub(crate) fn vault(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
@@ -500,6 +510,13 @@ pub(crate) fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) {
 }
 
 #[track_caller]
+/// Ctrl-C: sends SIGINT to `child` and waits for it.
+pub(crate) fn interrupt(child: std::process::Child) -> Output {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub(crate) fn assert_success(out: &Output) {
     assert!(
         out.status.success(),
