@@ -1285,4 +1285,61 @@ mod verify_tests {
         let err = verify_restored(&repo, &index, &items, &files).unwrap_err();
         assert!(err.to_string().contains("49999 bytes"), "{err}");
     }
+
+    /// A snapshot from before ancestors were followed through symlinks: a
+    /// symlink node with a subtree. Walked as a directory (never a symlink
+    /// restore could write through), and what is below it stays used.
+    #[test]
+    fn a_legacy_symlink_with_children_is_a_directory_and_keeps_its_data() {
+        use crate::backup::{Saver, SaverStats};
+        use crate::blob::BlobKind;
+        let (_, repo) = memory_repo(InitOptions::default());
+        let snap = backup_stream(&repo, "f", b"below the symlink");
+        let index = repo.load_index().unwrap();
+        let f = find_node(&repo, &index, &snap.tree, "/f").unwrap();
+        let data = f.content.clone().unwrap();
+        let mut alias = f.clone();
+        alias.name = "alias".into();
+        alias.kind = NodeKind::Symlink;
+        alias.mode = 0o777;
+        alias.linktarget = Some("/elsewhere".into());
+        alias.content = None;
+        alias.subtree = Some(snap.tree);
+        let saver = Saver::start(
+            repo.clone(),
+            &index,
+            crate::compress::Compression::default(),
+            1,
+            std::sync::Arc::new(SaverStats::default()),
+        );
+        let root = saver
+            .save(BlobKind::Tree, Tree { nodes: vec![alias] }.encode())
+            .unwrap();
+        saver.finish().unwrap();
+        let mut legacy = snap.clone();
+        legacy.tree = root;
+        repo.save_snapshot(&legacy).unwrap();
+        repo.delete_snapshot(&repo.snapshots().unwrap()[0].0)
+            .unwrap();
+        let index = repo.load_index().unwrap();
+
+        let mut seen = Vec::new();
+        walk(&repo, &index, &root, &mut |path, node| {
+            seen.push((path.to_path_buf(), node.kind, node.linktarget.clone()));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (PathBuf::from("/alias"), NodeKind::Dir, None),
+                (PathBuf::from("/alias/f"), NodeKind::File, None),
+            ]
+        );
+        let (used, _) = crate::prune::used_blobs(&repo, &index).unwrap();
+        assert!(
+            data.iter().all(|id| used.contains(id)),
+            "prune would delete it"
+        );
+    }
 }
