@@ -415,8 +415,12 @@ impl fmt::Display for GroupKey {
         if let Some(paths) = self.paths.as_ref().filter(|p| !p.is_empty()) {
             parts.push(format!("path [{}]", paths.join(" ")));
         }
-        if let Some(tags) = self.tags.as_ref().filter(|t| !t.is_empty()) {
-            parts.push(format!("tags [{}]", tags.join(" ")));
+        match self.tags.as_ref() {
+            Some(tags) if !tags.is_empty() => parts.push(format!("tags [{}]", tags.join(" "))),
+            // Grouped by tags, the untagged snapshots: say so rather than
+            // print "snapshots for :".
+            Some(_) => parts.push("no tags".into()),
+            None => {}
         }
         f.write_str(&parts.join(", "))
     }
@@ -1650,7 +1654,7 @@ mod tests {
         assert_eq!(
             summary("tags"),
             strings(&[
-                ("", &["3"]),
+                ("no tags", &["3"]),
                 ("tags [x]", &["4"]),
                 ("tags [x y]", &["2", "1"])
             ])

@@ -25,6 +25,9 @@ pub(crate) fn run(g: &GlobalArgs, _args: &RepairIndexArgs) -> Result<ExitCode> {
         for p in &report.packs_unreadable {
             eprintln!("vault: warning: {p}");
         }
+        if g.quiet {
+            return Ok(ExitCode::SUCCESS);
+        }
         outln!(
             "indexed {} blobs in {} packs; wrote {} index files, removed {} old ones",
             report.blobs,
