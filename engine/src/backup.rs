@@ -927,9 +927,12 @@ impl Ctx<'_> {
             .spawn()
             .map_err(|e| Error::SourceFailed(format!("starting `{shown}`: {e}")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        let group = nix::unistd::Pid::from_raw(-i32::try_from(child.id()).unwrap_or(i32::MAX));
+        // The group's id is the child's pid (`process_group(0)`).
+        let group = i32::try_from(child.id()).map(|pid| nix::unistd::Pid::from_raw(-pid));
         let _watch = CancelWatch::start(self.options.cancel.clone(), move || {
-            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+            if let Ok(group) = group {
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+            }
         });
         // Pass the command's messages through, keeping the tail so a
         // failure can say why (e.g. "pg_dump: error: database does not exist").
