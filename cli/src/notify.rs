@@ -62,11 +62,6 @@ fn post(urls: &[String], discord_text: &str, body: &serde_json::Value) {
     }
 }
 
-/// Reports a failed source.
-pub(crate) fn failure(urls: &[String], source: &str, error: &str, host: &str, time: &str) {
-    alert(urls, Alert::BackupFailed, source, error, host, time);
-}
-
 /// What went wrong, for [`alert`].
 #[derive(Clone, Copy)]
 pub(crate) enum Alert {

@@ -548,7 +548,14 @@ fn record(
                     error: error.clone(),
                 });
                 entry.last_result = Some("failure".into());
-                notify::failure(&config.notify.on_failure, name, error, host, &now_text);
+                notify::alert(
+                    &config.notify.on_failure,
+                    notify::Alert::BackupFailed,
+                    name,
+                    error,
+                    host,
+                    &now_text,
+                );
             }
         }
     }
