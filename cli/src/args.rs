@@ -61,6 +61,17 @@ pub(crate) struct GlobalArgs {
     pub(crate) limit_download: Option<u64>,
 }
 
+/// A duration such as `24h`, `90m`, `2d 12h` or `1w` (a day is 24 hours
+/// here: these are timeouts and margins, not calendar dates).
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let invalid = |e: jiff::Error| format!("invalid duration {s:?}: {e} (e.g. 90m, 24h, 2d)");
+    let span: jiff::Span = s.trim().parse().map_err(invalid)?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(invalid)?;
+    std::time::Duration::try_from(d).map_err(|_| format!("duration {s:?} is negative"))
+}
+
 /// A byte size: a number with an optional binary unit (`k`, `m`, `g`, `t`,
 /// optionally followed by `b` or `ib`; `500M` is 500 MiB).
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {

@@ -192,11 +192,24 @@ pub(crate) struct SourceConfig {
     #[serde(default)]
     pub(crate) tags: Vec<String>,
     pub(crate) retention: Option<RetentionConfig>,
+    /// A duration such as "3h" (`parse_duration`): a dump or command still
+    /// running then is stopped and the source fails.
+    pub(crate) timeout: Option<String>,
+    /// A duration such as "26h": `vault status` calls the source stale
+    /// when its newest snapshot is older (default: `[notify] max_age`).
+    pub(crate) max_age: Option<String>,
 }
 
 impl SourceConfig {
     pub(crate) fn name(&self) -> &str {
         self.name.get_ref()
+    }
+
+    /// How old its newest snapshot may be before `vault status` calls the
+    /// source stale (its `max_age`, else `default`); checked when loading.
+    pub(crate) fn max_age(&self, default: Option<&str>) -> Option<std::time::Duration> {
+        let text = self.max_age.as_deref().or(default)?;
+        crate::args::parse_duration(text).ok()
     }
 
     /// The retention for this source: its own, else the default.
@@ -238,6 +251,8 @@ pub(crate) struct NotifyConfig {
     pub(crate) on_success: Vec<String>,
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) status_file: Option<PathBuf>,
+    /// Default of each source's `max_age`.
+    pub(crate) max_age: Option<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -361,6 +376,19 @@ impl Config {
                     forbid("paths", !s.paths.is_empty())?;
                 }
             }
+            if s.timeout.is_some() && s.kind == SourceKind::Files {
+                bail!(
+                    "{}: `timeout` does not apply to source {name:?} of kind {:?} (only to dumps and commands)",
+                    at(s),
+                    s.kind
+                );
+            }
+            for (field, value) in [("timeout", &s.timeout), ("max_age", &s.max_age)] {
+                if let Some(d) = value {
+                    crate::args::parse_duration(d)
+                        .map_err(|e| anyhow::anyhow!("{}: source {name:?}: {field}: {e}", at(s)))?;
+                }
+            }
             if let Some(r) = s.retention.as_ref() {
                 r.to_policy()
                     .with_context(|| format!("{}: retention of source {name:?}", at(s)))?;
@@ -369,6 +397,10 @@ impl Config {
         if let Some(r) = &self.retention {
             r.to_policy()
                 .with_context(|| format!("{}: [retention]", self.path.display()))?;
+        }
+        if let Some(d) = &self.notify.max_age {
+            crate::args::parse_duration(d)
+                .map_err(|e| anyhow::anyhow!("{}: [notify] max_age: {e}", self.path.display()))?;
         }
         let has_secrets = !self.notify.on_failure.is_empty() || !self.notify.on_success.is_empty();
         if has_secrets {

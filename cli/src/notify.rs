@@ -69,6 +69,8 @@ pub(crate) enum Alert {
     /// Saved, without entries that could not be read (exit 3).
     BackupIncomplete,
     DrillFailed,
+    /// No snapshot of the source within its `max_age` (`vault status --alert`).
+    BackupStale,
 }
 
 /// Reports a failure of `source`.
@@ -87,6 +89,7 @@ pub(crate) fn alert(
             "vault backup saved, but some files could not be read",
         ),
         Alert::DrillFailed => ("drill_failed", "vault restore drill failed"),
+        Alert::BackupStale => ("backup_stale", "vault backup overdue"),
     };
     let text = format!("**{title}** on `{host}`\nsource: `{source}`\nerror: {error}\ntime: {time}");
     let body = json!({

@@ -60,6 +60,17 @@ pub(crate) fn bytes(n: u64) -> String {
     indicatif::BinaryBytes(n).to_string()
 }
 
+/// A coarse age or duration for tables: `45m`, `26h`, `9d`.
+pub(crate) fn duration(secs: u64) -> String {
+    if secs < 3600 {
+        format!("{}m", secs / 60)
+    } else if secs < 86_400 * 2 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}d", secs / 86_400)
+    }
+}
+
 /// Local time for tables.
 pub(crate) fn local_time(z: &jiff::Zoned) -> String {
     z.timestamp()

@@ -29,6 +29,7 @@ pub use saver::{PendingId, Saver, SaverStats};
 pub use walk::{ChangeDetection, Excludes};
 
 use crate::blob::BlobKind;
+use crate::cancel::{Stop, Watch};
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
@@ -134,6 +135,10 @@ pub struct BackupOptions {
     /// Set to stop the backup; it then flushes what it uploaded and fails
     /// with [`Error::Interrupted`].
     pub cancel: Arc<AtomicBool>,
+    /// A [`Source::Command`] still running after this long is stopped
+    /// (SIGTERM to its process group, SIGKILL 10 s later) and fails: a dump
+    /// hung on a lock would otherwise hold its source until someone looks.
+    pub command_timeout: Option<std::time::Duration>,
 }
 
 impl Default for BackupOptions {
@@ -156,6 +161,7 @@ impl Default for BackupOptions {
             skip_if_unchanged: false,
             upload_concurrency: 2,
             cancel: Arc::new(AtomicBool::new(false)),
+            command_timeout: None,
         }
     }
 }
@@ -326,7 +332,7 @@ pub fn backup(
     // Ctrl-C also while the walk is done and `finish` drains the pipeline
     // (uploads held to --limit-upload could take minutes): it ran to the
     // end and saved the snapshot, exit 0, after saying it was stopping.
-    let _watch = CancelWatch::start(options.cancel.clone(), {
+    let _watch = Watch::on_cancel(options.cancel.clone(), {
         let interrupter = saver.interrupter();
         move || interrupter.interrupt()
     });
@@ -929,11 +935,34 @@ impl Ctx<'_> {
         let stdout = child.stdout.take().expect("stdout is piped");
         // The group's id is the child's pid (`process_group(0)`).
         let group = i32::try_from(child.id()).map(|pid| nix::unistd::Pid::from_raw(-pid));
-        let _watch = CancelWatch::start(self.options.cancel.clone(), move || {
-            if let Ok(group) = group {
-                let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let deadline = self
+            .options
+            .command_timeout
+            .map(|t| std::time::Instant::now() + t);
+        let watch = Watch::start(self.options.cancel.clone(), deadline, {
+            let timed_out = timed_out.clone();
+            move |stop| {
+                use nix::sys::signal::Signal;
+                if stop == Stop::TimedOut {
+                    timed_out.store(true, Ordering::SeqCst);
+                }
+                let signal = match stop {
+                    Stop::Force => Signal::SIGKILL,
+                    Stop::Cancelled | Stop::TimedOut => Signal::SIGTERM,
+                };
+                if let Ok(group) = group {
+                    let _ = nix::sys::signal::kill(group, signal);
+                }
             }
         });
+        let timeout_error = || {
+            let after = self.options.command_timeout.unwrap_or_default();
+            Error::SourceFailed(format!(
+                "command `{shown}` was still running after {}s (the source's timeout) and was stopped; no snapshot was saved",
+                after.as_secs()
+            ))
+        };
         // Pass the command's messages through, keeping the tail so a
         // failure can say why (e.g. "pg_dump: error: database does not exist").
         let stderr_tail = {
@@ -969,6 +998,10 @@ impl Ctx<'_> {
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
+                drop(watch);
+                if timed_out.load(Ordering::SeqCst) {
+                    return Err(timeout_error());
+                }
                 return Err(match e {
                     ContentError::Read(e) => {
                         Error::SourceFailed(format!("reading output of `{shown}`: {e}"))
@@ -980,8 +1013,13 @@ impl Ctx<'_> {
         let status = child
             .wait()
             .map_err(|e| Error::SourceFailed(format!("waiting for `{shown}`: {e}")))?;
+        // The group's pid may be reused once waited for: no signal after this.
+        drop(watch);
         let last_message = stderr_tail.join().ok().flatten();
         self.check_cancel()?;
+        if timed_out.load(Ordering::SeqCst) {
+            return Err(timeout_error());
+        }
         if !status.success() {
             let why = last_message.map(|m| format!(": {m}")).unwrap_or_default();
             return Err(Error::SourceFailed(format!(
@@ -1039,41 +1077,6 @@ fn failure_reason(stderr: &str) -> Option<String> {
         Some(i) => lines[i].to_owned(),
         None => (*last).to_owned(),
     })
-}
-
-/// Runs `on_cancel` once if `cancel` is set before this is dropped; polls
-/// every 100 ms on its own thread.
-pub(crate) struct CancelWatch {
-    done: Arc<AtomicBool>,
-}
-
-impl CancelWatch {
-    pub(crate) fn start(
-        cancel: Arc<AtomicBool>,
-        on_cancel: impl FnOnce() + Send + 'static,
-    ) -> Self {
-        let done = Arc::new(AtomicBool::new(false));
-        let until = done.clone();
-        // Detached: it notices `done` within one poll and ends.
-        let _ = std::thread::Builder::new()
-            .name("vault-cancel".into())
-            .spawn(move || {
-                while !until.load(Ordering::Relaxed) {
-                    if cancel.load(Ordering::Relaxed) {
-                        on_cancel();
-                        return;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-            });
-        Self { done }
-    }
-}
-
-impl Drop for CancelWatch {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Turns a pending id into the id, waiting for it if needed.

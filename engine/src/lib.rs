@@ -19,6 +19,7 @@ pub mod backup;
 pub mod blob;
 pub mod buffer;
 pub mod cache;
+mod cancel;
 pub mod check;
 pub mod chunker;
 pub mod compress;

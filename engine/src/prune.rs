@@ -461,7 +461,7 @@ impl PrunePlan {
                 2,
                 Arc::new(SaverStats::default()),
             );
-            let _watch = crate::backup::CancelWatch::start(options.cancel.clone(), {
+            let _watch = crate::cancel::Watch::on_cancel(options.cancel.clone(), {
                 let interrupter = saver.interrupter();
                 move || interrupter.interrupt()
             });

@@ -758,3 +758,178 @@ fn mariadb_source_restores_into_a_new_database() {
     assert_eq!(drill["ok"], true, "{drill}");
     assert_eq!(drill["rows"], 2);
 }
+
+/// A dump or command that hangs is stopped at its source's `timeout` (or
+/// `backup --timeout`) and fails that source: SIGTERM to its process group,
+/// SIGKILL after a grace period when it ignores that. A source whose newest
+/// snapshot is older than `max_age` is stale: `vault status` fails and
+/// `--alert` sends `backup_stale`, which catches backups that stopped
+/// running at all.
+#[test]
+fn hung_commands_time_out_and_status_reports_stale_sources() {
+    let env = Env::new();
+    let hook = Webhook::start();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), b"a").unwrap();
+    let status_file = env.path("state/status.json");
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[[source]]
+name = "files"
+kind = "files"
+paths = ["{data}"]
+max_age = "1h"
+
+[[source]]
+name = "old"
+kind = "files"
+paths = ["{data}"]
+
+[[source]]
+name = "hung"
+kind = "command"
+command = ["sh", "-c", "echo started; sleep 300"]
+timeout = "2s"
+
+[[source]]
+name = "stubborn"
+kind = "command"
+command = ["sh", "-c", "trap '' TERM; echo started; sleep 300"]
+timeout = "1s"
+
+[notify]
+on_failure = ["{hook}"]
+status_file = "{status}"
+max_age = "2d"
+"#,
+            data = data.display(),
+            hook = hook.url,
+            status = status_file.display()
+        ),
+    );
+    let out = vault_with(&env, &config, &["backup", "hung", "stubborn"]);
+    assert_code(&out, 6);
+    assert!(
+        stderr(&out).contains("`sh` was still running after 2s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("`sh` was still running after 1s"),
+        "the one ignoring SIGTERM is killed: {}",
+        stderr(&out)
+    );
+    assert_eq!(tagged(&env, "hung"), 0);
+    assert_eq!(tagged(&env, "stubborn"), 0);
+    let got = hook.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|b| b["event"] == "backup_failed"));
+
+    // The flag, on a command given on the command line.
+    let started = std::time::Instant::now();
+    let out = env
+        .command(&[
+            "backup",
+            "--stdin-from-command",
+            "--timeout",
+            "1s",
+            "--",
+            "sh",
+            "-c",
+            "sleep 300",
+        ])
+        .output()
+        .unwrap();
+    assert_code(&out, 6);
+    assert!(
+        started.elapsed().as_secs() < 250,
+        "the command ran to its end"
+    );
+    assert!(
+        stderr(&out).contains("was still running after 1s"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Status: `files` backed up now, `old` three days ago (stale by the
+    // [notify] default of 2d), the command sources never.
+    assert_success(&vault_with(&env, &config, &["backup", "files"]));
+    let three_days_ago =
+        (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72)).to_string();
+    assert_success(&vault_with(
+        &env,
+        &config,
+        &[
+            "backup",
+            data.to_str().unwrap(),
+            "--tag",
+            "old",
+            "--time",
+            &three_days_ago,
+        ],
+    ));
+    let rows = |args: &[&str]| -> HashMap<String, serde_json::Value> {
+        json_with(&env, &config, args)["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["source"].as_str().unwrap().to_owned(), r.clone()))
+            .collect()
+    };
+    let status = rows(&["status"]);
+    assert_eq!(status["files"]["stale"], false);
+    assert_eq!(status["files"]["max_age_seconds"], 3600);
+    assert_eq!(status["old"]["stale"], true);
+    assert_eq!(status["old"]["max_age_seconds"], 172_800);
+    assert_eq!(status["hung"]["stale"], true, "never backed up");
+    let out = vault_with(&env, &config, &["status"]);
+    assert_code(&out, 1);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("old") && l.contains("stale")),
+        "{table}"
+    );
+    // --max-age overrides the config for every source.
+    let status = rows(&["status", "--max-age", "4d"]);
+    assert_eq!(status["old"]["stale"], false);
+    assert_eq!(status["files"]["stale"], false);
+
+    // Without --alert, nothing is sent; with it, one event per stale source.
+    assert_eq!(hook.received().len(), 2);
+    let out = vault_with(&env, &config, &["status", "--alert"]);
+    assert_code(&out, 1);
+    let stale: Vec<String> = hook
+        .received()
+        .iter()
+        .filter(|b| b["event"] == "backup_stale")
+        .map(|b| b["source"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stale, ["old", "hung", "stubborn"]);
+}
+
+/// Durations in the config are checked when it is loaded.
+#[test]
+fn config_rejects_bad_durations_and_timeouts_on_file_sources() {
+    let env = Env::new();
+    for (text, expect) in [
+        (
+            "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"/tmp\"]\nmax_age = \"soon\"\n",
+            "max_age: invalid duration",
+        ),
+        (
+            "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"/tmp\"]\ntimeout = \"1h\"\n",
+            "`timeout` does not apply",
+        ),
+        ("[notify]\nmax_age = \"-3h\"\n", "[notify] max_age"),
+    ] {
+        let config = write_config(&env, text);
+        let out = vault_with(&env, &config, &["status"]);
+        assert_code(&out, 1);
+        assert!(stderr(&out).contains(expect), "{text}: {}", stderr(&out));
+    }
+}

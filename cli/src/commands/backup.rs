@@ -88,6 +88,11 @@ pub(crate) struct BackupArgs {
     /// Save no snapshot when nothing changed since the parent snapshot.
     #[arg(long)]
     skip_if_unchanged: bool,
+    /// Stop a dump or --stdin-from-command command still running after
+    /// DURATION (e.g. 2h) and fail its source; for configured sources,
+    /// overrides their `timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::parse_duration)]
+    timeout: Option<std::time::Duration>,
     /// Concurrent pack uploads.
     #[arg(long, default_value_t = 4)]
     upload_concurrency: usize,
@@ -252,6 +257,7 @@ fn options(
         skip_if_unchanged: args.skip_if_unchanged,
         upload_concurrency: args.upload_concurrency,
         cancel,
+        command_timeout: args.timeout,
     })
 }
 
@@ -461,6 +467,12 @@ fn run_sources(
                     Some(crate::args::parse_size(size).map_err(anyhow::Error::msg)?);
             }
             opts.one_file_system |= source.one_file_system;
+            if opts.command_timeout.is_none()
+                && let Some(timeout) = &source.timeout
+            {
+                opts.command_timeout =
+                    Some(crate::args::parse_duration(timeout).map_err(anyhow::Error::msg)?);
+            }
             run_one(g, &repo, engine_source, &opts)
         })();
         match &result {

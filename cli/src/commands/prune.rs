@@ -26,13 +26,8 @@ fn parse_max_unused(s: &str) -> Result<MaxUnused, String> {
 }
 
 fn parse_duration_secs(s: &str) -> Result<i64, String> {
-    let d: jiff::SignedDuration = s
-        .parse::<jiff::Span>()
-        .map_err(|e| format!("invalid duration {s:?}: {e}"))
-        .and_then(|span| {
-            jiff::SignedDuration::try_from(span).map_err(|e| format!("invalid duration {s:?}: {e}"))
-        })?;
-    Ok(d.as_secs())
+    let d = crate::args::parse_duration(s)?;
+    i64::try_from(d.as_secs()).map_err(|_| format!("duration {s:?} is too long"))
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -1,19 +1,32 @@
 //! `vault status`: per configured source, the last success and failure, the
-//! age of the newest backup, snapshot count, sizes and dedup ratio.
+//! age of the newest backup, snapshot count, sizes and dedup ratio; and
+//! which sources are stale (no backup within their `max_age`), the check a
+//! cron job on this or another host runs to catch backups that stopped
+//! happening at all, which no failure alert can report.
 
 use crate::args::GlobalArgs;
 use crate::output::outln;
-use crate::{global, output, status};
+use crate::{global, notify, output, status};
 use anyhow::{Result, bail};
 use std::process::ExitCode;
 
 #[derive(Debug, clap::Args)]
-pub(crate) struct StatusArgs {}
+pub(crate) struct StatusArgs {
+    /// Call a source stale when its newest snapshot is older than DURATION
+    /// (e.g. 26h); overrides the config's `max_age`.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::parse_duration)]
+    max_age: Option<std::time::Duration>,
+    /// Send the `on_failure` webhooks an event `backup_stale` for each
+    /// stale source.
+    #[arg(long)]
+    alert: bool,
+}
 
-pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
+pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
     let Some(config) = global::config(g)? else {
         bail!("vault status reports on configured sources: no config file (see --config)");
     };
+    let host = global::hostname();
     let file = status::StatusFile::load(&status::path(config.notify.status_file.as_deref()))?;
     let repo = global::open_repository(g)?;
     let snapshots = repo.snapshots()?;
@@ -35,14 +48,35 @@ pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
         let latest = mine.last();
         let entry = file.sources.get(name).cloned().unwrap_or_default();
         let failing = entry.last_result.as_deref() == Some("failure");
-        any_failing |= failing;
+        let age = latest.map(|(_, s)| now.as_second() - s.time.timestamp().as_second());
+        let max_age = args
+            .max_age
+            .or_else(|| source.max_age(config.notify.max_age.as_deref()));
+        let stale = max_age.is_some_and(|max| age.is_none_or(|age| age > max.as_secs() as i64));
+        if stale && args.alert {
+            let newest = latest.map_or("never".to_owned(), |(_, s)| s.time.timestamp().to_string());
+            notify::alert(
+                &config.notify.on_failure,
+                notify::Alert::BackupStale,
+                name,
+                &format!(
+                    "no backup within {}: the newest is from {newest}",
+                    output::duration(max_age.unwrap_or_default().as_secs())
+                ),
+                &host,
+                &now.to_string(),
+            );
+        }
+        any_failing |= failing || stale;
         rows.push(serde_json::json!({
+            "stale": stale,
+            "max_age_seconds": max_age.map(|d| d.as_secs()),
             "source": name,
             "kind": format!("{:?}", source.kind).to_lowercase(),
             "snapshots": mine.len(),
             "latest_snapshot": latest.map(|(id, _)| id.to_hex()),
             "latest_time": latest.map(|(_, s)| s.time.timestamp().to_string()),
-            "age_seconds": latest.map(|(_, s)| now.as_second() - s.time.timestamp().as_second()),
+            "age_seconds": age,
             "latest_size": latest.map(|(_, s)| s.summary.total_bytes_processed),
             "stored_bytes": stored,
             "dedup_ratio": if added > 0 { processed as f64 / added as f64 } else { 0.0 },
@@ -53,7 +87,7 @@ pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
     }
     if g.json {
         output::print_json(&serde_json::json!({ "sources": rows, "ok": !any_failing }))?;
-    } else {
+    } else if !g.quiet {
         outln!(
             "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>7}  last failure",
             "source",
@@ -66,14 +100,13 @@ pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
         )?;
         for r in &rows {
             let age = r["age_seconds"].as_i64().map_or("never".to_owned(), |s| {
-                if s < 3600 {
-                    format!("{}m", s / 60)
-                } else if s < 86_400 * 2 {
-                    format!("{}h", s / 3600)
-                } else {
-                    format!("{}d", s / 86_400)
-                }
+                output::duration(s.max(0).unsigned_abs())
             });
+            let result = if r["stale"].as_bool() == Some(true) {
+                "stale"
+            } else {
+                r["last_result"].as_str().unwrap_or("-")
+            };
             let failure = r["last_failure"]
                 .as_object()
                 .map(|f| {
@@ -87,7 +120,7 @@ pub(crate) fn run(g: &GlobalArgs, _args: &StatusArgs) -> Result<ExitCode> {
             outln!(
                 "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>6.1}x  {}",
                 r["source"].as_str().unwrap_or(""),
-                r["last_result"].as_str().unwrap_or("-"),
+                result,
                 r["snapshots"],
                 age,
                 output::bytes(r["latest_size"].as_u64().unwrap_or(0)),
