@@ -810,8 +810,25 @@ max_age = "2d"
             status = status_file.display()
         ),
     );
-    let out = vault_with(&env, &config, &["backup", "hung", "stubborn"]);
+    let out = vault_with(&env, &config, &["backup", "hung", "stubborn", "--json"]);
     assert_code(&out, 6);
+    // --json: one object per source, failed ones too.
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, source) in lines.iter().zip(["hung", "stubborn"]) {
+        assert_eq!(line["message_type"], "error");
+        assert_eq!(line["source"], source);
+        assert_eq!(line["exit_code"], 6);
+        assert!(
+            line["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("timeout")
+        );
+    }
     assert!(
         stderr(&out).contains("`sh` was still running after 2s"),
         "{}",

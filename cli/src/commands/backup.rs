@@ -299,6 +299,20 @@ fn duration_secs(report: &backup::BackupReport) -> f64 {
     }
 }
 
+/// With `--json`, a configured source that saved nothing gets a line too,
+/// so a script reading one object per source sees every source.
+fn print_source_error(g: &GlobalArgs, source: &str, message: &str, code: u8) -> Result<()> {
+    if g.json {
+        output::print_json(&serde_json::json!({
+            "message_type": "error",
+            "source": source,
+            "error": { "message": message },
+            "exit_code": code,
+        }))?;
+    }
+    Ok(())
+}
+
 fn print_summary(
     g: &GlobalArgs,
     report: &backup::BackupReport,
@@ -417,6 +431,14 @@ fn run_sources(
                     .collect();
                 record(config, &status_path, &host, &outcomes)?;
             }
+            for s in &selected {
+                print_source_error(
+                    g,
+                    s.name(),
+                    &format!("opening the repository: {e:#}"),
+                    exit::code_of(&e),
+                )?;
+            }
             return Err(e);
         }
     };
@@ -435,6 +457,12 @@ fn run_sources(
         let Some(_guard) = source_lock(&status_path, &name)? else {
             eprintln!("vault: source {name}: another vault backup of it is still running; skipped");
             locked += 1;
+            print_source_error(
+                g,
+                &name,
+                "skipped: another vault backup of it is still running",
+                exit::LOCKED,
+            )?;
             // A failure to report: a source hung since the last run must not
             // pass for fine in the status and the heartbeat.
             outcomes.push((
@@ -492,6 +520,7 @@ fn run_sources(
                 eprintln!("vault: error: source {name}: {e:#}");
                 failed += 1;
                 first_failure.get_or_insert(exit::code_of(e));
+                print_source_error(g, &name, &format!("{e:#}"), exit::code_of(e))?;
             }
         }
         outcomes.push((name, result.map_err(|e| format!("{e:#}"))));
