@@ -5,8 +5,12 @@
 //! Entries carry their snapshot path without the leading `/`, mode, owner
 //! (ids and names), mtime, symlink targets and device numbers; file content
 //! is streamed blob by blob, each authenticated and re-hashed as in any
-//! read. Hard links are written as separate files and sockets are left out
-//! (tar has no entry for them); extended attributes are not written.
+//! read. A PAX header before an entry carries what the ustar fields cannot:
+//! an mtime before 1970 or with a fraction (`mtime`), and extended
+//! attributes, POSIX ACLs among them (`SCHILY.xattr.NAME`, as GNU tar
+//! `--xattrs` and restic's dump write them). A file's further hard links
+//! (same device and inode) are link entries to its first path. Sockets are
+//! left out: tar has no entry for them.
 
 use crate::error::{Error, Result};
 use crate::id::BlobId;
@@ -14,8 +18,9 @@ use crate::index::Index;
 use crate::repository::Repository;
 use crate::restore::walk;
 use crate::tree::{Node, NodeKind};
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What went into the archive.
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -46,7 +51,7 @@ pub fn write_tar(
 ) -> Result<ArchiveStats> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
-    let mut stats = ArchiveStats::default();
+    let mut seen = Seen::default();
     let base = Path::new(at);
     let dir = match node {
         Some(node) => {
@@ -54,7 +59,7 @@ pub fn write_tar(
                 return Err(Error::InvalidInput(format!("{at} is not a directory")));
             };
             let name = base.strip_prefix("/").unwrap_or(base);
-            append(repo, index, &mut tar, name, node, &mut stats)?;
+            append(repo, index, &mut tar, name, node, &mut seen)?;
             subtree
         }
         None => *root,
@@ -62,13 +67,57 @@ pub fn write_tar(
     walk(repo, index, &dir, &mut |path, node| {
         let full = base.join(path.strip_prefix("/").unwrap_or(path));
         let name = full.strip_prefix("/").unwrap_or(&full);
-        append(repo, index, &mut tar, name, &node, &mut stats)?;
+        append(repo, index, &mut tar, name, &node, &mut seen)?;
         Ok(true)
     })?;
     tar.into_inner()
         .and_then(|out| out.flush())
         .map_err(|e| Error::io("writing the archive", e))?;
-    Ok(stats)
+    Ok(seen.stats)
+}
+
+/// What the archive holds so far.
+#[derive(Default)]
+struct Seen {
+    stats: ArchiveStats,
+    /// The first path of each file with further hard links, by device and
+    /// inode.
+    linked: HashMap<(u64, u64), PathBuf>,
+}
+
+/// A time as a PAX record value: decimal seconds, with a sign and the
+/// fraction when there is one (`-302443199.876543211`).
+fn pax_time(t: jiff::Timestamp) -> String {
+    let sign = if t.as_second() < 0 || t.subsec_nanosecond() < 0 {
+        "-"
+    } else {
+        ""
+    };
+    let (second, nano) = (
+        t.as_second().unsigned_abs(),
+        t.subsec_nanosecond().unsigned_abs(),
+    );
+    if nano == 0 {
+        format!("{sign}{second}")
+    } else {
+        format!("{sign}{second}.{nano:09}")
+    }
+}
+
+/// The PAX records `node` needs beyond the ustar header.
+fn pax_records(node: &Node) -> Vec<(String, Vec<u8>)> {
+    use base64::Engine;
+    let mut records = Vec::new();
+    if node.mtime.as_second() < 0 || node.mtime.subsec_nanosecond() != 0 {
+        records.push(("mtime".to_owned(), pax_time(node.mtime).into_bytes()));
+    }
+    for xattr in &node.extended_attributes {
+        // A value that is not base64 is damage; the entry goes without it.
+        if let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&xattr.value) {
+            records.push((format!("SCHILY.xattr.{}", xattr.name), value));
+        }
+    }
+    records
 }
 
 fn append(
@@ -77,8 +126,20 @@ fn append(
     tar: &mut tar::Builder<&mut dyn Write>,
     name: &Path,
     node: &Node,
-    stats: &mut ArchiveStats,
+    seen: &mut Seen,
 ) -> Result<()> {
+    let failed =
+        |e: std::io::Error| Error::io(format!("writing {} to the archive", name.display()), e);
+    if node.kind == NodeKind::Socket {
+        seen.stats.skipped += 1;
+        return Ok(());
+    }
+    let stats = &mut seen.stats;
+    let records = pax_records(node);
+    if !records.is_empty() {
+        tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(failed)?;
+    }
     let mut header = tar::Header::new_gnu();
     header.set_mode(node.mode & 0o7777);
     header.set_mtime(u64::try_from(node.mtime.as_second()).unwrap_or(0));
@@ -88,25 +149,19 @@ fn append(
     let _ = header.set_username(&node.user);
     let _ = header.set_groupname(&node.group);
     header.set_size(0);
-    let failed =
-        |e: std::io::Error| Error::io(format!("writing {} to the archive", name.display()), e);
     match node.kind {
-        NodeKind::File => {
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(node.size);
-            let content = Content {
-                repo,
-                index,
-                ids: node.content.iter().flatten(),
-                current: Vec::new(),
-                at: 0,
-                left: node.size,
-            };
-            tar.append_data(&mut header, name, content)
-                .map_err(failed)?;
-            stats.files += 1;
-            stats.bytes += node.size;
+        NodeKind::File if node.links > 1 => {
+            let key = (node.device_id, node.inode);
+            if let Some(first) = seen.linked.get(&key) {
+                header.set_entry_type(tar::EntryType::Link);
+                tar.append_link(&mut header, name, first).map_err(failed)?;
+                stats.others += 1;
+                return Ok(());
+            }
+            seen.linked.insert(key, name.to_path_buf());
+            append_file(repo, index, tar, header, name, node, stats)?;
         }
+        NodeKind::File => append_file(repo, index, tar, header, name, node, stats)?,
         NodeKind::Dir => {
             header.set_entry_type(tar::EntryType::Directory);
             tar.append_data(&mut header, name, std::io::empty())
@@ -146,8 +201,34 @@ fn append(
                 .map_err(failed)?;
             stats.others += 1;
         }
-        NodeKind::Socket => stats.skipped += 1,
+        NodeKind::Socket => {}
     }
+    Ok(())
+}
+
+fn append_file(
+    repo: &Repository,
+    index: &Index,
+    tar: &mut tar::Builder<&mut dyn Write>,
+    mut header: tar::Header,
+    name: &Path,
+    node: &Node,
+    stats: &mut ArchiveStats,
+) -> Result<()> {
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(node.size);
+    let content = Content {
+        repo,
+        index,
+        ids: node.content.iter().flatten(),
+        current: Vec::new(),
+        at: 0,
+        left: node.size,
+    };
+    tar.append_data(&mut header, name, content)
+        .map_err(|e| Error::io(format!("writing {} to the archive", name.display()), e))?;
+    stats.files += 1;
+    stats.bytes += node.size;
     Ok(())
 }
 
@@ -225,14 +306,13 @@ mod tests {
         let mut out: Vec<u8> = Vec::new();
         {
             let mut tar = tar::Builder::new(&mut out as &mut dyn Write);
-            let mut stats = ArchiveStats::default();
             append(
                 repo,
                 index,
                 &mut tar,
                 Path::new("data.bin"),
                 node,
-                &mut stats,
+                &mut Seen::default(),
             )?;
             tar.into_inner().unwrap();
         }

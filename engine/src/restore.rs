@@ -1181,13 +1181,8 @@ fn apply_metadata(at: Meta<'_>, node: &Node, is_root: bool, warnings: &mut Vec<S
             }
         }
     }
-    let mtime = filetime::FileTime::from_unix_time(
-        node.mtime.as_second(),
-        node.mtime.subsec_nanosecond().unsigned_abs(),
-    );
-    let atime = node.atime.map_or(mtime, |a| {
-        filetime::FileTime::from_unix_time(a.as_second(), a.subsec_nanosecond().unsigned_abs())
-    });
+    let mtime = file_time(node.mtime);
+    let atime = node.atime.map_or(mtime, file_time);
     let r = match at {
         Meta::File(f, _) => filetime::set_file_handle_times(f, Some(atime), Some(mtime)),
         Meta::Path(p) => filetime::set_symlink_file_times(p, atime, mtime),
@@ -1197,9 +1192,39 @@ fn apply_metadata(at: Meta<'_>, node: &Node, is_root: bool, warnings: &mut Vec<S
     }
 }
 
+/// A timestamp as the kernel takes it: seconds rounded down and
+/// non-negative nanoseconds. jiff rounds seconds toward zero, so a time
+/// before 1970 with a fraction (`1960-06-01T12:00:00.25Z`) has a negative
+/// nanosecond part, to be borrowed from the second below.
+fn file_time(t: jiff::Timestamp) -> filetime::FileTime {
+    let (second, nano) = (t.as_second(), t.subsec_nanosecond());
+    if nano < 0 {
+        filetime::FileTime::from_unix_time(second - 1, (nano + 1_000_000_000).unsigned_abs())
+    } else {
+        filetime::FileTime::from_unix_time(second, nano.unsigned_abs())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_before_1970_keep_their_fraction() {
+        for (text, second, nano) in [
+            ("1960-06-01T12:00:00.123456789Z", -302_443_200, 123_456_789),
+            ("1969-12-31T23:59:59.5Z", -1, 500_000_000),
+            ("1901-01-01T00:00:00Z", -2_177_452_800, 0),
+            ("2026-01-10T03:00:00.25Z", 1_768_014_000, 250_000_000),
+        ] {
+            let t = file_time(text.parse().unwrap());
+            assert_eq!(
+                (t.unix_seconds(), t.nanoseconds()),
+                (second, nano),
+                "{text}"
+            );
+        }
+    }
 
     fn target(offset: u32, length: u32) -> BlobTarget {
         BlobTarget {

@@ -939,6 +939,17 @@ fn dump_of_a_directory_is_a_tar_stream_that_extracts_to_the_same_tree(backend: B
     .unwrap();
     std::os::unix::fs::symlink("2026/11/big.bin", src.join("uploads/latest")).unwrap();
     std::fs::write(src.join("other.txt"), b"not in the dump\n").unwrap();
+    // What ustar fields cannot hold: a time before 1970 with a fraction,
+    // an extended attribute; and a hard link.
+    let old = src.join("uploads/1960.txt");
+    std::fs::write(&old, b"old\n").unwrap();
+    xattr::set(&old, "user.origin", b"scanner 7").unwrap();
+    filetime::set_file_mtime(
+        &old,
+        filetime::FileTime::from_unix_time(-302_443_200, 123_456_789),
+    )
+    .unwrap();
+    std::fs::hard_link(&old, src.join("uploads/2026/1960-link.txt")).unwrap();
     assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
 
     let uploads = src.join("uploads");
@@ -949,7 +960,7 @@ fn dump_of_a_directory_is_a_tar_stream_that_extracts_to_the_same_tree(backend: B
     let into = env.path("extracted");
     std::fs::create_dir_all(&into).unwrap();
     let extracted = std::process::Command::new("tar")
-        .arg("-xf")
+        .args(["--xattrs", "--xattrs-include=*", "-xf"])
         .arg(&tar)
         .arg("-C")
         .arg(&into)
@@ -968,6 +979,24 @@ fn dump_of_a_directory_is_a_tar_stream_that_extracts_to_the_same_tree(backend: B
         assert_eq!(have[path].link, entry.link, "{}", path.display());
     }
     assert!(!got.parent().unwrap().join("other.txt").exists());
+    let old_got = got.join("1960.txt");
+    let meta = std::fs::metadata(&old_got).unwrap();
+    assert_eq!(
+        (meta.mtime(), meta.mtime_nsec()),
+        (-302_443_200, 123_456_789),
+        "mtime before 1970 with its fraction"
+    );
+    assert_eq!(
+        xattr::get(&old_got, "user.origin").unwrap().as_deref(),
+        Some(&b"scanner 7"[..])
+    );
+    assert_eq!(
+        std::fs::metadata(got.join("2026/1960-link.txt"))
+            .unwrap()
+            .ino(),
+        meta.ino(),
+        "hard links stay one file"
+    );
 
     // The whole snapshot with `/`; a file is still written as itself.
     let all = env.vault(&["dump", "latest", "/"]);
