@@ -42,6 +42,9 @@ fn make_tree(root: &Path) {
     fs::set_permissions(root.join("setgid-file"), fs::Permissions::from_mode(0o2755)).unwrap();
     xattr::set(root.join("docs/text.csv"), "user.origin", b"e2e").unwrap();
     if is_root() {
+        // A symlink's own attributes (SELinux labels live there); only
+        // trusted.* and security.* are allowed on one, and only for root.
+        xattr::set(root.join("link"), "trusted.label", b"on the link").unwrap();
         std::os::unix::fs::chown(root.join("docs/text.csv"), Some(1234), Some(5678)).unwrap();
         nix::sys::stat::mknod(
             &root.join("null-dev"),
@@ -62,6 +65,13 @@ fn make_tree(root: &Path) {
         filetime::set_file_mtime(root.join(p), when).unwrap();
     }
     filetime::set_symlink_file_times(root.join("link"), when, when).unwrap();
+    // Before 1970, with a fraction: the seconds are negative, the
+    // nanoseconds are not.
+    filetime::set_file_mtime(
+        root.join("empty"),
+        filetime::FileTime::from_unix_time(-302_443_200, 123_456_789),
+    )
+    .unwrap();
 }
 
 #[derive(Debug, PartialEq)]
@@ -100,17 +110,14 @@ fn scan(root: &Path) -> (HashMap<PathBuf, Entry>, Vec<Vec<PathBuf>>) {
             } else {
                 "special"
             };
-            let mut xattrs: Vec<(String, Vec<u8>)> = if ft.is_symlink() {
-                Vec::new()
-            } else {
-                xattr::list(&path)
-                    .unwrap()
-                    .map(|n| {
-                        let v = xattr::get(&path, &n).unwrap().unwrap_or_default();
-                        (n.to_string_lossy().into_owned(), v)
-                    })
-                    .collect()
-            };
+            // The entry's own attributes, a symlink's too (not its target's).
+            let mut xattrs: Vec<(String, Vec<u8>)> = xattr::list(&path)
+                .unwrap()
+                .map(|n| {
+                    let v = xattr::get(&path, &n).unwrap().unwrap_or_default();
+                    (n.to_string_lossy().into_owned(), v)
+                })
+                .collect();
             xattrs.sort();
             out.insert(
                 rel,

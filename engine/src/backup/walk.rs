@@ -222,8 +222,10 @@ pub(crate) fn node_from_metadata(path: &Path, meta: &Metadata, names: &Names) ->
     Some(node)
 }
 
+/// The entry's own extended attributes: a symlink's, not its target's
+/// (listing and reading must both not follow it).
 fn read_xattrs(path: &Path) -> Vec<ExtendedAttribute> {
-    let Ok(names) = xattr::list_deref(path).or_else(|_| xattr::list(path)) else {
+    let Ok(names) = xattr::list(path) else {
         return Vec::new();
     };
     let mut out: Vec<ExtendedAttribute> = names
