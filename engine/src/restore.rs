@@ -884,9 +884,13 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
     // A file restored read-only (0444) cannot be opened to write as a user
     // other than root: it is made anew instead, as files that are not
     // there. Resuming was refused outright ("Permission denied").
+    // A file with other hard links is made anew too: writing through it
+    // would change the other names, which may lie outside the target (a
+    // restore's own second names are linked again afterwards).
     if overwrite == Overwrite::IfChanged
         && let Ok(meta) = fs::symlink_metadata(path)
         && meta.is_file()
+        && std::os::unix::fs::MetadataExt::nlink(&meta) == 1
         && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
     {
         let f = OpenOptions::new()

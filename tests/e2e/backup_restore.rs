@@ -510,6 +510,29 @@ fn restore_include_and_overwrite_rules(backend: Backend) {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["bytes_skipped"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(std::fs::read(&file).unwrap(), pseudo_random(3_000_000, 1));
+
+    // A restored file that is a hard link to one outside the target is
+    // replaced, never written through: the outside file keeps its bytes.
+    let outside = env.path("outside");
+    std::fs::write(&outside, b"precious").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::fs::hard_link(&outside, &file).unwrap();
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+    ]);
+    assert_success(&out);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), pseudo_random(3_000_000, 1));
 }
 
 backend_test!(excludes_skip_matching_entries);
