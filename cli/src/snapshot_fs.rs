@@ -47,6 +47,9 @@ struct Inode {
     attr: FileAttr,
     parent: u64,
     body: Body,
+    /// The node's extended attributes (base64 values, as stored), whatever
+    /// its kind: directories and symlinks carry ACLs and SELinux labels.
+    xattrs: Vec<vault_engine::tree::ExtendedAttribute>,
 }
 
 enum Body {
@@ -157,7 +160,12 @@ impl SnapshotFs {
     ) -> u64 {
         let ino = inodes.len() as u64 + 1;
         let (attr, body) = make(ino);
-        inodes.push(Inode { attr, parent, body });
+        inodes.push(Inode {
+            attr,
+            parent,
+            body,
+            xattrs: Vec::new(),
+        });
         ino
     }
 
@@ -406,6 +414,9 @@ impl SnapshotFs {
         let mut children = Vec::with_capacity(tree.nodes.len());
         for node in &tree.nodes {
             let child = Self::push(&mut inodes, ino, |child| self.node_inode(child, node));
+            inode_mut(&mut inodes, child)?
+                .xattrs
+                .clone_from(&node.extended_attributes);
             children.push((node.os_name(), child));
         }
         if let Body::Tree { children: slot, .. } = &mut inode_mut(&mut inodes, ino)?.body {
@@ -445,11 +456,8 @@ impl SnapshotFs {
     fn xattrs(&self, ino: u64) -> Result<Vec<(String, Vec<u8>)>, Errno> {
         use base64::Engine as _;
         let inodes = self.inodes.read().expect("inode table lock");
-        let Body::File { node, .. } = &inode(&inodes, ino)?.body else {
-            return Ok(Vec::new());
-        };
-        Ok(node
-            .extended_attributes
+        Ok(inode(&inodes, ino)?
+            .xattrs
             .iter()
             .filter_map(|x| {
                 let value = base64::engine::general_purpose::STANDARD
@@ -637,5 +645,22 @@ impl Filesystem for SnapshotFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    /// No ioctls: "not a terminal", which is what the callers (Python's
+    /// `open()` asks whether a file is a TTY) expect, instead of fuser's
+    /// default ENOSYS with a warning on stderr for every such open.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 }

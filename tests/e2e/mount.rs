@@ -157,6 +157,9 @@ fn make_tree(root: &Path, second: bool) {
         fs::Permissions::from_mode(0o700),
     )
     .unwrap();
+    // Attributes on a directory (default ACLs live there) and a file.
+    xattr::set(root.join("nested"), "user.dir", b"on a directory").unwrap();
+    xattr::set(root.join("empty"), "user.file", b"on a file").unwrap();
     let when = filetime::FileTime::from_unix_time(1_600_000_000, 0);
     for p in ["big.bin", "nested/deeper/deepest/leaf.txt", "nested/deeper"] {
         filetime::set_symlink_file_times(root.join(p), when, when).unwrap();
@@ -217,6 +220,20 @@ fn assert_same_tree(mounted: &Path, restored: &Path) {
             m.mode() & 0o7777,
             r.mode() & 0o7777,
             "mode of {}",
+            rel.display()
+        );
+        let xattrs = |p: &Path| -> Vec<(String, Option<Vec<u8>>)> {
+            let mut all: Vec<_> = xattr::list(p)
+                .unwrap()
+                .map(|n| (n.to_string_lossy().into_owned(), xattr::get(p, &n).unwrap()))
+                .collect();
+            all.sort();
+            all
+        };
+        assert_eq!(
+            xattrs(&mounted.join(&rel)),
+            xattrs(&restored.join(&rel)),
+            "xattrs of {}",
             rel.display()
         );
         assert_eq!(m.uid(), r.uid(), "uid of {}", rel.display());
@@ -331,6 +348,19 @@ fn mount_shows_snapshots_as_restore_writes_them(backend: Backend) {
         b"first\n"
     );
     assert!(!first.join("nested/added.txt").exists());
+    // A terminal check (TCGETS, as Python's open() makes) is "not a
+    // terminal", without a warning in the log.
+    let file = fs::File::open(latest.join("nested/changing.txt")).unwrap();
+    assert_eq!(
+        nix::sys::termios::tcgetattr(&file).unwrap_err(),
+        nix::errno::Errno::ENOTTY
+    );
+    drop(file);
+    assert!(
+        !mounted.log_text().contains("Not Implemented"),
+        "{}",
+        mounted.log_text()
+    );
 
     // The other listings.
     let host = snaps[0]["hostname"].as_str().unwrap();
