@@ -1084,3 +1084,49 @@ fn commands_run_for_a_backup_do_not_inherit_vaults_secrets(backend: Backend) {
     assert!(!text.contains("VAULT_PASSWORD="), "{text}");
     assert!(!text.contains("AWS_SECRET_ACCESS_KEY="), "{text}");
 }
+
+/// `ls -l` reads like `ls -l`: permission string and symlink targets;
+/// `--json` carries them too; a path the snapshot lacks is an error, not
+/// an empty listing.
+#[test]
+fn ls_long_shows_permissions_and_link_targets_and_missing_paths_fail() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let out = env.vault(&["ls", "-l", "latest", src.to_str().unwrap()]);
+    assert_success(&out);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |name: &str| {
+        listing
+            .lines()
+            .find(|l| l.ends_with(name) || l.contains(&format!("{name} -> ")))
+            .unwrap_or_else(|| panic!("{name} in {listing}"))
+            .to_owned()
+    };
+    assert!(
+        line("/link").ends_with("/link -> docs/readme.txt"),
+        "{listing}"
+    );
+    assert!(line("/link").starts_with("lrwxrwxrwx"), "{listing}");
+    assert!(line("/setgid-file").starts_with("-rwxr-sr-x"), "{listing}");
+    assert!(line("/docs").starts_with("drwx"), "{listing}");
+
+    let out = env.vault(&["ls", "latest", src.to_str().unwrap(), "--json"]);
+    assert_success(&out);
+    let nodes: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let link = nodes.iter().find(|n| n["name"] == "link").unwrap();
+    assert_eq!(link["linktarget"], "docs/readme.txt");
+    assert_eq!(link["permissions"], "lrwxrwxrwx");
+    let readme = nodes.iter().find(|n| n["name"] == "hardlink").unwrap();
+    assert_eq!(readme["links"], 2);
+    assert!(readme.get("linktarget").is_none());
+
+    let missing = src.join("no/such/dir");
+    let out = env.vault(&["ls", "latest", missing.to_str().unwrap()]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("holds no"), "{}", stderr(&out));
+}

@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use vault_engine::find::{FindOptions, Finder, Match};
 use vault_engine::id::SnapshotId;
 use vault_engine::snapshot::Snapshot;
-use vault_engine::tree::NodeKind;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct FindArgs {
@@ -35,25 +34,6 @@ pub(crate) struct FindArgs {
     /// Only snapshots taken at or before TIME.
     #[arg(long, value_name = "TIME")]
     newest: Option<String>,
-}
-
-/// `-rwxr-x---`, as `ls -l` shows a mode, with setuid, setgid and sticky
-/// bits as `s`/`S` and `t`/`T`.
-fn mode_string(kind: NodeKind, mode: u32) -> String {
-    let mut s = String::with_capacity(10);
-    s.push(super::ls::kind_char(kind));
-    for (shift, special, mark) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
-        let bits = (mode >> shift) & 0o7;
-        s.push(if bits & 0o4 != 0 { 'r' } else { '-' });
-        s.push(if bits & 0o2 != 0 { 'w' } else { '-' });
-        s.push(match (mode & special != 0, bits & 0o1 != 0) {
-            (true, true) => mark,
-            (true, false) => mark.to_ascii_uppercase(),
-            (false, true) => 'x',
-            (false, false) => '-',
-        });
-    }
-    s
 }
 
 /// The snapshots to search, oldest first.
@@ -118,7 +98,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
             }
             print_line(format_args!(
                 "{} {:>12} {} {}",
-                mode_string(m.kind, m.mode),
+                super::ls::mode_string(m.kind, m.mode),
                 m.size,
                 output::local_time(&m.mtime.to_zoned(jiff::tz::TimeZone::UTC)),
                 m.path
@@ -137,11 +117,14 @@ mod tests {
 
     #[test]
     fn modes_read_as_ls_shows_them() {
-        assert_eq!(mode_string(NodeKind::File, 0o644), "-rw-r--r--");
-        assert_eq!(mode_string(NodeKind::Dir, 0o755), "drwxr-xr-x");
-        assert_eq!(mode_string(NodeKind::File, 0o4755), "-rwsr-xr-x");
-        assert_eq!(mode_string(NodeKind::File, 0o2640), "-rw-r-S---");
-        assert_eq!(mode_string(NodeKind::Dir, 0o1777), "drwxrwxrwt");
-        assert_eq!(mode_string(NodeKind::Symlink, 0o777), "lrwxrwxrwx");
+        assert_eq!(super::ls::mode_string(NodeKind::File, 0o644), "-rw-r--r--");
+        assert_eq!(super::ls::mode_string(NodeKind::Dir, 0o755), "drwxr-xr-x");
+        assert_eq!(super::ls::mode_string(NodeKind::File, 0o4755), "-rwsr-xr-x");
+        assert_eq!(super::ls::mode_string(NodeKind::File, 0o2640), "-rw-r-S---");
+        assert_eq!(super::ls::mode_string(NodeKind::Dir, 0o1777), "drwxrwxrwt");
+        assert_eq!(
+            super::ls::mode_string(NodeKind::Symlink, 0o777),
+            "lrwxrwxrwx"
+        );
     }
 }

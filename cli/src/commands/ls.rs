@@ -36,6 +36,25 @@ pub(super) fn kind_char(kind: NodeKind) -> char {
     }
 }
 
+/// `-rwxr-x---`, as `ls -l` shows a mode, with setuid, setgid and sticky
+/// bits as `s`/`S` and `t`/`T`.
+pub(super) fn mode_string(kind: NodeKind, mode: u32) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(kind_char(kind));
+    for (shift, special, mark) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
+        let bits = (mode >> shift) & 0o7;
+        s.push(if bits & 0o4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 0o2 != 0 { 'w' } else { '-' });
+        s.push(match (mode & special != 0, bits & 0o1 != 0) {
+            (true, true) => mark,
+            (true, false) => mark.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
 pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let (id, snap) = super::pick_snapshot(&repo, Some(&args.snapshot), None, &args.filter)?;
@@ -60,6 +79,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
         }))?;
     }
     let mut stdout = std::io::stdout().lock();
+    let mut found = false;
     restore::walk(&repo, &index, &snap.tree, &mut |path, node| {
         use std::io::Write;
         let path_lossy = path.to_string_lossy();
@@ -78,8 +98,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
             }
         };
         if show {
+            found = true;
+            let target = node
+                .os_link_target()
+                .map(|t| t.to_string_lossy().into_owned());
             let line = if g.json {
-                serde_json::json!({
+                let mut v = serde_json::json!({
                     "message_type": "node",
                     "struct_type": "node",
                     "name": node.name,
@@ -89,14 +113,20 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
                     "gid": node.gid,
                     "size": node.size,
                     "mode": node.mode,
+                    "permissions": mode_string(node.kind, node.mode),
                     "mtime": node.mtime.to_string(),
-                })
-                .to_string()
+                    "ctime": node.ctime.to_string(),
+                    "inode": node.inode,
+                    "links": node.links,
+                });
+                if let Some(target) = &target {
+                    v["linktarget"] = target.as_str().into();
+                }
+                v.to_string()
             } else if args.long {
                 format!(
-                    "{}{:04o} {:>8} {:>8} {:>12} {} {}",
-                    kind_char(node.kind),
-                    node.mode,
+                    "{} {:>8} {:>8} {:>12} {} {}{}",
+                    mode_string(node.kind, node.mode),
                     if node.user.is_empty() {
                         node.uid.to_string()
                     } else {
@@ -109,7 +139,8 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
                     },
                     node.size,
                     output::local_time(&node.mtime.to_zoned(jiff::tz::TimeZone::UTC)),
-                    path
+                    path,
+                    target.map(|t| format!(" -> {t}")).unwrap_or_default()
                 )
             } else {
                 path.to_owned()
@@ -121,5 +152,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
         }
         Ok(descend)
     })?;
+    // As `dump` of a missing path: an empty listing would read as an empty
+    // directory.
+    if let Some(d) = dir.as_deref().filter(|d| !d.is_empty())
+        && !found
+    {
+        anyhow::bail!("snapshot {} holds no {d}", id.short());
+    }
     Ok(ExitCode::SUCCESS)
 }
