@@ -110,21 +110,3 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn modes_read_as_ls_shows_them() {
-        assert_eq!(super::ls::mode_string(NodeKind::File, 0o644), "-rw-r--r--");
-        assert_eq!(super::ls::mode_string(NodeKind::Dir, 0o755), "drwxr-xr-x");
-        assert_eq!(super::ls::mode_string(NodeKind::File, 0o4755), "-rwsr-xr-x");
-        assert_eq!(super::ls::mode_string(NodeKind::File, 0o2640), "-rw-r-S---");
-        assert_eq!(super::ls::mode_string(NodeKind::Dir, 0o1777), "drwxrwxrwt");
-        assert_eq!(
-            super::ls::mode_string(NodeKind::Symlink, 0o777),
-            "lrwxrwxrwx"
-        );
-    }
-}
