@@ -283,11 +283,26 @@ pub(crate) fn pick_snapshot(
             let time = crate::timespec::parse(at)?;
             match vault_engine::snapshot::select_at(&snaps, time.timestamp(), &filter) {
                 Some(found) => Ok(found.clone()),
-                None => Err(unmatched(
-                    format!("no snapshot at or before {at}"),
-                    None,
-                    damaged,
-                )),
+                None => {
+                    // Say which instant `--at` was read as (a bare date is
+                    // its midnight) and where the history starts.
+                    let oldest = snaps
+                        .iter()
+                        .filter(|(_, s)| filter.matches(s))
+                        .map(|(_, s)| &s.time)
+                        .min_by_key(|t| t.timestamp())
+                        .map_or("there are none".to_owned(), |t| {
+                            format!("the oldest is from {}", crate::output::local_time(t))
+                        });
+                    Err(unmatched(
+                        format!(
+                            "no snapshot at or before {at} (read as {}); {oldest}",
+                            time.strftime("%Y-%m-%d %H:%M:%S %:z")
+                        ),
+                        None,
+                        damaged,
+                    ))
+                }
             }
         }
         None => {

@@ -450,7 +450,13 @@ fn restore_at_picks_newest_snapshot_at_or_before_time(backend: Backend) {
         env.path("none").to_str().unwrap(),
     ]);
     assert_code(&out, 1);
-    assert!(stderr(&out).contains("no snapshot"), "{}", stderr(&out));
+    // The instant the date was read as, and where the history starts.
+    assert!(
+        stderr(&out).contains("no snapshot at or before 2025-12-31 (read as 2025-12-31 00:00:00")
+            && stderr(&out).contains("the oldest is from 2026-01-09 02:30:00"),
+        "{}",
+        stderr(&out)
+    );
     // JSON carries restic's field names and the offset-qualified time.
     let snaps = env.snapshots();
     for key in [

@@ -236,3 +236,49 @@ fn sigint_stops_a_running_command_source_and_its_children() {
     }
     assert!(!running(), "sleep {marker} outlived the backup");
 }
+
+/// An interrupted restore exits 130 and says how to finish it; running it
+/// again with `--overwrite if-changed` completes the tree without
+/// rewriting what is already there.
+#[test]
+fn interrupted_restore_says_how_to_resume_and_resuming_completes_it() {
+    let env = env_with_small_packs(Backend::Local);
+    let src = big_tree(&env, 6);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--compression", "none"]));
+    let target = env.path("restore");
+    // 12 MB at 512 KiB/s: stopped well before the end.
+    let child = env.spawn(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--limit-download",
+        "512",
+    ]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = interrupt(child);
+    assert_code(&out, 130);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--overwrite if-changed"), "{err}");
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+        "--json",
+    ]);
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["bytes_skipped"].as_u64().unwrap() > 0, "{report}");
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let name = entry.unwrap().file_name();
+        assert_eq!(
+            std::fs::read(restored.join(&name)).unwrap(),
+            std::fs::read(src.join(&name)).unwrap(),
+            "{name:?}"
+        );
+    }
+}

@@ -151,6 +151,16 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     };
     let result = restore::restore(&repo, &index, &snap.tree, &options, &progress);
     bar.finish();
+    if let Err(vault_engine::Error::Interrupted) = &result
+        && !args.dry_run
+    {
+        // Files may stand at full size with unwritten ranges: say how to
+        // finish without fetching again what is already there.
+        eprintln!(
+            "vault: the restore into {} is incomplete; run it again with `--overwrite if-changed` to finish it, writing only what is missing",
+            target.display()
+        );
+    }
     let report = result.with_context(|| format!("restoring snapshot {}", id.short()))?;
     for w in &report.warnings {
         eprintln!("vault: warning: {w}");
