@@ -757,6 +757,17 @@ fn plan_only(
         .filter(|i| i.node.kind == NodeKind::Dir)
         .count() as u64;
     report.files = files.len() as u64;
+    // A hard-linked file's further names are linked, not written: only
+    // its first name counts toward the bytes, as in a real restore.
+    let mut first_names = std::collections::HashSet::new();
+    let files: Vec<&Item> = files
+        .into_iter()
+        .filter(|i| {
+            i.node.links <= 1
+                || i.node.inode == 0
+                || first_names.insert((i.node.device_id, i.node.inode))
+        })
+        .collect();
     report.others = items
         .iter()
         .filter(|i| {

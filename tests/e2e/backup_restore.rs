@@ -1136,3 +1136,35 @@ fn ls_long_shows_permissions_and_link_targets_and_missing_paths_fail() {
     assert_code(&out, 1);
     assert!(stderr(&out).contains("holds no"), "{}", stderr(&out));
 }
+
+/// A dry run announces the bytes the restore then writes: a hard-linked
+/// file's second name is linked, not written, and counts once.
+#[test]
+fn restore_dry_run_counts_what_the_restore_writes() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("b")).unwrap();
+    std::fs::write(src.join("a"), pseudo_random(300_000, 3)).unwrap();
+    std::fs::hard_link(src.join("a"), src.join("b/a-again")).unwrap();
+    std::fs::write(src.join("b/c"), pseudo_random(1000, 4)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("r");
+    let written = |extra: &[&str]| -> u64 {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = env.vault(&args);
+        assert_success(&out);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["bytes_written"].as_u64().unwrap()
+    };
+    let planned = written(&["--dry-run"]);
+    assert!(!target.exists(), "a dry run creates nothing");
+    assert_eq!(planned, 301_000);
+    assert_eq!(written(&[]), planned);
+}
