@@ -461,6 +461,25 @@ fn open_listed(
     Ok((file, replaced))
 }
 
+/// Whether a file's size or times moved between two looks at it (borg's
+/// "file changed while we backed it up").
+fn changed_while_read(before: &std::fs::Metadata, after: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (
+        before.size(),
+        before.mtime(),
+        before.mtime_nsec(),
+        before.ctime(),
+        before.ctime_nsec(),
+    ) != (
+        after.size(),
+        after.mtime(),
+        after.mtime_nsec(),
+        after.ctime(),
+        after.ctime_nsec(),
+    )
+}
+
 /// A prune that ran while we backed up may have deleted a pack we
 /// deduplicated against (only possible if this backup outlived the prune
 /// safety margin, or with `--instant-delete`). Detect that before saving the
@@ -765,12 +784,25 @@ impl Ctx<'_> {
         let replaced = replaced
             .and_then(|meta| walk::node_from_metadata(path, &meta, &walk::Names::default()))
             .map(Box::new);
-        match self.save_content(file, Some(size)) {
-            Ok((ids, size)) => Ok(FileOutcome::Content {
-                ids,
-                size,
-                replaced,
-            }),
+        let before = file.metadata().ok();
+        match self.save_content(&file, Some(size)) {
+            Ok((ids, size)) => {
+                // The node keeps the metadata from before the read, so the
+                // next backup sees the change and reads the file again.
+                if let (Some(before), Ok(after)) = (before, file.metadata())
+                    && changed_while_read(&before, &after)
+                {
+                    tracing::warn!(
+                        "{}: changed while it was read; saved as read (it may mix old and new content; the next backup reads it again)",
+                        path.display()
+                    );
+                }
+                Ok(FileOutcome::Content {
+                    ids,
+                    size,
+                    replaced,
+                })
+            }
             Err(ContentError::Read(e)) => Ok(FileOutcome::Unreadable(e)),
             Err(ContentError::Engine(e)) => Err(e),
         }

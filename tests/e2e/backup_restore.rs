@@ -1168,3 +1168,41 @@ fn restore_dry_run_counts_what_the_restore_writes() {
     assert_eq!(planned, 301_000);
     assert_eq!(written(&[]), planned);
 }
+
+/// A file written to while the backup reads it is saved as read, with a
+/// warning naming it; the backup still succeeds, and the next one reads
+/// the file again (its recorded metadata is from before the read).
+#[test]
+fn a_file_changing_while_read_is_reported_and_read_again_next_time() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let log = src.join("app.log");
+    std::fs::write(&log, pseudo_random(40_000_000, 9)).unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all(b"x").unwrap();
+            }
+        })
+    };
+    let out = env.vault(&["backup", src.to_str().unwrap(), "--compression", "none"]);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("app.log: changed while it was read"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.vault(&["backup", src.to_str().unwrap(), "--json"]);
+    assert_success(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["files_changed"], 1, "{summary}");
+    assert!(!stderr(&out).contains("changed while"), "{}", stderr(&out));
+}
