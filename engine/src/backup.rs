@@ -1058,6 +1058,13 @@ impl Ctx<'_> {
                 "command `{shown}` failed ({status}){why}; no snapshot was saved"
             )));
         }
+        if size == 0 {
+            // Saved (some commands rightly print nothing), but a dump that
+            // wrote its data elsewhere or to stderr looks exactly like this.
+            tracing::warn!(
+                "command `{shown}` succeeded but wrote nothing to standard output; the snapshot holds an empty {filename}"
+            );
+        }
         self.counters.files.store(1, Ordering::Relaxed);
         self.counters.files_new.store(1, Ordering::Relaxed);
         self.counters.bytes.store(size, Ordering::Relaxed);

@@ -31,6 +31,35 @@ fn missing_repository_exits_10(backend: Backend) {
     assert!(stderr(&out).contains("vault init"), "{}", stderr(&out));
 }
 
+/// A local repository path that is a file, or runs through one: opening
+/// it finds no repository (10), creating one there says why.
+#[test]
+fn a_file_in_place_of_a_repository_is_no_repository() {
+    let env = Env::uninitialised();
+    let file = env.path("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    for repo in [file.clone(), file.join("sub")] {
+        let out = env
+            .command(&["snapshots"])
+            .env("VAULT_REPOSITORY", &repo)
+            .output()
+            .unwrap();
+        assert_code(&out, 10);
+        let out = env
+            .command(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"])
+            .env("VAULT_REPOSITORY", &repo)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not a directory") || stderr(&out).contains("Not a directory"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
 backend_test!(init_refuses_an_existing_repository);
 fn init_refuses_an_existing_repository(backend: Backend) {
     let env = Env::on(backend);
@@ -64,6 +93,23 @@ fn failing_dump_command_records_no_snapshot(backend: Backend) {
     ]);
     assert_code(&out, 6);
     assert!(env.snapshots().is_empty());
+    // A command that succeeds without output is saved, with a warning: a
+    // dump writing to a file instead of stdout looks like that.
+    let out = env.vault(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "db.sql",
+        "--",
+        "true",
+    ]);
+    assert_success(&out);
+    assert!(
+        stderr(&out)
+            .contains("wrote nothing to standard output; the snapshot holds an empty db.sql"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 backend_test!(unreadable_file_is_skipped_and_backup_exits_3);

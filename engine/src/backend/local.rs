@@ -40,6 +40,12 @@ impl LocalBackend {
             return Ok(*modes);
         }
         let root_mode = match fs::metadata(&self.root) {
+            Ok(m) if !m.is_dir() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    "exists and is not a directory",
+                ));
+            }
             Ok(m) => m.mode(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::DirBuilder::new()
@@ -68,7 +74,10 @@ impl LocalBackend {
 
 fn map_err(path: &str, e: io::Error) -> BackendError {
     match e.kind() {
-        io::ErrorKind::NotFound => BackendError::NotFound(path.to_owned()),
+        // A path through a file (`--repo /etc/hosts`) holds no object.
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
+            BackendError::NotFound(path.to_owned())
+        }
         io::ErrorKind::AlreadyExists => BackendError::AlreadyExists(path.to_owned()),
         _ if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
             BackendError::NoSpace(format!("{path}: {e}"))
@@ -90,13 +99,19 @@ impl Backend for LocalBackend {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let target = self.full(path)?;
         let dir = target.parent().expect("object keys are inside the root");
-        let (dir_mode, file_mode) = self.modes().map_err(|e| map_err(path, e))?;
+        // Not map_err: on a write, "not found" or "not a directory" is a
+        // place that cannot hold the repository, not a missing object.
+        let cannot_write = |e: io::Error| match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => BackendError::NoSpace(format!("{path}: {e}")),
+            _ => BackendError::Other(format!("{}: {e}", self.root.display())),
+        };
+        let (dir_mode, file_mode) = self.modes().map_err(cannot_write)?;
         if !dir.is_dir() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(dir_mode)
                 .create(dir)
-                .map_err(|e| map_err(path, e))?;
+                .map_err(cannot_write)?;
             // Exactly that mode, whatever the umask took away (a group
             // that must write there, under umask 022). Object keys are at
             // most two directories deep (`data/ab/...`).
