@@ -191,6 +191,20 @@ pub fn repair_snapshots(
     dry_run: bool,
 ) -> Result<RepairSnapshotsReport> {
     let index = repo.load_index()?;
+    // A pack no index lists (its index file lost or damaged) holds blobs
+    // that would pass for lost: the snapshots using them would be cut
+    // down, and with --forget the intact originals deleted. Leftovers of
+    // an interrupted backup look the same; `repair index` adopts both.
+    let indexed: HashSet<_> = index.packs().map(|(pack, _)| pack).collect();
+    let unindexed = stored_packs(repo)?
+        .into_keys()
+        .filter(|pack| !indexed.contains(pack))
+        .count();
+    if unindexed > 0 {
+        return Err(Error::InvalidInput(format!(
+            "{unindexed} stored packs are in no index (an index file lost or damaged, or an interrupted backup): their data would be taken for lost; run `vault repair index` first, then this again"
+        )));
+    }
     let bad = unreadable_blobs(repo, &index, verify)?;
     let sink = TreeSink::new(repo, &index, dry_run);
     let mut report = RepairSnapshotsReport::default();

@@ -5,7 +5,7 @@
 //! Every case runs on local disk and on S3 (objects are damaged through
 //! the engine's backend, as a faulty disk or store would).
 
-use crate::support::{Backend, Env, assert_code, assert_success, key_name, pseudo_random};
+use crate::support::{Backend, Env, assert_code, assert_success, key_name, pseudo_random, stderr};
 use std::path::{Path, PathBuf};
 
 /// A repository with two snapshots of a tree with distinct files.
@@ -220,6 +220,18 @@ fn deleted_index_is_found_and_repair_index_heals_it(backend: Backend) {
         errors(&v).iter().any(|f| f["kind"] == "blob_missing"),
         "{v}"
     );
+    // Its data is all there, in packs no index lists: repair snapshots
+    // must not take it for lost (it cut every file and, with --forget,
+    // deleted the intact originals).
+    let before = env.objects_under("snapshots");
+    let out = env.vault(&["repair", "snapshots", "--forget"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("run `vault repair index` first"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.objects_under("snapshots"), before);
     assert_success(&env.vault(&["repair", "index"]));
     let (code, v) = check_json(&env, &["--verify"]);
     assert_eq!(code, 0, "{v}");
