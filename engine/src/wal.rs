@@ -12,7 +12,6 @@
 use crate::backend::{BackendError, PutMode};
 use crate::backup::{Saver, SaverStats};
 use crate::blob::{self, BlobKind};
-use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::index::IndexBuilder;
@@ -134,11 +133,9 @@ pub fn push(
     // switch) are still stored once. A blob stored twice is a duplicate
     // that check accepts and prune reclaims (§11.3).
     let mut content = Vec::new();
-    let saver = Saver::start(
+    let saver = Saver::start_for_wal(
         repo.clone(),
         &IndexBuilder::new().finish(),
-        Compression::default(),
-        2,
         Arc::new(SaverStats::default()),
     );
     saver.record_packs();

@@ -417,3 +417,49 @@ fn sigint_stops_a_prune_during_its_repack() {
     let target = env.path("r");
     assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
 }
+
+/// Two prunes with `--delete-margin 0s` beside a running backup delete
+/// packs it uploaded and has not indexed yet. That backup fails; it must
+/// not leave those packs in an index file, or the next backup would
+/// deduplicate against them and report success for data that is gone.
+#[test]
+fn packs_deleted_under_a_backup_are_not_indexed_and_the_next_backup_stores_them_again() {
+    let env = Env::uninitialised();
+    assert_success(&env.vault(&[
+        "init",
+        "--kdf-memory-mib",
+        "8",
+        "--kdf-iterations",
+        "1",
+        "--pack-size-mib",
+        "1",
+    ]));
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), pseudo_random(6_000_000, 77)).unwrap();
+    // ~6 s at 1000 KiB/s: packs are uploaded one by one, indexed at the end.
+    let backup = env.spawn(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--limit-upload",
+        "1000",
+        "--compression",
+        "none",
+    ]);
+    std::thread::sleep(Duration::from_millis(2500));
+    for _ in 0..2 {
+        assert_success(&env.vault(&["prune", "--delete-margin", "0s"]));
+    }
+    let first = backup.wait_with_output().unwrap();
+    assert!(!first.status.success(), "the backup lost packs under it");
+    assert!(env.snapshots().is_empty());
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let (code, v) = check_verify(&env);
+    assert_eq!(code, 0, "{v}");
+    let target = env.path("r");
+    assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
+    assert_eq!(
+        std::fs::read(target.join(src.strip_prefix("/").unwrap()).join("big.bin")).unwrap(),
+        pseudo_random(6_000_000, 77)
+    );
+}

@@ -42,12 +42,15 @@ const INDEX_EVERY_PACKS: usize = 32;
 /// run to upload again.
 const INDEX_MAX_AGE: Duration = Duration::from_secs(5 * 60);
 
-/// Packs uploaded under a minute before their index file are not looked up
-/// in storage first (see `Shared::flush_index`): a prune deletes a pack only
-/// after marking it and waiting `--delete-margin`, so deleting one that
-/// young takes two prunes with a margin under a minute while this backup
-/// runs, which the docs rule out (a short margin only when no backup runs).
-/// It spares `wal push`, one young pack per segment, a request each.
+/// For `wal push` ([`Saver::start_for_wal`]): packs uploaded under a minute
+/// before their index file are not looked up in storage first (see
+/// `Shared::flush_index`). A prune deletes a pack only after marking it and
+/// waiting `--delete-margin`, so deleting one that young takes two prunes
+/// with a margin under a minute within that minute. A push indexes its one
+/// pack milliseconds after uploading it, and is spared a request per
+/// segment. Backups check every pack: with `--delete-margin 0s` beside a
+/// long backup, an unchecked pack deleted under it stayed indexed, and the
+/// next backup deduplicated against it and reported success.
 const UNCHECKED_AGE: Duration = Duration::from_secs(60);
 
 /// Packs uploaded but not yet in a stored index file.
@@ -130,7 +133,7 @@ struct Shared {
     unindexed: Mutex<Unindexed>,
     /// [`INDEX_MAX_AGE`], shorter in tests.
     index_max_age: Duration,
-    /// [`UNCHECKED_AGE`], shorter in tests.
+    /// Zero (check every pack), or [`UNCHECKED_AGE`] for `wal push`.
     unchecked_age: Duration,
     stats: Arc<SaverStats>,
     /// Plaintext buffers come back here once sealed.
@@ -243,6 +246,24 @@ impl Saver {
             index,
             compression,
             upload_concurrency,
+            stats,
+            (INDEX_MAX_AGE, Duration::ZERO),
+        )
+    }
+
+    /// [`Saver::start`] for `wal push`, which indexes its pack right after
+    /// uploading it: packs younger than [`UNCHECKED_AGE`] are indexed
+    /// without a request to check they still exist.
+    pub(crate) fn start_for_wal(
+        repo: Arc<Repository>,
+        index: &Index,
+        stats: Arc<SaverStats>,
+    ) -> Self {
+        Self::start_with_ages(
+            repo,
+            index,
+            Compression::default(),
+            2,
             stats,
             (INDEX_MAX_AGE, UNCHECKED_AGE),
         )
