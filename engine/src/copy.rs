@@ -727,7 +727,9 @@ pub fn copy(
         Ok(()) => write_snapshots(dst, &at_start, &mut pending, &mut report, progress),
         Err(_) => Ok(()),
     };
-    let result = outcome.and(finished).and(written);
+    // The pipeline's own error first: a failed save only says that the
+    // pipeline stopped, finish says why (a full disk, exit 7).
+    let result = finished.and(outcome).and(written);
     let s = &progress.saver;
     report.blobs_read = progress.blobs_read.load(Ordering::Relaxed);
     report.bytes_read = progress.bytes_read.load(Ordering::Relaxed);

@@ -474,10 +474,18 @@ impl PrunePlan {
                         copied = Err(Error::Interrupted);
                         break;
                     }
-                    let data = repo.read_blob(&index, &id)?;
-                    saver.save_with_id(loc.kind, id, data)?;
+                    if let Err(e) = repo
+                        .read_blob(&index, &id)
+                        .and_then(|data| saver.save_with_id(loc.kind, id, data))
+                    {
+                        copied = Err(e);
+                        break;
+                    }
                 }
             }
+            // finish first: it indexes what was uploaded, and its error
+            // says why the pipeline stopped (a full disk: exit 7) where a
+            // failed save only says that it did.
             saver.finish()?;
             copied?;
             still_locked()?;

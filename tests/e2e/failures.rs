@@ -306,6 +306,96 @@ fn a_full_disk_exits_7_and_loses_nothing() {
     };
     let out = env.vault(&["restore", "latest", "--target", target.0.to_str().unwrap()]);
     assert_code(&out, 7);
+
+    // Copying 9 MB into a repository on 4 MB: the full disk too, not
+    // "write pipeline stopped" (exit 1).
+    let Some(copy_disk) = SmallDisk::mount(env.path("copy"), "4m") else {
+        return;
+    };
+    let to = copy_disk.0.join("repo");
+    assert_success(
+        // Small packs: uploads fail while blobs are still being copied.
+        &env.command(&[
+            "init",
+            "--kdf-memory-mib",
+            "8",
+            "--kdf-iterations",
+            "1",
+            "--pack-size-mib",
+            "1",
+        ])
+        .env("VAULT_REPOSITORY", &to)
+        .output()
+        .unwrap(),
+    );
+    let out = env
+        .command(&[
+            "copy",
+            "--to",
+            to.to_str().unwrap(),
+            "--compression",
+            "none",
+        ])
+        .output()
+        .unwrap();
+    assert_code(&out, 7);
+    assert!(stderr(&out).contains("no space"), "{}", stderr(&out));
+}
+
+/// A prune whose repacking fills the repository's disk: exit 7 naming the
+/// full disk (it said "write pipeline stopped", exit 1), and the
+/// repository stays sound.
+#[test]
+fn a_prune_repacking_onto_a_full_disk_exits_7() {
+    let env = Env::new();
+    let Some(disk) = SmallDisk::mount(env.path("small"), "24m") else {
+        return;
+    };
+    let repo = disk.0.join("repo");
+    let on_small = |args: &[&str]| {
+        env.command(args)
+            .env("VAULT_REPOSITORY", &repo)
+            .output()
+            .unwrap()
+    };
+    assert_success(&on_small(&[
+        "init",
+        "--kdf-memory-mib",
+        "8",
+        "--kdf-iterations",
+        "1",
+        "--pack-size-mib",
+        "1",
+    ]));
+    // Two files whose chunks share packs; the snapshot keeping only one
+    // leaves those packs partly used, to be repacked.
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("keep"), pseudo_random(8_000_000, 1)).unwrap();
+    std::fs::write(src.join("drop"), pseudo_random(8_000_000, 2)).unwrap();
+    assert_success(&on_small(&[
+        "backup",
+        "--compression",
+        "none",
+        src.to_str().unwrap(),
+    ]));
+    std::fs::remove_file(src.join("drop")).unwrap();
+    assert_success(&on_small(&[
+        "backup",
+        "--compression",
+        "none",
+        src.to_str().unwrap(),
+    ]));
+    assert_success(&on_small(&["forget", "--keep-last", "1"]));
+    // Leave under a pack's worth of room.
+    let stat = nix::sys::statvfs::statvfs(&disk.0).unwrap();
+    let free = stat.blocks_available() * stat.fragment_size();
+    std::fs::write(disk.0.join("filler"), vec![1u8; (free - 600_000) as usize]).unwrap();
+    let out = on_small(&["prune", "--max-unused", "0"]);
+    assert_code(&out, 7);
+    assert!(stderr(&out).contains("no space"), "{}", stderr(&out));
+    std::fs::remove_file(disk.0.join("filler")).unwrap();
+    assert_success(&on_small(&["check", "--verify"]));
 }
 
 #[test]
