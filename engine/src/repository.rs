@@ -601,8 +601,9 @@ impl Repository {
         // A rewritten snapshot (`rewrite` without --forget, `repair
         // snapshots`) keeps its original's time: it sorts after it, so that
         // `latest` and `--at` give the rewritten one, not the original
-        // still holding what was removed.
-        out.sort_by_key(|(_, s)| (s.time.timestamp(), s.original.is_some()));
+        // still holding what was removed. Remaining ties by id, so that
+        // `latest` does not depend on the order storage lists objects in.
+        out.sort_by_key(|(id, s)| (s.time.timestamp(), s.original.is_some(), *id));
         Ok((out, damaged))
     }
 

@@ -359,3 +359,28 @@ fn restore_applies_metadata_to_files_in_one_pack_and_across_packs() {
         assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "{first} and {second}");
     }
 }
+
+/// Snapshots taken at the same instant list in id order, so `latest`
+/// never depends on the order storage lists objects in.
+#[test]
+fn snapshots_at_the_same_instant_list_in_id_order() {
+    // On local disk: a directory lists in no particular order.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = init_local(dir.path(), MEDIUM_CHUNKER, 64 * 1024);
+    let mut opts = options();
+    opts.time = Some("2026-01-10T03:00:00+01:00[+01:00]".parse().unwrap());
+    for host in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        opts.hostname = host.into();
+        backup_stream(&repo, "x", Box::new(&b"same"[..]), &opts).unwrap();
+    }
+    let ids: Vec<_> = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids.len(), 8);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+}
