@@ -5,12 +5,13 @@
 //! every old one) are written before any old one is deleted. `snapshots`:
 //! the rewritten snapshot is saved before the original is removed.
 
-use crate::backup::TreeSink;
+use crate::backup::{Saver, SaverStats, TreeSink};
 use crate::check::{stored_packs, unreadable_blobs};
+use crate::compress::Compression;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, SnapshotId};
+use crate::id::{BlobId, PackId, SnapshotId};
 use crate::index::{Index, IndexFile, IndexedPack};
-use crate::pack;
+use crate::pack::{self, PackedBlob};
 use crate::repository::{FileKind, Repository};
 use crate::tree::{NodeKind, Tree};
 use serde::Serialize;
@@ -30,6 +31,12 @@ pub struct RepairIndexReport {
     pub blobs: u64,
     /// Packs whose header could not be read (their blobs are lost).
     pub packs_unreadable: Vec<String>,
+    /// With `read_data`: packs holding damaged blobs, whose sound blobs
+    /// were stored again and which were then deleted.
+    pub packs_salvaged: Vec<String>,
+    /// With `read_data`: blobs left out because their stored bytes fail
+    /// authentication or do not hash to their id, as `pack ID: blob ID`.
+    pub blobs_damaged: Vec<String>,
     /// Old index files removed.
     pub indexes_removed: u64,
     /// New index files written.
@@ -37,27 +44,110 @@ pub struct RepairIndexReport {
 }
 
 /// Rebuilds the index from every pack's header.
-pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
+///
+/// With `read_data`, every pack is read whole and each blob opened
+/// (authenticated and hashed). A pack holding a damaged blob is salvaged,
+/// as restic's `repair packs` does: its sound blobs are stored again in new
+/// packs and it is deleted once the new index no longer lists it. The
+/// damaged blob is then in no index, so `repair snapshots` drops the files
+/// using it and the next backup stores their content anew; left indexed, it
+/// would be deduplicated against forever.
+pub fn repair_index(repo: &Arc<Repository>, read_data: bool) -> Result<RepairIndexReport> {
     let mut report = RepairIndexReport::default();
     let old = repo.index_ids()?;
     let mut packs: Vec<IndexedPack> = Vec::new();
     let mut stored: Vec<_> = stored_packs(repo)?.into_iter().collect();
     stored.sort();
-    for (id, size) in stored {
+    // Started at the first damaged pack; its own index files are not among
+    // `old`, so the rebuilt index below does not supersede them.
+    let mut saver: Option<Saver> = None;
+    let mut salvaged: Vec<PackId> = Vec::new();
+    let mut failed_save: Option<Error> = None;
+    'packs: for (id, size) in stored {
         let path = FileKind::Pack.path(&id.to_hex());
-        let tail_len = pack::tail_len(size);
-        let tail = repo
-            .backend()
-            .get_range(&path, size - tail_len, tail_len)
-            .map_err(|e| Error::backend(format!("pack {id}"), e))?;
-        match pack::read_header(repo.key(), size, &tail) {
-            Ok(blobs) => {
-                report.packs_indexed += 1;
-                report.blobs += blobs.len() as u64;
-                packs.push(IndexedPack { id, size, blobs });
+        let failed = |e| Error::backend(format!("pack {id}"), e);
+        // Whole, to check every blob; else only the header at its end.
+        let (bytes, start) = if read_data {
+            (repo.backend().get(&path).map_err(failed)?, 0)
+        } else {
+            let tail_len = pack::tail_len(size);
+            let start = size - tail_len;
+            (
+                repo.backend()
+                    .get_range(&path, start, tail_len)
+                    .map_err(failed)?,
+                start,
+            )
+        };
+        let tail_start = (size - pack::tail_len(size)).saturating_sub(start);
+        let header = match bytes.get(usize::try_from(tail_start).unwrap_or(usize::MAX)..) {
+            Some(tail) => pack::read_header(repo.key(), size, tail).map_err(|e| e.to_string()),
+            None => Err("shorter than its listed size".to_owned()),
+        };
+        let blobs = match header {
+            Ok(blobs) => blobs,
+            Err(e) => {
+                report.packs_unreadable.push(format!("pack {id}: {e}"));
+                continue;
             }
-            Err(e) => report.packs_unreadable.push(format!("pack {id}: {e}")),
+        };
+        if !read_data {
+            report.packs_indexed += 1;
+            report.blobs += blobs.len() as u64;
+            packs.push(IndexedPack { id, size, blobs });
+            continue;
         }
+        let opened: Vec<(PackedBlob, Option<Vec<u8>>)> = blobs
+            .into_iter()
+            .map(|b| {
+                let plain = usize::try_from(b.offset)
+                    .ok()
+                    .and_then(|at| bytes.get(at..at.checked_add(b.length as usize)?))
+                    .and_then(|stored| {
+                        crate::blob::open(repo.key(), b.kind, &b.id, b.raw_len, stored).ok()
+                    });
+                (b, plain)
+            })
+            .collect();
+        if opened.iter().all(|(_, plain)| plain.is_some()) {
+            report.packs_indexed += 1;
+            report.blobs += opened.len() as u64;
+            let blobs = opened.into_iter().map(|(b, _)| b).collect();
+            packs.push(IndexedPack { id, size, blobs });
+            continue;
+        }
+        let saver = saver.get_or_insert_with(|| {
+            Saver::start(
+                repo.clone(),
+                &crate::index::IndexBuilder::new().finish(),
+                Compression::default(),
+                2,
+                Arc::new(SaverStats::default()),
+            )
+        });
+        for (b, plain) in opened {
+            match plain {
+                Some(plain) => {
+                    if let Err(e) = saver.save_with_id(b.kind, b.id, plain) {
+                        failed_save = Some(e);
+                        break 'packs;
+                    }
+                    report.blobs += 1;
+                }
+                None => report
+                    .blobs_damaged
+                    .push(format!("pack {id}: blob {}", b.id)),
+            }
+        }
+        salvaged.push(id);
+    }
+    // finish first: it says why the pipeline stopped (a full disk) where a
+    // failed save only says that it did.
+    if let Some(saver) = saver.take() {
+        saver.finish()?;
+    }
+    if let Some(e) = failed_save {
+        return Err(e);
     }
     let chunks: Vec<Vec<IndexedPack>> = if packs.is_empty() {
         vec![Vec::new()]
@@ -84,6 +174,14 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexReport> {
             .delete(&path)
             .map_err(|e| Error::backend(path, e))?;
         report.indexes_removed += 1;
+    }
+    // No index lists them now; their sound blobs live on in new packs.
+    for id in &salvaged {
+        let path = FileKind::Pack.path(&id.to_hex());
+        repo.backend()
+            .delete(&path)
+            .map_err(|e| Error::backend(path, e))?;
+        report.packs_salvaged.push(id.to_hex());
     }
     Ok(report)
 }

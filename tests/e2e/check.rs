@@ -186,6 +186,26 @@ fn flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths(backend: Bac
         std::fs::read(root.join("later.txt")).unwrap(),
         b"second snapshot"
     );
+
+    // Healing: the damaged blob is still indexed, so a backup would
+    // deduplicate against it forever. repair index --read-data salvages
+    // the pack (its sound blobs stored again, the pack deleted); the next
+    // backup then stores the lost content anew and everything verifies.
+    let out = env.vault(&["repair", "index", "--read-data"]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains(&format!("pack {pack_name} held damaged blobs")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !env.objects_under("data").contains(&pack),
+        "salvaged pack deleted"
+    );
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 0, "{v}");
+    restore_matches(&env, &src);
 }
 
 backend_test!(flipped_byte_in_index_is_found_and_repair_index_heals_it);

@@ -8,9 +8,15 @@ use std::process::ExitCode;
 use vault_engine::repair;
 
 #[derive(Debug, clap::Args)]
-pub(crate) struct RepairIndexArgs {}
+pub(crate) struct RepairIndexArgs {
+    /// Read every pack whole and leave out blobs whose stored bytes are
+    /// damaged, so that `repair snapshots` drops the files using them and
+    /// the next backup stores that content again.
+    #[arg(long)]
+    read_data: bool,
+}
 
-pub(crate) fn run(g: &GlobalArgs, _args: &RepairIndexArgs) -> Result<ExitCode> {
+pub(crate) fn run(g: &GlobalArgs, args: &RepairIndexArgs) -> Result<ExitCode> {
     let repo = global::open_repository_uncached(g)?;
     let _lock = vault_engine::lock::lock_exclusive(
         &repo,
@@ -18,12 +24,25 @@ pub(crate) fn run(g: &GlobalArgs, _args: &RepairIndexArgs) -> Result<ExitCode> {
         &global::hostname(),
         &global::username(),
     )?;
-    let report = repair::repair_index(&repo)?;
+    let report = repair::repair_index(&repo, args.read_data)?;
     if g.json {
         output::print_json(&report)?;
     } else {
         for p in &report.packs_unreadable {
             eprintln!("vault: warning: {p}");
+        }
+        for b in &report.blobs_damaged {
+            eprintln!("vault: warning: {b} is damaged: left out of the index");
+        }
+        for p in &report.packs_salvaged {
+            eprintln!(
+                "vault: pack {p} held damaged blobs: its sound blobs were stored again and it was deleted"
+            );
+        }
+        if !report.blobs_damaged.is_empty() {
+            eprintln!(
+                "vault: run `vault repair snapshots --forget` to drop the files using them; the next backup stores their content again"
+            );
         }
         if g.quiet {
             return Ok(ExitCode::SUCCESS);
