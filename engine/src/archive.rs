@@ -226,10 +226,24 @@ fn append_file(
         left: node.size,
     };
     tar.append_data(&mut header, name, content)
-        .map_err(|e| Error::io(format!("writing {} to the archive", name.display()), e))?;
+        .map_err(|e| content_error(name, e))?;
     stats.files += 1;
     stats.bytes += node.size;
     Ok(())
+}
+
+/// The error of writing a file's entry: the repository's own error when
+/// reading its content failed (a damaged blob: 5, a missing pack: 4),
+/// which [`Content`] hands through `io::Error`; else the output's.
+fn content_error(name: &Path, e: std::io::Error) -> Error {
+    if !e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+        return Error::io(format!("writing {} to the archive", name.display()), e);
+    }
+    match e.into_inner().map(|inner| inner.downcast::<Error>()) {
+        Some(Ok(engine)) => *engine,
+        // Checked just above.
+        _ => Error::InvalidInput(format!("writing {} to the archive", name.display())),
+    }
 }
 
 /// A file's content as a reader: its blobs one after another, each read

@@ -121,6 +121,10 @@ pub enum BackendError {
     /// Object Lock).
     #[error("{0}")]
     Unsupported(String),
+    /// A ranged read reached past the object's end: the object is shorter
+    /// than the index says, damaged rather than unavailable.
+    #[error("{0}")]
+    Truncated(String),
     /// Failed after retries or failed permanently (permissions, bad request).
     #[error("{0}")]
     Other(String),

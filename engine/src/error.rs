@@ -154,6 +154,12 @@ impl Error {
                 object: object.into(),
             };
         }
+        if let BackendError::Truncated(why) = source {
+            return Error::Corrupt {
+                object: object.into(),
+                reason: why,
+            };
+        }
         Error::Backend {
             object: object.into(),
             cause: source,

@@ -106,6 +106,22 @@ pub struct RestoreReport {
     pub verified_files: u64,
     /// Metadata that could not be applied (e.g. ownership as non-root).
     pub warnings: Vec<String>,
+    /// Files restored with zeros where their content is damaged or
+    /// missing in the repository, each with why; the restore went on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_files: Vec<DamagedFile>,
+}
+
+/// A file whose content could not be restored whole.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DamagedFile {
+    /// Where it was restored.
+    pub path: String,
+    /// The first damaged or missing blob or pack it needed.
+    pub error: String,
+    /// Whether that was missing (a pack not in storage) rather than
+    /// damaged.
+    pub missing: bool,
 }
 
 /// Calls `visit(path, node)` for every node below `root`, depth first,
@@ -622,6 +638,7 @@ fn restore_on_pool(
         is_root,
         written: AtomicU64::new(0),
         warnings: Mutex::new(Vec::new()),
+        damaged: Mutex::new(BTreeMap::new()),
         progress,
     };
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
@@ -643,6 +660,15 @@ fn restore_on_pool(
     report
         .warnings
         .extend(content.warnings.into_inner().expect("ok"));
+    let damaged = content.damaged.into_inner().expect("ok");
+    report.damaged_files = damaged
+        .iter()
+        .map(|(&idx, (why, missing))| DamagedFile {
+            path: items[idx].path.display().to_string(),
+            error: why.clone(),
+            missing: *missing,
+        })
+        .collect();
     report.bytes_skipped = skipped.load(Ordering::Relaxed);
     // Second names of hard-linked files, now that every first name exists
     // (a first name owned by a pack worker was created just above).
@@ -660,7 +686,13 @@ fn restore_on_pool(
     // Before the metadata: reading a file changes its atime, removing an
     // entry its directory's mtime.
     if options.verify {
-        report.verified_files = verify_restored(repo, index, &items, &content_files)?;
+        // Files known to be damaged are reported already, not re-read.
+        let intact: Vec<(usize, Vec<BlobId>)> = content_files
+            .iter()
+            .filter(|(idx, _)| !damaged.contains_key(idx))
+            .cloned()
+            .collect();
+        report.verified_files = verify_restored(repo, index, &items, &intact)?;
         phase("verify");
     }
     if !options.delete_within.is_empty() {
@@ -968,6 +1000,10 @@ struct Content<'a> {
     is_root: bool,
     written: AtomicU64,
     warnings: Mutex<Vec<String>>,
+    /// By item: why part of its content could not be restored (a blob
+    /// damaged or missing in the repository), and whether because it is
+    /// missing; the file has zeros there.
+    damaged: Mutex<BTreeMap<usize, (String, bool)>>,
     progress: &'a RestoreProgress,
 }
 
@@ -1010,30 +1046,53 @@ impl Content<'_> {
         };
         let first = first.offset;
         let end = u64::from(last.offset) + u64::from(last.length);
-        let span = backend
-            .get_range(&path, u64::from(first), end - u64::from(first))
-            .map_err(|e| Error::backend(format!("pack {pack}"), e))?;
+        // Damage (a missing or truncated pack, a blob failing to open)
+        // costs the files it touches, not the restore: they are written
+        // with zeros there and reported, as restic does; everything else
+        // is restored. Other errors (the store failing, a full target)
+        // stop the restore.
+        let span = match backend.get_range(&path, u64::from(first), end - u64::from(first)) {
+            Ok(span) => Ok(span),
+            Err(e) => match Error::backend(format!("pack {pack}"), e) {
+                e @ Error::NotFound { .. } => Err((e.to_string(), true)),
+                e @ Error::Corrupt { .. } => Err((e.to_string(), false)),
+                e => return Err(e),
+            },
+        };
         for target in run {
             let from = (target.offset - first) as usize;
-            let stored = span
-                .get(from..from + target.length as usize)
-                .ok_or_else(|| Error::corrupt(format!("pack {pack}"), "shorter than indexed"))?;
-            let data = blob::open(
-                self.repo.key(),
-                target.kind,
-                &target.id,
-                target.raw_len,
-                stored,
-            )
-            .map_err(|e| Error::corrupt(format!("blob {} in pack {pack}", target.id), e))?;
-            let zero = data.iter().all(|&b| b == 0);
+            let data = span.as_ref().map_err(Clone::clone).and_then(|span| {
+                let stored = span
+                    .get(from..from + target.length as usize)
+                    .ok_or_else(|| (format!("pack {pack} is shorter than indexed"), false))?;
+                blob::open(
+                    self.repo.key(),
+                    target.kind,
+                    &target.id,
+                    target.raw_len,
+                    stored,
+                )
+                .map_err(|e| (format!("blob {} in pack {pack}: {e}", target.id), false))
+            });
+            let data = match data {
+                Ok(data) => Some(data),
+                Err(why) => {
+                    let mut damaged = self.damaged.lock().expect("ok");
+                    for w in &target.writes {
+                        damaged.entry(w.file).or_insert_with(|| why.clone());
+                    }
+                    None
+                }
+            };
+            let zero = data.as_ref().is_some_and(|d| d.iter().all(|&b| b == 0));
             for w in &target.writes {
                 let mut own = owned.get_mut(&w.file);
                 // A new file is sized with set_len: a zero range is a
                 // hole that reads as zeros already. Leaving it keeps
                 // files sparse. An owned file is still opened, so it
-                // exists even if it is all zeros.
-                let skip = zero && self.fresh[w.file];
+                // exists even if it is all zeros. Damaged content is
+                // never written: its range stays a hole.
+                let skip = data.is_none() || (zero && self.fresh[w.file]);
                 if skip && own.is_none() {
                     continue;
                 }
@@ -1070,14 +1129,14 @@ impl Content<'_> {
                         v.insert(f)
                     }
                 };
-                if !skip {
-                    file.write_all_at(&data, w.offset)
+                if let Some(data) = data.as_ref().filter(|_| !skip) {
+                    file.write_all_at(data, w.offset)
                         .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
                     self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
                 if let Some(o) = own {
                     if !skip {
-                        o.len = o.len.max(w.offset + data.len() as u64);
+                        o.len = o.len.max(w.offset + u64::from(target.raw_len));
                     }
                     o.remaining -= 1;
                     if o.remaining == 0 {
@@ -1087,7 +1146,7 @@ impl Content<'_> {
                 }
             }
             self.progress.bytes_done.fetch_add(
-                data.len() as u64 * target.writes.len() as u64,
+                u64::from(target.raw_len) * target.writes.len() as u64,
                 Ordering::Relaxed,
             );
         }

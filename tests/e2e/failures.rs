@@ -223,6 +223,8 @@ fn a_missing_pack_exits_4_naming_it(backend: Backend) {
     let sizes = env.sizes_under("data");
     let victim = sizes.keys().max_by_key(|k| sizes[*k]).unwrap().clone();
     env.delete_object(&victim);
+    std::fs::write(src.join("g"), b"in another pack").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
     let target = env.path("r");
     let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_code(&out, 4);
@@ -231,6 +233,67 @@ fn a_missing_pack_exits_4_naming_it(backend: Backend) {
         "{}",
         stderr(&out)
     );
+    // What the missing pack did not hold is restored.
+    let root = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(root.join("g")).unwrap(), b"in another pack");
+    // The directory as a tar stream: 4 as well.
+    let out = env.vault(&["dump", "latest", src.to_str().unwrap()]);
+    assert_code(&out, 4);
+}
+
+backend_test!(a_restore_goes_on_past_damaged_data_and_names_the_files_it_hurt);
+/// A damaged blob costs the file that needs it, not the restore: every
+/// other file is restored intact, the hurt one is named (zeros where its
+/// data is damaged), and the exit code is 5.
+fn a_restore_goes_on_past_damaged_data_and_names_the_files_it_hurt(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6u64 {
+        std::fs::write(src.join(format!("f{i}")), pseudo_random(400_000, i)).unwrap();
+    }
+    assert_success(&env.vault(&["backup", "--compression", "none", src.to_str().unwrap()]));
+    let sizes = env.sizes_under("data");
+    let pack = sizes.keys().max_by_key(|k| sizes[*k]).unwrap().clone();
+    // Inside the third of six 400 KB blobs (the header is at the end).
+    let mut bytes = env.read_object(&pack);
+    bytes[1_000_000] ^= 0x40;
+    env.write_object(&pack, &bytes);
+    let target = env.path("r");
+    let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_code(&out, 5);
+    let err = stderr(&out);
+    assert!(
+        err.contains("1 files could not be restored intact"),
+        "{err}"
+    );
+    let root = target.join(src.strip_prefix("/").unwrap());
+    let mut hurt = Vec::new();
+    for i in 0..6u64 {
+        let name = format!("f{i}");
+        if std::fs::read(root.join(&name)).unwrap() != pseudo_random(400_000, i) {
+            hurt.push(name);
+        }
+    }
+    assert_eq!(hurt.len(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: restored with zeros",
+            root.join(&hurt[0]).display()
+        )),
+        "{err}"
+    );
+
+    // The directory as a tar stream: the same damage, the same code.
+    let out = env.vault(&["dump", "latest", src.to_str().unwrap()]);
+    assert_code(&out, 5);
+
+    // A truncated pack is damage too (5), not the store failing (8).
+    env.write_object(&pack, &bytes[..bytes.len() / 2]);
+    let target = env.path("r2");
+    let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_code(&out, 5);
+    assert!(stderr(&out).contains("shorter than"), "{}", stderr(&out));
 }
 
 /// A small tmpfs mounted for one test, unmounted when dropped.

@@ -217,7 +217,7 @@ fn assert_no_wrong_content(fx: &Fixture, root: &Path, what: &str) {
 }
 
 #[test]
-fn pack_flipped_byte_fails_restore_without_writing_wrong_content() {
+fn pack_flipped_byte_is_reported_without_writing_wrong_content() {
     let fx = Fixture::new();
     let index = Repository::open_with_key(backend(&fx.repo_dir), fx.key.clone())
         .expect("open")
@@ -252,6 +252,23 @@ fn pack_flipped_byte_fails_restore_without_writing_wrong_content() {
                         "{what}: message does not name the pack: {err}"
                     );
                     assert_no_wrong_content(&fx, &restored, &what);
+                }
+                // A damaged blob costs the files using it: they are named,
+                // with zeros where its content belongs, never wrong bytes.
+                Ok(report) if !report.damaged_files.is_empty() => {
+                    assert!(pos < blobs_end, "{what}: {report:?}");
+                    for f in &report.damaged_files {
+                        assert!(!f.missing, "{what}: {f:?}");
+                        assert!(
+                            f.error.contains(&id.to_hex()),
+                            "{what}: message does not name the pack: {f:?}"
+                        );
+                    }
+                    assert_no_wrong_content(&fx, &restored, &what);
+                    assert!(
+                        read_files(&restored) != fx.originals,
+                        "{what}: damage reported, yet every file is right"
+                    );
                 }
                 Ok(_) => {
                     // Only bytes restore never reads (the pack header and

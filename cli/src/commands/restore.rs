@@ -3,7 +3,7 @@
 use super::FilterArgs;
 use crate::args::GlobalArgs;
 use crate::output::outln;
-use crate::{global, output};
+use crate::{exit, global, output};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -213,6 +213,25 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
                 String::new()
             }
         )?;
+    }
+    if !report.damaged_files.is_empty() {
+        for f in &report.damaged_files {
+            eprintln!(
+                "vault: error: {}: restored with zeros where its data is damaged or missing ({})",
+                f.path, f.error
+            );
+        }
+        eprintln!(
+            "vault: {} files could not be restored intact; everything else was (`vault check --verify` names the damage, `vault repair index --read-data` and `vault repair snapshots --forget` clear it)",
+            report.damaged_files.len()
+        );
+        // 4 when only missing objects are to blame, as for other commands.
+        let code = if report.damaged_files.iter().all(|f| f.missing) {
+            exit::MISSING
+        } else {
+            exit::DAMAGED
+        };
+        return Ok(ExitCode::from(code));
     }
     Ok(ExitCode::SUCCESS)
 }

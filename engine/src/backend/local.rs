@@ -159,8 +159,8 @@ impl Backend for LocalBackend {
         let mut f = File::open(full).map_err(|e| map_err(path, e))?;
         let size = f.metadata().map_err(|e| map_err(path, e))?.len();
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(BackendError::Other(format!(
-                "{path}: range {offset}+{len} beyond object size {size}"
+            return Err(BackendError::Truncated(format!(
+                "{path} is shorter than expected: reading {len} bytes at {offset} of {size}"
             )));
         }
         f.seek(SeekFrom::Start(offset))

@@ -698,8 +698,9 @@ impl Backend for ObjectBackend {
             .block_on(self.store.get_range(&key, offset..end))
             .map_err(|e| map_err(path, e))?;
         if bytes.len() as u64 != len {
-            return Err(BackendError::Other(format!(
-                "{path}: short read at {offset}+{len}"
+            return Err(BackendError::Truncated(format!(
+                "{path} is shorter than expected: reading {len} bytes at {offset} returned {}",
+                bytes.len()
             )));
         }
         Ok(bytes)
