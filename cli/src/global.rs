@@ -92,7 +92,7 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
         }
     }
     let mut backend: Arc<dyn Backend> = backend::open_url(url, &options)
-        .with_context(|| format!("opening storage at {url}"))?
+        .with_context(|| format!("opening storage at {}", backend::redact_url(url)))?
         .into();
     crate::requests::track(&backend);
     let upload = global
@@ -191,7 +191,7 @@ fn open(global: &GlobalArgs, dry_run: bool, cached: bool) -> Result<Arc<Reposito
     }
     let password = password(global, false)?;
     let mut repo = Repository::open(backend, &password)
-        .with_context(|| format!("opening repository {url}"))?;
+        .with_context(|| format!("opening repository {}", backend::redact_url(&url)))?;
     if cached {
         attach_cache(global, &mut repo);
     }

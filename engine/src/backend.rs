@@ -15,7 +15,7 @@ mod object_lock;
 
 pub use limit::RateLimited;
 pub use local::LocalBackend;
-pub use object::{ObjectBackend, S3Options};
+pub use object::{ObjectBackend, S3Options, redact_url};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -172,6 +172,23 @@ impl Repository {
             Err(BackendError::NotFound(_)) => {}
             Err(e) => return Err(Error::backend("config", e)),
         }
+        // No config, but objects of a repository: one whose config was lost
+        // or deleted. A new config and key beside its data would leave it
+        // unreadable by either key set; never write into it.
+        for kind in [FileKind::Key, FileKind::Snapshot, FileKind::Index] {
+            let found = match backend.list(kind.prefix()) {
+                Ok(found) => found,
+                Err(e) if e.is_not_found() => Vec::new(),
+                Err(e) => return Err(Error::backend(kind.prefix(), e)),
+            };
+            if let Some(first) = found.first() {
+                return Err(Error::InvalidInput(format!(
+                    "{} holds no config but repository objects ({} first): a damaged repository, not an empty location; nothing was written",
+                    backend.location(),
+                    first.path
+                )));
+            }
+        }
         if password.is_empty() {
             return Err(Error::InvalidInput("empty password refused".into()));
         }

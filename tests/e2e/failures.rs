@@ -60,6 +60,45 @@ fn a_file_in_place_of_a_repository_is_no_repository() {
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
+/// Credentials put into a repository URL are refused, and the refusal
+/// does not repeat them.
+#[test]
+fn credentials_in_a_repository_url_are_refused_without_repeating_them() {
+    let env = Env::uninitialised();
+    let out = env
+        .command(&["snapshots"])
+        .env(
+            "VAULT_REPOSITORY",
+            "s3:http://KEYID:S3CR3T-VALUE@127.0.0.1:9/bucket/p",
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("credentials do not belong"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("S3CR3T-VALUE"), "{}", stderr(&out));
+}
+
+backend_test!(init_refuses_a_repository_that_lost_its_config);
+/// A repository whose config was deleted is damaged, not empty: init
+/// must not write a new config and key beside its data.
+fn init_refuses_a_repository_that_lost_its_config(backend: Backend) {
+    let env = Env::on(backend);
+    env.delete_object("config");
+    let before = env.objects();
+    let out = env.vault(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("holds no config but repository objects"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.objects(), before);
+}
+
 backend_test!(init_refuses_an_existing_repository);
 fn init_refuses_an_existing_repository(backend: Backend) {
     let env = Env::on(backend);

@@ -199,8 +199,28 @@ struct S3Url {
     prefix: String,
 }
 
+/// `url` with any `user:password@` in its authority replaced by `***@`:
+/// for messages about a URL someone put credentials into.
+#[must_use]
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
+    let Some((_, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match path {
+        Some(path) => format!("{scheme}://***@{host}/{path}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
 fn parse_s3_url(spec: &str, allow_http: bool) -> Result<S3Url, BackendError> {
-    let invalid = |why: &str| BackendError::Other(format!("invalid S3 URL s3:{spec}: {why}"));
+    let shown = redact_url(spec);
+    let invalid = |why: &str| BackendError::Other(format!("invalid S3 URL s3:{shown}: {why}"));
     let (endpoint, rest) = if let Some(rest) = spec.strip_prefix("//") {
         (None, rest)
     } else if let Some((scheme, rest)) = spec.split_once("://") {
@@ -871,8 +891,20 @@ mod tests {
         ] {
             let err = parse_s3_url(spec, false).unwrap_err().to_string();
             assert!(err.contains(why), "{spec}: {err}");
+            assert!(
+                !err.contains("secret"),
+                "{spec}: the refusal repeats it: {err}"
+            );
         }
         assert!(parse_s3_url("http://backup.example.com/b", true).is_ok());
+    }
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(redact_url("https://k:s@host/b/p"), "https://***@host/b/p");
+        assert_eq!(redact_url("http://k:s@h:9000"), "http://***@h:9000");
+        assert_eq!(redact_url("https://host/b/a@b"), "https://host/b/a@b");
+        assert_eq!(redact_url("/srv/repo"), "/srv/repo");
     }
 
     #[test]
