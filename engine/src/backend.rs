@@ -231,6 +231,18 @@ pub trait Backend: Send + Sync {
         )))
     }
 
+    /// Removes the temporary files of writes that never finished (a
+    /// process killed mid-upload) not modified for `older_than`; returns
+    /// how many. Only a local directory has such files: an object store
+    /// never shows a partial upload.
+    fn remove_stale_temporaries(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, BackendError> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// Moves the retention of the stored object `path` to `until` with the
     /// mode set by [`Backend::set_object_lock`], which must have succeeded.
     /// Only ever used to extend it (repo-format.md §11.8).

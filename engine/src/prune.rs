@@ -148,7 +148,13 @@ pub struct PruneReport {
     pub packs_marked: u64,
     /// Index files written.
     pub indexes_written: u64,
+    /// Temporary files of interrupted writes removed (local repositories).
+    pub temporaries_removed: u64,
 }
+
+/// A temporary file untouched this long belongs to a write that died: the
+/// slowest upload finishes a pack in far less.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Blobs referenced by any snapshot.
 ///
@@ -427,6 +433,12 @@ impl PrunePlan {
             }
         };
         let mut report = PruneReport::default();
+        // Whatever else there is to do: these are never listed, so no plan
+        // names them.
+        report.temporaries_removed = repo
+            .backend()
+            .remove_stale_temporaries(STALE_TEMPORARY)
+            .map_err(|e| Error::backend("temporary files", e))?;
         if self.is_empty() {
             return Ok(report);
         }

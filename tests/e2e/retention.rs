@@ -463,3 +463,26 @@ fn packs_deleted_under_a_backup_are_not_indexed_and_the_next_backup_stores_them_
         pseudo_random(6_000_000, 77)
     );
 }
+
+/// A local repository keeps the temporary file of a write killed half-way
+/// (`.tmp-*`, never listed); prune removes those untouched for an hour and
+/// leaves a fresh one, which may be a running backup's.
+#[test]
+fn prune_removes_temporary_files_of_writes_that_died() {
+    let env = Env::new();
+    let dir = std::path::Path::new(&env.repo).join("data/ab");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stale = dir.join(".tmp-00000000deadbeef");
+    let fresh = dir.join(".tmp-00000000cafef00d");
+    std::fs::write(&stale, vec![7u8; 100_000]).unwrap();
+    std::fs::write(&fresh, vec![7u8; 100_000]).unwrap();
+    let two_hours_ago =
+        filetime::FileTime::from_unix_time(jiff::Timestamp::now().as_second() - 7200, 0);
+    filetime::set_file_mtime(&stale, two_hours_ago).unwrap();
+    let v = env.json(&["prune"]);
+    assert_eq!(v["temporaries_removed"], 1, "{v}");
+    assert!(!stale.exists());
+    assert!(fresh.exists());
+    let (code, v) = check_verify(&env);
+    assert_eq!(code, 0, "{v}");
+}

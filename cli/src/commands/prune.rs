@@ -151,6 +151,12 @@ pub(crate) fn prune_locked(
             report.packs_repacked,
             report.packs_marked
         )?;
+        if report.temporaries_removed > 0 {
+            outln!(
+                "removed {} temporary files left by interrupted writes",
+                report.temporaries_removed
+            )?;
+        }
     }
     // What is left is what snapshots need: keep it locked as long as a
     // fresh upload would be (repo-format.md §11.8).

@@ -155,6 +155,12 @@ impl Backend for RateLimited {
     fn extend_retention(&self, path: &str, until: jiff::Timestamp) -> Result<(), BackendError> {
         self.inner.extend_retention(path, until)
     }
+    fn remove_stale_temporaries(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, BackendError> {
+        self.inner.remove_stale_temporaries(older_than)
+    }
 }
 
 #[cfg(test)]

@@ -179,6 +179,42 @@ impl Backend for LocalBackend {
             .map_err(|e| map_err(path, e))
     }
 
+    fn remove_stale_temporaries(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<u64, BackendError> {
+        // `put` writes `.tmp-<random>` beside the object, then links or
+        // renames it into place; a kill in between leaves it forever.
+        let mut removed = 0;
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(map_err(&dir.display().to_string(), e)),
+            };
+            for entry in entries.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(entry.path());
+                    continue;
+                }
+                let stale = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age >= older_than);
+                if entry.file_name().to_string_lossy().starts_with(".tmp-")
+                    && stale
+                    && fs::remove_file(entry.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let mut out = Vec::new();
         let start = self.root.join(prefix);
