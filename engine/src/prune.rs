@@ -432,13 +432,15 @@ impl PrunePlan {
                 _ => Ok(()),
             }
         };
-        let mut report = PruneReport::default();
         // Whatever else there is to do: these are never listed, so no plan
         // names them.
-        report.temporaries_removed = repo
-            .backend()
-            .remove_stale_temporaries(STALE_TEMPORARY)
-            .map_err(|e| Error::backend("temporary files", e))?;
+        let mut report = PruneReport {
+            temporaries_removed: repo
+                .backend()
+                .remove_stale_temporaries(STALE_TEMPORARY)
+                .map_err(|e| Error::backend("temporary files", e))?,
+            ..PruneReport::default()
+        };
         if self.is_empty() {
             return Ok(report);
         }
