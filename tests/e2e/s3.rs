@@ -562,6 +562,40 @@ fn lock_is_exclusive_under_contention(backend: Backend) {
 /// directory: 150 directories, re-backed up unchanged and restored, each in
 /// a handful of GETs (one per directory before: 63 s for a 1 446-directory
 /// tree on a local Garage).
+/// A bucket that does not exist: init and other commands say so, instead
+/// of "keys/... not found" (exit 4) or "no repository, run init" (10).
+#[test]
+fn init_into_a_missing_bucket_names_the_bucket() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::uninitialised_on(Backend::S3);
+    let server = env.server.as_ref().unwrap();
+    let url = format!(
+        "s3:{}/no-such-bucket-{}/x",
+        server.endpoint,
+        std::process::id()
+    );
+    let out = env
+        .command(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"])
+        .env("VAULT_REPOSITORY", &url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_ne!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the bucket does not exist"), "{err}");
+    // Nor does any other command take it for "no repository here".
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_REPOSITORY", &url)
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(10));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the bucket does not exist"), "{err}");
+}
+
 #[test]
 fn rebackup_and_restore_read_trees_a_pack_at_a_time() {
     if !Backend::S3.available() {

@@ -601,6 +601,13 @@ impl ObjectBackend {
 }
 
 fn map_err(path: &str, e: object_store::Error) -> BackendError {
+    // S3 answers 404 for a missing bucket too; that is no missing object
+    // (no repository, exit 4/10) but a wrong URL or name.
+    if e.to_string().contains("NoSuchBucket") {
+        return BackendError::Other(format!(
+            "{path}: the bucket does not exist (NoSuchBucket): check the repository URL"
+        ));
+    }
     match e {
         object_store::Error::NotFound { .. } => BackendError::NotFound(path.to_owned()),
         object_store::Error::AlreadyExists { .. } => BackendError::AlreadyExists(path.to_owned()),
@@ -695,6 +702,15 @@ impl Backend for ObjectBackend {
                 )));
             }
             Ok(())
+        })
+        // "Not found" to a write is the bucket (S3's NoSuchBucket), not the
+        // object: callers would report a missing object (exit 4).
+        .map_err(|e| match e {
+            BackendError::NotFound(_) => BackendError::Other(format!(
+                "{path}: the store answered \"not found\" to a write: does the bucket of {} exist, and may these credentials use it?",
+                self.location
+            )),
+            e => e,
         })
     }
 
