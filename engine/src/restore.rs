@@ -629,13 +629,16 @@ fn restore_on_pool(
     }
     phase("create files");
     progress.bytes_total.store(total, Ordering::Relaxed);
-    let is_root = nix::unistd::geteuid().is_root();
+    let rules = MetaRules {
+        is_root: nix::unistd::geteuid().is_root(),
+        replace_xattrs: options.overwrite != Overwrite::Never,
+    };
     let content = Content {
         repo,
         items: &items,
         fresh: &fresh,
         owned: &owned,
-        is_root,
+        rules,
         written: AtomicU64::new(0),
         warnings: Mutex::new(Vec::new()),
         damaged: Mutex::new(BTreeMap::new()),
@@ -710,7 +713,7 @@ fn restore_on_pool(
         .filter(|(i, (owned, absent))| i.node.kind != NodeKind::Dir && !**owned && !**absent)
         .flat_map_iter(|(item, _)| {
             let mut w = Vec::new();
-            apply_metadata(Meta::Path(&item.path), &item.node, is_root, &mut w);
+            apply_metadata(Meta::Path(&item.path), &item.node, rules, &mut w);
             w
         })
         .collect();
@@ -724,7 +727,7 @@ fn restore_on_pool(
         apply_metadata(
             Meta::Path(&item.path),
             &item.node,
-            is_root,
+            rules,
             &mut report.warnings,
         );
     }
@@ -997,7 +1000,7 @@ struct Content<'a> {
     /// By item: the file's content lies in one pack, whose worker creates
     /// it and applies its metadata.
     owned: &'a [bool],
-    is_root: bool,
+    rules: MetaRules,
     written: AtomicU64,
     warnings: Mutex<Vec<String>>,
     /// By item: why part of its content could not be restored (a blob
@@ -1166,7 +1169,7 @@ impl Content<'_> {
         apply_metadata(
             Meta::File(file, &item.path),
             &item.node,
-            self.is_root,
+            self.rules,
             &mut warnings,
         );
         if !warnings.is_empty() {
@@ -1215,14 +1218,49 @@ enum Meta<'a> {
     File(&'a fs::File, &'a Path),
 }
 
-fn apply_metadata(at: Meta<'_>, node: &Node, is_root: bool, warnings: &mut Vec<String>) {
+/// How [`apply_metadata`] treats what it finds.
+#[derive(Clone, Copy)]
+struct MetaRules {
+    /// Owners are set only as root.
+    is_root: bool,
+    /// Entries may predate the restore (`--overwrite`): extended attributes
+    /// the snapshot does not hold are removed, or a restore in place would
+    /// keep a stale ACL granting access the snapshot does not.
+    replace_xattrs: bool,
+}
+
+/// Attribute namespaces a restore owns. `security.*` belongs to the system
+/// (SELinux labels, file capabilities) and is never removed.
+const RESTORED_XATTRS: [&str; 3] = ["user.", "trusted.", "system.posix_acl_"];
+
+fn apply_metadata(at: Meta<'_>, node: &Node, rules: MetaRules, warnings: &mut Vec<String>) {
     use std::os::unix::fs::PermissionsExt;
     use xattr::FileExt;
     let path = match at {
         Meta::Path(p) | Meta::File(_, p) => p,
     };
     let symlink = node.kind == NodeKind::Symlink;
-    if is_root {
+    if rules.replace_xattrs {
+        let present = match at {
+            Meta::File(f, _) => f.list_xattr(),
+            Meta::Path(p) => xattr::list(p),
+        };
+        for name in present.into_iter().flatten() {
+            let text = name.to_string_lossy();
+            let stale = RESTORED_XATTRS.iter().any(|ns| text.starts_with(ns))
+                && !node.extended_attributes.iter().any(|x| x.name == text);
+            if stale {
+                let r = match at {
+                    Meta::File(f, _) => f.remove_xattr(&name),
+                    Meta::Path(p) => xattr::remove(p, &name),
+                };
+                if let Err(e) = r {
+                    warnings.push(format!("{}: removing xattr {text}: {e}", path.display()));
+                }
+            }
+        }
+    }
+    if rules.is_root {
         let r = match at {
             Meta::File(f, _) => std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid)),
             Meta::Path(p) if symlink => {

@@ -1206,3 +1206,46 @@ fn a_file_changing_while_read_is_reported_and_read_again_next_time() {
     assert_eq!(summary["files_changed"], 1, "{summary}");
     assert!(!stderr(&out).contains("changed while"), "{}", stderr(&out));
 }
+
+/// Restoring over an existing tree leaves each entry's extended attributes
+/// exactly the snapshot's: one added since (a stale ACL would grant access
+/// the snapshot does not) is removed, a changed one set back.
+#[test]
+fn restore_over_a_tree_removes_attributes_the_snapshot_lacks() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("r");
+    assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
+    let root = restored_root(&target, &src);
+    for overwrite in ["always", "if-changed"] {
+        for p in ["docs/text.csv", "docs"] {
+            xattr::set(root.join(p), "user.stale", b"added later").unwrap();
+        }
+        xattr::set(root.join("docs/text.csv"), "user.origin", b"changed").unwrap();
+        let out = env.vault(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--overwrite",
+            overwrite,
+        ]);
+        assert_success(&out);
+        for p in ["docs/text.csv", "docs"] {
+            assert_eq!(
+                xattr::get(root.join(p), "user.stale").unwrap(),
+                None,
+                "{overwrite}: {p}"
+            );
+        }
+        assert_eq!(
+            xattr::get(root.join("docs/text.csv"), "user.origin")
+                .unwrap()
+                .as_deref(),
+            Some(&b"e2e"[..]),
+            "{overwrite}"
+        );
+    }
+}
