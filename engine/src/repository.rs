@@ -698,9 +698,18 @@ impl Repository {
 pub(crate) fn thread_pool(threads: usize) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
+        // Tree walks recurse a frame per directory level and run on these
+        // threads: rayon's 2 MiB overflowed at ~1 200 levels, a depth
+        // backups reach (PATH_MAX allows ~2 000). Address space only: pages
+        // are committed as used.
+        .stack_size(STACK_SIZE)
         .build()
         .map_err(|e| Error::InvalidInput(format!("thread pool: {e}")))
 }
+
+/// Stack of pool threads, enough for [`crate::tree::MAX_DEPTH`] levels of
+/// any tree walk.
+const STACK_SIZE: usize = 32 * 1024 * 1024;
 
 /// Runs `load` over `ids`, several at once: on an object store each load is
 /// a GET that waits a network round trip, not a core (index files and

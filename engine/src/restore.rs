@@ -144,8 +144,18 @@ pub fn walk(
         trees: &TreeReader<'_>,
         tree: Tree,
         prefix: &Path,
+        depth: usize,
         visit: &mut dyn FnMut(&Path, Node) -> Result<bool>,
     ) -> Result<()> {
+        // Each level is a stack frame: a tree nested deeper than any path
+        // can be (crafted, since trees are untrusted input) must fail, not
+        // overflow the stack.
+        if depth > crate::tree::MAX_DEPTH {
+            return Err(Error::corrupt(
+                format!("tree below {}", prefix.display()),
+                format!("nested deeper than {} levels", crate::tree::MAX_DEPTH),
+            ));
+        }
         // Nodes are handed over, not lent: a restore keeps every one, and
         // cloning them took 15-20% of its planning.
         let mut nodes = tree.nodes.into_iter().peekable();
@@ -160,7 +170,7 @@ pub fn walk(
                 let path = prefix.join(node.os_name());
                 let descend = visit(&path, node)?;
                 if descend && let Some(subtree) = subtree {
-                    inner(trees, subtree?, &path, visit)?;
+                    inner(trees, subtree?, &path, depth + 1, visit)?;
                 }
             }
         }
@@ -168,7 +178,7 @@ pub fn walk(
     }
     let trees = TreeReader::new(repo, index);
     let tree = trees.read(root)?;
-    inner(&trees, tree, Path::new("/"), visit)
+    inner(&trees, tree, Path::new("/"), 0, visit)
 }
 
 /// Backups by vault before 2026-11-24 recorded an ancestor of a backed-up
@@ -1390,6 +1400,31 @@ mod verify_tests {
     use super::*;
     use crate::repository::InitOptions;
     use crate::test_support::{SMALL_CHUNKER, backup_stream, memory_repo};
+
+    /// Trees are untrusted input: one nested deeper than any real path
+    /// fails the walk with damage instead of overflowing the stack.
+    #[test]
+    fn trees_nested_beyond_max_depth_are_refused() {
+        let (_, repo) = memory_repo(InitOptions::default());
+        let sink = crate::backup::TreeSink::new(&repo, &repo.load_index().unwrap(), false);
+        let mut id = sink.save(Tree::default()).unwrap();
+        for _ in 0..=crate::tree::MAX_DEPTH + 1 {
+            let mut dir = Node::new("d", NodeKind::Dir);
+            dir.subtree = Some(id);
+            id = sink.save(Tree { nodes: vec![dir] }).unwrap();
+        }
+        sink.finish().unwrap();
+        let index = repo.load_index().unwrap();
+        let mut seen = 0usize;
+        let err = walk(&repo, &index, &id, &mut |_, _| {
+            seen += 1;
+            Ok(true)
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt, "{err}");
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+        assert!(seen > crate::tree::MAX_DEPTH, "{seen}");
+    }
 
     #[test]
     fn read_back_finds_a_changed_byte_and_a_wrong_size() {

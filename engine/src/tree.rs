@@ -174,6 +174,12 @@ impl Node {
     }
 }
 
+/// Deepest nesting of trees a reader follows. Linux paths are at most
+/// 4 096 bytes, so a directory tree that was backed up is at most ~2 050
+/// levels deep; deeper means a crafted tree, refused before it exhausts
+/// the stack (repo-format.md §9).
+pub const MAX_DEPTH: usize = 3000;
+
 /// A directory listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {

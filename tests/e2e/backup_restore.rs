@@ -1249,3 +1249,38 @@ fn restore_over_a_tree_removes_attributes_the_snapshot_lacks() {
         );
     }
 }
+
+/// A tree as deep as Linux paths allow (2 000 levels) restores: the walk
+/// recursed on 2 MiB pool stacks and overflowed at ~1 200 levels, aborting
+/// a restore of anything holding such a tree.
+#[test]
+fn a_tree_2000_levels_deep_restores() {
+    let env = Env::new();
+    let src = env.path("src");
+    // Relative steps: the full path is too long for one system call.
+    std::fs::create_dir_all(&src).unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while [ $i -lt 2000 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; echo bottom > b")
+        .current_dir(&src)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("r");
+    // Threads without an explicit stack size get RUST_MIN_STACK: small
+    // here, so the test fails in any build unless the walk's threads ask
+    // for their own.
+    let out = env
+        .command(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .env("RUST_MIN_STACK", "131072")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let found = std::process::Command::new("find")
+        .arg(&target)
+        .args(["-name", "b", "-type", "f"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&found.stdout).lines().count(), 1);
+}
