@@ -140,8 +140,11 @@ pub struct PrunePlan {
 pub struct PruneReport {
     /// Packs deleted.
     pub packs_deleted: u64,
-    /// Bytes freed.
+    /// Bytes of the packs deleted.
     pub bytes_freed: u64,
+    /// Bytes of the new packs repacking wrote (the net saving is
+    /// `bytes_freed` minus this).
+    pub bytes_written: u64,
     /// Packs rewritten.
     pub packs_repacked: u64,
     /// Packs marked for later deletion.
@@ -277,9 +280,18 @@ impl PrunePlan {
             if !stored.contains_key(&pack) {
                 continue; // already gone; the new index drops it
             }
+            // A used blob counts where readers take it from (its primary
+            // location, unmarked first); its other copies (concurrent
+            // backups storing the same chunk) are unused space, repacked
+            // away like any. Unless the primary's pack is gone.
+            let serves_here = |id: &BlobId| {
+                index
+                    .get(id)
+                    .is_none_or(|p| p.pack == pack || !stored.contains_key(&p.pack))
+            };
             let used_here: u64 = blobs
                 .iter()
-                .filter(|(id, _)| used.contains(id))
+                .filter(|(id, _)| used.contains(id) && serves_here(id))
                 .map(|(_, l)| u64::from(l.length))
                 .sum();
             plan.unused_bytes += size.saturating_sub(used_here);
@@ -468,12 +480,13 @@ impl PrunePlan {
                 }
             }
             let seed = seed.finish();
+            let stats = Arc::new(SaverStats::default());
             let saver = Saver::start(
                 repo.clone(),
                 &seed,
                 Compression::default(),
                 2,
-                Arc::new(SaverStats::default()),
+                stats.clone(),
             );
             let _watch = crate::cancel::Watch::on_cancel(options.cancel.clone(), {
                 let interrupter = saver.interrupter();
@@ -504,6 +517,7 @@ impl PrunePlan {
             copied?;
             still_locked()?;
             report.packs_repacked = repack.len() as u64;
+            report.bytes_written = stats.bytes_stored.load(Ordering::Relaxed);
         }
 
         // 2. New index: every live pack except deleted ones; marks for packs
@@ -569,7 +583,14 @@ impl PrunePlan {
             // Repacked packs are deleted right away too.
             marks.retain(|(p, _)| !repack.contains(p));
         }
-        report.packs_marked = (self.mark.len() + self.repack.len()) as u64;
+        // Newly marked: repacked packs only when they wait for a later
+        // prune (with --instant-delete they go below, as deleted).
+        report.packs_marked = (self.mark.len()
+            + if options.instant_delete {
+                0
+            } else {
+                self.repack.len()
+            }) as u64;
         current.marked = marks;
         files.push(current);
         // Only the last file supersedes the old ones (it is written last), so

@@ -486,3 +486,80 @@ fn prune_removes_temporary_files_of_writes_that_died() {
     let (code, v) = check_verify(&env);
     assert_eq!(code, 0, "{v}");
 }
+
+/// Two backups storing the same new data at once both upload it: the
+/// second copy is unused space, which prune reports and reclaims (it
+/// counted every copy of a used blob as used and never removed them).
+#[test]
+fn prune_reclaims_copies_that_concurrent_backups_stored_twice() {
+    let env = Env::uninitialised();
+    assert_success(&env.vault(&[
+        "init",
+        "--kdf-memory-mib",
+        "8",
+        "--kdf-iterations",
+        "1",
+        "--pack-size-mib",
+        "1",
+    ]));
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("shared.bin"), pseudo_random(3_000_000, 5)).unwrap();
+    // Both start before either has indexed anything: ~3 s each.
+    let backups: Vec<_> = (0..2)
+        .map(|_| {
+            env.spawn(&[
+                "backup",
+                src.to_str().unwrap(),
+                "--compression",
+                "none",
+                "--limit-upload",
+                "1000",
+            ])
+        })
+        .collect();
+    for b in backups {
+        let out = b.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let data_bytes = |env: &Env| -> u64 {
+        env.objects()
+            .iter()
+            .filter(|(p, _)| p.starts_with("data/"))
+            .map(|(_, s)| s)
+            .sum()
+    };
+    assert!(data_bytes(&env) > 5_500_000, "both backups stored the data");
+    let plan = env.json(&["prune", "--dry-run"]);
+    assert!(
+        plan["unused_bytes"].as_u64().unwrap_or(0) > 2_500_000,
+        "the second copy is unused: {plan}"
+    );
+    let out = env.vault(&["prune", "--instant-delete"]);
+    assert_success(&out);
+    // Nothing waits for a later prune, so nothing is said to.
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary = said.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("deleted") && !summary.contains("marked"),
+        "{said}"
+    );
+    assert!(data_bytes(&env) < 3_500_000, "{}", data_bytes(&env));
+    let (code, v) = check_verify(&env);
+    assert_eq!(code, 0, "{v}");
+    let target = env.path("r");
+    assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
+    assert_eq!(
+        std::fs::read(
+            target
+                .join(src.strip_prefix("/").unwrap())
+                .join("shared.bin")
+        )
+        .unwrap(),
+        pseudo_random(3_000_000, 5)
+    );
+}

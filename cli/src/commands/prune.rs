@@ -144,13 +144,25 @@ pub(crate) fn prune_locked(
         v["message_type"] = "prune".into();
         output::print_json(&v)?;
     } else if !g.quiet {
-        outln!(
-            "deleted {} packs ({} freed), repacked {}, marked {} for deletion after the margin",
+        let mut line = format!(
+            "deleted {} packs ({})",
             report.packs_deleted,
-            output::bytes(report.bytes_freed),
-            report.packs_repacked,
-            report.packs_marked
-        )?;
+            output::bytes(report.bytes_freed)
+        );
+        if report.packs_repacked > 0 {
+            line.push_str(&format!(
+                ", repacked {} into {} of new packs",
+                report.packs_repacked,
+                output::bytes(report.bytes_written)
+            ));
+        }
+        if report.packs_marked > 0 {
+            line.push_str(&format!(
+                ", marked {} for deletion by a prune after the margin",
+                report.packs_marked
+            ));
+        }
+        outln!("{line}")?;
         if report.temporaries_removed > 0 {
             outln!(
                 "removed {} temporary files left by interrupted writes",
