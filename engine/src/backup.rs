@@ -274,6 +274,8 @@ enum PendingNode {
 
 /// A listed directory, for the finalizer.
 struct PendingDir {
+    /// The directory, for the error if its listing cannot be stored.
+    path: PathBuf,
     nodes: Vec<PendingNode>,
     reply: Sender<Result<BlobId>>,
 }
@@ -460,6 +462,14 @@ fn open_listed(
     let replaced = ((meta.dev(), meta.ino()) != identity).then_some(meta);
     Ok((file, replaced))
 }
+
+/// Largest tree blob: the format's limit, small in unit tests so that
+/// they can reach it with a few hundred files.
+const TREE_LIMIT: usize = if cfg!(test) {
+    64 * 1024
+} else {
+    crate::compress::MAX_BLOB_LEN
+};
 
 /// Whether a file's size or times moved between two looks at it (borg's
 /// "file changed while we backed it up").
@@ -689,7 +699,7 @@ fn save_paths(
             .name("vault-tree".into())
             .spawn_scoped(scope, move || {
                 for dir in dir_rx {
-                    let result = ctx.finalize(dir.nodes).map_err(|e| ctx.fail(e));
+                    let result = ctx.finalize(&dir.path, dir.nodes).map_err(|e| ctx.fail(e));
                     let _ = dir.reply.send(result);
                 }
             })
@@ -759,19 +769,28 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn save_tree(&self, mut tree: Tree) -> Result<BlobId> {
+    fn save_tree(&self, tree: Tree) -> Result<BlobId> {
+        self.save_tree_within_limit(tree)?
+            .map_err(|too_large| Error::InvalidInput(format!("{too_large}; nothing was saved")))
+    }
+
+    /// Saves a tree, or says why it cannot be one blob (the format's
+    /// `MAX_BLOB_LEN`: ~550 000 entries with long names).
+    fn save_tree_within_limit(
+        &self,
+        mut tree: Tree,
+    ) -> Result<std::result::Result<BlobId, String>> {
         if !is_sorted(&tree) {
             tree.sort();
         }
         let bytes = tree.encode();
-        if bytes.len() > crate::compress::MAX_BLOB_LEN {
-            return Err(Error::InvalidInput(format!(
-                "a directory listing of {} entries exceeds the format's {} byte tree limit",
+        if bytes.len() > TREE_LIMIT {
+            return Ok(Err(format!(
+                "a directory listing of {} entries exceeds the format's {TREE_LIMIT} byte tree limit",
                 tree.nodes.len(),
-                crate::compress::MAX_BLOB_LEN
             )));
         }
-        self.saver.save(BlobKind::Tree, bytes)
+        self.saver.save(BlobKind::Tree, bytes).map(Ok)
     }
 
     /// A reader's work: cut a file into chunks and hand them to the saver.
@@ -846,7 +865,7 @@ impl Ctx<'_> {
     }
 
     /// The finalizer's work: a directory's tree once every entry is known.
-    fn finalize(&self, nodes: Vec<PendingNode>) -> Result<BlobId> {
+    fn finalize(&self, path: &Path, nodes: Vec<PendingNode>) -> Result<BlobId> {
         let mut tree = Tree::default();
         tree.nodes.reserve(nodes.len());
         let counters = &self.counters;
@@ -897,7 +916,16 @@ impl Ctx<'_> {
                 },
             }
         }
-        self.save_tree(tree)
+        // A directory too large for one tree costs its own entries, not
+        // the backup: it is saved empty and reported (exit 3), as an
+        // unreadable one would be.
+        match self.save_tree_within_limit(tree)? {
+            Ok(id) => Ok(id),
+            Err(too_large) => {
+                self.record_error(path, format!("{too_large}; saved as an empty directory"));
+                self.save_tree(Tree::default())
+            }
+        }
     }
 
     fn stream_node(&self, filename: &str, content: Vec<BlobId>, size: u64) -> Node {
@@ -1136,10 +1164,14 @@ impl Walker<'_, '_> {
 
     /// Hands a listed directory to the finalizer; returns where its tree id
     /// will arrive.
-    fn finish_dir(&self, nodes: Vec<PendingNode>) -> Result<Receiver<Result<BlobId>>> {
+    fn finish_dir(&self, dir: &Path, nodes: Vec<PendingNode>) -> Result<Receiver<Result<BlobId>>> {
         let (tx, rx) = bounded(1);
         self.dirs
-            .send(PendingDir { nodes, reply: tx })
+            .send(PendingDir {
+                path: dir.to_path_buf(),
+                nodes,
+                reply: tx,
+            })
             .map_err(|_| stopped())?;
         Ok(rx)
     }
@@ -1217,7 +1249,7 @@ impl Walker<'_, '_> {
                 }
             }
         }
-        self.finish_dir(nodes)
+        self.finish_dir(at, nodes)
     }
 
     fn read_dir_tree(
@@ -1230,7 +1262,7 @@ impl Walker<'_, '_> {
             Ok(e) => e,
             Err(e) => {
                 self.ctx.record_error(dir, e);
-                return self.finish_dir(nodes);
+                return self.finish_dir(dir, nodes);
             }
         };
         let mut names: Vec<OsString> = Vec::new();
@@ -1266,7 +1298,7 @@ impl Walker<'_, '_> {
                 nodes.push(node);
             }
         }
-        self.finish_dir(nodes)
+        self.finish_dir(dir, nodes)
     }
 
     fn save_entry(
@@ -1327,7 +1359,7 @@ impl Walker<'_, '_> {
                     || (ctx.options.exclude_if_present.iter())
                         .any(|marker| walk::has_marker(path, marker));
                 let subtree = if crosses || marked {
-                    self.finish_dir(Vec::new())?
+                    self.finish_dir(path, Vec::new())?
                 } else {
                     let parent_sub = self.parent_subtree(parent_node);
                     self.read_dir_tree(path, parent_sub.as_ref())?
@@ -1353,6 +1385,57 @@ mod tests {
     fn identity(path: &Path) -> (u64, u64) {
         let meta = std::fs::symlink_metadata(path).unwrap();
         (meta.dev(), meta.ino())
+    }
+
+    /// A directory whose listing exceeds the tree limit (64 KiB in unit
+    /// tests, 256 MiB for real: ~550 000 long names) is saved empty and
+    /// reported; the rest of the backup is saved.
+    #[test]
+    fn a_directory_too_large_for_one_tree_is_saved_empty_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let huge = dir.path().join("huge");
+        std::fs::create_dir(&huge).unwrap();
+        for i in 0..400 {
+            std::fs::write(huge.join(format!("{i:04}{}", "n".repeat(200))), b"").unwrap();
+        }
+        std::fs::write(dir.path().join("kept"), b"kept").unwrap();
+        let (_, repo) = crate::test_support::memory_repo(crate::repository::InitOptions::default());
+        let options = BackupOptions {
+            hostname: "h".into(),
+            ..BackupOptions::default()
+        };
+        let report = backup(
+            &repo,
+            Source::Paths(vec![dir.path().to_path_buf()]),
+            &options,
+            &BackupProgress::default(),
+        )
+        .unwrap();
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert_eq!(report.errors[0].path, huge.display().to_string());
+        assert!(
+            report.errors[0].error.contains("tree limit"),
+            "{:?}",
+            report.errors
+        );
+        let index = repo.load_index().unwrap();
+        let root = dir.path().display().to_string();
+        let kept = crate::restore::find_node(
+            &repo,
+            &index,
+            &report.snapshot.tree,
+            &format!("{root}/kept"),
+        );
+        assert!(kept.is_ok());
+        let emptied = crate::restore::find_node(
+            &repo,
+            &index,
+            &report.snapshot.tree,
+            &format!("{root}/huge"),
+        )
+        .unwrap();
+        let listing = repo.read_tree(&index, &emptied.subtree.unwrap()).unwrap();
+        assert!(listing.nodes.is_empty());
     }
 
     #[test]
