@@ -102,16 +102,7 @@ fn healthy_repository_passes_verify_with_nothing_reported(backend: Backend) {
 
 backend_test!(verify_subsets_cover_every_pack_exactly_once);
 fn verify_subsets_cover_every_pack_exactly_once(backend: Backend) {
-    let env = Env::uninitialised_on(backend);
-    assert_success(&env.vault(&[
-        "init",
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-    ]));
+    let env = Env::with_small_packs(backend);
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..12u64 {

@@ -45,11 +45,7 @@ fn a_file_in_place_of_a_repository_is_no_repository() {
             .output()
             .unwrap();
         assert_code(&out, 10);
-        let out = env
-            .command(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"])
-            .env("VAULT_REPOSITORY", &repo)
-            .output()
-            .unwrap();
+        let out = env.init_at(&repo, &[]);
         assert!(!out.status.success());
         assert!(
             stderr(&out).contains("not a directory") || stderr(&out).contains("Not a directory"),
@@ -377,13 +373,7 @@ fn a_full_disk_exits_7_and_loses_nothing() {
             .output()
             .unwrap()
     };
-    assert_success(&on_small(&[
-        "init",
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-    ]));
+    assert_success(&env.init_at(&repo, &[]));
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     for i in 0..3 {
@@ -415,21 +405,8 @@ fn a_full_disk_exits_7_and_loses_nothing() {
         return;
     };
     let to = copy_disk.0.join("repo");
-    assert_success(
-        // Small packs: uploads fail while blobs are still being copied.
-        &env.command(&[
-            "init",
-            "--kdf-memory-mib",
-            "8",
-            "--kdf-iterations",
-            "1",
-            "--pack-size-mib",
-            "1",
-        ])
-        .env("VAULT_REPOSITORY", &to)
-        .output()
-        .unwrap(),
-    );
+    // Small packs: uploads fail while blobs are still being copied.
+    assert_success(&env.init_at(&to, &["--pack-size-mib", "1"]));
     let out = env
         .command(&[
             "copy",
@@ -460,15 +437,7 @@ fn a_prune_repacking_onto_a_full_disk_exits_7() {
             .output()
             .unwrap()
     };
-    assert_success(&on_small(&[
-        "init",
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-    ]));
+    assert_success(&env.init_at(&repo, &["--pack-size-mib", "1"]));
     // Two files whose chunks share packs; the snapshot keeping only one
     // leaves those packs partly used, to be repacked.
     let src = env.path("src");

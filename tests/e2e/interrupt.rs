@@ -8,20 +8,6 @@ use crate::support::{Backend, Env, assert_code, assert_success, interrupt};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn env_with_small_packs(backend: Backend) -> Env {
-    let env = Env::uninitialised_on(backend);
-    assert_success(&env.vault(&[
-        "init",
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-    ]));
-    env
-}
-
 fn big_tree(env: &Env, files: usize) -> std::path::PathBuf {
     let src = env.path("big");
     std::fs::create_dir_all(&src).unwrap();
@@ -61,7 +47,7 @@ fn interrupt_midway(
 
 backend_test!(sigint_mid_backup_exits_130_and_next_backup_reuses_uploads);
 fn sigint_mid_backup_exits_130_and_next_backup_reuses_uploads(backend: Backend) {
-    let env = env_with_small_packs(backend);
+    let env = Env::with_small_packs(backend);
     let early = env.path("early");
     std::fs::create_dir_all(&early).unwrap();
     std::fs::write(early.join("a"), b"before").unwrap();
@@ -99,7 +85,7 @@ fn sigint_mid_backup_exits_130_and_next_backup_reuses_uploads(backend: Backend) 
 
 backend_test!(sigkill_mid_backup_leaves_repository_readable);
 fn sigkill_mid_backup_leaves_repository_readable(backend: Backend) {
-    let env = env_with_small_packs(backend);
+    let env = Env::with_small_packs(backend);
     let early = env.path("early");
     std::fs::create_dir_all(&early).unwrap();
     std::fs::write(early.join("a"), b"before").unwrap();
@@ -174,7 +160,7 @@ fn streaming_a_large_input_keeps_memory_bounded() {
 /// saying it was stopping.
 #[test]
 fn sigint_while_uploads_drain_exits_130_without_a_snapshot() {
-    let env = env_with_small_packs(Backend::Local);
+    let env = Env::with_small_packs(Backend::Local);
     let src = big_tree(&env, 6);
     let child = env.spawn(&[
         "backup",
@@ -242,7 +228,7 @@ fn sigint_stops_a_running_command_source_and_its_children() {
 /// rewriting what is already there.
 #[test]
 fn interrupted_restore_says_how_to_resume_and_resuming_completes_it() {
-    let env = env_with_small_packs(Backend::Local);
+    let env = Env::with_small_packs(Backend::Local);
     let src = big_tree(&env, 6);
     assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--compression", "none"]));
     let target = env.path("restore");

@@ -424,16 +424,7 @@ fn sigint_stops_a_prune_during_its_repack() {
 /// deduplicate against them and report success for data that is gone.
 #[test]
 fn packs_deleted_under_a_backup_are_not_indexed_and_the_next_backup_stores_them_again() {
-    let env = Env::uninitialised();
-    assert_success(&env.vault(&[
-        "init",
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-    ]));
+    let env = Env::with_small_packs(Backend::Local);
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("big.bin"), pseudo_random(6_000_000, 77)).unwrap();
@@ -492,16 +483,7 @@ fn prune_removes_temporary_files_of_writes_that_died() {
 /// counted every copy of a used blob as used and never removed them).
 #[test]
 fn prune_reclaims_copies_that_concurrent_backups_stored_twice() {
-    let env = Env::uninitialised();
-    assert_success(&env.vault(&[
-        "init",
-        "--kdf-memory-mib",
-        "8",
-        "--kdf-iterations",
-        "1",
-        "--pack-size-mib",
-        "1",
-    ]));
+    let env = Env::with_small_packs(Backend::Local);
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("shared.bin"), pseudo_random(3_000_000, 5)).unwrap();

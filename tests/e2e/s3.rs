@@ -576,11 +576,7 @@ fn init_into_a_missing_bucket_names_the_bucket() {
         server.endpoint,
         std::process::id()
     );
-    let out = env
-        .command(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"])
-        .env("VAULT_REPOSITORY", &url)
-        .output()
-        .unwrap();
+    let out = env.init_at(&url, &[]);
     assert!(!out.status.success());
     assert_ne!(out.status.code(), Some(4));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -249,9 +249,27 @@ impl Env {
     /// A fresh, initialised repository on `backend`.
     pub(crate) fn on(backend: Backend) -> Self {
         let env = Self::uninitialised_on(backend);
-        let out = env.vault(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]);
-        assert_success(&out);
+        assert_success(&env.init_at(&env.repo, &[]));
         env
+    }
+
+    /// A fresh repository on `backend` with 1 MiB packs, so that a few MB
+    /// of data span several packs uploaded one after another.
+    pub(crate) fn with_small_packs(backend: Backend) -> Self {
+        let env = Self::uninitialised_on(backend);
+        assert_success(&env.init_at(&env.repo, &["--pack-size-mib", "1"]));
+        env
+    }
+
+    /// `vault init` (fast KDF for tests, then `extra`) of the repository
+    /// at `repo`, which need not be this environment's own.
+    pub(crate) fn init_at(&self, repo: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Output {
+        let mut args = vec!["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"];
+        args.extend_from_slice(extra);
+        self.command(&args)
+            .env("VAULT_REPOSITORY", repo)
+            .output()
+            .unwrap()
     }
 
     /// A fresh local location with no repository.
