@@ -99,11 +99,14 @@ impl Backend for LocalBackend {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let target = self.full(path)?;
         let dir = target.parent().expect("object keys are inside the root");
-        // Not map_err: on a write, "not found" or "not a directory" is a
-        // place that cannot hold the repository, not a missing object.
-        let cannot_write = |e: io::Error| match e.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT) => BackendError::NoSpace(format!("{path}: {e}")),
-            _ => BackendError::Other(format!("{}: {e}", self.root.display())),
+        // As map_err, except that on a write "not found" or "not a
+        // directory" is a place that cannot hold the repository, not a
+        // missing object.
+        let cannot_write = |e: io::Error| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
+                BackendError::Other(format!("{}: {e}", self.root.display()))
+            }
+            _ => map_err(path, e),
         };
         let (dir_mode, file_mode) = self.modes().map_err(cannot_write)?;
         if !dir.is_dir() {
