@@ -700,12 +700,8 @@ fn restore_on_pool(
     // entry its directory's mtime.
     if options.verify {
         // Files known to be damaged are reported already, not re-read.
-        let intact: Vec<(usize, Vec<BlobId>)> = content_files
-            .iter()
-            .filter(|(idx, _)| !damaged.contains_key(idx))
-            .cloned()
-            .collect();
-        report.verified_files = verify_restored(repo, index, &items, &intact)?;
+        let intact = |idx: &usize| !damaged.contains_key(idx);
+        report.verified_files = verify_restored(repo, index, &items, &content_files, intact)?;
         phase("verify");
     }
     if !options.delete_within.is_empty() {
@@ -755,9 +751,11 @@ fn verify_restored(
     index: &Index,
     items: &[Item],
     content_files: &[(usize, Vec<BlobId>)],
+    selected: impl Fn(&usize) -> bool + Sync,
 ) -> Result<u64> {
     content_files
         .par_iter()
+        .filter(|(idx, _)| selected(idx))
         .map(|(idx, content)| {
             let item = &items[*idx];
             let damaged = |reason: String| Error::Corrupt {
@@ -1446,15 +1444,18 @@ mod verify_tests {
         }];
         let files = [(0, content)];
         std::fs::write(&path, &data).unwrap();
-        assert_eq!(verify_restored(&repo, &index, &items, &files).unwrap(), 1);
+        assert_eq!(
+            verify_restored(&repo, &index, &items, &files, |_| true).unwrap(),
+            1
+        );
         let mut changed = data.clone();
         changed[30_000] ^= 1;
         std::fs::write(&path, &changed).unwrap();
-        let err = verify_restored(&repo, &index, &items, &files).unwrap_err();
+        let err = verify_restored(&repo, &index, &items, &files, |_| true).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("differs"), "{err}");
         std::fs::write(&path, &data[..49_999]).unwrap();
-        let err = verify_restored(&repo, &index, &items, &files).unwrap_err();
+        let err = verify_restored(&repo, &index, &items, &files, |_| true).unwrap_err();
         assert!(err.to_string().contains("49999 bytes"), "{err}");
     }
 

@@ -319,6 +319,26 @@ fn a_restore_goes_on_past_damaged_data_and_names_the_files_it_hurt(backend: Back
         "{err}"
     );
 
+    // With --verify, the files known to be hurt are not read back again
+    // (which failed the whole restore): the five others are verified.
+    let verified = env.path("verified");
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--verify",
+        "--json",
+        "--target",
+        verified.to_str().unwrap(),
+    ]);
+    assert_code(&out, 5);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verified_files"], 5, "{report}");
+    assert_eq!(
+        report["damaged_files"].as_array().unwrap().len(),
+        1,
+        "{report}"
+    );
+
     // The directory as a tar stream: the same damage, the same code.
     let out = env.vault(&["dump", "latest", src.to_str().unwrap()]);
     assert_code(&out, 5);
