@@ -436,12 +436,13 @@ pub fn backup(
 /// that never returns): `O_NOFOLLOW` refuses the symlink, `O_NONBLOCK`
 /// keeps the open from waiting, and what was opened must be a regular
 /// file. Another regular file (an application replacing it by rename,
-/// logrotate) is read, and its own metadata returned to record instead of
-/// the listed file's.
+/// logrotate) is read: returns the file, its metadata, and whether it is
+/// such a replacement (whose metadata is then recorded instead of the
+/// listed file's).
 fn open_listed(
     path: &Path,
     identity: (u64, u64),
-) -> std::io::Result<(std::fs::File, Option<std::fs::Metadata>)> {
+) -> std::io::Result<(std::fs::File, std::fs::Metadata, bool)> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -459,8 +460,8 @@ fn open_listed(
             "replaced by something other than a file while the backup ran; not read",
         ));
     }
-    let replaced = ((meta.dev(), meta.ino()) != identity).then_some(meta);
-    Ok((file, replaced))
+    let replaced = (meta.dev(), meta.ino()) != identity;
+    Ok((file, meta, replaced))
 }
 
 /// Largest tree blob: the format's limit, small in unit tests so that
@@ -796,19 +797,19 @@ impl Ctx<'_> {
     /// A reader's work: cut a file into chunks and hand them to the saver.
     fn read_file(&self, path: &Path, size: u64, identity: (u64, u64)) -> Result<FileOutcome> {
         self.check_cancel()?;
-        let (file, replaced) = match open_listed(path, identity) {
+        let (file, before, replaced) = match open_listed(path, identity) {
             Ok(opened) => opened,
             Err(e) => return Ok(FileOutcome::Unreadable(e)),
         };
         let replaced = replaced
-            .and_then(|meta| walk::node_from_metadata(path, &meta, &walk::Names::default()))
+            .then(|| walk::node_from_metadata(path, &before, &walk::Names::default()))
+            .flatten()
             .map(Box::new);
-        let before = file.metadata().ok();
         match self.save_content(&file, Some(size)) {
             Ok((ids, size)) => {
                 // The node keeps the metadata from before the read, so the
                 // next backup sees the change and reads the file again.
-                if let (Some(before), Ok(after)) = (before, file.metadata())
+                if let Ok(after) = file.metadata()
                     && changed_while_read(&before, &after)
                 {
                     tracing::warn!(
@@ -1463,8 +1464,8 @@ mod tests {
         // Made while `f` exists, so it cannot reuse its inode number.
         let other = dir.path().join("other");
         std::fs::write(&other, b"renamed over").unwrap();
-        let (_, replaced) = open_listed(&path, listed).unwrap();
-        assert!(replaced.is_none());
+        let (_, _, replaced) = open_listed(&path, listed).unwrap();
+        assert!(!replaced);
 
         // A symlink to a file the owner of the directory may not read.
         let secret = dir.path().join("secret");
@@ -1486,8 +1487,8 @@ mod tests {
         std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
         std::fs::rename(&other, &path).unwrap();
-        let (mut file, replaced) = open_listed(&path, listed).unwrap();
-        let meta = replaced.expect("a different file");
+        let (mut file, meta, replaced) = open_listed(&path, listed).unwrap();
+        assert!(replaced, "a different file");
         assert_eq!((meta.dev(), meta.ino()), identity(&path));
         assert_eq!(meta.mode() & 0o777, 0o600);
         let mut content = String::new();
