@@ -263,7 +263,7 @@ fn matches_include(path: &Path, includes: &[globset::GlobMatcher], raw: &[String
 /// Adds, as items, the directories above selected items that the walk
 /// passed over, so they are restored with their own metadata; parents
 /// before children, as the skeleton expects.
-fn add_ancestors(items: &mut Vec<Item>, mut passed: HashMap<PathBuf, Node>, target: &Path) {
+fn add_ancestors(items: &mut Vec<Item>, mut passed: HashMap<PathBuf, Item>, target: &Path) {
     if passed.is_empty() {
         return;
     }
@@ -273,11 +273,8 @@ fn add_ancestors(items: &mut Vec<Item>, mut passed: HashMap<PathBuf, Node>, targ
             if ancestor == target {
                 break;
             }
-            if let Some(node) = passed.remove(ancestor) {
-                needed.push(Item {
-                    path: ancestor.to_path_buf(),
-                    node,
-                });
+            if let Some(item) = passed.remove(ancestor) {
+                needed.push(item);
             }
         }
     }
@@ -291,23 +288,93 @@ fn is_ancestor_of_include(path: &Path, raw: &[String]) -> bool {
         .any(|inc| Path::new(inc).starts_with(path) && Path::new(inc) != path)
 }
 
+/// What a restore keeps of each entry it restores, for all of them at
+/// once. A snapshot's [`Node`] is ~330 bytes before its strings: keeping
+/// those took ~600 bytes an entry (600k files, 359 MiB). Only what creating
+/// and finishing an entry needs is kept, and what few entries have lives
+/// behind one pointer.
 struct Item {
-    path: PathBuf,
-    node: Node,
+    path: Box<Path>,
+    kind: NodeKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: jiff::Timestamp,
+    /// Content size of a file.
+    size: u64,
+    /// Content chunks of a file, in order.
+    content: Box<[BlobId]>,
+    rare: Option<Box<Rare>>,
 }
 
+/// The parts of an [`Item`] most entries lack.
+#[derive(Default)]
+struct Rare {
+    atime: Option<jiff::Timestamp>,
+    link_target: Option<std::ffi::OsString>,
+    device: Option<u64>,
+    /// `(device, inode)` of a file with other hard links.
+    hardlink: Option<(u64, u64)>,
+    xattrs: Vec<crate::tree::ExtendedAttribute>,
+}
+
+impl Item {
+    fn new(path: PathBuf, node: Node) -> Self {
+        let hardlink = (node.kind == NodeKind::File && node.links > 1 && node.inode != 0)
+            .then_some((node.device_id, node.inode));
+        let link_target = node.os_link_target();
+        let rare = Rare {
+            atime: node.atime,
+            link_target,
+            device: node.device,
+            hardlink,
+            xattrs: node.extended_attributes,
+        };
+        let common = rare.atime.is_none()
+            && rare.link_target.is_none()
+            && rare.device.is_none()
+            && rare.hardlink.is_none()
+            && rare.xattrs.is_empty();
+        Item {
+            path: path.into_boxed_path(),
+            kind: node.kind,
+            mode: node.mode,
+            uid: node.uid,
+            gid: node.gid,
+            mtime: node.mtime,
+            size: node.size,
+            content: node.content.unwrap_or_default().into_boxed_slice(),
+            rare: (!common).then(|| Box::new(rare)),
+        }
+    }
+
+    fn hardlink(&self) -> Option<(u64, u64)> {
+        self.rare.as_ref().and_then(|r| r.hardlink)
+    }
+}
+
+/// One write of a blob's plaintext into a file.
+#[derive(Clone, Copy)]
 struct Write1 {
-    file: usize,
+    /// The file's item.
+    file: u32,
+    /// Which of the file's chunks: the blob's id is `content[chunk]`.
+    chunk: u32,
+    /// Where in the file.
     offset: u64,
 }
 
-struct BlobTarget {
-    id: BlobId,
+/// A blob to fetch and where it goes. The restore's content plan is one
+/// sorted array of these, 64 bytes each: a blob written to several places
+/// appears once per write, consecutively.
+#[derive(Clone, Copy)]
+struct Want {
+    pack: PackId,
     offset: u32,
     length: u32,
     raw_len: u32,
     kind: crate::blob::BlobKind,
-    writes: Vec<Write1>,
+    write: Write1,
 }
 
 /// Restores a snapshot tree.
@@ -358,7 +425,7 @@ fn restore_on_pool(
     // selects further down (known only once the walk gets there; an
     // absolute include names its ancestors up front).
     let relative = options.includes.iter().any(|p| !p.starts_with('/'));
-    let mut passed: HashMap<PathBuf, Node> = HashMap::new();
+    let mut passed: HashMap<PathBuf, Item> = HashMap::new();
     let mut matched = false;
     walk(repo, index, root, &mut |path, node| {
         if excludes.is_excluded(path, node.kind == NodeKind::Dir) {
@@ -370,12 +437,9 @@ fn restore_on_pool(
             || (node.kind == NodeKind::Dir && is_ancestor_of_include(path, &options.includes));
         let restored = options.target.join(path.strip_prefix("/").unwrap_or(path));
         if selected {
-            items.push(Item {
-                path: restored,
-                node,
-            });
+            items.push(Item::new(restored, node));
         } else if node.kind == NodeKind::Dir && relative {
-            passed.insert(restored, node);
+            passed.insert(restored.clone(), Item::new(restored, node));
         }
         Ok(true)
     })?;
@@ -395,7 +459,7 @@ fn restore_on_pool(
     if options.overwrite == Overwrite::Never && !target_empty {
         let existing = items
             .par_iter()
-            .find_first(|i| i.node.kind != NodeKind::Dir && fs::symlink_metadata(&i.path).is_ok());
+            .find_first(|i| i.kind != NodeKind::Dir && fs::symlink_metadata(&i.path).is_ok());
         if let Some(item) = existing {
             return Err(Error::InvalidInput(format!(
                 "{} already exists; pass --overwrite to replace existing files",
@@ -413,32 +477,32 @@ fn restore_on_pool(
         .map_err(|e| Error::io(format!("creating {}", options.target.display()), e))?;
 
     // 2. Skeleton: directories, empty files, links, special files.
-    let mut hardlinks: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut hardlinks: HashMap<(u64, u64), &Path> = HashMap::new();
     let mut fresh = vec![false; items.len()];
     // Entries the skeleton did not create (sockets, device nodes mknod
     // refused): no metadata to apply, and no warnings about a path that is
     // not there.
     let mut absent = vec![false; items.len()];
-    let mut content_files: Vec<(usize, Vec<BlobId>)> = Vec::new();
+    // Files to fill with content, by item.
+    let mut content_files: Vec<usize> = Vec::new();
     // Second and later names of hard-linked files: linked once the first
     // name exists.
-    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut links: Vec<(&Path, &Path)> = Vec::new();
     // Directories known to exist. Items come parents first, so this is
     // nearly always a lookup; calling create_dir_all for every item cost a
     // failing mkdir and a stat per file, on this one thread.
-    let mut dirs_made: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
-    dirs_made.insert(options.target.clone());
+    let mut dirs_made: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+    dirs_made.insert(options.target.as_path());
     for (idx, item) in items.iter().enumerate() {
-        let node = &item.node;
-        let path = &item.path;
+        let path: &Path = &item.path;
         if let Some(parent) = path.parent()
             && !dirs_made.contains(parent)
         {
             fs::create_dir_all(parent)
                 .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-            dirs_made.insert(parent.to_path_buf());
+            dirs_made.insert(parent);
         }
-        match node.kind {
+        match item.kind {
             NodeKind::Dir => {
                 // Never follow a symlink where a directory belongs: content
                 // would land outside the target.
@@ -458,32 +522,35 @@ fn restore_on_pool(
                     Err(_) => fs::create_dir(path)
                         .map_err(|e| Error::io(format!("creating {}", path.display()), e))?,
                 }
-                dirs_made.insert(path.clone());
+                dirs_made.insert(path);
                 report.dirs += 1;
             }
             NodeKind::File => {
-                if node.links > 1 && node.inode != 0 {
-                    let key = (node.device_id, node.inode);
+                if let Some(key) = item.hardlink() {
                     if let Some(first) = hardlinks.get(&key) {
-                        links.push((first.clone(), path.clone()));
+                        links.push((first, path));
                         report.files += 1;
                         continue;
                     }
-                    hardlinks.insert(key, path.clone());
+                    hardlinks.insert(key, path);
                 }
-                content_files.push((idx, node.content.clone().unwrap_or_default()));
+                content_files.push(idx);
                 report.files += 1;
             }
             NodeKind::Symlink => {
                 remove_existing(path)?;
-                let target = node.os_link_target().unwrap_or_default();
+                let target = item
+                    .rare
+                    .as_ref()
+                    .and_then(|r| r.link_target.clone())
+                    .unwrap_or_default();
                 std::os::unix::fs::symlink(&target, path)
                     .map_err(|e| Error::io(format!("creating symlink {}", path.display()), e))?;
                 report.others += 1;
             }
             NodeKind::Fifo => {
                 remove_existing(path)?;
-                nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(node.mode))
+                nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(item.mode))
                     .map_err(|e| {
                         Error::io(format!("creating fifo {}", path.display()), e.into())
                     })?;
@@ -491,7 +558,7 @@ fn restore_on_pool(
             }
             NodeKind::Dev | NodeKind::Chardev => {
                 remove_existing(path)?;
-                let kind = if node.kind == NodeKind::Dev {
+                let kind = if item.kind == NodeKind::Dev {
                     nix::sys::stat::SFlag::S_IFBLK
                 } else {
                     nix::sys::stat::SFlag::S_IFCHR
@@ -499,8 +566,8 @@ fn restore_on_pool(
                 match nix::sys::stat::mknod(
                     path,
                     kind,
-                    nix::sys::stat::Mode::from_bits_truncate(node.mode),
-                    node.device.unwrap_or(0),
+                    nix::sys::stat::Mode::from_bits_truncate(item.mode),
+                    item.rare.as_ref().and_then(|r| r.device).unwrap_or(0),
                 ) {
                     Ok(()) => report.others += 1,
                     Err(e) => {
@@ -518,6 +585,8 @@ fn restore_on_pool(
             }
         }
     }
+    drop(dirs_made);
+    drop(hardlinks);
 
     phase("skeleton");
     // When resuming (if-changed) every file is sized first, then what it
@@ -529,71 +598,65 @@ fn restore_on_pool(
             .into_par_iter()
             .map(|idx| {
                 let item = &items[idx];
-                Ok((
-                    idx,
-                    prepare_file(&item.path, item.node.size, options.overwrite)?,
-                ))
+                Ok((idx, prepare_file(&item.path, item.size, options.overwrite)?))
             })
             .collect()
     };
     let verified: Vec<Vec<bool>> = if resuming {
-        for (idx, is_fresh) in prepare(content_files.iter().map(|(idx, _)| *idx).collect())? {
+        for (idx, is_fresh) in prepare(content_files.clone())? {
             fresh[idx] = is_fresh;
         }
         content_files
             .par_iter()
-            .map(|(idx, content)| {
-                existing_chunks_ok(repo, index, &items[*idx].path, content).unwrap_or_default()
+            .map(|&idx| {
+                existing_chunks_ok(repo, index, &items[idx].path, &items[idx].content)
+                    .unwrap_or_default()
             })
             .collect()
     } else {
-        vec![Vec::new(); content_files.len()]
+        Vec::new()
     };
 
-    // 3. Content, grouped by pack, then cut into runs of blobs each fetched
-    // with one read.
-    let mut by_pack: BTreeMap<PackId, HashMap<BlobId, BlobTarget>> = BTreeMap::new();
+    // 3. Content: every write of every blob, sorted by pack and offset,
+    // then cut into runs of blobs each fetched with one read.
+    let mut wants: Vec<Want> = Vec::new();
     let mut total = 0u64;
     let skipped = AtomicU64::new(0);
-    for (file_no, (idx, content)) in content_files.iter().enumerate() {
+    for (file_no, &idx) in content_files.iter().enumerate() {
+        let item = &items[idx];
         let mut offset = 0u64;
-        for (chunk_no, id) in content.iter().enumerate() {
+        for (chunk_no, id) in item.content.iter().enumerate() {
             let loc = index.get(id).ok_or_else(|| Error::NotFound {
-                object: format!(
-                    "blob {id} of {} (not in any index)",
-                    items[*idx].path.display()
-                ),
+                object: format!("blob {id} of {} (not in any index)", item.path.display()),
             })?;
-            if verified[file_no].get(chunk_no).copied().unwrap_or(false) {
+            let unchanged = verified
+                .get(file_no)
+                .and_then(|v| v.get(chunk_no))
+                .copied()
+                .unwrap_or(false);
+            if unchanged {
                 skipped.fetch_add(u64::from(loc.raw_len), Ordering::Relaxed);
             } else {
                 total += u64::from(loc.raw_len);
-                by_pack
-                    .entry(loc.pack)
-                    .or_default()
-                    .entry(*id)
-                    .or_insert_with(|| BlobTarget {
-                        id: *id,
-                        offset: loc.offset,
-                        length: loc.length,
-                        raw_len: loc.raw_len,
-                        kind: loc.kind,
-                        writes: Vec::new(),
-                    })
-                    .writes
-                    .push(Write1 { file: *idx, offset });
+                wants.push(Want {
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    length: loc.length,
+                    raw_len: loc.raw_len,
+                    kind: loc.kind,
+                    write: Write1 {
+                        file: idx_u32(idx)?,
+                        chunk: idx_u32(chunk_no)?,
+                        offset,
+                    },
+                });
             }
             offset += u64::from(loc.raw_len);
         }
     }
-    let runs: Vec<(PackId, Vec<BlobTarget>)> = by_pack
-        .into_iter()
-        .flat_map(|(pack, blobs)| {
-            let mut targets: Vec<BlobTarget> = blobs.into_values().collect();
-            targets.sort_unstable_by_key(|t| t.offset);
-            into_runs(targets).into_iter().map(move |run| (pack, run))
-        })
-        .collect();
+    drop(verified);
+    wants.par_sort_unstable_by(|a, b| (a.pack, a.offset).cmp(&(b.pack, b.offset)));
+    let runs = into_runs(&wants);
 
     // A file whose content lies in one run (nearly every small file) is
     // created, written and given its metadata by that run's worker through
@@ -608,9 +671,9 @@ fn restore_on_pool(
         const NONE: usize = usize::MAX;
         const SEVERAL: usize = usize::MAX - 1;
         let mut run_of = vec![NONE; items.len()];
-        for (run_no, (_, run)) in runs.iter().enumerate() {
-            for w in run.iter().flat_map(|t| &t.writes) {
-                let r = &mut run_of[w.file];
+        for (run_no, run) in runs.iter().enumerate() {
+            for w in &wants[run.clone()] {
+                let r = &mut run_of[w.write.file as usize];
                 *r = if *r == NONE || *r == run_no {
                     run_no
                 } else {
@@ -618,20 +681,20 @@ fn restore_on_pool(
                 };
             }
         }
-        for (idx, _) in &content_files {
+        for &idx in &content_files {
             // Its worker creates it empty. (A file of zeros only, whose
             // one blob is written nowhere else, is still owned: the worker
             // opens it even when it writes nothing.)
-            owned[*idx] = run_of[*idx] < SEVERAL;
-            fresh[*idx] = owned[*idx];
+            owned[idx] = run_of[idx] < SEVERAL;
+            fresh[idx] = owned[idx];
         }
         // The other regular files are created (and sized) on every core:
         // for trees of small files, creating inodes is most of a restore's
         // time, nearly all of it in the kernel.
         let others = content_files
             .iter()
-            .map(|(idx, _)| *idx)
-            .filter(|idx| !owned[*idx])
+            .copied()
+            .filter(|&idx| !owned[idx])
             .collect();
         for (idx, is_fresh) in prepare(others)? {
             fresh[idx] = is_fresh;
@@ -655,14 +718,15 @@ fn restore_on_pool(
         progress,
     };
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    runs.par_iter().for_each(|(pack, run)| {
+    runs.par_iter().for_each(|run| {
         if options.cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
             return;
         }
-        if let Err(e) = content.restore_run(pack, run) {
+        if let Err(e) = content.restore_run(&wants[run.clone()]) {
             first_error.lock().expect("ok").get_or_insert(e);
         }
     });
+    drop(wants);
     if let Some(e) = first_error.into_inner().expect("ok") {
         return Err(e);
     }
@@ -716,26 +780,18 @@ fn restore_on_pool(
     let warnings: Vec<String> = items
         .par_iter()
         .zip(owned.par_iter().zip(absent.par_iter()))
-        .filter(|(i, (owned, absent))| i.node.kind != NodeKind::Dir && !**owned && !**absent)
+        .filter(|(i, (owned, absent))| i.kind != NodeKind::Dir && !**owned && !**absent)
         .flat_map_iter(|(item, _)| {
             let mut w = Vec::new();
-            apply_metadata(Meta::Path(&item.path), &item.node, rules, &mut w);
+            apply_metadata(Meta::Path(&item.path), item, rules, &mut w);
             w
         })
         .collect();
     report.warnings.extend(warnings);
-    let mut dirs: Vec<&Item> = items
-        .iter()
-        .filter(|i| i.node.kind == NodeKind::Dir)
-        .collect();
+    let mut dirs: Vec<&Item> = items.iter().filter(|i| i.kind == NodeKind::Dir).collect();
     dirs.sort_by_key(|i| std::cmp::Reverse(i.path.components().count()));
     for item in dirs {
-        apply_metadata(
-            Meta::Path(&item.path),
-            &item.node,
-            rules,
-            &mut report.warnings,
-        );
+        apply_metadata(Meta::Path(&item.path), item, rules, &mut report.warnings);
     }
     phase("metadata");
     Ok(report)
@@ -750,14 +806,14 @@ fn verify_restored(
     repo: &Repository,
     index: &Index,
     items: &[Item],
-    content_files: &[(usize, Vec<BlobId>)],
+    content_files: &[usize],
     selected: impl Fn(&usize) -> bool + Sync,
 ) -> Result<u64> {
     content_files
         .par_iter()
-        .filter(|(idx, _)| selected(idx))
-        .map(|(idx, content)| {
-            let item = &items[*idx];
+        .filter(|idx| selected(idx))
+        .map(|&idx| {
+            let item = &items[idx];
             let damaged = |reason: String| Error::Corrupt {
                 object: format!("restored file {}", item.path.display()),
                 reason,
@@ -765,13 +821,13 @@ fn verify_restored(
             let size = fs::symlink_metadata(&item.path)
                 .map_err(|e| Error::io(format!("verifying {}", item.path.display()), e))?
                 .len();
-            if size != item.node.size {
+            if size != item.size {
                 return Err(damaged(format!(
                     "{size} bytes, the snapshot has {}",
-                    item.node.size
+                    item.size
                 )));
             }
-            let ok = existing_chunks_ok(repo, index, &item.path, content)
+            let ok = existing_chunks_ok(repo, index, &item.path, &item.content)
                 .ok_or_else(|| damaged("cannot be read back".into()))?;
             match ok.iter().position(|good| !good) {
                 Some(n) => Err(damaged(format!("chunk {n} differs from the snapshot"))),
@@ -791,39 +847,24 @@ fn plan_only(
     excludes: &crate::backup::Excludes,
 ) -> Result<RestoreReport> {
     let mut report = RestoreReport::default();
-    let files: Vec<&Item> = items
-        .iter()
-        .filter(|i| i.node.kind == NodeKind::File)
-        .collect();
-    report.dirs = items
-        .iter()
-        .filter(|i| i.node.kind == NodeKind::Dir)
-        .count() as u64;
+    let files: Vec<&Item> = items.iter().filter(|i| i.kind == NodeKind::File).collect();
+    report.dirs = items.iter().filter(|i| i.kind == NodeKind::Dir).count() as u64;
     report.files = files.len() as u64;
     // A hard-linked file's further names are linked, not written: only
     // its first name counts toward the bytes, as in a real restore.
     let mut first_names = std::collections::HashSet::new();
     let files: Vec<&Item> = files
         .into_iter()
-        .filter(|i| {
-            i.node.links <= 1
-                || i.node.inode == 0
-                || first_names.insert((i.node.device_id, i.node.inode))
-        })
+        .filter(|i| i.hardlink().is_none_or(|key| first_names.insert(key)))
         .collect();
     report.others = items
         .iter()
-        .filter(|i| {
-            !matches!(
-                i.node.kind,
-                NodeKind::Dir | NodeKind::File | NodeKind::Socket
-            )
-        })
+        .filter(|i| !matches!(i.kind, NodeKind::Dir | NodeKind::File | NodeKind::Socket))
         .count() as u64;
     let sizes: Vec<(u64, u64)> = files
         .par_iter()
         .map(|item| {
-            let content = item.node.content.as_deref().unwrap_or_default();
+            let content = &item.content;
             let ok = if options.overwrite == Overwrite::IfChanged {
                 existing_chunks_ok(repo, index, &item.path, content).unwrap_or_default()
             } else {
@@ -867,7 +908,7 @@ fn delete_extras(
         }
     }
     let mut deleted = Vec::new();
-    for item in items.iter().filter(|i| i.node.kind == NodeKind::Dir) {
+    for item in items.iter().filter(|i| i.kind == NodeKind::Dir) {
         let Ok(rel) = item.path.strip_prefix(&options.target) else {
             continue;
         };
@@ -891,7 +932,7 @@ fn delete_extras(
                 entry.map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
             let name = entry.file_name();
             if expected
-                .get(item.path.as_path())
+                .get(&*item.path)
                 .is_some_and(|names| names.contains(name.as_os_str()))
             {
                 continue;
@@ -1029,16 +1070,20 @@ struct OwnedFile {
 }
 
 impl Content<'_> {
-    /// Fetches one run of blobs (sorted by offset, from [`into_runs`]) with
-    /// one read and writes each where it belongs.
-    fn restore_run(&self, pack: &PackId, run: &[BlobTarget]) -> Result<()> {
+    /// Fetches one run of blobs (writes of one pack sorted by offset, from
+    /// [`into_runs`]) with one read and writes each where it belongs.
+    fn restore_run(&self, run: &[Want]) -> Result<()> {
         let backend: &dyn Backend = self.repo.backend().as_ref();
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(());
+        };
+        let pack = first.pack;
         let path = FileKind::Pack.path(&pack.to_hex());
-        let mut owned: HashMap<usize, OwnedFile> = HashMap::new();
-        for w in run.iter().flat_map(|t| &t.writes) {
-            if self.owned[w.file] {
+        let mut owned: HashMap<u32, OwnedFile> = HashMap::new();
+        for w in run {
+            if self.owned[w.write.file as usize] {
                 owned
-                    .entry(w.file)
+                    .entry(w.write.file)
                     .or_insert(OwnedFile {
                         remaining: 0,
                         len: 0,
@@ -1051,10 +1096,7 @@ impl Content<'_> {
         // never more than OPEN_FILES at once: one run of small files can
         // touch hundreds, and several runs are restored in parallel.
         const OPEN_FILES: usize = 16;
-        let mut files: HashMap<usize, fs::File> = HashMap::new();
-        let (Some(first), Some(last)) = (run.first(), run.last()) else {
-            return Ok(());
-        };
+        let mut files: HashMap<u32, fs::File> = HashMap::new();
         let first = first.offset;
         let end = u64::from(last.offset) + u64::from(last.length);
         // Damage (a missing or truncated pack, a blob failing to open)
@@ -1070,47 +1112,47 @@ impl Content<'_> {
                 e => return Err(e),
             },
         };
-        for target in run {
+        // Consecutive wants at one offset are one blob's writes.
+        for writes in run.chunk_by(|a, b| a.offset == b.offset) {
+            let target = writes[0];
+            let id = self.items[target.write.file as usize].content[target.write.chunk as usize];
             let from = (target.offset - first) as usize;
             let data = span.as_ref().map_err(Clone::clone).and_then(|span| {
                 let stored = span
                     .get(from..from + target.length as usize)
                     .ok_or_else(|| (format!("pack {pack} is shorter than indexed"), false))?;
-                blob::open(
-                    self.repo.key(),
-                    target.kind,
-                    &target.id,
-                    target.raw_len,
-                    stored,
-                )
-                .map_err(|e| (format!("blob {} in pack {pack}: {e}", target.id), false))
+                blob::open(self.repo.key(), target.kind, &id, target.raw_len, stored)
+                    .map_err(|e| (format!("blob {id} in pack {pack}: {e}"), false))
             });
             let data = match data {
                 Ok(data) => Some(data),
                 Err(why) => {
                     let mut damaged = self.damaged.lock().expect("ok");
-                    for w in &target.writes {
-                        damaged.entry(w.file).or_insert_with(|| why.clone());
+                    for w in writes {
+                        damaged
+                            .entry(w.write.file as usize)
+                            .or_insert_with(|| why.clone());
                     }
                     None
                 }
             };
             let zero = data.as_ref().is_some_and(|d| d.iter().all(|&b| b == 0));
-            for w in &target.writes {
+            for &Want { write: w, .. } in writes {
+                let item = &self.items[w.file as usize];
                 let mut own = owned.get_mut(&w.file);
                 // A new file is sized with set_len: a zero range is a
                 // hole that reads as zeros already. Leaving it keeps
                 // files sparse. An owned file is still opened, so it
                 // exists even if it is all zeros. Damaged content is
                 // never written: its range stays a hole.
-                let skip = data.is_none() || (zero && self.fresh[w.file]);
+                let skip = data.is_none() || (zero && self.fresh[w.file as usize]);
                 if skip && own.is_none() {
                     continue;
                 }
                 if files.len() >= OPEN_FILES && !files.contains_key(&w.file) {
                     files.clear();
                 }
-                let p = &self.items[w.file].path;
+                let p = &item.path;
                 let file = match files.entry(w.file) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
@@ -1124,11 +1166,10 @@ impl Content<'_> {
                                 // it must then have its full size,
                                 // holes where content is missing.
                                 if o.remaining > 1 {
-                                    let size = self.items[w.file].node.size;
-                                    f.set_len(size).map_err(|e| {
+                                    f.set_len(item.size).map_err(|e| {
                                         Error::io(format!("resizing {}", p.display()), e)
                                     })?;
-                                    o.len = size;
+                                    o.len = item.size;
                                 }
                                 Ok(f)
                             }
@@ -1151,13 +1192,13 @@ impl Content<'_> {
                     }
                     o.remaining -= 1;
                     if o.remaining == 0 {
-                        self.finish_owned(file, &self.items[w.file], o.len)?;
+                        self.finish_owned(file, item, o.len)?;
                         files.remove(&w.file);
                     }
                 }
             }
             self.progress.bytes_done.fetch_add(
-                u64::from(target.raw_len) * target.writes.len() as u64,
+                u64::from(target.raw_len) * writes.len() as u64,
                 Ordering::Relaxed,
             );
         }
@@ -1169,14 +1210,14 @@ impl Content<'_> {
     /// as a hole (`len` is the file's length so far) and applies its
     /// metadata through the open descriptor.
     fn finish_owned(&self, file: &fs::File, item: &Item, len: u64) -> Result<()> {
-        if len < item.node.size {
-            file.set_len(item.node.size)
+        if len < item.size {
+            file.set_len(item.size)
                 .map_err(|e| Error::io(format!("resizing {}", item.path.display()), e))?;
         }
         let mut warnings = Vec::new();
         apply_metadata(
             Meta::File(file, &item.path),
-            &item.node,
+            item,
             self.rules,
             &mut warnings,
         );
@@ -1195,27 +1236,33 @@ const MAX_READ_SPAN: u64 = 4 * 1024 * 1024;
 /// than split into two requests (one request costs more than this).
 const MAX_READ_GAP: u64 = 256 * 1024;
 
-/// Splits blobs sorted by offset into runs, each fetched with one ranged
-/// read: consecutive blobs join a run while the run stays within
-/// [`MAX_READ_SPAN`] and the gap before them within [`MAX_READ_GAP`].
-fn into_runs(sorted: Vec<BlobTarget>) -> Vec<Vec<BlobTarget>> {
-    let mut runs: Vec<Vec<BlobTarget>> = Vec::new();
-    for target in sorted {
-        let end = u64::from(target.offset) + u64::from(target.length);
-        let joins = runs
-            .last()
-            .and_then(|run| Some((run.first()?, run.last()?)))
-            .is_some_and(|(first, prev)| {
-                let prev_end = u64::from(prev.offset) + u64::from(prev.length);
-                u64::from(target.offset).saturating_sub(prev_end) <= MAX_READ_GAP
-                    && end.saturating_sub(u64::from(first.offset)) <= MAX_READ_SPAN
-            });
+/// Splits wants sorted by pack and offset into runs, each fetched with one
+/// ranged read: consecutive blobs of a pack join a run while the run stays
+/// within [`MAX_READ_SPAN`] and the gap before them within
+/// [`MAX_READ_GAP`]. The writes of one blob are never split.
+fn into_runs(sorted: &[Want]) -> Vec<std::ops::Range<usize>> {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    for (at, want) in sorted.iter().enumerate() {
+        let end = u64::from(want.offset) + u64::from(want.length);
+        let joins = runs.last().is_some_and(|run| {
+            let (first, prev) = (&sorted[run.start], &sorted[run.end - 1]);
+            let prev_end = u64::from(prev.offset) + u64::from(prev.length);
+            first.pack == want.pack
+                && u64::from(want.offset).saturating_sub(prev_end) <= MAX_READ_GAP
+                && end.saturating_sub(u64::from(first.offset)) <= MAX_READ_SPAN
+        });
         match runs.last_mut() {
-            Some(run) if joins => run.push(target),
-            _ => runs.push(vec![target]),
+            Some(run) if joins => run.end = at + 1,
+            _ => runs.push(at..at + 1),
         }
     }
     runs
+}
+
+/// An item's number as a [`Write1`] holds it.
+fn idx_u32(idx: usize) -> Result<u32> {
+    u32::try_from(idx)
+        .map_err(|_| Error::InvalidInput("more than 4 billion entries or chunks to restore".into()))
 }
 
 /// Where [`apply_metadata`] applies: a path (not following a final
@@ -1241,13 +1288,14 @@ struct MetaRules {
 /// (SELinux labels, file capabilities) and is never removed.
 const RESTORED_XATTRS: [&str; 3] = ["user.", "trusted.", "system.posix_acl_"];
 
-fn apply_metadata(at: Meta<'_>, node: &Node, rules: MetaRules, warnings: &mut Vec<String>) {
+fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules, warnings: &mut Vec<String>) {
     use std::os::unix::fs::PermissionsExt;
     use xattr::FileExt;
     let path = match at {
         Meta::Path(p) | Meta::File(_, p) => p,
     };
-    let symlink = node.kind == NodeKind::Symlink;
+    let symlink = item.kind == NodeKind::Symlink;
+    let xattrs = item.rare.as_ref().map_or(&[][..], |r| &r.xattrs[..]);
     if rules.replace_xattrs {
         let present = match at {
             Meta::File(f, _) => f.list_xattr(),
@@ -1256,7 +1304,7 @@ fn apply_metadata(at: Meta<'_>, node: &Node, rules: MetaRules, warnings: &mut Ve
         for name in present.into_iter().flatten() {
             let text = name.to_string_lossy();
             let stale = RESTORED_XATTRS.iter().any(|ns| text.starts_with(ns))
-                && !node.extended_attributes.iter().any(|x| x.name == text);
+                && !xattrs.iter().any(|x| x.name == text);
             if stale {
                 let r = match at {
                     Meta::File(f, _) => f.remove_xattr(&name),
@@ -1270,18 +1318,18 @@ fn apply_metadata(at: Meta<'_>, node: &Node, rules: MetaRules, warnings: &mut Ve
     }
     if rules.is_root {
         let r = match at {
-            Meta::File(f, _) => std::os::unix::fs::fchown(f, Some(node.uid), Some(node.gid)),
+            Meta::File(f, _) => std::os::unix::fs::fchown(f, Some(item.uid), Some(item.gid)),
             Meta::Path(p) if symlink => {
-                std::os::unix::fs::lchown(p, Some(node.uid), Some(node.gid))
+                std::os::unix::fs::lchown(p, Some(item.uid), Some(item.gid))
             }
-            Meta::Path(p) => std::os::unix::fs::chown(p, Some(node.uid), Some(node.gid)),
+            Meta::Path(p) => std::os::unix::fs::chown(p, Some(item.uid), Some(item.gid)),
         };
         if let Err(e) = r {
             warnings.push(format!("{}: chown: {e}", path.display()));
         }
     }
     if !symlink {
-        let mode = fs::Permissions::from_mode(node.mode);
+        let mode = fs::Permissions::from_mode(item.mode);
         let r = match at {
             Meta::File(f, _) => f.set_permissions(mode),
             Meta::Path(p) => fs::set_permissions(p, mode),
@@ -1290,7 +1338,7 @@ fn apply_metadata(at: Meta<'_>, node: &Node, rules: MetaRules, warnings: &mut Ve
             warnings.push(format!("{}: chmod: {e}", path.display()));
         }
     }
-    for xattr in &node.extended_attributes {
+    for xattr in xattrs {
         if let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&xattr.value) {
             let r = match at {
                 Meta::File(f, _) => f.set_xattr(&xattr.name, &value),
@@ -1301,8 +1349,12 @@ fn apply_metadata(at: Meta<'_>, node: &Node, rules: MetaRules, warnings: &mut Ve
             }
         }
     }
-    let mtime = file_time(node.mtime);
-    let atime = node.atime.map_or(mtime, file_time);
+    let mtime = file_time(item.mtime);
+    let atime = item
+        .rare
+        .as_ref()
+        .and_then(|r| r.atime)
+        .map_or(mtime, file_time);
     let r = match at {
         Meta::File(f, _) => filetime::set_file_handle_times(f, Some(atime), Some(mtime)),
         Meta::Path(p) => filetime::set_symlink_file_times(p, atime, mtime),
@@ -1346,23 +1398,42 @@ mod tests {
         }
     }
 
-    fn target(offset: u32, length: u32) -> BlobTarget {
-        BlobTarget {
-            id: BlobId::of_bytes(&offset.to_le_bytes()),
+    fn want(pack: u8, offset: u32, length: u32) -> Want {
+        Want {
+            pack: PackId([pack; 32]),
             offset,
             length,
             raw_len: length,
             kind: crate::blob::BlobKind::Data,
-            writes: Vec::new(),
+            write: Write1 {
+                file: 0,
+                chunk: 0,
+                offset: 0,
+            },
         }
     }
 
-    fn runs_of(blobs: &[BlobTarget]) -> Vec<Vec<u32>> {
-        let owned = blobs.iter().map(|t| target(t.offset, t.length)).collect();
-        into_runs(owned)
+    fn target(offset: u32, length: u32) -> Want {
+        want(0, offset, length)
+    }
+
+    fn runs_of(wants: &[Want]) -> Vec<Vec<u32>> {
+        into_runs(wants)
             .into_iter()
-            .map(|r| r.iter().map(|t| t.offset).collect())
+            .map(|r| wants[r].iter().map(|t| t.offset).collect())
             .collect()
+    }
+
+    /// A restore holds one `Item` per entry and one `Want` per write at
+    /// once: their size is its memory per file.
+    #[test]
+    fn the_plan_stays_small_per_entry() {
+        assert!(
+            std::mem::size_of::<Item>() <= 96,
+            "{}",
+            std::mem::size_of::<Item>()
+        );
+        assert_eq!(std::mem::size_of::<Want>(), 64);
     }
 
     #[test]
@@ -1370,7 +1441,7 @@ mod tests {
         const MIB: u32 = 1024 * 1024;
         // Adjacent 1 MiB blobs: four fit one 4 MiB read, the fifth starts
         // the next.
-        let adjacent: Vec<BlobTarget> = (0..5).map(|i| target(i * MIB, MIB)).collect();
+        let adjacent: Vec<Want> = (0..5).map(|i| target(i * MIB, MIB)).collect();
         assert_eq!(
             runs_of(&adjacent),
             vec![vec![0, MIB, 2 * MIB, 3 * MIB], vec![4 * MIB]]
@@ -1389,6 +1460,15 @@ mod tests {
         let big = vec![target(0, 10), target(10, 6 * MIB), target(10 + 6 * MIB, 10)];
         assert_eq!(runs_of(&big), vec![vec![0], vec![10], vec![10 + 6 * MIB]]);
         assert!(runs_of(&[]).is_empty());
+        // A blob written to two files is one read; another pack starts a
+        // new run even where its offsets would join.
+        let shared = vec![
+            target(0, 10),
+            target(0, 10),
+            target(10, 10),
+            want(1, 20, 10),
+        ];
+        assert_eq!(runs_of(&shared), vec![vec![0, 0, 10], vec![20]]);
     }
 }
 
@@ -1436,13 +1516,9 @@ mod verify_tests {
         let node = find_node(&repo, &index, &root, "/f").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let content = node.content.clone().unwrap();
-        assert!(content.len() > 2, "several chunks");
-        let items = [Item {
-            path: path.clone(),
-            node,
-        }];
-        let files = [(0, content)];
+        assert!(node.content.as_ref().unwrap().len() > 2, "several chunks");
+        let items = [Item::new(path.clone(), node)];
+        let files = [0];
         std::fs::write(&path, &data).unwrap();
         assert_eq!(
             verify_restored(&repo, &index, &items, &files, |_| true).unwrap(),
