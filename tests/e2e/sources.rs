@@ -950,3 +950,54 @@ fn config_rejects_bad_durations_and_timeouts_on_file_sources() {
         assert!(stderr(&out).contains(expect), "{text}: {}", stderr(&out));
     }
 }
+
+/// Two sources can share host and paths: two dumps named alike, and every
+/// PostgreSQL base backup is `/base.tar`. restic's `forget --keep-...`
+/// groups by host and paths; vault's flags work on each configured source
+/// alone, as the config's policies do, so one source's newer snapshots
+/// never push out the other's.
+#[test]
+fn forget_flags_never_group_two_sources_together() {
+    let env = Env::new();
+    let config = write_config(
+        &env,
+        r#"
+[[source]]
+name = "redis-cache"
+kind = "command"
+command = ["sh", "-c", "echo cache"]
+filename = "dump.rdb"
+
+[[source]]
+name = "redis-sessions"
+kind = "command"
+command = ["sh", "-c", "echo sessions"]
+filename = "dump.rdb"
+"#,
+    );
+    for day in ["01", "02", "03"] {
+        let time = format!("2026-11-{day} 03:00");
+        assert_success(&vault_with(&env, &config, &["backup", "--time", &time]));
+    }
+    // One snapshot of no source, with the same path, from the same host.
+    let stray = env.path("stray/dump.rdb");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, b"stray").unwrap();
+    assert_success(&vault_with(
+        &env,
+        &config,
+        &["backup", stray.to_str().unwrap()],
+    ));
+    assert_eq!(env.snapshots().len(), 7);
+    let out = vault_with(&env, &config, &["forget", "--keep-daily", "7"]);
+    assert_success(&out);
+    assert_eq!(tagged(&env, "redis-cache"), 3);
+    assert_eq!(tagged(&env, "redis-sessions"), 3);
+    let out = vault_with(&env, &config, &["forget", "--keep-last", "1"]);
+    assert_success(&out);
+    assert_eq!(tagged(&env, "redis-cache"), 1);
+    assert_eq!(tagged(&env, "redis-sessions"), 1);
+    assert_eq!(env.snapshots().len(), 3, "the stray snapshot is kept too");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("of source redis-sessions"), "{text}");
+}

@@ -95,6 +95,23 @@ impl PolicyArgs {
     }
 }
 
+/// Which snapshots a retention job covers (besides the command's filter).
+enum Select {
+    /// Those of one configured source (tagged with its name).
+    Source(String),
+    /// Those of no configured source.
+    NoSource,
+}
+
+impl Select {
+    fn matches(&self, tags: &[String], sources: &[String]) -> bool {
+        match self {
+            Select::Source(name) => tags.contains(name),
+            Select::NoSource => !tags.iter().any(|t| sources.contains(t)),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct ForgetArgs {
     /// Remove exactly these snapshots (`latest` or id prefixes) instead of
@@ -124,37 +141,45 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         }
         return forget_named(g, args);
     }
-    // Jobs: the policy from flags over the filtered snapshots, or, with no
-    // flags, each configured source's policy over that source's snapshots.
-    let mut jobs: Vec<(
-        Option<String>,
-        vault_engine::snapshot::SnapshotFilter,
-        KeepPolicy,
-    )> = Vec::new();
+    // Jobs: a policy over the filtered snapshots of one configured source
+    // each. With no flags, each source's policy from the config; with
+    // flags, theirs over every source alone, and over the snapshots of no
+    // source. Sources are never grouped together: two sources can share
+    // host and paths (every base backup is `/base.tar`, two dumps can have
+    // one file name), and one group would keep only the newest of either.
+    let config = global::config(g)?;
+    let sources: Vec<String> = config
+        .iter()
+        .flat_map(|c| &c.sources)
+        .map(|s| s.name().to_owned())
+        .collect();
+    let mut jobs: Vec<(Select, KeepPolicy)> = Vec::new();
     let flags = args.policy.to_policy();
     if flags.is_empty() {
-        if let Some(config) = global::config(g)? {
+        if let Some(config) = &config {
             for source in &config.sources {
                 if let Some(policy) = source.policy(config.retention.as_ref())? {
-                    let mut filter = args.filter.to_filter();
-                    filter.tags = vec![source.name().to_owned()];
-                    jobs.push((Some(source.name().to_owned()), filter, policy));
+                    jobs.push((Select::Source(source.name().to_owned()), policy));
                 }
             }
             if config.sources.is_empty()
                 && let Some(r) = &config.retention
             {
-                jobs.push((None, args.filter.to_filter(), r.to_policy()?));
+                jobs.push((Select::NoSource, r.to_policy()?));
             }
         }
-        if jobs.iter().all(|(_, _, p)| p.is_empty()) {
+        if jobs.iter().all(|(_, p)| p.is_empty()) {
             bail!(
                 "no retention policy given (e.g. --keep-daily 7, or [retention] in the config): refusing to forget snapshots without one"
             );
         }
     } else {
-        jobs.push((None, args.filter.to_filter(), flags));
+        for name in &sources {
+            jobs.push((Select::Source(name.clone()), flags.clone()));
+        }
+        jobs.push((Select::NoSource, flags));
     }
+    let filter = args.filter.to_filter();
     let repo = global::open_repository(g)?;
     let held = super::maintenance_lock(&repo, "forget", args.dry_run)?;
     let all = repo.snapshots()?;
@@ -165,10 +190,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         object_lock::locked_objects(&repo, FileKind::Snapshot, jiff::Timestamp::now())?;
     let mut kept_locked = 0usize;
     let mut plans = Vec::new();
-    for (source, filter, policy) in &jobs {
+    for (select, policy) in &jobs {
         let metas: Vec<SnapshotMeta> = all
             .iter()
-            .filter(|(_, s)| filter.matches(s))
+            .filter(|(_, s)| filter.matches(s) && select.matches(&s.tags, &sources))
             .map(|(id, s)| SnapshotMeta {
                 id: id.to_hex(),
                 time: s.time.clone(),
@@ -180,19 +205,23 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         if metas.is_empty() {
             continue;
         }
-        let what = source
-            .as_deref()
-            .map_or(String::new(), |s| format!(" of source {s}"));
+        let source = match select {
+            Select::Source(s) => Some(s.as_str()),
+            Select::NoSource => None,
+        };
+        let what = source.map_or(String::new(), |s| format!(" of source {s}"));
         plans.extend(
             retention::apply(&metas, policy, args.group_by, jiff::Timestamp::now())
-                .with_context(|| format!("applying the retention policy{what}"))?,
+                .with_context(|| format!("applying the retention policy{what}"))?
+                .into_iter()
+                .map(|plan| (source, plan)),
         );
     }
     let mut removed = 0usize;
     if g.json {
         let groups: Vec<serde_json::Value> = plans
             .iter()
-            .map(|p| {
+            .map(|(source, p)| {
                 let entry = |d: &retention::Decision| {
                     serde_json::json!({
                         "id": d.snapshot.id,
@@ -205,6 +234,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
                     })
                 };
                 serde_json::json!({
+                    "source": source,
                     "host": p.key.hostname,
                     "paths": p.key.paths,
                     "tags": p.key.tags,
@@ -215,9 +245,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             .collect();
         output::print_json(&groups)?;
     }
-    for p in &plans {
+    for (source, p) in &plans {
         if !g.json && !g.quiet {
-            outln!("snapshots for {}:", p.key)?;
+            match source {
+                Some(source) => outln!("snapshots of source {source} for {}:", p.key)?,
+                None => outln!("snapshots for {}:", p.key)?,
+            }
             for d in &p.keep {
                 let reasons: Vec<String> = d.reasons.iter().map(ToString::to_string).collect();
                 outln!(
@@ -255,7 +288,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         }
     }
     if !g.json && !g.quiet {
-        let would: usize = plans.iter().map(|p| p.remove.len()).sum::<usize>() - kept_locked;
+        let would: usize = plans.iter().map(|(_, p)| p.remove.len()).sum::<usize>() - kept_locked;
         if args.dry_run {
             outln!("dry run: would remove {would} snapshots")?;
         } else {
