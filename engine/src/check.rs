@@ -252,7 +252,29 @@ pub fn check(
         }
     }
 
+    // Snapshots, listed before the index is loaded: a backup writes its
+    // snapshot only once its index files are stored, so every snapshot
+    // listed here finds its blobs in the index loaded next. Loading the
+    // index first reported a backup finishing beside the check as blobs
+    // missing from every index.
+    let snapshot_ids: Vec<SnapshotId> = repo
+        .list(FileKind::Snapshot)?
+        .iter()
+        .filter_map(|o| o.path.rsplit('/').next()?.parse().ok())
+        .collect();
+    let mut snapshots: Vec<(SnapshotId, Snapshot)> = Vec::new();
+    for id in snapshot_ids {
+        match repo.load_snapshot(&id) {
+            Ok(s) => snapshots.push((id, s)),
+            // Forgotten since it was listed.
+            Err(e) if e.kind() == crate::ErrorKind::NotFound => {}
+            Err(e) => report.error("snapshot_damaged", format!("snapshot {id}"), e.to_string()),
+        }
+    }
+    report.snapshots = snapshots.len() as u64;
     let (index, _) = load_indexes(repo, &mut report)?;
+    // Packs are listed after the index: a pack indexed by an index file
+    // stored between the two listings would otherwise look missing.
     let stored = stored_packs(repo)?;
     report.packs = stored.len() as u64;
     report.blobs = index.len() as u64;
@@ -306,25 +328,11 @@ pub fn check(
             report.warning(
                 "pack_unindexed",
                 format!("pack {pack}"),
-                "pack is not in any index (left by an interrupted backup; `vault prune` removes it, `vault repair index` adopts it)".into(),
+                "pack is not in any index (a backup still running, or left by an interrupted one; `vault prune` removes it, `vault repair index` adopts it)".into(),
             );
         }
     }
 
-    // Snapshots: trees decode, every referenced blob is indexed and sound.
-    let snapshot_ids: Vec<SnapshotId> = repo
-        .list(FileKind::Snapshot)?
-        .iter()
-        .filter_map(|o| o.path.rsplit('/').next()?.parse().ok())
-        .collect();
-    let mut snapshots: Vec<(SnapshotId, Snapshot)> = Vec::new();
-    for id in snapshot_ids {
-        match repo.load_snapshot(&id) {
-            Ok(s) => snapshots.push((id, s)),
-            Err(e) => report.error("snapshot_damaged", format!("snapshot {id}"), e.to_string()),
-        }
-    }
-    report.snapshots = snapshots.len() as u64;
     let roots: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.tree).collect();
 
     // Data, and the walk of every tree beside it on the same pool: the walk

@@ -159,33 +159,70 @@ pub struct PruneReport {
 /// slowest upload finishes a pack in far less.
 const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Blobs referenced by any snapshot.
+/// What holds blobs in use: every snapshot and every archived WAL file.
 ///
-/// Strict where listing is lenient: a snapshot that cannot be read, or a
-/// referenced blob that no index lists, makes prune refuse, since its data
-/// would otherwise look unused and be deleted.
-pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, u64)> {
-    let mut snapshots = Vec::new();
-    for info in repo.list(FileKind::Snapshot)? {
-        let name = info.path.rsplit('/').next().unwrap_or_default();
-        let id: crate::id::SnapshotId = name.parse().map_err(|_| {
-            Error::InvalidInput(format!("cannot prune: unexpected object {}", info.path))
-        })?;
-        let snap = repo.load_snapshot(&id).map_err(|e| match e {
-            // Still a damaged repository (exit 5), with the way out.
-            Error::Corrupt { object, reason } => Error::Corrupt {
-                object,
-                reason: format!(
-                    "{reason}; cannot prune while a snapshot is unreadable (its data would look unused): \
-                     `vault repair snapshots --forget` removes it"
-                ),
-            },
-            e => Error::InvalidInput(format!(
-                "cannot prune: {e}; run `vault check` and `vault repair snapshots` first"
-            )),
-        })?;
-        snapshots.push((id, snap));
+/// Read before the index is loaded ([`References::read`], then
+/// [`used_blobs`]): a backup or `wal push` stores its index files before
+/// the snapshot or record naming them, so everything listed here finds its
+/// blobs in an index loaded afterwards. Loading the index first made a
+/// prune beside a finishing backup refuse, naming that backup's root tree
+/// as in no index.
+pub struct References {
+    snapshots: Vec<(crate::id::SnapshotId, crate::snapshot::Snapshot)>,
+    wal: Vec<BlobId>,
+}
+
+impl References {
+    /// Lists and reads every snapshot and WAL record.
+    ///
+    /// Strict where listing is lenient: a snapshot that cannot be read
+    /// makes prune refuse, since its data would otherwise look unused and
+    /// be deleted.
+    pub fn read(repo: &Repository) -> Result<Self> {
+        let mut snapshots = Vec::new();
+        for info in repo.list(FileKind::Snapshot)? {
+            let name = info.path.rsplit('/').next().unwrap_or_default();
+            let id: crate::id::SnapshotId = name.parse().map_err(|_| {
+                Error::InvalidInput(format!("cannot prune: unexpected object {}", info.path))
+            })?;
+            let snap = repo.load_snapshot(&id).map_err(|e| match e {
+                // Still a damaged repository (exit 5), with the way out.
+                Error::Corrupt { object, reason } => Error::Corrupt {
+                    object,
+                    reason: format!(
+                        "{reason}; cannot prune while a snapshot is unreadable (its data would look unused): \
+                         `vault repair snapshots --forget` removes it"
+                    ),
+                },
+                e => Error::InvalidInput(format!(
+                    "cannot prune: {e}; run `vault check` and `vault repair snapshots` first"
+                )),
+            })?;
+            snapshots.push((id, snap));
+        }
+        // Archived WAL is data too: its blobs stay as long as its records
+        // do (retention trims records; prune then reclaims their blobs).
+        let wal = crate::wal::all_records(repo)
+            .map_err(|e| {
+                Error::InvalidInput(format!("cannot prune: {e}; run `vault check` first"))
+            })?
+            .into_iter()
+            .flat_map(|(_, record)| record.content)
+            .collect();
+        Ok(References { snapshots, wal })
     }
+}
+
+/// Blobs that `refs` use, through every tree below their snapshots.
+///
+/// A referenced blob that no index lists makes prune refuse: the blobs
+/// below a tree it cannot read cannot be known.
+pub fn used_blobs(
+    repo: &Repository,
+    index: &Index,
+    refs: References,
+) -> Result<(HashSet<BlobId>, u64)> {
+    let References { snapshots, wal } = refs;
     let mut used: HashSet<BlobId> = HashSet::new();
     let mut stack: Vec<BlobId> = snapshots.iter().map(|(_, s)| s.tree).collect();
     let trees = TreeReader::new(repo, index);
@@ -210,13 +247,7 @@ pub fn used_blobs(repo: &Repository, index: &Index) -> Result<(HashSet<BlobId>, 
             used.extend(node.content.into_iter().flatten());
         }
     }
-    // Archived WAL is data too: its blobs stay as long as its records do
-    // (retention trims records; prune then reclaims their blobs).
-    for (_, record) in crate::wal::all_records(repo)
-        .map_err(|e| Error::InvalidInput(format!("cannot prune: {e}; run `vault check` first")))?
-    {
-        used.extend(record.content);
-    }
+    used.extend(wal);
     if let Some(missing) = used.iter().find(|id| !index.contains(id)) {
         return Err(Error::InvalidInput(format!(
             "cannot prune: blob {missing} is used by a snapshot but in no index; run `vault repair index` first"
@@ -229,10 +260,11 @@ impl PrunePlan {
     /// Computes what to delete, mark and repack. The caller holds the
     /// exclusive lock.
     pub fn new(repo: &Repository, options: &PruneOptions) -> Result<Self> {
+        let refs = References::read(repo)?;
         let index_ids = repo.index_ids()?;
         let index = repo.load_index()?;
         let stored = stored_packs(repo)?;
-        let (used, snapshots) = used_blobs(repo, &index)?;
+        let (used, snapshots) = used_blobs(repo, &index, refs)?;
         let now =
             jiff::Timestamp::from_second(options.now).unwrap_or_else(|_| jiff::Timestamp::now());
         let locked: HashMap<PackId, jiff::Timestamp> =

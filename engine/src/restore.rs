@@ -1585,7 +1585,12 @@ mod verify_tests {
                 (PathBuf::from("/alias/f"), NodeKind::File, None),
             ]
         );
-        let (used, _) = crate::prune::used_blobs(&repo, &index).unwrap();
+        let (used, _) = crate::prune::used_blobs(
+            &repo,
+            &index,
+            crate::prune::References::read(&repo).unwrap(),
+        )
+        .unwrap();
         assert!(
             data.iter().all(|id| used.contains(id)),
             "prune would delete it"

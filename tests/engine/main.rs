@@ -11,6 +11,7 @@
 //! - `interrupt`: failing storage and cancellation leave no snapshot and a
 //!   readable repository that the next backup can build on;
 //! - `check`: trees shared by snapshots are read once;
+//! - `concurrent`: check and prune beside a backup finishing under them;
 //! - `wal`: a WAL push costs the same however much was archived before;
 //! - `tree_reads`: re-backups and restores from an object store read trees
 //!   a tree pack at a time.
@@ -21,6 +22,7 @@ mod support;
 
 mod append_only;
 mod check;
+mod concurrent;
 mod interrupt;
 mod object_lock;
 mod roundtrip;

@@ -59,7 +59,12 @@ fn tree_gets(dirs: usize) -> [u64; 7] {
     });
     let prune = counted(&|| {
         let index = repo.load_index().expect("index");
-        let (used, _) = vault_engine::prune::used_blobs(&repo, &index).expect("used blobs");
+        let (used, _) = vault_engine::prune::used_blobs(
+            &repo,
+            &index,
+            vault_engine::prune::References::read(&repo).expect("references"),
+        )
+        .expect("used blobs");
         assert!(used.len() > dirs);
     });
     let stats = counted(&|| {
