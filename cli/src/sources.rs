@@ -281,9 +281,27 @@ pub(crate) fn load_database(
     let out = child
         .wait_with_output()
         .context("waiting for the database client")?;
-    // The client's failure first: it stops reading at its first error
-    // (ON_ERROR_STOP, --exit-on-error), so feeding it then fails with a
-    // broken pipe that says nothing, and that must never pass for the
+    // Unless the repository could not give the dump whole: then the client
+    // failed on a cut-off input ("input file is too short"), and the cause
+    // to report, with its exit code (5 or 4), is the damage.
+    let damaged = fed.as_ref().is_err_and(|e| {
+        e.chain()
+            .filter_map(|e| e.downcast_ref::<vault_engine::Error>())
+            .any(|e| {
+                matches!(
+                    e.kind(),
+                    vault_engine::ErrorKind::Corrupt | vault_engine::ErrorKind::NotFound
+                )
+            })
+    });
+    if damaged && let Err(e) = fed {
+        return Err(e.context(format!(
+            "loading the dump into {target} stopped: the repository could not give it whole"
+        )));
+    }
+    // Otherwise the client's failure first: it stops reading at its first
+    // error (ON_ERROR_STOP, --exit-on-error), so feeding it then fails with
+    // a broken pipe that says nothing, and that must never pass for the
     // closed stdout of `vault ... | head`, which ends a command quietly.
     if !out.status.success() {
         bail!(

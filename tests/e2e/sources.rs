@@ -351,6 +351,32 @@ status_file = "{status}"
         .unwrap()
         .clone();
     assert_eq!(voicemail["last_result"], "failure", "{voicemail}");
+
+    // A drill that cannot open the repository alerts too, with the
+    // cause's exit code.
+    let out = env
+        .command(&["--config", config.to_str().unwrap(), "drill", "voicemail"])
+        .env("VAULT_PASSWORD_FILE", &wrong)
+        .output()
+        .unwrap();
+    assert_code(&out, 12);
+    let drill_alerts = |hook: &Webhook| {
+        hook.received()
+            .iter()
+            .filter(|b| b["event"] == "drill_failed" && b["source"] == "voicemail")
+            .count()
+    };
+    assert_eq!(drill_alerts(&hook), 1, "{:?}", hook.received());
+    // A restore goes on past damaged data; a drill that needed it fails.
+    for (pack, size) in env.sizes_under("data") {
+        if size > 1000 {
+            env.flip(&pack, 200);
+        }
+    }
+    let out = vault_with(&env, &config, &["drill", "voicemail"]);
+    assert_code(&out, 5);
+    assert!(stderr(&out).contains("FAILED"), "{}", stderr(&out));
+    assert_eq!(drill_alerts(&hook), 2, "{:?}", hook.received());
 }
 
 /// A source saved without some of its entries (exit 3) alerts: the
@@ -675,15 +701,38 @@ status_file = "{status}"
     let owned = owned["snapshot_id"].as_str().unwrap();
     assert_success(&vault_with(&env, &config, &["forget", owned]));
 
-    // The drill fails on a damaged backup.
-    for (pack, size) in env.sizes_under("data") {
-        if size > 1000 {
-            env.flip(&pack, 500);
+    // The drill fails on a damaged backup: every pack of data blobs (not
+    // of trees: the dump's own content must be what fails) gets a flip.
+    let mut data_packs = std::collections::HashSet::new();
+    for index in env.objects_under("index") {
+        let id = index.rsplit('/').next().unwrap();
+        let file = json_with(&env, &config, &["cat", "index", id]);
+        for pack in file["packs"].as_array().unwrap() {
+            if pack["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["type"] == "data")
+            {
+                data_packs.insert(pack["id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    for (pack, _) in env.sizes_under("data") {
+        if data_packs.contains(pack.rsplit('/').next().unwrap()) {
+            env.flip(&pack, 100);
         }
     }
     let out = vault_with(&env, &config, &["drill", "phone-db"]);
-    assert_code(&out, 1);
+    // Damage (5), not the database client's complaint about a short
+    // input, which would send the team after pg_restore.
+    assert_code(&out, 5);
     assert!(stderr(&out).contains("FAILED"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not give it whole"),
+        "{}",
+        stderr(&out)
+    );
     // ...and alerts, as a failed backup does.
     assert!(
         hook.received()

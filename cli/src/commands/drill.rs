@@ -29,6 +29,62 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
             config.path.display()
         )
     })?;
+    let started = std::time::Instant::now();
+    let mut report = serde_json::json!({ "source": source.name() });
+    // Every failure past this point alerts, opening the repository and
+    // finding a snapshot included: a drill with no backup to restore, or
+    // a password that no longer opens the repository, is the worst drill
+    // result there is.
+    let outcome = drill(g, source, args, &mut report);
+    report["duration_secs"] = started.elapsed().as_secs_f64().into();
+    report["ok"] = outcome.is_ok().into();
+    if let Err(e) = &outcome {
+        report["error"] = format!("{e:#}").into();
+        // A drill run from cron is how a team learns its backups do not
+        // restore: it alerts like a failed backup.
+        crate::notify::alert(
+            &config.notify.on_failure,
+            crate::notify::Alert::DrillFailed,
+            source.name(),
+            &format!("{e:#}"),
+            &global::hostname(),
+            &jiff::Timestamp::now().to_string(),
+        );
+    }
+    if g.json {
+        output::print_json(&report)?;
+    } else if let Err(e) = &outcome {
+        eprintln!("vault: drill of {} FAILED: {e:#}", source.name());
+    } else if !g.quiet {
+        outln!(
+            "drill of {} passed: snapshot {} ({}) restored in {:.1}s{}",
+            source.name(),
+            report["snapshot_short_id"].as_str().unwrap_or_default(),
+            report["snapshot_local_time"].as_str().unwrap_or_default(),
+            report["duration_secs"].as_f64().unwrap_or(0.0),
+            match report.get("rows") {
+                Some(rows) => format!(
+                    ", {} tables, {rows} rows",
+                    report["tables"].as_array().map_or(0, Vec::len)
+                ),
+                None => format!(", {} files", report["files"]),
+            }
+        )?;
+    }
+    // The cause's exit code: 5 for damage, 12 for a wrong password, ...
+    Ok(match &outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::exit::code_for(e),
+    })
+}
+
+/// Restores the source's snapshot into scratch space, filling `report`.
+fn drill(
+    g: &GlobalArgs,
+    source: &crate::config::SourceConfig,
+    args: &DrillArgs,
+    report: &mut serde_json::Value,
+) -> Result<()> {
     let repo = global::open_repository(g)?;
     // Drills exercise the dumps (or file backups), not physical base
     // backups, unless a snapshot is named.
@@ -48,14 +104,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
             &super::FilterArgs::default(),
         )?,
     };
+    report["snapshot_id"] = id.to_hex().into();
+    report["snapshot_short_id"] = id.short().into();
+    report["snapshot_time"] = snap.time.timestamp().to_string().into();
+    report["snapshot_local_time"] = output::local_time(&snap.time).into();
     let index = repo.load_index()?;
-    let started = std::time::Instant::now();
-    let mut report = serde_json::json!({
-        "source": source.name(),
-        "snapshot_id": id.to_hex(),
-        "snapshot_time": snap.time.timestamp().to_string(),
-    });
-    let outcome: Result<()> = match source.kind {
+    match source.kind {
         SourceKind::Postgres | SourceKind::Mysql => {
             let scratch = format!(
                 "vault_drill_{}_{}",
@@ -100,56 +154,33 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
                 &snap.tree,
                 &options,
                 &RestoreProgress::default(),
-            )
-            .map(|r| {
-                report["files"] = r.files.into();
-                report["bytes"] = r.bytes_written.into();
-            })
-            .map_err(anyhow::Error::from);
+            );
             let _ = std::fs::remove_dir_all(&dir);
-            result
-        }
-    };
-    report["duration_secs"] = started.elapsed().as_secs_f64().into();
-    report["ok"] = outcome.is_ok().into();
-    if let Err(e) = &outcome {
-        report["error"] = format!("{e:#}").into();
-        // A drill run from cron is how a team learns its backups do not
-        // restore: it alerts like a failed backup.
-        crate::notify::alert(
-            &config.notify.on_failure,
-            crate::notify::Alert::DrillFailed,
-            source.name(),
-            &format!("{e:#}"),
-            &global::hostname(),
-            &jiff::Timestamp::now().to_string(),
-        );
-    }
-    if g.json {
-        output::print_json(&report)?;
-    } else if let Err(e) = &outcome {
-        eprintln!("vault: drill of {} FAILED: {e:#}", source.name());
-    } else if !g.quiet {
-        outln!(
-            "drill of {} passed: snapshot {} ({}) restored in {:.1}s{}",
-            source.name(),
-            id.short(),
-            output::local_time(&snap.time),
-            report["duration_secs"].as_f64().unwrap_or(0.0),
-            match report.get("rows") {
-                Some(rows) => format!(
-                    ", {} tables, {rows} rows",
-                    report["tables"].as_array().map_or(0, Vec::len)
-                ),
-                None => format!(", {} files", report["files"]),
+            let r = result?;
+            report["files"] = r.files.into();
+            report["bytes"] = r.bytes_written.into();
+            // A restore goes on past damaged data (zeros there); a drill
+            // that did so has failed, with restore's exit code.
+            if let Some(first) = r.damaged_files.first() {
+                let object = format!(
+                    "{} of {} restored files (first: {})",
+                    r.damaged_files.len(),
+                    r.files,
+                    first.path
+                );
+                return Err(if r.damaged_files.iter().all(|f| f.missing) {
+                    vault_engine::Error::NotFound { object }
+                } else {
+                    vault_engine::Error::Corrupt {
+                        object,
+                        reason: first.error.clone(),
+                    }
+                }
+                .into());
             }
-        )?;
+            Ok(())
+        }
     }
-    Ok(if outcome.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
