@@ -71,6 +71,8 @@ pub(crate) enum Alert {
     DrillFailed,
     /// No snapshot of the source within its `max_age` (`vault status --alert`).
     BackupStale,
+    /// `vault status --alert` could not open the repository to look.
+    StatusFailed,
 }
 
 /// Reports a failure of `source`.
@@ -90,6 +92,7 @@ pub(crate) fn alert(
         ),
         Alert::DrillFailed => ("drill_failed", "vault restore drill failed"),
         Alert::BackupStale => ("backup_stale", "vault backup overdue"),
+        Alert::StatusFailed => ("status_failed", "vault status cannot read the repository"),
     };
     let text = format!("**{title}** on `{host}`\nsource: `{source}`\nerror: {error}\ntime: {time}");
     let body = json!({

@@ -25,8 +25,17 @@ pub(crate) struct Failure {
 pub(crate) struct SourceStatus {
     pub(crate) last_success: Option<Success>,
     pub(crate) last_failure: Option<Failure>,
-    /// "success" or "failure": the outcome of the latest run.
+    /// "success", "incomplete" (saved without entries that could not be
+    /// read) or "failure": the outcome of the latest run.
     pub(crate) last_result: Option<String>,
+}
+
+impl SourceStatus {
+    /// Whether the latest run needs someone to look: it failed or was
+    /// incomplete.
+    pub(crate) fn needs_attention(&self) -> bool {
+        matches!(self.last_result.as_deref(), Some("failure" | "incomplete"))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -65,6 +74,28 @@ impl StatusFile {
         }
     }
 
+    /// Like [`StatusFile::load`], but a file that does not parse (a crash
+    /// or a full disk can leave it empty) is renamed to `NAME.damaged` and
+    /// replaced by an empty one, with the warning returned: a backup must
+    /// still record and alert its outcome.
+    pub(crate) fn load_or_set_aside(path: &Path) -> (Self, Option<String>) {
+        match Self::load(path) {
+            Ok(file) => (file, None),
+            Err(e) => {
+                let mut aside = path.as_os_str().to_owned();
+                aside.push(".damaged");
+                let moved = match std::fs::rename(path, &aside) {
+                    Ok(()) => format!("; moved to {}", Path::new(&aside).display()),
+                    Err(_) => String::new(),
+                };
+                (
+                    Self::default(),
+                    Some(format!("{e:#}{moved}; starting a new status file")),
+                )
+            }
+        }
+    }
+
     /// Writes atomically (temp file + rename).
     pub(crate) fn save(&self, path: &Path) -> Result<()> {
         write_atomic(path, &serde_json::to_vec_pretty(self)?)
@@ -81,6 +112,17 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    // Durable before the rename, or a crash can leave the new name on an
+    // empty file; and no temporary left behind when writing fails.
+    let written = (|| {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -380,7 +380,10 @@ status_file = "{status}"
 }
 
 /// A source saved without some of its entries (exit 3) alerts: the
-/// snapshot is there, but someone must look at what it lacks.
+/// snapshot is there, but someone must look at what it lacks. The status
+/// file records it and the heartbeat waits; an interrupted run and a
+/// damaged status file are recorded and alerted too, and a status check
+/// that cannot open the repository alerts.
 #[test]
 fn a_source_saved_without_unreadable_entries_alerts() {
     let env = Env::new();
@@ -389,6 +392,7 @@ fn a_source_saved_without_unreadable_entries_alerts() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("a"), b"a").unwrap();
     let missing = env.path("unmounted");
+    let status_file = env.path("status.json");
     let config = write_config(
         &env,
         &format!(
@@ -398,17 +402,28 @@ name = "uploads"
 kind = "files"
 paths = ["{data}", "{missing}"]
 
+[[source]]
+name = "config"
+kind = "command"
+command = ["echo", "settings"]
+
+[[source]]
+name = "hangs"
+kind = "command"
+command = ["sleep", "600"]
+
 [notify]
 on_failure = ["{hook}"]
+heartbeat = "daily"
 status_file = "{status}"
 "#,
             data = data.display(),
             missing = missing.display(),
             hook = hook.url,
-            status = env.path("status.json").display()
+            status = status_file.display()
         ),
     );
-    let out = vault_with(&env, &config, &["backup"]);
+    let out = vault_with(&env, &config, &["backup", "uploads"]);
     assert_code(&out, 3);
     assert_eq!(env.snapshots().len(), 1);
     let got = hook.received();
@@ -419,6 +434,78 @@ status_file = "{status}"
         got[0]["error"].as_str().unwrap().contains("unmounted"),
         "{got:?}"
     );
+    // The status says so too, and its check fails, until a whole backup.
+    let status = vault_with(&env, &config, &["status", "--json"]);
+    assert_code(&status, 1);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        status["sources"][0]["last_result"], "incomplete",
+        "{status}"
+    );
+
+    // Another source's success sends no "all sources OK" heartbeat while
+    // uploads needs someone to look.
+    assert_success(&vault_with(&env, &config, &["backup", "config"]));
+    let events = |hook: &Webhook| -> Vec<String> {
+        hook.received()
+            .iter()
+            .map(|b| b["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        !events(&hook).contains(&"heartbeat".to_owned()),
+        "{:?}",
+        hook.received()
+    );
+
+    // A status file left empty (a crash, a full disk) is set aside: the
+    // run still records and alerts.
+    std::fs::write(&status_file, b"").unwrap();
+    let child = env
+        .command(&["backup", "hangs"])
+        .env("VAULT_CONFIG", &config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Stopped half-way (systemd's timeout sends SIGTERM): recorded and
+    // alerted, not left showing the previous result.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 130);
+    assert!(stderr(&out).contains("status"), "{}", stderr(&out));
+    assert!(env.path("status.json.damaged").exists());
+    let last = hook.received().last().cloned().unwrap();
+    assert_eq!(last["event"], "backup_failed", "{last}");
+    assert_eq!(last["source"], "hangs", "{last}");
+    assert!(
+        last["error"].as_str().unwrap().contains("interrupted"),
+        "{last}"
+    );
+    let status = json_with(&env, &config, &["status"]);
+    let hangs = status["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["source"] == "hangs")
+        .unwrap()
+        .clone();
+    assert_eq!(hangs["last_result"], "failure", "{hangs}");
+
+    // A monitoring check that cannot open the repository alerts.
+    let wrong = env.path("wrong-password");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    let out = env
+        .command(&["status", "--alert"])
+        .env("VAULT_CONFIG", &config)
+        .env("VAULT_PASSWORD_FILE", &wrong)
+        .output()
+        .unwrap();
+    assert_code(&out, 12);
+    let last = hook.received().last().cloned().unwrap();
+    assert_eq!(last["event"], "status_failed", "{last}");
 }
 
 #[test]

@@ -429,7 +429,11 @@ fn run_sources(
                     .iter()
                     .map(|s| (s.name().to_owned(), Err(why.clone())))
                     .collect();
-                record(config, &status_path, &host, &outcomes)?;
+                // The open failure is what to report; a status file that
+                // cannot be written must not hide it.
+                if let Err(re) = record(config, &status_path, &host, &outcomes) {
+                    eprintln!("vault: warning: {re:#}");
+                }
             }
             for s in &selected {
                 print_source_error(
@@ -452,7 +456,7 @@ fn run_sources(
     for source in selected {
         let name = source.name().to_owned();
         if cancel.load(Ordering::SeqCst) {
-            return Err(vault_engine::Error::Interrupted.into());
+            return interrupted(args, config, &status_path, &host, outcomes);
         }
         let Some(_guard) = source_lock(&status_path, &name)? else {
             eprintln!("vault: source {name}: another vault backup of it is still running; skipped");
@@ -515,7 +519,12 @@ fn run_sources(
                     c.downcast_ref::<vault_engine::Error>()
                         .is_some_and(|v| matches!(v, vault_engine::Error::Interrupted))
                 }) {
-                    return Err(vault_engine::Error::Interrupted.into());
+                    outcomes.push((
+                        name,
+                        Err("interrupted (SIGINT/SIGTERM) before it finished; no snapshot was saved"
+                            .into()),
+                    ));
+                    return interrupted(args, config, &status_path, &host, outcomes);
                 }
                 eprintln!("vault: error: source {name}: {e:#}");
                 failed += 1;
@@ -541,6 +550,25 @@ fn run_sources(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Ends a run that was interrupted (Ctrl-C, or systemd stopping it at its
+/// timeout): what finished, and the source cut off, are recorded and
+/// alerted like any run's, or the status would go on showing the previous
+/// success.
+fn interrupted(
+    args: &BackupArgs,
+    config: &Config,
+    status_path: &std::path::Path,
+    host: &str,
+    outcomes: Vec<(String, Result<backup::BackupReport, String>)>,
+) -> Result<ExitCode> {
+    if !args.dry_run
+        && let Err(e) = record(config, status_path, host, &outcomes)
+    {
+        eprintln!("vault: warning: {e:#}");
+    }
+    Err(vault_engine::Error::Interrupted.into())
+}
+
 /// Updates the status file, sends failure alerts and, when due, the
 /// success heartbeat.
 fn record(
@@ -549,7 +577,10 @@ fn record(
     host: &str,
     outcomes: &[(String, Result<backup::BackupReport, String>)],
 ) -> Result<()> {
-    let mut file = status::StatusFile::load(status_path)?;
+    let (mut file, damaged) = status::StatusFile::load_or_set_aside(status_path);
+    if let Some(warning) = damaged {
+        eprintln!("vault: warning: {warning}");
+    }
     let now = jiff::Timestamp::now();
     let now_text = now.to_string();
     for (name, outcome) in outcomes {
@@ -573,6 +604,11 @@ fn record(
                         first.path,
                         first.error
                     );
+                    entry.last_result = Some("incomplete".into());
+                    entry.last_failure = Some(status::Failure {
+                        time: now_text.clone(),
+                        error: error.clone(),
+                    });
                     notify::alert(
                         &config.notify.on_failure,
                         notify::Alert::BackupIncomplete,
@@ -600,7 +636,13 @@ fn record(
             }
         }
     }
-    let all_ok = outcomes.iter().all(|(_, o)| o.is_ok());
+    // "All sources OK" only when none needs attention, including sources
+    // this run did not include (per-source timers run one at a time).
+    let all_ok = config.sources.iter().all(|s| {
+        file.sources
+            .get(s.name())
+            .is_none_or(|e| !e.needs_attention())
+    });
     if all_ok && let Some(period) = config.notify.heartbeat {
         let due = file
             .last_heartbeat

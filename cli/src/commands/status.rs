@@ -27,8 +27,31 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
         bail!("vault status reports on configured sources: no config file (see --config)");
     };
     let host = global::hostname();
-    let file = status::StatusFile::load(&status::path(config.notify.status_file.as_deref()))?;
-    let repo = global::open_repository(g)?;
+    let (file, damaged) =
+        status::StatusFile::load_or_set_aside(&status::path(config.notify.status_file.as_deref()));
+    if let Some(warning) = damaged {
+        eprintln!("vault: warning: {warning}");
+    }
+    let repo = match global::open_repository(g) {
+        Ok(repo) => repo,
+        Err(e) => {
+            // The check that runs on another host exists for this case too:
+            // a repository it cannot open (storage down, keys revoked) says
+            // nothing about whether backups still happen.
+            if args.alert {
+                let names: Vec<&str> = config.sources.iter().map(|s| s.name()).collect();
+                notify::alert(
+                    &config.notify.on_failure,
+                    notify::Alert::StatusFailed,
+                    &names.join(","),
+                    &format!("opening the repository: {e:#}"),
+                    &host,
+                    &jiff::Timestamp::now().to_string(),
+                );
+            }
+            return Err(e);
+        }
+    };
     let snapshots = repo.snapshots()?;
     let now = jiff::Timestamp::now();
     let mut rows = Vec::new();
@@ -47,7 +70,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
         let stored: u64 = mine.iter().map(|(_, s)| s.summary.data_added_packed).sum();
         let latest = mine.last();
         let entry = file.sources.get(name).cloned().unwrap_or_default();
-        let failing = entry.last_result.as_deref() == Some("failure");
+        let failing = entry.needs_attention();
         let age = latest.map(|(_, s)| now.as_second() - s.time.timestamp().as_second());
         let max_age = args
             .max_age
