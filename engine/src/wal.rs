@@ -271,6 +271,40 @@ pub fn fetch(
     Ok(true)
 }
 
+/// Copies the WAL archive of `source` from `from` to `to`: every file `to`
+/// lacks, read back verified and pushed again (its chunks are the target's
+/// to make: repositories have their own keys and chunker seeds). Returns
+/// how many files were copied. A base backup copied without its WAL
+/// cannot even be brought to a consistent state.
+pub fn copy_stream(
+    from: &Repository,
+    to: &Arc<Repository>,
+    source: &str,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<u64> {
+    let there: std::collections::HashSet<String> = list(to, source)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let mut copied = 0;
+    for (name, _) in list(from, source)? {
+        if there.contains(&name) {
+            continue;
+        }
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        let Some(record) = load(from, source, &name)? else {
+            continue; // trimmed by retention since it was listed
+        };
+        let mut data = Vec::with_capacity(usize::try_from(record.size).unwrap_or(0));
+        fetch(from, source, &name, &mut data)?;
+        push(to, source, &name, data, record.modified)?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
 /// Names of the archived WAL files of a source, sorted.
 pub fn list(repo: &Repository, source: &str) -> Result<Vec<(String, u64)>> {
     let dir = stream_dir(repo, source);

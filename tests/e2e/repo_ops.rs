@@ -837,3 +837,47 @@ fn rewrite_removes_excluded_paths_and_prune_frees_their_data(backend: Backend) {
     assert_success(&env.vault(&["check", "--verify"]));
     assert!(env.locks().is_empty(), "{:?}", env.locks());
 }
+
+backend_test!(copy_carries_the_wal_archive_of_copied_base_backups);
+/// A copied base backup comes with its source's WAL archive: without it the
+/// copy could not even be brought to a consistent state.
+fn copy_carries_the_wal_archive_of_copied_base_backups(backend: Backend) {
+    let source = Env::on(backend);
+    let mut segments = Vec::new();
+    for n in 1..=2u64 {
+        let path = source.path(&format!("pg_wal/00000001000000000000000{n}"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, pseudo_random(200_000, n)).unwrap();
+        assert_success(&source.vault(&["wal", "push", "--source", "db", path.to_str().unwrap()]));
+        segments.push(path);
+    }
+    // Stands in for a base backup: tagged as `backup --physical` tags one.
+    let base = source.path("base.tar");
+    std::fs::write(&base, b"base backup").unwrap();
+    assert_success(&source.vault(&[
+        "backup",
+        base.to_str().unwrap(),
+        "--tag",
+        "db",
+        "--tag",
+        "physical",
+    ]));
+    let target = copy_target(&source, backend);
+    let report = copy_to(&source, &target, &[]);
+    assert_eq!(report["wal_files_copied"], 2, "{report}");
+    for path in &segments {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let out = target.path(&format!("fetched-{name}"));
+        assert_success(&target.vault(&[
+            "wal",
+            "fetch",
+            "--source",
+            "db",
+            name,
+            out.to_str().unwrap(),
+        ]));
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(path).unwrap());
+    }
+    let again = copy_to(&source, &target, &[]);
+    assert_eq!(again["wal_files_copied"], 0, "{again}");
+}

@@ -156,3 +156,36 @@ fn a_retried_push_stores_nothing_and_a_different_one_is_refused() {
     assert!(wal::fetch(&repo, "db", &name, &mut out).expect("fetch"));
     assert_eq!(out, random_bytes(7, 50_000), "the archived copy changed");
 }
+
+/// `copy` carries the WAL archive: every file the target lacks arrives
+/// byte-exact under the target's own key, a second copy finds nothing to
+/// do, and another source's stream stays behind.
+#[test]
+fn a_wal_stream_copies_to_another_repository_once() {
+    let from = init_memory(MEDIUM_CHUNKER, 64 * 1024);
+    let to = init_memory(MEDIUM_CHUNKER, 64 * 1024);
+    let segments: Vec<(String, Vec<u8>)> = (1..=3)
+        .map(|n| (segment_name(n), random_bytes(u64::from(n), 300_000)))
+        .collect();
+    for (name, data) in &segments {
+        wal::push(&from, "db", name, data.clone(), None).expect("push");
+    }
+    wal::push(&from, "other", &segment_name(9), b"x".to_vec(), None).expect("push");
+    // One file is in the target already.
+    wal::push(&to, "db", &segments[0].0, segments[0].1.clone(), None).expect("push");
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    assert_eq!(
+        wal::copy_stream(&from, &to, "db", &cancel).expect("copy"),
+        2
+    );
+    assert_eq!(
+        wal::copy_stream(&from, &to, "db", &cancel).expect("again"),
+        0
+    );
+    for (name, data) in &segments {
+        let mut got = Vec::new();
+        assert!(wal::fetch(&to, "db", name, &mut got).expect("fetch"));
+        assert_eq!(&got, data, "{name}");
+    }
+    assert!(wal::list(&to, "other").expect("list").is_empty());
+}

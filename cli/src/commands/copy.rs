@@ -136,8 +136,28 @@ pub(crate) fn run(g: &GlobalArgs, args: &CopyArgs, cancel: Arc<AtomicBool>) -> R
     let result = copy::copy(&src, &dst, &selected, &options, &progress);
     bar.finish();
     let report = result?;
+    // The WAL archive of every source whose base backups were selected
+    // (and of every configured source), so a copied base backup can be
+    // recovered, and to any point the source repository can reach.
+    let mut wal_sources: std::collections::BTreeSet<String> = selected
+        .iter()
+        .filter(|(_, s)| s.tags.iter().any(|t| t == "physical"))
+        .flat_map(|(_, s)| s.tags.iter().filter(|t| *t != "physical").cloned())
+        .collect();
+    if let Some(config) = global::config(g)? {
+        wal_sources.extend(config.sources.iter().map(|s| s.name().to_owned()));
+    }
+    let mut wal_copied: Vec<(String, u64)> = Vec::new();
+    for source in &wal_sources {
+        let n = vault_engine::wal::copy_stream(&src, &dst, source, &cancel)
+            .with_context(|| format!("copying the WAL archive of source {source}"))?;
+        if n > 0 {
+            wal_copied.push((source.clone(), n));
+        }
+    }
     if g.json {
         let mut v = serde_json::to_value(&report)?;
+        v["wal_files_copied"] = wal_copied.iter().map(|(_, n)| n).sum::<u64>().into();
         v["message_type"] = "summary".into();
         v["source"] = src.config().id.clone().into();
         v["target"] = dst.config().id.clone().into();
@@ -183,6 +203,9 @@ pub(crate) fn run(g: &GlobalArgs, args: &CopyArgs, cancel: Arc<AtomicBool>) -> R
             output::bytes(report.bytes_stored),
             report.packs_uploaded
         )?;
+        for (source, n) in &wal_copied {
+            outln!("copied {n} WAL files of source {source}")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
