@@ -28,6 +28,10 @@ pub(crate) struct GlobalArgs {
     /// Run this shell command and use its output as the password.
     #[arg(long, env = "VAULT_PASSWORD_COMMAND", global = true)]
     pub(crate) password_command: Option<String>,
+    /// When the repository is locked by another maintenance command, retry
+    /// for up to DURATION (e.g. 5m) before failing with exit 11.
+    #[arg(long, value_name = "DURATION", global = true, value_parser = parse_duration)]
+    pub(crate) retry_lock: Option<std::time::Duration>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub(crate) json: bool,

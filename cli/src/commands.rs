@@ -192,6 +192,7 @@ impl FilterArgs {
 /// The exclusive maintenance lock for `purpose`, except on a dry run,
 /// which changes nothing.
 pub(crate) fn maintenance_lock(
+    g: &crate::args::GlobalArgs,
     repo: &vault_engine::Repository,
     purpose: &str,
     dry_run: bool,
@@ -199,12 +200,41 @@ pub(crate) fn maintenance_lock(
     if dry_run {
         return Ok(None);
     }
-    Ok(Some(vault_engine::lock::lock_exclusive(
-        repo,
-        purpose,
-        &crate::global::hostname(),
-        &crate::global::username(),
-    )?))
+    exclusive_lock(g, repo, purpose).map(Some)
+}
+
+/// Takes the exclusive maintenance lock; while another command holds it,
+/// retries for up to `--retry-lock` (as restic's flag does), so cron jobs
+/// that can overlap (a nightly forget, a weekly prune) wait their turn
+/// instead of failing with exit 11.
+pub(crate) fn exclusive_lock(
+    g: &crate::args::GlobalArgs,
+    repo: &vault_engine::Repository,
+    purpose: &str,
+) -> Result<vault_engine::lock::Lock> {
+    let deadline = g.retry_lock.map(|d| std::time::Instant::now() + d);
+    let mut pause = std::time::Duration::from_secs(1);
+    loop {
+        match vault_engine::lock::lock_exclusive(
+            repo,
+            purpose,
+            &crate::global::hostname(),
+            &crate::global::username(),
+        ) {
+            Err(e @ vault_engine::Error::Locked { .. }) => {
+                let now = std::time::Instant::now();
+                match deadline {
+                    Some(deadline) if now < deadline => {
+                        tracing::info!("{e}; retrying");
+                        std::thread::sleep(pause.min(deadline - now));
+                        pause = (pause * 2).min(std::time::Duration::from_secs(30));
+                    }
+                    _ => return Err(e.into()),
+                }
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Every readable snapshot, oldest first, and the errors of the damaged

@@ -243,15 +243,25 @@ fn held_lock_exits_11_naming_the_holder_and_stale_locks_are_cleared(backend: Bac
         err.contains("locked") && err.contains(&format!("pid {}", holder.id())),
         "{err}"
     );
+    // --retry-lock waits for the lock, up to its limit.
+    let started = Instant::now();
+    assert_code(&env.vault(&["prune", "--retry-lock", "2s"]), 11);
+    assert!(started.elapsed() >= Duration::from_secs(2));
     // unlock leaves a live lock alone.
     assert_success(&env.vault(&["unlock"]));
     assert_eq!(env.locks(), held);
-    // Kill the holder: its lock is now stale (same host, process gone) and
-    // the next prune goes ahead.
+    // A prune waiting for the lock goes ahead once the holder is gone
+    // (killed: its lock is stale, same host and process gone).
+    let waiting = env
+        .command(&["prune", "--retry-lock", "5m"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert_eq!(env.locks(), held);
-    assert_success(&env.vault(&["prune"]));
+    assert_success(&waiting.wait_with_output().unwrap());
     if atomic {
         // The stale lock was taken over, and released.
         assert!(env.locks().is_empty(), "{:?}", env.locks());

@@ -7,7 +7,7 @@ use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Result, bail};
 use std::process::ExitCode;
-use vault_engine::{Repository, lock, object_lock};
+use vault_engine::{Repository, object_lock};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExtendRetentionArgs {}
@@ -21,12 +21,7 @@ pub(crate) fn run(g: &GlobalArgs, _args: &ExtendRetentionArgs) -> Result<ExitCod
     }
     // Exclusive, like prune: an object a concurrent prune deletes between
     // the listing and its extension would fail the run.
-    let _lock = lock::lock_exclusive(
-        &repo,
-        "extend-retention",
-        &global::hostname(),
-        &global::username(),
-    )?;
+    let _lock = super::exclusive_lock(g, &repo, "extend-retention")?;
     if !extend(g, &repo)? {
         bail!(
             "the storage of this copy of a locked repository cannot lock objects: nothing was extended"

@@ -181,7 +181,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     }
     let filter = args.filter.to_filter();
     let repo = global::open_repository(g)?;
-    let held = super::maintenance_lock(&repo, "forget", args.dry_run)?;
+    let held = super::maintenance_lock(g, &repo, "forget", args.dry_run)?;
     let all = repo.snapshots()?;
     // Snapshots still under S3 Object Lock are not removed: deleting one
     // would only hide it (the store keeps the locked version), and its
@@ -328,7 +328,7 @@ fn after_forget(
 /// ID` does; those still under object lock are kept and reported.
 fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
-    let held = super::maintenance_lock(&repo, "forget", args.dry_run)?;
+    let held = super::maintenance_lock(g, &repo, "forget", args.dry_run)?;
     let (all, damaged) = super::snapshots_and_damaged(&repo)?;
     let chosen: Vec<SnapshotId> =
         super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?

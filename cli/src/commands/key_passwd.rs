@@ -7,7 +7,7 @@ use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
-use vault_engine::{key, lock};
+use vault_engine::key;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct KeyPasswdArgs {
@@ -19,12 +19,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyPasswdArgs) -> Result<ExitCode> {
     let new = args.new.new_key()?;
     let repo = global::open_repository(g)?;
     let password = args.new.require_new_password()?;
-    let _lock = lock::lock_exclusive(
-        &repo,
-        "key passwd",
-        &global::hostname(),
-        &global::username(),
-    )?;
+    let _lock = super::exclusive_lock(g, &repo, "key passwd")?;
     let (added, removed) = key::change_password(&repo, &password, &new)?;
     if g.json {
         output::print_json(&serde_json::json!({

@@ -6,7 +6,7 @@ use crate::output::outln;
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
-use vault_engine::{key, lock};
+use vault_engine::key;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct KeyRemoveArgs {
@@ -20,12 +20,7 @@ pub(crate) struct KeyRemoveArgs {
 pub(crate) fn run(g: &GlobalArgs, args: &KeyRemoveArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     // Two removals at once could each leave only the other's key.
-    let _lock = lock::lock_exclusive(
-        &repo,
-        "key remove",
-        &global::hostname(),
-        &global::username(),
-    )?;
+    let _lock = super::exclusive_lock(g, &repo, "key remove")?;
     let id = key::resolve(&repo, &args.id)?;
     key::remove(&repo, &id, args.force)?;
     if g.json {

@@ -63,7 +63,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &PruneCmdArgs) -> Result<ExitCode> {
         print_plan(g, &plan, true)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let lock = lock::lock_exclusive(&repo, "prune", &global::hostname(), &global::username())?;
+    let lock = super::exclusive_lock(g, &repo, "prune")?;
     prune_locked(g, &repo, &args.prune, Some(&lock))?;
     Ok(ExitCode::SUCCESS)
 }

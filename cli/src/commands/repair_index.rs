@@ -18,12 +18,7 @@ pub(crate) struct RepairIndexArgs {
 
 pub(crate) fn run(g: &GlobalArgs, args: &RepairIndexArgs) -> Result<ExitCode> {
     let repo = global::open_repository_uncached(g)?;
-    let _lock = vault_engine::lock::lock_exclusive(
-        &repo,
-        "repair index",
-        &global::hostname(),
-        &global::username(),
-    )?;
+    let _lock = super::exclusive_lock(g, &repo, "repair index")?;
     let report = repair::repair_index(&repo, args.read_data)?;
     if g.json {
         output::print_json(&report)?;

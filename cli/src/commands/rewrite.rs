@@ -54,7 +54,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     // Exclusive: a prune running meanwhile could delete trees and data the
     // rewritten snapshots reuse. A dry run writes nothing and needs none.
-    let _lock = super::maintenance_lock(&repo, "rewrite", args.dry_run)?;
+    let _lock = super::maintenance_lock(g, &repo, "rewrite", args.dry_run)?;
     let (all, damaged) = super::snapshots_and_damaged(&repo)?;
     let chosen: Vec<(SnapshotId, Snapshot)> =
         super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?

@@ -11,7 +11,6 @@ use anyhow::{Result, bail};
 use std::collections::HashMap;
 use std::process::ExitCode;
 use vault_engine::id::SnapshotId;
-use vault_engine::lock;
 use vault_engine::object_lock;
 use vault_engine::repository::FileKind;
 use vault_engine::snapshot::TagChange;
@@ -47,7 +46,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     // Exclusive, like forget: a snapshot deleted under a concurrent
     // forget or prune would be lost or resurrected.
-    let _lock = lock::lock_exclusive(&repo, "tag", &global::hostname(), &global::username())?;
+    let _lock = super::exclusive_lock(g, &repo, "tag")?;
     let (all, damaged) = super::snapshots_and_damaged(&repo)?;
     let chosen = super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?;
     // A snapshot under S3 Object Lock cannot be replaced: deleting it would
