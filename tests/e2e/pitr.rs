@@ -140,6 +140,13 @@ impl Pitr {
         dir: &str,
         extra: &[&str],
     ) -> serde_json::Value {
+        let out = self.restore_output(at, dir, extra);
+        assert_success(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// [`Pitr::restore_with`], whatever its outcome.
+    fn restore_output(&self, at: Option<jiff::Timestamp>, dir: &str, extra: &[&str]) -> Output {
         let target = self.dir.join(dir);
         let at = at.map(|a| a.to_string());
         let mut args = vec!["--json", "restore", "pgdb", "--pitr"];
@@ -148,9 +155,7 @@ impl Pitr {
             args.extend(["--at", at]);
         }
         args.extend(["--target", target.to_str().unwrap()]);
-        let out = self.vault(&args);
-        assert_success(&out);
-        serde_json::from_slice(&out.stdout).unwrap()
+        self.vault(&args)
     }
 
     /// `pg_ctl start` on a restored directory, whatever the outcome: the
@@ -646,4 +651,49 @@ fn a_segment_that_fails_to_fetch_stops_recovery_instead_of_promoting() {
         "{log}"
     );
     assert!(t.dir.join("damaged/recovery.signal").exists());
+}
+
+/// A base backup of a cluster that was itself restored carries that
+/// restore's recovery settings in `postgresql.auto.conf` (here set with
+/// `ALTER SYSTEM`, which the running server ignores). A restore to the end
+/// of the archive used to append its own settings after them: PostgreSQL
+/// kept the old `recovery_target_name`, stopped there and promoted without
+/// row 3. Settings in `postgresql.conf` are left alone, with a warning.
+#[test]
+fn recovery_settings_that_came_with_the_base_backup_do_not_steer_the_restore() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    t.psql(&port, "ALTER SYSTEM SET recovery_target_name = 'old'");
+    t.psql(&port, "ALTER SYSTEM SET recovery_target_action = 'promote'");
+    t.psql(&port, "ALTER SYSTEM SET restore_command = 'false'");
+    let conf = std::path::Path::new(&t.pg["VAULT_TEST_PG_DATA"]).join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("recovery_target_inclusive = on\n");
+    std::fs::write(&conf, text).unwrap();
+    assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
+    t.commit(&port, 1);
+    t.commit(&port, 2);
+    t.psql(&port, "SELECT pg_create_restore_point('old')");
+    t.commit(&port, 3);
+    t.archive_all(&port);
+
+    let out = t.restore_output(None, "end", &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("recovery_target_name = 'old'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("postgresql.conf sets \"recovery_target_inclusive = on\""),
+        "{}",
+        stderr(&out)
+    );
+    let auto = std::fs::read_to_string(t.dir.join("end/postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("recovery_target_name"), "{auto}");
+    assert_eq!(auto.matches("restore_command").count(), 1, "{auto}");
+    let port_end = (port.parse::<u32>().unwrap() + 4).to_string();
+    let server = t.start("end", &port_end, "");
+    assert_eq!(t.rows(&server.port), "1,2,3");
 }
