@@ -697,3 +697,32 @@ fn recovery_settings_that_came_with_the_base_backup_do_not_steer_the_restore() {
     let server = t.start("end", &port_end, "");
     assert_eq!(t.rows(&server.port), "1,2,3");
 }
+
+/// PostgreSQL runs `restore_command` through `/bin/sh` from the data
+/// directory. A config given by a relative path with a space in it used to
+/// be written as given, unquoted: no fetch could find it.
+#[test]
+fn restore_command_works_with_a_relative_config_path_with_a_space() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    t.commit(&port, 1);
+    t.commit(&port, 2);
+    t.archive_all(&port);
+    let dir = t.dir.join("my conf");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&t.config, dir.join("vault.toml")).unwrap();
+    for p in [&dir, &dir.join("vault.toml")] {
+        std::os::unix::fs::chown(p, Some(t.uid), Some(t.gid)).unwrap();
+    }
+    t.restore_with(None, "relative", &["--config", "my conf/vault.toml"]);
+    let auto = std::fs::read_to_string(t.dir.join("relative/postgresql.auto.conf")).unwrap();
+    let conf = dir.canonicalize().unwrap();
+    assert!(
+        auto.contains(&format!("--config ''{}/vault.toml''", conf.display())),
+        "{auto}"
+    );
+    let port_rel = (port.parse::<u32>().unwrap() + 6).to_string();
+    let server = t.start("relative", &port_rel, "");
+    assert_eq!(t.rows(&server.port), "1,2");
+}
