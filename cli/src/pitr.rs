@@ -3,8 +3,11 @@
 //! and the recovery settings (`restore_command = 'vault wal fetch %f %p'`,
 //! `recovery_target_time`) so that starting PostgreSQL there replays the
 //! archived WAL up to that second. Recovery settings that came with the
-//! base backup are removed first (docs/pitr.md). The WAL chain is checked first: a gap
-//! after the base backup's start is reported before anything is written.
+//! base backup are removed first (docs/pitr.md). The WAL chain is checked
+//! before anything is written: a gap after the base backup's start refuses
+//! a restore to the end of the archive; with a target time it is a warning
+//! (the WAL up to the target may all lie before it), and so is a target
+//! after the newest archived segment.
 //!
 //! Timelines: every PITR that is started and promoted forks a new timeline
 //! and archives its `.history` file. The timeline to recover along is the
@@ -130,10 +133,34 @@ pub(crate) fn restore(
         );
     }
     if let Some((tli, first, count)) = chain.gaps.first() {
-        bail!(
-            "WAL archive has a gap: {count} segment(s) missing on timeline {tli} from {first}; recovery from base backup {} would stop there. Nothing was written.",
+        let Some(at) = at else {
+            bail!(
+                "WAL archive has a gap: {count} segment(s) missing on timeline {tli} from {first}; recovery from base backup {} would stop there. Nothing was written.",
+                id.short()
+            );
+        };
+        // The WAL needed to reach the target may all lie before the gap,
+        // and if it does not, PostgreSQL (13 and later) refuses to start
+        // rather than promote short of the target.
+        eprintln!(
+            "vault: warning: WAL archive has a gap: {count} segment(s) missing on timeline {tli} from {first}. Recovery from base backup {} reaches {at} only if that time lies before the gap; otherwise PostgreSQL stops with FATAL \"recovery ended before configured recovery target was reached\" and does not start.",
             id.short()
         );
+    }
+    if let (Some(at_time), Some(last)) = (&at_time, &chain.last) {
+        // Nothing committed after the target is archived yet: PostgreSQL
+        // would replay all of it and refuse to start, short of the target.
+        // Not refused: the server being recovered may still archive more.
+        if let Some(record) = wal::load(repo, source.name(), last)? {
+            let written = record.modified.unwrap_or(record.pushed);
+            if written < at_time.timestamp() {
+                eprintln!(
+                    "vault: warning: {} is after the newest archived WAL segment, {last} (written {}). PostgreSQL stops with FATAL \"recovery ended before configured recovery target was reached\" unless WAL after that time is archived before it gets there.",
+                    at.unwrap_or_default(),
+                    output::local_time(&written.to_zoned(jiff::tz::TimeZone::system()))
+                );
+            }
+        }
     }
 
     // Unpack the base backup.

@@ -623,7 +623,7 @@ fn a_segment_that_fails_to_fetch_stops_recovery_instead_of_promoting() {
     };
     t.commit(&port, 1);
     // Where recovery finds the commit, past the end of the base backup.
-    let victim = t.psql(&port, "SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let victim = t.psql(&port, "SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
     t.psql(&port, "SELECT pg_switch_wal()");
     t.commit(&port, 2);
     t.archive_all(&port);
@@ -724,5 +724,63 @@ fn restore_command_works_with_a_relative_config_path_with_a_space() {
     );
     let port_rel = (port.parse::<u32>().unwrap() + 6).to_string();
     let server = t.start("relative", &port_rel, "");
+    assert_eq!(t.rows(&server.port), "1,2");
+}
+
+/// With `--at`, only the WAL up to the target is needed: a gap after it
+/// does not refuse the restore (a warning says recovery needs the target
+/// before the gap), and a target after the newest archived segment is
+/// warned about, naming it. Without `--at`, a gap still refuses.
+#[test]
+fn restore_at_a_time_before_a_gap_works_and_a_time_after_the_archive_is_warned_about() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    let mut times = vec![jiff::Timestamp::UNIX_EPOCH];
+    let mut victim = String::new();
+    for i in 1..=5 {
+        times.push(t.commit(&port, i));
+        if i == 4 {
+            victim = t.psql(&port, "SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if i >= 3 {
+            t.psql(&port, "SELECT pg_switch_wal()");
+        }
+    }
+    t.archive_all(&port);
+    let files = t.vault(&["wal", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&files.stdout).unwrap();
+    let newest = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str().filter(|f| f.len() == 24))
+        .max()
+        .unwrap()
+        .to_owned();
+    let out = t.restore_output(Some(jiff::Timestamp::now()), "later", &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains(&format!("newest archived WAL segment, {newest}")),
+        "{}",
+        stderr(&out)
+    );
+    // Rows 1 to 3 share a segment; 4 and 5 each have one of their own.
+    // Without the segment holding row 4, recovery still reaches a time
+    // between rows 2 and 3.
+    t.store.delete(&wal_key(&*t.store, &victim)).unwrap();
+    let out = t.restore_output(None, "to-the-end", &[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("gap"), "{}", stderr(&out));
+    let out = t.restore_output(Some(mid(times[2], times[3])), "before-gap", &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains(&format!("from {victim}")),
+        "{}",
+        stderr(&out)
+    );
+    let port_gap = (port.parse::<u32>().unwrap() + 5).to_string();
+    let server = t.start("before-gap", &port_gap, "");
     assert_eq!(t.rows(&server.port), "1,2");
 }
