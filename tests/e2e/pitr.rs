@@ -784,3 +784,26 @@ fn restore_at_a_time_before_a_gap_works_and_a_time_after_the_archive_is_warned_a
     let server = t.start("before-gap", &port_gap, "");
     assert_eq!(t.rows(&server.port), "1,2");
 }
+
+/// `wal list` names its source positionally (as it always did) or with
+/// `--source`, as `wal push` and `wal fetch` do.
+#[test]
+fn wal_list_takes_the_source_positionally_or_with_source() {
+    let env = Env::new();
+    let name = "000000010000000000000007";
+    let segment = env.path(name);
+    std::fs::write(&segment, pseudo_random(4096, 7)).unwrap();
+    assert_success(&env.vault(&["wal", "push", "--source", "pgdb", segment.to_str().unwrap()]));
+    for args in [
+        &["wal", "list", "pgdb"][..],
+        &["wal", "list", "--source", "pgdb"],
+    ] {
+        let out = env.vault(args);
+        assert_success(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(name),
+            "{args:?}"
+        );
+    }
+    assert_code(&env.vault(&["wal", "list", "pgdb", "--source", "other"]), 2);
+}

@@ -41,6 +41,10 @@ pub(crate) enum WalCommand {
     /// List archived WAL files, timelines and gaps.
     List {
         /// Source (default: the only postgres source).
+        #[arg(value_name = "SOURCE", conflicts_with = "source")]
+        positional: Option<String>,
+        /// The same, as push and fetch take it.
+        #[arg(long)]
         source: Option<String>,
     },
 }
@@ -118,8 +122,8 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
             std::fs::rename(&tmp.0, path).with_context(|| format!("writing {}", path.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        WalCommand::List { source } => {
-            let source = wal_source(config, source.as_deref())?;
+        WalCommand::List { positional, source } => {
+            let source = wal_source(config, source.as_deref().or(positional.as_deref()))?;
             let repo = global::open_repository(g)?;
             let files = wal::list(&repo, &source)?;
             let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
