@@ -30,6 +30,13 @@ pub(crate) const LOCKED: u8 = 11;
 pub(crate) const WRONG_PASSWORD: u8 = 12;
 /// Interrupted by a signal.
 pub(crate) const INTERRUPTED: u8 = 130;
+/// `vault wal fetch` failed for any reason other than "not archived".
+/// PostgreSQL takes every `restore_command` exit status up to 125 for "this
+/// file is not in the archive" and ends recovery there, promoting with the
+/// rest of the WAL never replayed; above 125 it aborts recovery instead
+/// (`wait_result_is_any_signal` in its `RestoreArchivedFile`). 143 (128 +
+/// SIGTERM) would read as a shutdown request, so 255.
+pub(crate) const ABORT_RECOVERY: u8 = 255;
 
 pub(crate) const HELP: &str = "\
 Exit codes:
@@ -44,7 +51,8 @@ Exit codes:
   10   repository does not exist
   11   repository is locked
   12   wrong password
-  130  interrupted (SIGINT/SIGTERM)";
+  130  interrupted (SIGINT/SIGTERM)
+  255  vault wal fetch failed, other than 'not archived' (PostgreSQL then stops recovery)";
 
 pub(crate) fn code_for(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(code_of(err))

@@ -25,8 +25,16 @@ use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let matches = args::Cli::command().get_matches();
-    let cli = args::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Before parsing, a guess: only for a command line that does not parse.
+    let wal_fetch = is_wal_fetch(std::env::args_os().skip(1));
+    let matches = match args::Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => return usage_error(&e, wal_fetch),
+    };
+    let cli = match args::Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e, wal_fetch),
+    };
     // "backup", "key add", "wal push": the operation `vault stats` reports.
     let mut command = Vec::new();
     let mut sub = matches.subcommand();
@@ -35,6 +43,15 @@ fn main() -> ExitCode {
         sub = m.subcommand();
     }
     let command = command.join(" ");
+    let wal_fetch = command == "wal fetch";
+    if wal_fetch {
+        // A panic exits 101, which PostgreSQL would read as "not archived".
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            report(info);
+            std::process::exit(i32::from(exit::ABORT_RECOVERY));
+        }));
+    }
     let filter = match cli.global.verbose {
         0 if cli.global.quiet => "error",
         0 => "warn",
@@ -59,11 +76,36 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            if exit::is_broken_pipe(&err) {
+            // Never for wal fetch: a success there says the file is in place.
+            if !wal_fetch && exit::is_broken_pipe(&err) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("vault: error: {err:#}");
-            exit::code_for(&err)
+            if wal_fetch {
+                // Only a file the archive does not have may end recovery
+                // (wal.rs returns that as Ok); anything else must stop it.
+                ExitCode::from(exit::ABORT_RECOVERY)
+            } else {
+                exit::code_for(&err)
+            }
         }
     }
+}
+
+/// Whether the arguments run `vault wal fetch`, PostgreSQL's
+/// `restore_command`: decided before parsing, since a command line that
+/// does not parse (a flag this version lacks) must stop recovery too.
+fn is_wal_fetch(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let mut args = args.skip_while(|a| a.to_str() != Some("wal"));
+    args.next().is_some() && args.any(|a| a.to_str() == Some("fetch"))
+}
+
+/// Prints a usage error (or help) and exits as clap would, except for
+/// `wal fetch`, where any error must stop PostgreSQL's recovery.
+fn usage_error(e: &clap::Error, wal_fetch: bool) -> ExitCode {
+    if wal_fetch && e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::from(exit::ABORT_RECOVERY);
+    }
+    e.exit()
 }

@@ -2,8 +2,12 @@
 //! target time, unpacked into the target directory, plus `recovery.signal`
 //! and the recovery settings (`restore_command = 'vault wal fetch %f %p'`,
 //! `recovery_target_time`) so that starting PostgreSQL there replays the
-//! archived WAL up to that second. The WAL chain is checked first: a gap
-//! after the base backup's start is reported before anything is written.
+//! archived WAL up to that second. Recovery settings that came with the
+//! base backup are removed first (docs/pitr.md). The WAL chain is checked
+//! before anything is written: a gap after the base backup's start refuses
+//! a restore to the end of the archive; with a target time it is a warning
+//! (the WAL up to the target may all lie before it), and so is a target
+//! after the newest archived segment.
 //!
 //! Timelines: every PITR that is started and promoted forks a new timeline
 //! and archives its `.history` file. The timeline to recover along is the
@@ -16,9 +20,8 @@ use crate::config::{SourceConfig, SourceKind};
 use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use vault_engine::{Repository, restore, wal};
 
@@ -62,9 +65,7 @@ pub(crate) fn restore(
             source.name()
         );
     }
-    let config_path = global::config(g)?
-        .map(|c| c.path.clone())
-        .context("--pitr writes a restore_command that needs the config file")?;
+    let fetch = FetchCommand::new(g, source.name())?;
     let at_time = at.map(crate::timespec::parse).transpose()?;
     let index = repo.load_index()?;
     let names: Vec<String> = wal::list(repo, source.name())?
@@ -132,10 +133,34 @@ pub(crate) fn restore(
         );
     }
     if let Some((tli, first, count)) = chain.gaps.first() {
-        bail!(
-            "WAL archive has a gap: {count} segment(s) missing on timeline {tli} from {first}; recovery from base backup {} would stop there. Nothing was written.",
+        let Some(at) = at else {
+            bail!(
+                "WAL archive has a gap: {count} segment(s) missing on timeline {tli} from {first}; recovery from base backup {} would stop there. Nothing was written.",
+                id.short()
+            );
+        };
+        // The WAL needed to reach the target may all lie before the gap,
+        // and if it does not, PostgreSQL (13 and later) refuses to start
+        // rather than promote short of the target.
+        eprintln!(
+            "vault: warning: WAL archive has a gap: {count} segment(s) missing on timeline {tli} from {first}. Recovery from base backup {} reaches {at} only if that time lies before the gap; otherwise PostgreSQL stops with FATAL \"recovery ended before configured recovery target was reached\" and does not start.",
             id.short()
         );
+    }
+    if let (Some(at_time), Some(last)) = (&at_time, &chain.last) {
+        // Nothing committed after the target is archived yet: PostgreSQL
+        // would replay all of it and refuse to start, short of the target.
+        // Not refused: the server being recovered may still archive more.
+        if let Some(record) = wal::load(repo, source.name(), last)? {
+            let written = record.modified.unwrap_or(record.pushed);
+            if written < at_time.timestamp() {
+                eprintln!(
+                    "vault: warning: {} is after the newest archived WAL segment, {last} (written {}). PostgreSQL stops with FATAL \"recovery ended before configured recovery target was reached\" unless WAL after that time is archived before it gets there.",
+                    at.unwrap_or_default(),
+                    output::local_time(&written.to_zoned(jiff::tz::TimeZone::system()))
+                );
+            }
+        }
     }
 
     // Unpack the base backup.
@@ -164,17 +189,10 @@ pub(crate) fn restore(
     }
 
     // Recovery settings.
-    let vault = std::env::current_exe().context("locating the vault binary")?;
-    let restore_command = format!(
-        "{} --config {} wal fetch --source {} %f %p",
-        vault.display(),
-        config_path.display(),
-        source.name()
-    );
     let mut settings = format!(
-        "\n# written by vault restore --pitr from snapshot {}\nrestore_command = '{}'\n",
+        "\n# written by vault restore --pitr from snapshot {}\nrestore_command = {}\n",
         id.short(),
-        restore_command.replace('\'', "''")
+        conf_quote(&fetch.command)
     );
     // Always explicit: the timeline chosen above, never 'latest'.
     settings.push_str(&format!("recovery_target_timeline = '{recovery_tli}'\n"));
@@ -191,11 +209,23 @@ pub(crate) fn restore(
         ));
     }
     let auto = target.join("postgresql.auto.conf");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&auto)?;
-    f.write_all(settings.as_bytes())?;
+    let inherited = match std::fs::read_to_string(&auto) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", auto.display())),
+    };
+    // PostgreSQL takes the last value of each setting, but an old target
+    // this restore sets nothing for would survive and stop recovery there.
+    let (kept, removed) = without_recovery_settings(&inherited);
+    for line in &removed {
+        eprintln!(
+            "vault: removed from the restored postgresql.auto.conf (it came with the base backup): {line}"
+        );
+    }
+    std::fs::write(&auto, format!("{kept}{settings}"))
+        .with_context(|| format!("writing {}", auto.display()))?;
+    let written: Vec<&str> = settings.lines().filter_map(setting_name).collect();
+    warn_about_recovery_settings(&target.join("postgresql.conf"), &written);
     std::fs::write(target.join("recovery.signal"), b"")?;
     // PostgreSQL insists on owning a 0700 data directory: match the owner
     // of the restored files.
@@ -207,6 +237,20 @@ pub(crate) fn restore(
         target.join("recovery.signal"),
     ] {
         let _ = std::os::unix::fs::chown(&p, Some(owner.uid()), Some(owner.gid()));
+    }
+    if owner.uid() != nix::unistd::geteuid().as_raw() {
+        for (path, what, mode) in &fetch.needs {
+            if !can_access(path, owner.uid(), owner.gid(), *mode) {
+                eprintln!(
+                    "vault: warning: PostgreSQL runs restore_command as the owner of {} (uid {}), who cannot {} {what} {}: every WAL fetch would fail and recovery stop. Make it {}able to that user, or give it a config of its own.",
+                    target.display(),
+                    owner.uid(),
+                    if *mode == EXECUTE { "run" } else { "read" },
+                    path.display(),
+                    if *mode == EXECUTE { "execut" } else { "read" },
+                );
+            }
+        }
     }
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(0o700))?;
     if g.json {
@@ -236,4 +280,326 @@ pub(crate) fn restore(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a PostgreSQL setting steers archive recovery: where it stops
+/// (every `recovery_target*`) and where WAL comes from.
+fn is_recovery_setting(name: &str) -> bool {
+    name.starts_with("recovery_target") || name == "restore_command"
+}
+
+/// The name of the setting a line of a PostgreSQL configuration file
+/// assigns (`name = value`, `name value`), lowercased as PostgreSQL
+/// compares them; `None` for comments and blank lines.
+fn setting_name(line: &str) -> Option<&str> {
+    let line = line.trim_start();
+    let end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+        .unwrap_or(line.len());
+    let (name, rest) = line.split_at(end);
+    let rest = rest.trim_start();
+    (!name.is_empty() && !rest.is_empty() && !rest.starts_with('#')).then_some(name)
+}
+
+/// `text` without the lines that set a recovery setting, and those lines.
+fn without_recovery_settings(text: &str) -> (String, Vec<&str>) {
+    let mut kept = String::with_capacity(text.len());
+    let mut removed = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if setting_name(line).is_some_and(|n| is_recovery_setting(&n.to_ascii_lowercase())) {
+            removed.push(line.trim_end());
+        } else {
+            kept.push_str(line);
+        }
+    }
+    (kept, removed)
+}
+
+/// Warns about recovery settings in the restored `postgresql.conf` that
+/// the ones vault wrote to `postgresql.auto.conf` (`written`) do not
+/// override. They are left alone: `postgresql.conf` is the administrator's
+/// file, and often a copy of the production one.
+fn warn_about_recovery_settings(conf: &Path, written: &[&str]) {
+    let Ok(text) = std::fs::read_to_string(conf) else {
+        return;
+    };
+    for line in text.lines() {
+        let Some(name) = setting_name(line).map(str::to_ascii_lowercase) else {
+            continue;
+        };
+        if is_recovery_setting(&name) && !written.contains(&name.as_str()) {
+            eprintln!(
+                "vault: warning: {} sets {:?}, which applies to this recovery too; remove it unless that is intended",
+                conf.display(),
+                line.trim()
+            );
+        }
+    }
+}
+
+/// The `restore_command` that `restore --pitr` writes, and the files it
+/// needs.
+struct FetchCommand {
+    /// The shell command line, with PostgreSQL's `%f` and `"%p"`.
+    command: String,
+    /// Files the user running it must be able to read (or run: `EXECUTE`).
+    needs: Vec<(PathBuf, &'static str, u32)>,
+}
+
+const READ: u32 = 0o4;
+const EXECUTE: u32 = 0o1;
+
+impl FetchCommand {
+    /// PostgreSQL runs the command from the data directory, as its own
+    /// user, with its own environment: every path is made absolute, and
+    /// what came from this command line (`--repo`, `--password-file`,
+    /// `--allow-http`) is carried over. Never a password: one given through
+    /// `VAULT_PASSWORD` or `--password-command` is not, and the fetch must
+    /// find one in the config.
+    fn new(g: &GlobalArgs, source: &str) -> Result<Self> {
+        let config = global::config(g)?
+            .context("--pitr writes a restore_command that needs the config file")?;
+        let config_path = std::fs::canonicalize(&config.path)
+            .with_context(|| format!("locating {}", config.path.display()))?;
+        let vault = std::env::current_exe().context("locating the vault binary")?;
+        let mut needs = vec![
+            (vault.clone(), "the vault binary", EXECUTE),
+            (config_path.clone(), "the config file", READ),
+        ];
+        let mut args = vec![
+            utf8(&vault)?.to_owned(),
+            "--config".to_owned(),
+            utf8(&config_path)?.to_owned(),
+        ];
+        if let Some(repo) = &g.repo {
+            if vault_engine::backend::redact_url(repo) != *repo {
+                bail!(
+                    "the repository URL holds credentials, which vault does not write into restore_command: give them in the config file"
+                );
+            }
+            let repo = if repo.starts_with("s3:") || repo.starts_with("memory:") {
+                repo.clone()
+            } else {
+                let local = repo.strip_prefix("local:").unwrap_or(repo);
+                let path = std::path::absolute(local)
+                    .with_context(|| format!("locating repository {local}"))?;
+                utf8(&path)?.to_owned()
+            };
+            args.extend(["--repo".to_owned(), repo]);
+        }
+        if let Some(file) = &g.password_file {
+            let file = std::fs::canonicalize(file)
+                .with_context(|| format!("locating {}", file.display()))?;
+            args.extend(["--password-file".to_owned(), utf8(&file)?.to_owned()]);
+            needs.push((file, "the password file", READ));
+        } else if let Some(file) = &config.repository.password_file {
+            needs.push((file.clone(), "the password file", READ));
+        }
+        for file in [
+            &config.repository.access_key_id_file,
+            &config.repository.secret_access_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            needs.push((file.clone(), "the S3 key file", READ));
+        }
+        if g.allow_http {
+            args.push("--allow-http".to_owned());
+        }
+        args.extend(["wal", "fetch", "--source", source].map(str::to_owned));
+        Ok(Self {
+            command: shell_command(&args),
+            needs,
+        })
+    }
+}
+
+fn utf8(path: &Path) -> Result<&str> {
+    path.to_str().with_context(|| {
+        format!(
+            "{} is not UTF-8, which restore_command needs",
+            path.display()
+        )
+    })
+}
+
+/// `args` as one `/bin/sh` command line followed by `%f "%p"` (quoted as
+/// PostgreSQL's documentation shows). Each argument is single-quoted
+/// unless it is plainly safe, and `%` is doubled: PostgreSQL replaces
+/// `%f`, `%p`, `%r` and `%%` before the shell sees the line.
+fn shell_command(args: &[String]) -> String {
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/-_.,:=@+".contains(&b));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    format!("{} %f \"%p\"", quoted.join(" ").replace('%', "%%"))
+}
+
+/// A value for a PostgreSQL configuration file: single-quoted, with `'`
+/// doubled and `\` escaped (the file's parser reads backslash escapes).
+fn conf_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\\', r"\\").replace('\'', "''"))
+}
+
+/// Whether user `uid` (primary group `gid`) may read or run (`mode`:
+/// [`READ`] or [`EXECUTE`]) `path`, judged by permission bits (no ACLs),
+/// including search permission on every directory above it.
+fn can_access(path: &Path, uid: u32, gid: u32, mode: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let groups: Vec<u32> = nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .and_then(|u| {
+            let name = std::ffi::CString::new(u.name).ok()?;
+            nix::unistd::getgrouplist(&name, gid.into()).ok()
+        })
+        .map_or_else(
+            || vec![gid],
+            |g| g.into_iter().map(|g| g.as_raw()).collect(),
+        );
+    let allowed = |p: &Path, mode: u32| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            let bits = m.permissions().mode();
+            let shift = if m.uid() == uid {
+                6
+            } else if groups.contains(&m.gid()) {
+                3
+            } else {
+                0
+            };
+            (bits >> shift) & mode == mode
+        })
+    };
+    let Ok(path) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    path.ancestors().skip(1).all(|dir| allowed(dir, EXECUTE)) && allowed(&path, mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `command` as PostgreSQL would: `%f`, `%p` and `%%` replaced,
+    /// then `sh -c`, here with `printf` in front to list the words.
+    fn words_as_run(command: &str) -> Vec<String> {
+        let mut line = String::new();
+        let mut chars = command.chars();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                line.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('f') => line.push_str("000000010000000000000003"),
+                Some('p') => line.push_str("pg_wal/RECOVERYXLOG"),
+                Some('%') => line.push('%'),
+                other => panic!("stray %{other:?} in {command}"),
+            }
+        }
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' {line}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn restore_command_quotes_every_argument_for_the_shell_and_postgresql() {
+        let args: Vec<String> = [
+            "/opt/my vault/bin/vault",
+            "--config",
+            "/etc/vault/it's 100%.toml",
+            "--repo",
+            "s3:https://host/bucket/prefix",
+            "wal",
+            "fetch",
+            "--source",
+            "db;$(touch /tmp/pwned)`id`\\\"",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let command = shell_command(&args);
+        assert_eq!(
+            command,
+            r#"'/opt/my vault/bin/vault' --config '/etc/vault/it'\''s 100%%.toml' --repo s3:https://host/bucket/prefix wal fetch --source 'db;$(touch /tmp/pwned)`id`\"' %f "%p""#
+        );
+        let mut expected = args;
+        expected.extend(["000000010000000000000003", "pg_wal/RECOVERYXLOG"].map(str::to_owned));
+        assert_eq!(words_as_run(&command), expected);
+        assert_eq!(conf_quote(r"a'b\c"), r"'a''b\\c'");
+    }
+
+    #[test]
+    fn access_is_judged_by_the_other_users_permission_bits_on_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vault.toml");
+        std::fs::write(&file, "").unwrap();
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        // A user with no passwd entry: only "other" bits apply to it.
+        let stranger = |m| can_access(&file, 54_321, 54_321, m);
+        mode(dir.path(), 0o755).unwrap();
+        mode(&file, 0o600).unwrap();
+        assert!(!stranger(READ));
+        mode(&file, 0o644).unwrap();
+        assert!(stranger(READ));
+        assert!(!stranger(EXECUTE));
+        mode(dir.path(), 0o750).unwrap();
+        assert!(!stranger(READ));
+        assert!(can_access(&file, 0, 0, READ));
+    }
+
+    #[test]
+    fn inherited_recovery_settings_are_removed_and_others_kept() {
+        let text = "# Do not edit this file manually!\n\
+                    archive_mode = 'on'\n\
+                    recovery_target_time = '2024-05-01 12:00:00+00'\n\
+                    Recovery_Target_Action='promote'\n\
+                    recovery_target_timeline 'latest'\n\
+                    \x20 restore_command = 'cp /archive/%f \"%p\"'\n\
+                    recovery_end_command = 'true'\n\
+                    # recovery_target_name = 'commented out'\n\
+                    recovery_target_xid = '1234'";
+        let (kept, removed) = without_recovery_settings(text);
+        assert_eq!(
+            kept,
+            "# Do not edit this file manually!\n\
+             archive_mode = 'on'\n\
+             recovery_end_command = 'true'\n\
+             # recovery_target_name = 'commented out'\n"
+        );
+        assert_eq!(
+            removed,
+            [
+                "recovery_target_time = '2024-05-01 12:00:00+00'",
+                "Recovery_Target_Action='promote'",
+                "recovery_target_timeline 'latest'",
+                "  restore_command = 'cp /archive/%f \"%p\"'",
+                "recovery_target_xid = '1234'",
+            ]
+        );
+        assert_eq!(setting_name("recovery_target"), None);
+        assert_eq!(
+            setting_name("recovery_target = ''"),
+            Some("recovery_target")
+        );
+    }
 }

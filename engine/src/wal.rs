@@ -578,6 +578,9 @@ pub struct Chain {
     /// Missing runs before the last archived one: `(timeline, first
     /// missing name, count)`.
     pub gaps: Vec<(u32, String, u64)>,
+    /// The newest archived segment on the path, where recovery runs out of
+    /// WAL.
+    pub last: Option<String>,
 }
 
 /// Checks the segments recovery reads when it starts at segment `start` of
@@ -628,6 +631,7 @@ pub fn chain(names: &[String], path: &[(u32, u64)], start_tli: u32, start: u64) 
     Some(Chain {
         segments: on_path.len() as u64,
         gaps,
+        last: on_path.last().map(|&seg| segment_name(expected(seg), seg)),
     })
 }
 
@@ -769,6 +773,8 @@ mod tests {
         let c = chain(&archived, &path, 1, 3).unwrap();
         assert_eq!(c.segments, 4);
         assert!(c.gaps.is_empty(), "{c:?}");
+        // Timeline 1's segment 7 is newer, but not on the path.
+        assert_eq!(c.last.as_deref(), Some("000000020000000000000006"));
         // Timeline 1 alone: its own later segments count.
         assert_eq!(chain(&archived, &[(1, 0)], 1, 3).unwrap().segments, 5);
         // A base backup on timeline 1 after the switch is not on the path.

@@ -11,9 +11,13 @@
 //! PostgreSQL runs as the `postgres` user (it refuses root), and so does
 //! every vault command here (as `archive_command` would), in a work
 //! directory that user owns. Needs root; without PostgreSQL (and without
-//! VAULT_REQUIRE_DB=1) it prints a notice and passes trivially.
+//! VAULT_REQUIRE_DB=1) it prints a notice and passes trivially. The exit
+//! codes of `wal fetch` are also checked without PostgreSQL, on segments
+//! of made-up bytes.
 
-use crate::support::{Backend, S3Server, assert_code, assert_success, random_hex, s3, stderr};
+use crate::support::{
+    Backend, Env, S3Server, assert_code, assert_success, pseudo_random, random_hex, s3, stderr,
+};
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -136,6 +140,13 @@ impl Pitr {
         dir: &str,
         extra: &[&str],
     ) -> serde_json::Value {
+        let out = self.restore_output(at, dir, extra);
+        assert_success(&out);
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// [`Pitr::restore_with`], whatever its outcome.
+    fn restore_output(&self, at: Option<jiff::Timestamp>, dir: &str, extra: &[&str]) -> Output {
         let target = self.dir.join(dir);
         let at = at.map(|a| a.to_string());
         let mut args = vec!["--json", "restore", "pgdb", "--pitr"];
@@ -144,14 +155,13 @@ impl Pitr {
             args.extend(["--at", at]);
         }
         args.extend(["--target", target.to_str().unwrap()]);
-        let out = self.vault(&args);
-        assert_success(&out);
-        serde_json::from_slice(&out.stdout).unwrap()
+        self.vault(&args)
     }
 
-    /// Starts PostgreSQL on a restored directory and waits until recovery
-    /// has reached its target and the server is promoted.
-    fn start(&self, dir: &str, port: &str, options: &str) -> Restored<'_> {
+    /// `pg_ctl start` on a restored directory, whatever the outcome: the
+    /// server (stopped when dropped, should it run), pg_ctl's output and
+    /// the server log's path.
+    fn pg_start(&self, dir: &str, port: &str, options: &str) -> (Restored<'_>, Output, PathBuf) {
         let data = self.dir.join(dir);
         let log = self.dir.join(format!("{dir}.log"));
         let started = self.pg_ctl(
@@ -172,6 +182,13 @@ impl Pitr {
             data,
             port: port.to_owned(),
         };
+        (server, started, log)
+    }
+
+    /// Starts PostgreSQL on a restored directory and waits until recovery
+    /// has reached its target and the server is promoted.
+    fn start(&self, dir: &str, port: &str, options: &str) -> Restored<'_> {
+        let (server, started, log) = self.pg_start(dir, port, options);
         let text = || std::fs::read_to_string(&log).unwrap_or_default();
         assert!(
             started.status.success(),
@@ -343,21 +360,40 @@ fn setup(backend: Backend) -> Option<Pitr> {
     })
 }
 
-backend_test!(restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_to_it);
-fn restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_to_it(
-    backend: Backend,
-) {
-    let Some(t) = setup(backend) else { return };
+/// [`setup`], then a repository, the `events` table and a physical base
+/// backup; the test server's port.
+fn with_base_backup(backend: Backend) -> Option<(Pitr, String)> {
+    let t = setup(backend)?;
     let port = t.pg["VAULT_TEST_PG_PORT"].clone();
-    let port_tl2 = (port.parse::<u32>().unwrap() + 1).to_string();
-    let port_check = (port.parse::<u32>().unwrap() + 2).to_string();
     assert_success(&t.vault(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]));
     t.psql(
         &port,
         "CREATE TABLE events (id int primary key, at timestamptz)",
     );
-    let out = t.vault(&["backup", "pgdb", "--physical"]);
-    assert_success(&out);
+    assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
+    Some((t, port))
+}
+
+/// The storage key of an archived WAL file.
+fn wal_key(store: &dyn vault_engine::backend::Backend, name: &str) -> String {
+    store
+        .list("wal/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.path)
+        .find(|k| k.ends_with(&format!("/{name}")))
+        .unwrap_or_else(|| panic!("{name} is not archived"))
+}
+
+backend_test!(restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_to_it);
+fn restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_to_it(
+    backend: Backend,
+) {
+    let Some((t, port)) = with_base_backup(backend) else {
+        return;
+    };
+    let port_tl2 = (port.parse::<u32>().unwrap() + 1).to_string();
+    let port_check = (port.parse::<u32>().unwrap() + 2).to_string();
     // One row per commit, with the commit's time; a segment switch between
     // some of them so the rows span several archived segments.
     let mut times = vec![jiff::Timestamp::UNIX_EPOCH];
@@ -484,15 +520,7 @@ fn restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_t
     // names it, and restore refuses up front.
     let (tli, seg) = vault_engine::wal::position(&start).unwrap();
     let victim = vault_engine::wal::segment_name(tli, seg + 1);
-    let key = t
-        .store
-        .list("wal/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.path)
-        .find(|k| k.ends_with(&format!("/{victim}")))
-        .unwrap_or_else(|| panic!("{victim} is not archived"));
-    t.store.delete(&key).unwrap();
+    t.store.delete(&wal_key(&*t.store, &victim)).unwrap();
     let out = t.vault(&["check", "--json"]);
     // 5: check found errors.
     assert_code(&out, 5);
@@ -516,4 +544,266 @@ fn restore_to_a_time_between_two_commits_on_either_timeline_replays_exactly_up_t
     assert_code(&out, 1);
     assert!(stderr(&out).contains("gap"), "{}", stderr(&out));
     assert!(!target.join("PG_VERSION").exists());
+}
+
+/// `vault wal fetch` is PostgreSQL's `restore_command`, and PostgreSQL
+/// reads any exit status up to 125 as "not archived": it ends recovery
+/// there and promotes. Only a file the archive lacks may exit 4; damage, a
+/// wrong password, a missing repository, an unreadable config or a bad
+/// command line exit 255, and leave no partial file behind.
+#[test]
+fn wal_fetch_fails_above_125_unless_the_file_is_not_archived() {
+    let env = Env::new();
+    let name = "000000010000000000000003";
+    let segment = env.path(name);
+    std::fs::write(&segment, pseudo_random(256 * 1024, 3)).unwrap();
+    assert_success(&env.vault(&["wal", "push", "--source", "pgdb", segment.to_str().unwrap()]));
+    std::fs::create_dir(env.path("pg_wal")).unwrap();
+    let dest = env.path("pg_wal/RECOVERYXLOG");
+    let dest_arg = dest.to_str().unwrap();
+    let fetch = |extra: &[&str], file: &str| {
+        let mut args = vec!["wal", "fetch", "--source", "pgdb"];
+        args.extend_from_slice(extra);
+        args.extend([file, dest_arg]);
+        env.vault(&args)
+    };
+    assert_success(&fetch(&[], name));
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        std::fs::read(&segment).unwrap()
+    );
+    std::fs::remove_file(&dest).unwrap();
+    assert_code(&fetch(&[], "000000010000000000000004"), 4);
+    assert_code(&fetch(&[], "00000002.history"), 4);
+
+    let left_behind = || {
+        let names: Vec<_> = std::fs::read_dir(env.path("pg_wal"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(names.is_empty(), "left in pg_wal: {names:?}");
+    };
+    assert_code(&fetch(&["--no-such-flag"], name), 255);
+    assert_code(&fetch(&["--config", "/nonexistent/vault.toml"], name), 255);
+    let wrong = env.path("wrong-password");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    assert_code(
+        &env.command(&["wal", "fetch", "--source", "pgdb", name, dest_arg])
+            .env("VAULT_PASSWORD_FILE", &wrong)
+            .output()
+            .unwrap(),
+        255,
+    );
+    assert_code(
+        &env.command(&["wal", "fetch", "--source", "pgdb", name, dest_arg])
+            .env("VAULT_REPOSITORY", env.path("moved-away"))
+            .output()
+            .unwrap(),
+        255,
+    );
+    left_behind();
+    // The record fails authentication once the fetch has created its
+    // temporary file.
+    let key = wal_key(env.store(), name);
+    env.flip(&key, 40);
+    let out = fetch(&[], name);
+    assert_code(&out, 255);
+    assert!(stderr(&out).contains(name), "{}", stderr(&out));
+    left_behind();
+}
+
+/// A segment that is archived but cannot be fetched (its record is
+/// damaged) stops PostgreSQL's recovery with an error. Before, `wal fetch`
+/// exited 5 there, PostgreSQL took the segment for the end of the archive
+/// and promoted without the commits in it and after it.
+#[test]
+fn a_segment_that_fails_to_fetch_stops_recovery_instead_of_promoting() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    t.commit(&port, 1);
+    // Where recovery finds the commit, past the end of the base backup.
+    let victim = t.psql(&port, "SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+    t.psql(&port, "SELECT pg_switch_wal()");
+    t.commit(&port, 2);
+    t.archive_all(&port);
+    t.restore(None, "damaged");
+    let key = wal_key(&*t.store, &victim);
+    let mut bytes = t.store.get(&key).unwrap().to_vec();
+    bytes[40] ^= 0x40;
+    t.store
+        .put(
+            &key,
+            bytes.into(),
+            vault_engine::backend::PutMode::Overwrite,
+        )
+        .unwrap();
+
+    let restore_port = (port.parse::<u32>().unwrap() + 3).to_string();
+    let (_server, started, log) = t.pg_start("damaged", &restore_port, "");
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !started.status.success(),
+        "PostgreSQL promoted without segment {victim}: {log}"
+    );
+    assert!(
+        log.contains(&format!("could not restore file \"{victim}\"")),
+        "{log}"
+    );
+    assert!(t.dir.join("damaged/recovery.signal").exists());
+}
+
+/// A base backup of a cluster that was itself restored carries that
+/// restore's recovery settings in `postgresql.auto.conf` (here set with
+/// `ALTER SYSTEM`, which the running server ignores). A restore to the end
+/// of the archive used to append its own settings after them: PostgreSQL
+/// kept the old `recovery_target_name`, stopped there and promoted without
+/// row 3. Settings in `postgresql.conf` are left alone, with a warning.
+#[test]
+fn recovery_settings_that_came_with_the_base_backup_do_not_steer_the_restore() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    t.psql(&port, "ALTER SYSTEM SET recovery_target_name = 'old'");
+    t.psql(&port, "ALTER SYSTEM SET recovery_target_action = 'promote'");
+    t.psql(&port, "ALTER SYSTEM SET restore_command = 'false'");
+    let conf = std::path::Path::new(&t.pg["VAULT_TEST_PG_DATA"]).join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("recovery_target_inclusive = on\n");
+    std::fs::write(&conf, text).unwrap();
+    assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
+    t.commit(&port, 1);
+    t.commit(&port, 2);
+    t.psql(&port, "SELECT pg_create_restore_point('old')");
+    t.commit(&port, 3);
+    t.archive_all(&port);
+
+    let out = t.restore_output(None, "end", &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("recovery_target_name = 'old'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("postgresql.conf sets \"recovery_target_inclusive = on\""),
+        "{}",
+        stderr(&out)
+    );
+    let auto = std::fs::read_to_string(t.dir.join("end/postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("recovery_target_name"), "{auto}");
+    assert_eq!(auto.matches("restore_command").count(), 1, "{auto}");
+    let port_end = (port.parse::<u32>().unwrap() + 4).to_string();
+    let server = t.start("end", &port_end, "");
+    assert_eq!(t.rows(&server.port), "1,2,3");
+}
+
+/// PostgreSQL runs `restore_command` through `/bin/sh` from the data
+/// directory. A config given by a relative path with a space in it used to
+/// be written as given, unquoted: no fetch could find it.
+#[test]
+fn restore_command_works_with_a_relative_config_path_with_a_space() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    t.commit(&port, 1);
+    t.commit(&port, 2);
+    t.archive_all(&port);
+    let dir = t.dir.join("my conf");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(&t.config, dir.join("vault.toml")).unwrap();
+    for p in [&dir, &dir.join("vault.toml")] {
+        std::os::unix::fs::chown(p, Some(t.uid), Some(t.gid)).unwrap();
+    }
+    t.restore_with(None, "relative", &["--config", "my conf/vault.toml"]);
+    let auto = std::fs::read_to_string(t.dir.join("relative/postgresql.auto.conf")).unwrap();
+    let conf = dir.canonicalize().unwrap();
+    assert!(
+        auto.contains(&format!("--config ''{}/vault.toml''", conf.display())),
+        "{auto}"
+    );
+    let port_rel = (port.parse::<u32>().unwrap() + 6).to_string();
+    let server = t.start("relative", &port_rel, "");
+    assert_eq!(t.rows(&server.port), "1,2");
+}
+
+/// With `--at`, only the WAL up to the target is needed: a gap after it
+/// does not refuse the restore (a warning says recovery needs the target
+/// before the gap), and a target after the newest archived segment is
+/// warned about, naming it. Without `--at`, a gap still refuses.
+#[test]
+fn restore_at_a_time_before_a_gap_works_and_a_time_after_the_archive_is_warned_about() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    let mut times = vec![jiff::Timestamp::UNIX_EPOCH];
+    let mut victim = String::new();
+    for i in 1..=5 {
+        times.push(t.commit(&port, i));
+        if i == 4 {
+            victim = t.psql(&port, "SELECT pg_walfile_name(pg_current_wal_insert_lsn())");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if i >= 3 {
+            t.psql(&port, "SELECT pg_switch_wal()");
+        }
+    }
+    t.archive_all(&port);
+    let files = t.vault(&["wal", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&files.stdout).unwrap();
+    let newest = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f.as_str().filter(|f| f.len() == 24))
+        .max()
+        .unwrap()
+        .to_owned();
+    let out = t.restore_output(Some(jiff::Timestamp::now()), "later", &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains(&format!("newest archived WAL segment, {newest}")),
+        "{}",
+        stderr(&out)
+    );
+    // Rows 1 to 3 share a segment; 4 and 5 each have one of their own.
+    // Without the segment holding row 4, recovery still reaches a time
+    // between rows 2 and 3.
+    t.store.delete(&wal_key(&*t.store, &victim)).unwrap();
+    let out = t.restore_output(None, "to-the-end", &[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("gap"), "{}", stderr(&out));
+    let out = t.restore_output(Some(mid(times[2], times[3])), "before-gap", &[]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains(&format!("from {victim}")),
+        "{}",
+        stderr(&out)
+    );
+    let port_gap = (port.parse::<u32>().unwrap() + 5).to_string();
+    let server = t.start("before-gap", &port_gap, "");
+    assert_eq!(t.rows(&server.port), "1,2");
+}
+
+/// `wal list` names its source positionally (as it always did) or with
+/// `--source`, as `wal push` and `wal fetch` do.
+#[test]
+fn wal_list_takes_the_source_positionally_or_with_source() {
+    let env = Env::new();
+    let name = "000000010000000000000007";
+    let segment = env.path(name);
+    std::fs::write(&segment, pseudo_random(4096, 7)).unwrap();
+    assert_success(&env.vault(&["wal", "push", "--source", "pgdb", segment.to_str().unwrap()]));
+    for args in [
+        &["wal", "list", "pgdb"][..],
+        &["wal", "list", "--source", "pgdb"],
+    ] {
+        let out = env.vault(args);
+        assert_success(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(name),
+            "{args:?}"
+        );
+    }
+    assert_code(&env.vault(&["wal", "list", "pgdb", "--source", "other"]), 2);
 }

@@ -5,7 +5,9 @@
 //! durable; pushing an identical segment again succeeds, a different one
 //! fails loudly. `restore_command = 'vault wal fetch %f %p'` exits
 //! [`exit::MISSING`] (4) for files the archive does not have (PostgreSQL
-//! probes for history files and future segments).
+//! probes for history files and future segments), and
+//! [`exit::ABORT_RECOVERY`] (255, set in `main.rs`) for every other
+//! failure, so that PostgreSQL stops recovery instead of ending it there.
 
 use crate::args::GlobalArgs;
 use crate::config::{Config, SourceKind};
@@ -27,6 +29,7 @@ pub(crate) enum WalCommand {
         source: Option<String>,
     },
     /// Restore one WAL file (restore_command = 'vault wal fetch %f %p').
+    #[command(after_help = FETCH_EXIT_CODES)]
     Fetch {
         /// WAL file name (%f).
         name: String,
@@ -38,9 +41,23 @@ pub(crate) enum WalCommand {
     /// List archived WAL files, timelines and gaps.
     List {
         /// Source (default: the only postgres source).
+        #[arg(value_name = "SOURCE", conflicts_with = "source")]
+        positional: Option<String>,
+        /// The same, as push and fetch take it.
+        #[arg(long)]
         source: Option<String>,
     },
 }
+
+const FETCH_EXIT_CODES: &str = "\
+Exit codes (PostgreSQL reads these; they differ from other commands'):
+  0    the file is written to the path
+  4    the archive does not have this file: PostgreSQL takes that as the end
+       of the archived WAL (it also asks for files that never existed)
+  255  any other failure (storage unreachable, damaged data, wrong password,
+       unreadable config, bad arguments): PostgreSQL aborts recovery and does
+       not start, instead of promoting without the rest of the WAL. Fix the
+       cause and start it again.";
 
 /// The postgres source WAL belongs to.
 pub(crate) fn wal_source(config: Option<&Config>, given: Option<&str>) -> Result<String> {
@@ -92,22 +109,21 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                 bail!("{name:?} is not a WAL file name");
             }
             let repo = global::open_repository(g)?;
-            let tmp = path.with_extension("vault-tmp");
-            let mut file = std::fs::File::create(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
+            let tmp = TempFile(path.with_extension("vault-tmp"));
+            let mut file = std::fs::File::create(&tmp.0)
+                .with_context(|| format!("creating {}", tmp.0.display()))?;
             let found = wal::fetch(&repo, &source, name, &mut file)?;
             if !found {
-                drop(file);
-                let _ = std::fs::remove_file(&tmp);
                 eprintln!("vault: WAL file {name} is not in the archive");
                 return Ok(ExitCode::from(exit::MISSING));
             }
-            file.sync_all()?;
-            std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+            file.sync_all()
+                .with_context(|| format!("writing {}", tmp.0.display()))?;
+            std::fs::rename(&tmp.0, path).with_context(|| format!("writing {}", path.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        WalCommand::List { source } => {
-            let source = wal_source(config, source.as_deref())?;
+        WalCommand::List { positional, source } => {
+            let source = wal_source(config, source.as_deref().or(positional.as_deref()))?;
             let repo = global::open_repository(g)?;
             let files = wal::list(&repo, &source)?;
             let names: Vec<String> = files.iter().map(|(n, _)| n.clone()).collect();
@@ -162,5 +178,16 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+    }
+}
+
+/// A partly written file, removed when dropped: a failed fetch leaves
+/// nothing in PostgreSQL's `pg_wal` (after a rename the remove finds
+/// nothing).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
