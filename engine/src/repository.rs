@@ -262,9 +262,11 @@ impl Repository {
             .map_err(|e| Error::backend("keys/", e))?;
         let mut files = Vec::with_capacity(keys.len());
         for info in keys {
+            // A store that fails here must not pass for a wrong password.
             let bytes = match backend.get(&info.path) {
                 Ok(b) => b,
-                Err(_) => continue,
+                Err(BackendError::NotFound(_)) => continue, // removed since listed
+                Err(e) => return Err(Error::backend(&info.path, e)),
             };
             let Ok(file) = KeyFile::decode(&bytes) else {
                 tracing::warn!("skipping malformed key file {}", info.path);
@@ -277,6 +279,14 @@ impl Repository {
         // password and light argon2 parameters) does not pay for the
         // expensive keys of human passwords before reaching it. Every
         // file is still tried, so the order changes only the time taken.
+        // No key at all is not a wrong password: someone deleted them, and
+        // only an exported key brings the repository back.
+        if files.is_empty() {
+            return Err(Error::NotFound {
+                object: "every key file (keys/; `vault key import` restores an exported key)"
+                    .into(),
+            });
+        }
         files.sort_by_key(|(_, _, f)| {
             let p = f.kdf_params();
             u64::from(p.memory_kib) * u64::from(p.iterations)
