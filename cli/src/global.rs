@@ -138,19 +138,7 @@ pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
         return Ok(Password::new(line.to_vec()));
     }
     if let Some(command) = &password_command {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("running the password command")?;
-        if !out.status.success() {
-            bail!("password command failed ({})", out.status);
-        }
-        let text = out.stdout;
-        let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
-        return Ok(Password::new(line.to_vec()));
+        return run_password_command(command);
     }
     if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         let pw = rpassword::prompt_password("enter password for repository: ")?;
@@ -251,4 +239,28 @@ pub(crate) fn username() -> String {
 /// Whether to draw progress bars: a terminal, and neither --quiet nor --json.
 pub(crate) fn show_progress(global: &GlobalArgs) -> bool {
     !global.quiet && !global.json && std::io::stderr().is_terminal()
+}
+
+/// Runs a password command (`sh -c`) and takes the first line it prints.
+/// It starts without the repositories' passwords in its environment (a
+/// copy's command for one repository must not see the other's); cloud
+/// credentials stay, since fetching a password from a secret store may
+/// need them.
+pub(crate) fn run_password_command(command: &str) -> Result<Password> {
+    let mut cmd = std::process::Command::new("sh");
+    for name in ["VAULT_PASSWORD", "VAULT_FROM_PASSWORD", "VAULT_TO_PASSWORD"] {
+        cmd.env_remove(name);
+    }
+    let out = cmd
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the password command")?;
+    if !out.status.success() {
+        bail!("password command failed ({})", out.status);
+    }
+    let line = out.stdout.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(Password::new(line.to_vec()))
 }

@@ -19,10 +19,12 @@ fn is_discord(url: &str) -> bool {
 /// Where a URL points, without its secret path.
 fn redacted(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    format!(
-        "{scheme}://{}/…",
-        rest.split('/').next().unwrap_or_default()
-    )
+    let authority = rest.split('/').next().unwrap_or_default();
+    // Never the `user:password@` either.
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}/…")
 }
 
 fn post(urls: &[String], discord_text: &str, body: &serde_json::Value) {
@@ -133,6 +135,10 @@ mod tests {
         assert_eq!(
             redacted("https://discord.com/api/webhooks/1/secret"),
             "https://discord.com/…"
+        );
+        assert_eq!(
+            redacted("http://hookuser:HookSecret55@127.0.0.1:47123/hook/TOKEN"),
+            "http://127.0.0.1:47123/…"
         );
     }
 }

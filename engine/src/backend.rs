@@ -265,6 +265,20 @@ pub fn open_url(url: &str, s3: &S3Options) -> Result<Box<dyn Backend>, BackendEr
     if url.starts_with("memory:") {
         return Ok(Box::new(ObjectBackend::memory()));
     }
+    // `https://host/bucket` is not a path: taken as one, init made a local
+    // directory named after the URL while the user thought the backups
+    // went offsite. (`local:` still takes any path.)
+    if let Some((scheme, _)) = url.split_once("://")
+        && !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+    {
+        return Err(BackendError::Other(format!(
+            "unsupported repository URL {}: S3-compatible stores are s3:https://HOST/BUCKET/PREFIX or s3://BUCKET/PREFIX; a local path needs no scheme (or local:PATH)",
+            redact_url(url)
+        )));
+    }
     let path = url.strip_prefix("local:").unwrap_or(url);
     Ok(Box::new(LocalBackend::new(path)))
 }

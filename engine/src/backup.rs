@@ -1104,8 +1104,10 @@ impl Ctx<'_> {
 
 /// Environment variables holding vault's own secrets: its repository
 /// password and the object store's secret key.
-const SECRET_ENV: [&str; 3] = [
+const SECRET_ENV: [&str; 5] = [
     "VAULT_PASSWORD",
+    "VAULT_FROM_PASSWORD",
+    "VAULT_TO_PASSWORD",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
 ];

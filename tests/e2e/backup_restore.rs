@@ -1080,6 +1080,7 @@ fn commands_run_for_a_backup_do_not_inherit_vaults_secrets(backend: Backend) {
         .env("VAULT_PASSWORD", &password)
         .env_remove("VAULT_PASSWORD_FILE")
         .env("VAULT_TEST_MARKER", "kept")
+        .env("VAULT_TO_PASSWORD", "copy-target-secret")
         .output()
         .unwrap();
     assert_success(&out);
@@ -1088,7 +1089,39 @@ fn commands_run_for_a_backup_do_not_inherit_vaults_secrets(backend: Backend) {
     let text = String::from_utf8_lossy(&dumped.stdout);
     assert!(text.contains("VAULT_TEST_MARKER=kept"), "{text}");
     assert!(!text.contains("VAULT_PASSWORD="), "{text}");
+    assert!(!text.contains("VAULT_TO_PASSWORD="), "{text}");
     assert!(!text.contains("AWS_SECRET_ACCESS_KEY="), "{text}");
+
+    // A password command sees neither this repository's nor another's
+    // password (`copy`'s target).
+    let seen = env.path("password-command-env.txt");
+    let out = env
+        .command(&["snapshots"])
+        .env_remove("VAULT_PASSWORD_FILE")
+        .env("VAULT_TO_PASSWORD", "copy-target-secret")
+        .env(
+            "VAULT_PASSWORD_COMMAND",
+            format!("env > '{}'; echo '{password}'", seen.display()),
+        )
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let text = std::fs::read_to_string(&seen).unwrap();
+    assert!(!text.contains("copy-target-secret"), "{text}");
+}
+
+/// A URL with a scheme other than s3: is refused, not taken for a local
+/// directory named after it (the backups would never leave the host).
+#[test]
+fn an_https_repository_url_is_refused_not_made_a_local_directory() {
+    let env = Env::uninitialised();
+    let url = "https://AKIAUSER:UrlSecretPw9@s3.example.com/bucket/p";
+    let out = env.command(&["init", "--repo", url]).output().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("s3:https://"), "{err}");
+    assert!(!err.contains("UrlSecretPw9"), "{err}");
+    assert!(!env.path("https:").exists() && !std::path::Path::new("https:").exists());
 }
 
 /// `ls -l` reads like `ls -l`: permission string and symlink targets;

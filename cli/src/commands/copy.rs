@@ -9,7 +9,7 @@ use super::key_add::read_password_file;
 use crate::args::GlobalArgs;
 use crate::output::outln;
 use crate::{global, output};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,18 +64,7 @@ pub(crate) fn other_password(
         return Ok(Some(Password::new(pw)));
     }
     if let Some(command) = command {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("running the password command")?;
-        if !out.status.success() {
-            bail!("password command failed ({})", out.status);
-        }
-        let line = out.stdout.split(|&b| b == b'\n').next().unwrap_or_default();
-        return Ok(Some(Password::new(line.to_vec())));
+        return global::run_password_command(command).map(Some);
     }
     Ok(None)
 }

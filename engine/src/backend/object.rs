@@ -203,18 +203,17 @@ struct S3Url {
 /// for messages about a URL someone put credentials into.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    // `scheme://` or, for `s3://BUCKET`, a bare `//`.
+    let (scheme, rest) = match url.split_once("//") {
+        Some((scheme, rest)) if scheme.is_empty() || scheme.ends_with(':') => (scheme, rest),
+        _ => return url.to_owned(),
     };
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, None), |(a, p)| (a, Some(p)));
-    let Some((_, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match path {
-        Some(path) => format!("{scheme}://***@{host}/{path}"),
-        None => format!("{scheme}://***@{host}"),
+    // Everything up to the last `@` is taken for credentials, even past a
+    // `/`: a password may hold an unencoded one. Over-redacting a path
+    // with an `@` in it costs nothing.
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}//***@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -222,6 +221,11 @@ fn parse_s3_url(spec: &str, allow_http: bool) -> Result<S3Url, BackendError> {
     let shown = redact_url(spec);
     let invalid = |why: &str| BackendError::Other(format!("invalid S3 URL s3:{shown}: {why}"));
     let (endpoint, rest) = if let Some(rest) = spec.strip_prefix("//") {
+        if rest.contains('@') {
+            return Err(invalid(
+                "credentials do not belong in the URL; use AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ));
+        }
         (None, rest)
     } else if let Some((scheme, rest)) = spec.split_once("://") {
         let scheme = scheme.to_ascii_lowercase();
@@ -919,7 +923,17 @@ mod tests {
     fn credentials_in_urls_are_redacted() {
         assert_eq!(redact_url("https://k:s@host/b/p"), "https://***@host/b/p");
         assert_eq!(redact_url("http://k:s@h:9000"), "http://***@h:9000");
-        assert_eq!(redact_url("https://host/b/a@b"), "https://host/b/a@b");
+        // An `@` in the path is taken for credentials: a password may hold
+        // an unencoded `/`, and hiding too much is harmless.
+        assert_eq!(redact_url("https://host/b/a@b"), "https://***@b");
+        assert_eq!(redact_url("http://user:pa/ss@host/x"), "http://***@host/x");
+        assert_eq!(redact_url("//AKIA:pw@bucket/p"), "//***@bucket/p");
+        assert!(
+            parse_s3_url("//AKIA:UrlSecret@bucket/p", false).is_err_and(|e| {
+                let text = e.to_string();
+                text.contains("credentials") && !text.contains("UrlSecret")
+            })
+        );
         assert_eq!(redact_url("/srv/repo"), "/srv/repo");
     }
 
