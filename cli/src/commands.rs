@@ -136,7 +136,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Ls(a) => ls::run(g, &a),
         Command::Find(a) => find::run(g, &a),
         Command::Restore(a) => restore::run(g, &a, cancel),
-        Command::Dump(a) => dump::run(g, &a),
+        Command::Dump(a) => dump::run(g, &a, cancel),
         Command::Mount(a) => mount::run(g, &a, cancel),
         Command::Cat(a) => cat::run(g, &a),
         Command::Check(a) => check::run(g, &a),

@@ -268,3 +268,41 @@ fn interrupted_restore_says_how_to_resume_and_resuming_completes_it() {
         );
     }
 }
+
+/// `dump` stops at SIGTERM with 130: it used to say "stopping cleanly" and
+/// stream to the last byte, then exit 0.
+#[test]
+fn sigterm_stops_a_dump_with_130() {
+    use std::io::Read;
+    let env = Env::new();
+    let data = env.path("big.bin");
+    std::fs::write(&data, crate::support::pseudo_random(40 << 20, 7)).unwrap();
+    assert_success(&env.vault(&["backup", data.to_str().unwrap()]));
+    let mut child = env
+        .command(&["dump", "latest", data.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A slow reader: the whole file would take ~10 s to come through.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        total
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let read = reader.join().unwrap();
+    assert_code(&out, 130);
+    assert!(read < 40 << 20, "the dump went on to the end");
+}

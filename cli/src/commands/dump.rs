@@ -6,7 +6,10 @@ use super::FilterArgs;
 use crate::args::GlobalArgs;
 use crate::global;
 use anyhow::Result;
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use vault_engine::tree::NodeKind;
 use vault_engine::{archive, restore};
 
@@ -21,21 +24,50 @@ pub(crate) struct DumpArgs {
     filter: FilterArgs,
 }
 
-pub(crate) fn run(g: &GlobalArgs, args: &DumpArgs) -> Result<ExitCode> {
+pub(crate) fn run(g: &GlobalArgs, args: &DumpArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let (_, snap) = super::pick_snapshot(&repo, Some(&args.snapshot), None, &args.filter)?;
     let index = repo.load_index()?;
-    let mut out = std::io::stdout().lock();
+    let mut out = Cancellable {
+        out: std::io::stdout().lock(),
+        cancel: &cancel,
+    };
     let at = format!("/{}", args.path.trim_matches('/'));
-    if at == "/" {
-        archive::write_tar(&repo, &index, &snap.tree, &at, None, &mut out)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let node = restore::find_node(&repo, &index, &snap.tree, &at)?;
-    if node.kind == NodeKind::Dir {
-        archive::write_tar(&repo, &index, &snap.tree, &at, Some(&node), &mut out)?;
+    let written = if at == "/" {
+        archive::write_tar(&repo, &index, &snap.tree, &at, None, &mut out).map(drop)
     } else {
-        restore::dump(&repo, &index, &node, &mut out)?;
+        let node = restore::find_node(&repo, &index, &snap.tree, &at)?;
+        if node.kind == NodeKind::Dir {
+            archive::write_tar(&repo, &index, &snap.tree, &at, Some(&node), &mut out).map(drop)
+        } else {
+            restore::dump(&repo, &index, &node, &mut out).map(drop)
+        }
+    };
+    // Stopped by Ctrl-C or SIGTERM: exit 130, never 0 for a cut-off stream.
+    if cancel.load(Ordering::Relaxed) {
+        return Err(vault_engine::Error::Interrupted.into());
     }
+    written?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Output that stops taking bytes once the command is interrupted: dump
+/// streams until its last byte otherwise, gigabytes after a SIGTERM.
+struct Cancellable<'a, W> {
+    out: W,
+    cancel: &'a AtomicBool,
+}
+
+impl<W: Write> Write for Cancellable<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not ErrorKind::Interrupted: write_all retries on that.
+            return Err(std::io::Error::other("interrupted"));
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
