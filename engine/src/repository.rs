@@ -260,6 +260,7 @@ impl Repository {
         let keys = backend
             .list(FileKind::Key.prefix())
             .map_err(|e| Error::backend("keys/", e))?;
+        let listed = keys.len();
         let mut files = Vec::with_capacity(keys.len());
         for info in keys {
             // A store that fails here must not pass for a wrong password.
@@ -280,8 +281,9 @@ impl Repository {
         // expensive keys of human passwords before reaching it. Every
         // file is still tried, so the order changes only the time taken.
         // No key at all is not a wrong password: someone deleted them, and
-        // only an exported key brings the repository back.
-        if files.is_empty() {
+        // only an exported key brings the repository back. (Key files that
+        // are there but damaged stay "wrong password or damaged key file".)
+        if listed == 0 {
             return Err(Error::NotFound {
                 object: "every key file (keys/; `vault key import` restores an exported key)"
                     .into(),
