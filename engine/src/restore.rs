@@ -428,6 +428,10 @@ fn restore_on_pool(
     let mut passed: HashMap<PathBuf, Item> = HashMap::new();
     let mut matched = false;
     walk(repo, index, root, &mut |path, node| {
+        // Planning a large tree takes a while: Ctrl-C must not wait for it.
+        if options.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
         if excludes.is_excluded(path, node.kind == NodeKind::Dir) {
             return Ok(false);
         }
@@ -494,6 +498,9 @@ fn restore_on_pool(
     let mut dirs_made: std::collections::HashSet<&Path> = std::collections::HashSet::new();
     dirs_made.insert(options.target.as_path());
     for (idx, item) in items.iter().enumerate() {
+        if idx % 1024 == 0 && options.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
         let path: &Path = &item.path;
         if let Some(parent) = path.parent()
             && !dirs_made.contains(parent)
@@ -1502,6 +1509,24 @@ mod verify_tests {
         assert_eq!(err.kind(), crate::ErrorKind::Corrupt, "{err}");
         assert!(err.to_string().contains("nested deeper"), "{err}");
         assert!(seen > crate::tree::MAX_DEPTH, "{seen}");
+    }
+
+    /// Ctrl-C during planning stops the restore before anything is made.
+    #[test]
+    fn a_cancelled_restore_stops_while_planning() {
+        let (_, repo) = memory_repo(InitOptions::default());
+        let root = backup_stream(&repo, "f", b"planned, never written").tree;
+        let index = repo.load_index().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let options = RestoreOptions {
+            target: dir.path().join("target"),
+            cancel: Arc::new(AtomicBool::new(true)),
+            concurrency: 2,
+            ..RestoreOptions::default()
+        };
+        let err = restore(&repo, &index, &root, &options, &RestoreProgress::default()).unwrap_err();
+        assert!(matches!(err, Error::Interrupted), "{err}");
+        assert!(!options.target.exists());
     }
 
     #[test]
