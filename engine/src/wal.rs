@@ -255,12 +255,19 @@ pub fn fetch(
     let Some(record) = load(repo, source, name)? else {
         return Ok(false);
     };
-    if let Some(chunks) = read_located(repo, &record) {
+    write_record(repo, &record, out)?;
+    Ok(true)
+}
+
+/// Writes a loaded record's bytes (verified chunk by chunk) to `out`.
+fn write_record(repo: &Repository, record: &WalRecord, out: &mut dyn std::io::Write) -> Result<()> {
+    let name = &record.name;
+    if let Some(chunks) = read_located(repo, record) {
         for data in chunks {
             out.write_all(&data)
                 .map_err(|e| Error::io(format!("writing {name}"), e))?;
         }
-        return Ok(true);
+        return Ok(());
     }
     let index = repo.load_index()?;
     for id in &record.content {
@@ -268,7 +275,7 @@ pub fn fetch(
         out.write_all(&data)
             .map_err(|e| Error::io(format!("writing {name}"), e))?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Copies the WAL archive of `source` from `from` to `to`: every file `to`
@@ -298,7 +305,7 @@ pub fn copy_stream(
             continue; // trimmed by retention since it was listed
         };
         let mut data = Vec::with_capacity(usize::try_from(record.size).unwrap_or(0));
-        fetch(from, source, &name, &mut data)?;
+        write_record(from, &record, &mut data)?;
         push(to, source, &name, data, record.modified)?;
         copied += 1;
     }
