@@ -175,7 +175,7 @@ fn open(global: &GlobalArgs, dry_run: bool, cached: bool) -> Result<Arc<Reposito
     let url = repo_url(global)?;
     let mut backend = open_backend(global, &url)?;
     if dry_run {
-        backend = Arc::new(backend::DryRun(backend));
+        backend = Arc::new(backend::DryRun::new(backend));
     }
     let password = password(global, false)?;
     let mut repo = Repository::open(backend, &password)

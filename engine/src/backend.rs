@@ -285,40 +285,88 @@ pub fn open_url(url: &str, s3: &S3Options) -> Result<Box<dyn Backend>, BackendEr
 
 /// Wraps a backend so that nothing is written or deleted: `--dry-run`.
 /// Reads pass through, so commands plan against the real repository.
-pub struct DryRun(pub std::sync::Arc<dyn Backend>);
+///
+/// What the dry run pretended to write or delete is remembered by path
+/// (sizes only, never data), so that `head` answers as the real store
+/// would have: a backup confirms each uploaded pack with `head` before
+/// indexing it, and an object it never wrote would look deleted by a
+/// prune.
+pub struct DryRun {
+    inner: std::sync::Arc<dyn Backend>,
+    /// Path -> size written, or `None` once deleted.
+    pretended: std::sync::Mutex<std::collections::HashMap<String, Option<u64>>>,
+}
+
+impl DryRun {
+    /// A dry-run view of `inner`.
+    pub fn new(inner: std::sync::Arc<dyn Backend>) -> Self {
+        Self {
+            inner,
+            pretended: std::sync::Mutex::default(),
+        }
+    }
+
+    fn pretended(&self, path: &str) -> Option<Option<u64>> {
+        self.pretended
+            .lock()
+            .expect("not poisoned")
+            .get(path)
+            .copied()
+    }
+
+    fn pretend(&self, path: &str, size: Option<u64>) {
+        self.pretended
+            .lock()
+            .expect("not poisoned")
+            .insert(path.to_owned(), size);
+    }
+}
 
 impl Backend for DryRun {
     fn location(&self) -> String {
-        self.0.location()
+        self.inner.location()
     }
-    fn put(&self, _path: &str, _data: Bytes, _mode: PutMode) -> Result<(), BackendError> {
+    fn put(&self, path: &str, data: Bytes, _mode: PutMode) -> Result<(), BackendError> {
+        self.pretend(path, Some(data.len() as u64));
         Ok(())
     }
     fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.0.get(path)
+        match self.pretended(path) {
+            // Written only in pretence: its bytes were never kept.
+            Some(_) => Err(BackendError::NotFound(path.to_owned())),
+            None => self.inner.get(path),
+        }
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-        self.0.get_range(path, offset, len)
+        match self.pretended(path) {
+            Some(_) => Err(BackendError::NotFound(path.to_owned())),
+            None => self.inner.get_range(path, offset, len),
+        }
     }
     fn head(&self, path: &str) -> Result<u64, BackendError> {
-        self.0.head(path)
+        match self.pretended(path) {
+            Some(Some(size)) => Ok(size),
+            Some(None) => Err(BackendError::NotFound(path.to_owned())),
+            None => self.inner.head(path),
+        }
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
-        self.0.list(prefix)
+        self.inner.list(prefix)
     }
-    fn delete(&self, _path: &str) -> Result<(), BackendError> {
+    fn delete(&self, path: &str) -> Result<(), BackendError> {
+        self.pretend(path, None);
         Ok(())
     }
     fn has_atomic_create(&self) -> bool {
-        self.0.has_atomic_create()
+        self.inner.has_atomic_create()
     }
     fn is_local(&self) -> bool {
-        self.0.is_local()
+        self.inner.is_local()
     }
     fn requests(&self) -> Option<RequestCounts> {
-        self.0.requests()
+        self.inner.requests()
     }
     fn set_object_lock(&self, lock: ObjectLock, verify: bool) -> Result<(), BackendError> {
-        self.0.set_object_lock(lock, verify)
+        self.inner.set_object_lock(lock, verify)
     }
 }

@@ -1317,3 +1317,36 @@ fn a_tree_2000_levels_deep_restores() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&found.stdout).lines().count(), 1);
 }
+
+backend_test!(backup_dry_run_of_new_data_reports_it_and_writes_nothing);
+/// `backup --dry-run` reports what a backup would add and writes nothing,
+/// also when the data is new (every pack it "uploads" is confirmed with a
+/// HEAD before it is indexed; a dry run must not take its own discarded
+/// packs for ones a prune deleted).
+fn backup_dry_run_of_new_data_reports_it_and_writes_nothing(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("random.bin"), pseudo_random(3_000_000, 7)).unwrap();
+    let src = src.to_str().unwrap();
+    let before = env.objects();
+    let dry = env.json(&["backup", "--dry-run", src]);
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(dry["files_new"], 1, "{dry}");
+    assert!(dry["data_added"].as_u64().unwrap() >= 3_000_000, "{dry}");
+    assert_eq!(env.objects(), before, "a dry run writes nothing");
+    assert!(env.snapshots().is_empty());
+
+    // After a real backup, a dry run over a change reports only it.
+    assert_success(&env.vault(&["backup", src]));
+    std::fs::write(Path::new(src).join("more.bin"), pseudo_random(500_000, 8)).unwrap();
+    let before = env.objects();
+    let dry = env.json(&["backup", "--dry-run", src]);
+    assert_eq!(
+        (dry["files_new"].as_u64(), dry["files_unmodified"].as_u64()),
+        (Some(1), Some(1)),
+        "{dry}"
+    );
+    assert_eq!(env.objects(), before, "a dry run writes nothing");
+    assert_eq!(env.snapshots().len(), 1);
+}
