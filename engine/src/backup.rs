@@ -284,7 +284,11 @@ struct Walker<'c, 'a> {
     ctx: &'c Ctx<'a>,
     excludes: Excludes,
     names: Names,
-    root_dev: Option<u64>,
+    /// Each given path (absolute) and the device it is on. With
+    /// `--one-file-system` a directory is entered only when it is on the
+    /// device of the deepest given path above it, so a mount point named
+    /// among the paths (`-x / /home`) is backed up while others are not.
+    devices: Vec<(PathBuf, u64)>,
     tasks: Sender<FileTask>,
     dirs: Sender<PendingDir>,
 }
@@ -709,7 +713,7 @@ fn save_paths(
             ctx,
             excludes,
             names: Names::default(),
-            root_dev: None,
+            devices: Vec::new(),
             tasks: task_tx,
             dirs: dir_tx,
         };
@@ -1185,8 +1189,15 @@ impl Walker<'_, '_> {
         parent: Option<&Tree>,
     ) -> Result<Receiver<Result<BlobId>>> {
         let mut root = VirtualDir::default();
+        let mut whole_root = false;
         for p in list {
             let abs = absolute(p)?;
+            // A path that cannot be read is reported when the walk reaches
+            // it; it has no device to stay on.
+            if let Ok(meta) = std::fs::symlink_metadata(&abs) {
+                let dev = std::os::unix::fs::MetadataExt::dev(&meta);
+                self.devices.push((abs.clone(), dev));
+            }
             let components: Vec<OsString> = abs
                 .components()
                 .filter_map(|c| match c {
@@ -1195,14 +1206,26 @@ impl Walker<'_, '_> {
                 })
                 .collect();
             if components.is_empty() {
-                // Backing up "/" itself: walk it as the root directory.
-                let meta = std::fs::symlink_metadata("/").map_err(|e| Error::io("reading /", e))?;
-                self.root_dev = Some(std::os::unix::fs::MetadataExt::dev(&meta));
-                return self.read_dir_tree(Path::new("/"), parent);
+                whole_root = true;
+            } else {
+                root.insert(&components, &abs);
             }
-            root.insert(&components, &abs);
+        }
+        if whole_root {
+            // Backing up "/" itself: walk it as the root directory; every
+            // other path lies below it.
+            return self.read_dir_tree(Path::new("/"), parent);
         }
         self.save_virtual(&root, Path::new("/"), parent)
+    }
+
+    /// The device of the deepest given path at or above `path`.
+    fn device_above(&self, path: &Path) -> Option<u64> {
+        self.devices
+            .iter()
+            .filter(|(given, _)| path.starts_with(given))
+            .max_by_key(|(given, _)| given.as_os_str().len())
+            .map(|&(_, dev)| dev)
     }
 
     fn save_virtual(
@@ -1224,7 +1247,6 @@ impl Walker<'_, '_> {
                             continue;
                         }
                     };
-                    self.root_dev = Some(std::os::unix::fs::MetadataExt::dev(&meta));
                     if let Some(node) = self.save_entry(full, meta, parent_node)? {
                         nodes.push(node);
                     }
@@ -1356,8 +1378,8 @@ impl Walker<'_, '_> {
             NodeKind::Dir => {
                 ctx.counters.dirs.fetch_add(1, Ordering::Relaxed);
                 let dev = std::os::unix::fs::MetadataExt::dev(&meta);
-                let crosses =
-                    ctx.options.one_file_system && self.root_dev.is_some_and(|d| d != dev);
+                let crosses = ctx.options.one_file_system
+                    && self.device_above(path).is_some_and(|d| d != dev);
                 let marked = (ctx.options.exclude_caches && walk::is_cache_dir(path))
                     || (ctx.options.exclude_if_present.iter())
                         .any(|marker| walk::has_marker(path, marker));

@@ -1350,3 +1350,62 @@ fn backup_dry_run_of_new_data_reports_it_and_writes_nothing(backend: Backend) {
     assert_eq!(env.objects(), before, "a dry run writes nothing");
     assert_eq!(env.snapshots().len(), 1);
 }
+
+/// A tmpfs mounted at `at` for the life of the value (root only).
+struct TmpfsMount(PathBuf);
+
+impl TmpfsMount {
+    fn new(at: &Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// `--one-file-system` stays on the device of each given path, as restic
+/// does: a mount point named among the paths is backed up with its
+/// content (`-x / /home`), whatever the order; one not named stays empty.
+#[test]
+fn one_file_system_keeps_mount_points_that_are_given_paths() {
+    if !is_root() {
+        eprintln!("NOTICE: skipping: mounting a tmpfs needs root");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("top"), b"top").unwrap();
+    let given = TmpfsMount::new(&src.join("given"));
+    let other = TmpfsMount::new(&src.join("other"));
+    std::fs::write(given.0.join("f"), b"in the given mount").unwrap();
+    std::fs::write(other.0.join("g"), b"in another mount").unwrap();
+    let (top, inner) = (src.to_str().unwrap(), given.0.to_str().unwrap());
+    let listing = |args: &[&str]| {
+        let mut full = vec!["backup", "--json"];
+        full.extend_from_slice(args);
+        assert_success(&env.vault(&full));
+        let out = env.vault(&["ls", "latest", "--recursive"]);
+        assert_success(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for args in [["-x", top, inner], ["-x", inner, top]] {
+        let ls = listing(&args);
+        assert!(ls.contains("/given/f"), "{args:?}: {ls}");
+        assert!(ls.contains("/src/top"), "{args:?}: {ls}");
+        assert!(ls.contains("/src/other\n"), "{args:?}: {ls}");
+        assert!(!ls.contains("/other/g"), "{args:?}: not a given path: {ls}");
+    }
+    let ls = listing(&[top]);
+    assert!(ls.contains("/given/f") && ls.contains("/other/g"), "{ls}");
+}
