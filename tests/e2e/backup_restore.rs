@@ -956,6 +956,66 @@ fn files_from_lists_the_paths_to_back_up(backend: Backend) {
     assert_eq!(env.snapshots().len(), 2);
 }
 
+/// The paths of a snapshot, sorted, as bytes (names need not be UTF-8).
+fn snapshot_paths(env: &Env) -> Vec<String> {
+    let snaps = env.snapshots();
+    let mut paths: Vec<String> = (snaps.last().unwrap()["paths"].as_array().unwrap().iter())
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    paths.sort_unstable();
+    paths
+}
+
+/// `--files-from` trims lines, expands globs and takes names that are not
+/// UTF-8; `--files-from-verbatim` takes each line as it is and
+/// `--files-from-raw` NUL-separated names, newlines and all (restic's
+/// three flags).
+#[test]
+fn files_from_variants_take_patterns_verbatim_and_raw_names() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let odd = src.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    for name in ["size_1", "size_2", "other", " edge ", "new\nline"] {
+        std::fs::write(src.join(name), name).unwrap();
+    }
+    std::fs::write(&odd, b"latin-1").unwrap();
+    let s = src.to_str().unwrap();
+    let list = env.path("list");
+    let mut text = format!("  {s}/size_*  \n# {s}/other\n{s}/nothing_*\n").into_bytes();
+    text.extend_from_slice(odd.as_os_str().as_bytes());
+    text.push(b'\n');
+    std::fs::write(&list, text).unwrap();
+    let out = env.vault(&["backup", "--files-from", list.to_str().unwrap()]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("matches nothing"), "{}", stderr(&out));
+    assert_eq!(
+        snapshot_paths(&env),
+        [
+            format!("{s}/caf\u{fffd}"),
+            format!("{s}/size_1"),
+            format!("{s}/size_2")
+        ]
+    );
+
+    std::fs::write(&list, format!("{s}/ edge \n\n{s}/size_*\n")).unwrap();
+    let out = env.vault(&["backup", "--files-from-verbatim", list.to_str().unwrap()]);
+    // The literal name `size_*` does not exist: exit 3, the rest saved.
+    assert_code(&out, 3);
+    assert_eq!(
+        snapshot_paths(&env),
+        [format!("{s}/ edge "), format!("{s}/size_*")]
+    );
+
+    std::fs::write(&list, format!("{s}/new\nline\0{s}/other\0")).unwrap();
+    let out = env.vault(&["backup", "--files-from-raw", list.to_str().unwrap()]);
+    assert_success(&out);
+    assert_eq!(
+        snapshot_paths(&env),
+        [format!("{s}/new\nline"), format!("{s}/other")]
+    );
+}
+
 backend_test!(dump_of_a_directory_is_a_tar_stream_that_extracts_to_the_same_tree);
 fn dump_of_a_directory_is_a_tar_stream_that_extracts_to_the_same_tree(backend: Backend) {
     let env = Env::on(backend);

@@ -20,10 +20,20 @@ pub(crate) struct BackupArgs {
     /// (none: every configured source).
     paths: Vec<PathBuf>,
     /// Also back up the paths listed in this file, one per line (`-`:
-    /// standard input; blank lines and lines starting with `#` are
-    /// skipped; repeatable).
-    #[arg(long)]
+    /// standard input; repeatable). Lines are trimmed; blank lines and
+    /// lines starting with `#` are skipped; a line with `*`, `?` or `[` is
+    /// a glob pattern, expanded (one matching nothing is skipped with a
+    /// warning).
+    #[arg(long, value_name = "FILE")]
     files_from: Vec<PathBuf>,
+    /// As --files-from, but each line is a path taken as it is: no
+    /// trimming, comments or patterns (only empty lines are skipped).
+    #[arg(long, value_name = "FILE")]
+    files_from_verbatim: Vec<PathBuf>,
+    /// As --files-from-verbatim, but paths are separated by NUL bytes
+    /// (`find -print0`), so names may hold newlines.
+    #[arg(long, value_name = "FILE")]
+    files_from_raw: Vec<PathBuf>,
     /// Back up standard input as one file.
     #[arg(long, conflicts_with = "stdin_from_command")]
     stdin: bool,
@@ -104,41 +114,114 @@ pub(crate) struct BackupArgs {
     command: Vec<std::ffi::OsString>,
 }
 
-/// The paths listed in `--files-from` files.
-fn listed_paths(files: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// How a `--files-from*` file lists its paths.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListStyle {
+    /// `--files-from`: trimmed lines, `#` comments, glob patterns.
+    Patterns,
+    /// `--files-from-verbatim`: each line a path as it is.
+    Verbatim,
+    /// `--files-from-raw`: NUL-separated paths.
+    Raw,
+}
+
+impl ListStyle {
+    fn flag(self) -> &'static str {
+        match self {
+            ListStyle::Patterns => "--files-from",
+            ListStyle::Verbatim => "--files-from-verbatim",
+            ListStyle::Raw => "--files-from-raw",
+        }
+    }
+}
+
+/// The paths listed in `--files-from*` files. Lists are bytes, not text: a
+/// file name need not be UTF-8.
+fn listed_paths(lists: &[(ListStyle, &PathBuf)]) -> Result<Vec<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
     let mut out = Vec::new();
-    for file in files {
-        let text = if file.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin())
-                .context("reading paths from standard input")?
+    for &(style, file) in lists {
+        let flag = style.flag();
+        let bytes = if file.as_os_str() == "-" {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                .with_context(|| format!("reading {flag} from standard input"))?;
+            bytes
         } else {
-            std::fs::read_to_string(file)
-                .with_context(|| format!("reading --files-from {}", file.display()))?
+            std::fs::read(file).with_context(|| format!("reading {flag} {}", file.display()))?
         };
-        out.extend(
-            text.lines()
-                .map(|l| l.strip_suffix('\r').unwrap_or(l))
-                .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-                .map(PathBuf::from),
-        );
+        let separator = if style == ListStyle::Raw {
+            b'\0'
+        } else {
+            b'\n'
+        };
+        for entry in bytes.split(|&b| b == separator) {
+            let entry = match style {
+                ListStyle::Patterns => {
+                    let line = entry.trim_ascii();
+                    if line.starts_with(b"#") {
+                        continue;
+                    }
+                    line
+                }
+                ListStyle::Verbatim | ListStyle::Raw => entry,
+            };
+            if entry.is_empty() {
+                continue;
+            }
+            let glob = match std::str::from_utf8(entry) {
+                Ok(text) if style == ListStyle::Patterns && text.contains(['*', '?', '[']) => {
+                    Some(text)
+                }
+                _ => None,
+            };
+            let Some(pattern) = glob else {
+                out.push(PathBuf::from(std::ffi::OsStr::from_bytes(entry)));
+                continue;
+            };
+            let matches = glob::glob(pattern)
+                .with_context(|| format!("{flag} {}: pattern {pattern:?}", file.display()))?;
+            let before = out.len();
+            // An unreadable directory on the way is reported by the walk
+            // when it is a path to back up; while matching, it only cannot
+            // match.
+            out.extend(matches.flatten());
+            if out.len() == before {
+                eprintln!(
+                    "vault: warning: {flag} {}: {pattern:?} matches nothing, skipped",
+                    file.display()
+                );
+            }
+        }
     }
     Ok(out)
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
-    if !args.files_from.is_empty() {
+    let lists: Vec<(ListStyle, &PathBuf)> = (args.files_from.iter())
+        .map(|f| (ListStyle::Patterns, f))
+        .chain(
+            args.files_from_verbatim
+                .iter()
+                .map(|f| (ListStyle::Verbatim, f)),
+        )
+        .chain(args.files_from_raw.iter().map(|f| (ListStyle::Raw, f)))
+        .collect();
+    if !lists.is_empty() {
         if args.stdin || args.stdin_from_command {
             bail!(
                 "--files-from backs up paths: it does not go with --stdin or --stdin-from-command"
             );
         }
-        let listed = listed_paths(&args.files_from)?;
+        let listed = listed_paths(&lists)?;
         if listed.is_empty() && args.paths.is_empty() {
             bail!("--files-from lists no paths");
         }
         let mut args = args;
         args.paths.extend(listed);
         args.files_from.clear();
+        args.files_from_verbatim.clear();
+        args.files_from_raw.clear();
         return run(g, args, cancel);
     }
     if !args.stdin
