@@ -576,9 +576,12 @@ fn snapshot_paths(source: &Source) -> Result<Vec<String>> {
                 .collect::<Result<Vec<_>>>()?
         }
         Source::Stream { filename, .. } | Source::Command { filename, .. } => {
-            if filename.is_empty() || filename.contains('/') {
+            if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".."
+            {
                 return Err(Error::InvalidInput(format!(
-                    "invalid stdin file name {filename:?}"
+                    "invalid stdin file name {filename:?}: give a file name without `/` (the \
+                     stream is stored as /NAME at the snapshot's root; tag or name the \
+                     snapshot to tell streams apart)"
                 )));
             }
             vec![format!("/{filename}")]

@@ -1469,3 +1469,16 @@ fn one_file_system_keeps_mount_points_that_are_given_paths() {
     let ls = listing(&[top]);
     assert!(ls.contains("/given/f") && ls.contains("/other/g"), "{ls}");
 }
+
+/// A stream's file name is one name at the snapshot's root: a path or `.`
+/// is refused with the reason, and nothing is saved.
+#[test]
+fn stdin_filename_with_a_directory_is_refused_with_the_reason() {
+    let env = Env::new();
+    for name in ["db/z.sql", ".", ".."] {
+        let out = env.vault_stdin(&["backup", "--stdin", "--stdin-filename", name], b"data");
+        assert_code(&out, 1);
+        assert!(stderr(&out).contains("without `/`"), "{name}: {}", stderr(&out));
+    }
+    assert!(env.snapshots().is_empty());
+}
