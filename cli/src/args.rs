@@ -38,7 +38,8 @@ pub(crate) struct GlobalArgs {
     /// Print only errors; no progress.
     #[arg(short, long, global = true)]
     pub(crate) quiet: bool,
-    /// More log output (-v info, -vv debug).
+    /// More log output (-v info, -vv debug; backup then names each file as
+    /// new, modified or unchanged).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub(crate) verbose: u8,
     /// Configuration file [default: /etc/vault/vault.toml when it exists].

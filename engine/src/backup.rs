@@ -908,10 +908,13 @@ impl Ctx<'_> {
                         counters.bytes.fetch_sub(node.size, Ordering::Relaxed);
                         node.size = size;
                         node.content = Some(ids);
+                        // One line per file at -vv, as restic prints them.
                         if changed {
                             counters.files_changed.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("modified  {}", path.display());
                         } else {
                             counters.files_new.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!("new       {}", path.display());
                         }
                         self.progress.files.fetch_add(1, Ordering::Relaxed);
                         tree.nodes.push(node);
@@ -1355,6 +1358,7 @@ impl Walker<'_, '_> {
                     ctx.counters
                         .files_unmodified
                         .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("unchanged {}", path.display());
                     ctx.progress.files.fetch_add(1, Ordering::Relaxed);
                     ctx.progress.bytes.fetch_add(node.size, Ordering::Relaxed);
                     return Ok(Some(PendingNode::Ready(node)));

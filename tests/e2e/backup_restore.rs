@@ -1478,7 +1478,43 @@ fn stdin_filename_with_a_directory_is_refused_with_the_reason() {
     for name in ["db/z.sql", ".", ".."] {
         let out = env.vault_stdin(&["backup", "--stdin", "--stdin-filename", name], b"data");
         assert_code(&out, 1);
-        assert!(stderr(&out).contains("without `/`"), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("without `/`"),
+            "{name}: {}",
+            stderr(&out)
+        );
     }
     assert!(env.snapshots().is_empty());
+}
+
+/// `backup -vv` names each file as new, modified or unchanged (restic's
+/// `-vv`), so a nightly log says what changed.
+#[test]
+fn backup_very_verbose_names_each_file_with_its_change() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("kept"), b"kept").unwrap();
+    std::fs::write(src.join("edited"), b"first").unwrap();
+    let s = src.to_str().unwrap();
+    let out = env.vault(&["backup", "-vv", s]);
+    assert_success(&out);
+    let log = stderr(&out);
+    assert!(log.contains(&format!("new       {s}/kept")), "{log}");
+    std::fs::write(src.join("edited"), b"second").unwrap();
+    std::fs::write(src.join("added"), b"added").unwrap();
+    let out = env.vault(&["backup", "-vv", s]);
+    assert_success(&out);
+    let log = stderr(&out);
+    for line in [
+        format!("unchanged {s}/kept"),
+        format!("modified  {s}/edited"),
+        format!("new       {s}/added"),
+    ] {
+        assert!(log.contains(&line), "{line}: {log}");
+    }
+    // Without -vv, no line per file.
+    std::fs::write(src.join("added"), b"again").unwrap();
+    let out = env.vault(&["backup", s]);
+    assert!(!stderr(&out).contains("modified"), "{}", stderr(&out));
 }
