@@ -641,6 +641,18 @@ impl VirtualDir {
         }
         // A leaf already covers everything below it.
     }
+
+    /// The given paths at or below this directory.
+    fn leaves(&self) -> Vec<&Path> {
+        let mut out = Vec::new();
+        for entry in self.children.values() {
+            match entry {
+                VirtualEntry::Leaf(full) => out.push(full.as_path()),
+                VirtualEntry::Dir(dir) => out.extend(dir.leaves()),
+            }
+        }
+        out
+    }
 }
 
 /// Compares a node's name with an OS name without allocating in the usual
@@ -1267,7 +1279,12 @@ impl Walker<'_, '_> {
                     let meta = match std::fs::metadata(&path) {
                         Ok(m) => m,
                         Err(e) => {
-                            self.ctx.record_error(&path, e);
+                            // Name the paths the user gave, and where the
+                            // way to them ends.
+                            for leaf in sub.leaves() {
+                                let error = format!("{e} (at {})", path.display());
+                                self.ctx.record_error(leaf, error);
+                            }
                             continue;
                         }
                     };

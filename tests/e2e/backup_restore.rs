@@ -1518,3 +1518,23 @@ fn backup_very_verbose_names_each_file_with_its_change() {
     let out = env.vault(&["backup", s]);
     assert!(!stderr(&out).contains("modified"), "{}", stderr(&out));
 }
+
+/// A missing path is named as given, with where the way to it ends, not
+/// as its first missing directory.
+#[test]
+fn a_missing_deep_path_is_named_as_given() {
+    let env = Env::new();
+    let kept = env.path("kept");
+    std::fs::write(&kept, b"kept").unwrap();
+    let missing = env.path("gone/x/y/z");
+    let out = env.vault(&["backup", missing.to_str().unwrap(), kept.to_str().unwrap()]);
+    assert_code(&out, 3);
+    let gone = env.path("gone");
+    let expected = format!("{}: No such file or directory", missing.display());
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("(at {})", gone.display())),
+        "{}",
+        stderr(&out)
+    );
+}
