@@ -80,3 +80,35 @@ fn snapshots_group_by_lists_each_group_under_its_key() {
     let bad = env.vault(&["snapshots", "--group-by", "colour"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn ls_takes_the_root_and_directories_with_a_trailing_slash() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/f"), b"x").unwrap();
+    std::fs::write(src.join("top"), b"y").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let listing = |args: &[&str]| {
+        let out = env.vault(args);
+        assert_success(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let root = listing(&["ls", "latest"]);
+    assert!(!root.is_empty());
+    for dir in ["/", "//"] {
+        assert_eq!(listing(&["ls", "latest", dir]), root, "ls latest {dir}");
+    }
+    assert_eq!(
+        listing(&["ls", "latest", "/", "--recursive"]),
+        listing(&["ls", "latest", "--recursive"])
+    );
+    // A directory with and without its trailing slash, by snapshot id too.
+    let id = env.snapshots()[0]["short_id"].as_str().unwrap().to_owned();
+    let sub = src.join("sub");
+    let sub = sub.to_str().unwrap();
+    let plain = listing(&["ls", &id, sub]);
+    assert!(plain.lines().any(|l| l.ends_with("/sub/f")), "{plain}");
+    assert_eq!(listing(&["ls", &id, &format!("{sub}/")]), plain);
+    assert_eq!(listing(&["ls", "latest", &format!("{sub}/")]), plain);
+}
