@@ -6,6 +6,7 @@ use crate::config::Config;
 use anyhow::{Context, Result, bail};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use vault_engine::Repository;
@@ -33,6 +34,34 @@ pub(crate) fn interrupted() -> Arc<AtomicBool> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
         .clone()
+}
+
+/// `Err(Interrupted)` (exit 130) once Ctrl-C or SIGTERM came: for
+/// commands that do not watch the flag themselves, before each step that
+/// changes the repository, so a stopped command changes nothing more.
+pub(crate) fn stop_if_interrupted() -> Result<()> {
+    if interrupted().load(Ordering::SeqCst) {
+        return Err(vault_engine::Error::Interrupted.into());
+    }
+    Ok(())
+}
+
+/// The outcome of a command that may have been signalled: one that ran to
+/// its end after Ctrl-C or SIGTERM (its last step was past stopping) still
+/// exits 130, never 0, since the handler told the user it was stopping.
+/// `mount` is exempt: Ctrl-C is how it ends.
+pub(crate) fn settle_interrupt(result: Result<ExitCode>, command: &str) -> Result<ExitCode> {
+    match result {
+        Ok(code)
+            if code == ExitCode::SUCCESS
+                && command != "mount"
+                && interrupted().load(Ordering::SeqCst) =>
+        {
+            Err(anyhow::Error::new(vault_engine::Error::Interrupted)
+                .context("the command had run to its end when it stopped"))
+        }
+        other => other,
+    }
 }
 
 static CONFIG: std::sync::OnceLock<Result<Option<Config>, String>> = std::sync::OnceLock::new();
@@ -88,6 +117,7 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
             options.access_key_id = Some(first_line(f, "access key id file")?);
         }
         if let Some(f) = &repo.secret_access_key_file {
+            warn_if_shared(f, "secret access key file");
             options.secret_access_key = Some(first_line(f, "secret access key file")?);
         }
     }
@@ -131,6 +161,7 @@ pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
         if global.password_file.is_none() {
             crate::config::ensure_private(file, "password file")?;
         }
+        warn_if_shared(file, "password file");
         let text = std::fs::read(file)
             .with_context(|| format!("reading password file {}", file.display()))?;
         let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
@@ -153,6 +184,42 @@ pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
     bail!(
         "no password: set VAULT_PASSWORD_FILE, VAULT_PASSWORD_COMMAND or VAULT_PASSWORD, or run on a terminal"
     )
+}
+
+/// Warns, once per file and process, when a file holding a secret can be
+/// read by its group or by everyone, as ssh does for a private key. Only a
+/// warning: refusing would break cron jobs that worked until now. `-` and
+/// anything but a regular file (a pipe, a terminal) are left alone.
+pub(crate) fn warn_if_shared(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::MetadataExt;
+    static WARNED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    if path.as_os_str() == "-" {
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(path) else {
+        return; // reading it says why
+    };
+    let mode = meta.mode() & 0o777;
+    if !meta.is_file() || mode & 0o044 == 0 {
+        return;
+    }
+    let mut warned = WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if warned.iter().any(|p| p == path) {
+        return;
+    }
+    warned.push(path.to_owned());
+    let who = if mode & 0o004 != 0 {
+        "every user"
+    } else {
+        "its group"
+    };
+    eprintln!(
+        "vault: warning: {what} {} is readable by {who} (mode {mode:04o}); it holds a secret: run `chmod 600 {}`",
+        path.display(),
+        path.display()
+    );
 }
 
 /// Opens the repository named by the global flags.

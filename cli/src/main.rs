@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let cancel = global::install_interrupt_handler();
-    let result = commands::run(cli, cancel);
+    let result = global::settle_interrupt(commands::run(cli, cancel), &command);
     let success = matches!(&result, Ok(code) if *code == ExitCode::SUCCESS);
     requests::record(&command, success);
     match result {

@@ -12,6 +12,7 @@ mod limit;
 mod local;
 mod object;
 mod object_lock;
+mod stall;
 
 pub use limit::RateLimited;
 pub use local::LocalBackend;

@@ -56,11 +56,27 @@ impl LockInfo {
     /// Whether the lock is stale at `now`.
     #[must_use]
     pub fn is_stale(&self, now: i64, this_host: &str) -> bool {
-        if now - self.refreshed > LOCK_STALE_SECS {
-            return true;
+        self.why_live(now, this_host).is_none()
+    }
+
+    /// Why the lock is not stale at `now` (`None`: it is stale): for
+    /// telling a user why `unlock` left it.
+    #[must_use]
+    pub fn why_live(&self, now: i64, this_host: &str) -> Option<String> {
+        let since_refresh = now - self.refreshed;
+        if since_refresh > LOCK_STALE_SECS {
+            return None;
         }
         // Same host: stale as soon as its process is gone.
-        self.hostname == this_host && !process_alive(self.pid)
+        if self.hostname == this_host {
+            return process_alive(self.pid)
+                .then(|| format!("process {} is still running on this host", self.pid));
+        }
+        Some(format!(
+            "refreshed {} ago by another host (stale only after {} without a refresh)",
+            age(since_refresh),
+            age(LOCK_STALE_SECS)
+        ))
     }
 
     /// `host X, pid Y since T`.
@@ -73,6 +89,17 @@ impl LockInfo {
             "{} by {}@{}, pid {} since {since}",
             self.purpose, self.username, self.hostname, self.pid
         )
+    }
+}
+
+/// `42s`, `3m12s`, `2h5m`, `3d4h`: a lock's age as a person reads it.
+fn age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
     }
 }
 
@@ -336,22 +363,72 @@ pub fn lock_exclusive(
     })
 }
 
-/// Removes stale locks (or every lock with `all`). Returns what was removed.
-pub fn unlock(repo: &Repository, all: bool, hostname: &str) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
-    for (path, info) in list(repo)? {
-        let stale = info.as_ref().is_none_or(|i| i.is_stale(now(), hostname));
-        if all || stale {
-            repo.backend()
-                .delete(&path)
-                .map_err(|e| Error::backend(&path, e))?;
-            removed.push(match info {
-                Some(i) => format!("{path} ({})", i.describe()),
-                None => format!("{path} (unreadable)"),
-            });
-        }
+/// What [`unlock`] did.
+#[derive(Debug, Default, Serialize)]
+pub struct UnlockReport {
+    /// Locks removed: `path (describe)`.
+    pub removed: Vec<String>,
+    /// Live locks left in place.
+    pub kept: Vec<KeptLock>,
+}
+
+/// A live lock [`unlock`] left in place, and why it counts as live.
+#[derive(Debug, Serialize)]
+pub struct KeptLock {
+    /// Its object.
+    pub path: String,
+    /// Its holder, purpose and times.
+    #[serde(flatten)]
+    pub info: LockInfo,
+    /// Seconds since it was taken.
+    pub age_secs: i64,
+    /// Why it is not stale.
+    pub reason: String,
+}
+
+impl KeptLock {
+    /// `prune by user@host, pid N, taken 3m12s ago`.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        format!(
+            "{} by {}@{}, pid {}, taken {} ago",
+            self.info.purpose,
+            self.info.username,
+            self.info.hostname,
+            self.info.pid,
+            age(self.age_secs)
+        )
     }
-    Ok(removed)
+}
+
+/// Removes stale locks (or every lock with `all`); reports what was
+/// removed and which live locks were left, and why.
+pub fn unlock(repo: &Repository, all: bool, hostname: &str) -> Result<UnlockReport> {
+    let mut report = UnlockReport::default();
+    for (path, info) in list(repo)? {
+        let now = now();
+        let live = match &info {
+            Some(i) if !all => i.why_live(now, hostname),
+            _ => None,
+        };
+        if let (Some(reason), Some(info)) = (live, &info) {
+            report.kept.push(KeptLock {
+                path,
+                age_secs: now - info.created,
+                info: info.clone(),
+                reason,
+            });
+            continue;
+        }
+        repo.backend()
+            .delete(&path)
+            .map_err(|e| Error::backend(&path, e))?;
+        report.removed.push(match info {
+            Some(i) => format!("{path} ({})", i.describe()),
+            None => format!("{path} (unreadable)"),
+        });
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Packs per rebuilt index file.
 const PACKS_PER_INDEX: usize = 4096;
@@ -52,7 +53,15 @@ pub struct RepairIndexReport {
 /// damaged blob is then in no index, so `repair snapshots` drops the files
 /// using it and the next backup stores their content anew; left indexed, it
 /// would be deduplicated against forever.
-pub fn repair_index(repo: &Arc<Repository>, read_data: bool) -> Result<RepairIndexReport> {
+///
+/// `cancel` (Ctrl-C) is looked at before each pack: set, the run stops with
+/// [`Error::Interrupted`] before any index is written (blobs already stored
+/// again are flushed first), leaving the old index in force.
+pub fn repair_index(
+    repo: &Arc<Repository>,
+    read_data: bool,
+    cancel: &AtomicBool,
+) -> Result<RepairIndexReport> {
     let mut report = RepairIndexReport::default();
     let old = repo.index_ids()?;
     let mut packs: Vec<IndexedPack> = Vec::new();
@@ -63,7 +72,12 @@ pub fn repair_index(repo: &Arc<Repository>, read_data: bool) -> Result<RepairInd
     let mut saver: Option<Saver> = None;
     let mut salvaged: Vec<PackId> = Vec::new();
     let mut failed_save: Option<Error> = None;
+    let mut stopped = false;
     'packs: for (id, size) in stored {
+        if cancel.load(Ordering::SeqCst) {
+            stopped = true;
+            break;
+        }
         let path = FileKind::Pack.path(&id.to_hex());
         let failed = |e| Error::backend(format!("pack {id}"), e);
         // Whole, to check every blob; else only the header at its end.
@@ -148,6 +162,9 @@ pub fn repair_index(repo: &Arc<Repository>, read_data: bool) -> Result<RepairInd
     }
     if let Some(e) = failed_save {
         return Err(e);
+    }
+    if stopped {
+        return Err(Error::Interrupted);
     }
     let chunks: Vec<Vec<IndexedPack>> = if packs.is_empty() {
         vec![Vec::new()]

@@ -80,3 +80,79 @@ fn snapshots_group_by_lists_each_group_under_its_key() {
     let bad = env.vault(&["snapshots", "--group-by", "colour"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn ls_takes_the_root_and_directories_with_a_trailing_slash() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/f"), b"x").unwrap();
+    std::fs::write(src.join("top"), b"y").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let listing = |args: &[&str]| {
+        let out = env.vault(args);
+        assert_success(&out);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let root = listing(&["ls", "latest"]);
+    assert!(!root.is_empty());
+    for dir in ["/", "//"] {
+        assert_eq!(listing(&["ls", "latest", dir]), root, "ls latest {dir}");
+    }
+    assert_eq!(
+        listing(&["ls", "latest", "/", "--recursive"]),
+        listing(&["ls", "latest", "--recursive"])
+    );
+    // A directory with and without its trailing slash, by snapshot id too.
+    let id = env.snapshots()[0]["short_id"].as_str().unwrap().to_owned();
+    let sub = src.join("sub");
+    let sub = sub.to_str().unwrap();
+    let plain = listing(&["ls", &id, sub]);
+    assert!(plain.lines().any(|l| l.ends_with("/sub/f")), "{plain}");
+    assert_eq!(listing(&["ls", &id, &format!("{sub}/")]), plain);
+    assert_eq!(listing(&["ls", "latest", &format!("{sub}/")]), plain);
+}
+
+#[test]
+fn a_password_file_others_can_read_is_warned_about_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let file = env.password_file.to_str().unwrap().to_owned();
+    let chmod = |mode| {
+        std::fs::set_permissions(&env.password_file, std::fs::Permissions::from_mode(mode))
+            .unwrap();
+    };
+    for (mode, who) in [(0o644, "every user"), (0o640, "its group")] {
+        chmod(mode);
+        let out = env.vault(&["snapshots"]);
+        assert_success(&out);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.matches("warning").count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("password file {file} is readable by {who}"))
+                && err.contains(&format!("chmod 600 {file}")),
+            "{err}"
+        );
+    }
+    chmod(0o600);
+    let out = env.vault(&["snapshots"]);
+    assert_success(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+    // Standard input is no file to protect.
+    let password = std::fs::read(&env.password_file).unwrap();
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_PASSWORD_FILE", "/dev/stdin")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&password)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_success(&out);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}

@@ -699,3 +699,87 @@ fn backing_up_only_missing_paths_fails_with_6_and_saves_nothing(backend: Backend
     assert_code(&out, 3);
     assert_eq!(env.snapshots().len(), 1);
 }
+
+/// Starts `vault ARGS` with a password command that waits, signals it with
+/// SIGINT while it waits (so the signal lands after vault installed its
+/// handler, and before the command's work), and returns its output.
+fn interrupted_while_opening(env: &Env, args: &[&str]) -> std::process::Output {
+    let started = env.path("password-asked");
+    let _ = std::fs::remove_file(&started);
+    let command = format!(
+        "touch {}; sleep 1; cat {}",
+        started.display(),
+        env.password_file.display()
+    );
+    let child = env
+        .command(args)
+        .env_remove("VAULT_PASSWORD_FILE")
+        .env("VAULT_PASSWORD_COMMAND", command)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !started.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(started.exists(), "vault never asked for the password");
+    crate::support::interrupt(child)
+}
+
+#[test]
+fn key_add_interrupted_exits_130_and_adds_no_key() {
+    let env = Env::new();
+    let new_password = env.path("new-password");
+    std::fs::write(&new_password, "another password\n").unwrap();
+    crate::support::private(&new_password);
+    let keys = env.objects_under("keys");
+    let out = interrupted_while_opening(
+        &env,
+        &[
+            "key",
+            "add",
+            "--new-password-file",
+            new_password.to_str().unwrap(),
+            "--kdf-memory-mib",
+            "8",
+            "--kdf-iterations",
+            "1",
+        ],
+    );
+    assert_code(&out, 130);
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_eq!(env.objects_under("keys"), keys, "a key was added");
+    assert!(env.locks().is_empty());
+    assert_success(&env.vault(&["check"]));
+}
+
+#[test]
+fn repair_index_interrupted_exits_130_and_keeps_the_old_index() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), pseudo_random(100_000, 3)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let index = env.objects_under("index");
+    let out = interrupted_while_opening(&env, &["repair", "index"]);
+    assert_code(&out, 130);
+    assert_eq!(env.objects_under("index"), index, "the index was rewritten");
+    assert!(env.locks().is_empty(), "{:?}", env.locks());
+    assert_success(&env.vault(&["check"]));
+    // Not interrupted, it does its work.
+    assert_success(&env.vault(&["repair", "index"]));
+    assert_ne!(env.objects_under("index"), index);
+}
+
+/// Every command: once the handler said "stopping cleanly", the exit code
+/// is 130, also for a command that had nothing left to stop.
+#[test]
+fn a_command_that_ran_to_its_end_after_a_signal_exits_130() {
+    let env = Env::new();
+    for args in [&["snapshots"][..], &["key", "list"], &["unlock"]] {
+        let out = interrupted_while_opening(&env, args);
+        assert_code(&out, 130);
+        assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    }
+}

@@ -13,6 +13,7 @@ const FAST_KDF: [&str; 4] = ["--kdf-memory-mib", "8", "--kdf-iterations", "1"];
 fn password_file(env: &Env, name: &str, password: &str) -> PathBuf {
     let path = env.path(name);
     std::fs::write(&path, format!("{password}\n")).unwrap();
+    crate::support::private(&path);
     path
 }
 
@@ -884,4 +885,57 @@ fn copy_carries_the_wal_archive_of_copied_base_backups(backend: Backend) {
     }
     let again = copy_to(&source, &target, &[]);
     assert_eq!(again["wal_files_copied"], 0, "{again}");
+}
+
+/// The repository of `env`, opened in this process (to hold a lock).
+fn open_here(env: &Env) -> vault_engine::Repository {
+    let backend = vault_engine::backend::open_url(&env.repo, &Default::default()).unwrap();
+    let password = vault_engine::crypto::Password::new(crate::support::PASSWORD);
+    vault_engine::Repository::open(backend.into(), &password).unwrap()
+}
+
+#[test]
+fn unlock_names_the_live_locks_it_leaves_and_why() {
+    let env = Env::new();
+    let repo = open_here(&env);
+    // Held by another host: live until it misses its refreshes.
+    let held =
+        vault_engine::lock::lock_exclusive(&repo, "prune", "far-away-host", "alice").unwrap();
+    let out = env.vault(&["unlock"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("kept lock locks/")
+            && text.contains("prune by alice@far-away-host")
+            && text.contains(&format!("pid {}", std::process::id()))
+            && text.contains("taken ")
+            && text.contains("still live")
+            && text.contains("--remove-all"),
+        "{text}"
+    );
+    assert!(!text.contains("no stale locks"), "{text}");
+    assert_eq!(env.locks().len(), 1);
+    let json = env.json(&["unlock"]);
+    assert_eq!(json["kept"][0]["hostname"], "far-away-host");
+    assert_eq!(json["kept"][0]["purpose"], "prune");
+    assert!(json["kept"][0]["age_secs"].is_i64(), "{json}");
+    assert_eq!(json["removed"].as_array().unwrap().len(), 0);
+    drop(held);
+    // Held on this host by a process that is still running.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let held = vault_engine::lock::lock_exclusive(&repo, "forget", host.trim(), "bob").unwrap();
+    let text = String::from_utf8(env.vault(&["unlock"]).stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "process {} is still running on this host",
+            std::process::id()
+        )),
+        "{text}"
+    );
+    assert_eq!(env.locks().len(), 1);
+    // --remove-all removes it, and says so.
+    let text = String::from_utf8(env.vault(&["unlock", "--remove-all"]).stdout).unwrap();
+    assert!(text.contains("removed lock locks/"), "{text}");
+    assert!(env.locks().is_empty());
+    drop(held);
 }

@@ -41,6 +41,9 @@ mod proxy {
         /// Hold the connection without answering for the hang time (longer
         /// than the client's request timeout).
         Hang,
+        /// Forward, taking the request body at 640 KiB/s (64 KiB every
+        /// 100 ms): a slow link that keeps moving.
+        Slow,
     }
 
     /// Every kind of fault.
@@ -307,16 +310,39 @@ mod proxy {
                 forward(state, client, &head, &rest, false, in_flight)
             }
             Some(Fault::Truncate) => forward(state, client, &head, &rest, true, in_flight),
+            Some(Fault::Slow) => forward_slowly(state, client, &head, &rest, in_flight),
             None => forward(state, client, &head, &rest, false, in_flight),
         }
     }
 
     fn forward(
         state: &State,
+        client: TcpStream,
+        head: &[u8],
+        rest: &[u8],
+        truncate: bool,
+        in_flight: Option<InFlight<'_>>,
+    ) -> io::Result<()> {
+        forward_at(state, client, head, rest, truncate, false, in_flight)
+    }
+
+    fn forward_slowly(
+        state: &State,
+        client: TcpStream,
+        head: &[u8],
+        rest: &[u8],
+        in_flight: Option<InFlight<'_>>,
+    ) -> io::Result<()> {
+        forward_at(state, client, head, rest, false, true, in_flight)
+    }
+
+    fn forward_at(
+        state: &State,
         mut client: TcpStream,
         head: &[u8],
         rest: &[u8],
         truncate: bool,
+        slow: bool,
         in_flight: Option<InFlight<'_>>,
     ) -> io::Result<()> {
         let mut upstream = TcpStream::connect(state.upstream)?;
@@ -328,7 +354,17 @@ mod proxy {
             let mut from = client.try_clone()?;
             let mut to = upstream.try_clone()?;
             std::thread::spawn(move || {
-                let _ = io::copy(&mut from, &mut to);
+                if !slow {
+                    let _ = io::copy(&mut from, &mut to);
+                    return;
+                }
+                let mut buf = vec![0; 64 * 1024];
+                while let Ok(n) = from.read(&mut buf) {
+                    if n == 0 || to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             })
         };
         let result = (|| {
@@ -1053,4 +1089,149 @@ fn three_node_cluster_survives_losing_a_node_mid_backup() {
     }
     restarted.wait().unwrap();
     let _ = std::fs::remove_dir_all(var("GARAGE_DIR"));
+}
+
+/// Every AWS variable that could give vault credentials.
+const AWS_CREDENTIAL_VARS: [&str; 8] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_SKIP_SIGNATURE",
+    "VAULT_S3_INSTANCE_CREDENTIALS",
+];
+
+/// An endpoint that accepts connections and never answers (nor reads):
+/// vault gives up after a few idle timeouts (lowered here through
+/// `VAULT_S3_TIMEOUT`) with exit 8, instead of retrying for many minutes.
+#[test]
+fn a_stalled_endpoint_fails_after_a_few_idle_timeouts() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let server = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                        held.push(stream);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    };
+    let env = Env::uninitialised();
+    let mut child = env
+        .command(&["snapshots"])
+        .env(
+            "VAULT_REPOSITORY",
+            format!("s3:http://127.0.0.1:{port}/bucket/repo"),
+        )
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("VAULT_S3_TIMEOUT", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A bound for the test, not a timing assertion: before the fix each
+    // attempt waited for a whole-request timeout, retried for minutes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    server.join().unwrap();
+    assert_code(&out, 8);
+    let err = stderr(&out);
+    assert!(err.contains("stalled"), "{err}");
+    // Given up after three idle timeouts, not after every retry.
+    let attempts = accepted.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&attempts), "{attempts} connections");
+}
+
+/// A pack upload on a slow link takes many times the idle timeout and
+/// succeeds: the timeout is for a request that stops moving, not a bound on
+/// its whole duration.
+#[test]
+fn a_slow_upload_that_keeps_moving_outlasts_the_idle_timeout() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::uninitialised_on(Backend::S3);
+    init_with_pack_size(&env, 4);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), pseudo_random(3_000_000, 11)).unwrap();
+    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(10));
+    let via = env.repo_via(&proxy.endpoint());
+    proxy.inject(1000, &[Fault::Slow], |method, target| {
+        method == "PUT" && target.contains("/data/")
+    });
+    let out = env
+        .command(&["backup", src.to_str().unwrap(), "--compression", "none"])
+        .env("VAULT_REPOSITORY", &via)
+        .env("VAULT_S3_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(!proxy.injected().is_empty(), "no pack went through slowly");
+    assert_restores_identically(&env, &src, "restored", None);
+}
+
+/// No credentials anywhere: a clear error (exit 1, like other
+/// configuration errors) naming what to set, not the EC2 metadata
+/// service's failure.
+#[test]
+fn missing_s3_credentials_are_named_instead_of_asking_instance_metadata() {
+    let env = Env::uninitialised();
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = env.command(&["snapshots"]);
+        cmd.env("VAULT_REPOSITORY", "s3:http://127.0.0.1:9/bucket/repo");
+        for name in AWS_CREDENTIAL_VARS {
+            cmd.env_remove(name);
+        }
+        for (name, value) in extra {
+            cmd.env(name, value);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("no S3 credentials")
+            && err.contains("AWS_ACCESS_KEY_ID")
+            && err.contains("AWS_SECRET_ACCESS_KEY")
+            && err.contains("secret_access_key_file")
+            && err.contains("VAULT_S3_INSTANCE_CREDENTIALS"),
+        "{err}"
+    );
+    let out = run(&[("AWS_ACCESS_KEY_ID", "id")]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("no secret access key (AWS_SECRET_ACCESS_KEY"),
+        "{}",
+        stderr(&out)
+    );
+    // With credentials, the same URL gets as far as the (absent) server.
+    let out = run(&[
+        ("AWS_ACCESS_KEY_ID", "id"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("VAULT_S3_MAX_RETRIES", "0"),
+    ]);
+    assert!(!stderr(&out).contains("credentials"), "{}", stderr(&out));
 }

@@ -295,6 +295,8 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let password_file = dir.path().join("password");
         std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+        // As a careful admin keeps it: vault warns about a shared one.
+        private(&password_file);
         let repo = match &server {
             None => dir.path().join("repo").to_string_lossy().into_owned(),
             Some(server) => server.url(&format!("e2e-{}", random_hex())),
@@ -525,6 +527,12 @@ pub(crate) fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) {
             f(&e.path());
         }
     }
+}
+
+/// `chmod 600`: only the owner may read it.
+pub(crate) fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 #[track_caller]

@@ -58,6 +58,7 @@ impl NewKeyArgs {
 
 /// The first line of a password file (without `\r\n`).
 pub(crate) fn read_password_file(path: &std::path::Path, what: &str) -> Result<Password> {
+    global::warn_if_shared(path, what);
     let text = std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))?;
     let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
     let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -74,7 +75,20 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyAddArgs) -> Result<ExitCode> {
     let new = args.new.new_key()?;
     let repo = global::open_repository(g)?;
     let password = args.new.require_new_password()?;
+    global::stop_if_interrupted()?;
     let id = key::add(&repo, &password, &new)?;
+    // Stopped while the key was written: take it back, so that exit 130
+    // means no key was added.
+    if let Err(stop) = global::stop_if_interrupted() {
+        return Err(match key::remove(&repo, &id, true) {
+            Ok(()) => stop.context(format!("key {} was added and removed again", id.short())),
+            Err(e) => stop.context(format!(
+                "key {} was added, and removing it again failed ({e}): `vault key remove {}` removes it",
+                id.short(),
+                id.short()
+            )),
+        });
+    }
     if g.json {
         output::print_json(&serde_json::json!({
             "message_type": "key_added",

@@ -43,6 +43,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyImportArgs) -> Result<ExitCode> {
         Some(_) => args.new.require_new_password()?,
         None => global::password(g, true)?,
     };
+    global::stop_if_interrupted()?;
     let (repo, id) = key::import(backend, &paper, &password, &new)
         .with_context(|| format!("importing the key into {url}"))?;
     if g.json {

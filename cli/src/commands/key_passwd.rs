@@ -20,6 +20,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyPasswdArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let password = args.new.require_new_password()?;
     let _lock = super::exclusive_lock(g, &repo, "key passwd")?;
+    global::stop_if_interrupted()?;
     let (added, removed) = key::change_password(&repo, &password, &new)?;
     if g.json {
         output::print_json(&serde_json::json!({

@@ -22,6 +22,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyRemoveArgs) -> Result<ExitCode> {
     // Two removals at once could each leave only the other's key.
     let _lock = super::exclusive_lock(g, &repo, "key remove")?;
     let id = key::resolve(&repo, &args.id)?;
+    global::stop_if_interrupted()?;
     key::remove(&repo, &id, args.force)?;
     if g.json {
         output::print_json(&serde_json::json!({

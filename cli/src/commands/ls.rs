@@ -55,18 +55,22 @@ pub(super) fn mode_string(kind: NodeKind, mode: u32) -> String {
     s
 }
 
+/// DIR as the paths `walk` reports it: absolute, without empty or `.`
+/// parts; `None` for the snapshot's root (`/`, `//`, `.`), listed as
+/// without DIR.
+fn snapshot_dir(dir: &str) -> Option<String> {
+    let parts: Vec<&str> = dir
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    (!parts.is_empty()).then(|| format!("/{}", parts.join("/")))
+}
+
 pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let (id, snap) = super::pick_snapshot(&repo, Some(&args.snapshot), None, &args.filter)?;
     let index = repo.load_index()?;
-    let dir = args.dir.as_deref().map(|d| {
-        let d = d.trim_end_matches('/');
-        if d.starts_with('/') {
-            d.to_owned()
-        } else {
-            format!("/{d}")
-        }
-    });
+    let dir = args.dir.as_deref().and_then(snapshot_dir);
     if g.json {
         output::print_json(&serde_json::json!({
             "message_type": "snapshot",
@@ -85,7 +89,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
         let path_lossy = path.to_string_lossy();
         let path: &str = &path_lossy;
         let (show, descend) = match dir.as_deref() {
-            None | Some("") => (true, true),
+            None => (true, true),
             Some(d) => {
                 if path == d {
                     (true, true)
@@ -154,7 +158,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     })?;
     // As `dump` of a missing path: an empty listing would read as an empty
     // directory.
-    if let Some(d) = dir.as_deref().filter(|d| !d.is_empty())
+    if let Some(d) = dir.as_deref()
         && !found
     {
         anyhow::bail!("snapshot {} holds no {d}", id.short());
@@ -174,5 +178,15 @@ mod tests {
         assert_eq!(mode_string(NodeKind::File, 0o2640), "-rw-r-S---");
         assert_eq!(mode_string(NodeKind::Dir, 0o1777), "drwxrwxrwt");
         assert_eq!(mode_string(NodeKind::Symlink, 0o777), "lrwxrwxrwx");
+    }
+
+    #[test]
+    fn dir_is_normalised_and_the_root_is_no_dir() {
+        for root in ["/", "//", ".", "/./", ""] {
+            assert_eq!(snapshot_dir(root), None, "{root:?}");
+        }
+        assert_eq!(snapshot_dir("/a/b/").as_deref(), Some("/a/b"));
+        assert_eq!(snapshot_dir("a//b").as_deref(), Some("/a/b"));
+        assert_eq!(snapshot_dir("/a/./b").as_deref(), Some("/a/b"));
     }
 }

@@ -19,7 +19,7 @@ pub(crate) struct RepairIndexArgs {
 pub(crate) fn run(g: &GlobalArgs, args: &RepairIndexArgs) -> Result<ExitCode> {
     let repo = global::open_repository_uncached(g)?;
     let _lock = super::exclusive_lock(g, &repo, "repair index")?;
-    let report = repair::repair_index(&repo, args.read_data)?;
+    let report = repair::repair_index(&repo, args.read_data, &global::interrupted())?;
     if g.json {
         output::print_json(&report)?;
     } else {

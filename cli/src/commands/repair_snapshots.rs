@@ -24,6 +24,7 @@ pub(crate) struct RepairSnapshotsArgs {
 pub(crate) fn run(g: &GlobalArgs, args: &RepairSnapshotsArgs) -> Result<ExitCode> {
     let repo = global::open_repository_uncached(g)?;
     let _lock = super::exclusive_lock(g, &repo, "repair snapshots")?;
+    global::stop_if_interrupted()?;
     let report = repair::repair_snapshots(&repo, !args.no_verify, args.forget, args.dry_run)?;
     if g.json {
         output::print_json(&report)?;

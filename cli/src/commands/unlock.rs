@@ -1,4 +1,5 @@
-//! `vault unlock`: remove stale maintenance locks.
+//! `vault unlock`: remove stale maintenance locks, and say which live ones
+//! were left and why.
 
 use crate::args::GlobalArgs;
 use crate::output::outln;
@@ -16,16 +17,27 @@ pub(crate) struct UnlockArgs {
 
 pub(crate) fn run(g: &GlobalArgs, args: &UnlockArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
-    let removed = lock::unlock(&repo, args.remove_all, &global::hostname())?;
+    let report = lock::unlock(&repo, args.remove_all, &global::hostname())?;
     if g.json {
-        output::print_json(&serde_json::json!({ "removed": removed }))?;
-    } else {
-        for r in &removed {
-            outln!("removed lock {r}")?;
-        }
-        if removed.is_empty() && !g.quiet {
-            outln!("no stale locks")?;
-        }
+        output::print_json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &report.removed {
+        outln!("removed lock {r}")?;
+    }
+    // Not silenced by --quiet: a lock left in place is why the next
+    // prune will still fail, and "no stale locks" alone hid that.
+    for k in &report.kept {
+        outln!(
+            "kept lock {} ({}): still live, {}; use --remove-all if you are sure no vault process on {} still uses it",
+            k.path,
+            k.describe(),
+            k.reason,
+            k.info.hostname
+        )?;
+    }
+    if report.removed.is_empty() && report.kept.is_empty() && !g.quiet {
+        outln!("no locks")?;
     }
     Ok(ExitCode::SUCCESS)
 }

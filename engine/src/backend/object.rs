@@ -24,9 +24,20 @@
 //!   [`EXTRA_ATTEMPTS`] more times (fewer if the budget is smaller), and
 //!   resolves the ambiguity of a create-only PUT whose first attempt may
 //!   have landed by comparing the stored bytes.
-//! - **Timeouts**: connecting times out after 10 s; a whole request after
-//!   [`DEFAULT_REQUEST_TIMEOUT_SECS`] (`VAULT_S3_TIMEOUT`, seconds), which
-//!   must cover uploading one pack (or one multipart part) on a slow link.
+//! - **Timeouts**: connecting times out after 10 s. A request times out
+//!   when nothing moves for [`DEFAULT_IDLE_TIMEOUT_SECS`]
+//!   (`VAULT_S3_TIMEOUT`, seconds): no byte of its body taken, no byte of
+//!   the answer received. A slow upload never times out while it moves.
+//!   After three (`stall::STALLS_IN_A_ROW`) idle timeouts in a row the endpoint
+//!   counts as stalled and requests fail without further retries, so an
+//!   endpoint that accepts connections and never answers fails a command
+//!   in about a minute and a half, not after every retry (see `stall`).
+//! - **Credentials**: from `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (or
+//!   [`S3Options`], from the config's key files), a web identity token or
+//!   container credentials (`AWS_WEB_IDENTITY_TOKEN_FILE`,
+//!   `AWS_CONTAINER_CREDENTIALS_*`). With none of those, the EC2 instance
+//!   metadata service is asked only if `VAULT_S3_INSTANCE_CREDENTIALS=1`;
+//!   otherwise opening fails saying what is missing.
 //! - **Uploads**: verified twice: requests are signed with the payload's
 //!   SHA-256 (`x-amz-content-sha256`), which the store checks against the
 //!   body it received, and the stored length is read back with HEAD before
@@ -54,8 +65,9 @@ use std::time::Duration;
 
 /// Retries per request unless `VAULT_S3_MAX_RETRIES` says otherwise.
 pub const DEFAULT_MAX_RETRIES: usize = 8;
-/// Per-request timeout unless `VAULT_S3_TIMEOUT` says otherwise.
-pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Seconds a request may go without progress unless `VAULT_S3_TIMEOUT`
+/// says otherwise.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Whole-operation attempts added for failures `object_store` leaves
 /// unretried (see the module documentation).
 pub const EXTRA_ATTEMPTS: usize = 2;
@@ -83,9 +95,9 @@ pub struct S3Options {
     /// Retries per request; defaults to `VAULT_S3_MAX_RETRIES`, then
     /// [`DEFAULT_MAX_RETRIES`].
     pub max_retries: Option<usize>,
-    /// Timeout of one request; defaults to `VAULT_S3_TIMEOUT` (seconds),
-    /// then [`DEFAULT_REQUEST_TIMEOUT_SECS`].
-    pub request_timeout: Option<Duration>,
+    /// How long a request may go without progress; defaults to
+    /// `VAULT_S3_TIMEOUT` (seconds), then [`DEFAULT_IDLE_TIMEOUT_SECS`].
+    pub idle_timeout: Option<Duration>,
     /// Size from which packs use multipart uploads; defaults to
     /// `VAULT_S3_MULTIPART_THRESHOLD_MIB`, then [`MULTIPART_THRESHOLD`].
     pub multipart_threshold: Option<usize>,
@@ -178,6 +190,49 @@ fn env_number<T: std::str::FromStr>(name: &str) -> Result<Option<T>, BackendErro
             .map_err(|_| BackendError::Other(format!("{name}={v} is not a valid number"))),
         _ => Ok(None),
     }
+}
+
+/// Refuses to go on without S3 credentials: `object_store` would then ask
+/// the EC2 instance metadata service, which off EC2 fails after a wait with
+/// an error that names neither what is missing nor how to give it.
+fn check_credentials(options: &S3Options) -> Result<(), BackendError> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    let key_id = options.access_key_id.is_some() || set("AWS_ACCESS_KEY_ID");
+    let secret = options.secret_access_key.is_some() || set("AWS_SECRET_ACCESS_KEY");
+    let how = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or access_key_id_file and secret_access_key_file in the [repository] section of the config";
+    match (key_id, secret) {
+        (true, true) => return Ok(()),
+        (true, false) => {
+            return Err(BackendError::Other(format!(
+                "S3 credentials incomplete: an access key id is set but no secret access key (AWS_SECRET_ACCESS_KEY or secret_access_key_file); {how}"
+            )));
+        }
+        (false, true) => {
+            return Err(BackendError::Other(format!(
+                "S3 credentials incomplete: a secret access key is set but no access key id (AWS_ACCESS_KEY_ID or access_key_id_file); {how}"
+            )));
+        }
+        (false, false) => {}
+    }
+    // Other sources object_store takes from the environment, each set on
+    // purpose: a web identity (EKS), container credentials (ECS), no
+    // signing at all (a public bucket), or the instance's role, opted in.
+    let explicit = [
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|n| set(n))
+        || std::env::var("AWS_SKIP_SIGNATURE").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        || std::env::var("VAULT_S3_INSTANCE_CREDENTIALS")
+            .is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+    if explicit {
+        return Ok(());
+    }
+    Err(BackendError::Other(format!(
+        "no S3 credentials: {how} (on EC2, VAULT_S3_INSTANCE_CREDENTIALS=1 uses the instance's role instead)"
+    )))
 }
 
 /// A failure that `object_store` may not have retried: no HTTP status was
@@ -299,12 +354,14 @@ impl ObjectBackend {
             Some(n) => n,
             None => env_number("VAULT_S3_MAX_RETRIES")?.unwrap_or(DEFAULT_MAX_RETRIES),
         };
-        let timeout = match options.request_timeout {
+        let timeout = match options.idle_timeout {
             Some(t) => t,
             None => Duration::from_secs(
-                env_number("VAULT_S3_TIMEOUT")?.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS),
+                env_number("VAULT_S3_TIMEOUT")?.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS),
             ),
-        };
+        }
+        .max(Duration::from_millis(100));
+        check_credentials(options)?;
         let multipart_threshold = match options.multipart_threshold {
             Some(n) => n,
             None => env_number::<usize>("VAULT_S3_MULTIPART_THRESHOLD_MIB")?
@@ -333,18 +390,16 @@ impl ObjectBackend {
                 other => builder = builder.with_config(other, value),
             }
         }
-        // `with_client_options` replaces every client option set before it,
-        // including allow_http: everything goes into this one value.
+        // Requests go through vault's own transport (`stall`), built from
+        // these settings; `with_client_options` replaces every client option
+        // set before it, including allow_http: everything goes into this
+        // one value.
+        let allow_http = url.endpoint.as_ref().is_some_and(|(s, _)| s == "http");
+        let transport = super::stall::Transport::new(timeout, allow_http)
+            .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?;
         let client = object_store::ClientOptions::new()
-            .with_allow_http(url.endpoint.as_ref().is_some_and(|(s, _)| s == "http"))
-            .with_connect_timeout(Duration::from_secs(10))
-            .with_timeout(timeout)
-            .with_pool_idle_timeout(Duration::from_secs(20))
-            .with_user_agent(
-                concat!("vault/", env!("CARGO_PKG_VERSION"))
-                    .parse()
-                    .expect("a valid header value"),
-            );
+            .with_allow_http(allow_http)
+            .with_timeout_disabled();
         let client_for_probe = client.clone();
         builder = builder
             .with_client_options(client)
@@ -357,6 +412,8 @@ impl ObjectBackend {
                     base: 2.0,
                 },
                 max_retries,
+                // Stalls end sooner (see `stall`); this bounds retrying
+                // answers such as 503 Slow Down.
                 retry_timeout: Duration::from_secs(600).max(timeout * 3),
             });
         let region = options
@@ -409,12 +466,12 @@ impl ObjectBackend {
         });
         let http = {
             use object_store::client::HttpConnector;
-            LockingConnector(signing.clone())
+            LockingConnector(signing.clone(), transport.clone())
                 .connect(&client_for_probe)
                 .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?
         };
         let store = builder
-            .with_http_connector(LockingConnector(signing.clone()))
+            .with_http_connector(LockingConnector(signing.clone(), transport))
             .build()
             .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?;
         let _ = signing.credentials.set(store.credentials().clone());

@@ -16,6 +16,7 @@
 //! tagged [`CaptureRetention`], whose response headers the service records.
 
 use super::BackendError;
+use super::stall::Transport;
 use crate::backend::RetentionMode;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use futures::StreamExt;
 use object_store::aws::{AwsAuthorizer, AwsCredentialProvider};
 use object_store::client::{
     HttpClient, HttpConnector, HttpError, HttpErrorKind, HttpRequest, HttpRequestBody,
-    HttpResponse, HttpService, ReqwestConnector,
+    HttpResponse, HttpService,
 };
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -57,13 +58,15 @@ pub(super) struct Signing {
     pub(super) bucket_url: String,
 }
 
-/// Builds the wrapping service around `object_store`'s own reqwest client.
+/// Builds the wrapping service around vault's HTTP transport.
 #[derive(Debug)]
-pub(super) struct LockingConnector(pub(super) Arc<Signing>);
+pub(super) struct LockingConnector(pub(super) Arc<Signing>, pub(super) Transport);
 
 impl HttpConnector for LockingConnector {
-    fn connect(&self, options: &object_store::ClientOptions) -> object_store::Result<HttpClient> {
-        let inner = ReqwestConnector::default().connect(options)?;
+    /// Over vault's own [`Transport`]: `options` only hold what it was
+    /// built from.
+    fn connect(&self, _options: &object_store::ClientOptions) -> object_store::Result<HttpClient> {
+        let inner = HttpClient::new(self.1.clone());
         Ok(HttpClient::new(LockingService {
             inner,
             signing: self.0.clone(),
