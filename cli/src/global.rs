@@ -142,21 +142,35 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
     Ok(backend)
 }
 
-/// The password from, in order: `VAULT_PASSWORD`, `--password-file`,
-/// `--password-command`, or a prompt on a terminal.
+/// The password from, in order (restic's): `--password-file` or
+/// `--password-command` (or their variables; both at once is refused),
+/// `VAULT_PASSWORD`, the config's `password_file` or `password_command`, or
+/// a prompt on a terminal. What is given for this one command beats what is
+/// exported for every command.
 pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
-    if let Ok(pw) = std::env::var("VAULT_PASSWORD") {
-        return Ok(Password::new(pw));
+    if global.password_file.is_some() && global.password_command.is_some() {
+        bail!(
+            "--password-file and --password-command (or VAULT_PASSWORD_FILE and VAULT_PASSWORD_COMMAND) both given: use one"
+        );
     }
-    let from_config = config(global)?.map(|c| &c.repository);
-    let password_file = global
-        .password_file
-        .clone()
-        .or_else(|| from_config.and_then(|r| r.password_file.clone()));
-    let password_command = global
-        .password_command
-        .clone()
-        .or_else(|| from_config.and_then(|r| r.password_command.clone()));
+    let from_config = || -> Result<_> {
+        let repository = config(global)?.map(|c| &c.repository);
+        Ok((
+            repository.and_then(|r| r.password_file.clone()),
+            repository.and_then(|r| r.password_command.clone()),
+        ))
+    };
+    let (password_file, password_command) =
+        if global.password_file.is_some() || global.password_command.is_some() {
+            (
+                global.password_file.clone(),
+                global.password_command.clone(),
+            )
+        } else if let Ok(pw) = std::env::var("VAULT_PASSWORD") {
+            return Ok(Password::new(pw));
+        } else {
+            from_config()?
+        };
     if let Some(file) = &password_file {
         if global.password_file.is_none() {
             crate::config::ensure_private(file, "password file")?;

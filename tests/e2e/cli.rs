@@ -156,3 +156,35 @@ fn a_password_file_others_can_read_is_warned_about_once() {
     assert_success(&out);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }
+
+/// restic's order: a password file or command given for this command
+/// beats an exported `VAULT_PASSWORD` (one exported password, a file for
+/// the other repository), and a file and a command at once are refused.
+#[test]
+fn a_password_file_beats_an_exported_password_and_not_both_file_and_command() {
+    let env = Env::new();
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_PASSWORD", "not this one")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    // With no file or command, the exported password is used (and here is
+    // wrong: exit 12).
+    let out = env
+        .command(&["snapshots"])
+        .env_remove("VAULT_PASSWORD_FILE")
+        .env("VAULT_PASSWORD", "not this one")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12), "{out:?}");
+    let out = env
+        .command(&["snapshots", "--password-command", "echo x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("use one"),
+        "{out:?}"
+    );
+}
