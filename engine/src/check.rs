@@ -13,7 +13,7 @@ use crate::index::{Index, IndexFile};
 use crate::pack;
 use crate::repository::{FileKind, Repository};
 use crate::snapshot::Snapshot;
-use crate::tree::NodeKind;
+use crate::tree::{Extents, MAX_DEPTH, MAX_ENTRIES, NodeKind};
 use crate::tree_reader::TreeReader;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -340,6 +340,8 @@ pub fn check(
     // leave a core idle for. If the data turns out damaged the walk's answer
     // is dropped and the slow walk below names what the damage reaches.
     let pool = crate::repository::thread_pool(options.concurrency.max(1))?;
+    // What each snapshot's trees expand to, measured from the trees read.
+    let mut extents = Extents::default();
     let (verified, scanned) = pool.install(|| {
         rayon::join(
             || {
@@ -348,7 +350,7 @@ pub fn check(
                     .map(|subset| verify_packs(repo, &index, &stored, subset, progress))
                     .transpose()
             },
-            || scan_trees(repo, &index, &bad, roots.into_iter()),
+            || scan_trees(repo, &index, &bad, roots.into_iter(), &mut extents),
         )
     });
     let mut scanned = scanned;
@@ -383,6 +385,7 @@ pub fn check(
             used.insert(tree_id);
             let finding = blob_problem(&index, &bad, &tree_id, &mut report, "tree");
             if let Some(f) = finding {
+                extents.add_unreadable(tree_id);
                 affected.entry(f).or_default().push(Affected {
                     snapshot: sid.short(),
                     path: path.display().to_string(),
@@ -392,6 +395,7 @@ pub fn check(
             let tree = match repo.read_tree(&index, &tree_id) {
                 Ok(t) => t,
                 Err(e) => {
+                    extents.add_unreadable(tree_id);
                     report.error("tree_damaged", format!("tree {tree_id}"), e.to_string());
                     let f = report.findings.len() - 1;
                     bad.insert(tree_id, f);
@@ -402,6 +406,7 @@ pub fn check(
                     continue;
                 }
             };
+            extents.add(tree_id, &tree);
             for node in &tree.nodes {
                 let child = path.join(node.os_name());
                 // A non-directory with a subtree: an older backup's
@@ -436,6 +441,7 @@ pub fn check(
             }
         }
     }
+    report_extents(&snapshots, &extents, &mut report);
     // Archived WAL: every record decodes, its blobs are sound, and each
     // stream's segments form an unbroken chain.
     let mut streams: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -520,6 +526,7 @@ fn scan_trees(
     index: &Index,
     bad: &BadBlobs,
     roots: impl Iterator<Item = BlobId>,
+    extents: &mut Extents,
 ) -> Option<HashSet<BlobId>> {
     let sound = |id: &BlobId| index.contains(id) && !bad.contains_key(id);
     let mut trees: HashSet<BlobId> = HashSet::new();
@@ -537,6 +544,7 @@ fn scan_trees(
         }
         used.insert(tree_id);
         let tree = reader.read(&tree_id).ok()?;
+        extents.add(tree_id, &tree);
         for node in &tree.nodes {
             if node.kind == NodeKind::Dir {
                 stack.push(node.subtree?);
@@ -554,6 +562,49 @@ fn scan_trees(
         }
     }
     Some(used)
+}
+
+/// Reports snapshots whose trees restore, `ls` and `dump` refuse: nested
+/// deeper than [`MAX_DEPTH`] levels, or listing each other into more than
+/// [`MAX_ENTRIES`] entries (a few crafted trees, each listing the next one
+/// twice, expand to more paths than any file system holds; the walks of
+/// this check read each tree once and would not notice). Measured over the
+/// trees that could be read.
+fn report_extents(
+    snapshots: &[(SnapshotId, Snapshot)],
+    extents: &Extents,
+    report: &mut CheckReport,
+) {
+    for (sid, snap) in snapshots {
+        let Some(extent) = extents.get(&snap.tree).filter(|e| e.exceeds_limits()) else {
+            continue;
+        };
+        let levels = extent.levels.saturating_sub(1);
+        let (kind, message) = if levels as usize > MAX_DEPTH {
+            (
+                "tree_too_deep",
+                format!(
+                    "tree {} nests trees {levels} levels deep, deeper than the {MAX_DEPTH} readers follow (no path is that long): restore, ls and dump refuse it",
+                    snap.tree
+                ),
+            )
+        } else {
+            (
+                "tree_too_large",
+                format!(
+                    "tree {} expands to {} entries, more than the {MAX_ENTRIES} any file system holds (its trees list each other over and over): restore, ls and dump refuse it",
+                    snap.tree, extent.entries
+                ),
+            )
+        };
+        report.error(kind, format!("snapshot {sid}"), message);
+        if let Some(finding) = report.findings.last_mut() {
+            finding.affected.push(Affected {
+                snapshot: sid.short(),
+                path: "/".into(),
+            });
+        }
+    }
 }
 
 /// Returns the finding index explaining why `id` cannot be read, adding a

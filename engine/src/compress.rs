@@ -169,6 +169,10 @@ fn zstd_decode(payload: &[u8], cap: usize) -> Result<Vec<u8>, DecompressError> {
         let Some(d) = slot.as_mut() else {
             return Err(DecompressError::Invalid("no zstd context".into()));
         };
+        // One-shot decompression ignores the context's window limit
+        // (`ZSTD_d_windowLogMax` is only enforced when streaming), so the
+        // frame headers are checked here.
+        check_zstd_windows(payload)?;
         d.decompress(payload, cap)
             .map_err(|e| DecompressError::Invalid(e.to_string()))
     })
@@ -176,6 +180,72 @@ fn zstd_decode(payload: &[u8], cap: usize) -> Result<Vec<u8>, DecompressError> {
 
 /// Largest zstd window a reader accepts: 16 MiB.
 const MAX_WINDOW_LOG: u32 = 24;
+
+/// zstd frame magic numbers (RFC 8878 §3.1.1, §3.1.2).
+const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+const ZSTD_SKIPPABLE_MASK: u32 = 0xFFFF_FFF0;
+const ZSTD_SKIPPABLE_MAGIC: u32 = 0x184D_2A50;
+
+/// Refuses a zstd payload any of whose frames declares a window above
+/// `2^MAX_WINDOW_LOG` bytes (repo-format.md §6.1). The window is the frame
+/// header's Window_Descriptor or, for a single-segment frame, its content
+/// size (RFC 8878 §3.1.1.1.2). Writers at levels 1-19 never exceed 8 MiB.
+fn check_zstd_windows(mut payload: &[u8]) -> Result<(), DecompressError> {
+    let invalid = |what: &str| DecompressError::Invalid(format!("zstd frame: {what}"));
+    while !payload.is_empty() {
+        let (magic, rest) = payload
+            .split_first_chunk::<4>()
+            .ok_or_else(|| invalid("truncated magic"))?;
+        let magic = u32::from_le_bytes(*magic);
+        if magic & ZSTD_SKIPPABLE_MASK != ZSTD_SKIPPABLE_MAGIC {
+            if magic != ZSTD_MAGIC {
+                return Err(invalid("unknown magic"));
+            }
+            let window = zstd_window(rest).ok_or_else(|| invalid("truncated header"))?;
+            if window > 1 << MAX_WINDOW_LOG {
+                return Err(DecompressError::Invalid(format!(
+                    "zstd frame declares a {window}-byte window, above the 16 MiB readers accept"
+                )));
+            }
+        }
+        let len = zstd::zstd_safe::find_frame_compressed_size(payload)
+            .map_err(|code| invalid(zstd::zstd_safe::get_error_name(code)))?;
+        payload = payload
+            .get(len..)
+            .filter(|_| len > 0)
+            .ok_or_else(|| invalid("bad length"))?;
+    }
+    Ok(())
+}
+
+/// The window size a zstd frame header declares; `header` starts after the
+/// magic number. `None` if it is truncated.
+fn zstd_window(header: &[u8]) -> Option<u64> {
+    let (&descriptor, rest) = header.split_first()?;
+    let single_segment = descriptor & 0x20 != 0;
+    if !single_segment {
+        // Window_Descriptor: exponent (5 bits) and mantissa (3 bits).
+        let byte = *rest.first()?;
+        let log = 10 + u32::from(byte >> 3);
+        let base = 1u64 << log;
+        return Some(base + (base / 8) * u64::from(byte & 7));
+    }
+    // A single segment is its own window: the content size, after the
+    // dictionary id (0, 1, 2 or 4 bytes).
+    let dict_len = match descriptor & 3 {
+        0 => 0,
+        1 => 1,
+        2 => 2,
+        _ => 4,
+    };
+    let fcs = rest.get(dict_len..)?;
+    Some(match descriptor >> 6 {
+        0 => u64::from(*fcs.first()?),
+        1 => u64::from(u16::from_le_bytes(*fcs.first_chunk::<2>()?)) + 256,
+        2 => u64::from(u32::from_le_bytes(*fcs.first_chunk::<4>()?)),
+        _ => u64::from_le_bytes(*fcs.first_chunk::<8>()?),
+    })
+}
 
 /// The size an LZ4 payload (`raw_len || block`) declares, refused when the
 /// block could not possibly expand to it: the decoder allocates the declared
@@ -228,6 +298,7 @@ pub fn decode_capped(encoded: &[u8], cap: usize) -> Result<Vec<u8>, DecompressEr
     let (&tag, payload) = encoded.split_first().ok_or(DecompressError::Empty)?;
     match tag {
         TAG_ZSTD => {
+            check_zstd_windows(payload)?;
             let mut decoder = zstd::stream::read::Decoder::new(payload)
                 .map_err(|e| DecompressError::Invalid(e.to_string()))?;
             // The streaming decoder sizes its buffers from the window the
@@ -316,6 +387,60 @@ mod tests {
             let enc = encode(c, &zeros);
             assert_eq!(decode_capped(&enc, 1 << 30).unwrap().len(), zeros.len());
         }
+    }
+
+    /// A zstd frame holding `hi` in one raw block, with the given frame
+    /// header descriptor and the header bytes after it.
+    fn frame(descriptor: u8, header: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x28, 0xb5, 0x2f, 0xfd, descriptor];
+        f.extend_from_slice(header);
+        // Last block, raw, 2 bytes.
+        f.extend_from_slice(&[0x11, 0x00, 0x00, b'h', b'i']);
+        f
+    }
+
+    #[test]
+    fn zstd_windows_above_16_mib_are_refused_in_blobs_and_objects() {
+        let tagged = |frames: &[Vec<u8>]| {
+            let mut t = vec![TAG_ZSTD];
+            frames.iter().for_each(|f| t.extend_from_slice(f));
+            t
+        };
+        // Window_Descriptor: exponent 14 (window log 24, 16 MiB) is the
+        // largest accepted; mantissa 1 or exponent 15 is above it.
+        let at_limit = frame(0x00, &[14 << 3]);
+        let above = [frame(0x00, &[14 << 3 | 1]), frame(0x00, &[15 << 3])];
+        // A single segment's window is its content size (4-byte field).
+        let single_at_limit = frame(0xa0, &(1u32 << 24).to_le_bytes());
+        let single_above = frame(0xa0, &((1u32 << 24) + 1).to_le_bytes());
+        assert_eq!(
+            decode(&tagged(std::slice::from_ref(&at_limit)), 2).unwrap(),
+            b"hi"
+        );
+        assert_eq!(
+            decode_capped(&tagged(std::slice::from_ref(&at_limit)), 2).unwrap(),
+            b"hi"
+        );
+        for bad in [
+            tagged(&[above[0].clone()]),
+            tagged(&[above[1].clone()]),
+            tagged(&[single_above]),
+            // A second frame is checked too.
+            tagged(&[at_limit.clone(), above[1].clone()]),
+        ] {
+            for result in [decode(&bad, 1 << 20), decode_capped(&bad, 1 << 20)] {
+                let err = result.unwrap_err();
+                assert!(err.to_string().contains("window"), "{err}");
+            }
+        }
+        // Not refused for its window (its content size does not match).
+        let err = decode(&tagged(&[single_at_limit]), 1 << 20).unwrap_err();
+        assert!(!err.to_string().contains("window"), "{err}");
+        // Highly compressible blobs at the largest level stay well inside.
+        let zeros = vec![0u8; 20 << 20];
+        let enc = encode(Compression::Zstd(19), &zeros);
+        assert_eq!(enc[0], TAG_ZSTD);
+        assert_eq!(decode(&enc, zeros.len()).unwrap(), zeros);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::index::Index;
 use crate::repository::Repository;
-use crate::tree::{Node, NodeKind};
+use crate::tree::{Extents, MAX_DEPTH, Node, NodeKind};
 use crate::tree_reader::TreeReader;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
@@ -159,6 +159,10 @@ pub struct Finder<'a> {
     memo: HashMap<[u8; 32], Vec<Match>>,
     /// Matches held in `memo`.
     memo_matches: usize,
+    /// What the trees read expand to: trees listing each other into more
+    /// entries than any file system holds are refused, not searched for
+    /// ever (as restore does).
+    extents: Extents,
 }
 
 impl<'a> Finder<'a> {
@@ -169,6 +173,7 @@ impl<'a> Finder<'a> {
             patterns: Patterns::new(options)?,
             memo: HashMap::new(),
             memo_matches: 0,
+            extents: Extents::default(),
         })
     }
 
@@ -179,7 +184,7 @@ impl<'a> Finder<'a> {
         tree: &BlobId,
         on_match: &mut dyn FnMut(&Match) -> Result<()>,
     ) -> Result<u64> {
-        let (count, _) = self.search(tree, "/", on_match)?;
+        let (count, _) = self.search(tree, "/", 0, on_match)?;
         Ok(count)
     }
 
@@ -199,13 +204,23 @@ impl<'a> Finder<'a> {
     /// Searches the directory tree `tree` at path `dir`. Returns how many
     /// matches it reported and, when there are at most
     /// [`MEMO_MATCHES_PER_DIR`], those matches with paths relative to `dir`
-    /// (for the parent to remember).
+    /// (for the parent to remember). `depth` is the nesting of `tree`
+    /// below the snapshot's root tree.
     fn search(
         &mut self,
         tree: &BlobId,
         dir: &str,
+        depth: usize,
         on_match: &mut dyn FnMut(&Match) -> Result<()>,
     ) -> Result<(u64, Option<Vec<Match>>)> {
+        // A frame per level: refuse what restore refuses rather than
+        // overflow the stack.
+        if depth > MAX_DEPTH {
+            return Err(Error::corrupt(
+                format!("tree below {dir}"),
+                format!("nested deeper than {MAX_DEPTH} levels"),
+            ));
+        }
         let key = self.memo_key(tree, dir);
         if let Some(found) = self.memo.get(&key) {
             for m in found {
@@ -213,10 +228,14 @@ impl<'a> Finder<'a> {
             }
             return Ok((found.len() as u64, Some(found.clone())));
         }
-        let listing = self.trees.read(tree)?;
+        let mut listing = self.trees.read(tree)?;
+        self.extents.add_walked(*tree, &listing)?;
         let mut count = 0u64;
         let mut relative = Some(Vec::new());
-        for node in &listing.nodes {
+        for node in &mut listing.nodes {
+            // Shown and searched as restore and `ls` see it.
+            node.legacy_ancestor_as_dir();
+            let node = &*node;
             let path = child_path(dir, &node.name);
             if self.patterns.is_match(&node.name, &path) {
                 let found = Match::new(node, path.clone());
@@ -233,7 +252,7 @@ impl<'a> Finder<'a> {
             if node.kind == NodeKind::Dir
                 && let Some(subtree) = &node.subtree
             {
-                let (below, matches) = self.search(subtree, &path, on_match)?;
+                let (below, matches) = self.search(subtree, &path, depth + 1, on_match)?;
                 count += below;
                 match matches {
                     Some(matches) if relative.is_some() => keep(

@@ -114,10 +114,14 @@ impl BlobCache {
         data
     }
 
-    /// A tree blob, decoded.
+    /// A tree blob, decoded, its nodes as restore and `ls` show them (a
+    /// legacy symlink with a subtree is a directory:
+    /// [`Node::legacy_ancestor_as_dir`]).
     pub fn load_tree(&self, repo: &Repository, index: &Index, id: &BlobId) -> Result<Tree> {
         let bytes = self.load(repo, index, id)?;
-        Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {id}"), e))
+        let mut tree = Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {id}"), e))?;
+        tree.nodes.iter_mut().for_each(Node::legacy_ancestor_as_dir);
+        Ok(tree)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::index::Index;
 use crate::repository::{FileKind, Repository};
-use crate::tree::{Node, NodeKind, Tree};
+use crate::tree::{Extents, Node, NodeKind, Tree};
 use crate::tree_reader::TreeReader;
 use base64::Engine as _;
 use rayon::prelude::*;
@@ -134,6 +134,12 @@ pub struct DamagedFile {
 /// request per tree, spent most of a restore's planning waiting on them.
 /// A subtree that fails to read fails the walk only if `visit` descends
 /// into it.
+///
+/// Trees are untrusted: one nested deeper than [`crate::tree::MAX_DEPTH`],
+/// or trees listing each other into more than [`crate::tree::MAX_ENTRIES`]
+/// entries, fail the walk as damage. The latter is found from the trees
+/// read ([`Extents`]), not by expanding them: a few dozen crafted trees
+/// are refused after about as many entries.
 pub fn walk(
     repo: &Repository,
     index: &Index,
@@ -142,6 +148,7 @@ pub fn walk(
 ) -> Result<()> {
     fn inner(
         trees: &TreeReader<'_>,
+        extents: &mut Extents,
         tree: Tree,
         prefix: &Path,
         depth: usize,
@@ -166,37 +173,24 @@ pub fn walk(
                 .map(|node| node.subtree.as_ref().map(|sub| trees.read(sub)))
                 .collect();
             for (mut node, subtree) in batch.into_iter().zip(subtrees) {
-                legacy_ancestor_as_dir(&mut node);
+                node.legacy_ancestor_as_dir();
                 let path = prefix.join(node.os_name());
+                let id = node.subtree;
                 let descend = visit(&path, node)?;
-                if descend && let Some(subtree) = subtree {
-                    inner(trees, subtree?, &path, depth + 1, visit)?;
+                if descend && let (Some(subtree), Some(id)) = (subtree, id) {
+                    let subtree = subtree?;
+                    extents.add_walked(id, &subtree)?;
+                    inner(trees, extents, subtree, &path, depth + 1, visit)?;
                 }
             }
         }
         Ok(())
     }
     let trees = TreeReader::new(repo, index);
+    let mut extents = Extents::default();
     let tree = trees.read(root)?;
-    inner(&trees, tree, Path::new("/"), 0, visit)
-}
-
-/// Backups by vault before 2026-11-24 recorded an ancestor of a backed-up
-/// path reached through a symlink as that symlink, with the children below
-/// it. Such a node stands for the
-/// directory the backup walked: walked as one, restore creates a directory
-/// there instead of a symlink it would then write through, possibly outside
-/// its target.
-fn legacy_ancestor_as_dir(node: &mut Node) {
-    if node.subtree.is_some() && node.kind != NodeKind::Dir {
-        if node.kind == NodeKind::Symlink {
-            node.mode = 0o755;
-        }
-        node.kind = NodeKind::Dir;
-        node.linktarget = None;
-        node.linktarget_raw = None;
-        node.content = None;
-    }
+    extents.add_walked(*root, &tree)?;
+    inner(&trees, &mut extents, tree, Path::new("/"), 0, visit)
 }
 
 /// Sibling nodes whose subtrees [`walk`] reads at once. Holding every

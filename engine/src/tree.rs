@@ -144,6 +144,25 @@ impl Node {
             .map(|t| decode_os(t, self.linktarget_raw.as_ref()))
     }
 
+    /// Backups by vault before 2026-11-24 recorded an ancestor of a
+    /// backed-up path reached through a symlink as that symlink, with the
+    /// children below it (repo-format.md §9). Such a node stands for the
+    /// directory the backup walked: every reader (restore, `ls`, `dump`,
+    /// `find`, `mount`) shows it as one, and restore creates a directory
+    /// there instead of a symlink it would then write through, possibly
+    /// outside its target.
+    pub fn legacy_ancestor_as_dir(&mut self) {
+        if self.subtree.is_some() && self.kind != NodeKind::Dir {
+            if self.kind == NodeKind::Symlink {
+                self.mode = 0o755;
+            }
+            self.kind = NodeKind::Dir;
+            self.linktarget = None;
+            self.linktarget_raw = None;
+            self.content = None;
+        }
+    }
+
     /// A node with zeroed metadata, for stdin streams and tests.
     #[must_use]
     pub fn new(name: &str, kind: NodeKind) -> Self {
@@ -217,22 +236,165 @@ impl Tree {
             return Err(TreeError("node names not sorted and unique".into()));
         }
         for node in &tree.nodes {
-            if node.name.is_empty()
-                || node.name.contains('/')
-                || node.name == "."
-                || node.name == ".."
-            {
+            if !is_file_name(node.name.as_bytes()) {
                 return Err(TreeError(format!("invalid node name {:?}", node.name)));
             }
-            let raw_ok = node.name_raw.as_ref().is_none_or(|r| {
-                hex::decode(r)
-                    .is_ok_and(|b| !b.is_empty() && !b.contains(&b'/') && b != b".." && b != b".")
-            });
+            let raw_ok = node
+                .name_raw
+                .as_ref()
+                .is_none_or(|r| hex::decode(r).is_ok_and(|b| is_file_name(&b)));
             if !raw_ok {
-                return Err(TreeError("invalid raw node name".into()));
+                return Err(TreeError(format!(
+                    "invalid raw node name {:?}",
+                    node.name_raw.as_deref().unwrap_or_default()
+                )));
             }
         }
         Ok(tree)
+    }
+}
+
+/// Whether `name` can be one entry of a directory: one path component
+/// (not empty, no `/`, not `.` or `..`) that the kernel accepts (no NUL,
+/// which ends a C string: restoring it would fail, or create a shorter name).
+fn is_file_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// Most entries (files, directories, links...) a snapshot's trees may
+/// expand to, counting a subtree once per place it appears. Identical
+/// directories are stored once and listed from every place they appear,
+/// so a few crafted tree blobs can list each other into 2^48 paths; no
+/// real file system reaches this bound (ext4 counts inodes in 32 bits, and a
+/// restore plans ~100 bytes per entry, 400 GiB here), so beyond it the trees
+/// are damage (repo-format.md §9).
+pub const MAX_ENTRIES: u64 = 1 << 32;
+
+/// The size of a tree as walked: every subtree counted each time it
+/// appears.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extent {
+    /// Entries listed by the tree and, recursively, all its subtrees.
+    pub(crate) entries: u64,
+    /// Trees on the longest path down from it, itself included (1 for a
+    /// tree without subtrees); nested `levels - 1` levels deep.
+    pub(crate) levels: u32,
+}
+
+impl Extent {
+    /// Whether a snapshot rooted here is beyond what readers follow:
+    /// nested deeper than [`MAX_DEPTH`], or more than [`MAX_ENTRIES`].
+    #[must_use]
+    pub(crate) fn exceeds_limits(&self) -> bool {
+        self.levels as usize > MAX_DEPTH + 1 || self.entries > MAX_ENTRIES
+    }
+}
+
+/// A tree still waiting for the extents of some of its subtrees.
+struct PendingExtent {
+    extent: Extent,
+    missing: usize,
+}
+
+/// The [`Extent`]s of trees as a walk reads them, computed once per distinct
+/// tree id: a tree's extent is known as soon as those of all its subtrees
+/// are, so a tree listing another one twice, which lists a third one twice,
+/// and so on, is measured by reading each of them once, without expanding
+/// them. About 60 bytes per distinct tree.
+#[derive(Default)]
+pub(crate) struct Extents {
+    known: std::collections::HashMap<BlobId, Extent>,
+    pending: std::collections::HashMap<BlobId, PendingExtent>,
+    /// Per tree whose extent is not known yet, the trees waiting for it
+    /// (one per reference).
+    waiting: std::collections::HashMap<BlobId, Vec<BlobId>>,
+}
+
+impl Extents {
+    /// Records tree `id` (read by the walk) with its listing. Returns the
+    /// first tree whose extent became known by this and exceeds
+    /// [`MAX_ENTRIES`].
+    pub(crate) fn add(&mut self, id: BlobId, tree: &Tree) -> Option<(BlobId, Extent)> {
+        if self.known.contains_key(&id) || self.pending.contains_key(&id) {
+            return None;
+        }
+        let mut extent = Extent {
+            entries: tree.nodes.len() as u64,
+            levels: 1,
+        };
+        let mut missing = 0;
+        for sub in tree.nodes.iter().filter_map(|n| n.subtree) {
+            match self.known.get(&sub) {
+                Some(child) => extent.include(child),
+                None => {
+                    missing += 1;
+                    self.waiting.entry(sub).or_default().push(id);
+                }
+            }
+        }
+        if missing > 0 {
+            self.pending.insert(id, PendingExtent { extent, missing });
+            return None;
+        }
+        self.complete(id, extent)
+    }
+
+    /// [`Extents::add`] for a reader walking a snapshot (restore, `ls`,
+    /// `dump`, `find`): a tree known to expand beyond [`MAX_ENTRIES`] is
+    /// damage.
+    pub(crate) fn add_walked(&mut self, id: BlobId, tree: &Tree) -> crate::Result<()> {
+        match self.add(id, tree) {
+            None => Ok(()),
+            Some((id, _)) => Err(crate::Error::corrupt(
+                format!("tree {id}"),
+                format!(
+                    "its subtrees list each other into more than {MAX_ENTRIES} entries, more than any file system holds"
+                ),
+            )),
+        }
+    }
+
+    /// Records a tree that cannot be read as an empty one, so the trees
+    /// above it are measured by what can be read.
+    pub(crate) fn add_unreadable(&mut self, id: BlobId) {
+        self.add(id, &Tree::default());
+    }
+
+    /// The extent of tree `id`, once it and everything below it was added.
+    pub(crate) fn get(&self, id: &BlobId) -> Option<Extent> {
+        self.known.get(id).copied()
+    }
+
+    fn complete(&mut self, id: BlobId, extent: Extent) -> Option<(BlobId, Extent)> {
+        let mut oversized = None;
+        let mut done = vec![(id, extent)];
+        while let Some((id, extent)) = done.pop() {
+            if extent.entries > MAX_ENTRIES && oversized.is_none() {
+                oversized = Some((id, extent));
+            }
+            self.known.insert(id, extent);
+            for parent in self.waiting.remove(&id).unwrap_or_default() {
+                let Some(p) = self.pending.get_mut(&parent) else {
+                    continue;
+                };
+                p.extent.include(&extent);
+                p.missing -= 1;
+                if p.missing == 0
+                    && let Some(p) = self.pending.remove(&parent)
+                {
+                    done.push((parent, p.extent));
+                }
+            }
+        }
+        oversized
+    }
+}
+
+impl Extent {
+    /// Adds a subtree's extent to its parent's.
+    fn include(&mut self, child: &Extent) {
+        self.entries = self.entries.saturating_add(child.entries);
+        self.levels = self.levels.max(child.levels.saturating_add(1));
     }
 }
 
@@ -262,5 +424,91 @@ mod tests {
         let mut node = Node::new("ok", NodeKind::File);
         node.name_raw = Some(hex::encode(b"../x"));
         assert!(Tree::decode(&Tree { nodes: vec![node] }.encode()).is_err());
+    }
+
+    /// No file system name holds a NUL: restore could not create it.
+    #[test]
+    fn decode_rejects_nul_in_names() {
+        let tree = Tree {
+            nodes: vec![Node::new("a\0b", NodeKind::File)],
+        };
+        let err = Tree::decode(&tree.encode()).unwrap_err();
+        assert!(err.to_string().contains("invalid node name"), "{err}");
+        for raw in [&b"a\0b"[..], b"\0", b"x\xff\0"] {
+            let mut node = Node::new("ok", NodeKind::File);
+            node.name_raw = Some(hex::encode(raw));
+            let err = Tree::decode(&Tree { nodes: vec![node] }.encode()).unwrap_err();
+            assert!(err.to_string().contains("invalid raw node name"), "{err}");
+        }
+    }
+
+    fn id(n: u32) -> BlobId {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&n.to_le_bytes());
+        BlobId(b)
+    }
+
+    /// A tree listing `subtrees` as directories, plus `files` files.
+    fn listing(subtrees: &[BlobId], files: usize) -> Tree {
+        let mut nodes: Vec<Node> = subtrees
+            .iter()
+            .enumerate()
+            .map(|(i, sub)| {
+                let mut n = Node::new(&format!("d{i}"), NodeKind::Dir);
+                n.subtree = Some(*sub);
+                n
+            })
+            .collect();
+        nodes.extend((0..files).map(|i| Node::new(&format!("f{i}"), NodeKind::File)));
+        Tree { nodes }
+    }
+
+    #[test]
+    fn extents_count_each_appearance_in_any_read_order() {
+        // Tree k lists tree k+1 twice; tree 60 holds one file: 3 * 2^60 - 2
+        // entries (2 + 2 * those of the next tree), known from 61 reads,
+        // whichever order they come in.
+        let trees: Vec<Tree> = (0..=60u32)
+            .map(|k| {
+                if k == 60 {
+                    listing(&[], 1)
+                } else {
+                    listing(&[id(k + 1), id(k + 1)], 0)
+                }
+            })
+            .collect();
+        for order in [(0..=60).collect::<Vec<u32>>(), (0..=60).rev().collect()] {
+            let mut extents = Extents::default();
+            let mut oversized = None;
+            for k in order {
+                oversized = oversized.or(extents.add(id(k), &trees[k as usize]));
+            }
+            let root = extents.get(&id(0)).unwrap();
+            assert_eq!(
+                root,
+                Extent {
+                    entries: (3 << 60) - 2,
+                    levels: 61
+                }
+            );
+            let (tree, extent) = oversized.unwrap();
+            assert!(extent.entries > MAX_ENTRIES);
+            // The first tree found beyond the bound, not necessarily the root.
+            assert!(extents.get(&tree).unwrap().entries > MAX_ENTRIES);
+        }
+        // A chain: one entry per level.
+        let mut extents = Extents::default();
+        for k in 0..=MAX_DEPTH as u32 {
+            extents.add(id(k), &listing(&[id(k + 1)], 0));
+        }
+        assert!(
+            extents.get(&id(0)).is_none(),
+            "the last tree is not read yet"
+        );
+        extents.add_unreadable(id(MAX_DEPTH as u32 + 1));
+        let root = extents.get(&id(0)).unwrap();
+        assert_eq!(root.levels as usize, MAX_DEPTH + 2);
+        assert!(root.exceeds_limits());
+        assert!(!extents.get(&id(1)).unwrap().exceeds_limits());
     }
 }

@@ -3,6 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Component;
 use vault_engine::tree::Tree;
 
@@ -18,6 +19,8 @@ fuzz_target!(|data: &[u8]| {
                 matches!(comps.next(), Some(Component::Normal(_))) && comps.next().is_none(),
                 "node name {name:?} is not a single path component"
             );
+            // Nor one the kernel would cut short or refuse.
+            assert!(!name.as_bytes().contains(&0), "node name {name:?} holds a NUL");
             let _ = node.os_link_target();
         }
         let again = Tree::decode(&tree.encode()).expect("an encoded tree decodes");

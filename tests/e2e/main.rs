@@ -11,6 +11,7 @@ mod check;
 mod cli;
 mod failures;
 mod find;
+mod hostile;
 mod interrupt;
 mod mount;
 mod object_lock;

@@ -14,7 +14,10 @@
 //! - `concurrent`: check and prune beside a backup finishing under them;
 //! - `wal`: a WAL push costs the same however much was archived before;
 //! - `tree_reads`: re-backups and restores from an object store read trees
-//!   a tree pack at a time.
+//!   a tree pack at a time;
+//! - `hostile`: sealed objects no backup writes (zstd windows above the
+//!   limit, NUL in names, over-deep or endlessly shared trees, legacy
+//!   symlinks with children) are damage to every reader and to `check`.
 //!
 //! Run with `cargo test -p vault-engine --test engine -j2`.
 
@@ -23,6 +26,7 @@ mod support;
 mod append_only;
 mod check;
 mod concurrent;
+mod hostile;
 mod interrupt;
 mod object_lock;
 mod roundtrip;

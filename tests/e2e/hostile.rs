@@ -1,0 +1,128 @@
+//! Snapshots whose trees no backup writes, made with the repository's key
+//! through the engine: every command reading them exits 5 (the repository
+//! is damaged) naming the tree, and `check` reports them, rather than
+//! failing with a plain error (1), running out of memory or running for
+//! ever.
+
+use crate::support::{Env, PASSWORD, assert_code, assert_success, stderr};
+use std::sync::Arc;
+use vault_engine::Repository;
+use vault_engine::blob::BlobKind;
+use vault_engine::crypto::Password;
+use vault_engine::id::BlobId;
+use vault_engine::index::{IndexFile, IndexedPack};
+use vault_engine::pack::PackWriter;
+use vault_engine::tree::{Node, NodeKind, Tree};
+
+fn open(env: &Env) -> Repository {
+    let store = vault_engine::backend::open_url(&env.repo, &Default::default()).unwrap();
+    Repository::open(Arc::from(store), &Password::new(PASSWORD)).unwrap()
+}
+
+/// Stores `trees` (raw, tag 0) in one pack with one index file and saves a
+/// snapshot of the last one, copied from the repository's first snapshot;
+/// returns the snapshot's id and the root tree's.
+fn snapshot_of(env: &Env, trees: &[Tree]) -> (String, BlobId) {
+    let repo = open(env);
+    let mut pack = PackWriter::new();
+    let mut root = None;
+    for tree in trees {
+        let plain = tree.encode();
+        let id = repo.key().blob_id(&plain);
+        let mut aad = [0u8; 33];
+        aad[0] = BlobKind::Tree.to_byte();
+        aad[1..].copy_from_slice(&id.0);
+        let mut encoded = vec![0u8];
+        encoded.extend_from_slice(&plain);
+        let sealed = repo.key().seal_blob(&aad, encoded);
+        pack.add(BlobKind::Tree, id, plain.len() as u32, sealed);
+        root = Some(id);
+    }
+    let pack = pack.finish(repo.key());
+    let size = pack.bytes.len() as u64;
+    repo.save_pack(&pack.id, pack.bytes.into()).unwrap();
+    repo.save_index(&IndexFile {
+        packs: vec![IndexedPack {
+            id: pack.id,
+            size,
+            blobs: pack.blobs,
+        }],
+        ..IndexFile::default()
+    })
+    .unwrap();
+    let root = root.unwrap();
+    let mut snap = repo.snapshots().unwrap()[0].1.clone();
+    snap.tree = root;
+    (repo.save_snapshot(&snap).unwrap().to_string(), root)
+}
+
+/// Every reader of the crafted snapshot exits 5 naming `tree`, and check
+/// reports `finding` with exit 5.
+fn assert_damaged_everywhere(env: &Env, snapshot: &str, tree: &str, finding: &str) {
+    let target = env.path("target");
+    let target = target.to_str().unwrap();
+    for args in [
+        &["restore", snapshot, "--target", target][..],
+        &["ls", snapshot],
+        &["dump", snapshot, "/"],
+        &["find", "--snapshot", snapshot, "f"],
+    ] {
+        let out = env.vault(args);
+        assert_code(&out, 5);
+        assert!(stderr(&out).contains(tree), "{args:?}: {}", stderr(&out));
+    }
+    let out = env.vault(&["check", "--json"]);
+    assert_code(&out, 5);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(finding), "{stdout}");
+}
+
+fn env() -> Env {
+    let env = Env::new();
+    assert_success(&env.vault_stdin(
+        &["backup", "--stdin", "--stdin-filename", "real"],
+        b"real data",
+    ));
+    env
+}
+
+#[test]
+fn a_tree_with_a_nul_in_a_name_is_damage_to_every_command() {
+    let env = env();
+    let (snapshot, root) = snapshot_of(
+        &env,
+        &[Tree {
+            nodes: vec![Node::new("a\0b", NodeKind::File)],
+        }],
+    );
+    assert_damaged_everywhere(&env, &snapshot, &format!("tree {root}"), "tree_damaged");
+}
+
+/// 48 trees, each listing the next twice: 2^48 paths. Refused after
+/// reading each tree once.
+#[test]
+fn trees_listing_each_other_into_billions_of_paths_are_damage() {
+    let env = env();
+    let mut trees = vec![Tree {
+        nodes: vec![Node::new("f", NodeKind::Fifo)],
+    }];
+    let repo = open(&env);
+    for _ in 1..48 {
+        let next = repo.key().blob_id(&trees.last().unwrap().encode());
+        let dir = |name: &str| {
+            let mut node = Node::new(name, NodeKind::Dir);
+            node.subtree = Some(next);
+            node
+        };
+        trees.push(Tree {
+            nodes: vec![dir("a"), dir("b")],
+        });
+    }
+    let (snapshot, _) = snapshot_of(&env, &trees);
+    assert_damaged_everywhere(
+        &env,
+        &snapshot,
+        "more than 4294967296 entries",
+        "tree_too_large",
+    );
+}

@@ -1,0 +1,410 @@
+//! Hostile repositories: objects written by someone holding the master key
+//! (or a buggy writer) that are sealed and hash to their ids, yet describe
+//! what no backup produces. Every reader must refuse them as damage
+//! (`ErrorKind::Corrupt`, exit 5) naming the object, and `check` must report
+//! them, rather than fail some other way, run out of memory or run forever.
+//!
+//! Fixtures: an in-memory repository with one real stream backup (for a
+//! snapshot to copy), plus blobs stored by hand ([`store`]: one pack, one
+//! index file, with any encoding) and snapshots pointing at crafted trees.
+
+use crate::support::{MEDIUM_CHUNKER, init_memory, options};
+use std::path::PathBuf;
+use std::sync::Arc;
+use vault_engine::ErrorKind;
+use vault_engine::blob::BlobKind;
+use vault_engine::check::{self, CheckOptions, CheckProgress, CheckReport, VerifySubset};
+use vault_engine::find::{self, FindOptions};
+use vault_engine::id::BlobId;
+use vault_engine::index::{IndexFile, IndexedPack};
+use vault_engine::mount::BlobCache;
+use vault_engine::pack::PackWriter;
+use vault_engine::repository::Repository;
+use vault_engine::restore;
+use vault_engine::tree::{MAX_DEPTH, Node, NodeKind, Tree};
+
+/// A blob to store: kind, plaintext, and its encoding (`tag || payload`).
+struct Blob {
+    kind: BlobKind,
+    plain: Vec<u8>,
+    encoded: Vec<u8>,
+}
+
+impl Blob {
+    /// A tree stored raw (tag 0).
+    fn tree(tree: &Tree) -> Self {
+        let plain = tree.encode();
+        let mut encoded = vec![0u8];
+        encoded.extend_from_slice(&plain);
+        Self {
+            kind: BlobKind::Tree,
+            plain,
+            encoded,
+        }
+    }
+
+    fn id(&self, repo: &Repository) -> BlobId {
+        repo.key().blob_id(&self.plain)
+    }
+}
+
+/// Stores `blobs` in one pack with one index file; returns their ids.
+fn store(repo: &Repository, blobs: &[Blob]) -> Vec<BlobId> {
+    let mut pack = PackWriter::new();
+    let mut ids = Vec::new();
+    for blob in blobs {
+        let id = blob.id(repo);
+        let mut aad = [0u8; 33];
+        aad[0] = blob.kind.to_byte();
+        aad[1..].copy_from_slice(&id.0);
+        let sealed = repo.key().seal_blob(&aad, blob.encoded.clone());
+        pack.add(blob.kind, id, blob.plain.len() as u32, sealed);
+        ids.push(id);
+    }
+    let pack = pack.finish(repo.key());
+    let size = pack.bytes.len() as u64;
+    repo.save_pack(&pack.id, pack.bytes.into())
+        .expect("save pack");
+    repo.save_index(&IndexFile {
+        packs: vec![IndexedPack {
+            id: pack.id,
+            size,
+            blobs: pack.blobs,
+        }],
+        ..IndexFile::default()
+    })
+    .expect("save index");
+    ids
+}
+
+/// A repository holding one real snapshot (its tree is replaced by
+/// [`snapshot`]).
+fn repo() -> Arc<Repository> {
+    let repo = init_memory(MEDIUM_CHUNKER, 1 << 20);
+    crate::support::backup_stream(&repo, "stream", Box::new(&b"a real backup"[..]), &options())
+        .expect("backup");
+    repo
+}
+
+/// Saves a snapshot of tree `root`.
+fn snapshot(repo: &Repository, root: BlobId) -> String {
+    let mut snap = repo.snapshots().expect("snapshots")[0].1.clone();
+    snap.tree = root;
+    repo.save_snapshot(&snap)
+        .expect("save snapshot")
+        .to_string()
+}
+
+fn dir(name: &str, subtree: BlobId) -> Node {
+    let mut node = Node::new(name, NodeKind::Dir);
+    node.subtree = Some(subtree);
+    node
+}
+
+fn check(repo: &Repository, verify: bool) -> CheckReport {
+    check::check(
+        repo,
+        &CheckOptions {
+            verify: verify.then_some(VerifySubset::All),
+            concurrency: 2,
+        },
+        &CheckProgress::default(),
+    )
+    .expect("check runs")
+}
+
+/// The error findings of a check, as `(kind, object)`.
+fn errors(report: &CheckReport) -> Vec<(&'static str, String)> {
+    report
+        .findings
+        .iter()
+        .filter(|f| f.severity == check::Severity::Error)
+        .map(|f| (f.kind, f.object.clone()))
+        .collect()
+}
+
+#[track_caller]
+fn assert_damaged<T: std::fmt::Debug>(result: vault_engine::Result<T>, object: &str, why: &str) {
+    let err = result.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let message = err.to_string();
+    assert!(message.contains(object), "{message} names {object}");
+    assert!(message.contains(why), "{message} says {why}");
+}
+
+fn walk_all(repo: &Repository, root: &BlobId) -> vault_engine::Result<u64> {
+    let index = repo.load_index()?;
+    let mut seen = 0u64;
+    restore::walk(repo, &index, root, &mut |_, _| {
+        seen += 1;
+        // Without a bound the crafted trees below would take for ever.
+        assert!(seen < 1_000_000, "the walk went on expanding");
+        Ok(true)
+    })?;
+    Ok(seen)
+}
+
+fn restore_into(repo: &Repository, root: &BlobId) -> vault_engine::Result<restore::RestoreReport> {
+    let target = tempfile::tempdir().expect("tempdir");
+    crate::support::restore_tree(repo, root, &target.path().join("out"))
+}
+
+fn dump(
+    repo: &Repository,
+    root: &BlobId,
+) -> vault_engine::Result<vault_engine::archive::ArchiveStats> {
+    let index = repo.load_index()?;
+    vault_engine::archive::write_tar(repo, &index, root, "/", None, &mut std::io::sink())
+}
+
+fn find_all(
+    repo: &Repository,
+    root: &BlobId,
+    pattern: &str,
+) -> vault_engine::Result<Vec<find::Match>> {
+    let index = repo.load_index()?;
+    let mut found = Vec::new();
+    let options = FindOptions {
+        patterns: vec![pattern.into()],
+        ignore_case: false,
+    };
+    find::find(repo, &index, root, &options, &mut |m| {
+        found.push(m.clone());
+        assert!(found.len() < 1_000_000, "find went on expanding");
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// repo-format.md §6.1: a zstd frame may not declare a window above 16 MiB.
+/// Readers decompressing a blob in one shot never allocate the window, but
+/// the format says they refuse it, as the streaming reader of objects does.
+#[test]
+fn a_blob_whose_zstd_window_exceeds_16_mib_is_damaged() {
+    let repo = repo();
+    let plain = b"content behind a 32 MiB window".to_vec();
+    // A zstd frame: no single segment, Window_Descriptor exponent 15
+    // (2^25 bytes), then the content as one raw last block.
+    let mut encoded = vec![1u8, 0x28, 0xb5, 0x2f, 0xfd, 0x00, 15 << 3];
+    let block = (plain.len() as u32) << 3 | 1;
+    encoded.extend_from_slice(&block.to_le_bytes()[..3]);
+    encoded.extend_from_slice(&plain);
+    let blob = Blob {
+        kind: BlobKind::Data,
+        plain: plain.clone(),
+        encoded,
+    };
+    let id = store(&repo, &[blob])[0];
+    let index = repo.load_index().unwrap();
+    let pack = index.get(&id).unwrap().pack;
+    let err = repo.read_blob(&index, &id).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("blob {id} in pack {pack}")),
+        "{message}"
+    );
+    assert!(message.contains("window"), "{message}");
+    let report = check(&repo, true);
+    assert!(
+        errors(&report).contains(&("blob_damaged", format!("pack {pack}"))),
+        "{:?}",
+        report.findings
+    );
+}
+
+/// A NUL cannot be part of a file name: such a tree is damage to every
+/// reader, and `check` says so, naming the tree.
+#[test]
+fn a_tree_with_a_nul_in_a_name_is_damaged_everywhere() {
+    let mut lossy = Node::new("a\0b", NodeKind::File);
+    lossy.content = Some(Vec::new());
+    let mut raw = Node::new("ok", NodeKind::File);
+    raw.name_raw = Some("6100ff".into());
+    raw.content = Some(Vec::new());
+    for node in [lossy, raw] {
+        let repo = repo();
+        let root = store(&repo, &[Blob::tree(&Tree { nodes: vec![node] })])[0];
+        snapshot(&repo, root);
+        let tree = format!("tree {root}");
+        let invalid = "invalid";
+        assert_damaged(walk_all(&repo, &root), &tree, invalid);
+        assert_damaged(restore_into(&repo, &root), &tree, invalid);
+        assert_damaged(dump(&repo, &root), &tree, invalid);
+        assert_damaged(find_all(&repo, &root, "*"), &tree, invalid);
+        let index = repo.load_index().unwrap();
+        assert_damaged(
+            BlobCache::new(1 << 20).load_tree(&repo, &index, &root),
+            &tree,
+            invalid,
+        );
+        let report = check(&repo, false);
+        assert!(
+            errors(&report).contains(&("tree_damaged", tree.clone())),
+            "{:?}",
+            report.findings
+        );
+    }
+}
+
+/// A chain of `levels` trees, each listing the next as its one directory.
+/// Returns the root of every suffix: `roots[k]` heads `levels - k` trees.
+fn chain(repo: &Repository, levels: usize) -> Vec<BlobId> {
+    let mut blobs = vec![Blob::tree(&Tree::default())];
+    let mut roots = vec![blobs[0].id(repo)];
+    while roots.len() < levels {
+        let tree = Tree {
+            nodes: vec![dir("d", *roots.last().unwrap())],
+        };
+        blobs.push(Blob::tree(&tree));
+        roots.push(blobs.last().unwrap().id(repo));
+    }
+    store(repo, &blobs);
+    roots.reverse();
+    roots
+}
+
+/// `check` refuses what restore refuses: trees nested deeper than
+/// MAX_DEPTH levels below the snapshot's root, and nothing less deep.
+#[test]
+fn check_reports_trees_nested_deeper_than_readers_follow() {
+    let repo = repo();
+    let roots = chain(&repo, MAX_DEPTH + 2);
+    let (too_deep, deepest_allowed) = (roots[0], roots[1]);
+    walk_all(&repo, &deepest_allowed).expect("MAX_DEPTH levels are walked");
+    assert_damaged(walk_all(&repo, &too_deep), "tree below", "nested deeper");
+    let report = check(&repo, false);
+    assert!(errors(&report).is_empty(), "{:?}", report.findings);
+
+    let allowed = snapshot(&repo, deepest_allowed);
+    let report = check(&repo, false);
+    assert!(
+        errors(&report).is_empty(),
+        "{allowed}: {:?}",
+        report.findings
+    );
+    let deep = snapshot(&repo, too_deep);
+    let report = check(&repo, false);
+    assert_eq!(
+        errors(&report),
+        [("tree_too_deep", format!("snapshot {deep}"))],
+        "{:?}",
+        report.findings
+    );
+    let finding = &report.findings[0];
+    assert!(
+        finding.message.contains(&too_deep.to_string()),
+        "{}",
+        finding.message
+    );
+    assert_eq!(finding.affected.len(), 1);
+}
+
+/// Trees `0..levels`, tree k listing tree k+1 twice (as `a` and `b`), the
+/// last one a file: `3 * 2^(levels-1) - 2` entries from `levels` blobs.
+fn doubling(repo: &Repository, levels: usize) -> BlobId {
+    let mut file = Node::new("f", NodeKind::File);
+    file.content = Some(Vec::new());
+    let mut blobs = vec![Blob::tree(&Tree { nodes: vec![file] })];
+    for _ in 1..levels {
+        let next = blobs.last().unwrap().id(repo);
+        let tree = Tree {
+            nodes: vec![dir("a", next), dir("b", next)],
+        };
+        blobs.push(Blob::tree(&tree));
+    }
+    let root = blobs.last().unwrap().id(repo);
+    store(repo, &blobs);
+    root
+}
+
+/// Identical directories share one tree: a reader must expand them, but a
+/// few dozen trees listing each other twice expand to 2^48 paths. Readers
+/// stop once the trees they read are known to exceed 2^32 entries, after
+/// reading each tree once; `check` reports the snapshot.
+#[test]
+fn trees_listing_each_other_into_billions_of_entries_are_refused_early() {
+    let repo = repo();
+    // Shared subtrees within the bound are walked in full.
+    let shared = doubling(&repo, 10);
+    assert_eq!(walk_all(&repo, &shared).unwrap(), 3 * (1 << 9) - 2);
+    snapshot(&repo, shared);
+    let report = check(&repo, false);
+    assert!(errors(&report).is_empty(), "{:?}", report.findings);
+
+    let root = doubling(&repo, 48);
+    let why = "more than 4294967296 entries";
+    assert_damaged(walk_all(&repo, &root), "tree ", why);
+    let index = repo.load_index().unwrap();
+    let mut seen = 0;
+    let _ = restore::walk(&repo, &index, &root, &mut |_, _| {
+        seen += 1;
+        Ok(true)
+    });
+    assert!(
+        seen < 200,
+        "refused after reading the 48 trees, not {seen} entries"
+    );
+    assert_damaged(restore_into(&repo, &root), "tree ", why);
+    assert_damaged(dump(&repo, &root), "tree ", why);
+    assert_damaged(find_all(&repo, &root, "f"), "tree ", why);
+    let sid = snapshot(&repo, root);
+    let report = check(&repo, false);
+    assert_eq!(
+        errors(&report),
+        [("tree_too_large", format!("snapshot {sid}"))],
+        "{:?}",
+        report.findings
+    );
+}
+
+/// Before 2026-11-24 an ancestor reached through a symlink was recorded as
+/// that symlink, with a subtree: restore and `ls` show a directory there,
+/// and so must `find` and `mount`.
+#[test]
+fn find_and_mount_show_a_legacy_symlink_with_children_as_a_directory() {
+    let repo = repo();
+    let mut file = Node::new("f", NodeKind::File);
+    file.content = Some(Vec::new());
+    let below = Blob::tree(&Tree { nodes: vec![file] });
+    let mut alias = dir("alias", below.id(&repo));
+    alias.kind = NodeKind::Symlink;
+    alias.mode = 0o777;
+    alias.linktarget = Some("/elsewhere".into());
+    let top = Blob::tree(&Tree { nodes: vec![alias] });
+    let root = store(&repo, &[below, top])[1];
+
+    let found = find_all(&repo, &root, "*").unwrap();
+    let found: Vec<(String, NodeKind, u32)> = found
+        .into_iter()
+        .map(|m| (m.path, m.kind, m.mode))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("/alias".to_owned(), NodeKind::Dir, 0o755),
+            ("/alias/f".to_owned(), NodeKind::File, 0o644)
+        ]
+    );
+    let index = repo.load_index().unwrap();
+    let listing = BlobCache::new(1 << 20)
+        .load_tree(&repo, &index, &root)
+        .unwrap();
+    let alias = &listing.nodes[0];
+    assert_eq!((alias.kind, alias.mode), (NodeKind::Dir, 0o755));
+    assert_eq!(alias.linktarget, None);
+    // As restore and ls see it.
+    let mut walked = Vec::new();
+    restore::walk(&repo, &index, &root, &mut |path, node| {
+        walked.push((PathBuf::from(path), node.kind));
+        Ok(true)
+    })
+    .unwrap();
+    assert_eq!(
+        walked,
+        [
+            (PathBuf::from("/alias"), NodeKind::Dir),
+            (PathBuf::from("/alias/f"), NodeKind::File)
+        ]
+    );
+}
