@@ -184,6 +184,10 @@ pub(crate) struct SourceConfig {
     pub(crate) exclude_larger_than: Option<String>,
     #[serde(default)]
     pub(crate) one_file_system: bool,
+    /// Save a snapshot even when the paths hold no file; otherwise that
+    /// fails the source (an unmounted volume looks exactly like this).
+    #[serde(default)]
+    pub(crate) allow_empty: bool,
     // command
     #[serde(default)]
     pub(crate) command: Vec<String>,
@@ -375,6 +379,13 @@ impl Config {
                     forbid("database", db)?;
                     forbid("paths", !s.paths.is_empty())?;
                 }
+            }
+            if s.allow_empty && s.kind != SourceKind::Files {
+                bail!(
+                    "{}: `allow_empty` does not apply to source {name:?} of kind {:?} (only to files)",
+                    at(s),
+                    s.kind
+                );
             }
             if s.timeout.is_some() && s.kind == SourceKind::Files {
                 bail!(

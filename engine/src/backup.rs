@@ -139,6 +139,10 @@ pub struct BackupOptions {
     /// (SIGTERM to its process group, SIGKILL 10 s later) and fails: a dump
     /// hung on a lock would otherwise hold its source until someone looks.
     pub command_timeout: Option<std::time::Duration>,
+    /// Fail, saving no snapshot, when the paths held not one file (an
+    /// unmounted volume's empty mount point): that snapshot would count
+    /// in retention and push out the last real ones.
+    pub require_files: bool,
 }
 
 impl Default for BackupOptions {
@@ -162,6 +166,7 @@ impl Default for BackupOptions {
             upload_concurrency: 2,
             cancel: Arc::new(AtomicBool::new(false)),
             command_timeout: None,
+            require_files: false,
         }
     }
 }
@@ -371,6 +376,20 @@ pub fn backup(
         (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
         (Ok(root), Ok(())) => root,
     };
+    if options.require_files && counters.files.load(Ordering::Relaxed) == 0 {
+        let unread = errors.first().map_or(String::new(), |first| {
+            format!(
+                " ({} entries could not be read, first {}: {})",
+                errors.len(),
+                first.path,
+                first.error
+            )
+        });
+        return Err(Error::SourceFailed(format!(
+            "nothing to back up: {} hold no files{unread}; no snapshot was saved",
+            paths.join(", ")
+        )));
+    }
     let unchanged_parent = parent
         .as_ref()
         .filter(|(_, snap)| options.skip_if_unchanged && errors.is_empty() && snap.tree == root)

@@ -1144,3 +1144,114 @@ filename = "dump.rdb"
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("of source redis-sessions"), "{text}");
 }
+
+/// A files source whose paths hold no file at all (an NFS or uploads mount
+/// that is not mounted leaves an empty directory) fails: a snapshot of
+/// nothing would count in retention, and `keep_daily = 7` would rotate
+/// the last real ones out within a week. `allow_empty = true` opts out.
+/// A missing path fails too when nothing else is there; beside paths that
+/// hold files it makes the snapshot incomplete (exit 3, alerted).
+#[test]
+fn a_files_source_of_nothing_fails_unless_it_allows_empty() {
+    let env = Env::new();
+    let hook = Webhook::start();
+    let mount = env.path("mnt/uploads");
+    std::fs::create_dir_all(mount.join("2026/11")).unwrap();
+    // Only what its excludes leave out: nothing to back up either.
+    std::fs::write(mount.join("2026/upload.tmp"), b"partial").unwrap();
+    let spool = env.path("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let missing = env.path("not-there");
+    let status_file = env.path("status.json");
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[[source]]
+name = "uploads"
+kind = "files"
+paths = ["{mount}"]
+exclude = ["*.tmp"]
+
+[[source]]
+name = "spool"
+kind = "files"
+paths = ["{spool}"]
+allow_empty = true
+
+[[source]]
+name = "half"
+kind = "files"
+paths = ["{spool}", "{missing}"]
+
+[notify]
+on_failure = ["{hook}"]
+status_file = "{status}"
+"#,
+            mount = mount.display(),
+            spool = spool.display(),
+            missing = missing.display(),
+            hook = hook.url,
+            status = status_file.display()
+        ),
+    );
+    let out = vault_with(&env, &config, &["backup"]);
+    assert_code(&out, 6);
+    assert!(
+        stderr(&out).contains("source uploads") && stderr(&out).contains("hold no files"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("source half") && stderr(&out).contains("not-there"),
+        "the missing path is named: {}",
+        stderr(&out)
+    );
+    assert_eq!(tagged(&env, "uploads"), 0);
+    assert_eq!(tagged(&env, "half"), 0);
+    assert_eq!(tagged(&env, "spool"), 1, "allow_empty saves it");
+    let got = hook.received();
+    let failed: Vec<&str> = got
+        .iter()
+        .filter(|b| b["event"] == "backup_failed")
+        .map(|b| b["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["uploads", "half"], "{got:?}");
+    let status = json_with(&env, &config, &["status"]);
+    let row = |name: &str| {
+        status["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["source"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("uploads")["last_result"], "failure");
+    assert!(
+        row("uploads")["last_failure"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("hold no files"),
+        "{status}"
+    );
+    assert_eq!(row("spool")["last_result"], "success");
+
+    // Mounted again: backed up as usual.
+    std::fs::write(mount.join("2026/11/photo.jpg"), b"jpeg").unwrap();
+    assert_success(&vault_with(&env, &config, &["backup", "uploads"]));
+    assert_eq!(tagged(&env, "uploads"), 1);
+
+    // `allow_empty` is for files sources only.
+    let bad = write_config(
+        &env,
+        "[[source]]\nname = \"c\"\nkind = \"command\"\ncommand = [\"true\"]\nallow_empty = true\n",
+    );
+    let out = vault_with(&env, &bad, &["backup"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("`allow_empty` does not apply"),
+        "{}",
+        stderr(&out)
+    );
+}

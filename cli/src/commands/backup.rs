@@ -2,7 +2,7 @@
 //! snapshot.
 
 use crate::args::GlobalArgs;
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, SourceConfig, SourceKind};
 use crate::output::outln;
 use crate::{exit, global, notify, output, sources, status, timespec};
 use anyhow::{Context, Result, bail};
@@ -258,6 +258,7 @@ fn options(
         upload_concurrency: args.upload_concurrency,
         cancel,
         command_timeout: args.timeout,
+        require_files: false,
     })
 }
 
@@ -499,6 +500,7 @@ fn run_sources(
                     Some(crate::args::parse_size(size).map_err(anyhow::Error::msg)?);
             }
             opts.one_file_system |= source.one_file_system;
+            opts.require_files = source.kind == SourceKind::Files && !source.allow_empty;
             if opts.command_timeout.is_none()
                 && let Some(timeout) = &source.timeout
             {
