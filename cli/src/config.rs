@@ -193,11 +193,17 @@ pub(crate) struct SourceConfig {
     pub(crate) command: Vec<String>,
     pub(crate) filename: Option<String>,
     // common
+    /// Run before the backup (argv, no shell); failing fails the source.
+    #[serde(default)]
+    pub(crate) before: Vec<String>,
+    /// Run after the backup, whether it worked or not (argv, no shell).
+    #[serde(default)]
+    pub(crate) after: Vec<String>,
     #[serde(default)]
     pub(crate) tags: Vec<String>,
     pub(crate) retention: Option<RetentionConfig>,
-    /// A duration such as "3h" (`parse_duration`): a dump or command still
-    /// running then is stopped and the source fails.
+    /// A duration such as "3h" (`parse_duration`): a dump, command or hook
+    /// still running then is stopped and the source fails.
     pub(crate) timeout: Option<String>,
     /// A duration such as "26h": `vault status` calls the source stale
     /// when its newest snapshot is older (default: `[notify] max_age`).
@@ -387,9 +393,10 @@ impl Config {
                     s.kind
                 );
             }
-            if s.timeout.is_some() && s.kind == SourceKind::Files {
+            let hooks = !s.before.is_empty() || !s.after.is_empty();
+            if s.timeout.is_some() && s.kind == SourceKind::Files && !hooks {
                 bail!(
-                    "{}: `timeout` does not apply to source {name:?} of kind {:?} (only to dumps and commands)",
+                    "{}: `timeout` does not apply to source {name:?} of kind {:?} (only to dumps, commands and hooks)",
                     at(s),
                     s.kind
                 );

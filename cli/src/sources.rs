@@ -165,6 +165,44 @@ pub(crate) fn backup_source(s: &SourceConfig) -> Result<Source> {
     })
 }
 
+/// A source's hooks, as borgmatic's before_backup/after_backup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hook {
+    /// Before its backup; failing fails the source unsaved.
+    Before,
+    /// After its backup (and after `before`), whether that worked or not.
+    After { ok: bool },
+}
+
+/// Runs the source's `before` or `after` command, if it has one: an argv,
+/// no shell, with VAULT_SOURCE (and for `after` VAULT_RESULT = ok|failed)
+/// and without vault's secrets, stopped at `timeout` or, `before` only,
+/// when `cancel` is set.
+pub(crate) fn run_hook(
+    s: &SourceConfig,
+    hook: Hook,
+    timeout: Option<std::time::Duration>,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
+    let (argv, what) = match hook {
+        Hook::Before => (&s.before, "before hook"),
+        Hook::After { .. } => (&s.after, "after hook"),
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let mut env: Vec<(OsString, OsString)> = vec![("VAULT_SOURCE".into(), s.name().into())];
+    if let Hook::After { ok } = hook {
+        env.push((
+            "VAULT_RESULT".into(),
+            if ok { "ok" } else { "failed" }.into(),
+        ));
+    }
+    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    vault_engine::backup::run_command(what, program.as_ref(), &args, &env, timeout, cancel)?;
+    Ok(())
+}
+
 /// Database names we create: letters, digits and underscores only, so
 /// they need no quoting anywhere.
 pub(crate) fn validate_db_name(name: &str) -> Result<()> {

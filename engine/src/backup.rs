@@ -1043,27 +1043,7 @@ impl Ctx<'_> {
                 after.as_secs()
             ))
         };
-        // Pass the command's messages through, keeping the tail so a
-        // failure can say why (e.g. "pg_dump: error: database does not exist").
-        let stderr_tail = {
-            let mut stderr = child.stderr.take().expect("stderr is piped");
-            std::thread::spawn(move || {
-                let mut tail: Vec<u8> = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stderr.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let chunk = &buf[..n];
-                    let _ = std::io::Write::write_all(&mut std::io::stderr(), chunk);
-                    tail.extend_from_slice(chunk);
-                    if tail.len() > 2048 {
-                        tail.drain(..tail.len() - 2048);
-                    }
-                }
-                failure_reason(&String::from_utf8_lossy(&tail))
-            })
-        };
+        let stderr_tail = pass_stderr_through(child.stderr.take().expect("stderr is piped"));
         // The tree is saved only after the exit status is known.
         let result = self.save_content(stdout, None).and_then(|(content, size)| {
             let ids = content
@@ -1143,6 +1123,122 @@ pub fn child_command(program: impl AsRef<OsStr>) -> std::process::Command {
         cmd.env_remove(name);
     }
     cmd
+}
+
+/// Passes a child's messages through to vault's stderr, keeping the tail
+/// so that a failure can say why (e.g. "pg_dump: error: database does not
+/// exist"): the thread returns [`failure_reason`] of it.
+fn pass_stderr_through(
+    mut stderr: std::process::ChildStderr,
+) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::spawn(move || {
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), chunk);
+            tail.extend_from_slice(chunk);
+            if tail.len() > 2048 {
+                tail.drain(..tail.len() - 2048);
+            }
+        }
+        failure_reason(&String::from_utf8_lossy(&tail))
+    })
+}
+
+/// Runs a command to its end for its effect (a source's `before` or
+/// `after` hook), as a [`Source::Command`] runs: without vault's secrets
+/// ([`child_command`]), in its own process group, stopped (SIGTERM, then
+/// SIGKILL after a grace period) when `cancel` is set or `timeout` passes.
+/// Its standard output goes to vault's standard error, so that it never
+/// mixes into `--json` output. `what` names it in errors.
+///
+/// # Errors
+///
+/// [`Error::SourceFailed`] naming `what`, the program, its exit status and
+/// the last error line it wrote, or its timeout; [`Error::Interrupted`]
+/// when `cancel` stopped it.
+pub fn run_command(
+    what: &str,
+    program: &OsStr,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    timeout: Option<std::time::Duration>,
+    cancel: Arc<AtomicBool>,
+) -> Result<()> {
+    let shown = Path::new(program)
+        .file_name()
+        .unwrap_or(program)
+        .to_string_lossy()
+        .into_owned();
+    let stdout = std::os::fd::AsFd::as_fd(&std::io::stderr())
+        .try_clone_to_owned()
+        .map_err(|e| Error::SourceFailed(format!("starting {what} `{shown}`: {e}")))?;
+    let mut child = child_command(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::SourceFailed(format!("starting {what} `{shown}`: {e}")))?;
+    let group = i32::try_from(child.id()).map(|pid| nix::unistd::Pid::from_raw(-pid));
+    let stopped = Arc::new(Mutex::new(None));
+    let watch = Watch::start(cancel, timeout.map(|t| std::time::Instant::now() + t), {
+        let stopped = stopped.clone();
+        move |stop| {
+            use nix::sys::signal::Signal;
+            let signal = match stop {
+                Stop::Force => Signal::SIGKILL,
+                Stop::Cancelled | Stop::TimedOut => {
+                    *stopped.lock().expect("not poisoned") = Some(stop);
+                    Signal::SIGTERM
+                }
+            };
+            if let Ok(group) = group {
+                let _ = nix::sys::signal::kill(group, signal);
+            }
+        }
+    });
+    let stderr_tail = pass_stderr_through(child.stderr.take().expect("stderr is piped"));
+    let status = child
+        .wait()
+        .map_err(|e| Error::SourceFailed(format!("waiting for {what} `{shown}`: {e}")));
+    // The group's pid may be reused once waited for: no signal after this.
+    drop(watch);
+    // A hook that starts a service may leave it holding the pipe: wait
+    // for its stderr a little, not until the service ends.
+    let waited = std::time::Instant::now();
+    while !stderr_tail.is_finished() && waited.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let last_message = if stderr_tail.is_finished() {
+        stderr_tail.join().ok().flatten()
+    } else {
+        None
+    };
+    let status = status?;
+    match *stopped.lock().expect("not poisoned") {
+        Some(Stop::Cancelled) => return Err(Error::Interrupted),
+        Some(_) => {
+            return Err(Error::SourceFailed(format!(
+                "{what} `{shown}` was still running after {}s (the source's timeout) and was stopped",
+                timeout.unwrap_or_default().as_secs()
+            )));
+        }
+        None => {}
+    }
+    if !status.success() {
+        let why = last_message.map(|m| format!(": {m}")).unwrap_or_default();
+        return Err(Error::SourceFailed(format!(
+            "{what} `{shown}` failed ({status}){why}"
+        )));
+    }
+    Ok(())
 }
 
 /// What a failed command's stderr says about why: its last line naming an
