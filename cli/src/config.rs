@@ -167,6 +167,10 @@ pub(crate) struct SourceConfig {
     pub(crate) format: DumpFormat,
     /// Client defaults file with credentials (mysql).
     pub(crate) defaults_file: Option<PathBuf>,
+    /// Also store roles and tablespaces (`pg_dumpall --globals-only`) beside
+    /// the dump (postgres).
+    #[serde(default)]
+    pub(crate) globals: bool,
     /// Directory holding pg_dump/psql or mariadb-dump/mariadb.
     pub(crate) bin_dir: Option<PathBuf>,
     // files
@@ -385,6 +389,13 @@ impl Config {
                     forbid("database", db)?;
                     forbid("paths", !s.paths.is_empty())?;
                 }
+            }
+            if s.globals && s.kind != SourceKind::Postgres {
+                bail!(
+                    "{}: `globals` does not apply to source {name:?} of kind {:?} (only to postgres)",
+                    at(s),
+                    s.kind
+                );
             }
             if s.allow_empty && s.kind != SourceKind::Files {
                 bail!(

@@ -78,6 +78,23 @@ pub enum Source {
         /// Extra environment for the child only (e.g. `PGPASSFILE`).
         env: Vec<(OsString, OsString)>,
     },
+    /// Several commands' outputs, each stored as one file, in one snapshot
+    /// (a database dump beside its server's roles): run one after the
+    /// other, as [`Source::Command`]; any failing fails the backup.
+    Commands(Vec<CommandFile>),
+}
+
+/// One command of [`Source::Commands`]: the fields of [`Source::Command`].
+#[derive(Clone)]
+pub struct CommandFile {
+    /// Name of the file in the snapshot.
+    pub filename: String,
+    /// Program to run.
+    pub program: OsString,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment for the child only.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl std::fmt::Debug for Source {
@@ -89,6 +106,13 @@ impl std::fmt::Debug for Source {
             Source::Command {
                 filename, program, ..
             } => write!(f, "Command({program:?} -> {filename})"),
+            Source::Commands(list) => {
+                let shown: Vec<String> = list
+                    .iter()
+                    .map(|c| format!("{:?} -> {}", c.program, c.filename))
+                    .collect();
+                write!(f, "Commands({})", shown.join(", "))
+            }
         }
     }
 }
@@ -362,7 +386,18 @@ pub fn backup(
             program,
             args,
             env,
-        } => ctx.save_command(&filename, &program, &args, &env),
+        } => ctx
+            .command_node(&filename, &program, &args, &env)
+            .and_then(|node| ctx.save_tree(Tree { nodes: vec![node] })),
+        Source::Commands(list) => list
+            .iter()
+            .map(|c| ctx.command_node(&c.filename, &c.program, &c.args, &c.env))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|nodes| {
+                let mut tree = Tree { nodes };
+                tree.sort();
+                ctx.save_tree(tree)
+            }),
     };
     let Ctx {
         counters, errors, ..
@@ -591,17 +626,35 @@ fn snapshot_paths(source: &Source) -> Result<Vec<String>> {
                 .collect::<Result<Vec<_>>>()?
         }
         Source::Stream { filename, .. } | Source::Command { filename, .. } => {
-            if filename.is_empty() || filename.contains('/') {
+            vec![stream_path(filename)?]
+        }
+        Source::Commands(list) => {
+            let paths = list
+                .iter()
+                .map(|c| stream_path(&c.filename))
+                .collect::<Result<Vec<_>>>()?;
+            let distinct: std::collections::HashSet<&String> = paths.iter().collect();
+            if paths.is_empty() || distinct.len() != paths.len() {
                 return Err(Error::InvalidInput(format!(
-                    "invalid stdin file name {filename:?}"
+                    "commands need distinct file names, not {paths:?}"
                 )));
             }
-            vec![format!("/{filename}")]
+            paths
         }
     };
     paths.sort();
     paths.dedup();
     Ok(paths)
+}
+
+/// The snapshot path of a stream's or command's file.
+fn stream_path(filename: &str) -> Result<String> {
+    if filename.is_empty() || filename.contains('/') {
+        return Err(Error::InvalidInput(format!(
+            "invalid stdin file name {filename:?}"
+        )));
+    }
+    Ok(format!("/{filename}"))
 }
 
 fn find_parent(
@@ -988,13 +1041,15 @@ impl Ctx<'_> {
             })
     }
 
-    fn save_command(
+    /// Runs a command, saving its output as the file `filename`; returns
+    /// its node.
+    fn command_node(
         &self,
         filename: &str,
         program: &OsStr,
         args: &[OsString],
         env: &[(OsString, OsString)],
-    ) -> Result<BlobId> {
+    ) -> Result<Node> {
         let shown = Path::new(program)
             .file_name()
             .unwrap_or(program)
@@ -1093,11 +1148,10 @@ impl Ctx<'_> {
                 "command `{shown}` succeeded but wrote nothing to standard output; the snapshot holds an empty {filename}"
             );
         }
-        self.counters.files.store(1, Ordering::Relaxed);
-        self.counters.files_new.store(1, Ordering::Relaxed);
-        self.counters.bytes.store(size, Ordering::Relaxed);
-        let node = self.stream_node(filename, content, size);
-        self.save_tree(Tree { nodes: vec![node] })
+        self.counters.files.fetch_add(1, Ordering::Relaxed);
+        self.counters.files_new.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(self.stream_node(filename, content, size))
     }
 }
 

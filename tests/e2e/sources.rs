@@ -590,6 +590,15 @@ fn sh(cmd: &str, envs: &[(&str, &str)]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// One SQL command in database `db` of the test server; its output.
+fn pg_sql(pg: &HashMap<String, String>, db: &str, sql: &str) -> String {
+    let (bin, conn) = (&pg["VAULT_TEST_PG_BIN"], &pg["VAULT_TEST_PG_CONN"]);
+    sh(
+        &format!("{bin}/psql -X -At -v ON_ERROR_STOP=1 -d '{conn} dbname={db}' -c \"{sql}\""),
+        &[("PGPASSFILE", pg["VAULT_TEST_PG_PASSFILE"].as_str())],
+    )
+}
+
 #[test]
 fn postgres_source_restores_an_earlier_state_into_a_new_database_and_drills() {
     let Some(pg) = POSTGRES.get_or_init(|| start_server("start-postgres.sh")) else {
@@ -600,13 +609,7 @@ fn postgres_source_restores_an_earlier_state_into_a_new_database_and_drills() {
     let bin = &pg["VAULT_TEST_PG_BIN"];
     let conn = &pg["VAULT_TEST_PG_CONN"];
     let passfile = &pg["VAULT_TEST_PG_PASSFILE"];
-    let penv = [("PGPASSFILE", passfile.as_str())];
-    let psql = |db: &str, sql: &str| {
-        sh(
-            &format!("{bin}/psql -X -At -v ON_ERROR_STOP=1 -d '{conn} dbname={db}' -c \"{sql}\""),
-            &penv,
-        )
-    };
+    let psql = |db: &str, sql: &str| pg_sql(pg, db, sql);
     psql("postgres", "DROP DATABASE IF EXISTS phone");
     psql("postgres", "CREATE DATABASE phone");
     psql(
@@ -1430,4 +1433,147 @@ status_file = "{status}"
     // failed on this branch's base, fixed separately.)
     vault_with(&env, &config, &["backup", "app", "--dry-run"]);
     assert!(!log.exists());
+}
+
+/// `globals = true` stores `pg_dumpall --globals-only` beside the dump, in
+/// the same snapshot: the roles a restore onto a fresh server needs. Here
+/// the "fresh server" is this one with the owning role dropped: the restore
+/// fails on it until the globals are loaded from the snapshot. Restoring
+/// into a database and drills read the dump as before.
+#[test]
+fn postgres_globals_are_saved_beside_the_dump_and_restore_the_roles() {
+    let Some(pg) = POSTGRES.get_or_init(|| start_server("start-postgres.sh")) else {
+        return;
+    };
+    let env = Env::new();
+    let bin = &pg["VAULT_TEST_PG_BIN"];
+    let conn = &pg["VAULT_TEST_PG_CONN"];
+    let passfile = &pg["VAULT_TEST_PG_PASSFILE"];
+    let psql = |db: &str, sql: &str| pg_sql(pg, db, sql);
+    psql("postgres", "DROP DATABASE IF EXISTS ledger");
+    psql("postgres", "DROP DATABASE IF EXISTS ledger_restored");
+    psql("postgres", "DROP DATABASE IF EXISTS ledger_fresh");
+    psql("postgres", "DROP ROLE IF EXISTS ledger_owner");
+    psql("postgres", "CREATE DATABASE ledger");
+    psql(
+        "ledger",
+        "CREATE ROLE ledger_owner NOLOGIN; CREATE TABLE entries (id int, amount int); INSERT INTO entries SELECT g, g * 10 FROM generate_series(1, 500) g; ALTER TABLE entries OWNER TO ledger_owner",
+    );
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[[source]]
+name = "ledger-db"
+kind = "postgres"
+database = "ledger"
+connection = "{conn}"
+passfile = "{passfile}"
+bin_dir = "{bin}"
+globals = true
+
+[notify]
+status_file = "{status}"
+"#,
+            status = env.path("status.json").display(),
+        ),
+    );
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    let ls = String::from_utf8(
+        vault_with(&env, &config, &["ls", "latest", "--tag", "ledger-db"]).stdout,
+    )
+    .unwrap();
+    assert!(
+        ls.contains("/ledger-db.sql") && ls.contains("/ledger-db-globals.sql"),
+        "one snapshot, both files: {ls}"
+    );
+    let globals = vault_with(
+        &env,
+        &config,
+        &[
+            "dump",
+            "latest",
+            "/ledger-db-globals.sql",
+            "--tag",
+            "ledger-db",
+        ],
+    );
+    assert_success(&globals);
+    let globals = String::from_utf8(globals.stdout).unwrap();
+    assert!(globals.contains("CREATE ROLE ledger_owner"), "{globals}");
+
+    // Restore into a database, and the drill, as without globals.
+    let out = vault_with(
+        &env,
+        &config,
+        &["restore", "ledger-db", "--into-database", "ledger_restored"],
+    );
+    assert_success(&out);
+    assert_eq!(
+        psql("ledger_restored", "SELECT count(*) FROM entries").trim(),
+        "500"
+    );
+    let drill = json_with(&env, &config, &["drill", "ledger-db"]);
+    assert_eq!(drill["ok"], true, "{drill}");
+    assert_eq!(drill["rows"], 500, "{drill}");
+    assert!(drill["globals_bytes"].as_u64().unwrap() > 0, "{drill}");
+
+    // A server without the role: the dump alone does not restore...
+    psql("postgres", "DROP DATABASE ledger_restored");
+    psql("postgres", "DROP DATABASE ledger");
+    psql("postgres", "DROP ROLE ledger_owner");
+    let out = vault_with(
+        &env,
+        &config,
+        &["restore", "ledger-db", "--into-database", "ledger_fresh"],
+    );
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("ledger_owner"), "{}", stderr(&out));
+    psql("postgres", "DROP DATABASE IF EXISTS ledger_fresh");
+    // ...the globals first (as docs/sources.md says; roles that exist
+    // already are reported and skipped), then the dump, owners and all.
+    let mut load = std::process::Command::new(format!("{bin}/psql"))
+        .args(["-X", "-q", "-d", &format!("{conn} dbname=postgres")])
+        .env("PGPASSFILE", passfile)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    load.stdin
+        .take()
+        .unwrap()
+        .write_all(globals.as_bytes())
+        .unwrap();
+    let loaded = load.wait_with_output().unwrap();
+    assert!(loaded.status.success(), "{loaded:?}");
+    let out = vault_with(
+        &env,
+        &config,
+        &["restore", "ledger-db", "--into-database", "ledger_fresh"],
+    );
+    assert_success(&out);
+    assert_eq!(
+        psql(
+            "ledger_fresh",
+            "SELECT tableowner || ':' || (SELECT sum(amount) FROM entries) FROM pg_tables WHERE tablename = 'entries'"
+        )
+        .trim(),
+        "ledger_owner:1252500"
+    );
+    psql("postgres", "DROP DATABASE ledger_fresh");
+    psql("postgres", "DROP ROLE ledger_owner");
+
+    // `globals` is for postgres sources only.
+    let bad = write_config(
+        &env,
+        "[[source]]\nname = \"m\"\nkind = \"mysql\"\ndatabase = \"x\"\nglobals = true\n",
+    );
+    let out = vault_with(&env, &bad, &["backup"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("`globals` does not apply"),
+        "{}",
+        stderr(&out)
+    );
 }
