@@ -212,6 +212,11 @@ pub(crate) struct SourceConfig {
     /// A duration such as "26h": `vault status` calls the source stale
     /// when its newest snapshot is older (default: `[notify] max_age`).
     pub(crate) max_age: Option<String>,
+    /// `vault drill` fails unless each of these tables (as `vault drill`
+    /// lists them: `public.users`, or `users` for MySQL) has at least
+    /// this many rows (database sources).
+    #[serde(default)]
+    pub(crate) drill_min_rows: std::collections::BTreeMap<String, u64>,
 }
 
 impl SourceConfig {
@@ -390,19 +395,30 @@ impl Config {
                     forbid("paths", !s.paths.is_empty())?;
                 }
             }
-            if s.globals && s.kind != SourceKind::Postgres {
-                bail!(
-                    "{}: `globals` does not apply to source {name:?} of kind {:?} (only to postgres)",
-                    at(s),
-                    s.kind
-                );
-            }
-            if s.allow_empty && s.kind != SourceKind::Files {
-                bail!(
-                    "{}: `allow_empty` does not apply to source {name:?} of kind {:?} (only to files)",
-                    at(s),
-                    s.kind
-                );
+            // Options of some kinds only: elsewhere they would do nothing.
+            let databases = [SourceKind::Postgres, SourceKind::Mysql];
+            for (field, present, kinds, which) in [
+                ("globals", s.globals, &databases[..1], "postgres"),
+                (
+                    "allow_empty",
+                    s.allow_empty,
+                    &[SourceKind::Files][..],
+                    "files",
+                ),
+                (
+                    "drill_min_rows",
+                    !s.drill_min_rows.is_empty(),
+                    &databases[..],
+                    "databases",
+                ),
+            ] {
+                if present && !kinds.contains(&s.kind) {
+                    bail!(
+                        "{}: `{field}` does not apply to source {name:?} of kind {:?} (only to {which})",
+                        at(s),
+                        s.kind
+                    );
+                }
             }
             let hooks = !s.before.is_empty() || !s.after.is_empty();
             if s.timeout.is_some() && s.kind == SourceKind::Files && !hooks {

@@ -903,6 +903,18 @@ fn mariadb_source_restores_into_a_new_database() {
     let drill = json_with(&env, &config, &["drill", "schwarm-db"]);
     assert_eq!(drill["ok"], true, "{drill}");
     assert_eq!(drill["rows"], 2);
+
+    // `drill_min_rows` names MySQL tables without their backquotes.
+    for (min, ok) in [(2, true), (3, false)] {
+        let config = write_config(
+            &env,
+            &format!(
+                "[[source]]\nname = \"schwarm-db\"\nkind = \"mysql\"\ndatabase = \"schwarm\"\ndefaults_file = \"{defaults}\"\ndrill_min_rows = {{ shifts = {min} }}\n"
+            ),
+        );
+        let drill = json_with(&env, &config, &["drill", "schwarm-db"]);
+        assert_eq!(drill["ok"], ok, "{drill}");
+    }
 }
 
 /// A dump or command that hangs is stopped at its source's `timeout` (or
@@ -1573,6 +1585,106 @@ status_file = "{status}"
     assert_code(&out, 1);
     assert!(
         stderr(&out).contains("`globals` does not apply"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `drill_min_rows` states what the team knows a database holds: a drill
+/// whose restored table has fewer rows, or lacks the table, fails and
+/// alerts, though the dump loaded without an error.
+#[test]
+fn a_drill_fails_and_alerts_when_a_table_has_fewer_rows_than_expected() {
+    let Some(pg) = POSTGRES.get_or_init(|| start_server("start-postgres.sh")) else {
+        return;
+    };
+    let env = Env::new();
+    let hook = Webhook::start();
+    let psql = |db: &str, sql: &str| pg_sql(pg, db, sql);
+    psql("postgres", "DROP DATABASE IF EXISTS crm");
+    psql("postgres", "CREATE DATABASE crm");
+    psql(
+        "crm",
+        "CREATE TABLE users (id int); INSERT INTO users SELECT generate_series(1, 1000); CREATE TABLE \\\"Orders\\\" (id int); INSERT INTO \\\"Orders\\\" VALUES (1), (2)",
+    );
+    let config_with = |expect: &str| {
+        write_config(
+            &env,
+            &format!(
+                r#"
+[[source]]
+name = "crm-db"
+kind = "postgres"
+database = "crm"
+connection = "{conn}"
+passfile = "{passfile}"
+bin_dir = "{bin}"
+drill_min_rows = {{ {expect} }}
+
+[notify]
+on_failure = ["{url}"]
+status_file = "{status}"
+"#,
+                conn = pg["VAULT_TEST_PG_CONN"],
+                passfile = pg["VAULT_TEST_PG_PASSFILE"],
+                bin = pg["VAULT_TEST_PG_BIN"],
+                url = hook.url,
+                status = env.path("status.json").display(),
+            ),
+        )
+    };
+    let config = config_with(r#""public.users" = 1000, "public.Orders" = 2"#);
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    let drill = json_with(&env, &config, &["drill", "crm-db"]);
+    assert_eq!(drill["ok"], true, "{drill}");
+
+    // Someone deleted most users before the backup: the dump is fine, the
+    // data is not what it should be.
+    psql("crm", "DELETE FROM users WHERE id > 3");
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    let config = config_with(r#""public.users" = 1000, "public.invoices" = 1"#);
+    let out = vault_with(&env, &config, &["drill", "crm-db"]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("FAILED")
+            && err.contains("public.users has 3 rows, at least 1000 expected")
+            && err.contains("public.invoices is not in the restored database"),
+        "{err}"
+    );
+    let alerts: Vec<_> = hook
+        .received()
+        .into_iter()
+        .filter(|b| b["event"] == "drill_failed")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(
+        alerts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("public.users has 3 rows"),
+        "{alerts:?}"
+    );
+    // The scratch database is gone all the same.
+    assert_eq!(
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'vault_drill_%'"
+        )
+        .trim(),
+        "0"
+    );
+    psql("postgres", "DROP DATABASE crm");
+
+    // Only database sources have tables.
+    let bad = write_config(
+        &env,
+        "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"/tmp\"]\ndrill_min_rows = { a = 1 }\n",
+    );
+    let out = vault_with(&env, &bad, &["drill", "f"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("`drill_min_rows` does not apply"),
         "{}",
         stderr(&out)
     );

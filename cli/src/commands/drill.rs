@@ -143,7 +143,7 @@ fn drill(
                     .collect::<Vec<_>>()
                     .into();
                 report["rows"] = counts.iter().map(|(_, n)| n).sum::<u64>().into();
-                Ok(())
+                expect_rows(source, &counts)
             })();
             let dropped = sources::drop_database(source, &scratch);
             result.and(dropped)
@@ -188,6 +188,31 @@ fn drill(
             Ok(())
         }
     }
+}
+
+/// Checks the source's `drill_min_rows` against the restored tables: a
+/// table gone or shrunk below what the team knows it holds fails the drill.
+fn expect_rows(source: &crate::config::SourceConfig, counts: &[(String, u64)]) -> Result<()> {
+    // Keys may leave out the quoting the listing uses: `shifts` for
+    // MySQL's backquoted name, `public.Users` for "public"."Users".
+    let bare = |t: &str| t.replace(['"', '`'], "");
+    let mut short = Vec::new();
+    for (table, min) in &source.drill_min_rows {
+        match counts
+            .iter()
+            .find(|(t, _)| t == table || bare(t) == bare(table))
+        {
+            Some((_, n)) if n >= min => {}
+            Some((t, n)) => short.push(format!("{t} has {n} rows, at least {min} expected")),
+            None => short.push(format!(
+                "{table} is not in the restored database ({min} rows expected)"
+            )),
+        }
+    }
+    if short.is_empty() {
+        return Ok(());
+    }
+    bail!("drill_min_rows: {}", short.join("; "))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
