@@ -1087,9 +1087,10 @@ max_age = "2d"
     assert_eq!(stale, ["old", "hung", "stubborn"]);
 }
 
-/// Durations in the config are checked when it is loaded.
+/// Durations in the config are checked when it is loaded, and options
+/// that would do nothing for a source's kind are refused.
 #[test]
-fn config_rejects_bad_durations_and_timeouts_on_file_sources() {
+fn config_rejects_bad_durations_and_options_of_other_kinds() {
     let env = Env::new();
     for (text, expect) in [
         (
@@ -1101,6 +1102,18 @@ fn config_rejects_bad_durations_and_timeouts_on_file_sources() {
             "`timeout` does not apply",
         ),
         ("[notify]\nmax_age = \"-3h\"\n", "[notify] max_age"),
+        (
+            "[[source]]\nname = \"c\"\nkind = \"command\"\ncommand = [\"true\"]\nallow_empty = true\n",
+            "`allow_empty` does not apply",
+        ),
+        (
+            "[[source]]\nname = \"m\"\nkind = \"mysql\"\ndatabase = \"x\"\nglobals = true\n",
+            "`globals` does not apply",
+        ),
+        (
+            "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"/tmp\"]\ndrill_min_rows = { a = 1 }\n",
+            "`drill_min_rows` does not apply",
+        ),
     ] {
         let config = write_config(&env, text);
         let out = vault_with(&env, &config, &["status"]);
@@ -1256,19 +1269,6 @@ status_file = "{status}"
     std::fs::write(mount.join("2026/11/photo.jpg"), b"jpeg").unwrap();
     assert_success(&vault_with(&env, &config, &["backup", "uploads"]));
     assert_eq!(tagged(&env, "uploads"), 1);
-
-    // `allow_empty` is for files sources only.
-    let bad = write_config(
-        &env,
-        "[[source]]\nname = \"c\"\nkind = \"command\"\ncommand = [\"true\"]\nallow_empty = true\n",
-    );
-    let out = vault_with(&env, &bad, &["backup"]);
-    assert_code(&out, 1);
-    assert!(
-        stderr(&out).contains("`allow_empty` does not apply"),
-        "{}",
-        stderr(&out)
-    );
 }
 
 /// `before` and `after` hooks (argv, no shell), as borgmatic's
@@ -1575,19 +1575,6 @@ status_file = "{status}"
     );
     psql("postgres", "DROP DATABASE ledger_fresh");
     psql("postgres", "DROP ROLE ledger_owner");
-
-    // `globals` is for postgres sources only.
-    let bad = write_config(
-        &env,
-        "[[source]]\nname = \"m\"\nkind = \"mysql\"\ndatabase = \"x\"\nglobals = true\n",
-    );
-    let out = vault_with(&env, &bad, &["backup"]);
-    assert_code(&out, 1);
-    assert!(
-        stderr(&out).contains("`globals` does not apply"),
-        "{}",
-        stderr(&out)
-    );
 }
 
 /// `drill_min_rows` states what the team knows a database holds: a drill
@@ -1675,17 +1662,4 @@ status_file = "{status}"
         "0"
     );
     psql("postgres", "DROP DATABASE crm");
-
-    // Only database sources have tables.
-    let bad = write_config(
-        &env,
-        "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"/tmp\"]\ndrill_min_rows = { a = 1 }\n",
-    );
-    let out = vault_with(&env, &bad, &["drill", "f"]);
-    assert_code(&out, 1);
-    assert!(
-        stderr(&out).contains("`drill_min_rows` does not apply"),
-        "{}",
-        stderr(&out)
-    );
 }
