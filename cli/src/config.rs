@@ -167,6 +167,10 @@ pub(crate) struct SourceConfig {
     pub(crate) format: DumpFormat,
     /// Client defaults file with credentials (mysql).
     pub(crate) defaults_file: Option<PathBuf>,
+    /// Also store roles and tablespaces (`pg_dumpall --globals-only`) beside
+    /// the dump (postgres).
+    #[serde(default)]
+    pub(crate) globals: bool,
     /// Directory holding pg_dump/psql or mariadb-dump/mariadb.
     pub(crate) bin_dir: Option<PathBuf>,
     // files
@@ -184,20 +188,35 @@ pub(crate) struct SourceConfig {
     pub(crate) exclude_larger_than: Option<String>,
     #[serde(default)]
     pub(crate) one_file_system: bool,
+    /// Save a snapshot even when the paths hold no file; otherwise that
+    /// fails the source (an unmounted volume looks exactly like this).
+    #[serde(default)]
+    pub(crate) allow_empty: bool,
     // command
     #[serde(default)]
     pub(crate) command: Vec<String>,
     pub(crate) filename: Option<String>,
     // common
+    /// Run before the backup (argv, no shell); failing fails the source.
+    #[serde(default)]
+    pub(crate) before: Vec<String>,
+    /// Run after the backup, whether it worked or not (argv, no shell).
+    #[serde(default)]
+    pub(crate) after: Vec<String>,
     #[serde(default)]
     pub(crate) tags: Vec<String>,
     pub(crate) retention: Option<RetentionConfig>,
-    /// A duration such as "3h" (`parse_duration`): a dump or command still
-    /// running then is stopped and the source fails.
+    /// A duration such as "3h" (`parse_duration`): a dump, command or hook
+    /// still running then is stopped and the source fails.
     pub(crate) timeout: Option<String>,
     /// A duration such as "26h": `vault status` calls the source stale
     /// when its newest snapshot is older (default: `[notify] max_age`).
     pub(crate) max_age: Option<String>,
+    /// `vault drill` fails unless each of these tables (as `vault drill`
+    /// lists them: `public.users`, or `users` for MySQL) has at least
+    /// this many rows (database sources).
+    #[serde(default)]
+    pub(crate) drill_min_rows: std::collections::BTreeMap<String, u64>,
 }
 
 impl SourceConfig {
@@ -376,9 +395,35 @@ impl Config {
                     forbid("paths", !s.paths.is_empty())?;
                 }
             }
-            if s.timeout.is_some() && s.kind == SourceKind::Files {
+            // Options of some kinds only: elsewhere they would do nothing.
+            let databases = [SourceKind::Postgres, SourceKind::Mysql];
+            for (field, present, kinds, which) in [
+                ("globals", s.globals, &databases[..1], "postgres"),
+                (
+                    "allow_empty",
+                    s.allow_empty,
+                    &[SourceKind::Files][..],
+                    "files",
+                ),
+                (
+                    "drill_min_rows",
+                    !s.drill_min_rows.is_empty(),
+                    &databases[..],
+                    "databases",
+                ),
+            ] {
+                if present && !kinds.contains(&s.kind) {
+                    bail!(
+                        "{}: `{field}` does not apply to source {name:?} of kind {:?} (only to {which})",
+                        at(s),
+                        s.kind
+                    );
+                }
+            }
+            let hooks = !s.before.is_empty() || !s.after.is_empty();
+            if s.timeout.is_some() && s.kind == SourceKind::Files && !hooks {
                 bail!(
-                    "{}: `timeout` does not apply to source {name:?} of kind {:?} (only to dumps and commands)",
+                    "{}: `timeout` does not apply to source {name:?} of kind {:?} (only to dumps, commands and hooks)",
                     at(s),
                     s.kind
                 );

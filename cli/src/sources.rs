@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use vault_engine::backup::Source;
+use vault_engine::backup::{CommandFile, Source};
 
 /// The file name a dump source gets inside its snapshot.
 pub(crate) fn dump_filename(s: &SourceConfig) -> String {
@@ -22,6 +22,12 @@ pub(crate) fn dump_filename(s: &SourceConfig) -> String {
         SourceKind::Command => s.filename.clone().unwrap_or_else(|| s.name().to_owned()),
         SourceKind::Files => String::new(),
     }
+}
+
+/// The file beside a postgres source's dump with `globals = true`: roles
+/// and tablespaces (`pg_dumpall --globals-only`).
+pub(crate) fn globals_filename(s: &SourceConfig) -> String {
+    format!("{}-globals.sql", s.name())
 }
 
 fn program(s: &SourceConfig, candidates: &[&str]) -> OsString {
@@ -121,6 +127,7 @@ pub(crate) fn backup_source(s: &SourceConfig) -> Result<Source> {
         }
         SourceKind::Postgres => {
             let database = s.database.as_deref().context("database")?;
+            let env = pg_env(s)?;
             let mut args: Vec<OsString> = vec!["--no-password".into()];
             match s.format {
                 // Plain SQL: uncompressed text dedups across days.
@@ -134,12 +141,32 @@ pub(crate) fn backup_source(s: &SourceConfig) -> Result<Source> {
             }
             args.push("--dbname".into());
             args.push(pg_conninfo(s, database).into());
-            Source::Command {
+            let mut commands = vec![CommandFile {
                 filename,
                 program: program(s, &["pg_dump"]),
                 args,
-                env: pg_env(s)?,
+                env: env.clone(),
+            }];
+            // pg_dump leaves out roles and tablespaces, without which a
+            // restore onto a fresh server fails on the first owner: they
+            // go beside the dump, in the same snapshot.
+            if s.globals {
+                commands.push(CommandFile {
+                    filename: globals_filename(s),
+                    program: program(s, &["pg_dumpall"]),
+                    args: vec![
+                        "--globals-only".into(),
+                        "--no-password".into(),
+                        "--dbname".into(),
+                        pg_conninfo(s, database).into(),
+                        // Its connection's database is ignored: this one.
+                        "--database".into(),
+                        database.into(),
+                    ],
+                    env,
+                });
             }
+            Source::Commands(commands)
         }
         SourceKind::Mysql => {
             let database = s.database.as_deref().context("database")?;
@@ -163,6 +190,44 @@ pub(crate) fn backup_source(s: &SourceConfig) -> Result<Source> {
             }
         }
     })
+}
+
+/// A source's hooks, as borgmatic's before_backup/after_backup.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hook {
+    /// Before its backup; failing fails the source unsaved.
+    Before,
+    /// After its backup (and after `before`), whether that worked or not.
+    After { ok: bool },
+}
+
+/// Runs the source's `before` or `after` command, if it has one: an argv,
+/// no shell, with VAULT_SOURCE (and for `after` VAULT_RESULT = ok|failed)
+/// and without vault's secrets, stopped at `timeout` or, `before` only,
+/// when `cancel` is set.
+pub(crate) fn run_hook(
+    s: &SourceConfig,
+    hook: Hook,
+    timeout: Option<std::time::Duration>,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
+    let (argv, what) = match hook {
+        Hook::Before => (&s.before, "before hook"),
+        Hook::After { .. } => (&s.after, "after hook"),
+    };
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let mut env: Vec<(OsString, OsString)> = vec![("VAULT_SOURCE".into(), s.name().into())];
+    if let Hook::After { ok } = hook {
+        env.push((
+            "VAULT_RESULT".into(),
+            if ok { "ok" } else { "failed" }.into(),
+        ));
+    }
+    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    vault_engine::backup::run_command(what, program.as_ref(), &args, &env, timeout, cancel)?;
+    Ok(())
 }
 
 /// Database names we create: letters, digits and underscores only, so

@@ -78,6 +78,23 @@ pub enum Source {
         /// Extra environment for the child only (e.g. `PGPASSFILE`).
         env: Vec<(OsString, OsString)>,
     },
+    /// Several commands' outputs, each stored as one file, in one snapshot
+    /// (a database dump beside its server's roles): run one after the
+    /// other, as [`Source::Command`]; any failing fails the backup.
+    Commands(Vec<CommandFile>),
+}
+
+/// One command of [`Source::Commands`]: the fields of [`Source::Command`].
+#[derive(Clone)]
+pub struct CommandFile {
+    /// Name of the file in the snapshot.
+    pub filename: String,
+    /// Program to run.
+    pub program: OsString,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment for the child only.
+    pub env: Vec<(OsString, OsString)>,
 }
 
 impl std::fmt::Debug for Source {
@@ -89,6 +106,13 @@ impl std::fmt::Debug for Source {
             Source::Command {
                 filename, program, ..
             } => write!(f, "Command({program:?} -> {filename})"),
+            Source::Commands(list) => {
+                let shown: Vec<String> = list
+                    .iter()
+                    .map(|c| format!("{:?} -> {}", c.program, c.filename))
+                    .collect();
+                write!(f, "Commands({})", shown.join(", "))
+            }
         }
     }
 }
@@ -139,6 +163,10 @@ pub struct BackupOptions {
     /// (SIGTERM to its process group, SIGKILL 10 s later) and fails: a dump
     /// hung on a lock would otherwise hold its source until someone looks.
     pub command_timeout: Option<std::time::Duration>,
+    /// Fail, saving no snapshot, when the paths held not one file (an
+    /// unmounted volume's empty mount point): that snapshot would count
+    /// in retention and push out the last real ones.
+    pub require_files: bool,
 }
 
 impl Default for BackupOptions {
@@ -162,6 +190,7 @@ impl Default for BackupOptions {
             upload_concurrency: 2,
             cancel: Arc::new(AtomicBool::new(false)),
             command_timeout: None,
+            require_files: false,
         }
     }
 }
@@ -361,7 +390,18 @@ pub fn backup(
             program,
             args,
             env,
-        } => ctx.save_command(&filename, &program, &args, &env),
+        } => ctx
+            .command_node(&filename, &program, &args, &env)
+            .and_then(|node| ctx.save_tree(Tree { nodes: vec![node] })),
+        Source::Commands(list) => list
+            .iter()
+            .map(|c| ctx.command_node(&c.filename, &c.program, &c.args, &c.env))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|nodes| {
+                let mut tree = Tree { nodes };
+                tree.sort();
+                ctx.save_tree(tree)
+            }),
     };
     let Ctx {
         counters, errors, ..
@@ -375,6 +415,20 @@ pub fn backup(
         (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
         (Ok(root), Ok(())) => root,
     };
+    if options.require_files && counters.files.load(Ordering::Relaxed) == 0 {
+        let unread = errors.first().map_or(String::new(), |first| {
+            format!(
+                " ({} entries could not be read, first {}: {})",
+                errors.len(),
+                first.path,
+                first.error
+            )
+        });
+        return Err(Error::SourceFailed(format!(
+            "nothing to back up: {} hold no files{unread}; no snapshot was saved",
+            paths.join(", ")
+        )));
+    }
     let unchanged_parent = parent
         .as_ref()
         .filter(|(_, snap)| options.skip_if_unchanged && errors.is_empty() && snap.tree == root)
@@ -576,20 +630,37 @@ fn snapshot_paths(source: &Source) -> Result<Vec<String>> {
                 .collect::<Result<Vec<_>>>()?
         }
         Source::Stream { filename, .. } | Source::Command { filename, .. } => {
-            if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".."
-            {
+            vec![stream_path(filename)?]
+        }
+        Source::Commands(list) => {
+            let paths = list
+                .iter()
+                .map(|c| stream_path(&c.filename))
+                .collect::<Result<Vec<_>>>()?;
+            let distinct: std::collections::HashSet<&String> = paths.iter().collect();
+            if paths.is_empty() || distinct.len() != paths.len() {
                 return Err(Error::InvalidInput(format!(
-                    "invalid stdin file name {filename:?}: give a file name without `/` (the \
-                     stream is stored as /NAME at the snapshot's root; tag or name the \
-                     snapshot to tell streams apart)"
+                    "commands need distinct file names, not {paths:?}"
                 )));
             }
-            vec![format!("/{filename}")]
+            paths
         }
     };
     paths.sort();
     paths.dedup();
     Ok(paths)
+}
+
+/// The snapshot path of a stream's or command's file.
+fn stream_path(filename: &str) -> Result<String> {
+    if filename.is_empty() || filename.contains('/') || filename == "." || filename == ".." {
+        return Err(Error::InvalidInput(format!(
+            "invalid stdin file name {filename:?}: give a file name without `/` (the stream is \
+             stored as /NAME at the snapshot's root; tag or name the snapshot to tell streams \
+             apart)"
+        )));
+    }
+    Ok(format!("/{filename}"))
 }
 
 fn find_parent(
@@ -991,13 +1062,15 @@ impl Ctx<'_> {
             })
     }
 
-    fn save_command(
+    /// Runs a command, saving its output as the file `filename`; returns
+    /// its node.
+    fn command_node(
         &self,
         filename: &str,
         program: &OsStr,
         args: &[OsString],
         env: &[(OsString, OsString)],
-    ) -> Result<BlobId> {
+    ) -> Result<Node> {
         let shown = Path::new(program)
             .file_name()
             .unwrap_or(program)
@@ -1046,27 +1119,7 @@ impl Ctx<'_> {
                 after.as_secs()
             ))
         };
-        // Pass the command's messages through, keeping the tail so a
-        // failure can say why (e.g. "pg_dump: error: database does not exist").
-        let stderr_tail = {
-            let mut stderr = child.stderr.take().expect("stderr is piped");
-            std::thread::spawn(move || {
-                let mut tail: Vec<u8> = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = stderr.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let chunk = &buf[..n];
-                    let _ = std::io::Write::write_all(&mut std::io::stderr(), chunk);
-                    tail.extend_from_slice(chunk);
-                    if tail.len() > 2048 {
-                        tail.drain(..tail.len() - 2048);
-                    }
-                }
-                failure_reason(&String::from_utf8_lossy(&tail))
-            })
-        };
+        let stderr_tail = pass_stderr_through(child.stderr.take().expect("stderr is piped"));
         // The tree is saved only after the exit status is known.
         let result = self.save_content(stdout, None).and_then(|(content, size)| {
             let ids = content
@@ -1116,11 +1169,10 @@ impl Ctx<'_> {
                 "command `{shown}` succeeded but wrote nothing to standard output; the snapshot holds an empty {filename}"
             );
         }
-        self.counters.files.store(1, Ordering::Relaxed);
-        self.counters.files_new.store(1, Ordering::Relaxed);
-        self.counters.bytes.store(size, Ordering::Relaxed);
-        let node = self.stream_node(filename, content, size);
-        self.save_tree(Tree { nodes: vec![node] })
+        self.counters.files.fetch_add(1, Ordering::Relaxed);
+        self.counters.files_new.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(self.stream_node(filename, content, size))
     }
 }
 
@@ -1146,6 +1198,122 @@ pub fn child_command(program: impl AsRef<OsStr>) -> std::process::Command {
         cmd.env_remove(name);
     }
     cmd
+}
+
+/// Passes a child's messages through to vault's stderr, keeping the tail
+/// so that a failure can say why (e.g. "pg_dump: error: database does not
+/// exist"): the thread returns [`failure_reason`] of it.
+fn pass_stderr_through(
+    mut stderr: std::process::ChildStderr,
+) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::spawn(move || {
+        let mut tail: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let chunk = &buf[..n];
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), chunk);
+            tail.extend_from_slice(chunk);
+            if tail.len() > 2048 {
+                tail.drain(..tail.len() - 2048);
+            }
+        }
+        failure_reason(&String::from_utf8_lossy(&tail))
+    })
+}
+
+/// Runs a command to its end for its effect (a source's `before` or
+/// `after` hook), as a [`Source::Command`] runs: without vault's secrets
+/// ([`child_command`]), in its own process group, stopped (SIGTERM, then
+/// SIGKILL after a grace period) when `cancel` is set or `timeout` passes.
+/// Its standard output goes to vault's standard error, so that it never
+/// mixes into `--json` output. `what` names it in errors.
+///
+/// # Errors
+///
+/// [`Error::SourceFailed`] naming `what`, the program, its exit status and
+/// the last error line it wrote, or its timeout; [`Error::Interrupted`]
+/// when `cancel` stopped it.
+pub fn run_command(
+    what: &str,
+    program: &OsStr,
+    args: &[OsString],
+    env: &[(OsString, OsString)],
+    timeout: Option<std::time::Duration>,
+    cancel: Arc<AtomicBool>,
+) -> Result<()> {
+    let shown = Path::new(program)
+        .file_name()
+        .unwrap_or(program)
+        .to_string_lossy()
+        .into_owned();
+    let stdout = std::os::fd::AsFd::as_fd(&std::io::stderr())
+        .try_clone_to_owned()
+        .map_err(|e| Error::SourceFailed(format!("starting {what} `{shown}`: {e}")))?;
+    let mut child = child_command(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::SourceFailed(format!("starting {what} `{shown}`: {e}")))?;
+    let group = i32::try_from(child.id()).map(|pid| nix::unistd::Pid::from_raw(-pid));
+    let stopped = Arc::new(Mutex::new(None));
+    let watch = Watch::start(cancel, timeout.map(|t| std::time::Instant::now() + t), {
+        let stopped = stopped.clone();
+        move |stop| {
+            use nix::sys::signal::Signal;
+            let signal = match stop {
+                Stop::Force => Signal::SIGKILL,
+                Stop::Cancelled | Stop::TimedOut => {
+                    *stopped.lock().expect("not poisoned") = Some(stop);
+                    Signal::SIGTERM
+                }
+            };
+            if let Ok(group) = group {
+                let _ = nix::sys::signal::kill(group, signal);
+            }
+        }
+    });
+    let stderr_tail = pass_stderr_through(child.stderr.take().expect("stderr is piped"));
+    let status = child
+        .wait()
+        .map_err(|e| Error::SourceFailed(format!("waiting for {what} `{shown}`: {e}")));
+    // The group's pid may be reused once waited for: no signal after this.
+    drop(watch);
+    // A hook that starts a service may leave it holding the pipe: wait
+    // for its stderr a little, not until the service ends.
+    let waited = std::time::Instant::now();
+    while !stderr_tail.is_finished() && waited.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let last_message = if stderr_tail.is_finished() {
+        stderr_tail.join().ok().flatten()
+    } else {
+        None
+    };
+    let status = status?;
+    match *stopped.lock().expect("not poisoned") {
+        Some(Stop::Cancelled) => return Err(Error::Interrupted),
+        Some(_) => {
+            return Err(Error::SourceFailed(format!(
+                "{what} `{shown}` was still running after {}s (the source's timeout) and was stopped",
+                timeout.unwrap_or_default().as_secs()
+            )));
+        }
+        None => {}
+    }
+    if !status.success() {
+        let why = last_message.map(|m| format!(": {m}")).unwrap_or_default();
+        return Err(Error::SourceFailed(format!(
+            "{what} `{shown}` failed ({status}){why}"
+        )));
+    }
+    Ok(())
 }
 
 /// What a failed command's stderr says about why: its last line naming an

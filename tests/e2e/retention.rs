@@ -555,3 +555,70 @@ fn prune_reclaims_copies_that_concurrent_backups_stored_twice() {
         pseudo_random(3_000_000, 5)
     );
 }
+
+/// `retention = {}` on a source opts it out of the default policy: forget
+/// keeps every snapshot of it and still applies the others' policies. A
+/// policy without rules never removes anything; when no source has one,
+/// forget refuses as it does without any policy.
+#[test]
+fn an_empty_retention_table_keeps_that_source_and_forgets_the_others() {
+    let env = Env::new();
+    let config = env.path("vault.toml");
+    let write = |text: &str| std::fs::write(&config, text).unwrap();
+    let forget = |extra: &[&str]| {
+        let mut args = vec!["forget"];
+        args.extend_from_slice(extra);
+        env.command(&args)
+            .env("VAULT_CONFIG", &config)
+            .output()
+            .unwrap()
+    };
+    let sources = r#"
+[[source]]
+name = "archive"
+kind = "command"
+command = ["echo", "archive"]
+retention = {}
+
+[[source]]
+name = "app"
+kind = "command"
+command = ["echo", "app"]
+"#;
+    write(&format!("[retention]\nkeep_last = 1\n{sources}"));
+    for day in 1..=3 {
+        let time = format!("2026-03-{day:02} 03:00:00");
+        let out = env
+            .command(&["backup", "--time", &time])
+            .env("VAULT_CONFIG", &config)
+            .output()
+            .unwrap();
+        assert_success(&out);
+    }
+    let tagged = |tag: &str| {
+        env.snapshots()
+            .iter()
+            .filter(|s| s["tags"].as_array().unwrap().iter().any(|t| t == tag))
+            .count()
+    };
+    let out = forget(&[]);
+    assert_success(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("source archive: its retention has no rule"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(tagged("app"), 1);
+    assert_eq!(tagged("archive"), 3);
+
+    // No source with a rule: refused, naming the empty table; nothing goes.
+    write(sources);
+    let out = forget(&[]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("no retention policy") && stderr(&out).contains("archive"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tagged("archive"), 3);
+}

@@ -2,7 +2,7 @@
 //! snapshot.
 
 use crate::args::GlobalArgs;
-use crate::config::{Config, SourceConfig};
+use crate::config::{Config, SourceConfig, SourceKind};
 use crate::output::outln;
 use crate::{exit, global, notify, output, sources, status, timespec};
 use anyhow::{Context, Result, bail};
@@ -98,9 +98,9 @@ pub(crate) struct BackupArgs {
     /// Save no snapshot when nothing changed since the parent snapshot.
     #[arg(long)]
     skip_if_unchanged: bool,
-    /// Stop a dump or --stdin-from-command command still running after
-    /// DURATION (e.g. 2h) and fail its source; for configured sources,
-    /// overrides their `timeout`.
+    /// Stop a dump, a --stdin-from-command command or a source's hook
+    /// still running after DURATION (e.g. 2h) and fail its source; for
+    /// configured sources, overrides their `timeout`.
     #[arg(long, value_name = "DURATION", value_parser = crate::args::parse_duration)]
     timeout: Option<std::time::Duration>,
     /// Concurrent pack uploads.
@@ -341,6 +341,7 @@ fn options(
         upload_concurrency: args.upload_concurrency,
         cancel,
         command_timeout: args.timeout,
+        require_files: false,
     })
 }
 
@@ -564,7 +565,25 @@ fn run_sources(
         }
         tags.extend(source.tags.iter().cloned());
         tags.extend(args.tags.iter().cloned());
-        let result = (|| -> Result<backup::BackupReport> {
+        // `backup --timeout`, else the source's: for its dump or command
+        // and for each of its hooks.
+        let timeout = match args.timeout {
+            Some(t) => Some(t),
+            None => source
+                .timeout
+                .as_deref()
+                .map(crate::args::parse_duration)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+        };
+        // A dry run changes nothing: it stops no service either.
+        let hooks = !args.dry_run;
+        let before = if hooks {
+            sources::run_hook(source, sources::Hook::Before, timeout, cancel.clone())
+        } else {
+            Ok(())
+        };
+        let result = before.and_then(|()| {
             let engine_source = if args.physical {
                 sources::physical_source(source)?
             } else {
@@ -582,37 +601,66 @@ fn run_sources(
                     Some(crate::args::parse_size(size).map_err(anyhow::Error::msg)?);
             }
             opts.one_file_system |= source.one_file_system;
-            if opts.command_timeout.is_none()
-                && let Some(timeout) = &source.timeout
-            {
-                opts.command_timeout =
-                    Some(crate::args::parse_duration(timeout).map_err(anyhow::Error::msg)?);
-            }
+            opts.require_files = source.kind == SourceKind::Files && !source.allow_empty;
+            opts.command_timeout = timeout;
             run_one(g, &repo, engine_source, &opts)
-        })();
-        match &result {
-            Ok(report) => {
-                print_summary(g, report, args.dry_run, Some(&name))?;
-                if !report.errors.is_empty() {
+        });
+        // Whatever happened, `before` included (it may have stopped a
+        // service before failing): `after` is what starts it again, so
+        // Ctrl-C does not stop it; its timeout does.
+        let after = if hooks {
+            sources::run_hook(
+                source,
+                sources::Hook::After { ok: result.is_ok() },
+                timeout,
+                Arc::new(AtomicBool::new(false)),
+            )
+            .err()
+        } else {
+            None
+        };
+        if let Ok(report) = &result {
+            print_summary(g, report, args.dry_run, Some(&name))?;
+        }
+        // The failure to report, and the error whose kind sets the exit
+        // code: the backup's own first.
+        let failure = match (&result, &after) {
+            (Ok(_), None) => None,
+            (Ok(report), Some(a)) => Some((
+                a,
+                format!("{a:#} (snapshot {} was saved)", report.snapshot_id.short()),
+            )),
+            (Err(e), None) => Some((e, format!("{e:#}"))),
+            (Err(e), Some(a)) => Some((e, format!("{e:#}; then {a:#}"))),
+        };
+        match failure {
+            None => {
+                if result.as_ref().is_ok_and(|r| !r.errors.is_empty()) {
                     incomplete += 1;
                 }
             }
-            Err(e) => {
-                if e.chain().any(|c| {
-                    c.downcast_ref::<vault_engine::Error>()
-                        .is_some_and(|v| matches!(v, vault_engine::Error::Interrupted))
+            Some((e, message)) => {
+                if result.as_ref().is_err_and(|e| {
+                    e.chain().any(|c| {
+                        c.downcast_ref::<vault_engine::Error>()
+                            .is_some_and(|v| matches!(v, vault_engine::Error::Interrupted))
+                    })
                 }) {
+                    let then = after.map(|a| format!("; then {a:#}")).unwrap_or_default();
                     outcomes.push((
                         name,
-                        Err("interrupted (SIGINT/SIGTERM) before it finished; no snapshot was saved"
-                            .into()),
+                        Err(format!(
+                            "interrupted (SIGINT/SIGTERM) before it finished; no snapshot was saved{then}"
+                        )),
                     ));
                     return interrupted(args, config, &status_path, &host, outcomes);
                 }
-                eprintln!("vault: error: source {name}: {e:#}");
+                eprintln!("vault: error: source {name}: {message}");
                 failed += 1;
                 first_failure.get_or_insert(exit::code_of(e));
-                print_source_error(g, &name, &format!("{e:#}"), exit::code_of(e))?;
+                print_source_error(g, &name, &message, exit::code_of(e))?;
+                outcomes.push((name, Err(message)));
+                continue;
             }
         }
         outcomes.push((name, result.map_err(|e| format!("{e:#}"))));

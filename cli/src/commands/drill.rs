@@ -121,6 +121,13 @@ fn drill(
             let result = (|| -> Result<()> {
                 let filename = sources::dump_filename(source);
                 let node = restore::find_node(&repo, &index, &snap.tree, &format!("/{filename}"))?;
+                // Without its roles the dump restores only onto this server.
+                if source.globals {
+                    let globals = sources::globals_filename(source);
+                    let globals = restore::find_node(&repo, &index, &snap.tree, &format!("/{globals}"))
+                        .with_context(|| format!("the snapshot has no {globals} (globals = true): back up the source again"))?;
+                    report["globals_bytes"] = globals.size.into();
+                }
                 sources::create_database(source, &scratch)?;
                 sources::load_database(source, &scratch, &mut |out| {
                     restore::dump(&repo, &index, &node, out)?;
@@ -136,7 +143,7 @@ fn drill(
                     .collect::<Vec<_>>()
                     .into();
                 report["rows"] = counts.iter().map(|(_, n)| n).sum::<u64>().into();
-                Ok(())
+                expect_rows(source, &counts)
             })();
             let dropped = sources::drop_database(source, &scratch);
             result.and(dropped)
@@ -181,6 +188,31 @@ fn drill(
             Ok(())
         }
     }
+}
+
+/// Checks the source's `drill_min_rows` against the restored tables: a
+/// table gone or shrunk below what the team knows it holds fails the drill.
+fn expect_rows(source: &crate::config::SourceConfig, counts: &[(String, u64)]) -> Result<()> {
+    // Keys may leave out the quoting the listing uses: `shifts` for
+    // MySQL's backquoted name, `public.Users` for "public"."Users".
+    let bare = |t: &str| t.replace(['"', '`'], "");
+    let mut short = Vec::new();
+    for (table, min) in &source.drill_min_rows {
+        match counts
+            .iter()
+            .find(|(t, _)| t == table || bare(t) == bare(table))
+        {
+            Some((_, n)) if n >= min => {}
+            Some((t, n)) => short.push(format!("{t} has {n} rows, at least {min} expected")),
+            None => short.push(format!(
+                "{table} is not in the restored database ({min} rows expected)"
+            )),
+        }
+    }
+    if short.is_empty() {
+        return Ok(());
+    }
+    bail!("drill_min_rows: {}", short.join("; "))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {

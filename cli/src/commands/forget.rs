@@ -154,12 +154,21 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         .map(|s| s.name().to_owned())
         .collect();
     let mut jobs: Vec<(Select, KeepPolicy)> = Vec::new();
+    // Sources whose retention table has no rule (`retention = {}`): they
+    // opt out of the default and keep every snapshot. A policy without
+    // rules never removes anything, as restic refuses one, and it must not
+    // stop forget for the other sources either.
+    let mut keep_all: Vec<&str> = Vec::new();
     let flags = args.policy.to_policy();
     if flags.is_empty() {
         if let Some(config) = &config {
             for source in &config.sources {
-                if let Some(policy) = source.policy(config.retention.as_ref())? {
-                    jobs.push((Select::Source(source.name().to_owned()), policy));
+                match source.policy(config.retention.as_ref())? {
+                    Some(policy) if policy.is_empty() => keep_all.push(source.name()),
+                    Some(policy) => {
+                        jobs.push((Select::Source(source.name().to_owned()), policy));
+                    }
+                    None => {}
                 }
             }
             if config.sources.is_empty()
@@ -169,9 +178,22 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             }
         }
         if jobs.iter().all(|(_, p)| p.is_empty()) {
+            let empty = if keep_all.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (the retention of {} has no rule: it keeps every snapshot)",
+                    keep_all.join(", ")
+                )
+            };
             bail!(
-                "no retention policy given (e.g. --keep-daily 7, or [retention] in the config): refusing to forget snapshots without one"
+                "no retention policy given (e.g. --keep-daily 7, or [retention] in the config){empty}: refusing to forget snapshots without one"
             );
+        }
+        if !g.json && !g.quiet {
+            for name in &keep_all {
+                outln!("source {name}: its retention has no rule, every snapshot is kept")?;
+            }
         }
     } else {
         for name in &sources {
