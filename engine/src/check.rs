@@ -415,13 +415,10 @@ pub fn check(
                     stack.push((sub, child.clone()));
                 }
                 if node.kind == NodeKind::Dir {
-                    match node.subtree {
-                        Some(sub) => stack.push((sub, child)),
-                        None => report.error(
-                            "tree_damaged",
-                            format!("tree {tree_id}"),
-                            format!("directory {} has no subtree", child.display()),
-                        ),
+                    // Without a subtree it is an empty directory
+                    // (repo-format.md §9), as restore makes it.
+                    if let Some(sub) = node.subtree {
+                        stack.push((sub, child));
                     }
                     continue;
                 }

@@ -408,3 +408,22 @@ fn find_and_mount_show_a_legacy_symlink_with_children_as_a_directory() {
         ]
     );
 }
+
+/// A `dir` node without a subtree is an empty directory (repo-format.md
+/// §9): check passes it, and restore makes the directory.
+#[test]
+fn a_directory_without_a_subtree_is_an_empty_directory() {
+    let repo = repo();
+    let root = store(
+        &repo,
+        &[Blob::tree(&Tree {
+            nodes: vec![Node::new("empty", NodeKind::Dir)],
+        })],
+    )[0];
+    snapshot(&repo, root);
+    let report = check(&repo, true);
+    assert!(errors(&report).is_empty(), "{:?}", report.findings);
+    let target = tempfile::tempdir().unwrap();
+    crate::support::restore_tree(&repo, &root, target.path()).unwrap();
+    assert!(target.path().join("empty").is_dir());
+}
