@@ -164,6 +164,7 @@ impl Differ<'_> {
 
     /// Reports `node` and everything below it as added or removed.
     fn one_sided(&mut self, parent: &str, node: &Node, modifier: Modifier) -> Result<()> {
+        crate::tree::within_depth(parent.matches('/').count(), &parent)?;
         let path = child_path(parent, node);
         let side = if modifier == Modifier::Added {
             &mut self.stats.added
@@ -186,6 +187,7 @@ impl Differ<'_> {
     }
 
     fn compare(&mut self, parent: &str, a: &Tree, b: &Tree) -> Result<()> {
+        crate::tree::within_depth(parent.matches('/').count(), &parent)?;
         let (mut i, mut j) = (0, 0);
         loop {
             let order = match (a.nodes.get(i), b.nodes.get(j)) {

@@ -62,6 +62,9 @@ impl Rewriter<'_> {
         if let Some(done) = self.memo.get(&(id, at.to_path_buf())) {
             return Ok(done.clone());
         }
+        // `at` starts at `/`: one component for the root itself.
+        let depth = at.components().count().saturating_sub(1);
+        crate::tree::within_depth(depth, &format_args!("tree {id}"))?;
         let tree = self.reader.read(&id)?;
         let mut out = Tree::default();
         let mut removed = Removed::default();
@@ -71,7 +74,7 @@ impl Rewriter<'_> {
             let is_dir = node.kind == NodeKind::Dir;
             if self.excludes.is_excluded(&path, is_dir) {
                 let (files, bytes) = match (is_dir, node.subtree) {
-                    (true, Some(sub)) => self.count(sub)?,
+                    (true, Some(sub)) => self.count(sub, depth + 1)?,
                     (true, None) => (0, 0),
                     (false, _) => (u64::from(node.kind == NodeKind::File), node.size),
                 };
@@ -102,16 +105,17 @@ impl Rewriter<'_> {
     }
 
     /// Files and their bytes in the tree `id`, at any depth.
-    fn count(&mut self, id: BlobId) -> Result<(u64, u64)> {
+    fn count(&mut self, id: BlobId, depth: usize) -> Result<(u64, u64)> {
         if let Some(&done) = self.counted.get(&id) {
             return Ok(done);
         }
+        crate::tree::within_depth(depth, &format_args!("tree {id}"))?;
         let tree = self.reader.read(&id)?;
         let (mut files, mut bytes) = (0u64, 0u64);
         for node in &tree.nodes {
             match (node.kind, node.subtree) {
                 (NodeKind::Dir, Some(sub)) => {
-                    let (f, b) = self.count(sub)?;
+                    let (f, b) = self.count(sub, depth + 1)?;
                     files += f;
                     bytes += b;
                 }

@@ -137,10 +137,11 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn totals(&mut self, id: &BlobId) -> Result<Arc<TreeTotals>> {
+    fn totals(&mut self, id: &BlobId, depth: usize) -> Result<Arc<TreeTotals>> {
         if let Some(t) = self.memo.get(id) {
             return Ok(t.clone());
         }
+        crate::tree::within_depth(depth, &format_args!("tree {id}"))?;
         let tree = self.trees.read(id)?;
         let mut t = TreeTotals::default();
         for node in &tree.nodes {
@@ -148,7 +149,7 @@ impl Walker<'_> {
                 NodeKind::Dir => {
                     t.dirs += 1;
                     if let Some(sub) = &node.subtree {
-                        let below = self.totals(sub)?;
+                        let below = self.totals(sub, depth + 1)?;
                         t.bytes += below.bytes;
                         t.files += below.files;
                         t.dirs += below.dirs;
@@ -255,7 +256,7 @@ pub fn stats(
     };
     let mut restore = RestoreSize::default();
     for (_, snap) in snapshots {
-        let t = walker.totals(&snap.tree)?;
+        let t = walker.totals(&snap.tree, 0)?;
         restore.total_size += t.bytes;
         restore.total_file_count += t.files;
         restore.total_dir_count += t.dirs;

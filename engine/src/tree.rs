@@ -199,6 +199,19 @@ impl Node {
 /// the stack (repo-format.md §9).
 pub const MAX_DEPTH: usize = 3000;
 
+/// Refuses a tree `depth` levels down when that is deeper than
+/// [`MAX_DEPTH`]: each level of a recursive reader is a stack frame, and a
+/// crafted tree must fail as damage, not overflow the stack.
+pub(crate) fn within_depth(depth: usize, below: &dyn std::fmt::Display) -> crate::Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(crate::Error::corrupt(
+            format!("tree below {below}"),
+            format!("nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    Ok(())
+}
+
 /// A directory listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tree {

@@ -427,3 +427,49 @@ fn a_directory_without_a_subtree_is_an_empty_directory() {
     crate::support::restore_tree(&repo, &root, target.path()).unwrap();
     assert!(target.path().join("empty").is_dir());
 }
+
+/// stats, diff and rewrite recurse a frame per level too: a tree nested
+/// deeper than MAX_DEPTH is damage to them, not a stack overflow.
+#[test]
+fn stats_diff_and_rewrite_refuse_trees_nested_deeper_than_readers_follow() {
+    let repo = repo();
+    let roots = chain(&repo, MAX_DEPTH + 2);
+    let (too_deep, allowed) = (roots[0], roots[1]);
+    let id: vault_engine::id::SnapshotId = snapshot(&repo, too_deep).parse().unwrap();
+    let snap = repo.load_snapshot(&id).unwrap();
+    let index = repo.load_index().unwrap();
+    let deep = [(id, snap.clone())];
+    assert_damaged(
+        vault_engine::stats::stats(&repo, &index, &deep),
+        "tree",
+        "nested deeper",
+    );
+    let mut changes = 0;
+    let mut emit = |_: &vault_engine::diff::Change| {
+        changes += 1;
+        Ok(())
+    };
+    assert_damaged(
+        vault_engine::diff::diff(
+            &repo,
+            &index,
+            &allowed,
+            &too_deep,
+            Default::default(),
+            &mut emit,
+        ),
+        "tree below",
+        "nested deeper",
+    );
+    let excludes = vault_engine::backup::Excludes::new(&["nothing".into()]).unwrap();
+    assert_damaged(
+        vault_engine::rewrite::rewrite(&repo, &index, &deep, &excludes, false, true),
+        "tree below",
+        "nested deeper",
+    );
+    // One level less deep is walked by all three.
+    let fine: vault_engine::id::SnapshotId = snapshot(&repo, allowed).parse().unwrap();
+    let fine = [(fine, repo.load_snapshot(&fine).unwrap())];
+    vault_engine::stats::stats(&repo, &index, &fine).expect("stats");
+    vault_engine::rewrite::rewrite(&repo, &index, &fine, &excludes, false, true).expect("rewrite");
+}
