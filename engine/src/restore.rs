@@ -866,7 +866,8 @@ fn plan_only(
         .par_iter()
         .map(|item| {
             let content = &item.content;
-            let ok = if options.overwrite == Overwrite::IfChanged {
+            // As the restore: only a file it keeps is checked chunk by chunk.
+            let ok = if options.overwrite == Overwrite::IfChanged && resumable(&item.path) {
                 existing_chunks_ok(repo, index, &item.path, content).unwrap_or_default()
             } else {
                 Vec::new()
@@ -983,12 +984,7 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
     // A file with other hard links is made anew too: writing through it
     // would change the other names, which may lie outside the target (a
     // restore's own second names are linked again afterwards).
-    if overwrite == Overwrite::IfChanged
-        && let Ok(meta) = fs::symlink_metadata(path)
-        && meta.is_file()
-        && std::os::unix::fs::MetadataExt::nlink(&meta) == 1
-        && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
-    {
+    if overwrite == Overwrite::IfChanged && resumable(path) {
         let f = OpenOptions::new()
             .write(true)
             .open(path)
@@ -1001,6 +997,17 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
     f.set_len(size)
         .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
     Ok(true)
+}
+
+/// Whether an if-changed restore keeps the existing file at `path` and
+/// writes only the chunks that differ; any other file is made anew (see
+/// [`prepare_file`]).
+fn resumable(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|meta| {
+        meta.is_file()
+            && std::os::unix::fs::MetadataExt::nlink(&meta) == 1
+            && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
+    })
 }
 
 /// Creates a new empty file, replacing whatever is in the way (the caller

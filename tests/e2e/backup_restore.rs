@@ -1260,6 +1260,13 @@ fn restore_dry_run_counts_what_the_restore_writes() {
     assert!(!target.exists(), "a dry run creates nothing");
     assert_eq!(planned, 301_000);
     assert_eq!(written(&[]), planned);
+    // Over the restored tree, if-changed keeps what is right, but makes a
+    // file with other hard links anew (writing through it would change
+    // its other names): the dry run says so too.
+    let again = ["--overwrite", "if-changed"];
+    let planned = written(&[&again[..], &["--dry-run"]].concat());
+    assert_eq!(planned, 300_000);
+    assert_eq!(written(&again), planned);
 }
 
 /// A file written to while the backup reads it is saved as read, with a
