@@ -1194,6 +1194,49 @@ fn a_slow_upload_that_keeps_moving_outlasts_the_idle_timeout() {
     assert_restores_identically(&env, &src, "restored", None);
 }
 
+/// An endpoint that stops answering while packs are uploaded (a stopped
+/// server: its kernel still takes megabytes of each upload into its
+/// buffers) is a stall too: the uploads handed over must not count as the
+/// endpoint working, or every retry started the stall count over and the
+/// backup retried for minutes.
+#[test]
+fn an_endpoint_that_stops_answering_uploads_is_a_stall() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::uninitialised_on(Backend::S3);
+    init_with_pack_size(&env, 4);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), pseudo_random(3_000_000, 12)).unwrap();
+    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(120));
+    let via = env.repo_via(&proxy.endpoint());
+    proxy.inject(1000, &[Fault::Hang], |method, target| {
+        method == "PUT" && target.contains("/data/")
+    });
+    let mut child = env
+        .command(&["backup", src.to_str().unwrap(), "--compression", "none"])
+        .env("VAULT_REPOSITORY", &via)
+        .env("VAULT_S3_TIMEOUT", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A bound for the test, not a timing assertion.
+    let deadline = Instant::now() + Duration::from_secs(100);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 8);
+    let err = stderr(&out);
+    assert!(err.contains("stalled"), "{err}");
+    assert!(env.snapshots().is_empty(), "no snapshot without its data");
+}
+
 /// No credentials anywhere: a clear error (exit 1, like other
 /// configuration errors) naming what to set, not the EC2 metadata
 /// service's failure.

@@ -11,7 +11,7 @@
 //! timeout (plus, once it uploaded, time for what the socket buffers may
 //! still hold: [`BUFFERED_AT_MOST`]); its upload may take as long as it
 //! keeps moving.
-//! After [`STALLS_IN_A_ROW`] such timeouts with no progress of any request
+//! After [`STALLS_IN_A_ROW`] such timeouts with no answer to any request
 //! in between, the endpoint counts as stalled: the last one and every later
 //! request fail without retrying, so the command fails within about that
 //! many idle timeouts instead of retrying for many minutes.
@@ -41,9 +41,12 @@ const PIECE: usize = 64 * 1024;
 /// [`SLOWEST_DRAIN`].
 const BUFFERED_AT_MOST: u64 = 8 * 1024 * 1024;
 
-/// Bytes per second a link is assumed to move at least, for
-/// [`BUFFERED_AT_MOST`].
-const SLOWEST_DRAIN: u64 = 64 * 1024;
+/// Bytes per second the buffers are assumed to drain at least, for
+/// [`BUFFERED_AT_MOST`] (at most 8 s on top of the idle timeout). On a
+/// slow link the kernel keeps its buffers small (they follow the
+/// congestion window), so this covers loopback and fast links, where
+/// megabytes fit; the idle timeout itself covers the rest.
+const SLOWEST_DRAIN: u64 = 1024 * 1024;
 
 /// When something last moved, as milliseconds since a fixed start.
 #[derive(Debug)]
@@ -193,7 +196,6 @@ impl HttpService for Transport {
                 inner: body,
                 piece: Bytes::new(),
                 moved: moved.clone(),
-                health: self.health.clone(),
             })
         });
         let mut send = std::pin::pin!(self.client.execute(outgoing));
@@ -226,7 +228,6 @@ struct Upload {
     inner: HttpRequestBody,
     piece: Bytes,
     moved: Arc<Moved>,
-    health: Arc<Health>,
 }
 
 impl Body for Upload {
@@ -250,7 +251,11 @@ impl Body for Upload {
         let out = self.piece.split_to(n);
         self.moved.taken.fetch_add(n as u64, Ordering::Relaxed);
         self.moved.touch();
-        self.health.progressed();
+        // The request's own deadline moves, but the endpoint is not known
+        // to be alive: a stopped server's kernel still takes megabytes into
+        // its buffers, and counting that as progress let every retry of a
+        // pack upload start the stall count over (minutes, not ~3 idle
+        // timeouts). Only an answer says the endpoint works.
         Poll::Ready(Some(Ok(Frame::data(out))))
     }
 
