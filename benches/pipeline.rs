@@ -145,6 +145,7 @@ fn pipeline(c: &mut Criterion) {
                 &CheckOptions {
                     verify: Some(VerifySubset::All),
                     concurrency: 4,
+                    cancel: Default::default(),
                 },
                 &CheckProgress::default(),
             )

@@ -19,8 +19,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Which packs `--verify` reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,6 +93,10 @@ pub struct CheckOptions {
     pub verify: Option<VerifySubset>,
     /// Concurrent pack downloads when verifying.
     pub concurrency: usize,
+    /// Set to stop: reading packs stops at the next pack, and the check
+    /// fails with [`Error::Interrupted`] instead of reporting on what it
+    /// did not read.
+    pub cancel: Arc<AtomicBool>,
 }
 
 /// How bad a finding is.
@@ -347,7 +351,9 @@ pub fn check(
             || {
                 options
                     .verify
-                    .map(|subset| verify_packs(repo, &index, &stored, subset, progress))
+                    .map(|subset| {
+                        verify_packs(repo, &index, &stored, subset, progress, &options.cancel)
+                    })
                     .transpose()
             },
             || scan_trees(repo, &index, &bad, roots.into_iter(), &mut extents),
@@ -647,6 +653,7 @@ fn verify_packs(
     stored: &HashMap<PackId, u64>,
     subset: VerifySubset,
     progress: &CheckProgress,
+    cancel: &AtomicBool,
 ) -> Result<Verified> {
     // Index entries grouped by pack, to compare with each pack's header.
     let mut expected: HashMap<PackId, Vec<(BlobId, crate::index::BlobLocation)>> = HashMap::new();
@@ -673,7 +680,7 @@ fn verify_packs(
     let stop = AtomicBool::new(false);
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
     packs.par_iter().for_each(|pack| {
-        if stop.load(Ordering::Relaxed) {
+        if stop.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed) {
             return;
         }
         let entries = expected.get(pack).map(Vec::as_slice).unwrap_or_default();
@@ -694,6 +701,9 @@ fn verify_packs(
     });
     if let Some(e) = fatal.into_inner().expect("ok") {
         return Err(e);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
     }
     Ok(Verified {
         findings: found.into_inner().expect("ok"),
@@ -808,8 +818,10 @@ pub fn unreadable_blobs(repo: &Repository, index: &Index, verify: bool) -> Resul
     if verify {
         let progress = CheckProgress::default();
         let pool = crate::repository::thread_pool(repo.read_concurrency())?;
-        let verified =
-            pool.install(|| verify_packs(repo, index, &stored, VerifySubset::All, &progress))?;
+        let verified = pool.install(|| {
+            let never = AtomicBool::new(false);
+            verify_packs(repo, index, &stored, VerifySubset::All, &progress, &never)
+        })?;
         out.extend(verified.findings.into_iter().flat_map(|(_, blobs)| blobs));
     }
     Ok(out)

@@ -306,3 +306,23 @@ fn sigterm_stops_a_dump_with_130() {
     assert_code(&out, 130);
     assert!(read < 40 << 20, "the dump went on to the end");
 }
+
+/// `check --verify` stops at the next pack on SIGINT (exit 130): it used to
+/// read every pack to the end, report on them, and only then exit 130.
+#[test]
+fn sigint_stops_check_verify_at_the_next_pack() {
+    let env = Env::with_small_packs(Backend::Local);
+    let src = big_tree(&env, 6);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--compression", "none"]));
+    // 12 MB at 512 KiB/s: stopped well before the end.
+    let child = env.spawn(&["check", "--verify", "--limit-download", "512"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = interrupt(child);
+    assert_code(&out, 130);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("had run to its end"), "{err}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+        "{out:?}"
+    );
+}

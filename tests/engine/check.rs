@@ -17,6 +17,7 @@ fn check_gets(repo: &Repository) -> u64 {
         &CheckOptions {
             verify: None,
             concurrency: 2,
+            cancel: Default::default(),
         },
         &CheckProgress::default(),
     )

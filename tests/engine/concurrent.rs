@@ -93,6 +93,7 @@ fn check_beside_a_finishing_backup_reports_no_damage() {
         &CheckOptions {
             verify: None,
             concurrency: 2,
+            cancel: Default::default(),
         },
         &CheckProgress::default(),
     )

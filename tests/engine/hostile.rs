@@ -107,6 +107,7 @@ fn check(repo: &Repository, verify: bool) -> CheckReport {
         &CheckOptions {
             verify: verify.then_some(VerifySubset::All),
             concurrency: 2,
+            cancel: Default::default(),
         },
         &CheckProgress::default(),
     )

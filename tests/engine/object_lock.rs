@@ -138,6 +138,7 @@ fn assert_checks_clean(repo: &Repository) {
         &CheckOptions {
             verify: Some(check::VerifySubset::All),
             concurrency: 2,
+            cancel: Default::default(),
         },
         &CheckProgress::default(),
     )

@@ -53,6 +53,7 @@ fn tree_gets(dirs: usize) -> [u64; 7] {
         let options = CheckOptions {
             verify: None,
             concurrency: 2,
+            cancel: Default::default(),
         };
         let report = check::check(&repo, &options, &CheckProgress::default()).expect("check");
         assert!(!report.has_errors(), "{:?}", report.findings);

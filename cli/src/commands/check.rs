@@ -32,6 +32,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
     let options = CheckOptions {
         verify,
         concurrency: args.concurrency.unwrap_or_else(|| repo.read_concurrency()),
+        cancel: crate::global::interrupted(),
     };
     let progress = Arc::new(CheckProgress::default());
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
