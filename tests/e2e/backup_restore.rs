@@ -1399,6 +1399,7 @@ fn backup_dry_run_of_new_data_reports_it_and_writes_nothing(backend: Backend) {
     let before = env.objects();
     let dry = env.json(&["backup", "--dry-run", src]);
     assert_eq!(dry["dry_run"], true, "{dry}");
+    assert!(dry["snapshot_id"].is_null(), "no snapshot was saved: {dry}");
     assert_eq!(dry["files_new"], 1, "{dry}");
     assert!(dry["data_added"].as_u64().unwrap() >= 3_000_000, "{dry}");
     assert_eq!(env.objects(), before, "a dry run writes nothing");

@@ -420,7 +420,8 @@ fn print_summary(
             "total_files_processed": s.total_files_processed,
             "total_bytes_processed": s.total_bytes_processed,
             "total_duration": duration,
-            "snapshot_id": report.snapshot_id.to_hex(),
+            // A dry run saves no snapshot: no id a script could take for one.
+            "snapshot_id": (!dry_run).then(|| report.snapshot_id.to_hex()),
             "snapshot_skipped": report.skipped,
             "errors": report.errors,
         });
