@@ -424,8 +424,9 @@ pub fn backup(
                 first.error
             )
         });
+        let verb = if paths.len() == 1 { "holds" } else { "hold" };
         return Err(Error::SourceFailed(format!(
-            "nothing to back up: {} hold no files{unread}; no snapshot was saved",
+            "nothing to back up: {} {verb} no files{unread}; no snapshot was saved",
             paths.join(", ")
         )));
     }

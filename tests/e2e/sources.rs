@@ -1226,7 +1226,7 @@ status_file = "{status}"
     let out = vault_with(&env, &config, &["backup"]);
     assert_code(&out, 6);
     assert!(
-        stderr(&out).contains("source uploads") && stderr(&out).contains("hold no files"),
+        stderr(&out).contains("source uploads") && stderr(&out).contains("holds no files"),
         "{}",
         stderr(&out)
     );
@@ -1260,7 +1260,7 @@ status_file = "{status}"
         row("uploads")["last_failure"]["error"]
             .as_str()
             .unwrap()
-            .contains("hold no files"),
+            .contains("holds no files"),
         "{status}"
     );
     assert_eq!(row("spool")["last_result"], "success");
@@ -1629,14 +1629,15 @@ status_file = "{status}"
     // data is not what it should be.
     psql("crm", "DELETE FROM users WHERE id > 3");
     assert_success(&vault_with(&env, &config, &["backup"]));
-    let config = config_with(r#""public.users" = 1000, "public.invoices" = 1"#);
+    let config = config_with(r#""public.users" = 1000, "public.invoices" = 1, "users" = 1"#);
     let out = vault_with(&env, &config, &["drill", "crm-db"]);
     assert_code(&out, 1);
     let err = stderr(&out);
     assert!(
         err.contains("FAILED")
             && err.contains("public.users has 3 rows, at least 1000 expected")
-            && err.contains("public.invoices is not in the restored database"),
+            && err.contains("public.invoices is not in the restored database")
+            && err.contains("; did you mean public.users?"),
         "{err}"
     );
     let alerts: Vec<_> = hook

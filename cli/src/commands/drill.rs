@@ -204,9 +204,21 @@ fn expect_rows(source: &crate::config::SourceConfig, counts: &[(String, u64)]) -
         {
             Some((_, n)) if n >= min => {}
             Some((t, n)) => short.push(format!("{t} has {n} rows, at least {min} expected")),
-            None => short.push(format!(
-                "{table} is not in the restored database ({min} rows expected)"
-            )),
+            None => {
+                // `calls` for `public.calls`: name the listing's spelling.
+                let like: Vec<&str> = (counts.iter())
+                    .filter(|(t, _)| bare(t).rsplit('.').next() == Some(bare(table).as_str()))
+                    .map(|(t, _)| t.as_str())
+                    .collect();
+                let hint = if like.is_empty() {
+                    String::new()
+                } else {
+                    format!("; did you mean {}?", like.join(" or "))
+                };
+                short.push(format!(
+                    "{table} is not in the restored database ({min} rows expected){hint}"
+                ));
+            }
         }
     }
     if short.is_empty() {
