@@ -1130,7 +1130,7 @@ fn a_stalled_endpoint_fails_after_a_few_idle_timeouts() {
         })
     };
     let env = Env::uninitialised();
-    let mut child = env
+    let child = env
         .command(&["snapshots"])
         .env(
             "VAULT_REPOSITORY",
@@ -1145,14 +1145,7 @@ fn a_stalled_endpoint_fails_after_a_few_idle_timeouts() {
         .unwrap();
     // A bound for the test, not a timing assertion: before the fix each
     // attempt waited for a whole-request timeout, retried for minutes.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if child.try_wait().unwrap().is_none() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(60));
     stop.store(true, Ordering::SeqCst);
     server.join().unwrap();
     assert_code(&out, 8);
@@ -1194,6 +1187,20 @@ fn a_slow_upload_that_keeps_moving_outlasts_the_idle_timeout() {
     assert_restores_identically(&env, &src, "restored", None);
 }
 
+/// The child's output once it exits, or once `bound` passes (then it is
+/// killed): a bound for a test that would otherwise wait for minutes, not
+/// a timing assertion.
+fn output_within(mut child: std::process::Child, bound: Duration) -> std::process::Output {
+    let deadline = Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if child.try_wait().unwrap().is_none() {
+        let _ = child.kill();
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// An endpoint that stops answering while packs are uploaded (a stopped
 /// server: its kernel still takes megabytes of each upload into its
 /// buffers) is a stall too: the uploads handed over must not count as the
@@ -1214,7 +1221,7 @@ fn an_endpoint_that_stops_answering_uploads_is_a_stall() {
     proxy.inject(1000, &[Fault::Hang], |method, target| {
         method == "PUT" && target.contains("/data/")
     });
-    let mut child = env
+    let child = env
         .command(&["backup", src.to_str().unwrap(), "--compression", "none"])
         .env("VAULT_REPOSITORY", &via)
         .env("VAULT_S3_TIMEOUT", "1")
@@ -1223,14 +1230,7 @@ fn an_endpoint_that_stops_answering_uploads_is_a_stall() {
         .spawn()
         .unwrap();
     // A bound for the test, not a timing assertion.
-    let deadline = Instant::now() + Duration::from_secs(100);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    if child.try_wait().unwrap().is_none() {
-        let _ = child.kill();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, Duration::from_secs(100));
     assert_code(&out, 8);
     let err = stderr(&out);
     assert!(err.contains("stalled"), "{err}");
