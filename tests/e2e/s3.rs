@@ -1156,6 +1156,31 @@ fn a_stalled_endpoint_fails_after_a_few_idle_timeouts() {
     assert!((1..=3).contains(&attempts), "{attempts} connections");
 }
 
+/// An S3 repository with 4 MiB packs, a source holding one incompressible
+/// file of `size` bytes, and a proxy (holding hung connections for 120 s)
+/// through which every pack upload meets `fault`; with the command that
+/// backs the source up through the proxy, idle timeout `idle` seconds.
+fn pack_uploads_meeting(
+    fault: Fault,
+    size: usize,
+    idle: &str,
+) -> (Env, std::path::PathBuf, FaultProxy, std::process::Command) {
+    let env = Env::uninitialised_on(Backend::S3);
+    init_with_pack_size(&env, 4);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), pseudo_random(size, 11)).unwrap();
+    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(120));
+    proxy.inject(1000, &[fault], |method, target| {
+        method == "PUT" && target.contains("/data/")
+    });
+    let mut backup = env.command(&["backup", src.to_str().unwrap(), "--compression", "none"]);
+    backup
+        .env("VAULT_REPOSITORY", env.repo_via(&proxy.endpoint()))
+        .env("VAULT_S3_TIMEOUT", idle);
+    (env, src, proxy, backup)
+}
+
 /// A pack upload on a slow link takes longer than the idle timeout and
 /// succeeds: the timeout is for a request that stops moving, not a bound on
 /// its whole duration. (5 MB at 640 KiB/s: ~8 s against a 5 s timeout,
@@ -1166,22 +1191,8 @@ fn a_slow_upload_that_keeps_moving_outlasts_the_idle_timeout() {
     if !Backend::S3.available() {
         return;
     }
-    let env = Env::uninitialised_on(Backend::S3);
-    init_with_pack_size(&env, 4);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("big"), pseudo_random(5_000_000, 11)).unwrap();
-    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(10));
-    let via = env.repo_via(&proxy.endpoint());
-    proxy.inject(1000, &[Fault::Slow], |method, target| {
-        method == "PUT" && target.contains("/data/")
-    });
-    let out = env
-        .command(&["backup", src.to_str().unwrap(), "--compression", "none"])
-        .env("VAULT_REPOSITORY", &via)
-        .env("VAULT_S3_TIMEOUT", "5")
-        .output()
-        .unwrap();
+    let (env, src, proxy, mut backup) = pack_uploads_meeting(Fault::Slow, 5_000_000, "5");
+    let out = backup.output().unwrap();
     assert_success(&out);
     assert!(!proxy.injected().is_empty(), "no pack went through slowly");
     assert_restores_identically(&env, &src, "restored", None);
@@ -1211,20 +1222,8 @@ fn an_endpoint_that_stops_answering_uploads_is_a_stall() {
     if !Backend::S3.available() {
         return;
     }
-    let env = Env::uninitialised_on(Backend::S3);
-    init_with_pack_size(&env, 4);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("big"), pseudo_random(3_000_000, 12)).unwrap();
-    let proxy = FaultProxy::start(&s3().endpoint, Duration::from_secs(120));
-    let via = env.repo_via(&proxy.endpoint());
-    proxy.inject(1000, &[Fault::Hang], |method, target| {
-        method == "PUT" && target.contains("/data/")
-    });
-    let child = env
-        .command(&["backup", src.to_str().unwrap(), "--compression", "none"])
-        .env("VAULT_REPOSITORY", &via)
-        .env("VAULT_S3_TIMEOUT", "1")
+    let (env, _src, _proxy, mut backup) = pack_uploads_meeting(Fault::Hang, 3_000_000, "1");
+    let child = backup
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
