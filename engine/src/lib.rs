@@ -48,6 +48,7 @@ mod test_support;
 pub mod tree;
 mod tree_reader;
 pub mod wal;
+mod zeros;
 
 pub use error::{Error, ErrorKind, Result};
 pub use repository::Repository;

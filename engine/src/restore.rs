@@ -1144,7 +1144,7 @@ impl Content<'_> {
                     None
                 }
             };
-            let zero = data.as_ref().is_some_and(|d| d.iter().all(|&b| b == 0));
+            let zero = data.as_ref().is_some_and(|d| crate::zeros::is_zero(d));
             for &Want { write: w, .. } in writes {
                 let item = &self.items[w.file as usize];
                 let mut own = owned.get_mut(&w.file);

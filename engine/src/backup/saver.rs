@@ -26,6 +26,7 @@ use crate::id::BlobId;
 use crate::index::{IdMap, Index, IndexFile, IndexedPack};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repository::{FileKind, Repository};
+use crate::zeros::ZeroIds;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -144,9 +145,16 @@ struct Shared {
     /// one thread and allocated by another fragment glibc's arenas the same
     /// way chunk buffers do (see [`crate::buffer`]).
     packs: BufferPool,
+    /// Zero runs (sparse and preallocated files) come in chunks of one
+    /// length, all with one id.
+    zero_ids: ZeroIds,
 }
 
 impl Shared {
+    fn blob_id(&self, data: &[u8]) -> BlobId {
+        self.zero_ids.blob_id(self.repo.key(), data)
+    }
+
     /// Records `id` as stored; returns false if it already was.
     fn accept(&self, kind: BlobKind, id: BlobId, len: usize) -> bool {
         if self
@@ -306,6 +314,7 @@ impl Saver {
             buffers: Arc::new(BufferPool::new(workers + 2, 3 * avg_chunk)),
             packs: BufferPool::new(uploaders + 2, 2 * pack_size),
             recorded: Mutex::new(None),
+            zero_ids: ZeroIds::default(),
         });
         let (job_tx, job_rx) = bounded::<Job>(workers * 2);
         let (sealed_tx, sealed_rx) = bounded::<Sealed>(workers * 2);
@@ -382,7 +391,7 @@ impl Saver {
 
     /// Hashes `data` and stores it unless known. Returns its id.
     pub fn save(&self, kind: BlobKind, data: Vec<u8>) -> Result<BlobId> {
-        let id = self.shared.repo.key().blob_id(&data);
+        let id = self.shared.blob_id(&data);
         self.save_with_id(kind, id, data)?;
         Ok(id)
     }
@@ -499,7 +508,7 @@ fn seal_worker(shared: &Shared, rx: &Receiver<Job>, tx: &Sender<Sealed>, c: Comp
         let id = match job.id {
             JobId::Known(id) => id,
             JobId::Reply(reply) => {
-                let id = shared.repo.key().blob_id(&job.data);
+                let id = shared.blob_id(&job.data);
                 // The caller only needs the id; it is stored (or known)
                 // by the time finish() returns.
                 let _ = reply.send(id);
