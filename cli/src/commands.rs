@@ -311,7 +311,7 @@ pub(crate) fn pick_snapshot(
     match at {
         Some(at) => {
             let time = crate::timespec::parse(at)?;
-            match vault_engine::snapshot::select_at(&snaps, time.timestamp(), &filter) {
+            match vault_engine::snapshot::select_at(&snaps, time.timestamp(), &filter)? {
                 Some(found) => Ok(found.clone()),
                 None => {
                     // Say which instant `--at` was read as (a bare date is

@@ -256,6 +256,65 @@ pub enum SelectError {
     /// An id prefix matched several snapshots.
     #[error("snapshot id prefix {0} is ambiguous")]
     Ambiguous(String),
+    /// Snapshots of different hosts, paths or tags share the newest time
+    /// (every source of one configured run does): which one was meant is
+    /// unknowable, and picking one would restore, list or forget it
+    /// silently in place of the others.
+    #[error(
+        "{what} is ambiguous: {} snapshots were taken at {time} ({}); \
+         choose one by id, or by --tag, --path or --host",
+        .tied.len(), .tied.join(", ")
+    )]
+    Tied {
+        /// `latest`, or the newest at or before a time.
+        what: String,
+        /// Their shared time.
+        time: String,
+        /// Each one's short id, tags and paths.
+        tied: Vec<String>,
+    },
+}
+
+/// Whether `a` and `b` are snapshots of the same thing (host, paths and
+/// tags), so that either may stand for the newest of them.
+fn same_group(a: &Snapshot, b: &Snapshot) -> bool {
+    a.hostname == b.hostname && a.paths == b.paths && a.tags == b.tags
+}
+
+/// The first of `newest_first` (snapshots passing a filter, newest first),
+/// unless snapshots of another group share its time.
+fn newest<'a>(
+    mut newest_first: impl Iterator<Item = &'a (SnapshotId, Snapshot)>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<&'a (SnapshotId, Snapshot)>, SelectError> {
+    let Some(first) = newest_first.next() else {
+        return Ok(None);
+    };
+    let time = first.1.time.timestamp();
+    let tied: Vec<_> = newest_first
+        .take_while(|(_, s)| s.time.timestamp() == time)
+        .collect();
+    if tied.iter().all(|(_, s)| same_group(s, &first.1)) {
+        return Ok(Some(first));
+    }
+    let describe = |(id, s): &(SnapshotId, Snapshot)| {
+        let tags = if s.tags.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", s.tags.join(","))
+        };
+        format!(
+            "{}{tags} {} on {}",
+            id.short(),
+            s.paths.join(" "),
+            s.hostname
+        )
+    };
+    Err(SelectError::Tied {
+        what: what(),
+        time: first.1.time.strftime("%Y-%m-%d %H:%M:%S %:z").to_string(),
+        tied: std::iter::once(first).chain(tied).map(describe).collect(),
+    })
 }
 
 /// Picks a snapshot by `latest` or an id prefix, among those passing the
@@ -266,10 +325,8 @@ pub fn select<'a>(
     filter: &SnapshotFilter,
 ) -> Result<&'a (SnapshotId, Snapshot), SelectError> {
     if spec == "latest" {
-        return snapshots
-            .iter()
-            .rev()
-            .find(|(_, s)| filter.matches(s))
+        let matching = snapshots.iter().rev().filter(|(_, s)| filter.matches(s));
+        return newest(matching, || "latest".into())?
             .ok_or_else(|| SelectError::NoMatch("latest".into()));
     }
     let spec_lower = spec.to_ascii_lowercase();
@@ -286,17 +343,20 @@ pub fn select<'a>(
 }
 
 /// The newest snapshot taken at or before `at`, among those passing the
-/// filter. `snapshots` must be sorted oldest first.
-#[must_use]
+/// filter; `None` if there is none. `snapshots` must be sorted oldest
+/// first.
 pub fn select_at<'a>(
     snapshots: &'a [(SnapshotId, Snapshot)],
     at: jiff::Timestamp,
     filter: &SnapshotFilter,
-) -> Option<&'a (SnapshotId, Snapshot)> {
-    snapshots
+) -> Result<Option<&'a (SnapshotId, Snapshot)>, SelectError> {
+    let matching = snapshots
         .iter()
         .rev()
-        .find(|(_, s)| s.time.timestamp() <= at && filter.matches(s))
+        .filter(|(_, s)| s.time.timestamp() <= at && filter.matches(s));
+    newest(matching, || {
+        format!("the newest snapshot at or before {at}")
+    })
 }
 
 #[cfg(test)]
@@ -322,7 +382,8 @@ mod select_tests {
             summary: SnapshotSummary::default(),
             extra: serde_json::Map::new(),
         };
-        (SnapshotId::of_bytes(time.as_bytes()), s)
+        let id = SnapshotId::of_bytes(format!("{time} {host} {tags:?}").as_bytes());
+        (id, s)
     }
 
     #[test]
@@ -338,10 +399,50 @@ mod select_tests {
             hosts: vec!["a".into()],
             ..SnapshotFilter::default()
         };
-        let got = select_at(&snaps, at, &filter).unwrap();
+        let got = select_at(&snaps, at, &filter).unwrap().unwrap();
         assert_eq!(got.0, snaps[1].0);
         let early: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        assert!(select_at(&snaps, early, &filter).is_none());
+        assert!(select_at(&snaps, early, &filter).unwrap().is_none());
+    }
+
+    /// One configured run stores every source at the same time: without a
+    /// filter naming one, `latest` and `--at` must not pick one silently.
+    #[test]
+    fn snapshots_of_other_groups_at_the_newest_time_are_ambiguous() {
+        let snaps = vec![
+            snap("2026-01-09T03:00:00Z", "a", &["db"]),
+            snap("2026-01-10T03:00:00Z", "a", &["db"]),
+            snap("2026-01-10T03:00:00Z", "a", &["files"]),
+            snap("2026-01-11T03:00:00Z", "a", &["db"]),
+        ];
+        let all = SnapshotFilter::default();
+        let at: jiff::Timestamp = "2026-01-10T12:00:00Z".parse().unwrap();
+        let err = select_at(&snaps, at, &all).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, SelectError::Tied { .. }), "{msg}");
+        assert!(msg.contains(&snaps[1].0.short()) && msg.contains(&snaps[2].0.short()));
+        assert!(msg.contains("[files]") && msg.contains("--tag"), "{msg}");
+        let files = SnapshotFilter {
+            tags: vec!["files".into()],
+            ..SnapshotFilter::default()
+        };
+        assert_eq!(
+            select_at(&snaps, at, &files).unwrap().unwrap().0,
+            snaps[2].0
+        );
+        // Not tied: the newest is alone at its time.
+        assert_eq!(select(&snaps, "latest", &all).unwrap().0, snaps[3].0);
+        let tied_latest = &snaps[..3];
+        assert!(matches!(
+            select(tied_latest, "latest", &all),
+            Err(SelectError::Tied { .. })
+        ));
+        // Snapshots of one group at one time: either will do, the last
+        // listed is taken as before.
+        let one = snap("2026-01-10T03:00:00Z", "a", &["db"]);
+        let other = (SnapshotId::of_bytes(b"other"), one.1.clone());
+        let same = vec![one, other];
+        assert_eq!(select(&same, "latest", &all).unwrap().0, same[1].0);
     }
 
     #[test]

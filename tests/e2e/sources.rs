@@ -1173,6 +1173,76 @@ filename = "dump.rdb"
     assert!(text.contains("of source redis-sessions"), "{text}");
 }
 
+/// One configured run stores every source at the same time, so "the newest
+/// snapshot" (`latest`, `--at`) names several: restore used to pick one of
+/// them silently, by id, and exit 0. It must refuse, name them, and take a
+/// filter that picks one.
+#[test]
+fn latest_and_at_refuse_to_pick_one_of_several_sources_of_a_run() {
+    let env = Env::new();
+    let files = env.path("data/alpha");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("f"), b"A").unwrap();
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[[source]]
+name = "alpha"
+kind = "files"
+paths = ["{}"]
+
+[[source]]
+name = "beta"
+kind = "command"
+command = ["sh", "-c", "echo beta-dump"]
+filename = "beta.sql"
+"#,
+            files.display()
+        ),
+    );
+    for day in ["01", "02"] {
+        let time = format!("2026-11-{day} 03:30");
+        assert_success(&vault_with(&env, &config, &["backup", "--time", &time]));
+    }
+    let target = env.path("restored");
+    let target = target.to_str().unwrap();
+    for args in [
+        &["restore", "--at", "2026-11-01 12:00", "--target", target][..],
+        &["restore", "latest", "--target", target],
+        &["ls", "latest"],
+        &["dump", "latest", "/beta.sql"],
+    ] {
+        let out = vault_with(&env, &config, args);
+        assert_code(&out, 1);
+        let err = stderr(&out);
+        assert!(
+            err.contains("ambiguous") && err.contains("[alpha]") && err.contains("[beta]"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!Path::new(target).exists(), "nothing was restored");
+    // A filter naming one source picks it.
+    let out = vault_with(
+        &env,
+        &config,
+        &[
+            "restore",
+            "--tag",
+            "beta",
+            "--at",
+            "2026-11-01 12:00",
+            "--target",
+            target,
+        ],
+    );
+    assert_success(&out);
+    assert_eq!(
+        std::fs::read(Path::new(target).join("beta.sql")).unwrap(),
+        b"beta-dump\n"
+    );
+}
+
 /// A files source whose paths hold no file at all (an NFS or uploads mount
 /// that is not mounted leaves an empty directory) fails: a snapshot of
 /// nothing would count in retention, and `keep_daily = 7` would rotate
