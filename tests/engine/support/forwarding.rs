@@ -4,7 +4,9 @@
 //! [`Hooks::inner`] unchanged, the optional ones too, so the wrapper looks
 //! like the backend it wraps (local or not, lockable or not).
 //!
-//! The including module names the engine's `backend` module as
+//! Shared by the engine's unit tests (engine/src/test_support.rs) and its
+//! integration tests (tests/engine/support.rs), which are different crates:
+//! each includes this file and names the engine's `backend` module as
 //! `super::backend`. (`impl<T: Hooks> Backend for T` would be refused by
 //! the orphan rule in the integration tests, hence the wrapper
 //! [`Forwarding`].)
