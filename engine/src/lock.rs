@@ -434,9 +434,8 @@ pub fn unlock(repo: &Repository, all: bool, hostname: &str) -> Result<UnlockRepo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::ObjectInfo;
     use crate::repository::InitOptions;
-    use crate::test_support::password;
+    use crate::test_support::{Forwarding, Hooks, password};
     use bytes::Bytes;
     use std::sync::Mutex;
 
@@ -451,9 +450,9 @@ mod tests {
         hook: Mutex<Option<Hook>>,
     }
 
-    impl Backend for Racing {
-        fn location(&self) -> String {
-            self.inner.location()
+    impl Hooks for Racing {
+        fn inner(&self) -> &dyn Backend {
+            self.inner.as_ref()
         }
         fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
             self.inner.put(path, data, mode)?;
@@ -465,26 +464,11 @@ mod tests {
             }
             Ok(())
         }
-        fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-            self.inner.get(path)
-        }
-        fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-            self.inner.get_range(path, offset, len)
-        }
-        fn head(&self, path: &str) -> Result<u64, BackendError> {
-            self.inner.head(path)
-        }
-        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
-            self.inner.list(prefix)
-        }
         fn delete(&self, path: &str) -> Result<(), BackendError> {
             if path == EXCLUSIVE {
                 self.deleted.store(true, Ordering::SeqCst);
             }
             self.inner.delete(path)
-        }
-        fn has_atomic_create(&self) -> bool {
-            self.inner.has_atomic_create()
         }
     }
 
@@ -524,11 +508,11 @@ mod tests {
                 *held_b.lock().unwrap() = Some(lock_exclusive(&repo_b, "prune", "host-b", "u"));
             })
         };
-        let racing: Arc<dyn Backend> = Arc::new(Racing {
+        let racing: Arc<dyn Backend> = Arc::new(Forwarding(Racing {
             inner: store.clone(),
             deleted: AtomicBool::new(false),
             hook: Mutex::new(Some(hook)),
-        });
+        }));
         let repo_a = Repository::open(racing, &password()).unwrap();
         let a = lock_exclusive(&repo_a, "prune", "host-a", "u");
 

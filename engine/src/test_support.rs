@@ -1,11 +1,17 @@
 //! What the engine's unit tests share: a repository in memory with the
-//! cheapest key derivation.
+//! cheapest key derivation, and a backend that is another one with a few
+//! calls changed.
 
-use crate::backend::{Backend, ObjectBackend};
+use crate::backend::{self, Backend, ObjectBackend};
 use crate::chunker::ChunkerParams;
 use crate::crypto::{KdfParams, Password};
 use crate::repository::{InitOptions, Repository};
 use std::sync::Arc;
+
+// The integration tests in tests/engine share this file.
+#[path = "../../tests/engine/support/forwarding.rs"]
+mod forwarding;
+pub(crate) use forwarding::{Forwarding, Hooks};
 
 /// Small chunks (4 KiB average), so little data makes several.
 pub(crate) const SMALL_CHUNKER: ChunkerParams = ChunkerParams {

@@ -5,40 +5,23 @@
 //! Fixture: a `Backend` wrapper over `LocalBackend` whose `delete` always
 //! errors, as an S3 key without `s3:DeleteObject` would.
 
-use crate::support::{SMALL_CHUNKER, backup_paths, init, options, restore_tree, write_file};
-use bytes::Bytes;
+use crate::support::{
+    Forwarding, Hooks, SMALL_CHUNKER, backup_paths, init, options, restore_tree, write_file,
+};
 use std::path::Path;
 use std::sync::Arc;
-use vault_engine::backend::{Backend, BackendError, LocalBackend, ObjectInfo, PutMode};
+use vault_engine::backend::{Backend, BackendError, LocalBackend};
 
 struct NoDelete(LocalBackend);
 
-impl Backend for NoDelete {
-    fn location(&self) -> String {
-        self.0.location()
-    }
-    fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
-        self.0.put(path, data, mode)
-    }
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.0.get(path)
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-        self.0.get_range(path, offset, len)
-    }
-    fn head(&self, path: &str) -> Result<u64, BackendError> {
-        self.0.head(path)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
-        self.0.list(prefix)
+impl Hooks for NoDelete {
+    fn inner(&self) -> &dyn Backend {
+        &self.0
     }
     fn delete(&self, path: &str) -> Result<(), BackendError> {
         Err(BackendError::Other(format!(
             "{path}: access denied (no delete permission)"
         )))
-    }
-    fn has_atomic_create(&self) -> bool {
-        self.0.has_atomic_create()
     }
 }
 
@@ -47,7 +30,7 @@ fn backup_with_a_put_only_credential_succeeds_and_restores() {
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = dir.path().join("repo");
     let repo = init(
-        Arc::new(NoDelete(LocalBackend::new(&repo_dir))),
+        Arc::new(Forwarding(NoDelete(LocalBackend::new(&repo_dir)))),
         SMALL_CHUNKER,
         4096,
     );
@@ -79,7 +62,9 @@ fn backup_with_a_put_only_credential_succeeds_and_restores() {
 fn maintenance_without_delete_rights_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let repo = init(
-        Arc::new(NoDelete(LocalBackend::new(dir.path().join("repo")))),
+        Arc::new(Forwarding(NoDelete(LocalBackend::new(
+            dir.path().join("repo"),
+        )))),
         SMALL_CHUNKER,
         4096,
     );

@@ -9,11 +9,12 @@
 //! loaded the index first and then found this backup's snapshot naming
 //! blobs in no index they had loaded).
 
-use crate::support::{SMALL_CHUNKER, backup_paths, init, open_local, options, write_file};
-use bytes::Bytes;
+use crate::support::{
+    Forwarding, Hooks, SMALL_CHUNKER, backup_paths, init, open_local, options, write_file,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use vault_engine::backend::{Backend, BackendError, LocalBackend, ObjectInfo, PutMode};
+use vault_engine::backend::{Backend, BackendError, LocalBackend, ObjectInfo};
 use vault_engine::check::{self, CheckOptions, CheckProgress, Severity};
 use vault_engine::prune::{PruneOptions, PrunePlan};
 
@@ -24,21 +25,9 @@ struct BackupOnIndexList {
     hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
-impl Backend for BackupOnIndexList {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
-    fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
-        self.inner.put(path, data, mode)
-    }
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.inner.get(path)
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-        self.inner.get_range(path, offset, len)
-    }
-    fn head(&self, path: &str) -> Result<u64, BackendError> {
-        self.inner.head(path)
+impl Hooks for BackupOnIndexList {
+    fn inner(&self) -> &dyn Backend {
+        &self.inner
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         let listed = self.inner.list(prefix);
@@ -49,12 +38,6 @@ impl Backend for BackupOnIndexList {
             }
         }
         listed
-    }
-    fn delete(&self, path: &str) -> Result<(), BackendError> {
-        self.inner.delete(path)
-    }
-    fn has_atomic_create(&self) -> bool {
-        self.inner.has_atomic_create()
     }
 }
 
@@ -71,13 +54,13 @@ fn repository_with_a_late_backup(
     let late = dir.join("late");
     write_file(&late.join("b"), &crate::support::random_bytes(2, 50_000));
     let (hook_repo, hook_src) = (repo_dir.clone(), late.clone());
-    let backend = BackupOnIndexList {
+    let backend = Forwarding(BackupOnIndexList {
         inner: LocalBackend::new(&repo_dir),
         hook: Mutex::new(Some(Box::new(move || {
             let other = open_local(&hook_repo).expect("second handle");
             backup_paths(&other, &[&hook_src], &options()).expect("late backup");
         }))),
-    };
+    });
     let repo =
         vault_engine::repository::Repository::open(Arc::new(backend), &crate::support::password())
             .expect("open");

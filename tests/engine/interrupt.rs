@@ -11,8 +11,9 @@
 //! `BackupOptions.cancel` after some bytes.
 
 use crate::support::{
-    SMALL_CHUNKER, backup_paths, backup_stream, chunk_ids, init_local, open_local, options,
-    random_bytes, read_files, restore_tree, restored_path, text_bytes, write_file,
+    Forwarding, Hooks, SMALL_CHUNKER, backup_paths, backup_stream, chunk_ids, init_local,
+    open_local, options, random_bytes, read_files, restore_tree, restored_path, text_bytes,
+    write_file,
 };
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use vault_engine::backend::{Backend, BackendError, LocalBackend, ObjectInfo, PutMode};
+use vault_engine::backend::{Backend, BackendError, LocalBackend, PutMode};
 use vault_engine::backup::BackupReport;
 use vault_engine::id::PackId;
 use vault_engine::repository::Repository;
@@ -55,18 +56,18 @@ struct FaultyBackend {
 }
 
 impl FaultyBackend {
-    fn new(root: &Path, plan: Plan) -> Arc<Self> {
+    fn new(root: &Path, plan: Plan) -> Arc<Forwarding<Self>> {
         Self::gated(root, plan, None)
     }
 
-    fn gated(root: &Path, plan: Plan, gate: Option<Arc<AtomicBool>>) -> Arc<Self> {
-        Arc::new(Self {
+    fn gated(root: &Path, plan: Plan, gate: Option<Arc<AtomicBool>>) -> Arc<Forwarding<Self>> {
+        Arc::new(Forwarding(Self {
             inner: LocalBackend::new(root),
             plan,
             counted: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
             gate,
-        })
+        }))
     }
 
     fn failures(&self) -> usize {
@@ -74,7 +75,11 @@ impl FaultyBackend {
     }
 }
 
-impl Backend for FaultyBackend {
+impl Hooks for FaultyBackend {
+    fn inner(&self) -> &dyn Backend {
+        &self.inner
+    }
+
     fn location(&self) -> String {
         format!("faulty:{}", self.inner.location())
     }
@@ -94,30 +99,6 @@ impl Backend for FaultyBackend {
             return Err(BackendError::Other(format!("{path}: injected failure")));
         }
         self.inner.put(path, data, mode)
-    }
-
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.inner.get(path)
-    }
-
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-        self.inner.get_range(path, offset, len)
-    }
-
-    fn head(&self, path: &str) -> Result<u64, BackendError> {
-        self.inner.head(path)
-    }
-
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
-        self.inner.list(prefix)
-    }
-
-    fn delete(&self, path: &str) -> Result<(), BackendError> {
-        self.inner.delete(path)
-    }
-
-    fn has_atomic_create(&self) -> bool {
-        self.inner.has_atomic_create()
     }
 }
 
@@ -362,7 +343,7 @@ fn backup_cancelled_mid_stream_returns_interrupted_and_writes_no_snapshot() {
 struct WaitForFailureReader {
     data: std::io::Cursor<Vec<u8>>,
     gate: Arc<AtomicBool>,
-    backend: Arc<FaultyBackend>,
+    backend: Arc<Forwarding<FaultyBackend>>,
 }
 
 impl Read for WaitForFailureReader {

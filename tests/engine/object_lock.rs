@@ -10,15 +10,13 @@
 //! exercised by tests/e2e/object_lock.rs against moto.
 
 use crate::support::{
-    FAST_KDF, SMALL_CHUNKER, backup_paths, options, password, random_bytes, restore_tree,
-    write_file,
+    FAST_KDF, Forwarding, Hooks, SMALL_CHUNKER, backup_paths, options, password, random_bytes,
+    restore_tree, write_file,
 };
-use bytes::Bytes;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use vault_engine::backend::{
-    Backend, BackendError, LocalBackend, ObjectBackend, ObjectInfo, ObjectLock, PutMode,
-    RetentionMode,
+    Backend, BackendError, LocalBackend, ObjectBackend, ObjectLock, RetentionMode,
 };
 use vault_engine::check::{CheckOptions, CheckProgress};
 use vault_engine::prune::{MaxUnused, PruneOptions, PrunePlan};
@@ -36,13 +34,14 @@ struct WormMemory {
 }
 
 impl WormMemory {
-    fn new() -> Self {
-        Self {
+    /// An empty store, as a backend.
+    fn new() -> Forwarding<Self> {
+        Forwarding(Self {
             inner: ObjectBackend::memory(),
             lock: Mutex::new(None),
             offset_secs: AtomicI64::new(0),
             refused: Mutex::new(Vec::new()),
-        }
+        })
     }
 
     fn now(&self) -> jiff::Timestamp {
@@ -70,24 +69,12 @@ impl WormMemory {
     }
 }
 
-impl Backend for WormMemory {
+impl Hooks for WormMemory {
+    fn inner(&self) -> &dyn Backend {
+        &self.inner
+    }
     fn location(&self) -> String {
         "worm-memory:".into()
-    }
-    fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
-        self.inner.put(path, data, mode)
-    }
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.inner.get(path)
-    }
-    fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-        self.inner.get_range(path, offset, len)
-    }
-    fn head(&self, path: &str) -> Result<u64, BackendError> {
-        self.inner.head(path)
-    }
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
-        self.inner.list(prefix)
     }
     fn delete(&self, path: &str) -> Result<(), BackendError> {
         if self.is_locked(path) {
@@ -97,9 +84,6 @@ impl Backend for WormMemory {
             )));
         }
         self.inner.delete(path)
-    }
-    fn has_atomic_create(&self) -> bool {
-        self.inner.has_atomic_create()
     }
     fn set_object_lock(&self, lock: ObjectLock, _verify: bool) -> Result<(), BackendError> {
         *self.lock.lock().unwrap() = Some(lock);

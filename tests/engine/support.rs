@@ -7,13 +7,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vault_engine::backend::{Backend, LocalBackend, ObjectBackend};
+use vault_engine::backend::{self, Backend, LocalBackend, ObjectBackend};
 use vault_engine::backup::{self, BackupOptions, BackupProgress, BackupReport, Source};
 use vault_engine::chunker::ChunkerParams;
 use vault_engine::crypto::{KdfParams, Password};
 use vault_engine::id::BlobId;
 use vault_engine::repository::{InitOptions, Repository};
 use vault_engine::restore::{self, RestoreOptions, RestoreProgress, RestoreReport};
+
+mod forwarding;
+pub use forwarding::{Forwarding, Hooks};
 
 /// argon2id at its cheapest: key files still work, tests stay fast.
 pub const FAST_KDF: KdfParams = KdfParams {
