@@ -267,3 +267,64 @@ fn a_file_name_that_is_not_utf8_can_be_dumped_listed_restored_and_found() {
         "{out:?}"
     );
 }
+
+/// An exported but empty variable (`export VAULT_PASSWORD_FILE=` in a
+/// script template) is as if unset, as restic takes it: the password order
+/// goes on to the next source instead of failing with a usage error. An
+/// empty value given on the command line is still refused.
+#[test]
+fn empty_exported_variables_are_unset_and_empty_flags_are_refused() {
+    use crate::support::PASSWORD;
+    let env = Env::new();
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_PASSWORD_FILE", "")
+        .env("VAULT_PASSWORD_COMMAND", "")
+        .env("VAULT_CONFIG", "")
+        .env("VAULT_CACHE_DIR", "")
+        .env("VAULT_LIMIT_UPLOAD", "")
+        .env("VAULT_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    // An empty file variable beside a command: the command is used.
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_PASSWORD_FILE", "")
+        .env("VAULT_PASSWORD_COMMAND", format!("echo '{PASSWORD}'"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    // An empty VAULT_PASSWORD is none either: here, no password at all.
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_PASSWORD_FILE", "")
+        .env("VAULT_PASSWORD", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no password"),
+        "{out:?}"
+    );
+    // An empty repository variable: the default repository, not "".
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_REPOSITORY", "")
+        .env("XDG_DATA_HOME", env.path("data"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&env.path("data/vault/repo").display().to_string()),
+        "{out:?}"
+    );
+    for flag in ["--password-file", "--password-command", "--repo"] {
+        let out = env.vault(&["snapshots", flag, ""]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("a value is required"),
+            "{flag}: {out:?}"
+        );
+    }
+}
