@@ -20,13 +20,15 @@ pub(crate) struct Cli {
 pub(crate) struct GlobalArgs {
     /// Repository: a local path, s3:https://HOST/BUCKET/PREFIX or s3://BUCKET/PREFIX
     /// [default: ~/.local/share/vault/repo].
-    #[arg(short = 'r', long = "repo", env = "VAULT_REPOSITORY", global = true)]
+    #[arg(short = 'r', long = "repo", env = "VAULT_REPOSITORY", global = true,
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub(crate) repo: Option<String>,
     /// Read the password from this file (first line).
     #[arg(long, env = "VAULT_PASSWORD_FILE", global = true)]
     pub(crate) password_file: Option<PathBuf>,
     /// Run this shell command and use its output as the password.
-    #[arg(long, env = "VAULT_PASSWORD_COMMAND", global = true)]
+    #[arg(long, env = "VAULT_PASSWORD_COMMAND", global = true,
+          value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub(crate) password_command: Option<String>,
     /// When the repository is locked by another maintenance command, retry
     /// for up to DURATION (e.g. 5m) before failing with exit 11.

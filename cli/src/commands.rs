@@ -175,8 +175,8 @@ pub(crate) struct FilterArgs {
     #[arg(long = "tag")]
     pub(crate) tags: Vec<String>,
     /// Only snapshots including this path (repeatable).
-    #[arg(long = "path")]
-    pub(crate) paths: Vec<String>,
+    #[arg(long = "path", value_parser = clap::value_parser!(std::ffi::OsString))]
+    pub(crate) paths: Vec<std::ffi::OsString>,
 }
 
 impl FilterArgs {
@@ -184,9 +184,27 @@ impl FilterArgs {
         vault_engine::snapshot::SnapshotFilter {
             hosts: self.hosts.clone(),
             tags: self.tags.clone(),
-            paths: self.paths.clone(),
+            // A snapshot records its paths as lossy UTF-8 (repo-format.md):
+            // a path that is not UTF-8 is compared as it was recorded.
+            paths: (self.paths.iter())
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
         }
     }
+}
+
+/// The patterns of an exclude file, one a line (`\n` or `\r\n`), as bytes:
+/// a file name in it need not be UTF-8.
+pub(crate) fn pattern_file(file: &std::path::Path) -> Result<Vec<std::ffi::OsString>> {
+    use anyhow::Context;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes =
+        std::fs::read(file).with_context(|| format!("reading exclude file {}", file.display()))?;
+    Ok(bytes
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .map(|line| std::ffi::OsStr::from_bytes(line).to_owned())
+        .collect())
 }
 
 /// The exclusive maintenance lock for `purpose`, except on a dry run,

@@ -166,8 +166,8 @@ pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
                 global.password_file.clone(),
                 global.password_command.clone(),
             )
-        } else if let Ok(pw) = std::env::var("VAULT_PASSWORD") {
-            return Ok(Password::new(pw));
+        } else if let Some(pw) = env_password("VAULT_PASSWORD") {
+            return Ok(pw);
         } else {
             from_config()?
         };
@@ -198,6 +198,16 @@ pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
     bail!(
         "no password: set VAULT_PASSWORD_FILE, VAULT_PASSWORD_COMMAND or VAULT_PASSWORD, or run on a terminal"
     )
+}
+
+/// A password exported in the variable `name`; an empty one is none (as
+/// restic takes it), so the next source of a password applies. The bytes
+/// as they are: a password need not be UTF-8.
+pub(crate) fn env_password(name: &str) -> Option<Password> {
+    use std::os::unix::ffi::OsStringExt;
+    std::env::var_os(name)
+        .filter(|pw| !pw.is_empty())
+        .map(|pw| Password::new(pw.into_vec()))
 }
 
 /// Warns, once per file and process, when a file holding a secret can be

@@ -27,7 +27,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Before parsing, a guess: only for a command line that does not parse.
     let wal_fetch = is_wal_fetch(std::env::args_os().skip(1));
-    let matches = match args::Cli::command().try_get_matches() {
+    let matches = match empty_env_as_unset(args::Cli::command()).try_get_matches() {
         Ok(m) => m,
         Err(e) => return usage_error(&e, wal_fetch),
     };
@@ -98,6 +98,35 @@ fn main() -> ExitCode {
 fn is_wal_fetch(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
     let mut args = args.skip_while(|a| a.to_str() != Some("wal"));
     args.next().is_some() && args.any(|a| a.to_str() == Some("fetch"))
+}
+
+/// `cmd` with every option that an environment variable also sets left
+/// unset when that variable is exported empty, as restic takes an empty
+/// variable: a script template's `export VAULT_PASSWORD_FILE=` must not
+/// fail every command with a usage error before the password order (and
+/// the next source of a password) applies. An empty value given on the
+/// command line is still refused.
+fn empty_env_as_unset(mut cmd: clap::Command) -> clap::Command {
+    let empty: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| {
+            a.get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|v| v.is_empty())
+        })
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in empty {
+        cmd = cmd.mut_arg(id, |a| a.env(None::<&'static str>));
+    }
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in subcommands {
+        cmd = cmd.mut_subcommand(name, empty_env_as_unset);
+    }
+    cmd
 }
 
 /// Prints a usage error (or help) and exits as clap would, except for

@@ -37,7 +37,8 @@ pub struct ArchiveStats {
     pub bytes: u64,
 }
 
-/// Writes the directory at snapshot path `at` and everything below it to
+/// Writes the directory at snapshot path `at` (bytes, as file names are)
+/// and everything below it to
 /// `out` as a tar archive: `node` is that directory (from
 /// [`crate::restore::find_node`]), or `None` for the snapshot's root tree
 /// `root`, whose entries then make up the whole archive.
@@ -45,18 +46,21 @@ pub fn write_tar(
     repo: &Repository,
     index: &Index,
     root: &BlobId,
-    at: &str,
+    at: &Path,
     node: Option<&Node>,
     out: &mut dyn Write,
 ) -> Result<ArchiveStats> {
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     let mut seen = Seen::default();
-    let base = Path::new(at);
+    let base = at;
     let dir = match node {
         Some(node) => {
             let Some(subtree) = node.subtree.filter(|_| node.kind == NodeKind::Dir) else {
-                return Err(Error::InvalidInput(format!("{at} is not a directory")));
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a directory",
+                    at.display()
+                )));
             };
             let name = base.strip_prefix("/").unwrap_or(base);
             append(repo, index, &mut tar, name, node, &mut seen)?;

@@ -122,10 +122,10 @@ impl std::fmt::Debug for Source {
 pub struct BackupOptions {
     /// Compression for new blobs.
     pub compression: Compression,
-    /// Exclude patterns.
-    pub excludes: Vec<String>,
+    /// Exclude patterns ([`Excludes`]; bytes, since file names are).
+    pub excludes: Vec<std::ffi::OsString>,
     /// Exclude patterns matched regardless of case.
-    pub iexcludes: Vec<String>,
+    pub iexcludes: Vec<std::ffi::OsString>,
     /// Leave out files larger than this many bytes.
     pub exclude_larger_than: Option<u64>,
     /// Skip directories holding a CACHEDIR.TAG.
@@ -133,7 +133,7 @@ pub struct BackupOptions {
     /// Skip directories holding a file of one of these names (`NAME` or
     /// `NAME:HEADER`, see [`walk::has_marker`]); like `exclude_caches`, the
     /// directory itself is kept, empty.
-    pub exclude_if_present: Vec<String>,
+    pub exclude_if_present: Vec<std::ffi::OsString>,
     /// Do not cross file-system boundaries below each given path.
     pub one_file_system: bool,
     /// Tags for the snapshot.
@@ -1638,20 +1638,12 @@ mod tests {
         );
         let index = repo.load_index().unwrap();
         let root = dir.path().display().to_string();
-        let kept = crate::restore::find_node(
-            &repo,
-            &index,
-            &report.snapshot.tree,
-            &format!("{root}/kept"),
-        );
+        let kept =
+            crate::restore::find_node(&repo, &index, &report.snapshot.tree, format!("{root}/kept"));
         assert!(kept.is_ok());
-        let emptied = crate::restore::find_node(
-            &repo,
-            &index,
-            &report.snapshot.tree,
-            &format!("{root}/huge"),
-        )
-        .unwrap();
+        let emptied =
+            crate::restore::find_node(&repo, &index, &report.snapshot.tree, format!("{root}/huge"))
+                .unwrap();
         let listing = repo.read_tree(&index, &emptied.subtree.unwrap()).unwrap();
         assert!(listing.nodes.is_empty());
     }

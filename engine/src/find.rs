@@ -17,18 +17,21 @@
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::index::Index;
+use crate::pattern::{self, PatternSet};
 use crate::repository::Repository;
 use crate::tree::{Extents, MAX_DEPTH, Node, NodeKind};
 use crate::tree_reader::TreeReader;
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 
 /// What to look for.
 #[derive(Debug, Clone, Default)]
 pub struct FindOptions {
-    /// Glob patterns; an entry matching any of them is reported.
-    pub patterns: Vec<String>,
+    /// Glob patterns; an entry matching any of them is reported. They
+    /// match the bytes of names and paths; one that is not UTF-8 names an
+    /// entry literally (see [`crate::pattern`]).
+    pub patterns: Vec<std::ffi::OsString>,
     /// Match regardless of case.
     pub ignore_case: bool,
 }
@@ -79,10 +82,19 @@ fn child_path(dir: &str, name: &str) -> String {
     }
 }
 
+/// `dir/name` as bytes, as [`child_path`].
+fn child_path_raw(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.ends_with(b"/") {
+        [dir, name].concat()
+    } else {
+        [dir, b"/", name].concat()
+    }
+}
+
 /// Compiled patterns: by name, and by path.
 struct Patterns {
-    names: GlobSet,
-    paths: GlobSet,
+    names: PatternSet,
+    paths: PatternSet,
 }
 
 impl Patterns {
@@ -90,33 +102,30 @@ impl Patterns {
         if options.patterns.is_empty() {
             return Err(Error::InvalidInput("find: no pattern given".into()));
         }
-        let mut names = GlobSetBuilder::new();
-        let mut paths = GlobSetBuilder::new();
+        let mut names = Vec::new();
+        let mut paths = Vec::new();
         for raw in &options.patterns {
             // `/src/a/` names the directory `/src/a`: paths have no trailing `/`.
-            let pattern = raw.trim_end_matches('/');
+            let mut pattern = raw.as_bytes();
+            while let Some(rest) = pattern.strip_suffix(b"/") {
+                pattern = rest;
+            }
             if pattern.is_empty() {
                 return Err(Error::InvalidInput(format!(
                     "invalid pattern {raw:?}: it matches nothing"
                 )));
             }
-            let (set, pattern) = if !pattern.contains('/') {
-                (&mut names, pattern.to_owned())
-            } else if pattern.starts_with('/') {
-                (&mut paths, pattern.to_owned())
+            let (set, any_depth) = if !pattern.contains(&b'/') {
+                (&mut names, false)
             } else {
-                (&mut paths, format!("**/{pattern}"))
+                (&mut paths, !pattern.starts_with(b"/"))
             };
-            let glob = GlobBuilder::new(&pattern)
-                .case_insensitive(options.ignore_case)
-                .literal_separator(true)
-                .build()
-                .map_err(|e| Error::InvalidInput(format!("invalid pattern {raw:?}: {e}")))?;
-            set.add(glob);
+            let compiled = pattern::compile(pattern, any_depth, options.ignore_case)
+                .map_err(|e| Error::InvalidInput(format!("invalid pattern {e}")))?;
+            set.push(compiled);
         }
-        let build = |set: GlobSetBuilder| {
-            set.build()
-                .map_err(|e| Error::InvalidInput(format!("invalid patterns: {e}")))
+        let build = |set: Vec<pattern::Compiled>| {
+            PatternSet::new(set).map_err(|e| Error::InvalidInput(format!("invalid patterns: {e}")))
         };
         Ok(Self {
             names: build(names)?,
@@ -124,7 +133,8 @@ impl Patterns {
         })
     }
 
-    fn is_match(&self, name: &str, path: &str) -> bool {
+    fn is_match(&self, name: impl AsRef<[u8]>, path: impl AsRef<[u8]>) -> bool {
+        let (name, path) = (name.as_ref(), path.as_ref());
         self.names.is_match(name) || (!self.paths.is_empty() && self.paths.is_match(path))
     }
 }
@@ -184,32 +194,35 @@ impl<'a> Finder<'a> {
         tree: &BlobId,
         on_match: &mut dyn FnMut(&Match) -> Result<()>,
     ) -> Result<u64> {
-        let (count, _) = self.search(tree, "/", 0, on_match)?;
+        let (count, _) = self.search(tree, "/", b"/", 0, on_match)?;
         Ok(count)
     }
 
     /// Under name patterns only, what is found below a tree does not depend
     /// on where the tree is, and the tree id is the key. Path patterns
-    /// depend on the directory's path as well: the key then hashes both.
-    fn memo_key(&self, tree: &BlobId, dir: &str) -> [u8; 32] {
+    /// depend on the directory's path as well: the key then hashes both
+    /// (its exact bytes: two names can read the same in lossy UTF-8).
+    fn memo_key(&self, tree: &BlobId, raw_dir: &[u8]) -> [u8; 32] {
         if self.patterns.paths.is_empty() {
             return tree.0;
         }
         let mut hasher = blake3::Hasher::new();
         hasher.update(&tree.0);
-        hasher.update(dir.as_bytes());
+        hasher.update(raw_dir);
         *hasher.finalize().as_bytes()
     }
 
     /// Searches the directory tree `tree` at path `dir`. Returns how many
     /// matches it reported and, when there are at most
     /// [`MEMO_MATCHES_PER_DIR`], those matches with paths relative to `dir`
-    /// (for the parent to remember). `depth` is the nesting of `tree`
-    /// below the snapshot's root tree.
+    /// (for the parent to remember). `raw_dir` is `dir` as the exact bytes
+    /// patterns match, `depth` the nesting of `tree` below the snapshot's
+    /// root tree.
     fn search(
         &mut self,
         tree: &BlobId,
         dir: &str,
+        raw_dir: &[u8],
         depth: usize,
         on_match: &mut dyn FnMut(&Match) -> Result<()>,
     ) -> Result<(u64, Option<Vec<Match>>)> {
@@ -221,7 +234,7 @@ impl<'a> Finder<'a> {
                 format!("nested deeper than {MAX_DEPTH} levels"),
             ));
         }
-        let key = self.memo_key(tree, dir);
+        let key = self.memo_key(tree, raw_dir);
         if let Some(found) = self.memo.get(&key) {
             for m in found {
                 on_match(&m.under(dir))?;
@@ -237,7 +250,9 @@ impl<'a> Finder<'a> {
             node.legacy_ancestor_as_dir();
             let node = &*node;
             let path = child_path(dir, &node.name);
-            if self.patterns.is_match(&node.name, &path) {
+            let name = node.os_name();
+            let raw_path = child_path_raw(raw_dir, name.as_bytes());
+            if self.patterns.is_match(name.as_bytes(), &raw_path) {
                 let found = Match::new(node, path.clone());
                 on_match(&found)?;
                 count += 1;
@@ -252,7 +267,8 @@ impl<'a> Finder<'a> {
             if node.kind == NodeKind::Dir
                 && let Some(subtree) = &node.subtree
             {
-                let (below, matches) = self.search(subtree, &path, depth + 1, on_match)?;
+                let (below, matches) =
+                    self.search(subtree, &path, &raw_path, depth + 1, on_match)?;
                 count += below;
                 match matches {
                     Some(matches) if relative.is_some() => keep(
@@ -308,7 +324,7 @@ mod tests {
 
     fn options(patterns: &[&str], ignore_case: bool) -> FindOptions {
         FindOptions {
-            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            patterns: patterns.iter().map(|p| (*p).into()).collect(),
             ignore_case,
         }
     }
@@ -392,7 +408,7 @@ mod tests {
             // snapshot, and all of the first one when repeated.
             let mut finder = Finder::new(&repo, &index, &opts).unwrap();
             assert_eq!(collect(&mut finder, &first), fresh_first);
-            assert!(finder.memo.contains_key(&finder.memo_key(&first, "/")));
+            assert!(finder.memo.contains_key(&finder.memo_key(&first, b"/")));
             assert_eq!(collect(&mut finder, &second), fresh_second);
             assert_eq!(collect(&mut finder, &first), fresh_first);
         }

@@ -35,6 +35,7 @@ pub mod lock;
 pub mod mount;
 pub mod object_lock;
 pub mod pack;
+mod pattern;
 pub mod prune;
 pub mod repair;
 pub mod repository;

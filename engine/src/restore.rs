@@ -13,6 +13,7 @@ use crate::blob;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::index::Index;
+use crate::pattern::Pattern;
 use crate::repository::{FileKind, Repository};
 use crate::tree::{Extents, Node, NodeKind, Tree};
 use crate::tree_reader::TreeReader;
@@ -49,10 +50,11 @@ pub struct RestoreOptions {
     /// A pattern not starting with `/` matches at any depth (`voicemails`
     /// selects every directory or file of that name, `app/db.sql` every
     /// such path suffix), as restic's do. Includes that select nothing fail
-    /// the restore rather than restore nothing.
-    pub includes: Vec<String>,
-    /// Skip paths matching these patterns.
-    pub excludes: Vec<String>,
+    /// the restore rather than restore nothing. Patterns match the bytes of
+    /// names; one that is not UTF-8 names a path literally.
+    pub includes: Vec<std::ffi::OsString>,
+    /// Skip paths matching these patterns ([`crate::backup::Excludes`]).
+    pub excludes: Vec<std::ffi::OsString>,
     /// Existing-file policy.
     pub overwrite: Overwrite,
     /// Remove what the target holds but the snapshot does not, inside the
@@ -198,18 +200,34 @@ pub fn walk(
 /// 52k-file tree; a batch keeps it to a few trees per level.
 const PREFETCH_TREES: usize = 8;
 
-/// Finds the node at an absolute snapshot path.
-pub fn find_node(repo: &Repository, index: &Index, root: &BlobId, path: &str) -> Result<Node> {
+/// Finds the node at an absolute snapshot path. The path is bytes, as
+/// file names are: it need not be UTF-8.
+pub fn find_node(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    path: impl AsRef<std::ffi::OsStr>,
+) -> Result<Node> {
+    let path = path.as_ref();
     let mut tree = repo.read_tree(index, root)?;
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&[u8]> = path
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty())
+        .collect();
     // A wrong path given by the user (exit 1), not an object missing from
     // the repository (exit 4, which says the repository is short of data).
-    let not_found = || Error::InvalidInput(format!("the snapshot holds no {path}"));
+    let not_found = || {
+        Error::InvalidInput(format!(
+            "the snapshot holds no {}",
+            Path::new(path).display()
+        ))
+    };
     for (i, part) in parts.iter().enumerate() {
         let node = tree
             .nodes
             .iter()
-            .find(|n| n.os_name().as_bytes() == part.as_bytes())
+            .find(|n| n.os_name().as_bytes() == *part)
             .cloned()
             .ok_or_else(not_found)?;
         if i + 1 == parts.len() {
@@ -237,7 +255,7 @@ pub fn dump(repo: &Repository, index: &Index, node: &Node, out: &mut dyn Write) 
     Ok(written)
 }
 
-fn matches_include(path: &Path, includes: &[globset::GlobMatcher], raw: &[String]) -> bool {
+fn matches_include(path: &Path, includes: &[Pattern], raw: &[std::ffi::OsString]) -> bool {
     if raw.is_empty() {
         return true;
     }
@@ -277,7 +295,7 @@ fn add_ancestors(items: &mut Vec<Item>, mut passed: HashMap<PathBuf, Item>, targ
     *items = needed;
 }
 
-fn is_ancestor_of_include(path: &Path, raw: &[String]) -> bool {
+fn is_ancestor_of_include(path: &Path, raw: &[std::ffi::OsString]) -> bool {
     raw.iter()
         .any(|inc| Path::new(inc).starts_with(path) && Path::new(inc) != path)
 }
@@ -392,21 +410,16 @@ fn restore_on_pool(
     options: &RestoreOptions,
     progress: &RestoreProgress,
 ) -> Result<RestoreReport> {
-    let includes: Vec<globset::GlobMatcher> = options
+    let includes: Vec<Pattern> = options
         .includes
         .iter()
         .map(|p| {
-            let pattern = p.trim_end_matches('/');
-            let pattern = if pattern.starts_with('/') {
-                pattern.to_owned()
-            } else {
-                format!("**/{pattern}")
-            };
-            globset::GlobBuilder::new(&pattern)
-                .literal_separator(true)
-                .build()
-                .map(|g| g.compile_matcher())
-                .map_err(|e| Error::InvalidInput(format!("invalid include {p:?}: {e}")))
+            let mut pattern = p.as_bytes();
+            while let Some(rest) = pattern.strip_suffix(b"/") {
+                pattern = rest;
+            }
+            Pattern::new(pattern, !pattern.starts_with(b"/"), false)
+                .map_err(|e| Error::InvalidInput(format!("invalid include {e}")))
         })
         .collect::<Result<_>>()?;
     let excludes = crate::backup::Excludes::new(&options.excludes).map_err(Error::InvalidInput)?;
@@ -418,7 +431,10 @@ fn restore_on_pool(
     // Directories passed over, for the ancestors of what a relative include
     // selects further down (known only once the walk gets there; an
     // absolute include names its ancestors up front).
-    let relative = options.includes.iter().any(|p| !p.starts_with('/'));
+    let relative = options
+        .includes
+        .iter()
+        .any(|p| !p.as_bytes().starts_with(b"/"));
     let mut passed: HashMap<PathBuf, Item> = HashMap::new();
     let mut matched = false;
     walk(repo, index, root, &mut |path, node| {
@@ -445,7 +461,10 @@ fn restore_on_pool(
         if !matched {
             return Err(Error::InvalidInput(format!(
                 "--include {} matches nothing in the snapshot",
-                options.includes.join(", ")
+                (options.includes.iter())
+                    .map(|p| p.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         add_ancestors(&mut items, passed, &options.target);
@@ -844,7 +863,7 @@ fn plan_only(
     index: &Index,
     items: &[Item],
     options: &RestoreOptions,
-    includes: &[globset::GlobMatcher],
+    includes: &[Pattern],
     excludes: &crate::backup::Excludes,
 ) -> Result<RestoreReport> {
     let mut report = RestoreReport::default();
@@ -899,7 +918,7 @@ fn plan_only(
 fn delete_extras(
     items: &[Item],
     options: &RestoreOptions,
-    includes: &[globset::GlobMatcher],
+    includes: &[Pattern],
     excludes: &crate::backup::Excludes,
     dry_run: bool,
 ) -> Result<Vec<String>> {

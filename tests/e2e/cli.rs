@@ -188,3 +188,143 @@ fn a_password_file_beats_an_exported_password_and_not_both_file_and_command() {
         "{out:?}"
     );
 }
+
+/// File names are bytes: one that is not UTF-8 can be given on the command
+/// line wherever a path inside a snapshot is, and names exactly that file
+/// (not another whose name reads the same in lossy UTF-8).
+#[test]
+fn a_file_name_that_is_not_utf8_can_be_dumped_listed_restored_and_found() {
+    use std::ffi::{OsStr, OsString};
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let name = OsStr::from_bytes(b"caf\xff.txt");
+    // The same lossy UTF-8 name, `caf\u{FFFD}.txt`, from another byte.
+    let twin = OsStr::from_bytes(b"caf\xfe.txt");
+    std::fs::write(src.join(name), b"the 0xff file").unwrap();
+    std::fs::write(src.join(twin), b"the 0xfe file").unwrap();
+    std::fs::write(src.join("plain"), b"plain").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let path: OsString = src.join(name).into_os_string();
+    let run = |args: &[&OsStr]| env.command(&[]).args(args).output().unwrap();
+
+    let out = run(&["dump".as_ref(), "latest".as_ref(), &path]);
+    assert_success(&out);
+    assert_eq!(out.stdout, b"the 0xff file");
+
+    let out = run(&["ls".as_ref(), "latest".as_ref(), &path]);
+    assert_success(&out);
+    let listed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.ends_with("caf\u{FFFD}.txt\n"), "{listed}");
+
+    let target = env.path("restored");
+    let out = run(&[
+        "restore".as_ref(),
+        "latest".as_ref(),
+        "--target".as_ref(),
+        target.as_os_str(),
+        "--include".as_ref(),
+        &path,
+    ]);
+    assert_success(&out);
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read(restored.join(name)).unwrap(),
+        b"the 0xff file"
+    );
+    assert!(!restored.join(twin).exists());
+    assert!(!restored.join("plain").exists());
+
+    // A name given literally to find and to exclude.
+    let out = run(&["find".as_ref(), name, "--json".as_ref()]);
+    assert_success(&out);
+    let found = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(found.lines().count(), 1, "{found}");
+    let target = env.path("excluded");
+    let out = run(&[
+        "restore".as_ref(),
+        "latest".as_ref(),
+        "--target".as_ref(),
+        target.as_os_str(),
+        "--exclude".as_ref(),
+        name,
+    ]);
+    assert_success(&out);
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert!(!restored.join(name).exists());
+    assert_eq!(
+        std::fs::read(restored.join(twin)).unwrap(),
+        b"the 0xfe file"
+    );
+
+    // A glob cannot be compiled from bytes that are not UTF-8: said so.
+    let out = run(&["find".as_ref(), OsStr::from_bytes(b"*\xff*")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not UTF-8"),
+        "{out:?}"
+    );
+}
+
+/// An exported but empty variable (`export VAULT_PASSWORD_FILE=` in a
+/// script template) is as if unset, as restic takes it: the password order
+/// goes on to the next source instead of failing with a usage error. An
+/// empty value given on the command line is still refused.
+#[test]
+fn empty_exported_variables_are_unset_and_empty_flags_are_refused() {
+    use crate::support::PASSWORD;
+    let env = Env::new();
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_PASSWORD_FILE", "")
+        .env("VAULT_PASSWORD_COMMAND", "")
+        .env("VAULT_CONFIG", "")
+        .env("VAULT_CACHE_DIR", "")
+        .env("VAULT_LIMIT_UPLOAD", "")
+        .env("VAULT_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    // An empty file variable beside a command: the command is used.
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_PASSWORD_FILE", "")
+        .env("VAULT_PASSWORD_COMMAND", format!("echo '{PASSWORD}'"))
+        .output()
+        .unwrap();
+    assert_success(&out);
+    // An empty VAULT_PASSWORD is none either: here, no password at all.
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_PASSWORD_FILE", "")
+        .env("VAULT_PASSWORD", "")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no password"),
+        "{out:?}"
+    );
+    // An empty repository variable: the default repository, not "".
+    let out = env
+        .command(&["snapshots"])
+        .env("VAULT_REPOSITORY", "")
+        .env("XDG_DATA_HOME", env.path("data"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&env.path("data/vault/repo").display().to_string()),
+        "{out:?}"
+    );
+    for flag in ["--password-file", "--password-command", "--repo"] {
+        let out = env.vault(&["snapshots", flag, ""]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("a value is required"),
+            "{flag}: {out:?}"
+        );
+    }
+}

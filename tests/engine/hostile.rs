@@ -155,7 +155,14 @@ fn dump(
     root: &BlobId,
 ) -> vault_engine::Result<vault_engine::archive::ArchiveStats> {
     let index = repo.load_index()?;
-    vault_engine::archive::write_tar(repo, &index, root, "/", None, &mut std::io::sink())
+    vault_engine::archive::write_tar(
+        repo,
+        &index,
+        root,
+        std::path::Path::new("/"),
+        None,
+        &mut std::io::sink(),
+    )
 }
 
 fn find_all(

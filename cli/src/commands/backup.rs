@@ -6,6 +6,7 @@ use crate::config::{Config, SourceConfig, SourceKind};
 use crate::output::outln;
 use crate::{exit, global, notify, output, sources, status, timespec};
 use anyhow::{Context, Result, bail};
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,12 +58,13 @@ pub(crate) struct BackupArgs {
     /// Snapshot time instead of now ("YYYY-MM-DD HH:MM:SS" local, or RFC 3339).
     #[arg(long)]
     time: Option<String>,
-    /// Exclude paths matching a pattern (repeatable).
-    #[arg(short = 'e', long = "exclude")]
-    excludes: Vec<String>,
+    /// Exclude paths matching a pattern (repeatable). Patterns match the
+    /// bytes of file names; one that is not UTF-8 names a path literally.
+    #[arg(short = 'e', long = "exclude", value_parser = clap::value_parser!(OsString))]
+    excludes: Vec<OsString>,
     /// Exclude paths matching a pattern, ignoring case (repeatable).
-    #[arg(long = "iexclude")]
-    iexcludes: Vec<String>,
+    #[arg(long = "iexclude", value_parser = clap::value_parser!(OsString))]
+    iexcludes: Vec<OsString>,
     /// Read exclude patterns from a file, one per line.
     #[arg(long)]
     exclude_file: Vec<PathBuf>,
@@ -74,8 +76,8 @@ pub(crate) struct BackupArgs {
     exclude_caches: bool,
     /// Skip the content of directories containing a file of this name;
     /// `NAME:HEADER` also requires the file to start with HEADER (repeatable).
-    #[arg(long, value_name = "NAME[:HEADER]")]
-    exclude_if_present: Vec<String>,
+    #[arg(long, value_name = "NAME[:HEADER]", value_parser = clap::value_parser!(OsString))]
+    exclude_if_present: Vec<OsString>,
     /// Stay on the file system of each given path.
     #[arg(short = 'x', long)]
     one_file_system: bool,
@@ -308,11 +310,9 @@ fn options(
     extra_excludes: Vec<String>,
 ) -> Result<BackupOptions> {
     let mut excludes = args.excludes.clone();
-    excludes.extend(extra_excludes);
+    excludes.extend(extra_excludes.into_iter().map(OsString::from));
     for file in &args.exclude_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading exclude file {}", file.display()))?;
-        excludes.extend(text.lines().map(str::to_owned));
+        excludes.extend(super::pattern_file(file)?);
     }
     let parent = match &args.parent {
         Some(spec) => Some(super::pick_snapshot(repo, Some(spec), None, &Default::default())?.0),
@@ -592,9 +592,10 @@ fn run_sources(
             };
             let mut opts = options(g, args, &repo, cancel.clone(), tags, source.exclude.clone())?;
             opts.exclude_caches |= source.exclude_caches;
-            opts.iexcludes.extend(source.iexclude.iter().cloned());
+            opts.iexcludes
+                .extend(source.iexclude.iter().map(OsString::from));
             opts.exclude_if_present
-                .extend(source.exclude_if_present.iter().cloned());
+                .extend(source.exclude_if_present.iter().map(OsString::from));
             if opts.exclude_larger_than.is_none()
                 && let Some(size) = &source.exclude_larger_than
             {

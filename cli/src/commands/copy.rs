@@ -24,10 +24,10 @@ pub(crate) struct CopyArgs {
     /// Snapshots to copy (`latest` or id prefixes); all when none is given.
     snapshots: Vec<String>,
     /// The target repository (a local path or an s3: URL).
-    #[arg(long, env = "VAULT_TO_REPOSITORY")]
+    #[arg(long, env = "VAULT_TO_REPOSITORY", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     to: String,
     /// The source repository; the same as --repo.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     from_repo: Option<String>,
     /// Read the target's password from this file (first line). Without
     /// this, VAULT_TO_PASSWORD or --to-password-command, the source's
@@ -35,7 +35,7 @@ pub(crate) struct CopyArgs {
     #[arg(long, env = "VAULT_TO_PASSWORD_FILE")]
     to_password_file: Option<PathBuf>,
     /// Run this shell command and use its output as the target's password.
-    #[arg(long, env = "VAULT_TO_PASSWORD_COMMAND")]
+    #[arg(long, env = "VAULT_TO_PASSWORD_COMMAND", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     to_password_command: Option<String>,
     /// Compression of blobs stored in the target: zstd (default), zstd,LEVEL, lz4, none.
     #[arg(long, default_value = "zstd")]
@@ -60,8 +60,8 @@ pub(crate) fn other_password(
     if let Some(file) = file {
         return read_password_file(file, "password file").map(Some);
     }
-    if let Ok(pw) = std::env::var(env) {
-        return Ok(Some(Password::new(pw)));
+    if let Some(pw) = global::env_password(env) {
+        return Ok(Some(pw));
     }
     if let Some(command) = command {
         return global::run_password_command(command).map(Some);

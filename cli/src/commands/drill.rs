@@ -120,11 +120,11 @@ fn drill(
             );
             let result = (|| -> Result<()> {
                 let filename = sources::dump_filename(source);
-                let node = restore::find_node(&repo, &index, &snap.tree, &format!("/{filename}"))?;
+                let node = restore::find_node(&repo, &index, &snap.tree, format!("/{filename}"))?;
                 // Without its roles the dump restores only onto this server.
                 if source.globals {
                     let globals = sources::globals_filename(source);
-                    let globals = restore::find_node(&repo, &index, &snap.tree, &format!("/{globals}"))
+                    let globals = restore::find_node(&repo, &index, &snap.tree, format!("/{globals}"))
                         .with_context(|| format!("the snapshot has no {globals} (globals = true): back up the source again"))?;
                     report["globals_bytes"] = globals.size.into();
                 }

@@ -6,7 +6,10 @@ use super::FilterArgs;
 use crate::args::GlobalArgs;
 use crate::global;
 use anyhow::Result;
+use std::ffi::{OsStr, OsString};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +21,10 @@ pub(crate) struct DumpArgs {
     /// Snapshot: `latest` or an id prefix.
     snapshot: String,
     /// Path of a file inside the snapshot, or of a directory (`/` for
-    /// everything), which is written as a tar archive.
-    path: String,
+    /// everything), which is written as a tar archive. Any bytes, as file
+    /// names are: it need not be UTF-8.
+    #[arg(value_parser = clap::value_parser!(OsString))]
+    path: OsString,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -32,8 +37,15 @@ pub(crate) fn run(g: &GlobalArgs, args: &DumpArgs, cancel: Arc<AtomicBool>) -> R
         out: std::io::stdout().lock(),
         cancel: &cancel,
     };
-    let at = format!("/{}", args.path.trim_matches('/'));
-    let written = if at == "/" {
+    let mut at = args.path.as_bytes();
+    while let Some(rest) = at.strip_prefix(b"/") {
+        at = rest;
+    }
+    while let Some(rest) = at.strip_suffix(b"/") {
+        at = rest;
+    }
+    let at = PathBuf::from(OsStr::from_bytes(&[b"/", at].concat()));
+    let written = if at == Path::new("/") {
         archive::write_tar(&repo, &index, &snap.tree, &at, None, &mut out).map(drop)
     } else {
         let node = restore::find_node(&repo, &index, &snap.tree, &at)?;

@@ -16,9 +16,10 @@ pub(crate) struct FindArgs {
     /// Glob patterns. Without `/`: matched against names (`*.log`). With
     /// `/`: against the whole path in the snapshot (`/home/*/notes.txt`;
     /// `*` stays within a directory, `**` crosses them); one not starting
-    /// with `/` may match at any depth.
-    #[arg(value_name = "PATTERN", required = true)]
-    patterns: Vec<String>,
+    /// with `/` may match at any depth. Patterns match the bytes of names;
+    /// one that is not UTF-8 names an entry literally.
+    #[arg(value_name = "PATTERN", required = true, value_parser = clap::value_parser!(std::ffi::OsString))]
+    patterns: Vec<std::ffi::OsString>,
     /// Only search this snapshot: `latest` or an id prefix (repeatable)
     /// [default: every snapshot].
     #[arg(long = "snapshot", value_name = "ID")]

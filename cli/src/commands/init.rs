@@ -20,7 +20,7 @@ pub(crate) struct InitArgs {
     #[arg(long, requires = "from_repo")]
     copy_chunker_params: bool,
     /// The repository to copy chunker parameters from.
-    #[arg(long, requires = "copy_chunker_params")]
+    #[arg(long, requires = "copy_chunker_params", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     from_repo: Option<String>,
     /// Read --from-repo's password from this file (first line). Without
     /// this, VAULT_FROM_PASSWORD or --from-password-command, the new
@@ -28,7 +28,7 @@ pub(crate) struct InitArgs {
     #[arg(long, env = "VAULT_FROM_PASSWORD_FILE")]
     from_password_file: Option<std::path::PathBuf>,
     /// Run this shell command and use its output as --from-repo's password.
-    #[arg(long, env = "VAULT_FROM_PASSWORD_COMMAND")]
+    #[arg(long, env = "VAULT_FROM_PASSWORD_COMMAND", value_parser = clap::builder::NonEmptyStringValueParser::new())]
     from_password_command: Option<String>,
     /// Lock every object against deletion and overwrite for N days after
     /// its upload (S3 Object Lock; the bucket must have it enabled).

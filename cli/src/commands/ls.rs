@@ -4,6 +4,8 @@ use super::FilterArgs;
 use crate::args::GlobalArgs;
 use crate::{global, output};
 use anyhow::Result;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use vault_engine::restore;
 use vault_engine::tree::NodeKind;
@@ -13,7 +15,9 @@ pub(crate) struct LsArgs {
     /// Snapshot: `latest` or an id prefix.
     snapshot: String,
     /// Only list this directory (and, with --recursive, everything below).
-    dir: Option<String>,
+    /// Any bytes, as file names are: it need not be UTF-8.
+    #[arg(value_parser = clap::value_parser!(OsString))]
+    dir: Option<OsString>,
     /// List recursively below DIR.
     #[arg(long)]
     recursive: bool,
@@ -58,12 +62,13 @@ pub(super) fn mode_string(kind: NodeKind, mode: u32) -> String {
 /// DIR as the paths `walk` reports it: absolute, without empty or `.`
 /// parts; `None` for the snapshot's root (`/`, `//`, `.`), listed as
 /// without DIR.
-fn snapshot_dir(dir: &str) -> Option<String> {
-    let parts: Vec<&str> = dir
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
+fn snapshot_dir(dir: &OsStr) -> Option<Vec<u8>> {
+    let parts: Vec<&[u8]> = dir
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
         .collect();
-    (!parts.is_empty()).then(|| format!("/{}", parts.join("/")))
+    (!parts.is_empty()).then(|| [b"/".as_slice(), &parts.join(&b'/')].concat())
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
@@ -71,6 +76,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     let (id, snap) = super::pick_snapshot(&repo, Some(&args.snapshot), None, &args.filter)?;
     let index = repo.load_index()?;
     let dir = args.dir.as_deref().and_then(snapshot_dir);
+    let dir = dir.as_deref();
     if g.json {
         output::print_json(&serde_json::json!({
             "message_type": "snapshot",
@@ -86,21 +92,27 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     let mut found = false;
     restore::walk(&repo, &index, &snap.tree, &mut |path, node| {
         use std::io::Write;
-        let path_lossy = path.to_string_lossy();
-        let path: &str = &path_lossy;
-        let (show, descend) = match dir.as_deref() {
+        // Compared as bytes: DIR and the names need not be UTF-8.
+        let bytes = path.as_os_str().as_bytes();
+        let (show, descend) = match dir {
             None => (true, true),
             Some(d) => {
-                if path == d {
+                if bytes == d {
                     (true, true)
-                } else if let Some(rest) = path.strip_prefix(d).and_then(|r| r.strip_prefix('/')) {
-                    (args.recursive || !rest.contains('/'), args.recursive)
+                } else if let Some(rest) = bytes.strip_prefix(d).and_then(|r| r.strip_prefix(b"/"))
+                {
+                    (args.recursive || !rest.contains(&b'/'), args.recursive)
                 } else {
                     // Descend only along the way to DIR.
-                    (false, d.starts_with(&format!("{path}/")))
+                    (
+                        false,
+                        d.strip_prefix(bytes).is_some_and(|r| r.starts_with(b"/")),
+                    )
                 }
             }
         };
+        let path_lossy = path.to_string_lossy();
+        let path: &str = &path_lossy;
         if show {
             found = true;
             let target = node
@@ -158,10 +170,14 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     })?;
     // As `dump` of a missing path: an empty listing would read as an empty
     // directory.
-    if let Some(d) = dir.as_deref()
+    if let Some(d) = dir
         && !found
     {
-        anyhow::bail!("snapshot {} holds no {d}", id.short());
+        anyhow::bail!(
+            "snapshot {} holds no {}",
+            id.short(),
+            String::from_utf8_lossy(d)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -182,11 +198,16 @@ mod tests {
 
     #[test]
     fn dir_is_normalised_and_the_root_is_no_dir() {
+        let dir = |d: &str| snapshot_dir(OsStr::new(d));
         for root in ["/", "//", ".", "/./", ""] {
-            assert_eq!(snapshot_dir(root), None, "{root:?}");
+            assert_eq!(dir(root), None, "{root:?}");
         }
-        assert_eq!(snapshot_dir("/a/b/").as_deref(), Some("/a/b"));
-        assert_eq!(snapshot_dir("a//b").as_deref(), Some("/a/b"));
-        assert_eq!(snapshot_dir("/a/./b").as_deref(), Some("/a/b"));
+        assert_eq!(dir("/a/b/").as_deref(), Some(&b"/a/b"[..]));
+        assert_eq!(dir("a//b").as_deref(), Some(&b"/a/b"[..]));
+        assert_eq!(dir("/a/./b").as_deref(), Some(&b"/a/b"[..]));
+        assert_eq!(
+            snapshot_dir(OsStr::from_bytes(b"/a/\xff/")).as_deref(),
+            Some(&b"/a/\xff"[..])
+        );
     }
 }

@@ -48,12 +48,14 @@ pub(crate) struct RestoreArgs {
     /// to the newest timeline would follow the test's history.
     #[arg(long, requires = "pitr")]
     keep_archiving: bool,
-    /// Only restore these snapshot paths (and what is below them).
-    #[arg(short, long = "include")]
-    includes: Vec<String>,
+    /// Only restore these snapshot paths (and what is below them). Globs
+    /// match the bytes of names; a path that is not UTF-8 is taken
+    /// literally.
+    #[arg(short, long = "include", value_parser = clap::value_parser!(std::ffi::OsString))]
+    includes: Vec<std::ffi::OsString>,
     /// Skip paths matching these patterns.
-    #[arg(short, long = "exclude")]
-    excludes: Vec<String>,
+    #[arg(short, long = "exclude", value_parser = clap::value_parser!(std::ffi::OsString))]
+    excludes: Vec<std::ffi::OsString>,
     /// Existing files: never (refuse), always, if-changed (verify and fix).
     #[arg(long, value_enum, default_value = "never", num_args = 0..=1, default_missing_value = "always")]
     overwrite: OverwriteArg,
@@ -246,7 +248,7 @@ fn restore_database(
     database: &str,
 ) -> Result<ExitCode> {
     let filename = crate::sources::dump_filename(source);
-    let node = restore::find_node(repo, index, &snap.tree, &format!("/{filename}"))
+    let node = restore::find_node(repo, index, &snap.tree, format!("/{filename}"))
         .with_context(|| format!("snapshot {} holds no {filename}", id.short()))?;
     crate::sources::create_database(source, database)?;
     let mut written = 0u64;

@@ -5,8 +5,9 @@
 use crate::args::GlobalArgs;
 use crate::output::outln;
 use crate::{global, output};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vault_engine::backup::Excludes;
@@ -22,8 +23,8 @@ pub(crate) struct RewriteArgs {
     snapshots: Vec<String>,
     /// Remove paths matching a pattern (repeatable; the rules of `backup
     /// --exclude`, matched against the backed-up absolute paths).
-    #[arg(short = 'e', long = "exclude")]
-    excludes: Vec<String>,
+    #[arg(short = 'e', long = "exclude", value_parser = clap::value_parser!(std::ffi::OsString))]
+    excludes: Vec<std::ffi::OsString>,
     /// Read patterns from a file, one per line.
     #[arg(long)]
     exclude_file: Vec<PathBuf>,
@@ -40,14 +41,12 @@ pub(crate) struct RewriteArgs {
 pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     let mut patterns = args.excludes.clone();
     for file in &args.exclude_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("reading exclude file {}", file.display()))?;
-        patterns.extend(text.lines().map(str::to_owned));
+        patterns.extend(super::pattern_file(file)?);
     }
-    if patterns
-        .iter()
-        .all(|p| p.trim().is_empty() || p.trim().starts_with('#'))
-    {
+    if patterns.iter().all(|p| {
+        let p = p.as_bytes().trim_ascii();
+        p.is_empty() || p.starts_with(b"#")
+    }) {
         bail!("nothing to remove: give --exclude or --exclude-file");
     }
     let excludes = Excludes::new(&patterns).map_err(anyhow::Error::msg)?;

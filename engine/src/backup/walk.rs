@@ -1,10 +1,12 @@
 //! Reading the file system into nodes: metadata capture and exclusion rules.
 
+use crate::pattern::Pattern;
 use crate::tree::{ExtendedAttribute, Node, NodeKind};
 use base64::Engine as _;
-use globset::{GlobBuilder, GlobMatcher};
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
@@ -22,7 +24,7 @@ pub struct Excludes {
 
 #[derive(Debug)]
 struct Rule {
-    glob: GlobMatcher,
+    pattern: Pattern,
     dir_only: bool,
     /// Matched against the whole path, not the name.
     by_path: bool,
@@ -31,42 +33,42 @@ struct Rule {
 }
 
 impl Excludes {
-    /// Compiles patterns.
-    pub fn new(patterns: &[String]) -> Result<Self, String> {
+    /// Compiles patterns. They are globs matched against the bytes of
+    /// names and paths; one that is not UTF-8 names a path literally (see
+    /// [`crate::pattern`]).
+    pub fn new(patterns: &[OsString]) -> Result<Self, String> {
         Self::default().with(patterns, false)
     }
 
     /// Adds patterns that match regardless of case (`--iexclude`).
-    pub fn case_insensitive(self, patterns: &[String]) -> Result<Self, String> {
+    pub fn case_insensitive(self, patterns: &[OsString]) -> Result<Self, String> {
         self.with(patterns, true)
     }
 
-    fn with(mut self, patterns: &[String], case_insensitive: bool) -> Result<Self, String> {
+    fn with(mut self, patterns: &[OsString], case_insensitive: bool) -> Result<Self, String> {
         for raw in patterns {
-            let raw = raw.trim();
-            if raw.is_empty() || raw.starts_with('#') {
+            let raw = raw.as_bytes();
+            let raw = match std::str::from_utf8(raw) {
+                Ok(text) => text.trim().as_bytes(),
+                Err(_) => raw.trim_ascii(),
+            };
+            if raw.is_empty() || raw.starts_with(b"#") {
                 continue;
             }
-            let (negated, raw) = match raw.strip_prefix('!') {
+            let (negated, raw) = match raw.strip_prefix(b"!") {
                 Some(rest) if !rest.is_empty() => (true, rest),
                 _ => (false, raw),
             };
-            let dir_only = raw.ends_with('/') && raw.len() > 1;
-            let pat = raw.trim_end_matches('/');
-            let by_path = pat.contains('/');
-            let pat = if by_path && !pat.starts_with('/') {
-                format!("**/{pat}")
-            } else {
-                pat.to_owned()
-            };
-            let glob = GlobBuilder::new(&pat)
-                .literal_separator(true)
-                .case_insensitive(case_insensitive)
-                .build()
-                .map_err(|e| format!("invalid exclude pattern {raw:?}: {e}"))?
-                .compile_matcher();
+            let dir_only = raw.ends_with(b"/") && raw.len() > 1;
+            let mut pat = raw;
+            while pat.ends_with(b"/") {
+                pat = pat.get(..pat.len() - 1).unwrap_or_default();
+            }
+            let by_path = pat.contains(&b'/');
+            let pattern = Pattern::new(pat, by_path && !pat.starts_with(b"/"), case_insensitive)
+                .map_err(|e| format!("invalid exclude pattern {e}"))?;
             self.rules.push(Rule {
-                glob,
+                pattern,
                 dir_only,
                 by_path,
                 negated,
@@ -85,9 +87,9 @@ impl Excludes {
             .find(|r| {
                 (is_dir || !r.dir_only)
                     && if r.by_path {
-                        r.glob.is_match(path)
+                        r.pattern.is_match(path)
                     } else {
-                        name.is_some_and(|n| r.glob.is_match(n))
+                        name.is_some_and(|n| r.pattern.is_match(n))
                     }
             })
             .is_some_and(|r| !r.negated)
@@ -117,13 +119,14 @@ fn timestamp(secs: i64, nanos: i64) -> jiff::Timestamp {
 /// `NAME:HEADER` (restic's `--exclude-if-present`): with a header, the
 /// file must also start with those bytes.
 #[must_use]
-pub fn has_marker(dir: &Path, marker: &str) -> bool {
+pub fn has_marker(dir: &Path, marker: impl AsRef<OsStr>) -> bool {
     use std::io::Read;
-    let (name, header) = match marker.split_once(':') {
-        Some((name, header)) => (name, Some(header.as_bytes())),
+    let marker = marker.as_ref().as_bytes();
+    let (name, header) = match marker.iter().position(|&b| b == b':') {
+        Some(at) => (marker.get(..at).unwrap_or_default(), marker.get(at + 1..)),
         None => (marker, None),
     };
-    let path = dir.join(name);
+    let path = dir.join(OsStr::from_bytes(name));
     let Some(header) = header else {
         return std::fs::symlink_metadata(&path).is_ok();
     };
@@ -317,6 +320,22 @@ mod tests {
         assert!(ex.is_excluded(Path::new("/a/Photos/RAW"), true));
         assert!(ex.is_excluded(Path::new("/a/x.log"), false));
         assert!(!ex.is_excluded(Path::new("/a/X.LOG"), false));
+    }
+
+    #[test]
+    fn excludes_match_names_that_are_not_utf8() {
+        let bytes = |b: &[u8]| OsStr::from_bytes(b).to_owned();
+        let ex = Excludes::new(&["*.tmp".into(), bytes(b"/srv/\xff"), bytes(b"\xfe/")]).unwrap();
+        assert!(ex.is_excluded(Path::new(&bytes(b"/x/\xff.tmp")), false));
+        assert!(ex.is_excluded(Path::new(&bytes(b"/srv/\xff")), false));
+        assert!(!ex.is_excluded(Path::new(&bytes(b"/srv/\xfe")), false));
+        assert!(ex.is_excluded(Path::new(&bytes(b"/a/\xfe")), true));
+        assert!(!ex.is_excluded(Path::new(&bytes(b"/a/\xfe")), false));
+        let err = Excludes::new(&[bytes(b"*\xff")]).unwrap_err();
+        assert!(err.contains("not UTF-8"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(bytes(b"\xffmark")), b"").unwrap();
+        assert!(has_marker(dir.path(), bytes(b"\xffmark")));
     }
 
     #[test]
