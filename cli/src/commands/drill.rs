@@ -21,7 +21,12 @@ pub(crate) struct DrillArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
-    let config = global::config(g)?.context("vault drill needs a config file with sources")?;
+    let config = global::config(g)?.with_context(|| {
+        format!(
+            "vault drill needs a config file with sources ({})",
+            global::config_whereabouts(g)
+        )
+    })?;
     let source = config.source(&args.source).with_context(|| {
         format!(
             "no source named {:?} in {}",

@@ -85,7 +85,16 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         _ => None,
     };
     if args.pitr {
-        let source = source.context("--pitr needs a configured postgres source name")?;
+        let source = source.with_context(|| match spec {
+            Some(name) => format!(
+                "--pitr needs a configured postgres source: {}",
+                global::no_such_source(g, name)
+            ),
+            None => format!(
+                "--pitr needs the name of a configured postgres source, as `vault restore SOURCE --pitr` ({})",
+                global::config_whereabouts(g)
+            ),
+        })?;
         return crate::pitr::restore(
             g,
             &repo,
@@ -99,17 +108,28 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     let picked = if let Some(source) = source {
         super::pick_source_snapshot(&repo, source.name(), args.at.as_deref(), false, &filter)?
     } else {
-        if args.at.is_some() && spec.is_some() {
-            bail!("give either a snapshot id or --at, not both");
+        if let (Some(at), Some(name)) = (&args.at, spec) {
+            if name == "latest" {
+                bail!("give either a snapshot id or --at, not both");
+            }
+            // Likely a source name, on a machine without the config.
+            bail!(
+                "{}; --at picks a snapshot by time, for a source name, not a snapshot id: to pick by tag instead, give `--tag {name} --at \"{at}\"` without `{name}`",
+                global::no_such_source(g, name)
+            );
         }
-        super::pick_snapshot(&repo, spec, args.at.as_deref(), &filter)?
+        super::pick_snapshot(&repo, spec, args.at.as_deref(), &filter)
+            .map_err(|e| unknown_name(g, spec, &filter, e))?
     };
     let (id, snap) = picked;
     let index = repo.load_index()?;
     if let Some(database) = &args.into_database {
-        let source = source.context(
-            "--into-database needs a configured database source name, e.g. `vault restore phone-db --into-database phone_restored`",
-        )?;
+        let source = source.with_context(|| {
+            format!(
+                "--into-database needs a configured database source name, e.g. `vault restore phone-db --into-database phone_restored` ({})",
+                global::config_whereabouts(g)
+            )
+        })?;
         return restore_database(g, &repo, &index, &snap, &id, source, database);
     }
     let target = args.target.clone().context("--target is required")?;
@@ -234,6 +254,38 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         return Ok(ExitCode::from(code));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A snapshot argument that matched no snapshot id and names no configured
+/// source: say both, since on a new machine without the config a source
+/// name ("no snapshot matches pgmain") looked like a missing backup.
+/// Other failures (damage, an ambiguous prefix, storage) pass unchanged.
+fn unknown_name(
+    g: &GlobalArgs,
+    spec: Option<&str>,
+    filter: &FilterArgs,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let Some(name) = spec.filter(|s| *s != "latest") else {
+        return e;
+    };
+    let plain = e.chain().all(|c| {
+        c.downcast_ref::<vault_engine::Error>().is_none()
+            && c.downcast_ref::<vault_engine::snapshot::SelectError>()
+                .is_none()
+    });
+    if !plain {
+        return e;
+    }
+    let filtered = if filter.hosts.is_empty() && filter.tags.is_empty() && filter.paths.is_empty() {
+        ""
+    } else {
+        " of those --host/--tag/--path select"
+    };
+    anyhow::anyhow!(
+        "no snapshot id{filtered} starts with `{name}`, and {}; to restore the newest snapshot tagged {name}, give `latest --tag {name}` in place of `{name}`",
+        global::no_such_source(g, name)
+    )
 }
 
 fn restore_database(
