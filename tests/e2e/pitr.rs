@@ -785,6 +785,57 @@ fn restore_at_a_time_before_a_gap_works_and_a_time_after_the_archive_is_warned_a
     assert_eq!(t.rows(&server.port), "1,2");
 }
 
+/// `--keep-archiving` keeps the old server's `archive_command`, which names
+/// the old host's files. On a new host the new primary then archives
+/// nothing, and only PostgreSQL's log says so. The restore shows the
+/// command and names what this host lacks: here the password file that
+/// the config named, moved away (this host gives its own). Without
+/// `--keep-archiving`, archiving is off and nothing is said.
+#[test]
+fn keep_archiving_shows_archive_command_and_the_files_it_needs_that_are_missing() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    t.commit(&port, 1);
+    t.archive_all(&port);
+    let out = t.restore_output(None, "test-copy", &[]);
+    assert_success(&out);
+    assert!(
+        !stderr(&out).contains("archive_command"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (pass, new_pass) = (t.dir.join("pass"), t.dir.join("new-pass"));
+    std::fs::rename(&pass, &new_pass).unwrap();
+    let new_pass = new_pass.to_str().unwrap();
+    let out = t.restore_output(
+        None,
+        "primary",
+        &["--keep-archiving", "--password-file", new_pass],
+    );
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "archive_command = '{} --config {} wal push %p'",
+            env!("CARGO_BIN_EXE_vault"),
+            t.config.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "needs files this host does not have: {} (password_file in {})",
+            pass.display(),
+            t.config.display()
+        )),
+        "{err}"
+    );
+    let auto = std::fs::read_to_string(t.dir.join("primary/postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("archive_mode"), "{auto}");
+}
+
 /// `wal list` names its source positionally (as it always did) or with
 /// `--source`, as `wal push` and `wal fetch` do.
 #[test]

@@ -45,7 +45,9 @@ pub(crate) struct RestoreArgs {
     /// (for a cluster that replaces the lost primary). Without it
     /// archive_mode is off there: a restore test that promotes would push
     /// its own timeline into the production archive, and a later restore
-    /// to the newest timeline would follow the test's history.
+    /// to the newest timeline would follow the test's history. Prints the
+    /// archive_command the cluster keeps, and the files it names that this
+    /// host lacks.
     #[arg(long, requires = "pitr")]
     keep_archiving: bool,
     /// Only restore these snapshot paths (and what is below them).
