@@ -66,6 +66,7 @@ pub(crate) fn restore(
         );
     }
     let fetch = FetchCommand::new(g, source.name())?;
+    warn_about_credentials_from_the_environment(g)?;
     let at_time = at.map(crate::timespec::parse).transpose()?;
     let index = repo.load_index()?;
     let names: Vec<String> = wal::list(repo, source.name())?
@@ -569,6 +570,45 @@ fn hide_secrets(command: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// `restore_command` carries no credentials, and PostgreSQL runs it with
+/// its own environment (systemd's is clean): S3 credentials that this
+/// restore found only in `AWS_*` variables are not there for the fetches,
+/// and recovery stops at the first one. Said before anything is written;
+/// the credentials themselves are never printed.
+fn warn_about_credentials_from_the_environment(g: &GlobalArgs) -> Result<()> {
+    if !global::repo_url(g)?.starts_with("s3:") {
+        return Ok(());
+    }
+    let config = global::config(g)?;
+    let repository = config.map(|c| &c.repository);
+    let from_env: Vec<&str> = [
+        (
+            "AWS_ACCESS_KEY_ID",
+            repository.and_then(|r| r.access_key_id_file.as_ref()),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            repository.and_then(|r| r.secret_access_key_file.as_ref()),
+        ),
+    ]
+    .into_iter()
+    .filter(|(var, file)| file.is_none() && std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+    .map(|(var, _)| var)
+    .collect();
+    if from_env.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "vault: warning: the S3 credentials came from {} in this command's environment, which restore_command does not carry (it holds no secret): PostgreSQL started by systemd, or in any other clean environment, cannot fetch WAL. Put them in files named by access_key_id_file and secret_access_key_file under [repository] in {}, readable by the user PostgreSQL runs as (docs/pitr.md, \"On a new host\").",
+        from_env.join(" and "),
+        config.map_or_else(
+            || crate::config::DEFAULT_PATH.into(),
+            |c| c.path.display().to_string()
+        )
+    );
+    Ok(())
 }
 
 /// The `restore_command` that `restore --pitr` writes, and the files it
