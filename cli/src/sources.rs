@@ -293,21 +293,28 @@ pub(crate) fn create_database(s: &SourceConfig, target: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// Drops database `target` (drills clean up after themselves).
+/// Drops database `target` (drills clean up after themselves, and so does
+/// a restore whose load failed).
 pub(crate) fn drop_database(s: &SourceConfig, target: &str) -> Result<()> {
     validate_db_name(target)?;
+    let sql = drop_statement(s, target);
     match s.kind {
         SourceKind::Postgres => run_checked(
-            psql(s, "postgres")?.args(["-c", &format!("DROP DATABASE IF EXISTS \"{target}\"")]),
+            psql(s, "postgres")?.args(["-c", &sql]),
             "psql (drop database)",
         ),
-        SourceKind::Mysql => run_checked(
-            mariadb(s)?.args(["-e", &format!("DROP DATABASE IF EXISTS `{target}`")]),
-            "mariadb (drop database)",
-        ),
+        SourceKind::Mysql => run_checked(mariadb(s)?.args(["-e", &sql]), "mariadb (drop database)"),
         _ => bail!("source {} is not a database", s.name()),
     }
     .map(|_| ())
+}
+
+/// The SQL that drops database `target` (a validated name) of source `s`.
+pub(crate) fn drop_statement(s: &SourceConfig, target: &str) -> String {
+    match s.kind {
+        SourceKind::Mysql => format!("DROP DATABASE IF EXISTS `{target}`"),
+        _ => format!("DROP DATABASE IF EXISTS \"{target}\""),
+    }
 }
 
 /// Streams a dump into database `target` via the client; `write` produces

@@ -917,6 +917,124 @@ fn mariadb_source_restores_into_a_new_database() {
     }
 }
 
+/// A load that fails (here on a role a fresh server lacks, before the
+/// globals are loaded) used to leave the database the restore had just
+/// created, partly loaded, and the retry failed with "database already
+/// exists". The restore drops what it created, says so, and the retry
+/// works; into a database that exists, it says why it refuses.
+#[test]
+fn a_failed_postgres_load_drops_the_database_it_created() {
+    let Some(pg) = POSTGRES.get_or_init(|| start_server("start-postgres.sh")) else {
+        return;
+    };
+    let env = Env::new();
+    let psql = |db: &str, sql: &str| pg_sql(pg, db, sql);
+    for db in ["retry_src", "retry_into"] {
+        psql("postgres", &format!("DROP DATABASE IF EXISTS {db}"));
+    }
+    psql("postgres", "DROP ROLE IF EXISTS retry_owner");
+    psql("postgres", "CREATE DATABASE retry_src");
+    psql(
+        "retry_src",
+        "CREATE ROLE retry_owner NOLOGIN; CREATE TABLE a (x int); INSERT INTO a VALUES (1); CREATE TABLE b (y int); ALTER TABLE b OWNER TO retry_owner",
+    );
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"retry-db\"\nkind = \"postgres\"\ndatabase = \"retry_src\"\nconnection = \"{}\"\npassfile = \"{}\"\nbin_dir = \"{}\"\n",
+            pg["VAULT_TEST_PG_CONN"], pg["VAULT_TEST_PG_PASSFILE"], pg["VAULT_TEST_PG_BIN"]
+        ),
+    );
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    psql("retry_src", "DROP TABLE b");
+    psql("postgres", "DROP ROLE retry_owner");
+    let restore = ["restore", "retry-db", "--into-database", "retry_into"];
+    let out = vault_with(&env, &config, &restore);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("database retry_into, created by this restore, was dropped again")
+            && err.contains("retry_owner"),
+        "{err}"
+    );
+    let exists = || {
+        psql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'retry_into'",
+        )
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(exists(), "0");
+    // The cause fixed (the role loaded, as the globals would), it works.
+    psql("postgres", "CREATE ROLE retry_owner NOLOGIN");
+    assert_success(&vault_with(&env, &config, &restore));
+    assert_eq!(psql("retry_into", "SELECT count(*) FROM a").trim(), "1");
+    // A database that exists is never loaded into, nor dropped.
+    let out = vault_with(&env, &config, &restore);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("database retry_into exists already"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(exists(), "1");
+    for db in ["retry_src", "retry_into"] {
+        psql("postgres", &format!("DROP DATABASE {db}"));
+    }
+    psql("postgres", "DROP ROLE retry_owner");
+}
+
+/// As [`a_failed_postgres_load_drops_the_database_it_created`], for
+/// MariaDB: the dump's view reads a table of another database, which is
+/// gone when it is loaded.
+#[test]
+fn a_failed_mariadb_load_drops_the_database_it_created() {
+    let Some(my) = MARIADB.get_or_init(|| start_server("start-mariadb.sh")) else {
+        return;
+    };
+    let env = Env::new();
+    let defaults = &my["VAULT_TEST_MY_DEFAULTS_FILE"];
+    let client = |sql: &str| {
+        sh(
+            &format!("mariadb --defaults-file={defaults} -N -B -e \"{sql}\""),
+            &[],
+        )
+    };
+    client(
+        "DROP DATABASE IF EXISTS retry_src; DROP DATABASE IF EXISTS retry_other; DROP DATABASE IF EXISTS retry_into",
+    );
+    client(
+        "CREATE DATABASE retry_other; CREATE TABLE retry_other.t (x INT); CREATE DATABASE retry_src; CREATE TABLE retry_src.a (x INT); INSERT INTO retry_src.a VALUES (1); CREATE VIEW retry_src.v AS SELECT x FROM retry_other.t",
+    );
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"retry-db\"\nkind = \"mysql\"\ndatabase = \"retry_src\"\ndefaults_file = \"{defaults}\"\n"
+        ),
+    );
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    client("DROP DATABASE retry_other");
+    let out = vault_with(
+        &env,
+        &config,
+        &["restore", "retry-db", "--into-database", "retry_into"],
+    );
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("database retry_into, created by this restore, was dropped again")
+            && err.contains("retry_other"),
+        "{err}"
+    );
+    assert_eq!(
+        client("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'retry_into'")
+            .trim(),
+        "0"
+    );
+    client("DROP DATABASE retry_src");
+}
+
 /// A dump or command that hangs is stopped at its source's `timeout` (or
 /// `backup --timeout`) and fails that source: SIGTERM to its process group,
 /// SIGKILL after a grace period when it ignores that. A source whose newest

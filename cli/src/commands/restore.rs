@@ -302,12 +302,35 @@ fn restore_database(
     let filename = crate::sources::dump_filename(source);
     let node = restore::find_node(repo, index, &snap.tree, &format!("/{filename}"))
         .with_context(|| format!("snapshot {} holds no {filename}", id.short()))?;
-    crate::sources::create_database(source, database)?;
+    crate::sources::create_database(source, database).map_err(|e| {
+        if format!("{e:#}").contains("exists") {
+            e.context(format!(
+                "database {database} exists already: a restore loads only into a database it creates; give a new name, or drop that one first"
+            ))
+        } else {
+            e
+        }
+    })?;
     let mut written = 0u64;
-    crate::sources::load_database(source, database, &mut |out| {
+    let loaded = crate::sources::load_database(source, database, &mut |out| {
         written = restore::dump(repo, index, &node, out)?;
         Ok(())
-    })?;
+    });
+    if let Err(e) = loaded {
+        // CREATE DATABASE above succeeded, so this run made the database
+        // and nothing but this load has been in it: dropping it again
+        // loses nothing, and spares the retry "already exists" (and an
+        // application pointed at it a partial copy).
+        return Err(match crate::sources::drop_database(source, database) {
+            Ok(()) => e.context(format!(
+                "database {database}, created by this restore, was dropped again, partly loaded; fix the cause and run the restore again"
+            )),
+            Err(dropping) => e.context(format!(
+                "database {database} was created by this restore and is left partly loaded, as dropping it failed ({dropping:#}): drop it ({}) before running the restore again",
+                crate::sources::drop_statement(source, database)
+            )),
+        });
+    }
     if g.json {
         output::print_json(&serde_json::json!({
             "message_type": "summary",
