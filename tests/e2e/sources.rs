@@ -859,7 +859,7 @@ fn mariadb_source_restores_into_a_new_database() {
     );
     client(
         "schwarm",
-        "CREATE TABLE shifts (id INT PRIMARY KEY, who VARCHAR(40)); INSERT INTO shifts VALUES (1,'ann'),(2,'bob'),(3,'cy')",
+        "CREATE TABLE shifts (id INT PRIMARY KEY, who VARCHAR(40)); INSERT INTO shifts VALUES (1,'ann'),(2,'bob'),(3,'cy'); CREATE VIEW shift_names AS SELECT who FROM shifts",
     );
     let config = write_config(
         &env,
@@ -902,7 +902,9 @@ fn mariadb_source_restores_into_a_new_database() {
     );
     let drill = json_with(&env, &config, &["drill", "schwarm-db"]);
     assert_eq!(drill["ok"], true, "{drill}");
-    assert_eq!(drill["rows"], 2);
+    // The view is no table: its rows are the table's again.
+    assert_eq!(drill["rows"], 2, "{drill}");
+    assert_eq!(drill["tables"].as_array().unwrap().len(), 1, "{drill}");
 
     // `drill_min_rows` names MySQL tables without their backquotes.
     for (min, ok) in [(2, true), (3, false)] {
@@ -915,6 +917,21 @@ fn mariadb_source_restores_into_a_new_database() {
         let drill = json_with(&env, &config, &["drill", "schwarm-db"]);
         assert_eq!(drill["ok"], ok, "{drill}");
     }
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"schwarm-db\"\nkind = \"mysql\"\ndatabase = \"schwarm\"\ndefaults_file = \"{defaults}\"\ndrill_min_rows = {{ shift_names = 1 }}\n"
+        ),
+    );
+    let drill = json_with(&env, &config, &["drill", "schwarm-db"]);
+    assert_eq!(drill["ok"], false, "{drill}");
+    assert!(
+        drill["error"]
+            .as_str()
+            .unwrap()
+            .contains("shift_names is a view: drill_min_rows counts the rows of tables only"),
+        "{drill}"
+    );
 }
 
 /// A load that fails (here on a role a fresh server lacks, before the
@@ -1710,7 +1727,7 @@ fn a_drill_fails_and_alerts_when_a_table_has_fewer_rows_than_expected() {
     psql("postgres", "CREATE DATABASE crm");
     psql(
         "crm",
-        "CREATE TABLE users (id int); INSERT INTO users SELECT generate_series(1, 1000); CREATE TABLE \\\"Orders\\\" (id int); INSERT INTO \\\"Orders\\\" VALUES (1), (2)",
+        "CREATE TABLE users (id int); INSERT INTO users SELECT generate_series(1, 1000); CREATE TABLE \\\"Orders\\\" (id int); INSERT INTO \\\"Orders\\\" VALUES (1), (2); CREATE VIEW user_ids AS SELECT id FROM users; CREATE MATERIALIZED VIEW order_ids AS SELECT id FROM \\\"Orders\\\"",
     );
     let config_with = |expect: &str| {
         write_config(
@@ -1742,12 +1759,17 @@ status_file = "{status}"
     assert_success(&vault_with(&env, &config, &["backup"]));
     let drill = json_with(&env, &config, &["drill", "crm-db"]);
     assert_eq!(drill["ok"], true, "{drill}");
+    // Views, materialized or not, are no tables.
+    assert_eq!(drill["rows"], 1002, "{drill}");
+    assert_eq!(drill["tables"].as_array().unwrap().len(), 2, "{drill}");
 
     // Someone deleted most users before the backup: the dump is fine, the
     // data is not what it should be.
     psql("crm", "DELETE FROM users WHERE id > 3");
     assert_success(&vault_with(&env, &config, &["backup"]));
-    let config = config_with(r#""public.users" = 1000, "public.invoices" = 1, "users" = 1"#);
+    let config = config_with(
+        r#""public.users" = 1000, "public.invoices" = 1, "users" = 1, "public.user_ids" = 1, "order_ids" = 1"#,
+    );
     let out = vault_with(&env, &config, &["drill", "crm-db"]);
     assert_code(&out, 1);
     let err = stderr(&out);
@@ -1755,7 +1777,9 @@ status_file = "{status}"
         err.contains("FAILED")
             && err.contains("public.users has 3 rows, at least 1000 expected")
             && err.contains("public.invoices is not in the restored database")
-            && err.contains("; did you mean public.users?"),
+            && err.contains("; did you mean public.users?")
+            && err.contains("public.user_ids is a view")
+            && err.contains("order_ids is not in the restored database"),
         "{err}"
     );
     let alerts: Vec<_> = hook

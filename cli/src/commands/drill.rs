@@ -148,7 +148,14 @@ fn drill(
                     .collect::<Vec<_>>()
                     .into();
                 report["rows"] = counts.iter().map(|(_, n)| n).sum::<u64>().into();
-                expect_rows(source, &counts)
+                // A key naming a view gets its own message, not "not
+                // in the restored database".
+                let views = if source.drill_min_rows.is_empty() {
+                    Vec::new()
+                } else {
+                    sources::view_names(source, &scratch)?
+                };
+                expect_rows(source, &counts, &views)
             })();
             let dropped = sources::drop_database(source, &scratch);
             result.and(dropped)
@@ -197,7 +204,13 @@ fn drill(
 
 /// Checks the source's `drill_min_rows` against the restored tables: a
 /// table gone or shrunk below what the team knows it holds fails the drill.
-fn expect_rows(source: &crate::config::SourceConfig, counts: &[(String, u64)]) -> Result<()> {
+/// Only base tables are counted; a key naming one of `views` fails too,
+/// saying so.
+fn expect_rows(
+    source: &crate::config::SourceConfig,
+    counts: &[(String, u64)],
+    views: &[String],
+) -> Result<()> {
     // Keys may leave out the quoting the listing uses: `shifts` for
     // MySQL's backquoted name, `public.Users` for "public"."Users".
     let bare = |t: &str| t.replace(['"', '`'], "");
@@ -209,6 +222,11 @@ fn expect_rows(source: &crate::config::SourceConfig, counts: &[(String, u64)]) -
         {
             Some((_, n)) if n >= min => {}
             Some((t, n)) => short.push(format!("{t} has {n} rows, at least {min} expected")),
+            None if views.iter().any(|v| v == table || bare(v) == bare(table)) => {
+                short.push(format!(
+                    "{table} is a view: drill_min_rows counts the rows of tables only; name the tables it reads"
+                ));
+            }
             None => {
                 // `calls` for `public.calls`: name the listing's spelling.
                 let like: Vec<&str> = (counts.iter())
