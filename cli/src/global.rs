@@ -77,6 +77,30 @@ pub(crate) fn config(global: &GlobalArgs) -> Result<Option<&'static Config>> {
     }
 }
 
+/// Where configured sources come from, for errors about a source name:
+/// the file read, or that none was (a new machine restoring with only the
+/// repository URL and password has none, and must be told so).
+pub(crate) fn config_whereabouts(global: &GlobalArgs) -> String {
+    match config(global) {
+        Ok(Some(c)) => format!("sources are read from {}", c.path.display()),
+        _ => format!(
+            "no config file was read: give --config PATH or set VAULT_CONFIG ({} does not exist)",
+            crate::config::DEFAULT_PATH
+        ),
+    }
+}
+
+/// "no source `NAME` is configured", and where sources were looked for.
+pub(crate) fn no_such_source(global: &GlobalArgs, name: &str) -> String {
+    match config(global) {
+        Ok(Some(c)) => format!("no source `{name}` is configured in {}", c.path.display()),
+        _ => format!(
+            "no source `{name}` is configured ({})",
+            config_whereabouts(global)
+        ),
+    }
+}
+
 /// The repository URL: `--repo`/`VAULT_REPOSITORY`, else the config file's,
 /// else the local default `$XDG_DATA_HOME/vault/repo`
 /// (`~/.local/share/vault/repo`).

@@ -66,6 +66,7 @@ pub(crate) fn restore(
         );
     }
     let fetch = FetchCommand::new(g, source.name())?;
+    warn_about_credentials_from_the_environment(g)?;
     let at_time = at.map(crate::timespec::parse).transpose()?;
     let index = repo.load_index()?;
     let names: Vec<String> = wal::list(repo, source.name())?
@@ -226,6 +227,9 @@ pub(crate) fn restore(
         .with_context(|| format!("writing {}", auto.display()))?;
     let written: Vec<&str> = settings.lines().filter_map(setting_name).collect();
     warn_about_recovery_settings(&target.join("postgresql.conf"), &written);
+    if keep_archiving {
+        warn_about_archive_command(target);
+    }
     std::fs::write(target.join("recovery.signal"), b"")?;
     // PostgreSQL insists on owning a 0700 data directory: match the owner
     // of the restored files.
@@ -335,6 +339,276 @@ fn warn_about_recovery_settings(conf: &Path, written: &[&str]) {
             );
         }
     }
+}
+
+/// With `--keep-archiving`, the restored cluster archives with the
+/// `archive_command` of the server the base backup came from, which names
+/// that host's files: on a new host the config or password file it names
+/// is missing, and the new primary archives nothing, which only
+/// PostgreSQL's log says. Shows the command (settings that look like
+/// secrets hidden) and names those files.
+fn warn_about_archive_command(data: &Path) {
+    let Some((command, file)) = configured_setting(data, "archive_command") else {
+        eprintln!(
+            "vault: warning: --keep-archiving: neither {} nor postgresql.auto.conf (nor a file they include) sets archive_command: unless this host's server configuration sets one, the restored cluster archives no WAL",
+            data.join("postgresql.conf").display()
+        );
+        return;
+    };
+    eprintln!(
+        "vault: warning: --keep-archiving: once promoted, the restored cluster archives WAL with archive_command = {} (from {}), run by PostgreSQL as its own user with its own environment",
+        conf_quote(&hide_secrets(&command)),
+        file.display()
+    );
+    let missing = archive_command_needs(&command)
+        .into_iter()
+        .filter(|(path, _)| !path.exists())
+        .map(|(path, why)| format!("{} ({why})", path.display()))
+        .collect::<Vec<_>>();
+    if !missing.is_empty() {
+        eprintln!(
+            "vault: warning: archive_command needs files this host does not have: {}. Recreate them before starting the server, or change archive_command (docs/pitr.md, \"On a new host\"): otherwise no WAL is archived, and only PostgreSQL's log says so.",
+            missing.join(", ")
+        );
+    }
+}
+
+/// The value PostgreSQL takes for `name` from a data directory's own
+/// configuration, and the file it is set in: the last assignment in
+/// `postgresql.conf` with the files it includes (`include`,
+/// `include_if_exists`, `include_dir`), then `postgresql.auto.conf`.
+fn configured_setting(data: &Path, name: &str) -> Option<(String, PathBuf)> {
+    let mut found = None;
+    for file in ["postgresql.conf", "postgresql.auto.conf"] {
+        read_setting(&data.join(file), name, 0, &mut found);
+    }
+    found
+}
+
+fn read_setting(file: &Path, name: &str, depth: u32, found: &mut Option<(String, PathBuf)>) {
+    // PostgreSQL's own limit on nested includes.
+    if depth > 10 {
+        return;
+    }
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    let dir = file.parent().unwrap_or_else(|| Path::new("/"));
+    for line in text.lines() {
+        let Some(setting) = setting_name(line).map(str::to_ascii_lowercase) else {
+            continue;
+        };
+        let Some(value) = setting_value(line) else {
+            continue;
+        };
+        match setting.as_str() {
+            "include" | "include_if_exists" => {
+                read_setting(&dir.join(value), name, depth + 1, found)
+            }
+            "include_dir" => {
+                let Ok(entries) = std::fs::read_dir(dir.join(&value)) else {
+                    continue;
+                };
+                let mut files: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.ends_with(".conf") && !n.starts_with('.'))
+                    })
+                    .collect();
+                files.sort();
+                for f in files {
+                    read_setting(&f, name, depth + 1, found);
+                }
+            }
+            s if s == name => *found = Some((value, file.to_path_buf())),
+            _ => {}
+        }
+    }
+}
+
+/// The value of a `name = value` (or `name value`) line of a PostgreSQL
+/// configuration file: a quoted string unquoted (`''` and backslash
+/// escapes), else the word up to a space or `#`.
+fn setting_value(line: &str) -> Option<String> {
+    let name = setting_name(line)?;
+    let rest = line.trim_start()[name.len()..].trim_start();
+    let rest = rest.strip_prefix('=').unwrap_or(rest).trim_start();
+    let Some(quoted) = rest.strip_prefix('\'') else {
+        let end = rest
+            .find(|c: char| c.is_whitespace() || c == '#')
+            .unwrap_or(rest.len());
+        return Some(rest[..end].to_owned());
+    };
+    let mut value = String::new();
+    let mut chars = quoted.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' if chars.peek() == Some(&'\'') => {
+                chars.next();
+                value.push('\'');
+            }
+            '\'' => return Some(value),
+            '\\' => match chars.next()? {
+                'n' => value.push('\n'),
+                't' => value.push('\t'),
+                'r' => value.push('\r'),
+                other => value.push(other),
+            },
+            c => value.push(c),
+        }
+    }
+    None
+}
+
+/// The words `/bin/sh` would make of a command line (quotes and
+/// backslashes; no expansions), for reading file names out of it.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() || c == ';' || c == '&' || c == '|' => {
+                words.extend(word.take());
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                w.extend(chars.by_ref().take_while(|&c| c != '\''));
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => w.extend(chars.next()),
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// Files an `archive_command` needs on this host, each with why: every
+/// absolute path in it (`--opt=PATH` and `VAR=PATH` included), and for a
+/// vault command its config (`--config`, else the default one) and the
+/// password and S3 key files that config names.
+fn archive_command_needs(command: &str) -> Vec<(PathBuf, String)> {
+    let words = shell_words(command);
+    let mut needs: Vec<(PathBuf, String)> = Vec::new();
+    let mut add = |path: PathBuf, why: String| {
+        if !needs.iter().any(|(p, _)| *p == path) {
+            needs.push((path, why));
+        }
+    };
+    let mut config = None;
+    // The program: the first word that is no `VAR=value` and no wrapper.
+    let runs_vault = words
+        .iter()
+        .find(|w| !w.contains('=') && !["env", "exec", "nice", "ionice"].contains(&w.as_str()))
+        .is_some_and(|w| w.rsplit('/').next() == Some("vault"));
+    for (i, word) in words.iter().enumerate() {
+        let value = match word.split_once('=') {
+            Some((key, value)) if key.starts_with("--") || !key.contains('/') => value,
+            _ => word.as_str(),
+        };
+        if word == "--config" {
+            config = words.get(i + 1).map(PathBuf::from);
+        } else if let Some(path) = word.strip_prefix("--config=") {
+            config = Some(PathBuf::from(path));
+        }
+        if value.starts_with('/') && !value.contains('%') {
+            add(PathBuf::from(value), "named in archive_command".into());
+        }
+    }
+    if runs_vault {
+        let config = config.unwrap_or_else(|| {
+            add(
+                PathBuf::from(crate::config::DEFAULT_PATH),
+                "the config vault reads without --config, unless VAULT_CONFIG is set for the server".into(),
+            );
+            PathBuf::from(crate::config::DEFAULT_PATH)
+        });
+        if let Ok(loaded) = crate::config::Config::load(&config) {
+            let repository = &loaded.repository;
+            for (file, key) in [
+                (&repository.password_file, "password_file"),
+                (&repository.access_key_id_file, "access_key_id_file"),
+                (&repository.secret_access_key_file, "secret_access_key_file"),
+            ] {
+                if let Some(file) = file {
+                    add(file.clone(), format!("{key} in {}", config.display()));
+                }
+            }
+        }
+    }
+    needs
+}
+
+/// `command` with the values of `NAME=VALUE` words whose name looks like
+/// a secret's (PGPASSWORD, AWS_SECRET_ACCESS_KEY, ...) replaced, for
+/// printing.
+fn hide_secrets(command: &str) -> String {
+    let secret = |name: &str| {
+        let name = name.trim_start_matches('-').to_ascii_uppercase();
+        ["PASSWORD", "SECRET", "TOKEN", "PASSWD"]
+            .iter()
+            .any(|s| name.contains(s))
+            && !name.ends_with("FILE")
+    };
+    command
+        .split(' ')
+        .map(|word| match word.split_once('=') {
+            Some((name, _)) if secret(name) => format!("{name}=<hidden>"),
+            _ => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `restore_command` carries no credentials, and PostgreSQL runs it with
+/// its own environment (systemd's is clean): S3 credentials that this
+/// restore found only in `AWS_*` variables are not there for the fetches,
+/// and recovery stops at the first one. Said before anything is written;
+/// the credentials themselves are never printed.
+fn warn_about_credentials_from_the_environment(g: &GlobalArgs) -> Result<()> {
+    if !global::repo_url(g)?.starts_with("s3:") {
+        return Ok(());
+    }
+    let config = global::config(g)?;
+    let repository = config.map(|c| &c.repository);
+    let from_env: Vec<&str> = [
+        (
+            "AWS_ACCESS_KEY_ID",
+            repository.and_then(|r| r.access_key_id_file.as_ref()),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            repository.and_then(|r| r.secret_access_key_file.as_ref()),
+        ),
+    ]
+    .into_iter()
+    .filter(|(var, file)| file.is_none() && std::env::var_os(var).is_some_and(|v| !v.is_empty()))
+    .map(|(var, _)| var)
+    .collect();
+    if from_env.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "vault: warning: the S3 credentials came from {} in this command's environment, which restore_command does not carry (it holds no secret): PostgreSQL started by systemd, or in any other clean environment, cannot fetch WAL. Put them in files named by access_key_id_file and secret_access_key_file under [repository] in {}, readable by the user PostgreSQL runs as (docs/pitr.md, \"On a new host\").",
+        from_env.join(" and "),
+        config.map_or_else(
+            || crate::config::DEFAULT_PATH.into(),
+            |c| c.path.display().to_string()
+        )
+    );
+    Ok(())
 }
 
 /// The `restore_command` that `restore --pitr` writes, and the files it
@@ -565,6 +839,74 @@ mod tests {
         mode(dir.path(), 0o750).unwrap();
         assert!(!stranger(READ));
         assert!(can_access(&file, 0, 0, READ));
+    }
+
+    #[test]
+    fn archive_command_is_read_through_includes_and_the_files_it_needs_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("conf.d")).unwrap();
+        std::fs::write(
+            data.join("postgresql.conf"),
+            "archive_command = 'first'\ninclude 'extra.conf' # more\ninclude_dir = 'conf.d'\n",
+        )
+        .unwrap();
+        std::fs::write(data.join("extra.conf"), "archive_command = 'second'\n").unwrap();
+        let old_config = dir.path().join("old host/vault.toml");
+        std::fs::write(
+            data.join("conf.d/10-archive.conf"),
+            format!(
+                "archive_command = 'PGPASSWORD=s3cr3t /usr/local/bin/vault --config ''{}'' wal push %p'\n",
+                old_config.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(data.join("conf.d/.hidden.conf"), "archive_command = 'no'\n").unwrap();
+        let (command, file) = configured_setting(&data, "archive_command").unwrap();
+        assert_eq!(file, data.join("conf.d/10-archive.conf"));
+        assert!(
+            command.contains(&format!("--config '{}'", old_config.display())),
+            "{command}"
+        );
+        assert!(!hide_secrets(&command).contains("s3cr3t"));
+        let needs = archive_command_needs(&command);
+        let paths: Vec<&Path> = needs.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            paths,
+            [Path::new("/usr/local/bin/vault"), old_config.as_path()]
+        );
+
+        // A config that is there: the files it names are needed too.
+        std::fs::create_dir_all(old_config.parent().unwrap()).unwrap();
+        std::fs::write(
+            &old_config,
+            "[repository]\npassword_file = \"/etc/vault/archive-pass\"\n",
+        )
+        .unwrap();
+        let needs = archive_command_needs(&command);
+        assert_eq!(needs[2].0, Path::new("/etc/vault/archive-pass"));
+        assert!(needs[2].1.contains("password_file in"), "{needs:?}");
+
+        // ALTER SYSTEM wins; `vault` without --config reads the default.
+        std::fs::write(
+            data.join("postgresql.auto.conf"),
+            "archive_command = 'vault --password-file=/x/pass wal push \"%p\"'\n",
+        )
+        .unwrap();
+        let (command, _) = configured_setting(&data, "archive_command").unwrap();
+        let needs = archive_command_needs(&command);
+        let paths: Vec<&Path> = needs.iter().map(|(p, _)| p.as_path()).collect();
+        assert!(
+            paths.starts_with(&[Path::new("/x/pass"), Path::new(crate::config::DEFAULT_PATH)]),
+            "{paths:?}"
+        );
+        assert_eq!(hide_secrets(&command), command);
+        assert_eq!(
+            shell_words(r#"a 'b c'"d\"e" f\ g;h"#),
+            ["a", "b cd\"e", "f g", "h"]
+        );
+        assert_eq!(setting_value(r"x = 'it''s \'q\''"), Some("it's 'q'".into()));
+        assert_eq!(setting_value("x on # c"), Some("on".into()));
     }
 
     #[test]

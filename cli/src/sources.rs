@@ -293,21 +293,28 @@ pub(crate) fn create_database(s: &SourceConfig, target: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// Drops database `target` (drills clean up after themselves).
+/// Drops database `target` (drills clean up after themselves, and so does
+/// a restore whose load failed).
 pub(crate) fn drop_database(s: &SourceConfig, target: &str) -> Result<()> {
     validate_db_name(target)?;
+    let sql = drop_statement(s, target);
     match s.kind {
         SourceKind::Postgres => run_checked(
-            psql(s, "postgres")?.args(["-c", &format!("DROP DATABASE IF EXISTS \"{target}\"")]),
+            psql(s, "postgres")?.args(["-c", &sql]),
             "psql (drop database)",
         ),
-        SourceKind::Mysql => run_checked(
-            mariadb(s)?.args(["-e", &format!("DROP DATABASE IF EXISTS `{target}`")]),
-            "mariadb (drop database)",
-        ),
+        SourceKind::Mysql => run_checked(mariadb(s)?.args(["-e", &sql]), "mariadb (drop database)"),
         _ => bail!("source {} is not a database", s.name()),
     }
     .map(|_| ())
+}
+
+/// The SQL that drops database `target` (a validated name) of source `s`.
+pub(crate) fn drop_statement(s: &SourceConfig, target: &str) -> String {
+    match s.kind {
+        SourceKind::Mysql => format!("DROP DATABASE IF EXISTS `{target}`"),
+        _ => format!("DROP DATABASE IF EXISTS \"{target}\""),
+    }
 }
 
 /// Streams a dump into database `target` via the client; `write` produces
@@ -381,7 +388,12 @@ pub(crate) fn load_database(
     Ok(())
 }
 
-/// Tables of `target` with exact row counts.
+/// Base tables of `target` with exact row counts. Views are not counted:
+/// their rows are the tables' rows again (a view over a table doubled its
+/// count), and a view of another database's tables is no part of this one.
+/// PostgreSQL's `pg_tables` lists plain and partitioned tables only (no
+/// views, materialized views or foreign tables); MySQL's
+/// `information_schema.tables` lists views too, and MariaDB its sequences.
 pub(crate) fn table_counts(s: &SourceConfig, target: &str) -> Result<Vec<(String, u64)>> {
     validate_db_name(target)?;
     let tables: Vec<String> = match s.kind {
@@ -398,7 +410,7 @@ pub(crate) fn table_counts(s: &SourceConfig, target: &str) -> Result<Vec<(String
                 "-N",
                 "-B",
                 "-e",
-                &format!("SELECT CONCAT('`', table_name, '`') FROM information_schema.tables WHERE table_schema = '{target}' ORDER BY 1"),
+                &format!("SELECT CONCAT('`', table_name, '`') FROM information_schema.tables WHERE table_schema = '{target}' AND table_type IN ('BASE TABLE', 'SYSTEM VERSIONED') ORDER BY 1"),
             ]),
             "mariadb (list tables)",
         )?,
@@ -427,6 +439,38 @@ pub(crate) fn table_counts(s: &SourceConfig, target: &str) -> Result<Vec<(String
         out.push((table, n));
     }
     Ok(out)
+}
+
+/// Views (and PostgreSQL's materialized views) of `target`, named as
+/// [`table_counts`] names tables: to tell a `drill_min_rows` key naming
+/// one that only tables are counted.
+pub(crate) fn view_names(s: &SourceConfig, target: &str) -> Result<Vec<String>> {
+    validate_db_name(target)?;
+    let text = match s.kind {
+        SourceKind::Postgres => run_checked(
+            psql(s, target)?.args([
+                "-At",
+                "-c",
+                "SELECT quote_ident(schemaname) || '.' || quote_ident(viewname) FROM pg_views WHERE schemaname NOT IN ('pg_catalog', 'information_schema') UNION ALL SELECT quote_ident(schemaname) || '.' || quote_ident(matviewname) FROM pg_matviews ORDER BY 1",
+            ]),
+            "psql (list views)",
+        )?,
+        SourceKind::Mysql => run_checked(
+            mariadb(s)?.args([
+                "-N",
+                "-B",
+                "-e",
+                &format!("SELECT CONCAT('`', table_name, '`') FROM information_schema.tables WHERE table_schema = '{target}' AND table_type = 'VIEW' ORDER BY 1"),
+            ]),
+            "mariadb (list views)",
+        )?,
+        _ => bail!("source {} is not a database", s.name()),
+    };
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// A physical base backup (`pg_basebackup` as a tar stream, WAL excluded:

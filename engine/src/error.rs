@@ -46,7 +46,9 @@ pub enum Error {
     #[error("wrong password or damaged key file")]
     WrongPassword,
     /// The repository's `config` object is absent.
-    #[error("no repository at {location} (run `vault init` first)")]
+    #[error(
+        "no repository at {location}: check the URL and its prefix (`vault init` would create a new, empty repository there)"
+    )]
     RepositoryNotFound {
         /// Where we looked.
         location: String,

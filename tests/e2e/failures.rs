@@ -28,7 +28,109 @@ fn missing_repository_exits_10(backend: Backend) {
     let env = Env::uninitialised_on(backend);
     let out = env.vault(&["snapshots"]);
     assert_code(&out, 10);
-    assert!(stderr(&out).contains("vault init"), "{}", stderr(&out));
+    // A wrong prefix typed during a recovery must not read as "create one".
+    assert!(
+        stderr(&out).contains("check the URL and its prefix")
+            && stderr(&out).contains("`vault init` would create a new, empty repository"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A new machine restoring with only the repository URL and password has
+/// no config: a source name given to `restore` answered "no snapshot
+/// matches pgmain", as if the backups were gone, and with `--at` "give
+/// either a snapshot id or --at". The errors now say that no source of
+/// that name is configured, that no config file was read, and how to pick
+/// by tag instead (which works).
+#[test]
+fn a_source_name_without_a_config_says_no_config_was_read() {
+    if std::path::Path::new("/etc/vault/vault.toml").exists() {
+        eprintln!("NOTICE: /etc/vault/vault.toml exists, skipping");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    assert_success(&env.vault(&["backup", "--tag", "files", src.to_str().unwrap()]));
+    let target = env.path("target");
+    let target = target.to_str().unwrap();
+    let no_config = |args: &[&str]| {
+        let out = env
+            .command(args)
+            .env_remove("VAULT_CONFIG")
+            .output()
+            .unwrap();
+        assert_code(&out, 1);
+        stderr(&out)
+    };
+    let err = no_config(&["restore", "pgmain", "--target", target]);
+    assert!(
+        err.contains("no snapshot id starts with `pgmain`")
+            && err.contains(
+                "no source `pgmain` is configured (no config file was read: give --config"
+            )
+            && err.contains("`latest --tag pgmain`"),
+        "{err}"
+    );
+    let err = no_config(&["restore", "files", "--at", "now", "--target", target]);
+    assert!(
+        err.contains("no source `files` is configured (no config file was read")
+            && err.contains("`--tag files --at \"now\"`"),
+        "{err}"
+    );
+    let err = no_config(&["restore", "pgmain", "--pitr", "--target", target]);
+    assert!(
+        err.contains("--pitr needs a configured postgres source: no source `pgmain` is configured (no config file was read"),
+        "{err}"
+    );
+    let err = no_config(&["drill", "pgmain"]);
+    assert!(err.contains("no config file was read"), "{err}");
+    // With a config that lacks the source, the message names the file.
+    let config = env.path("vault.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = env
+        .command(&["restore", "pgmain", "--target", target])
+        .env("VAULT_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains(&format!(
+            "no source `pgmain` is configured in {}",
+            config.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    // What the messages suggest works.
+    for args in [
+        &["restore", "latest", "--tag", "files", "--target", target][..],
+        &[
+            "restore",
+            "--tag",
+            "files",
+            "--at",
+            "now",
+            "--target",
+            target,
+            "--overwrite",
+        ],
+    ] {
+        assert_success(
+            &env.command(args)
+                .env_remove("VAULT_CONFIG")
+                .output()
+                .unwrap(),
+        );
+    }
+    assert!(
+        std::path::Path::new(target)
+            .join(src.strip_prefix("/").unwrap())
+            .join("f")
+            .exists()
+    );
 }
 
 /// A local repository path that is a file, or runs through one: opening

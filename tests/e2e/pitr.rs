@@ -785,6 +785,114 @@ fn restore_at_a_time_before_a_gap_works_and_a_time_after_the_archive_is_warned_a
     assert_eq!(t.rows(&server.port), "1,2");
 }
 
+/// `--keep-archiving` keeps the old server's `archive_command`, which names
+/// the old host's files. On a new host the new primary then archives
+/// nothing, and only PostgreSQL's log says so. The restore shows the
+/// command and names what this host lacks: here the password file that
+/// the config named, moved away (this host gives its own). Without
+/// `--keep-archiving`, archiving is off and nothing is said.
+#[test]
+fn keep_archiving_shows_archive_command_and_the_files_it_needs_that_are_missing() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    t.commit(&port, 1);
+    t.archive_all(&port);
+    let out = t.restore_output(None, "test-copy", &[]);
+    assert_success(&out);
+    assert!(
+        !stderr(&out).contains("archive_command"),
+        "{}",
+        stderr(&out)
+    );
+
+    let (pass, new_pass) = (t.dir.join("pass"), t.dir.join("new-pass"));
+    std::fs::rename(&pass, &new_pass).unwrap();
+    let new_pass = new_pass.to_str().unwrap();
+    let out = t.restore_output(
+        None,
+        "primary",
+        &["--keep-archiving", "--password-file", new_pass],
+    );
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "archive_command = '{} --config {} wal push %p'",
+            env!("CARGO_BIN_EXE_vault"),
+            t.config.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "needs files this host does not have: {} (password_file in {})",
+            pass.display(),
+            t.config.display()
+        )),
+        "{err}"
+    );
+    let auto = std::fs::read_to_string(t.dir.join("primary/postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("archive_mode"), "{auto}");
+}
+
+/// `restore_command` carries no credentials and PostgreSQL runs it with
+/// its own environment: S3 credentials the restore found only in `AWS_*`
+/// variables are warned about (without printing them), before anything
+/// is written; credentials from the config's key files are not.
+#[test]
+fn pitr_restore_warns_when_s3_credentials_come_only_from_the_environment() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::on(Backend::S3);
+    let server = env.server.clone().unwrap();
+    let source = "[[source]]\nname = \"pgdb\"\nkind = \"postgres\"\ndatabase = \"x\"\n";
+    let (id, secret) = (env.path("s3-id"), env.path("s3-secret"));
+    for (file, value) in [
+        (&id, &server.access_key_id),
+        (&secret, &server.secret_access_key),
+    ] {
+        std::fs::write(file, format!("{value}\n")).unwrap();
+        crate::support::private(file);
+    }
+    let with_files = format!(
+        "[repository]\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n{source}",
+        id.display(),
+        secret.display()
+    );
+    for (text, warned) in [(source.to_owned(), true), (with_files, false)] {
+        let config = env.path("vault.toml");
+        std::fs::write(&config, text).unwrap();
+        crate::support::private(&config);
+        let target = env.path("target");
+        let out = env
+            .command(&[
+                "restore",
+                "pgdb",
+                "--pitr",
+                "--target",
+                target.to_str().unwrap(),
+            ])
+            .env("VAULT_CONFIG", &config)
+            .output()
+            .unwrap();
+        // No base backup: the restore fails after the checks.
+        assert_code(&out, 1);
+        let err = stderr(&out);
+        assert!(err.contains("no physical snapshot"), "{err}");
+        assert_eq!(
+            err.contains(
+                "the S3 credentials came from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in this command's environment"
+            ),
+            warned,
+            "{err}"
+        );
+        assert!(!err.contains(&server.secret_access_key), "{err}");
+        assert!(!target.exists());
+    }
+}
+
 /// `wal list` names its source positionally (as it always did) or with
 /// `--source`, as `wal push` and `wal fetch` do.
 #[test]

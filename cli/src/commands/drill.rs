@@ -21,7 +21,12 @@ pub(crate) struct DrillArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
-    let config = global::config(g)?.context("vault drill needs a config file with sources")?;
+    let config = global::config(g)?.with_context(|| {
+        format!(
+            "vault drill needs a config file with sources ({})",
+            global::config_whereabouts(g)
+        )
+    })?;
     let source = config.source(&args.source).with_context(|| {
         format!(
             "no source named {:?} in {}",
@@ -143,7 +148,14 @@ fn drill(
                     .collect::<Vec<_>>()
                     .into();
                 report["rows"] = counts.iter().map(|(_, n)| n).sum::<u64>().into();
-                expect_rows(source, &counts)
+                // A key naming a view gets its own message, not "not
+                // in the restored database".
+                let views = if source.drill_min_rows.is_empty() {
+                    Vec::new()
+                } else {
+                    sources::view_names(source, &scratch)?
+                };
+                expect_rows(source, &counts, &views)
             })();
             let dropped = sources::drop_database(source, &scratch);
             result.and(dropped)
@@ -192,7 +204,13 @@ fn drill(
 
 /// Checks the source's `drill_min_rows` against the restored tables: a
 /// table gone or shrunk below what the team knows it holds fails the drill.
-fn expect_rows(source: &crate::config::SourceConfig, counts: &[(String, u64)]) -> Result<()> {
+/// Only base tables are counted; a key naming one of `views` fails too,
+/// saying so.
+fn expect_rows(
+    source: &crate::config::SourceConfig,
+    counts: &[(String, u64)],
+    views: &[String],
+) -> Result<()> {
     // Keys may leave out the quoting the listing uses: `shifts` for
     // MySQL's backquoted name, `public.Users` for "public"."Users".
     let bare = |t: &str| t.replace(['"', '`'], "");
@@ -204,6 +222,11 @@ fn expect_rows(source: &crate::config::SourceConfig, counts: &[(String, u64)]) -
         {
             Some((_, n)) if n >= min => {}
             Some((t, n)) => short.push(format!("{t} has {n} rows, at least {min} expected")),
+            None if views.iter().any(|v| v == table || bare(v) == bare(table)) => {
+                short.push(format!(
+                    "{table} is a view: drill_min_rows counts the rows of tables only; name the tables it reads"
+                ));
+            }
             None => {
                 // `calls` for `public.calls`: name the listing's spelling.
                 let like: Vec<&str> = (counts.iter())

@@ -45,7 +45,9 @@ pub(crate) struct RestoreArgs {
     /// (for a cluster that replaces the lost primary). Without it
     /// archive_mode is off there: a restore test that promotes would push
     /// its own timeline into the production archive, and a later restore
-    /// to the newest timeline would follow the test's history.
+    /// to the newest timeline would follow the test's history. Prints the
+    /// archive_command the cluster keeps, and the files it names that this
+    /// host lacks.
     #[arg(long, requires = "pitr")]
     keep_archiving: bool,
     /// Only restore these snapshot paths (and what is below them). Globs
@@ -87,7 +89,16 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         _ => None,
     };
     if args.pitr {
-        let source = source.context("--pitr needs a configured postgres source name")?;
+        let source = source.with_context(|| match spec {
+            Some(name) => format!(
+                "--pitr needs a configured postgres source: {}",
+                global::no_such_source(g, name)
+            ),
+            None => format!(
+                "--pitr needs the name of a configured postgres source, as `vault restore SOURCE --pitr` ({})",
+                global::config_whereabouts(g)
+            ),
+        })?;
         return crate::pitr::restore(
             g,
             &repo,
@@ -101,17 +112,28 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     let picked = if let Some(source) = source {
         super::pick_source_snapshot(&repo, source.name(), args.at.as_deref(), false, &filter)?
     } else {
-        if args.at.is_some() && spec.is_some() {
-            bail!("give either a snapshot id or --at, not both");
+        if let (Some(at), Some(name)) = (&args.at, spec) {
+            if name == "latest" {
+                bail!("give either a snapshot id or --at, not both");
+            }
+            // Likely a source name, on a machine without the config.
+            bail!(
+                "{}; --at picks a snapshot by time, for a source name, not a snapshot id: to pick by tag instead, give `--tag {name} --at \"{at}\"` without `{name}`",
+                global::no_such_source(g, name)
+            );
         }
-        super::pick_snapshot(&repo, spec, args.at.as_deref(), &filter)?
+        super::pick_snapshot(&repo, spec, args.at.as_deref(), &filter)
+            .map_err(|e| unknown_name(g, spec, &filter, e))?
     };
     let (id, snap) = picked;
     let index = repo.load_index()?;
     if let Some(database) = &args.into_database {
-        let source = source.context(
-            "--into-database needs a configured database source name, e.g. `vault restore phone-db --into-database phone_restored`",
-        )?;
+        let source = source.with_context(|| {
+            format!(
+                "--into-database needs a configured database source name, e.g. `vault restore phone-db --into-database phone_restored` ({})",
+                global::config_whereabouts(g)
+            )
+        })?;
         return restore_database(g, &repo, &index, &snap, &id, source, database);
     }
     let target = args.target.clone().context("--target is required")?;
@@ -238,6 +260,38 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     Ok(ExitCode::SUCCESS)
 }
 
+/// A snapshot argument that matched no snapshot id and names no configured
+/// source: say both, since on a new machine without the config a source
+/// name ("no snapshot matches pgmain") looked like a missing backup.
+/// Other failures (damage, an ambiguous prefix, storage) pass unchanged.
+fn unknown_name(
+    g: &GlobalArgs,
+    spec: Option<&str>,
+    filter: &FilterArgs,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let Some(name) = spec.filter(|s| *s != "latest") else {
+        return e;
+    };
+    let plain = e.chain().all(|c| {
+        c.downcast_ref::<vault_engine::Error>().is_none()
+            && c.downcast_ref::<vault_engine::snapshot::SelectError>()
+                .is_none()
+    });
+    if !plain {
+        return e;
+    }
+    let filtered = if filter.hosts.is_empty() && filter.tags.is_empty() && filter.paths.is_empty() {
+        ""
+    } else {
+        " of those --host/--tag/--path select"
+    };
+    anyhow::anyhow!(
+        "no snapshot id{filtered} starts with `{name}`, and {}; to restore the newest snapshot tagged {name}, give `latest --tag {name}` in place of `{name}`",
+        global::no_such_source(g, name)
+    )
+}
+
 fn restore_database(
     g: &GlobalArgs,
     repo: &vault_engine::Repository,
@@ -250,12 +304,35 @@ fn restore_database(
     let filename = crate::sources::dump_filename(source);
     let node = restore::find_node(repo, index, &snap.tree, format!("/{filename}"))
         .with_context(|| format!("snapshot {} holds no {filename}", id.short()))?;
-    crate::sources::create_database(source, database)?;
+    crate::sources::create_database(source, database).map_err(|e| {
+        if format!("{e:#}").contains("exists") {
+            e.context(format!(
+                "database {database} exists already: a restore loads only into a database it creates; give a new name, or drop that one first"
+            ))
+        } else {
+            e
+        }
+    })?;
     let mut written = 0u64;
-    crate::sources::load_database(source, database, &mut |out| {
+    let loaded = crate::sources::load_database(source, database, &mut |out| {
         written = restore::dump(repo, index, &node, out)?;
         Ok(())
-    })?;
+    });
+    if let Err(e) = loaded {
+        // CREATE DATABASE above succeeded, so this run made the database
+        // and nothing but this load has been in it: dropping it again
+        // loses nothing, and spares the retry "already exists" (and an
+        // application pointed at it a partial copy).
+        return Err(match crate::sources::drop_database(source, database) {
+            Ok(()) => e.context(format!(
+                "database {database}, created by this restore, was dropped again, partly loaded; fix the cause and run the restore again"
+            )),
+            Err(dropping) => e.context(format!(
+                "database {database} was created by this restore and is left partly loaded, as dropping it failed ({dropping:#}): drop it ({}) before running the restore again",
+                crate::sources::drop_statement(source, database)
+            )),
+        });
+    }
     if g.json {
         output::print_json(&serde_json::json!({
             "message_type": "summary",
