@@ -110,6 +110,20 @@ pub struct RestoreReport {
     /// missing in the repository, each with why; the restore went on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub damaged_files: Vec<DamagedFile>,
+    /// Entries not restored at all because their node in the snapshot is
+    /// malformed (a symlink whose target no file system holds), each with
+    /// why; the restore went on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_entries: Vec<DamagedEntry>,
+}
+
+/// An entry that could not be restored: its node is damage.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DamagedEntry {
+    /// Where it belongs.
+    pub path: String,
+    /// What is wrong with its node.
+    pub error: String,
 }
 
 /// A file whose content could not be restored whole.
@@ -305,7 +319,8 @@ struct Item {
 #[derive(Default)]
 struct Rare {
     atime: Option<jiff::Timestamp>,
-    link_target: Option<std::ffi::OsString>,
+    /// A symlink's target, or why it has none a file system can hold.
+    link_target: Option<std::result::Result<std::ffi::OsString, &'static str>>,
     device: Option<u64>,
     /// `(device, inode)` of a file with other hard links.
     hardlink: Option<(u64, u64)>,
@@ -316,7 +331,7 @@ impl Item {
     fn new(path: PathBuf, node: Node) -> Self {
         let hardlink = (node.kind == NodeKind::File && node.links > 1 && node.inode != 0)
             .then_some((node.device_id, node.inode));
-        let link_target = node.os_link_target();
+        let link_target = (node.kind == NodeKind::Symlink).then(|| node.usable_link_target());
         let rare = Rare {
             atime: node.atime,
             link_target,
@@ -344,6 +359,27 @@ impl Item {
 
     fn hardlink(&self) -> Option<(u64, u64)> {
         self.rare.as_ref().and_then(|r| r.hardlink)
+    }
+
+    /// A symlink's target, or why it cannot be created.
+    fn link_target(&self) -> std::result::Result<&std::ffi::OsStr, &'static str> {
+        match self.rare.as_ref().and_then(|r| r.link_target.as_ref()) {
+            Some(Ok(target)) => Ok(target),
+            Some(Err(why)) => Err(why),
+            None => Err("symlink without a target"),
+        }
+    }
+
+    /// The report of a symlink that cannot be created, if this is one.
+    fn damage(&self) -> Option<DamagedEntry> {
+        let why = self
+            .link_target()
+            .err()
+            .filter(|_| self.kind == NodeKind::Symlink)?;
+        Some(DamagedEntry {
+            path: self.path.display().to_string(),
+            error: why.to_owned(),
+        })
     }
 }
 
@@ -539,13 +575,16 @@ fn restore_on_pool(
                 report.files += 1;
             }
             NodeKind::Symlink => {
+                // A target no file system holds is damage to this entry
+                // alone (what is in its place is left alone), not a
+                // failure of the restore.
+                let Ok(target) = item.link_target() else {
+                    absent[idx] = true;
+                    report.damaged_entries.extend(item.damage());
+                    continue;
+                };
                 remove_existing(path)?;
-                let target = item
-                    .rare
-                    .as_ref()
-                    .and_then(|r| r.link_target.clone())
-                    .unwrap_or_default();
-                std::os::unix::fs::symlink(&target, path)
+                std::os::unix::fs::symlink(target, path)
                     .map_err(|e| Error::io(format!("creating symlink {}", path.display()), e))?;
                 report.others += 1;
             }
@@ -858,10 +897,12 @@ fn plan_only(
         .into_iter()
         .filter(|i| i.hardlink().is_none_or(|key| first_names.insert(key)))
         .collect();
+    report.damaged_entries = items.iter().filter_map(Item::damage).collect();
     report.others = items
         .iter()
         .filter(|i| !matches!(i.kind, NodeKind::Dir | NodeKind::File | NodeKind::Socket))
-        .count() as u64;
+        .count() as u64
+        - report.damaged_entries.len() as u64;
     let sizes: Vec<(u64, u64)> = files
         .par_iter()
         .map(|item| {

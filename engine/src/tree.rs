@@ -144,6 +144,21 @@ impl Node {
             .map(|t| decode_os(t, self.linktarget_raw.as_ref()))
     }
 
+    /// The target a symlink can be made with, or why none can: readers do
+    /// not validate link targets when decoding a tree (repo-format.md §9),
+    /// but no file system holds an empty one or one with a NUL byte (the
+    /// kernel takes a C string), so such a node is damage to the one entry.
+    pub fn usable_link_target(&self) -> Result<OsString, &'static str> {
+        match self.os_link_target() {
+            None => Err("symlink without a target"),
+            Some(t) if t.is_empty() => Err("symlink with an empty target"),
+            Some(t) if t.as_bytes().contains(&0) => {
+                Err("symlink target holds a NUL byte, which no path can hold")
+            }
+            Some(t) => Ok(t),
+        }
+    }
+
     /// Backups by vault before 2026-11-24 recorded an ancestor of a
     /// backed-up path reached through a symlink as that symlink, with the
     /// children below it (repo-format.md §9). Such a node stands for the

@@ -474,3 +474,104 @@ fn stats_diff_and_rewrite_refuse_trees_nested_deeper_than_readers_follow() {
     vault_engine::stats::stats(&repo, &index, &fine).expect("stats");
     vault_engine::rewrite::rewrite(&repo, &index, &fine, &excludes, false, true).expect("rewrite");
 }
+
+/// Decoding does not validate link targets (repo-format.md §9), but no
+/// file system holds one with a NUL byte or an empty one: such a symlink
+/// is damage to itself alone. Restore makes everything else and reports
+/// it, dump refuses it naming it, the listings show it, and `check`
+/// reports the node.
+#[test]
+fn a_symlink_whose_target_no_file_system_holds_is_damage_to_that_entry() {
+    let repo = repo();
+    let file = |name: &str| {
+        let mut node = Node::new(name, NodeKind::File);
+        node.content = Some(Vec::new());
+        node
+    };
+    let link = |name: &str, target: &str, raw: Option<&[u8]>| {
+        let mut node = Node::new(name, NodeKind::Symlink);
+        node.linktarget = Some(target.into());
+        node.linktarget_raw = raw.map(hex::encode);
+        node
+    };
+    let nodes = vec![
+        file("a"),
+        link("b", "x\0y", None),
+        link("c", "x", Some(b"\xff\0/etc")),
+        link("d", "", None),
+        link("e", "fine", None),
+        file("f"),
+    ];
+    let root = store(&repo, &[Blob::tree(&Tree { nodes })])[0];
+    snapshot(&repo, root);
+
+    let target = tempfile::tempdir().unwrap();
+    let out = target.path().join("out");
+    let report = crate::support::restore_tree(&repo, &root, &out).expect("restore goes on");
+    let damaged: Vec<(String, String)> = report
+        .damaged_entries
+        .iter()
+        .map(|e| (e.path.clone(), e.error.clone()))
+        .collect();
+    let at = |name: &str| out.join(name).display().to_string();
+    assert_eq!(
+        damaged,
+        [
+            (
+                at("b"),
+                "symlink target holds a NUL byte, which no path can hold".into()
+            ),
+            (
+                at("c"),
+                "symlink target holds a NUL byte, which no path can hold".into()
+            ),
+            (at("d"), "symlink with an empty target".into()),
+        ]
+    );
+    assert!(out.join("a").is_file() && out.join("f").is_file());
+    assert_eq!(
+        std::fs::read_link(out.join("e")).unwrap(),
+        PathBuf::from("fine")
+    );
+    for name in ["b", "c", "d"] {
+        assert!(std::fs::symlink_metadata(out.join(name)).is_err(), "{name}");
+    }
+    assert_eq!((report.files, report.others), (2, 1));
+    // The dry run says so too.
+    let index = repo.load_index().unwrap();
+    let options = restore::RestoreOptions {
+        target: target.path().join("dry"),
+        dry_run: true,
+        concurrency: 2,
+        ..Default::default()
+    };
+    let dry = restore::restore(&repo, &index, &root, &options, &Default::default()).unwrap();
+    assert_eq!(dry.damaged_entries.len(), 3);
+    assert_eq!(dry.others, 1);
+
+    assert_damaged(dump(&repo, &root), "entry /b", "NUL byte");
+    assert_eq!(walk_all(&repo, &root).unwrap(), 6);
+    assert_eq!(find_all(&repo, &root, "*").unwrap().len(), 6);
+    let listing = BlobCache::new(1 << 20)
+        .load_tree(&repo, &index, &root)
+        .unwrap();
+    assert_eq!(listing.nodes.len(), 6);
+
+    let tree = format!("tree {root}");
+    let report = check(&repo, true);
+    assert_eq!(
+        errors(&report),
+        [
+            ("node_damaged", tree.clone()),
+            ("node_damaged", tree.clone()),
+            ("node_damaged", tree)
+        ],
+        "{:?}",
+        report.findings
+    );
+    assert!(
+        report.findings[0].message.contains("\"b\""),
+        "{}",
+        report.findings[0].message
+    );
+}
