@@ -343,7 +343,7 @@ impl Extents {
     /// first tree whose extent became known by this and exceeds
     /// [`MAX_ENTRIES`].
     pub(crate) fn add(&mut self, id: BlobId, tree: &Tree) -> Option<(BlobId, Extent)> {
-        if self.known.contains_key(&id) || self.pending.contains_key(&id) {
+        if self.contains(&id) {
             return None;
         }
         let mut extent = Extent {
@@ -386,6 +386,11 @@ impl Extents {
     /// above it are measured by what can be read.
     pub(crate) fn add_unreadable(&mut self, id: BlobId) {
         self.add(id, &Tree::default());
+    }
+
+    /// Whether tree `id` was added (its extent may not be known yet).
+    pub(crate) fn contains(&self, id: &BlobId) -> bool {
+        self.known.contains_key(id) || self.pending.contains_key(id)
     }
 
     /// The extent of tree `id`, once it and everything below it was added.

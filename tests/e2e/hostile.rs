@@ -119,12 +119,28 @@ fn trees_listing_each_other_into_billions_of_paths_are_damage() {
         });
     }
     let (snapshot, _) = snapshot_of(&env, &trees);
-    assert_damaged_everywhere(
-        &env,
-        &snapshot,
-        "more than 4294967296 entries",
-        "tree_too_large",
-    );
+    let why = "more than 4294967296 entries";
+    assert_damaged_everywhere(&env, &snapshot, why, "tree_too_large");
+    // stats, diff and rewrite too.
+    let real = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .find(|id| *id != snapshot)
+        .unwrap();
+    for args in [
+        &["stats", &snapshot][..],
+        &["stats", "--mode", "raw-data", &snapshot],
+        &["diff", &real, &snapshot],
+        &["diff", &snapshot, &real],
+        &["rewrite", "--exclude", "nothing", "--dry-run", &snapshot],
+        &["rewrite", "--exclude", "f", &snapshot],
+    ] {
+        let out = env.vault(args);
+        assert_code(&out, 5);
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+    }
 }
 
 /// A symlink whose target holds a NUL byte cannot be made: restore makes

@@ -306,13 +306,26 @@ fn check_reports_trees_nested_deeper_than_readers_follow() {
 fn doubling(repo: &Repository, levels: usize) -> BlobId {
     let mut file = Node::new("f", NodeKind::File);
     file.content = Some(Vec::new());
-    let mut blobs = vec![Blob::tree(&Tree { nodes: vec![file] })];
-    for _ in 1..levels {
+    doubling_of(repo, levels, file, false)
+}
+
+/// [`doubling`] with `leaf` as the last tree's one node; with `trailing`,
+/// each tree but the last also lists, after `a` and `b`, a directory `z`
+/// of its own (so that no tree's size is known before both of its
+/// references were followed).
+fn doubling_of(repo: &Repository, levels: usize, leaf: Node, trailing: bool) -> BlobId {
+    let mut blobs = vec![Blob::tree(&Tree { nodes: vec![leaf] })];
+    for level in 1..levels {
         let next = blobs.last().unwrap().id(repo);
-        let tree = Tree {
-            nodes: vec![dir("a", next), dir("b", next)],
-        };
-        blobs.push(Blob::tree(&tree));
+        let mut nodes = vec![dir("a", next), dir("b", next)];
+        if trailing {
+            let own = Blob::tree(&Tree {
+                nodes: vec![Node::new(&format!("level {level}"), NodeKind::Fifo)],
+            });
+            nodes.push(dir("z", own.id(repo)));
+            blobs.push(own);
+        }
+        blobs.push(Blob::tree(&Tree { nodes }));
     }
     let root = blobs.last().unwrap().id(repo);
     store(repo, &blobs);
@@ -574,4 +587,69 @@ fn a_symlink_whose_target_no_file_system_holds_is_damage_to_that_entry() {
         "{}",
         report.findings[0].message
     );
+}
+
+/// stats, diff and rewrite expand shared subtrees too (stats used to copy
+/// the hard links below a tree into every tree above it): trees listing
+/// each other into more than 2^32 entries are damage to them, as to
+/// restore, found from each tree read once.
+#[test]
+fn stats_diff_and_rewrite_refuse_trees_listing_each_other_into_billions_of_entries() {
+    use vault_engine::id::SnapshotId;
+    let repo = repo();
+    let mut linked = Node::new("f", NodeKind::File);
+    (linked.links, linked.inode, linked.size) = (2, 7, 100);
+    linked.content = Some(Vec::new());
+    let why = "more than 4294967296 entries";
+    let load = |root: BlobId| {
+        let id: SnapshotId = snapshot(&repo, root).parse().unwrap();
+        [(id, repo.load_snapshot(&id).unwrap())]
+    };
+
+    // Within the bound, shared subtrees count once per place, a hard-linked
+    // inode's bytes once.
+    let shared = doubling_of(&repo, 10, linked.clone(), false);
+    let index = repo.load_index().unwrap();
+    let report = vault_engine::stats::stats(&repo, &index, &load(shared)).unwrap();
+    let size = &report.restore_size;
+    assert_eq!(
+        (size.total_file_count, size.total_dir_count, size.total_size),
+        (1 << 9, (1 << 10) - 2, 100)
+    );
+
+    for (root, label) in [
+        (doubling(&repo, 48), "plain"),
+        (
+            doubling_of(&repo, 48, linked.clone(), true),
+            "hard links, trailing",
+        ),
+    ] {
+        let index = repo.load_index().unwrap();
+        let snaps = load(root);
+        let err = vault_engine::stats::stats(&repo, &index, &snaps).map(|_| ());
+        assert_damaged(err, "tree ", why);
+
+        for (a, b) in [(shared, root), (root, shared)] {
+            let mut changes = 0u64;
+            let mut emit = |_: &vault_engine::diff::Change| {
+                changes += 1;
+                if changes > 1_000_000 {
+                    return Err(vault_engine::Error::InvalidInput(format!(
+                        "{label}: the diff went on expanding"
+                    )));
+                }
+                Ok(())
+            };
+            let diffed =
+                vault_engine::diff::diff(&repo, &index, &a, &b, Default::default(), &mut emit);
+            assert_damaged(diffed, "tree ", why);
+        }
+
+        for pattern in ["nothing", "f"] {
+            let excludes = vault_engine::backup::Excludes::new(&[pattern.into()]).unwrap();
+            let rewritten =
+                vault_engine::rewrite::rewrite(&repo, &index, &snaps, &excludes, false, true);
+            assert_damaged(rewritten, "tree ", why);
+        }
+    }
 }
