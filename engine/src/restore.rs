@@ -633,12 +633,19 @@ fn restore_on_pool(
     // holds already is compared with the snapshot: unchanged chunks are
     // never fetched.
     let resuming = options.overwrite == Overwrite::IfChanged;
+    let groups = if resuming {
+        link_groups(&items)
+    } else {
+        HashMap::new()
+    };
     let prepare = |files: Vec<usize>| -> Result<Vec<(usize, bool)>> {
         files
             .into_par_iter()
             .map(|idx| {
                 let item = &items[idx];
-                Ok((idx, prepare_file(&item.path, item.size, options.overwrite)?))
+                let names = group_of(&groups, item);
+                let fresh = prepare_file(&item.path, item.size, options.overwrite, names)?;
+                Ok((idx, fresh))
             })
             .collect()
     };
@@ -789,7 +796,12 @@ fn restore_on_pool(
     report.bytes_skipped = skipped.load(Ordering::Relaxed);
     // Second names of hard-linked files, now that every first name exists
     // (a first name owned by a pack worker was created just above).
+    // A name already linked to its first one (a restore over its own
+    // output) is left as it is.
     for (first, path) in &links {
+        if same_file(first, path) {
+            continue;
+        }
         remove_existing(path)?;
         fs::hard_link(first, path)
             .map_err(|e| Error::io(format!("linking {}", path.display()), e))?;
@@ -897,6 +909,11 @@ fn plan_only(
         .into_iter()
         .filter(|i| i.hardlink().is_none_or(|key| first_names.insert(key)))
         .collect();
+    let groups = if options.overwrite == Overwrite::IfChanged {
+        link_groups(items)
+    } else {
+        HashMap::new()
+    };
     report.damaged_entries = items.iter().filter_map(Item::damage).collect();
     report.others = items
         .iter()
@@ -908,7 +925,9 @@ fn plan_only(
         .map(|item| {
             let content = &item.content;
             // As the restore: only a file it keeps is checked chunk by chunk.
-            let ok = if options.overwrite == Overwrite::IfChanged && resumable(&item.path) {
+            let resumes = options.overwrite == Overwrite::IfChanged
+                && resumable(&item.path, group_of(&groups, item));
+            let ok = if resumes {
                 existing_chunks_ok(repo, index, &item.path, content).unwrap_or_default()
             } else {
                 Vec::new()
@@ -1016,16 +1035,37 @@ fn remove_existing(path: &Path) -> Result<()> {
     .map_err(|e| Error::io(format!("replacing {}", path.display()), e))
 }
 
+/// Every name this restore gives each hard-linked file, by (device, inode)
+/// in the snapshot: the first in walk order is written, the others are
+/// linked to it.
+fn link_groups(items: &[Item]) -> HashMap<(u64, u64), Vec<&Path>> {
+    let mut groups: HashMap<(u64, u64), Vec<&Path>> = HashMap::new();
+    for item in items.iter().filter(|i| i.kind == NodeKind::File) {
+        if let Some(key) = item.hardlink() {
+            groups.entry(key).or_default().push(&item.path);
+        }
+    }
+    groups
+}
+
+/// The names of `item`'s link group (itself among them), or none.
+fn group_of<'a>(groups: &'a HashMap<(u64, u64), Vec<&Path>>, item: &Item) -> &'a [&'a Path] {
+    item.hardlink()
+        .and_then(|key| groups.get(&key))
+        .map_or(&[][..], Vec::as_slice)
+}
+
 /// Creates or resizes a file; returns whether it was created empty (so
-/// unwritten ranges are holes reading as zeros).
-fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
+/// unwritten ranges are holes reading as zeros). `names` are the names
+/// the restore gives it (its link group), when it is hard-linked.
+fn prepare_file(path: &Path, size: u64, overwrite: Overwrite, names: &[&Path]) -> Result<bool> {
     // A file restored read-only (0444) cannot be opened to write as a user
     // other than root: it is made anew instead, as files that are not
     // there. Resuming was refused outright ("Permission denied").
-    // A file with other hard links is made anew too: writing through it
-    // would change the other names, which may lie outside the target (a
-    // restore's own second names are linked again afterwards).
-    if overwrite == Overwrite::IfChanged && resumable(path) {
+    // A file with hard links beyond `names` is made anew too: writing
+    // through it would change the other names, which may lie outside the
+    // target (a restore's own second names are linked again afterwards).
+    if overwrite == Overwrite::IfChanged && resumable(path, names) {
         let f = OpenOptions::new()
             .write(true)
             .open(path)
@@ -1042,13 +1082,34 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
 
 /// Whether an if-changed restore keeps the existing file at `path` and
 /// writes only the chunks that differ; any other file is made anew (see
-/// [`prepare_file`]).
-fn resumable(path: &Path) -> bool {
+/// [`prepare_file`]). A file with other hard links is kept only when each
+/// of them is one of `names`, the names the restore links to this file
+/// (its own output, restored again): writing through it then changes
+/// nothing but the restore's own file.
+fn resumable(path: &Path, names: &[&Path]) -> bool {
+    use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(path).is_ok_and(|meta| {
+        let links_within = || {
+            let own = names.iter().filter(|name| {
+                fs::symlink_metadata(name)
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+            });
+            own.count() as u64 == meta.nlink()
+        };
         meta.is_file()
-            && std::os::unix::fs::MetadataExt::nlink(&meta) == 1
+            && (meta.nlink() == 1 || links_within())
             && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
     })
+}
+
+/// Whether `a` and `b` are names of one file (neither followed if a
+/// symlink).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// Creates a new empty file, replacing whatever is in the way (the caller
