@@ -524,6 +524,15 @@ impl Filesystem for SnapshotFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let inodes = self.inodes.read().expect("inode table lock");
         match inode(&inodes, ino.0).map(|i| &i.body) {
+            // A target no file system holds (a damaged node) is an error
+            // to read, as damaged content is.
+            Ok(Body::Symlink(target)) if target.is_empty() || target.as_bytes().contains(&0) => {
+                tracing::warn!(
+                    "symlink inode {}: its node in the snapshot is damaged (empty target or NUL byte)",
+                    ino.0
+                );
+                reply.error(Errno::EIO);
+            }
             Ok(Body::Symlink(target)) => reply.data(target.as_bytes()),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),

@@ -138,6 +138,14 @@ fn append(
         seen.stats.skipped += 1;
         return Ok(());
     }
+    // Before anything of the entry is written: tar cannot hold it either.
+    let link_target = match node.kind {
+        NodeKind::Symlink => Some(
+            node.usable_link_target()
+                .map_err(|why| Error::corrupt(format!("entry /{}", name.display()), why))?,
+        ),
+        _ => None,
+    };
     let stats = &mut seen.stats;
     let records = pax_records(node);
     if !records.is_empty() {
@@ -174,7 +182,7 @@ fn append(
         }
         NodeKind::Symlink => {
             header.set_entry_type(tar::EntryType::Symlink);
-            let target = node.os_link_target().unwrap_or_default();
+            let target = link_target.unwrap_or_default();
             tar.append_link(&mut header, name, target).map_err(failed)?;
             stats.others += 1;
         }

@@ -346,6 +346,8 @@ pub fn check(
     let pool = crate::repository::thread_pool(options.concurrency.max(1))?;
     // What each snapshot's trees expand to, measured from the trees read.
     let mut extents = Extents::default();
+    // Symlink nodes whose target no file system holds, by tree.
+    let mut bad_links = BadLinks::new();
     let (verified, scanned) = pool.install(|| {
         rayon::join(
             || {
@@ -356,7 +358,16 @@ pub fn check(
                     })
                     .transpose()
             },
-            || scan_trees(repo, &index, &bad, roots.into_iter(), &mut extents),
+            || {
+                scan_trees(
+                    repo,
+                    &index,
+                    &bad,
+                    roots.into_iter(),
+                    &mut extents,
+                    &mut bad_links,
+                )
+            },
         )
     });
     let mut scanned = scanned;
@@ -413,6 +424,7 @@ pub fn check(
                 }
             };
             extents.add(tree_id, &tree);
+            find_bad_links(tree_id, &tree, &mut bad_links);
             for node in &tree.nodes {
                 let child = path.join(node.os_name());
                 // A non-directory with a subtree: an older backup's
@@ -445,6 +457,15 @@ pub fn check(
         }
     }
     report_extents(&snapshots, &extents, &mut report);
+    for (tree, links) in bad_links {
+        for (name, why) in links {
+            report.error(
+                "node_damaged",
+                format!("tree {tree}"),
+                format!("{name:?}: {why}: restore leaves it out, dump refuses it"),
+            );
+        }
+    }
     // Archived WAL: every record decodes, its blobs are sound, and each
     // stream's segments form an unbroken chain.
     let mut streams: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -530,6 +551,7 @@ fn scan_trees(
     bad: &BadBlobs,
     roots: impl Iterator<Item = BlobId>,
     extents: &mut Extents,
+    bad_links: &mut BadLinks,
 ) -> Option<HashSet<BlobId>> {
     let sound = |id: &BlobId| index.contains(id) && !bad.contains_key(id);
     let mut trees: HashSet<BlobId> = HashSet::new();
@@ -548,6 +570,7 @@ fn scan_trees(
         used.insert(tree_id);
         let tree = reader.read(&tree_id).ok()?;
         extents.add(tree_id, &tree);
+        find_bad_links(tree_id, &tree, bad_links);
         for node in &tree.nodes {
             if node.kind == NodeKind::Dir {
                 stack.push(node.subtree?);
@@ -565,6 +588,26 @@ fn scan_trees(
         }
     }
     Some(used)
+}
+
+/// Symlink nodes no file system can hold, by tree: name and why.
+type BadLinks = BTreeMap<BlobId, BTreeMap<String, &'static str>>;
+
+/// Adds the symlinks of `tree` whose target is empty or holds a NUL byte.
+/// Decoding a tree does not validate link targets (repo-format.md §9):
+/// such a node is damage to itself alone, which restore reports and skips.
+fn find_bad_links(id: BlobId, tree: &crate::tree::Tree, bad_links: &mut BadLinks) {
+    // A symlink with a subtree is a directory (restore.rs): its target is
+    // never used.
+    let links = tree.nodes.iter();
+    for node in links.filter(|n| n.kind == NodeKind::Symlink && n.subtree.is_none()) {
+        if let Err(why) = node.usable_link_target() {
+            bad_links
+                .entry(id)
+                .or_default()
+                .insert(node.os_name().to_string_lossy().into_owned(), why);
+        }
+    }
 }
 
 /// Reports snapshots whose trees restore, `ls` and `dump` refuse: nested

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::id::BlobId;
 use crate::index::Index;
 use crate::repository::Repository;
-use crate::tree::{Node, NodeKind, Tree};
+use crate::tree::{Extents, Node, NodeKind, Tree};
 use crate::tree_reader::TreeReader;
 use serde::Serialize;
 use std::cmp::Ordering;
@@ -269,8 +269,13 @@ impl Differ<'_> {
     }
 }
 
-/// Every blob (trees and content) reachable from `root`.
-fn reachable(reader: &TreeReader<'_>, root: &BlobId) -> Result<(HashSet<BlobId>, HashSet<BlobId>)> {
+/// Every blob (trees and content) reachable from `root`, each tree read
+/// once and measured into `extents`.
+fn reachable(
+    reader: &TreeReader<'_>,
+    root: &BlobId,
+    extents: &mut Extents,
+) -> Result<(HashSet<BlobId>, HashSet<BlobId>)> {
     let mut trees = HashSet::new();
     let mut data = HashSet::new();
     let mut stack = vec![*root];
@@ -278,7 +283,9 @@ fn reachable(reader: &TreeReader<'_>, root: &BlobId) -> Result<(HashSet<BlobId>,
         if !trees.insert(id) {
             continue;
         }
-        for node in reader.read(&id)?.nodes {
+        let tree = reader.read(&id)?;
+        extents.add_walked(id, &tree)?;
+        for node in tree.nodes {
             if let Some(sub) = node.subtree {
                 stack.push(sub);
             }
@@ -299,6 +306,14 @@ pub fn diff(
     emit: &mut dyn FnMut(&Change) -> Result<()>,
 ) -> Result<DiffStats> {
     let trees = TreeReader::new(repo, index);
+    // Every tree of both sides is read anyway (for the blob counts): read
+    // them first, so trees listing each other into more entries than any
+    // file system holds are refused as damage, as restore refuses them,
+    // before the comparison expands a side it reports whole.
+    let mut extents = Extents::default();
+    let (trees_a, data_a) = reachable(&trees, a, &mut extents)?;
+    let (trees_b, data_b) = reachable(&trees, b, &mut extents)?;
+    drop(extents);
     let mut differ = Differ {
         trees: &trees,
         options,
@@ -311,8 +326,6 @@ pub fn diff(
         differ.compare("/", &ta, &tb)?;
     }
     let mut stats = differ.stats;
-    let (trees_a, data_a) = reachable(&trees, a)?;
-    let (trees_b, data_b) = reachable(&trees, b)?;
     let size = |id: &BlobId| index.get(id).map_or(0, |l| u64::from(l.raw_len));
     for (side, trees_x, data_x, trees_y, data_y) in [
         (&mut stats.added, &trees_b, &data_b, &trees_a, &data_a),

@@ -112,6 +112,20 @@ pub struct RestoreReport {
     /// missing in the repository, each with why; the restore went on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub damaged_files: Vec<DamagedFile>,
+    /// Entries not restored at all because their node in the snapshot is
+    /// malformed (a symlink whose target no file system holds), each with
+    /// why; the restore went on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged_entries: Vec<DamagedEntry>,
+}
+
+/// An entry that could not be restored: its node is damage.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DamagedEntry {
+    /// Where it belongs.
+    pub path: String,
+    /// What is wrong with its node.
+    pub error: String,
 }
 
 /// A file whose content could not be restored whole.
@@ -323,7 +337,8 @@ struct Item {
 #[derive(Default)]
 struct Rare {
     atime: Option<jiff::Timestamp>,
-    link_target: Option<std::ffi::OsString>,
+    /// A symlink's target, or why it has none a file system can hold.
+    link_target: Option<std::result::Result<std::ffi::OsString, &'static str>>,
     device: Option<u64>,
     /// `(device, inode)` of a file with other hard links.
     hardlink: Option<(u64, u64)>,
@@ -334,7 +349,7 @@ impl Item {
     fn new(path: PathBuf, node: Node) -> Self {
         let hardlink = (node.kind == NodeKind::File && node.links > 1 && node.inode != 0)
             .then_some((node.device_id, node.inode));
-        let link_target = node.os_link_target();
+        let link_target = (node.kind == NodeKind::Symlink).then(|| node.usable_link_target());
         let rare = Rare {
             atime: node.atime,
             link_target,
@@ -362,6 +377,27 @@ impl Item {
 
     fn hardlink(&self) -> Option<(u64, u64)> {
         self.rare.as_ref().and_then(|r| r.hardlink)
+    }
+
+    /// A symlink's target, or why it cannot be created.
+    fn link_target(&self) -> std::result::Result<&std::ffi::OsStr, &'static str> {
+        match self.rare.as_ref().and_then(|r| r.link_target.as_ref()) {
+            Some(Ok(target)) => Ok(target),
+            Some(Err(why)) => Err(why),
+            None => Err("symlink without a target"),
+        }
+    }
+
+    /// The report of a symlink that cannot be created, if this is one.
+    fn damage(&self) -> Option<DamagedEntry> {
+        let why = self
+            .link_target()
+            .err()
+            .filter(|_| self.kind == NodeKind::Symlink)?;
+        Some(DamagedEntry {
+            path: self.path.display().to_string(),
+            error: why.to_owned(),
+        })
     }
 }
 
@@ -558,13 +594,16 @@ fn restore_on_pool(
                 report.files += 1;
             }
             NodeKind::Symlink => {
+                // A target no file system holds is damage to this entry
+                // alone (what is in its place is left alone), not a
+                // failure of the restore.
+                let Ok(target) = item.link_target() else {
+                    absent[idx] = true;
+                    report.damaged_entries.extend(item.damage());
+                    continue;
+                };
                 remove_existing(path)?;
-                let target = item
-                    .rare
-                    .as_ref()
-                    .and_then(|r| r.link_target.clone())
-                    .unwrap_or_default();
-                std::os::unix::fs::symlink(&target, path)
+                std::os::unix::fs::symlink(target, path)
                     .map_err(|e| Error::io(format!("creating symlink {}", path.display()), e))?;
                 report.others += 1;
             }
@@ -613,12 +652,19 @@ fn restore_on_pool(
     // holds already is compared with the snapshot: unchanged chunks are
     // never fetched.
     let resuming = options.overwrite == Overwrite::IfChanged;
+    let groups = if resuming {
+        link_groups(&items)
+    } else {
+        HashMap::new()
+    };
     let prepare = |files: Vec<usize>| -> Result<Vec<(usize, bool)>> {
         files
             .into_par_iter()
             .map(|idx| {
                 let item = &items[idx];
-                Ok((idx, prepare_file(&item.path, item.size, options.overwrite)?))
+                let names = group_of(&groups, item);
+                let fresh = prepare_file(&item.path, item.size, options.overwrite, names)?;
+                Ok((idx, fresh))
             })
             .collect()
     };
@@ -769,7 +815,12 @@ fn restore_on_pool(
     report.bytes_skipped = skipped.load(Ordering::Relaxed);
     // Second names of hard-linked files, now that every first name exists
     // (a first name owned by a pack worker was created just above).
+    // A name already linked to its first one (a restore over its own
+    // output) is left as it is.
     for (first, path) in &links {
+        if same_file(first, path) {
+            continue;
+        }
         remove_existing(path)?;
         fs::hard_link(first, path)
             .map_err(|e| Error::io(format!("linking {}", path.display()), e))?;
@@ -877,16 +928,25 @@ fn plan_only(
         .into_iter()
         .filter(|i| i.hardlink().is_none_or(|key| first_names.insert(key)))
         .collect();
+    let groups = if options.overwrite == Overwrite::IfChanged {
+        link_groups(items)
+    } else {
+        HashMap::new()
+    };
+    report.damaged_entries = items.iter().filter_map(Item::damage).collect();
     report.others = items
         .iter()
         .filter(|i| !matches!(i.kind, NodeKind::Dir | NodeKind::File | NodeKind::Socket))
-        .count() as u64;
+        .count() as u64
+        - report.damaged_entries.len() as u64;
     let sizes: Vec<(u64, u64)> = files
         .par_iter()
         .map(|item| {
             let content = &item.content;
             // As the restore: only a file it keeps is checked chunk by chunk.
-            let ok = if options.overwrite == Overwrite::IfChanged && resumable(&item.path) {
+            let resumes = options.overwrite == Overwrite::IfChanged
+                && resumable(&item.path, group_of(&groups, item));
+            let ok = if resumes {
                 existing_chunks_ok(repo, index, &item.path, content).unwrap_or_default()
             } else {
                 Vec::new()
@@ -994,16 +1054,37 @@ fn remove_existing(path: &Path) -> Result<()> {
     .map_err(|e| Error::io(format!("replacing {}", path.display()), e))
 }
 
+/// Every name this restore gives each hard-linked file, by (device, inode)
+/// in the snapshot: the first in walk order is written, the others are
+/// linked to it.
+fn link_groups(items: &[Item]) -> HashMap<(u64, u64), Vec<&Path>> {
+    let mut groups: HashMap<(u64, u64), Vec<&Path>> = HashMap::new();
+    for item in items.iter().filter(|i| i.kind == NodeKind::File) {
+        if let Some(key) = item.hardlink() {
+            groups.entry(key).or_default().push(&item.path);
+        }
+    }
+    groups
+}
+
+/// The names of `item`'s link group (itself among them), or none.
+fn group_of<'a>(groups: &'a HashMap<(u64, u64), Vec<&Path>>, item: &Item) -> &'a [&'a Path] {
+    item.hardlink()
+        .and_then(|key| groups.get(&key))
+        .map_or(&[][..], Vec::as_slice)
+}
+
 /// Creates or resizes a file; returns whether it was created empty (so
-/// unwritten ranges are holes reading as zeros).
-fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
+/// unwritten ranges are holes reading as zeros). `names` are the names
+/// the restore gives it (its link group), when it is hard-linked.
+fn prepare_file(path: &Path, size: u64, overwrite: Overwrite, names: &[&Path]) -> Result<bool> {
     // A file restored read-only (0444) cannot be opened to write as a user
     // other than root: it is made anew instead, as files that are not
     // there. Resuming was refused outright ("Permission denied").
-    // A file with other hard links is made anew too: writing through it
-    // would change the other names, which may lie outside the target (a
-    // restore's own second names are linked again afterwards).
-    if overwrite == Overwrite::IfChanged && resumable(path) {
+    // A file with hard links beyond `names` is made anew too: writing
+    // through it would change the other names, which may lie outside the
+    // target (a restore's own second names are linked again afterwards).
+    if overwrite == Overwrite::IfChanged && resumable(path, names) {
         let f = OpenOptions::new()
             .write(true)
             .open(path)
@@ -1020,13 +1101,34 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite) -> Result<bool> {
 
 /// Whether an if-changed restore keeps the existing file at `path` and
 /// writes only the chunks that differ; any other file is made anew (see
-/// [`prepare_file`]).
-fn resumable(path: &Path) -> bool {
+/// [`prepare_file`]). A file with other hard links is kept only when each
+/// of them is one of `names`, the names the restore links to this file
+/// (its own output, restored again): writing through it then changes
+/// nothing but the restore's own file.
+fn resumable(path: &Path, names: &[&Path]) -> bool {
+    use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(path).is_ok_and(|meta| {
+        let links_within = || {
+            let own = names.iter().filter(|name| {
+                fs::symlink_metadata(name)
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+            });
+            own.count() as u64 == meta.nlink()
+        };
         meta.is_file()
-            && std::os::unix::fs::MetadataExt::nlink(&meta) == 1
+            && (meta.nlink() == 1 || links_within())
             && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
     })
+}
+
+/// Whether `a` and `b` are names of one file (neither followed if a
+/// symlink).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// Creates a new empty file, replacing whatever is in the way (the caller

@@ -11,7 +11,7 @@ use crate::id::{BlobId, SnapshotId};
 use crate::index::Index;
 use crate::repository::Repository;
 use crate::snapshot::Snapshot;
-use crate::tree::{NodeKind, Tree};
+use crate::tree::{Extents, NodeKind, Tree};
 use crate::tree_reader::TreeReader;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -159,6 +159,15 @@ pub fn rewrite(
             memo: HashMap::new(),
             counted: HashMap::new(),
         };
+        // Each tree is rewritten per path it sits at: trees listing each
+        // other over and over would be expanded into every path. Measured
+        // first, each distinct tree read once, such trees are damage, as
+        // to restore.
+        let mut extents = Extents::default();
+        for (_, snap) in snapshots {
+            rw.reader.measure(&snap.tree, &mut extents)?;
+        }
+        drop(extents);
         for (id, snap) in snapshots {
             let (root, removed) = rw.rewrite(snap.tree, Path::new("/"))?;
             if removed.paths.is_empty() {

@@ -17,7 +17,7 @@ use crate::id::{BlobId, PackId, SnapshotId};
 use crate::index::Index;
 use crate::repository::{FileKind, Repository};
 use crate::snapshot::Snapshot;
-use crate::tree::NodeKind;
+use crate::tree::{Extents, NodeKind};
 use crate::tree_reader::TreeReader;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -118,22 +118,34 @@ pub struct StatsReport {
     pub repository: RepositoryTotals,
 }
 
-/// Totals of one tree and everything below it. Hard-linked files are kept
-/// apart so each snapshot can count an inode once.
+/// Totals of one tree and everything below it. Files with more than one
+/// link are counted apart, so each snapshot can count an inode's bytes
+/// once: their (device, inode, size) are kept only where they are listed,
+/// not copied into every tree above (a few crafted trees listing each other
+/// over and over would copy them billions of times).
 #[derive(Default)]
 struct TreeTotals {
     bytes: u64,
     files: u64,
     dirs: u64,
     others: u64,
-    /// (device, inode, size) of files with more than one link.
-    hardlinks: Vec<(u64, u64, u64)>,
+    /// Files with more than one link, below and in this tree, each time
+    /// they appear.
+    linked_files: u64,
+    /// (device, inode, size) of this tree's own files with more than one
+    /// link.
+    own_links: Vec<(u64, u64, u64)>,
+    /// Subtrees with such files below them.
+    linked_below: Vec<BlobId>,
 }
 
 struct Walker<'a> {
     trees: TreeReader<'a>,
     memo: HashMap<BlobId, Arc<TreeTotals>>,
     data: HashSet<BlobId>,
+    /// Trees listing each other into more entries than any file system
+    /// holds are damage, as to restore: measured as they are read.
+    extents: Extents,
 }
 
 impl Walker<'_> {
@@ -143,28 +155,38 @@ impl Walker<'_> {
         }
         crate::tree::within_depth(depth, &format_args!("tree {id}"))?;
         let tree = self.trees.read(id)?;
+        self.extents.add_walked(*id, &tree)?;
         let mut t = TreeTotals::default();
-        for node in &tree.nodes {
+        for mut node in tree.nodes {
+            // As restore sees it: a node with a subtree is a directory.
+            node.legacy_ancestor_as_dir();
             match node.kind {
                 NodeKind::Dir => {
                     t.dirs += 1;
                     if let Some(sub) = &node.subtree {
                         let below = self.totals(sub, depth + 1)?;
-                        t.bytes += below.bytes;
+                        // Saturating: sizes are untrusted.
+                        t.bytes = t.bytes.saturating_add(below.bytes);
                         t.files += below.files;
                         t.dirs += below.dirs;
                         t.others += below.others;
-                        t.hardlinks.extend_from_slice(&below.hardlinks);
+                        t.linked_files += below.linked_files;
+                        // Listed twice if it is: the walk of them skips
+                        // a tree it has seen.
+                        if below.linked_files > 0 {
+                            t.linked_below.push(*sub);
+                        }
                     }
                 }
                 NodeKind::File => {
                     if node.links > 1 && node.inode != 0 {
-                        t.hardlinks.push((node.device_id, node.inode, node.size));
+                        t.own_links.push((node.device_id, node.inode, node.size));
+                        t.linked_files += 1;
                     } else {
-                        t.bytes += node.size;
+                        t.bytes = t.bytes.saturating_add(node.size);
                         t.files += 1;
                     }
-                    self.data.extend(node.content.iter().flatten().copied());
+                    self.data.extend(node.content.into_iter().flatten());
                 }
                 _ => t.others += 1,
             }
@@ -172,6 +194,28 @@ impl Walker<'_> {
         let t = Arc::new(t);
         self.memo.insert(*id, t.clone());
         Ok(t)
+    }
+
+    /// Content bytes of the distinct hard-linked files below `root` (each
+    /// inode counted once, with the size of the first of its names found),
+    /// from each distinct tree once.
+    fn linked_bytes(&self, root: &BlobId) -> u64 {
+        let mut inodes = HashSet::new();
+        let mut trees = HashSet::new();
+        let mut stack = vec![*root];
+        let mut bytes = 0u64;
+        while let Some(id) = stack.pop() {
+            let Some(t) = self.memo.get(&id).filter(|_| trees.insert(id)) else {
+                continue;
+            };
+            for (dev, ino, size) in &t.own_links {
+                if inodes.insert((*dev, *ino)) {
+                    bytes = bytes.saturating_add(*size);
+                }
+            }
+            stack.extend(t.linked_below.iter().rev());
+        }
+        bytes
     }
 }
 
@@ -253,21 +297,18 @@ pub fn stats(
         trees: TreeReader::new(repo, index),
         memo: HashMap::new(),
         data: HashSet::new(),
+        extents: Extents::default(),
     };
     let mut restore = RestoreSize::default();
     for (_, snap) in snapshots {
         let t = walker.totals(&snap.tree, 0)?;
-        restore.total_size += t.bytes;
-        restore.total_file_count += t.files;
+        restore.total_size = restore
+            .total_size
+            .saturating_add(t.bytes)
+            .saturating_add(walker.linked_bytes(&snap.tree));
+        restore.total_file_count += t.files + t.linked_files;
         restore.total_dir_count += t.dirs;
         restore.total_other_count += t.others;
-        let mut seen = HashSet::new();
-        for (dev, ino, size) in &t.hardlinks {
-            restore.total_file_count += 1;
-            if seen.insert((*dev, *ino)) {
-                restore.total_size += size;
-            }
-        }
     }
     let mut raw = RawData::default();
     let mut add = |id: &BlobId, kind: BlobKind| match index.get(id) {

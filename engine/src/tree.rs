@@ -144,6 +144,21 @@ impl Node {
             .map(|t| decode_os(t, self.linktarget_raw.as_ref()))
     }
 
+    /// The target a symlink can be made with, or why none can: readers do
+    /// not validate link targets when decoding a tree (repo-format.md §9),
+    /// but no file system holds an empty one or one with a NUL byte (the
+    /// kernel takes a C string), so such a node is damage to the one entry.
+    pub fn usable_link_target(&self) -> Result<OsString, &'static str> {
+        match self.os_link_target() {
+            None => Err("symlink without a target"),
+            Some(t) if t.is_empty() => Err("symlink with an empty target"),
+            Some(t) if t.as_bytes().contains(&0) => {
+                Err("symlink target holds a NUL byte, which no path can hold")
+            }
+            Some(t) => Ok(t),
+        }
+    }
+
     /// Backups by vault before 2026-11-24 recorded an ancestor of a
     /// backed-up path reached through a symlink as that symlink, with the
     /// children below it (repo-format.md §9). Such a node stands for the
@@ -328,7 +343,7 @@ impl Extents {
     /// first tree whose extent became known by this and exceeds
     /// [`MAX_ENTRIES`].
     pub(crate) fn add(&mut self, id: BlobId, tree: &Tree) -> Option<(BlobId, Extent)> {
-        if self.known.contains_key(&id) || self.pending.contains_key(&id) {
+        if self.contains(&id) {
             return None;
         }
         let mut extent = Extent {
@@ -371,6 +386,11 @@ impl Extents {
     /// above it are measured by what can be read.
     pub(crate) fn add_unreadable(&mut self, id: BlobId) {
         self.add(id, &Tree::default());
+    }
+
+    /// Whether tree `id` was added (its extent may not be known yet).
+    pub(crate) fn contains(&self, id: &BlobId) -> bool {
+        self.known.contains_key(id) || self.pending.contains_key(id)
     }
 
     /// The extent of tree `id`, once it and everything below it was added.

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::index::Index;
 use crate::repository::{FileKind, Repository};
-use crate::tree::Tree;
+use crate::tree::{Extents, Tree};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -89,6 +89,24 @@ impl<'a> TreeReader<'a> {
             spans.retain(|pack, _| !data_packs.contains(pack));
             spans
         })
+    }
+
+    /// Reads every tree below `root` that `extents` does not hold yet, each
+    /// once, and measures it: fails as damage when they list each other
+    /// into more than [`crate::tree::MAX_ENTRIES`] entries. For commands
+    /// that expand a snapshot's trees in some other order than a walk
+    /// (rewrite), before they expand any.
+    pub(crate) fn measure(&self, root: &BlobId, extents: &mut Extents) -> Result<()> {
+        let mut stack = vec![*root];
+        while let Some(id) = stack.pop() {
+            if extents.contains(&id) {
+                continue;
+            }
+            let tree = self.read(&id)?;
+            extents.add_walked(id, &tree)?;
+            stack.extend(tree.nodes.iter().filter_map(|n| n.subtree));
+        }
+        Ok(())
     }
 
     /// Reads and decodes tree `id`.

@@ -1260,13 +1260,46 @@ fn restore_dry_run_counts_what_the_restore_writes() {
     assert!(!target.exists(), "a dry run creates nothing");
     assert_eq!(planned, 301_000);
     assert_eq!(written(&[]), planned);
-    // Over the restored tree, if-changed keeps what is right, but makes a
-    // file with other hard links anew (writing through it would change
-    // its other names): the dry run says so too.
+    // Over the restored tree, if-changed keeps what is right, the
+    // hard-linked file too: its only other name is the one the restore
+    // links to it. The dry run says so too.
     let again = ["--overwrite", "if-changed"];
-    let planned = written(&[&again[..], &["--dry-run"]].concat());
-    assert_eq!(planned, 300_000);
-    assert_eq!(written(&again), planned);
+    let dry_again = [&again[..], &["--dry-run"]].concat();
+    let (a, a_again) = (
+        restored_root(&target, &src).join("a"),
+        restored_root(&target, &src).join("b/a-again"),
+    );
+    let inode = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+    let before = inode(&a);
+    for _ in 0..2 {
+        assert_eq!(written(&dry_again), 0);
+        assert_eq!(written(&again), 0);
+        assert_eq!(std::fs::read(&a).unwrap(), pseudo_random(300_000, 3));
+        assert_eq!((inode(&a), inode(&a_again)), (before, before));
+        assert_eq!(std::fs::metadata(&a).unwrap().nlink(), 2);
+    }
+    // A name outside the target linked to it makes it a file the restore
+    // does not own alone: made anew, never written through, the outside
+    // name keeps its bytes; the snapshot's second name is linked to the
+    // new file.
+    let outside = env.path("outside");
+    std::fs::hard_link(&a, &outside).unwrap();
+    std::fs::write(&outside, b"changed outside").unwrap();
+    assert_eq!(written(&dry_again), 300_000);
+    assert_eq!(written(&again), 300_000);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"changed outside");
+    assert_eq!(std::fs::read(&a).unwrap(), pseudo_random(300_000, 3));
+    assert_eq!(inode(&a), inode(&a_again));
+    assert_ne!(inode(&a), inode(&outside));
+    assert_eq!(std::fs::metadata(&a).unwrap().nlink(), 2);
+    // The same with the outside name linked to the second name.
+    std::fs::remove_file(&outside).unwrap();
+    std::fs::hard_link(&a_again, &outside).unwrap();
+    std::fs::write(&outside, b"changed outside").unwrap();
+    assert_eq!(written(&again), 300_000);
+    assert_eq!(std::fs::read(&outside).unwrap(), b"changed outside");
+    assert_eq!(std::fs::read(&a_again).unwrap(), pseudo_random(300_000, 3));
+    assert_eq!(inode(&a), inode(&a_again));
 }
 
 /// A file written to while the backup reads it is saved as read, with a

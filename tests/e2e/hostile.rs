@@ -22,7 +22,7 @@ fn open(env: &Env) -> Repository {
 /// Stores `trees` (raw, tag 0) in one pack with one index file and saves a
 /// snapshot of the last one, copied from the repository's first snapshot;
 /// returns the snapshot's id and the root tree's.
-fn snapshot_of(env: &Env, trees: &[Tree]) -> (String, BlobId) {
+pub(crate) fn snapshot_of(env: &Env, trees: &[Tree]) -> (String, BlobId) {
     let repo = open(env);
     let mut pack = PackWriter::new();
     let mut root = None;
@@ -77,7 +77,7 @@ fn assert_damaged_everywhere(env: &Env, snapshot: &str, tree: &str, finding: &st
     assert!(stdout.contains(finding), "{stdout}");
 }
 
-fn env() -> Env {
+pub(crate) fn env() -> Env {
     let env = Env::new();
     assert_success(&env.vault_stdin(
         &["backup", "--stdin", "--stdin-filename", "real"],
@@ -119,10 +119,88 @@ fn trees_listing_each_other_into_billions_of_paths_are_damage() {
         });
     }
     let (snapshot, _) = snapshot_of(&env, &trees);
-    assert_damaged_everywhere(
+    let why = "more than 4294967296 entries";
+    assert_damaged_everywhere(&env, &snapshot, why, "tree_too_large");
+    // stats, diff and rewrite too.
+    let real = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .find(|id| *id != snapshot)
+        .unwrap();
+    for args in [
+        &["stats", &snapshot][..],
+        &["stats", "--mode", "raw-data", &snapshot],
+        &["diff", &real, &snapshot],
+        &["diff", &snapshot, &real],
+        &["rewrite", "--exclude", "nothing", "--dry-run", &snapshot],
+        &["rewrite", "--exclude", "f", &snapshot],
+    ] {
+        let out = env.vault(args);
+        assert_code(&out, 5);
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+    }
+}
+
+/// A symlink whose target holds a NUL byte cannot be made: restore makes
+/// everything else, names it and exits 5; listings show it; dump refuses
+/// it; check reports the node.
+#[test]
+fn a_symlink_target_with_a_nul_is_damage_to_that_entry() {
+    let env = env();
+    let mut link = Node::new("b", NodeKind::Symlink);
+    link.linktarget = Some("x\0y".into());
+    let (snapshot, root) = snapshot_of(
         &env,
+        &[Tree {
+            nodes: vec![
+                Node::new("a", NodeKind::File),
+                link,
+                Node::new("c", NodeKind::File),
+            ],
+        }],
+    );
+    let target = env.path("target");
+    let out = env.vault(&["restore", &snapshot, "--target", target.to_str().unwrap()]);
+    assert_code(&out, 5);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("{}: not restored", target.join("b").display()))
+            && err.contains("NUL"),
+        "{err}"
+    );
+    assert!(target.join("a").is_file() && target.join("c").is_file());
+    assert!(std::fs::symlink_metadata(target.join("b")).is_err());
+    // Run again over what it made: the same.
+    let again = env.vault(&[
+        "restore",
         &snapshot,
-        "more than 4294967296 entries",
-        "tree_too_large",
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+        "if-changed",
+    ]);
+    assert_code(&again, 5);
+    for args in [
+        &["ls", &snapshot][..],
+        &["find", "--snapshot", &snapshot, "b"],
+    ] {
+        let out = env.vault(args);
+        assert_success(&out);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("/b"),
+            "{args:?}"
+        );
+    }
+    let out = env.vault(&["dump", &snapshot, "/"]);
+    assert_code(&out, 5);
+    assert!(stderr(&out).contains("entry /b"), "{}", stderr(&out));
+    let out = env.vault(&["check", "--json"]);
+    assert_code(&out, 5);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("node_damaged") && stdout.contains(&format!("tree {root}")),
+        "{stdout}"
     );
 }

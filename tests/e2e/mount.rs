@@ -482,3 +482,51 @@ fn mount_reads_at_any_offset_across_chunks(backend: Backend) {
     assert!(status.success(), "{status}: {}", mounted.log_text());
     assert!(!is_mounted(&mnt));
 }
+
+/// A symlink whose target holds a NUL byte (a crafted snapshot, as in
+/// hostile.rs): reading that link fails with EIO, as damaged content does,
+/// and everything else in the snapshot reads; the mount goes on serving.
+#[test]
+fn a_symlink_target_with_a_nul_reads_as_an_io_error() {
+    use vault_engine::tree::{Node, NodeKind, Tree};
+    let env = crate::hostile::env();
+    let mut link = Node::new("b", NodeKind::Symlink);
+    link.linktarget = Some("x\0y".into());
+    let mut fine = Node::new("c", NodeKind::Symlink);
+    fine.linktarget = Some("a".into());
+    let (snapshot, _) = crate::hostile::snapshot_of(
+        &env,
+        &[Tree {
+            nodes: vec![Node::new("a", NodeKind::File), link, fine],
+        }],
+    );
+    let config = env.path("vault.toml");
+    fs::write(
+        &config,
+        format!(
+            "[notify]\nstatus_file = \"{}\"\n",
+            env.path("state/status.json").display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    let Some(mut mounted) = Mounted::start(&env, &config) else {
+        return;
+    };
+    let dir = mounted.mountpoint.join("ids").join(&snapshot[..8]);
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+    let err = fs::read_link(dir.join("b")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(nix::errno::Errno::EIO as i32),
+        "{err}"
+    );
+    assert_eq!(fs::read_link(dir.join("c")).unwrap(), PathBuf::from("a"));
+    assert_eq!(fs::read(dir.join("a")).unwrap(), b"");
+    assert!(mounted.interrupt().success(), "{}", mounted.log_text());
+}

@@ -313,13 +313,26 @@ fn check_reports_trees_nested_deeper_than_readers_follow() {
 fn doubling(repo: &Repository, levels: usize) -> BlobId {
     let mut file = Node::new("f", NodeKind::File);
     file.content = Some(Vec::new());
-    let mut blobs = vec![Blob::tree(&Tree { nodes: vec![file] })];
-    for _ in 1..levels {
+    doubling_of(repo, levels, file, false)
+}
+
+/// [`doubling`] with `leaf` as the last tree's one node; with `trailing`,
+/// each tree but the last also lists, after `a` and `b`, a directory `z`
+/// of its own (so that no tree's size is known before both of its
+/// references were followed).
+fn doubling_of(repo: &Repository, levels: usize, leaf: Node, trailing: bool) -> BlobId {
+    let mut blobs = vec![Blob::tree(&Tree { nodes: vec![leaf] })];
+    for level in 1..levels {
         let next = blobs.last().unwrap().id(repo);
-        let tree = Tree {
-            nodes: vec![dir("a", next), dir("b", next)],
-        };
-        blobs.push(Blob::tree(&tree));
+        let mut nodes = vec![dir("a", next), dir("b", next)];
+        if trailing {
+            let own = Blob::tree(&Tree {
+                nodes: vec![Node::new(&format!("level {level}"), NodeKind::Fifo)],
+            });
+            nodes.push(dir("z", own.id(repo)));
+            blobs.push(own);
+        }
+        blobs.push(Blob::tree(&Tree { nodes }));
     }
     let root = blobs.last().unwrap().id(repo);
     store(repo, &blobs);
@@ -480,4 +493,170 @@ fn stats_diff_and_rewrite_refuse_trees_nested_deeper_than_readers_follow() {
     let fine = [(fine, repo.load_snapshot(&fine).unwrap())];
     vault_engine::stats::stats(&repo, &index, &fine).expect("stats");
     vault_engine::rewrite::rewrite(&repo, &index, &fine, &excludes, false, true).expect("rewrite");
+}
+
+/// Decoding does not validate link targets (repo-format.md §9), but no
+/// file system holds one with a NUL byte or an empty one: such a symlink
+/// is damage to itself alone. Restore makes everything else and reports
+/// it, dump refuses it naming it, the listings show it, and `check`
+/// reports the node.
+#[test]
+fn a_symlink_whose_target_no_file_system_holds_is_damage_to_that_entry() {
+    let repo = repo();
+    let file = |name: &str| {
+        let mut node = Node::new(name, NodeKind::File);
+        node.content = Some(Vec::new());
+        node
+    };
+    let link = |name: &str, target: &str, raw: Option<&[u8]>| {
+        let mut node = Node::new(name, NodeKind::Symlink);
+        node.linktarget = Some(target.into());
+        node.linktarget_raw = raw.map(hex::encode);
+        node
+    };
+    let nodes = vec![
+        file("a"),
+        link("b", "x\0y", None),
+        link("c", "x", Some(b"\xff\0/etc")),
+        link("d", "", None),
+        link("e", "fine", None),
+        file("f"),
+    ];
+    let root = store(&repo, &[Blob::tree(&Tree { nodes })])[0];
+    snapshot(&repo, root);
+
+    let target = tempfile::tempdir().unwrap();
+    let out = target.path().join("out");
+    let report = crate::support::restore_tree(&repo, &root, &out).expect("restore goes on");
+    let damaged: Vec<(String, String)> = report
+        .damaged_entries
+        .iter()
+        .map(|e| (e.path.clone(), e.error.clone()))
+        .collect();
+    let at = |name: &str| out.join(name).display().to_string();
+    assert_eq!(
+        damaged,
+        [
+            (
+                at("b"),
+                "symlink target holds a NUL byte, which no path can hold".into()
+            ),
+            (
+                at("c"),
+                "symlink target holds a NUL byte, which no path can hold".into()
+            ),
+            (at("d"), "symlink with an empty target".into()),
+        ]
+    );
+    assert!(out.join("a").is_file() && out.join("f").is_file());
+    assert_eq!(
+        std::fs::read_link(out.join("e")).unwrap(),
+        PathBuf::from("fine")
+    );
+    for name in ["b", "c", "d"] {
+        assert!(std::fs::symlink_metadata(out.join(name)).is_err(), "{name}");
+    }
+    assert_eq!((report.files, report.others), (2, 1));
+    // The dry run says so too.
+    let index = repo.load_index().unwrap();
+    let options = restore::RestoreOptions {
+        target: target.path().join("dry"),
+        dry_run: true,
+        concurrency: 2,
+        ..Default::default()
+    };
+    let dry = restore::restore(&repo, &index, &root, &options, &Default::default()).unwrap();
+    assert_eq!(dry.damaged_entries.len(), 3);
+    assert_eq!(dry.others, 1);
+
+    assert_damaged(dump(&repo, &root), "entry /b", "NUL byte");
+    assert_eq!(walk_all(&repo, &root).unwrap(), 6);
+    assert_eq!(find_all(&repo, &root, "*").unwrap().len(), 6);
+    let listing = BlobCache::new(1 << 20)
+        .load_tree(&repo, &index, &root)
+        .unwrap();
+    assert_eq!(listing.nodes.len(), 6);
+
+    let tree = format!("tree {root}");
+    let report = check(&repo, true);
+    assert_eq!(
+        errors(&report),
+        [
+            ("node_damaged", tree.clone()),
+            ("node_damaged", tree.clone()),
+            ("node_damaged", tree)
+        ],
+        "{:?}",
+        report.findings
+    );
+    assert!(
+        report.findings[0].message.contains("\"b\""),
+        "{}",
+        report.findings[0].message
+    );
+}
+
+/// stats, diff and rewrite expand shared subtrees too (stats used to copy
+/// the hard links below a tree into every tree above it): trees listing
+/// each other into more than 2^32 entries are damage to them, as to
+/// restore, found from each tree read once.
+#[test]
+fn stats_diff_and_rewrite_refuse_trees_listing_each_other_into_billions_of_entries() {
+    use vault_engine::id::SnapshotId;
+    let repo = repo();
+    let mut linked = Node::new("f", NodeKind::File);
+    (linked.links, linked.inode, linked.size) = (2, 7, 100);
+    linked.content = Some(Vec::new());
+    let why = "more than 4294967296 entries";
+    let load = |root: BlobId| {
+        let id: SnapshotId = snapshot(&repo, root).parse().unwrap();
+        [(id, repo.load_snapshot(&id).unwrap())]
+    };
+
+    // Within the bound, shared subtrees count once per place, a hard-linked
+    // inode's bytes once.
+    let shared = doubling_of(&repo, 10, linked.clone(), false);
+    let index = repo.load_index().unwrap();
+    let report = vault_engine::stats::stats(&repo, &index, &load(shared)).unwrap();
+    let size = &report.restore_size;
+    assert_eq!(
+        (size.total_file_count, size.total_dir_count, size.total_size),
+        (1 << 9, (1 << 10) - 2, 100)
+    );
+
+    for (root, label) in [
+        (doubling(&repo, 48), "plain"),
+        (
+            doubling_of(&repo, 48, linked.clone(), true),
+            "hard links, trailing",
+        ),
+    ] {
+        let index = repo.load_index().unwrap();
+        let snaps = load(root);
+        let err = vault_engine::stats::stats(&repo, &index, &snaps).map(|_| ());
+        assert_damaged(err, "tree ", why);
+
+        for (a, b) in [(shared, root), (root, shared)] {
+            let mut changes = 0u64;
+            let mut emit = |_: &vault_engine::diff::Change| {
+                changes += 1;
+                if changes > 1_000_000 {
+                    return Err(vault_engine::Error::InvalidInput(format!(
+                        "{label}: the diff went on expanding"
+                    )));
+                }
+                Ok(())
+            };
+            let diffed =
+                vault_engine::diff::diff(&repo, &index, &a, &b, Default::default(), &mut emit);
+            assert_damaged(diffed, "tree ", why);
+        }
+
+        for pattern in ["nothing", "f"] {
+            let excludes = vault_engine::backup::Excludes::new(&[pattern.into()]).unwrap();
+            let rewritten =
+                vault_engine::rewrite::rewrite(&repo, &index, &snaps, &excludes, false, true);
+            assert_damaged(rewritten, "tree ", why);
+        }
+    }
 }

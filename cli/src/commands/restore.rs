@@ -238,6 +238,18 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             }
         )?;
     }
+    if !report.damaged_entries.is_empty() {
+        for e in &report.damaged_entries {
+            eprintln!(
+                "vault: error: {}: not restored: its entry in the snapshot is damaged ({})",
+                e.path, e.error
+            );
+        }
+        eprintln!(
+            "vault: {} entries could not be restored; everything else was (`vault check` names the damage)",
+            report.damaged_entries.len()
+        );
+    }
     if !report.damaged_files.is_empty() {
         for f in &report.damaged_files {
             eprintln!(
@@ -250,12 +262,17 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             report.damaged_files.len()
         );
         // 4 when only missing objects are to blame, as for other commands.
-        let code = if report.damaged_files.iter().all(|f| f.missing) {
+        let code = if report.damaged_entries.is_empty()
+            && report.damaged_files.iter().all(|f| f.missing)
+        {
             exit::MISSING
         } else {
             exit::DAMAGED
         };
         return Ok(ExitCode::from(code));
+    }
+    if !report.damaged_entries.is_empty() {
+        return Ok(ExitCode::from(exit::DAMAGED));
     }
     Ok(ExitCode::SUCCESS)
 }
