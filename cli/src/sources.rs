@@ -395,31 +395,13 @@ pub(crate) fn load_database(
 /// views, materialized views or foreign tables); MySQL's
 /// `information_schema.tables` lists views too, and MariaDB its sequences.
 pub(crate) fn table_counts(s: &SourceConfig, target: &str) -> Result<Vec<(String, u64)>> {
-    validate_db_name(target)?;
-    let tables: Vec<String> = match s.kind {
-        SourceKind::Postgres => run_checked(
-            psql(s, target)?.args([
-                "-At",
-                "-c",
-                "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
-            ]),
-            "psql (list tables)",
-        )?,
-        SourceKind::Mysql => run_checked(
-            mariadb(s)?.args([
-                "-N",
-                "-B",
-                "-e",
-                &format!("SELECT CONCAT('`', table_name, '`') FROM information_schema.tables WHERE table_schema = '{target}' AND table_type IN ('BASE TABLE', 'SYSTEM VERSIONED') ORDER BY 1"),
-            ]),
-            "mariadb (list tables)",
-        )?,
-        _ => bail!("source {} is not a database", s.name()),
-    }
-    .lines()
-    .map(str::to_owned)
-    .filter(|l| !l.is_empty())
-    .collect();
+    let tables = relation_names(
+        s,
+        target,
+        "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+        "('BASE TABLE', 'SYSTEM VERSIONED')",
+        "tables",
+    )?;
     let mut out = Vec::new();
     for table in tables {
         let query = format!("SELECT count(*) FROM {table}");
@@ -445,24 +427,39 @@ pub(crate) fn table_counts(s: &SourceConfig, target: &str) -> Result<Vec<(String
 /// [`table_counts`] names tables: to tell a `drill_min_rows` key naming
 /// one that only tables are counted.
 pub(crate) fn view_names(s: &SourceConfig, target: &str) -> Result<Vec<String>> {
+    relation_names(
+        s,
+        target,
+        "SELECT quote_ident(schemaname) || '.' || quote_ident(viewname) FROM pg_views WHERE schemaname NOT IN ('pg_catalog', 'information_schema') UNION ALL SELECT quote_ident(schemaname) || '.' || quote_ident(matviewname) FROM pg_matviews ORDER BY 1",
+        "('VIEW')",
+        "views",
+    )
+}
+
+/// The quoted names of `target`'s relations: PostgreSQL's as `postgres_sql`
+/// lists them, MySQL's of the `information_schema` table types in
+/// `mysql_types` (an SQL list); `what` names them in errors.
+fn relation_names(
+    s: &SourceConfig,
+    target: &str,
+    postgres_sql: &str,
+    mysql_types: &str,
+    what: &str,
+) -> Result<Vec<String>> {
     validate_db_name(target)?;
     let text = match s.kind {
         SourceKind::Postgres => run_checked(
-            psql(s, target)?.args([
-                "-At",
-                "-c",
-                "SELECT quote_ident(schemaname) || '.' || quote_ident(viewname) FROM pg_views WHERE schemaname NOT IN ('pg_catalog', 'information_schema') UNION ALL SELECT quote_ident(schemaname) || '.' || quote_ident(matviewname) FROM pg_matviews ORDER BY 1",
-            ]),
-            "psql (list views)",
+            psql(s, target)?.args(["-At", "-c", postgres_sql]),
+            &format!("psql (list {what})"),
         )?,
         SourceKind::Mysql => run_checked(
             mariadb(s)?.args([
                 "-N",
                 "-B",
                 "-e",
-                &format!("SELECT CONCAT('`', table_name, '`') FROM information_schema.tables WHERE table_schema = '{target}' AND table_type = 'VIEW' ORDER BY 1"),
+                &format!("SELECT CONCAT('`', table_name, '`') FROM information_schema.tables WHERE table_schema = '{target}' AND table_type IN {mysql_types} ORDER BY 1"),
             ]),
-            "mariadb (list views)",
+            &format!("mariadb (list {what})"),
         )?,
         _ => bail!("source {} is not a database", s.name()),
     };

@@ -219,17 +219,22 @@ fn a_file_name_that_is_not_utf8_can_be_dumped_listed_restored_and_found() {
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(listed.ends_with("caf\u{FFFD}.txt\n"), "{listed}");
 
-    let target = env.path("restored");
-    let out = run(&[
-        "restore".as_ref(),
-        "latest".as_ref(),
-        "--target".as_ref(),
-        target.as_os_str(),
-        "--include".as_ref(),
-        &path,
-    ]);
-    assert_success(&out);
-    let restored = target.join(src.strip_prefix("/").unwrap());
+    // `restore latest` into `dir` with `flag PATTERN`; where the source
+    // directory lands.
+    let restore = |dir: &str, flag: &str, pattern: &OsStr| {
+        let target = env.path(dir);
+        let out = run(&[
+            "restore".as_ref(),
+            "latest".as_ref(),
+            "--target".as_ref(),
+            target.as_os_str(),
+            flag.as_ref(),
+            pattern,
+        ]);
+        assert_success(&out);
+        target.join(src.strip_prefix("/").unwrap())
+    };
+    let restored = restore("restored", "--include", &path);
     assert_eq!(
         std::fs::read(restored.join(name)).unwrap(),
         b"the 0xff file"
@@ -242,17 +247,7 @@ fn a_file_name_that_is_not_utf8_can_be_dumped_listed_restored_and_found() {
     assert_success(&out);
     let found = String::from_utf8(out.stdout).unwrap();
     assert_eq!(found.lines().count(), 1, "{found}");
-    let target = env.path("excluded");
-    let out = run(&[
-        "restore".as_ref(),
-        "latest".as_ref(),
-        "--target".as_ref(),
-        target.as_os_str(),
-        "--exclude".as_ref(),
-        name,
-    ]);
-    assert_success(&out);
-    let restored = target.join(src.strip_prefix("/").unwrap());
+    let restored = restore("excluded", "--exclude", name);
     assert!(!restored.join(name).exists());
     assert_eq!(
         std::fs::read(restored.join(twin)).unwrap(),
