@@ -8,11 +8,13 @@
 
 use crate::support::{MEDIUM_CHUNKER, backup_paths, init_memory, options, write_file};
 use vault_engine::check::{self, CheckOptions, CheckProgress};
+use vault_engine::id::SnapshotId;
 use vault_engine::repository::Repository;
+use vault_engine::snapshot::Snapshot;
 
-fn check_gets(repo: &Repository) -> u64 {
-    let before = repo.backend().requests().expect("counted").get;
-    let report = check::check(
+/// A structural check of `repo` (no data read).
+fn run_check(repo: &Repository) -> check::CheckReport {
+    check::check(
         repo,
         &CheckOptions {
             verify: None,
@@ -21,7 +23,12 @@ fn check_gets(repo: &Repository) -> u64 {
         },
         &CheckProgress::default(),
     )
-    .expect("check runs");
+    .expect("check runs")
+}
+
+fn check_gets(repo: &Repository) -> u64 {
+    let before = repo.backend().requests().expect("counted").get;
+    let report = run_check(repo);
     assert!(
         report
             .findings
@@ -56,4 +63,65 @@ fn trees_shared_by_snapshots_are_read_once() {
         five - one <= 8,
         "check of five snapshots did {five} GETs, of one {one}"
     );
+}
+
+/// `tag` and `rewrite --forget` write the changed snapshot, then delete the
+/// old one; killed between the two they leave both, and `forget` would
+/// count one point in time twice. check names such twins; a snapshot that
+/// `rewrite` made with another tree and kept beside its original is not
+/// one.
+#[test]
+fn snapshots_left_twice_by_an_interrupted_tag_are_reported_as_twins() {
+    use vault_engine::snapshot::TagChange;
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_file(&dir.path().join("f"), b"content");
+    let repo = init_memory(MEDIUM_CHUNKER, 64 * 1024);
+    backup_paths(&repo, &[dir.path()], &options()).expect("backup");
+    let twins = |repo: &Repository| {
+        run_check(repo)
+            .findings
+            .into_iter()
+            .filter(|f| f.kind == "snapshot_twin")
+            .collect::<Vec<_>>()
+    };
+    assert!(twins(&repo).is_empty());
+    let (id, snap) = repo
+        .snapshots()
+        .expect("list")
+        .into_iter()
+        .next()
+        .expect("one");
+    // A rewrite kept beside its original: another tree, not a twin.
+    write_file(&dir.path().join("g"), b"more");
+    backup_paths(&repo, &[dir.path()], &options()).expect("second backup");
+    let (_, second) = repo.snapshots().expect("list").pop().expect("two");
+    let mut rewritten = snap.clone();
+    rewritten.tree = second.tree;
+    rewritten.original = Some(id);
+    repo.save_snapshot(&rewritten).expect("save");
+    assert!(twins(&repo).is_empty());
+    // `tag --add kept`, killed before it deleted the old snapshot.
+    let tag = |name: &str, id: &SnapshotId, snap: &Snapshot| {
+        let change = TagChange {
+            add: vec![name.into()],
+            ..TagChange::default()
+        };
+        let tagged = change.rewrite(id, snap).expect("changes");
+        (repo.save_snapshot(&tagged).expect("save"), tagged)
+    };
+    let (new, tagged) = tag("kept", &id, &snap);
+    let found = twins(&repo);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].severity, check::Severity::Warning);
+    let message = &found[0].message;
+    assert!(
+        message.contains(&id.short()) && message.contains(&new.short()),
+        "{message}"
+    );
+    // The new one tagged again and killed likewise: three of one snapshot,
+    // one finding.
+    let (newer, _) = tag("again", &new, &tagged);
+    let found = twins(&repo);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].message.contains(&newer.short()), "{found:?}");
 }
