@@ -275,10 +275,16 @@ pub enum SelectError {
     },
 }
 
-/// Whether `a` and `b` are snapshots of the same thing (host, paths and
-/// tags), so that either may stand for the newest of them.
+/// Whether `a` and `b` are snapshots of the same thing (the same group by
+/// host, paths and tags, as `forget --group-by host,paths,tags` sees it),
+/// so that either may stand for the newest of them.
 fn same_group(a: &Snapshot, b: &Snapshot) -> bool {
-    a.hostname == b.hostname && a.paths == b.paths && a.tags == b.tags
+    let by = crate::retention::GroupBy {
+        host: true,
+        paths: true,
+        tags: true,
+    };
+    by.key(&a.hostname, &a.paths, &a.tags) == by.key(&b.hostname, &b.paths, &b.tags)
 }
 
 /// The first of `newest_first` (snapshots passing a filter, newest first),
