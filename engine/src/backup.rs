@@ -24,8 +24,8 @@
 mod saver;
 mod walk;
 
-pub(crate) use saver::TreeSink;
 pub use saver::{PendingId, Saver, SaverStats};
+pub(crate) use saver::{TreeSink, ensure_stored};
 pub use walk::{ChangeDetection, Excludes};
 
 use crate::blob::BlobKind;
@@ -409,11 +409,11 @@ pub fn backup(
     let errors = errors.into_inner().expect("not poisoned");
     // Even a failed walk drains the pipeline, so what was uploaded gets
     // indexed and the next backup can reuse it.
-    let finished = saver.finish();
-    let root = match (walked, finished) {
+    let finished = saver.finish_reused();
+    let (root, reused) = match (walked, finished) {
         (Err(Error::Interrupted), _) => return Err(Error::Interrupted),
-        (_, Err(e)) | (Err(e), Ok(())) => return Err(e),
-        (Ok(root), Ok(())) => root,
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+        (Ok(root), Ok(reused)) => (root, reused),
     };
     if options.require_files && counters.files.load(Ordering::Relaxed) == 0 {
         let unread = errors.first().map_or(String::new(), |first| {
@@ -435,6 +435,7 @@ pub fn backup(
         .filter(|(_, snap)| options.skip_if_unchanged && errors.is_empty() && snap.tree == root)
         .map(|(id, _)| *id);
     ensure_not_pruned_under_us(repo, &index_ids_at_start, &root)?;
+    ensure_stored(repo, &reused, "backup")?;
     let stats = &progress.saver;
     let time = options.time.clone().unwrap_or_else(jiff::Zoned::now);
     let mut tags = options.tags.clone();

@@ -170,6 +170,9 @@ struct Mapping {
     trees: HashMap<BlobId, BlobId>,
     /// Source trees whose learning from an existing copy failed.
     unlearnable: HashSet<BlobId>,
+    /// Target packs holding what was learned, which copied snapshots may
+    /// reference without the saver seeing it (see `write_snapshots`).
+    reused: HashSet<PackId>,
 }
 
 /// A blob to read from the source.
@@ -197,6 +200,15 @@ struct Copier<'a> {
 }
 
 impl Copier<'_> {
+    /// `reused` (from the saver) and the target packs learned ids are in.
+    fn with_learned_packs(&self, mut reused: Vec<PackId>) -> Vec<PackId> {
+        let map = self.map.lock().expect("not poisoned");
+        reused.extend(map.reused.iter().copied());
+        reused.sort_unstable();
+        reused.dedup();
+        reused
+    }
+
     /// The target id of a source data blob, if known without reading it.
     fn mapped_data(&self, map: &Mapping, saver: &Saver, id: &BlobId) -> Option<BlobId> {
         if self.same_key {
@@ -292,6 +304,9 @@ impl Copier<'_> {
             return Ok(false);
         }
         let mut map = self.map.lock().expect("not poisoned");
+        let packs = (learned.iter().map(|(_, d)| d).chain([&dst_tree]))
+            .filter_map(|id| Some(self.dst_index.get(id)?.pack));
+        map.reused.extend(packs);
         map.data.extend(learned);
         map.trees.insert(src_tree, dst_tree);
         Ok(true)
@@ -704,8 +719,11 @@ pub fn copy(
             // snapshots, and go on with a fresh view of the target.
             let checkpoint = saver
                 .take()
-                .map_or(Ok(()), Saver::finish)
-                .and_then(|()| write_snapshots(dst, &at_start, &mut pending, &mut report, progress))
+                .map_or(Ok(Vec::new()), Saver::finish_reused)
+                .and_then(|reused| {
+                    let reused = copier.with_learned_packs(reused);
+                    write_snapshots(dst, &at_start, &reused, &mut pending, &mut report, progress)
+                })
                 .and_then(|()| {
                     at_start = dst.index_ids()?.into_iter().collect();
                     copier.dst_index = dst.load_index()?;
@@ -722,14 +740,17 @@ pub fn copy(
     // Drain the pipeline whatever happened, so uploads are indexed and a
     // rerun reuses them; snapshots finished before an interruption or an
     // error are still written.
-    let finished = saver.take().map_or(Ok(()), Saver::finish);
+    let finished = saver.take().map_or(Ok(Vec::new()), Saver::finish_reused);
     let written = match &finished {
-        Ok(()) => write_snapshots(dst, &at_start, &mut pending, &mut report, progress),
+        Ok(reused) => {
+            let reused = copier.with_learned_packs(reused.clone());
+            write_snapshots(dst, &at_start, &reused, &mut pending, &mut report, progress)
+        }
         Err(_) => Ok(()),
     };
     // The pipeline's own error first: a failed save only says that the
     // pipeline stopped, finish says why (a full disk, exit 7).
-    let result = finished.and(outcome).and(written);
+    let result = finished.map(drop).and(outcome).and(written);
     let s = &progress.saver;
     report.blobs_read = progress.blobs_read.load(Ordering::Relaxed);
     report.bytes_read = progress.bytes_read.load(Ordering::Relaxed);
@@ -740,9 +761,13 @@ pub fn copy(
     result.map(|()| report)
 }
 
+/// Writes the copied snapshots once their data is durable, unless a prune
+/// of the target removed some of it meanwhile or a target pack they
+/// deduplicated against (`reused`) is gone from storage.
 fn write_snapshots(
     dst: &Repository,
     at_start: &HashSet<IndexId>,
+    reused: &[PackId],
     pending: &mut Vec<(SnapshotId, Snapshot)>,
     report: &mut CopyReport,
     progress: &CopyProgress,
@@ -752,6 +777,7 @@ fn write_snapshots(
     }
     let roots: Vec<BlobId> = pending.iter().map(|(_, s)| s.tree).collect();
     ensure_not_pruned_under_us(dst, at_start, &roots)?;
+    crate::backup::ensure_stored(dst, reused, "copy")?;
     for (source, snap) in pending.drain(..) {
         let target = dst.save_snapshot(&snap)?;
         report.copied.push(CopiedSnapshot { source, target });

@@ -59,6 +59,10 @@ pub enum Error {
         /// The object, e.g. `pack 3f2a…` or `snapshot 1a2b3c4d`.
         object: String,
     },
+    /// Data that a snapshot being written would reference is gone from
+    /// storage (the message says what and what to do).
+    #[error("{0}")]
+    DataLost(String),
     /// An object failed authentication, hashing or decoding.
     #[error("{object} is damaged: {reason}")]
     Corrupt {
@@ -109,7 +113,7 @@ impl Error {
         match self {
             Error::WrongPassword => ErrorKind::WrongPassword,
             Error::RepositoryNotFound { .. } => ErrorKind::RepositoryNotFound,
-            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::NotFound { .. } | Error::DataLost(_) => ErrorKind::NotFound,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Locked { .. } => ErrorKind::Locked,
             Error::Backend { cause: source, .. } => {

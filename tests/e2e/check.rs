@@ -5,7 +5,9 @@
 //! Every case runs on local disk and on S3 (objects are damaged through
 //! the engine's backend, as a faulty disk or store would).
 
-use crate::support::{Backend, Env, assert_code, assert_success, key_name, pseudo_random, stderr};
+use crate::support::{
+    Backend, Env, assert_code, assert_success, key_name, packs_of_kind, pseudo_random, stderr,
+};
 use std::path::{Path, PathBuf};
 
 /// A repository with two snapshots of a tree with distinct files.
@@ -45,26 +47,6 @@ fn errors(v: &serde_json::Value) -> Vec<serde_json::Value> {
         .filter(|f| f["severity"] == "error")
         .cloned()
         .collect()
-}
-
-/// Keys of the packs holding only blobs of `kind`, found through the index.
-fn packs_of_kind(env: &Env, kind: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for idx in env.objects_under("index") {
-        let v = env.json(&["cat", "index", key_name(&idx)]);
-        for p in v["packs"].as_array().unwrap() {
-            if p["blobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|b| b["type"] == kind)
-            {
-                let pid = p["id"].as_str().unwrap();
-                out.push(format!("data/{}/{pid}", &pid[..2]));
-            }
-        }
-    }
-    out
 }
 
 fn restore_matches(env: &Env, src: &Path) {
@@ -317,6 +299,42 @@ fn truncated_and_deleted_packs_are_found_by_plain_check(backend: Backend) {
         .unwrap_or_else(|| panic!("{v}"));
     assert!(f["object"].as_str().unwrap().contains(&name));
     assert!(!f["affected"].as_array().unwrap().is_empty());
+}
+
+backend_test!(a_backup_refuses_to_reference_a_pack_lost_from_storage);
+/// A data pack lost from storage after it was indexed (deleted by hand, a
+/// lifecycle rule, a failing disk): the next backup, whose unchanged files
+/// would keep pointing at it, exits 4 naming the pack and saves no
+/// snapshot, also with `--skip-if-unchanged` (which would otherwise report
+/// the parent as a good backup). After `repair index` a backup stores that
+/// content anew, which mends the older snapshots too (same content, same
+/// blob ids).
+fn a_backup_refuses_to_reference_a_pack_lost_from_storage(backend: Backend) {
+    let (env, src) = damaged_fixture(backend);
+    let src_arg = src.to_str().unwrap();
+    let victim = packs_of_kind(&env, "data").remove(0);
+    let name = key_name(&victim).to_owned();
+    env.delete_object(&victim);
+    let snapshots = env.snapshots().len();
+    for extra in [None, Some("--skip-if-unchanged")] {
+        let mut args = vec!["backup", src_arg];
+        args.extend(extra);
+        let out = env.vault(&args);
+        assert_code(&out, 4);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&name) && err.contains("missing from storage"),
+            "{err}"
+        );
+        assert!(err.contains("vault repair index"), "{err}");
+        assert_eq!(env.snapshots().len(), snapshots, "no snapshot saved");
+    }
+    assert_success(&env.vault(&["repair", "index"]));
+    assert_success(&env.vault(&["backup", src_arg]));
+    restore_matches(&env, &src);
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(env.snapshots().len(), snapshots + 1);
 }
 
 /// A `vault tag` killed after it wrote the changed snapshot but before it

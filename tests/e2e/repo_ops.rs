@@ -2,7 +2,9 @@
 //! paper export and import of the master key, copying snapshots to a second
 //! repository with its own password, diff and stats. On local disk and S3.
 
-use crate::support::{Backend, Env, assert_code, assert_success, pseudo_random, stderr};
+use crate::support::{
+    Backend, Env, assert_code, assert_success, packs_of_kind, pseudo_random, stderr,
+};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -384,6 +386,49 @@ fn copy_to_a_second_repository_restores_identically_and_twice_adds_nothing(backe
     // target finds every chunk already there.
     let direct = target.json(&["backup", "--force", src.to_str().unwrap()]);
     assert_eq!(direct["data_blobs"], 0, "{direct}");
+}
+
+/// A target data pack lost after a copy: the next copy, which matches the
+/// unchanged files to that pack's blobs through the earlier copy without
+/// reading them, exits 4 naming the pack and writes no snapshot. After
+/// `repair index` on the target the copy stores that data again.
+#[test]
+fn a_copy_refuses_to_reference_a_target_pack_lost_from_storage() {
+    let source = Env::new();
+    let src = source.path("src");
+    make_tree(&src);
+    assert_success(&source.vault(&["backup", src.to_str().unwrap()]));
+    let target = copy_target(&source, Backend::Local);
+    copy_to(&source, &target, &[]);
+    let lost = packs_of_kind(&target, "data");
+    assert_eq!(lost.len(), 1);
+    target.delete_object(&lost[0]);
+    std::fs::write(src.join("new.txt"), b"new file\n").unwrap();
+    assert_success(&source.vault(&["backup", src.to_str().unwrap()]));
+    let copy = |target: &Env| {
+        source
+            .command(&["copy", "--to", &target.repo, "--to-password-file"])
+            .arg(&target.password_file)
+            .output()
+            .unwrap()
+    };
+    let out = copy(&target);
+    assert_code(&out, 4);
+    let err = stderr(&out);
+    let name = lost[0].rsplit('/').next().unwrap();
+    assert!(
+        err.contains(name) && err.contains("missing from storage"),
+        "{err}"
+    );
+    assert_eq!(target.snapshots().len(), 1, "no snapshot written");
+    assert_success(&target.vault(&["repair", "index"]));
+    assert_success(&copy(&target));
+    assert_eq!(target.snapshots().len(), 2);
+    assert_success(&target.vault(&["check", "--verify"]));
+    assert_eq!(
+        restored(&target, &target.password_file, "r", &src),
+        scan(&src)
+    );
 }
 
 #[test]

@@ -585,3 +585,23 @@ pub(crate) fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Keys of the packs holding only blobs of `kind`, found through the index.
+pub(crate) fn packs_of_kind(env: &Env, kind: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for idx in env.objects_under("index") {
+        let v = env.json(&["cat", "index", key_name(&idx)]);
+        for p in v["packs"].as_array().unwrap() {
+            if p["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["type"] == kind)
+            {
+                let pid = p["id"].as_str().unwrap();
+                out.push(format!("data/{}/{pid}", &pid[..2]));
+            }
+        }
+    }
+    out
+}

@@ -22,7 +22,7 @@ use crate::blob::BlobKind;
 use crate::buffer::BufferPool;
 use crate::compress::Compression;
 use crate::error::{Error, Result};
-use crate::id::BlobId;
+use crate::id::{BlobId, PackId};
 use crate::index::{IdMap, Index, IndexFile, IndexedPack};
 use crate::pack::{FinishedPack, PackWriter};
 use crate::repository::{FileKind, Repository};
@@ -125,10 +125,73 @@ struct Sealed {
     sealed: Vec<u8>,
 }
 
+/// Every blob stored before or accepted by a pipeline, and which of the
+/// packs stored before it deduplicated against.
+struct Known {
+    /// Each id with the slot (in `packs`) of the pack it was stored in
+    /// before the pipeline started, or [`Known::NEW`].
+    ids: IdMap<BlobId, u32>,
+    /// The packs of the index the pipeline started from, by slot.
+    packs: Vec<PackId>,
+    /// One bit per slot: set once a blob of that pack was reused.
+    reused: Vec<u64>,
+}
+
+impl Known {
+    /// Accepted by this pipeline.
+    const NEW: u32 = u32::MAX;
+
+    fn new(index: &Index) -> Self {
+        let mut slots: IdMap<PackId, u32> = IdMap::default();
+        let mut packs = Vec::new();
+        for (pack, _) in index.packs() {
+            // Fewer than 2^31 packs (IndexBuilder), so never `NEW`.
+            let slot = u32::try_from(packs.len()).unwrap_or(Self::NEW - 1);
+            slots.insert(pack, slot);
+            packs.push(pack);
+        }
+        let mut ids = IdMap::default();
+        ids.reserve(index.len());
+        // Blobs only in packs marked for deletion are not reused: a new
+        // snapshot must never start depending on a pack prune may delete.
+        for (id, loc) in index.blobs() {
+            if index.marked_at(&loc.pack).is_none()
+                && let Some(&slot) = slots.get(&loc.pack)
+            {
+                ids.insert(id, slot);
+            }
+        }
+        let reused = vec![0; packs.len().div_ceil(64)];
+        Self { ids, packs, reused }
+    }
+
+    /// Whether `id` is known; if it was stored before, notes its pack as
+    /// reused.
+    fn reuse(&mut self, id: &BlobId) -> bool {
+        let Some(&slot) = self.ids.get(id) else {
+            return false;
+        };
+        if slot != Self::NEW
+            && let Some(word) = self.reused.get_mut(slot as usize / 64)
+        {
+            *word |= 1 << (slot % 64);
+        }
+        true
+    }
+
+    fn reused_packs(&self) -> Vec<PackId> {
+        (self.packs.iter().enumerate())
+            .filter(|(slot, _)| {
+                (self.reused.get(slot / 64)).is_some_and(|word| word & (1 << (slot % 64)) != 0)
+            })
+            .map(|(_, pack)| *pack)
+            .collect()
+    }
+}
+
 struct Shared {
     repo: Arc<Repository>,
-    /// Every blob stored before or accepted by this pipeline.
-    known: Mutex<IdMap<BlobId, ()>>,
+    known: Mutex<Known>,
     failed: AtomicBool,
     error: Mutex<Option<Error>>,
     unindexed: Mutex<Unindexed>,
@@ -157,14 +220,12 @@ impl Shared {
 
     /// Records `id` as stored; returns false if it already was.
     fn accept(&self, kind: BlobKind, id: BlobId, len: usize) -> bool {
-        if self
-            .known
-            .lock()
-            .expect("not poisoned")
-            .insert(id, ())
-            .is_some()
         {
-            return false;
+            let mut known = self.known.lock().expect("not poisoned");
+            if known.reuse(&id) {
+                return false;
+            }
+            known.ids.insert(id, Known::NEW);
         }
         let stats = &self.stats;
         stats.blobs_added.fetch_add(1, Ordering::Relaxed);
@@ -290,18 +351,9 @@ impl Saver {
         let uploaders = upload_concurrency.max(1);
         let pack_size = repo.config().pack_size as usize;
         let avg_chunk = repo.config().chunker.avg_size as usize;
-        let mut known = IdMap::default();
-        known.reserve(index.len());
-        // Blobs only in packs marked for deletion are not reused: a new
-        // snapshot must never start depending on a pack prune may delete.
-        for (id, loc) in index.blobs() {
-            if index.marked_at(&loc.pack).is_none() {
-                known.insert(id, ());
-            }
-        }
         let shared = Arc::new(Shared {
             repo,
-            known: Mutex::new(known),
+            known: Mutex::new(Known::new(index)),
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             unindexed: Mutex::new(Unindexed::default()),
@@ -379,14 +431,11 @@ impl Saver {
         self.shared.failed.load(Ordering::SeqCst)
     }
 
-    /// Whether `id` is already stored or accepted.
+    /// Whether `id` is already stored or accepted. A caller that gets
+    /// true is taken to reference it (see [`Saver::finish_reused`]).
     #[must_use]
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.shared
-            .known
-            .lock()
-            .expect("not poisoned")
-            .contains_key(id)
+        self.shared.known.lock().expect("not poisoned").reuse(id)
     }
 
     /// Hashes `data` and stores it unless known. Returns its id.
@@ -457,6 +506,15 @@ impl Saver {
             return Err(self.take_error());
         }
         self.shared.flush_index()
+    }
+
+    /// [`Saver::finish`], returning the packs stored before the pipeline
+    /// started that it deduplicated against: those a snapshot of what it
+    /// saved may reference besides its own (see [`ensure_stored`]).
+    pub fn finish_reused(self) -> Result<Vec<PackId>> {
+        let shared = self.shared.clone();
+        self.finish()?;
+        Ok(shared.known.lock().expect("not poisoned").reused_packs())
     }
 
     /// Keeps a list of the packs this pipeline uploads, with where each
@@ -611,6 +669,34 @@ fn uploader(shared: &Shared, rx: &Receiver<FinishedPack>) {
     }
 }
 
+/// Fails if any of `reused` (from [`Saver::finish_reused`]) is gone from
+/// storage: a snapshot of what the pipeline saved would then reference
+/// lost data. Backups trust the index for data stored before (as restic
+/// does), so a pack deleted by hand, by a lifecycle rule or by a failing
+/// disk would otherwise go unnoticed until `check`, every later backup
+/// reporting success while its unchanged files point at the lost pack. One
+/// listing of `data/` (a request per 1 000 packs on S3) catches it.
+pub(crate) fn ensure_stored(repo: &Repository, reused: &[PackId], what: &str) -> Result<()> {
+    if reused.is_empty() {
+        return Ok(());
+    }
+    let stored = crate::check::stored_packs(repo)?;
+    let missing: Vec<&PackId> = reused.iter().filter(|p| !stored.contains_key(p)).collect();
+    let Some(first) = missing.first() else {
+        return Ok(());
+    };
+    let more = match missing.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    Err(Error::DataLost(format!(
+        "pack {first}{more}, holding data this {what} deduplicated against, is missing from \
+         storage; no snapshot was saved. Run `vault repair index`, then the {what} again (it \
+         stores that data anew, which also mends older snapshots of the same files), then \
+         `vault check` to find snapshots still lacking data"
+    )))
+}
+
 /// Where trees rewritten from existing snapshots go (`repair snapshots`,
 /// `rewrite`): a [`Saver`], or on a dry run nowhere, only their ids
 /// computed.
@@ -726,6 +812,51 @@ mod tests {
             .collect();
         assert_eq!(listed.len(), 2);
         assert!(!listed.contains(&packs[0]));
+    }
+
+    /// The packs reported as reused are those of the starting index that
+    /// a lookup or a deduplicated save hit, never one marked for deletion
+    /// (its blobs are not reused) and never this pipeline's own; a reused
+    /// pack gone from storage then fails `ensure_stored`.
+    #[test]
+    fn the_packs_blobs_were_reused_from_are_reported_and_must_be_stored() {
+        let (_backend, repo) = memory_repo(InitOptions::default());
+        let blob = |n: u8| crate::pack::PackedBlob {
+            kind: BlobKind::Data,
+            id: BlobId([n; 32]),
+            offset: 0,
+            length: 40,
+            raw_len: 8,
+        };
+        let mut builder = crate::index::IndexBuilder::new();
+        for n in 1..=4u8 {
+            builder.add_pack(PackId([n; 32]), 100, &[blob(n)]);
+        }
+        builder.mark(PackId([3; 32]), 0);
+        let saver = Saver::start(
+            repo.clone(),
+            &builder.finish(),
+            Compression::None,
+            1,
+            Arc::new(SaverStats::default()),
+        );
+        assert!(saver.contains(&BlobId([2; 32])));
+        assert!(!saver.contains(&BlobId([3; 32])), "only in a marked pack");
+        saver
+            .save_with_id(BlobKind::Data, BlobId([1; 32]), vec![0; 8])
+            .unwrap();
+        let new = saver.save(BlobKind::Data, b"new".to_vec()).unwrap();
+        assert!(saver.contains(&new));
+        let mut reused = saver.finish_reused().unwrap();
+        reused.sort();
+        assert_eq!(reused, vec![PackId([1; 32]), PackId([2; 32])]);
+
+        assert!(ensure_stored(&repo, &[], "backup").is_ok());
+        let err = ensure_stored(&repo, &reused, "backup").unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::NotFound);
+        let message = err.to_string();
+        assert!(message.contains(&PackId([1; 32]).to_hex()), "{message}");
+        assert!(message.contains("and 1 more"), "{message}");
     }
 
     #[test]
