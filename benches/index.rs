@@ -1,6 +1,8 @@
 //! The in-memory index at one million blobs (about 1 TiB of 1 MiB chunks):
 //! lookups of present and absent ids, building it from index files, and its
-//! memory (printed: resident-set growth while building, per blob).
+//! memory (printed: resident-set growth while building, per blob), and what
+//! a backup's write pipeline adds on top of it when started over it
+//! (printed likewise).
 //!
 //! Run: `cargo bench -p vault-engine --bench index`.
 
@@ -82,6 +84,23 @@ fn index(c: &mut Criterion) {
         "index of {BLOBS} blobs: resident set grew by {:.1} MiB ({:.1} bytes per blob)",
         (after.saturating_sub(before)) as f64 / 1048576.0,
         (after.saturating_sub(before)) as f64 / BLOBS as f64
+    );
+
+    // The saver deduplicates against the index: what it holds beside it.
+    let index = std::sync::Arc::new(index);
+    let before = rss_bytes();
+    let saver = vault_engine::backup::Saver::start(
+        common::new_repo(),
+        index.clone(),
+        vault_engine::compress::Compression::None,
+        1,
+        std::sync::Arc::default(),
+    );
+    let after = rss_bytes();
+    saver.finish().unwrap();
+    eprintln!(
+        "write pipeline over it: resident set grew by {:.1} MiB",
+        (after.saturating_sub(before)) as f64 / 1048576.0,
     );
 
     let mut g = c.benchmark_group("index");

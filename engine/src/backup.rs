@@ -347,7 +347,7 @@ pub fn backup(
     let start = jiff::Timestamp::now();
     let index_ids_at_start: std::collections::HashSet<crate::id::IndexId> =
         repo.index_ids()?.into_iter().collect();
-    let index = repo.load_index()?;
+    let index = Arc::new(repo.load_index()?);
     let excludes = Excludes::new(&options.excludes)
         .and_then(|e| e.case_insensitive(&options.iexcludes))
         .map_err(Error::InvalidInput)?;
@@ -359,7 +359,7 @@ pub fn backup(
     };
     let saver = Saver::start(
         repo.clone(),
-        &index,
+        index.clone(),
         options.compression,
         options.upload_concurrency,
         progress.saver.clone(),

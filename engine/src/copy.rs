@@ -190,7 +190,7 @@ struct Copier<'a> {
     src_index: &'a Index,
     /// The source's trees (a tree pack at a time from an object store).
     src_trees: TreeReader<'a>,
-    dst_index: Index,
+    dst_index: Arc<Index>,
     same_key: bool,
     map: Mutex<Mapping>,
     options: &'a CopyOptions,
@@ -638,7 +638,7 @@ pub fn copy(
         dst,
         src_index: &src_index,
         src_trees: TreeReader::new(src, &src_index),
-        dst_index: dst.load_index()?,
+        dst_index: Arc::new(dst.load_index()?),
         same_key,
         map: Mutex::new(Mapping::default()),
         options,
@@ -660,10 +660,10 @@ pub fn copy(
     };
     let mut learned_from: HashSet<BlobId> = HashSet::new();
 
-    let start_saver = |index: &Index| {
+    let start_saver = |index: &Arc<Index>| {
         Saver::start(
             dst.clone(),
-            index,
+            index.clone(),
             options.compression,
             options.upload_concurrency,
             progress.saver.clone(),
@@ -726,7 +726,7 @@ pub fn copy(
                 })
                 .and_then(|()| {
                     at_start = dst.index_ids()?.into_iter().collect();
-                    copier.dst_index = dst.load_index()?;
+                    copier.dst_index = Arc::new(dst.load_index()?);
                     Ok(())
                 });
             if let Err(e) = checkpoint {

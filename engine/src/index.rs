@@ -456,6 +456,12 @@ impl Index {
         self.location(self.find(id)?)
     }
 
+    /// The slot of the pack `id` is found in: its position in
+    /// [`Index::packs`], for callers keeping state per pack.
+    pub(crate) fn pack_slot(&self, id: &BlobId) -> Option<usize> {
+        Some(self.find(id)?.slot())
+    }
+
     /// Whether `id` is indexed.
     #[must_use]
     pub fn contains(&self, id: &BlobId) -> bool {

@@ -515,7 +515,7 @@ impl PrunePlan {
             let stats = Arc::new(SaverStats::default());
             let saver = Saver::start(
                 repo.clone(),
-                &seed,
+                Arc::new(seed),
                 Compression::default(),
                 2,
                 stats.clone(),

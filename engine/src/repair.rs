@@ -133,7 +133,7 @@ pub fn repair_index(
         let saver = saver.get_or_insert_with(|| {
             Saver::start(
                 repo.clone(),
-                &crate::index::IndexBuilder::new().finish(),
+                Arc::new(crate::index::IndexBuilder::new().finish()),
                 Compression::default(),
                 2,
                 Arc::new(SaverStats::default()),
@@ -305,7 +305,7 @@ pub fn repair_snapshots(
     forget: bool,
     dry_run: bool,
 ) -> Result<RepairSnapshotsReport> {
-    let index = repo.load_index()?;
+    let index = Arc::new(repo.load_index()?);
     // A pack no index lists (its index file lost or damaged) holds blobs
     // that would pass for lost: the snapshots using them would be cut
     // down, and with --forget the intact originals deleted. Leftovers of

@@ -1613,7 +1613,8 @@ mod verify_tests {
     #[test]
     fn trees_nested_beyond_max_depth_are_refused() {
         let (_, repo) = memory_repo(InitOptions::default());
-        let sink = crate::backup::TreeSink::new(&repo, &repo.load_index().unwrap(), false);
+        let index = std::sync::Arc::new(repo.load_index().unwrap());
+        let sink = crate::backup::TreeSink::new(&repo, &index, false);
         let mut id = sink.save(Tree::default()).unwrap();
         for _ in 0..=crate::tree::MAX_DEPTH + 1 {
             let mut dir = Node::new("d", NodeKind::Dir);
@@ -1691,7 +1692,7 @@ mod verify_tests {
         use crate::blob::BlobKind;
         let (_, repo) = memory_repo(InitOptions::default());
         let snap = backup_stream(&repo, "f", b"below the symlink");
-        let index = repo.load_index().unwrap();
+        let index = std::sync::Arc::new(repo.load_index().unwrap());
         let f = find_node(&repo, &index, &snap.tree, "/f").unwrap();
         let data = f.content.clone().unwrap();
         let mut alias = f.clone();
@@ -1703,7 +1704,7 @@ mod verify_tests {
         alias.subtree = Some(snap.tree);
         let saver = Saver::start(
             repo.clone(),
-            &index,
+            index.clone(),
             crate::compress::Compression::default(),
             1,
             std::sync::Arc::new(SaverStats::default()),

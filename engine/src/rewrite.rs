@@ -143,7 +143,7 @@ impl Rewriter<'_> {
 /// and not reported.
 pub fn rewrite(
     repo: &Arc<Repository>,
-    index: &Index,
+    index: &Arc<Index>,
     snapshots: &[(SnapshotId, Snapshot)],
     excludes: &Excludes,
     forget: bool,

@@ -135,7 +135,7 @@ pub fn push(
     let mut content = Vec::new();
     let saver = Saver::start_for_wal(
         repo.clone(),
-        &IndexBuilder::new().finish(),
+        Arc::new(IndexBuilder::new().finish()),
         Arc::new(SaverStats::default()),
     );
     saver.record_packs();

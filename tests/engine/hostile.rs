@@ -458,7 +458,7 @@ fn stats_diff_and_rewrite_refuse_trees_nested_deeper_than_readers_follow() {
     let (too_deep, allowed) = (roots[0], roots[1]);
     let id: vault_engine::id::SnapshotId = snapshot(&repo, too_deep).parse().unwrap();
     let snap = repo.load_snapshot(&id).unwrap();
-    let index = repo.load_index().unwrap();
+    let index = std::sync::Arc::new(repo.load_index().unwrap());
     let deep = [(id, snap.clone())];
     assert_damaged(
         vault_engine::stats::stats(&repo, &index, &deep),
@@ -631,7 +631,7 @@ fn stats_diff_and_rewrite_refuse_trees_listing_each_other_into_billions_of_entri
             "hard links, trailing",
         ),
     ] {
-        let index = repo.load_index().unwrap();
+        let index = std::sync::Arc::new(repo.load_index().unwrap());
         let snaps = load(root);
         let err = vault_engine::stats::stats(&repo, &index, &snaps).map(|_| ());
         assert_damaged(err, "tree ", why);

@@ -101,7 +101,7 @@ fn a_fetch_falls_back_to_the_index_when_a_blob_has_moved() {
     // pack, then the old pack and the index file naming it are deleted.
     let saver = Saver::start(
         repo.clone(),
-        &IndexBuilder::new().finish(),
+        std::sync::Arc::new(IndexBuilder::new().finish()),
         Compression::default(),
         1,
         Arc::new(SaverStats::default()),

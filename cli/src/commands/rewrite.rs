@@ -76,7 +76,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
             );
         }
     }
-    let index = repo.load_index()?;
+    let index = std::sync::Arc::new(repo.load_index()?);
     let report = rewrite::rewrite(&repo, &index, &chosen, &excludes, args.forget, args.dry_run)?;
     if g.json {
         for r in &report {

@@ -127,64 +127,63 @@ struct Sealed {
 
 /// Every blob stored before or accepted by a pipeline, and which of the
 /// packs stored before it deduplicated against.
+///
+/// Blobs stored before are looked up in the index itself rather than
+/// copied into a hash set: at a million blobs such a set took ~77 MiB
+/// (hashbrown rounds to a power of two), more than the index's 46 MiB.
 struct Known {
-    /// Each id with the slot (in `packs`) of the pack it was stored in
-    /// before the pipeline started, or [`Known::NEW`].
-    ids: IdMap<BlobId, u32>,
-    /// The packs of the index the pipeline started from, by slot.
-    packs: Vec<PackId>,
-    /// One bit per slot: set once a blob of that pack was reused.
+    /// The index the pipeline started from.
+    index: Arc<Index>,
+    /// Per pack slot of `index`: marked for deletion. Blobs only in such
+    /// packs are not reused: a new snapshot must never start depending on
+    /// a pack prune may delete. (A blob's slot is that of an unmarked copy
+    /// if it has one.)
+    marked: Vec<bool>,
+    /// Accepted by this pipeline.
+    new: IdMap<BlobId, ()>,
+    /// One bit per pack slot of `index`: set once a blob of it was reused.
     reused: Vec<u64>,
 }
 
 impl Known {
-    /// Accepted by this pipeline.
-    const NEW: u32 = u32::MAX;
-
-    fn new(index: &Index) -> Self {
-        let mut slots: IdMap<PackId, u32> = IdMap::default();
-        let mut packs = Vec::new();
-        for (pack, _) in index.packs() {
-            // Fewer than 2^31 packs (IndexBuilder), so never `NEW`.
-            let slot = u32::try_from(packs.len()).unwrap_or(Self::NEW - 1);
-            slots.insert(pack, slot);
-            packs.push(pack);
+    fn new(index: Arc<Index>) -> Self {
+        let marked: Vec<bool> = index
+            .packs()
+            .map(|(pack, _)| index.marked_at(&pack).is_some())
+            .collect();
+        let reused = vec![0; marked.len().div_ceil(64)];
+        Self {
+            index,
+            marked,
+            new: IdMap::default(),
+            reused,
         }
-        let mut ids = IdMap::default();
-        ids.reserve(index.len());
-        // Blobs only in packs marked for deletion are not reused: a new
-        // snapshot must never start depending on a pack prune may delete.
-        for (id, loc) in index.blobs() {
-            if index.marked_at(&loc.pack).is_none()
-                && let Some(&slot) = slots.get(&loc.pack)
-            {
-                ids.insert(id, slot);
-            }
-        }
-        let reused = vec![0; packs.len().div_ceil(64)];
-        Self { ids, packs, reused }
     }
 
     /// Whether `id` is known; if it was stored before, notes its pack as
     /// reused.
     fn reuse(&mut self, id: &BlobId) -> bool {
-        let Some(&slot) = self.ids.get(id) else {
+        if self.new.contains_key(id) {
+            return true;
+        }
+        let Some(slot) = self.index.pack_slot(id) else {
             return false;
         };
-        if slot != Self::NEW
-            && let Some(word) = self.reused.get_mut(slot as usize / 64)
-        {
+        if self.marked.get(slot).copied().unwrap_or(true) {
+            return false;
+        }
+        if let Some(word) = self.reused.get_mut(slot / 64) {
             *word |= 1 << (slot % 64);
         }
         true
     }
 
     fn reused_packs(&self) -> Vec<PackId> {
-        (self.packs.iter().enumerate())
+        (self.index.packs().enumerate())
             .filter(|(slot, _)| {
                 (self.reused.get(slot / 64)).is_some_and(|word| word & (1 << (slot % 64)) != 0)
             })
-            .map(|(_, pack)| *pack)
+            .map(|(_, (pack, _))| pack)
             .collect()
     }
 }
@@ -225,7 +224,7 @@ impl Shared {
             if known.reuse(&id) {
                 return false;
             }
-            known.ids.insert(id, Known::NEW);
+            known.new.insert(id, ());
         }
         let stats = &self.stats;
         stats.blobs_added.fetch_add(1, Ordering::Relaxed);
@@ -305,7 +304,7 @@ impl Saver {
     /// blobs are never stored again.
     pub fn start(
         repo: Arc<Repository>,
-        index: &Index,
+        index: Arc<Index>,
         compression: Compression,
         upload_concurrency: usize,
         stats: Arc<SaverStats>,
@@ -325,7 +324,7 @@ impl Saver {
     /// without a request to check they still exist.
     pub(crate) fn start_for_wal(
         repo: Arc<Repository>,
-        index: &Index,
+        index: Arc<Index>,
         stats: Arc<SaverStats>,
     ) -> Self {
         Self::start_with_ages(
@@ -341,7 +340,7 @@ impl Saver {
     /// [`Saver::start`] with [`INDEX_MAX_AGE`] and [`UNCHECKED_AGE`] given.
     fn start_with_ages(
         repo: Arc<Repository>,
-        index: &Index,
+        index: Arc<Index>,
         compression: Compression,
         upload_concurrency: usize,
         stats: Arc<SaverStats>,
@@ -706,11 +705,11 @@ pub(crate) struct TreeSink {
 }
 
 impl TreeSink {
-    pub(crate) fn new(repo: &Arc<Repository>, index: &Index, dry_run: bool) -> Self {
+    pub(crate) fn new(repo: &Arc<Repository>, index: &Arc<Index>, dry_run: bool) -> Self {
         let saver = (!dry_run).then(|| {
             Saver::start(
                 repo.clone(),
-                index,
+                index.clone(),
                 Compression::default(),
                 2,
                 Arc::new(SaverStats::default()),
@@ -759,7 +758,7 @@ mod tests {
         let stats = Arc::new(SaverStats::default());
         let saver = Saver::start_with_ages(
             repo,
-            &crate::index::IndexBuilder::new().finish(),
+            Arc::new(crate::index::IndexBuilder::new().finish()),
             Compression::None,
             1,
             stats.clone(),
@@ -835,7 +834,7 @@ mod tests {
         builder.mark(PackId([3; 32]), 0);
         let saver = Saver::start(
             repo.clone(),
-            &builder.finish(),
+            Arc::new(builder.finish()),
             Compression::None,
             1,
             Arc::new(SaverStats::default()),
