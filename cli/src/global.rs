@@ -157,11 +157,10 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
         .or_else(|| from_config.and_then(|r| r.limit_download));
     if upload.is_some() || download.is_some() {
         let bytes = |limit: Option<u64>| limit.map(|k| k.max(1).saturating_mul(1024));
-        backend = Arc::new(backend::RateLimited::new(
-            backend,
-            bytes(upload),
-            bytes(download),
-        ));
+        backend = Arc::new(
+            backend::RateLimited::new(backend, bytes(upload), bytes(download))
+                .stop_on(interrupted()),
+        );
     }
     Ok(backend)
 }

@@ -129,6 +129,10 @@ pub enum BackendError {
     /// Failed after retries or failed permanently (permissions, bad request).
     #[error("{0}")]
     Other(String),
+    /// Not attempted: the command was stopped (Ctrl-C, SIGTERM) while the
+    /// transfer waited for its turn.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl BackendError {

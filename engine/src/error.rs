@@ -155,6 +155,9 @@ impl Error {
     }
 
     pub(crate) fn backend(object: impl Into<String>, source: BackendError) -> Self {
+        if matches!(source, BackendError::Interrupted) {
+            return Error::Interrupted;
+        }
         if source.is_not_found() {
             return Error::NotFound {
                 object: object.into(),

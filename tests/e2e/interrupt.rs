@@ -182,6 +182,58 @@ fn sigint_while_uploads_drain_exits_130_without_a_snapshot() {
     assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
 }
 
+/// Ctrl-C during a copy whose uploads wait for their turn under
+/// --limit-upload: the upload in flight returns at once and the next one,
+/// its slot still ahead, is never sent (before, each waited its slot out:
+/// 10 s a pack here). Exit 130, no snapshot written.
+#[test]
+fn sigint_during_a_rate_limited_copy_sends_nothing_more() {
+    let env = Env::new();
+    let src = big_tree(&env, 3);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--compression", "none"]));
+    let target = env.path("target");
+    assert_success(&env.init_at(&target, &["--pack-size-mib", "1"]));
+    let target_str = target.to_str().unwrap();
+    let password = env.password_file.to_str().unwrap();
+    let child = env.spawn(&[
+        "copy",
+        "--to",
+        target_str,
+        "--to-password-file",
+        password,
+        "--limit-upload",
+        "100",
+    ]);
+    // At 100 KiB/s each 1 MiB pack books a 10 s slot; the first is sent at
+    // once and the second waits for its slot.
+    let packs = || {
+        let mut n = 0;
+        crate::support::walk_files(&target.join("data"), &mut |p| {
+            n += usize::from(p.file_name().is_some_and(|f| f.len() == 64));
+        });
+        n
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while packs() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = packs();
+    assert!(sent > 0, "no pack was uploaded");
+    let out = interrupt(child);
+    assert_code(&out, 130);
+    assert_eq!(packs(), sent, "a pack was sent after the interrupt");
+    let snapshots = env
+        .command(&["snapshots", "--json"])
+        .env("VAULT_REPOSITORY", &target)
+        .output()
+        .unwrap();
+    assert_success(&snapshots);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&snapshots.stdout).unwrap(),
+        serde_json::json!([])
+    );
+}
+
 /// Ctrl-C during a command source stops the command and what it started,
 /// instead of waiting for it to end and saving its output.
 #[test]

@@ -13,10 +13,16 @@
 //! Lock objects are exempt: a few hundred bytes each, and a lock refresh
 //! queued behind pack uploads at a low rate could arrive after the lock
 //! counts as stale (five minutes), letting a prune elsewhere take over.
+//!
+//! Waits end early once the stop flag ([`RateLimited::stop_on`]) is set:
+//! at a low rate a 16 MiB pack's slot lasts many seconds, and Ctrl-C would
+//! otherwise wait out every booked slot. A transfer whose slot has not
+//! started fails as interrupted; one that was sent returns at once.
 
 use super::{Backend, BackendError, ObjectInfo, ObjectLock, PutMode, RequestCounts};
 use crate::repository::FileKind;
 use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,20 +58,28 @@ impl Schedule {
         (start, end)
     }
 
-    /// Runs `transfer` of `bytes` within a booked slot.
-    fn run<T>(&self, bytes: u64, transfer: impl FnOnce() -> T) -> T {
+    /// Runs `transfer` of `bytes` within a booked slot; not at all if
+    /// `stop` is set before the slot starts.
+    fn run<T>(
+        &self,
+        bytes: u64,
+        stop: Option<&AtomicBool>,
+        transfer: impl FnOnce() -> Result<T, BackendError>,
+    ) -> Result<T, BackendError> {
         let (start, end) = self.book(bytes);
-        sleep_until(start);
+        if !sleep_until(start, stop) {
+            return Err(BackendError::Interrupted);
+        }
         let out = transfer();
-        sleep_until(end);
+        sleep_until(end, stop);
         out
     }
 
     /// Books and waits out a slot for `bytes` already moved (a download's
     /// size is known only once it arrived).
-    fn account(&self, bytes: u64) {
+    fn account(&self, bytes: u64, stop: Option<&AtomicBool>) {
         let (_, end) = self.book(bytes);
-        sleep_until(end);
+        sleep_until(end, stop);
     }
 }
 
@@ -73,10 +87,19 @@ fn is_lock(path: &str) -> bool {
     path.starts_with(FileKind::Lock.prefix())
 }
 
-fn sleep_until(when: Instant) {
-    let now = Instant::now();
-    if when > now {
-        std::thread::sleep(when - now);
+/// Sleeps until `when`, or until `stop` is set (looked at every 50 ms).
+/// Returns false if stopped.
+fn sleep_until(when: Instant, stop: Option<&AtomicBool>) -> bool {
+    const POLL: Duration = Duration::from_millis(50);
+    loop {
+        if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return false;
+        }
+        let now = Instant::now();
+        if when <= now {
+            return true;
+        }
+        std::thread::sleep((when - now).min(POLL));
     }
 }
 
@@ -85,6 +108,7 @@ pub struct RateLimited {
     inner: Arc<dyn Backend>,
     upload: Option<Schedule>,
     download: Option<Schedule>,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl RateLimited {
@@ -96,7 +120,15 @@ impl RateLimited {
             inner,
             upload: upload.map(Schedule::new),
             download: download.map(Schedule::new),
+            stop: None,
         }
+    }
+
+    /// Ends waits early once `stop` (the Ctrl-C flag) is set.
+    #[must_use]
+    pub fn stop_on(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
     }
 
     fn downloaded(
@@ -107,7 +139,7 @@ impl RateLimited {
         if let (Some(schedule), Ok(bytes)) = (&self.download, &got)
             && !is_lock(path)
         {
-            schedule.account(bytes.len() as u64);
+            schedule.account(bytes.len() as u64, self.stop.as_deref());
         }
         got
     }
@@ -120,7 +152,9 @@ impl Backend for RateLimited {
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
         match &self.upload {
             Some(schedule) if !is_lock(path) => {
-                schedule.run(data.len() as u64, || self.inner.put(path, data, mode))
+                schedule.run(data.len() as u64, self.stop.as_deref(), || {
+                    self.inner.put(path, data, mode)
+                })
             }
             _ => self.inner.put(path, data, mode),
         }
@@ -179,6 +213,31 @@ mod tests {
         std::thread::sleep(Duration::from_millis(1600));
         let (s3, _) = schedule.book(1);
         assert!(s3 >= Instant::now() - Duration::from_millis(50));
+    }
+
+    /// Stopped, a transfer sent in its slot returns without waiting the
+    /// slot out, and one whose slot lies ahead is not sent. Each slot here
+    /// lasts an hour: without the stop flag this test would not end.
+    #[test]
+    fn a_stop_ends_the_waits() {
+        let inner: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
+        let stop = Arc::new(AtomicBool::new(false));
+        let limited = RateLimited::new(inner.clone(), Some(1), Some(1)).stop_on(stop.clone());
+        let hour = Bytes::from(vec![0; 3600]);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(100));
+                stop.store(true, Ordering::SeqCst);
+            });
+            limited
+                .put("data/a", hour.clone(), PutMode::Create)
+                .unwrap();
+        });
+        assert!(inner.head("data/a").is_ok());
+        let err = limited.put("data/b", hour, PutMode::Create).unwrap_err();
+        assert!(matches!(err, BackendError::Interrupted), "{err}");
+        assert!(inner.head("data/b").unwrap_err().is_not_found());
+        assert_eq!(limited.get("data/a").unwrap().len(), 3600);
     }
 
     #[test]
