@@ -21,6 +21,10 @@ use rand::seq::SliceRandom;
 /// Length of the trailing header-length field.
 pub const TRAILER_LEN: usize = 4;
 
+/// Bytes each blob adds to its pack's header (§7.2), beside its sealed
+/// bytes.
+pub(crate) const HEADER_ENTRY_LEN: u64 = header::ENTRY_LEN as u64;
+
 /// A blob placed in a finished pack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedBlob {

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId};
 use crate::index::{BlobLocation, Index, IndexBuilder, IndexFile, IndexedPack};
 use crate::object_lock;
-use crate::pack::PackedBlob;
+use crate::pack::{self, PackedBlob};
 use crate::repository::{FileKind, Repository};
 use crate::tree_reader::TreeReader;
 use serde::Serialize;
@@ -321,11 +321,24 @@ impl PrunePlan {
                     .get(id)
                     .is_none_or(|p| p.pack == pack || !stored.contains_key(&p.pack))
             };
-            let used_here: u64 = blobs
+            // A blob takes its sealed bytes and its header entry; the rest
+            // of the pack (the header's count and envelope, the trailer) is
+            // used while any blob is. Counting headers as unused made packs
+            // of small blobs (~40 bytes of header each) look sparse: each
+            // prune repacked them into packs just as "sparse", again and
+            // again, the repository growing within the delete margin.
+            let stored_len = |l: &BlobLocation| u64::from(l.length) + pack::HEADER_ENTRY_LEN;
+            let fixed = size.saturating_sub(blobs.iter().map(|(_, l)| stored_len(l)).sum());
+            let used_blobs: u64 = blobs
                 .iter()
                 .filter(|(id, _)| used.contains(id) && serves_here(id))
-                .map(|(_, l)| u64::from(l.length))
+                .map(|(_, l)| stored_len(l))
                 .sum();
+            let used_here = if used_blobs == 0 {
+                0
+            } else {
+                (used_blobs + fixed).min(size)
+            };
             plan.unused_bytes += size.saturating_sub(used_here);
             if let Some(at) = marked {
                 // Needed if it holds a used blob with no unmarked copy.
