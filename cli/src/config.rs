@@ -122,12 +122,7 @@ impl RetentionConfig {
             tags: self
                 .keep_tag
                 .iter()
-                .map(|l| {
-                    l.split(',')
-                        .filter(|t| !t.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
+                .map(|l| vault_engine::retention::tag_list(l))
                 .collect(),
         })
     }

@@ -821,6 +821,20 @@ fn plan_group(
     Ok(plan)
 }
 
+/// One `--keep-tag` value (`a,b`: both tags) as a tag list. An empty value,
+/// or one starting with a comma, keeps its leading empty tag, which stands
+/// for "has no tags" ([`KeepPolicy::tags`]); other empty parts (`a,`) are
+/// dropped.
+#[must_use]
+pub fn tag_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .enumerate()
+        .filter(|(i, t)| *i == 0 || !t.is_empty())
+        .map(|(_, t)| t.to_owned())
+        .collect()
+}
+
 /// restic's tag test: the snapshot must have every tag in `list`. An empty tag
 /// stands for "has no tags at all". It is checked in order, so it only matches
 /// if it comes before any real tag the snapshot lacks.
@@ -934,6 +948,15 @@ mod tests {
     use jiff::tz::TimeZone;
     use jiff::{Span, civil};
     use proptest::prelude::*;
+
+    #[test]
+    fn a_keep_tag_value_keeps_only_a_leading_empty_tag() {
+        let list = |v: &str| tag_list(v);
+        assert_eq!(list(""), [""]);
+        assert_eq!(list(",a"), ["", "a"]);
+        assert_eq!(list("a,b"), ["a", "b"]);
+        assert_eq!(list("a,,b,"), ["a", "b"]);
+    }
 
     /// `2021-03-04T05:06:07+01:00` (or `...Z`) as a Zoned in that fixed offset.
     fn at(s: &str) -> Zoned {

@@ -142,6 +142,43 @@ fn prune_marks_first_and_deletes_after_the_margin(backend: Backend) {
     assert_eq!(code, 0, "{v}");
 }
 
+/// `--keep-tag ''` keeps the snapshots without tags, as in restic and as
+/// docs/retention.md says; it used to be read as an empty list, which
+/// matches every snapshot, so nothing was ever forgotten. Also in the
+/// config's `keep_tag`.
+#[test]
+fn keep_tag_empty_keeps_only_untagged_snapshots() {
+    let env = Env::new();
+    let snapshot = |day: u32, tag: Option<&str>| {
+        let time = format!("2025-01-0{day} 10:00:00");
+        let mut args = vec!["backup", "--stdin", "--time", &time];
+        args.extend(tag.iter().flat_map(|t| ["--tag", t]));
+        assert_success(&env.vault_stdin(&args, format!("day {day}").as_bytes()));
+    };
+    let tags_left = |env: &Env| -> Vec<serde_json::Value> {
+        env.snapshots().iter().map(|s| s["tags"].clone()).collect()
+    };
+    snapshot(1, None);
+    snapshot(2, Some("release"));
+    snapshot(3, None);
+    assert_success(&env.vault(&["forget", "--keep-tag", ""]));
+    assert_eq!(
+        tags_left(&env),
+        [serde_json::json!([]), serde_json::json!([])],
+        "only the untagged ones stay"
+    );
+    snapshot(4, Some("release"));
+    let config = env.path("vault.toml");
+    std::fs::write(&config, "[retention]\nkeep_tag = [\"\"]\n").unwrap();
+    let out = env
+        .command(&["forget"])
+        .env("VAULT_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert_eq!(env.snapshots().len(), 2, "{}", stderr(&out));
+}
+
 backend_test!(prune_counts_pack_headers_as_used);
 /// A pack's header (about 40 bytes per blob) belongs to its blobs: counted
 /// as unused, a repository of small files that never forgot anything
