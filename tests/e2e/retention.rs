@@ -179,6 +179,33 @@ fn keep_tag_empty_keeps_only_untagged_snapshots() {
     assert_eq!(env.snapshots().len(), 2, "{}", stderr(&out));
 }
 
+/// Snapshots of one source at the same time (a backfill with a date-only
+/// `--time`): `forget --keep-last 1` keeps the one `latest` names, so
+/// `latest` still gives the same data afterwards.
+#[test]
+fn keep_last_keeps_the_snapshot_latest_names_among_equal_times() {
+    let env = Env::new();
+    for n in 1..=4 {
+        let args = [
+            "backup",
+            "--stdin",
+            "--stdin-filename",
+            "x.sql",
+            "--time",
+            "2025-05-05",
+        ];
+        assert_success(&env.vault_stdin(&args, format!("v{n}").as_bytes()));
+    }
+    let dump_latest = |env: &Env| env.vault(&["dump", "latest", "/x.sql"]).stdout;
+    let before = dump_latest(&env);
+    let latest_id = env.snapshots().last().unwrap()["id"].clone();
+    assert_success(&env.vault(&["forget", "--keep-last", "1"]));
+    let left = env.snapshots();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["id"], latest_id);
+    assert_eq!(dump_latest(&env), before);
+}
+
 backend_test!(prune_counts_pack_headers_as_used);
 /// A pack's header (about 40 bytes per blob) belongs to its blobs: counted
 /// as unused, a repository of small files that never forgot anything

@@ -208,8 +208,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     let mut kept_locked = 0usize;
     let mut plans = Vec::new();
     for (select, policy) in &jobs {
+        // Newest first: of snapshots with the same time, retention counts
+        // the one given first as newer (restic's stable order), and
+        // `latest` names the last of `all`; so `--keep-last 1` keeps it.
         let metas: Vec<SnapshotMeta> = all
             .iter()
+            .rev()
             .filter(|(_, s)| filter.matches(s) && select.matches(&s.tags, &sources))
             .map(|(id, s)| SnapshotMeta {
                 id: id.to_hex(),
