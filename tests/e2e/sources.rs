@@ -270,6 +270,17 @@ status_file = "{status}"
         stderr(&out)
     );
 
+    // A source name beside a path is refused, not backed up as ./voicemail.
+    let before = env.snapshots().len();
+    let out = vault_with(&env, &config, &["backup", "voicemail", "/etc/hostname"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("voicemail names a configured source"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.snapshots().len(), before);
+
     // A run that overlaps another one holding a source skips that source.
     let lock_path = status_file.parent().unwrap().join("locks/voicemail.lock");
     let held = std::fs::OpenOptions::new()

@@ -239,6 +239,16 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
         if names.iter().all(|n| config.source(n).is_some()) {
             return run_sources(g, &args, config, &names, cancel);
         }
+        // `vault backup big /srv/x` would back up ./big as a path (a
+        // warning, exit 3) and never run the source.
+        if let Some(name) = names
+            .iter()
+            .find(|n| config.source(n).is_some() && std::fs::symlink_metadata(n).is_err())
+        {
+            bail!(
+                "{name} names a configured source, but the other arguments are paths: back up sources (`vault backup {name}`) and paths in separate runs"
+            );
+        }
         // `vault backup shopdb` for the source shop-db: say so, rather than
         // "nothing to back up: shopdb cannot be read".
         if let Some(typo) = names.iter().find(|n| {
