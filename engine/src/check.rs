@@ -611,45 +611,52 @@ fn find_bad_links(id: BlobId, tree: &crate::tree::Tree, bad_links: &mut BadLinks
     }
 }
 
+/// Snapshots stored twice: by an interrupted `tag` or `rewrite --forget`
+/// (those write the changed snapshot before deleting the one it replaces,
+/// so a kill between the two leaves both), or by a `copy` made before and
+/// after its source snapshot was tagged (a copy with other tags is another
+/// snapshot, as in restic). `forget` then counts two points in time. Twins
+/// hold the same tree and time, and one was made from the other (its
+/// `original` is the other's id) or both from a third (the same
+/// `original`). A `rewrite` that keeps its original on purpose changed the
+/// tree, so it is not a twin.
+fn report_twins(snapshots: &[(SnapshotId, Snapshot)], report: &mut CheckReport) {
+    let origin = |(id, s): &(SnapshotId, Snapshot)| s.original.unwrap_or(*id);
+    type Twins<'a> = Vec<&'a (SnapshotId, Snapshot)>;
+    let mut groups: HashMap<(BlobId, jiff::Timestamp, SnapshotId), Twins<'_>> = HashMap::new();
+    for entry in snapshots {
+        groups
+            .entry((entry.1.tree, entry.1.time.timestamp(), origin(entry)))
+            .or_default()
+            .push(entry);
+    }
+    let mut twins: Vec<Twins<'_>> = groups.into_values().filter(|g| g.len() > 1).collect();
+    twins.sort_by_key(|g| g.first().map(|(id, _)| *id));
+    for group in twins {
+        let named: Vec<String> = group
+            .iter()
+            .map(|(id, s)| match s.tags.as_slice() {
+                [] => format!("{} (no tags)", id.short()),
+                tags => format!("{} (tags: {})", id.short(), tags.join(", ")),
+            })
+            .collect();
+        report.warning(
+            "snapshot_twin",
+            format!("snapshot {}", group[0].0),
+            format!(
+                "snapshots {} are one snapshot stored twice, its tags changed in between (a `vault tag` or `rewrite --forget` interrupted between writing the new one and deleting the old, or a `copy` made before and after the source was tagged): `forget` counts each; keep the one whose tags you want and `vault forget` the other",
+                named.join(", "),
+            ),
+        );
+    }
+}
+
 /// Reports snapshots whose trees restore, `ls` and `dump` refuse: nested
 /// deeper than [`MAX_DEPTH`] levels, or listing each other into more than
 /// [`MAX_ENTRIES`] entries (a few crafted trees, each listing the next one
 /// twice, expand to more paths than any file system holds; the walks of
 /// this check read each tree once and would not notice). Measured over the
 /// trees that could be read.
-/// Snapshots left twice by an interrupted `tag` or `rewrite --forget`:
-/// those write the changed snapshot before deleting the one it replaces,
-/// so a kill between the two leaves both, which `forget` then counts as
-/// two points in time. Twins hold the same tree and time, and one was made
-/// from the other (its `original` is the other's id) or both from a third
-/// (the same `original`). A `rewrite` that keeps its original on purpose
-/// changed the tree, so it is not a twin.
-fn report_twins(snapshots: &[(SnapshotId, Snapshot)], report: &mut CheckReport) {
-    let origin = |(id, s): &(SnapshotId, Snapshot)| s.original.unwrap_or(*id);
-    let mut groups: HashMap<(BlobId, jiff::Timestamp, SnapshotId), Vec<SnapshotId>> =
-        HashMap::new();
-    for entry in snapshots {
-        groups
-            .entry((entry.1.tree, entry.1.time.timestamp(), origin(entry)))
-            .or_default()
-            .push(entry.0);
-    }
-    let mut twins: Vec<Vec<SnapshotId>> = groups.into_values().filter(|g| g.len() > 1).collect();
-    twins.sort();
-    for group in twins {
-        let names: Vec<String> = group.iter().map(SnapshotId::short).collect();
-        report.warning(
-            "snapshot_twin",
-            format!("snapshot {}", group[0]),
-            format!(
-                "snapshots {} are one snapshot written twice (a `vault tag` or `rewrite --forget` was interrupted between writing the new one and deleting the old): `forget` counts each; keep one, e.g. `vault forget {}`",
-                names.join(", "),
-                names[1..].join(" ")
-            ),
-        );
-    }
-}
-
 fn report_extents(
     snapshots: &[(SnapshotId, Snapshot)],
     extents: &Extents,

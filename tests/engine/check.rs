@@ -115,7 +115,8 @@ fn snapshots_left_twice_by_an_interrupted_tag_are_reported_as_twins() {
     assert_eq!(found[0].severity, check::Severity::Warning);
     let message = &found[0].message;
     assert!(
-        message.contains(&id.short()) && message.contains(&new.short()),
+        message.contains(&format!("{} (no tags)", id.short()))
+            && message.contains(&format!("{} (tags: kept)", new.short())),
         "{message}"
     );
     // The new one tagged again and killed likewise: three of one snapshot,
