@@ -106,6 +106,11 @@ impl Backend for LocalBackend {
             io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
                 BackendError::Other(format!("{}: {e}", self.root.display()))
             }
+            // Name the directory: the object's key alone does not say
+            // where the user lacks the right to write.
+            io::ErrorKind::PermissionDenied => {
+                BackendError::Other(format!("cannot write in {}: {e}", dir.display()))
+            }
             _ => map_err(path, e),
         };
         let (dir_mode, file_mode) = self.modes().map_err(cannot_write)?;
@@ -147,7 +152,7 @@ impl Backend for LocalBackend {
             sync_dir(dir)
         })();
         let _ = fs::remove_file(&tmp);
-        result.map_err(|e| map_err(path, e))
+        result.map_err(cannot_write)
     }
 
     fn get(&self, path: &str) -> Result<Bytes, BackendError> {
