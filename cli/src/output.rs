@@ -62,7 +62,9 @@ pub(crate) fn bytes(n: u64) -> String {
 
 /// A coarse age or duration for tables: `45m`, `26h`, `9d`.
 pub(crate) fn duration(secs: u64) -> String {
-    if secs < 3600 {
+    if secs < 60 {
+        format!("{secs}s")
+    } else if secs < 3600 {
         format!("{}m", secs / 60)
     } else if secs < 86_400 * 2 {
         format!("{}h", secs / 3600)

@@ -1117,7 +1117,7 @@ impl Ctx<'_> {
         let timeout_error = || {
             let after = self.options.command_timeout.unwrap_or_default();
             Error::SourceFailed(format!(
-                "command `{shown}` was still running after {}s (the source's timeout) and was stopped; no snapshot was saved",
+                "command `{shown}` was still running after {}s, its timeout, and was stopped; no snapshot was saved",
                 after.as_secs()
             ))
         };
@@ -1303,7 +1303,7 @@ pub fn run_command(
         Some(Stop::Cancelled) => return Err(Error::Interrupted),
         Some(_) => {
             return Err(Error::SourceFailed(format!(
-                "{what} `{shown}` was still running after {}s (the source's timeout) and was stopped",
+                "{what} `{shown}` was still running after {}s, its timeout, and was stopped",
                 timeout.unwrap_or_default().as_secs()
             )));
         }

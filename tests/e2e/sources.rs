@@ -1224,13 +1224,24 @@ max_age = "2d"
     assert_eq!(hook.received().len(), 2);
     let out = vault_with(&env, &config, &["status", "--alert"]);
     assert_code(&out, 1);
-    let stale: Vec<String> = hook
+    let stale: Vec<(String, String)> = hook
         .received()
         .iter()
         .filter(|b| b["event"] == "backup_stale")
-        .map(|b| b["source"].as_str().unwrap().to_owned())
+        .map(|b| {
+            let text = |k: &str| b[k].as_str().unwrap().to_owned();
+            (text("source"), text("error"))
+        })
         .collect();
-    assert_eq!(stale, ["old", "hung", "stubborn"]);
+    let sources: Vec<&str> = stale.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(sources, ["old", "hung", "stubborn"]);
+    assert!(
+        stale[0]
+            .1
+            .starts_with("no backup within 2d: the newest is from "),
+        "{stale:?}"
+    );
+    assert_eq!(stale[1].1, "no backup yet (expected within 2d)");
 }
 
 /// Durations in the config are checked when it is loaded, and options

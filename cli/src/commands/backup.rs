@@ -55,7 +55,7 @@ pub(crate) struct BackupArgs {
     /// Host name to record (default: this machine's).
     #[arg(long = "host")]
     host: Option<String>,
-    /// Snapshot time instead of now ("YYYY-MM-DD HH:MM:SS" local, or RFC 3339).
+    /// Snapshot time instead of now: "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" local, RFC 3339 with an offset, now, today, yesterday.
     #[arg(long)]
     time: Option<String>,
     /// Exclude paths matching a pattern (repeatable). Patterns match the

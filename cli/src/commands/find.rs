@@ -29,7 +29,7 @@ pub(crate) struct FindArgs {
     /// Match names and paths regardless of case.
     #[arg(short = 'i', long)]
     ignore_case: bool,
-    /// Only snapshots taken at or after TIME.
+    /// Only snapshots taken at or after TIME ("YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" local, RFC 3339 with an offset, now, today, yesterday).
     #[arg(long, value_name = "TIME")]
     oldest: Option<String>,
     /// Only snapshots taken at or before TIME.

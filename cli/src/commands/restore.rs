@@ -23,8 +23,9 @@ pub(crate) struct RestoreArgs {
     /// Snapshot: `latest` (default), an id prefix, or a configured source
     /// name (its latest snapshot, or the one --at picks).
     snapshot: Option<String>,
-    /// Restore the newest snapshot at or before this time instead.
-    #[arg(long)]
+    /// Restore the newest snapshot at or before this time instead:
+    /// "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" local, RFC 3339 with an offset, now, today, yesterday.
+    #[arg(long, value_name = "TIME")]
     at: Option<String>,
     /// Directory to restore into (paths are re-rooted under it).
     #[arg(short, long, required_unless_present = "into_database")]

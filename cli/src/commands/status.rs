@@ -77,15 +77,19 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
             .or_else(|| source.max_age(config.notify.max_age.as_deref()));
         let stale = max_age.is_some_and(|max| age.is_none_or(|age| age > max.as_secs() as i64));
         if stale && args.alert {
-            let newest = latest.map_or("never".to_owned(), |(_, s)| s.time.timestamp().to_string());
+            let within = output::duration(max_age.unwrap_or_default().as_secs());
+            let message = match latest {
+                Some((_, s)) => format!(
+                    "no backup within {within}: the newest is from {}",
+                    s.time.timestamp()
+                ),
+                None => format!("no backup yet (expected within {within})"),
+            };
             notify::alert(
                 &config.notify.on_failure,
                 notify::Alert::BackupStale,
                 name,
-                &format!(
-                    "no backup within {}: the newest is from {newest}",
-                    output::duration(max_age.unwrap_or_default().as_secs())
-                ),
+                &message,
                 &host,
                 &now.to_string(),
             );
