@@ -359,9 +359,9 @@ fn a_missing_pack_exits_4_naming_it(backend: Backend) {
     // the local cache would still serve).
     let sizes = env.sizes_under("data");
     let victim = sizes.keys().max_by_key(|k| sizes[*k]).unwrap().clone();
-    env.delete_object(&victim);
     std::fs::write(src.join("g"), b"in another pack").unwrap();
     assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    env.delete_object(&victim);
     let target = env.path("r");
     let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_code(&out, 4);

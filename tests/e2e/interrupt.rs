@@ -185,7 +185,8 @@ fn sigint_while_uploads_drain_exits_130_without_a_snapshot() {
 /// Ctrl-C during a copy whose uploads wait for their turn under
 /// --limit-upload: the upload in flight returns at once and the next one,
 /// its slot still ahead, is never sent (before, each waited its slot out:
-/// 10 s a pack here). Exit 130, no snapshot written.
+/// 10 s a pack here); the index of what was sent is written. Exit 130, no
+/// snapshot written.
 #[test]
 fn sigint_during_a_rate_limited_copy_sends_nothing_more() {
     let env = Env::new();
@@ -206,13 +207,14 @@ fn sigint_during_a_rate_limited_copy_sends_nothing_more() {
     ]);
     // At 100 KiB/s each 1 MiB pack books a 10 s slot; the first is sent at
     // once and the second waits for its slot.
-    let packs = || {
+    let objects = |dir: &str| {
         let mut n = 0;
-        crate::support::walk_files(&target.join("data"), &mut |p| {
+        crate::support::walk_files(&target.join(dir), &mut |p| {
             n += usize::from(p.file_name().is_some_and(|f| f.len() == 64));
         });
         n
     };
+    let packs = || objects("data");
     let deadline = Instant::now() + Duration::from_secs(60);
     while packs() == 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
@@ -222,6 +224,9 @@ fn sigint_during_a_rate_limited_copy_sends_nothing_more() {
     let out = interrupt(child);
     assert_code(&out, 130);
     assert_eq!(packs(), sent, "a pack was sent after the interrupt");
+    // What was sent is indexed, for the next copy to reuse: the stopping
+    // copy's index file is not held back with the packs.
+    assert_eq!(objects("index"), 1, "the uploaded packs were not indexed");
     let snapshots = env
         .command(&["snapshots", "--json"])
         .env("VAULT_REPOSITORY", &target)

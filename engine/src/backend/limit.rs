@@ -16,8 +16,11 @@
 //!
 //! Waits end early once the stop flag ([`RateLimited::stop_on`]) is set:
 //! at a low rate a 16 MiB pack's slot lasts many seconds, and Ctrl-C would
-//! otherwise wait out every booked slot. A transfer whose slot has not
-//! started fails as interrupted; one that was sent returns at once.
+//! otherwise wait out every booked slot. A pack whose slot has not started
+//! is not sent (fails as interrupted); anything else is sent at once, since
+//! a stopping command still writes what makes its work reusable (the index
+//! of the packs it uploaded, §11.1). A transfer already sent returns at
+//! once.
 
 use super::{Backend, BackendError, ObjectInfo, ObjectLock, PutMode, RequestCounts};
 use crate::repository::FileKind;
@@ -58,16 +61,18 @@ impl Schedule {
         (start, end)
     }
 
-    /// Runs `transfer` of `bytes` within a booked slot; not at all if
-    /// `stop` is set before the slot starts.
+    /// Runs `transfer` of `bytes` within a booked slot. If `stop` is set
+    /// before the slot starts, a `droppable` transfer is not run at all and
+    /// any other runs at once.
     fn run<T>(
         &self,
         bytes: u64,
         stop: Option<&AtomicBool>,
+        droppable: bool,
         transfer: impl FnOnce() -> Result<T, BackendError>,
     ) -> Result<T, BackendError> {
         let (start, end) = self.book(bytes);
-        if !sleep_until(start, stop) {
+        if !sleep_until(start, stop) && droppable {
             return Err(BackendError::Interrupted);
         }
         let out = transfer();
@@ -152,7 +157,8 @@ impl Backend for RateLimited {
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
         match &self.upload {
             Some(schedule) if !is_lock(path) => {
-                schedule.run(data.len() as u64, self.stop.as_deref(), || {
+                let pack = path.starts_with(FileKind::Pack.prefix());
+                schedule.run(data.len() as u64, self.stop.as_deref(), pack, || {
                     self.inner.put(path, data, mode)
                 })
             }
@@ -234,9 +240,15 @@ mod tests {
                 .unwrap();
         });
         assert!(inner.head("data/a").is_ok());
-        let err = limited.put("data/b", hour, PutMode::Create).unwrap_err();
+        let err = limited
+            .put("data/b", hour.clone(), PutMode::Create)
+            .unwrap_err();
         assert!(matches!(err, BackendError::Interrupted), "{err}");
         assert!(inner.head("data/b").unwrap_err().is_not_found());
+        // What a stopping command writes last (the index of the packs it
+        // sent) goes out at once, its slot ahead or not.
+        limited.put("index/i", hour, PutMode::Create).unwrap();
+        assert!(inner.head("index/i").is_ok());
         assert_eq!(limited.get("data/a").unwrap().len(), 3600);
     }
 
