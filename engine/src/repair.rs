@@ -348,11 +348,18 @@ pub fn repair_snapshots(
             });
         }
         for (id, snap) in snapshots {
+            // Nothing of it can be restored or rewritten: like a snapshot
+            // that cannot be read, --forget removes it (it blocks prune and
+            // fails every check). It was reported as repaired and kept.
             if !rw.readable(&snap.tree) {
-                report.repaired.push(RepairedSnapshot {
-                    original: id.to_hex(),
-                    replacement: None,
-                    removed: vec!["/ (root tree lost: snapshot cannot be repaired)".into()],
+                let removed = forget && !dry_run;
+                if removed {
+                    repo.delete_snapshot(&id)?;
+                }
+                report.unreadable.push(UnreadableSnapshot {
+                    id: id.to_hex(),
+                    error: format!("its root tree {} is lost", snap.tree.short()),
+                    removed,
                 });
                 continue;
             }

@@ -301,6 +301,38 @@ fn truncated_and_deleted_packs_are_found_by_plain_check(backend: Backend) {
     assert!(!f["affected"].as_array().unwrap().is_empty());
 }
 
+/// Snapshots whose root tree is lost (its pack deleted) cannot be repaired:
+/// `repair snapshots --forget` removes them, as it removes snapshots that
+/// cannot be read, and check and prune are clean again. They used to be
+/// reported as repaired and kept, failing every check and prune.
+#[test]
+fn repair_snapshots_forget_removes_snapshots_whose_root_tree_is_lost() {
+    let (env, src) = damaged_fixture(Backend::Local);
+    for pack in packs_of_kind(&env, "tree") {
+        env.delete_object(&pack);
+    }
+    std::fs::write(src.join("third.txt"), b"a root tree of its own").unwrap();
+    assert_success(&env.vault(&["repair", "index"]));
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let dry = env.json(&["repair", "snapshots", "--forget", "--dry-run"]);
+    let unreadable = dry["unreadable"].as_array().unwrap();
+    assert_eq!(unreadable.len(), 2, "{dry}");
+    assert!(
+        unreadable
+            .iter()
+            .all(|u| u["removed"] == false && u["error"].as_str().unwrap().contains("root tree")),
+        "{dry}"
+    );
+    assert_eq!(env.snapshots().len(), 3);
+    let done = env.json(&["repair", "snapshots", "--forget"]);
+    assert_eq!(done["unreadable"].as_array().unwrap().len(), 2, "{done}");
+    assert_eq!(env.snapshots().len(), 1);
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 0, "{v}");
+    assert_success(&env.vault(&["prune"]));
+    restore_matches(&env, &src);
+}
+
 backend_test!(a_backup_refuses_to_reference_a_pack_lost_from_storage);
 /// A data pack lost from storage after it was indexed (deleted by hand, a
 /// lifecycle rule, a failing disk): the next backup, whose unchanged files
