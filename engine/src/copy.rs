@@ -608,7 +608,10 @@ pub fn copy(
             .or_default()
             .push((id, snap));
     }
+    let dst_index = Arc::new(dst.load_index()?);
     let mut todo: Vec<&(SnapshotId, Snapshot)> = Vec::new();
+    // Source snapshot -> its earlier copy whose root tree the target lost.
+    let mut mending: HashMap<SnapshotId, (SnapshotId, BlobId)> = HashMap::new();
     let mut seen = HashSet::new();
     for entry in selected {
         let (id, snap) = entry;
@@ -616,10 +619,20 @@ pub fn copy(
             continue;
         }
         match existing_copy(&by_origin, id, snap) {
-            Some((existing, _)) => report.skipped.push(SkippedSnapshot {
-                source: *id,
-                existing,
-            }),
+            Some((existing, copy)) if dst_index.contains(&copy.tree) => {
+                report.skipped.push(SkippedSnapshot {
+                    source: *id,
+                    existing,
+                });
+            }
+            // An earlier copy whose root tree the target lost (its pack
+            // gone, then `repair index`): the source still has it whole,
+            // so its data is copied again, which mends that copy (same
+            // content, same ids) without writing a second one.
+            Some((existing, copy)) => {
+                mending.insert(*id, (existing, copy.tree));
+                todo.push(entry);
+            }
             None => todo.push(entry),
         }
     }
@@ -638,7 +651,7 @@ pub fn copy(
         dst,
         src_index: &src_index,
         src_trees: TreeReader::new(src, &src_index),
-        dst_index: Arc::new(dst.load_index()?),
+        dst_index,
         same_key,
         map: Mutex::new(Mapping::default()),
         options,
@@ -707,11 +720,22 @@ pub fn copy(
                 break;
             }
         };
-        let mut copy = snap.clone();
-        copy.tree = root;
-        copy.original = Some(origin(id, snap));
-        copy.parent = None;
-        pending.push((*id, copy));
+        match mending.get(id) {
+            Some(&(existing, tree)) if tree == root => {
+                report.skipped.push(SkippedSnapshot {
+                    source: *id,
+                    existing,
+                });
+                progress.snapshots_done.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                let mut copy = snap.clone();
+                copy.tree = root;
+                copy.original = Some(origin(id, snap));
+                copy.parent = None;
+                pending.push((*id, copy));
+            }
+        }
         let stored = progress.saver.bytes_stored.load(Ordering::Relaxed);
         let last = n + 1 == todo.len();
         if !last && stored - stored_at_checkpoint >= options.checkpoint_bytes {

@@ -431,6 +431,35 @@ fn a_copy_refuses_to_reference_a_target_pack_lost_from_storage() {
     );
 }
 
+/// A target that lost the tree pack of a copied snapshot (then `repair
+/// index`): the next copy stores that snapshot's trees again from the
+/// intact source instead of skipping it as already there, which mends the
+/// earlier copy (same ids) without writing a second one.
+#[test]
+fn a_copy_whose_root_tree_the_target_lost_is_copied_again() {
+    let source = Env::new();
+    let src = source.path("src");
+    make_tree(&src);
+    assert_success(&source.vault(&["backup", src.to_str().unwrap()]));
+    let target = copy_target(&source, Backend::Local);
+    copy_to(&source, &target, &[]);
+    for pack in packs_of_kind(&target, "tree") {
+        target.delete_object(&pack);
+    }
+    assert_success(&target.vault(&["repair", "index"]));
+    assert_code(&target.vault(&["check"]), 5);
+    let again = copy_to(&source, &target, &[]);
+    assert_eq!(again["copied"].as_array().unwrap().len(), 0, "{again}");
+    assert_eq!(again["skipped"].as_array().unwrap().len(), 1, "{again}");
+    assert!(again["blobs_added"].as_u64().unwrap() > 0, "{again}");
+    assert_eq!(target.snapshots().len(), 1);
+    assert_success(&target.vault(&["check", "--verify"]));
+    assert_eq!(
+        restored(&target, &target.password_file, "r", &src),
+        scan(&src)
+    );
+}
+
 #[test]
 fn interrupted_copy_resumes_without_uploading_again() {
     use std::process::Stdio;
