@@ -388,18 +388,25 @@ fn copy_to_a_second_repository_restores_identically_and_twice_adds_nothing(backe
     assert_eq!(direct["data_blobs"], 0, "{direct}");
 }
 
-/// A target data pack lost after a copy: the next copy, which matches the
-/// unchanged files to that pack's blobs through the earlier copy without
-/// reading them, exits 4 naming the pack and writes no snapshot. After
-/// `repair index` on the target the copy stores that data again.
-#[test]
-fn a_copy_refuses_to_reference_a_target_pack_lost_from_storage() {
+/// A local repository with one snapshot of `make_tree`, copied to a
+/// second one: the source, the backed-up directory and the target.
+fn backed_up_and_copied() -> (Env, std::path::PathBuf, Env) {
     let source = Env::new();
     let src = source.path("src");
     make_tree(&src);
     assert_success(&source.vault(&["backup", src.to_str().unwrap()]));
     let target = copy_target(&source, Backend::Local);
     copy_to(&source, &target, &[]);
+    (source, src, target)
+}
+
+/// A target data pack lost after a copy: the next copy, which matches the
+/// unchanged files to that pack's blobs through the earlier copy without
+/// reading them, exits 4 naming the pack and writes no snapshot. After
+/// `repair index` on the target the copy stores that data again.
+#[test]
+fn a_copy_refuses_to_reference_a_target_pack_lost_from_storage() {
+    let (source, src, target) = backed_up_and_copied();
     let lost = packs_of_kind(&target, "data");
     assert_eq!(lost.len(), 1);
     target.delete_object(&lost[0]);
@@ -437,12 +444,7 @@ fn a_copy_refuses_to_reference_a_target_pack_lost_from_storage() {
 /// earlier copy (same ids) without writing a second one.
 #[test]
 fn a_copy_whose_root_tree_the_target_lost_is_copied_again() {
-    let source = Env::new();
-    let src = source.path("src");
-    make_tree(&src);
-    assert_success(&source.vault(&["backup", src.to_str().unwrap()]));
-    let target = copy_target(&source, Backend::Local);
-    copy_to(&source, &target, &[]);
+    let (source, src, target) = backed_up_and_copied();
     for pack in packs_of_kind(&target, "tree") {
         target.delete_object(&pack);
     }
