@@ -560,19 +560,26 @@ fn a_prune_repacking_onto_a_full_disk_exits_7() {
             .unwrap()
     };
     assert_success(&env.init_at(&repo, &["--pack-size-mib", "1"]));
-    // Two files whose chunks share packs; the snapshot keeping only one
-    // leaves those packs partly used, to be repacked.
+    // Pairs of small files (one chunk each) stored side by side in the
+    // same packs; the snapshot keeping one of each pair leaves those packs
+    // partly used, to be repacked.
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("keep"), pseudo_random(8_000_000, 1)).unwrap();
-    std::fs::write(src.join("drop"), pseudo_random(8_000_000, 2)).unwrap();
+    for i in 0..80u64 {
+        for (name, seed) in [("keep", 2 * i), ("drop", 2 * i + 1)] {
+            let data = pseudo_random(100_000, seed);
+            std::fs::write(src.join(format!("f{i:03}-{name}")), data).unwrap();
+        }
+    }
     assert_success(&on_small(&[
         "backup",
         "--compression",
         "none",
         src.to_str().unwrap(),
     ]));
-    std::fs::remove_file(src.join("drop")).unwrap();
+    for i in 0..80u64 {
+        std::fs::remove_file(src.join(format!("f{i:03}-drop"))).unwrap();
+    }
     assert_success(&on_small(&[
         "backup",
         "--compression",
