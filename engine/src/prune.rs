@@ -72,6 +72,10 @@ pub struct PruneOptions {
     /// between the steps and deletions that follow, each a point where the
     /// repository is consistent.
     pub cancel: Arc<AtomicBool>,
+    /// Snapshots planned as if already forgotten: `forget --dry-run
+    /// --prune` shows what the prune after it would do. A plan made with
+    /// any must not be executed while they exist.
+    pub ignore_snapshots: HashSet<crate::id::SnapshotId>,
 }
 
 impl Default for PruneOptions {
@@ -83,6 +87,7 @@ impl Default for PruneOptions {
             instant_delete: false,
             now: jiff::Timestamp::now().as_second(),
             cancel: Arc::new(AtomicBool::new(false)),
+            ignore_snapshots: HashSet::new(),
         }
     }
 }
@@ -260,7 +265,9 @@ impl PrunePlan {
     /// Computes what to delete, mark and repack. The caller holds the
     /// exclusive lock.
     pub fn new(repo: &Repository, options: &PruneOptions) -> Result<Self> {
-        let refs = References::read(repo)?;
+        let mut refs = References::read(repo)?;
+        refs.snapshots
+            .retain(|(id, _)| !options.ignore_snapshots.contains(id));
         let index_ids = repo.index_ids()?;
         let index = repo.load_index()?;
         let stored = stored_packs(repo)?;
@@ -478,6 +485,11 @@ impl PrunePlan {
         options: &PruneOptions,
         lock: Option<&crate::lock::Lock>,
     ) -> Result<PruneReport> {
+        if !options.ignore_snapshots.is_empty() {
+            return Err(Error::InvalidInput(
+                "a prune plan made with snapshots ignored only shows what a prune after forgetting them would do".into(),
+            ));
+        }
         let still_locked = || -> Result<()> {
             if options.cancel.load(Ordering::SeqCst) {
                 return Err(Error::Interrupted);

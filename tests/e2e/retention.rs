@@ -227,6 +227,36 @@ fn prune_counts_pack_headers_as_used(backend: Backend) {
     assert_eq!(repo_bytes(&env), before);
 }
 
+/// `forget --dry-run --prune` shows the plan of the prune that would
+/// follow, as if the snapshots it would remove were gone, and changes
+/// nothing; the real run then does what it showed.
+#[test]
+fn forget_dry_run_with_prune_shows_the_prune_that_would_follow() {
+    let (env, _) = daily_repo(Backend::Local);
+    let before = (env.snapshots().len(), repo_bytes(&env));
+    let policy = ["forget", "--keep-last", "3", "--prune"];
+    let out = env.vault(&[&policy[..], &["--dry-run"]].concat());
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("3 snapshots use"), "{text}");
+    let marked = |text: &str, word: &str| -> u64 {
+        let at = text.find(word).unwrap_or_else(|| panic!("{text}")) + word.len();
+        text[at..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let would = marked(&text, "would delete 0 packs (0 B), mark ");
+    assert!(would >= 1, "{text}");
+    assert_eq!((env.snapshots().len(), repo_bytes(&env)), before);
+    let out = env.vault(&policy);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(marked(&text, ", marked "), would, "{text}");
+}
+
 backend_test!(prunes_in_a_row_do_not_repack_what_the_first_left);
 /// Marked packs waiting out the margin are not unused space repacking can
 /// free: counting them, every prune repacked nearly full packs again and

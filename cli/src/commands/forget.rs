@@ -7,7 +7,7 @@ use crate::args::GlobalArgs;
 use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use vault_engine::id::SnapshotId;
 use vault_engine::lock;
@@ -239,6 +239,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         );
     }
     let mut removed = 0usize;
+    let mut would_remove = HashSet::new();
     if g.json {
         let groups: Vec<serde_json::Value> = plans
             .iter()
@@ -302,7 +303,9 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             let id: SnapshotId = d.snapshot.id.parse()?;
             if locked.contains_key(&id) {
                 kept_locked += 1;
-            } else if !args.dry_run {
+            } else if args.dry_run {
+                would_remove.insert(id);
+            } else {
                 repo.delete_snapshot(&id)?;
                 removed += 1;
             }
@@ -321,19 +324,24 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             )?;
         }
     }
-    after_forget(g, &repo, args, held.as_ref())?;
+    after_forget(g, &repo, args, held.as_ref(), would_remove)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// What follows removing snapshots: WAL no kept base backup needs goes,
-/// then prune if asked.
+/// then prune if asked. A dry run shows the plan of that prune, with the
+/// snapshots it would have removed (`would_remove`) left out.
 fn after_forget(
     g: &GlobalArgs,
     repo: &std::sync::Arc<vault_engine::Repository>,
     args: &ForgetArgs,
     held: Option<&lock::Lock>,
+    would_remove: HashSet<SnapshotId>,
 ) -> Result<()> {
     if args.dry_run {
+        if args.prune {
+            super::prune::print_plan_after_forget(g, repo, &args.prune_args, would_remove)?;
+        }
         return Ok(());
     }
     if let Some(config) = global::config(g)? {
@@ -373,17 +381,17 @@ fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         if !args.dry_run {
             repo.delete_snapshot(id)?;
         }
-        removed.push(id.to_hex());
+        removed.push(*id);
     }
     if g.json {
         output::print_json(&serde_json::json!({
             "message_type": "forget",
             "dry_run": args.dry_run,
-            "removed": removed,
+            "removed": removed.iter().map(SnapshotId::to_hex).collect::<Vec<_>>(),
         }))?;
     } else if !g.quiet {
         for id in &removed {
-            outln!("  remove {}", id.get(..8).unwrap_or(id))?;
+            outln!("  remove {}", id.short())?;
         }
         let verb = if args.dry_run {
             "dry run: would remove"
@@ -392,7 +400,12 @@ fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
         };
         outln!("{verb} {} snapshots", removed.len())?;
     }
-    after_forget(g, &repo, args, held.as_ref())?;
+    let would_remove = if args.dry_run {
+        removed.into_iter().collect()
+    } else {
+        HashSet::new()
+    };
+    after_forget(g, &repo, args, held.as_ref(), would_remove)?;
     Ok(ExitCode::SUCCESS)
 }
 

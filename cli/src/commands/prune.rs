@@ -68,6 +68,21 @@ pub(crate) fn run(g: &GlobalArgs, args: &PruneCmdArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `forget --dry-run --prune`: the plan of the prune that would follow,
+/// with the snapshots the forget would remove left out, as restic shows it.
+pub(crate) fn print_plan_after_forget(
+    g: &GlobalArgs,
+    repo: &Repository,
+    args: &PruneArgs,
+    forgotten: std::collections::HashSet<vault_engine::id::SnapshotId>,
+) -> Result<()> {
+    let options = PruneOptions {
+        ignore_snapshots: forgotten,
+        ..options(args)
+    };
+    print_plan(g, &PrunePlan::new(repo, &options)?, true)
+}
+
 fn options(args: &PruneArgs) -> PruneOptions {
     PruneOptions {
         max_unused: args.max_unused,
