@@ -207,6 +207,10 @@ pub(crate) struct SourceConfig {
     /// A duration such as "26h": `vault status` calls the source stale
     /// when its newest snapshot is older (default: `[notify] max_age`).
     pub(crate) max_age: Option<String>,
+    /// A duration such as "35d": `vault status` calls the source's drills
+    /// overdue when none has passed within it (default: `[notify]
+    /// drill_max_age`; none: drills are not expected).
+    pub(crate) drill_max_age: Option<String>,
     /// `vault drill` fails unless each of these tables (as `vault drill`
     /// lists them: `public.users`, or `users` for MySQL) has at least
     /// this many rows (database sources).
@@ -223,6 +227,14 @@ impl SourceConfig {
     /// source stale (its `max_age`, else `default`); checked when loading.
     pub(crate) fn max_age(&self, default: Option<&str>) -> Option<std::time::Duration> {
         let text = self.max_age.as_deref().or(default)?;
+        crate::args::parse_duration(text).ok()
+    }
+
+    /// How long ago a drill of the source must have passed before `vault
+    /// status` calls its drills overdue (its `drill_max_age`, else
+    /// `default`); checked when loading.
+    pub(crate) fn drill_max_age(&self, default: Option<&str>) -> Option<std::time::Duration> {
+        let text = self.drill_max_age.as_deref().or(default)?;
         crate::args::parse_duration(text).ok()
     }
 
@@ -267,6 +279,8 @@ pub(crate) struct NotifyConfig {
     pub(crate) status_file: Option<PathBuf>,
     /// Default of each source's `max_age`.
     pub(crate) max_age: Option<String>,
+    /// Default of each source's `drill_max_age`.
+    pub(crate) drill_max_age: Option<String>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -423,7 +437,11 @@ impl Config {
                     s.kind
                 );
             }
-            for (field, value) in [("timeout", &s.timeout), ("max_age", &s.max_age)] {
+            for (field, value) in [
+                ("timeout", &s.timeout),
+                ("max_age", &s.max_age),
+                ("drill_max_age", &s.drill_max_age),
+            ] {
                 if let Some(d) = value {
                     crate::args::parse_duration(d)
                         .map_err(|e| anyhow::anyhow!("{}: source {name:?}: {field}: {e}", at(s)))?;
@@ -438,9 +456,15 @@ impl Config {
             r.to_policy()
                 .with_context(|| format!("{}: [retention]", self.path.display()))?;
         }
-        if let Some(d) = &self.notify.max_age {
-            crate::args::parse_duration(d)
-                .map_err(|e| anyhow::anyhow!("{}: [notify] max_age: {e}", self.path.display()))?;
+        for (field, value) in [
+            ("max_age", &self.notify.max_age),
+            ("drill_max_age", &self.notify.drill_max_age),
+        ] {
+            if let Some(d) = value {
+                crate::args::parse_duration(d).map_err(|e| {
+                    anyhow::anyhow!("{}: [notify] {field}: {e}", self.path.display())
+                })?;
+            }
         }
         let has_secrets = !self.notify.on_failure.is_empty() || !self.notify.on_success.is_empty();
         if has_secrets {

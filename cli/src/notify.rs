@@ -73,6 +73,8 @@ pub(crate) enum Alert {
     DrillFailed,
     /// No snapshot of the source within its `max_age` (`vault status --alert`).
     BackupStale,
+    /// No drill of the source passed within its `drill_max_age`.
+    DrillStale,
     /// `vault status --alert` could not open the repository to look.
     StatusFailed,
 }
@@ -94,6 +96,7 @@ pub(crate) fn alert(
         ),
         Alert::DrillFailed => ("drill_failed", "vault restore drill failed"),
         Alert::BackupStale => ("backup_stale", "vault backup overdue"),
+        Alert::DrillStale => ("drill_stale", "vault restore drill overdue"),
         Alert::StatusFailed => ("status_failed", "vault status cannot read the repository"),
     };
     let text = format!("**{title}** on `{host}`\nsource: `{source}`\nerror: {error}\ntime: {time}");

@@ -21,6 +21,16 @@ pub(crate) struct Failure {
     pub(crate) error: String,
 }
 
+/// One run of `vault drill`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct DrillRun {
+    pub(crate) time: String,
+    pub(crate) ok: bool,
+    /// The snapshot restored, when the drill got as far as picking one.
+    pub(crate) snapshot: Option<String>,
+    pub(crate) error: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct SourceStatus {
     pub(crate) last_success: Option<Success>,
@@ -28,6 +38,10 @@ pub(crate) struct SourceStatus {
     /// "success", "incomplete" (saved without entries that could not be
     /// read) or "failure": the outcome of the latest run.
     pub(crate) last_result: Option<String>,
+    /// The latest drill, passed or failed.
+    pub(crate) last_drill: Option<DrillRun>,
+    /// When a drill last passed: what `drill_max_age` is measured from.
+    pub(crate) last_drill_passed: Option<String>,
 }
 
 impl SourceStatus {
@@ -35,6 +49,11 @@ impl SourceStatus {
     /// incomplete.
     pub(crate) fn needs_attention(&self) -> bool {
         matches!(self.last_result.as_deref(), Some("failure" | "incomplete"))
+    }
+
+    /// Whether the latest drill failed: the backups may not restore.
+    pub(crate) fn drill_failed(&self) -> bool {
+        self.last_drill.as_ref().is_some_and(|d| !d.ok)
     }
 }
 

@@ -118,6 +118,16 @@ fn json_with(env: &Env, config: &Path, args: &[&str]) -> serde_json::Value {
     })
 }
 
+/// `vault status --json`'s rows by source name.
+fn status_rows(env: &Env, config: &Path, args: &[&str]) -> HashMap<String, serde_json::Value> {
+    json_with(env, config, args)["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["source"].as_str().unwrap().to_owned(), r.clone()))
+        .collect()
+}
+
 fn tagged(env: &Env, tag: &str) -> usize {
     env.snapshots()
         .iter()
@@ -1192,14 +1202,7 @@ max_age = "2d"
             &three_days_ago,
         ],
     ));
-    let rows = |args: &[&str]| -> HashMap<String, serde_json::Value> {
-        json_with(&env, &config, args)["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| (r["source"].as_str().unwrap().to_owned(), r.clone()))
-            .collect()
-    };
+    let rows = |args: &[&str]| status_rows(&env, &config, args);
     let status = rows(&["status"]);
     assert_eq!(status["files"]["stale"], false);
     assert_eq!(status["files"]["max_age_seconds"], 3600);
@@ -1242,6 +1245,160 @@ max_age = "2d"
         "{stale:?}"
     );
     assert_eq!(stale[1].1, "no backup yet (expected within 2d)");
+}
+
+/// Drills are recorded in the status file: `vault status` shows when one
+/// last passed, fails (exit 1) while the latest drill failed or none passed
+/// within `drill_max_age`, and with `--alert` posts `drill_stale`; the
+/// heartbeat ("all sources OK") waits while a drill fails.
+#[test]
+fn status_reports_failed_and_overdue_drills() {
+    let env = Env::new();
+    let hook = Webhook::start();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), crate::support::pseudo_random(64 * 1024, 3)).unwrap();
+    let status_file = env.path("state/status.json");
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[[source]]
+name = "drilled"
+kind = "files"
+paths = ["{data}"]
+drill_max_age = "1h"
+
+[[source]]
+name = "undrilled"
+kind = "files"
+paths = ["{data}"]
+
+[notify]
+on_failure = ["{hook}"]
+status_file = "{status}"
+heartbeat = "daily"
+"#,
+            data = data.display(),
+            hook = hook.url,
+            status = status_file.display()
+        ),
+    );
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    let rows = |args: &[&str]| status_rows(&env, &config, args);
+    let drill_events = || -> Vec<(String, String)> {
+        hook.received()
+            .iter()
+            .filter(|b| b["event"] == "drill_stale")
+            .map(|b| {
+                let text = |k: &str| b[k].as_str().unwrap().to_owned();
+                (text("source"), text("error"))
+            })
+            .collect()
+    };
+
+    // Never drilled: overdue only where drills are expected.
+    let status = rows(&["status"]);
+    assert_eq!(status["drilled"]["drill_overdue"], true, "{status:?}");
+    assert_eq!(status["drilled"]["drill_max_age_seconds"], 3600);
+    assert_eq!(status["undrilled"]["drill_overdue"], false);
+    assert_eq!(status["undrilled"]["last_drill"], serde_json::Value::Null);
+    let out = vault_with(&env, &config, &["status"]);
+    assert_code(&out, 1);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("drilled ") && l.contains("overdue")),
+        "{table}"
+    );
+    assert_code(&vault_with(&env, &config, &["status", "--alert"]), 1);
+    assert_eq!(
+        drill_events(),
+        [(
+            "drilled".to_owned(),
+            "no drill has passed yet (expected within 1h)".to_owned()
+        )]
+    );
+
+    // A passing drill clears it.
+    assert_success(&vault_with(&env, &config, &["drill", "drilled"]));
+    let status = rows(&["status"]);
+    assert_eq!(status["drilled"]["drill_overdue"], false, "{status:?}");
+    assert_eq!(status["drilled"]["last_drill"]["ok"], true);
+    let latest = json_with(
+        &env,
+        &config,
+        &["snapshots", "--tag", "drilled", "--latest", "1"],
+    );
+    assert_eq!(
+        status["drilled"]["last_drill"]["snapshot"], latest[0]["id"],
+        "{status:?}\n{latest}"
+    );
+    assert_success(&vault_with(&env, &config, &["status", "--alert"]));
+    assert_eq!(drill_events().len(), 1);
+
+    // One that passed two hours ago is overdue again; --drill-max-age
+    // overrides the config.
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
+    let two_hours_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2)).to_string();
+    file["sources"]["drilled"]["last_drill_passed"] = two_hours_ago.clone().into();
+    std::fs::write(&status_file, serde_json::to_vec(&file).unwrap()).unwrap();
+    assert_code(&vault_with(&env, &config, &["status", "--alert"]), 1);
+    assert_eq!(
+        drill_events()[1],
+        (
+            "drilled".to_owned(),
+            format!("no drill passed within 1h: the last passed at {two_hours_ago}")
+        )
+    );
+    let status = rows(&["status", "--drill-max-age", "3h"]);
+    assert_eq!(status["drilled"]["drill_overdue"], false, "{status:?}");
+
+    // A failed drill fails status even within drill_max_age (and for a
+    // source without one), and holds back the heartbeat.
+    for (pack, size) in env.sizes_under("data") {
+        if size > 1000 {
+            env.flip(&pack, 200);
+        }
+    }
+    assert_code(&vault_with(&env, &config, &["drill", "undrilled"]), 5);
+    let status = rows(&["status", "--drill-max-age", "3h"]);
+    assert_eq!(status["undrilled"]["last_drill"]["ok"], false, "{status:?}");
+    assert!(
+        status["undrilled"]["last_drill"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "{status:?}"
+    );
+    assert_eq!(
+        status["undrilled"]["last_drill_passed"],
+        serde_json::Value::Null
+    );
+    let out = vault_with(&env, &config, &["status", "--drill-max-age", "3h"]);
+    assert_code(&out, 1);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("undrilled ") && l.contains("failed")),
+        "{table}"
+    );
+    let heartbeats = || {
+        hook.received()
+            .iter()
+            .filter(|b| b["event"] == "heartbeat")
+            .count()
+    };
+    assert_eq!(heartbeats(), 1, "the first backup's");
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
+    file["last_heartbeat"] = serde_json::Value::Null;
+    std::fs::write(&status_file, serde_json::to_vec(&file).unwrap()).unwrap();
+    std::fs::write(data.join("b"), b"new").unwrap();
+    assert_success(&vault_with(&env, &config, &["backup", "drilled"]));
+    assert_eq!(heartbeats(), 1, "{:?}", hook.received());
 }
 
 /// Durations in the config are checked when it is loaded, and options

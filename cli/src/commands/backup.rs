@@ -780,11 +780,12 @@ fn record(
         }
     }
     // "All sources OK" only when none needs attention, including sources
-    // this run did not include (per-source timers run one at a time).
+    // this run did not include (per-source timers run one at a time), and
+    // none whose latest drill failed: its backups may not restore.
     let all_ok = config.sources.iter().all(|s| {
         file.sources
             .get(s.name())
-            .is_none_or(|e| !e.needs_attention())
+            .is_none_or(|e| !e.needs_attention() && !e.drill_failed())
     });
     if all_ok && let Some(period) = config.notify.heartbeat {
         let due = file

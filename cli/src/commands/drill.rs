@@ -6,7 +6,7 @@
 use crate::args::GlobalArgs;
 use crate::config::SourceKind;
 use crate::output::outln;
-use crate::{global, output, sources};
+use crate::{global, output, sources, status};
 use anyhow::{Context, Result, bail};
 use std::process::ExitCode;
 use vault_engine::restore::{self, RestoreOptions, RestoreProgress};
@@ -56,6 +56,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
             &jiff::Timestamp::now().to_string(),
         );
     }
+    record(config, source.name(), &report);
     if g.json {
         output::print_json(&report)?;
     } else if let Err(e) = &outcome {
@@ -81,6 +82,32 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => crate::exit::code_for(e),
     })
+}
+
+/// Records the drill in the status file, where `vault status` finds it
+/// (`drill_max_age`). A status file that cannot be written costs a warning,
+/// not the drill's result.
+fn record(config: &crate::config::Config, source: &str, report: &serde_json::Value) {
+    let path = status::path(config.notify.status_file.as_deref());
+    let (mut file, damaged) = status::StatusFile::load_or_set_aside(&path);
+    if let Some(warning) = damaged {
+        eprintln!("vault: warning: {warning}");
+    }
+    let now = jiff::Timestamp::now().to_string();
+    let ok = report["ok"] == true;
+    let entry = file.sources.entry(source.to_owned()).or_default();
+    entry.last_drill = Some(status::DrillRun {
+        time: now.clone(),
+        ok,
+        snapshot: report["snapshot_id"].as_str().map(str::to_owned),
+        error: report["error"].as_str().map(str::to_owned),
+    });
+    if ok {
+        entry.last_drill_passed = Some(now);
+    }
+    if let Err(e) = file.save(&path) {
+        eprintln!("vault: warning: the drill's result was not recorded: {e:#}");
+    }
 }
 
 /// Restores the source's snapshot into scratch space, filling `report`.

@@ -2,7 +2,8 @@
 //! age of the newest backup, snapshot count, sizes and dedup ratio; and
 //! which sources are stale (no backup within their `max_age`), the check a
 //! cron job on this or another host runs to catch backups that stopped
-//! happening at all, which no failure alert can report.
+//! happening at all, which no failure alert can report. Drills likewise:
+//! the latest failed, or none passed within `drill_max_age`.
 
 use crate::args::GlobalArgs;
 use crate::output::outln;
@@ -16,8 +17,12 @@ pub(crate) struct StatusArgs {
     /// (e.g. 26h); overrides the config's `max_age`.
     #[arg(long, value_name = "DURATION", value_parser = crate::args::parse_duration)]
     max_age: Option<std::time::Duration>,
+    /// Call a source's drills overdue when none has passed within DURATION
+    /// (e.g. 35d); overrides the config's `drill_max_age`.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::parse_duration)]
+    drill_max_age: Option<std::time::Duration>,
     /// Send the `on_failure` webhooks an event `backup_stale` for each
-    /// stale source.
+    /// stale source, and `drill_stale` for each whose drills are overdue.
     #[arg(long)]
     alert: bool,
 }
@@ -94,7 +99,23 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
                 &now.to_string(),
             );
         }
-        any_failing |= failing || stale;
+        let drill = drill_state(
+            &entry,
+            args.drill_max_age
+                .or_else(|| source.drill_max_age(config.notify.drill_max_age.as_deref())),
+            now,
+        );
+        if drill.overdue && args.alert {
+            notify::alert(
+                &config.notify.on_failure,
+                notify::Alert::DrillStale,
+                name,
+                &drill.overdue_message(),
+                &host,
+                &now.to_string(),
+            );
+        }
+        any_failing |= failing || stale || drill.overdue || entry.drill_failed();
         rows.push(serde_json::json!({
             "stale": stale,
             "max_age_seconds": max_age.map(|d| d.as_secs()),
@@ -110,20 +131,25 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
             "last_result": entry.last_result,
             "last_success": entry.last_success,
             "last_failure": entry.last_failure,
+            "last_drill": entry.last_drill,
+            "last_drill_passed": entry.last_drill_passed,
+            "drill_max_age_seconds": drill.max_age.map(|d| d.as_secs()),
+            "drill_overdue": drill.overdue,
         }));
     }
     if g.json {
         output::print_json(&serde_json::json!({ "sources": rows, "ok": !any_failing }))?;
     } else if !g.quiet {
         outln!(
-            "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>7}  last failure",
+            "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>7} {:>8}  last failure",
             "source",
             "result",
             "snapshots",
             "age",
             "size",
             "stored",
-            "dedup"
+            "dedup",
+            "drill"
         )?;
         for r in &rows {
             let age = r["age_seconds"].as_i64().map_or("never".to_owned(), |s| {
@@ -144,8 +170,26 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
                     )
                 })
                 .unwrap_or_default();
+            // The drill column: how long ago one passed, unless the latest
+            // failed or none passed within `drill_max_age`.
+            let drill = if r["last_drill"]["ok"] == false {
+                "failed".to_owned()
+            } else if r["drill_overdue"] == true {
+                "overdue".to_owned()
+            } else {
+                r["last_drill_passed"]
+                    .as_str()
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                    .map_or("-".to_owned(), |t| {
+                        output::duration(
+                            (jiff::Timestamp::now().as_second() - t.as_second())
+                                .max(0)
+                                .unsigned_abs(),
+                        )
+                    })
+            };
             outln!(
-                "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>6.1}x  {}",
+                "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>6.1}x {:>8}  {}",
                 r["source"].as_str().unwrap_or(""),
                 result,
                 r["snapshots"],
@@ -153,6 +197,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
                 output::bytes(r["latest_size"].as_u64().unwrap_or(0)),
                 output::bytes(r["stored_bytes"].as_u64().unwrap_or(0)),
                 r["dedup_ratio"].as_f64().unwrap_or(0.0),
+                drill,
                 failure
             )?;
         }
@@ -162,4 +207,42 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A source's drills as `vault status` judges them.
+struct DrillState {
+    max_age: Option<std::time::Duration>,
+    /// When one last passed.
+    passed: Option<jiff::Timestamp>,
+    /// None passed within `max_age`.
+    overdue: bool,
+}
+
+impl DrillState {
+    fn overdue_message(&self) -> String {
+        let within = output::duration(self.max_age.unwrap_or_default().as_secs());
+        match self.passed {
+            Some(t) => format!("no drill passed within {within}: the last passed at {t}"),
+            None => format!("no drill has passed yet (expected within {within})"),
+        }
+    }
+}
+
+fn drill_state(
+    entry: &status::SourceStatus,
+    max_age: Option<std::time::Duration>,
+    now: jiff::Timestamp,
+) -> DrillState {
+    let passed = entry
+        .last_drill_passed
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let overdue = max_age.is_some_and(|max| {
+        passed.is_none_or(|t| now.as_second() - t.as_second() > max.as_secs() as i64)
+    });
+    DrillState {
+        max_age,
+        passed,
+        overdue,
+    }
 }
