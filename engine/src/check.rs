@@ -198,6 +198,31 @@ type PackFinding = (Finding, Vec<BlobId>);
 /// Why a blob cannot be read: keyed by blob, pointing at a finding.
 type BadBlobs = HashMap<BlobId, usize>;
 
+/// Copies of blobs that cannot be read, by blob and pack, pointing at the
+/// finding that says why.
+type Broken = HashMap<(BlobId, PackId), usize>;
+
+/// The blobs of which no copy can be read: a blob stored in two packs (two
+/// backups stored it at once) is read from the other when one is lost, so
+/// only losing both loses it. Each points at its first location's finding.
+fn unreachable(index: &Index, broken: &Broken) -> BadBlobs {
+    let mut out = BadBlobs::new();
+    for (id, _) in broken.keys() {
+        if out.contains_key(id) {
+            continue;
+        }
+        let locations = index.locations(id);
+        if locations
+            .iter()
+            .all(|l| broken.contains_key(&(*id, l.pack)))
+            && let Some(f) = locations.first().and_then(|l| broken.get(&(*id, l.pack)))
+        {
+            out.insert(*id, *f);
+        }
+    }
+    out
+}
+
 /// Lists packs in storage with their sizes.
 pub fn stored_packs(repo: &Repository) -> Result<HashMap<PackId, u64>> {
     Ok(repo
@@ -282,7 +307,6 @@ pub fn check(
     let stored = stored_packs(repo)?;
     report.packs = stored.len() as u64;
     report.blobs = index.len() as u64;
-    let mut bad: BadBlobs = HashMap::new();
 
     // Indexed packs exist with the indexed size; entries fit inside.
     let mut pack_findings: HashMap<PackId, usize> = HashMap::new();
@@ -307,11 +331,13 @@ pub fn check(
             Some(_) => {}
         }
     }
-    for (id, loc) in index.blobs() {
+    let mut broken = Broken::new();
+    for (id, loc) in index.blobs().chain(index.duplicates().iter().copied()) {
         if let Some(&f) = pack_findings.get(&loc.pack) {
-            bad.insert(id, f);
+            broken.insert((id, loc.pack), f);
         }
     }
+    let mut bad = unreachable(&index, &broken);
     for (id, dup) in index.duplicates() {
         if let Some(first) = index.get(id)
             && first.raw_len != dup.raw_len
@@ -375,15 +401,17 @@ pub fn check(
         report.packs_verified = verified.packs;
         report.blobs_verified = verified.blobs;
         report.bytes_verified = verified.bytes;
-        if verified.findings.iter().any(|(_, blobs)| !blobs.is_empty()) {
-            scanned = None;
-        }
-        for (finding, blobs) in verified.findings {
+        for (finding, pack, blobs) in verified.findings {
             report.findings.push(finding);
             let f = report.findings.len() - 1;
             for b in blobs {
-                bad.insert(b, f);
+                broken.entry((b, pack)).or_insert(f);
             }
+        }
+        let before = bad.len();
+        bad = unreachable(&index, &broken);
+        if bad.len() > before {
+            scanned = None;
         }
     }
     let mut affected: BTreeMap<usize, Vec<Affected>> = BTreeMap::new();
@@ -724,7 +752,8 @@ fn blob_problem(
 
 /// What reading the packs found.
 struct Verified {
-    findings: Vec<PackFinding>,
+    /// With the pack each is about.
+    findings: Vec<(Finding, PackId, Vec<BlobId>)>,
     packs: u64,
     blobs: u64,
     bytes: u64,
@@ -739,9 +768,10 @@ fn verify_packs(
     progress: &CheckProgress,
     cancel: &AtomicBool,
 ) -> Result<Verified> {
-    // Index entries grouped by pack, to compare with each pack's header.
+    // Index entries grouped by pack, to compare with each pack's header;
+    // every copy of a blob, for readers fall back to the others.
     let mut expected: HashMap<PackId, Vec<(BlobId, crate::index::BlobLocation)>> = HashMap::new();
-    for (id, loc) in index.blobs() {
+    for (id, loc) in index.blobs().chain(index.duplicates().iter().copied()) {
         expected.entry(loc.pack).or_default().push((id, loc));
     }
     let mut packs: Vec<PackId> = stored
@@ -759,7 +789,7 @@ fn verify_packs(
     progress
         .packs_total
         .store(packs.len() as u64, Ordering::Relaxed);
-    let found: Mutex<Vec<PackFinding>> = Mutex::new(Vec::new());
+    let found: Mutex<Vec<(Finding, PackId, Vec<BlobId>)>> = Mutex::new(Vec::new());
     let blobs_verified = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
@@ -771,7 +801,10 @@ fn verify_packs(
         match verify_pack(repo, pack, stored.get(pack).copied().unwrap_or(0), entries) {
             Ok((findings, ok)) => {
                 blobs_verified.fetch_add(ok, Ordering::Relaxed);
-                found.lock().expect("ok").extend(findings);
+                found
+                    .lock()
+                    .expect("ok")
+                    .extend(findings.into_iter().map(|(f, blobs)| (f, *pack, blobs)));
             }
             Err(e) => {
                 stop.store(true, Ordering::Relaxed);
@@ -886,17 +919,18 @@ fn verify_pack(
 }
 
 /// Blobs that cannot be restored: unindexed ones are found by callers; this
-/// returns blobs whose pack is missing or truncated, and, when `verify`,
-/// blobs that fail authentication or hashing.
+/// returns blobs whose every copy lies in a pack that is missing or
+/// truncated, and, when `verify`, fails authentication or hashing.
 pub fn unreadable_blobs(repo: &Repository, index: &Index, verify: bool) -> Result<HashSet<BlobId>> {
     let stored = stored_packs(repo)?;
-    let mut out: HashSet<BlobId> = HashSet::new();
-    for (id, loc) in index.blobs() {
+    // The finding numbers do not matter here.
+    let mut broken = Broken::new();
+    for (id, loc) in index.blobs().chain(index.duplicates().iter().copied()) {
         let sound = stored
             .get(&loc.pack)
             .is_some_and(|&size| u64::from(loc.offset) + u64::from(loc.length) <= size);
         if !sound {
-            out.insert(id);
+            broken.insert((id, loc.pack), 0);
         }
     }
     if verify {
@@ -906,9 +940,11 @@ pub fn unreadable_blobs(repo: &Repository, index: &Index, verify: bool) -> Resul
             let never = AtomicBool::new(false);
             verify_packs(repo, index, &stored, VerifySubset::All, &progress, &never)
         })?;
-        out.extend(verified.findings.into_iter().flat_map(|(_, blobs)| blobs));
+        for (_, pack, blobs) in verified.findings {
+            broken.extend(blobs.into_iter().map(|b| ((b, pack), 0)));
+        }
     }
-    Ok(out)
+    Ok(unreachable(index, &broken).into_keys().collect())
 }
 
 #[cfg(test)]

@@ -492,10 +492,31 @@ impl Index {
             .filter_map(|e| Some((e.id, self.location(e)?)))
     }
 
-    /// Blobs indexed in more than one place (beyond their first location).
+    /// Blobs indexed in more than one place (beyond their first location),
+    /// in id order.
     #[must_use]
     pub fn duplicates(&self) -> &[(BlobId, BlobLocation)] {
         &self.duplicates
+    }
+
+    /// Every location of `id`: where [`Index::get`] finds it, then the
+    /// other packs holding it. Readers try them in turn, so a blob stored
+    /// twice (two backups of the same data at once) survives the loss or
+    /// damage of one pack.
+    #[must_use]
+    pub fn locations(&self, id: &BlobId) -> Vec<BlobLocation> {
+        let Some(first) = self.get(id) else {
+            return Vec::new();
+        };
+        let from = self.duplicates.partition_point(|(d, _)| d.0 < id.0);
+        let others = self
+            .duplicates
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|(d, _)| d == id)
+            .map(|(_, loc)| *loc);
+        std::iter::once(first).chain(others).collect()
     }
 }
 
@@ -658,5 +679,14 @@ mod tests {
         assert_eq!(idx.len(), 2);
         assert_eq!(idx.duplicates().len(), 1);
         assert_eq!(idx.packs().count(), 2);
+        let packs = |id: u8| -> Vec<PackId> {
+            idx.locations(&BlobId([id; 32]))
+                .iter()
+                .map(|l| l.pack)
+                .collect()
+        };
+        assert_eq!(packs(1), [PackId([1; 32]), PackId([2; 32])]);
+        assert_eq!(packs(2), [PackId([2; 32])]);
+        assert_eq!(packs(3), []);
     }
 }

@@ -659,11 +659,44 @@ impl Repository {
             .map_err(|e| Error::backend(&path, e))
     }
 
-    /// Reads and verifies one blob.
+    /// Reads and verifies one blob. A blob whose pack is missing or
+    /// damaged is read from another pack holding it, if the index lists
+    /// one; the first location's error is returned when none works.
     pub fn read_blob(&self, index: &Index, id: &BlobId) -> Result<Vec<u8>> {
-        let loc = index.get(id).ok_or_else(|| Error::NotFound {
-            object: format!("blob {id} (not in any index)"),
-        })?;
+        self.read_blob_except(index, id, None)
+    }
+
+    /// [`Repository::read_blob`] from any location but those in pack
+    /// `except` (which a caller already found wanting).
+    pub(crate) fn read_blob_except(
+        &self,
+        index: &Index,
+        id: &BlobId,
+        except: Option<&PackId>,
+    ) -> Result<Vec<u8>> {
+        let mut first_error = None;
+        for loc in index.locations(id) {
+            if except == Some(&loc.pack) {
+                continue;
+            }
+            match self.read_blob_at(id, &loc) {
+                Ok(plain) => return Ok(plain),
+                // Damage to one copy; another may be sound.
+                Err(e @ (Error::NotFound { .. } | Error::Corrupt { .. })) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(first_error.unwrap_or_else(|| Error::NotFound {
+            object: match except {
+                Some(pack) => format!("blob {id} (in no pack but {pack})"),
+                None => format!("blob {id} (not in any index)"),
+            },
+        }))
+    }
+
+    fn read_blob_at(&self, id: &BlobId, loc: &crate::index::BlobLocation) -> Result<Vec<u8>> {
         // A tree in a tree pack the cache holds (a walk fetched it) is read
         // from there: `mount`, path lookups and `dump` read trees one at a time.
         if loc.kind == BlobKind::Tree

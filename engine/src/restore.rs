@@ -774,6 +774,7 @@ fn restore_on_pool(
     };
     let content = Content {
         repo,
+        index,
         items: &items,
         fresh: &fresh,
         owned: &owned,
@@ -1172,6 +1173,7 @@ fn existing_chunks_ok(
 /// What the pack workers share while restoring content.
 struct Content<'a> {
     repo: &'a Repository,
+    index: &'a Index,
     items: &'a [Item],
     /// By item: the file was created empty, so zero runs can stay holes.
     fresh: &'a [bool],
@@ -1253,6 +1255,17 @@ impl Content<'_> {
                 blob::open(self.repo.key(), target.kind, &id, target.raw_len, stored)
                     .map_err(|e| (format!("blob {id} in pack {pack}: {e}"), false))
             });
+            // A copy of the blob in another pack (two backups stored it at
+            // once) stands in for a damaged or missing one.
+            // The store failing there stops the restore, as it would here.
+            let data = match data {
+                Ok(data) => Ok(data),
+                Err(why) => match self.repo.read_blob_except(self.index, &id, Some(&pack)) {
+                    Ok(plain) => Ok(plain),
+                    Err(Error::NotFound { .. } | Error::Corrupt { .. }) => Err(why),
+                    Err(e) => return Err(e),
+                },
+            };
             let data = match data {
                 Ok(data) => Some(data),
                 Err(why) => {

@@ -118,8 +118,16 @@ impl<'a> TreeReader<'a> {
         {
             let from = loc.offset.saturating_sub(self.spans()[&loc.pack].0) as usize;
             if let Some(stored) = bytes.get(from..from + loc.length as usize) {
-                let plain = blob::open(self.repo.key(), loc.kind, id, loc.raw_len, stored)
-                    .map_err(|e| Error::corrupt(format!("blob {id} in pack {}", loc.pack), e))?;
+                let plain = match blob::open(self.repo.key(), loc.kind, id, loc.raw_len, stored) {
+                    Ok(plain) => plain,
+                    // This copy is damaged; another pack may hold the tree.
+                    Err(e) => self
+                        .repo
+                        .read_blob_except(self.index, id, Some(&loc.pack))
+                        .map_err(|_| {
+                            Error::corrupt(format!("blob {id} in pack {}", loc.pack), e)
+                        })?,
+                };
                 return Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {id}"), e));
             }
         }

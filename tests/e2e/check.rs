@@ -410,3 +410,59 @@ fn a_snapshot_left_twice_by_an_interrupted_tag_is_warned_about() {
     let (_, v) = check_json(&env, &[]);
     assert!(twin(&v).is_empty(), "{v}");
 }
+
+backend_test!(a_blob_stored_twice_survives_the_loss_of_either_pack);
+/// Two backups that ran at once (simulated: the second saw no index) store
+/// the same blobs in two packs. Losing either pack loses nothing: restore,
+/// dump and `repair snapshots` read the other copy, and check reports the
+/// lost pack without naming any snapshot or file it hurts.
+fn a_blob_stored_twice_survives_the_loss_of_either_pack(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = pseudo_random(3_000_000, 7);
+    std::fs::write(src.join("big"), &big).unwrap();
+    std::fs::write(src.join("small"), b"small file").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let first = env.snapshots()[0]["id"].as_str().unwrap().to_owned();
+    let first_data = packs_of_kind(&env, "data");
+    let indexes: Vec<(String, Vec<u8>)> = env
+        .objects_under("index")
+        .into_iter()
+        .map(|k| {
+            let bytes = env.read_object(&k);
+            env.delete_object(&k);
+            (k, bytes)
+        })
+        .collect();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--force"]));
+    for (k, bytes) in &indexes {
+        env.write_object(k, bytes);
+    }
+    let data = packs_of_kind(&env, "data");
+    assert_eq!(data.len(), 2 * first_data.len(), "{data:?}");
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 0, "{v}");
+
+    for pack in data {
+        let bytes = env.read_object(&pack);
+        env.delete_object(&pack);
+        let target = env.path(&format!("restore-{}", rand_suffix()));
+        assert_success(&env.vault(&["restore", &first, "--target", target.to_str().unwrap()]));
+        let root = target.join(src.strip_prefix("/").unwrap());
+        assert_eq!(std::fs::read(root.join("big")).unwrap(), big, "{pack}");
+        let out = env.vault(&["dump", &first, &format!("{}/small", src.display())]);
+        assert_success(&out);
+        assert_eq!(out.stdout, b"small file");
+        let (code, v) = check_json(&env, &[]);
+        assert_eq!(code, 5, "{v}");
+        let errs = errors(&v);
+        assert_eq!(errs.len(), 1, "{v}");
+        assert_eq!(errs[0]["kind"], "pack_missing", "{v}");
+        assert_eq!(errs[0]["affected"].as_array().map_or(0, Vec::len), 0, "{v}");
+        // Nothing for repair snapshots to cut.
+        let out = env.vault(&["repair", "snapshots", "--dry-run"]);
+        assert_success(&out);
+        env.write_object(&pack, &bytes);
+    }
+}
