@@ -466,3 +466,51 @@ fn a_blob_stored_twice_survives_the_loss_of_either_pack(backend: Backend) {
         env.write_object(&pack, &bytes);
     }
 }
+
+/// A pack deleted while `check --verify` runs (a prune beside it) was
+/// listed but never read: it is reported, not counted as verified.
+#[test]
+fn a_pack_deleted_during_verify_is_reported_not_verified() {
+    let env = Env::with_small_packs(Backend::Local);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("data"), pseudo_random(4_000_000, 11)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let mut data = packs_of_kind(&env, "data");
+    data.sort();
+    assert!(data.len() >= 3, "{data:?}");
+    // Packs are verified in id order, one at a time at 256 KiB/s: the last
+    // is read some 12 s after the start.
+    let child = env
+        .command(&[
+            "check",
+            "--verify",
+            "--json",
+            "--concurrency",
+            "1",
+            "--limit-download",
+            "256",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let last = data.last().unwrap();
+    env.delete_object(last);
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 5);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errs = errors(&v);
+    assert!(
+        errs.iter().any(|f| f["kind"] == "pack_missing"
+            && f["object"].as_str().unwrap().ends_with(key_name(last))
+            && f["message"]
+                .as_str()
+                .unwrap()
+                .contains("while the check ran")),
+        "{v}"
+    );
+    assert_eq!(v["packs_verified"], v["packs"].as_u64().unwrap() - 1, "{v}");
+    assert_eq!(v["ok"], false, "{v}");
+}
