@@ -915,3 +915,37 @@ fn wal_list_takes_the_source_positionally_or_with_source() {
     }
     assert_code(&env.vault(&["wal", "list", "pgdb", "--source", "other"]), 2);
 }
+
+/// A base backup whose WAL went elsewhere (`archive_command` left at a
+/// runbook's `cp`, or another repository) can never be restored: the backup
+/// fails (exit 6), naming archive_command, and keeps no snapshot of it.
+#[test]
+fn a_base_backup_whose_wal_is_archived_elsewhere_fails_and_is_not_kept() {
+    let Some((t, port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    let physical = || {
+        let out = t.vault(&["snapshots", "--tag", "physical", "--json"]);
+        assert_success(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(physical(), 1);
+    t.psql(&port, "ALTER SYSTEM SET archive_command = 'true'");
+    t.psql(&port, "SELECT pg_reload_conf()");
+    let out = t.vault(&["backup", "pgdb", "--physical"]);
+    assert_code(&out, 6);
+    assert!(
+        stderr(&out).contains("archive_command") && stderr(&out).contains("not archived"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(physical(), 1, "the unrestorable base backup was kept");
+    t.psql(&port, "ALTER SYSTEM RESET archive_command");
+    t.psql(&port, "SELECT pg_reload_conf()");
+    assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
+    assert_eq!(physical(), 2);
+}

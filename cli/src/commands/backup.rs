@@ -615,7 +615,11 @@ fn run_sources(
             opts.one_file_system |= source.one_file_system;
             opts.require_files = source.kind == SourceKind::Files && !source.allow_empty;
             opts.command_timeout = timeout;
-            run_one(g, &repo, engine_source, &opts)
+            let report = run_one(g, &repo, engine_source, &opts)?;
+            if args.physical && !args.dry_run {
+                ensure_wal_archived(&repo, &name, &report)?;
+            }
+            Ok(report)
         });
         // Whatever happened, `before` included (it may have stopped a
         // service before failing): `after` is what starts it again, so
@@ -691,6 +695,36 @@ fn run_sources(
         return Ok(ExitCode::from(exit::INCOMPLETE));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fails a base backup whose first WAL segment is not in this repository's
+/// archive of the source, and removes its snapshot: without that WAL it can
+/// never be restored, and as a snapshot it would count in retention. The
+/// server confirmed archiving before pg_basebackup ended, so the segment
+/// went elsewhere: `archive_command` is not `vault wal push` into this
+/// repository and source (a runbook's `cp`, another config, a typo).
+fn ensure_wal_archived(
+    repo: &Repository,
+    source: &str,
+    report: &backup::BackupReport,
+) -> Result<()> {
+    let index = repo.load_index()?;
+    let (start, _) = crate::pitr::base_backup_start(repo, &index, &report.snapshot)?;
+    let archived = vault_engine::wal::list(repo, source)?;
+    if archived.iter().any(|(name, _)| *name == start) {
+        return Ok(());
+    }
+    let removed = match repo.delete_snapshot(&report.snapshot_id) {
+        Ok(()) => "it was not kept".to_owned(),
+        Err(e) => format!(
+            "removing its snapshot {} failed too ({e}): forget it",
+            report.snapshot_id.short()
+        ),
+    };
+    Err(vault_engine::Error::SourceFailed(format!(
+        "the base backup starts in WAL segment {start}, which is not archived in this repository for source {source}: the server's archive_command does not run `vault wal push` into it (docs/pitr.md), so this base backup could never be restored; {removed}"
+    ))
+    .into())
 }
 
 /// Ends a run that was interrupted (Ctrl-C, or systemd stopping it at its
