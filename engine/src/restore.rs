@@ -572,11 +572,9 @@ fn restore_on_pool(
                     }
                     Ok(_) => {
                         remove_existing(path)?;
-                        fs::create_dir(path)
-                            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+                        private_dir(path)?;
                     }
-                    Err(_) => fs::create_dir(path)
-                        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?,
+                    Err(_) => private_dir(path)?,
                 }
                 dirs_made.insert(path);
                 report.dirs += 1;
@@ -1100,6 +1098,16 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite, names: &[&Path]) -
     Ok(true)
 }
 
+/// Creates a directory open to its owner only, as [`create_file`] creates
+/// files; its own mode is applied once its content is restored.
+fn private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+}
+
 /// Whether an if-changed restore keeps the existing file at `path` and
 /// writes only the chunks that differ; any other file is made anew (see
 /// [`prepare_file`]). A file with other hard links is kept only when each
@@ -1133,9 +1141,18 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Creates a new empty file, replacing whatever is in the way (the caller
-/// has refused existing paths already unless overwriting).
+/// has refused existing paths already unless overwriting). Readable by its
+/// owner only until its metadata is applied: a dump restored for a drill or
+/// a restore that fails halfway must not be world-readable meanwhile.
 fn create_file(path: &Path) -> Result<fs::File> {
-    let create = || OpenOptions::new().write(true).create_new(true).open(path);
+    use std::os::unix::fs::OpenOptionsExt;
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+    };
     // Into an empty target nothing is in the way: try first, and look only
     // when something is (create_new never follows a symlink there).
     match create() {

@@ -303,6 +303,23 @@ fn interrupted_restore_says_how_to_resume_and_resuming_completes_it() {
     assert_code(&out, 130);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--overwrite if-changed"), "{err}");
+    // What it left unfinished is its owner's only: the source's files and
+    // directories are 0644 and 0755, applied once restored.
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+    };
+    assert_eq!(mode(&restored) & 0o077, 0, "{:o}", mode(&restored));
+    let mut unfinished = 0;
+    for entry in std::fs::read_dir(&restored).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if std::fs::read(&path).unwrap() != std::fs::read(src.join(name)).unwrap() {
+            unfinished += 1;
+            assert_eq!(mode(&path) & 0o077, 0, "{path:?}: {:o}", mode(&path));
+        }
+    }
+    assert!(unfinished > 0, "the restore finished before the signal");
     let out = env.vault(&[
         "restore",
         "latest",
@@ -315,12 +332,17 @@ fn interrupted_restore_says_how_to_resume_and_resuming_completes_it() {
     assert_success(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(report["bytes_skipped"].as_u64().unwrap() > 0, "{report}");
-    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(mode(&restored), mode(&src), "{:o}", mode(&restored));
     for entry in std::fs::read_dir(&src).unwrap() {
         let name = entry.unwrap().file_name();
         assert_eq!(
             std::fs::read(restored.join(&name)).unwrap(),
             std::fs::read(src.join(&name)).unwrap(),
+            "{name:?}"
+        );
+        assert_eq!(
+            mode(&restored.join(&name)),
+            mode(&src.join(&name)),
             "{name:?}"
         );
     }
