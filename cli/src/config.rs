@@ -373,7 +373,12 @@ impl Config {
                     need("database", db)?;
                     forbid("defaults_file", s.defaults_file.is_some())?;
                     if s.connection.as_deref().is_some_and(|c| {
-                        c.contains("password")
+                        // libpq decodes a URI's query keys: `pass%77ord=`
+                        // is a password too.
+                        percent_encoding::percent_decode_str(c)
+                            .decode_utf8_lossy()
+                            .to_ascii_lowercase()
+                            .contains("password")
                             || (crate::sources::is_pg_uri(c)
                                 && crate::sources::pg_uri_has_password(c))
                     }) {
@@ -512,6 +517,9 @@ mod tests {
             "host=h password=x",
             "postgresql://u:secret@127.0.0.1:5432/shop",
             "postgres://u:s@h",
+            // libpq decodes query keys.
+            "postgresql://u@127.0.0.1:5432/app?pass%77ord=secret",
+            "postgresql://u@h/app?sslmode=require&%70assword=secret",
         ] {
             let err = parse(&source(bad)).unwrap_err().to_string();
             assert!(err.contains("no password"), "{bad}: {err}");
