@@ -916,6 +916,38 @@ fn wal_list_takes_the_source_positionally_or_with_source() {
     assert_code(&env.vault(&["wal", "list", "pgdb", "--source", "other"]), 2);
 }
 
+/// With a config, `wal push --source` refuses a name no postgres source
+/// has: a typo in archive_command would otherwise archive "successfully"
+/// where no restore looks.
+#[test]
+fn wal_push_refuses_a_source_the_config_does_not_have() {
+    let env = Env::new();
+    let config = env.path("vault.toml");
+    std::fs::write(
+        &config,
+        "[[source]]\nname = \"pgdb\"\nkind = \"postgres\"\ndatabase = \"app\"\n",
+    )
+    .unwrap();
+    let segment = env.path("000000010000000000000007");
+    std::fs::write(&segment, pseudo_random(4096, 7)).unwrap();
+    let push = |source: &str| {
+        env.command(&["wal", "push", "--source", source, segment.to_str().unwrap()])
+            .env("VAULT_CONFIG", &config)
+            .output()
+            .unwrap()
+    };
+    let out = push("pgbd");
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("no postgres source named \"pgbd\""),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.objects_under("wal").is_empty());
+    assert_success(&push("pgdb"));
+    assert!(!env.objects_under("wal").is_empty());
+}
+
 /// A base backup whose WAL went elsewhere (`archive_command` left at a
 /// runbook's `cp`, or another repository) can never be restored: the backup
 /// fails (exit 6), naming archive_command, and keeps no snapshot of it.

@@ -83,6 +83,19 @@ pub(crate) fn run(g: &GlobalArgs, cmd: &WalCommand) -> Result<ExitCode> {
     let config = global::config(g)?;
     match cmd {
         WalCommand::Push { path, source } => {
+            // A name no configured source has (a typo in archive_command)
+            // would archive "successfully" where no restore looks.
+            if let (Some(config), Some(name)) = (config, source.as_deref())
+                && !config
+                    .sources
+                    .iter()
+                    .any(|s| s.kind == SourceKind::Postgres && s.name() == name)
+            {
+                bail!(
+                    "no postgres source named {name:?} in {}: WAL archived under that name would be found by no restore (a typo in archive_command?)",
+                    config.path.display()
+                );
+            }
             let source = wal_source(config, source.as_deref())?;
             let name = path
                 .file_name()
