@@ -406,20 +406,32 @@ pub(crate) fn pick_source_snapshot(
     let mut filter = filter.to_filter();
     filter.tags.push(source.to_owned());
     let at = at.map(crate::timespec::parse).transpose()?;
-    repo.snapshots()?
+    let snapshots = repo.snapshots()?;
+    let is_physical = |s: &vault_engine::snapshot::Snapshot| s.tags.iter().any(|t| t == "physical");
+    // Base backups of a source with no dump: say so, rather than that the
+    // source has no snapshot at all.
+    let mine = || snapshots.iter().filter(|(_, s)| filter.matches(s));
+    let only_physical =
+        !physical && mine().any(|(_, s)| is_physical(s)) && mine().all(|(_, s)| is_physical(s));
+    snapshots
         .into_iter()
         .rev()
         .filter(|(_, s)| filter.matches(s))
-        .filter(|(_, s)| s.tags.iter().any(|t| t == "physical") == physical)
+        .filter(|(_, s)| is_physical(s) == physical)
         .find(|(_, s)| {
             at.as_ref()
                 .is_none_or(|t| s.time.timestamp() <= t.timestamp())
         })
         .with_context(|| {
             format!(
-                "no {}snapshot of source {source}{}",
+                "no {}snapshot of source {source}{}{}",
                 if physical { "physical " } else { "" },
-                at.map(|t| format!(" at or before {t}")).unwrap_or_default()
+                at.map(|t| format!(" at or before {t}")).unwrap_or_default(),
+                if only_physical {
+                    " other than physical base backups (`vault backup SOURCE --physical`), which this does not load: `vault restore SOURCE --pitr` restores them"
+                } else {
+                    ""
+                }
             )
         })
 }

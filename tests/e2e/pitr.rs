@@ -980,4 +980,12 @@ fn a_base_backup_whose_wal_is_archived_elsewhere_fails_and_is_not_kept() {
     t.psql(&port, "SELECT pg_reload_conf()");
     assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
     assert_eq!(physical(), 2);
+    // A drill loads dumps; with base backups only it says so.
+    let out = t.vault(&["drill", "pgdb"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("other than physical base backups"),
+        "{}",
+        stderr(&out)
+    );
 }
