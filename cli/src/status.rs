@@ -36,12 +36,17 @@ pub(crate) struct SourceStatus {
     pub(crate) last_success: Option<Success>,
     pub(crate) last_failure: Option<Failure>,
     /// "success", "incomplete" (saved without entries that could not be
-    /// read) or "failure": the outcome of the latest run.
+    /// read) or "failure": the outcome of the latest run (but a base
+    /// backup's, under `physical`).
     pub(crate) last_result: Option<String>,
     /// The latest drill, passed or failed.
     pub(crate) last_drill: Option<DrillRun>,
     /// When a drill last passed: what `drill_max_age` is measured from.
     pub(crate) last_drill_passed: Option<String>,
+    /// `backup --physical` runs of a postgres source, kept apart from its
+    /// dumps: a base backup that works must not hide a dump that fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) physical: Option<Box<SourceStatus>>,
 }
 
 impl SourceStatus {
@@ -49,6 +54,7 @@ impl SourceStatus {
     /// incomplete.
     pub(crate) fn needs_attention(&self) -> bool {
         matches!(self.last_result.as_deref(), Some("failure" | "incomplete"))
+            || self.physical.as_ref().is_some_and(|p| p.needs_attention())
     }
 
     /// Whether the latest drill failed: the backups may not restore.

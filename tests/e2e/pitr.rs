@@ -976,10 +976,6 @@ fn a_base_backup_whose_wal_is_archived_elsewhere_fails_and_is_not_kept() {
         stderr(&out)
     );
     assert_eq!(physical(), 1, "the unrestorable base backup was kept");
-    t.psql(&port, "ALTER SYSTEM RESET archive_command");
-    t.psql(&port, "SELECT pg_reload_conf()");
-    assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
-    assert_eq!(physical(), 2);
     // A drill loads dumps; with base backups only it says so.
     let out = t.vault(&["drill", "pgdb"]);
     assert!(!out.status.success());
@@ -988,4 +984,19 @@ fn a_base_backup_whose_wal_is_archived_elsewhere_fails_and_is_not_kept() {
         "{}",
         stderr(&out)
     );
+    // A dump that works does not hide the failing base backups: they are
+    // recorded apart.
+    assert_success(&t.vault(&["backup", "pgdb"]));
+    assert_success(&t.vault(&["drill", "pgdb"]));
+    let out = t.vault(&["status", "--json"]);
+    assert_code(&out, 1);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &status["sources"][0];
+    assert_eq!(row["last_result"], "success", "{status}");
+    assert_eq!(row["physical"]["last_result"], "failure", "{status}");
+    t.psql(&port, "ALTER SYSTEM RESET archive_command");
+    t.psql(&port, "SELECT pg_reload_conf()");
+    assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
+    assert_eq!(physical(), 2);
+    assert_success(&t.vault(&["status"]));
 }

@@ -526,7 +526,7 @@ fn run_sources(
                     .collect();
                 // The open failure is what to report; a status file that
                 // cannot be written must not hide it.
-                if let Err(re) = record(config, &status_path, &host, &outcomes) {
+                if let Err(re) = record(config, &status_path, &host, args.physical, &outcomes) {
                     eprintln!("vault: warning: {re:#}");
                 }
             }
@@ -682,7 +682,7 @@ fn run_sources(
         outcomes.push((name, result.map_err(|e| format!("{e:#}"))));
     }
     if !args.dry_run {
-        record(config, &status_path, &host, &outcomes)?;
+        record(config, &status_path, &host, args.physical, &outcomes)?;
     }
     if failed > 0 {
         eprintln!("vault: {failed} of {} sources failed", outcomes.len());
@@ -739,7 +739,7 @@ fn interrupted(
     outcomes: Vec<(String, Result<backup::BackupReport, String>)>,
 ) -> Result<ExitCode> {
     if !args.dry_run
-        && let Err(e) = record(config, status_path, host, &outcomes)
+        && let Err(e) = record(config, status_path, host, args.physical, &outcomes)
     {
         eprintln!("vault: warning: {e:#}");
     }
@@ -747,11 +747,13 @@ fn interrupted(
 }
 
 /// Updates the status file, sends failure alerts and, when due, the
-/// success heartbeat.
+/// success heartbeat. Base backups (`physical`) are recorded apart from a
+/// source's dumps: one that works must not hide dumps that fail.
 fn record(
     config: &Config,
     status_path: &std::path::Path,
     host: &str,
+    physical: bool,
     outcomes: &[(String, Result<backup::BackupReport, String>)],
 ) -> Result<()> {
     let (mut file, damaged) = status::StatusFile::load_or_set_aside(status_path);
@@ -762,6 +764,11 @@ fn record(
     let now_text = now.to_string();
     for (name, outcome) in outcomes {
         let entry = file.sources.entry(name.clone()).or_default();
+        let entry = if physical {
+            &mut **entry.physical.get_or_insert_with(Box::default)
+        } else {
+            entry
+        };
         match outcome {
             Ok(report) => {
                 entry.last_success = Some(status::Success {

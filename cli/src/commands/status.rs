@@ -73,7 +73,17 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
             .sum();
         let added: u64 = mine.iter().map(|(_, s)| s.summary.data_added).sum();
         let stored: u64 = mine.iter().map(|(_, s)| s.summary.data_added_packed).sum();
-        let latest = mine.last();
+        // A postgres source's dumps say whether it is stale when it has
+        // any: base backups (`--physical`) going on must not hide dumps
+        // that stopped.
+        let is_physical =
+            |s: &vault_engine::snapshot::Snapshot| s.tags.iter().any(|t| t == "physical");
+        let latest = mine
+            .iter()
+            .rev()
+            .find(|(_, s)| !is_physical(s))
+            .or_else(|| mine.last())
+            .copied();
         let entry = file.sources.get(name).cloned().unwrap_or_default();
         let failing = entry.needs_attention();
         let age = latest.map(|(_, s)| now.as_second() - s.time.timestamp().as_second());
@@ -131,6 +141,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
             "last_result": entry.last_result,
             "last_success": entry.last_success,
             "last_failure": entry.last_failure,
+            "physical": entry.physical,
             "last_drill": entry.last_drill,
             "last_drill_passed": entry.last_drill_passed,
             "drill_max_age_seconds": drill.max_age.map(|d| d.as_secs()),
@@ -155,17 +166,32 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
             let age = r["age_seconds"].as_i64().map_or("never".to_owned(), |s| {
                 output::duration(s.max(0).unsigned_abs())
             });
+            // A failing base backup shows when the dumps are fine.
+            let physical = &r["physical"];
+            let failing = |v: &serde_json::Value| {
+                matches!(v["last_result"].as_str(), Some("failure" | "incomplete"))
+            };
+            let shown = if !failing(r) && failing(physical) {
+                physical
+            } else {
+                r
+            };
             let result = if r["stale"].as_bool() == Some(true) {
                 "stale"
             } else {
-                r["last_result"].as_str().unwrap_or("-")
+                shown["last_result"].as_str().unwrap_or("-")
             };
-            let failure = r["last_failure"]
+            let failure = shown["last_failure"]
                 .as_object()
                 .map(|f| {
                     format!(
-                        "{} {}",
+                        "{} {}{}",
                         f["time"].as_str().unwrap_or(""),
+                        if std::ptr::eq(shown, physical) {
+                            "base backup: "
+                        } else {
+                            ""
+                        },
                         f["error"].as_str().unwrap_or("")
                     )
                 })
