@@ -999,4 +999,11 @@ fn a_base_backup_whose_wal_is_archived_elsewhere_fails_and_is_not_kept() {
     assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
     assert_eq!(physical(), 2);
     assert_success(&t.vault(&["status"]));
+    // Staleness is the dumps': a fresh base backup does not reset it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_success(&t.vault(&["backup", "pgdb", "--physical"]));
+    let out = t.vault(&["status", "--json", "--max-age", "3s"]);
+    assert_code(&out, 1);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["sources"][0]["stale"], true, "{status}");
 }
