@@ -1122,6 +1122,10 @@ impl Ctx<'_> {
             ))
         };
         let stderr_tail = pass_stderr_through(child.stderr.take().expect("stderr is piped"));
+        let stdout = Stoppable {
+            inner: stdout,
+            stop: [timed_out.clone(), self.options.cancel.clone()],
+        };
         // The tree is saved only after the exit status is known.
         let result = self.save_content(stdout, None).and_then(|(content, size)| {
             let ids = content
@@ -1140,6 +1144,7 @@ impl Ctx<'_> {
                 if timed_out.load(Ordering::SeqCst) {
                     return Err(timeout_error());
                 }
+                self.check_cancel()?;
                 return Err(match e {
                     ContentError::Read(e) => {
                         Error::SourceFailed(format!("reading output of `{shown}`: {e}"))
@@ -1175,6 +1180,36 @@ impl Ctx<'_> {
         self.counters.files_new.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes.fetch_add(size, Ordering::Relaxed);
         Ok(self.stream_node(filename, content, size))
+    }
+}
+
+/// A command's standard output that stops blocking once a stop flag is set
+/// (its timeout passed, or Ctrl-C): stopping the command's process group
+/// does not close the pipe when something it started left the group
+/// (`setsid`, a daemonizing ssh) and holds it, and reading to the end
+/// would wait for that process however long it lives.
+struct Stoppable {
+    inner: std::process::ChildStdout,
+    stop: [Arc<AtomicBool>; 2],
+}
+
+impl Read for Stoppable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        loop {
+            if self.stop.iter().any(|s| s.load(Ordering::SeqCst)) {
+                return Err(std::io::Error::other("the command was stopped"));
+            }
+            let mut fds = [PollFd::new(self.inner.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(100u16)) {
+                // Nothing yet: look at the flags again.
+                Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                // Data, or the end (POLLHUP): read says which.
+                Ok(_) => return self.inner.read(buf),
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 

@@ -1247,6 +1247,49 @@ max_age = "2d"
     assert_eq!(stale[1].1, "no backup yet (expected within 2d)");
 }
 
+/// A command source whose command started something that left its process
+/// group (`setsid`) and holds standard output still fails at its timeout:
+/// vault used to read until that process ended, however long it lived.
+#[test]
+fn a_timeout_is_kept_when_an_escaped_grandchild_holds_the_output() {
+    let env = Env::new();
+    // A marker to find the grandchild by: it outlives the backup.
+    let marker = format!("20.{}", std::process::id() % 997);
+    let config = write_config(
+        &env,
+        &format!(
+            r#"
+[[source]]
+name = "escaper"
+kind = "command"
+command = ["sh", "-c", "echo data; setsid sleep {marker} & exit 0"]
+timeout = "2s"
+"#
+        ),
+    );
+    let out = vault_with(&env, &config, &["backup", "escaper"]);
+    let running = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &format!("sleep {marker}")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let still_running = running();
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", &format!("sleep {marker}")])
+        .status();
+    assert_code(&out, 6);
+    assert!(
+        stderr(&out).contains("was still running after 2s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(still_running, "vault waited for the escaped process to end");
+    assert_eq!(tagged(&env, "escaper"), 0);
+}
+
 /// Drills are recorded in the status file: `vault status` shows when one
 /// last passed, fails (exit 1) while the latest drill failed or none passed
 /// within `drill_max_age`, and with `--alert` posts `drill_stale`; the
