@@ -247,8 +247,20 @@ pub(crate) fn exclusive_lock(
                         std::thread::sleep(pause.min(deadline - now));
                         pause = (pause * 2).min(std::time::Duration::from_secs(30));
                     }
-                    _ => return Err(e.into()),
+                    _ => {
+                        return Err(anyhow::Error::from(e).context(format!(
+                            "cannot take the repository's lock for {purpose}: a lock not refreshed for {} minutes is stale and taken over; if its holder is gone for good (a crashed host), `vault unlock` removes it now",
+                            vault_engine::lock::LOCK_STALE_SECS / 60
+                        )));
+                    }
                 }
+            }
+            // A full repository disk fails the lock first: no maintenance
+            // command can free space then, so say how to get out.
+            Err(e) if e.kind() == vault_engine::ErrorKind::NoSpace => {
+                return Err(anyhow::Error::from(e).context(
+                    "the repository's storage is full: vault needs a few KB to take its lock; free a little space there by hand, then `vault forget --prune` and `vault prune --instant-delete` reclaim what snapshots no longer use",
+                ));
             }
             other => return Ok(other?),
         }

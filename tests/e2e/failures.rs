@@ -512,6 +512,23 @@ fn a_full_disk_exits_7_and_loses_nothing() {
     std::fs::create_dir_all(&small).unwrap();
     std::fs::write(small.join("note"), b"fits").unwrap();
     assert_success(&on_small(&["backup", small.to_str().unwrap()]));
+    // Full to the last byte: maintenance cannot even take its lock, and
+    // says how to get out.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 4096]).is_ok() {}
+    }
+    let out = on_small(&["forget", "--keep-last", "1", "--prune"]);
+    assert_code(&out, 7);
+    assert!(
+        stderr(&out).contains("free a little space"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert_success(&on_small(&["forget", "--keep-last", "1", "--prune"]));
 
     // Restoring 9 MB into 4 MB.
     assert_success(&env.vault(&["backup", "--compression", "none", src.to_str().unwrap()]));

@@ -358,6 +358,7 @@ fn held_lock_exits_11_naming_the_holder_and_stale_locks_are_cleared(backend: Bac
         err.contains("locked") && err.contains(&format!("pid {}", holder.id())),
         "{err}"
     );
+    assert!(err.contains("`vault unlock`"), "{err}");
     // --retry-lock waits for the lock, up to its limit.
     let started = Instant::now();
     assert_code(&env.vault(&["prune", "--retry-lock", "2s"]), 11);
