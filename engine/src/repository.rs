@@ -261,6 +261,7 @@ impl Repository {
             .list(FileKind::Key.prefix())
             .map_err(|e| Error::backend("keys/", e))?;
         let listed = keys.len();
+        let mut malformed = 0;
         let mut files = Vec::with_capacity(keys.len());
         for info in keys {
             // A store that fails here must not pass for a wrong password.
@@ -271,6 +272,7 @@ impl Repository {
             };
             let Ok(file) = KeyFile::decode(&bytes) else {
                 tracing::warn!("skipping malformed key file {}", info.path);
+                malformed += 1;
                 continue;
             };
             files.push((info, bytes, file));
@@ -287,6 +289,16 @@ impl Repository {
             return Err(Error::NotFound {
                 object: "every key file (keys/; `vault key import` restores an exported key)"
                     .into(),
+            });
+        }
+        // Key files that do not even parse are damage, not a wrong
+        // password: said so, or the user would go on trying passwords.
+        if files.is_empty() && malformed > 0 {
+            return Err(Error::Corrupt {
+                object: "keys/".into(),
+                reason: format!(
+                    "every key file is damaged ({malformed} malformed): restore keys/ from a copy, or `vault key import` an exported key"
+                ),
             });
         }
         files.sort_by_key(|(_, _, f)| {

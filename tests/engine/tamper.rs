@@ -120,21 +120,47 @@ fn config_flipped_byte_is_reported_corrupt() {
 }
 
 #[test]
-fn key_file_flipped_byte_is_reported_as_wrong_password() {
+fn key_file_flipped_byte_is_reported_as_wrong_password_or_damage() {
     let fx = Fixture::new();
     for object in fx.objects("keys/") {
         for pos in positions(object_len(&fx, &object)) {
             let copy = fx.tampered(&object, pos);
-            // With a single key, a damaged key file and a wrong password are
-            // indistinguishable; the message says so ("… or damaged key file").
+            // A key file that no longer parses is damage (the only one:
+            // nothing to try a password on). One that parses but does not
+            // open cannot be told from a wrong password; the message says
+            // so ("… or damaged key file").
             let opened = Repository::open(backend(copy.path()), &password());
-            assert_reported(opened, ErrorKind::WrongPassword, "key file");
+            match &opened {
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    assert!(e.to_string().contains("vault key import"), "{e}");
+                }
+                _ => assert_reported(opened, ErrorKind::WrongPassword, "key file"),
+            }
             // The master key itself is not in the key file: the rest of the
             // repository is intact and still opens with it.
             let repo = Repository::open_with_key(backend(copy.path()), fx.key.clone())
                 .expect("open with master key");
             assert_eq!(repo.snapshots().expect("snapshots").len(), 1);
         }
+    }
+}
+
+/// The only key file cut short no longer parses: that is damage (exit 5,
+/// pointing at an exported key), not a wrong password to try again.
+#[test]
+fn the_only_key_file_truncated_is_reported_corrupt_not_wrong_password() {
+    let fx = Fixture::new();
+    for object in fx.objects("keys/") {
+        let copy = tempfile::tempdir_in(fx.dir.path()).expect("tempdir");
+        copy_dir(&fx.repo_dir, copy.path());
+        let path = copy.path().join(&object);
+        let bytes = std::fs::read(&path).expect("read key file");
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).expect("truncate");
+        let Err(err) = Repository::open(backend(copy.path()), &password()) else {
+            panic!("a truncated key file opened");
+        };
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(err.to_string().contains("vault key import"), "{err}");
     }
 }
 
