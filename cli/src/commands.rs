@@ -64,6 +64,14 @@ pub(crate) enum Command {
     /// Check the repository's structure, and with --verify its data.
     Check(check::CheckArgs),
     /// Repair a damaged repository.
+    ///
+    /// After `check --verify` finds damage: `repair index --read-data`
+    /// (rebuilds the index; a pack whose header cannot be read, truncated
+    /// or damaged, is left out and its blobs are lost), then `repair
+    /// snapshots --forget` (drops the files whose data is lost; it ignores
+    /// such packs, naming them), then `backup` to store that content again.
+    /// `prune` removes the unreadable packs as any pack in no index: marked
+    /// first, deleted after the delete margin.
     #[command(subcommand)]
     Repair(RepairCommand),
     /// Remove snapshots by a retention policy (GFS), optionally pruning.

@@ -255,7 +255,7 @@ pub fn used_blobs(
     used.extend(wal);
     if let Some(missing) = used.iter().find(|id| !index.contains(id)) {
         return Err(Error::InvalidInput(format!(
-            "cannot prune: blob {missing} is used by a snapshot but in no index; run `vault repair index` first"
+            "cannot prune: blob {missing} is used by a snapshot but in no index; run `vault repair index` first, then `vault repair snapshots --forget` if its pack cannot be read"
         )));
     }
     Ok((used, snapshots.len() as u64))

@@ -6,7 +6,7 @@
 //! the rewritten snapshot is saved before the original is removed.
 
 use crate::backup::{Saver, SaverStats, TreeSink};
-use crate::check::{stored_packs, unreadable_blobs};
+use crate::check::{read_pack_header, stored_packs, unreadable_blobs};
 use crate::compress::Compression;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId};
@@ -38,6 +38,11 @@ pub struct RepairIndexReport {
     /// With `read_data`: blobs left out because their stored bytes fail
     /// authentication or do not hash to their id, as `pack ID: blob ID`.
     pub blobs_damaged: Vec<String>,
+    /// With `read_data`: packs whose content does not hash to their name
+    /// (another pack's bytes copied over it, or a pack renamed): left out
+    /// of the index, their sound blobs that no other pack holds stored
+    /// again, then deleted (they are also in `packs_salvaged`).
+    pub packs_misnamed: Vec<String>,
     /// Old index files removed.
     pub indexes_removed: u64,
     /// New index files written.
@@ -73,6 +78,8 @@ pub fn repair_index(
     let mut salvaged: Vec<PackId> = Vec::new();
     let mut failed_save: Option<Error> = None;
     let mut stopped = false;
+    // With `read_data`: packs whose content does not hash to their name.
+    let mut misnamed: Vec<PackId> = Vec::new();
     'packs: for (id, size) in stored {
         if cancel.load(Ordering::SeqCst) {
             stopped = true;
@@ -111,49 +118,61 @@ pub fn repair_index(
             packs.push(IndexedPack { id, size, blobs });
             continue;
         }
-        let opened: Vec<(PackedBlob, Option<Vec<u8>>)> = blobs
-            .into_iter()
-            .map(|b| {
-                let plain = usize::try_from(b.offset)
-                    .ok()
-                    .and_then(|at| bytes.get(at..at.checked_add(b.length as usize)?))
-                    .and_then(|stored| {
-                        crate::blob::open(repo.key(), b.kind, &b.id, b.raw_len, stored).ok()
-                    });
-                (b, plain)
-            })
-            .collect();
+        let opened = open_blobs(repo, &bytes, blobs);
         if opened.iter().all(|(_, plain)| plain.is_some()) {
+            // Sound blobs under another pack's name (its bytes copied over
+            // this one, or a pack renamed): indexed here, it failed every
+            // `check --verify` (pack_hash) and no repair mended that. Its
+            // blobs are stored again below unless a pack of its own name
+            // holds them, which only the whole loop tells; then it is
+            // deleted. (A damaged blob also changes the hash: salvaged
+            // below as any damaged pack.)
+            if PackId::of_bytes(&bytes) != id {
+                misnamed.push(id);
+                continue;
+            }
             report.packs_indexed += 1;
             report.blobs += opened.len() as u64;
             let blobs = opened.into_iter().map(|(b, _)| b).collect();
             packs.push(IndexedPack { id, size, blobs });
             continue;
         }
-        let saver = saver.get_or_insert_with(|| {
-            Saver::start(
-                repo.clone(),
-                Arc::new(crate::index::IndexBuilder::new().finish()),
-                Compression::default(),
-                2,
-                Arc::new(SaverStats::default()),
-            )
-        });
-        for (b, plain) in opened {
-            match plain {
-                Some(plain) => {
-                    if let Err(e) = saver.save_with_id(b.kind, b.id, plain) {
-                        failed_save = Some(e);
-                        break 'packs;
-                    }
-                    report.blobs += 1;
-                }
-                None => report
-                    .blobs_damaged
-                    .push(format!("pack {id}: blob {}", b.id)),
-            }
+        let saver = saver.get_or_insert_with(|| start_saver(repo));
+        if let Err(e) = salvage(saver, id, opened, &HashSet::new(), &mut report) {
+            failed_save = Some(e);
+            break 'packs;
         }
         salvaged.push(id);
+    }
+    if !misnamed.is_empty() && failed_save.is_none() && !stopped {
+        let held: HashSet<BlobId> = packs
+            .iter()
+            .flat_map(|p| p.blobs.iter().map(|b| b.id))
+            .collect();
+        for id in misnamed {
+            let path = FileKind::Pack.path(&id.to_hex());
+            let bytes = repo
+                .backend()
+                .get(&path)
+                .map_err(|e| Error::backend(format!("pack {id}"), e))?;
+            let size = bytes.len() as u64;
+            let tail = &bytes[(size - pack::tail_len(size)) as usize..];
+            let blobs = match pack::read_header(repo.key(), size, tail) {
+                Ok(blobs) => blobs,
+                Err(e) => {
+                    report.packs_unreadable.push(format!("pack {id}: {e}"));
+                    continue;
+                }
+            };
+            let opened = open_blobs(repo, &bytes, blobs);
+            let saver = saver.get_or_insert_with(|| start_saver(repo));
+            if let Err(e) = salvage(saver, id, opened, &held, &mut report) {
+                failed_save = Some(e);
+                break;
+            }
+            report.packs_misnamed.push(id.to_hex());
+            salvaged.push(id);
+        }
     }
     // finish first: it says why the pipeline stopped (a full disk) where a
     // failed save only says that it did.
@@ -203,6 +222,62 @@ pub fn repair_index(
     Ok(report)
 }
 
+/// A saver for blobs stored again, deduplicating only among themselves.
+fn start_saver(repo: &Arc<Repository>) -> Saver {
+    Saver::start(
+        repo.clone(),
+        Arc::new(crate::index::IndexBuilder::new().finish()),
+        Compression::default(),
+        2,
+        Arc::new(SaverStats::default()),
+    )
+}
+
+/// Opens (authenticates and hashes) each blob of a whole pack: its
+/// plaintext, or `None` if damaged.
+fn open_blobs(
+    repo: &Repository,
+    bytes: &[u8],
+    blobs: Vec<PackedBlob>,
+) -> Vec<(PackedBlob, Option<Vec<u8>>)> {
+    blobs
+        .into_iter()
+        .map(|b| {
+            let plain = usize::try_from(b.offset)
+                .ok()
+                .and_then(|at| bytes.get(at..at.checked_add(b.length as usize)?))
+                .and_then(|stored| {
+                    crate::blob::open(repo.key(), b.kind, &b.id, b.raw_len, stored).ok()
+                });
+            (b, plain)
+        })
+        .collect()
+}
+
+/// Stores the sound blobs of pack `id` again, except those in `held`
+/// (indexed in another pack); the damaged ones are reported.
+fn salvage(
+    saver: &Saver,
+    id: PackId,
+    opened: Vec<(PackedBlob, Option<Vec<u8>>)>,
+    held: &HashSet<BlobId>,
+    report: &mut RepairIndexReport,
+) -> Result<()> {
+    for (b, plain) in opened {
+        match plain {
+            Some(_) if held.contains(&b.id) => {}
+            Some(plain) => {
+                saver.save_with_id(b.kind, b.id, plain)?;
+                report.blobs += 1;
+            }
+            None => report
+                .blobs_damaged
+                .push(format!("pack {id}: blob {}", b.id)),
+        }
+    }
+    Ok(())
+}
+
 /// One rewritten snapshot.
 #[derive(Debug, Serialize)]
 pub struct RepairedSnapshot {
@@ -224,6 +299,10 @@ pub struct RepairSnapshotsReport {
     /// Snapshot objects that cannot be read at all (they fail to decrypt
     /// or decode): nothing to rewrite, only to remove.
     pub unreadable: Vec<UnreadableSnapshot>,
+    /// Packs no index lists whose header cannot be read (truncated or
+    /// damaged), as `pack ID: why`: `repair index` cannot adopt them, so
+    /// their blobs count as lost; `prune` removes them.
+    pub packs_ignored: Vec<String>,
 }
 
 /// A snapshot object that cannot be read.
@@ -310,19 +389,35 @@ pub fn repair_snapshots(
     // that would pass for lost: the snapshots using them would be cut
     // down, and with --forget the intact originals deleted. Leftovers of
     // an interrupted backup look the same; `repair index` adopts both.
+    // Not a pack whose header cannot be read (truncated, damaged): `repair
+    // index` cannot adopt it either, so refusing for it sent the user from
+    // one command to the other forever. Its blobs are lost; it is named
+    // and left for prune. A pack of a backup still running is never such
+    // a pack: both backends make a pack visible only whole (a local file
+    // is linked into place once written, an S3 object appears complete),
+    // so its header reads and this still refuses.
     let indexed: HashSet<_> = index.packs().map(|(pack, _)| pack).collect();
-    let unindexed = stored_packs(repo)?
-        .into_keys()
-        .filter(|pack| !indexed.contains(pack))
-        .count();
-    if unindexed > 0 {
+    let mut unindexed: Vec<_> = stored_packs(repo)?
+        .into_iter()
+        .filter(|(pack, _)| !indexed.contains(pack))
+        .collect();
+    unindexed.sort();
+    let mut adoptable = 0;
+    let mut report = RepairSnapshotsReport::default();
+    for (pack, size) in unindexed {
+        match read_pack_header(repo, &pack, size)? {
+            Some(Ok(_)) => adoptable += 1,
+            Some(Err(e)) => report.packs_ignored.push(format!("pack {pack}: {e}")),
+            None => {} // deleted meanwhile
+        }
+    }
+    if adoptable > 0 {
         return Err(Error::InvalidInput(format!(
-            "{unindexed} stored packs are in no index (an index file lost or damaged, or an interrupted backup): their data would be taken for lost; run `vault repair index` first, then this again"
+            "{adoptable} stored packs are in no index (an index file lost or damaged, or an interrupted backup): their data would be taken for lost; run `vault repair index` first, then this again"
         )));
     }
     let bad = unreadable_blobs(repo, &index, verify)?;
     let sink = TreeSink::new(repo, &index, dry_run);
-    let mut report = RepairSnapshotsReport::default();
     let mut pending: Vec<(SnapshotId, crate::snapshot::Snapshot, Vec<PathBuf>)> = Vec::new();
     {
         let mut rw = Rewriter {

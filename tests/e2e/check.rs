@@ -514,3 +514,212 @@ fn a_pack_deleted_during_verify_is_reported_not_verified() {
     assert_eq!(v["packs_verified"], v["packs"].as_u64().unwrap() - 1, "{v}");
     assert_eq!(v["ok"], false, "{v}");
 }
+
+/// A repository of 1 MiB packs holding six distinct files, backed up twice.
+fn several_packs_fixture(backend: Backend) -> (Env, PathBuf) {
+    let env = Env::with_small_packs(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..6u64 {
+        std::fs::write(src.join(format!("f{i}")), pseudo_random(700_000, i)).unwrap();
+    }
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    std::fs::write(src.join("later.txt"), b"second snapshot").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    (env, src)
+}
+
+/// No finding but blobs prune leaves unused (below its unused-space
+/// tolerance).
+fn assert_clean(v: &serde_json::Value) {
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["kind"] == "blobs_unused"),
+        "{v}"
+    );
+}
+
+/// The data packs of the first backup (the biggest), biggest first: not
+/// the small one holding only `later.txt`.
+fn big_data_packs(env: &Env) -> Vec<String> {
+    let sizes = env.sizes_under("data");
+    let mut packs = packs_of_kind(env, "data");
+    packs.sort_by_key(|p| std::cmp::Reverse(sizes[p]));
+    packs.truncate(packs.len() - 1);
+    packs
+}
+
+/// Restores `snapshot` and checks that every file it holds is identical to
+/// its source, returning how many of the six big files it holds.
+fn restored_files_match(env: &Env, src: &Path, snapshot: &str) -> usize {
+    let target = env.path(&format!("restore-{}", rand_suffix()));
+    assert_success(&env.vault(&["restore", snapshot, "--target", target.to_str().unwrap()]));
+    let root = target.join(src.strip_prefix("/").unwrap());
+    let mut held = 0;
+    for i in 0..6u64 {
+        let path = root.join(format!("f{i}"));
+        if path.exists() {
+            assert_eq!(std::fs::read(&path).unwrap(), pseudo_random(700_000, i));
+            held += 1;
+        }
+    }
+    assert_eq!(
+        std::fs::read(root.join("later.txt")).unwrap(),
+        b"second snapshot"
+    );
+    held
+}
+
+/// The README recipe after a data pack is truncated: `repair index
+/// --read-data`, `repair snapshots --forget`, `backup`, then `prune`. The
+/// pack's header cannot be read, so `repair index` leaves it unindexed;
+/// `repair snapshots` refused while any pack was unindexed and `prune`
+/// refused while a snapshot used its blobs, each sending the user to `repair
+/// index`, which could not help: the recipe never finished.
+fn truncated_pack_repair_sequence_completes(backend: Backend, cut: fn(usize) -> usize) {
+    let (env, src) = several_packs_fixture(backend);
+    let packs = big_data_packs(&env);
+    assert!(packs.len() >= 3, "{packs:?}");
+    let victim = packs[1].clone();
+    let name = key_name(&victim).to_owned();
+    let bytes = env.read_object(&victim);
+    env.write_object(&victim, &bytes[..cut(bytes.len())]);
+
+    let out = env.vault(&["repair", "index", "--read-data"]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&name) && err.contains("`vault repair snapshots --forget`"),
+        "{err}"
+    );
+    assert!(env.objects_under("data").contains(&victim), "not deleted");
+
+    let out = env.vault(&["repair", "snapshots", "--forget"]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(err.contains(&name) && err.contains("ignored"), "{err}");
+    let repaired = env.snapshots();
+    assert_eq!(repaired.len(), 2);
+    // The files the other packs hold survive, identical.
+    let latest = repaired
+        .iter()
+        .max_by_key(|s| s["time"].as_str().unwrap().to_owned())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let survived = restored_files_match(&env, &src, &latest);
+    assert!((1..6).contains(&survived), "{survived} files survived");
+
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    assert_success(&env.vault(&["prune"]));
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(errors(&v).is_empty(), "{v}");
+    assert_eq!(restored_files_match(&env, &src, "latest"), 6);
+    // Removed as any pack in no index (here without the delete margin).
+    assert_success(&env.vault(&["prune", "--instant-delete"]));
+    assert!(!env.objects_under("data").contains(&victim));
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 0, "{v}");
+    assert_clean(&v);
+    assert_eq!(restored_files_match(&env, &src, &latest), survived);
+}
+
+backend_test!(pack_cut_by_100_bytes_repair_sequence_completes);
+fn pack_cut_by_100_bytes_repair_sequence_completes(backend: Backend) {
+    truncated_pack_repair_sequence_completes(backend, |len| len - 100);
+}
+
+backend_test!(pack_cut_in_half_repair_sequence_completes);
+fn pack_cut_in_half_repair_sequence_completes(backend: Backend) {
+    truncated_pack_repair_sequence_completes(backend, |len| len / 2);
+}
+
+/// A pack that lost its index file still blocks `repair snapshots` (its
+/// data would be taken for lost) beside a truncated one, which does not.
+#[test]
+fn repair_snapshots_still_refuses_for_an_adoptable_pack_beside_an_unreadable_one() {
+    let (env, _) = several_packs_fixture(Backend::Local);
+    let packs = big_data_packs(&env);
+    let bytes = env.read_object(&packs[1]);
+    env.write_object(&packs[1], &bytes[..bytes.len() / 2]);
+    assert_success(&env.vault(&["repair", "index"]));
+    for index in env.objects_under("index") {
+        env.delete_object(&index);
+    }
+    let before = env.objects_under("snapshots");
+    let out = env.vault(&["repair", "snapshots", "--forget"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("run `vault repair index` first"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.objects_under("snapshots"), before);
+}
+
+backend_test!(pack_overwritten_by_another_is_salvaged_by_repair_index_read_data);
+/// A pack whose bytes were replaced by another pack's (`cp data/B data/A`):
+/// its blobs are valid copies, so `repair index --read-data` indexed them
+/// under the wrong name and `check --verify` kept reporting `pack_hash`
+/// after the whole recipe. Now the pack is left out and deleted (B holds
+/// all its blobs), A's own lost blobs are dropped by `repair snapshots`,
+/// and after a backup everything verifies.
+fn pack_overwritten_by_another_is_salvaged_by_repair_index_read_data(backend: Backend) {
+    let (env, src) = several_packs_fixture(backend);
+    let packs = big_data_packs(&env);
+    assert!(packs.len() >= 3, "{packs:?}");
+    let (a, b) = (packs[1].clone(), packs[2].clone());
+    env.write_object(&a, &env.read_object(&b));
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 5, "{v}");
+
+    let out = env.vault(&["repair", "index", "--read-data"]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains(key_name(&a)) && err.contains("does not match its name"),
+        "{err}"
+    );
+    assert!(
+        !env.objects_under("data").contains(&a),
+        "misnamed pack kept"
+    );
+    assert!(env.objects_under("data").contains(&b));
+    assert_success(&env.vault(&["repair", "snapshots", "--forget"]));
+    let survived = restored_files_match(&env, &src, "latest");
+    assert!((1..6).contains(&survived), "{survived} files survived");
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    assert_success(&env.vault(&["prune"]));
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 0, "{v}");
+    assert_clean(&v);
+    assert_eq!(restored_files_match(&env, &src, "latest"), 6);
+}
+
+/// A pack renamed (its bytes under another name, the original gone) holds
+/// the only copies of its blobs: `repair index --read-data` stores them
+/// again before deleting it, so nothing readable is lost.
+#[test]
+fn renamed_pack_blobs_are_kept_by_repair_index_read_data() {
+    let (env, src) = several_packs_fixture(Backend::Local);
+    let packs = big_data_packs(&env);
+    let a = packs[1].clone();
+    let bytes = env.read_object(&a);
+    env.delete_object(&a);
+    // Same directory, another name.
+    let last = if a.ends_with('0') { "1" } else { "0" };
+    let renamed = format!("{}{last}", &a[..a.len() - 1]);
+    env.write_object(&renamed, &bytes);
+    let out = env.vault(&["repair", "index", "--read-data"]);
+    assert_success(&out);
+    assert!(!env.objects_under("data").contains(&renamed));
+    let (code, v) = check_json(&env, &["--verify"]);
+    assert_eq!(code, 0, "{v}");
+    assert_clean(&v);
+    assert_eq!(restored_files_match(&env, &src, "latest"), 6);
+}

@@ -30,6 +30,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &RepairSnapshotsArgs) -> Result<ExitCode
         output::print_json(&report)?;
         return Ok(ExitCode::SUCCESS);
     }
+    for p in &report.packs_ignored {
+        eprintln!(
+            "vault: warning: {p}: ignored, in no index and its header unreadable (`vault repair index` cannot adopt it): its blobs count as lost; `vault prune` removes it"
+        );
+    }
     for u in &report.unreadable {
         if u.removed {
             outln!(
