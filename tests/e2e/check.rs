@@ -474,13 +474,17 @@ fn a_pack_deleted_during_verify_is_reported_not_verified() {
     let env = Env::with_small_packs(Backend::Local);
     let src = env.path("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("data"), pseudo_random(4_000_000, 11)).unwrap();
+    // Files below the average chunk size: one blob each whatever the
+    // repository's chunker seed, so at least three 1 MiB packs.
+    for i in 0..6u64 {
+        std::fs::write(src.join(format!("f{i}")), pseudo_random(600_000, 11 + i)).unwrap();
+    }
     assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
     let mut data = packs_of_kind(&env, "data");
     data.sort();
     assert!(data.len() >= 3, "{data:?}");
     // Packs are verified in id order, one at a time at 256 KiB/s: the last
-    // is read some 12 s after the start.
+    // is read some 10 s after the start.
     let child = env
         .command(&[
             "check",
