@@ -130,6 +130,8 @@ fn first_line(path: &std::path::Path, what: &str) -> Result<String> {
 pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Backend>> {
     let mut options = S3Options {
         allow_http: global.allow_http,
+        // An interrupted command must not wait out the retry window.
+        stop: Some(interrupted()),
         ..S3Options::default()
     };
     let from_config = config(global)?.map(|c| &c.repository);

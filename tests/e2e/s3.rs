@@ -397,6 +397,119 @@ mod proxy {
 
 use proxy::{Fault, FaultProxy};
 
+/// A TCP relay to the S3 server that can be taken down and brought back on
+/// the same port: down, its port refuses connections and the connections
+/// through it are cut, as when the server is killed (a stopped server,
+/// `kill -STOP`, would be a stall instead); up, it relays again. The shared
+/// test server stays up for the tests beside.
+mod relay {
+    use std::io;
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    struct Shared {
+        upstream: SocketAddr,
+        listener: Mutex<Option<TcpListener>>,
+        /// Both ends of every relayed connection, to cut them.
+        open: Mutex<Vec<TcpStream>>,
+        done: AtomicBool,
+    }
+
+    pub(crate) struct Relay {
+        addr: SocketAddr,
+        shared: Arc<Shared>,
+    }
+
+    impl Relay {
+        /// Relays a free loopback port to `upstream` (`http://HOST:PORT`).
+        pub(crate) fn start(upstream: &str) -> Self {
+            let upstream: SocketAddr = upstream
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .parse()
+                .unwrap();
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let shared = Arc::new(Shared {
+                upstream,
+                listener: Mutex::new(Some(listener)),
+                open: Mutex::new(Vec::new()),
+                done: AtomicBool::new(false),
+            });
+            let accepting = shared.clone();
+            std::thread::spawn(move || {
+                while !accepting.done.load(Ordering::SeqCst) {
+                    let accepted = match &*accepting.listener.lock().unwrap() {
+                        Some(l) => l.accept().ok(),
+                        None => None,
+                    };
+                    match accepted {
+                        Some((client, _)) => {
+                            let shared = accepting.clone();
+                            std::thread::spawn(move || {
+                                let _ = relay(&shared, client);
+                            });
+                        }
+                        None => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            });
+            Self { addr, shared }
+        }
+
+        /// `http://127.0.0.1:PORT`
+        pub(crate) fn endpoint(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// Closes the port (connections are refused) and cuts every
+        /// connection through it.
+        pub(crate) fn down(&self) {
+            drop(self.shared.listener.lock().unwrap().take());
+            for stream in self.shared.open.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+
+        /// Listens on the same port again.
+        pub(crate) fn up(&self) {
+            let listener = TcpListener::bind(self.addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            *self.shared.listener.lock().unwrap() = Some(listener);
+        }
+    }
+
+    impl Drop for Relay {
+        fn drop(&mut self) {
+            self.shared.done.store(true, Ordering::SeqCst);
+            self.down();
+        }
+    }
+
+    fn relay(shared: &Shared, client: TcpStream) -> io::Result<()> {
+        client.set_nonblocking(false)?;
+        let upstream = TcpStream::connect(shared.upstream)?;
+        {
+            let mut open = shared.open.lock().unwrap();
+            open.push(client.try_clone()?);
+            open.push(upstream.try_clone()?);
+        }
+        let (mut from, mut to) = (client.try_clone()?, upstream.try_clone()?);
+        let pump = std::thread::spawn(move || {
+            let _ = io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Write);
+        });
+        let (mut from, mut to) = (upstream, client);
+        let _ = io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+        let _ = pump.join();
+        Ok(())
+    }
+}
+
 /// Files of incompressible data from the kernel (quick even unoptimised).
 fn random_tree(root: &Path, files: usize, bytes_each: usize) {
     std::fs::create_dir_all(root).unwrap();
@@ -913,6 +1026,8 @@ fn persistent_faults_fail_the_backup_naming_the_object_and_record_no_snapshot() 
             .command(&["backup", src.to_str().unwrap()])
             .env("VAULT_REPOSITORY", &via)
             .env("VAULT_S3_MAX_RETRIES", "2")
+            // Past the budget at once: no retry window.
+            .env("VAULT_S3_RETRY_SECS", "0")
             .output()
             .unwrap();
         // 8: the storage kept failing.
@@ -1278,4 +1393,136 @@ fn missing_s3_credentials_are_named_instead_of_asking_instance_metadata() {
         ("VAULT_S3_MAX_RETRIES", "0"),
     ]);
     assert!(!stderr(&out).contains("credentials"), "{}", stderr(&out));
+}
+
+/// The S3 server goes away in the middle of a backup (its port refuses
+/// connections, the connections in flight are cut) and comes back seconds
+/// later, longer than a request's counted retries last: the backup waits
+/// for it (the retry window, `VAULT_S3_RETRY_SECS`) and succeeds. So does
+/// a restore that starts while the server is away.
+#[test]
+fn a_server_away_for_seconds_fails_neither_a_backup_nor_a_restore() {
+    if !Backend::S3.available() {
+        return;
+    }
+    let env = Env::uninitialised_on(Backend::S3);
+    init_with_pack_size(&env, 1);
+    let src = env.path("src");
+    random_tree(&src, 30, 1_000_000);
+    let relay = relay::Relay::start(&s3().endpoint);
+    let via = env.repo_via(&relay.endpoint());
+    let backup = env
+        .command(&["backup", src.to_str().unwrap(), "--compression", "none"])
+        .env("VAULT_REPOSITORY", &via)
+        .env_remove("VAULT_S3_RETRY_SECS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while env.objects_under("data").len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    relay.down();
+    let packs_when_down = env.objects_under("data").len();
+    let mut backup = backup;
+    // Away longer than the counted retries of a request last (seconds
+    // when connections are refused at once).
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        backup.try_wait().unwrap().is_none(),
+        "the backup ended while the server was away: {}",
+        stderr(&output_within(backup, Duration::ZERO))
+    );
+    relay.up();
+    let out = output_within(backup, Duration::from_secs(300));
+    assert_success(&out);
+    let packs = env.objects_under("data").len();
+    eprintln!("server away at {packs_when_down} packs; {packs} in the end");
+    assert!(
+        packs > packs_when_down,
+        "no pack was uploaded after the return"
+    );
+    assert_eq!(env.snapshots().len(), 1);
+    check_verify(&env);
+
+    // Away before the command starts, back a few seconds later.
+    relay.down();
+    let target = env.path("restored");
+    let restore = env
+        .command(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .env("VAULT_REPOSITORY", &via)
+        .env_remove("VAULT_S3_RETRY_SECS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut restore = restore;
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        restore.try_wait().unwrap().is_none(),
+        "the restore ended while the server was away: {}",
+        stderr(&output_within(restore, Duration::ZERO))
+    );
+    relay.up();
+    assert_success(&output_within(restore, Duration::from_secs(300)));
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    let (want, got) = (contents(&src), contents(&restored));
+    assert_eq!(want.len(), got.len(), "file count");
+    for (path, bytes) in &want {
+        assert!(got.get(path) == Some(bytes), "{path} differs after restore");
+    }
+}
+
+/// Nothing listens at the endpoint (connections refused at once): a
+/// command keeps trying for the retry window, 60 s by default, and fails
+/// with exit 8 once `VAULT_S3_RETRY_SECS` has passed; Ctrl-C ends the
+/// waiting at once rather than after the window.
+#[test]
+fn refused_connections_are_retried_for_the_retry_window() {
+    let env = Env::uninitialised();
+    let snapshots = |window: Option<&str>| {
+        let mut cmd = env.command(&["snapshots"]);
+        cmd.env("VAULT_REPOSITORY", "s3:http://127.0.0.1:1/vault-test/r1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("VAULT_S3_MAX_RETRIES")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        match window {
+            Some(secs) => cmd.env("VAULT_S3_RETRY_SECS", secs),
+            None => cmd.env_remove("VAULT_S3_RETRY_SECS"),
+        };
+        cmd.spawn().unwrap()
+    };
+    // A short window: fails once it passed. (The bound is for the test.)
+    let out = output_within(snapshots(Some("2")), Duration::from_secs(120));
+    assert_code(&out, 8);
+
+    // The default window: still trying long after the counted retries
+    // (seconds) would have given up.
+    let mut child = snapshots(None);
+    std::thread::sleep(Duration::from_secs(20));
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(running, "gave up within 20 s: {}", stderr(&out));
+
+    // Ctrl-C in a long window: the command stops by itself instead of
+    // retrying on (the bound, far below the window, is for the test).
+    let child = snapshots(Some("600"));
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = output_within(child, Duration::from_secs(60));
+    assert!(
+        out.status.code().is_some(),
+        "still retrying a minute after Ctrl-C: {}",
+        stderr(&out)
+    );
+    eprintln!(
+        "after Ctrl-C: exit {:?}: {}",
+        out.status.code(),
+        stderr(&out)
+    );
 }

@@ -24,6 +24,19 @@
 //!   [`EXTRA_ATTEMPTS`] more times (fewer if the budget is smaller), and
 //!   resolves the ambiguity of a create-only PUT whose first attempt may
 //!   have landed by comparing the stored bytes.
+//! - **Retry window**: those retries take only seconds when the endpoint
+//!   refuses connections at once (a restarting server, a failover, a
+//!   network blip), too little for a nightly backup to ride out. So every
+//!   operation (GET, ranged GET, HEAD, PUT, create-only PUT, multipart
+//!   upload, DELETE, LIST) that fails with a transport error or a 5xx/429
+//!   answer is run again as a whole, with backoff, until
+//!   [`DEFAULT_RETRY_SECS`] (`VAULT_S3_RETRY_SECS`) have passed since it
+//!   started: a floor in wall time, whatever the retry count. It does not
+//!   apply to a stalled endpoint (see `stall`: that fails as before), nor
+//!   once the command is interrupted (Ctrl-C/SIGTERM, [`S3Options::stop`]):
+//!   then no further attempt starts and the wait between attempts ends at
+//!   once. `VAULT_S3_MAX_RETRIES=0` turns all retrying off, the window
+//!   included; `VAULT_S3_RETRY_SECS=0` leaves only the counted retries.
 //! - **Timeouts**: connecting times out after 10 s. A request times out
 //!   when nothing moves for [`DEFAULT_IDLE_TIMEOUT_SECS`]
 //!   (`VAULT_S3_TIMEOUT`, seconds): no byte of its body taken, no byte of
@@ -59,9 +72,9 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Retries per request unless `VAULT_S3_MAX_RETRIES` says otherwise.
 pub const DEFAULT_MAX_RETRIES: usize = 8;
@@ -71,6 +84,11 @@ pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Whole-operation attempts added for failures `object_store` leaves
 /// unretried (see the module documentation).
 pub const EXTRA_ATTEMPTS: usize = 2;
+/// Seconds an operation failing with transport errors or 5xx answers is
+/// retried at least, unless `VAULT_S3_RETRY_SECS` says otherwise.
+pub const DEFAULT_RETRY_SECS: u64 = 60;
+/// Longest wait between two attempts of the retry window.
+const WINDOW_MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Size from which packs are uploaded in parts.
 pub const MULTIPART_THRESHOLD: usize = 64 * 1024 * 1024;
 /// Part size of multipart uploads (above every store's 5 MiB minimum, and
@@ -101,6 +119,11 @@ pub struct S3Options {
     /// Size from which packs use multipart uploads; defaults to
     /// `VAULT_S3_MULTIPART_THRESHOLD_MIB`, then [`MULTIPART_THRESHOLD`].
     pub multipart_threshold: Option<usize>,
+    /// How long failing operations are retried at least; defaults to
+    /// `VAULT_S3_RETRY_SECS`, then [`DEFAULT_RETRY_SECS`].
+    pub retry_window: Option<Duration>,
+    /// Once set (Ctrl-C), no operation is retried any more.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// A repository in an `object_store` store.
@@ -111,6 +134,11 @@ pub struct ObjectBackend {
     runtime: tokio::runtime::Runtime,
     atomic_create: OnceLock<bool>,
     extra_attempts: usize,
+    /// See "Retry window" in the module documentation; zero: none.
+    retry_window: Duration,
+    stop: Option<Arc<AtomicBool>>,
+    /// Tells whether the endpoint stalled; `None` for the in-memory store.
+    transport: Option<super::stall::Transport>,
     multipart_threshold: usize,
     /// Signing for Object Lock requests; `None` for the in-memory store,
     /// which cannot lock.
@@ -245,6 +273,19 @@ fn is_transport(e: &object_store::Error) -> bool {
     !(text.contains("Server returned") || text.contains("status code"))
 }
 
+/// An answer saying the server failed (5xx, 429, or a 200 whose body holds
+/// an error) that `object_store` stopped retrying.
+fn is_server_error(e: &object_store::Error) -> bool {
+    if !matches!(e, object_store::Error::Generic { .. }) {
+        return false;
+    }
+    let text = e.to_string();
+    text.contains("Server returned error response")
+        || text
+            .split_once("status code: ")
+            .is_some_and(|(_, code)| code.starts_with('5') || code.starts_with("429"))
+}
+
 /// The parsed part of a repository URL after `s3:`.
 #[derive(Debug, PartialEq, Eq)]
 struct S3Url {
@@ -325,6 +366,49 @@ fn parse_s3_url(spec: &str, allow_http: bool) -> Result<S3Url, BackendError> {
     })
 }
 
+/// The retries of one operation: the counted extra attempts for failures
+/// `object_store` leaves unretried, and the retry window (see the module
+/// documentation).
+struct Retry<'a> {
+    backend: &'a ObjectBackend,
+    extra: usize,
+    attempts: usize,
+    started: Instant,
+}
+
+impl Retry<'_> {
+    /// After the operation failed with `e`: whether to run it again, having
+    /// waited for the backoff.
+    async fn again_after(&mut self, e: &object_store::Error) -> bool {
+        let backend = self.backend;
+        // A stalled endpoint fails at once (see `stall`), however it is
+        // retried: further attempts would only repeat that.
+        if backend.stalled() {
+            return false;
+        }
+        // Kept after Ctrl-C: a stopping command still uploads what makes
+        // its work reusable, and these are a few short attempts.
+        let counted = self.attempts < self.extra && is_transport(e);
+        let in_window = !backend.interrupted()
+            && self.started.elapsed() < backend.retry_window
+            && (is_transport(e) || is_server_error(e));
+        if !counted && !in_window {
+            return false;
+        }
+        self.attempts += 1;
+        tracing::info!(
+            "retrying (attempt {}, {:.0?} since the first) after: {e}",
+            self.attempts + 1,
+            self.started.elapsed()
+        );
+        let shift = u32::try_from(self.attempts.min(8)).unwrap_or(8);
+        let backoff = (Duration::from_millis(200) * (1 << shift)).min(WINDOW_MAX_BACKOFF);
+        let jitter = Duration::from_millis(rand::random_range(0..200u64));
+        backend.pause(backoff + jitter).await;
+        counted || !backend.interrupted()
+    }
+}
+
 impl ObjectBackend {
     /// An in-memory store (tests and dry runs).
     #[must_use]
@@ -336,6 +420,9 @@ impl ObjectBackend {
             runtime: runtime(),
             atomic_create: OnceLock::from(true),
             extra_attempts: 0,
+            retry_window: Duration::ZERO,
+            stop: None,
+            transport: None,
             multipart_threshold: usize::MAX,
             requests: Counter::default(),
             signing: None,
@@ -361,6 +448,16 @@ impl ObjectBackend {
             ),
         }
         .max(Duration::from_millis(100));
+        let retry_window = if max_retries == 0 {
+            Duration::ZERO
+        } else {
+            match options.retry_window {
+                Some(w) => w,
+                None => Duration::from_secs(
+                    env_number("VAULT_S3_RETRY_SECS")?.unwrap_or(DEFAULT_RETRY_SECS),
+                ),
+            }
+        };
         check_credentials(options)?;
         let multipart_threshold = match options.multipart_threshold {
             Some(n) => n,
@@ -471,7 +568,7 @@ impl ObjectBackend {
                 .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?
         };
         let store = builder
-            .with_http_connector(LockingConnector(signing.clone(), transport))
+            .with_http_connector(LockingConnector(signing.clone(), transport.clone()))
             .build()
             .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?;
         let _ = signing.credentials.set(store.credentials().clone());
@@ -489,6 +586,9 @@ impl ObjectBackend {
             runtime: runtime(),
             atomic_create: OnceLock::new(),
             extra_attempts: EXTRA_ATTEMPTS.min(max_retries),
+            retry_window,
+            stop: options.stop.clone(),
+            transport: Some(transport),
             multipart_threshold,
             requests: Counter::default(),
         })
@@ -502,24 +602,75 @@ impl ObjectBackend {
         }
     }
 
-    /// Runs `op` again, up to `extra_attempts` times, while it fails with a
-    /// transport error (for operations `object_store` does not retry then).
-    async fn again<T, F, Fut>(&self, mut op: F) -> object_store::Result<T>
+    /// Runs `op` again while it fails with a transport error, up to
+    /// `extra_attempts` times (for operations `object_store` does not retry
+    /// then), and within the retry window.
+    async fn again<T, F, Fut>(&self, op: F) -> object_store::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = object_store::Result<T>>,
     {
-        let mut attempt = 0;
+        self.retried(self.extra_attempts, op).await
+    }
+
+    /// Runs `op` again within the retry window only: for operations whose
+    /// every failure `object_store` already retried as often as it does.
+    async fn persist<T, F, Fut>(&self, op: F) -> object_store::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        self.retried(0, op).await
+    }
+
+    async fn retried<T, F, Fut>(&self, extra: usize, mut op: F) -> object_store::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut retry = self.retry(extra);
         loop {
             match op().await {
-                Err(e) if attempt < self.extra_attempts && is_transport(&e) => {
-                    attempt += 1;
-                    let jitter = rand::random_range(0..200u64);
-                    tracing::info!("retrying after transport error: {e}");
-                    tokio::time::sleep(Duration::from_millis(200 * (1 << attempt) + jitter)).await;
+                Err(e) => {
+                    if !retry.again_after(&e).await {
+                        return Err(e);
+                    }
                 }
-                other => return other,
+                ok => return ok,
             }
+        }
+    }
+
+    /// The retry state of one operation that starts now.
+    fn retry(&self, extra: usize) -> Retry<'_> {
+        Retry {
+            backend: self,
+            extra,
+            attempts: 0,
+            started: Instant::now(),
+        }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    fn stalled(&self) -> bool {
+        self.transport
+            .as_ref()
+            .is_some_and(super::stall::Transport::is_stalled)
+    }
+
+    /// Sleeps for `delay`, or until the command is interrupted.
+    async fn pause(&self, delay: Duration) {
+        const POLL: Duration = Duration::from_millis(50);
+        let end = Instant::now() + delay;
+        loop {
+            let now = Instant::now();
+            if now >= end || self.interrupted() {
+                return;
+            }
+            tokio::time::sleep((end - now).min(POLL)).await;
         }
     }
 
@@ -534,20 +685,24 @@ impl ObjectBackend {
             mode: object_store::PutMode::Create,
             ..PutOptions::default()
         };
-        Counter::add(&self.requests.put, 2);
+        // Retried within the window, so that an endpoint briefly away does
+        // not cost the atomic protocol; a retry after an attempt that landed
+        // meets "already exists", which counts as "not honoured" for the
+        // first and as "honoured" for the second: both right.
+        let key_ref = &key;
         let honoured = self.runtime.block_on(async {
-            if self
-                .store
-                .put_opts(&key, PutPayload::from_static(b"1"), create())
-                .await
-                .is_err()
-            {
+            let put = |body: &'static [u8]| {
+                self.persist(move || {
+                    Counter::add(&self.requests.put, 1);
+                    self.store
+                        .put_opts(key_ref, PutPayload::from_static(body), create())
+                })
+            };
+            if put(b"1").await.is_err() {
                 return false;
             }
             matches!(
-                self.store
-                    .put_opts(&key, PutPayload::from_static(b"2"), create())
-                    .await,
+                put(b"2").await,
                 Err(object_store::Error::AlreadyExists { .. })
             )
         });
@@ -571,7 +726,7 @@ impl ObjectBackend {
         data: &Bytes,
         extensions: &http::Extensions,
     ) -> Result<bool, BackendError> {
-        let mut attempt = 0;
+        let mut retry = self.retry(self.extra_attempts);
         loop {
             let opts = PutOptions {
                 mode: object_store::PutMode::Create,
@@ -601,33 +756,39 @@ impl ObjectBackend {
                         Err(BackendError::AlreadyExists(path.to_owned()))
                     };
                 }
-                Err(e) if attempt < self.extra_attempts && is_transport(&e) => {
-                    attempt += 1;
-                    tracing::info!("retrying create of {path} after transport error: {e}");
-                    let jitter = rand::random_range(0..200u64);
-                    tokio::time::sleep(Duration::from_millis(200 * (1 << attempt) + jitter)).await;
+                Err(e) => {
+                    if !retry.again_after(&e).await {
+                        return Err(map_err(path, e));
+                    }
                 }
-                Err(e) => return Err(map_err(path, e)),
             }
         }
     }
 
     /// Uploads in [`MULTIPART_PART_SIZE`] parts, two at a time; aborts the
-    /// upload on failure so no parts are left billed.
+    /// upload on failure so no parts are left billed. A failed upload is
+    /// started over within the retry window.
     async fn put_multipart(
         &self,
         path: &str,
         key: &StorePath,
         data: &Bytes,
     ) -> Result<(), BackendError> {
+        self.persist(|| self.put_multipart_once(path, key, data))
+            .await
+            .map_err(|e| map_err(path, e))
+    }
+
+    async fn put_multipart_once(
+        &self,
+        path: &str,
+        key: &StorePath,
+        data: &Bytes,
+    ) -> object_store::Result<()> {
         // Create, one request per part, then complete (or abort).
         let parts = data.len().div_ceil(MULTIPART_PART_SIZE) as u64;
         Counter::add(&self.requests.put, parts + 2);
-        let mut upload = self
-            .store
-            .put_multipart(key)
-            .await
-            .map_err(|e| map_err(path, e))?;
+        let mut upload = self.store.put_multipart(key).await?;
         let mut result = Ok(());
         let mut pending = Vec::new();
         for start in (0..data.len()).step_by(MULTIPART_PART_SIZE) {
@@ -655,7 +816,7 @@ impl ObjectBackend {
             if let Err(abort) = upload.abort().await {
                 tracing::warn!("aborting the multipart upload of {path}: {abort}");
             }
-            return Err(map_err(path, e));
+            return Err(e);
         }
         Ok(())
     }
@@ -719,11 +880,13 @@ impl Backend for ObjectBackend {
                     extensions: extensions.clone(),
                     ..PutOptions::default()
                 };
-                Counter::add(&self.requests.put, 1);
-                self.store
-                    .put_opts(&key, PutPayload::from_bytes(data), opts)
-                    .await
-                    .map_err(|e| map_err(path, e))?;
+                self.persist(|| {
+                    Counter::add(&self.requests.put, 1);
+                    self.store
+                        .put_opts(&key, PutPayload::from_bytes(data.clone()), opts.clone())
+                })
+                .await
+                .map_err(|e| map_err(path, e))?;
             }
             // Verify the store holds what we sent before anyone may rely on
             // it (a snapshot is written only after this returns), and, when
@@ -738,10 +901,11 @@ impl Backend for ObjectBackend {
                 extensions: head_extensions,
                 ..GetOptions::default()
             };
-            Counter::add(&self.requests.head, 1);
             let meta = self
-                .store
-                .get_opts(&key, head)
+                .persist(|| {
+                    Counter::add(&self.requests.head, 1);
+                    self.store.get_opts(&key, head.clone())
+                })
                 .await
                 .map_err(|e| map_err(path, e))?
                 .meta;
@@ -777,11 +941,12 @@ impl Backend for ObjectBackend {
 
     fn get(&self, path: &str) -> Result<Bytes, BackendError> {
         let key = self.key(path);
-        Counter::add(&self.requests.get, 1);
-        self.runtime.block_on(async {
-            let result = self.store.get(&key).await.map_err(|e| map_err(path, e))?;
-            result.bytes().await.map_err(|e| map_err(path, e))
-        })
+        self.runtime
+            .block_on(self.persist(|| async {
+                Counter::add(&self.requests.get, 1);
+                self.store.get(&key).await?.bytes().await
+            }))
+            .map_err(|e| map_err(path, e))
     }
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
@@ -789,10 +954,12 @@ impl Backend for ObjectBackend {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| BackendError::Other(format!("{path}: range overflow")))?;
-        Counter::add(&self.requests.get, 1);
         let bytes = self
             .runtime
-            .block_on(self.store.get_range(&key, offset..end))
+            .block_on(self.persist(|| {
+                Counter::add(&self.requests.get, 1);
+                self.store.get_range(&key, offset..end)
+            }))
             .map_err(|e| map_err(path, e))?;
         if bytes.len() as u64 != len {
             return Err(BackendError::Truncated(format!(
@@ -805,9 +972,11 @@ impl Backend for ObjectBackend {
 
     fn head(&self, path: &str) -> Result<u64, BackendError> {
         let key = self.key(path);
-        Counter::add(&self.requests.head, 1);
         self.runtime
-            .block_on(self.store.head(&key))
+            .block_on(self.persist(|| {
+                Counter::add(&self.requests.head, 1);
+                self.store.head(&key)
+            }))
             .map(|m| m.size)
             .map_err(|e| map_err(path, e))
     }
@@ -1010,6 +1179,74 @@ mod tests {
             path: "x".into(),
             source: "gone".into(),
         }));
+    }
+
+    #[test]
+    fn server_errors_are_told_from_client_errors() {
+        let generic = |msg: &str| object_store::Error::Generic {
+            store: "S3",
+            source: msg.to_owned().into(),
+        };
+        for code in [
+            "500 Internal Server Error",
+            "503 Service Unavailable",
+            "429 Too Many Requests",
+        ] {
+            assert!(is_server_error(&generic(&format!(
+                "Error performing PUT http://x in 1s, after 8 retries - Server returned non-2xx status code: {code}: "
+            ))));
+        }
+        assert!(!is_server_error(&generic(
+            "Error performing GET http://x in 1s - Server returned non-2xx status code: 400 Bad Request: "
+        )));
+        assert!(!is_server_error(&generic(
+            "Error performing DELETE http://x in 30s - HTTP error: error sending request"
+        )));
+    }
+
+    /// A backend for an endpoint where nothing listens (connections are
+    /// refused at once), one counted retry per request.
+    fn refusing(
+        window: Duration,
+        max_retries: usize,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> ObjectBackend {
+        let options = S3Options {
+            access_key_id: Some("GKexample".into()),
+            secret_access_key: Some("s3cr3t".into()),
+            region: Some("garage".into()),
+            max_retries: Some(max_retries),
+            retry_window: Some(window),
+            stop,
+            ..S3Options::default()
+        };
+        ObjectBackend::s3("http://127.0.0.1:1/bucket", &options).unwrap()
+    }
+
+    #[test]
+    fn refused_requests_are_sent_again_within_the_retry_window() {
+        // Counted: each HEAD sent gives up after its one retry, and the
+        // window sends it again until two seconds passed.
+        let b = refusing(Duration::from_secs(2), 1, None);
+        assert!(b.head("config").is_err());
+        let sent = b.requests().unwrap().head;
+        assert!(sent >= 3, "sent {sent} times");
+        // No window: once.
+        let b = refusing(Duration::ZERO, 1, None);
+        assert!(b.head("config").is_err());
+        assert_eq!(b.requests().unwrap().head, 1);
+        // No retries means none, whatever the window.
+        let b = refusing(Duration::from_secs(600), 0, None);
+        assert!(b.get("config").is_err());
+        assert_eq!(b.requests().unwrap().get, 1);
+        // Interrupted: nothing more is sent.
+        let b = refusing(
+            Duration::from_secs(600),
+            1,
+            Some(Arc::new(AtomicBool::new(true))),
+        );
+        assert!(b.get_range("config", 0, 10).is_err());
+        assert_eq!(b.requests().unwrap().get, 1);
     }
 
     #[test]

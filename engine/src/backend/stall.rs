@@ -133,6 +133,11 @@ impl Transport {
         })
     }
 
+    /// Whether the endpoint counts as stalled: every request fails at once.
+    pub(super) fn is_stalled(&self) -> bool {
+        self.health.is_stalled()
+    }
+
     /// An idle timeout: retried (as a timeout) unless the endpoint has now
     /// stalled [`STALLS_IN_A_ROW`] times, which is final.
     fn timed_out(&self, what: &str) -> HttpError {
