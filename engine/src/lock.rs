@@ -217,7 +217,16 @@ pub fn lock_exclusive(
             }
             match other {
                 Some(o) if !o.is_stale(now(), hostname) => return Ok(Some(o)),
-                Some(_) => {}
+                // Left by a process that died (kill -9, a crashed host):
+                // removed, or each one would stay until `vault unlock`.
+                Some(o) => {
+                    tracing::warn!("removing stale lock: {}", o.describe());
+                    if let Err(e) = backend.delete(&path)
+                        && !e.is_not_found()
+                    {
+                        return Err(Error::backend(&path, e));
+                    }
+                }
                 // Unreadable lock: treat as held until it ages out by mtime
                 // is impossible to know; be safe and refuse.
                 None => {
@@ -540,5 +549,31 @@ mod tests {
         drop(lock);
         let held = read_lock(store.as_ref(), repo.key(), EXCLUSIVE).unwrap();
         assert_eq!(held.hostname, "host-b");
+    }
+
+    /// A store without create-only writes (Garage).
+    struct NoAtomicCreate(Arc<dyn Backend>);
+
+    impl Hooks for NoAtomicCreate {
+        fn inner(&self) -> &dyn Backend {
+            self.0.as_ref()
+        }
+        fn has_atomic_create(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn stale_locks_of_dead_processes_are_removed_not_left_to_pile_up() {
+        let (store, _) = memory_repo();
+        let plain: Arc<dyn Backend> = Arc::new(Forwarding(NoAtomicCreate(store.clone())));
+        let repo = Repository::open(plain, &password()).unwrap();
+        let stale = lock_document(&repo, "crashed", now() - 10 * LOCK_STALE_SECS);
+        let left = FileKind::Lock.path(&"ab".repeat(16));
+        store.put(&left, stale, PutMode::Overwrite).unwrap();
+        let lock = lock_exclusive(&repo, "prune", "host-a", "u").unwrap();
+        assert!(store.get(&left).unwrap_err().is_not_found());
+        drop(lock);
+        assert!(store.list("locks/").unwrap().is_empty());
     }
 }
