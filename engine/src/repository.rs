@@ -251,6 +251,19 @@ impl Repository {
         let sealed_config = match backend.get("config") {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => {
+                // Key files without a config: a repository that lost it,
+                // not an empty place to `vault init` (which refuses it).
+                let keys = backend.list(FileKind::Key.prefix()).unwrap_or_default();
+                if let Some(first) = keys.first() {
+                    return Err(Error::Corrupt {
+                        object: "config".into(),
+                        reason: format!(
+                            "missing, though {} holds key files ({} first): a damaged repository, not an empty location; restore `config` from a copy of the repository",
+                            backend.location(),
+                            first.path
+                        ),
+                    });
+                }
                 return Err(Error::RepositoryNotFound {
                     location: backend.location(),
                 });

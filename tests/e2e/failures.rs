@@ -195,6 +195,16 @@ fn init_refuses_a_repository_that_lost_its_config(backend: Backend) {
         stderr(&out)
     );
     assert_eq!(env.objects(), before);
+    // Other commands call it damaged (exit 5), not "no repository here,
+    // run init" (exit 10).
+    let out = env.vault(&["snapshots"]);
+    assert_code(&out, 5);
+    assert!(
+        stderr(&out).contains("a damaged repository, not an empty location"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("vault init"), "{}", stderr(&out));
 }
 
 backend_test!(init_refuses_an_existing_repository);
