@@ -60,6 +60,15 @@ pub(crate) fn settle_interrupt(result: Result<ExitCode>, command: &str) -> Resul
             Err(anyhow::Error::new(vault_engine::Error::Interrupted)
                 .context("the command had run to its end when it stopped"))
         }
+        // Storage failing while the command stopped retrying it because of
+        // the signal: the signal is what ended it (130), not the store (8).
+        Err(e)
+            if command != "mount"
+                && interrupted().load(Ordering::SeqCst)
+                && crate::exit::code_of(&e) == crate::exit::STORAGE =>
+        {
+            Err(anyhow::Error::new(vault_engine::Error::Interrupted).context(format!("{e:#}")))
+        }
         other => other,
     }
 }

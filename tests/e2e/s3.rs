@@ -1520,9 +1520,6 @@ fn refused_connections_are_retried_for_the_retry_window() {
         "still retrying a minute after Ctrl-C: {}",
         stderr(&out)
     );
-    eprintln!(
-        "after Ctrl-C: exit {:?}: {}",
-        out.status.code(),
-        stderr(&out)
-    );
+    // The signal ended it, not the store.
+    assert_code(&out, 130);
 }
