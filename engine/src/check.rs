@@ -568,6 +568,30 @@ pub fn check(
             );
         }
     }
+    // A base backup is restorable only from its first WAL segment on:
+    // archived elsewhere (archive_command a runbook's `cp`, another
+    // repository), it could never be recovered, which nothing else shows.
+    for (sid, snap) in snapshots
+        .iter()
+        .filter(|(_, s)| s.tags.iter().any(|t| t == "physical"))
+    {
+        let Some(start) = base_backup_start(repo, &index, snap) else {
+            continue; // unreadable: reported by the walk above
+        };
+        // Tags are sorted: the source is whichever has a stream holding it.
+        let archived = snap.tags.iter().filter(|t| *t != "physical").any(|t| {
+            streams
+                .get(&crate::wal::stream_dir(repo, t))
+                .is_some_and(|names| names.contains(&start))
+        });
+        if !archived {
+            report.error(
+                "base_backup_wal_missing",
+                format!("snapshot {sid}"),
+                format!("its first WAL segment {start} is not archived under its source: point-in-time recovery from this base backup cannot begin (`vault forget` it once a newer base backup is restorable)"),
+            );
+        }
+    }
     for (f, list) in affected {
         if let Some(finding) = report.findings.get_mut(f) {
             finding.affected = list;
@@ -746,6 +770,16 @@ fn report_extents(
             });
         }
     }
+}
+
+/// The WAL segment a base backup snapshot starts in, from the
+/// `backup_label` at the head of its `base.tar`; `None` if unreadable.
+fn base_backup_start(repo: &Repository, index: &Index, snap: &Snapshot) -> Option<String> {
+    let node = crate::restore::find_node(repo, index, &snap.tree, "/base.tar").ok()?;
+    let first = node.content.as_ref()?.first()?;
+    let head = repo.read_blob(index, first).ok()?;
+    let label = crate::wal::backup_label_from_tar(&head)?;
+    crate::wal::parse_backup_label(&label).map(|(start, _)| start)
 }
 
 /// Returns the finding index explaining why `id` cannot be read, adding a

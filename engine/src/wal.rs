@@ -69,7 +69,7 @@ pub enum PushOutcome {
     AlreadyArchived,
 }
 
-fn stream_dir(repo: &Repository, source: &str) -> String {
+pub(crate) fn stream_dir(repo: &Repository, source: &str) -> String {
     let id = repo
         .key()
         .blob_id(format!("wal-stream:{source}").as_bytes());

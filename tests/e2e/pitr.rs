@@ -916,6 +916,32 @@ fn wal_list_takes_the_source_positionally_or_with_source() {
     assert_code(&env.vault(&["wal", "list", "pgdb", "--source", "other"]), 2);
 }
 
+/// `check` names a base backup whose first WAL segment is not archived
+/// (deleted here; before `backup --physical` refused them, archived
+/// elsewhere): it could never be recovered.
+#[test]
+fn check_reports_a_base_backup_whose_first_wal_segment_is_not_archived() {
+    let Some((t, _port)) = with_base_backup(Backend::Local) else {
+        return;
+    };
+    let check = || {
+        let out = t.vault(&["check", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let missing = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] == "base_backup_wal_missing")
+            .count();
+        (out.status.code(), missing)
+    };
+    assert_eq!(check(), (Some(0), 0));
+    for o in t.store.list("wal/").unwrap() {
+        t.store.delete(&o.path).unwrap();
+    }
+    assert_eq!(check(), (Some(5), 1));
+}
+
 /// With a config, `wal push --source` refuses a name no postgres source
 /// has: a typo in archive_command would otherwise archive "successfully"
 /// where no restore looks.
