@@ -136,6 +136,10 @@ pub struct PrunePlan {
     index_ids: Vec<IndexId>,
     #[serde(skip)]
     used: HashSet<BlobId>,
+    /// Used blobs whose primary copy does not read, with the pack of the
+    /// sound copy kept instead (see `plan`).
+    #[serde(skip)]
+    served_elsewhere: HashMap<BlobId, PackId>,
     #[serde(skip)]
     keep_marks: Vec<(PackId, i64)>,
 }
@@ -305,28 +309,54 @@ impl PrunePlan {
         for (id, loc) in index.duplicates() {
             by_pack.entry(loc.pack).or_default().push((*id, *loc));
         }
-        let served_unmarked: HashSet<BlobId> = by_pack
+        // A used blob stored twice is kept where readers take it (its
+        // primary copy) only if that copy reads: readers fall back to the
+        // other one when it does not, and dropping that one as "unused"
+        // would lose a blob a restore still reads. Such blobs are few (two
+        // backups storing the same chunk at once), so each primary is read.
+        let mut served_elsewhere: HashMap<BlobId, PackId> = HashMap::new();
+        let mut checked: HashSet<BlobId> = HashSet::new();
+        for (id, _) in index.duplicates() {
+            if !used.contains(id) || !checked.insert(*id) {
+                continue;
+            }
+            let locations = index.locations(id);
+            let readable =
+                |l: &BlobLocation| stored.contains_key(&l.pack) && repo.read_blob_at(id, l).is_ok();
+            if locations.first().is_some_and(|primary| !readable(primary))
+                && let Some(sound) = locations.iter().skip(1).find(|l| readable(l))
+            {
+                served_elsewhere.insert(*id, sound.pack);
+            }
+        }
+        let mut served_unmarked: HashSet<BlobId> = by_pack
             .iter()
             .filter(|(p, _)| index.marked_at(p).is_none() && stored.contains_key(*p))
             .flat_map(|(_, blobs)| blobs.iter().map(|(id, _)| *id))
             .collect();
+        for (id, pack) in &served_elsewhere {
+            if index.marked_at(pack).is_some() {
+                served_unmarked.remove(id);
+            }
+        }
 
         let mut candidates: Vec<(PackId, u64, u64)> = Vec::new(); // pack, size, used bytes
         for (pack, size) in index.packs() {
-            plan.total_bytes += size;
             let blobs = by_pack.get(&pack).map(Vec::as_slice).unwrap_or_default();
             let marked = index.marked_at(&pack);
             if !stored.contains_key(&pack) {
                 continue; // already gone; the new index drops it
             }
+            plan.total_bytes += size;
             // A used blob counts where readers take it from (its primary
             // location, unmarked first); its other copies (concurrent
             // backups storing the same chunk) are unused space, repacked
             // away like any. Unless the primary's pack is gone.
-            let serves_here = |id: &BlobId| {
-                index
+            let serves_here = |id: &BlobId| match served_elsewhere.get(id) {
+                Some(sound) => *sound == pack,
+                None => index
                     .get(id)
-                    .is_none_or(|p| p.pack == pack || !stored.contains_key(&p.pack))
+                    .is_none_or(|p| p.pack == pack || !stored.contains_key(&p.pack)),
             };
             // A blob takes its sealed bytes and its header entry; the rest
             // of the pack (the header's count and envelope, the trailer) is
@@ -464,6 +494,7 @@ impl PrunePlan {
             }
         }
         plan.used = used;
+        plan.served_elsewhere = served_elsewhere;
         Ok(plan)
     }
 
@@ -522,7 +553,12 @@ impl PrunePlan {
         if !repack.is_empty() {
             let mut seed = IndexBuilder::new();
             for (id, loc) in index.blobs() {
-                if !repack.contains(&loc.pack) && index.marked_at(&loc.pack).is_none() {
+                // A blob whose primary copy does not read is stored again
+                // when its sound copy's pack is repacked.
+                if !repack.contains(&loc.pack)
+                    && index.marked_at(&loc.pack).is_none()
+                    && !self.served_elsewhere.contains_key(&id)
+                {
                     seed.add_pack(
                         loc.pack,
                         0,
@@ -551,7 +587,10 @@ impl PrunePlan {
             });
             let mut copied = Ok(());
             for (id, loc) in index.blobs() {
-                if repack.contains(&loc.pack) && self.used.contains(&id) {
+                let served = self.served_elsewhere.get(&id).unwrap_or(&loc.pack);
+                if (repack.contains(&loc.pack) || repack.contains(served))
+                    && self.used.contains(&id)
+                {
                     // Stopped here, the copies made are stored and indexed
                     // (finish, below): duplicates a later prune reclaims.
                     if options.cancel.load(Ordering::SeqCst) {

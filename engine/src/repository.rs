@@ -721,7 +721,11 @@ impl Repository {
         }))
     }
 
-    fn read_blob_at(&self, id: &BlobId, loc: &crate::index::BlobLocation) -> Result<Vec<u8>> {
+    pub(crate) fn read_blob_at(
+        &self,
+        id: &BlobId,
+        loc: &crate::index::BlobLocation,
+    ) -> Result<Vec<u8>> {
         // A tree in a tree pack the cache holds (a walk fetched it) is read
         // from there: `mount`, path lookups and `dump` read trees one at a time.
         if loc.kind == BlobKind::Tree

@@ -727,3 +727,59 @@ fn renamed_pack_blobs_are_kept_by_repair_index_read_data() {
     assert_clean(&v);
     assert_eq!(restored_files_match(&env, &src, "latest"), 6);
 }
+
+/// Prune keeps the copy of a used blob that reads: when the copy readers
+/// take first is damaged (not missing), the other one, which restores read
+/// instead, was taken for unused and deleted. Either copy damaged, in turn.
+#[test]
+fn prune_keeps_the_sound_copy_of_a_blob_whose_primary_is_damaged() {
+    for victim in 0..2 {
+        let env = Env::new();
+        let src = env.path("src");
+        std::fs::create_dir_all(&src).unwrap();
+        for i in 0..6u64 {
+            std::fs::write(src.join(format!("f{i}")), pseudo_random(300_000, 40 + i)).unwrap();
+        }
+        assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+        let indexes: Vec<(String, Vec<u8>)> = env
+            .objects_under("index")
+            .into_iter()
+            .map(|k| {
+                let bytes = env.read_object(&k);
+                env.delete_object(&k);
+                (k, bytes)
+            })
+            .collect();
+        assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--force"]));
+        for (k, bytes) in &indexes {
+            env.write_object(k, bytes);
+        }
+        let mut data = packs_of_kind(&env, "data");
+        data.sort();
+        assert_eq!(data.len(), 2, "{data:?}");
+        let pack = &data[victim];
+        let mut bytes = env.read_object(pack);
+        bytes[500_000..500_016].copy_from_slice(b"XXXXXXXXXXXXXXXX");
+        env.write_object(pack, &bytes);
+        let restore = |name: &str| {
+            let target = env.path(name);
+            assert_success(&env.vault(&[
+                "restore",
+                "latest",
+                "--target",
+                target.to_str().unwrap(),
+            ]));
+            let root = target.join(src.strip_prefix("/").unwrap());
+            for i in 0..6u64 {
+                assert_eq!(
+                    std::fs::read(root.join(format!("f{i}"))).unwrap(),
+                    pseudo_random(300_000, 40 + i),
+                    "victim {victim}, f{i}"
+                );
+            }
+        };
+        restore("before");
+        assert_success(&env.vault(&["prune", "--instant-delete"]));
+        restore("after");
+    }
+}
