@@ -139,6 +139,22 @@ fn seal_object(key: &MasterKey, domain: Domain, body: &[u8], c: Compression) -> 
 }
 
 /// Seals a lock document with a key copy (the lock refresher thread).
+/// The first key file, snapshot or index file stored: whether a location
+/// without a config holds a repository all the same.
+fn first_repository_object(backend: &dyn Backend) -> Result<Option<String>> {
+    for kind in [FileKind::Key, FileKind::Snapshot, FileKind::Index] {
+        let found = match backend.list(kind.prefix()) {
+            Ok(found) => found,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(Error::backend(kind.prefix(), e)),
+        };
+        if let Some(first) = found.into_iter().next() {
+            return Ok(Some(first.path));
+        }
+    }
+    Ok(None)
+}
+
 pub(crate) fn seal_lock_with(key: &MasterKey, body: &[u8]) -> Vec<u8> {
     seal_object(key, Domain::Lock, body, Compression::None)
 }
@@ -175,19 +191,11 @@ impl Repository {
         // No config, but objects of a repository: one whose config was lost
         // or deleted. A new config and key beside its data would leave it
         // unreadable by either key set; never write into it.
-        for kind in [FileKind::Key, FileKind::Snapshot, FileKind::Index] {
-            let found = match backend.list(kind.prefix()) {
-                Ok(found) => found,
-                Err(e) if e.is_not_found() => Vec::new(),
-                Err(e) => return Err(Error::backend(kind.prefix(), e)),
-            };
-            if let Some(first) = found.first() {
-                return Err(Error::InvalidInput(format!(
-                    "{} holds no config but repository objects ({} first): a damaged repository, not an empty location; nothing was written",
-                    backend.location(),
-                    first.path
-                )));
-            }
+        if let Some(first) = first_repository_object(backend.as_ref())? {
+            return Err(Error::InvalidInput(format!(
+                "{} holds no config but repository objects ({first} first): a damaged repository, not an empty location; nothing was written",
+                backend.location(),
+            )));
         }
         if password.is_empty() {
             return Err(Error::InvalidInput("empty password refused".into()));
@@ -251,16 +259,15 @@ impl Repository {
         let sealed_config = match backend.get("config") {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => {
-                // Key files without a config: a repository that lost it,
-                // not an empty place to `vault init` (which refuses it).
-                let keys = backend.list(FileKind::Key.prefix()).unwrap_or_default();
-                if let Some(first) = keys.first() {
+                // Repository objects without a config: a repository that
+                // lost it, not an empty place to `vault init` (which
+                // refuses it).
+                if let Some(first) = first_repository_object(backend.as_ref())? {
                     return Err(Error::Corrupt {
                         object: "config".into(),
                         reason: format!(
-                            "missing, though {} holds key files ({} first): a damaged repository, not an empty location; restore `config` from a copy of the repository",
+                            "missing, though {} holds repository objects ({first} first): a damaged repository, not an empty location; restore `config` (and `keys/`, if gone) from a copy of the repository",
                             backend.location(),
-                            first.path
                         ),
                     });
                 }

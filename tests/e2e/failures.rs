@@ -185,6 +185,10 @@ backend_test!(init_refuses_a_repository_that_lost_its_config);
 /// must not write a new config and key beside its data.
 fn init_refuses_a_repository_that_lost_its_config(backend: Backend) {
     let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"a").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
     env.delete_object("config");
     let before = env.objects();
     let out = env.vault(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]);
@@ -205,6 +209,13 @@ fn init_refuses_a_repository_that_lost_its_config(backend: Backend) {
         stderr(&out)
     );
     assert!(!stderr(&out).contains("vault init"), "{}", stderr(&out));
+    // Its key files gone too: still damaged, by its snapshots.
+    for key in env.objects_under("keys") {
+        env.delete_object(&key);
+    }
+    let out = env.vault(&["snapshots"]);
+    assert_code(&out, 5);
+    assert!(stderr(&out).contains("snapshots/"), "{}", stderr(&out));
 }
 
 backend_test!(init_refuses_an_existing_repository);
