@@ -436,18 +436,49 @@ impl Copier<'_> {
                 .src
                 .backend()
                 .get_range(&path, start, end - start)
-                .map_err(|e| Error::backend(format!("source pack {pack}"), e))?;
+                .map_err(|e| Error::backend(format!("source pack {pack}"), e));
+            // Only damage is worked around; the store failing stops the copy.
+            let span = match span {
+                Err(e) if !matches!(e, Error::NotFound { .. } | Error::Corrupt { .. }) => {
+                    return Err(e);
+                }
+                span => span,
+            };
             for n in run {
-                let from = usize::try_from(u64::from(n.offset) - start).unwrap_or(usize::MAX);
-                let stored = span
-                    .get(from..from.saturating_add(n.length as usize))
-                    .ok_or_else(|| {
-                        Error::corrupt(format!("source pack {pack}"), "shorter than indexed")
-                    })?;
-                let plain =
-                    blob::open(self.src.key(), n.kind, &n.id, n.raw_len, stored).map_err(|e| {
-                        Error::corrupt(format!("blob {} in source pack {pack}", n.id), e)
-                    })?;
+                // The span's error, again for each blob it costs.
+                let plain = span
+                    .as_ref()
+                    .map_err(|e| match e {
+                        Error::NotFound { object } => Error::NotFound {
+                            object: object.clone(),
+                        },
+                        e => Error::corrupt(format!("source pack {pack}"), e),
+                    })
+                    .and_then(|span| {
+                        let from =
+                            usize::try_from(u64::from(n.offset) - start).unwrap_or(usize::MAX);
+                        let stored = span
+                            .get(from..from.saturating_add(n.length as usize))
+                            .ok_or_else(|| {
+                                Error::corrupt(
+                                    format!("source pack {pack}"),
+                                    "shorter than indexed",
+                                )
+                            })?;
+                        blob::open(self.src.key(), n.kind, &n.id, n.raw_len, stored).map_err(|e| {
+                            Error::corrupt(format!("blob {} in source pack {pack}", n.id), e)
+                        })
+                    });
+                // Another copy of the blob (two backups stored it at once)
+                // stands in for a missing or damaged one, as in restore.
+                let plain = match plain {
+                    Ok(plain) => plain,
+                    Err(e @ (Error::NotFound { .. } | Error::Corrupt { .. })) => self
+                        .src
+                        .read_blob_except(self.src_index, &n.id, Some(pack))
+                        .map_err(|_| e)?,
+                    Err(e) => return Err(e),
+                };
                 self.progress.blobs_read.fetch_add(1, Ordering::Relaxed);
                 self.progress
                     .bytes_read

@@ -463,6 +463,24 @@ fn a_blob_stored_twice_survives_the_loss_of_either_pack(backend: Backend) {
         // Nothing for repair snapshots to cut.
         let out = env.vault(&["repair", "snapshots", "--dry-run"]);
         assert_success(&out);
+        // A copy reads the other copy too.
+        let target = Env::new();
+        let out = env
+            .command(&["copy", "--to", &target.repo, "--to-password-file"])
+            .arg(&target.password_file)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        let restored = target.path("copied");
+        let copied = target.snapshots()[0]["id"].as_str().unwrap().to_owned();
+        assert_success(&target.vault(&[
+            "restore",
+            &copied,
+            "--target",
+            restored.to_str().unwrap(),
+        ]));
+        let root = restored.join(src.strip_prefix("/").unwrap());
+        assert_eq!(std::fs::read(root.join("big")).unwrap(), big, "{pack}");
         env.write_object(&pack, &bytes);
     }
 }
