@@ -481,6 +481,9 @@ fn a_blob_stored_twice_survives_the_loss_of_either_pack(backend: Backend) {
         ]));
         let root = restored.join(src.strip_prefix("/").unwrap());
         assert_eq!(std::fs::read(root.join("big")).unwrap(), big, "{pack}");
+        // Nor does a backup refuse to reuse data whose pack is lost while
+        // another copy is stored.
+        assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
         env.write_object(&pack, &bytes);
     }
 }

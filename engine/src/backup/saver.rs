@@ -682,6 +682,34 @@ pub(crate) fn ensure_stored(repo: &Repository, reused: &[PackId], what: &str) ->
     }
     let stored = crate::check::stored_packs(repo)?;
     let missing: Vec<&PackId> = reused.iter().filter(|p| !stored.contains_key(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // A pack each of whose blobs has a copy in a stored pack (two backups
+    // stored them at once) loses nothing: readers take the copy. Rare, so
+    // the index is read again only here.
+    let index = repo.load_index()?;
+    let copied_elsewhere = |pack: &PackId| {
+        let held: Vec<BlobId> = index
+            .blobs()
+            .filter(|(_, l)| l.pack == *pack)
+            .map(|(id, _)| id)
+            .collect();
+        !held.is_empty()
+            && held.iter().all(|id| {
+                index
+                    .locations(id)
+                    .iter()
+                    .any(|l| stored.contains_key(&l.pack))
+            })
+    };
+    let (covered, missing): (Vec<&PackId>, Vec<&PackId>) =
+        missing.into_iter().partition(|p| copied_elsewhere(p));
+    for pack in covered {
+        tracing::warn!(
+            "pack {pack} is missing from storage, but every blob it held has a copy in another pack, which readers use; `vault repair index` drops it from the index"
+        );
+    }
     let Some(first) = missing.first() else {
         return Ok(());
     };
