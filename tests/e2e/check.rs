@@ -411,6 +411,24 @@ fn a_snapshot_left_twice_by_an_interrupted_tag_is_warned_about() {
     assert!(twin(&v).is_empty(), "{v}");
 }
 
+/// Backs `src` up again as a backup running beside the first would: blind
+/// to its index, so every blob is stored a second time, in other packs.
+fn back_up_again_unseen(env: &Env, src: &Path) {
+    let indexes: Vec<(String, Vec<u8>)> = env
+        .objects_under("index")
+        .into_iter()
+        .map(|k| {
+            let bytes = env.read_object(&k);
+            env.delete_object(&k);
+            (k, bytes)
+        })
+        .collect();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--force"]));
+    for (k, bytes) in &indexes {
+        env.write_object(k, bytes);
+    }
+}
+
 backend_test!(a_blob_stored_twice_survives_the_loss_of_either_pack);
 /// Two backups that ran at once (simulated: the second saw no index) store
 /// the same blobs in two packs. Losing either pack loses nothing: restore,
@@ -426,19 +444,7 @@ fn a_blob_stored_twice_survives_the_loss_of_either_pack(backend: Backend) {
     assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
     let first = env.snapshots()[0]["id"].as_str().unwrap().to_owned();
     let first_data = packs_of_kind(&env, "data");
-    let indexes: Vec<(String, Vec<u8>)> = env
-        .objects_under("index")
-        .into_iter()
-        .map(|k| {
-            let bytes = env.read_object(&k);
-            env.delete_object(&k);
-            (k, bytes)
-        })
-        .collect();
-    assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--force"]));
-    for (k, bytes) in &indexes {
-        env.write_object(k, bytes);
-    }
+    back_up_again_unseen(&env, &src);
     let data = packs_of_kind(&env, "data");
     assert_eq!(data.len(), 2 * first_data.len(), "{data:?}");
     let (code, v) = check_json(&env, &["--verify"]);
@@ -762,19 +768,7 @@ fn prune_keeps_the_sound_copy_of_a_blob_whose_primary_is_damaged() {
             std::fs::write(src.join(format!("f{i}")), pseudo_random(300_000, 40 + i)).unwrap();
         }
         assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
-        let indexes: Vec<(String, Vec<u8>)> = env
-            .objects_under("index")
-            .into_iter()
-            .map(|k| {
-                let bytes = env.read_object(&k);
-                env.delete_object(&k);
-                (k, bytes)
-            })
-            .collect();
-        assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--force"]));
-        for (k, bytes) in &indexes {
-            env.write_object(k, bytes);
-        }
+        back_up_again_unseen(&env, &src);
         let mut data = packs_of_kind(&env, "data");
         data.sort();
         assert_eq!(data.len(), 2, "{data:?}");
