@@ -475,8 +475,10 @@ impl Copier<'_> {
                     Ok(plain) => plain,
                     Err(e @ (Error::NotFound { .. } | Error::Corrupt { .. })) => self
                         .src
-                        .read_blob_except(self.src_index, &n.id, Some(pack))
-                        .map_err(|_| e)?,
+                        .other_copy(self.src_index, &n.id, pack)
+                        .ok()
+                        .flatten()
+                        .ok_or(e)?,
                     Err(e) => return Err(e),
                 };
                 self.progress.blobs_read.fetch_add(1, Ordering::Relaxed);

@@ -698,9 +698,26 @@ impl Repository {
         self.read_blob_except(index, id, None)
     }
 
+    /// Another copy of blob `id`, whose copy in pack `failed` is missing or
+    /// damaged (two backups stored it at once): `None` when no other copy
+    /// reads. Only the store failing is an error. For readers that read
+    /// packs themselves (restore, copy, tree spans).
+    pub(crate) fn other_copy(
+        &self,
+        index: &Index,
+        id: &BlobId,
+        failed: &PackId,
+    ) -> Result<Option<Vec<u8>>> {
+        match self.read_blob_except(index, id, Some(failed)) {
+            Ok(plain) => Ok(Some(plain)),
+            Err(Error::NotFound { .. } | Error::Corrupt { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// [`Repository::read_blob`] from any location but those in pack
     /// `except` (which a caller already found wanting).
-    pub(crate) fn read_blob_except(
+    fn read_blob_except(
         &self,
         index: &Index,
         id: &BlobId,

@@ -1277,11 +1277,7 @@ impl Content<'_> {
             // The store failing there stops the restore, as it would here.
             let data = match data {
                 Ok(data) => Ok(data),
-                Err(why) => match self.repo.read_blob_except(self.index, &id, Some(&pack)) {
-                    Ok(plain) => Ok(plain),
-                    Err(Error::NotFound { .. } | Error::Corrupt { .. }) => Err(why),
-                    Err(e) => return Err(e),
-                },
+                Err(why) => self.repo.other_copy(self.index, &id, &pack)?.ok_or(why),
             };
             let data = match data {
                 Ok(data) => Some(data),

@@ -123,8 +123,10 @@ impl<'a> TreeReader<'a> {
                     // This copy is damaged; another pack may hold the tree.
                     Err(e) => self
                         .repo
-                        .read_blob_except(self.index, id, Some(&loc.pack))
-                        .map_err(|_| {
+                        .other_copy(self.index, id, &loc.pack)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| {
                             Error::corrupt(format!("blob {id} in pack {}", loc.pack), e)
                         })?,
                 };
