@@ -1138,6 +1138,13 @@ impl Ctx<'_> {
         let (content, size) = match result {
             Ok(v) => v,
             Err(e) => {
+                // Reading stops at Ctrl-C or the timeout, possibly before
+                // the watch has signalled the group: signal it as the watch
+                // would, before the child is waited for (its pid, the
+                // group's id, may be reused after that).
+                if let Ok(group) = group {
+                    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+                }
                 let _ = child.kill();
                 let _ = child.wait();
                 drop(watch);
