@@ -1498,6 +1498,13 @@ fn refused_connections_are_retried_for_the_retry_window() {
     // A short window: fails once it passed. (The bound is for the test.)
     let out = output_within(snapshots(Some("2")), Duration::from_secs(120));
     assert_code(&out, 8);
+    // ...and says how long it retried and what lengthens that, so that an
+    // outage longer than the window is not read as "never retried".
+    assert!(
+        stderr(&out).contains("retrying for at least 2s; VAULT_S3_RETRY_SECS"),
+        "{}",
+        stderr(&out)
+    );
 
     // The default window: still trying long after the counted retries
     // (seconds) would have given up.

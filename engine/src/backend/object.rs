@@ -749,7 +749,7 @@ impl ObjectBackend {
                             self.store.get(key).await?.bytes().await
                         })
                         .await
-                        .map_err(|e| map_err(path, e))?;
+                        .map_err(|e| self.fail(path, e))?;
                     return if existing == *data {
                         Ok(false)
                     } else {
@@ -758,7 +758,7 @@ impl ObjectBackend {
                 }
                 Err(e) => {
                     if !retry.again_after(&e).await {
-                        return Err(map_err(path, e));
+                        return Err(self.fail(path, e));
                     }
                 }
             }
@@ -776,7 +776,7 @@ impl ObjectBackend {
     ) -> Result<(), BackendError> {
         self.persist(|| self.put_multipart_once(path, key, data))
             .await
-            .map_err(|e| map_err(path, e))
+            .map_err(|e| self.fail(path, e))
     }
 
     async fn put_multipart_once(
@@ -819,6 +819,26 @@ impl ObjectBackend {
             return Err(e);
         }
         Ok(())
+    }
+}
+
+impl ObjectBackend {
+    /// The error of an operation on `path` that failed for good: when the
+    /// store kept failing through the retry window, it says how long that
+    /// was and how to lengthen it, so that an outage longer than the window
+    /// is not mistaken for one vault never retried.
+    fn fail(&self, path: &str, e: object_store::Error) -> BackendError {
+        let retried = !self.interrupted()
+            && !self.stalled()
+            && !self.retry_window.is_zero()
+            && (is_transport(&e) || is_server_error(&e));
+        match map_err(path, e) {
+            BackendError::Other(text) if retried => BackendError::Other(format!(
+                "{text} (gave up after retrying for at least {}s; VAULT_S3_RETRY_SECS sets how long)",
+                self.retry_window.as_secs()
+            )),
+            other => other,
+        }
     }
 }
 
@@ -886,7 +906,7 @@ impl Backend for ObjectBackend {
                         .put_opts(&key, PutPayload::from_bytes(data.clone()), opts.clone())
                 })
                 .await
-                .map_err(|e| map_err(path, e))?;
+                .map_err(|e| self.fail(path, e))?;
             }
             // Verify the store holds what we sent before anyone may rely on
             // it (a snapshot is written only after this returns), and, when
@@ -907,7 +927,7 @@ impl Backend for ObjectBackend {
                     self.store.get_opts(&key, head.clone())
                 })
                 .await
-                .map_err(|e| map_err(path, e))?
+                .map_err(|e| self.fail(path, e))?
                 .meta;
             // An object that was already there (same content-addressed
             // bytes) keeps the retention of its own upload, like any
@@ -946,7 +966,7 @@ impl Backend for ObjectBackend {
                 Counter::add(&self.requests.get, 1);
                 self.store.get(&key).await?.bytes().await
             }))
-            .map_err(|e| map_err(path, e))
+            .map_err(|e| self.fail(path, e))
     }
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
@@ -960,7 +980,7 @@ impl Backend for ObjectBackend {
                 Counter::add(&self.requests.get, 1);
                 self.store.get_range(&key, offset..end)
             }))
-            .map_err(|e| map_err(path, e))?;
+            .map_err(|e| self.fail(path, e))?;
         if bytes.len() as u64 != len {
             return Err(BackendError::Truncated(format!(
                 "{path} is shorter than expected: reading {len} bytes at {offset} returned {}",
@@ -978,7 +998,7 @@ impl Backend for ObjectBackend {
                 self.store.head(&key)
             }))
             .map(|m| m.size)
-            .map_err(|e| map_err(path, e))
+            .map_err(|e| self.fail(path, e))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
@@ -999,7 +1019,7 @@ impl Backend for ObjectBackend {
                 Counter::add(&self.requests.list, more_pages as u64);
                 Ok(metas)
             }))
-            .map_err(|e| map_err(prefix, e))?;
+            .map_err(|e| self.fail(prefix, e))?;
         Ok(metas
             .into_iter()
             .filter_map(|m| {
@@ -1022,7 +1042,7 @@ impl Backend for ObjectBackend {
             self.store.delete(&key)
         })) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(map_err(path, e)),
+            Err(e) => Err(self.fail(path, e)),
         }
     }
 
