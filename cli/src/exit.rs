@@ -54,13 +54,33 @@ Exit codes:
   130  interrupted (SIGINT/SIGTERM)
   255  vault wal fetch failed, other than 'not archived' (PostgreSQL then stops recovery)";
 
+/// A failure whose exit code the command decided: an outcome made of many
+/// engine findings rather than one error (a drill whose restore met
+/// damaged files).
+#[derive(Debug)]
+pub(crate) struct Coded {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Coded {}
+
 pub(crate) fn code_for(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(code_of(err))
 }
 
-/// The exit code for an error: by the kind of the engine error in its
-/// chain, else a local disk that is full, else [`FATAL`].
+/// The exit code for an error: the one a [`Coded`] failure in its chain
+/// names, else by the kind of the engine error in its chain, else a local disk that is full, else [`FATAL`].
 pub(crate) fn code_of(err: &anyhow::Error) -> u8 {
+    if let Some(c) = err.chain().find_map(|e| e.downcast_ref::<Coded>()) {
+        return c.code;
+    }
     if let Some(e) = err
         .chain()
         .find_map(|e| e.downcast_ref::<vault_engine::Error>())

@@ -7,7 +7,7 @@
 //! (and without VAULT_REQUIRE_DB=1) the database tests print a notice and
 //! pass trivially.
 
-use crate::support::{Env, assert_code, assert_success, stderr};
+use crate::support::{Env, assert_code, assert_success, key_name, stderr};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -1442,6 +1442,68 @@ heartbeat = "daily"
     std::fs::write(data.join("b"), b"new").unwrap();
     assert_success(&vault_with(&env, &config, &["backup", "drilled"]));
     assert_eq!(heartbeats(), 1, "{:?}", hook.received());
+}
+
+/// A file drill that meets damage fails with restore's exit code and names
+/// what is damaged (the pack, the path within the snapshot), and leaves no
+/// copy of the data behind in the temporary directory, passed or failed.
+#[test]
+fn a_failed_file_drill_names_the_damage_and_leaves_no_restore_behind() {
+    let env = Env::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(data.join("ro")).unwrap();
+    std::fs::write(data.join("a"), crate::support::pseudo_random(64 * 1024, 7)).unwrap();
+    std::fs::write(data.join("ro/b"), b"kept read-only").unwrap();
+    // A read-only directory in the restore must not keep it from going.
+    std::fs::set_permissions(data.join("ro"), std::fs::Permissions::from_mode(0o500)).unwrap();
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"{}\"]\n",
+            data.display()
+        ),
+    );
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    let scratch = env.path("tmp");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let drill = || {
+        env.command(&["drill", "f"])
+            .env("VAULT_CONFIG", &config)
+            .env("TMPDIR", &scratch)
+            .output()
+            .unwrap()
+    };
+    let left = || std::fs::read_dir(&scratch).unwrap().count();
+    assert_success(&drill());
+    assert_eq!(left(), 0, "a passed drill left its restore");
+
+    let pack = env
+        .sizes_under("data")
+        .into_iter()
+        .find(|(_, size)| *size > 1000)
+        .unwrap()
+        .0;
+    // The path is the one within the snapshot, not under the scratch
+    // directory; which of the two files comes first depends on the pack.
+    let within = format!("the first, {}/", data.display());
+    env.flip(&pack, 300);
+    let out = drill();
+    assert_code(&out, 5);
+    let err = stderr(&out);
+    assert!(err.contains(&within) && err.contains(": blob "), "{err}");
+    assert!(err.contains(key_name(&pack)), "{err}");
+    assert_eq!(left(), 0, "a failed drill left its restore");
+
+    env.delete_object(&pack);
+    let out = drill();
+    assert_code(&out, 4);
+    let err = stderr(&out);
+    assert!(err.contains(&within), "{err}");
+    assert!(
+        err.contains(&format!(": pack {} not found", key_name(&pack))),
+        "{err}"
+    );
+    assert_eq!(left(), 0, "a failed drill left its restore");
 }
 
 /// Durations in the config are checked when it is loaded, and options

@@ -6,7 +6,7 @@
 use crate::args::GlobalArgs;
 use crate::config::SourceKind;
 use crate::output::outln;
-use crate::{global, output, sources, status};
+use crate::{exit, global, output, sources, status};
 use anyhow::{Context, Result, bail};
 use std::process::ExitCode;
 use vault_engine::restore::{self, RestoreOptions, RestoreProgress};
@@ -188,9 +188,15 @@ fn drill(
             result.and(dropped)
         }
         SourceKind::Files | SourceKind::Command => {
-            let dir = tempfile_dir()?;
+            // A fresh directory only this user can enter (mkdtemp): a drill
+            // runs as root from cron, and a name someone else made first
+            // must not receive the restore.
+            let dir = tempfile::Builder::new()
+                .prefix("vault-drill-")
+                .tempdir()
+                .context("creating the drill's scratch directory")?;
             let options = RestoreOptions {
-                target: dir.clone(),
+                target: dir.path().to_owned(),
                 concurrency: repo.read_concurrency(),
                 ..RestoreOptions::default()
             };
@@ -201,26 +207,35 @@ fn drill(
                 &options,
                 &RestoreProgress::default(),
             );
-            let _ = std::fs::remove_dir_all(&dir);
+            remove_scratch(dir);
             let r = result?;
             report["files"] = r.files.into();
             report["bytes"] = r.bytes_written.into();
-            // A restore goes on past damaged data (zeros there); a drill
-            // that did so has failed, with restore's exit code.
-            if let Some(first) = r.damaged_files.first() {
-                let object = format!(
-                    "{} of {} restored files (first: {})",
-                    r.damaged_files.len(),
-                    r.files,
-                    first.path
-                );
-                return Err(if r.damaged_files.iter().all(|f| f.missing) {
-                    vault_engine::Error::NotFound { object }
-                } else {
-                    vault_engine::Error::Corrupt {
-                        object,
-                        reason: first.error.clone(),
-                    }
+            // A restore goes on past damaged data (zeros there) and past
+            // malformed entries; a drill that did so has failed, with
+            // restore's exit code and the first damage named.
+            let mut damage = r
+                .damaged_files
+                .iter()
+                .map(|f| (&f.path, &f.error))
+                .chain(r.damaged_entries.iter().map(|e| (&e.path, &e.error)));
+            if let Some((path, why)) = damage.next() {
+                let within = path
+                    .strip_prefix(&options.target.display().to_string())
+                    .unwrap_or(path);
+                let missing =
+                    r.damaged_entries.is_empty() && r.damaged_files.iter().all(|f| f.missing);
+                return Err(exit::Coded {
+                    code: if missing {
+                        exit::MISSING
+                    } else {
+                        exit::DAMAGED
+                    },
+                    message: format!(
+                        "{} of {} entries could not be restored intact; the first, {within}: {why}",
+                        r.damaged_files.len() + r.damaged_entries.len(),
+                        r.files + r.dirs + r.others,
+                    ),
                 }
                 .into());
             }
@@ -277,18 +292,29 @@ fn expect_rows(
     bail!("drill_min_rows: {}", short.join("; "))
 }
 
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "vault-drill-{}-{}",
-        std::process::id(),
-        rand_suffix()
-    ));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::from(d.subsec_nanos()))
+/// Deletes the drill's restore. Directories the snapshot holds read-only
+/// (0500, 0555) stop a non-root user's removal, so they are opened up
+/// first; what still cannot go is named, since it is a copy of the backed
+/// up data left in the temporary directory.
+fn remove_scratch(dir: tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.keep();
+    if std::fs::remove_dir_all(&path).is_ok() {
+        return;
+    }
+    let mut pending = vec![path.clone()];
+    while let Some(d) = pending.pop() {
+        let _ = std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700));
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&path) {
+        eprintln!(
+            "vault: warning: could not delete the drill's restore {}: {e}",
+            path.display()
+        );
+    }
 }
