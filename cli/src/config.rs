@@ -122,7 +122,7 @@ impl RetentionConfig {
             tags: self
                 .keep_tag
                 .iter()
-                .map(|l| vault_engine::retention::tag_list(l))
+                .map(|l| vault_engine::snapshot::tag_list(l))
                 .collect(),
         })
     }

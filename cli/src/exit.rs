@@ -42,6 +42,7 @@ pub(crate) const HELP: &str = "\
 Exit codes:
   0    success
   1    fatal error (nothing or not everything was saved)
+  2    usage error: an unknown flag, a missing or invalid argument (nothing was done)
   3    backup saved, but some files could not be read (listed on stderr)
   4    an object is missing from the repository
   5    the repository is damaged (data fails authentication, or check found errors)

@@ -438,9 +438,7 @@ pub fn backup(
     ensure_stored(repo, &reused, "backup")?;
     let stats = &progress.saver;
     let time = options.time.clone().unwrap_or_else(jiff::Zoned::now);
-    let mut tags = options.tags.clone();
-    tags.sort();
-    tags.dedup();
+    let tags = crate::snapshot::stored_tags(&options.tags);
     let snapshot = Snapshot {
         version: 1,
         time,

@@ -608,7 +608,7 @@ pub fn check(
             "blobs_unused",
             format!("{unused} blobs"),
             format!(
-                "{unused} indexed blobs are not used by any snapshot (`vault prune` reclaims them)"
+                "{unused} indexed blobs are not used by any snapshot (`vault prune` reclaims them; `--max-unused 0` also those in packs that are still mostly used)"
             ),
         );
     }

@@ -758,7 +758,7 @@ fn plan_group(
         // Tag lists keep without using up any count, but the snapshot still
         // goes through the count rules below (restic does the same).
         for list in &policy.tags {
-            if has_tags(snapshot, list) {
+            if crate::snapshot::has_tags(&snapshot.tags, list) {
                 reasons.push(KeepReason::Tags(list.clone()));
             }
         }
@@ -819,35 +819,6 @@ fn plan_group(
         });
     }
     Ok(plan)
-}
-
-/// One `--keep-tag` value (`a,b`: both tags) as a tag list. An empty value,
-/// or one starting with a comma, keeps its leading empty tag, which stands
-/// for "has no tags" ([`KeepPolicy::tags`]); other empty parts (`a,`) are
-/// dropped.
-#[must_use]
-pub fn tag_list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .enumerate()
-        .filter(|(i, t)| *i == 0 || !t.is_empty())
-        .map(|(_, t)| t.to_owned())
-        .collect()
-}
-
-/// restic's tag test: the snapshot must have every tag in `list`. An empty tag
-/// stands for "has no tags at all". It is checked in order, so it only matches
-/// if it comes before any real tag the snapshot lacks.
-fn has_tags(snapshot: &SnapshotMeta, list: &[String]) -> bool {
-    for tag in list {
-        if tag.is_empty() && snapshot.tags.is_empty() {
-            return true;
-        }
-        if !snapshot.tags.contains(tag) {
-            return false;
-        }
-    }
-    true
 }
 
 const NANOS_PER_SECOND: i128 = 1_000_000_000;
@@ -951,7 +922,7 @@ mod tests {
 
     #[test]
     fn a_keep_tag_value_keeps_only_a_leading_empty_tag() {
-        let list = |v: &str| tag_list(v);
+        let list = |v: &str| crate::snapshot::tag_list(v);
         assert_eq!(list(""), [""]);
         assert_eq!(list(",a"), ["", "a"]);
         assert_eq!(list("a,b"), ["a", "b"]);

@@ -193,17 +193,64 @@ impl SnapshotFilter {
     pub fn matches(&self, s: &Snapshot) -> bool {
         let host_ok = self.hosts.is_empty() || self.hosts.contains(&s.hostname);
         let tags_ok = self.tags.is_empty()
-            || self.tags.iter().any(|list| {
-                list.split(',')
-                    .filter(|t| !t.is_empty())
-                    .all(|t| s.tags.iter().any(|have| have == t))
-            });
+            || (self.tags.iter()).any(|list| has_tags(&s.tags, &tag_list(list)));
         let paths_ok = self
             .paths
             .iter()
             .all(|p| s.paths.iter().any(|have| have == p.trim_end_matches('/')));
         host_ok && tags_ok && paths_ok
     }
+}
+
+/// One `--tag` or `--keep-tag` value (`a,b`: both tags) as a tag list, as
+/// restic reads it: each tag trimmed of surrounding white space (`a, b` is
+/// `a` and `b`, never ` b`). An empty value, or one starting with a comma,
+/// keeps its leading empty tag, which stands for "has no tags"
+/// ([`has_tags`]); other empty parts (`a,`) are dropped, where restic would
+/// keep them and match nothing.
+#[must_use]
+pub fn tag_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .enumerate()
+        .filter(|(i, t)| *i == 0 || !t.is_empty())
+        .map(|(_, t)| t.to_owned())
+        .collect()
+}
+
+/// restic's tag test: a snapshot with tags `have` must have every tag in
+/// `list`. An empty tag stands for "has no tags at all". It is checked in
+/// order, so it only matches if it comes before any real tag the snapshot
+/// lacks. Stored tags are compared trimmed: earlier versions stored
+/// ` keep` from `--tag "nightly, keep"`, and `--keep-tag keep` must still
+/// protect such a snapshot.
+#[must_use]
+pub fn has_tags(have: &[String], list: &[String]) -> bool {
+    for tag in list {
+        if tag.is_empty() && have.is_empty() {
+            return true;
+        }
+        if !have.iter().any(|h| h.trim() == tag) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Tags as a snapshot stores them: trimmed of surrounding white space (a
+/// list typed `nightly, keep` must give `keep`, which `--keep-tag keep`
+/// then protects), without empty ones, sorted, without duplicates.
+#[must_use]
+pub fn stored_tags<S: AsRef<str>>(tags: impl IntoIterator<Item = S>) -> Vec<String> {
+    let mut out: Vec<String> = tags
+        .into_iter()
+        .map(|t| t.as_ref().trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A change to snapshots' tags, as `vault tag` (and `restic tag`) takes
@@ -219,15 +266,12 @@ pub struct TagChange {
 }
 
 impl TagChange {
-    /// The tags `tags` become: sorted, without duplicates or empty ones.
+    /// The tags `tags` become, as [`stored_tags`] has them.
     #[must_use]
     pub fn apply(&self, tags: &[String]) -> Vec<String> {
-        let mut out: Vec<String> = self.set.clone().unwrap_or_else(|| tags.to_vec());
-        out.extend(self.add.iter().cloned());
-        out.retain(|t| !t.is_empty() && !self.remove.contains(t));
-        out.sort();
-        out.dedup();
-        out
+        let remove = stored_tags(&self.remove);
+        let kept = stored_tags(self.set.as_deref().unwrap_or(tags).iter().chain(&self.add));
+        kept.into_iter().filter(|t| !remove.contains(t)).collect()
     }
 
     /// `snapshot` (stored as `id`) with its tags changed, recording the
@@ -461,6 +505,37 @@ mod select_tests {
         assert!(f(&["x,y"]).matches(&s));
         assert!(!f(&["x,z"]).matches(&s));
         assert!(f(&["x,z", "y"]).matches(&s));
+        // As restic: white space around a tag is not part of it.
+        assert!(f(&["x, y"]).matches(&s));
+        assert!(f(&[" y "]).matches(&s));
+        // An empty list means "no tags", not "any".
+        let (_, bare) = snap("2026-01-09T03:00:00Z", "a", &[]);
+        assert!(!f(&[""]).matches(&s));
+        assert!(f(&[""]).matches(&bare));
+        assert!(f(&["", "x"]).matches(&s));
+        assert!(!f(&["x"]).matches(&bare));
+        // A tag stored with a space by an earlier version still counts.
+        let (_, spaced) = snap("2026-01-09T03:00:00Z", "a", &[" keep", "nightly"]);
+        assert!(f(&["keep"]).matches(&spaced));
+    }
+
+    #[test]
+    fn tags_are_stored_trimmed_sorted_and_without_empty_ones() {
+        assert_eq!(
+            stored_tags(["nightly", " keep", "", " ", "keep ", "a"]),
+            ["a", "keep", "nightly"]
+        );
+        assert_eq!(tag_list(" a , b"), ["a", "b"]);
+        assert_eq!(tag_list(""), [""]);
+        assert_eq!(tag_list(", a"), ["", "a"]);
+        assert_eq!(tag_list("a,"), ["a"]);
+        let (_, s) = snap("2026-01-09T03:00:00Z", "a", &[" keep", "db"]);
+        let change = TagChange {
+            add: vec![" p".into(), "q ".into()],
+            remove: vec![" db".into()],
+            ..TagChange::default()
+        };
+        assert_eq!(change.apply(&s.tags), ["keep", "p", "q"]);
     }
 
     #[test]

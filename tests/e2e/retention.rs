@@ -179,6 +179,55 @@ fn keep_tag_empty_keeps_only_untagged_snapshots() {
     assert_eq!(env.snapshots().len(), 2, "{}", stderr(&out));
 }
 
+/// Tags read as restic reads them. `--tag ''` selects the snapshots without
+/// tags (it selected every snapshot, so `forget --tag '' --keep-last 1`
+/// forgot tagged ones it should not have looked at), and white space
+/// around a comma is not part of a tag (`--tag "nightly, keep"` stored
+/// ` keep`, which `--keep-tag keep` then did not protect).
+#[test]
+fn tags_are_trimmed_and_an_empty_tag_filter_selects_untagged_snapshots() {
+    let env = Env::new();
+    let snapshot = |day: u32, tag: Option<&str>| {
+        let time = format!("2025-01-0{day} 10:00:00");
+        let mut args = vec!["backup", "--stdin", "--time", &time];
+        args.extend(tag.iter().flat_map(|t| ["--tag", t]));
+        assert_success(&env.vault_stdin(&args, format!("day {day}").as_bytes()));
+    };
+    snapshot(1, Some("nightly, keep"));
+    snapshot(2, Some("nightly"));
+    snapshot(3, None);
+    snapshot(4, None);
+    let tags: Vec<serde_json::Value> = env.snapshots().iter().map(|s| s["tags"].clone()).collect();
+    assert_eq!(tags[0], serde_json::json!(["keep", "nightly"]));
+    let count = |args: &[&str]| {
+        let mut all = vec!["snapshots"];
+        all.extend(args);
+        env.json(&all).as_array().unwrap().len()
+    };
+    assert_eq!(count(&["--tag", ""]), 2);
+    assert_eq!(count(&["--tag", "nightly, keep"]), 1);
+
+    // Only the untagged ones are considered: the older is forgotten, the
+    // tagged ones are not touched.
+    assert_success(&env.vault(&["forget", "--tag", "", "--keep-last", "1"]));
+    assert_eq!(env.snapshots().len(), 3);
+    assert_eq!(count(&["--tag", ""]), 1);
+    // The spaced tag protects its snapshot.
+    assert_success(&env.vault(&["forget", "--keep-tag", " keep", "--keep-last", "1"]));
+    let times: Vec<String> = env
+        .snapshots()
+        .iter()
+        .map(|s| s["time"].as_str().unwrap()[..10].to_owned())
+        .collect();
+    assert_eq!(times, ["2025-01-01", "2025-01-04"]);
+    // `tag` trims what it adds.
+    assert_success(&env.vault(&["tag", "--tag", "keep", "--add", "p, q"]));
+    assert_eq!(
+        env.snapshots()[0]["tags"],
+        serde_json::json!(["keep", "nightly", "p", "q"])
+    );
+}
+
 /// Snapshots of one source at the same time (a backfill with a date-only
 /// `--time`): `forget --keep-last 1` keeps the one `latest` names, so
 /// `latest` still gives the same data afterwards.

@@ -84,7 +84,7 @@ impl PolicyArgs {
             tags: self
                 .keep_tag
                 .iter()
-                .map(|l| vault_engine::retention::tag_list(l))
+                .map(|l| vault_engine::snapshot::tag_list(l))
                 .collect(),
         }
     }

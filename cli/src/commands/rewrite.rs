@@ -126,10 +126,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     outln!("{verb} {} snapshots", report.len())?;
     if !args.dry_run && !report.is_empty() {
         if args.forget {
-            outln!("run `vault prune` to free the removed data")?;
+            outln!(
+                "run `vault prune --max-unused 0` to free the removed data (the default 5% may leave a small file inside a pack still in use)"
+            )?;
         } else {
             outln!(
-                "the originals are kept: `vault forget` them (or rerun with --forget), then `vault prune`"
+                "the originals are kept: `vault forget` them (or rerun with --forget), then `vault prune --max-unused 0`"
             )?;
         }
     }
