@@ -142,6 +142,15 @@ fn prune_marks_first_and_deletes_after_the_margin(backend: Backend) {
     assert_eq!(code, 0, "{v}");
 }
 
+/// A snapshot of a few bytes from stdin at 10:00 on day `day` of January
+/// 2025, tagged `tag`.
+fn day_snapshot(env: &Env, day: u32, tag: Option<&str>) {
+    let time = format!("2025-01-0{day} 10:00:00");
+    let mut args = vec!["backup", "--stdin", "--time", &time];
+    args.extend(tag.iter().flat_map(|t| ["--tag", t]));
+    assert_success(&env.vault_stdin(&args, format!("day {day}").as_bytes()));
+}
+
 /// `--keep-tag ''` keeps the snapshots without tags, as in restic and as
 /// docs/retention.md says; it used to be read as an empty list, which
 /// matches every snapshot, so nothing was ever forgotten. Also in the
@@ -149,12 +158,7 @@ fn prune_marks_first_and_deletes_after_the_margin(backend: Backend) {
 #[test]
 fn keep_tag_empty_keeps_only_untagged_snapshots() {
     let env = Env::new();
-    let snapshot = |day: u32, tag: Option<&str>| {
-        let time = format!("2025-01-0{day} 10:00:00");
-        let mut args = vec!["backup", "--stdin", "--time", &time];
-        args.extend(tag.iter().flat_map(|t| ["--tag", t]));
-        assert_success(&env.vault_stdin(&args, format!("day {day}").as_bytes()));
-    };
+    let snapshot = |day: u32, tag: Option<&str>| day_snapshot(&env, day, tag);
     let tags_left = |env: &Env| -> Vec<serde_json::Value> {
         env.snapshots().iter().map(|s| s["tags"].clone()).collect()
     };
@@ -187,12 +191,7 @@ fn keep_tag_empty_keeps_only_untagged_snapshots() {
 #[test]
 fn tags_are_trimmed_and_an_empty_tag_filter_selects_untagged_snapshots() {
     let env = Env::new();
-    let snapshot = |day: u32, tag: Option<&str>| {
-        let time = format!("2025-01-0{day} 10:00:00");
-        let mut args = vec!["backup", "--stdin", "--time", &time];
-        args.extend(tag.iter().flat_map(|t| ["--tag", t]));
-        assert_success(&env.vault_stdin(&args, format!("day {day}").as_bytes()));
-    };
+    let snapshot = |day: u32, tag: Option<&str>| day_snapshot(&env, day, tag);
     snapshot(1, Some("nightly, keep"));
     snapshot(2, Some("nightly"));
     snapshot(3, None);
