@@ -1336,14 +1336,28 @@ impl Content<'_> {
                         v.insert(f)
                     }
                 };
+                // Where the last byte written ends in the file.
+                let mut wrote_to = None;
                 if let Some(data) = data.as_ref().filter(|_| !skip) {
-                    file.write_all_at(data, w.offset)
-                        .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
-                    self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let write = |r: std::ops::Range<usize>| {
+                        let at = w.offset + r.start as u64;
+                        file.write_all_at(&data[r.clone()], at)
+                            .map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+                        self.written.fetch_add(r.len() as u64, Ordering::Relaxed);
+                        Ok::<_, Error>(at + r.len() as u64)
+                    };
+                    if self.fresh[w.file as usize] {
+                        // Zero blocks inside a chunk stay holes too.
+                        for r in crate::zeros::data_spans(data, w.offset) {
+                            wrote_to = Some(write(r)?);
+                        }
+                    } else {
+                        wrote_to = Some(write(0..data.len())?);
+                    }
                 }
                 if let Some(o) = own {
-                    if !skip {
-                        o.len = o.len.max(w.offset + u64::from(target.raw_len));
+                    if let Some(end) = wrote_to {
+                        o.len = o.len.max(end);
                     }
                     o.remaining -= 1;
                     if o.remaining == 0 {

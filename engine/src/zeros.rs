@@ -33,6 +33,67 @@ pub fn is_zero(data: &[u8]) -> bool {
     zero_prefix(data) == data.len()
 }
 
+/// The parts of `data`, to be written at file offset `at` into a file
+/// whose unwritten ranges are holes, that must be written for the file to
+/// read back as `data`: every whole block of the file's 4 KiB grid that is
+/// all zeros is left out, so a restored VM image or preallocated database
+/// file stays sparse even where a chunk mixes data and zeros. Partial
+/// blocks at either end are always written.
+#[must_use]
+pub fn data_spans(data: &[u8], at: u64) -> DataSpans<'_> {
+    DataSpans { data, at, pos: 0 }
+}
+
+/// The iterator [`data_spans`] returns.
+#[derive(Debug)]
+pub struct DataSpans<'a> {
+    data: &'a [u8],
+    at: u64,
+    pos: usize,
+}
+
+impl DataSpans<'_> {
+    /// The end of the grid block that starts (or continues) at `pos`.
+    fn block_end(&self, pos: usize) -> usize {
+        let into = (self.at + pos as u64) % BLOCK as u64;
+        // `into` < BLOCK, so this fits.
+        let left = BLOCK - into as usize;
+        (pos + left).min(self.data.len())
+    }
+
+    /// Whether the block `pos..end` may stay a hole.
+    fn hole(&self, pos: usize, end: usize) -> bool {
+        end - pos == BLOCK && self.data[pos..end] == ZERO_BLOCK
+    }
+}
+
+impl Iterator for DataSpans<'_> {
+    type Item = std::ops::Range<usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let len = self.data.len();
+        while self.pos < len {
+            let end = self.block_end(self.pos);
+            if !self.hole(self.pos, end) {
+                break;
+            }
+            self.pos = end;
+        }
+        if self.pos >= len {
+            return None;
+        }
+        let start = self.pos;
+        while self.pos < len {
+            let end = self.block_end(self.pos);
+            if self.hole(self.pos, end) {
+                break;
+            }
+            self.pos = end;
+        }
+        Some(start..self.pos)
+    }
+}
+
 /// Below this, hashing is cheaper than looking a length up.
 const CACHED_MIN: usize = 64 * 1024;
 /// A stream of zeros is cut into chunks of one or two lengths (the
@@ -86,6 +147,39 @@ mod tests {
         assert!(!is_zero(&data));
         data[0] = 1;
         assert_eq!(zero_prefix(&data), 0);
+    }
+
+    #[test]
+    fn data_spans_leave_out_whole_zero_blocks_of_the_file_grid() {
+        let spans = |data: &[u8], at: u64| data_spans(data, at).collect::<Vec<_>>();
+        assert!(spans(&[], 0).is_empty());
+        assert_eq!(spans(&[0; 10], 0), vec![0..10], "a partial block is written");
+        assert!(spans(&[0; BLOCK], 0).is_empty());
+        assert_eq!(spans(&[0; BLOCK], 1), vec![0..BLOCK], "no whole block");
+        // Data, two zero blocks, data: written around the hole.
+        let mut data = vec![0u8; 4 * BLOCK];
+        data[5] = 1;
+        data[3 * BLOCK + 7] = 2;
+        assert_eq!(spans(&data, 0), [0..BLOCK, 3 * BLOCK..4 * BLOCK]);
+        // Off the grid by 100 bytes: the blocks are the file's, not the
+        // chunk's.
+        assert_eq!(
+            spans(&data, 100),
+            [0..BLOCK - 100, 3 * BLOCK - 100..4 * BLOCK]
+        );
+        data[BLOCK + 50] = 3;
+        assert_eq!(
+            spans(&data, 100),
+            [0..2 * BLOCK - 100, 3 * BLOCK - 100..4 * BLOCK]
+        );
+        // What is left out is zeros, what is written is everything else.
+        for at in [0, 1, 4095, 4096, 12_345] {
+            let mut seen = vec![0u8; data.len()];
+            for r in data_spans(&data, at) {
+                seen[r.clone()].copy_from_slice(&data[r]);
+            }
+            assert_eq!(seen, data, "{at}");
+        }
     }
 
     #[test]

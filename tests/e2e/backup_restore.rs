@@ -191,6 +191,53 @@ fn round_trip_preserves_content_and_metadata(backend: Backend) {
     assert!(std::fs::metadata(zeros).unwrap().blocks() * 512 < 2_500_000);
 }
 
+/// A sparse file (a VM image, a preallocated database file) stays sparse
+/// where a chunk holds both data and zeros: only all-zero chunks used to be
+/// left as holes, so a 512 MiB image with 128 KiB of data came back as 256
+/// MiB on disk. Also when the restore finishes an interrupted one.
+#[test]
+fn sparse_files_stay_sparse_where_chunks_mix_data_and_zeros() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let image = src.join("image.img");
+    let file = std::fs::File::create(&image).unwrap();
+    file.set_len(32 << 20).unwrap();
+    for i in 0..16u64 {
+        std::os::unix::fs::FileExt::write_all_at(&file, b"DATA", i * (2 << 20) + 12_345).unwrap();
+    }
+    drop(file);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let allocated = |p: &Path| std::fs::metadata(p).unwrap().blocks() * 512;
+    for overwrite in ["never", "always"] {
+        let target = env.path("restore");
+        assert_success(&env.vault(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--overwrite",
+            overwrite,
+        ]));
+        let restored = restored_root(&target, &src).join("image.img");
+        assert_eq!(
+            std::fs::read(&restored).unwrap(),
+            std::fs::read(&image).unwrap()
+        );
+        // 16 blocks of 4 KiB hold the data; allow the file system some.
+        assert!(
+            allocated(&restored) <= 1 << 20,
+            "{} bytes",
+            allocated(&restored)
+        );
+        if overwrite == "never" {
+            // Made whole again over a copy whose blocks are all allocated:
+            // a file restored over is written as it is, holes and all.
+            std::fs::write(&restored, vec![1u8; 32 << 20]).unwrap();
+        }
+    }
+}
+
 /// A socket is recorded but not recreated (its program makes it anew), and
 /// restore must not then warn that it cannot chown, chmod or time a path it
 /// never created.
