@@ -94,6 +94,8 @@ pub struct DiffSide {
 pub struct DiffStats {
     /// Files whose content changed (`M`).
     pub changed_files: u64,
+    /// Symlinks whose target and devices whose number changed (`M`).
+    pub changed_others: u64,
     /// Paths whose type changed (`T`).
     pub type_changed: u64,
     /// Paths with only metadata changes (`U`).
@@ -244,7 +246,11 @@ impl Differ<'_> {
         };
         let path = child_path(parent, b);
         if content_changed(a, b) {
-            self.stats.changed_files += u64::from(a.kind == NodeKind::File);
+            if a.kind == NodeKind::File {
+                self.stats.changed_files += 1;
+            } else {
+                self.stats.changed_others += 1;
+            }
             let mut what = vec!["content"];
             what.extend(meta);
             (self.emit)(&Change {

@@ -551,8 +551,11 @@ fn diff_and_stats_report_changes_and_sizes(backend: Backend) {
     let env = Env::on(backend);
     let src = env.path("src");
     make_tree(&src);
+    std::os::unix::fs::symlink("a.txt", src.join("ln2")).unwrap();
     let first = env.json(&["backup", src.to_str().unwrap()]);
     std::fs::write(src.join("a.txt"), b"alpha, changed\n").unwrap();
+    std::fs::remove_file(src.join("ln2")).unwrap();
+    std::os::unix::fs::symlink("e.txt", src.join("ln2")).unwrap();
     std::fs::remove_file(src.join("b.txt")).unwrap();
     std::fs::write(src.join("e.txt"), b"echo\n").unwrap();
     std::fs::remove_file(src.join("link")).unwrap();
@@ -586,6 +589,7 @@ fn diff_and_stats_report_changes_and_sizes(backend: Backend) {
         ("+", "/e.txt"),
         ("T", "/link/"),
         ("+", "/link/inner"),
+        ("M", "/ln2"),
     ]
     .iter()
     .map(|(m, p)| ((*m).to_owned(), format!("{root}{p}")))
@@ -593,6 +597,8 @@ fn diff_and_stats_report_changes_and_sizes(backend: Backend) {
     assert_eq!(got, want);
     assert_eq!(stats["message_type"], "statistics");
     assert_eq!(stats["changed_files"], 1);
+    // The retargeted symlink counts too, apart from files.
+    assert_eq!(stats["changed_others"], 1);
     assert_eq!(stats["type_changed"], 1);
     assert_eq!(stats["added"]["files"], 2);
     assert_eq!(stats["removed"]["files"], 1);

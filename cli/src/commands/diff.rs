@@ -60,7 +60,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &DiffArgs) -> Result<ExitCode> {
             stats.changed_files
         )?;
         outln!("Dirs:        {ad:5} new, {rd:5} removed")?;
-        outln!("Others:      {ao:5} new, {ro:5} removed")?;
+        outln!(
+            "Others:      {ao:5} new, {ro:5} removed, {:5} changed",
+            stats.changed_others
+        )?;
         if stats.type_changed > 0 {
             outln!("Type changes: {:4}", stats.type_changed)?;
         }
