@@ -153,7 +153,11 @@ mod tests {
     fn data_spans_leave_out_whole_zero_blocks_of_the_file_grid() {
         let spans = |data: &[u8], at: u64| data_spans(data, at).collect::<Vec<_>>();
         assert!(spans(&[], 0).is_empty());
-        assert_eq!(spans(&[0; 10], 0), vec![0..10], "a partial block is written");
+        assert_eq!(
+            spans(&[0; 10], 0),
+            vec![0..10],
+            "a partial block is written"
+        );
         assert!(spans(&[0; BLOCK], 0).is_empty());
         assert_eq!(spans(&[0; BLOCK], 1), vec![0..BLOCK], "no whole block");
         // Data, two zero blocks, data: written around the hole.

@@ -234,7 +234,7 @@ fn drill(
                     message: format!(
                         "{} of {} entries could not be restored intact; the first, {within}: {why}",
                         r.damaged_files.len() + r.damaged_entries.len(),
-                        r.files + r.dirs + r.others,
+                        r.files + r.dirs + r.others + r.damaged_entries.len() as u64,
                     ),
                 }
                 .into());
