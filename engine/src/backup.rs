@@ -1137,11 +1137,17 @@ impl Ctx<'_> {
             Ok(v) => v,
             Err(e) => {
                 // Reading stops at Ctrl-C or the timeout, possibly before
-                // the watch has signalled the group: signal it as the watch
-                // would, before the child is waited for (its pid, the
-                // group's id, may be reused after that).
+                // the watch has signalled the group, and the command is
+                // abandoned: the watch, which would have sent SIGKILL after
+                // its grace period, goes with it. So the group gets SIGTERM,
+                // a moment for its handlers, then SIGKILL for members that
+                // ignore SIGTERM, all before the child is waited for: until
+                // then it holds the group's id, which cannot be reused.
                 if let Ok(group) = group {
-                    let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGTERM);
+                    use nix::sys::signal::{Signal, kill};
+                    let _ = kill(group, Signal::SIGTERM);
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    let _ = kill(group, Signal::SIGKILL);
                 }
                 let _ = child.kill();
                 let _ = child.wait();

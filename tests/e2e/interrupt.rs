@@ -239,22 +239,19 @@ fn sigint_during_a_rate_limited_copy_sends_nothing_more() {
     );
 }
 
-/// Ctrl-C during a command source stops the command and what it started,
-/// instead of waiting for it to end and saving its output.
-#[test]
-fn sigint_stops_a_running_command_source_and_its_children() {
-    let env = Env::new();
-    let marker = "31.4159";
-    let command = format!("echo start; sleep {marker}; echo end");
+/// Starts `backup --stdin-from-command sh -c COMMAND`, waits until
+/// `sleep MARKER` runs, interrupts the backup (exit 130, no snapshot), and
+/// says whether that `sleep` was still running 5 s later (killing it then).
+fn sleep_outlives_an_interrupted_command_source(env: &Env, command: &str, marker: &str) -> bool {
     let child = env.spawn(&[
         "backup",
         "--stdin-from-command",
         "--stdin-filename",
-        "slow.out",
+        "command.out",
         "--",
         "sh",
         "-c",
-        &command,
+        command,
     ]);
     let running = || {
         std::process::Command::new("pgrep")
@@ -272,12 +269,45 @@ fn sigint_stops_a_running_command_source_and_its_children() {
     let out = interrupt(child);
     assert_code(&out, 130);
     assert!(env.snapshots().is_empty());
-    // The command's own child went with it.
     let deadline = Instant::now() + Duration::from_secs(5);
     while running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(!running(), "sleep {marker} outlived the backup");
+    let survived = running();
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("sleep {marker}")])
+        .status();
+    survived
+}
+
+/// Ctrl-C during a command source stops the command and what it started,
+/// instead of waiting for it to end and saving its output.
+#[test]
+fn sigint_stops_a_running_command_source_and_its_children() {
+    let env = Env::new();
+    let marker = "31.4159";
+    let command = format!("echo start; sleep {marker}; echo end");
+    assert!(
+        !sleep_outlives_an_interrupted_command_source(&env, &command, marker),
+        "sleep {marker} outlived the backup"
+    );
+}
+
+/// A process the command started that ignores SIGTERM goes too: vault
+/// stops reading at Ctrl-C and abandons the command, so the group gets
+/// SIGKILL after its SIGTERM. It used to get only the SIGTERM (the watch
+/// that escalated after a grace period was dropped with the command), so
+/// it ran on after the backup ended.
+#[test]
+fn sigint_kills_a_command_child_that_ignores_sigterm() {
+    let env = Env::new();
+    let marker = "27.1828";
+    // `sleep` inherits the ignored SIGTERM; `cat` keeps the backup reading.
+    let command = format!("trap '' TERM; sleep {marker} & cat /dev/zero");
+    assert!(
+        !sleep_outlives_an_interrupted_command_source(&env, &command, marker),
+        "sleep {marker}, ignoring SIGTERM, outlived the backup"
+    );
 }
 
 /// An interrupted restore exits 130 and says how to finish it; running it
