@@ -41,7 +41,8 @@ pub(crate) struct GlobalArgs {
     #[arg(short, long, global = true)]
     pub(crate) quiet: bool,
     /// More log output (-v info, -vv debug; backup then names each file as
-    /// new, modified or unchanged).
+    /// new, modified or unchanged). VAULT_LOG (e.g. `debug`, `trace`,
+    /// `vault_engine=debug`) overrides it.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub(crate) verbose: u8,
     /// Configuration file [default: /etc/vault/vault.toml when it exists].

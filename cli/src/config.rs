@@ -471,6 +471,16 @@ impl Config {
                 })?;
             }
         }
+        for (field, urls) in [
+            ("on_failure", &self.notify.on_failure),
+            ("on_success", &self.notify.on_success),
+        ] {
+            for url in urls {
+                crate::notify::check_url(url).map_err(|e| {
+                    anyhow::anyhow!("{}: [notify] {field}: {e}", self.path.display())
+                })?;
+            }
+        }
         let has_secrets = !self.notify.on_failure.is_empty() || !self.notify.on_success.is_empty();
         if has_secrets {
             ensure_private(&self.path, "config file (webhook URLs are credentials)")?;

@@ -16,20 +16,46 @@ fn is_discord(url: &str) -> bool {
         && rest.contains("/api/webhooks/")
 }
 
-/// Where a URL points, without its secret path.
-fn redacted(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let authority = rest.split('/').next().unwrap_or_default();
-    // Never the `user:password@` either.
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}/…")
+/// Where a URL points, without its secret path, query or credentials.
+pub(crate) fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}/…", u.scheme()),
+            (Some(host), None) => format!("{}://{host}/…", u.scheme()),
+            (None, _) => format!("{}:…", u.scheme()),
+        },
+        Err(_) => "(a webhook URL that does not parse)".into(),
+    }
 }
 
-fn post(urls: &[String], discord_text: &str, body: &serde_json::Value) {
+/// Why `url` cannot be a webhook, for the config check: a URL without its
+/// scheme (`discord.com/api/webhooks/...`) was accepted, and the first
+/// alert was then lost as a "builder error".
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!(
+            "{}: not a URL ({e}); give it as https://host/path",
+            redacted(url)
+        )
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "{}: not an http:// or https:// URL with a host",
+            redacted(url)
+        ));
+    }
+    Ok(())
+}
+
+/// How often a POST is tried: a network blip must not lose an alert, which
+/// nothing sends again.
+const ATTEMPTS: u32 = 3;
+
+/// POSTs to every URL at once (a hanging one costs its timeout, not one
+/// per URL in turn); whether at least one took it.
+fn post(urls: &[String], discord_text: &str, body: &serde_json::Value) -> bool {
     if urls.is_empty() {
-        return;
+        return false;
     }
     let client = match reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(15))
@@ -38,30 +64,68 @@ fn post(urls: &[String], discord_text: &str, body: &serde_json::Value) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vault: warning: cannot send notifications: {e}");
-            return;
+            return false;
         }
     };
-    for url in urls {
-        let payload = if is_discord(url) {
-            json!({ "content": discord_text, "username": "vault" })
-        } else {
-            body.clone()
+    std::thread::scope(|scope| {
+        let sends: Vec<_> = urls
+            .iter()
+            .map(|url| {
+                let client = &client;
+                scope.spawn(move || {
+                    let payload = if is_discord(url) {
+                        json!({ "content": discord_text, "username": "vault" })
+                    } else {
+                        body.clone()
+                    };
+                    send(client, url, &payload)
+                })
+            })
+            .collect();
+        // Every send joined (no short cut), then: did any arrive?
+        sends
+            .into_iter()
+            .map(|s| s.join().unwrap_or(false))
+            .filter(|&ok| ok)
+            .count()
+            > 0
+    })
+}
+
+/// One webhook, retried after a refused or dropped connection or a 5xx/429
+/// answer (not after a timeout: that took 15 s already); failures are
+/// printed with their cause.
+fn send(client: &reqwest::blocking::Client, url: &str, payload: &serde_json::Value) -> bool {
+    for attempt in 1..=ATTEMPTS {
+        let why = match client.post(url).json(payload).send() {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) => {
+                let retry = r.status().is_server_error()
+                    || r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS;
+                (format!("answered {}", r.status()), retry)
+            }
+            Err(e) => {
+                let retry = !e.is_timeout() && !e.is_builder();
+                // reqwest's own text is "error sending request": the
+                // causes say whether it was refused, reset or timed out.
+                let e = e.without_url();
+                let mut text = format!("failed: {e}");
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    text.push_str(&format!(": {c}"));
+                    cause = c.source();
+                }
+                (text, retry)
+            }
         };
-        let result = client.post(url).json(&payload).send();
-        match result {
-            Ok(r) if r.status().is_success() => {}
-            Ok(r) => eprintln!(
-                "vault: warning: webhook {} answered {}",
-                redacted(url),
-                r.status()
-            ),
-            Err(e) => eprintln!(
-                "vault: warning: webhook {} failed: {}",
-                redacted(url),
-                e.without_url()
-            ),
+        let (why, retry) = why;
+        if !retry || attempt == ATTEMPTS {
+            eprintln!("vault: warning: webhook {} {why}", redacted(url));
+            return false;
         }
+        std::thread::sleep(Duration::from_secs(u64::from(attempt)));
     }
+    false
 }
 
 /// What went wrong, for [`alert`].
@@ -110,8 +174,13 @@ pub(crate) fn alert(
     post(urls, &text, &body);
 }
 
-/// Sends the periodic success summary.
-pub(crate) fn heartbeat(urls: &[String], host: &str, time: &str, lines: &[(String, String)]) {
+/// Sends the periodic success summary; whether a webhook took it.
+pub(crate) fn heartbeat(
+    urls: &[String],
+    host: &str,
+    time: &str,
+    lines: &[(String, String)],
+) -> bool {
     let mut text = format!("**vault heartbeat** from `{host}`: all sources OK ({time})");
     for (source, summary) in lines {
         text.push_str(&format!("\n- `{source}`: {summary}"));
@@ -122,7 +191,7 @@ pub(crate) fn heartbeat(urls: &[String], host: &str, time: &str, lines: &[(Strin
         "time": time,
         "sources": lines.iter().map(|(s, m)| json!({"source": s, "summary": m})).collect::<Vec<_>>(),
     });
-    post(urls, &text, &body);
+    post(urls, &text, &body)
 }
 
 #[cfg(test)]
@@ -143,5 +212,26 @@ mod tests {
             redacted("http://hookuser:HookSecret55@127.0.0.1:47123/hook/TOKEN"),
             "http://127.0.0.1:47123/…"
         );
+        // Without a path, the query is no part of the host.
+        assert_eq!(
+            redacted("http://u:SECRETPW@127.0.0.1:18084?token=SECRETQ#frag"),
+            "http://127.0.0.1:18084/…"
+        );
+        assert!(!redacted("not a url SECRETX").contains("SECRETX"));
+    }
+
+    #[test]
+    fn webhook_urls_need_a_scheme_and_a_host() {
+        assert!(check_url("https://discord.com/api/webhooks/1/X").is_ok());
+        assert!(check_url("http://127.0.0.1:8080?token=x").is_ok());
+        for bad in [
+            "discord.com/api/webhooks/1/SECRET",
+            "127.0.0.1:18081/hook/SECRET",
+            "ftp://host/SECRET",
+            "not a url SECRET",
+        ] {
+            let e = check_url(bad).unwrap_err();
+            assert!(!e.contains("SECRET"), "{e}");
+        }
     }
 }

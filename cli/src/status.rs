@@ -121,11 +121,51 @@ impl StatusFile {
         }
     }
 
+    /// Changes the status file under an exclusive lock (`NAME.lock` beside
+    /// it): load, `change`, save. vault runs that end at once (per-source
+    /// timers, a drill beside a backup) each keep their update; without
+    /// the lock the last to save dropped the others', so a failed source
+    /// could read `success`. `change` must be quick (no webhooks): other
+    /// runs wait for the lock. A file that does not parse is set aside
+    /// with a warning, as in [`StatusFile::load_or_set_aside`].
+    pub(crate) fn update<T>(path: &Path, change: impl FnOnce(&mut Self) -> T) -> Result<T> {
+        let _lock = lock(path)?;
+        let (mut file, damaged) = Self::load_or_set_aside(path);
+        if let Some(warning) = damaged {
+            eprintln!("vault: warning: {warning}");
+        }
+        let out = change(&mut file);
+        file.save(path)?;
+        Ok(out)
+    }
+
     /// Writes atomically (temp file + rename).
-    pub(crate) fn save(&self, path: &Path) -> Result<()> {
+    fn save(&self, path: &Path) -> Result<()> {
         write_atomic(path, &serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// Waits for the exclusive lock on the status file at `path` (held on
+/// `NAME.lock`, since the file itself is replaced on every save). Released
+/// when the returned file is dropped, or by the kernel when the process
+/// dies.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", lock_path.display()))?;
+    Ok(file)
 }
 
 /// Replaces `path` with `bytes` through a temporary file and a rename, so

@@ -13,6 +13,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// Records JSON bodies POSTed to it.
 struct Webhook {
@@ -22,6 +23,12 @@ struct Webhook {
 
 impl Webhook {
     fn start() -> Self {
+        Self::answering(Duration::ZERO, 0)
+    }
+
+    /// A webhook that records each body at once, then answers after
+    /// `delay`: 500 to the first `failures` requests, 204 to the rest.
+    fn answering(delay: Duration, failures: usize) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let bodies = Arc::new(Mutex::new(Vec::new()));
@@ -43,12 +50,20 @@ impl Webhook {
                 }
                 let mut body = vec![0u8; len];
                 let _ = reader.read_exact(&mut body);
-                if let Ok(v) = serde_json::from_slice(&body) {
-                    sink.lock().unwrap().push(v);
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+                let n = {
+                    let mut bodies = sink.lock().unwrap();
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        bodies.push(v);
+                    }
+                    bodies.len()
+                };
+                std::thread::sleep(delay);
+                let answer: &[u8] = if n <= failures {
+                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                let _ = stream.write_all(answer);
             }
         });
         Self { url, bodies }
@@ -1442,6 +1457,166 @@ heartbeat = "daily"
     std::fs::write(data.join("b"), b"new").unwrap();
     assert_success(&vault_with(&env, &config, &["backup", "drilled"]));
     assert_eq!(heartbeats(), 1, "{:?}", hook.received());
+}
+
+/// A config with a failing command source `broken`, a files source `good`,
+/// and `[notify]` posting to `hook` (daily heartbeat) and writing its
+/// status to `status`.
+fn notify_config(env: &Env, hook: &str, status: &Path) -> PathBuf {
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), b"some data").unwrap();
+    write_config(
+        env,
+        &format!(
+            r#"
+[[source]]
+name = "broken"
+kind = "command"
+command = ["sh", "-c", "echo partial; exit 3"]
+filename = "dump.sql"
+
+[[source]]
+name = "good"
+kind = "files"
+paths = ["{data}"]
+
+[notify]
+on_failure = ["{hook}"]
+heartbeat = "daily"
+status_file = "{status}"
+"#,
+            data = data.display(),
+            status = status.display()
+        ),
+    )
+}
+
+fn last_result(status: &Path, source: &str) -> serde_json::Value {
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(status).unwrap()).unwrap();
+    file["sources"][source]["last_result"].clone()
+}
+
+/// Two runs ending at once both keep their update of the status file. A
+/// run used to load the file, post its alerts (up to 15 s a webhook), then
+/// save what it had loaded, dropping what another run saved meanwhile: a
+/// source whose run failed could read `success`.
+#[test]
+fn runs_ending_at_once_keep_each_others_status_updates() {
+    let env = Env::new();
+    let hook = Webhook::answering(Duration::from_secs(3), 0);
+    let status = env.path("state/status.json");
+    let config = notify_config(&env, &hook.url, &status);
+    let slow = env
+        .command(&["backup", "broken"])
+        .env("VAULT_CONFIG", &config)
+        .spawn()
+        .unwrap();
+    // Its alert is being posted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while hook.received().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_success(&vault_with(&env, &config, &["backup", "good"]));
+    assert_code(&slow.wait_with_output().unwrap(), 6);
+    assert_eq!(last_result(&status, "good"), "success");
+    assert_eq!(last_result(&status, "broken"), "failure");
+}
+
+/// Alerts survive what used to lose them: a status directory that cannot
+/// be written (the backups run anyway, alerted, with the failing source's
+/// exit code), a webhook answering 500 once (retried), and a heartbeat
+/// that did not arrive (sent again by the next run); and a daily heartbeat
+/// goes out on a run that ends a minute earlier than yesterday's.
+#[test]
+fn alerts_survive_an_unwritable_status_file_and_a_failing_webhook() {
+    let env = Env::new();
+    let hook = Webhook::answering(Duration::ZERO, 1);
+    // A regular file where the status directory should be.
+    std::fs::write(env.path("state"), b"not a directory").unwrap();
+    let status = env.path("state/status.json");
+    let config = notify_config(&env, &hook.url, &status);
+    let out = vault_with(&env, &config, &["backup"]);
+    assert_code(&out, 6);
+    assert!(
+        stderr(&out).contains("without its overlap lock"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tagged(&env, "good"), 1, "the good source was backed up");
+    // The first POST was answered 500 and sent again.
+    let events: Vec<_> = hook.received().iter().map(|b| b["event"].clone()).collect();
+    assert_eq!(events, ["backup_failed", "backup_failed"]);
+
+    // A heartbeat that fails (all three attempts) is not recorded as sent.
+    std::fs::remove_file(env.path("state")).unwrap();
+    let hook = Webhook::answering(Duration::ZERO, 3);
+    let status = env.path("state/status.json");
+    let config = write_config(
+        &env,
+        &std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&hook_url_of(&config), &hook.url)
+            .replace("exit 3", "exit 0"),
+    );
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    let heartbeats = |hook: &Webhook| {
+        hook.received()
+            .iter()
+            .filter(|b| b["event"] == "heartbeat")
+            .count()
+    };
+    assert_eq!(heartbeats(&hook), 3, "{:?}", hook.received());
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+    assert_eq!(file["last_heartbeat"], serde_json::Value::Null);
+    // The next run sends it, and records it.
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    assert_eq!(heartbeats(&hook), 4);
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status).unwrap()).unwrap();
+    assert!(file["last_heartbeat"].is_string(), "{file}");
+    // Yesterday's ended a minute later in the day: today's is still due.
+    file["last_heartbeat"] = (jiff::Timestamp::now() - jiff::SignedDuration::from_secs(86_340))
+        .to_string()
+        .into();
+    std::fs::write(&status, serde_json::to_vec(&file).unwrap()).unwrap();
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    assert_eq!(heartbeats(&hook), 5);
+    // Within the hour after one, none.
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    assert_eq!(heartbeats(&hook), 5);
+}
+
+fn hook_url_of(config: &Path) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let start = text.find("on_failure = [\"").unwrap() + "on_failure = [\"".len();
+    text[start..start + text[start..].find('"').unwrap()].to_owned()
+}
+
+/// A webhook URL that cannot be posted to (no scheme: the common
+/// `discord.com/api/webhooks/...` slip) is a config error naming the key,
+/// without the URL's secret path; it was accepted and the first alert lost.
+/// `vault status` over a status file that does not parse fails, and leaves
+/// the file where it is.
+#[test]
+fn a_webhook_without_scheme_is_refused_and_status_keeps_a_damaged_file() {
+    let env = Env::new();
+    let status = env.path("state/status.json");
+    let config = notify_config(&env, "discord.com/api/webhooks/1/SECRET", &status);
+    let out = vault_with(&env, &config, &["backup"]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("[notify] on_failure"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+    assert!(env.snapshots().is_empty());
+
+    let config = notify_config(&env, "http://127.0.0.1:9/hook", &status);
+    std::fs::create_dir_all(status.parent().unwrap()).unwrap();
+    std::fs::write(&status, b"{\"sources\": {\"good\": {\"last_result\": 5}}}").unwrap();
+    let out = vault_with(&env, &config, &["status"]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("status.json"), "{}", stderr(&out));
+    assert!(status.exists(), "status moved the file aside");
 }
 
 /// A file drill that meets damage fails with restore's exit code and names

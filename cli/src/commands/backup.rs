@@ -476,6 +476,7 @@ fn print_summary(
 /// Holds a per-source lock file so overlapping cron runs never back up the
 /// same source twice at once. Released when dropped (or when the process
 /// dies: the kernel drops the lock).
+/// `None` when another run holds it.
 fn source_lock(status_path: &std::path::Path, name: &str) -> Result<Option<std::fs::File>> {
     let dir = status_path
         .parent()
@@ -553,22 +554,36 @@ fn run_sources(
         if cancel.load(Ordering::SeqCst) {
             return interrupted(args, config, &status_path, &host, outcomes);
         }
-        let Some(_guard) = source_lock(&status_path, &name)? else {
-            eprintln!("vault: source {name}: another vault backup of it is still running; skipped");
-            locked += 1;
-            print_source_error(
-                g,
-                &name,
-                "skipped: another vault backup of it is still running",
-                exit::LOCKED,
-            )?;
-            // A failure to report: a source hung since the last run must not
-            // pass for fine in the status and the heartbeat.
-            outcomes.push((
-                name,
-                Err("skipped: the previous backup of this source is still running".into()),
-            ));
-            continue;
+        // The overlap lock lives beside the status file: where that cannot
+        // be written (a full or read-only /var), the backup still runs,
+        // and its outcome is alerted.
+        let _guard = match source_lock(&status_path, &name) {
+            Ok(Some(lock)) => Some(lock),
+            Err(e) => {
+                eprintln!(
+                    "vault: warning: {e:#}: backing up source {name} without its overlap lock"
+                );
+                None
+            }
+            Ok(None) => {
+                eprintln!(
+                    "vault: source {name}: another vault backup of it is still running; skipped"
+                );
+                locked += 1;
+                print_source_error(
+                    g,
+                    &name,
+                    "skipped: another vault backup of it is still running",
+                    exit::LOCKED,
+                )?;
+                // A failure to report: a source hung since the last run must not
+                // pass for fine in the status and the heartbeat.
+                outcomes.push((
+                    name,
+                    Err("skipped: the previous backup of this source is still running".into()),
+                ));
+                continue;
+            }
         };
         let mut tags = vec![name.clone()];
         if args.physical {
@@ -681,13 +696,21 @@ fn run_sources(
         }
         outcomes.push((name, result.map_err(|e| format!("{e:#}"))));
     }
-    if !args.dry_run {
-        record(config, &status_path, &host, args.physical, &outcomes)?;
-    }
+    // A status file that cannot be written (its disk full) is reported,
+    // but a source's failure keeps its own exit code.
+    let recorded = if args.dry_run {
+        Ok(())
+    } else {
+        record(config, &status_path, &host, args.physical, &outcomes)
+    };
     if failed > 0 {
+        if let Err(e) = &recorded {
+            eprintln!("vault: error: the outcomes were not recorded: {e:#}");
+        }
         eprintln!("vault: {failed} of {} sources failed", outcomes.len());
         return Ok(ExitCode::from(first_failure.unwrap_or(exit::FATAL)));
     }
+    recorded.context("the backups were saved, but not recorded in the status file")?;
     if locked > 0 {
         return Ok(ExitCode::from(exit::LOCKED));
     }
@@ -748,7 +771,10 @@ fn interrupted(
 
 /// Updates the status file, sends failure alerts and, when due, the
 /// success heartbeat. Base backups (`physical`) are recorded apart from a
-/// source's dumps: one that works must not hide dumps that fail.
+/// source's dumps: one that works must not hide dumps that fail. Alerts go
+/// out after the status file is saved, and also when it cannot be: a
+/// webhook that hangs must not hold other runs waiting for the file, and a
+/// status file that cannot be written must not silence an alert.
 fn record(
     config: &Config,
     status_path: &std::path::Path,
@@ -756,21 +782,35 @@ fn record(
     physical: bool,
     outcomes: &[(String, Result<backup::BackupReport, String>)],
 ) -> Result<()> {
-    let (mut file, damaged) = status::StatusFile::load_or_set_aside(status_path);
-    if let Some(warning) = damaged {
-        eprintln!("vault: warning: {warning}");
-    }
     let now = jiff::Timestamp::now();
     let now_text = now.to_string();
-    for (name, outcome) in outcomes {
-        let entry = file.sources.entry(name.clone()).or_default();
-        let entry = if physical {
-            &mut **entry.physical.get_or_insert_with(Box::default)
-        } else {
-            entry
-        };
-        match outcome {
-            Ok(report) => {
+    // What each outcome is to alert, and to record as its failure.
+    let failures: Vec<(&str, notify::Alert, String)> = outcomes
+        .iter()
+        .filter_map(|(name, outcome)| match outcome {
+            // Exit 3: saved, but without what could not be read (a
+            // permission, a vanished mount). Someone must look.
+            Ok(report) => report.errors.first().map(|first| {
+                let error = format!(
+                    "{} entries could not be read, first {}: {}",
+                    report.errors.len(),
+                    first.path,
+                    first.error
+                );
+                (name.as_str(), notify::Alert::BackupIncomplete, error)
+            }),
+            Err(error) => Some((name.as_str(), notify::Alert::BackupFailed, error.clone())),
+        })
+        .collect();
+    let saved = status::StatusFile::update(status_path, |file| {
+        for (name, outcome) in outcomes {
+            let entry = file.sources.entry(name.clone()).or_default();
+            let entry = if physical {
+                &mut **entry.physical.get_or_insert_with(Box::default)
+            } else {
+                entry
+            };
+            if let Ok(report) = outcome {
                 entry.last_success = Some(status::Success {
                     time: now_text.clone(),
                     snapshot: report.snapshot_id.to_hex(),
@@ -779,85 +819,88 @@ fn record(
                     duration_secs: duration_secs(report),
                 });
                 entry.last_result = Some("success".into());
-                // Exit 3: saved, but without what could not be read (a
-                // permission, a vanished mount). Someone must look.
-                if let Some(first) = report.errors.first() {
-                    let error = format!(
-                        "{} entries could not be read, first {}: {}",
-                        report.errors.len(),
-                        first.path,
-                        first.error
-                    );
-                    entry.last_result = Some("incomplete".into());
-                    entry.last_failure = Some(status::Failure {
-                        time: now_text.clone(),
-                        error: error.clone(),
-                    });
-                    notify::alert(
-                        &config.notify.on_failure,
-                        notify::Alert::BackupIncomplete,
-                        name,
-                        &error,
-                        host,
-                        &now_text,
-                    );
-                }
             }
-            Err(error) => {
+            if let Some((_, what, error)) = failures.iter().find(|(n, ..)| n == name) {
+                entry.last_result = Some(
+                    match what {
+                        notify::Alert::BackupIncomplete => "incomplete",
+                        _ => "failure",
+                    }
+                    .into(),
+                );
                 entry.last_failure = Some(status::Failure {
                     time: now_text.clone(),
                     error: error.clone(),
                 });
-                entry.last_result = Some("failure".into());
-                notify::alert(
-                    &config.notify.on_failure,
-                    notify::Alert::BackupFailed,
-                    name,
-                    error,
-                    host,
-                    &now_text,
-                );
             }
         }
+        heartbeat_due(config, file, now)
+    });
+    for (name, what, error) in &failures {
+        notify::alert(
+            &config.notify.on_failure,
+            *what,
+            name,
+            error,
+            host,
+            &now_text,
+        );
     }
-    // "All sources OK" only when none needs attention, including sources
-    // this run did not include (per-source timers run one at a time), and
-    // none whose latest drill failed: its backups may not restore.
+    // Not when the file could not be saved: the heartbeat could not be
+    // recorded either, and every run would send one.
+    if let Ok(true) = saved {
+        let urls = if config.notify.on_success.is_empty() {
+            &config.notify.on_failure
+        } else {
+            &config.notify.on_success
+        };
+        let lines: Vec<(String, String)> = outcomes
+            .iter()
+            .filter_map(|(n, o)| {
+                let r = o.as_ref().ok()?;
+                Some((
+                    n.clone(),
+                    format!(
+                        "snapshot {}, {} processed, {} added",
+                        r.snapshot_id.short(),
+                        output::bytes(r.snapshot.summary.total_bytes_processed),
+                        output::bytes(r.snapshot.summary.data_added_packed)
+                    ),
+                ))
+            })
+            .collect();
+        // Recorded only once delivered: a heartbeat lost to a webhook
+        // that was down is sent again by the next run.
+        if notify::heartbeat(urls, host, &now_text, &lines) {
+            status::StatusFile::update(status_path, |file| {
+                file.last_heartbeat = Some(now_text.clone());
+            })?;
+        }
+    }
+    saved.map(|_| ())
+}
+
+/// Whether the success heartbeat is due: every source is fine, including
+/// sources this run did not include (per-source timers run one at a time),
+/// and none's latest drill failed (its backups may not restore), and a
+/// period has passed since the last one. A period less 1/24 of it: a daily
+/// run that ends a little earlier than yesterday's (`RandomizedDelaySec`)
+/// must still send it.
+fn heartbeat_due(config: &Config, file: &status::StatusFile, now: jiff::Timestamp) -> bool {
+    let Some(period) = config.notify.heartbeat else {
+        return false;
+    };
     let all_ok = config.sources.iter().all(|s| {
         file.sources
             .get(s.name())
             .is_none_or(|e| !e.needs_attention() && !e.drill_failed())
     });
-    if all_ok && let Some(period) = config.notify.heartbeat {
-        let due = file
+    all_ok
+        && file
             .last_heartbeat
             .as_deref()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .is_none_or(|last| now.as_second() - last.as_second() >= period.secs());
-        if due {
-            let urls = if config.notify.on_success.is_empty() {
-                &config.notify.on_failure
-            } else {
-                &config.notify.on_success
-            };
-            let lines: Vec<(String, String)> = outcomes
-                .iter()
-                .filter_map(|(n, o)| {
-                    let r = o.as_ref().ok()?;
-                    Some((
-                        n.clone(),
-                        format!(
-                            "snapshot {}, {} processed, {} added",
-                            r.snapshot_id.short(),
-                            output::bytes(r.snapshot.summary.total_bytes_processed),
-                            output::bytes(r.snapshot.summary.data_added_packed)
-                        ),
-                    ))
-                })
-                .collect();
-            notify::heartbeat(urls, host, &now_text, &lines);
-            file.last_heartbeat = Some(now_text.clone());
-        }
-    }
-    file.save(status_path)
+            .is_none_or(|last| {
+                now.as_second() - last.as_second() >= period.secs() - period.secs() / 24
+            })
 }

@@ -89,23 +89,21 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
 /// not the drill's result.
 fn record(config: &crate::config::Config, source: &str, report: &serde_json::Value) {
     let path = status::path(config.notify.status_file.as_deref());
-    let (mut file, damaged) = status::StatusFile::load_or_set_aside(&path);
-    if let Some(warning) = damaged {
-        eprintln!("vault: warning: {warning}");
-    }
     let now = jiff::Timestamp::now().to_string();
     let ok = report["ok"] == true;
-    let entry = file.sources.entry(source.to_owned()).or_default();
-    entry.last_drill = Some(status::DrillRun {
-        time: now.clone(),
-        ok,
-        snapshot: report["snapshot_id"].as_str().map(str::to_owned),
-        error: report["error"].as_str().map(str::to_owned),
+    let recorded = status::StatusFile::update(&path, |file| {
+        let entry = file.sources.entry(source.to_owned()).or_default();
+        entry.last_drill = Some(status::DrillRun {
+            time: now.clone(),
+            ok,
+            snapshot: report["snapshot_id"].as_str().map(str::to_owned),
+            error: report["error"].as_str().map(str::to_owned),
+        });
+        if ok {
+            entry.last_drill_passed = Some(now.clone());
+        }
     });
-    if ok {
-        entry.last_drill_passed = Some(now);
-    }
-    if let Err(e) = file.save(&path) {
+    if let Err(e) = recorded {
         eprintln!("vault: warning: the drill's result was not recorded: {e:#}");
     }
 }

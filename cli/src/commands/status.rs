@@ -32,11 +32,16 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
         bail!("vault status reports on configured sources: no config file (see --config)");
     };
     let host = global::hostname();
+    // Read only: a file that does not parse is left where it is (the next
+    // backup sets it aside), and its lost history fails the status.
     let (file, damaged) =
-        status::StatusFile::load_or_set_aside(&status::path(config.notify.status_file.as_deref()));
-    if let Some(warning) = damaged {
-        eprintln!("vault: warning: {warning}");
-    }
+        match status::StatusFile::load(&status::path(config.notify.status_file.as_deref())) {
+            Ok(file) => (file, false),
+            Err(e) => {
+                eprintln!("vault: error: {e:#}: what it recorded cannot be shown");
+                (status::StatusFile::default(), true)
+            }
+        };
     let repo = match global::open_repository(g) {
         Ok(repo) => repo,
         Err(e) => {
@@ -228,7 +233,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
             )?;
         }
     }
-    Ok(if any_failing {
+    Ok(if any_failing || damaged {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
