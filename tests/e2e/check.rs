@@ -560,6 +560,45 @@ fn several_packs_fixture(backend: Backend) -> (Env, PathBuf) {
     (env, src)
 }
 
+/// `check --quiet` prints errors only: the blobs a prune leaves unused
+/// (below `--max-unused`) were a warning in every weekly cron mail.
+#[test]
+fn quiet_check_prints_errors_but_not_warnings() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), pseudo_random(200_000, 1)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    std::fs::write(src.join("a"), pseudo_random(200_000, 2)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    assert_success(&env.vault(&["forget", "--keep-last", "1"]));
+    let out = env.vault(&["check"]);
+    assert_success(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("[blobs_unused]"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = env.vault(&["check", "--quiet"]);
+    assert_success(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    // An error still shows.
+    let pack = env
+        .sizes_under("data")
+        .into_iter()
+        .max_by_key(|(_, size)| *size)
+        .unwrap()
+        .0;
+    env.delete_object(&pack);
+    let out = env.vault(&["check", "--quiet"]);
+    assert_code(&out, 5);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("error:"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// No finding but blobs prune leaves unused (below its unused-space
 /// tolerance).
 fn assert_clean(v: &serde_json::Value) {

@@ -68,7 +68,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &CheckArgs) -> Result<ExitCode> {
         v["ok"] = (errors == 0).into();
         output::print_json(&v)?;
     } else {
-        for f in &report.findings {
+        // `--quiet` prints only errors: a weekly `check --quiet` from cron
+        // mails when something is wrong, not each week that a prune left
+        // blobs unused below its `--max-unused`.
+        for f in (report.findings.iter()).filter(|f| !g.quiet || f.severity == Severity::Error) {
             let label = match f.severity {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
