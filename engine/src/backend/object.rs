@@ -842,6 +842,23 @@ impl ObjectBackend {
     }
 }
 
+/// An error's text followed by each cause it does not already spell out:
+/// object_store's "error sending request" alone does not say whether the
+/// connection was refused, reset or timed out.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn map_err(path: &str, e: object_store::Error) -> BackendError {
     // S3 answers 404 for a missing bucket too; that is no missing object
     // (no repository, exit 4/10) but a wrong URL or name.
@@ -853,7 +870,7 @@ fn map_err(path: &str, e: object_store::Error) -> BackendError {
     match e {
         object_store::Error::NotFound { .. } => BackendError::NotFound(path.to_owned()),
         object_store::Error::AlreadyExists { .. } => BackendError::AlreadyExists(path.to_owned()),
-        other => BackendError::Other(format!("{path}: {other}")),
+        other => BackendError::Other(format!("{path}: {}", with_causes(&other))),
     }
 }
 
