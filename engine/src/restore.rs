@@ -473,12 +473,22 @@ fn restore_on_pool(
         .any(|p| !p.as_bytes().starts_with(b"/"));
     let mut passed: HashMap<PathBuf, Item> = HashMap::new();
     let mut matched = false;
+    // The first excluded path an include selects (or leads to): an include
+    // that matches nothing else was emptied by --exclude, not mistyped.
+    let mut excluded_match: Option<PathBuf> = None;
     walk(repo, index, root, &mut |path, node| {
         // Planning a large tree takes a while: Ctrl-C must not wait for it.
         if options.cancel.load(Ordering::Relaxed) {
             return Err(Error::Interrupted);
         }
         if excludes.is_excluded(path, node.kind == NodeKind::Dir) {
+            if excluded_match.is_none()
+                && !options.includes.is_empty()
+                && (matches_include(path, &includes, &options.includes)
+                    || is_ancestor_of_include(path, &options.includes))
+            {
+                excluded_match = Some(path.to_owned());
+            }
             return Ok(false);
         }
         let included = matches_include(path, &includes, &options.includes);
@@ -495,13 +505,22 @@ fn restore_on_pool(
     })?;
     if !options.includes.is_empty() {
         if !matched {
-            return Err(Error::InvalidInput(format!(
-                "--include {} matches nothing in the snapshot",
-                (options.includes.iter())
-                    .map(|p| p.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            let given = (options.includes.iter())
+                .map(|p| p.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::InvalidInput(match excluded_match {
+                Some(path) => format!(
+                    "--include {given} selects only what --exclude removes ({} is excluded)",
+                    path.display()
+                ),
+                // A relative include may match below an excluded
+                // directory, where the walk never looks.
+                None if !options.excludes.is_empty() => format!(
+                    "--include {given} matches nothing in the snapshot outside what --exclude removes"
+                ),
+                None => format!("--include {given} matches nothing in the snapshot"),
+            }));
         }
         add_ancestors(&mut items, passed, &options.target);
     }

@@ -1579,3 +1579,35 @@ fn a_missing_deep_path_is_named_as_given() {
         stderr(&out)
     );
 }
+
+/// An include that names a path --exclude removes says so, rather than
+/// "matches nothing in the snapshot" about a path the snapshot holds.
+#[test]
+fn an_include_emptied_by_an_exclude_says_so() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("hl/a")).unwrap();
+    std::fs::write(src.join("hl/a/f1"), b"f1").unwrap();
+    std::fs::write(src.join("other"), b"o").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("r");
+    let f1 = src.join("hl/a/f1");
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--exclude",
+        "hl",
+        "--include",
+        f1.to_str().unwrap(),
+    ]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("selects only what --exclude removes")
+            && err.contains(&format!("{} is excluded", src.join("hl").display())),
+        "{err}"
+    );
+    assert!(!err.contains("matches nothing in the snapshot"), "{err}");
+}
