@@ -53,6 +53,17 @@ pub(crate) enum Command {
     /// Find files by name or path pattern in snapshots.
     Find(find::FindArgs),
     /// Restore a snapshot.
+    ///
+    /// An entry the target refuses (an immutable file, a directory this
+    /// user cannot write, a device node as non-root, an extended attribute
+    /// or mode that cannot be set) is named on stderr and skipped, and the
+    /// restore goes on; it then exits 3, and `--json` lists them in
+    /// `failed_entries`. As non-root, owners stay the restoring user's
+    /// (not an error). Data damaged or missing in the repository: its files
+    /// are named and restored with zeros there, exit 5 (4 if only missing).
+    /// A full disk (7), the storage failing (8) or Ctrl-C (130) stop the
+    /// restore at once; run it again with `--overwrite if-changed` to
+    /// finish it.
     Restore(restore::RestoreArgs),
     /// Write a file of a snapshot to standard output, or a directory as a tar stream.
     Dump(dump::DumpArgs),

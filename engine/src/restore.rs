@@ -106,8 +106,17 @@ pub struct RestoreReport {
     pub deleted_paths: Vec<String>,
     /// Files read back and found identical to the snapshot (`verify`).
     pub verified_files: u64,
-    /// Metadata that could not be applied (e.g. ownership as non-root).
+    /// Problems that leave every entry intact. None at present: owners
+    /// are set only as root (as non-root they stay the restoring user's,
+    /// as with restic), and any other metadata not applied is a
+    /// [`FailedEntry`]. Kept for the `--json` schema.
     pub warnings: Vec<String>,
+    /// Entries not restored, or not intact, because the target refused
+    /// them: not created, not replaced, content not written, or metadata
+    /// (mode, times, extended attributes; owner as root) not applied, each
+    /// with what failed; the restore went on with everything else.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_entries: Vec<FailedEntry>,
     /// Files restored with zeros where their content is damaged or
     /// missing in the repository, each with why; the restore went on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -126,6 +135,34 @@ pub struct DamagedEntry {
     pub path: String,
     /// What is wrong with its node.
     pub error: String,
+}
+
+/// An entry the target refused (see [`RestoreReport::failed_entries`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FailedEntry {
+    /// Where it belongs.
+    pub path: String,
+    /// What failed (the path is not repeated).
+    pub error: String,
+    /// For a directory not created: the entries below it, not restored
+    /// either and not listed one by one.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub entries_below: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl RestoreReport {
+    /// How many entries [`Self::failed_entries`] stands for, those below a
+    /// directory not created included.
+    #[must_use]
+    pub fn failed_count(&self) -> u64 {
+        (self.failed_entries.iter())
+            .map(|f| 1 + f.entries_below)
+            .sum()
+    }
 }
 
 /// A file whose content could not be restored whole.
@@ -473,12 +510,22 @@ fn restore_on_pool(
         .any(|p| !p.as_bytes().starts_with(b"/"));
     let mut passed: HashMap<PathBuf, Item> = HashMap::new();
     let mut matched = false;
+    // The first excluded path an include selects (or leads to): an include
+    // that matches nothing else was emptied by --exclude, not mistyped.
+    let mut excluded_match: Option<PathBuf> = None;
     walk(repo, index, root, &mut |path, node| {
         // Planning a large tree takes a while: Ctrl-C must not wait for it.
         if options.cancel.load(Ordering::Relaxed) {
             return Err(Error::Interrupted);
         }
         if excludes.is_excluded(path, node.kind == NodeKind::Dir) {
+            if excluded_match.is_none()
+                && !options.includes.is_empty()
+                && (matches_include(path, &includes, &options.includes)
+                    || is_ancestor_of_include(path, &options.includes))
+            {
+                excluded_match = Some(path.to_owned());
+            }
             return Ok(false);
         }
         let included = matches_include(path, &includes, &options.includes);
@@ -495,13 +542,22 @@ fn restore_on_pool(
     })?;
     if !options.includes.is_empty() {
         if !matched {
-            return Err(Error::InvalidInput(format!(
-                "--include {} matches nothing in the snapshot",
-                (options.includes.iter())
-                    .map(|p| p.to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            let given = (options.includes.iter())
+                .map(|p| p.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::InvalidInput(match excluded_match {
+                Some(path) => format!(
+                    "--include {given} selects only what --exclude removes ({} is excluded)",
+                    path.display()
+                ),
+                // A relative include may match below an excluded
+                // directory, where the walk never looks.
+                None if !options.excludes.is_empty() => format!(
+                    "--include {given} matches nothing in the snapshot outside what --exclude removes"
+                ),
+                None => format!("--include {given} matches nothing in the snapshot"),
+            }));
         }
         add_ancestors(&mut items, passed, &options.target);
     }
@@ -526,26 +582,34 @@ fn restore_on_pool(
         return plan_only(repo, index, &items, options, &includes, &excludes);
     }
     let mut report = RestoreReport::default();
+    // The target itself not there is the restore failing, not an entry.
     fs::create_dir_all(&options.target)
         .map_err(|e| Error::io(format!("creating {}", options.target.display()), e))?;
+    let failures = Failures::new(items.len());
 
     // 2. Skeleton: directories, empty files, links, special files.
-    let mut hardlinks: HashMap<(u64, u64), &Path> = HashMap::new();
+    let mut hardlinks: HashMap<(u64, u64), usize> = HashMap::new();
     let mut fresh = vec![false; items.len()];
-    // Entries the skeleton did not create (sockets, device nodes mknod
-    // refused): no metadata to apply, and no warnings about a path that is
-    // not there.
+    // Entries the skeleton did not create (sockets, damaged symlinks): no
+    // metadata to apply, and no complaints about a path that is not there.
     let mut absent = vec![false; items.len()];
     // Files to fill with content, by item.
     let mut content_files: Vec<usize> = Vec::new();
-    // Second and later names of hard-linked files: linked once the first
-    // name exists.
-    let mut links: Vec<(&Path, &Path)> = Vec::new();
+    // Second and later names of hard-linked files, by item (first name,
+    // this name): linked once the first name exists.
+    let mut links: Vec<(usize, usize)> = Vec::new();
     // Directories known to exist. Items come parents first, so this is
     // nearly always a lookup; calling create_dir_all for every item cost a
     // failing mkdir and a stat per file, on this one thread.
     let mut dirs_made: std::collections::HashSet<&Path> = std::collections::HashSet::new();
     dirs_made.insert(options.target.as_path());
+    // Directories that could not be made, with the number of their
+    // failure: what belongs below one is skipped and counted there rather
+    // than failing (and listed) once per entry.
+    let mut dirs_failed: HashMap<&Path, usize> = HashMap::new();
+    let below_failed = |at: usize| {
+        failures.entries.lock().expect("ok")[at].entries_below += 1;
+    };
     for (idx, item) in items.iter().enumerate() {
         if idx % 1024 == 0 && options.cancel.load(Ordering::Relaxed) {
             return Err(Error::Interrupted);
@@ -554,42 +618,66 @@ fn restore_on_pool(
         if let Some(parent) = path.parent()
             && !dirs_made.contains(parent)
         {
-            fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-            dirs_made.insert(parent);
+            let at = match dirs_failed.get(parent) {
+                Some(&at) => Some(at),
+                None => match fs::create_dir_all(parent) {
+                    Ok(()) => {
+                        dirs_made.insert(parent);
+                        None
+                    }
+                    Err(e) => {
+                        let e = Error::io(format!("creating {}", parent.display()), e);
+                        let at = failures.record(None, parent, e)?;
+                        dirs_failed.insert(parent, at);
+                        Some(at)
+                    }
+                },
+            };
+            if let Some(at) = at {
+                failures.failed[idx].store(true, Ordering::Relaxed);
+                below_failed(at);
+                if item.kind == NodeKind::Dir {
+                    dirs_failed.insert(path, at);
+                }
+                continue;
+            }
         }
-        match item.kind {
+        let made: Result<()> = match item.kind {
             NodeKind::Dir => {
                 // Never follow a symlink where a directory belongs: content
                 // would land outside the target.
-                match fs::symlink_metadata(path) {
-                    Ok(m) if m.is_dir() => {}
+                let made = match fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => Ok(()),
                     Ok(_) if options.overwrite == Overwrite::Never => {
                         return Err(Error::InvalidInput(format!(
                             "{} already exists and is not a directory; pass --overwrite to replace it",
                             path.display()
                         )));
                     }
-                    Ok(_) => {
-                        remove_existing(path)?;
-                        private_dir(path)?;
+                    Ok(_) => remove_existing(path).and_then(|()| private_dir(path)),
+                    Err(_) => private_dir(path),
+                };
+                match made {
+                    Ok(()) => {
+                        dirs_made.insert(path);
                     }
-                    Err(_) => private_dir(path)?,
+                    Err(e) => {
+                        let at = failures.record(Some(idx), path, e)?;
+                        dirs_failed.insert(path, at);
+                    }
                 }
-                dirs_made.insert(path);
-                report.dirs += 1;
+                Ok(())
             }
             NodeKind::File => {
                 if let Some(key) = item.hardlink() {
-                    if let Some(first) = hardlinks.get(&key) {
-                        links.push((first, path));
-                        report.files += 1;
+                    if let Some(&first) = hardlinks.get(&key) {
+                        links.push((first, idx));
                         continue;
                     }
-                    hardlinks.insert(key, path);
+                    hardlinks.insert(key, idx);
                 }
                 content_files.push(idx);
-                report.files += 1;
+                Ok(())
             }
             NodeKind::Symlink => {
                 // A target no file system holds is damage to this entry
@@ -600,49 +688,45 @@ fn restore_on_pool(
                     report.damaged_entries.extend(item.damage());
                     continue;
                 };
-                remove_existing(path)?;
-                std::os::unix::fs::symlink(target, path)
-                    .map_err(|e| Error::io(format!("creating symlink {}", path.display()), e))?;
-                report.others += 1;
+                remove_existing(path).and_then(|()| {
+                    std::os::unix::fs::symlink(target, path)
+                        .map_err(|e| Error::io(format!("creating symlink {}", path.display()), e))
+                })
             }
-            NodeKind::Fifo => {
-                remove_existing(path)?;
+            // A fifo and a device node the target refuses are alike: the
+            // entry is not restored.
+            NodeKind::Fifo => remove_existing(path).and_then(|()| {
                 nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(item.mode))
-                    .map_err(|e| {
-                        Error::io(format!("creating fifo {}", path.display()), e.into())
-                    })?;
-                report.others += 1;
-            }
-            NodeKind::Dev | NodeKind::Chardev => {
-                remove_existing(path)?;
+                    .map_err(|e| Error::io(format!("creating fifo {}", path.display()), e.into()))
+            }),
+            NodeKind::Dev | NodeKind::Chardev => remove_existing(path).and_then(|()| {
                 let kind = if item.kind == NodeKind::Dev {
                     nix::sys::stat::SFlag::S_IFBLK
                 } else {
                     nix::sys::stat::SFlag::S_IFCHR
                 };
-                match nix::sys::stat::mknod(
+                nix::sys::stat::mknod(
                     path,
                     kind,
                     nix::sys::stat::Mode::from_bits_truncate(item.mode),
                     item.rare.as_ref().and_then(|r| r.device).unwrap_or(0),
-                ) {
-                    Ok(()) => report.others += 1,
-                    Err(e) => {
-                        absent[idx] = true;
-                        report.warnings.push(format!(
-                            "{}: cannot create device node: {e}",
-                            path.display()
-                        ));
-                    }
-                }
-            }
+                )
+                .map_err(|e| {
+                    Error::io(format!("creating device node {}", path.display()), e.into())
+                })
+            }),
             NodeKind::Socket => {
                 // Sockets are recreated by the program that owns them.
                 absent[idx] = true;
+                Ok(())
             }
+        };
+        if let Err(e) = made {
+            failures.record(Some(idx), path, e)?;
         }
     }
     drop(dirs_made);
+    drop(dirs_failed);
     drop(hardlinks);
 
     phase("skeleton");
@@ -655,16 +739,21 @@ fn restore_on_pool(
     } else {
         HashMap::new()
     };
+    // A file that cannot be created or sized is recorded and gets no
+    // content: the pack workers skip it.
     let prepare = |files: Vec<usize>| -> Result<Vec<(usize, bool)>> {
-        files
+        let prepared: Vec<Option<(usize, bool)>> = files
             .into_par_iter()
             .map(|idx| {
                 let item = &items[idx];
                 let names = group_of(&groups, item);
-                let fresh = prepare_file(&item.path, item.size, options.overwrite, names)?;
-                Ok((idx, fresh))
+                match prepare_file(&item.path, item.size, options.overwrite, names) {
+                    Ok(fresh) => Ok(Some((idx, fresh))),
+                    Err(e) => failures.record(Some(idx), &item.path, e).map(|_| None),
+                }
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(prepared.into_iter().flatten().collect())
     };
     let verified: Vec<Vec<bool>> = if resuming {
         for (idx, is_fresh) in prepare(content_files.clone())? {
@@ -673,6 +762,9 @@ fn restore_on_pool(
         content_files
             .par_iter()
             .map(|&idx| {
+                if failures.is_failed(idx) {
+                    return Vec::new();
+                }
                 existing_chunks_ok(repo, index, &items[idx].path, &items[idx].content)
                     .unwrap_or_default()
             })
@@ -687,6 +779,9 @@ fn restore_on_pool(
     let mut total = 0u64;
     let skipped = AtomicU64::new(0);
     for (file_no, &idx) in content_files.iter().enumerate() {
+        if failures.is_failed(idx) {
+            continue;
+        }
         let item = &items[idx];
         let mut offset = 0u64;
         for (chunk_no, id) in item.content.iter().enumerate() {
@@ -778,7 +873,7 @@ fn restore_on_pool(
         owned: &owned,
         rules,
         written: AtomicU64::new(0),
-        warnings: Mutex::new(Vec::new()),
+        failures: &failures,
         damaged: Mutex::new(BTreeMap::new()),
         progress,
     };
@@ -799,9 +894,6 @@ fn restore_on_pool(
         return Err(Error::Interrupted);
     }
     report.bytes_written = content.written.load(Ordering::Relaxed);
-    report
-        .warnings
-        .extend(content.warnings.into_inner().expect("ok"));
     let damaged = content.damaged.into_inner().expect("ok");
     report.damaged_files = damaged
         .iter()
@@ -816,13 +908,30 @@ fn restore_on_pool(
     // (a first name owned by a pack worker was created just above).
     // A name already linked to its first one (a restore over its own
     // output) is left as it is.
-    for (first, path) in &links {
-        if same_file(first, path) {
+    for &(first, idx) in &links {
+        let (first_path, path): (&Path, &Path) = (&items[first].path, &items[idx].path);
+        if failures.is_failed(first) {
+            failures.failed[idx].store(true, Ordering::Relaxed);
+            failures.entries.lock().expect("ok").push(FailedEntry {
+                path: path.display().to_string(),
+                error: format!(
+                    "not linked: {}, its other name, was not restored",
+                    first_path.display()
+                ),
+                entries_below: 0,
+            });
             continue;
         }
-        remove_existing(path)?;
-        fs::hard_link(first, path)
-            .map_err(|e| Error::io(format!("linking {}", path.display()), e))?;
+        if same_file(first_path, path) {
+            continue;
+        }
+        let linked = remove_existing(path).and_then(|()| {
+            fs::hard_link(first_path, path)
+                .map_err(|e| Error::io(format!("linking {}", path.display()), e))
+        });
+        if let Err(e) = linked {
+            failures.record(Some(idx), path, e)?;
+        }
     }
     phase("content");
     // Content is durable before the restore reports success: one syncfs of
@@ -833,13 +942,14 @@ fn restore_on_pool(
     // Before the metadata: reading a file changes its atime, removing an
     // entry its directory's mtime.
     if options.verify {
-        // Files known to be damaged are reported already, not re-read.
-        let intact = |idx: &usize| !damaged.contains_key(idx);
+        // Files known to be damaged or not written are reported already,
+        // not re-read.
+        let intact = |idx: &usize| !damaged.contains_key(idx) && !failures.is_failed(*idx);
         report.verified_files = verify_restored(repo, index, &items, &content_files, intact)?;
         phase("verify");
     }
     if !options.delete_within.is_empty() {
-        let deleted = delete_extras(&items, options, &includes, &excludes, false)?;
+        let deleted = delete_extras(&items, options, &includes, &excludes, Some(&failures))?;
         report.deleted = deleted.len() as u64;
         report.deleted_paths = deleted;
         phase("delete");
@@ -847,23 +957,38 @@ fn restore_on_pool(
 
     // 4. Metadata: everything but directories (and files their pack worker
     // finished), then directories deepest first.
-    let warnings: Vec<String> = items
+    let left = |idx: usize| absent[idx] || failures.is_failed(idx);
+    items
         .par_iter()
-        .zip(owned.par_iter().zip(absent.par_iter()))
-        .filter(|(i, (owned, absent))| i.kind != NodeKind::Dir && !**owned && !**absent)
-        .flat_map_iter(|(item, _)| {
-            let mut w = Vec::new();
-            apply_metadata(Meta::Path(&item.path), item, rules, &mut w);
-            w
-        })
+        .enumerate()
+        .filter(|&(idx, i)| i.kind != NodeKind::Dir && !owned[idx] && !left(idx))
+        .for_each(|(_, item)| {
+            let problems = apply_metadata(Meta::Path(&item.path), item, rules);
+            failures.metadata(&item.path, problems);
+        });
+    let mut dirs: Vec<&Item> = (items.iter().enumerate())
+        .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx))
+        .map(|(_, i)| i)
         .collect();
-    report.warnings.extend(warnings);
-    let mut dirs: Vec<&Item> = items.iter().filter(|i| i.kind == NodeKind::Dir).collect();
     dirs.sort_by_key(|i| std::cmp::Reverse(i.path.components().count()));
     for item in dirs {
-        apply_metadata(Meta::Path(&item.path), item, rules, &mut report.warnings);
+        let problems = apply_metadata(Meta::Path(&item.path), item, rules);
+        failures.metadata(&item.path, problems);
     }
     phase("metadata");
+    // What was restored: an entry the target refused is not counted.
+    for (idx, item) in items.iter().enumerate() {
+        if left(idx) {
+            continue;
+        }
+        match item.kind {
+            NodeKind::Dir => report.dirs += 1,
+            NodeKind::File => report.files += 1,
+            _ => report.others += 1,
+        }
+    }
+    report.failed_entries = failures.entries.into_inner().expect("ok");
+    report.failed_entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(report)
 }
 
@@ -965,7 +1090,7 @@ fn plan_only(
     report.bytes_written = sizes.iter().map(|(w, _)| w).sum();
     report.bytes_skipped = sizes.iter().map(|(_, s)| s).sum();
     if !options.delete_within.is_empty() {
-        report.deleted_paths = delete_extras(items, options, includes, excludes, true)?;
+        report.deleted_paths = delete_extras(items, options, includes, excludes, None)?;
         report.deleted = report.deleted_paths.len() as u64;
     }
     Ok(report)
@@ -973,13 +1098,14 @@ fn plan_only(
 
 /// Removes, from each restored directory at or below `delete_within` that
 /// the includes select whole, the entries the snapshot does not hold, and
-/// returns their paths; with `dry_run` only returns them.
+/// returns their paths; with no `failures` to record what cannot be
+/// removed in (a dry run), only returns them.
 fn delete_extras(
     items: &[Item],
     options: &RestoreOptions,
     includes: &[Pattern],
     excludes: &crate::backup::Excludes,
-    dry_run: bool,
+    failures: Option<&Failures>,
 ) -> Result<Vec<String>> {
     let mut expected: HashMap<&Path, std::collections::HashSet<&std::ffi::OsStr>> = HashMap::new();
     for item in items {
@@ -1005,11 +1131,26 @@ fn delete_extras(
         if !fs::symlink_metadata(&item.path).is_ok_and(|m| m.is_dir()) {
             continue;
         }
-        let entries = fs::read_dir(&item.path)
-            .map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
+        let listing = |e| Error::io(format!("listing {}", item.path.display()), e);
+        // A directory that cannot be listed is one entry the restore could
+        // not make what the snapshot holds (a dry run has no such entry).
+        let entries = match (fs::read_dir(&item.path), failures) {
+            (Ok(entries), _) => entries,
+            (Err(e), Some(failures)) => {
+                failures.record(None, &item.path, listing(e))?;
+                continue;
+            }
+            (Err(e), None) => return Err(listing(e)),
+        };
         for entry in entries {
-            let entry =
-                entry.map_err(|e| Error::io(format!("listing {}", item.path.display()), e))?;
+            let entry = match (entry, failures) {
+                (Ok(entry), _) => entry,
+                (Err(e), Some(failures)) => {
+                    failures.record(None, &item.path, listing(e))?;
+                    break;
+                }
+                (Err(e), None) => return Err(listing(e)),
+            };
             let name = entry.file_name();
             if expected
                 .get(&*item.path)
@@ -1022,9 +1163,22 @@ fn delete_extras(
             if excludes.is_excluded(&in_snapshot.join(&name), is_dir) {
                 continue;
             }
-            if !dry_run {
+            if let Some(failures) = failures {
                 tracing::info!("deleting {}", path.display());
-                remove_existing(&path)?;
+                if let Err(e) = remove_existing(&path) {
+                    let e = match e {
+                        Error::Io { cause, .. } => Error::io(
+                            format!(
+                                "removing {} (the snapshot does not hold it)",
+                                path.display()
+                            ),
+                            cause,
+                        ),
+                        e => e,
+                    };
+                    failures.record(None, &path, e)?;
+                    continue;
+                }
             }
             deleted.push(path.to_string_lossy().into_owned());
         }
@@ -1042,6 +1196,86 @@ fn sync_target(target: &Path) -> Result<()> {
             std::io::Error::from(e),
         )
     })
+}
+
+/// What the target refused during a restore, shared by every phase.
+/// One entry refused (an immutable file, a directory this user cannot
+/// write, a device node as non-root) costs that entry, not the restore:
+/// a restore in place stopped at the first one left every other damaged
+/// file in the target as it was.
+struct Failures {
+    /// By item: not created, or its content not (all) written; nothing
+    /// more is done with it.
+    failed: Vec<AtomicBool>,
+    entries: Mutex<Vec<FailedEntry>>,
+}
+
+impl Failures {
+    fn new(items: usize) -> Self {
+        Failures {
+            failed: (0..items).map(|_| AtomicBool::new(false)).collect(),
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn is_failed(&self, idx: usize) -> bool {
+        self.failed[idx].load(Ordering::Relaxed)
+    }
+
+    /// Records that creating, replacing or writing `path` (item `idx`, or
+    /// a directory above the items) failed with `e`, and returns the
+    /// record's number; fails with `e` itself when it must stop the
+    /// restore ([`stops_restore`]).
+    fn record(&self, idx: Option<usize>, path: &Path, e: Error) -> Result<usize> {
+        if stops_restore(&e) {
+            return Err(e);
+        }
+        // The path leads the line: the error's own mention of it goes.
+        let error = match &e {
+            Error::Io { context, cause } => {
+                let context = context.replace(&format!(" {}", path.display()), "");
+                format!("{context}: {cause}")
+            }
+            e => e.to_string(),
+        };
+        if let Some(idx) = idx {
+            self.failed[idx].store(true, Ordering::Relaxed);
+        }
+        let mut entries = self.entries.lock().expect("ok");
+        entries.push(FailedEntry {
+            path: path.display().to_string(),
+            error,
+            entries_below: 0,
+        });
+        Ok(entries.len() - 1)
+    }
+
+    /// Records metadata of `path` not applied (the entry itself is there).
+    fn metadata(&self, path: &Path, problems: Vec<String>) {
+        if problems.is_empty() {
+            return;
+        }
+        self.entries.lock().expect("ok").push(FailedEntry {
+            path: path.display().to_string(),
+            error: format!("restored without its {}", problems.join("; ")),
+            entries_below: 0,
+        });
+    }
+}
+
+/// Whether an error while restoring one entry stops the whole restore:
+/// anything but a local file operation (the store failing, damage,
+/// Ctrl-C), and among those a full disk or quota (every further write
+/// would fail too) and exhausted process or system resources. Everything
+/// else (EPERM, EACCES, EROFS, EEXIST, EIO, ...) is about the entry.
+fn stops_restore(e: &Error) -> bool {
+    match e {
+        Error::Io { cause, .. } => matches!(
+            cause.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+        ),
+        _ => true,
+    }
 }
 
 fn remove_existing(path: &Path) -> Result<()> {
@@ -1199,7 +1433,8 @@ struct Content<'a> {
     owned: &'a [bool],
     rules: MetaRules,
     written: AtomicU64,
-    warnings: Mutex<Vec<String>>,
+    /// Files the target refuses are recorded here, and skipped.
+    failures: &'a Failures,
     /// By item: why part of its content could not be restored (a blob
     /// damaged or missing in the repository), and whether because it is
     /// missing; the file has zeros there.
@@ -1293,6 +1528,10 @@ impl Content<'_> {
             };
             let zero = data.as_ref().is_some_and(|d| crate::zeros::is_zero(d));
             for &Want { write: w, .. } in writes {
+                // A file the target refused (here or before) gets no more.
+                if self.failures.is_failed(w.file as usize) {
+                    continue;
+                }
                 let item = &self.items[w.file as usize];
                 let mut own = owned.get_mut(&w.file);
                 // A new file is sized with set_len: a zero range is a
@@ -1311,29 +1550,36 @@ impl Content<'_> {
                 let file = match files.entry(w.file) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        let f = match own.as_deref_mut() {
+                        let opened = match own.as_deref_mut() {
                             Some(o) if !o.created => {
                                 o.created = true;
-                                let f = create_file(p)?;
                                 // Other blobs are opened before this
                                 // file's next write, and one may fail:
                                 // like every file of a failed restore,
                                 // it must then have its full size,
                                 // holes where content is missing.
-                                if o.remaining > 1 {
-                                    f.set_len(item.size).map_err(|e| {
-                                        Error::io(format!("resizing {}", p.display()), e)
-                                    })?;
-                                    o.len = item.size;
-                                }
-                                Ok(f)
+                                create_file(p).and_then(|f| {
+                                    if o.remaining > 1 {
+                                        f.set_len(item.size).map_err(|e| {
+                                            Error::io(format!("resizing {}", p.display()), e)
+                                        })?;
+                                        o.len = item.size;
+                                    }
+                                    Ok(f)
+                                })
                             }
                             _ => OpenOptions::new()
                                 .write(true)
                                 .open(p)
                                 .map_err(|e| Error::io(format!("opening {}", p.display()), e)),
-                        }?;
-                        v.insert(f)
+                        };
+                        match opened {
+                            Ok(f) => v.insert(f),
+                            Err(e) => {
+                                self.failures.record(Some(w.file as usize), p, e)?;
+                                continue;
+                            }
+                        }
                     }
                 };
                 // Where the last byte written ends in the file.
@@ -1346,13 +1592,19 @@ impl Content<'_> {
                         self.written.fetch_add(r.len() as u64, Ordering::Relaxed);
                         Ok::<_, Error>(at + r.len() as u64)
                     };
-                    if self.fresh[w.file as usize] {
+                    let result = if self.fresh[w.file as usize] {
                         // Zero blocks inside a chunk stay holes too.
-                        for r in crate::zeros::data_spans(data, w.offset) {
+                        crate::zeros::data_spans(data, w.offset).try_for_each(|r| {
                             wrote_to = Some(write(r)?);
-                        }
+                            Ok(())
+                        })
                     } else {
-                        wrote_to = Some(write(0..data.len())?);
+                        write(0..data.len()).map(|end| wrote_to = Some(end))
+                    };
+                    if let Err(e) = result {
+                        files.remove(&w.file);
+                        self.failures.record(Some(w.file as usize), p, e)?;
+                        continue;
                     }
                 }
                 if let Some(o) = own {
@@ -1361,8 +1613,11 @@ impl Content<'_> {
                     }
                     o.remaining -= 1;
                     if o.remaining == 0 {
-                        self.finish_owned(file, item, o.len)?;
+                        let finished = self.finish_owned(file, item, o.len);
                         files.remove(&w.file);
+                        if let Err(e) = finished {
+                            self.failures.record(Some(w.file as usize), p, e)?;
+                        }
                     }
                 }
             }
@@ -1383,16 +1638,8 @@ impl Content<'_> {
             file.set_len(item.size)
                 .map_err(|e| Error::io(format!("resizing {}", item.path.display()), e))?;
         }
-        let mut warnings = Vec::new();
-        apply_metadata(
-            Meta::File(file, &item.path),
-            item,
-            self.rules,
-            &mut warnings,
-        );
-        if !warnings.is_empty() {
-            self.warnings.lock().expect("ok").extend(warnings);
-        }
+        let problems = apply_metadata(Meta::File(file), item, self.rules);
+        self.failures.metadata(&item.path, problems);
         Ok(())
     }
 }
@@ -1435,11 +1682,11 @@ fn idx_u32(idx: usize) -> Result<u32> {
 }
 
 /// Where [`apply_metadata`] applies: a path (not following a final
-/// symlink), or a file already open (the path only names it in warnings).
+/// symlink), or a file already open.
 #[derive(Clone, Copy)]
 enum Meta<'a> {
     Path(&'a Path),
-    File(&'a fs::File, &'a Path),
+    File(&'a fs::File),
 }
 
 /// How [`apply_metadata`] treats what it finds.
@@ -1457,17 +1704,17 @@ struct MetaRules {
 /// (SELinux labels, file capabilities) and is never removed.
 const RESTORED_XATTRS: [&str; 3] = ["user.", "trusted.", "system.posix_acl_"];
 
-fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules, warnings: &mut Vec<String>) {
+/// Applies an entry's metadata; returns what could not be applied (each
+/// "what: why"), which leaves the entry not restored intact.
+fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
     use xattr::FileExt;
-    let path = match at {
-        Meta::Path(p) | Meta::File(_, p) => p,
-    };
+    let mut problems = Vec::new();
     let symlink = item.kind == NodeKind::Symlink;
     let xattrs = item.rare.as_ref().map_or(&[][..], |r| &r.xattrs[..]);
     if rules.replace_xattrs {
         let present = match at {
-            Meta::File(f, _) => f.list_xattr(),
+            Meta::File(f) => f.list_xattr(),
             Meta::Path(p) => xattr::list(p),
         };
         for name in present.into_iter().flatten() {
@@ -1476,45 +1723,45 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules, warnings: &mut Ve
                 && !xattrs.iter().any(|x| x.name == text);
             if stale {
                 let r = match at {
-                    Meta::File(f, _) => f.remove_xattr(&name),
+                    Meta::File(f) => f.remove_xattr(&name),
                     Meta::Path(p) => xattr::remove(p, &name),
                 };
                 if let Err(e) = r {
-                    warnings.push(format!("{}: removing xattr {text}: {e}", path.display()));
+                    problems.push(format!("removal of the xattr {text}: {e}"));
                 }
             }
         }
     }
     if rules.is_root {
         let r = match at {
-            Meta::File(f, _) => std::os::unix::fs::fchown(f, Some(item.uid), Some(item.gid)),
+            Meta::File(f) => std::os::unix::fs::fchown(f, Some(item.uid), Some(item.gid)),
             Meta::Path(p) if symlink => {
                 std::os::unix::fs::lchown(p, Some(item.uid), Some(item.gid))
             }
             Meta::Path(p) => std::os::unix::fs::chown(p, Some(item.uid), Some(item.gid)),
         };
         if let Err(e) = r {
-            warnings.push(format!("{}: chown: {e}", path.display()));
+            problems.push(format!("owner (chown): {e}"));
         }
     }
     if !symlink {
         let mode = fs::Permissions::from_mode(item.mode);
         let r = match at {
-            Meta::File(f, _) => f.set_permissions(mode),
+            Meta::File(f) => f.set_permissions(mode),
             Meta::Path(p) => fs::set_permissions(p, mode),
         };
         if let Err(e) = r {
-            warnings.push(format!("{}: chmod: {e}", path.display()));
+            problems.push(format!("mode (chmod): {e}"));
         }
     }
     for xattr in xattrs {
         if let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&xattr.value) {
             let r = match at {
-                Meta::File(f, _) => f.set_xattr(&xattr.name, &value),
+                Meta::File(f) => f.set_xattr(&xattr.name, &value),
                 Meta::Path(p) => xattr::set(p, &xattr.name, &value),
             };
             if let Err(e) = r {
-                warnings.push(format!("{}: xattr {}: {e}", path.display(), xattr.name));
+                problems.push(format!("xattr {}: {e}", xattr.name));
             }
         }
     }
@@ -1525,12 +1772,13 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules, warnings: &mut Ve
         .and_then(|r| r.atime)
         .map_or(mtime, file_time);
     let r = match at {
-        Meta::File(f, _) => filetime::set_file_handle_times(f, Some(atime), Some(mtime)),
+        Meta::File(f) => filetime::set_file_handle_times(f, Some(atime), Some(mtime)),
         Meta::Path(p) => filetime::set_symlink_file_times(p, atime, mtime),
     };
     if let Err(e) = r {
-        warnings.push(format!("{}: times: {e}", path.display()));
+        problems.push(format!("times: {e}"));
     }
+    problems
 }
 
 /// A timestamp as the kernel takes it: seconds rounded down and
@@ -1565,6 +1813,38 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    /// A full disk stops the restore (every further write would fail
+    /// too); an entry refused costs that entry alone.
+    #[test]
+    fn a_full_disk_stops_the_restore_and_a_refused_entry_does_not() {
+        let io = |errno| Error::io("writing /t/f", std::io::Error::from_raw_os_error(errno));
+        for errno in [libc::ENOSPC, libc::EDQUOT, libc::EMFILE] {
+            assert!(stops_restore(&io(errno)), "{errno}");
+        }
+        for errno in [libc::EPERM, libc::EACCES, libc::EROFS, libc::EEXIST] {
+            assert!(!stops_restore(&io(errno)), "{errno}");
+        }
+        assert!(stops_restore(&Error::Interrupted));
+        let failures = Failures::new(1);
+        let err = failures
+            .record(Some(0), Path::new("/t/f"), io(libc::ENOSPC))
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::NoSpace);
+        failures
+            .record(Some(0), Path::new("/t/f"), io(libc::EPERM))
+            .unwrap();
+        assert!(failures.is_failed(0));
+        let entries = failures.entries.into_inner().unwrap();
+        assert_eq!(entries.len(), 1);
+        // The path is named once, in front, not again in the error.
+        assert_eq!(entries[0].path, "/t/f");
+        assert!(
+            entries[0].error.starts_with("writing: "),
+            "{}",
+            entries[0].error
+        );
     }
 
     fn want(pack: u8, offset: u32, length: u32) -> Want {

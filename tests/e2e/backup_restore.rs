@@ -2,7 +2,9 @@
 //! metadata, dedup, stdin streams, `--at`, `--include` and overwrite rules;
 //! each on local disk and on S3.
 
-use crate::support::{Backend, Env, assert_code, assert_success, is_root, pseudo_random, stderr};
+use crate::support::{
+    Backend, Env, as_unprivileged, assert_code, assert_success, is_root, pseudo_random, stderr,
+};
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1625,4 +1627,261 @@ fn a_missing_deep_path_is_named_as_given() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Files made immutable (`chattr +i`) for a test, made mutable again when
+/// dropped: otherwise the test's temporary directory could not be removed.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    /// `None`, with a note, where chattr cannot (not root, or a file system
+    /// without the flag such as tmpfs or overlay).
+    fn set(paths: &[PathBuf]) -> Option<Self> {
+        let mut done = Immutable(Vec::new());
+        for p in paths {
+            let ok = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(p)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!(
+                    "NOTICE: skipping: `chattr +i {}` failed (needs root and a file system with the flag)",
+                    p.display()
+                );
+                return None;
+            }
+            done.0.push(p.clone());
+        }
+        Some(done)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(p)
+                .status();
+        }
+    }
+}
+
+/// `vault ARGS --json`: the exit code, the report, stderr.
+fn restore_json(cmd: &mut std::process::Command) -> (Option<i32>, serde_json::Value, String) {
+    let out = cmd.output().unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        )
+    });
+    (out.status.code(), report, stderr(&out))
+}
+
+/// The `failed_entries` of a restore report: path -> (error, entries below).
+fn failed_entries(report: &serde_json::Value) -> HashMap<String, (String, u64)> {
+    (report["failed_entries"].as_array().into_iter().flatten())
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_owned(),
+                (
+                    f["error"].as_str().unwrap().to_owned(),
+                    f["entries_below"].as_u64().unwrap_or(0),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A restore in place over a damaged tree holding entries it cannot replace
+/// (an immutable file; an immutable file where the snapshot has a
+/// directory): those are named, everything else is repaired (content and
+/// modes), and the exit code is 3. The first such entry aborted the
+/// restore, leaving the rest of the damage in place.
+#[test]
+fn a_restore_in_place_repairs_all_it_can_past_entries_it_cannot_replace() {
+    let env = Env::new();
+    let src = env.path("src");
+    for d in ["a", "b", "c", "d"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        std::fs::write(src.join(d).join("f"), d).unwrap();
+    }
+    std::fs::write(src.join("d/g"), b"g").unwrap();
+    std::fs::write(src.join("c/big"), pseudo_random(3_000_000, 5)).unwrap();
+    std::fs::set_permissions(src.join("c"), PermissionsExt::from_mode(0o750)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("r");
+    assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
+    let root = restored_root(&target, &src);
+    // Where the snapshot has the directory d, a file that cannot go.
+    std::fs::remove_dir_all(root.join("d")).unwrap();
+    std::fs::write(root.join("d"), b"in the way").unwrap();
+    let Some(_immutable) = Immutable::set(&[root.join("b/f"), root.join("d")]) else {
+        return;
+    };
+    for overwrite in ["always", "if-changed"] {
+        for f in ["a/f", "c/f", "c/big"] {
+            std::fs::write(root.join(f), b"CORRUPT").unwrap();
+        }
+        std::fs::set_permissions(root.join("c"), PermissionsExt::from_mode(0o700)).unwrap();
+        let (code, report, err) = restore_json(&mut env.command(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--overwrite",
+            overwrite,
+            "--json",
+        ]));
+        assert_eq!(code, Some(3), "{overwrite}: {err}");
+        let failed = failed_entries(&report);
+        let (b, d) = (
+            root.join("b/f").display().to_string(),
+            root.join("d").display().to_string(),
+        );
+        assert_eq!(failed.len(), 2, "{overwrite}: {report}");
+        assert!(
+            failed[&b].0.contains("Operation not permitted"),
+            "{overwrite}: {report}"
+        );
+        // d's two files are counted with it, not listed.
+        assert_eq!(failed[&d].1, 2, "{overwrite}: {report}");
+        assert!(
+            err.contains(&format!("vault: error: {b}: "))
+                && err.contains(&format!("vault: error: {d}: "))
+                && err.contains("nor the 2 entries below it")
+                && err.contains("4 entries could not be restored"),
+            "{overwrite}: {err}"
+        );
+        for f in ["a/f", "c/f"] {
+            assert_eq!(
+                std::fs::read(root.join(f)).unwrap(),
+                &f.as_bytes()[..1],
+                "{overwrite}"
+            );
+        }
+        assert!(
+            std::fs::read(root.join("c/big")).unwrap() == pseudo_random(3_000_000, 5),
+            "{overwrite}"
+        );
+        let mode = std::fs::metadata(root.join("c"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o750, "{overwrite}");
+        assert_eq!(std::fs::read(root.join("b/f")).unwrap(), b"b");
+    }
+}
+
+/// As non-root: a device node and a `trusted.*` attribute the kernel
+/// refuses, and a file in a read-only (0500) directory restored before,
+/// are each named, the rest restored, and the exit code is 3 (a device
+/// node and an attribute were only warnings, exit 0; the read-only
+/// directory aborted a restore in place). Owners the user cannot give are
+/// not an error.
+#[test]
+fn a_restore_as_non_root_names_what_it_cannot_make_and_exits_3() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("ro500")).unwrap();
+    std::fs::create_dir_all(src.join("ok")).unwrap();
+    std::fs::write(src.join("ro500/inside"), b"inside").unwrap();
+    std::fs::write(src.join("ok/f"), b"ok").unwrap();
+    std::fs::set_permissions(src.join("ro500"), PermissionsExt::from_mode(0o500)).unwrap();
+    // Only root can make these, and only a non-root restore is refused them.
+    let root_only = is_root();
+    if root_only {
+        nix::sys::stat::mknod(
+            &src.join("null-dev"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, 3),
+        )
+        .unwrap();
+        std::fs::write(src.join("ok/labelled"), b"l").unwrap();
+        xattr::set(src.join("ok/labelled"), "trusted.label", b"root's").unwrap();
+    }
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let parent = env.path("targets");
+    std::fs::create_dir_all(&parent).unwrap();
+    if root_only {
+        std::os::unix::fs::chown(&parent, Some(65534), Some(65534)).unwrap();
+    }
+    let target = parent.join("r");
+    let root = restored_root(&target, &src);
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let mut cmd = env.command(&args);
+        as_unprivileged(&env, &mut cmd);
+        restore_json(&mut cmd)
+    };
+    let (code, report, err) = restore(&[]);
+    let failed = failed_entries(&report);
+    if root_only {
+        assert_eq!(code, Some(3), "{err}");
+        assert_eq!(failed.len(), 2, "{report}");
+        let dev = &failed[&root.join("null-dev").display().to_string()].0;
+        assert!(dev.contains("device node"), "{report}");
+        let attr = &failed[&root.join("ok/labelled").display().to_string()].0;
+        assert!(attr.contains("trusted.label"), "{report}");
+        assert!(err.contains("2 entries could not be restored"), "{err}");
+    } else {
+        assert_eq!(code, Some(0), "{err}");
+    }
+    assert_eq!(std::fs::read(root.join("ro500/inside")).unwrap(), b"inside");
+
+    std::fs::write(root.join("ok/f"), b"CORRUPT").unwrap();
+    let (code, report, err) = restore(&["--overwrite", "always"]);
+    assert_eq!(code, Some(3), "{err}");
+    let failed = failed_entries(&report);
+    let inside = &failed[&root.join("ro500/inside").display().to_string()].0;
+    assert!(inside.contains("Permission denied"), "{report}");
+    assert_eq!(failed.len(), if root_only { 3 } else { 1 }, "{report}");
+    assert_eq!(std::fs::read(root.join("ok/f")).unwrap(), b"ok");
+    assert_eq!(std::fs::read(root.join("ro500/inside")).unwrap(), b"inside");
+    // Let the temporary directory go.
+    std::fs::set_permissions(root.join("ro500"), PermissionsExt::from_mode(0o700)).unwrap();
+}
+
+/// An include that names a path --exclude removes says so, rather than
+/// "matches nothing in the snapshot" about a path the snapshot holds.
+#[test]
+fn an_include_emptied_by_an_exclude_says_so() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("hl/a")).unwrap();
+    std::fs::write(src.join("hl/a/f1"), b"f1").unwrap();
+    std::fs::write(src.join("other"), b"o").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("r");
+    let f1 = src.join("hl/a/f1");
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--exclude",
+        "hl",
+        "--include",
+        f1.to_str().unwrap(),
+    ]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("selects only what --exclude removes")
+            && err.contains(&format!("{} is excluded", src.join("hl").display())),
+        "{err}"
+    );
+    assert!(!err.contains("matches nothing in the snapshot"), "{err}");
 }

@@ -1506,7 +1506,11 @@ fn refused_connections_are_retried_for_the_retry_window() {
         stderr(&out)
     );
     // The cause, not only "error sending request".
-    assert!(stderr(&out).contains("Connection refused"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Connection refused"),
+        "{}",
+        stderr(&out)
+    );
 
     // The default window: still trying long after the counted retries
     // (seconds) would have given up.

@@ -2335,3 +2335,47 @@ status_file = "{status}"
     );
     psql("postgres", "DROP DATABASE crm");
 }
+
+/// A drill whose restore could not make every entry fails (exit 3, the
+/// entry named), like one that met damaged data: here a device node the
+/// kernel refuses a drill run as non-root.
+#[test]
+fn a_drill_whose_restore_could_not_make_an_entry_fails() {
+    if !crate::support::is_root() {
+        eprintln!("NOTICE: skipping: making the source's device node needs root");
+        return;
+    }
+    let env = Env::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), b"f").unwrap();
+    nix::sys::stat::mknod(
+        &data.join("null-dev"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let status_file = env.path("nobody-home/status.json");
+    std::fs::create_dir_all(status_file.parent().unwrap()).unwrap();
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"data\"\nkind = \"files\"\npaths = [\"{}\"]\n\n[notify]\nstatus_file = \"{}\"\n",
+            data.display(),
+            status_file.display()
+        ),
+    );
+    assert_success(&vault_with(&env, &config, &["backup", "data"]));
+    std::os::unix::fs::chown(&config, Some(65534), Some(65534)).unwrap();
+    let mut cmd = env.command(&["drill", "data"]);
+    cmd.env("VAULT_CONFIG", &config);
+    crate::support::as_unprivileged(&env, &mut cmd);
+    let out = cmd.output().unwrap();
+    assert_code(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("FAILED") && err.contains("null-dev") && err.contains("device node"),
+        "{err}"
+    );
+}

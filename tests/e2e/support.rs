@@ -586,6 +586,39 @@ pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Runs `cmd` as nobody when the tests run as root (root may write where
+/// the snapshot forbids it, and create device nodes), with what vault
+/// needs made readable to nobody; as another user, as that user.
+pub(crate) fn as_unprivileged(env: &Env, cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        return;
+    }
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &env.password_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let home = env.path("nobody-home");
+    std::fs::create_dir_all(&home).unwrap();
+    for p in [&env.repo, home.to_str().unwrap()] {
+        let status = std::process::Command::new("chown")
+            .args(["-R", "65534:65534", p])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    cmd.env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .uid(65534)
+        .gid(65534);
+}
+
 /// Keys of the packs holding only blobs of `kind`, found through the index.
 pub(crate) fn packs_of_kind(env: &Env, kind: &str) -> Vec<String> {
     let mut out = Vec::new();

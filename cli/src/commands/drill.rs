@@ -209,30 +209,45 @@ fn drill(
             let r = result?;
             report["files"] = r.files.into();
             report["bytes"] = r.bytes_written.into();
-            // A restore goes on past damaged data (zeros there) and past
-            // malformed entries; a drill that did so has failed, with
-            // restore's exit code and the first damage named.
+            // A restore goes on past damaged data (zeros there), past
+            // malformed entries and past entries the scratch directory
+            // refused; a drill that did so has failed, with restore's exit
+            // code (damage first) and the first such entry named.
             let mut damage = r
                 .damaged_files
                 .iter()
                 .map(|f| (&f.path, &f.error))
-                .chain(r.damaged_entries.iter().map(|e| (&e.path, &e.error)));
+                .chain(r.damaged_entries.iter().map(|e| (&e.path, &e.error)))
+                .chain(r.failed_entries.iter().map(|e| (&e.path, &e.error)));
             if let Some((path, why)) = damage.next() {
                 let within = path
                     .strip_prefix(&options.target.display().to_string())
                     .unwrap_or(path);
+                let damaged = r.damaged_files.len() + r.damaged_entries.len();
                 let missing =
                     r.damaged_entries.is_empty() && r.damaged_files.iter().all(|f| f.missing);
+                let failed = r.failed_count();
                 return Err(exit::Coded {
-                    code: if missing {
+                    code: if damaged == 0 {
+                        exit::INCOMPLETE
+                    } else if missing {
                         exit::MISSING
                     } else {
                         exit::DAMAGED
                     },
+                    // Entries the target refused are not among those
+                    // restored, or are (metadata not applied): no total.
                     message: format!(
-                        "{} of {} entries could not be restored intact; the first, {within}: {why}",
-                        r.damaged_files.len() + r.damaged_entries.len(),
-                        r.files + r.dirs + r.others + r.damaged_entries.len() as u64,
+                        "{}{} entries could not be restored intact; the first, {within}: {why}",
+                        damaged as u64 + failed,
+                        if failed == 0 {
+                            format!(
+                                " of {}",
+                                r.files + r.dirs + r.others + r.damaged_entries.len() as u64
+                            )
+                        } else {
+                            String::new()
+                        },
                     ),
                 }
                 .into());

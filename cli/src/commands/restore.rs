@@ -239,6 +239,29 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             }
         )?;
     }
+    let failed = report.failed_count();
+    if failed > 0 {
+        // A directory not created names the entries below it in one line;
+        // beyond SHOWN lines (a read-only target refuses everything) the
+        // rest are counted, and --json lists every one.
+        const SHOWN: usize = 20;
+        for f in report.failed_entries.iter().take(SHOWN) {
+            let below = match f.entries_below {
+                0 => String::new(),
+                n => format!(" (nor the {n} entries below it)"),
+            };
+            eprintln!("vault: error: {}: {}{below}", f.path, f.error);
+        }
+        if report.failed_entries.len() > SHOWN {
+            eprintln!(
+                "vault: error: ... and {} more (`--json` lists every one)",
+                report.failed_entries.len() - SHOWN
+            );
+        }
+        eprintln!(
+            "vault: {failed} entries could not be restored, or not intact: the target refused them; everything else was restored"
+        );
+    }
     if !report.damaged_entries.is_empty() {
         for e in &report.damaged_entries {
             eprintln!(
@@ -274,6 +297,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     }
     if !report.damaged_entries.is_empty() {
         return Ok(ExitCode::from(exit::DAMAGED));
+    }
+    // Damage in the repository (above) says more than a target refusing
+    // entries, and wins.
+    if failed > 0 {
+        return Ok(ExitCode::from(exit::INCOMPLETE));
     }
     Ok(ExitCode::SUCCESS)
 }
