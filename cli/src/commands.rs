@@ -166,7 +166,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Unlock(a) => unlock::run(g, &a),
         Command::ExtendRetention(a) => extend_retention::run(g, &a),
         Command::Status(a) => status::run(g, &a),
-        Command::Drill(a) => drill::run(g, &a),
+        Command::Drill(a) => drill::run(g, &a, cancel),
         Command::Key(KeyCommand::List(a)) => key_list::run(g, &a),
         Command::Key(KeyCommand::Add(a)) => key_add::run(g, &a),
         Command::Key(KeyCommand::Remove(a)) => key_remove::run(g, &a),

@@ -310,6 +310,55 @@ fn sigint_kills_a_command_child_that_ignores_sigterm() {
     );
 }
 
+/// Ctrl-C stops a drill: its restore ends, its scratch directory goes, it
+/// exits 130, and nothing is recorded (an interrupted drill neither passed
+/// nor failed). The drill's restore used to ignore the signal, run to its
+/// end and record a pass.
+#[test]
+fn sigint_stops_a_drill_and_records_nothing() {
+    let env = Env::new();
+    let src = big_tree(&env, 6);
+    let status = env.path("state/status.json");
+    let config = env.path("vault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repository]\nlimit_download = 512\n\n[[source]]\nname = \"tree\"\nkind = \"files\"\npaths = [\"{}\"]\n\n[notify]\nstatus_file = \"{}\"\n",
+            src.display(),
+            status.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut cmd = env.command(args);
+        cmd.env("VAULT_CONFIG", &config)
+            .env("TMPDIR", env.path("tmp"));
+        cmd
+    };
+    std::fs::create_dir_all(env.path("tmp")).unwrap();
+    assert_success(&run(&["backup", "--compression", "none"]).output().unwrap());
+    let before = std::fs::read(&status).unwrap();
+    // 12 MB at 512 KiB/s: well before the end.
+    let child = run(&["drill", "tree"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = interrupt(child);
+    assert_code(&out, 130);
+    assert_eq!(
+        std::fs::read_dir(env.path("tmp")).unwrap().count(),
+        0,
+        "the drill's restore was left behind"
+    );
+    assert_eq!(
+        std::fs::read(&status).unwrap(),
+        before,
+        "the drill was recorded"
+    );
+}
+
 /// An interrupted restore exits 130 and says how to finish it; running it
 /// again with `--overwrite if-changed` completes the tree without
 /// rewriting what is already there.

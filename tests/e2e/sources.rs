@@ -1617,6 +1617,30 @@ fn a_webhook_without_scheme_is_refused_and_status_keeps_a_damaged_file() {
     assert_code(&out, 1);
     assert!(stderr(&out).contains("status.json"), "{}", stderr(&out));
     assert!(status.exists(), "status moved the file aside");
+    let v = json_with(&env, &config, &["status"]);
+    assert_eq!(v["ok"], false, "{v}");
+}
+
+/// A source's `tags = ["a, b"]` gives two tags, as `--tag "a, b"` does; it
+/// stored one tag `a, b` that no selector could name or remove.
+#[test]
+fn config_tags_are_split_and_trimmed_like_tag_flags() {
+    let env = Env::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a"), b"x").unwrap();
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"{}\"]\ntags = [\" one \", \"two, three\", \"\"]\n",
+            data.display()
+        ),
+    );
+    assert_success(&vault_with(&env, &config, &["backup"]));
+    assert_eq!(
+        env.snapshots()[0]["tags"],
+        serde_json::json!(["f", "one", "three", "two"])
+    );
 }
 
 /// A file drill that meets damage fails with restore's exit code and names

@@ -589,7 +589,15 @@ fn run_sources(
         if args.physical {
             tags.push("physical".into());
         }
-        tags.extend(source.tags.iter().cloned());
+        // Split as `--tag` is: `tags = ["a, b"]` is two tags, not one no
+        // selector could ever name.
+        tags.extend(
+            source
+                .tags
+                .iter()
+                .flat_map(|t| t.split(','))
+                .map(str::to_owned),
+        );
         tags.extend(args.tags.iter().cloned());
         // `backup --timeout`, else the source's: for its dump or command
         // and for each of its hooks.

@@ -20,7 +20,11 @@ pub(crate) struct DrillArgs {
     snapshot: Option<String>,
 }
 
-pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
+pub(crate) fn run(
+    g: &GlobalArgs,
+    args: &DrillArgs,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<ExitCode> {
     let config = global::config(g)?.with_context(|| {
         format!(
             "vault drill needs a config file with sources ({})",
@@ -40,7 +44,18 @@ pub(crate) fn run(g: &GlobalArgs, args: &DrillArgs) -> Result<ExitCode> {
     // finding a snapshot included: a drill with no backup to restore, or
     // a password that no longer opens the repository, is the worst drill
     // result there is.
-    let outcome = drill(g, source, args, &mut report);
+    let outcome = drill(g, source, args, cancel, &mut report);
+    // Stopped (Ctrl-C, systemd stopping it) says nothing about the
+    // backups: neither passed nor failed, not recorded, not alerted.
+    if let Err(e) = &outcome
+        && exit::code_of(e) == exit::INTERRUPTED
+    {
+        eprintln!(
+            "vault: drill of {} interrupted; nothing recorded",
+            source.name()
+        );
+        return Ok(ExitCode::from(exit::INTERRUPTED));
+    }
     report["duration_secs"] = started.elapsed().as_secs_f64().into();
     report["ok"] = outcome.is_ok().into();
     if let Err(e) = &outcome {
@@ -113,6 +128,7 @@ fn drill(
     g: &GlobalArgs,
     source: &crate::config::SourceConfig,
     args: &DrillArgs,
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     report: &mut serde_json::Value,
 ) -> Result<()> {
     let repo = global::open_repository(g)?;
@@ -196,6 +212,7 @@ fn drill(
             let options = RestoreOptions {
                 target: dir.path().to_owned(),
                 concurrency: repo.read_concurrency(),
+                cancel,
                 ..RestoreOptions::default()
             };
             let result = restore::restore(

@@ -258,8 +258,13 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
                 report.failed_entries.len() - SHOWN
             );
         }
+        let rest = if report.files + report.dirs + report.others > 0 {
+            "; everything else was restored"
+        } else {
+            ""
+        };
         eprintln!(
-            "vault: {failed} entries could not be restored, or not intact: the target refused them; everything else was restored"
+            "vault: {failed} entries could not be restored, or not intact: the target refused them{rest}"
         );
     }
     if !report.damaged_entries.is_empty() {

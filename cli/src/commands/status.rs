@@ -154,7 +154,13 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode> {
         }));
     }
     if g.json {
-        output::print_json(&serde_json::json!({ "sources": rows, "ok": !any_failing }))?;
+        let mut v = serde_json::json!({ "sources": rows, "ok": !any_failing && !damaged });
+        if damaged {
+            // What it recorded is unknown: a monitor reading `ok` must not
+            // see a healthy system.
+            v["status_file_error"] = "the status file does not parse".into();
+        }
+        output::print_json(&v)?;
     } else if !g.quiet {
         outln!(
             "{:<20} {:<8} {:>9} {:>12} {:>10} {:>10} {:>7} {:>8}  last failure",
