@@ -213,7 +213,11 @@ impl FilterArgs {
 }
 
 /// The patterns of an exclude file, one a line (`\n` or `\r\n`), as bytes:
-/// a file name in it need not be UTF-8.
+/// a file name in it need not be UTF-8. As restic reads its exclude
+/// files: each line is trimmed of white space, blank lines and lines
+/// starting with `#` are skipped, and `$NAME`/`${NAME}` is replaced by that
+/// environment variable ([`expand_env`]). Patterns given on the command
+/// line or in the config are taken as they are.
 pub(crate) fn pattern_file(file: &std::path::Path) -> Result<Vec<std::ffi::OsString>> {
     use anyhow::Context;
     use std::os::unix::ffi::OsStrExt;
@@ -221,9 +225,70 @@ pub(crate) fn pattern_file(file: &std::path::Path) -> Result<Vec<std::ffi::OsStr
         std::fs::read(file).with_context(|| format!("reading exclude file {}", file.display()))?;
     Ok(bytes
         .split(|&b| b == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
-        .map(|line| std::ffi::OsStr::from_bytes(line).to_owned())
+        .map(|line| match std::str::from_utf8(line) {
+            Ok(text) => text.trim().as_bytes(),
+            Err(_) => line.trim_ascii(),
+        })
+        .filter(|line| !line.is_empty() && !line.starts_with(b"#"))
+        .map(|line| {
+            std::ffi::OsStr::from_bytes(&expand_env(line, |name| std::env::var_os(name))).to_owned()
+        })
         .collect())
+}
+
+/// `line` with environment variables expanded as restic expands the lines
+/// of its exclude files (Go's `os.Expand`): `$NAME` (letters, digits, `_`)
+/// and `${NAME}` become the value, an unset variable the empty string;
+/// `$$` is `$`; `$` before anything else, or at the end, stays; `${}` and
+/// an unclosed `${` are dropped; `$1`, `$*` and the like name one-character
+/// variables (in practice unset).
+fn expand_env(
+    line: &[u8],
+    lookup: impl Fn(&std::ffi::OsStr) -> Option<std::ffi::OsString>,
+) -> Vec<u8> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let value = |name: &[u8]| -> Vec<u8> {
+        if name == b"$" {
+            return b"$".to_vec();
+        }
+        // A name the environment cannot hold is unset.
+        if name.is_empty() || name.contains(&b'=') || name.contains(&0) {
+            return Vec::new();
+        }
+        lookup(std::ffi::OsStr::from_bytes(name))
+            .map(OsStringExt::into_vec)
+            .unwrap_or_default()
+    };
+    let special = |b: u8| b"*#$@!?-0123456789".contains(&b);
+    let word = |b: u8| b == b'_' || b.is_ascii_alphanumeric();
+    let mut out = Vec::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.iter().position(|&b| b == b'$') {
+        out.extend_from_slice(rest.get(..at).unwrap_or_default());
+        let after = rest.get(at + 1..).unwrap_or_default();
+        let (replacement, used) = match after {
+            [] => (b"$".to_vec(), 0),
+            [b'{', c, b'}', ..] if special(*c) => (value(&[*c]), 3),
+            [b'{', inner @ ..] => match inner.iter().position(|&b| b == b'}') {
+                Some(0) => (Vec::new(), 2),
+                Some(end) => (value(inner.get(..end).unwrap_or_default()), end + 2),
+                None => (Vec::new(), 1),
+            },
+            [c, ..] if special(*c) => (value(&[*c]), 1),
+            _ => {
+                let len = after.iter().take_while(|&&b| word(b)).count();
+                if len == 0 {
+                    (b"$".to_vec(), 0)
+                } else {
+                    (value(after.get(..len).unwrap_or_default()), len)
+                }
+            }
+        };
+        out.extend_from_slice(&replacement);
+        rest = after.get(used..).unwrap_or_default();
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// The exclusive maintenance lock for `purpose`, except on a dry run,
@@ -465,4 +530,48 @@ pub(crate) fn pick_source_snapshot(
                 }
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::{OsStr, OsString};
+    use std::os::unix::ffi::OsStrExt;
+
+    fn expand(line: &str) -> String {
+        let env = |name: &OsStr| match name.to_str() {
+            Some("HOME") => Some(OsString::from("/home/u")),
+            Some("E") => Some(OsString::from("e")),
+            _ => None,
+        };
+        String::from_utf8(expand_env(line.as_bytes(), env)).expect("UTF-8")
+    }
+
+    /// Each case as restic 0.14 expanded it in an exclude file.
+    #[test]
+    fn exclude_file_lines_expand_the_environment_as_restic_does() {
+        assert_eq!(expand("$HOME/.cache"), "/home/u/.cache");
+        assert_eq!(expand("${HOME}/x"), "/home/u/x");
+        assert_eq!(expand("a${E}b$E"), "aebe");
+        assert_eq!(expand("$NOPE/x"), "/x");
+        assert_eq!(expand("d$$"), "d$");
+        assert_eq!(expand("f$"), "f$");
+        assert_eq!(expand("g$.x"), "g$.x");
+        assert_eq!(expand("h${}x"), "hx");
+        assert_eq!(expand("i${"), "i");
+        assert_eq!(expand("j${NOPE"), "jNOPE");
+        assert_eq!(expand("e$1"), "e");
+        assert_eq!(expand("${$}"), "$");
+        assert_eq!(expand("plain"), "plain");
+    }
+
+    #[test]
+    fn exclude_file_lines_are_trimmed_and_comments_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ex");
+        std::fs::write(&file, b"  *.tmp \r\n\n# note\n  #also\n\xff.bin\n").expect("write");
+        let got = pattern_file(&file).expect("read");
+        let want: Vec<OsString> = vec!["*.tmp".into(), OsStr::from_bytes(b"\xff.bin").into()];
+        assert_eq!(got, want);
+    }
 }

@@ -128,11 +128,12 @@ pub struct BackupOptions {
     pub iexcludes: Vec<std::ffi::OsString>,
     /// Leave out files larger than this many bytes.
     pub exclude_larger_than: Option<u64>,
-    /// Skip directories holding a CACHEDIR.TAG.
+    /// Skip the content of directories holding a CACHEDIR.TAG, except the
+    /// CACHEDIR.TAG itself.
     pub exclude_caches: bool,
-    /// Skip directories holding a file of one of these names (`NAME` or
-    /// `NAME:HEADER`, see [`walk::has_marker`]); like `exclude_caches`, the
-    /// directory itself is kept, empty.
+    /// Skip the content of directories holding a file of one of these
+    /// names (`NAME` or `NAME:HEADER`, see [`walk::has_marker`]); like
+    /// `exclude_caches`, the directory is kept with that file only.
     pub exclude_if_present: Vec<std::ffi::OsString>,
     /// Do not cross file-system boundaries below each given path.
     pub one_file_system: bool,
@@ -1521,6 +1522,17 @@ impl Walker<'_, '_> {
         dir: &Path,
         parent: Option<&Tree>,
     ) -> Result<Receiver<Result<BlobId>>> {
+        self.read_dir_tree_keeping(dir, parent, None)
+    }
+
+    /// Saves a directory; with `keep` (see [`walk::marker_keeps`]), only the
+    /// entry of that name, if any.
+    fn read_dir_tree_keeping(
+        &mut self,
+        dir: &Path,
+        parent: Option<&Tree>,
+        keep: Option<&Option<OsString>>,
+    ) -> Result<Receiver<Result<BlobId>>> {
         let mut nodes = Vec::new();
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
@@ -1535,6 +1547,9 @@ impl Walker<'_, '_> {
                 Ok(e) => names.push(e.file_name()),
                 Err(e) => self.ctx.record_error(dir, e),
             }
+        }
+        if let Some(keep) = keep {
+            names.retain(|name| keep.as_ref() == Some(name));
         }
         names.sort();
         nodes.reserve(names.len());
@@ -1620,14 +1635,16 @@ impl Walker<'_, '_> {
                 let dev = std::os::unix::fs::MetadataExt::dev(&meta);
                 let crosses = ctx.options.one_file_system
                     && self.device_above(path).is_some_and(|d| d != dev);
-                let marked = (ctx.options.exclude_caches && walk::is_cache_dir(path))
-                    || (ctx.options.exclude_if_present.iter())
-                        .any(|marker| walk::has_marker(path, marker));
-                let subtree = if crosses || marked {
+                let subtree = if crosses {
                     self.finish_dir(path, Vec::new())?
                 } else {
+                    let keep = walk::marker_keeps(
+                        path,
+                        ctx.options.exclude_caches,
+                        &ctx.options.exclude_if_present,
+                    );
                     let parent_sub = self.parent_subtree(parent_node);
-                    self.read_dir_tree(path, parent_sub.as_ref())?
+                    self.read_dir_tree_keeping(path, parent_sub.as_ref(), keep.as_ref())?
                 };
                 Ok(Some(PendingNode::Dir { node, subtree }))
             }

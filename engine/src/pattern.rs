@@ -92,27 +92,105 @@ pub(crate) fn compile(
 
 /// A compiled pattern.
 #[derive(Debug, Clone)]
-pub(crate) enum Pattern {
+pub(crate) struct Pattern {
+    kind: PatternKind,
+    /// Candidates are folded ([`fold_case`]) before matching: the pattern
+    /// ignores case and is UTF-8, so it was folded too.
+    fold: bool,
+}
+
+#[derive(Debug, Clone)]
+enum PatternKind {
     Glob(GlobMatcher),
     Literal(Literal),
 }
 
 impl Pattern {
-    /// See [`compile`].
+    /// See [`compile`]. Under `ignore_case` a UTF-8 pattern ignores case
+    /// by Unicode's rules (`ärger` matches `ÄRGER`, as restic's
+    /// `--iexclude` does): pattern and candidate are both lower-cased. A
+    /// pattern that is not UTF-8 folds ASCII letters only.
     pub(crate) fn new(pattern: &[u8], any_depth: bool, ignore_case: bool) -> Result<Self, String> {
-        Ok(match compile(pattern, any_depth, ignore_case)? {
-            Compiled::Glob(glob) => Pattern::Glob(glob.compile_matcher()),
-            Compiled::Literal(literal) => Pattern::Literal(literal),
-        })
+        let fold = ignore_case && std::str::from_utf8(pattern).is_ok();
+        let folded;
+        let text = if fold {
+            folded = fold_case(pattern);
+            &folded[..]
+        } else {
+            pattern
+        };
+        // An error names the pattern as given: folding changes no syntax,
+        // so the pattern itself fails the same way.
+        let compiled = compile(text, any_depth, ignore_case)
+            .map_err(|e| compile(pattern, any_depth, ignore_case).err().unwrap_or(e))?;
+        let kind = match compiled {
+            Compiled::Glob(glob) => PatternKind::Glob(glob.compile_matcher()),
+            Compiled::Literal(literal) => PatternKind::Literal(literal),
+        };
+        Ok(Self { kind, fold })
     }
 
     /// Whether the pattern matches `candidate`, byte for byte.
     pub(crate) fn is_match(&self, candidate: &Path) -> bool {
-        match self {
-            Pattern::Glob(glob) => glob.is_match(candidate),
-            Pattern::Literal(literal) => literal.is_match(candidate.as_os_str().as_bytes()),
+        let folded;
+        let candidate = if self.fold {
+            folded = fold_case(candidate.as_os_str().as_bytes());
+            Path::new(OsStr::from_bytes(&folded))
+        } else {
+            candidate
+        };
+        match &self.kind {
+            PatternKind::Glob(glob) => glob.is_match(candidate),
+            PatternKind::Literal(literal) => literal.is_match(candidate.as_os_str().as_bytes()),
         }
     }
+}
+
+/// `bytes` lower-cased character by character where it is UTF-8 (as Go's
+/// `strings.ToLower`, which restic uses, maps each rune on its own: no
+/// final-sigma rule); bytes that are not UTF-8 stay as they are.
+pub(crate) fn fold_case(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        let mut buf = [0u8; 4];
+        for c in chunk.valid().chars().flat_map(char::to_lowercase) {
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+        out.extend_from_slice(chunk.invalid());
+    }
+    out
+}
+
+/// `pattern` cleaned lexically as Go's `filepath.Clean` cleans restic's
+/// patterns before matching: `//` is one `/`, `.` components go, `x/..`
+/// goes (and `..` right after the root), a trailing `/` goes. An empty
+/// result is `.`, as in Go. Bytes, not text: a name need not be UTF-8.
+pub(crate) fn clean(pattern: &[u8]) -> Vec<u8> {
+    let rooted = pattern.starts_with(b"/");
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in pattern.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => match parts.last() {
+                Some(&last) if last != b".." => {
+                    parts.pop();
+                }
+                // `/..` is `/`; a relative pattern keeps its leading `..`.
+                _ if rooted => {}
+                _ => parts.push(part),
+            },
+            _ => parts.push(part),
+        }
+    }
+    let mut out = Vec::with_capacity(pattern.len());
+    if rooted {
+        out.push(b'/');
+    }
+    out.extend_from_slice(&parts.join(&b'/'));
+    if out.is_empty() {
+        out.push(b'.');
+    }
+    out
 }
 
 /// Several patterns, matched at once.
@@ -192,6 +270,55 @@ mod tests {
         let err = Pattern::new(b"*\xff", false, false).unwrap_err();
         assert!(err.contains("not UTF-8"), "{err}");
         assert!(err.contains("\\xFF"), "{err}");
+    }
+
+    #[test]
+    fn patterns_are_cleaned_as_go_cleans_paths() {
+        let cleaned = |p: &[u8]| String::from_utf8(clean(p)).unwrap();
+        assert_eq!(cleaned(b"/var/tmp//qa/t/a"), "/var/tmp/qa/t/a");
+        assert_eq!(cleaned(b"./a"), "a");
+        assert_eq!(cleaned(b"a/./b"), "a/b");
+        assert_eq!(cleaned(b"/x/d1/../a"), "/x/a");
+        assert_eq!(cleaned(b"a/b/../../c"), "c");
+        assert_eq!(cleaned(b"../a"), "../a");
+        assert_eq!(cleaned(b"a/../../b"), "../b");
+        assert_eq!(cleaned(b"/../a"), "/a");
+        assert_eq!(cleaned(b"cache/"), "cache");
+        assert_eq!(cleaned(b"/"), "/");
+        assert_eq!(cleaned(b"./"), ".");
+        assert_eq!(cleaned(b"a/.."), ".");
+        assert_eq!(clean(b"/d//\xff/./x"), b"/d/\xff/x");
+    }
+
+    #[test]
+    fn ignoring_case_folds_unicode_in_utf8_patterns() {
+        let ci = |pattern: &str, candidate: &[u8]| {
+            Pattern::new(pattern.as_bytes(), false, true)
+                .unwrap()
+                .is_match(Path::new(OsStr::from_bytes(candidate)))
+        };
+        assert!(ci("ärger.txt", "ÄRGER.txt".as_bytes()));
+        assert!(ci("ÄRGER.TXT", "ärger.txt".as_bytes()));
+        assert!(ci("straße*", "STRAßE.md".as_bytes()));
+        assert!(ci("ΟΔΟΣ", "οδοσ".as_bytes()), "no final-sigma rule");
+        assert!(
+            ci("*.jpg", b"\xff\xc3\x84.JPG"),
+            "names that are not UTF-8 too"
+        );
+        assert!(!ci("ärger.txt", "ARGER.txt".as_bytes()));
+        // Case-sensitive patterns are not folded.
+        assert!(
+            !Pattern::new("ärger".as_bytes(), false, false)
+                .unwrap()
+                .is_match(Path::new("ÄRGER"))
+        );
+        // A pattern that is not UTF-8 folds ASCII letters only.
+        let literal = Pattern::new(b"\xff\xc3\x84B", false, true).unwrap();
+        assert!(literal.is_match(Path::new(OsStr::from_bytes(b"\xff\xc3\x84b"))));
+        assert!(!literal.is_match(Path::new(OsStr::from_bytes(b"\xff\xc3\xa4b"))));
+        // Errors name the pattern as given.
+        let err = Pattern::new("Ä[".as_bytes(), false, true).unwrap_err();
+        assert!(err.contains("Ä["), "{err}");
     }
 
     #[test]

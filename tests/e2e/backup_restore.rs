@@ -671,19 +671,16 @@ fn size_case_and_marker_filters_leave_out_what_they_name() {
         "photos/trace.LOG",
         "mistagged/m",
         "mistagged/TAG",
-        // A marked directory stays, empty, as with --exclude-caches.
+        // A marked directory stays with its marker only, as with
+        // --exclude-caches (and as restic keeps it).
         "/private",
+        "private/.nobackup",
         "/tagged",
+        "tagged/TAG",
     ] {
         assert!(listing.contains(kept), "{kept} missing from:\n{listing}");
     }
-    for left_out in [
-        "big.bin",
-        "IMG_1.JPG",
-        "private/secret",
-        "private/.nobackup",
-        "tagged/t",
-    ] {
+    for left_out in ["big.bin", "IMG_1.JPG", "private/secret", "tagged/t"] {
         assert!(!listing.contains(left_out), "{left_out} in:\n{listing}");
     }
     // A bad size is refused before anything is read.
@@ -695,6 +692,204 @@ fn size_case_and_marker_filters_leave_out_what_they_name() {
     ]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid size"));
+}
+
+/// Backs up `src` with `args` and lists what the snapshot holds below
+/// `src`, relative to it.
+fn kept_below(env: &Env, src: &Path, args: &[&str]) -> Vec<String> {
+    kept_below_with(env, src, args, &[])
+}
+
+fn kept_below_with(env: &Env, src: &Path, args: &[&str], vars: &[(&str, &str)]) -> Vec<String> {
+    let mut cmd = env.command(&["backup", src.to_str().unwrap()]);
+    cmd.args(args).envs(vars.iter().copied());
+    let out = cmd.output().unwrap();
+    assert_success(&out);
+    let ls = env.vault(&["ls", "latest"]);
+    assert_success(&ls);
+    let prefix = format!("{}/", src.display());
+    String::from_utf8(ls.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .collect()
+}
+
+/// restic cleans patterns (Go's `filepath.Clean`) before matching; these
+/// forms excluded nothing, silently.
+#[test]
+fn exclude_patterns_are_cleaned_as_restic_cleans_them() {
+    let env = Env::new();
+    let src = env.path("src");
+    for dir in ["d1", "x", "y/z"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    for file in ["a", "b", "x/c", "e", "kept", "y/z/f"] {
+        std::fs::write(src.join(file), b"-").unwrap();
+    }
+    let root = src.to_str().unwrap();
+    let doubled = root.replacen('/', "//", 2);
+    let line_args = [
+        format!("{doubled}/a"),
+        "./b".to_owned(),
+        "x/./c".to_owned(),
+        format!("{root}/d1/../e"),
+    ];
+    let mut args = Vec::new();
+    for pattern in &line_args {
+        args.extend(["--exclude", pattern.as_str()]);
+    }
+    let kept = kept_below(&env, &src, &args);
+    assert_eq!(kept, ["d1", "kept", "x", "y", "y/z", "y/z/f"], "{kept:?}");
+    // The same in an exclude file.
+    let file = env.path("excludes");
+    std::fs::write(&file, line_args.join("\n") + "\ny/./z/..//z/f\n").unwrap();
+    let kept = kept_below(&env, &src, &["--exclude-file", file.to_str().unwrap()]);
+    assert_eq!(kept, ["d1", "kept", "x", "y", "y/z"], "{kept:?}");
+}
+
+/// restic lower-cases pattern and path by Unicode's rules.
+#[test]
+fn iexclude_ignores_case_beyond_ascii() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("Über")).unwrap();
+    std::fs::write(src.join("ÄRGER.txt"), b"-").unwrap();
+    std::fs::write(src.join("Über/x"), b"-").unwrap();
+    std::fs::write(src.join("kept"), b"-").unwrap();
+    let kept = kept_below(
+        &env,
+        &src,
+        &["--iexclude", "ärger.txt", "--iexclude", "über/"],
+    );
+    assert_eq!(kept, ["kept"], "{kept:?}");
+}
+
+/// Each list has its own `!`: an --iexclude `!` pattern does not bring
+/// back what --exclude left out, nor the other way round (as restic).
+#[test]
+fn exclude_and_iexclude_negate_each_within_its_own_list() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for file in ["keep.tmp", "other.tmp", "b.BAK", "keep.bak", "kept"] {
+        std::fs::write(src.join(file), b"-").unwrap();
+    }
+    let kept = kept_below(
+        &env,
+        &src,
+        &[
+            "--exclude",
+            "*.tmp",
+            "--iexclude",
+            "!KEEP.TMP",
+            "--iexclude",
+            "*.bak",
+            "--exclude",
+            "!keep.bak",
+        ],
+    );
+    assert_eq!(kept, ["kept"], "{kept:?}");
+    // Within one list `!` still includes again.
+    let kept = kept_below(
+        &env,
+        &src,
+        &["--iexclude", "*.TMP", "--iexclude", "!KEEP.TMP"],
+    );
+    assert_eq!(kept, ["b.BAK", "keep.bak", "keep.tmp", "kept"], "{kept:?}");
+}
+
+/// Exclude files expand `$VAR`/`${VAR}` as restic's do (unset: empty);
+/// their lines are trimmed, but a pattern on the command line is taken
+/// as given.
+#[test]
+fn exclude_files_expand_variables_and_only_their_lines_are_trimmed() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join(".cache")).unwrap();
+    for file in [".cache/x", "sp", " sp", "d$", "ab", "kept"] {
+        std::fs::write(src.join(file), b"-").unwrap();
+    }
+    let file = env.path("excludes");
+    std::fs::write(
+        &file,
+        "  $VAULT_TEST_HOME/.cache  \n${VAULT_TEST_UNSET}d$$\na${VAULT_TEST_B}\n",
+    )
+    .unwrap();
+    let kept = kept_below_with(
+        &env,
+        &src,
+        &["--exclude-file", file.to_str().unwrap(), "--exclude", " sp"],
+        &[
+            ("VAULT_TEST_HOME", src.to_str().unwrap()),
+            ("VAULT_TEST_B", "b"),
+        ],
+    );
+    assert_eq!(kept, ["kept", "sp"], "{kept:?}");
+}
+
+/// --iexclude-file: --exclude-file's lines, matched ignoring case.
+#[test]
+fn iexclude_file_reads_case_insensitive_patterns() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for file in ["A.JPG", "b.Jpg", "c.png", "kept"] {
+        std::fs::write(src.join(file), b"-").unwrap();
+    }
+    let file = env.path("iexcludes");
+    std::fs::write(&file, "# pictures\n *.jpg\n\nC.PNG\n").unwrap();
+    let kept = kept_below(&env, &src, &["--iexclude-file", file.to_str().unwrap()]);
+    assert_eq!(kept, ["kept"], "{kept:?}");
+}
+
+/// restic keeps CACHEDIR.TAG and the --exclude-if-present file in the
+/// snapshot; without them, a tree restored after a disaster is backed up
+/// whole the next time.
+#[test]
+fn markers_stay_in_the_snapshot_and_keep_excluding_after_a_restore() {
+    let env = Env::new();
+    let src = env.path("src");
+    for dir in ["c/sub", "n/deep", "both"] {
+        std::fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    let signature = b"Signature: 8a477f597d28d172789f06886806bc55";
+    std::fs::write(src.join("c/CACHEDIR.TAG"), signature).unwrap();
+    std::fs::write(src.join("c/junk"), b"-").unwrap();
+    std::fs::write(src.join("c/sub/more"), b"-").unwrap();
+    std::fs::write(src.join("n/.nobackup"), b"").unwrap();
+    std::fs::write(src.join("n/deep/f"), b"-").unwrap();
+    std::fs::write(src.join("both/CACHEDIR.TAG"), signature).unwrap();
+    std::fs::write(src.join("both/.nobackup"), b"").unwrap();
+    std::fs::write(src.join("kept"), b"-").unwrap();
+    let args = ["--exclude-caches", "--exclude-if-present", ".nobackup"];
+    let want = ["both", "c", "c/CACHEDIR.TAG", "kept", "n", "n/.nobackup"];
+    let kept = kept_below(&env, &src, &args);
+    // Two markers in one directory exclude each other, as in restic.
+    assert_eq!(kept, want, "{kept:?}");
+    let target = env.path("target");
+    let out = env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_success(&out);
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    std::fs::write(restored.join("c/new"), b"-").unwrap();
+    std::fs::write(restored.join("n/new"), b"-").unwrap();
+    let kept = kept_below(&env, &restored, &args);
+    let want = ["both", "c", "c/CACHEDIR.TAG", "kept", "n", "n/.nobackup"];
+    assert_eq!(kept, want, "{kept:?}");
+}
+
+/// `x/**` leaves `x` out too, as restic's `**` may match nothing.
+#[test]
+fn a_trailing_double_star_excludes_the_directory_itself() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("x/y")).unwrap();
+    std::fs::create_dir_all(src.join("w/x")).unwrap();
+    std::fs::write(src.join("x/y/f"), b"-").unwrap();
+    std::fs::write(src.join("kept"), b"-").unwrap();
+    let abs = format!("{}/w/**", src.display());
+    let kept = kept_below(&env, &src, &["--exclude", "x/**", "--exclude", &abs]);
+    assert_eq!(kept, ["kept"], "{kept:?}");
 }
 
 #[test]

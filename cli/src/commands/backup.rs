@@ -58,24 +58,34 @@ pub(crate) struct BackupArgs {
     /// Snapshot time instead of now: "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" local, RFC 3339 with an offset, now, today, yesterday.
     #[arg(long)]
     time: Option<String>,
-    /// Exclude paths matching a pattern (repeatable). Patterns match the
-    /// bytes of file names; one that is not UTF-8 names a path literally.
+    /// Exclude paths matching a pattern (repeatable), taken as given.
+    /// Patterns match the bytes of file names; one that is not UTF-8 names
+    /// a path literally.
     #[arg(short = 'e', long = "exclude", value_parser = clap::value_parser!(OsString))]
     excludes: Vec<OsString>,
-    /// Exclude paths matching a pattern, ignoring case (repeatable).
+    /// Exclude paths matching a pattern, ignoring case (repeatable). These
+    /// form a list of their own: a `!` pattern here re-includes only what
+    /// another --iexclude pattern excluded.
     #[arg(long = "iexclude", value_parser = clap::value_parser!(OsString))]
     iexcludes: Vec<OsString>,
-    /// Read exclude patterns from a file, one per line.
+    /// Read exclude patterns from a file, one per line: lines are trimmed,
+    /// blank and `#` lines skipped, $VAR and ${VAR} expanded (unset: empty).
     #[arg(long)]
     exclude_file: Vec<PathBuf>,
+    /// Read patterns from a file as --exclude-file does, matched ignoring
+    /// case as --iexclude's.
+    #[arg(long)]
+    iexclude_file: Vec<PathBuf>,
     /// Leave out files larger than SIZE (e.g. 500M, 2G).
     #[arg(long, value_name = "SIZE", value_parser = crate::args::parse_size)]
     exclude_larger_than: Option<u64>,
-    /// Skip directories containing a CACHEDIR.TAG.
+    /// Skip the content of directories containing a CACHEDIR.TAG, except
+    /// the CACHEDIR.TAG itself.
     #[arg(long)]
     exclude_caches: bool,
-    /// Skip the content of directories containing a file of this name;
-    /// `NAME:HEADER` also requires the file to start with HEADER (repeatable).
+    /// Skip the content of directories containing a file of this name,
+    /// except that file; `NAME:HEADER` also requires the file to start with
+    /// HEADER (repeatable).
     #[arg(long, value_name = "NAME[:HEADER]", value_parser = clap::value_parser!(OsString))]
     exclude_if_present: Vec<OsString>,
     /// Stay on the file system of each given path.
@@ -324,6 +334,10 @@ fn options(
     for file in &args.exclude_file {
         excludes.extend(super::pattern_file(file)?);
     }
+    let mut iexcludes = args.iexcludes.clone();
+    for file in &args.iexclude_file {
+        iexcludes.extend(super::pattern_file(file)?);
+    }
     let parent = match &args.parent {
         Some(spec) => Some(super::pick_snapshot(repo, Some(spec), None, &Default::default())?.0),
         None => None,
@@ -332,7 +346,7 @@ fn options(
     Ok(BackupOptions {
         compression: args.compression,
         excludes,
-        iexcludes: args.iexcludes.clone(),
+        iexcludes,
         exclude_larger_than: args.exclude_larger_than,
         exclude_caches: args.exclude_caches,
         exclude_if_present: args.exclude_if_present.clone(),

@@ -7,7 +7,6 @@ use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Result, bail};
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use vault_engine::backup::Excludes;
@@ -25,7 +24,8 @@ pub(crate) struct RewriteArgs {
     /// --exclude`, matched against the backed-up absolute paths).
     #[arg(short = 'e', long = "exclude", value_parser = clap::value_parser!(std::ffi::OsString))]
     excludes: Vec<std::ffi::OsString>,
-    /// Read patterns from a file, one per line.
+    /// Read patterns from a file, one per line (as `backup --exclude-file`:
+    /// trimmed, blank and `#` lines skipped, $VAR expanded).
     #[arg(long)]
     exclude_file: Vec<PathBuf>,
     /// Delete each original once its rewritten snapshot is stored.
@@ -43,10 +43,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     for file in &args.exclude_file {
         patterns.extend(super::pattern_file(file)?);
     }
-    if patterns.iter().all(|p| {
-        let p = p.as_bytes().trim_ascii();
-        p.is_empty() || p.starts_with(b"#")
-    }) {
+    if patterns.iter().all(|p| p.is_empty()) {
         bail!("nothing to remove: give --exclude or --exclude-file");
     }
     let excludes = Excludes::new(&patterns).map_err(anyhow::Error::msg)?;

@@ -11,20 +11,34 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Mutex;
 
-/// Exclusion patterns, with restic's meaning: a pattern without `/` matches
-/// a file name at any depth; one with `/` matches the whole path (relative
-/// patterns may start at any depth); a trailing `/` matches directories
-/// only; a leading `!` includes again what an earlier pattern excluded (the
-/// last pattern that matches decides; a path below an excluded directory
-/// is never visited, so `!` cannot bring it back).
+/// Exclusion patterns, mostly with restic's meaning: a pattern without `/`
+/// matches a file name at any depth; one with `/` matches the whole path
+/// (relative patterns may start at any depth); `x/**` matches `x` too; a
+/// leading `!` includes again what an earlier pattern of the same list
+/// excluded (the last pattern that matches decides; a path below an
+/// excluded directory is never visited, so `!` cannot bring it back).
+/// Patterns are cleaned first as restic cleans them (`a//b`, `./a`,
+/// `a/./b`, `x/../a`). Vault's own: a trailing `/` matches directories
+/// only (restic drops it: `cache/` excludes a file `cache` too), and globs
+/// are globset's, so `[!a]` negates a class and `{a,b}` alternates (in
+/// restic's Go `path.Match`, `[!a]` is a class of `!` and `a`, and braces
+/// are literal).
+///
+/// The case-sensitive and the case-insensitive patterns are two lists, as
+/// in restic: each `!` acts within its own list, and a path is excluded
+/// when either list excludes it.
 #[derive(Debug, Default)]
 pub struct Excludes {
-    rules: Vec<Rule>,
+    exact: Vec<Rule>,
+    ignoring_case: Vec<Rule>,
 }
 
 #[derive(Debug)]
 struct Rule {
     pattern: Pattern,
+    /// `x/**` also matches `x` itself (restic's `**` may match nothing):
+    /// `x`, compiled as the pattern was.
+    stem: Option<Pattern>,
     dir_only: bool,
     /// Matched against the whole path, not the name.
     by_path: bool,
@@ -32,48 +46,37 @@ struct Rule {
     negated: bool,
 }
 
-impl Excludes {
-    /// Compiles patterns. They are globs matched against the bytes of
-    /// names and paths; one that is not UTF-8 names a path literally (see
-    /// [`crate::pattern`]).
-    pub fn new(patterns: &[OsString]) -> Result<Self, String> {
-        Self::default().with(patterns, false)
-    }
-
-    /// Adds patterns that match regardless of case (`--iexclude`).
-    pub fn case_insensitive(self, patterns: &[OsString]) -> Result<Self, String> {
-        self.with(patterns, true)
-    }
-
-    fn with(mut self, patterns: &[OsString], case_insensitive: bool) -> Result<Self, String> {
-        for raw in patterns {
-            let raw = raw.as_bytes();
-            let raw = match std::str::from_utf8(raw) {
-                Ok(text) => text.trim().as_bytes(),
-                Err(_) => raw.trim_ascii(),
-            };
-            if raw.is_empty() || raw.starts_with(b"#") {
-                continue;
-            }
-            let (negated, raw) = match raw.strip_prefix(b"!") {
-                Some(rest) if !rest.is_empty() => (true, rest),
-                _ => (false, raw),
-            };
-            let dir_only = raw.ends_with(b"/") && raw.len() > 1;
-            let mut pat = raw;
-            while pat.ends_with(b"/") {
-                pat = pat.get(..pat.len() - 1).unwrap_or_default();
-            }
-            let by_path = pat.contains(&b'/');
-            let pattern = Pattern::new(pat, by_path && !pat.starts_with(b"/"), case_insensitive)
-                .map_err(|e| format!("invalid exclude pattern {e}"))?;
-            self.rules.push(Rule {
-                pattern,
-                dir_only,
-                by_path,
-                negated,
-            });
+impl Rule {
+    fn matches(&self, path: &Path, name: Option<&Path>, is_dir: bool) -> bool {
+        if self.dir_only && !is_dir {
+            return false;
         }
+        if self.by_path {
+            self.pattern.is_match(path) || self.stem.as_ref().is_some_and(|s| s.is_match(path))
+        } else {
+            name.is_some_and(|n| self.pattern.is_match(n))
+        }
+    }
+}
+
+impl Excludes {
+    /// Compiles patterns, each taken as given (the lines of an exclude file
+    /// are trimmed, stripped of comments and expanded by whoever reads
+    /// it); empty ones are skipped. They are globs matched against the
+    /// bytes of names and paths; one that is not UTF-8 names a path
+    /// literally (see [`crate::pattern`]).
+    pub fn new(patterns: &[OsString]) -> Result<Self, String> {
+        let exact = rules(patterns, false)?;
+        Ok(Self {
+            exact,
+            ignoring_case: Vec::new(),
+        })
+    }
+
+    /// Adds patterns that match regardless of case (`--iexclude`), as a
+    /// list of their own.
+    pub fn case_insensitive(mut self, patterns: &[OsString]) -> Result<Self, String> {
+        self.ignoring_case.extend(rules(patterns, true)?);
         Ok(self)
     }
 
@@ -81,19 +84,50 @@ impl Excludes {
     #[must_use]
     pub fn is_excluded(&self, path: &Path, is_dir: bool) -> bool {
         let name = path.file_name().map(Path::new);
-        self.rules
-            .iter()
-            .rev()
-            .find(|r| {
-                (is_dir || !r.dir_only)
-                    && if r.by_path {
-                        r.pattern.is_match(path)
-                    } else {
-                        name.is_some_and(|n| r.pattern.is_match(n))
-                    }
-            })
-            .is_some_and(|r| !r.negated)
+        let excludes = |rules: &[Rule]| {
+            rules
+                .iter()
+                .rev()
+                .find(|r| r.matches(path, name, is_dir))
+                .is_some_and(|r| !r.negated)
+        };
+        excludes(&self.exact) || excludes(&self.ignoring_case)
     }
+}
+
+fn rules(patterns: &[OsString], case_insensitive: bool) -> Result<Vec<Rule>, String> {
+    let mut rules = Vec::new();
+    for raw in patterns {
+        let raw = raw.as_bytes();
+        if raw.is_empty() {
+            continue;
+        }
+        let (negated, raw) = match raw.strip_prefix(b"!") {
+            Some(rest) if !rest.is_empty() => (true, rest),
+            _ => (false, raw),
+        };
+        let dir_only = raw.ends_with(b"/") && raw.len() > 1;
+        let cleaned = crate::pattern::clean(raw);
+        let pat = cleaned.strip_suffix(b"/").unwrap_or(&cleaned);
+        let by_path = pat.contains(&b'/');
+        let any_depth = by_path && !pat.starts_with(b"/");
+        let compile = |p: &[u8]| {
+            Pattern::new(p, any_depth, case_insensitive)
+                .map_err(|e| format!("invalid exclude pattern {e}"))
+        };
+        let stem = match pat.strip_suffix(b"/**") {
+            Some(stem) if !stem.is_empty() => Some(compile(stem)?),
+            _ => None,
+        };
+        rules.push(Rule {
+            pattern: compile(pat)?,
+            stem,
+            dir_only,
+            by_path,
+            negated,
+        });
+    }
+    Ok(rules)
 }
 
 /// CACHEDIR.TAG signature (bford.info/cachedir).
@@ -103,11 +137,48 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 #[must_use]
 pub fn is_cache_dir(dir: &Path) -> bool {
     use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(dir.join("CACHEDIR.TAG")) else {
+    let Ok(mut f) = std::fs::File::open(dir.join(CACHEDIR_TAG)) else {
         return false;
     };
     let mut buf = [0u8; 43];
     f.read_exact(&mut buf).is_ok() && buf == CACHEDIR_SIGNATURE
+}
+
+const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
+
+/// What of a directory's content its markers keep (`--exclude-caches`,
+/// `--exclude-if-present`): `None` when no marker applies, so everything;
+/// else the one name kept, the marker file itself, as restic keeps it (a
+/// restored tree then still carries its markers, and the next backup
+/// still leaves the content out). Markers of two names in one directory
+/// each exclude the other, as in restic: `Some(None)`, nothing is kept.
+#[must_use]
+pub(crate) fn marker_keeps(
+    dir: &Path,
+    exclude_caches: bool,
+    markers: &[OsString],
+) -> Option<Option<OsString>> {
+    let mut kept: Option<Option<OsString>> = None;
+    let mut applies = |name: &OsStr| {
+        kept = match kept.take() {
+            None => Some(Some(name.to_owned())),
+            Some(Some(earlier)) if earlier == name => Some(Some(earlier)),
+            Some(_) => Some(None),
+        };
+    };
+    if exclude_caches && is_cache_dir(dir) {
+        applies(OsStr::new(CACHEDIR_TAG));
+    }
+    for marker in markers.iter().filter(|m| has_marker(dir, m)) {
+        applies(marker_name(marker));
+    }
+    kept
+}
+
+/// The file name of a `NAME[:HEADER]` marker.
+fn marker_name(marker: &OsStr) -> &OsStr {
+    let marker = marker.as_bytes();
+    OsStr::from_bytes(marker.split(|&b| b == b':').next().unwrap_or_default())
 }
 
 fn timestamp(secs: i64, nanos: i64) -> jiff::Timestamp {
@@ -121,12 +192,10 @@ fn timestamp(secs: i64, nanos: i64) -> jiff::Timestamp {
 #[must_use]
 pub fn has_marker(dir: &Path, marker: impl AsRef<OsStr>) -> bool {
     use std::io::Read;
-    let marker = marker.as_ref().as_bytes();
-    let (name, header) = match marker.iter().position(|&b| b == b':') {
-        Some(at) => (marker.get(..at).unwrap_or_default(), marker.get(at + 1..)),
-        None => (marker, None),
-    };
-    let path = dir.join(OsStr::from_bytes(name));
+    let marker = marker.as_ref();
+    let name = marker_name(marker);
+    let header = marker.as_bytes().get(name.len() + 1..);
+    let path = dir.join(name);
     let Some(header) = header else {
         return std::fs::symlink_metadata(&path).is_ok();
     };
@@ -320,6 +389,96 @@ mod tests {
         assert!(ex.is_excluded(Path::new("/a/Photos/RAW"), true));
         assert!(ex.is_excluded(Path::new("/a/x.log"), false));
         assert!(!ex.is_excluded(Path::new("/a/X.LOG"), false));
+    }
+
+    #[test]
+    fn patterns_are_cleaned_before_matching() {
+        let ex = Excludes::new(&[
+            "/var/tmp//qa/t/a".into(),
+            "./b".into(),
+            "c/./d".into(),
+            "/x/d1/../e".into(),
+            "!/x/d1/../e/keep".into(),
+            "f//".into(),
+        ])
+        .unwrap();
+        assert!(ex.is_excluded(Path::new("/var/tmp/qa/t/a"), false));
+        assert!(ex.is_excluded(Path::new("/q/b"), false));
+        assert!(ex.is_excluded(Path::new("/q/c/d"), false));
+        assert!(ex.is_excluded(Path::new("/x/e"), false));
+        assert!(!ex.is_excluded(Path::new("/x/d1/e"), false));
+        // A trailing `/`, however written, still means directories only.
+        assert!(ex.is_excluded(Path::new("/q/f"), true));
+        assert!(!ex.is_excluded(Path::new("/q/f"), false));
+        let ex = Excludes::new(&["/x/*".into(), "!/x/./keep".into()]).unwrap();
+        assert!(!ex.is_excluded(Path::new("/x/keep"), false));
+    }
+
+    #[test]
+    fn patterns_are_taken_as_given() {
+        // Trimming and comments belong to exclude files, not to patterns.
+        let ex = Excludes::new(&[" sp".into(), "#hash".into(), "".into()]).unwrap();
+        assert!(ex.is_excluded(Path::new("/a/ sp"), false));
+        assert!(!ex.is_excluded(Path::new("/a/sp"), false));
+        assert!(ex.is_excluded(Path::new("/a/#hash"), false));
+    }
+
+    #[test]
+    fn a_double_star_suffix_matches_the_directory_itself() {
+        let ex = Excludes::new(&["x/**".into(), "/srv/y/**".into()]).unwrap();
+        assert!(ex.is_excluded(Path::new("/a/x"), true));
+        assert!(ex.is_excluded(Path::new("/a/x/z"), false));
+        assert!(ex.is_excluded(Path::new("/srv/y"), true));
+        assert!(!ex.is_excluded(Path::new("/a/srv/y"), true));
+        assert!(!ex.is_excluded(Path::new("/a/xx"), true));
+    }
+
+    #[test]
+    fn case_sensitive_and_insensitive_lists_negate_on_their_own() {
+        let ex = Excludes::new(&["*.tmp".into()])
+            .unwrap()
+            .case_insensitive(&["!KEEP.TMP".into()])
+            .unwrap();
+        assert!(ex.is_excluded(Path::new("/a/keep.tmp"), false));
+        let ex = Excludes::new(&["!keep.tmp".into()])
+            .unwrap()
+            .case_insensitive(&["*.TMP".into()])
+            .unwrap();
+        assert!(ex.is_excluded(Path::new("/a/keep.tmp"), false));
+        let ex = Excludes::default()
+            .case_insensitive(&["*.TMP".into(), "!KEEP.tmp".into()])
+            .unwrap();
+        assert!(!ex.is_excluded(Path::new("/a/keep.tmp"), false));
+        assert!(ex.is_excluded(Path::new("/a/other.tmp"), false));
+    }
+
+    #[test]
+    fn iexclude_ignores_case_beyond_ascii() {
+        let ex = Excludes::default()
+            .case_insensitive(&["ärger.txt".into(), "/Ö/*".into()])
+            .unwrap();
+        assert!(ex.is_excluded(Path::new("/a/ÄRGER.txt"), false));
+        assert!(ex.is_excluded(Path::new("/ö/x"), false));
+    }
+
+    #[test]
+    fn markers_keep_only_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(marker_keeps(d, true, &[".nobackup".into()]), None);
+        std::fs::write(d.join(".nobackup"), b"").unwrap();
+        assert_eq!(
+            marker_keeps(d, true, &[".nobackup".into()]),
+            Some(Some(".nobackup".into()))
+        );
+        assert_eq!(
+            marker_keeps(d, false, &[".nobackup:".into(), ".nobackup".into()]),
+            Some(Some(".nobackup".into()))
+        );
+        std::fs::write(d.join(CACHEDIR_TAG), CACHEDIR_SIGNATURE).unwrap();
+        assert_eq!(marker_keeps(d, true, &[]), Some(Some(CACHEDIR_TAG.into())));
+        // Each marker excludes the other, as in restic.
+        assert_eq!(marker_keeps(d, true, &[".nobackup".into()]), Some(None));
     }
 
     #[test]
