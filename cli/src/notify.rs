@@ -108,14 +108,8 @@ fn send(client: &reqwest::blocking::Client, url: &str, payload: &serde_json::Val
                 let retry = !e.is_timeout() && !e.is_builder();
                 // reqwest's own text is "error sending request": the
                 // causes say whether it was refused, reset or timed out.
-                let e = e.without_url();
-                let mut text = format!("failed: {e}");
-                let mut cause = std::error::Error::source(&e);
-                while let Some(c) = cause {
-                    text.push_str(&format!(": {c}"));
-                    cause = c.source();
-                }
-                (text, retry)
+                let e = anyhow::Error::new(e.without_url());
+                (format!("failed: {e:#}"), retry)
             }
         };
         let (why, retry) = why;
