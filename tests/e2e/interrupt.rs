@@ -253,14 +253,7 @@ fn sleep_outlives_an_interrupted_command_source(env: &Env, command: &str, marker
         "-c",
         command,
     ]);
-    let running = || {
-        std::process::Command::new("pgrep")
-            .args(["-f", &format!("sleep {marker}")])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
+    let running = || crate::support::sleep_running(marker);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !running() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -274,9 +267,7 @@ fn sleep_outlives_an_interrupted_command_source(env: &Env, command: &str, marker
         std::thread::sleep(Duration::from_millis(20));
     }
     let survived = running();
-    let _ = std::process::Command::new("pkill")
-        .args(["-KILL", "-f", &format!("sleep {marker}")])
-        .status();
+    crate::support::kill_sleep(marker);
     survived
 }
 

@@ -1283,18 +1283,8 @@ timeout = "2s"
         ),
     );
     let out = vault_with(&env, &config, &["backup", "escaper"]);
-    let running = || {
-        std::process::Command::new("pgrep")
-            .args(["-f", &format!("sleep {marker}")])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    };
-    let still_running = running();
-    let _ = std::process::Command::new("pkill")
-        .args(["-f", &format!("sleep {marker}")])
-        .status();
+    let still_running = crate::support::sleep_running(&marker);
+    crate::support::kill_sleep(&marker);
     assert_code(&out, 6);
     assert!(
         stderr(&out).contains("was still running after 2s"),

@@ -638,3 +638,21 @@ pub(crate) fn packs_of_kind(env: &Env, kind: &str) -> Vec<String> {
     }
     out
 }
+
+/// Whether a `sleep MARKER` a test's command started is running (the
+/// marker is an unusual duration, e.g. `31.4159`).
+pub(crate) fn sleep_running(marker: &str) -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-f", &format!("sleep {marker}")])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Kills every `sleep MARKER` a test's command started.
+pub(crate) fn kill_sleep(marker: &str) {
+    let _ = std::process::Command::new("pkill")
+        .args(["-KILL", "-f", &format!("sleep {marker}")])
+        .status();
+}
