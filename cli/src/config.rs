@@ -395,6 +395,11 @@ impl Config {
                 }
                 SourceKind::Files => {
                     need("paths", !s.paths.is_empty())?;
+                    for marker in &s.exclude_if_present {
+                        vault_engine::backup::check_marker(marker.as_ref()).map_err(|e| {
+                            anyhow::anyhow!("{}: source {name:?}: exclude_if_present: {e}", at(s))
+                        })?;
+                    }
                     if let Some(size) = &s.exclude_larger_than {
                         crate::args::parse_size(size).map_err(|e| {
                             anyhow::anyhow!("{}: source {name:?}: exclude_larger_than: {e}", at(s))

@@ -26,7 +26,7 @@ mod walk;
 
 pub use saver::{PendingId, Saver, SaverStats};
 pub(crate) use saver::{TreeSink, ensure_stored};
-pub use walk::{ChangeDetection, Excludes};
+pub use walk::{ChangeDetection, Excludes, check_marker};
 
 use crate::blob::BlobKind;
 use crate::cancel::{Stop, Watch};

@@ -878,6 +878,41 @@ fn markers_stay_in_the_snapshot_and_keep_excluding_after_a_restore() {
     assert_eq!(kept, want, "{kept:?}");
 }
 
+/// `--exclude-if-present ''` is refused, as restic refuses it: the empty
+/// name was the directory itself, so every directory counted as marked and
+/// the backup held no file. Also in a config source.
+#[test]
+fn an_empty_marker_name_is_refused() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"-").unwrap();
+    let out = env.vault(&["backup", "--exclude-if-present", "", src.to_str().unwrap()]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("is no file name"), "{}", stderr(&out));
+    let config = env.path("vault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[source]]\nname = \"f\"\nkind = \"files\"\npaths = [\"{}\"]\nexclude_if_present = [\"\"]\n",
+            src.display()
+        ),
+    )
+    .unwrap();
+    let out = env
+        .command(&["backup"])
+        .env("VAULT_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("exclude_if_present"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(env.snapshots().is_empty());
+}
+
 /// `x/**` leaves `x` out too, as restic's `**` may match nothing.
 #[test]
 fn a_trailing_double_star_excludes_the_directory_itself() {

@@ -86,7 +86,7 @@ pub(crate) struct BackupArgs {
     /// Skip the content of directories containing a file of this name,
     /// except that file; `NAME:HEADER` also requires the file to start with
     /// HEADER (repeatable).
-    #[arg(long, value_name = "NAME[:HEADER]", value_parser = clap::value_parser!(OsString))]
+    #[arg(long, value_name = "NAME[:HEADER]", value_parser = marker())]
     exclude_if_present: Vec<OsString>,
     /// Stay on the file system of each given path.
     #[arg(short = 'x', long)]
@@ -511,6 +511,14 @@ fn source_lock(status_path: &std::path::Path, name: &str) -> Result<Option<std::
             Err(e).with_context(|| format!("locking {}", path.display()))
         }
     }
+}
+
+/// `--exclude-if-present`'s value, any bytes, checked as a marker file
+/// name.
+fn marker() -> impl clap::builder::TypedValueParser<Value = OsString> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new()
+        .try_map(|value| vault_engine::backup::check_marker(&value).map(|()| value))
 }
 
 fn run_sources(

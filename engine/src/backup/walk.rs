@@ -176,6 +176,21 @@ pub(crate) fn marker_keeps(
 }
 
 /// The file name of a `NAME[:HEADER]` marker.
+/// Why `marker` (`NAME` or `NAME:HEADER`) cannot name a marker file: an
+/// empty name (`--exclude-if-present ''`) was the directory itself, so
+/// every directory counted as marked and the backup held no files; a name
+/// with a `/` or `.`/`..` is no file in the directory either.
+pub fn check_marker(marker: &OsStr) -> Result<(), String> {
+    let name = marker_name(marker).as_bytes();
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(format!(
+            "{:?} is no file name: give the name of the marker file (NAME or NAME:HEADER)",
+            marker
+        ));
+    }
+    Ok(())
+}
+
 fn marker_name(marker: &OsStr) -> &OsStr {
     let marker = marker.as_bytes();
     OsStr::from_bytes(marker.split(|&b| b == b':').next().unwrap_or_default())
