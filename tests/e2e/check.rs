@@ -583,13 +583,7 @@ fn quiet_check_prints_errors_but_not_warnings() {
     assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     // An error still shows.
-    let pack = env
-        .sizes_under("data")
-        .into_iter()
-        .max_by_key(|(_, size)| *size)
-        .unwrap()
-        .0;
-    env.delete_object(&pack);
+    env.delete_object(&env.largest_pack());
     let out = env.vault(&["check", "--quiet"]);
     assert_code(&out, 5);
     assert!(

@@ -1666,13 +1666,7 @@ fn a_failed_file_drill_names_the_damage_and_leaves_no_restore_behind() {
     assert_success(&drill());
     assert_eq!(left(), 0, "a passed drill left its restore");
 
-    let pack = env
-        .sizes_under("data")
-        .into_iter()
-        // The data pack, not the (smaller) tree pack beside it.
-        .max_by_key(|(_, size)| *size)
-        .unwrap()
-        .0;
+    let pack = env.largest_pack();
     // The path is the one within the snapshot, not under the scratch
     // directory; which of the two files comes first depends on the pack.
     let within = format!("the first, {}/", data.display());

@@ -448,6 +448,16 @@ impl Env {
             .collect()
     }
 
+    /// The key of the largest pack: in a small repository, the data pack
+    /// rather than the tree pack beside it.
+    pub(crate) fn largest_pack(&self) -> String {
+        self.sizes_under("data")
+            .into_iter()
+            .max_by_key(|(_, size)| *size)
+            .unwrap()
+            .0
+    }
+
     /// Lock objects (not the conditional-create probes).
     pub(crate) fn locks(&self) -> Vec<String> {
         match self.backend {
