@@ -368,14 +368,28 @@ fn interrupted_restore_says_how_to_resume_and_resuming_completes_it() {
         "--limit-download",
         "512",
     ]);
-    std::thread::sleep(Duration::from_millis(2500));
+    // Signalled once a file is part-written, however slowly this machine
+    // got there: a fixed sleep let a loaded CI runner signal before the
+    // first file existed.
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    let in_progress = || {
+        std::fs::read_dir(&restored).is_ok_and(|entries| {
+            entries.flatten().any(|entry| {
+                std::fs::read(entry.path()).ok() != std::fs::read(src.join(entry.file_name())).ok()
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !in_progress() {
+        assert!(Instant::now() < deadline, "no file was begun");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = interrupt(child);
     assert_code(&out, 130);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--overwrite if-changed"), "{err}");
     // What it left unfinished is its owner's only: the source's files and
     // directories are 0644 and 0755, applied once restored.
-    let restored = target.join(src.strip_prefix("/").unwrap());
     let mode = |p: &std::path::Path| {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
     };

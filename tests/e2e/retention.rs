@@ -604,7 +604,12 @@ fn packs_deleted_under_a_backup_are_not_indexed_and_the_next_backup_stores_them_
         "--compression",
         "none",
     ]);
-    std::thread::sleep(Duration::from_millis(2500));
+    // The prunes start once a pack is uploaded, however slow the machine.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.objects_under("data").is_empty() {
+        assert!(Instant::now() < deadline, "no pack was uploaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for _ in 0..2 {
         assert_success(&env.vault(&["prune", "--delete-margin", "0s"]));
     }
