@@ -95,6 +95,10 @@ fn child_path_raw(dir: &[u8], name: &[u8]) -> Vec<u8> {
 struct Patterns {
     names: PatternSet,
     paths: PatternSet,
+    /// `--ignore-case`: patterns were lower-cased by Unicode's rules, and
+    /// so is every name and path before matching (as restic's `find -i`
+    /// lower-cases both); the globs' own case folding covers ASCII only.
+    fold: bool,
 }
 
 impl Patterns {
@@ -106,7 +110,13 @@ impl Patterns {
         let mut paths = Vec::new();
         for raw in &options.patterns {
             // `/src/a/` names the directory `/src/a`: paths have no trailing `/`.
-            let mut pattern = raw.as_bytes();
+            let folded;
+            let mut pattern = if options.ignore_case {
+                folded = pattern::fold_case(raw.as_bytes());
+                &folded[..]
+            } else {
+                raw.as_bytes()
+            };
             while let Some(rest) = pattern.strip_suffix(b"/") {
                 pattern = rest;
             }
@@ -130,11 +140,17 @@ impl Patterns {
         Ok(Self {
             names: build(names)?,
             paths: build(paths)?,
+            fold: options.ignore_case,
         })
     }
 
     fn is_match(&self, name: impl AsRef<[u8]>, path: impl AsRef<[u8]>) -> bool {
         let (name, path) = (name.as_ref(), path.as_ref());
+        if self.fold {
+            let (name, path) = (pattern::fold_case(name), pattern::fold_case(path));
+            return self.names.is_match(&name)
+                || (!self.paths.is_empty() && self.paths.is_match(&path));
+        }
         self.names.is_match(name) || (!self.paths.is_empty() && self.paths.is_match(path))
     }
 }
@@ -346,6 +362,11 @@ mod tests {
         let i = Patterns::new(&options(&["*.log", "/SRC/*"], true)).unwrap();
         assert!(i.is_match("X.LOG", "/X.LOG"));
         assert!(i.is_match("a", "/src/a"));
+        // Unicode, both ways round, as restic's `find -i` lower-cases both.
+        let u = Patterns::new(&options(&["ärger*", "/DÉJÀ/*"], true)).unwrap();
+        assert!(u.is_match("ÄRGER.txt", "/x/ÄRGER.txt"));
+        assert!(u.is_match("vu", "/déjà/vu"));
+        assert!(!u.is_match("ärmel", "/x/ärmel"));
         assert!(Patterns::new(&options(&[], false)).is_err());
         assert!(Patterns::new(&options(&["/"], false)).is_err());
         assert!(Patterns::new(&options(&["a[b"], false)).is_err());

@@ -23,6 +23,7 @@ fn fixture(backend: Backend) -> Fixture {
         ("a/deep/app.log", "app log"),
         ("b/y.txt", "y"),
         ("b/ERR.LOG", "ERR"),
+        ("b/ÄRGER.md", "grr"),
         ("top.log", "top"),
     ] {
         let path = root.join(rel);
@@ -114,6 +115,10 @@ fn find_matches_names_and_paths_in_snapshots(backend: Backend) {
     want_i.extend(f.both(&["b/ERR.LOG"]));
     assert_eq!(f.find(&["--ignore-case", "*.log"]), want_i);
     assert_eq!(f.find(&["-i", "*.LOG"]), want_i);
+    // Beyond ASCII, as restic lower-cases both sides: the glob's own case
+    // folding left `Ä` apart from `ä`.
+    assert_eq!(f.find(&["-i", "ärger.*"]), f.both(&["b/ÄRGER.md"]));
+    assert_eq!(f.find(&["ärger.*"]), BTreeSet::new());
 
     // A path pattern: `*` stays in `a`, not in `a/deep` nor `b`; a relative
     // one may match at any depth.
