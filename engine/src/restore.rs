@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -473,6 +473,14 @@ pub fn restore(
     // Every phase runs on one pool: threads of a second pool would each
     // grow a malloc arena of their own (~10 MiB more resident).
     let pool = crate::repository::thread_pool(options.concurrency.max(2))?;
+    // Includes are cleaned as restic cleans them (Go's `filepath.Clean`):
+    // `$BASE/etc` with `BASE=/srv/` selected nothing, `a/./b` likewise.
+    let options = &RestoreOptions {
+        includes: (options.includes.iter())
+            .map(|p| std::ffi::OsString::from_vec(crate::pattern::clean(p.as_bytes())))
+            .collect(),
+        ..options.clone()
+    };
     pool.install(|| restore_on_pool(repo, index, root, options, progress))
 }
 
