@@ -13,6 +13,7 @@ use crate::id::{BlobId, PackId, SnapshotId};
 use crate::index::{Index, IndexFile, IndexedPack};
 use crate::pack::{self, PackedBlob};
 use crate::repository::{FileKind, Repository};
+use crate::rewrite::Removed;
 use crate::tree::{NodeKind, Tree};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -321,7 +322,7 @@ struct Rewriter<'a> {
     index: &'a Index,
     bad: &'a HashSet<BlobId>,
     sink: &'a TreeSink,
-    memo: HashMap<BlobId, (BlobId, Vec<PathBuf>)>,
+    memo: HashMap<BlobId, (BlobId, Removed)>,
 }
 
 impl Rewriter<'_> {
@@ -329,44 +330,49 @@ impl Rewriter<'_> {
         self.index.contains(id) && !self.bad.contains(id)
     }
 
-    /// Returns the (possibly new) tree id and the removed paths below `at`.
-    fn rewrite(&mut self, id: BlobId, at: &Path) -> Result<(BlobId, Vec<PathBuf>)> {
-        if let Some((new, removed)) = self.memo.get(&id) {
-            return Ok((*new, removed.iter().map(|p| at.join(p)).collect()));
+    /// Returns the (possibly new) tree id and what was removed below it,
+    /// with paths relative to it. A directory whose listing is lost counts
+    /// no files: what it held is unknown, so the snapshot's summary keeps
+    /// counting them.
+    fn rewrite(&mut self, id: BlobId) -> Result<(BlobId, Removed)> {
+        if let Some(done) = self.memo.get(&id) {
+            return Ok(done.clone());
         }
         let tree = self.repo.read_tree(self.index, &id)?;
         let mut out = Tree::default();
-        let mut removed_rel: Vec<PathBuf> = Vec::new();
+        let mut removed = Removed::default();
         for mut node in tree.nodes {
-            let name = node.os_name();
+            let name = PathBuf::from(node.os_name());
             match node.kind {
                 NodeKind::Dir => {
                     if let Some(sub) = node.subtree {
                         if self.readable(&sub) && self.repo.read_tree(self.index, &sub).is_ok() {
-                            let (new, below) = self.rewrite(sub, Path::new(&name))?;
+                            let (new, below) = self.rewrite(sub)?;
                             node.subtree = Some(new);
-                            removed_rel.extend(below);
+                            removed.extend_below(&name, below);
                         } else {
                             // The listing is lost: keep an empty directory.
                             node.subtree = Some(self.save_tree(Tree::default())?);
-                            removed_rel.push(PathBuf::from(&name).join("*"));
+                            removed.paths.push(name.join("*"));
                         }
                     }
                     out.nodes.push(node);
                 }
                 NodeKind::File if node.content.iter().flatten().any(|b| !self.readable(b)) => {
-                    removed_rel.push(PathBuf::from(&name));
+                    removed.files += 1;
+                    removed.bytes += node.size;
+                    removed.paths.push(name);
                 }
                 _ => out.nodes.push(node),
             }
         }
-        let new = if removed_rel.is_empty() {
+        let new = if removed.paths.is_empty() {
             id
         } else {
             self.save_tree(out)?
         };
-        self.memo.insert(id, (new, removed_rel.clone()));
-        Ok((new, removed_rel.iter().map(|p| at.join(p)).collect()))
+        self.memo.insert(id, (new, removed.clone()));
+        Ok((new, removed))
     }
 
     fn save_tree(&self, tree: Tree) -> Result<BlobId> {
@@ -418,7 +424,7 @@ pub fn repair_snapshots(
     }
     let bad = unreadable_blobs(repo, &index, verify)?;
     let sink = TreeSink::new(repo, &index, dry_run);
-    let mut pending: Vec<(SnapshotId, crate::snapshot::Snapshot, Vec<PathBuf>)> = Vec::new();
+    let mut pending: Vec<(SnapshotId, crate::snapshot::Snapshot, Removed)> = Vec::new();
     {
         let mut rw = Rewriter {
             repo,
@@ -458,13 +464,14 @@ pub fn repair_snapshots(
                 });
                 continue;
             }
-            let (root, removed) = rw.rewrite(snap.tree, Path::new("/"))?;
-            if removed.is_empty() {
+            let (root, removed) = rw.rewrite(snap.tree)?;
+            if removed.paths.is_empty() {
                 report.intact += 1;
             } else {
                 let mut new = snap.clone();
                 new.tree = root;
                 new.original = Some(id);
+                removed.subtract_from(&mut new.summary);
                 if !new.tags.iter().any(|t| t == "repaired") {
                     new.tags.push("repaired".into());
                     new.tags.sort();
@@ -487,7 +494,9 @@ pub fn repair_snapshots(
         report.repaired.push(RepairedSnapshot {
             original: id.to_hex(),
             replacement,
-            removed: removed.iter().map(|p| p.display().to_string()).collect(),
+            removed: (removed.paths.iter())
+                .map(|p| Path::new("/").join(p).display().to_string())
+                .collect(),
         });
     }
     Ok(report)

@@ -35,12 +35,29 @@ pub struct Rewritten {
     pub removed_bytes: u64,
 }
 
-/// Removed entries below one tree: relative paths, files, bytes.
+/// Removed entries below one tree: relative paths, files, bytes (also
+/// what `repair snapshots` drops).
 #[derive(Debug, Clone, Default)]
-struct Removed {
-    paths: Vec<PathBuf>,
-    files: u64,
-    bytes: u64,
+pub(crate) struct Removed {
+    pub(crate) paths: Vec<PathBuf>,
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+}
+
+impl Removed {
+    /// Adds what was removed below the entry `name`.
+    pub(crate) fn extend_below(&mut self, name: &Path, below: Removed) {
+        self.files += below.files;
+        self.bytes += below.bytes;
+        self.paths
+            .extend(below.paths.into_iter().map(|p| name.join(p)));
+    }
+
+    /// The snapshot's summary without what was removed.
+    pub(crate) fn subtract_from(&self, summary: &mut crate::snapshot::SnapshotSummary) {
+        summary.total_files_processed = summary.total_files_processed.saturating_sub(self.files);
+        summary.total_bytes_processed = summary.total_bytes_processed.saturating_sub(self.bytes);
+    }
 }
 
 struct Rewriter<'a> {
@@ -86,11 +103,7 @@ impl Rewriter<'_> {
             if let (true, Some(sub)) = (is_dir, node.subtree) {
                 let (new, below) = self.rewrite(sub, &path)?;
                 node.subtree = Some(new);
-                removed.files += below.files;
-                removed.bytes += below.bytes;
-                removed
-                    .paths
-                    .extend(below.paths.into_iter().map(|p| name.join(p)));
+                removed.extend_below(&name, below);
             }
             out.nodes.push(node);
         }
@@ -176,11 +189,7 @@ pub fn rewrite(
             let mut new = snap.clone();
             new.tree = root;
             new.original = Some(snap.original.unwrap_or(*id));
-            let summary = &mut new.summary;
-            summary.total_files_processed =
-                summary.total_files_processed.saturating_sub(removed.files);
-            summary.total_bytes_processed =
-                summary.total_bytes_processed.saturating_sub(removed.bytes);
+            removed.subtract_from(&mut new.summary);
             pending.push((*id, new, removed));
         }
     }

@@ -144,6 +144,7 @@ fn flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths(backend: Bac
     assert!(String::from_utf8_lossy(&out.stdout).contains(&pack_name));
 
     // repair snapshots drops the hurt files; the rest restores.
+    let before = env.snapshots();
     assert_success(&env.vault(&["repair", "snapshots", "--forget"]));
     let snaps = env.snapshots();
     assert_eq!(snaps.len(), 2);
@@ -152,6 +153,19 @@ fn flipped_byte_in_data_pack_is_found_by_verify_with_affected_paths(backend: Bac
             .iter()
             .all(|s| s["tags"].as_array().unwrap().contains(&"repaired".into()))
     );
+    // Its summary (Size in `snapshots`) no longer counts the dropped file.
+    let total = |s: &serde_json::Value, what: &str| s["summary"][what].as_u64().unwrap();
+    for (old, new) in before.iter().zip(&snaps) {
+        assert_eq!(
+            total(new, "total_files_processed"),
+            total(old, "total_files_processed") - 1,
+            "{new}"
+        );
+        assert!(
+            total(new, "total_bytes_processed") < total(old, "total_bytes_processed"),
+            "{new}"
+        );
+    }
     let target = env.path("after-repair");
     assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
     let root = target.join(src.strip_prefix("/").unwrap());
