@@ -25,7 +25,7 @@ pub(crate) const SOURCE_FAILED: u8 = 6;
 pub(crate) const NO_SPACE: u8 = 7;
 /// The storage kept failing after retries (unreachable, refusing, erroring).
 pub(crate) const STORAGE: u8 = 8;
-/// No repository at the given location.
+/// No repository at the given location (or another tool's there).
 pub(crate) const NO_REPOSITORY: u8 = 10;
 /// The repository is locked by another process.
 pub(crate) const LOCKED: u8 = 11;
@@ -53,7 +53,7 @@ Exit codes:
   6    a backup source failed (its command exited non-zero, or it could not be read)
   7    no space left on a disk or quota vault writes to
   8    the storage kept failing after retries
-  10   repository does not exist
+  10   repository does not exist (or the location holds a restic or borg one)
   11   repository is locked
   12   wrong password
   130  interrupted (SIGINT/SIGTERM)

@@ -53,6 +53,14 @@ pub enum Error {
         /// Where we looked.
         location: String,
     },
+    /// The location holds another tool's repository.
+    #[error(
+        "a {tool} repository, not a vault one: vault cannot read it (keep {tool} for it; `vault init` a new location for vault's backups)"
+    )]
+    ForeignRepository {
+        /// The tool whose repository it is: `restic`, `borg`.
+        tool: &'static str,
+    },
     /// A referenced object is missing.
     #[error("{object} not found")]
     NotFound {
@@ -112,7 +120,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::WrongPassword => ErrorKind::WrongPassword,
-            Error::RepositoryNotFound { .. } => ErrorKind::RepositoryNotFound,
+            Error::RepositoryNotFound { .. } | Error::ForeignRepository { .. } => {
+                ErrorKind::RepositoryNotFound
+            }
             Error::NotFound { .. } | Error::DataLost(_) => ErrorKind::NotFound,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::Locked { .. } => ErrorKind::Locked,

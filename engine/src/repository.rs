@@ -138,7 +138,6 @@ fn seal_object(key: &MasterKey, domain: Domain, body: &[u8], c: Compression) -> 
     key.seal(domain, &compress::encode(c, body))
 }
 
-/// Seals a lock document with a key copy (the lock refresher thread).
 /// The first key file, snapshot or index file stored: whether a location
 /// without a config holds a repository all the same.
 fn first_repository_object(backend: &dyn Backend) -> Result<Option<String>> {
@@ -155,6 +154,15 @@ fn first_repository_object(backend: &dyn Backend) -> Result<Option<String>> {
     Ok(None)
 }
 
+/// Whether a key file that is not vault's is restic's (JSON naming its
+/// scrypt derivation): a user who points vault at a restic repository is
+/// told so, not that every key file is damaged.
+fn is_restic_key(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .is_ok_and(|v| v["kdf"] == "scrypt" && v["data"].is_string())
+}
+
+/// Seals a lock document with a key copy (the lock refresher thread).
 pub(crate) fn seal_lock_with(key: &MasterKey, body: &[u8]) -> Vec<u8> {
     seal_object(key, Domain::Lock, body, Compression::None)
 }
@@ -277,6 +285,10 @@ impl Repository {
             }
             Err(e) => return Err(Error::backend("config", e)),
         };
+        // borg's config is an INI file; vault's is sealed, so never text.
+        if sealed_config.starts_with(b"[repository]") {
+            return Err(Error::ForeignRepository { tool: "borg" });
+        }
         let keys = backend
             .list(FileKind::Key.prefix())
             .map_err(|e| Error::backend("keys/", e))?;
@@ -291,6 +303,9 @@ impl Repository {
                 Err(e) => return Err(Error::backend(&info.path, e)),
             };
             let Ok(file) = KeyFile::decode(&bytes) else {
+                if is_restic_key(&bytes) {
+                    return Err(Error::ForeignRepository { tool: "restic" });
+                }
                 tracing::warn!("skipping malformed key file {}", info.path);
                 malformed += 1;
                 continue;

@@ -37,6 +37,54 @@ fn missing_repository_exits_10(backend: Backend) {
     );
 }
 
+/// Pointed at a restic or a borg repository (the migrating user's slip),
+/// vault says whose it is, exits 10, and writes nothing: it used to call
+/// restic's key files damaged (exit 5, "`vault key import`...") and
+/// borg's key files missing.
+backend_test!(another_tools_repository_is_named_and_left_alone);
+fn another_tools_repository_is_named_and_left_alone(backend: Backend) {
+    // The objects each tool starts with, as `restic init` and `borg init`
+    // write them (bodies shortened: vault must not need to read them).
+    let restic_key = br#"{"created":"2026-11-25T02:29:03Z","username":"root","hostname":"vm","kdf":"scrypt","N":32768,"r":8,"p":4,"salt":"c3s2Wx1q","data":"xnjHxCRQ"}"#;
+    let restic_key_name = format!("keys/{}", "ab".repeat(32));
+    let tools: [(&str, Vec<(&str, &[u8])>); 2] = [
+        (
+            "restic",
+            vec![
+                ("config", &[0x5a; 200][..]),
+                (restic_key_name.as_str(), &restic_key[..]),
+            ],
+        ),
+        (
+            "borg",
+            vec![
+                (
+                    "config",
+                    b"[repository]\nversion = 1\nsegments_per_dir = 1000\n",
+                ),
+                ("README", b"This is a Borg Backup repository.\n"),
+            ],
+        ),
+    ];
+    for (tool, objects) in tools {
+        let env = Env::uninitialised_on(backend);
+        for (key, bytes) in &objects {
+            env.write_object(key, bytes);
+        }
+        let before = env.objects();
+        for args in [&["snapshots"][..], &["backup", "/etc/hostname"]] {
+            let out = env.vault(args);
+            assert_code(&out, 10);
+            assert!(
+                stderr(&out).contains(&format!("a {tool} repository, not a vault one")),
+                "{}",
+                stderr(&out)
+            );
+        }
+        assert_eq!(env.objects(), before, "{tool}");
+    }
+}
+
 /// A new machine restoring with only the repository URL and password has
 /// no config: a source name given to `restore` answered "no snapshot
 /// matches pgmain", as if the backups were gone, and with `--at` "give

@@ -488,7 +488,11 @@ impl Env {
     pub(crate) fn write_object(&self, key: &str, bytes: &[u8]) {
         match self.backend {
             // Behind the backend's back, as a disk fault would.
-            Backend::Local => std::fs::write(Path::new(&self.repo).join(key), bytes).unwrap(),
+            Backend::Local => {
+                let path = Path::new(&self.repo).join(key);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
             Backend::S3 => self
                 .store()
                 .put(
