@@ -37,17 +37,18 @@ fn missing_repository_exits_10(backend: Backend) {
     );
 }
 
-/// Pointed at a restic or a borg repository (the migrating user's slip),
-/// vault says whose it is, exits 10, and writes nothing: it used to call
-/// restic's key files damaged (exit 5, "`vault key import`...") and
-/// borg's key files missing.
+// Pointed at a restic or a borg repository (the migrating user's slip),
+// vault says whose it is, exits 10, and writes nothing: it used to call
+// restic's key files damaged (exit 5, "`vault key import`...") and borg's
+// key files missing.
 backend_test!(another_tools_repository_is_named_and_left_alone);
 fn another_tools_repository_is_named_and_left_alone(backend: Backend) {
+    type Objects<'a> = Vec<(&'a str, &'a [u8])>;
     // The objects each tool starts with, as `restic init` and `borg init`
     // write them (bodies shortened: vault must not need to read them).
     let restic_key = br#"{"created":"2026-11-25T02:29:03Z","username":"root","hostname":"vm","kdf":"scrypt","N":32768,"r":8,"p":4,"salt":"c3s2Wx1q","data":"xnjHxCRQ"}"#;
     let restic_key_name = format!("keys/{}", "ab".repeat(32));
-    let tools: [(&str, Vec<(&str, &[u8])>); 2] = [
+    let tools: [(&str, Objects<'_>); 2] = [
         (
             "restic",
             vec![
