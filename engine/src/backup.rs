@@ -1227,10 +1227,14 @@ impl Read for Stoppable {
 
 /// Environment variables holding vault's own secrets: its repository
 /// password and the object store's secret key.
-const SECRET_ENV: [&str; 5] = [
+const SECRET_ENV: [&str; 8] = [
     "VAULT_PASSWORD",
     "VAULT_FROM_PASSWORD",
     "VAULT_TO_PASSWORD",
+    // Commands that print a password often carry a token themselves.
+    "VAULT_PASSWORD_COMMAND",
+    "VAULT_FROM_PASSWORD_COMMAND",
+    "VAULT_TO_PASSWORD_COMMAND",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
 ];

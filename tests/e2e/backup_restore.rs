@@ -1433,6 +1433,32 @@ fn commands_run_for_a_backup_do_not_inherit_vaults_secrets(backend: Backend) {
     assert!(!text.contains("VAULT_TO_PASSWORD="), "{text}");
     assert!(!text.contains("AWS_SECRET_ACCESS_KEY="), "{text}");
 
+    // Nor a password command, which often holds a token itself.
+    let out = env
+        .command(&[
+            "backup",
+            "--stdin-from-command",
+            "--stdin-filename",
+            "env2.txt",
+            "--",
+            "env",
+        ])
+        .env_remove("VAULT_PASSWORD_FILE")
+        .env(
+            "VAULT_PASSWORD_COMMAND",
+            format!("echo '{password}' # token-in-command"),
+        )
+        .env("VAULT_TO_PASSWORD_COMMAND", "echo token-of-target")
+        .env("VAULT_FROM_PASSWORD_COMMAND", "echo token-of-source")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let dumped = env.vault(&["dump", "latest", "/env2.txt"]);
+    assert_success(&dumped);
+    let text = String::from_utf8_lossy(&dumped.stdout);
+    assert!(text.contains("PATH="), "{text}");
+    assert!(!text.contains("token-"), "{text}");
+
     // A password command sees neither this repository's nor another's
     // password (`copy`'s target).
     let seen = env.path("password-command-env.txt");
