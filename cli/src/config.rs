@@ -52,6 +52,26 @@ pub(crate) struct RepositoryConfig {
     pub(crate) limit_download: Option<u64>,
 }
 
+/// A list of webhook URLs, or one URL as a string. Without the second
+/// form, `on_failure = "https://..."` (an easy slip) failed every command
+/// with a type error that quoted the URL, and its token, into cron mail;
+/// a value of any other shape is refused without quoting it.
+fn webhooks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(d) {
+        Ok(OneOrMany::One(url)) => Ok(vec![url]),
+        Ok(OneOrMany::Many(urls)) => Ok(urls),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a webhook URL or a list of them (\"https://...\" or [\"https://...\"])",
+        )),
+    }
+}
+
 /// A retention count: a number, -1, or "unlimited".
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -270,10 +290,10 @@ impl Heartbeat {
 #[serde(deny_unknown_fields)]
 pub(crate) struct NotifyConfig {
     /// Webhooks POSTed on any failure.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "webhooks")]
     pub(crate) on_failure: Vec<String>,
     /// Webhooks for the periodic success summary (default: on_failure's).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "webhooks")]
     pub(crate) on_success: Vec<String>,
     pub(crate) heartbeat: Option<Heartbeat>,
     pub(crate) status_file: Option<PathBuf>,

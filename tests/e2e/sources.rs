@@ -1611,6 +1611,36 @@ fn a_webhook_without_scheme_is_refused_and_status_keeps_a_damaged_file() {
     assert_eq!(v["ok"], false, "{v}");
 }
 
+/// `on_failure = "https://..."` (one URL, not a list) is taken as that URL:
+/// it used to fail every command with a type error quoting the URL and its
+/// token. A value of another shape is refused without quoting anything.
+#[test]
+fn a_single_webhook_url_may_be_given_as_a_string() {
+    let env = Env::new();
+    let hook = Webhook::start();
+    let status = env.path("state/status.json");
+    let config = notify_config(&env, &hook.url, &status);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let list = format!("on_failure = [\"{}\"]", hook.url);
+    assert!(text.contains(&list), "{text}");
+    let config = write_config(
+        &env,
+        &text.replace(&list, &format!("on_failure = \"{}\"", hook.url)),
+    );
+    assert_code(&vault_with(&env, &config, &["backup"]), 6);
+    let events: Vec<_> = hook.received().iter().map(|b| b["event"].clone()).collect();
+    assert_eq!(events, ["backup_failed"]);
+
+    let config = write_config(
+        &env,
+        &text.replace(&list, "on_failure = { url = \"https://h/TOKEN123\" }"),
+    );
+    let out = vault_with(&env, &config, &["status"]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("webhook URL"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("TOKEN123"), "{}", stderr(&out));
+}
+
 /// A source's `tags = ["a, b"]` gives two tags, as `--tag "a, b"` does; it
 /// stored one tag `a, b` that no selector could name or remove.
 #[test]
