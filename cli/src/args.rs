@@ -23,8 +23,25 @@ pub(crate) struct GlobalArgs {
     #[arg(short = 'r', long = "repo", env = "VAULT_REPOSITORY", global = true,
           value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub(crate) repo: Option<String>,
-    /// Read the password from this file (first line).
-    #[arg(long, env = "VAULT_PASSWORD_FILE", global = true)]
+    /// Read the repository (as --repo takes it) from this file; not with
+    /// --repo.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "VAULT_REPOSITORY_FILE",
+        global = true,
+        conflicts_with = "repo"
+    )]
+    pub(crate) repository_file: Option<PathBuf>,
+    /// Read the password from this file (first line). Not with
+    /// --password-command.
+    #[arg(
+        short = 'p',
+        long,
+        env = "VAULT_PASSWORD_FILE",
+        global = true,
+        conflicts_with = "password_command"
+    )]
     pub(crate) password_file: Option<PathBuf>,
     /// Run this shell command and use its output as the password.
     #[arg(long, env = "VAULT_PASSWORD_COMMAND", global = true,
@@ -48,6 +65,12 @@ pub(crate) struct GlobalArgs {
     /// Configuration file [default: /etc/vault/vault.toml when it exists].
     #[arg(long, env = "VAULT_CONFIG", global = true)]
     pub(crate) config: Option<PathBuf>,
+    /// Trust the certificates in this PEM file as roots too, besides the
+    /// system's, for an S3 endpoint whose certificate a private CA signed
+    /// (repeatable). SSL_CERT_FILE=FILE works too, read in place of the
+    /// system's certificate store.
+    #[arg(long, value_name = "FILE", env = "VAULT_CACERT", global = true)]
+    pub(crate) cacert: Vec<PathBuf>,
     /// Allow plain HTTP to a non-loopback S3 endpoint.
     #[arg(long, global = true)]
     pub(crate) allow_http: bool,
@@ -59,13 +82,23 @@ pub(crate) struct GlobalArgs {
     /// local copies.
     #[arg(long, global = true)]
     pub(crate) no_cache: bool,
-    /// Upload at most this many KiB/s (averaged over each object).
-    #[arg(long, value_name = "KIB_PER_SEC", env = "VAULT_LIMIT_UPLOAD", global = true,
-          value_parser = clap::value_parser!(u64).range(1..))]
+    /// Upload at most this many KiB/s (averaged over each object); 0 is
+    /// unlimited (as restic's, also over the config's `limit_upload`).
+    #[arg(
+        long,
+        value_name = "KIB_PER_SEC",
+        env = "VAULT_LIMIT_UPLOAD",
+        global = true
+    )]
     pub(crate) limit_upload: Option<u64>,
-    /// Download at most this many KiB/s (averaged over each object).
-    #[arg(long, value_name = "KIB_PER_SEC", env = "VAULT_LIMIT_DOWNLOAD", global = true,
-          value_parser = clap::value_parser!(u64).range(1..))]
+    /// Download at most this many KiB/s (averaged over each object); 0 is
+    /// unlimited.
+    #[arg(
+        long,
+        value_name = "KIB_PER_SEC",
+        env = "VAULT_LIMIT_DOWNLOAD",
+        global = true
+    )]
     pub(crate) limit_download: Option<u64>,
 }
 

@@ -115,6 +115,11 @@ pub(crate) enum Command {
     /// Show what changed between two snapshots.
     Diff(diff::DiffArgs),
     /// Sizes, deduplication and compression of snapshots and the repository.
+    ///
+    /// In restore-size mode, `total_file_count` (File Count) counts regular
+    /// files only; directories and other entries (symlinks, devices, fifos,
+    /// sockets) are counted apart (`total_dir_count`, `total_other_count`).
+    /// restic's `total_file_count` counts every entry: the sum of the three.
     Stats(stats::StatsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(completion::CompletionArgs),
@@ -188,7 +193,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub(crate) struct FilterArgs {
     /// Only snapshots of this host (repeatable).
-    #[arg(long = "host")]
+    #[arg(short = 'H', long = "host")]
     pub(crate) hosts: Vec<String>,
     /// Only snapshots with these tags (a,b = both; repeat for either).
     #[arg(long = "tag")]
@@ -199,6 +204,31 @@ pub(crate) struct FilterArgs {
 }
 
 impl FilterArgs {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.hosts.is_empty() && self.tags.is_empty() && self.paths.is_empty()
+    }
+
+    /// The filter that picks the snapshot `spec` names, as restic applies
+    /// it: to `latest`, not to an id, which names its snapshot whatever the
+    /// filter (a script passing `--host` to every command, given an id).
+    fn for_spec(&self, spec: &str) -> vault_engine::snapshot::SnapshotFilter {
+        if spec == "latest" {
+            self.to_filter()
+        } else {
+            FilterArgs::default().to_filter()
+        }
+    }
+
+    /// Says (once per command) that the filter does not apply to the ids
+    /// among `specs`, as restic does.
+    fn warn_if_ignored<'a>(&self, specs: impl IntoIterator<Item = &'a str>) {
+        if !self.is_empty() && specs.into_iter().any(|s| s != "latest") {
+            tracing::warn!(
+                "ignoring --host/--tag/--path, as explicit snapshot ids are given (they still apply to `latest`)"
+            );
+        }
+    }
+
     pub(crate) fn to_filter(&self) -> vault_engine::snapshot::SnapshotFilter {
         vault_engine::snapshot::SnapshotFilter {
             hosts: self.hosts.clone(),
@@ -387,16 +417,17 @@ pub(crate) fn pick_snapshots<'a>(
         vault_engine::snapshot::Snapshot,
     )>,
 > {
-    let filter = filter.to_filter();
     if specs.is_empty() {
+        let filter = filter.to_filter();
         return Ok(all.iter().filter(|(_, s)| filter.matches(s)).collect());
     }
+    filter.warn_if_ignored(specs.iter().map(String::as_str));
     let mut chosen: Vec<&(
         vault_engine::id::SnapshotId,
         vault_engine::snapshot::Snapshot,
     )> = Vec::new();
     for spec in specs {
-        let found = match vault_engine::snapshot::select(all, spec, &filter) {
+        let found = match vault_engine::snapshot::select(all, spec, &filter.for_spec(spec)) {
             Ok(found) => found,
             Err(e @ vault_engine::snapshot::SelectError::NoMatch(_)) => {
                 return Err(unmatched(e.to_string(), Some(spec), damaged));
@@ -410,22 +441,54 @@ pub(crate) fn pick_snapshots<'a>(
     Ok(chosen)
 }
 
-/// Resolves `latest`, an id prefix, or `--at TIME` to one snapshot.
+/// Resolves `latest`, an id prefix, or `--at TIME` to one snapshot; the
+/// filter applies to `latest` and `--at`, not to an id (as restic's, with
+/// a warning).
 pub(crate) fn pick_snapshot(
     repo: &vault_engine::Repository,
     spec: Option<&str>,
-    at: Option<&str>,
+    at: Option<&crate::timespec::TimeArg>,
     filter: &FilterArgs,
 ) -> Result<(
     vault_engine::id::SnapshotId,
     vault_engine::snapshot::Snapshot,
 )> {
+    match (spec, at) {
+        (Some(spec), None) => {
+            filter.warn_if_ignored([spec]);
+            pick(repo, Some(spec), None, &filter.for_spec(spec))
+        }
+        _ => pick(repo, spec, at, &filter.to_filter()),
+    }
+}
+
+/// The snapshot `spec` names among those `filter` passes, even for an id:
+/// for a filter the command sets itself (a drill's source), not the user.
+pub(crate) fn pick_snapshot_within(
+    repo: &vault_engine::Repository,
+    spec: &str,
+    filter: &FilterArgs,
+) -> Result<(
+    vault_engine::id::SnapshotId,
+    vault_engine::snapshot::Snapshot,
+)> {
+    pick(repo, Some(spec), None, &filter.to_filter())
+}
+
+fn pick(
+    repo: &vault_engine::Repository,
+    spec: Option<&str>,
+    at: Option<&crate::timespec::TimeArg>,
+    filter: &vault_engine::snapshot::SnapshotFilter,
+) -> Result<(
+    vault_engine::id::SnapshotId,
+    vault_engine::snapshot::Snapshot,
+)> {
     let (snaps, damaged) = snapshots_and_damaged(repo)?;
-    let filter = filter.to_filter();
     match at {
         Some(at) => {
-            let time = crate::timespec::parse(at)?;
-            match vault_engine::snapshot::select_at(&snaps, time.timestamp(), &filter)? {
+            let time = &at.time;
+            match vault_engine::snapshot::select_at(&snaps, time.timestamp(), filter)? {
                 Some(found) => Ok(found.clone()),
                 None => {
                     // Say which instant `--at` was read as (a bare date is
@@ -440,8 +503,9 @@ pub(crate) fn pick_snapshot(
                         });
                     Err(unmatched(
                         format!(
-                            "no snapshot at or before {at} (read as {}); {oldest}",
-                            time.strftime("%Y-%m-%d %H:%M:%S %:z")
+                            "no snapshot at or before {} (read as {}); {oldest}",
+                            at.text,
+                            at.read_as()
                         ),
                         None,
                         damaged,
@@ -451,7 +515,7 @@ pub(crate) fn pick_snapshot(
         }
         None => {
             let spec = spec.unwrap_or("latest");
-            match vault_engine::snapshot::select(&snaps, spec, &filter) {
+            match vault_engine::snapshot::select(&snaps, spec, filter) {
                 Ok(found) => Ok(found.clone()),
                 Err(e @ vault_engine::snapshot::SelectError::NoMatch(_)) => {
                     Err(unmatched(e.to_string(), Some(spec), damaged))
@@ -491,7 +555,7 @@ fn unmatched(
 pub(crate) fn pick_source_snapshot(
     repo: &vault_engine::Repository,
     source: &str,
-    at: Option<&str>,
+    at: Option<&crate::timespec::TimeArg>,
     physical: bool,
     filter: &FilterArgs,
 ) -> Result<(
@@ -501,7 +565,7 @@ pub(crate) fn pick_source_snapshot(
     use anyhow::Context;
     let mut filter = filter.to_filter();
     filter.tags.push(source.to_owned());
-    let at = at.map(crate::timespec::parse).transpose()?;
+    let at = at.map(|a| &a.time);
     let snapshots = repo.snapshots()?;
     let is_physical = |s: &vault_engine::snapshot::Snapshot| s.tags.iter().any(|t| t == "physical");
     // Base backups of a source with no dump: say so, rather than that the

@@ -46,9 +46,9 @@ pub(crate) struct RepositoryConfig {
     pub(crate) path_style: Option<bool>,
     #[serde(default)]
     pub(crate) allow_http: bool,
-    /// KiB/s, as `--limit-upload` (which wins when given).
+    /// KiB/s, as `--limit-upload` (which wins when given); 0 is no limit.
     pub(crate) limit_upload: Option<u64>,
-    /// KiB/s, as `--limit-download`.
+    /// KiB/s, as `--limit-download`; 0 is no limit.
     pub(crate) limit_download: Option<u64>,
 }
 

@@ -110,12 +110,22 @@ pub(crate) fn no_such_source(global: &GlobalArgs, name: &str) -> String {
     }
 }
 
-/// The repository URL: `--repo`/`VAULT_REPOSITORY`, else the config file's,
+/// The repository URL: `--repo`/`VAULT_REPOSITORY`, else the first line of
+/// `--repository-file`/`VAULT_REPOSITORY_FILE`, else the config file's,
 /// else the local default `$XDG_DATA_HOME/vault/repo`
 /// (`~/.local/share/vault/repo`).
 pub(crate) fn repo_url(global: &GlobalArgs) -> Result<String> {
     if let Some(repo) = &global.repo {
         return Ok(repo.clone());
+    }
+    if let Some(file) = &global.repository_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading repository file {}", file.display()))?;
+        let repo = text.lines().next().unwrap_or_default().trim();
+        if repo.is_empty() {
+            bail!("repository file {} is empty", file.display());
+        }
+        return Ok(repo.to_owned());
     }
     if let Some(url) = config(global)?.and_then(|c| c.repository.url.clone()) {
         return Ok(url);
@@ -141,6 +151,9 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
         allow_http: global.allow_http,
         // An interrupted command must not wait out the retry window.
         stop: Some(interrupted()),
+        ca_certificates: (global.cacert.iter())
+            .map(|f| std::fs::read(f).with_context(|| format!("reading --cacert {}", f.display())))
+            .collect::<Result<_>>()?,
         ..S3Options::default()
     };
     let from_config = config(global)?.map(|c| &c.repository);
@@ -160,20 +173,28 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
         .with_context(|| format!("opening storage at {}", backend::redact_url(url)))?
         .into();
     crate::requests::track(&backend);
-    let upload = global
-        .limit_upload
-        .or_else(|| from_config.and_then(|r| r.limit_upload));
-    let download = global
-        .limit_download
-        .or_else(|| from_config.and_then(|r| r.limit_download));
+    let upload = rate_limit(
+        global.limit_upload,
+        from_config.and_then(|r| r.limit_upload),
+    );
+    let download = rate_limit(
+        global.limit_download,
+        from_config.and_then(|r| r.limit_download),
+    );
     if upload.is_some() || download.is_some() {
-        let bytes = |limit: Option<u64>| limit.map(|k| k.max(1).saturating_mul(1024));
-        backend = Arc::new(
-            backend::RateLimited::new(backend, bytes(upload), bytes(download))
-                .stop_on(interrupted()),
-        );
+        backend =
+            Arc::new(backend::RateLimited::new(backend, upload, download).stop_on(interrupted()));
     }
     Ok(backend)
+}
+
+/// A rate limit in bytes/s from KiB/s given on the command line (or its
+/// variable), else in the config; 0 is none (restic's, for `--limit-upload
+/// ${LIMIT:-0}`), and given on the command line it lifts the config's too.
+fn rate_limit(flag: Option<u64>, config: Option<u64>) -> Option<u64> {
+    flag.or(config)
+        .filter(|&kib| kib > 0)
+        .map(|kib| kib.saturating_mul(1024))
 }
 
 /// The password from, in order (restic's): `--password-file` or
@@ -182,11 +203,7 @@ pub(crate) fn open_backend(global: &GlobalArgs, url: &str) -> Result<Arc<dyn Bac
 /// a prompt on a terminal. What is given for this one command beats what is
 /// exported for every command.
 pub(crate) fn password(global: &GlobalArgs, confirm: bool) -> Result<Password> {
-    if global.password_file.is_some() && global.password_command.is_some() {
-        bail!(
-            "--password-file and --password-command (or VAULT_PASSWORD_FILE and VAULT_PASSWORD_COMMAND) both given: use one"
-        );
-    }
+    // Both at once is a usage error, refused when parsing (args.rs).
     let from_config = || -> Result<_> {
         let repository = config(global)?.map(|c| &c.repository);
         Ok((
@@ -388,4 +405,19 @@ pub(crate) fn run_password_command(command: &str) -> Result<Password> {
     }
     let line = out.stdout.split(|&b| b == b'\n').next().unwrap_or_default();
     Ok(Password::new(line.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rate_limit;
+
+    #[test]
+    fn a_rate_limit_of_zero_is_none_and_the_flag_wins() {
+        assert_eq!(rate_limit(None, None), None);
+        assert_eq!(rate_limit(Some(0), None), None);
+        assert_eq!(rate_limit(None, Some(0)), None);
+        assert_eq!(rate_limit(Some(0), Some(100)), None);
+        assert_eq!(rate_limit(None, Some(100)), Some(100 * 1024));
+        assert_eq!(rate_limit(Some(2), Some(100)), Some(2048));
+    }
 }

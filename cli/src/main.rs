@@ -136,5 +136,22 @@ fn usage_error(e: &clap::Error, wal_fetch: bool) -> ExitCode {
         let _ = e.print();
         return ExitCode::from(exit::ABORT_RECOVERY);
     }
+    if e.kind() == clap::error::ErrorKind::ArgumentConflict {
+        let _ = e.print();
+        // A flag that was not typed but exported: say where it came from.
+        let message = e.to_string();
+        for (flag, var) in [
+            ("--password-file", "VAULT_PASSWORD_FILE"),
+            ("--password-command", "VAULT_PASSWORD_COMMAND"),
+            ("--repo", "VAULT_REPOSITORY"),
+            ("--repository-file", "VAULT_REPOSITORY_FILE"),
+        ] {
+            let exported = std::env::var_os(var).is_some_and(|v| !v.is_empty());
+            if exported && message.contains(&format!("'{flag} ")) {
+                eprintln!("note: {flag} is given by {var} in the environment");
+            }
+        }
+        return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    }
     e.exit()
 }

@@ -54,7 +54,7 @@ pub(crate) fn restore(
     g: &GlobalArgs,
     repo: &Repository,
     source: &SourceConfig,
-    at: Option<&str>,
+    at: Option<&crate::timespec::TimeArg>,
     timeline: Option<u32>,
     keep_archiving: bool,
     target: &Path,
@@ -67,7 +67,8 @@ pub(crate) fn restore(
     }
     let fetch = FetchCommand::new(g, source.name())?;
     warn_about_credentials_from_the_environment(g)?;
-    let at_time = at.map(crate::timespec::parse).transpose()?;
+    let at_time = at.map(|a| a.time.clone());
+    let at = at.map(|a| a.text.as_str());
     let index = repo.load_index()?;
     let names: Vec<String> = wal::list(repo, source.name())?
         .into_iter()
@@ -626,8 +627,8 @@ const EXECUTE: u32 = 0o1;
 impl FetchCommand {
     /// PostgreSQL runs the command from the data directory, as its own
     /// user, with its own environment: every path is made absolute, and
-    /// what came from this command line (`--repo`, `--password-file`,
-    /// `--allow-http`) is carried over. Never a password: one given through
+    /// what came from this command line (`--repo` or `--repository-file`,
+    /// `--password-file`, `--allow-http`, `--cacert`) is carried over. Never a password: one given through
     /// `VAULT_PASSWORD` or `--password-command` is not, and the fetch must
     /// find one in the config.
     fn new(g: &GlobalArgs, source: &str) -> Result<Self> {
@@ -645,7 +646,13 @@ impl FetchCommand {
             "--config".to_owned(),
             utf8(&config_path)?.to_owned(),
         ];
-        if let Some(repo) = &g.repo {
+        // --repository-file is carried over as the URL it holds.
+        let given = if g.repo.is_some() || g.repository_file.is_some() {
+            Some(global::repo_url(g)?)
+        } else {
+            None
+        };
+        if let Some(repo) = &given {
             if vault_engine::backend::redact_url(repo) != *repo {
                 bail!(
                     "the repository URL holds credentials, which vault does not write into restore_command: give them in the config file"
@@ -680,6 +687,12 @@ impl FetchCommand {
         }
         if g.allow_http {
             args.push("--allow-http".to_owned());
+        }
+        for file in &g.cacert {
+            let file = std::fs::canonicalize(file)
+                .with_context(|| format!("locating {}", file.display()))?;
+            args.extend(["--cacert".to_owned(), utf8(&file)?.to_owned()]);
+            needs.push((file, "the CA certificate file", READ));
         }
         args.extend(["wal", "fetch", "--source", source].map(str::to_owned));
         Ok(Self {

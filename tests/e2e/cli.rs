@@ -178,13 +178,14 @@ fn a_password_file_beats_an_exported_password_and_not_both_file_and_command() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(12), "{out:?}");
+    // A usage error (exit 2), the exported file counting as given.
     let out = env
         .command(&["snapshots", "--password-command", "echo x"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("use one"),
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
         "{out:?}"
     );
 }

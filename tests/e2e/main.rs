@@ -17,6 +17,7 @@ mod mount;
 mod object_lock;
 mod pitr;
 mod repo_ops;
+mod restic_cli;
 mod retention;
 mod s3;
 mod sources;

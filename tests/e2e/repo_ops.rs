@@ -741,10 +741,15 @@ fn tag_adds_removes_and_sets_tags_and_forget_keeps_tagged(backend: Backend) {
             .collect()
     };
 
-    // Nothing to do, an unknown snapshot: refused, nothing changes.
+    // Nothing to do (a usage error), an unknown snapshot: refused, nothing
+    // changes.
     let out = env.vault(&["tag", "latest"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("nothing to do"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr(&out).contains("<--add <ADD>|--remove <REMOVE>|--set <SET>>"),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         !env.vault(&["tag", "ffffffff", "--add", "x"])
             .status

@@ -53,11 +53,14 @@ pub(crate) struct BackupArgs {
     #[arg(long = "tag", value_delimiter = ',')]
     tags: Vec<String>,
     /// Host name to record (default: this machine's).
-    #[arg(long = "host")]
+    #[arg(short = 'H', long = "host")]
     host: Option<String>,
-    /// Snapshot time instead of now: "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" local, RFC 3339 with an offset, now, today, yesterday.
-    #[arg(long)]
-    time: Option<String>,
+    /// Snapshot time instead of now: "YYYY-MM-DD HH:MM[:SS]" or
+    /// "YYYY-MM-DD" (local time; a date is its midnight), RFC 3339 with an
+    /// offset, now, today or yesterday (today and yesterday are midnight,
+    /// 00:00 local time).
+    #[arg(long, value_name = "TIME", value_parser = timespec::parse_arg)]
+    time: Option<timespec::TimeArg>,
     /// Exclude paths matching a pattern (repeatable), taken as given.
     /// Patterns match the bytes of file names; one that is not UTF-8 names
     /// a path literally.
@@ -95,7 +98,7 @@ pub(crate) struct BackupArgs {
     #[arg(long, default_value = "zstd")]
     compression: Compression,
     /// Re-read every file even if unchanged since the parent snapshot.
-    #[arg(long)]
+    #[arg(short = 'f', long)]
     force: bool,
     /// Parent snapshot for change detection (default: newest with same host and paths).
     #[arg(long)]
@@ -310,6 +313,9 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
     let options = options(g, &args, &repo, cancel, args.tags.clone(), Vec::new())?;
     let report = run_one(g, &repo, source, &options)?;
     print_summary(g, &report, args.dry_run, None)?;
+    if let Some(t) = &args.time {
+        t.note(g, "--time");
+    }
     if report.errors.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -354,7 +360,7 @@ fn options(
         tags: tags.into_iter().filter(|t| !t.is_empty()).collect(),
         hostname: args.host.clone().unwrap_or_else(global::hostname),
         username: global::username(),
-        time: args.time.as_deref().map(timespec::parse).transpose()?,
+        time: args.time.as_ref().map(|t| t.time.clone()),
         parent,
         force: args.force,
         change_detection: backup::ChangeDetection {
@@ -741,6 +747,9 @@ fn run_sources(
         return Ok(ExitCode::from(first_failure.unwrap_or(exit::FATAL)));
     }
     recorded.context("the backups were saved, but not recorded in the status file")?;
+    if let Some(t) = &args.time {
+        t.note(g, "--time");
+    }
     if locked > 0 {
         return Ok(ExitCode::from(exit::LOCKED));
     }

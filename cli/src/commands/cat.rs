@@ -21,7 +21,9 @@ pub(crate) struct CatArgs {
     /// Object kind.
     #[arg(value_enum)]
     kind: Kind,
-    /// Object id (or `latest` for snapshot; snapshot id for tree).
+    /// Object id (or `latest` for snapshot; snapshot id for tree); every
+    /// kind but config needs one.
+    #[arg(required_if_eq_any([("kind", "snapshot"), ("kind", "index"), ("kind", "key"), ("kind", "tree")]))]
     id: Option<String>,
 }
 

@@ -140,7 +140,7 @@ fn drill(
                 tags: vec![source.name().to_owned()],
                 ..super::FilterArgs::default()
             };
-            super::pick_snapshot(&repo, Some(spec), None, &filter)?
+            super::pick_snapshot_within(&repo, spec, &filter)?
         }
         None => super::pick_source_snapshot(
             &repo,

@@ -4,7 +4,8 @@
 
 use crate::args::GlobalArgs;
 use crate::output::outln;
-use crate::{global, output, timespec};
+use crate::timespec::{self, TimeArg};
+use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
 use vault_engine::find::{FindOptions, Finder, Match};
@@ -22,19 +23,23 @@ pub(crate) struct FindArgs {
     patterns: Vec<std::ffi::OsString>,
     /// Only search this snapshot: `latest` or an id prefix (repeatable)
     /// [default: every snapshot].
-    #[arg(long = "snapshot", value_name = "ID")]
+    #[arg(short = 's', long = "snapshot", value_name = "ID")]
     snapshots: Vec<String>,
     #[command(flatten)]
     filter: super::FilterArgs,
     /// Match names and paths regardless of case.
     #[arg(short = 'i', long)]
     ignore_case: bool,
-    /// Only snapshots taken at or after TIME ("YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" local, RFC 3339 with an offset, now, today, yesterday).
-    #[arg(long, value_name = "TIME")]
-    oldest: Option<String>,
-    /// Only snapshots taken at or before TIME.
-    #[arg(long, value_name = "TIME")]
-    newest: Option<String>,
+    /// Only snapshots taken at or after TIME: "YYYY-MM-DD HH:MM[:SS]" or
+    /// "YYYY-MM-DD" (local time; a date is its midnight), RFC 3339 with an
+    /// offset, now, today or yesterday (today and yesterday are midnight,
+    /// 00:00 local time).
+    #[arg(long, value_name = "TIME", value_parser = timespec::parse_arg)]
+    oldest: Option<TimeArg>,
+    /// Only snapshots taken at or before TIME (as --oldest: yesterday is
+    /// yesterday's midnight, so `--newest today` ends before today).
+    #[arg(long, value_name = "TIME", value_parser = timespec::parse_arg)]
+    newest: Option<TimeArg>,
 }
 
 /// The snapshots to search, oldest first.
@@ -45,13 +50,8 @@ fn selected(
 ) -> Result<Vec<(SnapshotId, Snapshot)>> {
     let mut chosen = super::pick_snapshots(snaps, damaged, &args.snapshots, &args.filter)?;
     chosen.sort_by_key(|(_, s)| s.time.timestamp());
-    let time = |t: &Option<String>| -> Result<Option<jiff::Timestamp>> {
-        Ok(t.as_deref()
-            .map(timespec::parse)
-            .transpose()?
-            .map(|z| z.timestamp()))
-    };
-    let (oldest, newest) = (time(&args.oldest)?, time(&args.newest)?);
+    let time = |t: &Option<TimeArg>| t.as_ref().map(|t| t.time.timestamp());
+    let (oldest, newest) = (time(&args.oldest), time(&args.newest));
     chosen.retain(|(_, s)| {
         let t = s.time.timestamp();
         oldest.is_none_or(|o| t >= o) && newest.is_none_or(|n| t <= n)
@@ -108,6 +108,11 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
     }
     if total == 0 && !g.json && !g.quiet {
         outln!("no matches")?;
+    }
+    for (flag, t) in [("--oldest", &args.oldest), ("--newest", &args.newest)] {
+        if let Some(t) = t {
+            t.note(g, flag);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -108,6 +108,8 @@ impl Select {
 }
 
 #[derive(Debug, clap::Args)]
+// -H is --keep-hourly here, as in restic's forget; --host has no short flag.
+#[command(mut_arg("hosts", |a| a.short(None)))]
 pub(crate) struct ForgetArgs {
     /// Remove exactly these snapshots (`latest` or id prefixes) instead of
     /// applying a policy.
@@ -117,7 +119,7 @@ pub(crate) struct ForgetArgs {
     #[command(flatten)]
     filter: FilterArgs,
     /// Group snapshots by any of host,paths,tags ('' for no grouping).
-    #[arg(long, default_value = "host,paths")]
+    #[arg(short = 'g', long, default_value = "host,paths")]
     group_by: GroupBy,
     /// Show what would be removed, and why each snapshot is kept.
     #[arg(short = 'n', long)]

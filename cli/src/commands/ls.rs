@@ -14,10 +14,11 @@ use vault_engine::tree::NodeKind;
 pub(crate) struct LsArgs {
     /// Snapshot: `latest` or an id prefix.
     snapshot: String,
-    /// Only list this directory (and, with --recursive, everything below).
-    /// Any bytes, as file names are: it need not be UTF-8.
-    #[arg(value_parser = clap::value_parser!(OsString))]
-    dir: Option<OsString>,
+    /// Only list these directories (and, with --recursive, everything
+    /// below them), or files. Any bytes, as file names are: they need not
+    /// be UTF-8.
+    #[arg(value_name = "DIR", value_parser = clap::value_parser!(OsString))]
+    dirs: Vec<OsString>,
     /// List recursively below DIR.
     #[arg(long)]
     recursive: bool,
@@ -75,8 +76,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let (id, snap) = super::pick_snapshot(&repo, Some(&args.snapshot), None, &args.filter)?;
     let index = repo.load_index()?;
-    let dir = args.dir.as_deref().and_then(snapshot_dir);
-    let dir = dir.as_deref();
+    // None: the whole snapshot (no DIR, or its root among them).
+    let dirs: Option<Vec<Vec<u8>>> = args.dirs.iter().map(|d| snapshot_dir(d)).collect();
+    let dirs = dirs.filter(|d| !d.is_empty());
+    let mut found = vec![false; dirs.as_ref().map_or(0, Vec::len)];
     if g.json {
         output::print_json(&serde_json::json!({
             "message_type": "snapshot",
@@ -89,32 +92,25 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
         }))?;
     }
     let mut stdout = std::io::stdout().lock();
-    let mut found = false;
     restore::walk(&repo, &index, &snap.tree, &mut |path, node| {
         use std::io::Write;
         // Compared as bytes: DIR and the names need not be UTF-8.
         let bytes = path.as_os_str().as_bytes();
-        let (show, descend) = match dir {
+        let (show, descend) = match &dirs {
             None => (true, true),
-            Some(d) => {
-                if bytes == d {
-                    (true, true)
-                } else if let Some(rest) = bytes.strip_prefix(d).and_then(|r| r.strip_prefix(b"/"))
-                {
-                    (args.recursive || !rest.contains(&b'/'), args.recursive)
-                } else {
-                    // Descend only along the way to DIR.
-                    (
-                        false,
-                        d.strip_prefix(bytes).is_some_and(|r| r.starts_with(b"/")),
-                    )
-                }
-            }
+            // Listed if under any DIR (as restic lists), once.
+            Some(dirs) => dirs.iter().zip(found.iter_mut()).fold(
+                (false, false),
+                |(show, descend), (d, found)| {
+                    let (s, more) = placement(bytes, d, args.recursive);
+                    *found |= s;
+                    (show || s, descend || more)
+                },
+            ),
         };
         let path_lossy = path.to_string_lossy();
         let path: &str = &path_lossy;
         if show {
-            found = true;
             let target = node
                 .os_link_target()
                 .map(|t| t.to_string_lossy().into_owned());
@@ -170,16 +166,31 @@ pub(crate) fn run(g: &GlobalArgs, args: &LsArgs) -> Result<ExitCode> {
     })?;
     // As `dump` of a missing path: an empty listing would read as an empty
     // directory.
-    if let Some(d) = dir
-        && !found
-    {
-        anyhow::bail!(
-            "snapshot {} holds no {}",
-            id.short(),
-            String::from_utf8_lossy(d)
-        );
+    let missing: Vec<String> = (dirs.iter().flatten().zip(&found))
+        .filter(|(_, found)| !**found)
+        .map(|(d, _)| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!("snapshot {} holds no {}", id.short(), missing.join(", "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// For the entry at `path`: whether it is listed for DIR `dir` (DIR itself,
+/// an entry directly in it, or with `recursive` any below it), and whether
+/// the walk goes on below it (below DIR with `recursive`, or along the way
+/// to DIR).
+fn placement(path: &[u8], dir: &[u8], recursive: bool) -> (bool, bool) {
+    if path == dir {
+        (true, true)
+    } else if let Some(rest) = path.strip_prefix(dir).and_then(|r| r.strip_prefix(b"/")) {
+        (recursive || !rest.contains(&b'/'), recursive)
+    } else {
+        (
+            false,
+            dir.strip_prefix(path).is_some_and(|r| r.starts_with(b"/")),
+        )
+    }
 }
 
 #[cfg(test)]

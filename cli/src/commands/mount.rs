@@ -79,8 +79,22 @@ pub(crate) fn run(g: &GlobalArgs, args: &MountArgs, cancel: Arc<AtomicBool>) -> 
         std::thread::sleep(Duration::from_millis(POLL_MILLIS));
     }
     if session.guard.is_finished() {
-        // Unmounted from outside (fusermount -u, umount).
-        session.join().context("serving the mount")?;
+        // Unmounted from outside (fusermount -u, umount). Dropping the
+        // session would unmount once more and fuser warn that it failed
+        // (EINVAL: no longer a mount point). So: the serving thread's
+        // outcome first, then that unmount by hand, its failure an error
+        // only while the file system is still mounted there.
+        let mut session = session;
+        let served = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
+        served
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread serving the mount panicked"))?
+            .context("serving the mount")?;
+        if let Err(e) = session.umount_and_join()
+            && is_fuse_mounted(mountpoint)
+        {
+            return Err(e).with_context(|| format!("unmounting {}", mountpoint.display()));
+        }
     } else {
         session
             .umount_and_join()
@@ -90,4 +104,63 @@ pub(crate) fn run(g: &GlobalArgs, args: &MountArgs, cancel: Arc<AtomicBool>) -> 
         eprintln!("vault: unmounted {}", mountpoint.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a FUSE file system is mounted at `dir`, by /proc/self/mountinfo
+/// (the mount point is its fifth field, with spaces and the like escaped
+/// as `\040`; the type follows ` - `); when that cannot be read, true, so
+/// that a failure is reported rather than hidden.
+fn is_fuse_mounted(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(dir), Ok(info)) = (
+        std::fs::canonicalize(dir),
+        std::fs::read("/proc/self/mountinfo"),
+    ) else {
+        return true;
+    };
+    let dir = dir.as_os_str().as_bytes();
+    info.split(|&b| b == b'\n').any(|line| {
+        let mut fields = line.split(|&b| b == b' ');
+        fields.nth(4).is_some_and(|field| unescape(field) == dir)
+            && fields
+                .skip_while(|f| *f != b"-")
+                .nth(1)
+                .is_some_and(|kind| kind.starts_with(b"fuse"))
+    })
+}
+
+/// A mountinfo field with its `\NNN` octal escapes decoded.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while let Some(&b) = field.get(i) {
+        let code = field
+            .get(i + 1..i + 4)
+            .filter(|d| b == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| u8::from_str_radix(std::str::from_utf8(d).ok()?, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(br"/mnt/a\040b"), b"/mnt/a b");
+        assert_eq!(unescape(br"/x\134y"), br"/x\y");
+        assert_eq!(unescape(br"/plain\09"), br"/plain\09");
+        assert!(!is_fuse_mounted(std::path::Path::new("/proc")));
+    }
 }

@@ -24,9 +24,11 @@ pub(crate) struct RestoreArgs {
     /// name (its latest snapshot, or the one --at picks).
     snapshot: Option<String>,
     /// Restore the newest snapshot at or before this time instead:
-    /// "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" local, RFC 3339 with an offset, now, today, yesterday.
-    #[arg(long, value_name = "TIME")]
-    at: Option<String>,
+    /// "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" (local time; a date is its
+    /// midnight), RFC 3339 with an offset, now, today or yesterday (today
+    /// and yesterday are midnight, 00:00 local time).
+    #[arg(long, value_name = "TIME", value_parser = crate::timespec::parse_arg)]
+    at: Option<crate::timespec::TimeArg>,
     /// Directory to restore into (paths are re-rooted under it).
     #[arg(short, long, required_unless_present = "into_database")]
     target: Option<PathBuf>,
@@ -82,6 +84,16 @@ pub(crate) struct RestoreArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
+    let code = restore_picked(g, args, cancel)?;
+    // Once it ran: how `--at yesterday` was read, in case that is not the
+    // day's end the user meant.
+    if let Some(at) = &args.at {
+        at.note(g, "--at");
+    }
+    Ok(code)
+}
+
+fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let filter = args.filter.clone();
     let spec = args.snapshot.as_deref();
@@ -104,14 +116,14 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             g,
             &repo,
             source,
-            args.at.as_deref(),
+            args.at.as_ref(),
             args.timeline,
             args.keep_archiving,
             &args.target.clone().context("--target")?,
         );
     }
     let picked = if let Some(source) = source {
-        super::pick_source_snapshot(&repo, source.name(), args.at.as_deref(), false, &filter)?
+        super::pick_source_snapshot(&repo, source.name(), args.at.as_ref(), false, &filter)?
     } else {
         if let (Some(at), Some(name)) = (&args.at, spec) {
             if name == "latest" {
@@ -119,11 +131,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             }
             // Likely a source name, on a machine without the config.
             bail!(
-                "{}; --at picks a snapshot by time, for a source name, not a snapshot id: to pick by tag instead, give `--tag {name} --at \"{at}\"` without `{name}`",
-                global::no_such_source(g, name)
+                "{}; --at picks a snapshot by time, for a source name, not a snapshot id: to pick by tag instead, give `--tag {name} --at \"{}\"` without `{name}`",
+                global::no_such_source(g, name),
+                at.text
             );
         }
-        super::pick_snapshot(&repo, spec, args.at.as_deref(), &filter)
+        super::pick_snapshot(&repo, spec, args.at.as_ref(), &filter)
             .map_err(|e| unknown_name(g, spec, &filter, e))?
     };
     let (id, snap) = picked;
@@ -332,13 +345,18 @@ fn unknown_name(
     if !plain {
         return e;
     }
-    let filtered = if filter.hosts.is_empty() && filter.tags.is_empty() && filter.paths.is_empty() {
-        ""
+    // --host/--tag/--path do not apply to an id: no snapshot at all has
+    // it. A name that could be a tag (not an id's hex) may have been meant
+    // as one; with --tag given already, the user picks by tag and knows.
+    let as_tag = if filter.tags.is_empty() && !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        format!(
+            "; to restore the newest snapshot tagged {name}, give `latest --tag {name}` in place of `{name}`"
+        )
     } else {
-        " of those --host/--tag/--path select"
+        String::new()
     };
     anyhow::anyhow!(
-        "no snapshot id{filtered} starts with `{name}`, and {}; to restore the newest snapshot tagged {name}, give `latest --tag {name}` in place of `{name}`",
+        "no snapshot id starts with `{name}`, and {}{as_tag}",
         global::no_such_source(g, name)
     )
 }

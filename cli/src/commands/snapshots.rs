@@ -12,6 +12,10 @@ use vault_engine::snapshot::Snapshot;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SnapshotsArgs {
+    /// Only these snapshots (`latest` or id prefixes) [default: every
+    /// snapshot passing --host/--tag/--path].
+    #[arg(value_name = "ID")]
+    snapshots: Vec<String>,
     #[command(flatten)]
     filter: FilterArgs,
     /// Only the newest N snapshots per host and paths.
@@ -20,6 +24,10 @@ pub(crate) struct SnapshotsArgs {
     /// List snapshots in groups by any of host,paths,tags.
     #[arg(short = 'g', long)]
     group_by: Option<GroupBy>,
+    /// A narrower table: id, time, host and tags (one a line), as restic's
+    /// --compact.
+    #[arg(short = 'c', long)]
+    compact: bool,
 }
 
 /// A group's key (none without --group-by) and its snapshots, oldest first.
@@ -27,12 +35,13 @@ type Group<'a> = (Option<GroupKey>, Vec<&'a (SnapshotId, Snapshot)>);
 
 pub(crate) fn run(g: &GlobalArgs, args: &SnapshotsArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
-    let filter = args.filter.to_filter();
-    let mut snaps: Vec<_> = repo
-        .snapshots()?
+    let (all, damaged) = super::snapshots_and_damaged(&repo)?;
+    let mut snaps: Vec<_> = super::pick_snapshots(&all, damaged, &args.snapshots, &args.filter)?
         .into_iter()
-        .filter(|(_, s)| filter.matches(s))
+        .cloned()
         .collect();
+    // Oldest first, as without ids, whatever order they were given in.
+    snaps.sort_by_key(|(_, s)| s.time.timestamp());
     if let Some(n) = args.latest {
         let mut seen: std::collections::HashMap<(String, Vec<String>), usize> =
             std::collections::HashMap::new();
@@ -95,10 +104,42 @@ pub(crate) fn run(g: &GlobalArgs, args: &SnapshotsArgs) -> Result<ExitCode> {
             }
             outln!("snapshots for ({key}):")?;
         }
-        print_table(members)?;
+        if args.compact {
+            print_compact(members)?;
+        } else {
+            print_table(members)?;
+        }
     }
     outln!("{} snapshots", snaps.len())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// restic's `snapshots --compact`: no paths or sizes, each tag on a line of
+/// its own.
+fn print_compact(snaps: &[&(SnapshotId, Snapshot)]) -> Result<()> {
+    let host_width = (snaps.iter().map(|(_, s)| s.hostname.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    outln!("{:<10} {:<19}  {:<host_width$}  Tags", "ID", "Time", "Host")?;
+    let rule = "-".repeat(10 + 1 + 19 + 2 + host_width + 2 + 4);
+    outln!("{rule}")?;
+    for (id, s) in snaps {
+        let mut tags = s.tags.iter();
+        let line = format!(
+            "{:<10} {:<19}  {:<host_width$}  {}",
+            id.short(),
+            output::local_time(&s.time),
+            s.hostname,
+            tags.next().map_or("", String::as_str)
+        );
+        outln!("{}", line.trim_end())?;
+        for tag in tags {
+            outln!("{:<w$}{tag}", "", w = 10 + 1 + 19 + 2 + host_width + 2)?;
+        }
+    }
+    outln!("{rule}")?;
+    Ok(())
 }
 
 fn print_table(snaps: &[&(SnapshotId, Snapshot)]) -> Result<()> {

@@ -16,6 +16,7 @@ use vault_engine::repository::FileKind;
 use vault_engine::snapshot::TagChange;
 
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("change").args(["add", "remove", "set"]).required(true).multiple(true))]
 pub(crate) struct TagArgs {
     /// Snapshots (`latest` or id prefixes); every snapshot passing
     /// --host/--tag/--path when none is given.
@@ -35,9 +36,6 @@ pub(crate) struct TagArgs {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
-    if args.set.is_none() && args.add.is_empty() && args.remove.is_empty() {
-        bail!("nothing to do: give --add, --remove or --set");
-    }
     let change = TagChange {
         set: args.set.clone(),
         add: args.add.clone(),

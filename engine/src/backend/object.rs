@@ -124,6 +124,9 @@ pub struct S3Options {
     pub retry_window: Option<Duration>,
     /// Once set (Ctrl-C), no operation is retried any more.
     pub stop: Option<Arc<AtomicBool>>,
+    /// PEM files' contents: certificates trusted as roots besides the
+    /// system's, for an endpoint whose certificate a private CA signed.
+    pub ca_certificates: Vec<Vec<u8>>,
 }
 
 /// A repository in an `object_store` store.
@@ -492,7 +495,7 @@ impl ObjectBackend {
         // set before it, including allow_http: everything goes into this
         // one value.
         let allow_http = url.endpoint.as_ref().is_some_and(|(s, _)| s == "http");
-        let transport = super::stall::Transport::new(timeout, allow_http)
+        let transport = super::stall::Transport::new(timeout, allow_http, &options.ca_certificates)
             .map_err(|e| BackendError::Other(format!("configuring S3: {e}")))?;
         let client = object_store::ClientOptions::new()
             .with_allow_http(allow_http)

@@ -110,9 +110,25 @@ pub(super) struct Transport {
 impl Transport {
     /// The client `object_store` would build from the options vault sets
     /// (HTTP/1 only, no compression, user agent, connect and pool-idle
-    /// timeouts), without its total timeout.
-    pub(super) fn new(idle: Duration, allow_http: bool) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+    /// timeouts), without its total timeout; trusting the certificates of
+    /// `ca_pems` (PEM bundles) as roots too.
+    pub(super) fn new(
+        idle: Duration,
+        allow_http: bool,
+        ca_pems: &[Vec<u8>],
+    ) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder();
+        for pem in ca_pems {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("reading a CA certificate: {e}"))?;
+            if certs.is_empty() {
+                return Err("a CA certificate file holds no PEM certificate".into());
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .user_agent(concat!("vault/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(idle.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(20))
