@@ -72,6 +72,13 @@ pub struct RestoreOptions {
     pub verify: bool,
     /// Concurrent pack downloads.
     pub concurrency: usize,
+    /// A device node the kernel refuses to create for want of privilege
+    /// (EPERM: not root, or no CAP_MKNOD) is listed in
+    /// [`RestoreReport::devices_not_created`] instead of
+    /// [`RestoreReport::failed_entries`]. For a drill, which checks that a
+    /// backup restores: such a node is no defect of the backup. A restore
+    /// proper leaves this off: the node is missing from its target.
+    pub devices_need_root_ok: bool,
     /// Stop flag.
     pub cancel: Arc<AtomicBool>,
 }
@@ -117,6 +124,10 @@ pub struct RestoreReport {
     /// with what failed; the restore went on with everything else.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_entries: Vec<FailedEntry>,
+    /// Device nodes not created because that needs root
+    /// ([`RestoreOptions::devices_need_root_ok`]), by path.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices_not_created: Vec<String>,
     /// Files restored with zeros where their content is damaged or
     /// missing in the repository, each with why; the restore went on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -594,6 +605,7 @@ fn restore_on_pool(
     fs::create_dir_all(&options.target)
         .map_err(|e| Error::io(format!("creating {}", options.target.display()), e))?;
     let failures = Failures::new(items.len());
+    let is_root = nix::unistd::geteuid().is_root();
 
     // 2. Skeleton: directories, empty files, links, special files.
     let mut hardlinks: HashMap<(u64, u64), usize> = HashMap::new();
@@ -655,7 +667,10 @@ fn restore_on_pool(
                 // Never follow a symlink where a directory belongs: content
                 // would land outside the target.
                 let made = match fs::symlink_metadata(path) {
-                    Ok(m) if m.is_dir() => Ok(()),
+                    Ok(m) if m.is_dir() => {
+                        open_up_dir(path, &m, is_root);
+                        Ok(())
+                    }
                     Ok(_) if options.overwrite == Overwrite::Never => {
                         return Err(Error::InvalidInput(format!(
                             "{} already exists and is not a directory; pass --overwrite to replace it",
@@ -707,22 +722,32 @@ fn restore_on_pool(
                 nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(item.mode))
                     .map_err(|e| Error::io(format!("creating fifo {}", path.display()), e.into()))
             }),
-            NodeKind::Dev | NodeKind::Chardev => remove_existing(path).and_then(|()| {
+            NodeKind::Dev | NodeKind::Chardev => {
                 let kind = if item.kind == NodeKind::Dev {
                     nix::sys::stat::SFlag::S_IFBLK
                 } else {
                     nix::sys::stat::SFlag::S_IFCHR
                 };
-                nix::sys::stat::mknod(
-                    path,
-                    kind,
-                    nix::sys::stat::Mode::from_bits_truncate(item.mode),
-                    item.rare.as_ref().and_then(|r| r.device).unwrap_or(0),
-                )
-                .map_err(|e| {
-                    Error::io(format!("creating device node {}", path.display()), e.into())
-                })
-            }),
+                let made = remove_existing(path).map(|()| {
+                    nix::sys::stat::mknod(
+                        path,
+                        kind,
+                        nix::sys::stat::Mode::from_bits_truncate(item.mode),
+                        item.rare.as_ref().and_then(|r| r.device).unwrap_or(0),
+                    )
+                });
+                match made {
+                    Ok(Err(nix::errno::Errno::EPERM)) if options.devices_need_root_ok => {
+                        absent[idx] = true;
+                        report.devices_not_created.push(path.display().to_string());
+                        continue;
+                    }
+                    Ok(r) => r.map_err(|e| {
+                        Error::io(format!("creating device node {}", path.display()), e.into())
+                    }),
+                    Err(e) => Err(e),
+                }
+            }
             NodeKind::Socket => {
                 // Sockets are recreated by the program that owns them.
                 absent[idx] = true;
@@ -764,17 +789,38 @@ fn restore_on_pool(
         Ok(prepared.into_iter().flatten().collect())
     };
     let verified: Vec<Vec<bool>> = if resuming {
-        for (idx, is_fresh) in prepare(content_files.clone())? {
+        // What is there is read and compared first, through a read-only
+        // descriptor: a file identical to the snapshot is kept as it is,
+        // whatever its write permission (immutable, on a read-only mount,
+        // in a read-only directory someone else owns). Only one that
+        // differs is opened for writing, or made anew.
+        let compared: Vec<Option<Compared>> = content_files
+            .par_iter()
+            .map(|&idx| compare_existing(repo, index, &items[idx], group_of(&groups, &items[idx])))
+            .collect();
+        let differing = (content_files.iter().zip(&compared))
+            .filter(|(_, c)| !c.as_ref().is_some_and(|c| c.identical))
+            .map(|(&idx, _)| idx)
+            .collect();
+        for (idx, is_fresh) in prepare(differing)? {
             fresh[idx] = is_fresh;
         }
         content_files
             .par_iter()
-            .map(|&idx| {
+            .zip(compared)
+            .map(|(&idx, compared)| {
                 if failures.is_failed(idx) {
                     return Vec::new();
                 }
-                existing_chunks_ok(repo, index, &items[idx].path, &items[idx].content)
-                    .unwrap_or_default()
+                let item = &items[idx];
+                match compared {
+                    // Kept, or written in place at the size it had: what
+                    // was read holds.
+                    Some(c) if c.identical || (!fresh[idx] && c.len == item.size) => c.chunks,
+                    // Made anew or resized: what it holds now.
+                    _ => existing_chunks_ok(repo, index, &item.path, &item.content)
+                        .unwrap_or_default(),
+                }
             })
             .collect()
     } else {
@@ -870,8 +916,9 @@ fn restore_on_pool(
     phase("create files");
     progress.bytes_total.store(total, Ordering::Relaxed);
     let rules = MetaRules {
-        is_root: nix::unistd::geteuid().is_root(),
+        is_root,
         replace_xattrs: options.overwrite != Overwrite::Never,
+        only_differing: resuming,
     };
     let content = Content {
         repo,
@@ -1075,11 +1122,15 @@ fn plan_only(
         .par_iter()
         .map(|item| {
             let content = &item.content;
-            // As the restore: only a file it keeps is checked chunk by chunk.
-            let resumes = options.overwrite == Overwrite::IfChanged
-                && resumable(&item.path, group_of(&groups, item));
-            let ok = if resumes {
-                existing_chunks_ok(repo, index, &item.path, content).unwrap_or_default()
+            // As the restore: a file identical to the snapshot is kept, one
+            // that differs is written in place where it can be (and then
+            // only the chunks that differ), else made anew.
+            let ok = if options.overwrite == Overwrite::IfChanged {
+                let names = group_of(&groups, item);
+                match compare_existing(repo, index, item, names) {
+                    Some(c) if c.identical || resumable(&item.path, names) => c.chunks,
+                    _ => Vec::new(),
+                }
             } else {
                 Vec::new()
             };
@@ -1288,7 +1339,16 @@ fn stops_restore(e: &Error) -> bool {
 
 fn remove_existing(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).or_else(|e| {
+            // A directory tree holding read-only directories (an earlier
+            // restore's 0555 ones) cannot be emptied by its non-root owner
+            // until they are opened up.
+            if e.kind() != std::io::ErrorKind::PermissionDenied {
+                return Err(e);
+            }
+            open_up_tree(path);
+            fs::remove_dir_all(path)
+        }),
         Ok(_) => fs::remove_file(path),
         Err(_) => Ok(()),
     }
@@ -1340,6 +1400,49 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite, names: &[&Path]) -
     Ok(true)
 }
 
+/// Opens up an existing directory this user owns but may not write (or
+/// enter) to its owner (u+rwx) for the restore, as [`private_dir`] makes
+/// new ones: a restore again over its own earlier output, whose 0555 or
+/// 0500 directories are applied now, could replace nothing in them. The
+/// snapshot's mode is applied at the end, with the other directories'; a
+/// restore stopped before then (Ctrl-C, a full disk) leaves it open to its
+/// owner, as it leaves the directories it created (0700), and a restore
+/// again finishes it. Someone else's directory is never changed (as root
+/// nothing needs it). Where the mode cannot be changed (an immutable
+/// directory, a read-only mount) what must be written below fails and is
+/// named; what is there already and identical needs no write.
+fn open_up_dir(path: &Path, meta: &fs::Metadata, is_root: bool) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = meta.mode() & 0o7777;
+    if is_root || mode & 0o700 == 0o700 || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return;
+    }
+    if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)) {
+        tracing::debug!("cannot open up {} for the restore: {e}", path.display());
+    }
+}
+
+/// [`open_up_dir`] for every directory at and below `path` (never
+/// following a symlink), for removing it.
+fn open_up_tree(path: &Path) {
+    let is_root = nix::unistd::geteuid().is_root();
+    let mut pending = vec![path.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(meta) = fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        open_up_dir(&dir, &meta, is_root);
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
+    }
+}
+
 /// Creates a directory open to its owner only, as [`create_file`] creates
 /// files; its own mode is applied once its content is restored.
 fn private_dir(path: &Path) -> Result<()> {
@@ -1357,19 +1460,73 @@ fn private_dir(path: &Path) -> Result<()> {
 /// (its own output, restored again): writing through it then changes
 /// nothing but the restore's own file.
 fn resumable(path: &Path, names: &[&Path]) -> bool {
-    use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(path).is_ok_and(|meta| {
-        let links_within = || {
-            let own = names.iter().filter(|name| {
-                fs::symlink_metadata(name)
-                    .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
-            });
-            own.count() as u64 == meta.nlink()
-        };
-        meta.is_file()
-            && (meta.nlink() == 1 || links_within())
-            && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
+        keepable(&meta, names) && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
     })
+}
+
+/// Whether the file `meta` describes may be kept by an if-changed restore
+/// whose names for it are `names` ([`resumable`]), write access aside: a
+/// regular file all of whose hard links are among `names`.
+fn keepable(meta: &fs::Metadata, names: &[&Path]) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let links_within = || {
+        let own = names.iter().filter(|name| {
+            fs::symlink_metadata(name).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+        });
+        own.count() as u64 == meta.nlink()
+    };
+    meta.is_file() && (meta.nlink() == 1 || links_within())
+}
+
+/// What an if-changed restore found in a file already there.
+struct Compared {
+    /// By chunk: whether the file holds it already.
+    chunks: Vec<bool>,
+    /// The file's length.
+    len: u64,
+    /// Whether it is the snapshot's file: every chunk there, and nothing
+    /// more.
+    identical: bool,
+}
+
+/// Reads the file at `item`'s path, if one the restore may keep
+/// ([`keepable`]), and compares it with the snapshot's. Opened read-only:
+/// a file that needs no writing is never opened for writing.
+fn compare_existing(
+    repo: &Repository,
+    index: &Index,
+    item: &Item,
+    names: &[&Path],
+) -> Option<Compared> {
+    let mut f = open_to_read(&item.path).ok()?;
+    let meta = f.metadata().ok()?;
+    if !keepable(&meta, names) {
+        return None;
+    }
+    let chunks = chunks_ok(repo, index, &mut f, &item.content)?;
+    Some(Compared {
+        identical: meta.len() == item.size && chunks.iter().all(|&ok| ok),
+        len: meta.len(),
+        chunks,
+    })
+}
+
+/// Opens an existing file to read it back: never through a symlink, never
+/// blocking on a fifo, and (where allowed: one's own files, and root)
+/// without changing its atime, which the restore applies.
+fn open_to_read(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags: i32| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | flags)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        other => other,
+    }
 }
 
 /// Whether `a` and `b` are names of one file (neither followed if a
@@ -1415,7 +1572,16 @@ fn existing_chunks_ok(
     path: &Path,
     content: &[BlobId],
 ) -> Option<Vec<bool>> {
-    let mut f = fs::File::open(path).ok()?;
+    chunks_ok(repo, index, &mut open_to_read(path).ok()?, content)
+}
+
+/// Which chunks of `content` the file `f` holds, read from its start.
+fn chunks_ok(
+    repo: &Repository,
+    index: &Index,
+    f: &mut fs::File,
+    content: &[BlobId],
+) -> Option<Vec<bool>> {
     let mut out = Vec::with_capacity(content.len());
     for id in content {
         let len = index.get(id)?.raw_len as usize;
@@ -1706,6 +1872,11 @@ struct MetaRules {
     /// the snapshot does not hold are removed, or a restore in place would
     /// keep a stale ACL granting access the snapshot does not.
     replace_xattrs: bool,
+    /// Entries may be kept as they are (`IfChanged`): what already matches
+    /// is not set again. A file kept because it is identical may refuse
+    /// every change (immutable, on a read-only mount); one whose metadata
+    /// matches as well is then no error.
+    only_differing: bool,
 }
 
 /// Attribute namespaces a restore owns. `security.*` belongs to the system
@@ -1715,11 +1886,21 @@ const RESTORED_XATTRS: [&str; 3] = ["user.", "trusted.", "system.posix_acl_"];
 /// Applies an entry's metadata; returns what could not be applied (each
 /// "what: why"), which leaves the entry not restored intact.
 fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
     use xattr::FileExt;
     let mut problems = Vec::new();
     let symlink = item.kind == NodeKind::Symlink;
     let xattrs = item.rare.as_ref().map_or(&[][..], |r| &r.xattrs[..]);
+    // What is there now, when only what differs is applied.
+    let current = if rules.only_differing {
+        match at {
+            Meta::File(f) => f.metadata().ok(),
+            Meta::Path(p) => fs::symlink_metadata(p).ok(),
+        }
+    } else {
+        None
+    };
     if rules.replace_xattrs {
         let present = match at {
             Meta::File(f) => f.list_xattr(),
@@ -1740,7 +1921,12 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
             }
         }
     }
-    if rules.is_root {
+    let same_owner = current
+        .as_ref()
+        .is_some_and(|m| (m.uid(), m.gid()) == (item.uid, item.gid));
+    // Changing the owner clears set-id bits: the mode is set again after.
+    let chown = rules.is_root && !same_owner;
+    if chown {
         let r = match at {
             Meta::File(f) => std::os::unix::fs::fchown(f, Some(item.uid), Some(item.gid)),
             Meta::Path(p) if symlink => {
@@ -1752,7 +1938,9 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
             problems.push(format!("owner (chown): {e}"));
         }
     }
-    if !symlink {
+    let same_mode =
+        !chown && (current.as_ref()).is_some_and(|m| m.mode() & 0o7777 == item.mode & 0o7777);
+    if !symlink && !same_mode {
         let mode = fs::Permissions::from_mode(item.mode);
         let r = match at {
             Meta::File(f) => f.set_permissions(mode),
@@ -1764,6 +1952,15 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
     }
     for xattr in xattrs {
         if let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&xattr.value) {
+            if current.is_some() {
+                let there = match at {
+                    Meta::File(f) => f.get_xattr(&xattr.name),
+                    Meta::Path(p) => xattr::get(p, &xattr.name),
+                };
+                if there.ok().flatten().is_some_and(|v| v == value) {
+                    continue;
+                }
+            }
             let r = match at {
                 Meta::File(f) => f.set_xattr(&xattr.name, &value),
                 Meta::Path(p) => xattr::set(p, &xattr.name, &value),
@@ -1779,6 +1976,15 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
         .as_ref()
         .and_then(|r| r.atime)
         .map_or(mtime, file_time);
+    let same_times = current.as_ref().is_some_and(|m| {
+        let same = |t: filetime::FileTime, s: i64, ns: i64| {
+            (t.unix_seconds(), i64::from(t.nanoseconds())) == (s, ns)
+        };
+        same(mtime, m.mtime(), m.mtime_nsec()) && same(atime, m.atime(), m.atime_nsec())
+    });
+    if same_times {
+        return problems;
+    }
     let r = match at {
         Meta::File(f) => filetime::set_file_handle_times(f, Some(atime), Some(mtime)),
         Meta::Path(p) => filetime::set_symlink_file_times(p, atime, mtime),

@@ -2375,11 +2375,14 @@ status_file = "{status}"
     psql("postgres", "DROP DATABASE crm");
 }
 
-/// A drill whose restore could not make every entry fails (exit 3, the
-/// entry named), like one that met damaged data: here a device node the
-/// kernel refuses a drill run as non-root.
+/// A drill run as non-root, of a tree holding a device node: the node,
+/// which only root can create, is noted as not checked (output, `--json`
+/// `not_checked`) and the drill passes, since everything else restored; it
+/// failed (exit 3). A restore proper still names the node and exits 3,
+/// and any other entry the drill's restore could not make (here an
+/// attribute only root may set) still fails the drill, named.
 #[test]
-fn a_drill_whose_restore_could_not_make_an_entry_fails() {
+fn a_drill_as_non_root_notes_device_nodes_as_not_checked() {
     if !crate::support::is_root() {
         eprintln!("NOTICE: skipping: making the source's device node needs root");
         return;
@@ -2411,10 +2414,58 @@ fn a_drill_whose_restore_could_not_make_an_entry_fails() {
     cmd.env("VAULT_CONFIG", &config);
     crate::support::as_unprivileged(&env, &mut cmd);
     let out = cmd.output().unwrap();
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("passed")
+            && text.contains("1 device node not checked (creating it needs root)")
+            && text.contains(&data.join("null-dev").display().to_string()),
+        "{text}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
+    assert_eq!(
+        status["sources"]["data"]["last_drill"]["ok"], true,
+        "{status}"
+    );
+    let mut cmd = env.command(&["drill", "data", "--json"]);
+    cmd.env("VAULT_CONFIG", &config);
+    crate::support::as_unprivileged(&env, &mut cmd);
+    let out = cmd.output().unwrap();
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        report["not_checked"][0]["path"],
+        data.join("null-dev").display().to_string(),
+        "{report}"
+    );
+    // A restore proper is short of the node: exit 3, named.
+    let target = env.path("nobody-home/restored");
+    let mut cmd = env.command(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    crate::support::as_unprivileged(&env, &mut cmd);
+    let out = cmd.output().unwrap();
     assert_code(&out, 3);
     let err = stderr(&out);
     assert!(
-        err.contains("FAILED") && err.contains("null-dev") && err.contains("device node"),
+        err.contains("null-dev") && err.contains("device node"),
+        "{err}"
+    );
+
+    // Any other entry refused still fails the drill: an attribute only
+    // root may set.
+    xattr::set(data.join("f"), "trusted.label", b"root's").unwrap();
+    std::os::unix::fs::chown(&config, Some(0), Some(0)).unwrap();
+    assert_success(&vault_with(&env, &config, &["backup", "data"]));
+    std::os::unix::fs::chown(&config, Some(65534), Some(65534)).unwrap();
+    let mut cmd = env.command(&["drill", "data"]);
+    cmd.env("VAULT_CONFIG", &config);
+    crate::support::as_unprivileged(&env, &mut cmd);
+    let out = cmd.output().unwrap();
+    assert_code(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("FAILED") && err.contains("/f") && err.contains("trusted.label"),
         "{err}"
     );
 }

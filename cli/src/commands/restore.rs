@@ -174,6 +174,9 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         verify: args.verify,
         concurrency: args.concurrency.unwrap_or_else(|| repo.read_concurrency()),
         cancel,
+        // A device node this user may not create is an entry not restored
+        // (exit 3); only a drill notes it as not checked.
+        devices_need_root_ok: false,
     };
     let progress = Arc::new(RestoreProgress::default());
     let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
