@@ -1386,10 +1386,22 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite, names: &[&Path]) -
     // through it would change the other names, which may lie outside the
     // target (a restore's own second names are linked again afterwards).
     if overwrite == Overwrite::IfChanged && resumable(path, names) {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let f = OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        // Owner-only while the snapshot's content goes in, as a new file
+        // is: a secret now 0600 was written under the old file's 0644 and,
+        // if stopped, stayed readable. Its mode is applied at the end. Not
+        // this user's file (a group-writable one): it keeps its mode.
+        if let Err(e) = f.set_permissions(fs::Permissions::from_mode(0o600)) {
+            tracing::debug!(
+                "cannot make {} private for the restore: {e}",
+                path.display()
+            );
+        }
         f.set_len(size)
             .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
         return Ok(false);

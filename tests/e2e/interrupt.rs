@@ -5,6 +5,7 @@
 //! through the test store would only make the suite slower).
 
 use crate::support::{Backend, Env, assert_code, assert_success, interrupt};
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -430,6 +431,62 @@ fn interrupted_restore_says_how_to_resume_and_resuming_completes_it() {
             "{name:?}"
         );
     }
+}
+
+/// A restore in place (`--overwrite if-changed`) of a file that is 0600 in
+/// the snapshot and 0644 on disk writes the new content owner-only: it was
+/// written under the old 0644, and an interrupted restore left the secret
+/// readable by every user.
+#[test]
+fn a_file_rewritten_in_place_is_private_until_its_mode_is_applied() {
+    let env = Env::with_small_packs(Backend::Local);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let file = src.join("secret.db");
+    let public = crate::support::pseudo_random(12 << 20, 1);
+    std::fs::write(&file, &public).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_success(&env.vault(&["backup", "--tag", "a", src.to_str().unwrap()]));
+    let secret = crate::support::pseudo_random(12 << 20, 2);
+    std::fs::write(&file, &secret).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let args = ["backup", "--tag", "b", "--compression", "none"];
+    assert_success(&env.vault(&[&args[..], &[src.to_str().unwrap()]].concat()));
+    let target = env.path("r");
+    let t = target.to_str().unwrap();
+    assert_success(&env.vault(&["restore", "latest", "--tag", "a", "--target", t]));
+    let restored = target.join(file.strip_prefix("/").unwrap());
+    let mode = || std::fs::metadata(&restored).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(), 0o644);
+    let child = env.spawn(&[
+        "restore",
+        "latest",
+        "--tag",
+        "b",
+        "--target",
+        t,
+        "--overwrite",
+        "if-changed",
+        "--limit-download",
+        "512",
+    ]);
+    // Signalled once some of the secret is on disk.
+    let begun = || {
+        let now = std::fs::read(&restored).unwrap();
+        now.len() == secret.len() && now[..1 << 16] == secret[..1 << 16]
+            || now
+                .chunks(1 << 16)
+                .zip(secret.chunks(1 << 16))
+                .any(|(a, b)| a == b)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !begun() {
+        assert!(Instant::now() < deadline, "no secret content was written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = interrupt(child);
+    assert_code(&out, 130);
+    assert_eq!(mode() & 0o077, 0, "{:o}", mode());
 }
 
 /// `dump` stops at SIGTERM with 130: it used to say "stopping cleanly" and
