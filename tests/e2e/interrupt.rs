@@ -473,11 +473,9 @@ fn a_file_rewritten_in_place_is_private_until_its_mode_is_applied() {
     // Signalled once some of the secret is on disk.
     let begun = || {
         let now = std::fs::read(&restored).unwrap();
-        now.len() == secret.len() && now[..1 << 16] == secret[..1 << 16]
-            || now
-                .chunks(1 << 16)
-                .zip(secret.chunks(1 << 16))
-                .any(|(a, b)| a == b)
+        now.chunks(1 << 16)
+            .zip(secret.chunks(1 << 16))
+            .any(|(a, b)| a == b)
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !begun() {
