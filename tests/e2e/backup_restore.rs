@@ -1940,6 +1940,26 @@ fn restore_json(cmd: &mut std::process::Command) -> (Option<i32>, serde_json::Va
     (out.status.code(), report, stderr(&out))
 }
 
+/// `vault restore latest --target TARGET --json EXTRA` as the
+/// unprivileged user: the exit code, the report, stderr.
+fn restore_unprivileged(
+    env: &Env,
+    target: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec![
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = env.command(&args);
+    as_unprivileged(env, &mut cmd);
+    restore_json(&mut cmd)
+}
+
 /// The `failed_entries` of a restore report: path -> (error, entries below).
 fn failed_entries(report: &serde_json::Value) -> HashMap<String, (String, u64)> {
     (report["failed_entries"].as_array().into_iter().flatten())
@@ -2073,19 +2093,7 @@ fn a_restore_as_non_root_names_what_it_cannot_make_and_exits_3() {
     }
     let target = parent.join("r");
     let root = restored_root(&target, &src);
-    let restore = |extra: &[&str]| {
-        let mut args = vec![
-            "restore",
-            "latest",
-            "--target",
-            target.to_str().unwrap(),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let mut cmd = env.command(&args);
-        as_unprivileged(&env, &mut cmd);
-        restore_json(&mut cmd)
-    };
+    let restore = |extra: &[&str]| restore_unprivileged(&env, &target, extra);
     let (code, report, err) = restore(&[]);
     let failed = failed_entries(&report);
     if root_only {
@@ -2188,19 +2196,7 @@ fn an_if_changed_restore_keeps_identical_files_it_cannot_write() {
     give_to_unprivileged(&parent);
     let target = parent.join("r");
     let root = restored_root(&target, &src);
-    let unprivileged = |extra: &[&str]| {
-        let mut args = vec![
-            "restore",
-            "latest",
-            "--target",
-            target.to_str().unwrap(),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let mut cmd = env.command(&args);
-        as_unprivileged(&env, &mut cmd);
-        restore_json(&mut cmd)
-    };
+    let unprivileged = |extra: &[&str]| restore_unprivileged(&env, &target, extra);
     let (code, _, err) = unprivileged(&[]);
     assert_eq!(code, Some(0), "{err}");
     std::os::unix::fs::chown(root.join("locked"), Some(0), Some(0)).unwrap();
@@ -2348,19 +2344,7 @@ fn a_restore_again_as_non_root_writes_inside_its_read_only_directories() {
     give_to_unprivileged(&parent);
     let target = parent.join("r");
     let root = restored_root(&target, &src);
-    let restore = |extra: &[&str]| {
-        let mut args = vec![
-            "restore",
-            "latest",
-            "--target",
-            target.to_str().unwrap(),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let mut cmd = env.command(&args);
-        as_unprivileged(&env, &mut cmd);
-        restore_json(&mut cmd)
-    };
+    let restore = |extra: &[&str]| restore_unprivileged(&env, &target, extra);
     let (code, report, err) = restore(&[]);
     assert_eq!(code, Some(0), "{err}\n{report}");
     let as_snapshot = |what: &str| {
