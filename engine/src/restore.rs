@@ -505,11 +505,9 @@ fn restore_on_pool(
     let includes: Vec<Pattern> = options
         .includes
         .iter()
+        // Cleaned by `restore`: no trailing `/` is left to strip.
         .map(|p| {
-            let mut pattern = p.as_bytes();
-            while let Some(rest) = pattern.strip_suffix(b"/") {
-                pattern = rest;
-            }
+            let pattern = p.as_bytes();
             Pattern::new(pattern, !pattern.starts_with(b"/"), false)
                 .map_err(|e| Error::InvalidInput(format!("invalid include {e}")))
         })
