@@ -353,7 +353,10 @@ pub(crate) fn exclusive_lock(
             &crate::global::hostname(),
             &crate::global::username(),
         ) {
-            Err(e @ vault_engine::Error::Locked { .. }) => {
+            Err(
+                e @ (vault_engine::Error::Locked { .. }
+                | vault_engine::Error::LockUnreadable { .. }),
+            ) => {
                 let now = std::time::Instant::now();
                 match deadline {
                     Some(deadline) if now < deadline => {
@@ -362,9 +365,18 @@ pub(crate) fn exclusive_lock(
                         pause = (pause * 2).min(std::time::Duration::from_secs(30));
                     }
                     _ => {
+                        // An unreadable lock has no age to judge: it is never
+                        // taken over as stale (repo-format.md §11.2).
+                        let how = if matches!(e, vault_engine::Error::LockUnreadable { .. }) {
+                            "a lock object that cannot be read (damaged, or not written by this repository's key) is never taken over as stale; `vault unlock` removes it".to_owned()
+                        } else {
+                            format!(
+                                "a lock not refreshed for {} minutes is stale and taken over; if its holder is gone for good (a crashed host), `vault unlock` removes it now",
+                                vault_engine::lock::LOCK_STALE_SECS / 60
+                            )
+                        };
                         return Err(anyhow::Error::from(e).context(format!(
-                            "cannot take the repository's lock for {purpose}: a lock not refreshed for {} minutes is stale and taken over; if its holder is gone for good (a crashed host), `vault unlock` removes it now",
-                            vault_engine::lock::LOCK_STALE_SECS / 60
+                            "cannot take the repository's lock for {purpose}: {how}"
                         )));
                     }
                 }

@@ -7,7 +7,8 @@ use vault_engine::ErrorKind;
 /// Any fatal error not listed below.
 pub(crate) const FATAL: u8 = 1;
 /// Done, but not wholly: a backup saved without some files it could not
-/// read, or a restore (or drill) that could not write some entries into
+/// read (or with entries missing some metadata: an unreadable extended
+/// attribute, a time out of range), or a restore (or drill) that could not write some entries into
 /// the target (not created, replaced, written, or given their metadata)
 /// and restored everything else.
 pub(crate) const INCOMPLETE: u8 = 3;
@@ -46,8 +47,9 @@ Exit codes:
   0    success
   1    fatal error (nothing or not everything was saved)
   2    usage error: an unknown flag, a missing or invalid argument (nothing was done)
-  3    some files could not be read (backup: the snapshot is saved without them)
-       or written (restore: everything else is restored); listed on stderr
+  3    some files could not be read (backup: the snapshot is saved without them,
+       or without some of their metadata) or written (restore: everything else
+       is restored); listed on stderr
   4    an object is missing from the repository
   5    the repository is damaged (data fails authentication, or check found errors)
   6    a backup source failed (its command exited non-zero, or it could not be read)

@@ -453,18 +453,13 @@ impl SnapshotFs {
         }
     }
 
-    fn xattrs(&self, ino: u64) -> Result<Vec<(String, Vec<u8>)>, Errno> {
-        use base64::Engine as _;
+    /// Names as their exact bytes (`name_raw` first), values decoded.
+    fn xattrs(&self, ino: u64) -> Result<Vec<(OsString, Vec<u8>)>, Errno> {
         let inodes = self.inodes.read().expect("inode table lock");
         Ok(inode(&inodes, ino)?
             .xattrs
             .iter()
-            .filter_map(|x| {
-                let value = base64::engine::general_purpose::STANDARD
-                    .decode(&x.value)
-                    .ok()?;
-                Some((x.name.clone(), value))
-            })
+            .filter_map(|x| Some((x.os_name(), x.value_bytes()?)))
             .collect())
     }
 }
@@ -634,7 +629,7 @@ impl Filesystem for SnapshotFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.xattrs(ino.0) {
-            Ok(attrs) => match attrs.iter().find(|(n, _)| n.as_bytes() == name.as_bytes()) {
+            Ok(attrs) => match attrs.iter().find(|(n, _)| n == name) {
                 Some((_, value)) => reply_xattr(reply, size, value),
                 None => reply.error(Errno::NO_XATTR),
             },

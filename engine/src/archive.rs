@@ -20,6 +20,7 @@ use crate::restore::walk;
 use crate::tree::{Node, NodeKind};
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// What went into the archive.
@@ -108,20 +109,65 @@ fn pax_time(t: jiff::Timestamp) -> String {
     }
 }
 
-/// The PAX records `node` needs beyond the ustar header.
-fn pax_records(node: &Node) -> Vec<(String, Vec<u8>)> {
-    use base64::Engine;
+/// The PAX records `node` needs beyond the ustar header, keys as bytes:
+/// an attribute's name is its exact bytes, UTF-8 or not.
+fn pax_records(node: &Node) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut records = Vec::new();
     if node.mtime.as_second() < 0 || node.mtime.subsec_nanosecond() != 0 {
-        records.push(("mtime".to_owned(), pax_time(node.mtime).into_bytes()));
+        records.push((b"mtime".to_vec(), pax_time(node.mtime).into_bytes()));
     }
     for xattr in &node.extended_attributes {
         // A value that is not base64 is damage; the entry goes without it.
-        if let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&xattr.value) {
-            records.push((format!("SCHILY.xattr.{}", xattr.name), value));
+        if let Some(value) = xattr.value_bytes() {
+            let mut key = b"SCHILY.xattr.".to_vec();
+            key.extend(pax_xattr_name(xattr.os_name().as_bytes()));
+            records.push((key, value));
         }
     }
     records
+}
+
+/// An attribute name as GNU tar writes it in a `SCHILY.xattr.` keyword
+/// (and decodes it on extraction): `%` and `=` percent-encoded, since a
+/// record's keyword ends at its first `=`; every other byte as it is.
+fn pax_xattr_name(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for &b in name {
+        match b {
+            b'%' => out.extend_from_slice(b"%25"),
+            b'=' => out.extend_from_slice(b"%3D"),
+            b => out.push(b),
+        }
+    }
+    out
+}
+
+/// A PAX extended header (`x`) holding `records`, each `LEN KEY=VALUE\n`
+/// with LEN counting the whole record, itself included. The tar crate's
+/// `append_pax_extensions` takes keys as `str` only.
+fn append_pax(
+    tar: &mut tar::Builder<&mut dyn Write>,
+    records: &[(Vec<u8>, Vec<u8>)],
+) -> std::io::Result<()> {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+        let mut len = rest + 1;
+        while rest + len.to_string().len() != len {
+            len = rest + len.to_string().len();
+        }
+        data.extend_from_slice(len.to_string().as_bytes());
+        data.push(b' ');
+        data.extend_from_slice(key);
+        data.push(b'=');
+        data.extend_from_slice(value);
+        data.push(b'\n');
+    }
+    let mut header = tar::Header::new_ustar();
+    header.set_size(data.len() as u64);
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_cksum();
+    tar.append(&header, data.as_slice())
 }
 
 fn append(
@@ -149,8 +195,7 @@ fn append(
     let stats = &mut seen.stats;
     let records = pax_records(node);
     if !records.is_empty() {
-        tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-            .map_err(failed)?;
+        append_pax(tar, &records).map_err(failed)?;
     }
     let mut header = tar::Header::new_gnu();
     header.set_mode(node.mode & 0o7777);
@@ -367,5 +412,44 @@ mod tests {
             };
             assert!(archive(&repo, &index, &wrong).is_err(), "size {size}");
         }
+    }
+
+    /// Attribute names go into the archive as their exact bytes (GNU tar's
+    /// `%`/`=` escapes aside), records of every length well formed.
+    #[test]
+    fn xattr_records_carry_the_exact_name_bytes() {
+        use crate::tree::ExtendedAttribute;
+        use std::ffi::OsStr;
+        let (repo, index, mut node) = stored(b"x");
+        let long = vec![b'v'; 95];
+        node.extended_attributes = vec![
+            ExtendedAttribute::new(OsStr::from_bytes(b"user.\xfe"), b"two"),
+            ExtendedAttribute::new(OsStr::from_bytes(b"user.\xff"), b"one"),
+            ExtendedAttribute::new(OsStr::new("user.a=b%c"), &long),
+        ];
+        let bytes = archive(&repo, &index, &node).unwrap();
+        let mut tar = tar::Archive::new(bytes.as_slice());
+        let mut entry = tar.entries().unwrap().next().unwrap().unwrap();
+        let records: Vec<(Vec<u8>, Vec<u8>)> = entry
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|r| {
+                let r = r.unwrap();
+                (r.key_bytes().to_vec(), r.value_bytes().to_vec())
+            })
+            .filter(|(k, _)| k.starts_with(b"SCHILY."))
+            .collect();
+        assert_eq!(
+            records,
+            [
+                (b"SCHILY.xattr.user.\xfe".to_vec(), b"two".to_vec()),
+                (b"SCHILY.xattr.user.\xff".to_vec(), b"one".to_vec()),
+                (b"SCHILY.xattr.user.a%3Db%25c".to_vec(), long),
+            ]
+        );
+        let mut read = Vec::new();
+        entry.read_to_end(&mut read).unwrap();
+        assert_eq!(read, b"x");
     }
 }

@@ -833,6 +833,23 @@ impl Ctx<'_> {
         });
     }
 
+    /// [`walk::node_from_metadata`], reporting what of the entry's metadata
+    /// could not be saved exactly: counted as an entry not read whole
+    /// (exit 3), while the entry itself is saved.
+    fn node_from_metadata(
+        &self,
+        path: &Path,
+        meta: &std::fs::Metadata,
+        names: &walk::Names,
+    ) -> Option<Node> {
+        let mut problems = Vec::new();
+        let node = walk::node_from_metadata(path, meta, names, &mut problems);
+        for problem in problems {
+            self.record_error(path, problem);
+        }
+        node
+    }
+
     /// Stops the walk on a finalizer error: keeps the first one for
     /// [`save_paths`] to return, and passes a placeholder up the trees.
     fn fail(&self, e: Error) -> Error {
@@ -893,7 +910,7 @@ impl Ctx<'_> {
             Err(e) => return Ok(FileOutcome::Unreadable(e)),
         };
         let replaced = replaced
-            .then(|| walk::node_from_metadata(path, &before, &walk::Names::default()))
+            .then(|| self.node_from_metadata(path, &before, &walk::Names::default()))
             .flatten()
             .map(Box::new);
         match self.save_content(&file, Some(size)) {
@@ -1509,7 +1526,7 @@ impl Walker<'_, '_> {
                             continue;
                         }
                     };
-                    let Some(node) = walk::node_from_metadata(&path, &meta, &self.names) else {
+                    let Some(node) = self.ctx.node_from_metadata(&path, &meta, &self.names) else {
                         continue;
                     };
                     let parent_sub = self.parent_subtree(parent_node);
@@ -1590,7 +1607,7 @@ impl Walker<'_, '_> {
         meta: std::fs::Metadata,
         parent_node: Option<&Node>,
     ) -> Result<Option<PendingNode>> {
-        let Some(mut node) = walk::node_from_metadata(path, &meta, &self.names) else {
+        let Some(mut node) = self.ctx.node_from_metadata(path, &meta, &self.names) else {
             return Ok(None);
         };
         let ctx = self.ctx;

@@ -142,10 +142,19 @@ fn metadata_changes(a: &Node, b: &Node) -> Vec<&'static str> {
     if a.mtime != b.mtime {
         what.push("mtime");
     }
-    if a.extended_attributes != b.extended_attributes {
+    if xattrs(a) != xattrs(b) {
         what.push("xattrs");
     }
     what
+}
+
+/// A node's extended attributes as names and values are on disk: by name
+/// bytes (`name_raw` first), not by how a writer spelled them.
+fn xattrs(node: &Node) -> Vec<(std::ffi::OsString, Option<Vec<u8>>)> {
+    node.extended_attributes
+        .iter()
+        .map(|x| (x.os_name(), x.value_bytes()))
+        .collect()
 }
 
 impl Differ<'_> {

@@ -85,6 +85,14 @@ pub enum Error {
         /// Who holds the lock, e.g. `host X, pid Y since T`.
         holder: String,
     },
+    /// A lock object that cannot be read (damaged, or sealed with another
+    /// key) holds the repository: it is never taken over as stale (its age
+    /// is unknown), only `vault unlock` removes it.
+    #[error("repository is locked: unreadable lock {object}")]
+    LockUnreadable {
+        /// The lock object.
+        object: String,
+    },
     /// Storage failed.
     #[error("storage error on {object}: {cause}")]
     Backend {
@@ -125,7 +133,7 @@ impl Error {
             }
             Error::NotFound { .. } | Error::DataLost(_) => ErrorKind::NotFound,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
-            Error::Locked { .. } => ErrorKind::Locked,
+            Error::Locked { .. } | Error::LockUnreadable { .. } => ErrorKind::Locked,
             Error::Backend { cause: source, .. } => {
                 if source.is_no_space() {
                     ErrorKind::NoSpace

@@ -227,19 +227,9 @@ pub fn lock_exclusive(
                         return Err(Error::backend(&path, e));
                     }
                 }
-                // Unreadable lock: treat as held until it ages out by mtime
-                // is impossible to know; be safe and refuse.
-                None => {
-                    return Ok(Some(LockInfo {
-                        hostname: "unknown".into(),
-                        username: "unknown".into(),
-                        pid: 0,
-                        purpose: format!("unreadable lock {path}"),
-                        created: 0,
-                        refreshed: now(),
-                        nonce: 0,
-                    }));
-                }
+                // Unreadable lock: whether it is stale is impossible to
+                // know; be safe and refuse.
+                None => return Err(Error::LockUnreadable { object: path }),
             }
         }
         Ok(None)
@@ -291,8 +281,8 @@ pub fn lock_exclusive(
                         }
                         None if attempts < 3 => {}
                         None => {
-                            return Err(Error::Locked {
-                                holder: format!("unreadable lock {EXCLUSIVE} (see `vault unlock`)"),
+                            return Err(Error::LockUnreadable {
+                                object: EXCLUSIVE.to_owned(),
                             });
                         }
                     }
@@ -315,11 +305,18 @@ pub fn lock_exclusive(
             .put(&path, encode(&info).into(), PutMode::Overwrite)
             .map_err(|e| Error::backend(&path, e))?;
         std::thread::sleep(Duration::from_millis(LOCK_SETTLE_MILLIS));
-        if let Some(o) = live_others(&path)? {
-            let _ = backend.delete(&path);
-            return Err(Error::Locked {
+        // Backing off, for any reason (an unreadable lock, a failed
+        // listing too), removes our own lock, or it would block the others.
+        let backed_off = match live_others(&path) {
+            Ok(None) => None,
+            Ok(Some(o)) => Some(Error::Locked {
                 holder: o.describe(),
-            });
+            }),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = backed_off {
+            let _ = backend.delete(&path);
+            return Err(e);
         }
         path
     };

@@ -17,7 +17,6 @@ use crate::pattern::Pattern;
 use crate::repository::{FileKind, Repository};
 use crate::tree::{Extents, Node, NodeKind, Tree};
 use crate::tree_reader::TreeReader;
-use base64::Engine as _;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
@@ -1919,7 +1918,7 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
         for name in present.into_iter().flatten() {
             let text = name.to_string_lossy();
             let stale = RESTORED_XATTRS.iter().any(|ns| text.starts_with(ns))
-                && !xattrs.iter().any(|x| x.name == text);
+                && !xattrs.iter().any(|x| x.os_name() == name);
             if stale {
                 let r = match at {
                     Meta::File(f) => f.remove_xattr(&name),
@@ -1961,19 +1960,22 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
         }
     }
     for xattr in xattrs {
-        if let Ok(value) = base64::engine::general_purpose::STANDARD.decode(&xattr.value) {
+        if let Some(value) = xattr.value_bytes() {
+            // The exact name (`name_raw`), not the lossy one: two names
+            // differing only in non-UTF-8 bytes were one, the last value.
+            let name = xattr.os_name();
             if current.is_some() {
                 let there = match at {
-                    Meta::File(f) => f.get_xattr(&xattr.name),
-                    Meta::Path(p) => xattr::get(p, &xattr.name),
+                    Meta::File(f) => f.get_xattr(&name),
+                    Meta::Path(p) => xattr::get(p, &name),
                 };
                 if there.ok().flatten().is_some_and(|v| v == value) {
                     continue;
                 }
             }
             let r = match at {
-                Meta::File(f) => f.set_xattr(&xattr.name, &value),
-                Meta::Path(p) => xattr::set(p, &xattr.name, &value),
+                Meta::File(f) => f.set_xattr(&name, &value),
+                Meta::Path(p) => xattr::set(p, &name, &value),
             };
             if let Err(e) = r {
                 problems.push(format!("xattr {}: {e}", xattr.name));

@@ -32,10 +32,45 @@ pub enum NodeKind {
 /// An extended attribute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtendedAttribute {
-    /// Attribute name.
+    /// Attribute name (lossy UTF-8 when the real name is not UTF-8).
     pub name: String,
+    /// Exact name bytes in hex, present only when `name` is lossy, as a
+    /// node's `name_raw`: two names that differ only in their non-UTF-8
+    /// bytes were one lossy name, and one of them was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_raw: Option<String>,
     /// Value, base64.
     pub value: String,
+}
+
+impl ExtendedAttribute {
+    /// An attribute named `name` (any bytes) with `value`.
+    #[must_use]
+    pub fn new(name: &std::ffi::OsStr, value: &[u8]) -> Self {
+        use base64::Engine as _;
+        let (name, name_raw) = encode_os(name);
+        Self {
+            name,
+            name_raw,
+            value: base64::engine::general_purpose::STANDARD.encode(value),
+        }
+    }
+
+    /// The exact attribute name.
+    #[must_use]
+    pub fn os_name(&self) -> OsString {
+        decode_os(&self.name, self.name_raw.as_ref())
+    }
+
+    /// The value, or `None` when it is not base64 (damage: readers leave
+    /// that one attribute out).
+    #[must_use]
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.value)
+            .ok()
+    }
 }
 
 /// One entry of a directory.
@@ -277,6 +312,21 @@ impl Tree {
                     node.name_raw.as_deref().unwrap_or_default()
                 )));
             }
+            // Not hex is damage (a writer only writes hex): taken as absent,
+            // the lossy name would be used, a different attribute. What
+            // the name holds is left to whoever sets it: the kernel refuses
+            // an empty one or one with a NUL, and that one attribute fails.
+            if let Some(bad) = node
+                .extended_attributes
+                .iter()
+                .filter_map(|x| x.name_raw.as_ref())
+                .find(|r| hex::decode(r).is_err())
+            {
+                return Err(TreeError(format!(
+                    "invalid raw extended attribute name {bad:?} of {:?}",
+                    node.name
+                )));
+            }
         }
         Ok(tree)
     }
@@ -435,6 +485,7 @@ impl Extent {
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
 
     #[test]
     fn non_utf8_names_round_trip() {
@@ -444,6 +495,126 @@ mod tests {
         let tree = Tree { nodes: vec![node] };
         let back = Tree::decode(&tree.encode()).unwrap();
         assert_eq!(back.nodes[0].os_name(), name);
+    }
+
+    /// Attribute names that are not UTF-8 keep their bytes; two that
+    /// differ only there stay two. UTF-8 names are written as before.
+    #[test]
+    fn non_utf8_xattr_names_round_trip() {
+        let mut node = Node::new("x", NodeKind::File);
+        node.extended_attributes = vec![
+            ExtendedAttribute::new(OsStr::from_bytes(b"user.\xfe"), b"two"),
+            ExtendedAttribute::new(OsStr::from_bytes(b"user.\xff"), b"one"),
+            ExtendedAttribute::new(OsStr::new("user.plain"), b"three"),
+        ];
+        let bytes = Tree { nodes: vec![node] }.encode();
+        let json = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            json.contains(
+                "{\"name\":\"user.\u{fffd}\",\"name_raw\":\"757365722efe\",\"value\":\"dHdv\"}"
+            ),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#"{"name":"user.plain","value":"dGhyZWU="}"#),
+            "{json}"
+        );
+        let back = Tree::decode(&bytes).unwrap();
+        let got: Vec<(OsString, Vec<u8>)> = back.nodes[0]
+            .extended_attributes
+            .iter()
+            .map(|x| (x.os_name(), x.value_bytes().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (OsString::from_vec(b"user.\xfe".to_vec()), b"two".to_vec()),
+                (OsString::from_vec(b"user.\xff".to_vec()), b"one".to_vec()),
+                (OsString::from("user.plain"), b"three".to_vec()),
+            ]
+        );
+        // A reader that does not know `name_raw` (as before it existed)
+        // still reads the tree, with the lossy name.
+        #[derive(Deserialize)]
+        struct OldXattr {
+            name: String,
+            value: String,
+        }
+        #[derive(Deserialize)]
+        struct OldNode {
+            extended_attributes: Vec<OldXattr>,
+        }
+        #[derive(Deserialize)]
+        struct OldTree {
+            nodes: Vec<OldNode>,
+        }
+        let old: OldTree = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(old.nodes[0].extended_attributes[0].name, "user.\u{fffd}");
+        assert_eq!(old.nodes[0].extended_attributes[0].value, "dHdv");
+    }
+
+    /// Readers ignore fields they do not know, on nodes and attributes:
+    /// what lets a field like `name_raw` be added within format version 1.
+    #[test]
+    fn decode_ignores_unknown_fields() {
+        let json = br#"{"nodes":[{"name":"f","type":"file","mode":420,"mtime":"2026-01-10T03:00:00Z","ctime":"2026-01-10T03:00:00Z","uid":0,"gid":0,"inode":0,"device_id":0,"extended_attributes":[{"name":"user.a","value":"dg==","future":1}],"content":[],"future":{"x":[1]}}],"future":true}"#;
+        let tree = Tree::decode(json).unwrap();
+        assert_eq!(tree.nodes[0].extended_attributes[0].os_name(), "user.a");
+    }
+
+    /// Timestamps as repo-format.md §0 says they are written and read.
+    #[test]
+    fn timestamps_are_written_and_read_as_documented() {
+        let json = |t: jiff::Timestamp| serde_json::to_string(&t).unwrap();
+        let at = |s: i64, n: i32| jiff::Timestamp::new(s, n).unwrap();
+        assert_eq!(
+            json(at(1_768_014_000, 500_000_000)),
+            r#""2026-01-10T03:00:00.5Z""#
+        );
+        assert_eq!(json(at(1_768_014_000, 0)), r#""2026-01-10T03:00:00Z""#);
+        assert_eq!(json(at(-62_135_683_200, 0)), r#""0000-12-31T00:00:00Z""#);
+        assert_eq!(json(at(-63_000_000_000, 0)), r#""-000027-08-11T08:00:00Z""#);
+        assert_eq!(json(jiff::Timestamp::MIN), r#""-009999-01-02T01:59:59Z""#);
+        assert_eq!(
+            json(jiff::Timestamp::MAX),
+            r#""9999-12-30T22:00:00.999999999Z""#
+        );
+        let read = |s: &str| serde_json::from_str::<jiff::Timestamp>(&format!("\"{s}\""));
+        let same = at(1_768_014_000, 0);
+        for s in [
+            "2026-01-10T03:00:00Z",
+            "2026-01-10t03:00:00z",
+            "2026-01-10T05:00:00+02:00",
+            "+002026-01-10T03:00:00Z",
+        ] {
+            assert_eq!(read(s).unwrap(), same, "{s}");
+        }
+        assert_eq!(
+            read("-000027-08-11T08:00:00Z").unwrap(),
+            at(-63_000_000_000, 0)
+        );
+        for bad in [
+            "-000000-01-01T00:00:00Z",
+            "+010000-01-01T00:00:00Z",
+            "-010000-01-01T00:00:00Z",
+            "2026-01-10T03:00:00",
+        ] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn decode_rejects_a_raw_xattr_name_that_is_not_hex() {
+        let mut node = Node::new("f", NodeKind::File);
+        let mut x = ExtendedAttribute::new(OsStr::new("user.a"), b"v");
+        x.name_raw = Some("zz".into());
+        node.extended_attributes = vec![x];
+        let err = Tree::decode(&Tree { nodes: vec![node] }.encode()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid raw extended attribute name"),
+            "{err}"
+        );
     }
 
     #[test]

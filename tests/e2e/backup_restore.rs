@@ -2449,3 +2449,159 @@ fn an_include_emptied_by_an_exclude_says_so() {
     );
     assert!(!err.contains("matches nothing in the snapshot"), "{err}");
 }
+
+/// Extended attribute names need not be UTF-8 (the kernel takes any bytes
+/// but NUL). Two names differing only in such bytes were stored under one
+/// lossy name: restore set that wrong name, once, with the last value, and
+/// exited 0. Restore, `dump` and `diff --metadata` use the exact bytes.
+#[test]
+fn xattr_names_that_are_not_utf8_keep_their_bytes() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let f = src.join("f");
+    std::fs::write(&f, b"x\n").unwrap();
+    let ff = std::ffi::OsStr::from_bytes(b"user.\xff");
+    let fe = std::ffi::OsStr::from_bytes(b"user.\xfe");
+    if let Err(e) = xattr::set(&f, ff, b"one") {
+        eprintln!("NOTICE: skipping: user xattrs not supported here: {e}");
+        return;
+    }
+    xattr::set(&f, fe, b"two").unwrap();
+    xattr::set(&f, "user.plain=%", b"three").unwrap();
+    let xattrs = |p: &Path| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all: Vec<_> = xattr::list(p)
+            .unwrap()
+            .filter(|n| n.as_bytes().starts_with(b"user."))
+            .map(|n| (n.as_bytes().to_vec(), xattr::get(p, &n).unwrap().unwrap()))
+            .collect();
+        all.sort();
+        all
+    };
+    let want = vec![
+        (b"user.plain=%".to_vec(), b"three".to_vec()),
+        (b"user.\xfe".to_vec(), b"two".to_vec()),
+        (b"user.\xff".to_vec(), b"one".to_vec()),
+    ];
+    assert_eq!(xattrs(&f), want);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+
+    let target = env.path("restored");
+    assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
+    let restored = target.join(f.strip_prefix("/").unwrap());
+    assert_eq!(xattrs(&restored), want, "restored");
+
+    // dump: GNU tar extracts the same names (it decodes its `%3D`).
+    let out = env.vault(&["dump", "latest", src.to_str().unwrap()]);
+    assert_success(&out);
+    let tar = env.path("src.tar");
+    std::fs::write(&tar, &out.stdout).unwrap();
+    let into = env.path("extracted");
+    std::fs::create_dir_all(&into).unwrap();
+    assert_success(
+        &std::process::Command::new("tar")
+            .args(["--xattrs", "--xattrs-include=*", "-xf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&into)
+            .output()
+            .unwrap(),
+    );
+    let extracted = into.join(f.strip_prefix("/").unwrap());
+    assert_eq!(xattrs(&extracted), want, "extracted from the dump");
+
+    // diff: a name that changed only in its non-UTF-8 byte is a change.
+    xattr::remove(&f, ff).unwrap();
+    xattr::remove(&f, fe).unwrap();
+    xattr::set(&f, std::ffi::OsStr::from_bytes(b"user.\xfd"), b"one").unwrap();
+    xattr::set(&f, fe, b"two").unwrap();
+    let first = env.snapshots()[0]["id"].as_str().unwrap().to_owned();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let out = env.vault(&["diff", "--metadata", &first, "latest"]);
+    assert_success(&out);
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with('U') && l.ends_with(&format!("{}", f.display()))),
+        "{listing}"
+    );
+}
+
+/// A file time beyond what a snapshot holds (years -9999 to 9999; tmpfs
+/// takes later ones) was stored as 1970, silently, exit 0. It is stored as
+/// the nearest time the format holds, with a warning naming the file and
+/// its real time, and the backup counts it as an entry it could not save
+/// whole (exit 3), as one whose extended attributes it could not read.
+#[test]
+fn a_time_beyond_year_9999_is_stored_as_the_nearest_one_with_a_warning() {
+    let env = Env::new();
+    let dir = tempfile::Builder::new()
+        .prefix("vault-e2e-times")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let (late, early, plain) = (src.join("late"), src.join("early"), src.join("plain"));
+    for f in [&late, &early, &plain] {
+        std::fs::write(f, b"x\n").unwrap();
+    }
+    let set = |f: &Path, secs: i64, nanos: u32| {
+        let t = filetime::FileTime::from_unix_time(secs, nanos);
+        filetime::set_file_times(f, t, t)
+            .ok()
+            .and_then(|()| std::fs::metadata(f).ok())
+            .is_some_and(|m| m.mtime() == secs)
+    };
+    if !set(&late, 569_000_000_000, 5) || !set(&early, -569_000_000_000, 0) {
+        eprintln!("NOTICE: skipping: /dev/shm does not take times beyond year 9999");
+        return;
+    }
+    let out = env.vault(&["backup", src.to_str().unwrap()]);
+    assert_code(&out, 3);
+    let err = stderr(&out);
+    let warned = |f: &Path, real: &str, stored: &str| {
+        err.lines().any(|l| {
+            l.contains("warning")
+                && l.contains(&f.display().to_string())
+                && l.contains(&format!("mtime {real} "))
+                && l.contains(stored)
+        })
+    };
+    assert!(
+        warned(
+            &late,
+            "+20000-11-22T03:33:20.000000005Z",
+            "stored as 9999-12-30T22:00:00.999999999Z"
+        ),
+        "{err}"
+    );
+    assert!(
+        warned(
+            &early,
+            "-16061-02-09T20:26:40Z",
+            "stored as -009999-01-02T01:59:59Z"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains(&plain.display().to_string()), "{err}");
+
+    // Restored on tmpfs too: ext4 holds times up to 2446 only.
+    let target = dir.path().join("restored");
+    assert_success(&env.vault(&["restore", "latest", "--target", target.to_str().unwrap()]));
+    let mtime = |f: &Path| {
+        let m = std::fs::metadata(target.join(f.strip_prefix("/").unwrap())).unwrap();
+        m.mtime()
+    };
+    assert_eq!(
+        mtime(&late),
+        253_402_207_200,
+        "9999-12-30T22:00:00Z, not 1970"
+    );
+    assert_eq!(mtime(&early), -377_705_023_201, "-9999-01-02T01:59:59Z");
+    assert_eq!(
+        mtime(&plain),
+        std::fs::metadata(&plain).unwrap().mtime(),
+        "the rest as it was"
+    );
+}

@@ -979,3 +979,33 @@ fn a_command_that_ran_to_its_end_after_a_signal_exits_130() {
         assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
     }
 }
+
+backend_test!(an_unreadable_lock_is_named_as_such_and_unlock_removes_it);
+/// A lock object that cannot be read is never taken over as stale
+/// (repo-format.md §11.2): the message said a lock not refreshed for 5
+/// minutes is taken over, which never happens to this one. It says what it
+/// is and that `vault unlock` removes it, which it does.
+fn an_unreadable_lock_is_named_as_such_and_unlock_removes_it(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    if env.is_local() {
+        std::fs::create_dir_all(std::path::Path::new(&env.repo).join("locks")).unwrap();
+    }
+    env.write_object("locks/exclusive", &pseudo_random(200, 3));
+    let out = env.vault(&["forget", "--keep-last", "5"]);
+    assert_code(&out, 11);
+    let err = stderr(&out);
+    assert!(
+        err.contains("unreadable lock locks/exclusive")
+            && err.contains("never taken over as stale")
+            && err.contains("`vault unlock` removes it"),
+        "{err}"
+    );
+    assert!(!err.contains("not refreshed"), "{err}");
+    assert_success(&env.vault(&["unlock"]));
+    assert!(env.locks().is_empty(), "{:?}", env.locks());
+    assert_success(&env.vault(&["forget", "--keep-last", "5"]));
+}

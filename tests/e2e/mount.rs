@@ -14,8 +14,10 @@
 //! pass.
 
 use crate::support::{Backend, Env, assert_success, pseudo_random};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -160,6 +162,11 @@ fn make_tree(root: &Path, second: bool) {
     // Attributes on a directory (default ACLs live there) and a file.
     xattr::set(root.join("nested"), "user.dir", b"on a directory").unwrap();
     xattr::set(root.join("empty"), "user.file", b"on a file").unwrap();
+    // Names that are not UTF-8, differing only there: getxattr and
+    // listxattr answer with their exact bytes.
+    for (name, value) in [(&b"user.\xff"[..], &b"one"[..]), (b"user.\xfe", b"two")] {
+        xattr::set(root.join("empty"), OsStr::from_bytes(name), value).unwrap();
+    }
     let when = filetime::FileTime::from_unix_time(1_600_000_000, 0);
     for p in ["big.bin", "nested/deeper/deepest/leaf.txt", "nested/deeper"] {
         filetime::set_symlink_file_times(root.join(p), when, when).unwrap();
@@ -222,10 +229,10 @@ fn assert_same_tree(mounted: &Path, restored: &Path) {
             "mode of {}",
             rel.display()
         );
-        let xattrs = |p: &Path| -> Vec<(String, Option<Vec<u8>>)> {
+        let xattrs = |p: &Path| -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
             let mut all: Vec<_> = xattr::list(p)
                 .unwrap()
-                .map(|n| (n.to_string_lossy().into_owned(), xattr::get(p, &n).unwrap()))
+                .map(|n| (n.as_bytes().to_vec(), xattr::get(p, &n).unwrap()))
                 .collect();
             all.sort();
             all
@@ -340,6 +347,25 @@ fn mount_shows_snapshots_as_restore_writes_them(backend: Backend) {
     assert_eq!(
         fs::read(latest.join("nested/changing.txt")).unwrap(),
         b"second version\n"
+    );
+    let empty = latest.join("empty");
+    let mut xattr_names: Vec<Vec<u8>> = xattr::list(&empty)
+        .unwrap()
+        .map(|n| n.as_bytes().to_vec())
+        .filter(|n| n.starts_with(b"user."))
+        .collect();
+    xattr_names.sort();
+    assert_eq!(
+        xattr_names,
+        [&b"user.file"[..], b"user.\xfe", b"user.\xff"],
+        "listxattr"
+    );
+    assert_eq!(
+        xattr::get(&empty, OsStr::from_bytes(b"user.\xff"))
+            .unwrap()
+            .as_deref(),
+        Some(&b"one"[..]),
+        "getxattr"
     );
     assert!(latest.join("nested/added.txt").is_file());
     let first = mnt.join("snapshots").join(&names[0]).join(inside);

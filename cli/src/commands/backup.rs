@@ -320,7 +320,7 @@ pub(crate) fn run(g: &GlobalArgs, args: BackupArgs, cancel: Arc<AtomicBool>) -> 
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "vault: snapshot saved, but {} entries could not be read",
+            "vault: snapshot saved, but {} entries could not be read (or not all their metadata)",
             report.errors.len()
         );
         Ok(ExitCode::from(exit::INCOMPLETE))

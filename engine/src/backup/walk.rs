@@ -2,7 +2,6 @@
 
 use crate::pattern::Pattern;
 use crate::tree::{ExtendedAttribute, Node, NodeKind};
-use base64::Engine as _;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::Metadata;
@@ -196,9 +195,54 @@ fn marker_name(marker: &OsStr) -> &OsStr {
     OsStr::from_bytes(marker.split(|&b| b == b':').next().unwrap_or_default())
 }
 
-fn timestamp(secs: i64, nanos: i64) -> jiff::Timestamp {
+/// A file time as the format holds it. Times outside jiff's range (years
+/// -9999 to 9999, repo-format.md §0; tmpfs and ext4 hold later ones) are
+/// stored as the nearest time it holds, with a problem naming the real
+/// time: they were stored as 1970, silently.
+fn timestamp(what: &str, secs: i64, nanos: i64, problems: &mut Vec<String>) -> jiff::Timestamp {
     let nanos = i32::try_from(nanos).unwrap_or(0);
-    jiff::Timestamp::new(secs, nanos).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    jiff::Timestamp::new(secs, nanos).unwrap_or_else(|_| {
+        let nearest = if secs < 0 {
+            jiff::Timestamp::MIN
+        } else {
+            jiff::Timestamp::MAX
+        };
+        problems.push(format!(
+            "{what} {} is outside the years -9999 to 9999 a snapshot holds; stored as {nearest}",
+            civil_time(secs, nanos)
+        ));
+        nearest
+    })
+}
+
+/// `secs.nanos` since 1970 as a proleptic Gregorian UTC date of any year
+/// (`+20000-01-01T00:00:00.5Z`, `-10000-...`), for times jiff cannot hold.
+fn civil_time(secs: i64, nanos: i32) -> String {
+    // Howard Hinnant's days_from_civil inverse (public domain), in i128 so
+    // no i64 second overflows.
+    let secs = i128::from(secs);
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i128::from(month <= 2);
+    let fraction = if nanos == 0 {
+        String::new()
+    } else {
+        format!(".{nanos:09}")
+    };
+    format!(
+        "{year:+}-{month:02}-{day:02}T{:02}:{:02}:{:02}{fraction}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60
+    )
 }
 
 /// Whether a directory holds a file named `marker`, given as `NAME` or
@@ -261,7 +305,15 @@ impl Names {
 }
 
 /// Builds a node (without content or subtree) from a path's metadata.
-pub(crate) fn node_from_metadata(path: &Path, meta: &Metadata, names: &Names) -> Option<Node> {
+/// What of its metadata could not be recorded exactly (an extended
+/// attribute that could not be read, a time out of range) is added to
+/// `problems`: the node is still saved, and the backup reports it.
+pub(crate) fn node_from_metadata(
+    path: &Path,
+    meta: &Metadata,
+    names: &Names,
+    problems: &mut Vec<String>,
+) -> Option<Node> {
     let ft = meta.file_type();
     let kind = if ft.is_file() {
         NodeKind::File
@@ -285,8 +337,8 @@ pub(crate) fn node_from_metadata(path: &Path, meta: &Metadata, names: &Names) ->
         node.set_name(name);
     }
     node.mode = meta.mode() & 0o7777;
-    node.mtime = timestamp(meta.mtime(), meta.mtime_nsec());
-    node.ctime = timestamp(meta.ctime(), meta.ctime_nsec());
+    node.mtime = timestamp("mtime", meta.mtime(), meta.mtime_nsec(), problems);
+    node.ctime = timestamp("ctime", meta.ctime(), meta.ctime_nsec(), problems);
     node.uid = meta.uid();
     node.gid = meta.gid();
     node.user = names.user(meta.uid());
@@ -305,26 +357,41 @@ pub(crate) fn node_from_metadata(path: &Path, meta: &Metadata, names: &Names) ->
     {
         node.set_link_target(target.as_os_str());
     }
-    node.extended_attributes = read_xattrs(path);
+    node.extended_attributes = read_xattrs(path, problems);
     Some(node)
 }
 
 /// The entry's own extended attributes: a symlink's, not its target's
-/// (listing and reading must both not follow it).
-fn read_xattrs(path: &Path) -> Vec<ExtendedAttribute> {
-    let Ok(names) = xattr::list(path) else {
-        return Vec::new();
+/// (listing and reading must both not follow it). Names are kept as bytes
+/// (`name_raw` when not UTF-8). One that cannot be read is a problem; a
+/// file system without attributes, or one removed since the listing, is
+/// not.
+fn read_xattrs(path: &Path, problems: &mut Vec<String>) -> Vec<ExtendedAttribute> {
+    let unsupported = |e: &std::io::Error| e.raw_os_error() == Some(nix::libc::ENOTSUP);
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if unsupported(&e) => return Vec::new(),
+        Err(e) => {
+            problems.push(format!("listing its extended attributes: {e}"));
+            return Vec::new();
+        }
     };
     let mut out: Vec<ExtendedAttribute> = names
-        .filter_map(|name| {
-            let value = xattr::get(path, &name).ok().flatten()?;
-            Some(ExtendedAttribute {
-                name: name.to_string_lossy().into_owned(),
-                value: base64::engine::general_purpose::STANDARD.encode(value),
-            })
+        .filter_map(|name| match xattr::get(path, &name) {
+            Ok(value) => value.map(|v| ExtendedAttribute::new(&name, &v)),
+            Err(e) if unsupported(&e) => None,
+            Err(e) => {
+                problems.push(format!(
+                    "extended attribute {:?} not saved: {e}",
+                    name.to_string_lossy()
+                ));
+                None
+            }
         })
         .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    // By name bytes, as nodes are sorted (repo-format.md §9): for UTF-8
+    // names the order it always was.
+    out.sort_by_key(ExtendedAttribute::os_name);
     out
 }
 
@@ -356,6 +423,40 @@ pub(crate) fn unchanged(old: &Node, new: &Node, detection: ChangeDetection) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A time jiff cannot hold is the nearest one it can, with a problem
+    /// naming the real time; it was 1970, silently.
+    #[test]
+    fn times_out_of_range_are_clamped_and_reported() {
+        let mut problems = Vec::new();
+        let t = timestamp("mtime", 1_700_000_000, 5, &mut problems);
+        assert_eq!(t.to_string(), "2023-11-14T22:13:20.000000005Z");
+        assert!(problems.is_empty());
+        let late = timestamp("mtime", 569_000_000_000, 5, &mut problems);
+        assert_eq!(late, jiff::Timestamp::MAX);
+        assert_eq!(late.to_string(), "9999-12-30T22:00:00.999999999Z");
+        let early = timestamp("ctime", -569_000_000_000, 0, &mut problems);
+        assert_eq!(early, jiff::Timestamp::MIN);
+        assert_eq!(early.to_string(), "-009999-01-02T01:59:59Z");
+        assert_eq!(early.as_second(), -377_705_023_201);
+        assert_eq!(
+            problems,
+            [
+                "mtime +20000-11-22T03:33:20.000000005Z is outside the years -9999 to 9999 a snapshot holds; stored as 9999-12-30T22:00:00.999999999Z",
+                "ctime -16061-02-09T20:26:40Z is outside the years -9999 to 9999 a snapshot holds; stored as -009999-01-02T01:59:59Z",
+            ]
+        );
+        // The extremes of i64 seconds neither panic nor overflow.
+        let mut problems = Vec::new();
+        timestamp("mtime", i64::MAX, 999_999_999, &mut problems);
+        timestamp("mtime", i64::MIN, 0, &mut problems);
+        assert_eq!(problems.len(), 2);
+        // The date of a time jiff can hold is jiff's own.
+        for secs in [0, 951_782_400, -30_610_224_000, 253_402_207_199] {
+            let t = jiff::Timestamp::from_second(secs).unwrap();
+            assert_eq!(civil_time(secs, 0), format!("+{t}"), "{secs}");
+        }
+    }
 
     #[test]
     fn excludes_match_names_paths_and_dirs() {
