@@ -19,6 +19,7 @@ mod key_import;
 mod key_list;
 mod key_passwd;
 mod key_remove;
+mod list;
 mod ls;
 mod mount;
 mod prune;
@@ -72,6 +73,9 @@ pub(crate) enum Command {
     Mount(mount::MountArgs),
     /// Print a repository object (config, snapshot, index, key) as JSON.
     Cat(cat::CatArgs),
+    /// List the ids of one kind of repository object (snapshots, index,
+    /// packs, keys, locks, blobs), one per line.
+    List(list::ListArgs),
     /// Check the repository's structure, and with --verify its data.
     Check(check::CheckArgs),
     /// Repair a damaged repository.
@@ -163,6 +167,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Dump(a) => dump::run(g, &a, cancel),
         Command::Mount(a) => mount::run(g, &a, cancel),
         Command::Cat(a) => cat::run(g, &a),
+        Command::List(a) => list::run(g, &a),
         Command::Check(a) => check::run(g, &a),
         Command::Forget(a) => forget::run(g, &a),
         Command::Prune(a) => prune::run(g, &a),

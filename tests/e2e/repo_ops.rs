@@ -1026,3 +1026,85 @@ fn unlock_names_the_live_locks_it_leaves_and_why() {
     assert!(env.locks().is_empty());
     drop(held);
 }
+
+backend_test!(list_prints_the_ids_of_each_kind_of_object);
+/// `vault list KIND` prints what is stored, one id per line, as `restic
+/// list` does: compared with the store's own listing, and for blobs with
+/// the index (`cat index`).
+fn list_prints_the_ids_of_each_kind_of_object(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/a"), pseudo_random(300_000, 7)).unwrap();
+    std::fs::write(src.join("b"), b"small").unwrap();
+    let src = src.to_str().unwrap();
+    assert_success(&env.vault(&["backup", src]));
+    assert_success(&env.vault(&["backup", "--tag", "again", src]));
+    let ids = |kind: &str| -> Vec<String> {
+        let out = env.vault(&["list", kind]);
+        assert_success(&out);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let stored = |prefix: &str| -> Vec<String> {
+        let mut names: Vec<String> = env
+            .objects_under(prefix)
+            .iter()
+            .map(|k| crate::support::key_name(k).to_owned())
+            .filter(|n| n.len() == 64)
+            .collect();
+        names.sort();
+        names
+    };
+    for (kind, prefix, count) in [
+        ("snapshots", "snapshots", Some(2)),
+        ("index", "index", None),
+        ("packs", "data", None),
+        ("keys", "keys", Some(1)),
+    ] {
+        let listed = ids(kind);
+        assert_eq!(listed, stored(prefix), "{kind}");
+        assert!(!listed.is_empty(), "{kind}");
+        if let Some(n) = count {
+            assert_eq!(listed.len(), n, "{kind}");
+        }
+    }
+    assert!(ids("locks").is_empty());
+    // A stranger's file among the snapshots is no object.
+    env.write_object("snapshots/notes.txt", b"x");
+    assert_eq!(ids("snapshots").len(), 2);
+
+    // Blobs: every one the index files name, with its type.
+    let mut from_index = Vec::new();
+    for index in ids("index") {
+        let file = env.json(&["cat", "index", &index]);
+        for pack in file["packs"].as_array().unwrap() {
+            for blob in pack["blobs"].as_array().unwrap() {
+                from_index.push(format!(
+                    "{} {}",
+                    blob["type"].as_str().unwrap(),
+                    blob["id"].as_str().unwrap()
+                ));
+            }
+        }
+    }
+    from_index.sort();
+    from_index.dedup();
+    let mut blobs = ids("blobs");
+    blobs.sort();
+    assert_eq!(blobs, from_index);
+    assert!(blobs.iter().any(|b| b.starts_with("data ")));
+    assert!(blobs.iter().any(|b| b.starts_with("tree ")));
+    // --json: the same, as an array.
+    let json = env.json(&["list", "snapshots"]);
+    let json: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(json, ids("snapshots"));
+}
