@@ -23,6 +23,7 @@ mod list;
 mod ls;
 mod mount;
 mod prune;
+mod recover;
 mod repair_index;
 mod repair_snapshots;
 mod restore;
@@ -76,6 +77,9 @@ pub(crate) enum Command {
     /// List the ids of one kind of repository object (snapshots, index,
     /// packs, keys, locks, blobs), one per line.
     List(list::ListArgs),
+    /// Save a snapshot (tagged recovered) of every directory tree no
+    /// snapshot reaches: what a lost or damaged snapshot object held.
+    Recover(recover::RecoverArgs),
     /// Check the repository's structure, and with --verify its data.
     Check(check::CheckArgs),
     /// Repair a damaged repository.
@@ -168,6 +172,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Mount(a) => mount::run(g, &a, cancel),
         Command::Cat(a) => cat::run(g, &a),
         Command::List(a) => list::run(g, &a),
+        Command::Recover(a) => recover::run(g, &a),
         Command::Check(a) => check::run(g, &a),
         Command::Forget(a) => forget::run(g, &a),
         Command::Prune(a) => prune::run(g, &a),

@@ -501,3 +501,118 @@ pub fn repair_snapshots(
     }
     Ok(report)
 }
+
+/// Outcome of [`recover`].
+#[derive(Debug, Default, Serialize)]
+pub struct RecoverReport {
+    /// Tree blobs the index lists.
+    pub trees: u64,
+    /// Trees that no snapshot and no other tree references, by id: the
+    /// roots of snapshots whose snapshot object is gone (deleted, damaged,
+    /// or forgotten and not yet pruned), or directories whose parent
+    /// listing is lost. Each is a directory of the new snapshot.
+    pub roots: Vec<String>,
+    /// Trees that could not be read, as `tree ID: why`: what they list
+    /// cannot be known, so their subtrees show up among the roots.
+    pub unreadable: Vec<String>,
+    /// The snapshot saved with the roots (absent in a dry run, or when
+    /// there is nothing to recover).
+    pub snapshot: Option<String>,
+}
+
+/// The directory [`recover`]'s snapshot holds its roots in.
+pub const RECOVER_PATH: &str = "/recover";
+
+/// Finds every tree no snapshot reaches and saves one snapshot holding
+/// them, each as the directory `/recover/<tree id>`, tagged `recovered`
+/// (restic's `recover`): what a lost or damaged snapshot object held can
+/// then be browsed, restored, or kept with `tag`, and prune no longer
+/// deletes it.
+pub fn recover(
+    repo: &Arc<Repository>,
+    hostname: &str,
+    username: &str,
+    dry_run: bool,
+) -> Result<RecoverReport> {
+    use rayon::prelude::*;
+    let index = Arc::new(repo.load_index()?);
+    let mut trees: Vec<BlobId> = index
+        .blobs()
+        .filter(|(_, at)| at.kind == crate::blob::BlobKind::Tree)
+        .map(|(id, _)| id)
+        .collect();
+    trees.sort_unstable();
+    trees.dedup();
+    // Every tree is read once; what it lists as subtrees is no root.
+    let listed: Vec<std::result::Result<Vec<BlobId>, String>> = trees
+        .par_iter()
+        .map(|id| match repo.read_tree(&index, id) {
+            Ok(tree) => Ok(tree.nodes.iter().filter_map(|n| n.subtree).collect()),
+            Err(e) => Err(format!("tree {id}: {e}")),
+        })
+        .collect();
+    let mut report = RecoverReport {
+        trees: trees.len() as u64,
+        ..RecoverReport::default()
+    };
+    let mut referenced = HashSet::new();
+    for subtrees in listed {
+        match subtrees {
+            Ok(subtrees) => referenced.extend(subtrees),
+            Err(e) => report.unreadable.push(e),
+        }
+    }
+    let (snapshots, _damaged) = repo.snapshots_and_damaged()?;
+    referenced.extend(snapshots.iter().map(|(_, snap)| snap.tree));
+    let roots: Vec<BlobId> = trees
+        .into_iter()
+        .filter(|id| !referenced.contains(id))
+        .collect();
+    report.roots = roots.iter().map(BlobId::to_hex).collect();
+    if roots.is_empty() {
+        return Ok(report);
+    }
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let dir = |name: &str, subtree: BlobId| {
+        let mut node = crate::tree::Node::new(name, NodeKind::Dir);
+        node.mode = 0o700;
+        node.uid = uid;
+        node.gid = gid;
+        node.subtree = Some(subtree);
+        node
+    };
+    let sink = TreeSink::new(repo, &index, dry_run);
+    let holder = sink.save(Tree {
+        nodes: roots.iter().map(|id| dir(&id.to_hex(), *id)).collect(),
+    })?;
+    let name = RECOVER_PATH.trim_start_matches('/');
+    let root = sink.save(Tree {
+        nodes: vec![dir(name, holder)],
+    })?;
+    sink.finish()?;
+    if dry_run {
+        return Ok(report);
+    }
+    let snapshot = crate::snapshot::Snapshot {
+        version: 1,
+        time: jiff::Zoned::now(),
+        tree: root,
+        paths: vec![RECOVER_PATH.to_owned()],
+        hostname: hostname.to_owned(),
+        username: username.to_owned(),
+        uid,
+        gid,
+        tags: vec!["recovered".to_owned()],
+        parent: None,
+        original: None,
+        program_version: format!("vault {}", env!("CARGO_PKG_VERSION")),
+        summary: crate::snapshot::SnapshotSummary {
+            dirs_total: roots.len() as u64 + 1,
+            ..crate::snapshot::SnapshotSummary::default()
+        },
+        extra: serde_json::Map::new(),
+    };
+    report.snapshot = Some(repo.save_snapshot(&snapshot)?.to_hex());
+    Ok(report)
+}

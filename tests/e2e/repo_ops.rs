@@ -1108,3 +1108,75 @@ fn list_prints_the_ids_of_each_kind_of_object(backend: Backend) {
         .collect();
     assert_eq!(json, ids("snapshots"));
 }
+
+backend_test!(recover_saves_what_a_lost_snapshot_object_held);
+/// A snapshot object deleted by hand (or damaged and removed by `repair
+/// snapshots --forget`) leaves its trees and data unreachable: `vault
+/// recover` saves a snapshot holding them, restorable, and a prune after
+/// it keeps them.
+fn recover_saves_what_a_lost_snapshot_object_held(backend: Backend) {
+    let env = Env::on(backend);
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/a"), pseudo_random(200_000, 11)).unwrap();
+    std::fs::write(src.join("b"), b"first").unwrap();
+    let src_str = src.to_str().unwrap();
+    assert_success(&env.vault(&["backup", src_str]));
+    let lost = env.snapshots()[0].clone();
+    std::fs::write(src.join("b"), b"second").unwrap();
+    assert_success(&env.vault(&["backup", src_str]));
+    // Nothing unreachable yet.
+    let report = env.json(&["recover"]);
+    assert_eq!(report["roots"].as_array().unwrap().len(), 0, "{report}");
+    assert!(report["snapshot"].is_null());
+
+    env.delete_object(&format!("snapshots/{}", lost["id"].as_str().unwrap()));
+    let lost_tree = lost["tree"].as_str().unwrap();
+    // A dry run names the root and writes nothing.
+    let before = env.objects();
+    let out = env.vault(&["recover", "--dry-run"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(&format!("/recover/{lost_tree}")), "{text}");
+    assert_eq!(env.objects(), before);
+
+    let report = env.json(&["recover"]);
+    let roots: Vec<&str> = report["roots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(roots, [lost_tree], "{report}");
+    let recovered = report["snapshot"].as_str().unwrap().to_owned();
+    let snap = env
+        .snapshots()
+        .into_iter()
+        .find(|s| s["id"] == recovered.as_str())
+        .unwrap();
+    assert_eq!(snap["tags"], serde_json::json!(["recovered"]));
+    assert_eq!(snap["paths"], serde_json::json!(["/recover"]));
+    // Run again: the recovered snapshot reaches it now.
+    let again = env.json(&["recover"]);
+    assert_eq!(again["roots"].as_array().unwrap().len(), 0, "{again}");
+
+    // Prune keeps it; the lost snapshot's files come back whole.
+    assert_success(&env.vault(&["prune"]));
+    assert_success(&env.vault(&["check", "--verify"]));
+    let target = env.path("target");
+    assert_success(&env.vault(&[
+        "restore",
+        &recovered[..8],
+        "--target",
+        target.to_str().unwrap(),
+    ]));
+    let restored = target
+        .join("recover")
+        .join(lost_tree)
+        .join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(restored.join("b")).unwrap(), b"first");
+    assert_eq!(
+        std::fs::read(restored.join("d/a")).unwrap(),
+        pseudo_random(200_000, 11)
+    );
+}
