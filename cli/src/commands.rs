@@ -33,6 +33,7 @@ mod stats;
 mod status;
 mod tag;
 mod unlock;
+mod version;
 mod wal;
 
 use crate::args::Cli;
@@ -131,6 +132,8 @@ pub(crate) enum Command {
     Stats(stats::StatsArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(completion::CompletionArgs),
+    /// Print vault's version, platform and repository format version.
+    Version,
     /// List the local caches of object-store repositories; --cleanup removes unused ones.
     Cache(cache::CacheArgs),
 }
@@ -192,6 +195,7 @@ pub(crate) fn run(cli: Cli, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
         Command::Diff(a) => diff::run(g, &a),
         Command::Stats(a) => stats::run(g, &a),
         Command::Completion(a) => completion::run(&a),
+        Command::Version => version::run(g),
         Command::Cache(a) => cache::run(g, &a),
         Command::Wal(c) => wal::run(g, &c),
         Command::Repair(RepairCommand::Index(a)) => repair_index::run(g, &a),

@@ -324,3 +324,24 @@ fn empty_exported_variables_are_unset_and_empty_flags_are_refused() {
         );
     }
 }
+
+/// `vault version` (restic's spelling beside `--version`) needs no
+/// repository and no password.
+#[test]
+fn version_needs_no_repository() {
+    let env = Env::uninitialised();
+    let out = env
+        .command(&["version"])
+        .env("VAULT_REPOSITORY", env.path("nowhere"))
+        .env_remove("VAULT_PASSWORD_FILE")
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("vault {} on linux/", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let json = env.json(&["version"]);
+    assert_eq!(json["repository_format"], 1);
+}
