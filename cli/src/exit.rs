@@ -6,6 +6,9 @@ use vault_engine::ErrorKind;
 
 /// Any fatal error not listed below.
 pub(crate) const FATAL: u8 = 1;
+/// A usage error clap cannot see: what is missing may come from the
+/// config file (a forget without any retention rule). Nothing was done.
+pub(crate) const USAGE: u8 = 2;
 /// Done, but not wholly: a backup saved without some files it could not
 /// read (or with entries missing some metadata: an unreadable extended
 /// attribute, a time out of range), or a restore (or drill) that could not write some entries into

@@ -37,13 +37,17 @@ fn repo_bytes(env: &Env) -> u64 {
 backend_test!(forget_without_policy_is_refused);
 fn forget_without_policy_is_refused(backend: Backend) {
     let (env, _) = daily_repo(backend);
+    // A usage error (2), as a missing argument is: nothing was done.
     let out = env.vault(&["forget"]);
-    assert_code(&out, 1);
+    assert_code(&out, 2);
     assert!(
         stderr(&out).contains("no retention policy"),
         "{}",
         stderr(&out)
     );
+    let out = env.vault(&["forget", "latest", "--keep-last", "1"]);
+    assert_code(&out, 2);
+    assert!(stderr(&out).contains("not both"), "{}", stderr(&out));
     assert_eq!(env.snapshots().len(), 7);
 }
 
@@ -776,7 +780,7 @@ command = ["echo", "app"]
     // No source with a rule: refused, naming the empty table; nothing goes.
     write(sources);
     let out = forget(&[]);
-    assert_code(&out, 1);
+    assert_code(&out, 2);
     assert!(
         stderr(&out).contains("no retention policy") && stderr(&out).contains("archive"),
         "{}",

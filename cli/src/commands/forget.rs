@@ -6,7 +6,7 @@ use super::prune::PruneArgs;
 use crate::args::GlobalArgs;
 use crate::output::outln;
 use crate::{global, output};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use vault_engine::id::SnapshotId;
@@ -134,7 +134,11 @@ pub(crate) struct ForgetArgs {
 pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
     if !args.snapshots.is_empty() {
         if !args.policy.to_policy().is_empty() {
-            bail!("give snapshots to remove or a retention policy, not both");
+            return Err(crate::exit::Coded {
+                code: crate::exit::USAGE,
+                message: "give snapshots to remove or a retention policy, not both".to_owned(),
+            }
+            .into());
         }
         return forget_named(g, args);
     }
@@ -183,9 +187,13 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
                     keep_all.join(", ")
                 )
             };
-            bail!(
-                "no retention policy given (e.g. --keep-daily 7, or [retention] in the config){empty}: refusing to forget snapshots without one"
-            );
+            return Err(crate::exit::Coded {
+                code: crate::exit::USAGE,
+                message: format!(
+                    "no retention policy given (e.g. --keep-daily 7, or [retention] in the config){empty}: refusing to forget snapshots without one"
+                ),
+            }
+            .into());
         }
         if !g.json && !g.quiet {
             for name in &keep_all {
