@@ -9,6 +9,8 @@
 #   eatmydata       LD_PRELOAD that makes fsync a no-op (faster MariaDB start)
 #   fuse3           fusermount3, with which `vault mount` mounts as non-root
 #                   (tests/e2e/mount.rs; root mounts /dev/fuse directly)
+#   openssl         a private CA and `openssl s_server` for the --cacert test
+#   e2fsprogs       chattr, for the restore test over immutable files
 #
 # Idempotent: when every needed program is already there it does nothing and
 # exits at once. Otherwise it runs `apt-get update` once and installs the
@@ -48,6 +50,12 @@ have eatmydata || missing+=(eatmydata)
 { have fusermount3 || have fusermount; } || missing+=(fuse3)
 # Used by the start scripts; part of every Debian system, but cheap to check.
 have runuser || missing+=(util-linux)
+# The --cacert test makes a private CA and serves TLS with `openssl s_server`;
+# slim images leave the openssl program out.
+have openssl || missing+=(openssl)
+# chattr, for the restore test over immutable files (skipped where the file
+# system lacks the flag).
+have chattr || missing+=(e2fsprogs)
 
 have_moto() { command -v moto_server >/dev/null 2>&1 && python3 -c 'import boto3, moto' 2>/dev/null; }
 have_moto || python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
