@@ -297,10 +297,17 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     }
     if !report.damaged_files.is_empty() {
         for f in &report.damaged_files {
-            eprintln!(
-                "vault: error: {}: restored with zeros where its data is damaged or missing ({})",
-                f.path, f.error
-            );
+            if f.wrong_size {
+                eprintln!(
+                    "vault: error: {}: {}: restored with its content, at its content's size",
+                    f.path, f.error
+                );
+            } else {
+                eprintln!(
+                    "vault: error: {}: restored with zeros where its data is damaged or missing ({})",
+                    f.path, f.error
+                );
+            }
         }
         eprintln!(
             "vault: {} files could not be restored intact; everything else was (`vault check --verify` names the damage, `vault repair index --read-data` and `vault repair snapshots --forget` clear it)",
