@@ -65,7 +65,7 @@ pub(crate) fn so_far(location: &str) -> Option<RequestCounts> {
 
 /// The last recorded operation on the repository at `location`.
 pub(crate) fn last(location: &str) -> Option<Operation> {
-    let bytes = std::fs::read(path()).ok()?;
+    let bytes = crate::status::read_private(&path()).ok()?;
     let mut all: BTreeMap<String, Operation> = serde_json::from_slice(&bytes).ok()?;
     all.remove(location)
 }
@@ -78,7 +78,7 @@ pub(crate) fn record(command: &str, success: bool) {
         return;
     }
     let path = path();
-    let mut all: BTreeMap<String, Operation> = std::fs::read(&path)
+    let mut all: BTreeMap<String, Operation> = crate::status::read_private(&path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();

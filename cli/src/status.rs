@@ -91,7 +91,7 @@ pub(crate) fn state_dir() -> PathBuf {
 
 impl StatusFile {
     pub(crate) fn load(path: &Path) -> Result<Self> {
-        match std::fs::read(path) {
+        match read_private(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("reading status file {}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
@@ -102,10 +102,21 @@ impl StatusFile {
     /// Like [`StatusFile::load`], but a file that does not parse (a crash
     /// or a full disk can leave it empty) is renamed to `NAME.damaged` and
     /// replaced by an empty one, with the warning returned: a backup must
-    /// still record and alert its outcome.
-    pub(crate) fn load_or_set_aside(path: &Path) -> (Self, Option<String>) {
-        match Self::load(path) {
-            Ok(file) => (file, None),
+    /// still record and alert its outcome. A file that cannot be read (a
+    /// symlink, which vault refuses to follow) is an error: setting it
+    /// aside would hide what someone put there.
+    pub(crate) fn load_or_set_aside(path: &Path) -> Result<(Self, Option<String>)> {
+        let bytes = match read_private(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Self::default(), None));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading status file {}", path.display()));
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(file) => Ok((file, None)),
             Err(e) => {
                 let mut aside = path.as_os_str().to_owned();
                 aside.push(".damaged");
@@ -113,10 +124,13 @@ impl StatusFile {
                     Ok(()) => format!("; moved to {}", Path::new(&aside).display()),
                     Err(_) => String::new(),
                 };
-                (
+                Ok((
                     Self::default(),
-                    Some(format!("{e:#}{moved}; starting a new status file")),
-                )
+                    Some(format!(
+                        "reading status file {}: {e}{moved}; starting a new status file",
+                        path.display()
+                    )),
+                ))
             }
         }
     }
@@ -130,7 +144,7 @@ impl StatusFile {
     /// with a warning, as in [`StatusFile::load_or_set_aside`].
     pub(crate) fn update<T>(path: &Path, change: impl FnOnce(&mut Self) -> T) -> Result<T> {
         let _lock = lock(path)?;
-        let (mut file, damaged) = Self::load_or_set_aside(path);
+        let (mut file, damaged) = Self::load_or_set_aside(path)?;
         if let Some(warning) = damaged {
             eprintln!("vault: warning: {warning}");
         }
@@ -155,39 +169,154 @@ fn lock(path: &Path) -> Result<std::fs::File> {
     name.push(".lock");
     let lock_path = PathBuf::from(name);
     if let Some(dir) = lock_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        create_private_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
+        warn_if_shared(dir);
     }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let file = open_lock_file(&lock_path)?;
     file.lock()
         .with_context(|| format!("locking {}", lock_path.display()))?;
     Ok(file)
 }
 
+/// Warns when `dir`, where the status file and the overlap locks live, is
+/// writable by other users (a configured `status_file` in /tmp): vault
+/// refuses the symlinks they could put there, but they can still replace
+/// the status file or hold a lock.
+fn warn_if_shared(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(meta) = std::fs::metadata(dir)
+        && meta.mode() & 0o022 != 0
+    {
+        eprintln!(
+            "vault: warning: the status file's directory {} is writable by other users, \
+             who can replace the status file or hold its locks; keep it in a directory \
+             only vault's user can write (status_file in the config)",
+            dir.display()
+        );
+    }
+}
+
+/// Creates `dir` and its missing parents `0700`, whatever the umask: what
+/// vault keeps there (status, overlap locks, request counts) is its user's
+/// business, and a lock file another user can open is one they can hold
+/// forever. A directory that exists keeps its mode: its owner chose it.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Opens (creating it `0600`, whatever the umask) the lock file at `path`
+/// for `flock`. Whoever can write its directory could otherwise put a
+/// symlink there (and root would create or open any file through it), a
+/// FIFO (an open that never returns) or a hard link to a file of root's: a
+/// symlink is refused, never followed, and the file
+/// must be a regular file with no other name. A lock file of this user's
+/// that an earlier vault left open to others is made `0600`.
+pub(crate) fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!(
+                "lock file {} is a symbolic link: vault does not follow one there \
+                 (someone else may have put it there); remove it",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("opening {}", path.display())),
+        })?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("opening {}", path.display()))?;
+    let refuse = |why: &str| {
+        anyhow::anyhow!(
+            "lock file {} {why}: not used as a lock (someone else may have put it there); \
+             remove it",
+            path.display()
+        )
+    };
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file"));
+    }
+    if meta.nlink() != 1 {
+        return Err(refuse("has other names (hard links)"));
+    }
+    // Only this user's own: root must not change the mode of a file a
+    // user who shares the directory made.
+    if meta.mode() & 0o077 != 0 && meta.uid() == nix::unistd::geteuid().as_raw() {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
+    Ok(file)
+}
+
+/// Reads the state file at `path`, refusing a symlink there (the error
+/// says so) rather than following it: vault runs as root, and a state
+/// file in a directory others can write must not make it read theirs.
+pub(crate) fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::other(
+                "it is a symbolic link, which vault does not follow there \
+                 (someone else may have put it there); remove it",
+            ),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Replaces `path` with `bytes` through a temporary file and a rename, so
-/// readers never see half a file. The temporary name is unique per process:
-/// several vault processes may end at once.
+/// readers never see half a file. The temporary file is created under a
+/// random name with `O_EXCL` (`tempfile`), never through whatever another
+/// user may have put at a name they could guess, and `0600` whatever the
+/// umask (a file that was there keeps its permission bits, so an admin who
+/// opened it to a monitoring user keeps that). The rename replaces a
+/// symlink at `path` itself, never its target.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    create_private_dir(dir)?;
+    let mut prefix = path.file_name().unwrap_or_default().to_owned();
+    prefix.push(".");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    if let Ok(old) = std::fs::symlink_metadata(path)
+        && old.is_file()
+        && old.uid() == nix::unistd::geteuid().as_raw()
+    {
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o644))?;
     }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
     // Durable before the rename, or a crash can leave the new name on an
-    // empty file; and no temporary left behind when writing fails.
-    let written = (|| {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    // empty file; dropped (and removed) when writing fails.
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }

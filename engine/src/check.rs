@@ -399,7 +399,7 @@ pub fn check(
     // What each snapshot's trees expand to, measured from the trees read.
     let mut extents = Extents::default();
     // Symlink nodes whose target no file system holds, by tree.
-    let mut bad_links = BadLinks::new();
+    let mut bad_nodes = BadNodes::new();
     let (verified, scanned) = pool.install(|| {
         rayon::join(
             || {
@@ -417,7 +417,7 @@ pub fn check(
                     &bad,
                     roots.into_iter(),
                     &mut extents,
-                    &mut bad_links,
+                    &mut bad_nodes,
                 )
             },
         )
@@ -478,7 +478,7 @@ pub fn check(
                 }
             };
             extents.add(tree_id, &tree);
-            find_bad_links(tree_id, &tree, &mut bad_links);
+            find_bad_nodes(&index, tree_id, &tree, &mut bad_nodes);
             for node in &tree.nodes {
                 let child = path.join(node.os_name());
                 // A non-directory with a subtree: an older backup's
@@ -512,12 +512,12 @@ pub fn check(
     }
     report_extents(&snapshots, &extents, &mut report);
     report_twins(&snapshots, &mut report);
-    for (tree, links) in bad_links {
-        for (name, why) in links {
+    for (tree, nodes) in bad_nodes {
+        for (name, why) in nodes {
             report.error(
                 "node_damaged",
                 format!("tree {tree}"),
-                format!("{name:?}: {why}: restore leaves it out, dump refuses it"),
+                format!("{name:?}: {why}"),
             );
         }
     }
@@ -630,7 +630,7 @@ fn scan_trees(
     bad: &BadBlobs,
     roots: impl Iterator<Item = BlobId>,
     extents: &mut Extents,
-    bad_links: &mut BadLinks,
+    bad_nodes: &mut BadNodes,
 ) -> Option<HashSet<BlobId>> {
     let sound = |id: &BlobId| index.contains(id) && !bad.contains_key(id);
     let mut trees: HashSet<BlobId> = HashSet::new();
@@ -649,7 +649,7 @@ fn scan_trees(
         used.insert(tree_id);
         let tree = reader.read(&tree_id).ok()?;
         extents.add(tree_id, &tree);
-        find_bad_links(tree_id, &tree, bad_links);
+        find_bad_nodes(index, tree_id, &tree, bad_nodes);
         for node in &tree.nodes {
             if node.kind == NodeKind::Dir {
                 stack.push(node.subtree?);
@@ -669,23 +669,41 @@ fn scan_trees(
     Some(used)
 }
 
-/// Symlink nodes no file system can hold, by tree: name and why.
-type BadLinks = BTreeMap<BlobId, BTreeMap<String, &'static str>>;
+/// Nodes that are damage to themselves alone, by tree: name and why.
+type BadNodes = BTreeMap<BlobId, BTreeMap<String, String>>;
 
-/// Adds the symlinks of `tree` whose target is empty or holds a NUL byte.
-/// Decoding a tree does not validate link targets (repo-format.md §9):
-/// such a node is damage to itself alone, which restore reports and skips.
-fn find_bad_links(id: BlobId, tree: &crate::tree::Tree, bad_links: &mut BadLinks) {
+/// Adds the nodes of `tree` restore cannot make as they say: symlinks
+/// whose target is empty or holds a NUL byte, and files whose `size` is
+/// not the sum of their blobs' plain lengths (a file with a blob `index`
+/// lacks is reported as that blob missing). Decoding a tree validates
+/// neither (repo-format.md §9).
+fn find_bad_nodes(index: &Index, id: BlobId, tree: &crate::tree::Tree, bad_nodes: &mut BadNodes) {
     // A symlink with a subtree is a directory (restore.rs): its target is
     // never used.
-    let links = tree.nodes.iter();
-    for node in links.filter(|n| n.kind == NodeKind::Symlink && n.subtree.is_none()) {
-        if let Err(why) = node.usable_link_target() {
-            bad_links
-                .entry(id)
-                .or_default()
-                .insert(node.os_name().to_string_lossy().into_owned(), why);
-        }
+    for node in tree.nodes.iter().filter(|n| n.subtree.is_none()) {
+        let why = match node.kind {
+            NodeKind::Symlink => match node.usable_link_target() {
+                Err(why) => format!("{why}: restore leaves it out, dump refuses it"),
+                Ok(_) => continue,
+            },
+            NodeKind::File => {
+                let content_len = node.content.iter().flatten().try_fold(0u64, |len, id| {
+                    Some(len + u64::from(index.get(id)?.raw_len))
+                });
+                match content_len {
+                    Some(len) if len != node.size => format!(
+                        "{}: restore gives it its content's size",
+                        crate::restore::content_size_mismatch(node.size, len)
+                    ),
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
+        bad_nodes
+            .entry(id)
+            .or_default()
+            .insert(node.os_name().to_string_lossy().into_owned(), why);
     }
 }
 

@@ -185,6 +185,10 @@ pub struct DamagedFile {
     /// Whether that was missing (a pack not in storage) rather than
     /// damaged.
     pub missing: bool,
+    /// Whether its node's size was not its content's: it was restored with
+    /// its content, at its content's size, and `error` says both.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub wrong_size: bool,
 }
 
 /// Calls `visit(path, node)` for every node below `root`, depth first,
@@ -593,9 +597,17 @@ fn restore_on_pool(
         }
     }
 
+    // A file's size is its content's: a node claiming more than its blobs
+    // hold (crafted: 1 TiB over one small blob) would have `set_len` make
+    // a file of that size (sparse, but counted against quotas, and wrong).
+    // Checked before anything is written: the file is restored with what
+    // its content holds, and reported as damaged.
+    let size_damage = check_sizes(index, &mut items);
     phase("plan");
     if options.dry_run {
-        return plan_only(repo, index, &items, options, &includes, &excludes);
+        let mut report = plan_only(repo, index, &items, options, &includes, &excludes)?;
+        report.damaged_files = size_damage;
+        return Ok(report);
     }
     let mut report = RestoreReport::default();
     // The target itself not there is the restore failing, not an entry.
@@ -947,14 +959,15 @@ fn restore_on_pool(
     }
     report.bytes_written = content.written.load(Ordering::Relaxed);
     let damaged = content.damaged.into_inner().expect("ok");
-    report.damaged_files = damaged
-        .iter()
-        .map(|(&idx, (why, missing))| DamagedFile {
+    report.damaged_files = size_damage;
+    report
+        .damaged_files
+        .extend(damaged.iter().map(|(&idx, (why, missing))| DamagedFile {
             path: items[idx].path.display().to_string(),
             error: why.clone(),
             missing: *missing,
-        })
-        .collect();
+            wrong_size: false,
+        }));
     report.bytes_skipped = skipped.load(Ordering::Relaxed);
     // Second names of hard-linked files, now that every first name exists
     // (a first name owned by a pack worker was created just above).
@@ -1049,6 +1062,38 @@ fn restore_on_pool(
 /// What was written mostly comes back from the page cache: this catches a
 /// restore that went wrong on the way to the file system, not media errors
 /// the disk has yet to show.
+/// Gives every file in `items` whose size differs from its content's (the
+/// sum of its blobs' plain lengths in the index) its content's size, and
+/// returns them as damaged files. A file with a blob the index lacks is
+/// left as it is: the restore fails on that blob as missing.
+fn check_sizes(index: &Index, items: &mut [Item]) -> Vec<DamagedFile> {
+    items
+        .par_iter_mut()
+        .filter(|item| item.kind == NodeKind::File)
+        .filter_map(|item| {
+            let len = item.content.iter().try_fold(0u64, |len, id| {
+                Some(len + u64::from(index.get(id)?.raw_len))
+            })?;
+            (len != item.size).then(|| {
+                let error = content_size_mismatch(item.size, len);
+                item.size = len;
+                DamagedFile {
+                    path: item.path.display().to_string(),
+                    error,
+                    missing: false,
+                    wrong_size: true,
+                }
+            })
+        })
+        .collect()
+}
+
+/// What is wrong with a file node whose `size` is not the `content_len`
+/// its blobs add up to.
+pub(crate) fn content_size_mismatch(size: u64, content_len: u64) -> String {
+    format!("its size in the snapshot ({size} bytes) is not its content's ({content_len} bytes)")
+}
+
 fn verify_restored(
     repo: &Repository,
     index: &Index,

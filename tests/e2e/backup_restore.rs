@@ -2605,3 +2605,115 @@ fn a_time_beyond_year_9999_is_stored_as_the_nearest_one_with_a_warning() {
         "the rest as it was"
     );
 }
+
+/// As root, a restore into a directory another user controls is refused:
+/// restoring works by path, so that user could swap a directory the
+/// restore just made for a symlink to /etc between its mkdir and the
+/// files created in it. Refused when the target or a directory on the way
+/// is theirs or writable by others; `--allow-unsafe-target` restores
+/// anyway (a symlink put in the way beforehand is still replaced, not
+/// followed). A target that is a symlink root made is followed, and a
+/// sticky directory everyone may write (/tmp) is no danger on the way.
+#[test]
+fn root_refuses_a_restore_target_another_user_controls() {
+    if !is_root() {
+        eprintln!("NOTICE: skipping: the check is root's");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::write(src.join("dir/file"), b"restored").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let nobody = |path: &Path| std::os::unix::fs::lchown(path, Some(65534), Some(65534)).unwrap();
+    let restore = |target: &Path, extra: &[&str]| {
+        let mut args = vec!["restore", "latest", "--target", target.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        env.vault(&args)
+    };
+    // Where the snapshot's first directory lands in a target.
+    let first = |target: &Path| {
+        let rel = src.strip_prefix("/").unwrap();
+        target.join(rel.components().next().unwrap())
+    };
+    let victim = env.path("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+
+    // Owned by nobody, who put a symlink where the restore makes a
+    // directory.
+    let target = env.path("restore-into-nobodys");
+    std::fs::create_dir_all(&target).unwrap();
+    nobody(&target);
+    std::os::unix::fs::symlink(&victim, first(&target)).unwrap();
+    nobody(&first(&target));
+    for extra in [&[][..], &["--overwrite", "always"]] {
+        let out = restore(&target, extra);
+        assert_code(&out, 1);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "not restoring as root into {}: {} is owned by uid 65534",
+                target.display(),
+                target.display()
+            )) && err.contains("--allow-unsafe-target"),
+            "{err}"
+        );
+    }
+    assert!(
+        std::fs::symlink_metadata(first(&target))
+            .unwrap()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+    // A target root makes in nobody's directory: nobody can still rename it.
+    let home = env.path("home-of-nobody");
+    std::fs::create_dir_all(&home).unwrap();
+    nobody(&home);
+    let made = home.join("made-by-root");
+    let out = restore(&made, &[]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains(&format!("{} is owned by uid 65534", home.display())),
+        "{}",
+        stderr(&out)
+    );
+    // Made (empty) before the check, so that what is checked is what the
+    // restore would use; nothing restored into it.
+    assert_eq!(std::fs::read_dir(&made).unwrap().count(), 0);
+    // Writable by all (without the sticky bit): refused too.
+    let open = env.path("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = restore(&open, &[]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("is writable by every user"),
+        "{}",
+        stderr(&out)
+    );
+    // Overridden: the symlink put in the way is replaced, never followed.
+    let out = restore(&target, &["--overwrite", "always", "--allow-unsafe-target"]);
+    assert_success(&out);
+    let rel = src.strip_prefix("/").unwrap();
+    assert_eq!(
+        std::fs::read(target.join(rel).join("dir/file")).unwrap(),
+        b"restored"
+    );
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0);
+
+    // Root's own: a target in a sticky directory all may write, and a
+    // target that is a symlink root made, followed.
+    let shared = env.path("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    assert_success(&restore(&shared.join("restore"), &[]));
+    let real = env.path("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let link = env.path("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert_success(&restore(&link, &[]));
+    assert_eq!(
+        std::fs::read(real.join(rel).join("dir/file")).unwrap(),
+        b"restored"
+    );
+}

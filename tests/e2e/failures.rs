@@ -530,9 +530,17 @@ impl SmallDisk {
     /// `None` (with a notice) where mounting needs a root the test lacks.
     fn mount(dir: std::path::PathBuf, size: &str) -> Option<Self> {
         std::fs::create_dir_all(&dir).unwrap();
+        // Root's alone (a tmpfs is 1777 by default): root refuses to
+        // restore into a directory every user may write.
         let mounted = is_root()
             && std::process::Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0755"),
+                    "tmpfs",
+                ])
                 .arg(&dir)
                 .status()
                 .is_ok_and(|s| s.success());

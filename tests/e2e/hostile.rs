@@ -204,3 +204,65 @@ fn a_symlink_target_with_a_nul_is_damage_to_that_entry() {
         "{stdout}"
     );
 }
+
+/// A file node whose size is not what its blobs hold (1 TiB over one blob
+/// of 9 bytes) is damage to that file: restore never sizes it from the
+/// node (a 1 TiB sparse file fills quotas), gives it its content at its
+/// content's size, names it and exits 5, and restores everything else;
+/// check reports the node.
+#[test]
+fn a_file_whose_size_is_not_its_contents_is_damage_to_that_file() {
+    let env = env();
+    let repo = open(&env);
+    let index = repo.load_index().unwrap();
+    let real = repo.read_tree(&index, &repo.snapshots().unwrap()[0].1.tree);
+    let content = real.unwrap().nodes[0].content.clone();
+    let file = |name: &str, size: u64| {
+        let mut node = Node::new(name, NodeKind::File);
+        node.size = size;
+        node.content = content.clone();
+        node
+    };
+    let (snapshot, root) = snapshot_of(
+        &env,
+        &[Tree {
+            nodes: vec![file("a", 9), file("huge", 1 << 40), file("z", 9)],
+        }],
+    );
+    let target = env.path("target");
+    for overwrite in ["always", "if-changed"] {
+        let out = env.vault(&[
+            "restore",
+            &snapshot,
+            "--target",
+            target.to_str().unwrap(),
+            "--overwrite",
+            overwrite,
+        ]);
+        assert_code(&out, 5);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "{}: its size in the snapshot (1099511627776 bytes) is not its content's (9 bytes)",
+                target.join("huge").display()
+            )),
+            "{overwrite}: {err}"
+        );
+        for name in ["a", "huge", "z"] {
+            assert_eq!(
+                std::fs::read(target.join(name)).unwrap(),
+                b"real data",
+                "{overwrite}: {name}"
+            );
+        }
+    }
+    let out = env.vault(&["check", "--json"]);
+    assert_code(&out, 5);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("node_damaged")
+            && stdout.contains(&format!("tree {root}"))
+            && stdout.contains("\\\"huge\\\": its size in the snapshot"),
+        "{stdout}"
+    );
+}

@@ -2469,3 +2469,161 @@ fn a_drill_as_non_root_notes_device_nodes_as_not_checked() {
         "{err}"
     );
 }
+
+/// `vault ARGS` with `config` under `umask 000`, as a careless cron or
+/// service unit may run it.
+fn vault_umask_000(env: &Env, config: &Path, args: &[&str]) -> std::process::Output {
+    let inner = env.command(args);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "umask 000; exec \"$@\"", "sh"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env("VAULT_CONFIG", config);
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.stdin(std::process::Stdio::null()).output().unwrap()
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The state vault keeps (status file, overlap locks) is its user's
+/// alone, whatever the umask, and symlinks put where vault writes it are
+/// refused, never followed: as root, following one would create or
+/// truncate any file.
+#[test]
+fn local_state_is_private_and_never_followed_through_symlinks() {
+    let env = Env::new();
+    let data = env.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("f"), b"f").unwrap();
+    // The default place: $XDG_STATE_HOME/vault/status.json.
+    let state = env.path("state");
+    let dir = state.join("vault");
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"data\"\nkind = \"files\"\npaths = [\"{}\"]\n",
+            data.display()
+        ),
+    );
+    let out = vault_umask_000(&env, &config, &["backup", "data"]);
+    assert_success(&out);
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    for (path, mode) in [
+        (&state, 0o700),
+        (&dir, 0o700),
+        (&dir.join("locks"), 0o700),
+        (&dir.join("locks/data.lock"), 0o600),
+        (&dir.join("status.json.lock"), 0o600),
+        (&dir.join("status.json"), 0o600),
+    ] {
+        assert_eq!(mode_of(path), mode, "{}", path.display());
+    }
+    // A lock file an earlier vault left 0666 is made private.
+    std::fs::set_permissions(
+        dir.join("locks/data.lock"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    assert_success(&vault_umask_000(&env, &config, &["backup", "data"]));
+    assert_eq!(mode_of(&dir.join("locks/data.lock")), 0o600);
+
+    // Symlinks at both lock files, dangling (following them would create
+    // the victims) or to a file that exists.
+    let victim = env.path("victim");
+    std::fs::write(&victim, b"victim").unwrap();
+    let created = env.path("created-through-a-symlink");
+    std::fs::remove_file(dir.join("locks/data.lock")).unwrap();
+    std::os::unix::fs::symlink(&created, dir.join("locks/data.lock")).unwrap();
+    std::fs::remove_file(dir.join("status.json.lock")).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("status.json.lock")).unwrap();
+    let before = env.snapshots().len();
+    let out = vault_with(&env, &config, &["backup", "data"]);
+    // The backup runs (as without a writable state directory), but its
+    // outcome cannot be recorded: not a success.
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("locks/data.lock is a symbolic link")
+            && err.contains("without its overlap lock")
+            && err.contains("not recorded in the status file")
+            && err.contains("status.json.lock is a symbolic link"),
+        "{err}"
+    );
+    assert_eq!(env.snapshots().len(), before + 1);
+    assert!(!created.exists() && std::fs::symlink_metadata(&created).is_err());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+    assert_eq!(mode_of(&victim), 0o644);
+    // Nor a status file that is one: `vault status` says so.
+    std::fs::remove_file(dir.join("status.json.lock")).unwrap();
+    std::fs::remove_file(dir.join("status.json")).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("status.json")).unwrap();
+    let out = vault_with(&env, &config, &["backup", "data"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("status.json: it is a symbolic link"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+    let out = vault_with(&env, &config, &["status"]);
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+}
+
+/// The status file is replaced through a temporary file whose name others
+/// cannot guess, created exclusively: a symlink put at the name an earlier
+/// vault used (`status.json.PID.tmp`) while a backup runs is not written
+/// through.
+#[test]
+fn status_file_is_not_written_through_a_planted_temporary_name() {
+    let env = Env::new();
+    let marker = "31.4207";
+    let status_file = env.path("state/status.json");
+    let config = write_config(
+        &env,
+        &format!(
+            "[[source]]\nname = \"hangs\"\nkind = \"command\"\ncommand = [\"sleep\", \"{marker}\"]\n\n\
+             [notify]\nstatus_file = \"{}\"\n",
+            status_file.display()
+        ),
+    );
+    let victim = env.path("victim");
+    std::fs::write(&victim, b"victim").unwrap();
+    let child = env
+        .command(&["backup", "hangs"])
+        .env("VAULT_CONFIG", &config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while !crate::support::sleep_running(marker) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let planted = env.path(&format!("state/status.json.{}.tmp", child.id()));
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    // Stopped half-way: the interruption is recorded.
+    let out = crate::support::interrupt(child);
+    crate::support::kill_sleep(marker);
+    assert_code(&out, 130);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim");
+    assert!(std::fs::symlink_metadata(&planted).unwrap().is_symlink());
+    let meta = std::fs::symlink_metadata(&status_file).unwrap();
+    assert!(meta.is_file(), "{meta:?}");
+    assert_eq!(mode_of(&status_file), 0o600);
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status_file).unwrap()).unwrap();
+    assert_eq!(
+        status["sources"]["hangs"]["last_result"], "failure",
+        "{status}"
+    );
+}

@@ -502,14 +502,9 @@ fn source_lock(status_path: &std::path::Path, name: &str) -> Result<Option<std::
         .parent()
         .map_or_else(std::env::temp_dir, std::path::Path::to_path_buf)
         .join("locks");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    status::create_private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(format!("{name}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let file = status::open_lock_file(&path)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),

@@ -79,6 +79,11 @@ pub(crate) struct RestoreArgs {
     /// on an object store].
     #[arg(long)]
     concurrency: Option<usize>,
+    /// As root, restore even into a target another user could change
+    /// while the restore runs (see "Restore" in the README): that user
+    /// could make root write or chmod files anywhere.
+    #[arg(long)]
+    allow_unsafe_target: bool,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -155,6 +160,21 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         bail!(
             "--delete makes the target what the snapshot was: give --overwrite (always) or --overwrite if-changed too"
         );
+    }
+    if !args.dry_run && !args.allow_unsafe_target && nix::unistd::geteuid().is_root() {
+        // Made first, so that what is checked is what the restore uses: a
+        // target another user makes after the check would be used as it is.
+        std::fs::create_dir_all(&target)
+            .with_context(|| format!("creating {}", target.display()))?;
+        if let Some(why) = unsafe_target(&target)? {
+            bail!(
+                "not restoring as root into {}: {why}, who could swap a directory the restore \
+                 creates for a symlink while it runs and make root write files anywhere; \
+                 restore into a directory only root can change, then move what you need, \
+                 or pass --allow-unsafe-target",
+                target.display()
+            );
+        }
     }
     let options = RestoreOptions {
         target: target.clone(),
@@ -297,10 +317,17 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     }
     if !report.damaged_files.is_empty() {
         for f in &report.damaged_files {
-            eprintln!(
-                "vault: error: {}: restored with zeros where its data is damaged or missing ({})",
-                f.path, f.error
-            );
+            if f.wrong_size {
+                eprintln!(
+                    "vault: error: {}: {}: restored with its content, at its content's size",
+                    f.path, f.error
+                );
+            } else {
+                eprintln!(
+                    "vault: error: {}: restored with zeros where its data is damaged or missing ({})",
+                    f.path, f.error
+                );
+            }
         }
         eprintln!(
             "vault: {} files could not be restored intact; everything else was (`vault check --verify` names the damage, `vault repair index --read-data` and `vault repair snapshots --forget` clear it)",
@@ -422,4 +449,55 @@ fn restore_database(
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why another user could change where a restore into `target` writes
+/// while it runs, if one could: the target itself, or a directory on the
+/// way to it (as given, and with symlinks resolved: a target that is a
+/// symlink is followed, as restic follows it), is owned by a user other
+/// than root, or writable by others. A directory on the way that is
+/// writable by all but sticky (/tmp) is safe when what it holds on the way
+/// is root's: no one else may rename or remove it. The target itself must
+/// not be writable by others even so: they could make names in it first.
+fn unsafe_target(target: &std::path::Path) -> Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let absolute =
+        std::path::absolute(target).with_context(|| format!("resolving {}", target.display()))?;
+    let resolved =
+        std::fs::canonicalize(target).with_context(|| format!("resolving {}", target.display()))?;
+    let by_whom = |meta: &std::fs::Metadata| {
+        let mode = meta.mode();
+        if meta.uid() != 0 {
+            Some(format!("is owned by uid {}", meta.uid()))
+        } else if mode & 0o002 != 0 {
+            Some("is writable by every user".to_owned())
+        } else if mode & 0o020 != 0 && meta.gid() != 0 {
+            Some(format!("is writable by group gid {}", meta.gid()))
+        } else {
+            None
+        }
+    };
+    for path in [&absolute, &resolved] {
+        // Each directory on the way, with the entry it holds on the way.
+        let mut dir = std::path::PathBuf::from("/");
+        for part in path.components().skip(1) {
+            let entry = dir.join(part);
+            let (Ok(meta), Ok(held)) = (std::fs::metadata(&dir), std::fs::symlink_metadata(&entry))
+            else {
+                // `..`, or gone meanwhile: the resolved path is checked.
+                dir = entry;
+                continue;
+            };
+            let sticky = meta.mode() & 0o1000 != 0;
+            if let Some(why) = by_whom(&meta)
+                && !(sticky && meta.uid() == 0 && held.uid() == 0)
+            {
+                return Ok(Some(format!("{} {why}", dir.display())));
+            }
+            dir = entry;
+        }
+    }
+    let meta =
+        std::fs::metadata(&resolved).with_context(|| format!("reading {}", resolved.display()))?;
+    Ok(by_whom(&meta).map(|why| format!("{} {why}", resolved.display())))
 }
