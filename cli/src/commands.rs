@@ -70,7 +70,7 @@ pub(crate) enum Command {
     /// Browse every snapshot as a read-only filesystem (FUSE), in the
     /// foreground until Ctrl-C.
     Mount(mount::MountArgs),
-    /// Print a repository object (config, snapshot, index, key) as JSON.
+    /// Print a repository object (config, snapshot, index, key, tree) as JSON.
     Cat(cat::CatArgs),
     /// Check the repository's structure, and with --verify its data.
     Check(check::CheckArgs),
