@@ -50,7 +50,8 @@ pub(crate) enum Command {
     Snapshots(snapshots::SnapshotsArgs),
     /// List files in a snapshot.
     Ls(ls::LsArgs),
-    /// Find files by name or path pattern in snapshots.
+    /// Find files by name or path pattern in snapshots, or where objects
+    /// are used (--blob, --tree, --pack).
     Find(find::FindArgs),
     /// Restore a snapshot.
     ///
