@@ -66,7 +66,8 @@ pub(crate) enum Command {
     /// restore at once; run it again with `--overwrite if-changed` to
     /// finish it.
     Restore(restore::RestoreArgs),
-    /// Write a file of a snapshot to standard output, or a directory as a tar stream.
+    /// Write a file of a snapshot to standard output, or a directory as a tar
+    /// (or zip) stream.
     Dump(dump::DumpArgs),
     /// Browse every snapshot as a read-only filesystem (FUSE), in the
     /// foreground until Ctrl-C.
