@@ -43,7 +43,8 @@ pub(crate) struct GlobalArgs {
         conflicts_with = "password_command"
     )]
     pub(crate) password_file: Option<PathBuf>,
-    /// Run this shell command and use its output as the password.
+    /// Run this shell command and use the first line of its output as the
+    /// password (a command that fails or prints nothing: exit 1).
     #[arg(long, env = "VAULT_PASSWORD_COMMAND", global = true,
           value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub(crate) password_command: Option<String>,

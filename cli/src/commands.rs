@@ -53,7 +53,8 @@ pub(crate) enum Command {
     Snapshots(snapshots::SnapshotsArgs),
     /// List files in a snapshot.
     Ls(ls::LsArgs),
-    /// Find files by name or path pattern in snapshots.
+    /// Find files by name or path pattern in snapshots, or where objects
+    /// are used (--blob, --tree, --pack).
     Find(find::FindArgs),
     /// Restore a snapshot.
     ///
@@ -68,12 +69,13 @@ pub(crate) enum Command {
     /// restore at once; run it again with `--overwrite if-changed` to
     /// finish it.
     Restore(restore::RestoreArgs),
-    /// Write a file of a snapshot to standard output, or a directory as a tar stream.
+    /// Write a file of a snapshot to standard output, or a directory as a tar
+    /// (or zip) stream.
     Dump(dump::DumpArgs),
     /// Browse every snapshot as a read-only filesystem (FUSE), in the
     /// foreground until Ctrl-C.
     Mount(mount::MountArgs),
-    /// Print a repository object (config, snapshot, index, key) as JSON.
+    /// Print a repository object (config, snapshot, index, key, tree) as JSON.
     Cat(cat::CatArgs),
     /// List the ids of one kind of repository object (snapshots, index,
     /// packs, keys, locks, blobs), one per line.

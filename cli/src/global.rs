@@ -404,6 +404,20 @@ pub(crate) fn run_password_command(command: &str) -> Result<Password> {
         bail!("password command failed ({})", out.status);
     }
     let line = out.stdout.split(|&b| b == b'\n').next().unwrap_or_default();
+    // Tried as a password, nothing would read as "wrong password" and send
+    // the user hunting for a typo, when the command (a secret store not
+    // unlocked, a variable unset in cron) is what failed. Exit 1, as for a
+    // command that exits non-zero; restic refuses it too.
+    if line.is_empty() {
+        bail!(
+            "the password command printed nothing{}",
+            if out.stdout.is_empty() {
+                ""
+            } else {
+                " on its first line"
+            }
+        );
+    }
     Ok(Password::new(line.to_vec()))
 }
 

@@ -32,7 +32,8 @@ pub struct ArchiveStats {
     pub dirs: u64,
     /// Symlinks, devices and fifos.
     pub others: u64,
-    /// Sockets, which tar cannot hold.
+    /// Entries the archive cannot hold: sockets in tar; devices, fifos and
+    /// sockets in zip.
     pub skipped: u64,
     /// File content bytes.
     pub bytes: u64,
@@ -79,6 +80,159 @@ pub fn write_tar(
         .and_then(|out| out.flush())
         .map_err(|e| Error::io("writing the archive", e))?;
     Ok(seen.stats)
+}
+
+/// Writes the directory at snapshot path `at` and everything below it to
+/// `out` as a zip archive, as [`write_tar`] writes a tar one, streaming:
+/// each entry's sizes and checksum follow its data (a data descriptor), so
+/// `out` need not seek. Entries carry their path without the leading `/`
+/// (a directory's with a trailing one), their mode and file type (Unix
+/// external attributes), their mtime (the DOS field in local time, and
+/// exactly, to the second, in an extended timestamp field), and a symlink
+/// its target as its content, as restic's zip and Info-ZIP write them.
+/// Zip has no owners, extended attributes, hard links, devices, fifos or
+/// sockets: a further hard link is a copy of the file, and the special
+/// files are left out (counted as skipped).
+pub fn write_zip(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    at: &Path,
+    node: Option<&Node>,
+    out: &mut dyn Write,
+) -> Result<ArchiveStats> {
+    let mut zip = zip::ZipWriter::new_stream(out);
+    let mut stats = ArchiveStats::default();
+    let base = at;
+    let dir = match node {
+        Some(node) => {
+            let Some(subtree) = node.subtree.filter(|_| node.kind == NodeKind::Dir) else {
+                return Err(Error::InvalidInput(format!(
+                    "{} is not a directory",
+                    at.display()
+                )));
+            };
+            let name = base.strip_prefix("/").unwrap_or(base);
+            append_zip(repo, index, &mut zip, name, node, &mut stats)?;
+            subtree
+        }
+        None => *root,
+    };
+    walk(repo, index, &dir, &mut |path, node| {
+        let full = base.join(path.strip_prefix("/").unwrap_or(path));
+        let name = full.strip_prefix("/").unwrap_or(&full);
+        append_zip(repo, index, &mut zip, name, &node, &mut stats)?;
+        Ok(true)
+    })?;
+    let out = zip
+        .finish()
+        .map_err(|e| zip_error("writing the archive's directory", e))?;
+    out.into_inner()
+        .flush()
+        .map_err(|e| Error::io("writing the archive", e))?;
+    Ok(stats)
+}
+
+/// A zip error as the engine's: the output's I/O error as such (a full
+/// disk, a closed pipe), anything else as what the archive could not hold.
+fn zip_error(what: &str, e: zip::result::ZipError) -> Error {
+    match e {
+        zip::result::ZipError::Io(io) => Error::io(what.to_owned(), io),
+        other => Error::InvalidInput(format!("{what}: {other}")),
+    }
+}
+
+/// The options of `node`'s zip entry: its mode and file type, its mtime.
+fn zip_options(node: &Node, file_type: u32) -> zip::write::FullFileOptions<'static, 'static> {
+    let mtime = node.mtime;
+    let local = mtime.to_zoned(jiff::tz::TimeZone::system());
+    // Before 1980 or after 2107 the DOS field cannot say it: 1980-01-01.
+    let dos = (|| {
+        zip::DateTime::from_date_and_time(
+            u16::try_from(local.year()).ok()?,
+            u8::try_from(local.month()).ok()?,
+            u8::try_from(local.day()).ok()?,
+            u8::try_from(local.hour()).ok()?,
+            u8::try_from(local.minute()).ok()?,
+            u8::try_from(local.second()).ok()?,
+        )
+        .ok()
+    })()
+    .unwrap_or_default();
+    let options = zip::write::SimpleFileOptions::default()
+        .last_modified_time(dos)
+        .external_attributes((file_type | (node.mode & 0o7777)) << 16)
+        .large_file(node.size >= u64::from(u32::MAX));
+    // Unsigned 32-bit seconds: a time before 1970 or after 2106 has only
+    // the DOS field.
+    match u32::try_from(mtime.as_second()) {
+        Ok(secs) => options
+            .with_extended_timestamp(Some(secs), None, None)
+            .unwrap_or_else(|_| options.into_full_options()),
+        Err(_) => options.into_full_options(),
+    }
+}
+
+fn append_zip(
+    repo: &Repository,
+    index: &Index,
+    zip: &mut zip::ZipWriter<zip::write::StreamWriter<&mut dyn Write>>,
+    name: &Path,
+    node: &Node,
+    stats: &mut ArchiveStats,
+) -> Result<()> {
+    let what = || format!("writing {} to the archive", name.display());
+    let raw = name.as_os_str().as_bytes();
+    match node.kind {
+        NodeKind::File => {
+            let options = zip_options(node, libc::S_IFREG)
+                .compression_method(zip::CompressionMethod::Deflated)
+                .name(raw);
+            zip.start_file_with_options(options)
+                .map_err(|e| zip_error(&what(), e))?;
+            let mut content = Content {
+                repo,
+                index,
+                ids: node.content.iter().flatten(),
+                current: Vec::new(),
+                at: 0,
+                left: node.size,
+            };
+            std::io::copy(&mut content, zip).map_err(|e| content_error(name, e))?;
+            stats.files += 1;
+            stats.bytes += node.size;
+        }
+        NodeKind::Dir => {
+            // Only `add_directory` writes a directory entry without going
+            // back to fill in its header, which a stream cannot, and it
+            // takes the name as a `String`. A name that is not UTF-8 goes
+            // without its own entry (which would name another directory):
+            // the entries below it still carry its exact bytes, and
+            // extracting them creates it.
+            if let Ok(dir_name) = std::str::from_utf8(raw) {
+                zip.add_directory(dir_name, zip_options(node, libc::S_IFDIR))
+                    .map_err(|e| zip_error(&what(), e))?;
+            }
+            stats.dirs += 1;
+        }
+        NodeKind::Symlink => {
+            let target = node
+                .usable_link_target()
+                .map_err(|why| Error::corrupt(format!("entry /{}", name.display()), why))?;
+            let options = zip_options(node, libc::S_IFLNK)
+                .compression_method(zip::CompressionMethod::Stored)
+                .name(raw);
+            zip.start_file_with_options(options)
+                .map_err(|e| zip_error(&what(), e))?;
+            zip.write_all(target.as_bytes())
+                .map_err(|e| Error::io(what(), e))?;
+            stats.others += 1;
+        }
+        NodeKind::Dev | NodeKind::Chardev | NodeKind::Fifo | NodeKind::Socket => {
+            stats.skipped += 1;
+        }
+    }
+    Ok(())
 }
 
 /// What the archive holds so far.

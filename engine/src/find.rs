@@ -329,6 +329,181 @@ pub fn find(
     Finder::new(repo, index, options)?.find(tree, on_match)
 }
 
+/// What `find --blob`, `--tree` and `--pack` look for: object ids, or hex
+/// prefixes of them (as restic takes them).
+#[derive(Debug, Clone, Default)]
+pub struct ObjectQuery {
+    /// Data blobs: found in the files whose content lists them.
+    pub blobs: Vec<String>,
+    /// Trees: found as the directories they list (the root as `/`).
+    pub trees: Vec<String>,
+}
+
+/// The kind of object an [`ObjectMatch`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectType {
+    /// A data blob, part of a file's content.
+    Blob,
+    /// A tree, a directory's listing.
+    Tree,
+}
+
+/// One place an object is found in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ObjectMatch {
+    /// What it is.
+    pub object_type: ObjectType,
+    /// Its id.
+    pub id: BlobId,
+    /// The file holding the blob, or the directory the tree lists (lossy
+    /// UTF-8).
+    pub path: String,
+    /// For a blob, the tree listing the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_tree: Option<BlobId>,
+}
+
+/// Whether `id` is a hex object id or a prefix of one.
+#[must_use]
+pub fn is_id_prefix(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Searches snapshot trees for the places objects are used: which files
+/// hold a data blob, where a tree is. Reuse one for several snapshots: a
+/// tree with nothing found at or below it is not read again.
+pub struct ObjectFinder<'a> {
+    trees: TreeReader<'a>,
+    blobs: Vec<String>,
+    tree_ids: Vec<String>,
+    /// Trees nothing sought is at or below (32 bytes each, fewer than the
+    /// index's entries).
+    barren: std::collections::HashSet<BlobId>,
+    /// As [`Finder`]'s: trees listing each other into more entries than
+    /// any file system holds are refused.
+    extents: Extents,
+}
+
+impl<'a> ObjectFinder<'a> {
+    /// Fails on an id that is not hex, or no id at all.
+    pub fn new(repo: &'a Repository, index: &'a Index, query: &ObjectQuery) -> Result<Self> {
+        if query.blobs.is_empty() && query.trees.is_empty() {
+            return Err(Error::InvalidInput("find: no object id given".into()));
+        }
+        let ids = |list: &[String]| -> Result<Vec<String>> {
+            list.iter()
+                .map(|id| {
+                    if is_id_prefix(id) {
+                        Ok(id.to_ascii_lowercase())
+                    } else {
+                        Err(Error::InvalidInput(format!(
+                            "{id:?} is not an object id (hex, up to 64 characters)"
+                        )))
+                    }
+                })
+                .collect()
+        };
+        Ok(Self {
+            trees: TreeReader::new(repo, index),
+            blobs: ids(&query.blobs)?,
+            tree_ids: ids(&query.trees)?,
+            barren: std::collections::HashSet::new(),
+            extents: Extents::default(),
+        })
+    }
+
+    /// Searches the snapshot whose root tree is `tree`, calling `on_match`
+    /// for each place found, in path order; returns how many were found.
+    pub fn find(
+        &mut self,
+        tree: &BlobId,
+        on_match: &mut dyn FnMut(&ObjectMatch) -> Result<()>,
+    ) -> Result<u64> {
+        let mut count = 0;
+        if sought(&self.tree_ids, tree) {
+            on_match(&ObjectMatch {
+                object_type: ObjectType::Tree,
+                id: *tree,
+                path: "/".into(),
+                parent_tree: None,
+            })?;
+            count += 1;
+        }
+        Ok(count + self.search(tree, "/", 0, on_match)?)
+    }
+
+    fn search(
+        &mut self,
+        tree: &BlobId,
+        dir: &str,
+        depth: usize,
+        on_match: &mut dyn FnMut(&ObjectMatch) -> Result<()>,
+    ) -> Result<u64> {
+        if self.barren.contains(tree) {
+            return Ok(0);
+        }
+        if depth > MAX_DEPTH {
+            return Err(Error::corrupt(
+                format!("tree below {dir}"),
+                format!("nested deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        let mut listing = self.trees.read(tree)?;
+        self.extents.add_walked(*tree, &listing)?;
+        let mut count = 0u64;
+        for node in &mut listing.nodes {
+            node.legacy_ancestor_as_dir();
+            let node = &*node;
+            let path = child_path(dir, &node.name);
+            if node.kind == NodeKind::File && !self.blobs.is_empty() {
+                // Each blob once per file, though the file may list it
+                // many times (a run of zeros).
+                let mut reported: Vec<BlobId> = Vec::new();
+                for id in node.content.iter().flatten() {
+                    if sought(&self.blobs, id) && !reported.contains(id) {
+                        reported.push(*id);
+                        on_match(&ObjectMatch {
+                            object_type: ObjectType::Blob,
+                            id: *id,
+                            path: path.clone(),
+                            parent_tree: Some(*tree),
+                        })?;
+                        count += 1;
+                    }
+                }
+            }
+            if node.kind == NodeKind::Dir
+                && let Some(subtree) = &node.subtree
+            {
+                if sought(&self.tree_ids, subtree) {
+                    on_match(&ObjectMatch {
+                        object_type: ObjectType::Tree,
+                        id: *subtree,
+                        path: path.clone(),
+                        parent_tree: None,
+                    })?;
+                    count += 1;
+                }
+                count += self.search(subtree, &path, depth + 1, on_match)?;
+            }
+        }
+        if count == 0 {
+            self.barren.insert(*tree);
+        }
+        Ok(count)
+    }
+}
+
+/// Whether `id` is one of `prefixes` (lower-case hex) or starts with one.
+fn sought(prefixes: &[String], id: &BlobId) -> bool {
+    if prefixes.is_empty() {
+        return false;
+    }
+    let hex = id.to_hex();
+    prefixes.iter().any(|p| hex.starts_with(p.as_str()))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

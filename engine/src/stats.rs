@@ -6,9 +6,12 @@
 //!   plaintext and stored sizes, and the deduplication and compression
 //!   ratios that follow;
 //! - *repository totals*: every stored object by kind, from a listing of
-//!   the backend, and what the index holds.
+//!   the backend, and what the index holds;
+//! - on request, restic's *files by contents* (regular files counted once
+//!   per distinct content) and *blobs per file* (the blobs of those files,
+//!   counted once per path).
 //!
-//! One pass computes all three: each distinct tree is read once, however
+//! One pass computes them all: each distinct tree is read once, however
 //! many snapshots share it.
 
 use crate::blob::BlobKind;
@@ -59,6 +62,44 @@ pub struct RawData {
     /// Referenced blobs no index lists (their sizes are unknown; `vault
     /// check` reports them).
     pub missing_blobs: u64,
+}
+
+/// Regular files counted once per distinct content (their list of data
+/// blobs), wherever and however often they appear: what the chosen
+/// snapshots hold once identical files are set aside. All empty files are
+/// one content.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FilesByContents {
+    /// Content bytes of one file of each distinct content.
+    pub total_size: u64,
+    /// Distinct contents.
+    pub total_file_count: u64,
+}
+
+/// The data blobs of the files of [`FilesByContents`] (the first found of
+/// each content), each counted once per path it is found under: a file
+/// changed between snapshots counts once, with the blobs of every version.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BlobsPerFile {
+    /// Plaintext bytes of the blobs counted.
+    pub total_size: u64,
+    /// Distinct paths of those files.
+    pub total_file_count: u64,
+    /// Blobs, once per path.
+    pub total_blob_count: u64,
+    /// Blobs no index lists (their sizes are unknown; `vault check`
+    /// reports them).
+    pub missing_blobs: u64,
+}
+
+/// Which optional counts [`stats_with`] makes: each costs memory per
+/// distinct file content (and path) found.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatsOptions {
+    /// Count [`FilesByContents`].
+    pub files_by_contents: bool,
+    /// Count [`BlobsPerFile`].
+    pub blobs_per_file: bool,
 }
 
 /// Stored objects of one kind.
@@ -116,6 +157,10 @@ pub struct StatsReport {
     pub raw_data: RawData,
     /// Repository totals.
     pub repository: RepositoryTotals,
+    /// Files by contents, when asked for.
+    pub files_by_contents: Option<FilesByContents>,
+    /// Blobs per file, when asked for.
+    pub blobs_per_file: Option<BlobsPerFile>,
 }
 
 /// Totals of one tree and everything below it. Files with more than one
@@ -146,10 +191,51 @@ struct Walker<'a> {
     /// Trees listing each other into more entries than any file system
     /// holds are damage, as to restore: measured as they are read.
     extents: Extents,
+    /// Files by contents and blobs per file, when asked for.
+    contents: Option<ContentWalk>,
+}
+
+/// What files by contents and blobs per file gather as the trees are
+/// walked. Each distinct tree is walked once (under the first path it is
+/// found at): walking it again would find only contents already seen,
+/// which count nothing, so this is restic's count without its re-walks.
+#[derive(Default)]
+struct ContentWalk {
+    /// Hashes of the contents seen: a hash of the blob ids in order.
+    seen: HashSet<[u8; 32]>,
+    files: FilesByContents,
+    /// For blobs per file: the blobs of each path.
+    per_path: Option<HashMap<Vec<u8>, HashSet<BlobId>>>,
+}
+
+impl ContentWalk {
+    fn file(&mut self, path: &[u8], node: &crate::tree::Node) {
+        let mut hasher = blake3::Hasher::new();
+        for id in node.content.iter().flatten() {
+            hasher.update(&id.0);
+        }
+        if !self.seen.insert(*hasher.finalize().as_bytes()) {
+            return;
+        }
+        self.files.total_size = self.files.total_size.saturating_add(node.size);
+        self.files.total_file_count += 1;
+        // A path with no blobs (an empty file) is no file here, as in
+        // restic's count.
+        if let Some(per_path) = self
+            .per_path
+            .as_mut()
+            .filter(|_| node.content.as_ref().is_some_and(|c| !c.is_empty()))
+        {
+            let blobs = per_path.entry(path.to_vec()).or_default();
+            blobs.extend(node.content.iter().flatten());
+        }
+    }
 }
 
 impl Walker<'_> {
-    fn totals(&mut self, id: &BlobId, depth: usize) -> Result<Arc<TreeTotals>> {
+    /// The totals of tree `id`, found at `path` (tracked only for
+    /// [`ContentWalk`]).
+    fn totals(&mut self, id: &BlobId, depth: usize, path: &[u8]) -> Result<Arc<TreeTotals>> {
         if let Some(t) = self.memo.get(id) {
             return Ok(t.clone());
         }
@@ -160,11 +246,18 @@ impl Walker<'_> {
         for mut node in tree.nodes {
             // As restore sees it: a node with a subtree is a directory.
             node.legacy_ancestor_as_dir();
+            let node_path = match &self.contents {
+                Some(c) if c.per_path.is_some() => {
+                    use std::os::unix::ffi::OsStrExt;
+                    [path, b"/", node.os_name().as_bytes()].concat()
+                }
+                _ => Vec::new(),
+            };
             match node.kind {
                 NodeKind::Dir => {
                     t.dirs += 1;
                     if let Some(sub) = &node.subtree {
-                        let below = self.totals(sub, depth + 1)?;
+                        let below = self.totals(sub, depth + 1, &node_path)?;
                         // Saturating: sizes are untrusted.
                         t.bytes = t.bytes.saturating_add(below.bytes);
                         t.files += below.files;
@@ -185,6 +278,9 @@ impl Walker<'_> {
                     } else {
                         t.bytes = t.bytes.saturating_add(node.size);
                         t.files += 1;
+                    }
+                    if let Some(c) = &mut self.contents {
+                        c.file(&node_path, &node);
                     }
                     self.data.extend(node.content.into_iter().flatten());
                 }
@@ -293,15 +389,32 @@ pub fn stats(
     index: &Index,
     snapshots: &[(SnapshotId, Snapshot)],
 ) -> Result<StatsReport> {
+    stats_with(repo, index, snapshots, StatsOptions::default())
+}
+
+/// [`stats`], and the optional counts `options` asks for. Snapshots are
+/// walked in the order given (it decides which path of a content blobs
+/// per file counts).
+pub fn stats_with(
+    repo: &Repository,
+    index: &Index,
+    snapshots: &[(SnapshotId, Snapshot)],
+    options: StatsOptions,
+) -> Result<StatsReport> {
+    let contents = (options.files_by_contents || options.blobs_per_file).then(|| ContentWalk {
+        per_path: options.blobs_per_file.then(HashMap::new),
+        ..ContentWalk::default()
+    });
     let mut walker = Walker {
         trees: TreeReader::new(repo, index),
         memo: HashMap::new(),
         data: HashSet::new(),
         extents: Extents::default(),
+        contents,
     };
     let mut restore = RestoreSize::default();
     for (_, snap) in snapshots {
-        let t = walker.totals(&snap.tree, 0)?;
+        let t = walker.totals(&snap.tree, 0, b"")?;
         restore.total_size = restore
             .total_size
             .saturating_add(t.bytes)
@@ -334,10 +447,34 @@ pub fn stats(
     }
     raw.dedup_ratio = ratio(restore.total_size, raw.data_uncompressed_size);
     raw.compression_ratio = ratio(raw.total_uncompressed_size, raw.total_size);
+    let contents = walker.contents.take();
+    let blobs_per_file = contents
+        .as_ref()
+        .and_then(|c| c.per_path.as_ref())
+        .map(|per_path| {
+            let mut b = BlobsPerFile {
+                total_file_count: per_path.len() as u64,
+                ..BlobsPerFile::default()
+            };
+            for id in per_path.values().flatten() {
+                match index.get(id) {
+                    Some(loc) => {
+                        b.total_blob_count += 1;
+                        b.total_size = b.total_size.saturating_add(u64::from(loc.raw_len));
+                    }
+                    None => b.missing_blobs += 1,
+                }
+            }
+            b
+        });
     Ok(StatsReport {
         snapshots_count: snapshots.len() as u64,
         restore_size: restore,
         raw_data: raw,
         repository: repository_totals(repo, index)?,
+        files_by_contents: contents
+            .filter(|_| options.files_by_contents)
+            .map(|c| c.files),
+        blobs_per_file,
     })
 }

@@ -190,6 +190,49 @@ fn a_password_file_beats_an_exported_password_and_not_both_file_and_command() {
     );
 }
 
+/// A password command that prints nothing (a secret store still locked, a
+/// variable unset under cron) is said to be that, exit 1 as for one that
+/// fails, not "wrong password" (12), which only a password tried earns.
+#[test]
+fn a_password_command_printing_nothing_is_not_a_wrong_password() {
+    let env = Env::new();
+    let run = |command: &str| {
+        env.command(&["snapshots"])
+            .env_remove("VAULT_PASSWORD_FILE")
+            .env("VAULT_PASSWORD_COMMAND", command)
+            .output()
+            .unwrap()
+    };
+    for (command, said) in [
+        ("true", "the password command printed nothing"),
+        (
+            "echo",
+            "the password command printed nothing on its first line",
+        ),
+        (
+            "printf '\\n%s\\n' later",
+            "printed nothing on its first line",
+        ),
+    ] {
+        let out = run(command);
+        assert_eq!(out.status.code(), Some(1), "{command}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(said), "{command}: {err}");
+        assert!(!err.contains("wrong password"), "{command}: {err}");
+    }
+    // As for one that fails.
+    let out = run("exit 3");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("password command failed"),
+        "{out:?}"
+    );
+    // A password it does print, and wrong, is a wrong password.
+    assert_eq!(run("echo nope").status.code(), Some(12));
+    let right = format!("cat '{}'", env.password_file.display());
+    assert!(run(&right).status.success());
+}
+
 /// File names are bytes: one that is not UTF-8 can be given on the command
 /// line wherever a path inside a snapshot is, and names exactly that file
 /// (not another whose name reads the same in lossy UTF-8).

@@ -219,3 +219,174 @@ fn find_matches_names_and_paths_in_snapshots(backend: Backend) {
     let out = f.env.vault(&["find", "a[b"]);
     assert!(!out.status.success());
 }
+
+/// The ids `vault cat tree SNAPSHOT:DIR` lists for DIR's entries: their
+/// content (a file's first blob) or subtree (a directory's).
+fn ids_in(env: &Env, spec: &str) -> std::collections::BTreeMap<String, String> {
+    let out = env.vault(&["cat", "tree", spec]);
+    assert_success(&out);
+    let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    tree["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            let id = n["content"][0]
+                .as_str()
+                .or(n["subtree"].as_str())
+                .unwrap_or("");
+            (n["name"].as_str().unwrap().to_owned(), id.to_owned())
+        })
+        .collect()
+}
+
+/// The pack the index places blob `id` in, read with `vault cat index`.
+fn pack_of(env: &Env, id: &str) -> String {
+    for (key, _) in env.objects() {
+        let Some(index) = key.strip_prefix("index/") else {
+            continue;
+        };
+        let out = env.vault(&["cat", "index", index]);
+        assert_success(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        for pack in v["packs"].as_array().unwrap() {
+            if pack["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["id"] == id)
+            {
+                return pack["id"].as_str().unwrap().to_owned();
+            }
+        }
+    }
+    panic!("blob {id} is in no index");
+}
+
+/// restic's `find --blob`, `--tree`, `--pack` and `--show-pack-id`: where
+/// objects are used, per snapshot, in restic's words and in JSON.
+#[test]
+fn find_tells_where_blobs_trees_and_packs_are_used() {
+    let env = Env::new();
+    let root = env.path("src");
+    std::fs::create_dir_all(root.join("d")).unwrap();
+    std::fs::write(root.join("one"), "same").unwrap();
+    std::fs::write(root.join("d/two"), "same").unwrap();
+    std::fs::write(root.join("other"), "other").unwrap();
+    let src = root.to_str().unwrap();
+    assert_success(&env.vault(&["backup", "--time", "2026-01-09 02:30:00", src]));
+    std::fs::write(root.join("three"), "same").unwrap();
+    assert_success(&env.vault(&["backup", "--time", "2026-01-10 02:30:00", src]));
+    let snaps = env.snapshots();
+    let snap = |i: usize| snaps[i]["id"].as_str().unwrap().to_owned();
+    let ids = ids_in(&env, &format!("latest:{src}"));
+    let (same, dir) = (ids["one"].clone(), ids["d"].clone());
+    let out = env.vault(&["cat", "snapshot", "latest"]);
+    assert_success(&out);
+    let latest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let root_tree = latest["tree"].as_str().unwrap().to_owned();
+
+    // Text, by a prefix: each file holding the blob, in each snapshot.
+    let out = env.vault(&["find", "--blob", &same[..8]]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches(&format!("Found blob {same}\n")).count(),
+        5,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "Found blob {same}\n ... in file {src}/d/two\n     (tree {dir})\n ... in snapshot {} (",
+            &snap(0)[..8]
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(" ... in file {src}/three\n")),
+        "{text}"
+    );
+    assert!(!text.contains("/other"), "{text}");
+
+    // JSON: one line per place, restic's fields.
+    let out = env.vault(&["find", "--blob", &same, "--json"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let first = &lines[0];
+    assert_eq!(first["message_type"], "match");
+    assert_eq!(first["object_type"], "blob");
+    assert_eq!(first["id"], same.as_str());
+    assert_eq!(first["path"], format!("{src}/d/two"));
+    assert_eq!(first["parent_tree"], dir.as_str());
+    assert_eq!(first["snapshot"], snap(0).as_str());
+    assert!(first["time"].is_string(), "{first}");
+
+    // A tree: where it is listed, the same directory in both snapshots;
+    // a snapshot's root tree is `/`.
+    let out = env.vault(&["find", "--tree", &dir, &root_tree[..12]]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches(&format!("Found tree {dir}\n ... path {src}/d\n"))
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Found tree {root_tree}\n ... path /\n")),
+        "{text}"
+    );
+
+    // A pack: every blob the index places in it, here the small files'.
+    let pack = pack_of(&env, &same);
+    let out = env.vault(&["find", "--pack", &pack, "--json"]);
+    assert_success(&out);
+    let paths: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| v["path"].as_str().unwrap().to_owned())
+        .collect();
+    for name in ["one", "d/two", "three", "other"] {
+        assert!(
+            paths.contains(&format!("{src}/{name}")),
+            "{name}: {paths:?}"
+        );
+    }
+
+    // Where each object found is stored.
+    let out = env.vault(&["find", "--blob", &same, "--show-pack-id"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "Object belongs to pack {pack}\n ... Pack {}: <Blob (data) {}, offset ",
+            &pack[..8],
+            &same[..8]
+        )),
+        "{text}"
+    );
+
+    // Nothing found is no error; an id that is not hex is a usage error
+    // (nothing opened), a pack no index lists an error.
+    let out = env.vault(&["find", "--blob", "0000000000"]);
+    assert_success(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no matches\n");
+    let out = env.vault(&["find", "--blob", "not-hex"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = env.vault(&["find", "--pack", "0000000000"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no pack 0000000000"),
+        "{out:?}"
+    );
+    // --show-pack-id goes with an id flag; the id flags one at a time.
+    for args in [
+        &["find", "x", "--show-pack-id"][..],
+        &["find", "--blob", "--tree", "00"],
+    ] {
+        assert_eq!(env.vault(args).status.code(), Some(2), "{args:?}");
+    }
+}

@@ -1180,3 +1180,65 @@ fn recover_saves_what_a_lost_snapshot_object_held(backend: Backend) {
         pseudo_random(200_000, 11)
     );
 }
+
+/// restic's other two stats modes. Two snapshots: the first of `a/b/f`
+/// ("hi\n"), a symlink and `t` ("top\n"); the second adds copies of both
+/// (`dup`, `a/t2`), two empty files, and changes `t` ("changed\n"). restic
+/// 0.14 counts this same tree as files-by-contents 4 files, 15 B, and
+/// blobs-per-file 3 blobs, 2 files, 15 B (walking the older snapshot first).
+#[test]
+fn stats_counts_files_by_contents_and_blobs_per_file() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/b/f"), b"hi\n").unwrap();
+    std::os::unix::fs::symlink("f", src.join("a/b/l")).unwrap();
+    std::fs::write(src.join("t"), b"top\n").unwrap();
+    let src_arg = src.to_str().unwrap();
+    assert_success(&env.vault(&["backup", "--time", "2026-01-09 02:30:00", src_arg]));
+    std::fs::write(src.join("dup"), b"hi\n").unwrap();
+    std::fs::write(src.join("a/t2"), b"top\n").unwrap();
+    std::fs::write(src.join("e1"), b"").unwrap();
+    std::fs::write(src.join("e2"), b"").unwrap();
+    std::fs::write(src.join("t"), b"changed\n").unwrap();
+    assert_success(&env.vault(&["backup", "--time", "2026-01-10 02:30:00", src_arg]));
+
+    // Distinct contents: "hi\n", "top\n", "changed\n" and the empty one.
+    let v = env.json(&["stats", "--mode", "files-by-contents"]);
+    assert_eq!(v["mode"], "files-by-contents", "{v}");
+    assert_eq!(v["total_file_count"], 4, "{v}");
+    assert_eq!(v["total_size"], 15, "{v}");
+    assert_eq!(v["snapshots_count"], 2, "{v}");
+    // The latest alone: the same four contents.
+    let v = env.json(&["stats", "--mode", "files-by-contents", "latest"]);
+    assert_eq!(
+        (v["total_file_count"].as_u64(), v["total_size"].as_u64()),
+        (Some(4), Some(15))
+    );
+    // The first alone: two.
+    let first = env.snapshots()[0]["id"].as_str().unwrap().to_owned();
+    let v = env.json(&["stats", "--mode", "files-by-contents", &first]);
+    assert_eq!(
+        (v["total_file_count"].as_u64(), v["total_size"].as_u64()),
+        (Some(2), Some(7))
+    );
+
+    // The blobs of the first file of each content, once per path: a/b/f
+    // and t (both of its versions); an empty file has none.
+    let v = env.json(&["stats", "--mode", "blobs-per-file"]);
+    assert_eq!(v["mode"], "blobs-per-file", "{v}");
+    assert_eq!(v["total_blob_count"], 3, "{v}");
+    assert_eq!(v["total_file_count"], 2, "{v}");
+    assert_eq!(v["total_size"], 15, "{v}");
+
+    let out = env.vault(&["stats", "--mode", "files-by-contents"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Stats in files-by-contents mode:"), "{text}");
+    assert!(text.contains("Total File Count:  4"), "{text}");
+    let out = env.vault(&["stats", "--mode", "blobs-per-file"]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Total Blob Count:  3"), "{text}");
+    assert!(text.contains("Total File Count:  2"), "{text}");
+}

@@ -492,3 +492,41 @@ fn cacert_trusts_a_private_ca() {
     let out = run(&["--cacert", bogus.to_str().unwrap()]);
     assert!(stderr(&out).contains("holds no PEM certificate"), "{out:?}");
 }
+
+/// restic's `cat tree SNAPSHOT:SUBFOLDER`: the tree of a directory inside
+/// a snapshot, not only its root's.
+#[test]
+fn cat_tree_takes_a_directory_after_the_snapshot() {
+    let env = Env::new();
+    let (first, _) = two_snapshots(&env);
+    let src = env.path("src");
+    let src = src.to_str().unwrap();
+    let names = |spec: &str| -> Vec<String> {
+        let out = env.vault(&["cat", "tree", spec]);
+        assert_success(&out);
+        let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        tree["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&format!("latest:{src}")), ["d1", "d2", "top"]);
+    assert_eq!(names(&format!("{first}:{src}/d1/")), ["x"]);
+    // The root, however it is written, is the snapshot's tree.
+    let root = names("latest");
+    let top = src.split('/').find(|p| !p.is_empty()).unwrap();
+    assert_eq!(root, [top]);
+    for spec in ["latest:", "latest:/", "latest:/."] {
+        assert_eq!(names(spec), root, "{spec}");
+    }
+    // A file, or nothing there: a wrong argument (exit 1), not a missing
+    // object (4).
+    let out = env.vault(&["cat", "tree", &format!("latest:{src}/top")]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("is not a directory"), "{out:?}");
+    let out = env.vault(&["cat", "tree", &format!("latest:{src}/nothing")]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("holds no"), "{out:?}");
+}

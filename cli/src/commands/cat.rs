@@ -5,7 +5,12 @@ use crate::args::GlobalArgs;
 use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::process::ExitCode;
+use vault_engine::restore;
+use vault_engine::tree::NodeKind;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Kind {
@@ -21,15 +26,25 @@ pub(crate) struct CatArgs {
     /// Object kind.
     #[arg(value_enum)]
     kind: Kind,
-    /// Object id (or `latest` for snapshot; snapshot id for tree); every
-    /// kind but config needs one.
-    #[arg(required_if_eq_any([("kind", "snapshot"), ("kind", "index"), ("kind", "key"), ("kind", "tree")]))]
-    id: Option<String>,
+    /// Object id (or `latest` for snapshot); every kind but config needs
+    /// one. For tree, a snapshot (`latest` or an id prefix) and, after a
+    /// colon, a directory in it: `latest:/srv/www` prints that directory's
+    /// tree, the snapshot alone its root's (as restic's `SNAPSHOT:SUBFOLDER`).
+    /// The directory is any bytes, as file names are.
+    #[arg(
+        required_if_eq_any([("kind", "snapshot"), ("kind", "index"), ("kind", "key"), ("kind", "tree")]),
+        value_parser = clap::value_parser!(OsString)
+    )]
+    id: Option<OsString>,
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
-    let need_id = || args.id.as_deref().context("this kind needs an id");
+    let need_id = || -> Result<&str> {
+        let id = args.id.as_deref().context("this kind needs an id")?;
+        id.to_str()
+            .with_context(|| format!("{} is not a valid id", id.to_string_lossy()))
+    };
     let value: serde_json::Value = match args.kind {
         Kind::Config => {
             let mut v = serde_json::to_value(repo.config())?;
@@ -37,17 +52,36 @@ pub(crate) fn run(g: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
             v["chunker"]["seed"] = "[redacted]".into();
             v
         }
-        Kind::Snapshot | Kind::Tree => {
+        Kind::Snapshot => {
             let (id, snap) =
                 super::pick_snapshot(&repo, Some(need_id()?), None, &FilterArgs::default())?;
-            if matches!(args.kind, Kind::Tree) {
-                let index = repo.load_index()?;
-                serde_json::to_value(repo.read_tree(&index, &snap.tree)?)?
-            } else {
-                let mut v = serde_json::to_value(&snap)?;
-                v["id"] = id.to_hex().into();
-                v
-            }
+            let mut v = serde_json::to_value(&snap)?;
+            v["id"] = id.to_hex().into();
+            v
+        }
+        Kind::Tree => {
+            let spec = args.id.as_deref().context("tree needs a snapshot")?;
+            let (snapshot, dir) = split_subfolder(spec);
+            let snapshot = snapshot
+                .to_str()
+                .with_context(|| format!("{} is not a snapshot", snapshot.to_string_lossy()))?;
+            let (_, snap) =
+                super::pick_snapshot(&repo, Some(snapshot), None, &FilterArgs::default())?;
+            let index = repo.load_index()?;
+            let tree = match dir {
+                Some(dir) if !is_root(dir) => {
+                    let node = restore::find_node(&repo, &index, &snap.tree, dir)?;
+                    let Some(subtree) = node.subtree.filter(|_| node.kind == NodeKind::Dir) else {
+                        bail!(
+                            "{} in snapshot {snapshot} is not a directory",
+                            Path::new(dir).display()
+                        );
+                    };
+                    subtree
+                }
+                _ => snap.tree,
+            };
+            serde_json::to_value(repo.read_tree(&index, &tree)?)?
         }
         Kind::Index => {
             let id = need_id()?
@@ -86,4 +120,23 @@ pub(crate) fn run(g: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `SNAPSHOT[:DIR]` split at its first colon (a snapshot spec has none).
+fn split_subfolder(spec: &OsStr) -> (&OsStr, Option<&OsStr>) {
+    let bytes = spec.as_bytes();
+    match bytes.iter().position(|&b| b == b':') {
+        Some(i) => (
+            OsStr::from_bytes(&bytes[..i]),
+            Some(OsStr::from_bytes(&bytes[i + 1..])),
+        ),
+        None => (spec, None),
+    }
+}
+
+/// Whether DIR names the snapshot's root: empty, `/`, `.` and the like.
+fn is_root(dir: &OsStr) -> bool {
+    dir.as_bytes()
+        .split(|&b| b == b'/')
+        .all(|p| p.is_empty() || p == b".")
 }

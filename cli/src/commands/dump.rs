@@ -1,6 +1,7 @@
 //! `vault dump`: one file of a snapshot to standard output, e.g.
 //! `vault dump latest /phone.sql | psql phone_test`, or a directory as a
-//! tar stream, e.g. `vault dump latest /srv/uploads | tar -x -C /restore`.
+//! tar stream, e.g. `vault dump latest /srv/uploads | tar -x -C /restore`
+//! (or a zip one, `--archive zip`, as restic's).
 
 use super::FilterArgs;
 use crate::args::GlobalArgs;
@@ -16,15 +17,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use vault_engine::tree::NodeKind;
 use vault_engine::{archive, restore};
 
+/// The archive a directory is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Archive {
+    /// Mode, owner, mtime, extended attributes, hard links, symlinks,
+    /// devices and fifos.
+    Tar,
+    /// Mode, mtime and symlinks (as restic's zip); no owners, extended
+    /// attributes or hard links (a copy each), and devices, fifos and
+    /// sockets are left out.
+    Zip,
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct DumpArgs {
     /// Snapshot: `latest` or an id prefix.
     snapshot: String,
     /// Path of a file inside the snapshot, or of a directory (`/` for
-    /// everything), which is written as a tar archive. Any bytes, as file
-    /// names are: it need not be UTF-8.
+    /// everything), which is written as an archive (--archive). Any bytes,
+    /// as file names are: it need not be UTF-8.
     #[arg(value_parser = clap::value_parser!(OsString))]
     path: OsString,
+    /// The archive a directory is written as; a file is written as it is.
+    #[arg(short = 'a', long, value_enum, default_value = "tar")]
+    archive: Archive,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -45,12 +61,16 @@ pub(crate) fn run(g: &GlobalArgs, args: &DumpArgs, cancel: Arc<AtomicBool>) -> R
         at = rest;
     }
     let at = PathBuf::from(OsStr::from_bytes(&[b"/", at].concat()));
+    let write = match args.archive {
+        Archive::Tar => archive::write_tar,
+        Archive::Zip => archive::write_zip,
+    };
     let written = if at == Path::new("/") {
-        archive::write_tar(&repo, &index, &snap.tree, &at, None, &mut out).map(drop)
+        write(&repo, &index, &snap.tree, &at, None, &mut out).map(drop)
     } else {
         let node = restore::find_node(&repo, &index, &snap.tree, &at)?;
         if node.kind == NodeKind::Dir {
-            archive::write_tar(&repo, &index, &snap.tree, &at, Some(&node), &mut out).map(drop)
+            write(&repo, &index, &snap.tree, &at, Some(&node), &mut out).map(drop)
         } else {
             restore::dump(&repo, &index, &node, &mut out).map(drop)
         }

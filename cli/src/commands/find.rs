@@ -1,6 +1,8 @@
 //! `vault find PATTERN...`: entries matching glob patterns in every snapshot
 //! (or the ones selected), as `restic find` prints them: per snapshot with
-//! matches, a header, then mode, size, mtime and path of each entry.
+//! matches, a header, then mode, size, mtime and path of each entry. With
+//! `--blob`, `--tree` or `--pack` the arguments are object ids, and what is
+//! printed is where they are used, as restic prints it.
 
 use crate::args::GlobalArgs;
 use crate::output::outln;
@@ -8,19 +10,37 @@ use crate::timespec::{self, TimeArg};
 use crate::{global, output};
 use anyhow::Result;
 use std::process::ExitCode;
-use vault_engine::find::{FindOptions, Finder, Match};
-use vault_engine::id::SnapshotId;
+use vault_engine::find::{FindOptions, Finder, Match, ObjectFinder, ObjectMatch, ObjectQuery};
+use vault_engine::id::{BlobId, SnapshotId};
 use vault_engine::snapshot::Snapshot;
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("object").args(["blob", "tree", "pack"])))]
 pub(crate) struct FindArgs {
     /// Glob patterns. Without `/`: matched against names (`*.log`). With
     /// `/`: against the whole path in the snapshot (`/home/*/notes.txt`;
     /// `*` stays within a directory, `**` crosses them); one not starting
     /// with `/` may match at any depth. Patterns match the bytes of names;
     /// one that is not UTF-8 names an entry literally.
+    /// With --blob, --tree or --pack: object ids, or hex prefixes of them.
     #[arg(value_name = "PATTERN", required = true, value_parser = clap::value_parser!(std::ffi::OsString))]
     patterns: Vec<std::ffi::OsString>,
+    /// The arguments are data blob ids: print the files (and the tree
+    /// listing each) that hold them, per snapshot.
+    #[arg(long)]
+    blob: bool,
+    /// The arguments are tree ids: print the directories they list (`/`
+    /// for a snapshot's root), per snapshot.
+    #[arg(long)]
+    tree: bool,
+    /// The arguments are pack ids: find the blobs the index places in
+    /// them, data blobs as --blob and trees as --tree do.
+    #[arg(long)]
+    pack: bool,
+    /// With --blob, --tree or --pack: also print the pack each object found
+    /// is stored in, with its offset and lengths.
+    #[arg(long, requires = "object")]
+    show_pack_id: bool,
     /// Only search this snapshot: `latest` or an id prefix (repeatable)
     /// [default: every snapshot].
     #[arg(short = 's', long = "snapshot", value_name = "ID")]
@@ -28,7 +48,7 @@ pub(crate) struct FindArgs {
     #[command(flatten)]
     filter: super::FilterArgs,
     /// Match names and paths regardless of case.
-    #[arg(short = 'i', long)]
+    #[arg(short = 'i', long, conflicts_with = "object")]
     ignore_case: bool,
     /// Only snapshots taken at or after TIME: "YYYY-MM-DD HH:MM[:SS]" or
     /// "YYYY-MM-DD" (local time; a date is its midnight), RFC 3339 with an
@@ -64,10 +84,20 @@ fn print_line(line: std::fmt::Arguments<'_>) -> vault_engine::Result<()> {
 }
 
 pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
+    let ids = if args.blob || args.tree || args.pack {
+        Some(object_ids(args)?)
+    } else {
+        None
+    };
     let repo = global::open_repository(g)?;
     let (snaps, damaged) = super::snapshots_and_damaged(&repo)?;
     let chosen = selected(&snaps, damaged, args)?;
     let index = repo.load_index()?;
+    if let Some(ids) = ids {
+        find_objects(g, args, &index, &repo, &chosen, ids)?;
+        note_times(g, args);
+        return Ok(ExitCode::SUCCESS);
+    }
     let options = FindOptions {
         patterns: args.patterns.clone(),
         ignore_case: args.ignore_case,
@@ -109,10 +139,140 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
     if total == 0 && !g.json && !g.quiet {
         outln!("no matches")?;
     }
+    note_times(g, args);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn note_times(g: &GlobalArgs, args: &FindArgs) {
     for (flag, t) in [("--oldest", &args.oldest), ("--newest", &args.newest)] {
         if let Some(t) = t {
             t.note(g, flag);
         }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// The ids given with --blob, --tree or --pack, checked before anything
+/// is opened: one that is not hex is a usage error (exit 2).
+fn object_ids(args: &FindArgs) -> Result<Vec<String>> {
+    args.patterns
+        .iter()
+        .map(|p| match p.to_str() {
+            Some(id) if vault_engine::find::is_id_prefix(id) => Ok(id.to_ascii_lowercase()),
+            _ => Err(crate::exit::Coded {
+                code: 2,
+                message: format!(
+                    "{} is not an object id: give ids or hex prefixes of them",
+                    p.to_string_lossy()
+                ),
+            }
+            .into()),
+        })
+        .collect()
+}
+
+/// `find --blob/--tree/--pack`: where the objects are used, snapshot by
+/// snapshot, as restic prints it; with --show-pack-id, then where each
+/// object found is stored.
+fn find_objects(
+    g: &GlobalArgs,
+    args: &FindArgs,
+    index: &vault_engine::index::Index,
+    repo: &vault_engine::Repository,
+    chosen: &[(SnapshotId, Snapshot)],
+    ids: Vec<String>,
+) -> Result<()> {
+    let mut query = ObjectQuery::default();
+    if args.pack {
+        // The index says what each pack holds.
+        let mut unknown: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for (blob, loc) in index.blobs() {
+            let pack = loc.pack.to_hex();
+            if let Some(pos) = ids.iter().position(|p| pack.starts_with(p.as_str())) {
+                unknown.retain(|u| *u != ids[pos]);
+                match loc.kind {
+                    vault_engine::blob::BlobKind::Data => query.blobs.push(blob.to_hex()),
+                    vault_engine::blob::BlobKind::Tree => query.trees.push(blob.to_hex()),
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            anyhow::bail!(
+                "no pack {} in the index (`vault repair index` indexes packs it lacks)",
+                unknown.join(", ")
+            );
+        }
+    } else if args.blob {
+        query.blobs = ids;
+    } else {
+        query.trees = ids;
+    }
+    let mut finder = ObjectFinder::new(repo, index, &query)?;
+    let mut total = 0u64;
+    // The objects found, in the order first found, for --show-pack-id.
+    let mut found: Vec<BlobId> = Vec::new();
+    for (id, snap) in chosen {
+        total += finder.find(&snap.tree, &mut |m: &ObjectMatch| {
+            if args.show_pack_id && !found.contains(&m.id) {
+                found.push(m.id);
+            }
+            if g.json {
+                let mut v = serde_json::to_value(m).map_err(|e| output::engine_error(e.into()))?;
+                v["message_type"] = "match".into();
+                v["snapshot"] = id.to_hex().into();
+                v["time"] =
+                    serde_json::to_value(&snap.time).map_err(|e| output::engine_error(e.into()))?;
+                return output::print_json(&v).map_err(output::engine_error);
+            }
+            let kind = match m.object_type {
+                vault_engine::find::ObjectType::Blob => "blob",
+                vault_engine::find::ObjectType::Tree => "tree",
+            };
+            print_line(format_args!("Found {kind} {}", m.id.to_hex()))?;
+            match &m.parent_tree {
+                Some(parent) => {
+                    print_line(format_args!(" ... in file {}", m.path))?;
+                    print_line(format_args!("     (tree {})", parent.to_hex()))?;
+                }
+                None => print_line(format_args!(" ... path {}", m.path))?,
+            }
+            print_line(format_args!(
+                " ... in snapshot {} ({})",
+                id.short(),
+                output::local_time(&snap.time)
+            ))
+        })?;
+    }
+    for id in &found {
+        for loc in index.locations(id) {
+            if g.json {
+                output::print_json(&serde_json::json!({
+                    "message_type": "pack",
+                    "id": id.to_hex(),
+                    "object_type": loc.kind,
+                    "pack_id": loc.pack.to_hex(),
+                    "offset": loc.offset,
+                    "length": loc.length,
+                    "uncompressed_length": loc.raw_len,
+                }))?;
+                continue;
+            }
+            outln!("Object belongs to pack {}", loc.pack.to_hex())?;
+            outln!(
+                " ... Pack {}: <Blob ({}) {}, offset {}, length {}, uncompressed length {}>",
+                loc.pack.short(),
+                match loc.kind {
+                    vault_engine::blob::BlobKind::Data => "data",
+                    vault_engine::blob::BlobKind::Tree => "tree",
+                },
+                id.short(),
+                loc.offset,
+                loc.length,
+                loc.raw_len
+            )?;
+        }
+    }
+    if total == 0 && !g.json && !g.quiet {
+        outln!("no matches")?;
+    }
+    Ok(())
 }

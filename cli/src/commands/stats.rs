@@ -1,4 +1,5 @@
-//! `vault stats`: restore size or raw data of some or all snapshots, totals
+//! `vault stats`: restore size, raw data, files by contents or blobs per
+//! file of some or all snapshots (restic's four modes), totals
 //! of the whole repository, and the requests the last operation on it sent
 //! to its object store (what a per-request bill counts).
 
@@ -14,6 +15,12 @@ use vault_engine::stats;
 enum Mode {
     /// Logical bytes and files a restore would write.
     RestoreSize,
+    /// Regular files counted once per distinct content, wherever and however
+    /// often they appear (all empty files are one), and their size.
+    FilesByContents,
+    /// The data blobs of those files, counted once per path: blobs, paths,
+    /// plaintext size.
+    BlobsPerFile,
     /// Distinct blobs referenced: plaintext and stored size, dedup and compression ratios.
     RawData,
 }
@@ -40,14 +47,24 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
         .cloned()
         .collect();
     let index = repo.load_index()?;
-    let report = stats::stats(&repo, &index, &chosen)?;
+    let options = stats::StatsOptions {
+        files_by_contents: args.mode == Mode::FilesByContents,
+        blobs_per_file: args.mode == Mode::BlobsPerFile,
+    };
+    let report = stats::stats_with(&repo, &index, &chosen, options)?;
     let mode = match args.mode {
         Mode::RestoreSize => "restore-size",
+        Mode::FilesByContents => "files-by-contents",
+        Mode::BlobsPerFile => "blobs-per-file",
         Mode::RawData => "raw-data",
     };
+    let by_contents = report.files_by_contents.clone().unwrap_or_default();
+    let per_file = report.blobs_per_file.clone().unwrap_or_default();
     if g.json {
         let mut v = match args.mode {
             Mode::RestoreSize => serde_json::to_value(&report.restore_size)?,
+            Mode::FilesByContents => serde_json::to_value(&by_contents)?,
+            Mode::BlobsPerFile => serde_json::to_value(&per_file)?,
             Mode::RawData => {
                 let mut v = serde_json::to_value(&report.raw_data)?;
                 v["restore_size"] = report.restore_size.total_size.into();
@@ -71,6 +88,23 @@ pub(crate) fn run(g: &GlobalArgs, args: &StatsArgs) -> Result<ExitCode> {
             outln!("        Total File Count:  {}", r.total_file_count)?;
             outln!("         Total Dir Count:  {}", r.total_dir_count)?;
             outln!("              Total Size:  {}", output::bytes(r.total_size))?;
+        }
+        Mode::FilesByContents => {
+            let r = &by_contents;
+            outln!("        Total File Count:  {}", r.total_file_count)?;
+            outln!("              Total Size:  {}", output::bytes(r.total_size))?;
+        }
+        Mode::BlobsPerFile => {
+            let r = &per_file;
+            outln!("        Total Blob Count:  {}", r.total_blob_count)?;
+            outln!("        Total File Count:  {}", r.total_file_count)?;
+            outln!("              Total Size:  {}", output::bytes(r.total_size))?;
+            if r.missing_blobs > 0 {
+                outln!(
+                    "           Missing Blobs:  {} (run `vault check`)",
+                    r.missing_blobs
+                )?;
+            }
         }
         Mode::RawData => {
             let r = &report.raw_data;
