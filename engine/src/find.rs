@@ -34,6 +34,10 @@ pub struct FindOptions {
     pub patterns: Vec<std::ffi::OsString>,
     /// Match regardless of case.
     pub ignore_case: bool,
+    /// Only entries modified at or after this time (restic's `--oldest`).
+    pub oldest: Option<jiff::Timestamp>,
+    /// Only entries modified at or before this time (restic's `--newest`).
+    pub newest: Option<jiff::Timestamp>,
 }
 
 /// One entry found.
@@ -181,6 +185,10 @@ const MEMO_MATCHES: usize = 64 * 1024;
 pub struct Finder<'a> {
     trees: TreeReader<'a>,
     patterns: Patterns,
+    /// Entries modified outside `oldest..=newest` are not matches (their
+    /// subtrees are still searched).
+    oldest: Option<jiff::Timestamp>,
+    newest: Option<jiff::Timestamp>,
     /// Relative matches below a directory tree, by [`Finder::memo_key`].
     memo: HashMap<[u8; 32], Vec<Match>>,
     /// Matches held in `memo`.
@@ -197,6 +205,8 @@ impl<'a> Finder<'a> {
         Ok(Self {
             trees: TreeReader::new(repo, index),
             patterns: Patterns::new(options)?,
+            oldest: options.oldest,
+            newest: options.newest,
             memo: HashMap::new(),
             memo_matches: 0,
             extents: Extents::default(),
@@ -268,7 +278,9 @@ impl<'a> Finder<'a> {
             let path = child_path(dir, &node.name);
             let name = node.os_name();
             let raw_path = child_path_raw(raw_dir, name.as_bytes());
-            if self.patterns.is_match(name.as_bytes(), &raw_path) {
+            let in_time = self.oldest.is_none_or(|o| node.mtime >= o)
+                && self.newest.is_none_or(|n| node.mtime <= n);
+            if in_time && self.patterns.is_match(name.as_bytes(), &raw_path) {
                 let found = Match::new(node, path.clone());
                 on_match(&found)?;
                 count += 1;
@@ -517,6 +529,7 @@ mod tests {
         FindOptions {
             patterns: patterns.iter().map(|p| (*p).into()).collect(),
             ignore_case,
+            ..FindOptions::default()
         }
     }
 

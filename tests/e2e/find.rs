@@ -31,6 +31,15 @@ fn fixture(backend: Backend) -> Fixture {
         std::fs::write(&path, data).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
+    // File times for --oldest/--newest: the rest were modified now.
+    for (rel, at) in [
+        ("top.log", 1_748_736_000),
+        ("a/deep/app.log", 1_764_547_200),
+    ] {
+        // 2025-06-01 and 2025-12-01, 00:00 UTC.
+        let when = filetime::FileTime::from_unix_time(at, 0);
+        filetime::set_file_mtime(root.join(rel), when).unwrap();
+    }
     let src = root.to_str().unwrap().to_owned();
     let backup = |time: &str| assert_success(&env.vault(&["backup", "--time", time, &src]));
     backup("2026-01-09 02:30:00");
@@ -134,7 +143,7 @@ fn find_matches_names_and_paths_in_snapshots(backend: Backend) {
     // Several patterns: any may match; directories match too.
     assert_eq!(f.find(&["deep", "y.txt"]), f.both(&["a/deep", "b/y.txt"]));
 
-    // --snapshot restricts the search; so do --oldest and --newest.
+    // --snapshot restricts the search.
     assert_eq!(
         f.find(&["--snapshot", &f.first[..8], "*.log"]),
         f.only(&f.first, &["a/deep/app.log", "top.log"])
@@ -143,15 +152,21 @@ fn find_matches_names_and_paths_in_snapshots(backend: Backend) {
         f.find(&["--snapshot", &f.second, "--snapshot", "latest", "new.log"]),
         f.only(&f.second, &["b/new.log"])
     );
+    // --oldest/-O and --newest/-N filter entries by modification time, as
+    // restic's: top.log is of 2025-06, app.log of 2025-12, new.log of now.
+    // They selected snapshots by time before.
     assert_eq!(
-        f.find(&["--newest", "2026-01-09 12:00", "*.log"]),
-        f.only(&f.first, &["a/deep/app.log", "top.log"])
+        f.find(&["--newest", "2025-07-01", "*.log"]),
+        f.both(&["top.log"])
     );
+    let mut later = f.both(&["a/deep/app.log"]);
+    later.insert((f.second.clone(), "b/new.log".into()));
+    assert_eq!(f.find(&["--oldest", "2025-07-01", "*.log"]), later);
     assert_eq!(
-        f.find(&["--oldest", "2026-01-09 12:00", "top.log"]),
-        f.only(&f.second, &["top.log"])
+        f.find(&["-O", "2025-07-01", "-N", "2026-01-01", "*.log"]),
+        f.both(&["a/deep/app.log"])
     );
-    assert!(f.find(&["--oldest", "2026-01-11", "*"]).is_empty());
+    assert!(f.find(&["--oldest", "2100-01-01", "*"]).is_empty());
 
     // JSON fields of one match.
     let out = f.env.vault(&["find", "--json", "new.log"]);

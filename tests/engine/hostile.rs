@@ -174,7 +174,7 @@ fn find_all(
     let mut found = Vec::new();
     let options = FindOptions {
         patterns: vec![pattern.into()],
-        ignore_case: false,
+        ..FindOptions::default()
     };
     find::find(repo, &index, root, &options, &mut |m| {
         found.push(m.clone());

@@ -50,15 +50,16 @@ pub(crate) struct FindArgs {
     /// Match names and paths regardless of case.
     #[arg(short = 'i', long, conflicts_with = "object")]
     ignore_case: bool,
-    /// Only snapshots taken at or after TIME: "YYYY-MM-DD HH:MM[:SS]" or
-    /// "YYYY-MM-DD" (local time; a date is its midnight), RFC 3339 with an
-    /// offset, now, today or yesterday (today and yesterday are midnight,
-    /// 00:00 local time).
-    #[arg(long, value_name = "TIME", value_parser = timespec::parse_arg)]
+    /// Only entries modified at or after TIME (restic's --oldest; pick
+    /// snapshots with -s or --tag/--host/--path): "YYYY-MM-DD HH:MM[:SS]"
+    /// or "YYYY-MM-DD" (local time; a date is its midnight), RFC 3339 with
+    /// an offset, now, today or yesterday (today and yesterday are
+    /// midnight, 00:00 local time).
+    #[arg(short = 'O', long, value_name = "TIME", value_parser = timespec::parse_arg, conflicts_with = "object")]
     oldest: Option<TimeArg>,
-    /// Only snapshots taken at or before TIME (as --oldest: yesterday is
+    /// Only entries modified at or before TIME (as --oldest: yesterday is
     /// yesterday's midnight, so `--newest today` ends before today).
-    #[arg(long, value_name = "TIME", value_parser = timespec::parse_arg)]
+    #[arg(short = 'N', long, value_name = "TIME", value_parser = timespec::parse_arg, conflicts_with = "object")]
     newest: Option<TimeArg>,
 }
 
@@ -70,12 +71,6 @@ fn selected(
 ) -> Result<Vec<(SnapshotId, Snapshot)>> {
     let mut chosen = super::pick_snapshots(snaps, damaged, &args.snapshots, &args.filter)?;
     chosen.sort_by_key(|(_, s)| s.time.timestamp());
-    let time = |t: &Option<TimeArg>| t.as_ref().map(|t| t.time.timestamp());
-    let (oldest, newest) = (time(&args.oldest), time(&args.newest));
-    chosen.retain(|(_, s)| {
-        let t = s.time.timestamp();
-        oldest.is_none_or(|o| t >= o) && newest.is_none_or(|n| t <= n)
-    });
     Ok(chosen.into_iter().cloned().collect())
 }
 
@@ -101,6 +96,8 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
     let options = FindOptions {
         patterns: args.patterns.clone(),
         ignore_case: args.ignore_case,
+        oldest: args.oldest.as_ref().map(|t| t.time.timestamp()),
+        newest: args.newest.as_ref().map(|t| t.time.timestamp()),
     };
     // One finder for every snapshot: it reads each distinct directory tree
     // once rather than once per snapshot holding it.
