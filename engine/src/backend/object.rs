@@ -307,18 +307,32 @@ pub fn redact_url(url: &str) -> String {
         Some((scheme, rest)) if scheme.is_empty() || scheme.ends_with(':') => (scheme, rest),
         _ => return url.to_owned(),
     };
+    // A query or fragment may carry a token (`?X-Amz-Security-Token=`):
+    // not shown either. (S3 repository URLs refuse both.)
+    let (rest, hidden) = match rest.find(['?', '#']) {
+        Some(at) => (&rest[..at], format!("{}***", &rest[at..=at])),
+        None => (rest, String::new()),
+    };
     // Everything up to the last `@` is taken for credentials, even past a
     // `/`: a password may hold an unencoded one. Over-redacting a path
     // with an `@` in it costs nothing.
     match rest.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}//***@{host}"),
-        None => url.to_owned(),
+        Some((_, host)) => format!("{scheme}//***@{host}{hidden}"),
+        None => format!("{scheme}//{rest}{hidden}"),
     }
 }
 
 fn parse_s3_url(spec: &str, allow_http: bool) -> Result<S3Url, BackendError> {
     let shown = redact_url(spec);
     let invalid = |why: &str| BackendError::Other(format!("invalid S3 URL s3:{shown}: {why}"));
+    // Taken as part of the prefix, `?token=X` silently became a directory
+    // name in the bucket, and was echoed in messages.
+    if spec.contains(['?', '#']) {
+        return Err(invalid(
+            "a query (`?`) or fragment (`#`) has no meaning in a repository URL; \
+             credentials and session tokens go in AWS_* environment variables",
+        ));
+    }
     let (endpoint, rest) = if let Some(rest) = spec.strip_prefix("//") {
         if rest.contains('@') {
             return Err(invalid(
@@ -1174,6 +1188,9 @@ mod tests {
             ("https://key:secret@host/b", "credentials"),
             ("https://host/b/../x", "prefix"),
             ("bucket/prefix", "expected"),
+            ("http://127.0.0.1:3900/b/p?token=secret", "query"),
+            ("https://host/b/p#secret", "fragment"),
+            ("//bucket/p?x-amz-security-token=secret", "query"),
         ] {
             let err = parse_s3_url(spec, false).unwrap_err().to_string();
             assert!(err.contains(why), "{spec}: {err}");
@@ -1201,6 +1218,12 @@ mod tests {
             })
         );
         assert_eq!(redact_url("/srv/repo"), "/srv/repo");
+        assert_eq!(
+            redact_url("http://h:9/b/p?token=X&a=b"),
+            "http://h:9/b/p?***"
+        );
+        assert_eq!(redact_url("//bucket/p#frag"), "//bucket/p#***");
+        assert_eq!(redact_url("https://k:s@h/b?t=1"), "https://***@h/b?***");
     }
 
     #[test]
