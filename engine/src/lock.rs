@@ -170,12 +170,33 @@ fn read_lock(backend: &dyn Backend, key: &MasterKey, path: &str) -> Option<LockI
         .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
 }
 
+/// Whether `path` is a lock object's name (repo-format.md §2): the
+/// exclusive lock, or 32 lowercase hex digits of the fallback protocol.
+/// Nothing else under `locks/` is a lock: not the store's probe objects,
+/// and not whatever else someone put there, which `unlock` must not
+/// delete (a `locks/` made to point at another directory held its files).
+fn is_lock_name(path: &str) -> bool {
+    let Some(name) = path.strip_prefix(FileKind::Lock.prefix()) else {
+        return false;
+    };
+    name == "exclusive"
+        || (name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// Every lock in the repository with its path. Unreadable lock objects are
-/// reported with `None`.
+/// reported with `None`. Objects under `locks/` whose names are not lock
+/// names are skipped (with a warning: not ours to judge or remove).
 pub fn list(repo: &Repository) -> Result<Vec<(String, Option<LockInfo>)>> {
     let mut out = Vec::new();
     for info in repo.list(FileKind::Lock)? {
         if info.path.contains("/probe-") {
+            continue;
+        }
+        if !is_lock_name(&info.path) {
+            tracing::warn!(
+                "ignoring {}: not a lock name (locks/exclusive or 32 hex digits)",
+                info.path
+            );
             continue;
         }
         let parsed = match repo.backend().get(&info.path) {
