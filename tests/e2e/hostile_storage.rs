@@ -6,7 +6,7 @@
 //! is not its own, and must not read an oversized object whole. And a
 //! repository URL whose query would have become part of the prefix.
 
-use crate::support::{Env, assert_code, assert_success, stderr};
+use crate::support::{Backend, Env, assert_code, assert_success, stderr};
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
@@ -108,6 +108,95 @@ fn unlock_removes_lock_objects_only() {
     let out = env.vault(&["unlock", "--remove-all"]);
     assert_success(&out);
     assert!(locks.join("notes").exists(), "{}", stderr(&out));
+}
+
+/// `vault ARGS` limited to 4 GiB of address space: enough to run, not
+/// enough to read a 6 GiB object whole.
+fn limited(env: &Env, args: &[&str]) -> std::process::Output {
+    let mut cmd = env.command(&[]);
+    cmd.env("VAULT_REPOSITORY", &env.repo);
+    let mut sh = std::process::Command::new("sh");
+    sh.arg("-c")
+        .arg("ulimit -v 4194304 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_vault"))
+        .args(args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh.stdin(std::process::Stdio::null()).output().unwrap()
+}
+
+/// Makes `key` a sparse file of 6 GiB: nothing on disk, everything to a
+/// reader that believes its size.
+fn sparse(env: &Env, key: &str) {
+    let path = Path::new(&env.repo).join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(6 << 30).unwrap();
+}
+
+/// Objects larger than their kind may be are refused from their size,
+/// unread: they were read whole (GBs of memory, or an abort under a
+/// memory limit).
+#[test]
+fn oversized_objects_are_refused_unread() {
+    let env = Env::new();
+    assert_success(&env.vault_stdin(&["backup", "--stdin", "--stdin-filename", "a"], b"data"));
+    // A key file beside the real one: skipped as malformed.
+    sparse(&env, &format!("keys/{}", "0".repeat(64)));
+    let out = limited(&env, &["snapshots"]);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("skipping malformed key file"),
+        "{}",
+        stderr(&out)
+    );
+    // A lock: unreadable, so removed by unlock.
+    sparse(&env, "locks/exclusive");
+    let out = limited(&env, &["unlock"]);
+    assert_success(&out);
+    assert!(!Path::new(&env.repo).join("locks/exclusive").exists());
+    // An index file: damage.
+    let index = format!("index/{}", "1".repeat(64));
+    sparse(&env, &index);
+    let out = limited(&env, &["ls", "latest"]);
+    assert_code(&out, 5);
+    assert!(stderr(&out).contains(&index), "{}", stderr(&out));
+    std::fs::remove_file(Path::new(&env.repo).join(&index)).unwrap();
+    // The config: damage.
+    sparse(&env, "config");
+    let out = limited(&env, &["snapshots"]);
+    assert_code(&out, 5);
+    assert!(stderr(&out).contains("config"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("more than"), "{}", stderr(&out));
+}
+
+// On either store: a local object's size comes from its metadata, an S3
+// object's from the announced Content-Length, both before the body is read.
+backend_test!(objects_over_their_kinds_limit_are_damage_on_either_store);
+fn objects_over_their_kinds_limit_are_damage_on_either_store(backend: Backend) {
+    let env = Env::on(backend);
+    assert_success(&env.vault_stdin(&["backup", "--stdin", "--stdin-filename", "a"], b"data"));
+    // A lock of 64 KiB + 1: unreadable, so held, until unlock removes it.
+    env.write_object("locks/exclusive", &vec![0; 64 * 1024 + 1]);
+    let out = env.vault(&["forget", "--keep-last", "1"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert_success(&env.vault(&["unlock"]));
+    assert!(env.locks().is_empty());
+    // A config of 64 KiB + 1: damage naming it, before anything else.
+    let config = env.read_object("config");
+    let mut big = config.clone();
+    big.resize(64 * 1024 + 1, 0);
+    env.write_object("config", &big);
+    let out = env.vault(&["snapshots"]);
+    assert_code(&out, 5);
+    assert!(stderr(&out).contains("config"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("65537 bytes"), "{}", stderr(&out));
+    env.write_object("config", &config);
+    assert_success(&env.vault(&["snapshots"]));
 }
 
 /// A query or fragment in an S3 URL became part of the prefix (a

@@ -277,12 +277,23 @@ impl Backend for LocalBackend {
         result.map_err(cannot_write)
     }
 
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError> {
         let (dirs, name) = Self::split(path)?;
         let dir = self.open_dirs(&dirs, None).map_err(|e| map_err(path, e))?;
-        let (mut f, size) = Self::open_object(&dir, name, path).map_err(|e| map_err(path, e))?;
+        let (f, size) = Self::open_object(&dir, name, path).map_err(|e| map_err(path, e))?;
+        // From the metadata, before reading: a sparse file of terabytes
+        // costs the attacker nothing and the reader all its memory.
+        if size > max_len {
+            return Err(BackendError::too_large(path, size, max_len));
+        }
         let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        f.read_to_end(&mut buf).map_err(|e| map_err(path, e))?;
+        // And never more than that, if it grows while being read.
+        f.take(max_len.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|e| map_err(path, e))?;
+        if buf.len() as u64 > max_len {
+            return Err(BackendError::too_large(path, buf.len() as u64, max_len));
+        }
         Ok(Bytes::from(buf))
     }
 

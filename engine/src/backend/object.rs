@@ -763,11 +763,11 @@ impl ObjectBackend {
                     let existing = self
                         .again(|| async {
                             Counter::add(&self.requests.get, 1);
-                            self.store.get(key).await?.bytes().await
+                            read_capped(self.store.get(key).await?, data.len() as u64).await
                         })
                         .await
                         .map_err(|e| self.fail(path, e))?;
-                    return if existing == *data {
+                    return if existing.is_ok_and(|existing| existing == *data) {
                         Ok(false)
                     } else {
                         Err(BackendError::AlreadyExists(path.to_owned()))
@@ -857,6 +857,32 @@ impl ObjectBackend {
             other => other,
         }
     }
+}
+
+/// The body of `got`, or `Err(size)` if it holds more than `max_len` bytes:
+/// judged from the length the store announces before any of the body is
+/// read, and never reading past `max_len` should the body be longer than
+/// announced.
+async fn read_capped(
+    got: object_store::GetResult,
+    max_len: u64,
+) -> object_store::Result<Result<Bytes, u64>> {
+    use futures::StreamExt;
+    let announced = got.range.end.saturating_sub(got.range.start);
+    if announced > max_len {
+        return Ok(Err(announced));
+    }
+    let mut body = bytes::BytesMut::with_capacity(usize::try_from(announced).unwrap_or(0));
+    let mut stream = got.into_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece?;
+        let total = (body.len() + piece.len()) as u64;
+        if total > max_len {
+            return Ok(Err(total));
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(Ok(body.freeze()))
 }
 
 /// An error's text followed by each cause it does not already spell out:
@@ -993,14 +1019,15 @@ impl Backend for ObjectBackend {
         })
     }
 
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError> {
         let key = self.key(path);
         self.runtime
             .block_on(self.persist(|| async {
                 Counter::add(&self.requests.get, 1);
-                self.store.get(&key).await?.bytes().await
+                read_capped(self.store.get(&key).await?, max_len).await
             }))
-            .map_err(|e| self.fail(path, e))
+            .map_err(|e| self.fail(path, e))?
+            .map_err(|size| BackendError::too_large(path, size, max_len))
     }
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
@@ -1300,7 +1327,7 @@ mod tests {
         assert_eq!(b.requests().unwrap().head, 1);
         // No retries means none, whatever the window.
         let b = refusing(Duration::from_secs(600), 0, None);
-        assert!(b.get("config").is_err());
+        assert!(b.get("config", 1024).is_err());
         assert_eq!(b.requests().unwrap().get, 1);
         // Interrupted: nothing more is sent.
         let b = refusing(
