@@ -192,20 +192,25 @@ impl Backend for Memory {
         m.insert(path.into(), data);
         Ok(())
     }
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.0
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError> {
+        let all = self
+            .0
             .lock()
             .unwrap()
             .get(path)
             .cloned()
-            .ok_or_else(|| BackendError::NotFound(path.into()))
+            .ok_or_else(|| BackendError::NotFound(path.into()))?;
+        if all.len() as u64 > max_len {
+            return Err(BackendError::TooLarge(path.into()));
+        }
+        Ok(all)
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
-        let all = self.get(path)?;
+        let all = self.get(path, u64::MAX)?;
         Ok(all.slice(offset as usize..(offset + len) as usize))
     }
     fn head(&self, path: &str) -> Result<u64, BackendError> {
-        Ok(self.get(path)?.len() as u64)
+        Ok(self.get(path, u64::MAX)?.len() as u64)
     }
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, BackendError> {
         Ok(self

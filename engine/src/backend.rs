@@ -126,6 +126,10 @@ pub enum BackendError {
     /// than the index says, damaged rather than unavailable.
     #[error("{0}")]
     Truncated(String),
+    /// The object is larger than any object of its kind may be: damaged
+    /// (or planted), and refused unread.
+    #[error("{0}")]
+    TooLarge(String),
     /// Failed after retries or failed permanently (permissions, bad request).
     #[error("{0}")]
     Other(String),
@@ -140,6 +144,13 @@ impl BackendError {
     #[must_use]
     pub fn is_not_found(&self) -> bool {
         matches!(self, BackendError::NotFound(_))
+    }
+
+    /// The refusal of `path`, of `size` bytes, over `max_len`.
+    pub(crate) fn too_large(path: &str, size: u64, max_len: u64) -> Self {
+        BackendError::TooLarge(format!(
+            "{path} holds {size} bytes, more than the {max_len} an object of its kind may have"
+        ))
     }
 
     /// True for [`BackendError::NoSpace`].
@@ -187,8 +198,11 @@ pub trait Backend: Send + Sync {
     /// locally, acknowledged by the store remotely).
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError>;
 
-    /// Reads a whole object.
-    fn get(&self, path: &str) -> Result<Bytes, BackendError>;
+    /// Reads a whole object of at most `max_len` bytes: the largest its
+    /// kind may have (repo-format.md §2.2). A larger object is refused with
+    /// [`BackendError::TooLarge`] before its bytes are read, so a hostile
+    /// store cannot make the reader allocate gigabytes for a lock.
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError>;
 
     /// Reads `len` bytes at `offset`. A range past the end of the object is
     /// an error, never a short read.
@@ -335,11 +349,11 @@ impl Backend for DryRun {
         self.pretend(path, Some(data.len() as u64));
         Ok(())
     }
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError> {
         match self.pretended(path) {
             // Written only in pretence: its bytes were never kept.
             Some(_) => Err(BackendError::NotFound(path.to_owned())),
-            None => self.inner.get(path),
+            None => self.inner.get(path, max_len),
         }
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {

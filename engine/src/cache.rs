@@ -13,7 +13,13 @@
 //! here; the listing and the index also tell which copies to drop.
 //!
 //! Files are the sealed objects as stored: the cache reveals nothing the
-//! store does not. The cache is an optimisation only: when it cannot be
+//! store does not.
+//!
+//! The cache may sit in a directory others can write (`--cache-dir` under
+//! `/tmp`, a shared home). So its directories must be real directories
+//! owned by the user running vault, never symlinks: otherwise whoever made
+//! them could point `index/` at any directory, and dropping stale copies
+//! would delete that directory's files. The cache is an optimisation only: when it cannot be
 //! written (full disk, permissions) it turns itself off and the command goes
 //! on without it.
 
@@ -43,8 +49,73 @@ fn subdir(kind: FileKind) -> &'static str {
 /// One repository's cache directory.
 #[derive(Debug)]
 pub struct Cache {
+    base: PathBuf,
     dir: PathBuf,
     off: AtomicBool,
+}
+
+/// Whether `name` can be the name of a copy: an id in its canonical
+/// spelling.
+fn is_canonical(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Fails unless `dir` is a directory (not a symlink to one) owned by the
+/// user running vault.
+fn check_own_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    own_dir(
+        dir,
+        meta.file_type().is_symlink(),
+        meta.is_dir(),
+        meta.uid(),
+    )
+}
+
+fn own_dir(dir: &Path, symlink: bool, is_dir: bool, uid: u32) -> std::io::Result<()> {
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{}: {why}", dir.display()),
+        ))
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if symlink {
+        refuse("is a symlink; a cache directory must be a directory of its own".into())
+    } else if !is_dir {
+        refuse("is not a directory".into())
+    } else if uid != me {
+        refuse(format!(
+            "is owned by uid {uid}, not by this user (uid {me}): another user could change what it holds"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Opens directory `name` in `parent` (or the working directory) without
+/// following a symlink, and checks it is the user's own.
+fn open_own_dir(
+    parent: Option<&std::os::fd::OwnedFd>,
+    name: &Path,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match parent {
+        Some(parent) => rustix::fs::openat(parent, name, flags, Mode::empty()),
+        None => rustix::fs::openat(rustix::fs::CWD, name, flags, Mode::empty()),
+    }
+    .map_err(|e| {
+        std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("{}: {e}", name.display()),
+        )
+    })?;
+    let st = rustix::fs::fstat(&fd)?;
+    let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+    own_dir(name, false, is_dir, st.st_uid)?;
+    Ok(fd)
 }
 
 impl Cache {
@@ -58,18 +129,22 @@ impl Cache {
             ));
         }
         create_private_dir(base)?;
+        check_own_dir(base)?;
         let tag = base.join("CACHEDIR.TAG");
         if !tag.exists() {
             write_atomically(&tag, CACHEDIR_TAG)?;
         }
         let dir = base.join(repo_id);
         create_private_dir(&dir)?;
+        check_own_dir(&dir)?;
         // Its mtime says when it was last used (`vault cache --cleanup`).
         let _ = filetime::set_file_mtime(&dir, filetime::FileTime::now());
         for kind in KINDS {
             create_private_dir(&dir.join(subdir(kind)))?;
+            check_own_dir(&dir.join(subdir(kind)))?;
         }
         Ok(Self {
+            base: base.to_owned(),
             dir,
             off: AtomicBool::new(false),
         })
@@ -89,9 +164,7 @@ impl Cache {
     fn file(&self, kind: FileKind, hex: &str) -> Option<PathBuf> {
         // Only canonical ids become file names: nothing read from the store
         // can name a path outside the cache.
-        let canonical =
-            hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        (Self::keeps(kind) && canonical && !self.off.load(Ordering::Relaxed))
+        (Self::keeps(kind) && is_canonical(hex) && !self.off.load(Ordering::Relaxed))
             .then(|| self.dir.join(subdir(kind)).join(hex))
     }
 
@@ -145,26 +218,49 @@ impl Cache {
     }
 
     /// Drops every copy of `kind` whose id the store no longer lists.
+    ///
+    /// Walks down from the base again, by descriptors that never follow a
+    /// symlink and each checked to be the user's own: the directories were
+    /// checked when the cache was opened, but whoever can write the base's
+    /// parent could have swapped them since. Only files named as copies
+    /// are ever removed.
     pub(crate) fn retain(&self, kind: FileKind, listed: &HashSet<String>) {
         if !Self::keeps(kind) || self.off.load(Ordering::Relaxed) {
             return;
         }
-        let Ok(entries) = std::fs::read_dir(self.dir.join(subdir(kind))) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
+        if let Err(e) = self.retain_in(kind, listed) {
+            tracing::warn!(
+                "cache {}: not dropping stale copies: {e}",
+                self.dir.display()
+            );
+        }
+    }
+
+    fn retain_in(&self, kind: FileKind, listed: &HashSet<String>) -> std::io::Result<()> {
+        use rustix::fs::{AtFlags, FileType};
+        let base = open_own_dir(None, &self.base)?;
+        let repo = open_own_dir(
+            Some(&base),
+            self.dir.file_name().map_or(Path::new(""), Path::new),
+        )?;
+        let dir = open_own_dir(Some(&repo), Path::new(subdir(kind)))?;
+        for entry in rustix::fs::Dir::read_from(&dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().to_str() else {
                 continue;
             };
-            // Another process's write in progress.
-            if name.starts_with(".tmp-") {
+            // Not a copy: another process's write in progress (`.tmp-`),
+            // or something vault never wrote, left alone.
+            if !is_canonical(name) || listed.contains(name) {
                 continue;
             }
-            if !listed.contains(name) {
-                let _ = std::fs::remove_file(entry.path());
+            let regular = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
+            if regular {
+                let _ = rustix::fs::unlinkat(&dir, name, AtFlags::empty());
             }
         }
+        Ok(())
     }
 
     fn turn_off(&self, e: &std::io::Error) {
@@ -190,21 +286,40 @@ pub struct CacheDir {
     pub last_used: Option<jiff::Timestamp>,
 }
 
-/// Every repository cache under `base`, least recently used first.
+/// Every repository cache under `base`, least recently used first. As
+/// [`Cache::open`], a base that is a symlink or another user's is refused,
+/// and so not emptied by `--cleanup`; so is (skipped) a repository's
+/// directory of another user.
 pub fn list(base: &Path) -> std::io::Result<Vec<CacheDir>> {
+    use std::os::unix::fs::MetadataExt;
+    match check_own_dir(base) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
     let entries = match std::fs::read_dir(base) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    let me = nix::unistd::geteuid().as_raw();
     let mut out = Vec::new();
     for entry in entries {
         let entry = entry?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
+        // Not following a symlink: a symlink is not a directory here.
         let meta = entry.metadata()?;
         if !meta.is_dir() || name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        if meta.uid() != me {
+            tracing::warn!(
+                "ignoring {}: owned by uid {}, not by this user",
+                entry.path().display(),
+                meta.uid()
+            );
             continue;
         }
         let last_used = meta
@@ -336,6 +451,103 @@ mod tests {
         cache.retain(FileKind::Index, &HashSet::from([a.clone()]));
         assert!(cache.read(FileKind::Index, &a).is_some());
         assert!(cache.read(FileKind::Index, &b).is_none());
+    }
+
+    /// A cache under a directory others can write (`--cache-dir` in
+    /// /tmp): they could make its directories symlinks to any directory,
+    /// whose files dropping stale copies then deleted.
+    #[test]
+    fn symlinked_cache_directories_are_refused_and_never_emptied() {
+        use std::os::unix::fs::symlink;
+        let shared = tempfile::tempdir().unwrap();
+        let victim = shared.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        let precious = ["passwd", &named(b"p"), ".tmp-0000000000000000"];
+        let keep = || {
+            for name in precious {
+                std::fs::write(victim.join(name), b"precious").unwrap();
+            }
+        };
+        let kept = || precious.iter().all(|name| victim.join(name).exists());
+        keep();
+        // The base itself, the repository's directory, one of its kinds.
+        symlink(&victim, shared.path().join("base")).unwrap();
+        let err = Cache::open(&shared.path().join("base"), REPO).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        let base = shared.path().join("vc");
+        std::fs::create_dir(&base).unwrap();
+        symlink(&victim, base.join(REPO)).unwrap();
+        assert!(Cache::open(&base, REPO).is_err());
+        std::fs::remove_file(base.join(REPO)).unwrap();
+        std::fs::create_dir(base.join(REPO)).unwrap();
+        symlink(&victim, base.join(REPO).join("index")).unwrap();
+        assert!(Cache::open(&base, REPO).is_err());
+        assert!(kept());
+        // Swapped for a symlink after the cache was opened: retain looks
+        // again, and deletes nothing there.
+        std::fs::remove_file(base.join(REPO).join("index")).unwrap();
+        let cache = Cache::open(&base, REPO).unwrap();
+        std::fs::remove_dir(base.join(REPO).join("index")).unwrap();
+        symlink(&victim, base.join(REPO).join("index")).unwrap();
+        cache.retain(FileKind::Index, &HashSet::new());
+        assert!(kept());
+        // In its own directory, only names of copies are dropped.
+        std::fs::remove_file(base.join(REPO).join("index")).unwrap();
+        std::fs::create_dir(base.join(REPO).join("index")).unwrap();
+        let own = base.join(REPO).join("index");
+        std::fs::write(own.join("notes"), b"mine").unwrap();
+        symlink(victim.join("passwd"), own.join(named(b"l"))).unwrap();
+        cache.write(FileKind::Index, &named(b"i"), b"i");
+        cache.retain(FileKind::Index, &HashSet::new());
+        assert!(own.join("notes").exists());
+        assert!(own.join(named(b"l")).symlink_metadata().is_ok());
+        assert!(!own.join(named(b"i")).exists());
+        assert!(kept());
+    }
+
+    /// A cache directory another user made (and so can change at will) is
+    /// not used.
+    #[test]
+    fn a_cache_directory_of_another_user_is_refused() {
+        use std::os::unix::fs::MetadataExt;
+        let base = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        if me != 0 {
+            // Only root can give a directory away; as anyone else the
+            // check is the same code, exercised by the symlink test.
+            return;
+        }
+        let dir = base.path().join(REPO);
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().uid(), 65534);
+        let err = Cache::open(base.path(), REPO).unwrap_err();
+        assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+    }
+
+    /// `vault cache --cleanup` removes what the listing shows: never a
+    /// directory reached through a symlinked base, nor another user's.
+    #[test]
+    fn the_listing_refuses_a_symlinked_base_and_skips_other_users_caches() {
+        use std::os::unix::fs::symlink;
+        let shared = tempfile::tempdir().unwrap();
+        let real = shared.path().join("real");
+        Cache::open(&real, REPO).unwrap();
+        assert_eq!(list(&real).unwrap().len(), 1);
+        symlink(&real, shared.path().join("link")).unwrap();
+        let err = list(&shared.path().join("link")).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err}");
+        if nix::unistd::geteuid().is_root() {
+            let theirs = real.join(named(b"theirs"));
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let listed = list(&real).unwrap();
+            assert_eq!(listed.len(), 1);
+            assert_eq!(listed[0].repository_id, REPO);
+            std::os::unix::fs::chown(&real, Some(65534), Some(65534)).unwrap();
+            let err = list(&real).unwrap_err();
+            assert!(err.to_string().contains("owned by uid 65534"), "{err}");
+        }
     }
 
     #[test]

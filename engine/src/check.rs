@@ -293,7 +293,7 @@ pub fn check(
 
     // Keys decode (each is tried at open; here we only report damage).
     for info in repo.list(FileKind::Key)? {
-        match repo.backend().get(&info.path) {
+        match repo.backend().get(&info.path, FileKind::Key.max_len()) {
             Ok(bytes) => {
                 if let Err(e) = crate::crypto::KeyFile::decode(&bytes) {
                     report.error("key_damaged", info.path.clone(), e.to_string());
@@ -534,7 +534,7 @@ pub fn check(
                     .push(name.to_owned());
                 let record = repo
                     .backend()
-                    .get(&o.path)
+                    .get(&o.path, crate::repository::MAX_SEALED_LEN)
                     .map_err(|e| Error::backend(&o.path, e))
                     .and_then(|sealed| repo.open_wal(&o.path, &sealed))
                     .and_then(|body| {
@@ -939,7 +939,7 @@ fn verify_pack(
         message,
         affected: Vec::new(),
     };
-    let bytes = match repo.backend().get(&path) {
+    let bytes = match repo.backend().get(&path, FileKind::Pack.max_len()) {
         Ok(b) => b,
         // Listed moments ago, so deleted since: by a prune beside this
         // check, a lifecycle rule, a failing disk. Nothing was verified,

@@ -39,6 +39,7 @@ use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::index::Index;
 use crate::repository::{FileKind, Repository};
 use crate::snapshot::Snapshot;
+use crate::tree::Extents;
 use crate::tree::Tree;
 use crate::tree_reader::TreeReader;
 use rayon::prelude::*;
@@ -229,7 +230,11 @@ impl Copier<'_> {
     /// Learns source → target ids from a source tree and the target tree
     /// copied from it earlier. Returns whether `src_tree` maps to
     /// `dst_tree` (verified by rewriting and re-hashing).
-    fn learn(&mut self, src_tree: BlobId, dst_tree: BlobId) -> Result<bool> {
+    fn learn(&mut self, src_tree: BlobId, dst_tree: BlobId, depth: usize) -> Result<bool> {
+        // Deeper than readers follow: not learned (each level is a frame).
+        if depth > crate::tree::MAX_DEPTH {
+            return Ok(false);
+        }
         {
             let map = self.map.lock().expect("not poisoned");
             if let Some(d) = map.trees.get(&src_tree) {
@@ -239,7 +244,7 @@ impl Copier<'_> {
                 return Ok(false);
             }
         }
-        let ok = self.learn_tree(src_tree, dst_tree)?;
+        let ok = self.learn_tree(src_tree, dst_tree, depth)?;
         if !ok {
             let mut map = self.map.lock().expect("not poisoned");
             map.unlearnable.insert(src_tree);
@@ -247,7 +252,7 @@ impl Copier<'_> {
         Ok(ok)
     }
 
-    fn learn_tree(&mut self, src_tree: BlobId, dst_tree: BlobId) -> Result<bool> {
+    fn learn_tree(&mut self, src_tree: BlobId, dst_tree: BlobId, depth: usize) -> Result<bool> {
         if self.usable_in_target(&dst_tree).is_none() {
             return Ok(false);
         }
@@ -267,7 +272,7 @@ impl Copier<'_> {
                 return Ok(false);
             }
             match (&a.subtree, &b.subtree) {
-                (Some(sa), Some(sb)) => ok &= self.learn(*sa, *sb)?,
+                (Some(sa), Some(sb)) => ok &= self.learn(*sa, *sb, depth + 1)?,
                 (None, None) => {}
                 _ => ok = false,
             }
@@ -501,10 +506,11 @@ impl Copier<'_> {
 
     /// Rewrites the source tree `id` and everything below it with target
     /// ids, storing new trees; returns the target id.
-    fn rewrite_tree(&mut self, saver: &Saver, id: &BlobId) -> Result<BlobId> {
+    fn rewrite_tree(&mut self, saver: &Saver, id: &BlobId, depth: usize) -> Result<BlobId> {
         if let Some(d) = self.map.lock().expect("not poisoned").trees.get(id) {
             return Ok(*d);
         }
+        crate::tree::within_depth(depth, &format_args!("tree {id}"))?;
         let tree = match self.tree_cache.remove(id) {
             Some(t) => {
                 self.cached_nodes -= t.nodes.len();
@@ -514,7 +520,7 @@ impl Copier<'_> {
         };
         for node in &tree.nodes {
             if let Some(sub) = &node.subtree {
-                self.rewrite_tree(saver, sub)?;
+                self.rewrite_tree(saver, sub, depth + 1)?;
             }
         }
         let rewritten = {
@@ -540,6 +546,31 @@ impl Copier<'_> {
             .trees
             .insert(*id, new_id);
         Ok(new_id)
+    }
+}
+
+/// Fails as damage if the trees of source snapshot `id` are beyond what
+/// readers follow ([`crate::tree::Extent::exceeds_limits`]).
+fn within_limits(
+    trees: &TreeReader<'_>,
+    extents: &mut Extents,
+    id: &SnapshotId,
+    snap: &Snapshot,
+) -> Result<()> {
+    trees.measure(&snap.tree, extents)?;
+    match extents.get(&snap.tree) {
+        Some(extent) if extent.exceeds_limits() => Err(Error::corrupt(
+            format!("snapshot {id}"),
+            format!(
+                "its tree {} nests {} levels deep or expands to {} entries, beyond the {} levels and {} entries readers follow: restore, ls and dump refuse it, and copy does not pass it on",
+                snap.tree.short(),
+                extent.levels.saturating_sub(1),
+                extent.entries,
+                crate::tree::MAX_DEPTH,
+                crate::tree::MAX_ENTRIES
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -705,6 +736,12 @@ pub fn copy(
             .collect()
     };
     let mut learned_from: HashSet<BlobId> = HashSet::new();
+    // What each snapshot's trees expand to, each distinct tree read once:
+    // trees nested deeper than readers follow, or listing each other into
+    // more entries than any file system holds, are damage here as they
+    // are to restore, ls and rewrite (check reports them), and copied they
+    // would only pass the damage on.
+    let mut extents = Extents::default();
 
     let start_saver = |index: &Arc<Index>| {
         Saver::start(
@@ -737,15 +774,16 @@ pub fn copy(
                 (d > 0, d.abs())
             })
             .map(|(s, t)| (s.tree, *t));
-        let step = match nearest {
-            Some((s_root, t_root)) if learned_from.insert(s_root) => {
-                copier.learn(s_root, t_root).map(|_| ())
-            }
-            _ => Ok(()),
-        }
-        .and_then(|()| copier.plan(current, &snap.tree))
-        .and_then(|needed| copier.transfer(current, &needed))
-        .and_then(|()| copier.rewrite_tree(current, &snap.tree));
+        let step = within_limits(&copier.src_trees, &mut extents, id, snap)
+            .and_then(|()| match nearest {
+                Some((s_root, t_root)) if learned_from.insert(s_root) => {
+                    copier.learn(s_root, t_root, 0).map(|_| ())
+                }
+                _ => Ok(()),
+            })
+            .and_then(|()| copier.plan(current, &snap.tree))
+            .and_then(|needed| copier.transfer(current, &needed))
+            .and_then(|()| copier.rewrite_tree(current, &snap.tree, 0));
         let root = match step {
             Ok(root) => root,
             Err(e) => {

@@ -9,6 +9,7 @@ mod keyfile;
 
 pub use aead::OpenError;
 
+pub(crate) use keyfile::MAX_KEY_FILE_LEN;
 pub use keyfile::{KdfParams, KeyFile, KeyFileError};
 
 use crate::id::BlobId;

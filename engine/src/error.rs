@@ -181,7 +181,7 @@ impl Error {
                 object: object.into(),
             };
         }
-        if let BackendError::Truncated(why) = source {
+        if let BackendError::Truncated(why) | BackendError::TooLarge(why) = source {
             return Error::Corrupt {
                 object: object.into(),
                 reason: why,

@@ -95,7 +95,7 @@ pub fn list(repo: &Repository) -> Result<Vec<KeyInfo>> {
             tracing::warn!("ignoring {}: not a key file name", info.path);
             continue;
         };
-        let bytes = match repo.backend().get(&info.path) {
+        let bytes = match repo.backend().get(&info.path, FileKind::Key.max_len()) {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => continue,
             Err(e) => return Err(Error::backend(&info.path, e)),
@@ -183,7 +183,7 @@ fn add_for(
         .put(&path, bytes.into(), PutMode::Create)
         .map_err(|e| Error::backend(&path, e))?;
     let verified = backend
-        .get(&path)
+        .get(&path, FileKind::Key.max_len())
         .map_err(|e| Error::backend(&path, e))
         .and_then(|stored| {
             KeyFile::decode(&stored)

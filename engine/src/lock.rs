@@ -164,26 +164,50 @@ impl Drop for Lock {
 
 /// The lock document stored at `path`, if it is there and opens.
 fn read_lock(backend: &dyn Backend, key: &MasterKey, path: &str) -> Option<LockInfo> {
-    let bytes = backend.get(path).ok()?;
+    let bytes = backend.get(path, FileKind::Lock.max_len()).ok()?;
     crate::repository::open_lock_with(key, path, &bytes)
         .ok()
         .and_then(|b| serde_json::from_slice::<LockInfo>(&b).ok())
 }
 
+/// Whether `path` is a lock object's name (repo-format.md §2): the
+/// exclusive lock, or 32 lowercase hex digits of the fallback protocol.
+/// Nothing else under `locks/` is a lock: not the store's probe objects,
+/// and not whatever else someone put there, which `unlock` must not
+/// delete (a `locks/` made to point at another directory held its files).
+fn is_lock_name(path: &str) -> bool {
+    let Some(name) = path.strip_prefix(FileKind::Lock.prefix()) else {
+        return false;
+    };
+    name == "exclusive"
+        || (name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// Every lock in the repository with its path. Unreadable lock objects are
-/// reported with `None`.
+/// reported with `None`. Objects under `locks/` whose names are not lock
+/// names are skipped (with a warning: not ours to judge or remove).
 pub fn list(repo: &Repository) -> Result<Vec<(String, Option<LockInfo>)>> {
     let mut out = Vec::new();
     for info in repo.list(FileKind::Lock)? {
         if info.path.contains("/probe-") {
             continue;
         }
-        let parsed = match repo.backend().get(&info.path) {
+        if !is_lock_name(&info.path) {
+            tracing::warn!(
+                "ignoring {}: not a lock name (locks/exclusive or 32 hex digits)",
+                info.path
+            );
+            continue;
+        }
+        let parsed = match repo.backend().get(&info.path, FileKind::Lock.max_len()) {
             Ok(bytes) => repo
                 .open_lock(&info.path, &bytes)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok()),
             Err(BackendError::NotFound(_)) => continue,
+            // Larger than any lock: unreadable (repo-format.md §11.2), so
+            // held by an unknown holder until `unlock` removes it.
+            Err(BackendError::TooLarge(_)) => None,
             Err(e) => return Err(Error::backend(&info.path, e)),
         };
         out.push((info.path, parsed));
@@ -532,7 +556,12 @@ mod tests {
         let held = read_lock(store.as_ref(), repo_a.key(), EXCLUSIVE).unwrap();
         assert_eq!(held.hostname, "host-b");
         drop(b);
-        assert!(store.get(EXCLUSIVE).unwrap_err().is_not_found());
+        assert!(
+            store
+                .get(EXCLUSIVE, FileKind::Lock.max_len())
+                .unwrap_err()
+                .is_not_found()
+        );
     }
 
     #[test]
@@ -569,7 +598,12 @@ mod tests {
         let left = FileKind::Lock.path(&"ab".repeat(16));
         store.put(&left, stale, PutMode::Overwrite).unwrap();
         let lock = lock_exclusive(&repo, "prune", "host-a", "u").unwrap();
-        assert!(store.get(&left).unwrap_err().is_not_found());
+        assert!(
+            store
+                .get(&left, FileKind::Lock.max_len())
+                .unwrap_err()
+                .is_not_found()
+        );
         drop(lock);
         assert!(store.list("locks/").unwrap().is_empty());
     }

@@ -11,6 +11,7 @@
 
 mod header;
 
+pub(crate) use header::MAX_HEADER_LEN;
 pub use header::{HeaderEntry, PackHeaderError, decode_header};
 
 use crate::blob::BlobKind;

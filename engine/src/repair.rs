@@ -90,7 +90,12 @@ pub fn repair_index(
         let failed = |e| Error::backend(format!("pack {id}"), e);
         // Whole, to check every blob; else only the header at its end.
         let (bytes, start) = if read_data {
-            (repo.backend().get(&path).map_err(failed)?, 0)
+            (
+                repo.backend()
+                    .get(&path, FileKind::Pack.max_len())
+                    .map_err(failed)?,
+                0,
+            )
         } else {
             let tail_len = pack::tail_len(size);
             let start = size - tail_len;
@@ -154,7 +159,7 @@ pub fn repair_index(
             let path = FileKind::Pack.path(&id.to_hex());
             let bytes = repo
                 .backend()
-                .get(&path)
+                .get(&path, FileKind::Pack.max_len())
                 .map_err(|e| Error::backend(format!("pack {id}"), e))?;
             let size = bytes.len() as u64;
             let tail = &bytes[(size - pack::tail_len(size)) as usize..];

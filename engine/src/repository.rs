@@ -20,6 +20,25 @@ use std::sync::Arc;
 
 /// Largest index, snapshot or config plaintext a reader accepts.
 const MAX_OBJECT_LEN: usize = 1024 * 1024 * 1024; // 1 GiB
+/// Largest sealed object a reader fetches (index file, snapshot, WAL
+/// record): the largest plaintext, its compression tag and the envelope's
+/// nonce and tag (repo-format.md §2.2). Every writer stays below it: the
+/// compressed encoding is never longer than the raw one (§6.1).
+pub const MAX_SEALED_LEN: u64 = MAX_OBJECT_LEN as u64 + 1 + 40;
+/// Largest `config` a reader fetches: a few hundred bytes of JSON in
+/// practice.
+pub const MAX_CONFIG_LEN: u64 = 64 * 1024;
+/// Largest lock object a reader fetches (a host and a user name, a purpose
+/// and numbers).
+pub const MAX_LOCK_LEN: u64 = 64 * 1024;
+/// Largest key file a reader fetches (the key-file decoder's own cap).
+pub const MAX_KEY_FILE_LEN: u64 = crate::crypto::MAX_KEY_FILE_LEN as u64;
+/// Largest pack a reader fetches whole (`check --read-data`, `repair index
+/// --read-data`, tree packs for the cache): blob offsets are u32, so every
+/// indexed blob ends within 4 GiB, followed by at most the largest header
+/// and the trailer. Packs are otherwise read by ranges.
+pub const MAX_PACK_LEN: u64 =
+    (1 << 32) + crate::pack::MAX_HEADER_LEN as u64 + crate::pack::TRAILER_LEN as u64;
 /// Current repository format version (§13).
 pub const FORMAT_VERSION: u32 = 1;
 /// Default target pack size.
@@ -91,6 +110,17 @@ impl FileKind {
             FileKind::Index => "index/",
             FileKind::Pack => "data/",
             FileKind::Lock => "locks/",
+        }
+    }
+
+    /// The largest object of this kind a reader fetches whole.
+    #[must_use]
+    pub fn max_len(self) -> u64 {
+        match self {
+            FileKind::Key => MAX_KEY_FILE_LEN,
+            FileKind::Snapshot | FileKind::Index => MAX_SEALED_LEN,
+            FileKind::Pack => MAX_PACK_LEN,
+            FileKind::Lock => MAX_LOCK_LEN,
         }
     }
 
@@ -264,7 +294,7 @@ impl Repository {
 
     /// Opens a repository with a password.
     pub fn open(backend: Arc<dyn Backend>, password: &Password) -> Result<Self> {
-        let sealed_config = match backend.get("config") {
+        let sealed_config = match backend.get("config", MAX_CONFIG_LEN) {
             Ok(b) => b,
             Err(BackendError::NotFound(_)) => {
                 // Repository objects without a config: a repository that
@@ -297,9 +327,16 @@ impl Repository {
         let mut files = Vec::with_capacity(keys.len());
         for info in keys {
             // A store that fails here must not pass for a wrong password.
-            let bytes = match backend.get(&info.path) {
+            let bytes = match backend.get(&info.path, MAX_KEY_FILE_LEN) {
                 Ok(b) => b,
                 Err(BackendError::NotFound(_)) => continue, // removed since listed
+                // Larger than any key file: malformed, as one that does not
+                // decode (it would be refused by the decoder anyway).
+                Err(BackendError::TooLarge(why)) => {
+                    tracing::warn!("skipping malformed key file {}: {why}", info.path);
+                    malformed += 1;
+                    continue;
+                }
                 Err(e) => return Err(Error::backend(&info.path, e)),
             };
             let Ok(file) = KeyFile::decode(&bytes) else {
@@ -355,7 +392,7 @@ impl Repository {
 
     /// Opens with an already unwrapped master key (key import, tests).
     pub fn open_with_key(backend: Arc<dyn Backend>, key: MasterKey) -> Result<Self> {
-        let sealed = backend.get("config").map_err(|e| match e {
+        let sealed = backend.get("config", MAX_CONFIG_LEN).map_err(|e| match e {
             BackendError::NotFound(_) => Error::RepositoryNotFound {
                 location: backend.location(),
             },
@@ -486,7 +523,7 @@ impl Repository {
         }
         let sealed = self
             .backend
-            .get(&path)
+            .get(&path, kind.max_len())
             .map_err(|e| Error::backend(&path, e))?;
         if blake3::hash(&sealed).to_hex().as_str() != hex {
             return Err(Error::corrupt(&path, "content does not match its name"));

@@ -192,7 +192,11 @@ impl<'a> TreeReader<'a> {
         if let Some(bytes) = cache.read(FileKind::Pack, &hex) {
             return Some(Bytes::from(bytes));
         }
-        let bytes = self.repo.backend().get(&FileKind::Pack.path(&hex)).ok()?;
+        let bytes = self
+            .repo
+            .backend()
+            .get(&FileKind::Pack.path(&hex), FileKind::Pack.max_len())
+            .ok()?;
         // A pack that does not match its name is not cached; its trees are
         // then read one by one, which names what is wrong.
         if blake3::hash(&bytes).to_hex().as_str() != hex {

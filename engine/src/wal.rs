@@ -195,7 +195,7 @@ pub fn push(
 /// Loads the record of `name`, if archived.
 pub fn load(repo: &Repository, source: &str, name: &str) -> Result<Option<WalRecord>> {
     let path = format!("{}/{name}", stream_dir(repo, source));
-    let sealed = match repo.backend().get(&path) {
+    let sealed = match repo.backend().get(&path, crate::repository::MAX_SEALED_LEN) {
         Ok(b) => b,
         Err(BackendError::NotFound(_)) => return Ok(None),
         Err(e) => return Err(Error::backend(path, e)),
@@ -339,7 +339,7 @@ pub fn all_records(repo: &Repository) -> Result<Vec<(String, WalRecord)>> {
     {
         let body = repo
             .backend()
-            .get(&o.path)
+            .get(&o.path, crate::repository::MAX_SEALED_LEN)
             .map_err(|e| Error::backend(&o.path, e))
             .and_then(|sealed| repo.open_wal(&o.path, &sealed))?;
         let record: WalRecord =

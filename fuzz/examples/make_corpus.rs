@@ -193,7 +193,7 @@ fn main() {
     let mut corpus = Corpus::default();
 
     // config: the stored object, and its plaintext in each compression.
-    let sealed = backend.get("config").expect("config");
+    let sealed = backend.get("config", u64::MAX).expect("config");
     let plain = open(AAD_CONFIG, &sealed).expect("config opens with the fixed key");
     let json = compress::decode_capped(&plain, 1 << 20).expect("config decodes");
     corpus.add("config", "stored", sealed.to_vec());
@@ -207,14 +207,14 @@ fn main() {
 
     // Snapshots and index files: the decrypted stored plaintexts.
     for info in backend.list("snapshots/").unwrap() {
-        let sealed = backend.get(&info.path).unwrap();
+        let sealed = backend.get(&info.path, u64::MAX).unwrap();
         let plain = open(AAD_SNAPSHOT, &sealed).expect("snapshot opens");
         let body = compress::decode_capped(&plain, 1 << 20).unwrap();
         corpus.add("snapshot", "stored", body);
     }
     let mut index_files = Vec::new();
     for info in backend.list("index/").unwrap() {
-        let sealed = backend.get(&info.path).unwrap();
+        let sealed = backend.get(&info.path, u64::MAX).unwrap();
         let plain = open(AAD_INDEX, &sealed).expect("index opens");
         let body = compress::decode_capped(&plain, 1 << 20).unwrap();
         index_files.push(IndexFile::decode(&body).expect("index decodes"));
@@ -248,7 +248,7 @@ fn main() {
         .list("data/")
         .unwrap()
         .iter()
-        .map(|info| backend.get(&info.path).unwrap().to_vec())
+        .map(|info| backend.get(&info.path, u64::MAX).unwrap().to_vec())
         .collect();
     packs.sort_by_key(Vec::len);
     let mut tree_packs = 0;
@@ -315,7 +315,7 @@ fn main() {
         corpus.add("key_file", "golden", std::fs::read(entry.unwrap().path()).unwrap());
     }
     for info in backend.list("keys/").unwrap() {
-        corpus.add("key_file", "repo", backend.get(&info.path).unwrap().to_vec());
+        corpus.add("key_file", "repo", backend.get(&info.path, u64::MAX).unwrap().to_vec());
     }
 
     let mut total = 0;

@@ -12,6 +12,7 @@ mod cli;
 mod failures;
 mod find;
 mod hostile;
+mod hostile_storage;
 mod interrupt;
 mod mount;
 mod object_lock;

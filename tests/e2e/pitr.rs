@@ -629,7 +629,7 @@ fn a_segment_that_fails_to_fetch_stops_recovery_instead_of_promoting() {
     t.archive_all(&port);
     t.restore(None, "damaged");
     let key = wal_key(&*t.store, &victim);
-    let mut bytes = t.store.get(&key).unwrap().to_vec();
+    let mut bytes = t.store.get(&key, u64::MAX).unwrap().to_vec();
     bytes[40] ^= 0x40;
     t.store
         .put(

@@ -482,7 +482,7 @@ impl Env {
     }
 
     pub(crate) fn read_object(&self, key: &str) -> Vec<u8> {
-        self.store().get(key).unwrap().to_vec()
+        self.store().get(key, u64::MAX).unwrap().to_vec()
     }
 
     pub(crate) fn write_object(&self, key: &str, bytes: &[u8]) {

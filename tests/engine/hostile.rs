@@ -660,3 +660,38 @@ fn stats_diff_and_rewrite_refuse_trees_listing_each_other_into_billions_of_entri
         }
     }
 }
+
+/// `copy` applies the limits of every other reader: a snapshot whose trees
+/// nest deeper than MAX_DEPTH, or list each other into 2^48 paths, is
+/// damage, not copied on (it was, with exit 0); one level less deep is
+/// copied.
+#[test]
+fn copy_refuses_trees_beyond_what_readers_follow() {
+    use vault_engine::copy::{self, CopyOptions, CopyProgress};
+    let repo = repo();
+    let roots = chain(&repo, MAX_DEPTH + 2);
+    let (too_deep, allowed) = (roots[0], roots[1]);
+    let bomb = doubling(&repo, 48);
+    let copy_of = |root: BlobId| {
+        let id: vault_engine::id::SnapshotId = snapshot(&repo, root).parse().unwrap();
+        let snap = repo.load_snapshot(&id).unwrap();
+        let target = init_memory(MEDIUM_CHUNKER, 1 << 20);
+        let result = copy::copy(
+            &repo,
+            &target,
+            &[(id, snap)],
+            &CopyOptions::default(),
+            &CopyProgress::default(),
+        );
+        (id, result, target)
+    };
+    let (id, result, target) = copy_of(too_deep);
+    assert_damaged(result, &format!("snapshot {id}"), "levels");
+    assert!(target.snapshots().unwrap().is_empty());
+    let (id, result, target) = copy_of(bomb);
+    assert_damaged(result, "tree", "entries");
+    assert!(target.snapshots().unwrap().is_empty(), "{id}");
+    let (_, result, target) = copy_of(allowed);
+    result.expect("copy of MAX_DEPTH levels");
+    assert_eq!(target.snapshots().unwrap().len(), 1);
+}

@@ -110,7 +110,10 @@ pub(crate) fn run(g: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
             if matches.len() != 1 {
                 bail!("key id {id} matches {} keys", matches.len());
             }
-            let bytes = repo.backend().get(&matches[0].path)?;
+            let bytes = repo.backend().get(
+                &matches[0].path,
+                vault_engine::repository::FileKind::Key.max_len(),
+            )?;
             serde_json::from_slice(&bytes)?
         }
     };

@@ -165,8 +165,8 @@ impl Backend for RateLimited {
             _ => self.inner.put(path, data, mode),
         }
     }
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.downloaded(path, self.inner.get(path))
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError> {
+        self.downloaded(path, self.inner.get(path, max_len))
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
         self.downloaded(path, self.inner.get_range(path, offset, len))
@@ -249,7 +249,7 @@ mod tests {
         // sent) goes out at once, its slot ahead or not.
         limited.put("index/i", hour, PutMode::Create).unwrap();
         assert!(inner.head("index/i").is_ok());
-        assert_eq!(limited.get("data/a").unwrap().len(), 3600);
+        assert_eq!(limited.get("data/a", u64::MAX).unwrap().len(), 3600);
     }
 
     #[test]
@@ -279,7 +279,10 @@ mod tests {
         );
         let started = Instant::now();
         for t in 0..4 {
-            assert_eq!(limited.get(&format!("o/{t}-0")).unwrap().len(), 25_000);
+            assert_eq!(
+                limited.get(&format!("o/{t}-0"), u64::MAX).unwrap().len(),
+                25_000
+            );
         }
         assert!(
             started.elapsed() >= Duration::from_millis(450),
@@ -299,13 +302,18 @@ mod tests {
             PutMode::Overwrite,
         )
         .unwrap();
-        busy.get("locks/exclusive").unwrap();
+        busy.get("locks/exclusive", u64::MAX).unwrap();
         assert_eq!((booked(&busy.upload), booked(&busy.download)), (up, down));
-        busy.get("data/x").unwrap();
+        busy.get("data/x", u64::MAX).unwrap();
         assert_ne!(booked(&busy.download), down);
         // Unlimited directions are left alone.
         let inner: Arc<dyn Backend> = Arc::new(ObjectBackend::memory());
         let uploads_only = RateLimited::new(inner, Some(1), None);
-        assert!(uploads_only.get("missing").unwrap_err().is_not_found());
+        assert!(
+            uploads_only
+                .get("missing", u64::MAX)
+                .unwrap_err()
+                .is_not_found()
+        );
     }
 }

@@ -307,18 +307,32 @@ pub fn redact_url(url: &str) -> String {
         Some((scheme, rest)) if scheme.is_empty() || scheme.ends_with(':') => (scheme, rest),
         _ => return url.to_owned(),
     };
+    // A query or fragment may carry a token (`?X-Amz-Security-Token=`):
+    // not shown either. (S3 repository URLs refuse both.)
+    let (rest, hidden) = match rest.find(['?', '#']) {
+        Some(at) => (&rest[..at], format!("{}***", &rest[at..=at])),
+        None => (rest, String::new()),
+    };
     // Everything up to the last `@` is taken for credentials, even past a
     // `/`: a password may hold an unencoded one. Over-redacting a path
     // with an `@` in it costs nothing.
     match rest.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}//***@{host}"),
-        None => url.to_owned(),
+        Some((_, host)) => format!("{scheme}//***@{host}{hidden}"),
+        None => format!("{scheme}//{rest}{hidden}"),
     }
 }
 
 fn parse_s3_url(spec: &str, allow_http: bool) -> Result<S3Url, BackendError> {
     let shown = redact_url(spec);
     let invalid = |why: &str| BackendError::Other(format!("invalid S3 URL s3:{shown}: {why}"));
+    // Taken as part of the prefix, `?token=X` silently became a directory
+    // name in the bucket, and was echoed in messages.
+    if spec.contains(['?', '#']) {
+        return Err(invalid(
+            "a query (`?`) or fragment (`#`) has no meaning in a repository URL; \
+             credentials and session tokens go in AWS_* environment variables",
+        ));
+    }
     let (endpoint, rest) = if let Some(rest) = spec.strip_prefix("//") {
         if rest.contains('@') {
             return Err(invalid(
@@ -749,11 +763,11 @@ impl ObjectBackend {
                     let existing = self
                         .again(|| async {
                             Counter::add(&self.requests.get, 1);
-                            self.store.get(key).await?.bytes().await
+                            read_capped(self.store.get(key).await?, data.len() as u64).await
                         })
                         .await
                         .map_err(|e| self.fail(path, e))?;
-                    return if existing == *data {
+                    return if existing.is_ok_and(|existing| existing == *data) {
                         Ok(false)
                     } else {
                         Err(BackendError::AlreadyExists(path.to_owned()))
@@ -843,6 +857,32 @@ impl ObjectBackend {
             other => other,
         }
     }
+}
+
+/// The body of `got`, or `Err(size)` if it holds more than `max_len` bytes:
+/// judged from the length the store announces before any of the body is
+/// read, and never reading past `max_len` should the body be longer than
+/// announced.
+async fn read_capped(
+    got: object_store::GetResult,
+    max_len: u64,
+) -> object_store::Result<Result<Bytes, u64>> {
+    use futures::StreamExt;
+    let announced = got.range.end.saturating_sub(got.range.start);
+    if announced > max_len {
+        return Ok(Err(announced));
+    }
+    let mut body = bytes::BytesMut::with_capacity(usize::try_from(announced).unwrap_or(0));
+    let mut stream = got.into_stream();
+    while let Some(piece) = stream.next().await {
+        let piece = piece?;
+        let total = (body.len() + piece.len()) as u64;
+        if total > max_len {
+            return Ok(Err(total));
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(Ok(body.freeze()))
 }
 
 /// An error's text followed by each cause it does not already spell out:
@@ -979,14 +1019,15 @@ impl Backend for ObjectBackend {
         })
     }
 
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError> {
         let key = self.key(path);
         self.runtime
             .block_on(self.persist(|| async {
                 Counter::add(&self.requests.get, 1);
-                self.store.get(&key).await?.bytes().await
+                read_capped(self.store.get(&key).await?, max_len).await
             }))
-            .map_err(|e| self.fail(path, e))
+            .map_err(|e| self.fail(path, e))?
+            .map_err(|size| BackendError::too_large(path, size, max_len))
     }
 
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
@@ -1174,6 +1215,9 @@ mod tests {
             ("https://key:secret@host/b", "credentials"),
             ("https://host/b/../x", "prefix"),
             ("bucket/prefix", "expected"),
+            ("http://127.0.0.1:3900/b/p?token=secret", "query"),
+            ("https://host/b/p#secret", "fragment"),
+            ("//bucket/p?x-amz-security-token=secret", "query"),
         ] {
             let err = parse_s3_url(spec, false).unwrap_err().to_string();
             assert!(err.contains(why), "{spec}: {err}");
@@ -1201,6 +1245,12 @@ mod tests {
             })
         );
         assert_eq!(redact_url("/srv/repo"), "/srv/repo");
+        assert_eq!(
+            redact_url("http://h:9/b/p?token=X&a=b"),
+            "http://h:9/b/p?***"
+        );
+        assert_eq!(redact_url("//bucket/p#frag"), "//bucket/p#***");
+        assert_eq!(redact_url("https://k:s@h/b?t=1"), "https://***@h/b?***");
     }
 
     #[test]
@@ -1277,7 +1327,7 @@ mod tests {
         assert_eq!(b.requests().unwrap().head, 1);
         // No retries means none, whatever the window.
         let b = refusing(Duration::from_secs(600), 0, None);
-        assert!(b.get("config").is_err());
+        assert!(b.get("config", 1024).is_err());
         assert_eq!(b.requests().unwrap().get, 1);
         // Interrupted: nothing more is sent.
         let b = refusing(

@@ -14,7 +14,7 @@ const MAX_ITERATIONS: u32 = 64;
 const MAX_PARALLELISM: u32 = 64;
 const MIN_SALT_LEN: usize = 16;
 const MAX_SALT_LEN: usize = 64;
-const MAX_KEY_FILE_LEN: usize = 64 * 1024; // 64 KiB
+pub(crate) const MAX_KEY_FILE_LEN: usize = 64 * 1024; // 64 KiB
 
 /// Why a key file could not be decoded or opened.
 #[derive(Debug, thiserror::Error)]

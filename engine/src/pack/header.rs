@@ -15,7 +15,7 @@ use crate::id::BlobId;
 
 pub(super) const ENTRY_LEN: usize = 1 + 4 + 4 + 32;
 /// Largest sealed header a reader accepts: ~400k entries.
-pub(super) const MAX_HEADER_LEN: usize = 16 * 1024 * 1024; // 16 MiB
+pub(crate) const MAX_HEADER_LEN: usize = 16 * 1024 * 1024; // 16 MiB
 
 /// One header entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,8 +25,8 @@ pub trait Hooks: Send + Sync {
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
         self.inner().put(path, data, mode)
     }
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.inner().get(path)
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError> {
+        self.inner().get(path, max_len)
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
         self.inner().get_range(path, offset, len)
@@ -81,8 +81,8 @@ impl<H: Hooks> Backend for Forwarding<H> {
     fn put(&self, path: &str, data: Bytes, mode: PutMode) -> Result<(), BackendError> {
         self.0.put(path, data, mode)
     }
-    fn get(&self, path: &str) -> Result<Bytes, BackendError> {
-        self.0.get(path)
+    fn get(&self, path: &str, max_len: u64) -> Result<Bytes, BackendError> {
+        self.0.get(path, max_len)
     }
     fn get_range(&self, path: &str, offset: u64, len: u64) -> Result<Bytes, BackendError> {
         self.0.get_range(path, offset, len)
