@@ -55,7 +55,27 @@ pub fn write_tar(
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     let mut seen = Seen::default();
-    let base = at;
+    each_entry(repo, index, root, at, node, &mut |name, node| {
+        append(repo, index, &mut tar, name, node, &mut seen)
+    })?;
+    tar.into_inner()
+        .and_then(|out| out.flush())
+        .map_err(|e| Error::io("writing the archive", e))?;
+    Ok(seen.stats)
+}
+
+/// Calls `add` with the archive name (the snapshot path without its
+/// leading `/`) of the directory at `at` (its `node`; none for the
+/// snapshot's root, `root`) and of everything below it, parents first:
+/// what the tar and the zip writer both put in their archives.
+fn each_entry(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    at: &Path,
+    node: Option<&Node>,
+    add: &mut dyn FnMut(&Path, &Node) -> Result<()>,
+) -> Result<()> {
     let dir = match node {
         Some(node) => {
             let Some(subtree) = node.subtree.filter(|_| node.kind == NodeKind::Dir) else {
@@ -64,22 +84,16 @@ pub fn write_tar(
                     at.display()
                 )));
             };
-            let name = base.strip_prefix("/").unwrap_or(base);
-            append(repo, index, &mut tar, name, node, &mut seen)?;
+            add(at.strip_prefix("/").unwrap_or(at), node)?;
             subtree
         }
         None => *root,
     };
     walk(repo, index, &dir, &mut |path, node| {
-        let full = base.join(path.strip_prefix("/").unwrap_or(path));
-        let name = full.strip_prefix("/").unwrap_or(&full);
-        append(repo, index, &mut tar, name, &node, &mut seen)?;
+        let full = at.join(path.strip_prefix("/").unwrap_or(path));
+        add(full.strip_prefix("/").unwrap_or(&full), &node)?;
         Ok(true)
-    })?;
-    tar.into_inner()
-        .and_then(|out| out.flush())
-        .map_err(|e| Error::io("writing the archive", e))?;
-    Ok(seen.stats)
+    })
 }
 
 /// Writes the directory at snapshot path `at` and everything below it to
@@ -103,26 +117,8 @@ pub fn write_zip(
 ) -> Result<ArchiveStats> {
     let mut zip = zip::ZipWriter::new_stream(out);
     let mut stats = ArchiveStats::default();
-    let base = at;
-    let dir = match node {
-        Some(node) => {
-            let Some(subtree) = node.subtree.filter(|_| node.kind == NodeKind::Dir) else {
-                return Err(Error::InvalidInput(format!(
-                    "{} is not a directory",
-                    at.display()
-                )));
-            };
-            let name = base.strip_prefix("/").unwrap_or(base);
-            append_zip(repo, index, &mut zip, name, node, &mut stats)?;
-            subtree
-        }
-        None => *root,
-    };
-    walk(repo, index, &dir, &mut |path, node| {
-        let full = base.join(path.strip_prefix("/").unwrap_or(path));
-        let name = full.strip_prefix("/").unwrap_or(&full);
-        append_zip(repo, index, &mut zip, name, &node, &mut stats)?;
-        Ok(true)
+    each_entry(repo, index, root, at, node, &mut |name, node| {
+        append_zip(repo, index, &mut zip, name, node, &mut stats)
     })?;
     let out = zip
         .finish()
