@@ -238,12 +238,7 @@ fn find_matches_names_and_paths_in_snapshots(backend: Backend) {
 /// The ids `vault cat tree SNAPSHOT:DIR` lists for DIR's entries: their
 /// content (a file's first blob) or subtree (a directory's).
 fn ids_in(env: &Env, spec: &str) -> std::collections::BTreeMap<String, String> {
-    let out = env.vault(&["cat", "tree", spec]);
-    assert_success(&out);
-    let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    tree["nodes"]
-        .as_array()
-        .unwrap()
+    env.tree_nodes(spec)
         .iter()
         .map(|n| {
             let id = n["content"][0]

@@ -502,12 +502,7 @@ fn cat_tree_takes_a_directory_after_the_snapshot() {
     let src = env.path("src");
     let src = src.to_str().unwrap();
     let names = |spec: &str| -> Vec<String> {
-        let out = env.vault(&["cat", "tree", spec]);
-        assert_success(&out);
-        let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        tree["nodes"]
-            .as_array()
-            .unwrap()
+        env.tree_nodes(spec)
             .iter()
             .map(|n| n["name"].as_str().unwrap().to_owned())
             .collect()

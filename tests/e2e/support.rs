@@ -388,6 +388,14 @@ impl Env {
             .unwrap_or_else(|e| panic!("invalid JSON from vault {args:?}: {e}\n{text}"))
     }
 
+    /// The nodes `vault cat tree SPEC` prints (SPEC: `SNAPSHOT[:DIR]`).
+    pub(crate) fn tree_nodes(&self, spec: &str) -> Vec<serde_json::Value> {
+        let out = self.vault(&["cat", "tree", spec]);
+        assert_success(&out);
+        let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        tree["nodes"].as_array().unwrap().clone()
+    }
+
     pub(crate) fn snapshots(&self) -> Vec<serde_json::Value> {
         self.json(&["snapshots"]).as_array().unwrap().clone()
     }
