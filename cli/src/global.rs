@@ -46,6 +46,14 @@ pub(crate) fn stop_if_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// [`stop_if_interrupted`] for a command that changes snapshots one at a
+/// time: the error says how many it had changed (`done`, e.g. "3 snapshots
+/// removed"), so the user knows where it stopped.
+pub(crate) fn stop_after(done: impl FnOnce() -> String) -> Result<()> {
+    stop_if_interrupted()
+        .map_err(|e| e.context(format!("stopped after {}; the rest is unchanged", done())))
+}
+
 /// The outcome of a command that may have been signalled: one that ran to
 /// its end after Ctrl-C or SIGTERM (its last step was past stopping) still
 /// exits 130, never 0, since the handler told the user it was stopping.

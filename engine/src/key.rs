@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::id::KeyId;
 use crate::repository::{FileKind, Repository};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use zeroize::Zeroizing;
 
 /// One key file, as listed.
@@ -233,10 +234,14 @@ pub fn remove(repo: &Repository, id: &KeyId, force: bool) -> Result<()> {
 
 /// Changes the password of the key in use: adds a key file for the new
 /// password, then removes the one that opened `repo`. Returns (new, removed).
+/// `cancel` set by the time the new key is written takes that key back
+/// ([`Error::Interrupted`]): a stopped change leaves the old password, not
+/// two.
 pub fn change_password(
     repo: &Repository,
     password: &Password,
     new: &NewKey,
+    cancel: &AtomicBool,
 ) -> Result<(KeyId, KeyId)> {
     let old = repo.key_id();
     if old == KeyId([0; 32]) {
@@ -245,6 +250,10 @@ pub fn change_password(
         ));
     }
     let added = add(repo, password, new)?;
+    if cancel.load(Ordering::SeqCst) {
+        remove(repo, &added, true)?;
+        return Err(Error::Interrupted);
+    }
     remove(repo, &old, true)?;
     Ok((added, old))
 }
@@ -460,6 +469,35 @@ pub mod paper {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A change stopped once its new key is written takes that key back:
+    /// the old password still opens the repository, and it alone.
+    #[test]
+    fn a_stopped_password_change_keeps_the_old_key_only() {
+        let (backend, repo) = crate::test_support::memory_repo(Default::default());
+        let before: Vec<String> = list(&repo).unwrap().iter().map(|k| k.id.to_hex()).collect();
+        let new = NewKey {
+            kdf: KdfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1,
+            },
+            hostname: "h".into(),
+            username: "u".into(),
+        };
+        let stop = AtomicBool::new(true);
+        let err = change_password(&repo, &Password::new("new"), &new, &stop).unwrap_err();
+        assert!(matches!(err, Error::Interrupted), "{err}");
+        let after: Vec<String> = list(&repo).unwrap().iter().map(|k| k.id.to_hex()).collect();
+        assert_eq!(after, before);
+        Repository::open(backend.clone(), &crate::test_support::password()).unwrap();
+        assert!(Repository::open(backend, &Password::new("new")).is_err());
+        // Not stopped, it changes the password.
+        let (added, removed) =
+            change_password(&repo, &Password::new("new"), &new, &AtomicBool::new(false)).unwrap();
+        assert_eq!(removed.to_hex(), before[0]);
+        assert_ne!(added.to_hex(), before[0]);
+    }
 
     const REPO: &str = "980f9f4200000000000000000000000000000000000000000000000000ab77fc";
 

@@ -674,6 +674,26 @@ impl Repository {
         Ok(id)
     }
 
+    /// [`Self::replace_snapshot`], unless one of `existing` (other than
+    /// `old`) already is `new`: then only `old` is deleted. That is what an
+    /// interrupted `tag` or `rewrite --forget` left (the replacement stored,
+    /// the original not yet deleted), and running it again must finish that
+    /// step, not store a second copy of the replacement.
+    pub fn replace_snapshot_among(
+        &self,
+        old: &SnapshotId,
+        new: &Snapshot,
+        existing: &[(SnapshotId, Snapshot)],
+    ) -> Result<SnapshotId> {
+        match existing.iter().find(|(id, s)| id != old && s == new) {
+            Some((id, _)) => {
+                self.delete_snapshot(old)?;
+                Ok(*id)
+            }
+            None => self.replace_snapshot(old, new),
+        }
+    }
+
     /// Loads a snapshot.
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let path = FileKind::Snapshot.path(&id.to_hex());

@@ -6,7 +6,7 @@
 //! data stays in storage until `prune` finds it unused.
 
 use crate::backup::{Excludes, TreeSink};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
 use crate::index::Index;
 use crate::repository::Repository;
@@ -17,6 +17,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What rewriting did to one snapshot.
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +162,7 @@ pub fn rewrite(
     excludes: &Excludes,
     forget: bool,
     dry_run: bool,
+    cancel: &AtomicBool,
 ) -> Result<Vec<Rewritten>> {
     let sink = TreeSink::new(repo, index, dry_run);
     let mut pending: Vec<(SnapshotId, Snapshot, Removed)> = Vec::new();
@@ -182,6 +184,9 @@ pub fn rewrite(
         }
         drop(extents);
         for (id, snap) in snapshots {
+            if cancel.load(Ordering::SeqCst) {
+                return Err(Error::Interrupted);
+            }
             let (root, removed) = rw.rewrite(snap.tree, Path::new("/"))?;
             if removed.paths.is_empty() {
                 continue;
@@ -195,12 +200,27 @@ pub fn rewrite(
     }
     // Every new tree is stored and indexed before a snapshot refers to it.
     sink.finish()?;
+    // A run stopped between storing a replacement and deleting its original
+    // left that replacement: running again reuses it rather than storing a
+    // second copy.
+    let existing = if dry_run || pending.is_empty() {
+        Vec::new()
+    } else {
+        repo.snapshots()?
+    };
     let mut out = Vec::new();
     for (id, new, removed) in pending {
+        // Stopped: the snapshots not yet replaced stay as they are, and the
+        // caller reports those that were.
+        if cancel.load(Ordering::SeqCst) {
+            break;
+        }
         let replacement = if dry_run {
             None
         } else if forget {
-            Some(repo.replace_snapshot(&id, &new)?)
+            Some(repo.replace_snapshot_among(&id, &new, &existing)?)
+        } else if let Some((twin, _)) = existing.iter().find(|(_, s)| *s == new) {
+            Some(*twin)
         } else {
             Some(repo.save_snapshot(&new)?)
         };

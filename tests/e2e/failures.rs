@@ -976,6 +976,99 @@ fn repair_index_interrupted_exits_130_and_keeps_the_old_index() {
     assert_ne!(env.objects_under("index"), index);
 }
 
+/// forget, tag and rewrite stopped by a signal before their first change
+/// change nothing (exit 130, saying so). They used to say "stopping
+/// cleanly" and then remove, retag or rewrite every snapshot chosen.
+#[test]
+fn snapshot_changes_stop_at_a_signal() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("secret.key"), b"k").unwrap();
+    for i in 0..3 {
+        std::fs::write(src.join("a"), format!("{i}")).unwrap();
+        assert_success(&env.vault(&["backup", src.to_str().unwrap(), "--tag", "nightly"]));
+    }
+    let before = env.objects_under("snapshots");
+    let first = before[0].rsplit('/').next().unwrap().to_owned();
+    for args in [
+        &["forget", "--keep-last", "1"][..],
+        &["forget", &first],
+        &["tag", "--set", "oops"],
+        &["rewrite", "--exclude", "*.key", "--forget"],
+        &["rewrite", "--exclude", "*.key"],
+    ] {
+        let out = interrupted_while_opening(&env, args);
+        assert_code(&out, 130);
+        assert!(
+            stderr(&out).contains("stopped after 0 snapshots"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            env.objects_under("snapshots"),
+            before,
+            "{args:?} changed snapshots"
+        );
+    }
+    assert!(env.locks().is_empty(), "{:?}", env.locks());
+}
+
+/// `tag` and `rewrite --forget` store each replacement, then delete its
+/// original. Stopped in between, both are left; running the command again
+/// deletes the original and keeps that replacement. It used to store a
+/// second copy of the replacement, which forget then counted twice.
+#[test]
+fn a_rerun_after_a_stop_between_store_and_delete_stores_no_second_copy() {
+    for args in [
+        &["tag", "--set", "oops"][..],
+        &["rewrite", "--exclude", "*.key", "--forget"],
+    ] {
+        let env = Env::new();
+        let src = env.path("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("secret.key"), b"k").unwrap();
+        assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+        let original = env.objects_under("snapshots");
+        // What the stop leaves: the same change made in a copy of the
+        // repository gives the replacement, which joins the original.
+        let copy = env.path("copy");
+        let status = std::process::Command::new("cp")
+            .args(["-a", &env.repo, copy.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = env
+            .command(args)
+            .env("VAULT_REPOSITORY", &copy)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        let replacement: Vec<String> = std::fs::read_dir(copy.join("snapshots"))
+            .unwrap()
+            .map(|e| format!("snapshots/{}", e.unwrap().file_name().to_str().unwrap()))
+            .collect();
+        assert_eq!(replacement.len(), 1);
+        // Everything the change stored (rewrite's new trees too), nothing
+        // it deleted.
+        let status = std::process::Command::new("cp")
+            .args(["-a", "-n", &format!("{}/.", copy.display()), &env.repo])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(env.objects_under("snapshots").len(), 2);
+        assert_success(&env.vault(args));
+        assert_eq!(
+            env.objects_under("snapshots"),
+            replacement,
+            "{args:?}, from {original:?}"
+        );
+        let check = env.vault(&["check"]);
+        assert_success(&check);
+        assert!(!stderr(&check).contains("twin"), "{}", stderr(&check));
+    }
+}
+
 /// Every command: once the handler said "stopping cleanly", the exit code
 /// is 130, also for a command that had nothing left to stop.
 #[test]

@@ -484,7 +484,15 @@ fn stats_diff_and_rewrite_refuse_trees_nested_deeper_than_readers_follow() {
     );
     let excludes = vault_engine::backup::Excludes::new(&["nothing".into()]).unwrap();
     assert_damaged(
-        vault_engine::rewrite::rewrite(&repo, &index, &deep, &excludes, false, true),
+        vault_engine::rewrite::rewrite(
+            &repo,
+            &index,
+            &deep,
+            &excludes,
+            false,
+            true,
+            &Default::default(),
+        ),
         "tree below",
         "nested deeper",
     );
@@ -492,7 +500,16 @@ fn stats_diff_and_rewrite_refuse_trees_nested_deeper_than_readers_follow() {
     let fine: vault_engine::id::SnapshotId = snapshot(&repo, allowed).parse().unwrap();
     let fine = [(fine, repo.load_snapshot(&fine).unwrap())];
     vault_engine::stats::stats(&repo, &index, &fine).expect("stats");
-    vault_engine::rewrite::rewrite(&repo, &index, &fine, &excludes, false, true).expect("rewrite");
+    vault_engine::rewrite::rewrite(
+        &repo,
+        &index,
+        &fine,
+        &excludes,
+        false,
+        true,
+        &Default::default(),
+    )
+    .expect("rewrite");
 }
 
 /// Decoding does not validate link targets (repo-format.md §9), but no
@@ -654,8 +671,15 @@ fn stats_diff_and_rewrite_refuse_trees_listing_each_other_into_billions_of_entri
 
         for pattern in ["nothing", "f"] {
             let excludes = vault_engine::backup::Excludes::new(&[pattern.into()]).unwrap();
-            let rewritten =
-                vault_engine::rewrite::rewrite(&repo, &index, &snaps, &excludes, false, true);
+            let rewritten = vault_engine::rewrite::rewrite(
+                &repo,
+                &index,
+                &snaps,
+                &excludes,
+                false,
+                true,
+                &Default::default(),
+            );
             assert_damaged(rewritten, "tree ", why);
         }
     }

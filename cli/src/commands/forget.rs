@@ -316,6 +316,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             } else if args.dry_run {
                 would_remove.insert(id);
             } else {
+                global::stop_after(|| format!("{removed} snapshots removed"))?;
                 repo.delete_snapshot(&id)?;
                 removed += 1;
             }
@@ -389,6 +390,7 @@ fn forget_named(g: &GlobalArgs, args: &ForgetArgs) -> Result<ExitCode> {
             continue;
         }
         if !args.dry_run {
+            global::stop_after(|| format!("{} snapshots removed", removed.len()))?;
             repo.delete_snapshot(id)?;
         }
         removed.push(*id);

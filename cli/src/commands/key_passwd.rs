@@ -21,7 +21,12 @@ pub(crate) fn run(g: &GlobalArgs, args: &KeyPasswdArgs) -> Result<ExitCode> {
     let password = args.new.require_new_password()?;
     let _lock = super::exclusive_lock(g, &repo, "key passwd")?;
     global::stop_if_interrupted()?;
-    let (added, removed) = key::change_password(&repo, &password, &new)?;
+    let (added, removed) = key::change_password(&repo, &password, &new, &global::interrupted())
+        .map_err(|e| match e {
+            vault_engine::Error::Interrupted => anyhow::Error::new(e)
+                .context("the password was not changed (the new key was removed again)"),
+            e => e.into(),
+        })?;
     if g.json {
         output::print_json(&serde_json::json!({
             "message_type": "key_changed",

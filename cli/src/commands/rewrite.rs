@@ -74,9 +74,33 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
         }
     }
     let index = std::sync::Arc::new(repo.load_index()?);
-    let report = rewrite::rewrite(&repo, &index, &chosen, &excludes, args.forget, args.dry_run)?;
+    let report = rewrite::rewrite(
+        &repo,
+        &index,
+        &chosen,
+        &excludes,
+        args.forget,
+        args.dry_run,
+        &global::interrupted(),
+    )
+    .map_err(|e| match e {
+        vault_engine::Error::Interrupted => anyhow::Error::new(e)
+            .context("stopped after 0 snapshots rewritten; the rest is unchanged"),
+        e => e.into(),
+    })?;
+    let result = print_report(g, args, &report);
+    // Stopped by a signal: `report` holds the snapshots replaced before it.
+    global::stop_after(|| format!("{} snapshots rewritten", report.len()))?;
+    result
+}
+
+fn print_report(
+    g: &GlobalArgs,
+    args: &RewriteArgs,
+    report: &[rewrite::Rewritten],
+) -> Result<ExitCode> {
     if g.json {
-        for r in &report {
+        for r in report {
             let mut v = serde_json::to_value(r)?;
             v["message_type"] = "rewritten".into();
             output::print_json(&v)?;
@@ -91,7 +115,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &RewriteArgs) -> Result<ExitCode> {
     if g.quiet {
         return Ok(ExitCode::SUCCESS);
     }
-    for r in &report {
+    for r in report {
         let short = r.original.get(..8).unwrap_or(&r.original);
         match &r.replacement {
             Some(new) => outln!(

@@ -64,7 +64,8 @@ pub(crate) fn run(g: &GlobalArgs, args: &TagArgs) -> Result<ExitCode> {
                 until.strftime("%Y-%m-%d %H:%M:%S UTC")
             );
         }
-        let new_id = repo.replace_snapshot(id, &new)?;
+        global::stop_after(|| format!("{changed} snapshots changed"))?;
+        let new_id = repo.replace_snapshot_among(id, &new, &all)?;
         changed += 1;
         if g.json {
             output::print_json(&serde_json::json!({
