@@ -30,7 +30,8 @@ pub(crate) struct FindArgs {
     #[arg(value_name = "PATTERN", required = true, value_parser = clap::value_parser!(std::ffi::OsString))]
     patterns: Vec<std::ffi::OsString>,
     /// The arguments are data blob ids: print the files (and the tree
-    /// listing each) that hold them, per snapshot.
+    /// listing each) that hold them, per snapshot: each blob once per file
+    /// holding it, however many times the file lists it.
     #[arg(long)]
     blob: bool,
     /// The arguments are tree ids: print the directories they list (`/`
