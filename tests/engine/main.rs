@@ -4,6 +4,8 @@
 //! fixtures are made:
 //!
 //! - `vectors`: a checked-in golden repository must stay readable;
+//! - `vectors_name_raw`: so must one whose names are not UTF-8 (a file's,
+//!   extended attributes');
 //! - `roundtrip`: backup then restore gives back the same bytes, and
 //!   deduplication stores repeated data once;
 //! - `tamper`: a flipped byte in any stored object is detected, never
@@ -33,4 +35,5 @@ mod roundtrip;
 mod tamper;
 mod tree_reads;
 mod vectors;
+mod vectors_name_raw;
 mod wal;
