@@ -55,6 +55,47 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     outln!("{line}")
 }
 
+/// Writes `text` to stdout as it is, without a newline.
+pub(crate) fn print_raw(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    written(std::io::stdout().lock().write_all(text.as_bytes()))
+}
+
+/// One JSON array written to stdout element by element, one element per
+/// line: a whole run's results form one document (as restic's `find
+/// --json` prints them) while none of them is held in memory, which a
+/// search matching millions of entries needs.
+#[derive(Default)]
+pub(crate) struct JsonArray {
+    len: u64,
+}
+
+impl JsonArray {
+    /// Writes `value` as the next element.
+    pub(crate) fn push<T: serde::Serialize>(&mut self, value: &T) -> anyhow::Result<()> {
+        // Serialised first, as in `print_json`.
+        let text = serde_json::to_string(value)?;
+        self.next()?;
+        print_raw(&text)
+    }
+
+    /// Starts the next element, which the caller then writes with
+    /// [`print_raw`] (an object holding an array of its own).
+    pub(crate) fn next(&mut self) -> anyhow::Result<()> {
+        self.len += 1;
+        print_raw(if self.len == 1 { "[\n" } else { ",\n" })
+    }
+
+    /// Closes the array (`[]` when nothing was pushed), without a newline.
+    pub(crate) fn close(self) -> anyhow::Result<()> {
+        print_raw(if self.len == 0 { "[]" } else { "\n]" })
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+}
+
 /// `1.5 GiB`-style sizes.
 pub(crate) fn bytes(n: u64) -> String {
     indicatif::BinaryBytes(n).to_string()

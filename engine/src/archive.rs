@@ -104,9 +104,13 @@ fn each_entry(
 /// external attributes), their mtime (the DOS field in local time, and
 /// exactly, to the second, in an extended timestamp field), and a symlink
 /// its target as its content, as restic's zip and Info-ZIP write them.
-/// Zip has no owners, extended attributes, hard links, devices, fifos or
-/// sockets: a further hard link is a copy of the file, and the special
-/// files are left out (counted as skipped).
+/// A name that is not UTF-8 is its exact bytes without the UTF-8 flag, a
+/// directory's as a file's, as restic writes it. Zip has no owners,
+/// extended attributes, hard links, devices, fifos or sockets: a further
+/// hard link is a copy of the file, and the special files are left out
+/// (counted as skipped), as restic's dump leaves them out (of its tar as
+/// well) and Info-ZIP's zip does; an empty entry with the file type in its
+/// mode would extract as an empty regular file.
 pub fn write_zip(
     repo: &Repository,
     index: &Index,
@@ -199,16 +203,12 @@ fn append_zip(
             stats.bytes += node.size;
         }
         NodeKind::Dir => {
-            // Only `add_directory` writes a directory entry without going
-            // back to fill in its header, which a stream cannot, and it
-            // takes the name as a `String`. A name that is not UTF-8 goes
-            // without its own entry (which would name another directory):
-            // the entries below it still carry its exact bytes, and
-            // extracting them creates it.
-            if let Ok(dir_name) = std::str::from_utf8(raw) {
-                zip.add_directory(dir_name, zip_options(node, libc::S_IFDIR))
-                    .map_err(|e| zip_error(&what(), e))?;
+            let options = zip_options(node, libc::S_IFDIR);
+            match std::str::from_utf8(raw) {
+                Ok(dir_name) => zip.add_directory(dir_name, options),
+                Err(_) => add_raw_directory(zip, raw, options),
             }
+            .map_err(|e| zip_error(&what(), e))?;
             stats.dirs += 1;
         }
         NodeKind::Symlink => {
@@ -229,6 +229,28 @@ fn append_zip(
         }
     }
     Ok(())
+}
+
+/// A directory entry named by `name`'s exact bytes (and `/`), as restic's
+/// zip writes one: without the UTF-8 flag, which the crate sets only for a
+/// name that is UTF-8. Only `add_directory` writes a directory entry to a
+/// stream without going back to fill in its header, and it takes a
+/// `String`; an entry named by bytes is written whole into a small zip in
+/// memory, where going back is possible, and copied from there as it is.
+fn add_raw_directory(
+    zip: &mut zip::ZipWriter<zip::write::StreamWriter<&mut dyn Write>>,
+    name: &[u8],
+    options: zip::write::FullFileOptions<'static, 'static>,
+) -> zip::result::ZipResult<()> {
+    let name = [name, b"/"].concat();
+    let mut scratch = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    scratch.start_file_with_options(
+        options
+            .compression_method(zip::CompressionMethod::Stored)
+            .name(&name),
+    )?;
+    let mut made = zip::ZipArchive::new(scratch.finish()?)?;
+    zip.raw_copy_file(made.by_index_raw(0)?)
 }
 
 /// What the archive holds so far.

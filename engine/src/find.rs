@@ -469,8 +469,12 @@ impl<'a> ObjectFinder<'a> {
             let node = &*node;
             let path = child_path(dir, &node.name);
             if node.kind == NodeKind::File && !self.blobs.is_empty() {
-                // Each blob once per file, though the file may list it
-                // many times (a run of zeros).
+                // Each blob sought once per file, though the file may
+                // list it many times (a run of zeros): restic 0.14 prints
+                // a line per listing, thousands of identical ones for a
+                // sparse image. Every distinct blob, not only the first
+                // found (what restic's first `find --blob` did): searching for
+                // several blobs, or a pack's, each must be placed.
                 let mut reported: Vec<BlobId> = Vec::new();
                 for id in node.content.iter().flatten() {
                     if sought(&self.blobs, id) && !reported.contains(id) {
@@ -650,5 +654,51 @@ mod tests {
         )
         .unwrap();
         assert_eq!(none, 0);
+    }
+
+    /// A file is reported once for each distinct blob sought in it, not
+    /// once per listing of a blob (a run of zeros lists one blob many
+    /// times), nor only for the first blob found (which would hide the
+    /// other blobs sought as if no file held them).
+    #[test]
+    fn object_finder_reports_each_sought_blob_once_per_file() {
+        let (_, repo) = crate::test_support::memory_repo(InitOptions {
+            chunker: Some(crate::test_support::SMALL_CHUNKER),
+            ..InitOptions::default()
+        });
+        let mut data = vec![0u8; 200_000];
+        data.extend((0..60_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        let snapshot = crate::test_support::backup_stream(&repo, "data.bin", &data);
+        let index = repo.load_index().unwrap();
+        let node = crate::restore::find_node(&repo, &index, &snapshot.tree, "/data.bin").unwrap();
+        let content = node.content.clone().unwrap();
+        let zeros = *content.first().unwrap();
+        assert!(
+            content.iter().filter(|id| **id == zeros).count() > 1,
+            "the zeros are one blob listed several times"
+        );
+        let last = *content.last().unwrap();
+        assert_ne!(last, zeros);
+
+        let query = ObjectQuery {
+            blobs: vec![zeros.to_hex(), last.to_hex()[..10].to_owned()],
+            trees: Vec::new(),
+        };
+        let mut found = Vec::new();
+        let n = ObjectFinder::new(&repo, &index, &query)
+            .unwrap()
+            .find(&snapshot.tree, &mut |m| {
+                found.push((m.id, m.path.clone()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            found,
+            [
+                (zeros, "/data.bin".to_owned()),
+                (last, "/data.bin".to_owned())
+            ]
+        );
+        assert_eq!(n, 2);
     }
 }

@@ -2721,8 +2721,9 @@ fn root_refuses_a_restore_target_another_user_controls() {
 /// `dump --archive zip` (restic's `-a zip`): a directory as a zip stream
 /// on standard output (no seeking: data descriptors), with modes, file
 /// types and mtimes, symlinks as restic writes them (the target as the
-/// content), non-UTF-8 names as their bytes; what zip cannot hold (a fifo)
-/// left out. A file is still written as it is.
+/// content), non-UTF-8 names as their bytes, a directory's too (its own
+/// entry, as restic writes it); what zip cannot hold (a fifo) left out, as
+/// restic leaves it out. A file is still written as it is.
 #[test]
 fn dump_writes_a_directory_as_a_zip_stream() {
     use std::io::Read;
@@ -2738,6 +2739,10 @@ fn dump_writes_a_directory_as_a_zip_stream() {
         b"latin-1",
     )
     .unwrap();
+    let latin_dir = src.join(std::ffi::OsStr::from_bytes(b"d\xe9p\xf4t"));
+    std::fs::create_dir(&latin_dir).unwrap();
+    std::fs::write(latin_dir.join("in"), b"inside").unwrap();
+    std::fs::set_permissions(&latin_dir, std::fs::Permissions::from_mode(0o710)).unwrap();
     std::os::unix::fs::symlink("big", src.join("link")).unwrap();
     nix::unistd::mkfifo(
         &src.join("fifo"),
@@ -2758,7 +2763,8 @@ fn dump_writes_a_directory_as_a_zip_stream() {
 
     let out = env.vault(&["dump", "latest", src.to_str().unwrap(), "--archive", "zip"]);
     assert_success(&out);
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(out.stdout)).unwrap();
+    let archive = out.stdout;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(archive.clone())).unwrap();
     let prefix = src.to_str().unwrap().trim_start_matches('/').to_owned();
     let mut names: Vec<Vec<u8>> = (0..zip.len())
         .map(|i| zip.by_index(i).unwrap().name_raw().to_vec())
@@ -2769,6 +2775,9 @@ fn dump_writes_a_directory_as_a_zip_stream() {
         .map(|rel| format!("{prefix}{rel}").into_bytes())
         .collect();
     expected.push([prefix.as_bytes(), b"/caf\xe9"].concat());
+    let latin_name = [prefix.as_bytes(), b"/d\xe9p\xf4t/"].concat();
+    expected.push(latin_name.clone());
+    expected.push([&latin_name[..], b"in"].concat());
     expected.sort();
     assert_eq!(
         names
@@ -2812,6 +2821,29 @@ fn dump_writes_a_directory_as_a_zip_stream() {
         (0o120_000, &b"big"[..]),
         "{mode:o}"
     );
+
+    // The directory whose name is not UTF-8: an entry of its own, a
+    // directory with its mode, the name's bytes without the UTF-8 flag (bit
+    // 11 of the flags, 6 bytes into the local header that ends 30 bytes
+    // after its start, where the name follows).
+    let index = (0..zip.len())
+        .find(|&i| zip.by_index(i).unwrap().name_raw() == latin_name)
+        .unwrap();
+    let dir = zip.by_index(index).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(dir.external_attributes() >> 16, 0o040_710);
+    let stamp = dir.extra_data_fields().find_map(|e| match e {
+        zip::ExtraField::ExtendedTimestamp(t) => t.mod_time(),
+        _ => None,
+    });
+    assert!(stamp.is_some(), "the directory's mtime");
+    drop(dir);
+    let at = archive
+        .windows(latin_name.len())
+        .position(|w| w == latin_name)
+        .unwrap();
+    let flags = u16::from_le_bytes([archive[at - 30 + 6], archive[at - 30 + 7]]);
+    assert_eq!(flags & 0x800, 0, "UTF-8 flag set: {flags:#x}");
 
     // A file is its content, archive or not.
     let small = format!("{}/d/small", src.display());

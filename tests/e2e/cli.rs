@@ -289,8 +289,8 @@ fn a_file_name_that_is_not_utf8_can_be_dumped_listed_restored_and_found() {
     // A name given literally to find and to exclude.
     let out = run(&["find".as_ref(), name, "--json".as_ref()]);
     assert_success(&out);
-    let found = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(found.lines().count(), 1, "{found}");
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found[0]["hits"], 1, "{found}");
     let restored = restore("excluded", "--exclude", name);
     assert!(!restored.join(name).exists());
     assert_eq!(

@@ -68,30 +68,35 @@ fn fixture(backend: Backend) -> Fixture {
 
 impl Fixture {
     /// `vault find ARGS --json`: every match as (snapshot id, path relative
-    /// to `src`), after checking each object's fields.
+    /// to `src`), after checking restic's shape: one array of snapshots
+    /// with matches, each `{"matches": [...], "hits": N, "snapshot": ID}`.
     fn find(&self, args: &[&str]) -> BTreeSet<(String, String)> {
         let mut all = vec!["find", "--json"];
         all.extend_from_slice(args);
         let out = self.env.vault(&all);
         assert_success(&out);
         let text = String::from_utf8(out.stdout).unwrap();
-        text.lines()
-            .map(|line| {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .unwrap_or_else(|e| panic!("invalid JSON {line:?}: {e}"));
-                assert_eq!(v["message_type"], "match", "{line}");
-                for key in ["type", "size", "mtime", "mode"] {
-                    assert!(v.get(key).is_some(), "missing {key}: {line}");
+        let groups: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("not one JSON array {text:?}: {e}"));
+        let mut found = BTreeSet::new();
+        for group in &groups {
+            let snapshot = group["snapshot"].as_str().unwrap().to_owned();
+            assert!(snapshot == self.first || snapshot == self.second, "{group}");
+            let matches = group["matches"].as_array().unwrap();
+            assert!(!matches.is_empty(), "a snapshot without matches: {group}");
+            assert_eq!(group["hits"], matches.len(), "{group}");
+            for m in matches {
+                for key in ["type", "size", "mtime", "mode", "permissions"] {
+                    assert!(m.get(key).is_some(), "missing {key}: {m}");
                 }
-                let snapshot = v["snapshot"].as_str().unwrap().to_owned();
-                assert!(snapshot == self.first || snapshot == self.second, "{line}");
-                let path = v["path"].as_str().unwrap();
+                let path = m["path"].as_str().unwrap();
                 let rel = path
                     .strip_prefix(&format!("{}/", self.src))
                     .unwrap_or_else(|| panic!("{path} not under {}", self.src));
-                (snapshot, rel.to_owned())
-            })
-            .collect()
+                assert!(found.insert((snapshot.clone(), rel.to_owned())), "{text}");
+            }
+        }
+        found
     }
 
     /// The expected set: each path in each listed snapshot.
@@ -168,15 +173,20 @@ fn find_matches_names_and_paths_in_snapshots(backend: Backend) {
     );
     assert!(f.find(&["--oldest", "2100-01-01", "*"]).is_empty());
 
-    // JSON fields of one match.
+    // JSON fields of one match, in restic's words: one snapshot, one match.
     let out = f.env.vault(&["find", "--json", "new.log"]);
     assert_success(&out);
     let text = String::from_utf8(out.stdout).unwrap();
-    let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    let groups: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(groups.as_array().unwrap().len(), 1, "{text}");
+    assert_eq!(groups[0]["snapshot"], f.second.as_str());
+    assert_eq!(groups[0]["hits"], 1);
+    assert_eq!(groups[0]["matches"].as_array().unwrap().len(), 1, "{text}");
+    let v = &groups[0]["matches"][0];
     assert_eq!(v["type"], "file");
     assert_eq!(v["size"], 5);
     assert_eq!(v["mode"], 0o644);
-    assert_eq!(v["snapshot"], f.second.as_str());
+    assert_eq!(v["permissions"], "-rw-r--r--");
     assert_eq!(v["path"], format!("{}/b/new.log", f.src));
     assert!(
         v["mtime"]
@@ -228,7 +238,7 @@ fn find_matches_names_and_paths_in_snapshots(backend: Backend) {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "no matches\n");
     let out = f.env.vault(&["find", "--json", "nothing-*.zzz"]);
     assert_success(&out);
-    assert!(out.stdout.is_empty());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "[]\n");
 
     // An invalid pattern is an error.
     let out = f.env.vault(&["find", "a[b"]);
@@ -318,21 +328,32 @@ fn find_tells_where_blobs_trees_and_packs_are_used() {
     );
     assert!(!text.contains("/other"), "{text}");
 
-    // JSON: one line per place, restic's fields.
-    let out = env.vault(&["find", "--blob", &same, "--json"]);
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // JSON: one array of every place, restic's fields.
+    let places = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = env.vault(args);
+        assert_success(&out);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("not one JSON array: {e}: {out:?}"))
+    };
+    let lines = places(&["find", "--blob", &same, "--json"]);
     assert_eq!(lines.len(), 5, "{lines:?}");
     let first = &lines[0];
-    assert_eq!(first["message_type"], "match");
     assert_eq!(first["object_type"], "blob");
     assert_eq!(first["id"], same.as_str());
     assert_eq!(first["path"], format!("{src}/d/two"));
     assert_eq!(first["parent_tree"], dir.as_str());
     assert_eq!(first["snapshot"], snap(0).as_str());
-    assert!(first["time"].is_string(), "{first}");
+    // The snapshot's time as RFC 3339, as restic writes it.
+    assert_eq!(first["time"], snaps[0]["time"], "{first}");
+    assert!(first.get("message_type").is_none(), "{first}");
+    assert!(first.get("packs").is_none(), "{first}");
+    let trees = places(&["find", "--tree", &dir, "--json"]);
+    assert_eq!(trees.len(), 2, "{trees:?}");
+    assert_eq!(trees[0]["object_type"], "tree");
+    assert_eq!(trees[0]["path"], format!("{src}/d"));
+    assert!(trees[0].get("parent_tree").is_none(), "{trees:?}");
+    // Nothing found: an empty array.
+    assert!(places(&["find", "--blob", "0000000000", "--json"]).is_empty());
 
     // A tree: where it is listed, the same directory in both snapshots;
     // a snapshot's root tree is `/`.
@@ -352,11 +373,8 @@ fn find_tells_where_blobs_trees_and_packs_are_used() {
 
     // A pack: every blob the index places in it, here the small files'.
     let pack = pack_of(&env, &same);
-    let out = env.vault(&["find", "--pack", &pack, "--json"]);
-    assert_success(&out);
-    let paths: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let paths: BTreeSet<String> = places(&["find", "--pack", &pack, "--json"])
+        .iter()
         .map(|v| v["path"].as_str().unwrap().to_owned())
         .collect();
     for name in ["one", "d/two", "three", "other"] {
@@ -378,6 +396,18 @@ fn find_tells_where_blobs_trees_and_packs_are_used() {
         )),
         "{text}"
     );
+    // In JSON, each place lists the packs holding its object: restic
+    // prints the text lines after its array, which is then no JSON.
+    let with_packs = places(&["find", "--blob", &same, "--show-pack-id", "--json"]);
+    assert_eq!(with_packs.len(), 5, "{with_packs:?}");
+    for place in &with_packs {
+        let packs = place["packs"].as_array().unwrap();
+        assert_eq!(packs.len(), 1, "{place}");
+        assert_eq!(packs[0]["pack_id"], pack.as_str(), "{place}");
+        for key in ["offset", "length", "uncompressed_length"] {
+            assert!(packs[0][key].is_u64(), "{key}: {place}");
+        }
+    }
 
     // Nothing found is no error; an id that is not hex is a usage error
     // (nothing opened), a pack no index lists an error.

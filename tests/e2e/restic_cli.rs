@@ -151,7 +151,10 @@ fn restic_short_flags_work() {
     assert!(listed.contains("2 snapshots"), "{listed}");
     let out = env.vault(&["find", "-s", &second[..8], "y", "--json"]);
     assert_success(&out);
-    assert_eq!(stdout(&out).lines().count(), 1, "{out:?}");
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(found.as_array().unwrap().len(), 1, "{out:?}");
+    assert_eq!(found[0]["snapshot"], second.as_str(), "{out:?}");
+    assert_eq!(found[0]["hits"], 1, "{out:?}");
     let out = env.vault(&["ls", "-H", "vm", "latest"]);
     assert_success(&out);
     let src = env.path("src");

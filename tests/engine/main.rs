@@ -4,6 +4,8 @@
 //! fixtures are made:
 //!
 //! - `vectors`: a checked-in golden repository must stay readable;
+//! - `vectors_name_raw`: so must one whose names are not UTF-8 (a file's,
+//!   extended attributes');
 //! - `roundtrip`: backup then restore gives back the same bytes, and
 //!   deduplication stores repeated data once;
 //! - `tamper`: a flipped byte in any stored object is detected, never
@@ -13,6 +15,9 @@
 //! - `check`: trees shared by snapshots are read once;
 //! - `concurrent`: check and prune beside a backup finishing under them;
 //! - `wal`: a WAL push costs the same however much was archived before;
+//! - `s3_lengths`: an S3 server whose body disagrees with its
+//!   `Content-Length` gets nothing read past the announced length or the
+//!   cap (a test server on loopback);
 //! - `tree_reads`: re-backups and restores from an object store read trees
 //!   a tree pack at a time;
 //! - `hostile`: sealed objects no backup writes (zstd windows above the
@@ -30,7 +35,9 @@ mod hostile;
 mod interrupt;
 mod object_lock;
 mod roundtrip;
+mod s3_lengths;
 mod tamper;
 mod tree_reads;
 mod vectors;
+mod vectors_name_raw;
 mod wal;

@@ -29,7 +29,7 @@ use vault_engine::chunker::ChunkerParams;
 use vault_engine::crypto::{KdfParams, MasterKey, Password};
 use vault_engine::repository::{InitOptions, Repository};
 
-const GOLDEN_PASSWORD: &str = "vault-golden-vector";
+pub(crate) const GOLDEN_PASSWORD: &str = "vault-golden-vector";
 const GOLDEN_CHUNKER: ChunkerParams = ChunkerParams {
     min_size: 64,
     avg_size: 256,
@@ -46,7 +46,7 @@ const STREAM_NAME: &str = "golden-stream.bin";
 
 /// The fixed master key: byte `i` is `i` (encryption key 0x00..=0x1f, id key
 /// 0x20..=0x3f).
-fn golden_key_bytes() -> [u8; 64] {
+pub(crate) fn golden_key_bytes() -> [u8; 64] {
     std::array::from_fn(|i| u8::try_from(i).expect("below 64"))
 }
 
@@ -98,7 +98,7 @@ struct ExpectedEntry {
     target: Option<String>,
 }
 
-fn mtime_of(meta: &std::fs::Metadata) -> jiff::Timestamp {
+pub(crate) fn mtime_of(meta: &std::fs::Metadata) -> jiff::Timestamp {
     let nanos = i32::try_from(meta.mtime_nsec()).expect("nanoseconds fit");
     jiff::Timestamp::new(meta.mtime(), nanos).expect("valid mtime")
 }
@@ -158,7 +158,7 @@ fn collect_paths(root_fs: &Path, root_snap: &str, out: &mut BTreeSet<String>) {
     }
 }
 
-fn snapshot_time(rfc3339_with_offset: &str, offset_hours: i8) -> jiff::Zoned {
+pub(crate) fn snapshot_time(rfc3339_with_offset: &str, offset_hours: i8) -> jiff::Zoned {
     let ts: jiff::Timestamp = rfc3339_with_offset.parse().expect("valid time");
     ts.to_zoned(jiff::tz::TimeZone::fixed(jiff::tz::offset(offset_hours)))
 }
@@ -202,6 +202,42 @@ fn stream_content() -> Vec<u8> {
     data
 }
 
+/// The repository and `expected.json` paths of a new vector set in `dir`,
+/// which is created; refuses to overwrite a set already there, since it
+/// pins the format.
+pub(crate) fn new_vector_set(dir: &Path) -> (PathBuf, PathBuf) {
+    let repo_dir = dir.join("repo");
+    let expected_path = dir.join("expected.json");
+    assert!(
+        !repo_dir.exists() && !expected_path.exists(),
+        "refusing to overwrite the existing golden vectors in {}: they pin the format; \
+         make a new version directory instead",
+        dir.display()
+    );
+    std::fs::create_dir_all(dir).expect("create vectors dir");
+    (repo_dir, expected_path)
+}
+
+/// A new repository in `repo_dir` with the golden password, master key,
+/// KDF, chunker and pack size, host and user `golden`.
+pub(crate) fn init_golden(repo_dir: &Path) -> Arc<Repository> {
+    let repo = Repository::init(
+        Arc::new(LocalBackend::new(repo_dir)),
+        &Password::new(GOLDEN_PASSWORD),
+        InitOptions {
+            kdf: GOLDEN_KDF,
+            chunker: Some(GOLDEN_CHUNKER),
+            pack_size: Some(GOLDEN_PACK_SIZE),
+            master_key: Some(MasterKey::from_bytes(&golden_key_bytes())),
+            hostname: "golden".into(),
+            username: "golden".into(),
+            object_lock: None,
+        },
+    )
+    .expect("init golden repository");
+    Arc::new(repo)
+}
+
 #[test]
 #[ignore = "writes tests/vectors/v1; run once with VAULT_WRITE_VECTORS=1"]
 fn vectors_generate() {
@@ -209,17 +245,7 @@ fn vectors_generate() {
         eprintln!("vectors_generate: set VAULT_WRITE_VECTORS=1 to write tests/vectors/v1");
         return;
     }
-    let out = vectors_dir();
-    let repo_dir = out.join("repo");
-    let expected_path = out.join("expected.json");
-    assert!(
-        !repo_dir.exists() && !expected_path.exists(),
-        "refusing to overwrite the existing golden vectors in {}: they pin the format; \
-         make a new version directory instead",
-        out.display()
-    );
-    std::fs::create_dir_all(&out).expect("create vectors dir");
-
+    let (repo_dir, expected_path) = new_vector_set(&vectors_dir());
     let work = tempfile::Builder::new()
         .prefix("vault-golden-v1-")
         .tempdir()
@@ -228,22 +254,7 @@ fn vectors_generate() {
     std::fs::create_dir(&tree).expect("mkdir tree");
     make_golden_tree(&tree);
 
-    let key = MasterKey::from_bytes(&golden_key_bytes());
-    let repo = Repository::init(
-        Arc::new(LocalBackend::new(&repo_dir)),
-        &Password::new(GOLDEN_PASSWORD),
-        InitOptions {
-            kdf: GOLDEN_KDF,
-            chunker: Some(GOLDEN_CHUNKER),
-            pack_size: Some(GOLDEN_PACK_SIZE),
-            master_key: Some(key),
-            hostname: "golden".into(),
-            username: "golden".into(),
-            object_lock: None,
-        },
-    )
-    .expect("init golden repository");
-    let repo = Arc::new(repo);
+    let repo = init_golden(&repo_dir);
 
     let tree_options = BackupOptions {
         hostname: "golden".into(),

@@ -3,6 +3,10 @@
 //! matches, a header, then mode, size, mtime and path of each entry. With
 //! `--blob`, `--tree` or `--pack` the arguments are object ids, and what is
 //! printed is where they are used, as restic prints it.
+//!
+//! `--json` prints one JSON array for the whole run, in restic's shape: for
+//! patterns, `{"matches": [...], "hits": N, "snapshot": ID}` per snapshot
+//! with matches; for object ids, one element per place an object is found.
 
 use crate::args::GlobalArgs;
 use crate::output::outln;
@@ -26,7 +30,8 @@ pub(crate) struct FindArgs {
     #[arg(value_name = "PATTERN", required = true, value_parser = clap::value_parser!(std::ffi::OsString))]
     patterns: Vec<std::ffi::OsString>,
     /// The arguments are data blob ids: print the files (and the tree
-    /// listing each) that hold them, per snapshot.
+    /// listing each) that hold them, per snapshot: each blob once per file
+    /// holding it, however many times the file lists it.
     #[arg(long)]
     blob: bool,
     /// The arguments are tree ids: print the directories they list (`/`
@@ -102,16 +107,17 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
     // One finder for every snapshot: it reads each distinct directory tree
     // once rather than once per snapshot holding it.
     let mut finder = Finder::new(&repo, &index, &options)?;
+    // --json: restic's shape, one array of the snapshots with matches,
+    // each `{"matches": [...], "hits": N, "snapshot": ID}`.
+    let mut groups = g.json.then(output::JsonArray::default);
     let mut total = 0u64;
     for (id, snap) in &chosen {
         let mut header = false;
         let earlier = total > 0;
-        total += finder.find(&snap.tree, &mut |m: &Match| {
-            if g.json {
-                let mut v = serde_json::to_value(m).map_err(|e| output::engine_error(e.into()))?;
-                v["message_type"] = "match".into();
-                v["snapshot"] = id.to_hex().into();
-                return output::print_json(&v).map_err(output::engine_error);
+        let mut matches = output::JsonArray::default();
+        let hits = finder.find(&snap.tree, &mut |m: &Match| {
+            if let Some(groups) = &mut groups {
+                return json_match(groups, &mut matches, m).map_err(output::engine_error);
             }
             if !header {
                 header = true;
@@ -132,12 +138,41 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
                 m.path
             ))
         })?;
+        total += hits;
+        // The group json_match opened.
+        if matches.len() > 0 {
+            matches.close()?;
+            output::print_raw(&format!(
+                ",\"hits\":{hits},\"snapshot\":\"{}\"}}",
+                id.to_hex()
+            ))?;
+        }
     }
-    if total == 0 && !g.json && !g.quiet {
+    if let Some(groups) = groups {
+        groups.close()?;
+        outln!()?;
+    } else if total == 0 && !g.quiet {
         outln!("no matches")?;
     }
     note_times(g, args);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One match of `find PATTERN --json` as restic prints it (its field
+/// names, and its `permissions` string), the snapshot's group opened
+/// before its first.
+fn json_match(
+    groups: &mut output::JsonArray,
+    matches: &mut output::JsonArray,
+    m: &Match,
+) -> Result<()> {
+    if matches.len() == 0 {
+        groups.next()?;
+        output::print_raw("{\"matches\":")?;
+    }
+    let mut v = serde_json::to_value(m)?;
+    v["permissions"] = super::ls::mode_string(m.kind, m.mode).into();
+    matches.push(&v)
 }
 
 fn note_times(g: &GlobalArgs, args: &FindArgs) {
@@ -204,21 +239,42 @@ fn find_objects(
         query.trees = ids;
     }
     let mut finder = ObjectFinder::new(repo, index, &query)?;
+    // --json: restic's shape, one array of every place found. restic
+    // prints --show-pack-id's lines after it as text, which no JSON reader
+    // takes; here each place lists the packs holding its object instead.
+    let mut places = g.json.then(output::JsonArray::default);
     let mut total = 0u64;
     // The objects found, in the order first found, for --show-pack-id.
     let mut found: Vec<BlobId> = Vec::new();
     for (id, snap) in chosen {
+        let time = snap
+            .time
+            .timestamp()
+            .display_with_offset(snap.time.offset())
+            .to_string();
         total += finder.find(&snap.tree, &mut |m: &ObjectMatch| {
+            if let Some(places) = &mut places {
+                let mut v = serde_json::to_value(m).map_err(|e| output::engine_error(e.into()))?;
+                v["snapshot"] = id.to_hex().into();
+                v["time"] = time.as_str().into();
+                if args.show_pack_id {
+                    v["packs"] = index
+                        .locations(&m.id)
+                        .iter()
+                        .map(|loc| {
+                            serde_json::json!({
+                                "pack_id": loc.pack.to_hex(),
+                                "offset": loc.offset,
+                                "length": loc.length,
+                                "uncompressed_length": loc.raw_len,
+                            })
+                        })
+                        .collect();
+                }
+                return places.push(&v).map_err(output::engine_error);
+            }
             if args.show_pack_id && !found.contains(&m.id) {
                 found.push(m.id);
-            }
-            if g.json {
-                let mut v = serde_json::to_value(m).map_err(|e| output::engine_error(e.into()))?;
-                v["message_type"] = "match".into();
-                v["snapshot"] = id.to_hex().into();
-                v["time"] =
-                    serde_json::to_value(&snap.time).map_err(|e| output::engine_error(e.into()))?;
-                return output::print_json(&v).map_err(output::engine_error);
             }
             let kind = match m.object_type {
                 vault_engine::find::ObjectType::Blob => "blob",
@@ -239,20 +295,12 @@ fn find_objects(
             ))
         })?;
     }
+    if let Some(places) = places {
+        places.close()?;
+        return outln!();
+    }
     for id in &found {
         for loc in index.locations(id) {
-            if g.json {
-                output::print_json(&serde_json::json!({
-                    "message_type": "pack",
-                    "id": id.to_hex(),
-                    "object_type": loc.kind,
-                    "pack_id": loc.pack.to_hex(),
-                    "offset": loc.offset,
-                    "length": loc.length,
-                    "uncompressed_length": loc.raw_len,
-                }))?;
-                continue;
-            }
             outln!("Object belongs to pack {}", loc.pack.to_hex())?;
             outln!(
                 " ... Pack {}: <Blob ({}) {}, offset {}, length {}, uncompressed length {}>",
@@ -268,7 +316,7 @@ fn find_objects(
             )?;
         }
     }
-    if total == 0 && !g.json && !g.quiet {
+    if total == 0 && !g.quiet {
         outln!("no matches")?;
     }
     Ok(())
