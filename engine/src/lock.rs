@@ -175,7 +175,7 @@ fn read_lock(backend: &dyn Backend, key: &MasterKey, path: &str) -> Option<LockI
 /// Nothing else under `locks/` is a lock: not the store's probe objects,
 /// and not whatever else someone put there, which `unlock` must not
 /// delete (a `locks/` made to point at another directory held its files).
-fn is_lock_name(path: &str) -> bool {
+pub fn is_lock_name(path: &str) -> bool {
     let Some(name) = path.strip_prefix(FileKind::Lock.prefix()) else {
         return false;
     };

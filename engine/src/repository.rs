@@ -172,16 +172,63 @@ fn seal_object(key: &MasterKey, domain: Domain, body: &[u8], c: Compression) -> 
 /// without a config holds a repository all the same.
 fn first_repository_object(backend: &dyn Backend) -> Result<Option<String>> {
     for kind in [FileKind::Key, FileKind::Snapshot, FileKind::Index] {
-        let found = match backend.list(kind.prefix()) {
-            Ok(found) => found,
-            Err(e) if e.is_not_found() => Vec::new(),
-            Err(e) => return Err(Error::backend(kind.prefix(), e)),
-        };
-        if let Some(first) = found.into_iter().next() {
+        if let Some(first) = listed(backend, kind)?.into_iter().next() {
             return Ok(Some(first.path));
         }
     }
     Ok(None)
+}
+
+/// The objects of `kind` at `backend`, none where its directory is missing.
+fn listed(backend: &dyn Backend, kind: FileKind) -> Result<Vec<crate::backend::ObjectInfo>> {
+    match backend.list(kind.prefix()) {
+        Ok(found) => Ok(found),
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) => Err(Error::backend(kind.prefix(), e)),
+    }
+}
+
+/// The key files at `backend` if they are all it holds of a repository (no
+/// config, snapshot, index or pack): what an init stopped between writing
+/// its key file and its config leaves, before anything was stored.
+fn only_key_files(backend: &dyn Backend) -> Result<Option<Vec<String>>> {
+    for kind in [FileKind::Snapshot, FileKind::Index, FileKind::Pack] {
+        if !listed(backend, kind)?.is_empty() {
+            return Ok(None);
+        }
+    }
+    let keys: Vec<String> = listed(backend, FileKind::Key)?
+        .into_iter()
+        .map(|i| i.path)
+        .collect();
+    Ok((!keys.is_empty()).then_some(keys))
+}
+
+/// The master key of an interrupted init (`keys`, its only objects) that
+/// `password` opens, so that init finishes with it. Key files that another
+/// password made, or that are not vault's, are named rather than deleted:
+/// they are somebody's.
+fn interrupted_init_key(
+    backend: &dyn Backend,
+    keys: &[String],
+    password: &Password,
+) -> Result<(MasterKey, KeyId)> {
+    for path in keys {
+        let Ok(bytes) = backend.get(path, MAX_KEY_FILE_LEN) else {
+            continue;
+        };
+        if let Ok(key) = KeyFile::decode(&bytes).and_then(|f| f.open(password)) {
+            tracing::info!(
+                "finishing an interrupted init: its key file {path} opens with this password"
+            );
+            return Ok((key, KeyId::of_bytes(&bytes)));
+        }
+    }
+    Err(Error::InvalidInput(format!(
+        "{} holds key files ({}) and nothing else of a repository, not even its config: what an interrupted `vault init` leaves before anything is stored. None opens with this password: run init again with the password it was given, or delete those key files and init anew; nothing was written",
+        backend.location(),
+        keys.join(", "),
+    )))
 }
 
 /// Whether a key file that is not vault's is restic's (JSON naming its
@@ -229,14 +276,22 @@ impl Repository {
         // No config, but objects of a repository: one whose config was lost
         // or deleted. A new config and key beside its data would leave it
         // unreadable by either key set; never write into it.
-        if let Some(first) = first_repository_object(backend.as_ref())? {
-            return Err(Error::InvalidInput(format!(
-                "{} holds no config but repository objects ({first} first): a damaged repository, not an empty location; nothing was written",
-                backend.location(),
-            )));
-        }
         if password.is_empty() {
             return Err(Error::InvalidInput("empty password refused".into()));
+        }
+        let mut resumed = None;
+        if let Some(first) = first_repository_object(backend.as_ref())? {
+            resumed = match only_key_files(backend.as_ref())? {
+                Some(keys) if options.master_key.is_none() => {
+                    Some(interrupted_init_key(backend.as_ref(), &keys, password)?)
+                }
+                _ => {
+                    return Err(Error::InvalidInput(format!(
+                        "{} holds no config but repository objects ({first} first): a damaged repository, not an empty location; nothing was written",
+                        backend.location(),
+                    )));
+                }
+            };
         }
         if let Some(lock) = options.object_lock {
             // Before anything is written: a bucket without Object Lock must
@@ -250,7 +305,10 @@ impl Repository {
         }
         let chunker = options.chunker.unwrap_or_else(ChunkerParams::generate);
         chunker.validate().map_err(Error::InvalidInput)?;
-        let key = options.master_key.unwrap_or_else(MasterKey::generate);
+        let (key, resumed_id) = match resumed {
+            Some((key, id)) => (key, Some(id)),
+            None => (options.master_key.unwrap_or_else(MasterKey::generate), None),
+        };
         let mut repo_id = [0u8; 32];
         rand::fill(&mut repo_id);
         let config = Config {
@@ -261,21 +319,26 @@ impl Repository {
             created: jiff::Timestamp::now(),
             object_lock: options.object_lock,
         };
-        let backend_ref = &backend;
-        let key_file = KeyFile::wrap(
-            &key,
-            password,
-            options.kdf,
-            &options.hostname,
-            &options.username,
-            jiff::Timestamp::now().to_string(),
-        );
-        let key_bytes = key_file.encode();
-        let key_id = KeyId::of_bytes(&key_bytes);
-        let key_path = FileKind::Key.path(&key_id.to_hex());
-        backend_ref
-            .put(&key_path, key_bytes.into(), PutMode::Create)
-            .map_err(|e| Error::backend(&key_path, e))?;
+        let key_id = match resumed_id {
+            Some(id) => id,
+            None => {
+                let key_file = KeyFile::wrap(
+                    &key,
+                    password,
+                    options.kdf,
+                    &options.hostname,
+                    &options.username,
+                    jiff::Timestamp::now().to_string(),
+                );
+                let key_bytes = key_file.encode();
+                let key_id = KeyId::of_bytes(&key_bytes);
+                let key_path = FileKind::Key.path(&key_id.to_hex());
+                backend
+                    .put(&key_path, key_bytes.into(), PutMode::Create)
+                    .map_err(|e| Error::backend(&key_path, e))?;
+                key_id
+            }
+        };
         let body = serde_json::to_vec(&config).expect("config serialises");
         let sealed = seal_object(&key, Domain::Config, &body, Compression::None);
         // The config goes last: its presence is what makes a repository, so
@@ -300,6 +363,14 @@ impl Repository {
                 // Repository objects without a config: a repository that
                 // lost it, not an empty place to `vault init` (which
                 // refuses it).
+                if only_key_files(backend.as_ref())?.is_some() {
+                    return Err(Error::RepositoryNotFound {
+                        location: format!(
+                            "{} (it holds only key files: an interrupted `vault init`, which running it again with the same password finishes)",
+                            backend.location()
+                        ),
+                    });
+                }
                 if let Some(first) = first_repository_object(backend.as_ref())? {
                     return Err(Error::Corrupt {
                         object: "config".into(),

@@ -267,6 +267,57 @@ fn init_refuses_a_repository_that_lost_its_config(backend: Backend) {
     assert!(stderr(&out).contains("snapshots/"), "{}", stderr(&out));
 }
 
+backend_test!(an_interrupted_init_is_finished_by_running_it_again);
+/// init killed between its key file and its config leaves key files only:
+/// running it again with the same password finishes it with that key;
+/// another password is refused, naming the files. It used to be refused as
+/// a damaged repository, and every command sent the user to a copy of
+/// `config` that never existed.
+fn an_interrupted_init_is_finished_by_running_it_again(backend: Backend) {
+    let env = Env::on(backend);
+    // What the stop leaves: the key file written, the config not.
+    env.delete_object("config");
+    let keys = env.objects_under("keys");
+    assert_eq!(keys.len(), 1);
+    let out = env.vault(&["snapshots"]);
+    assert_code(&out, 10);
+    assert!(
+        stderr(&out).contains("interrupted `vault init`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let other = env.path("other-password");
+    std::fs::write(&other, "not the one\n").unwrap();
+    crate::support::private(&other);
+    let before = env.objects();
+    let out = env
+        .command(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"])
+        .env("VAULT_PASSWORD_FILE", &other)
+        .output()
+        .unwrap();
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("None opens with this password"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(&keys[0]), "{}", stderr(&out));
+    assert_eq!(env.objects(), before);
+
+    assert_success(&env.vault(&["init", "--kdf-memory-mib", "8", "--kdf-iterations", "1"]));
+    assert_eq!(
+        env.objects_under("keys"),
+        keys,
+        "a second key file was written"
+    );
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), b"a").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    assert_success(&env.vault(&["check", "--verify"]));
+}
+
 backend_test!(init_refuses_an_existing_repository);
 fn init_refuses_an_existing_repository(backend: Backend) {
     let env = Env::on(backend);

@@ -1107,6 +1107,13 @@ fn list_prints_the_ids_of_each_kind_of_object(backend: Backend) {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(json, ids("snapshots"));
+
+    // Locks by their own names (it listed none: not 64 hex digits).
+    let fallback = "0123456789abcdef0123456789abcdef";
+    env.write_object("locks/exclusive", b"{}");
+    env.write_object(&format!("locks/{fallback}"), b"{}");
+    env.write_object("locks/notes.txt", b"x");
+    assert_eq!(ids("locks"), [fallback, "exclusive"]);
 }
 
 backend_test!(recover_saves_what_a_lost_snapshot_object_held);

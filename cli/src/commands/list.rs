@@ -56,15 +56,20 @@ pub(crate) fn run(g: &GlobalArgs, args: &ListArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    // Only names of an object's canonical form (64 hex): a leftover
-    // temporary file or a stranger's file in the directory is no object.
+    // Only names of an object's canonical form (64 hex; a lock's are its
+    // own, repo-format.md §2): a leftover temporary file or a stranger's
+    // file in the directory is no object.
     let mut ids: Vec<String> = repo
         .list(file_kind)?
         .into_iter()
         .filter_map(|info| {
             let name = info.path.rsplit('/').next()?;
-            let canonical =
-                name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            let canonical = match file_kind {
+                FileKind::Lock => vault_engine::lock::is_lock_name(&info.path),
+                _ => {
+                    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                }
+            };
             canonical.then(|| name.to_owned())
         })
         .collect();
