@@ -6,7 +6,9 @@
 //! files, writes content pack by pack in parallel (each blob authenticated
 //! and re-hashed before it is written; all-zero chunks are left as holes),
 //! then applies metadata: files first, directories deepest first, so
-//! writing content never disturbs a restored mtime.
+//! writing content never disturbs a restored mtime. Every file operation
+//! below the target goes through `beneath`: relative to the target's
+//! descriptor, never following a symlink.
 
 use crate::backend::Backend;
 use crate::blob;

@@ -28,12 +28,14 @@ struct SwapOnOpen {
 }
 
 impl SwapOnOpen {
-    fn new(mount: &Path, watched: PathBuf, swap: impl FnOnce() + Send + 'static) -> Self {
+    /// `None` where the kernel offers no fanotify permission events.
+    fn new(mount: &Path, watched: PathBuf, swap: impl FnOnce() + Send + 'static) -> Option<Self> {
         let group = Fanotify::init(
             InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
             EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC,
         )
-        .unwrap();
+        .inspect_err(|e| eprintln!("NOTICE: skipping: no fanotify here ({e})"))
+        .ok()?;
         group
             .mark(
                 MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_MOUNT,
@@ -73,10 +75,10 @@ impl SwapOnOpen {
             }
             swap.is_none()
         });
-        SwapOnOpen {
+        Some(SwapOnOpen {
             stop,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Stops answering (the mark goes with the group); returns whether the
@@ -163,8 +165,10 @@ fn restore(env: &Env, target: &Path, extra: &[&str]) -> std::process::Output {
 /// it). By path, the restore went on through the symlink: files created
 /// and a hard link made in the victim, its `precious` file deleted
 /// (`--delete`), its mode and owners set to the snapshot's directories'.
-/// Now every entry below the symlink fails, named (exit 3), and the
-/// victim is as it was.
+/// Now what is reached through the symlink fails, named (exit 3): the
+/// hard link, the listing for `--delete`, both directories' metadata (a
+/// file whose worker still holds the directory nobody moved away goes
+/// there, where nobody could write anyway); the victim is as it was.
 #[test]
 fn root_restore_never_follows_a_directory_swapped_for_a_symlink_mid_restore() {
     if !is_root() {
@@ -189,7 +193,9 @@ fn root_restore_never_follows_a_directory_swapped_for_a_symlink_mid_restore() {
             std::os::unix::fs::symlink(&victim_dir, &userdir).unwrap();
         }
     };
-    let swapper = SwapOnOpen::new(&mount.0, userdir.join("sub"), swap);
+    let Some(swapper) = SwapOnOpen::new(&mount.0, userdir.join("sub"), swap) else {
+        return;
+    };
     let out = restore(
         &env,
         &target,
