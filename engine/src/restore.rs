@@ -1604,7 +1604,10 @@ fn keepable(beneath: &Beneath, stat: &rustix::fs::Stat, names: &[&Path]) -> bool
                 .stat(name)
                 .is_ok_and(|m| (m.st_dev, m.st_ino) == (stat.st_dev, stat.st_ino))
         });
-        own.count() as u64 == stat.st_nlink
+        // `st_nlink` is u32 on some targets (aarch64).
+        #[allow(clippy::useless_conversion)]
+        let links = u64::from(stat.st_nlink);
+        own.count() as u64 == links
     };
     beneath::is_file(stat) && (stat.st_nlink == 1 || links_within())
 }
