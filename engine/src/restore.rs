@@ -6,7 +6,9 @@
 //! files, writes content pack by pack in parallel (each blob authenticated
 //! and re-hashed before it is written; all-zero chunks are left as holes),
 //! then applies metadata: files first, directories deepest first, so
-//! writing content never disturbs a restored mtime.
+//! writing content never disturbs a restored mtime. Every file operation
+//! below the target goes through `beneath`: relative to the target's
+//! descriptor, never following a symlink.
 
 use crate::backend::Backend;
 use crate::blob;
@@ -17,15 +19,18 @@ use crate::pattern::Pattern;
 use crate::repository::{FileKind, Repository};
 use crate::tree::{Extents, Node, NodeKind, Tree};
 use crate::tree_reader::TreeReader;
+use beneath::{Beneath, Parents};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+mod beneath;
 
 /// What to do with files that already exist at the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -585,10 +590,16 @@ fn restore_on_pool(
     // Into a missing or empty target nothing can be in the way; otherwise
     // look at every path (on every core: one stat each).
     let target_empty = fs::read_dir(&options.target).map_or(true, |mut d| d.next().is_none());
-    if options.overwrite == Overwrite::Never && !target_empty {
+    // Every look at what the target holds goes through this, never through
+    // a symlink below it; a missing target (a dry run) holds nothing.
+    let existing_target = Beneath::open(&options.target).ok();
+    if options.overwrite == Overwrite::Never
+        && !target_empty
+        && let Some(beneath) = &existing_target
+    {
         let existing = items
             .par_iter()
-            .find_first(|i| i.kind != NodeKind::Dir && fs::symlink_metadata(&i.path).is_ok());
+            .find_first(|i| i.kind != NodeKind::Dir && beneath.stat(&i.path).is_ok());
         if let Some(item) = existing {
             return Err(Error::InvalidInput(format!(
                 "{} already exists; pass --overwrite to replace existing files",
@@ -605,7 +616,15 @@ fn restore_on_pool(
     let size_damage = check_sizes(index, &mut items);
     phase("plan");
     if options.dry_run {
-        let mut report = plan_only(repo, index, &items, options, &includes, &excludes)?;
+        let mut report = plan_only(
+            repo,
+            index,
+            &items,
+            options,
+            &includes,
+            &excludes,
+            existing_target.as_ref(),
+        )?;
         report.damaged_files = size_damage;
         return Ok(report);
     }
@@ -613,6 +632,10 @@ fn restore_on_pool(
     // The target itself not there is the restore failing, not an entry.
     fs::create_dir_all(&options.target)
         .map_err(|e| Error::io(format!("creating {}", options.target.display()), e))?;
+    drop(existing_target);
+    let beneath = Beneath::open(&options.target)
+        .map_err(|e| Error::io(format!("opening {}", options.target.display()), e))?;
+    let beneath = &beneath;
     let failures = Failures::new(items.len());
     let is_root = nix::unistd::geteuid().is_root();
 
@@ -639,6 +662,7 @@ fn restore_on_pool(
     let below_failed = |at: usize| {
         failures.entries.lock().expect("ok")[at].entries_below += 1;
     };
+    let mut parents = Parents::new(beneath);
     for (idx, item) in items.iter().enumerate() {
         if idx % 1024 == 0 && options.cancel.load(Ordering::Relaxed) {
             return Err(Error::Interrupted);
@@ -649,7 +673,7 @@ fn restore_on_pool(
         {
             let at = match dirs_failed.get(parent) {
                 Some(&at) => Some(at),
-                None => match fs::create_dir_all(parent) {
+                None => match beneath.make_dirs(parent) {
                     Ok(()) => {
                         dirs_made.insert(parent);
                         None
@@ -671,13 +695,33 @@ fn restore_on_pool(
                 continue;
             }
         }
+        // Where the entry goes: a directory on the way that is not one
+        // (swapped for a symlink since it was made) fails the entry.
+        let (dir, name) = match parents.of(path) {
+            Ok(at) => at,
+            Err(e) => {
+                let e = Error::io(format!("opening the directory of {}", path.display()), e);
+                let at = failures.record(Some(idx), path, e)?;
+                if item.kind == NodeKind::Dir {
+                    dirs_failed.insert(path, at);
+                }
+                continue;
+            }
+        };
+        let replacing = |e| Error::io(format!("replacing {}", path.display()), e);
+        let remove_existing = || beneath::remove(dir, name, is_root).map_err(replacing);
         let made: Result<()> = match item.kind {
             NodeKind::Dir => {
                 // Never follow a symlink where a directory belongs: content
                 // would land outside the target.
-                let made = match fs::symlink_metadata(path) {
-                    Ok(m) if m.is_dir() => {
-                        open_up_dir(path, &m, is_root);
+                let creating = |e| Error::io(format!("creating {}", path.display()), e);
+                let private_dir = || {
+                    rustix::fs::mkdirat(dir, name, rustix::fs::Mode::from_raw_mode(0o700))
+                        .map_err(|e| creating(e.into()))
+                };
+                let made = match beneath::stat_at(dir, name) {
+                    Ok(m) if beneath::is_dir(&m) => {
+                        beneath::open_up(dir, name, &m, is_root);
                         Ok(())
                     }
                     Ok(_) if options.overwrite == Overwrite::Never => {
@@ -686,8 +730,8 @@ fn restore_on_pool(
                             path.display()
                         )));
                     }
-                    Ok(_) => remove_existing(path).and_then(|()| private_dir(path)),
-                    Err(_) => private_dir(path),
+                    Ok(_) => remove_existing().and_then(|()| private_dir()),
+                    Err(_) => private_dir(),
                 };
                 match made {
                     Ok(()) => {
@@ -720,33 +764,36 @@ fn restore_on_pool(
                     report.damaged_entries.extend(item.damage());
                     continue;
                 };
-                remove_existing(path).and_then(|()| {
-                    std::os::unix::fs::symlink(target, path)
-                        .map_err(|e| Error::io(format!("creating symlink {}", path.display()), e))
+                remove_existing().and_then(|()| {
+                    rustix::fs::symlinkat(target, dir, name).map_err(|e| {
+                        Error::io(format!("creating symlink {}", path.display()), e.into())
+                    })
                 })
             }
             // A fifo and a device node the target refuses are alike: the
             // entry is not restored.
-            NodeKind::Fifo => remove_existing(path).and_then(|()| {
-                nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(item.mode))
+            NodeKind::Fifo => remove_existing().and_then(|()| {
+                let mode = rustix::fs::Mode::from_raw_mode(item.mode & 0o7777);
+                rustix::fs::mknodat(dir, name, rustix::fs::FileType::Fifo, mode, 0)
                     .map_err(|e| Error::io(format!("creating fifo {}", path.display()), e.into()))
             }),
             NodeKind::Dev | NodeKind::Chardev => {
                 let kind = if item.kind == NodeKind::Dev {
-                    nix::sys::stat::SFlag::S_IFBLK
+                    rustix::fs::FileType::BlockDevice
                 } else {
-                    nix::sys::stat::SFlag::S_IFCHR
+                    rustix::fs::FileType::CharacterDevice
                 };
-                let made = remove_existing(path).map(|()| {
-                    nix::sys::stat::mknod(
-                        path,
+                let made = remove_existing().map(|()| {
+                    rustix::fs::mknodat(
+                        dir,
+                        name,
                         kind,
-                        nix::sys::stat::Mode::from_bits_truncate(item.mode),
+                        rustix::fs::Mode::from_raw_mode(item.mode & 0o7777),
                         item.rare.as_ref().and_then(|r| r.device).unwrap_or(0),
                     )
                 });
                 match made {
-                    Ok(Err(nix::errno::Errno::EPERM)) if options.devices_need_root_ok => {
+                    Ok(Err(rustix::io::Errno::PERM)) if options.devices_need_root_ok => {
                         absent[idx] = true;
                         report.devices_not_created.push(path.display().to_string());
                         continue;
@@ -767,6 +814,7 @@ fn restore_on_pool(
             failures.record(Some(idx), path, e)?;
         }
     }
+    drop(parents);
     drop(dirs_made);
     drop(dirs_failed);
     drop(hardlinks);
@@ -786,14 +834,25 @@ fn restore_on_pool(
     let prepare = |files: Vec<usize>| -> Result<Vec<(usize, bool)>> {
         let prepared: Vec<Option<(usize, bool)>> = files
             .into_par_iter()
-            .map(|idx| {
-                let item = &items[idx];
-                let names = group_of(&groups, item);
-                match prepare_file(&item.path, item.size, options.overwrite, names) {
-                    Ok(fresh) => Ok(Some((idx, fresh))),
-                    Err(e) => failures.record(Some(idx), &item.path, e).map(|_| None),
-                }
-            })
+            .map_init(
+                || Parents::new(beneath),
+                |parents, idx| {
+                    let item = &items[idx];
+                    let names = group_of(&groups, item);
+                    let prepared = prepare_file(
+                        parents,
+                        &item.path,
+                        item.size,
+                        options.overwrite,
+                        names,
+                        is_root,
+                    );
+                    match prepared {
+                        Ok(fresh) => Ok(Some((idx, fresh))),
+                        Err(e) => failures.record(Some(idx), &item.path, e).map(|_| None),
+                    }
+                },
+            )
             .collect::<Result<_>>()?;
         Ok(prepared.into_iter().flatten().collect())
     };
@@ -805,7 +864,18 @@ fn restore_on_pool(
         // differs is opened for writing, or made anew.
         let compared: Vec<Option<Compared>> = content_files
             .par_iter()
-            .map(|&idx| compare_existing(repo, index, &items[idx], group_of(&groups, &items[idx])))
+            .map_init(
+                || Parents::new(beneath),
+                |parents, &idx| {
+                    compare_existing(
+                        repo,
+                        index,
+                        parents,
+                        &items[idx],
+                        group_of(&groups, &items[idx]),
+                    )
+                },
+            )
             .collect();
         let differing = (content_files.iter().zip(&compared))
             .filter(|(_, c)| !c.as_ref().is_some_and(|c| c.identical))
@@ -817,20 +887,23 @@ fn restore_on_pool(
         content_files
             .par_iter()
             .zip(compared)
-            .map(|(&idx, compared)| {
-                if failures.is_failed(idx) {
-                    return Vec::new();
-                }
-                let item = &items[idx];
-                match compared {
-                    // Kept, or written in place at the size it had: what
-                    // was read holds.
-                    Some(c) if c.identical || (!fresh[idx] && c.len == item.size) => c.chunks,
-                    // Made anew or resized: what it holds now.
-                    _ => existing_chunks_ok(repo, index, &item.path, &item.content)
-                        .unwrap_or_default(),
-                }
-            })
+            .map_init(
+                || Parents::new(beneath),
+                |parents, (&idx, compared)| {
+                    if failures.is_failed(idx) {
+                        return Vec::new();
+                    }
+                    let item = &items[idx];
+                    match compared {
+                        // Kept, or written in place at the size it had: what
+                        // was read holds.
+                        Some(c) if c.identical || (!fresh[idx] && c.len == item.size) => c.chunks,
+                        // Made anew or resized: what it holds now.
+                        _ => existing_chunks_ok(repo, index, parents, &item.path, &item.content)
+                            .unwrap_or_default(),
+                    }
+                },
+            )
             .collect()
     } else {
         Vec::new()
@@ -940,16 +1013,20 @@ fn restore_on_pool(
         failures: &failures,
         damaged: Mutex::new(BTreeMap::new()),
         progress,
+        is_root,
     };
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    runs.par_iter().for_each(|run| {
-        if options.cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
-            return;
-        }
-        if let Err(e) = content.restore_run(&wants[run.clone()]) {
-            first_error.lock().expect("ok").get_or_insert(e);
-        }
-    });
+    runs.par_iter().for_each_init(
+        || Parents::new(beneath),
+        |parents, run| {
+            if options.cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
+                return;
+            }
+            if let Err(e) = content.restore_run(parents, &wants[run.clone()]) {
+                first_error.lock().expect("ok").get_or_insert(e);
+            }
+        },
+    );
     drop(wants);
     if let Some(e) = first_error.into_inner().expect("ok") {
         return Err(e);
@@ -973,6 +1050,8 @@ fn restore_on_pool(
     // (a first name owned by a pack worker was created just above).
     // A name already linked to its first one (a restore over its own
     // output) is left as it is.
+    let mut first_parents = Parents::new(beneath);
+    let mut parents = Parents::new(beneath);
     for &(first, idx) in &links {
         let (first_path, path): (&Path, &Path) = (&items[first].path, &items[idx].path);
         if failures.is_failed(first) {
@@ -987,13 +1066,22 @@ fn restore_on_pool(
             });
             continue;
         }
-        if same_file(first_path, path) {
-            continue;
-        }
-        let linked = remove_existing(path).and_then(|()| {
-            fs::hard_link(first_path, path)
-                .map_err(|e| Error::io(format!("linking {}", path.display()), e))
-        });
+        let linked = (first_parents.of(first_path))
+            .and_then(|(from_dir, from)| {
+                let (dir, name) = parents.of(path)?;
+                if same_file((from_dir, from), (dir, name)) {
+                    return Ok(());
+                }
+                beneath::remove(dir, name, is_root)?;
+                Ok(rustix::fs::linkat(
+                    from_dir,
+                    from,
+                    dir,
+                    name,
+                    rustix::fs::AtFlags::empty(),
+                )?)
+            })
+            .map_err(|e| Error::io(format!("linking {}", path.display()), e));
         if let Err(e) = linked {
             failures.record(Some(idx), path, e)?;
         }
@@ -1002,7 +1090,9 @@ fn restore_on_pool(
     // Content is durable before the restore reports success: one syncfs of
     // the target's file system rather than an fsync per file (which cost
     // more than the writes for trees of small files).
-    sync_target(&options.target)?;
+    beneath
+        .sync()
+        .map_err(|e| Error::io(format!("syncing {}", options.target.display()), e))?;
     phase("sync");
     // Before the metadata: reading a file changes its atime, removing an
     // entry its directory's mtime.
@@ -1010,11 +1100,19 @@ fn restore_on_pool(
         // Files known to be damaged or not written are reported already,
         // not re-read.
         let intact = |idx: &usize| !damaged.contains_key(idx) && !failures.is_failed(*idx);
-        report.verified_files = verify_restored(repo, index, &items, &content_files, intact)?;
+        report.verified_files =
+            verify_restored(repo, index, beneath, &items, &content_files, intact)?;
         phase("verify");
     }
     if !options.delete_within.is_empty() {
-        let deleted = delete_extras(&items, options, &includes, &excludes, Some(&failures))?;
+        let deleted = delete_extras(
+            &items,
+            options,
+            &includes,
+            &excludes,
+            Some(beneath),
+            Some(&failures),
+        )?;
         report.deleted = deleted.len() as u64;
         report.deleted_paths = deleted;
         phase("delete");
@@ -1023,22 +1121,30 @@ fn restore_on_pool(
     // 4. Metadata: everything but directories (and files their pack worker
     // finished), then directories deepest first.
     let left = |idx: usize| absent[idx] || failures.is_failed(idx);
+    let finish = |parents: &mut Parents<'_>, idx: usize, item: &Item| -> Result<()> {
+        match metadata_at(parents, item, rules) {
+            Ok(problems) => failures.metadata(&item.path, problems),
+            Err(e) => {
+                failures.record(Some(idx), &item.path, e)?;
+            }
+        }
+        Ok(())
+    };
     items
         .par_iter()
         .enumerate()
         .filter(|&(idx, i)| i.kind != NodeKind::Dir && !owned[idx] && !left(idx))
-        .for_each(|(_, item)| {
-            let problems = apply_metadata(Meta::Path(&item.path), item, rules);
-            failures.metadata(&item.path, problems);
-        });
-    let mut dirs: Vec<&Item> = (items.iter().enumerate())
+        .try_for_each_init(
+            || Parents::new(beneath),
+            |parents, (idx, item)| finish(parents, idx, item),
+        )?;
+    let mut dirs: Vec<(usize, &Item)> = (items.iter().enumerate())
         .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx))
-        .map(|(_, i)| i)
         .collect();
-    dirs.sort_by_key(|i| std::cmp::Reverse(i.path.components().count()));
-    for item in dirs {
-        let problems = apply_metadata(Meta::Path(&item.path), item, rules);
-        failures.metadata(&item.path, problems);
+    dirs.sort_by_key(|(_, i)| std::cmp::Reverse(i.path.components().count()));
+    let mut parents = Parents::new(beneath);
+    for (idx, item) in dirs {
+        finish(&mut parents, idx, item)?;
     }
     phase("metadata");
     // What was restored: an entry the target refused is not counted.
@@ -1097,6 +1203,7 @@ pub(crate) fn content_size_mismatch(size: u64, content_len: u64) -> String {
 fn verify_restored(
     repo: &Repository,
     index: &Index,
+    beneath: &Beneath,
     items: &[Item],
     content_files: &[usize],
     selected: impl Fn(&usize) -> bool + Sync,
@@ -1104,28 +1211,33 @@ fn verify_restored(
     content_files
         .par_iter()
         .filter(|idx| selected(idx))
-        .map(|&idx| {
-            let item = &items[idx];
-            let damaged = |reason: String| Error::Corrupt {
-                object: format!("restored file {}", item.path.display()),
-                reason,
-            };
-            let size = fs::symlink_metadata(&item.path)
-                .map_err(|e| Error::io(format!("verifying {}", item.path.display()), e))?
-                .len();
-            if size != item.size {
-                return Err(damaged(format!(
-                    "{size} bytes, the snapshot has {}",
-                    item.size
-                )));
-            }
-            let ok = existing_chunks_ok(repo, index, &item.path, &item.content)
-                .ok_or_else(|| damaged("cannot be read back".into()))?;
-            match ok.iter().position(|good| !good) {
-                Some(n) => Err(damaged(format!("chunk {n} differs from the snapshot"))),
-                None => Ok(1),
-            }
-        })
+        .map_init(
+            || Parents::new(beneath),
+            |parents, &idx| {
+                let item = &items[idx];
+                let damaged = |reason: String| Error::Corrupt {
+                    object: format!("restored file {}", item.path.display()),
+                    reason,
+                };
+                let size = (parents.of(&item.path))
+                    .and_then(|(dir, name)| beneath::stat_at(dir, name))
+                    .map_err(|e| Error::io(format!("verifying {}", item.path.display()), e))?
+                    .st_size
+                    .cast_unsigned();
+                if size != item.size {
+                    return Err(damaged(format!(
+                        "{size} bytes, the snapshot has {}",
+                        item.size
+                    )));
+                }
+                let ok = existing_chunks_ok(repo, index, parents, &item.path, &item.content)
+                    .ok_or_else(|| damaged("cannot be read back".into()))?;
+                match ok.iter().position(|good| !good) {
+                    Some(n) => Err(damaged(format!("chunk {n} differs from the snapshot"))),
+                    None => Ok(1),
+                }
+            },
+        )
         .sum()
 }
 
@@ -1137,6 +1249,7 @@ fn plan_only(
     options: &RestoreOptions,
     includes: &[Pattern],
     excludes: &crate::backup::Excludes,
+    beneath: Option<&Beneath>,
 ) -> Result<RestoreReport> {
     let mut report = RestoreReport::default();
     let files: Vec<&Item> = items.iter().filter(|i| i.kind == NodeKind::File).collect();
@@ -1162,36 +1275,42 @@ fn plan_only(
         - report.damaged_entries.len() as u64;
     let sizes: Vec<(u64, u64)> = files
         .par_iter()
-        .map(|item| {
-            let content = &item.content;
-            // As the restore: a file identical to the snapshot is kept, one
-            // that differs is written in place where it can be (and then
-            // only the chunks that differ), else made anew.
-            let ok = if options.overwrite == Overwrite::IfChanged {
-                let names = group_of(&groups, item);
-                match compare_existing(repo, index, item, names) {
-                    Some(c) if c.identical || resumable(&item.path, names) => c.chunks,
+        .map_init(
+            || beneath.map(Parents::new),
+            |parents, item| {
+                let content = &item.content;
+                // As the restore: a file identical to the snapshot is kept, one
+                // that differs is written in place where it can be (and then
+                // only the chunks that differ), else made anew.
+                let ok = match parents {
+                    Some(parents) if options.overwrite == Overwrite::IfChanged => {
+                        let names = group_of(&groups, item);
+                        match compare_existing(repo, index, parents, item, names) {
+                            Some(c) if c.identical || resumable(parents, &item.path, names) => {
+                                c.chunks
+                            }
+                            _ => Vec::new(),
+                        }
+                    }
                     _ => Vec::new(),
+                };
+                let (mut write, mut skip) = (0, 0);
+                for (n, id) in content.iter().enumerate() {
+                    let len = index.get(id).map_or(0, |l| u64::from(l.raw_len));
+                    if ok.get(n).copied().unwrap_or(false) {
+                        skip += len;
+                    } else {
+                        write += len;
+                    }
                 }
-            } else {
-                Vec::new()
-            };
-            let (mut write, mut skip) = (0, 0);
-            for (n, id) in content.iter().enumerate() {
-                let len = index.get(id).map_or(0, |l| u64::from(l.raw_len));
-                if ok.get(n).copied().unwrap_or(false) {
-                    skip += len;
-                } else {
-                    write += len;
-                }
-            }
-            (write, skip)
-        })
+                (write, skip)
+            },
+        )
         .collect();
     report.bytes_written = sizes.iter().map(|(w, _)| w).sum();
     report.bytes_skipped = sizes.iter().map(|(_, s)| s).sum();
     if !options.delete_within.is_empty() {
-        report.deleted_paths = delete_extras(items, options, includes, excludes, None)?;
+        report.deleted_paths = delete_extras(items, options, includes, excludes, beneath, None)?;
         report.deleted = report.deleted_paths.len() as u64;
     }
     Ok(report)
@@ -1200,14 +1319,20 @@ fn plan_only(
 /// Removes, from each restored directory at or below `delete_within` that
 /// the includes select whole, the entries the snapshot does not hold, and
 /// returns their paths; with no `failures` to record what cannot be
-/// removed in (a dry run), only returns them.
+/// removed in (a dry run), only returns them. No target (a dry run into
+/// one not there yet) holds nothing to remove.
 fn delete_extras(
     items: &[Item],
     options: &RestoreOptions,
     includes: &[Pattern],
     excludes: &crate::backup::Excludes,
+    beneath: Option<&Beneath>,
     failures: Option<&Failures>,
 ) -> Result<Vec<String>> {
+    let Some(beneath) = beneath else {
+        return Ok(Vec::new());
+    };
+    let is_root = nix::unistd::geteuid().is_root();
     let mut expected: HashMap<&Path, std::collections::HashSet<&std::ffi::OsStr>> = HashMap::new();
     for item in items {
         if let (Some(parent), Some(name)) = (item.path.parent(), item.path.file_name()) {
@@ -1215,7 +1340,10 @@ fn delete_extras(
         }
     }
     let mut deleted = Vec::new();
-    for item in items.iter().filter(|i| i.kind == NodeKind::Dir) {
+    for (idx, item) in items.iter().enumerate() {
+        if item.kind != NodeKind::Dir || failures.is_some_and(|f| f.is_failed(idx)) {
+            continue;
+        }
         let Ok(rel) = item.path.strip_prefix(&options.target) else {
             continue;
         };
@@ -1227,56 +1355,66 @@ fn delete_extras(
         if !within || !matches_include(&in_snapshot, includes, &options.includes) {
             continue;
         }
-        // Never list through a symlink (a dry run has not replaced one yet),
-        // and a directory not there yet holds nothing to remove.
-        if !fs::symlink_metadata(&item.path).is_ok_and(|m| m.is_dir()) {
-            continue;
-        }
         let listing = |e| Error::io(format!("listing {}", item.path.display()), e);
-        // A directory that cannot be listed is one entry the restore could
-        // not make what the snapshot holds (a dry run has no such entry).
-        let entries = match (fs::read_dir(&item.path), failures) {
-            (Ok(entries), _) => entries,
+        // Opened never through a symlink, on the way or in its place: one
+        // swapped in since the skeleton made the directory is an entry not
+        // restored, and what it points to is never listed, let alone
+        // emptied. A directory not there yet holds nothing to remove, and
+        // a dry run has not replaced a symlink yet.
+        let opened = beneath
+            .dir(&item.path, true)
+            .and_then(|fd| Ok(rustix::fs::Dir::new(fd)?));
+        let mut listed = match (opened, failures) {
+            (Ok(listed), _) => listed,
+            (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => continue,
             (Err(e), Some(failures)) => {
-                failures.record(None, &item.path, listing(e))?;
+                failures.record(Some(idx), &item.path, listing(e))?;
+                continue;
+            }
+            (Err(e), None) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
                 continue;
             }
             (Err(e), None) => return Err(listing(e)),
         };
-        for entry in entries {
-            let entry = match (entry, failures) {
-                (Ok(entry), _) => entry,
+        let mut names = Vec::new();
+        for entry in listed.by_ref() {
+            match (entry, failures) {
+                (Ok(entry), _) => {
+                    let name = std::ffi::OsStr::from_bytes(entry.file_name().to_bytes());
+                    if name != "." && name != ".." {
+                        names.push(name.to_owned());
+                    }
+                }
                 (Err(e), Some(failures)) => {
-                    failures.record(None, &item.path, listing(e))?;
+                    failures.record(None, &item.path, listing(e.into()))?;
                     break;
                 }
-                (Err(e), None) => return Err(listing(e)),
-            };
-            let name = entry.file_name();
+                (Err(e), None) => return Err(listing(e.into())),
+            }
+        }
+        let dir = listed.fd().map_err(|e| listing(e.into()))?;
+        for name in names {
             if expected
                 .get(&*item.path)
                 .is_some_and(|names| names.contains(name.as_os_str()))
             {
                 continue;
             }
-            let path = entry.path();
-            let is_dir = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
+            let path = item.path.join(&name);
+            let is_dir = beneath::stat_at(dir, &name).is_ok_and(|m| beneath::is_dir(&m));
             if excludes.is_excluded(&in_snapshot.join(&name), is_dir) {
                 continue;
             }
             if let Some(failures) = failures {
                 tracing::info!("deleting {}", path.display());
-                if let Err(e) = remove_existing(&path) {
-                    let e = match e {
-                        Error::Io { cause, .. } => Error::io(
-                            format!(
-                                "removing {} (the snapshot does not hold it)",
-                                path.display()
-                            ),
-                            cause,
+                if let Err(e) = beneath::remove(dir, &name, is_root) {
+                    let e = Error::io(
+                        format!(
+                            "removing {} (the snapshot does not hold it)",
+                            path.display()
                         ),
-                        e => e,
-                    };
+                        e,
+                    );
                     failures.record(None, &path, e)?;
                     continue;
                 }
@@ -1285,18 +1423,6 @@ fn delete_extras(
         }
     }
     Ok(deleted)
-}
-
-fn sync_target(target: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = fs::File::open(target)
-        .map_err(|e| Error::io(format!("opening {}", target.display()), e))?;
-    nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| {
-        Error::io(
-            format!("syncing {}", target.display()),
-            std::io::Error::from(e),
-        )
-    })
 }
 
 /// What the target refused during a restore, shared by every phase.
@@ -1379,24 +1505,6 @@ fn stops_restore(e: &Error) -> bool {
     }
 }
 
-fn remove_existing(path: &Path) -> Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).or_else(|e| {
-            // A directory tree holding read-only directories (an earlier
-            // restore's 0555 ones) cannot be emptied by its non-root owner
-            // until they are opened up.
-            if e.kind() != std::io::ErrorKind::PermissionDenied {
-                return Err(e);
-            }
-            open_up_tree(path);
-            fs::remove_dir_all(path)
-        }),
-        Ok(_) => fs::remove_file(path),
-        Err(_) => Ok(()),
-    }
-    .map_err(|e| Error::io(format!("replacing {}", path.display()), e))
-}
-
 /// Every name this restore gives each hard-linked file, by (device, inode)
 /// in the snapshot: the first in walk order is written, the others are
 /// linked to it.
@@ -1420,20 +1528,26 @@ fn group_of<'a>(groups: &'a HashMap<(u64, u64), Vec<&Path>>, item: &Item) -> &'a
 /// Creates or resizes a file; returns whether it was created empty (so
 /// unwritten ranges are holes reading as zeros). `names` are the names
 /// the restore gives it (its link group), when it is hard-linked.
-fn prepare_file(path: &Path, size: u64, overwrite: Overwrite, names: &[&Path]) -> Result<bool> {
+fn prepare_file(
+    parents: &mut Parents<'_>,
+    path: &Path,
+    size: u64,
+    overwrite: Overwrite,
+    names: &[&Path],
+    is_root: bool,
+) -> Result<bool> {
     // A file restored read-only (0444) cannot be opened to write as a user
     // other than root: it is made anew instead, as files that are not
     // there. Resuming was refused outright ("Permission denied").
     // A file with hard links beyond `names` is made anew too: writing
     // through it would change the other names, which may lie outside the
     // target (a restore's own second names are linked again afterwards).
-    if overwrite == Overwrite::IfChanged && resumable(path, names) {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let f = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let keep = overwrite == Overwrite::IfChanged && resumable(parents, path, names);
+    let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
+    let opening = |e| Error::io(format!("opening {}", path.display()), e);
+    let f = if keep {
+        use std::os::unix::fs::PermissionsExt;
+        let f = beneath::open_write(dir, name).map_err(opening)?;
         // Owner-only while the snapshot's content goes in, as a new file
         // is: a secret now 0600 was written under the old file's 0644 and,
         // if stopped, stayed readable. Its mode is applied at the end. Not
@@ -1444,67 +1558,20 @@ fn prepare_file(path: &Path, size: u64, overwrite: Overwrite, names: &[&Path]) -
                 path.display()
             );
         }
-        f.set_len(size)
-            .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
-        return Ok(false);
-    }
-    let f = create_file(path)?;
+        f
+    } else {
+        beneath::create_file(dir, name, is_root)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?
+    };
     f.set_len(size)
         .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
-    Ok(true)
+    Ok(!keep)
 }
 
-/// Opens up an existing directory this user owns but may not write (or
-/// enter) to its owner (u+rwx) for the restore, as [`private_dir`] makes
-/// new ones: a restore again over its own earlier output, whose 0555 or
-/// 0500 directories are applied now, could replace nothing in them. The
-/// snapshot's mode is applied at the end, with the other directories'; a
-/// restore stopped before then (Ctrl-C, a full disk) leaves it open to its
-/// owner, as it leaves the directories it created (0700), and a restore
-/// again finishes it. Someone else's directory is never changed (as root
-/// nothing needs it). Where the mode cannot be changed (an immutable
-/// directory, a read-only mount) what must be written below fails and is
-/// named; what is there already and identical needs no write.
-fn open_up_dir(path: &Path, meta: &fs::Metadata, is_root: bool) {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let mode = meta.mode() & 0o7777;
-    if is_root || mode & 0o700 == 0o700 || meta.uid() != nix::unistd::geteuid().as_raw() {
-        return;
-    }
-    if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o700)) {
-        tracing::debug!("cannot open up {} for the restore: {e}", path.display());
-    }
-}
-
-/// [`open_up_dir`] for every directory at and below `path` (never
-/// following a symlink), for removing it.
-fn open_up_tree(path: &Path) {
-    let is_root = nix::unistd::geteuid().is_root();
-    let mut pending = vec![path.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let Ok(meta) = fs::symlink_metadata(&dir) else {
-            continue;
-        };
-        if !meta.is_dir() {
-            continue;
-        }
-        open_up_dir(&dir, &meta, is_root);
-        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                pending.push(entry.path());
-            }
-        }
-    }
-}
-
-/// Creates a directory open to its owner only, as [`create_file`] creates
-/// files; its own mode is applied once its content is restored.
-fn private_dir(path: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))
+/// The error of a directory on the way to `path` that cannot be opened
+/// (not there, or no longer a directory: a symlink is never followed).
+fn in_dir_of(path: &Path, e: std::io::Error) -> Error {
+    Error::io(format!("opening the directory of {}", path.display()), e)
 }
 
 /// Whether an if-changed restore keeps the existing file at `path` and
@@ -1513,24 +1580,36 @@ fn private_dir(path: &Path) -> Result<()> {
 /// of them is one of `names`, the names the restore links to this file
 /// (its own output, restored again): writing through it then changes
 /// nothing but the restore's own file.
-fn resumable(path: &Path, names: &[&Path]) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|meta| {
-        keepable(&meta, names) && nix::unistd::access(path, nix::unistd::AccessFlags::W_OK).is_ok()
+fn resumable(parents: &mut Parents<'_>, path: &Path, names: &[&Path]) -> bool {
+    let beneath = parents.beneath();
+    parents.of(path).is_ok_and(|(dir, name)| {
+        beneath::stat_at(dir, name).is_ok_and(|stat| keepable(beneath, &stat, names))
+            && rustix::fs::accessat(
+                dir,
+                name,
+                rustix::fs::Access::WRITE_OK,
+                rustix::fs::AtFlags::empty(),
+            )
+            .is_ok()
     })
 }
 
-/// Whether the file `meta` describes may be kept by an if-changed restore
+/// Whether the file `stat` describes may be kept by an if-changed restore
 /// whose names for it are `names` ([`resumable`]), write access aside: a
 /// regular file all of whose hard links are among `names`.
-fn keepable(meta: &fs::Metadata, names: &[&Path]) -> bool {
-    use std::os::unix::fs::MetadataExt;
+fn keepable(beneath: &Beneath, stat: &rustix::fs::Stat, names: &[&Path]) -> bool {
     let links_within = || {
         let own = names.iter().filter(|name| {
-            fs::symlink_metadata(name).is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+            beneath
+                .stat(name)
+                .is_ok_and(|m| (m.st_dev, m.st_ino) == (stat.st_dev, stat.st_ino))
         });
-        own.count() as u64 == meta.nlink()
+        // `st_nlink` is u32 on some targets (aarch64).
+        #[allow(clippy::useless_conversion)]
+        let links = u64::from(stat.st_nlink);
+        own.count() as u64 == links
     };
-    meta.is_file() && (meta.nlink() == 1 || links_within())
+    beneath::is_file(stat) && (stat.st_nlink == 1 || links_within())
 }
 
 /// What an if-changed restore found in a file already there.
@@ -1550,72 +1629,46 @@ struct Compared {
 fn compare_existing(
     repo: &Repository,
     index: &Index,
+    parents: &mut Parents<'_>,
     item: &Item,
     names: &[&Path],
 ) -> Option<Compared> {
-    let mut f = open_to_read(&item.path).ok()?;
-    let meta = f.metadata().ok()?;
-    if !keepable(&meta, names) {
+    let beneath = parents.beneath();
+    let mut f = open_to_read(parents, &item.path).ok()?;
+    let stat = rustix::fs::fstat(&f).ok()?;
+    if !keepable(beneath, &stat, names) {
         return None;
     }
+    let len = file_len(&stat);
     let chunks = chunks_ok(repo, index, &mut f, &item.content)?;
     Some(Compared {
-        identical: meta.len() == item.size && chunks.iter().all(|&ok| ok),
-        len: meta.len(),
+        identical: len == item.size && chunks.iter().all(|&ok| ok),
+        len,
         chunks,
     })
 }
 
-/// Opens an existing file to read it back: never through a symlink, never
-/// blocking on a fifo, and (where allowed: one's own files, and root)
-/// without changing its atime, which the restore applies.
-fn open_to_read(path: &Path) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |flags: i32| {
-        OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | flags)
-            .open(path)
-    };
-    match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
-    }
+fn file_len(stat: &rustix::fs::Stat) -> u64 {
+    u64::try_from(stat.st_size).unwrap_or(0)
 }
 
-/// Whether `a` and `b` are names of one file (neither followed if a
-/// symlink).
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
-        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+/// Opens an existing file below the target to read it back
+/// ([`beneath::open_read`]).
+fn open_to_read(parents: &mut Parents<'_>, path: &Path) -> std::io::Result<fs::File> {
+    let (dir, name) = parents.of(path)?;
+    beneath::open_read(dir, name)
+}
+
+/// Whether two entries (each a directory and a name in it) are names of
+/// one file (neither followed if a symlink).
+fn same_file(
+    a: (std::os::fd::BorrowedFd<'_>, &std::ffi::OsStr),
+    b: (std::os::fd::BorrowedFd<'_>, &std::ffi::OsStr),
+) -> bool {
+    match (beneath::stat_at(a.0, a.1), beneath::stat_at(b.0, b.1)) {
+        (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
         _ => false,
     }
-}
-
-/// Creates a new empty file, replacing whatever is in the way (the caller
-/// has refused existing paths already unless overwriting). Readable by its
-/// owner only until its metadata is applied: a dump restored for a drill or
-/// a restore that fails halfway must not be world-readable meanwhile.
-fn create_file(path: &Path) -> Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let create = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-    };
-    // Into an empty target nothing is in the way: try first, and look only
-    // when something is (create_new never follows a symlink there).
-    match create() {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            remove_existing(path)?;
-            create()
-        }
-        other => other,
-    }
-    .map_err(|e| Error::io(format!("creating {}", path.display()), e))
 }
 
 /// For if-changed restores: which chunks of an existing file already hold
@@ -1623,10 +1676,11 @@ fn create_file(path: &Path) -> Result<fs::File> {
 fn existing_chunks_ok(
     repo: &Repository,
     index: &Index,
+    parents: &mut Parents<'_>,
     path: &Path,
     content: &[BlobId],
 ) -> Option<Vec<bool>> {
-    chunks_ok(repo, index, &mut open_to_read(path).ok()?, content)
+    chunks_ok(repo, index, &mut open_to_read(parents, path).ok()?, content)
 }
 
 /// Which chunks of `content` the file `f` holds, read from its start.
@@ -1668,6 +1722,7 @@ struct Content<'a> {
     /// missing; the file has zeros there.
     damaged: Mutex<BTreeMap<usize, (String, bool)>>,
     progress: &'a RestoreProgress,
+    is_root: bool,
 }
 
 /// A file a pack worker creates and finishes itself.
@@ -1683,7 +1738,7 @@ struct OwnedFile {
 impl Content<'_> {
     /// Fetches one run of blobs (writes of one pack sorted by offset, from
     /// [`into_runs`]) with one read and writes each where it belongs.
-    fn restore_run(&self, run: &[Want]) -> Result<()> {
+    fn restore_run(&self, parents: &mut Parents<'_>, run: &[Want]) -> Result<()> {
         let backend: &dyn Backend = self.repo.backend().as_ref();
         let (Some(first), Some(last)) = (run.first(), run.last()) else {
             return Ok(());
@@ -1778,7 +1833,8 @@ impl Content<'_> {
                 let file = match files.entry(w.file) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        let opened = match own.as_deref_mut() {
+                        let at = parents.of(p).map_err(|e| in_dir_of(p, e));
+                        let opened = at.and_then(|(dir, name)| match own.as_deref_mut() {
                             Some(o) if !o.created => {
                                 o.created = true;
                                 // Other blobs are opened before this
@@ -1786,21 +1842,21 @@ impl Content<'_> {
                                 // like every file of a failed restore,
                                 // it must then have its full size,
                                 // holes where content is missing.
-                                create_file(p).and_then(|f| {
-                                    if o.remaining > 1 {
-                                        f.set_len(item.size).map_err(|e| {
-                                            Error::io(format!("resizing {}", p.display()), e)
-                                        })?;
-                                        o.len = item.size;
-                                    }
-                                    Ok(f)
-                                })
+                                (beneath::create_file(dir, name, self.is_root))
+                                    .map_err(|e| Error::io(format!("creating {}", p.display()), e))
+                                    .and_then(|f| {
+                                        if o.remaining > 1 {
+                                            f.set_len(item.size).map_err(|e| {
+                                                Error::io(format!("resizing {}", p.display()), e)
+                                            })?;
+                                            o.len = item.size;
+                                        }
+                                        Ok(f)
+                                    })
                             }
-                            _ => OpenOptions::new()
-                                .write(true)
-                                .open(p)
+                            _ => beneath::open_write(dir, name)
                                 .map_err(|e| Error::io(format!("opening {}", p.display()), e)),
-                        };
+                        });
                         match opened {
                             Ok(f) => v.insert(f),
                             Err(e) => {
@@ -1909,11 +1965,15 @@ fn idx_u32(idx: usize) -> Result<u32> {
         .map_err(|_| Error::InvalidInput("more than 4 billion entries or chunks to restore".into()))
 }
 
-/// Where [`apply_metadata`] applies: a path (not following a final
-/// symlink), or a file already open.
+/// Where [`apply_metadata`] applies: an entry by its name in its
+/// directory (never following it if a symlink), or a file or directory
+/// already open.
 #[derive(Clone, Copy)]
 enum Meta<'a> {
-    Path(&'a Path),
+    At {
+        dir: std::os::fd::BorrowedFd<'a>,
+        name: &'a std::ffi::OsStr,
+    },
     File(&'a fs::File),
 }
 
@@ -1937,68 +1997,163 @@ struct MetaRules {
 /// (SELinux labels, file capabilities) and is never removed.
 const RESTORED_XATTRS: [&str; 3] = ["user.", "trusted.", "system.posix_acl_"];
 
+/// Applies `item`'s metadata to what the restore made at its path: a file
+/// or directory through a descriptor opened without following a symlink,
+/// anything else by its name in its directory, never following it. What is
+/// there and cannot be opened as what the snapshot has (swapped for a
+/// symlink since it was made) fails the entry.
+fn metadata_at(parents: &mut Parents<'_>, item: &Item, rules: MetaRules) -> Result<Vec<String>> {
+    let path = &item.path;
+    let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
+    let opened = match item.kind {
+        NodeKind::Dir => beneath::open_dir(dir, name),
+        NodeKind::File => beneath::open_read(dir, name).and_then(|f| {
+            let stat = rustix::fs::fstat(&f)?;
+            if beneath::is_file(&stat) {
+                Ok(f)
+            } else {
+                Err(std::io::Error::other("no longer a regular file"))
+            }
+        }),
+        _ => return Ok(apply_metadata(Meta::At { dir, name }, item, rules)),
+    };
+    let file = opened.map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    Ok(apply_metadata(Meta::File(&file), item, rules))
+}
+
+/// Where [`apply_metadata`] reads and writes extended attributes: an open
+/// file, or an entry not open through /proc/self/fd (the xattr crate's path
+/// calls do not follow the last name, and the directory is the one opened).
+enum Xattrs<'a> {
+    File(&'a fs::File),
+    Path(PathBuf),
+}
+
+impl<'a> Xattrs<'a> {
+    fn of(at: Meta<'a>) -> Self {
+        match at {
+            Meta::File(f) => Xattrs::File(f),
+            Meta::At { dir, name } => Xattrs::Path(beneath::proc_path(dir, Some(name))),
+        }
+    }
+
+    fn list(&self) -> std::io::Result<xattr::XAttrs> {
+        use xattr::FileExt;
+        match self {
+            Xattrs::File(f) => f.list_xattr(),
+            Xattrs::Path(p) => xattr::list(p),
+        }
+    }
+
+    fn get(&self, name: &std::ffi::OsStr) -> std::io::Result<Option<Vec<u8>>> {
+        use xattr::FileExt;
+        match self {
+            Xattrs::File(f) => f.get_xattr(name),
+            Xattrs::Path(p) => xattr::get(p, name),
+        }
+    }
+
+    fn set(&self, name: &std::ffi::OsStr, value: &[u8]) -> std::io::Result<()> {
+        use xattr::FileExt;
+        match self {
+            Xattrs::File(f) => f.set_xattr(name, value),
+            Xattrs::Path(p) => xattr::set(p, name, value),
+        }
+    }
+
+    fn remove(&self, name: &std::ffi::OsStr) -> std::io::Result<()> {
+        use xattr::FileExt;
+        match self {
+            Xattrs::File(f) => f.remove_xattr(name),
+            Xattrs::Path(p) => xattr::remove(p, name),
+        }
+    }
+}
+
+/// What an entry has now, of what [`apply_metadata`] sets.
+struct Current {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: (i64, i64),
+    atime: (i64, i64),
+}
+
+impl Current {
+    fn of(at: Meta<'_>) -> Option<Self> {
+        let stat = match at {
+            Meta::File(f) => rustix::fs::fstat(f),
+            Meta::At { dir, name } => {
+                rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            }
+        }
+        .ok()?;
+        Some(Current {
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mode: stat.st_mode,
+            mtime: (
+                stat.st_mtime,
+                i64::try_from(stat.st_mtime_nsec).unwrap_or(0),
+            ),
+            atime: (
+                stat.st_atime,
+                i64::try_from(stat.st_atime_nsec).unwrap_or(0),
+            ),
+        })
+    }
+}
+
 /// Applies an entry's metadata; returns what could not be applied (each
 /// "what: why"), which leaves the entry not restored intact.
 fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
-    use std::os::unix::fs::MetadataExt;
     use std::os::unix::fs::PermissionsExt;
-    use xattr::FileExt;
     let mut problems = Vec::new();
     let symlink = item.kind == NodeKind::Symlink;
     let xattrs = item.rare.as_ref().map_or(&[][..], |r| &r.xattrs[..]);
+    let attrs = Xattrs::of(at);
     // What is there now, when only what differs is applied.
     let current = if rules.only_differing {
-        match at {
-            Meta::File(f) => f.metadata().ok(),
-            Meta::Path(p) => fs::symlink_metadata(p).ok(),
-        }
+        Current::of(at)
     } else {
         None
     };
     if rules.replace_xattrs {
-        let present = match at {
-            Meta::File(f) => f.list_xattr(),
-            Meta::Path(p) => xattr::list(p),
-        };
-        for name in present.into_iter().flatten() {
+        for name in attrs.list().into_iter().flatten() {
             let text = name.to_string_lossy();
             let stale = RESTORED_XATTRS.iter().any(|ns| text.starts_with(ns))
                 && !xattrs.iter().any(|x| x.os_name() == name);
-            if stale {
-                let r = match at {
-                    Meta::File(f) => f.remove_xattr(&name),
-                    Meta::Path(p) => xattr::remove(p, &name),
-                };
-                if let Err(e) = r {
-                    problems.push(format!("removal of the xattr {text}: {e}"));
-                }
+            if stale && let Err(e) = attrs.remove(&name) {
+                problems.push(format!("removal of the xattr {text}: {e}"));
             }
         }
     }
     let same_owner = current
         .as_ref()
-        .is_some_and(|m| (m.uid(), m.gid()) == (item.uid, item.gid));
+        .is_some_and(|m| (m.uid, m.gid) == (item.uid, item.gid));
     // Changing the owner clears set-id bits: the mode is set again after.
     let chown = rules.is_root && !same_owner;
     if chown {
+        let (uid, gid) = (
+            Some(rustix::fs::Uid::from_raw(item.uid)),
+            Some(rustix::fs::Gid::from_raw(item.gid)),
+        );
         let r = match at {
-            Meta::File(f) => std::os::unix::fs::fchown(f, Some(item.uid), Some(item.gid)),
-            Meta::Path(p) if symlink => {
-                std::os::unix::fs::lchown(p, Some(item.uid), Some(item.gid))
+            Meta::File(f) => rustix::fs::fchown(f, uid, gid),
+            Meta::At { dir, name } => {
+                rustix::fs::chownat(dir, name, uid, gid, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
             }
-            Meta::Path(p) => std::os::unix::fs::chown(p, Some(item.uid), Some(item.gid)),
         };
         if let Err(e) = r {
-            problems.push(format!("owner (chown): {e}"));
+            problems.push(format!("owner (chown): {}", std::io::Error::from(e)));
         }
     }
     let same_mode =
-        !chown && (current.as_ref()).is_some_and(|m| m.mode() & 0o7777 == item.mode & 0o7777);
+        !chown && (current.as_ref()).is_some_and(|m| m.mode & 0o7777 == item.mode & 0o7777);
     if !symlink && !same_mode {
-        let mode = fs::Permissions::from_mode(item.mode);
         let r = match at {
-            Meta::File(f) => f.set_permissions(mode),
-            Meta::Path(p) => fs::set_permissions(p, mode),
+            Meta::File(f) => f.set_permissions(fs::Permissions::from_mode(item.mode)),
+            Meta::At { dir, name } => beneath::chmod_at(dir, name, item.mode & 0o7777),
         };
         if let Err(e) = r {
             problems.push(format!("mode (chmod): {e}"));
@@ -2009,20 +2164,10 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
             // The exact name (`name_raw`), not the lossy one: two names
             // differing only in non-UTF-8 bytes were one, the last value.
             let name = xattr.os_name();
-            if current.is_some() {
-                let there = match at {
-                    Meta::File(f) => f.get_xattr(&name),
-                    Meta::Path(p) => xattr::get(p, &name),
-                };
-                if there.ok().flatten().is_some_and(|v| v == value) {
-                    continue;
-                }
+            if current.is_some() && attrs.get(&name).ok().flatten().is_some_and(|v| v == value) {
+                continue;
             }
-            let r = match at {
-                Meta::File(f) => f.set_xattr(&name, &value),
-                Meta::Path(p) => xattr::set(p, &name, &value),
-            };
-            if let Err(e) = r {
+            if let Err(e) = attrs.set(&name, &value) {
                 problems.push(format!("xattr {}: {e}", xattr.name));
             }
         }
@@ -2034,17 +2179,28 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
         .and_then(|r| r.atime)
         .map_or(mtime, file_time);
     let same_times = current.as_ref().is_some_and(|m| {
-        let same = |t: filetime::FileTime, s: i64, ns: i64| {
+        let same = |t: filetime::FileTime, (s, ns): (i64, i64)| {
             (t.unix_seconds(), i64::from(t.nanoseconds())) == (s, ns)
         };
-        same(mtime, m.mtime(), m.mtime_nsec()) && same(atime, m.atime(), m.atime_nsec())
+        same(mtime, m.mtime) && same(atime, m.atime)
     });
     if same_times {
         return problems;
     }
     let r = match at {
         Meta::File(f) => filetime::set_file_handle_times(f, Some(atime), Some(mtime)),
-        Meta::Path(p) => filetime::set_symlink_file_times(p, atime, mtime),
+        Meta::At { dir, name } => {
+            let spec = |t: filetime::FileTime| rustix::fs::Timespec {
+                tv_sec: t.unix_seconds(),
+                tv_nsec: t.nanoseconds().into(),
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: spec(atime),
+                last_modification: spec(mtime),
+            };
+            rustix::fs::utimensat(dir, name, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(Into::into)
+        }
     };
     if let Err(e) = r {
         problems.push(format!("times: {e}"));
@@ -2258,19 +2414,20 @@ mod verify_tests {
         assert!(node.content.as_ref().unwrap().len() > 2, "several chunks");
         let items = [Item::new(path.clone(), node)];
         let files = [0];
+        let beneath = Beneath::open(dir.path()).unwrap();
         std::fs::write(&path, &data).unwrap();
         assert_eq!(
-            verify_restored(&repo, &index, &items, &files, |_| true).unwrap(),
+            verify_restored(&repo, &index, &beneath, &items, &files, |_| true).unwrap(),
             1
         );
         let mut changed = data.clone();
         changed[30_000] ^= 1;
         std::fs::write(&path, &changed).unwrap();
-        let err = verify_restored(&repo, &index, &items, &files, |_| true).unwrap_err();
+        let err = verify_restored(&repo, &index, &beneath, &items, &files, |_| true).unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("differs"), "{err}");
         std::fs::write(&path, &data[..49_999]).unwrap();
-        let err = verify_restored(&repo, &index, &items, &files, |_| true).unwrap_err();
+        let err = verify_restored(&repo, &index, &beneath, &items, &files, |_| true).unwrap_err();
         assert!(err.to_string().contains("49999 bytes"), "{err}");
     }
 

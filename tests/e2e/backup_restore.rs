@@ -3,7 +3,8 @@
 //! each on local disk and on S3.
 
 use crate::support::{
-    Backend, Env, as_unprivileged, assert_code, assert_success, is_root, pseudo_random, stderr,
+    Backend, Env, TmpfsMount, as_unprivileged, assert_code, assert_success, is_root, pseudo_random,
+    stderr,
 };
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -1757,28 +1758,6 @@ fn backup_dry_run_of_new_data_reports_it_and_writes_nothing(backend: Backend) {
     );
     assert_eq!(env.objects(), before, "a dry run writes nothing");
     assert_eq!(env.snapshots().len(), 1);
-}
-
-/// A tmpfs mounted at `at` for the life of the value (root only).
-struct TmpfsMount(PathBuf);
-
-impl TmpfsMount {
-    fn new(at: &Path) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert_success(&out);
-        Self(at.to_path_buf())
-    }
-}
-
-impl Drop for TmpfsMount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 /// `--one-file-system` stays on the device of each given path, as restic

@@ -13,6 +13,7 @@ mod failures;
 mod find;
 mod hostile;
 mod hostile_storage;
+mod hostile_target;
 mod interrupt;
 mod mount;
 mod object_lock;

@@ -678,3 +678,25 @@ pub(crate) fn kill_sleep(marker: &str) {
         .args(["-KILL", "-f", &format!("sleep {marker}")])
         .status();
 }
+
+/// A tmpfs mounted at `at` for the life of the value (root only).
+pub(crate) struct TmpfsMount(pub(crate) PathBuf);
+
+impl TmpfsMount {
+    pub(crate) fn new(at: &Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert_success(&out);
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

@@ -80,8 +80,9 @@ pub(crate) struct RestoreArgs {
     #[arg(long)]
     concurrency: Option<usize>,
     /// As root, restore even into a target another user could change
-    /// while the restore runs (see "Restore" in the README): that user
-    /// could make root write or chmod files anywhere.
+    /// (see "Restore" in the README): that user could swap the target for
+    /// a symlink before the restore opens it and make root write or chmod
+    /// files anywhere.
     #[arg(long)]
     allow_unsafe_target: bool,
     #[command(flatten)]
@@ -168,8 +169,9 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             .with_context(|| format!("creating {}", target.display()))?;
         if let Some(why) = unsafe_target(&target)? {
             bail!(
-                "not restoring as root into {}: {why}, who could swap a directory the restore \
-                 creates for a symlink while it runs and make root write files anywhere; \
+                "not restoring as root into {}: {why}, who could swap the target or a directory \
+                 on the way to it for a symlink before the restore opens it and make root write \
+                 files anywhere; \
                  restore into a directory only root can change, then move what you need, \
                  or pass --allow-unsafe-target",
                 target.display()
