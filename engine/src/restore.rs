@@ -2006,7 +2006,15 @@ fn metadata_at(parents: &mut Parents<'_>, item: &Item, rules: MetaRules) -> Resu
     let path = &item.path;
     let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
     let opened = match item.kind {
-        NodeKind::Dir => beneath::open_dir(dir, name),
+        NodeKind::Dir => match beneath::open_dir(dir, name) {
+            // Another user's directory one may enter but not list (0711,
+            // restored by non-root): its metadata is read and, where it
+            // differs, set by name, never following it, as a fifo's is.
+            Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                return Ok(apply_metadata(Meta::At { dir, name }, item, rules));
+            }
+            other => other,
+        },
         NodeKind::File => beneath::open_read(dir, name).and_then(|f| {
             let stat = rustix::fs::fstat(&f)?;
             if beneath::is_file(&stat) {

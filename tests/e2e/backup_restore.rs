@@ -2299,6 +2299,44 @@ fn overwrite_read_only(path: &Path, data: &[u8]) {
     std::fs::set_permissions(path, mode).unwrap();
 }
 
+/// As non-root, a restore again over a tree holding a directory of
+/// another user it may enter but not list (root's 0711, as the snapshot
+/// has it): nothing there differs, so nothing is changed and it exits 0.
+/// The restore through descriptors opened that directory to read its
+/// metadata first, was refused, and exited 3.
+#[test]
+fn a_restore_again_as_non_root_passes_a_directory_it_cannot_list() {
+    if !is_root() {
+        eprintln!("NOTICE: skipping: needs root (another user's directory)");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("locked")).unwrap();
+    std::fs::write(src.join("locked/f"), b"f").unwrap();
+    give_to_unprivileged(&src);
+    std::os::unix::fs::chown(src.join("locked"), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(src.join("locked"), PermissionsExt::from_mode(0o711)).unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let parent = env.path("targets");
+    std::fs::create_dir_all(&parent).unwrap();
+    give_to_unprivileged(&parent);
+    let target = parent.join("r");
+    assert_success(&env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--allow-unsafe-target",
+    ]));
+    let (code, report, err) = restore_unprivileged(&env, &target, &["--overwrite", "if-changed"]);
+    assert_eq!(code, Some(0), "{err}\n{report}");
+    let locked = restored_root(&target, &src).join("locked");
+    let meta = std::fs::symlink_metadata(&locked).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o711));
+    assert_eq!(std::fs::read(locked.join("f")).unwrap(), b"f");
+}
+
 /// As non-root, a restore again over the user's own earlier restore, whose
 /// read-only directories (0555, 0500) hold read-only files: with
 /// `--overwrite always`, `--overwrite if-changed` and `--delete` it
