@@ -39,6 +39,8 @@ mod wal;
 use crate::args::Cli;
 use anyhow::Result;
 use clap::Subcommand;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -622,6 +624,50 @@ pub(crate) fn pick_source_snapshot(
                 }
             )
         })
+}
+
+/// `SNAPSHOT[:DIR]` split at its first colon (a snapshot spec has none).
+pub(crate) fn split_subfolder(spec: &OsStr) -> (&OsStr, Option<&OsStr>) {
+    let bytes = spec.as_bytes();
+    match bytes.iter().position(|&b| b == b':') {
+        Some(i) => (
+            OsStr::from_bytes(&bytes[..i]),
+            Some(OsStr::from_bytes(&bytes[i + 1..])),
+        ),
+        None => (spec, None),
+    }
+}
+
+/// Whether DIR names the snapshot's root: empty, `/`, `.` and the like.
+pub(crate) fn is_root(dir: &OsStr) -> bool {
+    dir.as_bytes()
+        .split(|&b| b == b'/')
+        .all(|p| p.is_empty() || p == b".")
+}
+
+/// The tree of `dir` in `snap` (named `spec` in messages), or its root
+/// tree where `dir` is none or names the root: `SNAPSHOT:DIR` of `cat
+/// tree` and `restore`.
+pub(crate) fn subfolder_tree(
+    repo: &vault_engine::Repository,
+    index: &vault_engine::index::Index,
+    snap: &vault_engine::snapshot::Snapshot,
+    spec: &str,
+    dir: Option<&OsStr>,
+) -> anyhow::Result<vault_engine::id::BlobId> {
+    match dir {
+        Some(dir) if !is_root(dir) => {
+            let node = vault_engine::restore::find_node(repo, index, &snap.tree, dir)?;
+            match node.subtree {
+                Some(subtree) if node.kind == vault_engine::tree::NodeKind::Dir => Ok(subtree),
+                _ => anyhow::bail!(
+                    "{} in snapshot {spec} is not a directory",
+                    std::path::Path::new(dir).display()
+                ),
+            }
+        }
+        _ => Ok(snap.tree),
+    }
 }
 
 #[cfg(test)]

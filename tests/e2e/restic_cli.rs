@@ -528,3 +528,67 @@ fn cat_tree_takes_a_directory_after_the_snapshot() {
     assert_code(&out, 1);
     assert!(stderr(&out).contains("holds no"), "{out:?}");
 }
+
+/// restic's `restore SNAPSHOT:SUBFOLDER`: only that directory, its content
+/// into the target, includes matched below it. It was taken for a
+/// snapshot id and failed ("no snapshot id starts with ...").
+#[test]
+fn restore_of_a_snapshot_subfolder_puts_its_content_in_the_target() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/b/f"), b"f").unwrap();
+    std::fs::write(src.join("a/g"), b"g").unwrap();
+    std::fs::write(src.join("top"), b"top").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let spec = format!("latest:{}/a", src.display());
+    let target = env.path("t");
+    let t = target.to_str().unwrap();
+    assert_success(&env.vault(&["restore", &spec, "--target", t]));
+    let mut got: Vec<String> = walk(&target);
+    got.sort();
+    assert_eq!(got, ["b", "b/f", "g"]);
+    assert_eq!(std::fs::read(target.join("b/f")).unwrap(), b"f");
+    // Includes match paths below the subfolder.
+    let only = env.path("only");
+    assert_success(&env.vault(&[
+        "restore",
+        &spec,
+        "--target",
+        only.to_str().unwrap(),
+        "--include",
+        "/b",
+    ]));
+    assert_eq!(walk(&only), ["b", "b/f"]);
+    // Not a directory, not there, or with what takes a source name: refused.
+    let file = format!("latest:{}/top", src.display());
+    assert_code(&env.vault(&["restore", &file, "--target", t]), 1);
+    assert_code(&env.vault(&["restore", "latest:/nope", "--target", t]), 1);
+    let out = env.vault(&[
+        "restore",
+        &spec,
+        "--target",
+        t,
+        "--overwrite",
+        "always",
+        "--delete",
+    ]);
+    assert_code(&out, 2);
+}
+
+/// The paths below `dir`, relative to it, sorted.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -5,12 +5,8 @@ use crate::args::GlobalArgs;
 use crate::output::outln;
 use crate::{global, output};
 use anyhow::{Context, Result, bail};
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::ffi::OsString;
 use std::process::ExitCode;
-use vault_engine::restore;
-use vault_engine::tree::NodeKind;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Kind {
@@ -61,26 +57,14 @@ pub(crate) fn run(g: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
         }
         Kind::Tree => {
             let spec = args.id.as_deref().context("tree needs a snapshot")?;
-            let (snapshot, dir) = split_subfolder(spec);
+            let (snapshot, dir) = super::split_subfolder(spec);
             let snapshot = snapshot
                 .to_str()
                 .with_context(|| format!("{} is not a snapshot", snapshot.to_string_lossy()))?;
             let (_, snap) =
                 super::pick_snapshot(&repo, Some(snapshot), None, &FilterArgs::default())?;
             let index = repo.load_index()?;
-            let tree = match dir {
-                Some(dir) if !is_root(dir) => {
-                    let node = restore::find_node(&repo, &index, &snap.tree, dir)?;
-                    let Some(subtree) = node.subtree.filter(|_| node.kind == NodeKind::Dir) else {
-                        bail!(
-                            "{} in snapshot {snapshot} is not a directory",
-                            Path::new(dir).display()
-                        );
-                    };
-                    subtree
-                }
-                _ => snap.tree,
-            };
+            let tree = super::subfolder_tree(&repo, &index, &snap, snapshot, dir)?;
             serde_json::to_value(repo.read_tree(&index, &tree)?)?
         }
         Kind::Index => {
@@ -123,23 +107,4 @@ pub(crate) fn run(g: &GlobalArgs, args: &CatArgs) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string_pretty(&value)?)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `SNAPSHOT[:DIR]` split at its first colon (a snapshot spec has none).
-fn split_subfolder(spec: &OsStr) -> (&OsStr, Option<&OsStr>) {
-    let bytes = spec.as_bytes();
-    match bytes.iter().position(|&b| b == b':') {
-        Some(i) => (
-            OsStr::from_bytes(&bytes[..i]),
-            Some(OsStr::from_bytes(&bytes[i + 1..])),
-        ),
-        None => (spec, None),
-    }
-}
-
-/// Whether DIR names the snapshot's root: empty, `/`, `.` and the like.
-fn is_root(dir: &OsStr) -> bool {
-    dir.as_bytes()
-        .split(|&b| b == b'/')
-        .all(|p| p.is_empty() || p == b".")
 }

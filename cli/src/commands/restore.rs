@@ -21,7 +21,9 @@ enum OverwriteArg {
 #[derive(Debug, clap::Args)]
 pub(crate) struct RestoreArgs {
     /// Snapshot: `latest` (default), an id prefix, or a configured source
-    /// name (its latest snapshot, or the one --at picks).
+    /// name (its latest snapshot, or the one --at picks). `SNAPSHOT:DIR`
+    /// restores only DIR, its content into the target (restic's
+    /// SNAPSHOT:SUBFOLDER; --include/--exclude then match paths below DIR).
     snapshot: Option<String>,
     /// Restore the newest snapshot at or before this time instead:
     /// "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" (local time; a date is its
@@ -102,11 +104,40 @@ pub(crate) fn run(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
 fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -> Result<ExitCode> {
     let repo = global::open_repository(g)?;
     let filter = args.filter.clone();
-    let spec = args.snapshot.as_deref();
+    let mut spec = args.snapshot.as_deref();
     let source = match (global::config(g)?, spec) {
         (Some(config), Some(name)) => config.source(name),
         _ => None,
     };
+    // restic's SNAPSHOT:SUBFOLDER: that directory's content becomes the
+    // target's.
+    let mut subfolder = None;
+    if let (None, Some(whole)) = (source, spec)
+        && let Some((snapshot, dir)) = whole.split_once(':')
+    {
+        spec = Some(snapshot);
+        subfolder = Some(dir);
+    }
+    if let Some(dir) = subfolder {
+        let why = if args.pitr || args.into_database.is_some() {
+            Some("--pitr and --into-database take a source name")
+        } else if args.delete && !super::is_root(std::ffi::OsStr::new(dir)) {
+            // DIR's own entries are the target's: what --delete would
+            // judge there is not yet done; --include DIR does it whole.
+            Some(
+                "--delete works on whole snapshots: restore with `--include DIR` to delete within DIR",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(crate::exit::Coded {
+                code: crate::exit::USAGE,
+                message: format!("SNAPSHOT:DIR: {why}"),
+            }
+            .into());
+        }
+    }
     if args.pitr {
         let source = source.with_context(|| match spec {
             Some(name) => format!(
@@ -178,6 +209,13 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             );
         }
     }
+    let root = super::subfolder_tree(
+        &repo,
+        &index,
+        &snap,
+        spec.unwrap_or("latest"),
+        subfolder.map(std::ffi::OsStr::new),
+    )?;
     let options = RestoreOptions {
         target: target.clone(),
         includes: args.includes.clone(),
@@ -212,7 +250,7 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             String::new()
         })
     };
-    let result = restore::restore(&repo, &index, &snap.tree, &options, &progress);
+    let result = restore::restore(&repo, &index, &root, &options, &progress);
     bar.finish();
     if let Err(vault_engine::Error::Interrupted) = &result
         && !args.dry_run
