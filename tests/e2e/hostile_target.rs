@@ -98,25 +98,12 @@ impl Drop for SwapOnOpen {
 /// Mode, owner and names of a directory and of what it holds, to compare.
 fn state(dir: &Path) -> Vec<(String, u32, u32, u32)> {
     let mut out = Vec::new();
-    for entry in walk(dir) {
+    for entry in crate::support::walk_entries(dir) {
         let meta = std::fs::symlink_metadata(&entry).unwrap();
         let name = entry.strip_prefix(dir).unwrap().display().to_string();
         out.push((name, meta.mode(), meta.uid(), meta.gid()));
     }
     out.sort();
-    out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
     out
 }
 

@@ -545,9 +545,7 @@ fn restore_of_a_snapshot_subfolder_puts_its_content_in_the_target() {
     let target = env.path("t");
     let t = target.to_str().unwrap();
     assert_success(&env.vault(&["restore", &spec, "--target", t]));
-    let mut got: Vec<String> = walk(&target);
-    got.sort();
-    assert_eq!(got, ["b", "b/f", "g"]);
+    assert_eq!(walk(&target), ["b", "b/f", "g"]);
     assert_eq!(std::fs::read(target.join("b/f")).unwrap(), b"f");
     // Includes match paths below the subfolder.
     let only = env.path("only");
@@ -578,17 +576,11 @@ fn restore_of_a_snapshot_subfolder_puts_its_content_in_the_target() {
 
 /// The paths below `dir`, relative to it, sorted.
 fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            if p.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
+    let mut out: Vec<String> = crate::support::walk_entries(dir)
+        .iter()
+        .skip(1)
+        .map(|p| p.strip_prefix(dir).unwrap().display().to_string())
+        .collect();
     out.sort();
     out
 }

@@ -536,6 +536,21 @@ pub(crate) fn key_name(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
+/// `dir` and every entry below it, directories too; symlinks are listed,
+/// never followed.
+pub(crate) fn walk_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+            out.extend(walk_entries(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 pub(crate) fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
