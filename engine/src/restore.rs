@@ -8,7 +8,9 @@
 //! then applies metadata: files first, directories deepest first, so
 //! writing content never disturbs a restored mtime. Every file operation
 //! below the target goes through `beneath`: relative to the target's
-//! descriptor, never following a symlink.
+//! descriptor, never following a symlink but a trusted one that holds the
+//! place of a directory of the snapshot (`/lib -> usr/lib`), which is kept
+//! and restored through.
 
 use crate::backend::Backend;
 use crate::blob;

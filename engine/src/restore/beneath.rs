@@ -20,7 +20,8 @@
 //! a directory inside the target, such as `/lib -> usr/lib` on a usr-merged
 //! system, where a backup of `/lib/foo` records `/lib` as a directory. The
 //! kernel never follows it: [`Beneath::dir`] meets it as `openat2`'s ELOOP
-//! and then resolves the path itself, component by component, as if the
+//! (ENOTDIR in the last place) and then resolves the path itself, component
+//! by component, as if the
 //! target were the root (`chroot`; the kernel's `RESOLVE_IN_ROOT`): an
 //! absolute link starts at the target, and `..` never leaves it. Paths
 //! without a symlink never take that walk.
@@ -273,7 +274,8 @@ pub(super) fn is_not_followed(e: &io::Error) -> bool {
 /// followed: only root or this user could have made it, renamed it or
 /// swapped it, as they own it and own its directory, which no one else may
 /// write. Else why not. (A sticky directory such as /tmp is writable by
-/// others: they may make new names there.)
+/// others: they may make new names there. A POSIX ACL letting another user
+/// write shows as the group write bit, the ACL's mask.)
 fn trusted(dir: BorrowedFd<'_>, link: &Stat) -> Result<(), String> {
     let euid = nix::unistd::geteuid().as_raw();
     let trusted_owner = |uid: u32| uid == 0 || uid == euid;
