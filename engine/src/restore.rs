@@ -8,7 +8,9 @@
 //! then applies metadata: files first, directories deepest first, so
 //! writing content never disturbs a restored mtime. Every file operation
 //! below the target goes through `beneath`: relative to the target's
-//! descriptor, never following a symlink.
+//! descriptor, never following a symlink but a trusted one that holds the
+//! place of a directory of the snapshot (`/lib -> usr/lib`), which is kept
+//! and restored through.
 
 use crate::backend::Backend;
 use crate::blob;
@@ -117,11 +119,20 @@ pub struct RestoreReport {
     pub deleted_paths: Vec<String>,
     /// Files read back and found identical to the snapshot (`verify`).
     pub verified_files: u64,
-    /// Problems that leave every entry intact. None at present: owners
-    /// are set only as root (as non-root they stay the restoring user's,
-    /// as with restic), and any other metadata not applied is a
-    /// [`FailedEntry`]. Kept for the `--json` schema.
+    /// Problems that leave every entry intact: a symlink where the
+    /// snapshot has a directory replaced (`--overwrite`) rather than kept,
+    /// and why ([`Self::kept_links`]); a kept one below which `--delete`
+    /// judged nothing. (Owners are set only as root: as non-root they stay
+    /// the restoring user's, as with restic; any other metadata not applied
+    /// is a [`FailedEntry`].)
     pub warnings: Vec<String>,
+    /// Symlinks found where the snapshot has a directory and kept: trusted
+    /// (only root or the restoring user could have made or swapped them)
+    /// and leading to a directory inside the target, as `/lib -> usr/lib`.
+    /// The directory's content is restored through the link, its metadata
+    /// not (what the link leads to keeps its own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept_links: Vec<KeptLink>,
     /// Entries not restored, or not intact, because the target refused
     /// them: not created, not replaced, content not written, or metadata
     /// (mode, times, extended attributes; owner as root) not applied, each
@@ -141,6 +152,16 @@ pub struct RestoreReport {
     /// why; the restore went on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub damaged_entries: Vec<DamagedEntry>,
+}
+
+/// A symlink kept where the snapshot has a directory (see
+/// [`RestoreReport::kept_links`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeptLink {
+    /// Where the snapshot's directory belongs.
+    pub path: String,
+    /// The symlink's text.
+    pub target: String,
 }
 
 /// An entry that could not be restored: its node is damage.
@@ -645,6 +666,9 @@ fn restore_on_pool(
     // Entries the skeleton did not create (sockets, damaged symlinks): no
     // metadata to apply, and no complaints about a path that is not there.
     let mut absent = vec![false; items.len()];
+    // Directories whose place a symlink to a directory holds, kept
+    // (`judge_link`): restored through, but none of their metadata applied.
+    let mut kept = vec![false; items.len()];
     // Files to fill with content, by item.
     let mut content_files: Vec<usize> = Vec::new();
     // Second and later names of hard-linked files, by item (first name,
@@ -724,6 +748,20 @@ fn restore_on_pool(
                         beneath::open_up(dir, name, &m, is_root);
                         Ok(())
                     }
+                    Ok(m) if beneath::is_symlink(&m) => match judge_link(beneath, path) {
+                        Ok(kept_link) => {
+                            kept[idx] = true;
+                            report.kept_links.push(kept_link);
+                            Ok(())
+                        }
+                        Err(why) if options.overwrite == Overwrite::Never => {
+                            return Err(not_kept_error(path, &why));
+                        }
+                        Err(why) => {
+                            report.warnings.push(replaced_warning(path, &why));
+                            remove_existing().and_then(|()| private_dir())
+                        }
+                    },
                     Ok(_) if options.overwrite == Overwrite::Never => {
                         return Err(Error::InvalidInput(format!(
                             "{} already exists and is not a directory; pass --overwrite to replace it",
@@ -1105,13 +1143,19 @@ fn restore_on_pool(
         phase("verify");
     }
     if !options.delete_within.is_empty() {
+        let kept_paths = (items.iter().zip(&kept))
+            .filter(|(_, kept)| **kept)
+            .map(|(item, _)| &*item.path)
+            .collect();
         let deleted = delete_extras(
             &items,
             options,
             &includes,
             &excludes,
             Some(beneath),
+            &kept_paths,
             Some(&failures),
+            &mut report.warnings,
         )?;
         report.deleted = deleted.len() as u64;
         report.deleted_paths = deleted;
@@ -1139,7 +1183,7 @@ fn restore_on_pool(
             |parents, (idx, item)| finish(parents, idx, item),
         )?;
     let mut dirs: Vec<(usize, &Item)> = (items.iter().enumerate())
-        .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx))
+        .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx) && !kept[idx])
         .collect();
     dirs.sort_by_key(|(_, i)| std::cmp::Reverse(i.path.components().count()));
     let mut parents = Parents::new(beneath);
@@ -1309,29 +1353,95 @@ fn plan_only(
         .collect();
     report.bytes_written = sizes.iter().map(|(w, _)| w).sum();
     report.bytes_skipped = sizes.iter().map(|(_, s)| s).sum();
+    // Symlinks where directories belong, judged as the restore judges them.
+    let mut kept_paths = std::collections::HashSet::new();
+    for item in items.iter().filter(|i| i.kind == NodeKind::Dir) {
+        let Some(beneath) = beneath else { break };
+        if !beneath
+            .stat(&item.path)
+            .is_ok_and(|m| beneath::is_symlink(&m))
+        {
+            continue;
+        }
+        match judge_link(beneath, &item.path) {
+            Ok(kept_link) => {
+                kept_paths.insert(&*item.path);
+                report.kept_links.push(kept_link);
+            }
+            Err(why) if options.overwrite == Overwrite::Never => {
+                return Err(not_kept_error(&item.path, &why));
+            }
+            Err(why) => report.warnings.push(replaced_warning(&item.path, &why)),
+        }
+    }
     if !options.delete_within.is_empty() {
-        report.deleted_paths = delete_extras(items, options, includes, excludes, beneath, None)?;
+        report.deleted_paths = delete_extras(
+            items,
+            options,
+            includes,
+            excludes,
+            beneath,
+            &kept_paths,
+            None,
+            &mut report.warnings,
+        )?;
         report.deleted = report.deleted_paths.len() as u64;
     }
     Ok(report)
+}
+
+/// Whether the symlink at `path`, where the snapshot has a directory, is
+/// kept and the directory restored through it ([`beneath`]: trusted, and
+/// leading to a directory inside the target); else why not.
+fn judge_link(beneath: &Beneath, path: &Path) -> std::result::Result<KeptLink, String> {
+    match beneath.followed_link(path) {
+        Ok(text) => Ok(KeptLink {
+            path: path.display().to_string(),
+            target: text.to_string_lossy().into_owned(),
+        }),
+        Err(e) if beneath::is_not_followed(&e) => Err(e.to_string()),
+        Err(e) => Err(format!("it leads to no directory inside the target ({e})")),
+    }
+}
+
+/// The refusal, without `--overwrite`, of a symlink not kept.
+fn not_kept_error(path: &Path, why: &str) -> Error {
+    Error::InvalidInput(format!(
+        "{} already exists, a symlink not kept as a directory ({why}); pass --overwrite to replace it",
+        path.display()
+    ))
+}
+
+fn replaced_warning(path: &Path, why: &str) -> String {
+    format!(
+        "replaced the symlink {} with a directory, not kept: {why}",
+        path.display()
+    )
 }
 
 /// Removes, from each restored directory at or below `delete_within` that
 /// the includes select whole, the entries the snapshot does not hold, and
 /// returns their paths; with no `failures` to record what cannot be
 /// removed in (a dry run), only returns them. No target (a dry run into
-/// one not there yet) holds nothing to remove.
+/// one not there yet) holds nothing to remove. Nothing is judged at or
+/// below a symlink kept as a directory (`kept`): what it leads to is
+/// another directory's, maybe restored under its own name; a warning per
+/// link says so.
+#[allow(clippy::too_many_arguments)]
 fn delete_extras(
     items: &[Item],
     options: &RestoreOptions,
     includes: &[Pattern],
     excludes: &crate::backup::Excludes,
     beneath: Option<&Beneath>,
+    kept: &std::collections::HashSet<&Path>,
     failures: Option<&Failures>,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<String>> {
     let Some(beneath) = beneath else {
         return Ok(Vec::new());
     };
+    let mut not_judged = std::collections::BTreeSet::new();
     let is_root = nix::unistd::geteuid().is_root();
     let mut expected: HashMap<&Path, std::collections::HashSet<&std::ffi::OsStr>> = HashMap::new();
     for item in items {
@@ -1355,6 +1465,12 @@ fn delete_extras(
         if !within || !matches_include(&in_snapshot, includes, &options.includes) {
             continue;
         }
+        if !kept.is_empty()
+            && let Some(link) = item.path.ancestors().find(|dir| kept.contains(dir))
+        {
+            not_judged.insert(link);
+            continue;
+        }
         let listing = |e| Error::io(format!("listing {}", item.path.display()), e);
         // Opened never through a symlink, on the way or in its place: one
         // swapped in since the skeleton made the directory is an entry not
@@ -1371,7 +1487,7 @@ fn delete_extras(
                 failures.record(Some(idx), &item.path, listing(e))?;
                 continue;
             }
-            (Err(e), None) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            (Err(e), None) if beneath::is_not_followed(&e) => {
                 continue;
             }
             (Err(e), None) => return Err(listing(e)),
@@ -1422,6 +1538,12 @@ fn delete_extras(
             deleted.push(path.to_string_lossy().into_owned());
         }
     }
+    warnings.extend(not_judged.into_iter().map(|link| {
+        format!(
+            "--delete judged nothing below {}: a symlink kept as a directory",
+            link.display()
+        )
+    }));
     Ok(deleted)
 }
 

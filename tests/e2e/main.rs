@@ -9,6 +9,7 @@ mod support;
 mod backup_restore;
 mod check;
 mod cli;
+mod directory_symlinks;
 mod failures;
 mod find;
 mod hostile;

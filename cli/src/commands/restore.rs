@@ -266,6 +266,15 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     for w in &report.warnings {
         eprintln!("vault: warning: {w}");
     }
+    // A disaster restore to / goes through /lib -> usr/lib: said, as what
+    // it leads to got the content but none of the directory's metadata.
+    let keep = if args.dry_run { "would keep" } else { "kept" };
+    for link in &report.kept_links {
+        eprintln!(
+            "vault: {keep} directory symlink {} -> {}",
+            link.path, link.target
+        );
+    }
     if g.json {
         let mut v = serde_json::to_value(&report)?;
         v["message_type"] = "summary".into();

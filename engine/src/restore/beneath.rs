@@ -14,14 +14,25 @@
 //! A directory moved away mid-restore by whoever may write its parent takes
 //! what is written into it along; it can only be moved where that user may
 //! write already, so this redirects nothing into places they could not reach.
+//!
+//! One kind of symlink is followed: a trusted one ([`trusted`]: only root or
+//! the restoring user could have made, renamed or swapped it) that leads to
+//! a directory inside the target, such as `/lib -> usr/lib` on a usr-merged
+//! system, where a backup of `/lib/foo` records `/lib` as a directory. The
+//! kernel never follows it: [`Beneath::dir`] meets it as `openat2`'s ELOOP
+//! (ENOTDIR in the last place) and then resolves the path itself, component
+//! by component, as if the
+//! target were the root (`chroot`; the kernel's `RESOLVE_IN_ROOT`): an
+//! absolute link starts at the target, and `..` never leaves it. Paths
+//! without a symlink never take that walk.
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -73,10 +84,101 @@ impl Beneath {
                 ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
             match rustix::fs::openat2(&self.fd, rel, flags, Mode::empty(), resolve) {
                 Err(Errno::NOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+                // A symlink on the way (ELOOP) or in its place (ENOTDIR,
+                // for O_DIRECTORY with O_NOFOLLOW): followed only if
+                // trusted, by the walk.
+                Err(Errno::LOOP | Errno::NOTDIR) => {}
                 r => return Ok(r?),
             }
         }
-        walk_dir(self.fd.as_fd(), rel, flags)
+        let found = self.resolve(rel)?;
+        if read {
+            // The walk opens O_PATH: reopened to be listed.
+            return Ok(rustix::fs::openat(&found, ".", flags, Mode::empty())?);
+        }
+        Ok(found)
+    }
+
+    /// Opens the directory `rel` (below the target, `O_PATH`) as the
+    /// kernel would with the target as its root, following only trusted
+    /// symlinks ([`trusted`]) and at most [`MAX_LINKS`] of them; the
+    /// kernel follows none. What stands for the directories passed is a
+    /// stack of descriptors from the target down: `..` pops one (the
+    /// directory it was reached from), and at the target stays there.
+    fn resolve(&self, rel: &Path) -> io::Result<OwnedFd> {
+        // Still to look up, the next one last.
+        let mut pending: Vec<OsString> = Vec::new();
+        for part in rel.components().rev() {
+            let Component::Normal(name) = part else {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            };
+            pending.push(name.to_owned());
+        }
+        let mut stack: Vec<(OsString, OwnedFd)> = Vec::new();
+        let mut links = 0;
+        while let Some(name) = pending.pop() {
+            if name == "." {
+                continue;
+            }
+            if name == ".." {
+                stack.pop();
+                continue;
+            }
+            let at = stack.last().map_or(self.fd.as_fd(), |(_, fd)| fd.as_fd());
+            let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            // O_PATH with O_NOFOLLOW opens a symlink itself: its owner and
+            // text are then those of the link checked, whatever is renamed
+            // meanwhile.
+            let fd = rustix::fs::openat(at, &name, flags, Mode::empty())?;
+            let stat = rustix::fs::fstat(&fd)?;
+            match FileType::from_raw_mode(stat.st_mode) {
+                FileType::Directory => stack.push((name, fd)),
+                FileType::Symlink => {
+                    let link = || {
+                        let mut path = self.root.clone();
+                        path.extend(stack.iter().map(|(name, _)| name));
+                        path.join(&name)
+                    };
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err(NotFollowed::TooMany { link: link() }.into());
+                    }
+                    trusted(at, &stat)
+                        .map_err(|why| NotFollowed::Untrusted { link: link(), why })?;
+                    let text = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+                    let text = text.as_bytes();
+                    if text.is_empty() {
+                        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+                    }
+                    if text.starts_with(b"/") {
+                        stack.clear();
+                    }
+                    let parts = text.split(|&b| b == b'/').filter(|p| !p.is_empty());
+                    pending.extend(parts.rev().map(|p| OsStr::from_bytes(p).to_owned()));
+                }
+                _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            }
+        }
+        match stack.pop() {
+            Some((_, fd)) => Ok(fd),
+            None => Ok(rustix::fs::openat(
+                &self.fd,
+                ".",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?),
+        }
+    }
+
+    /// Whether the symlink `path` (below the target) leads to a directory
+    /// the restore may go on into, as [`Self::dir`] follows it: `Ok` with
+    /// its text if so, else why not (an untrusted link, [`NotFollowed`], or
+    /// the error of what it leads to).
+    pub(super) fn followed_link(&self, path: &Path) -> io::Result<OsString> {
+        self.dir(path, false)?;
+        let (dir, name) = self.parent(path)?;
+        let text = rustix::fs::readlinkat(&dir, name, Vec::new())?;
+        Ok(OsString::from_vec(text.into_bytes()))
     }
 
     /// [`Self::dir`] of `path`'s parent (`O_PATH`), and `path`'s last name.
@@ -95,16 +197,24 @@ impl Beneath {
     /// target), as `create_dir_all` does but never through a symlink.
     pub(super) fn make_dirs(&self, path: &Path) -> io::Result<()> {
         let mut at: Option<OwnedFd> = None;
+        let mut made = self.root.clone();
         for part in self.relative(path)?.components() {
             let Component::Normal(name) = part else {
                 return Err(io::Error::from_raw_os_error(libc::EXDEV));
             };
+            made.push(name);
             let dir = at.as_ref().map_or(self.fd.as_fd(), AsFd::as_fd);
             match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o777)) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(e.into()),
             }
-            at = Some(open_path_dir(dir, name)?);
+            at = Some(match open_path_dir(dir, name) {
+                // A symlink there: followed only as `dir` follows it.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                    self.dir(&made, false)?
+                }
+                r => r?,
+            });
         }
         Ok(())
     }
@@ -128,28 +238,67 @@ fn open_path_dir(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The lookup of [`Beneath::dir`] without `openat2`: one `O_NOFOLLOW` open
-/// per component.
-fn walk_dir(root: BorrowedFd<'_>, rel: &Path, flags: OFlags) -> io::Result<OwnedFd> {
-    let parts: Vec<Component<'_>> = rel.components().collect();
-    let mut at: Option<OwnedFd> = None;
-    for (n, part) in parts.iter().enumerate() {
-        let Component::Normal(name) = part else {
-            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+/// How many symlinks one lookup follows at most, as Linux's `MAXSYMLINKS`.
+const MAX_LINKS: usize = 40;
+
+/// Why a symlink on the way to a directory below the target is not
+/// followed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum NotFollowed {
+    /// Someone other than root and this user could have made or swapped it.
+    #[error("symlink {} is {why}", link.display())]
+    Untrusted { link: PathBuf, why: String },
+    /// More than [`MAX_LINKS`] on the way.
+    #[error("more than {MAX_LINKS} symlinks on the way, at {}", link.display())]
+    TooMany { link: PathBuf },
+}
+
+impl From<NotFollowed> for io::Error {
+    fn from(e: NotFollowed) -> Self {
+        let kind = match e {
+            NotFollowed::Untrusted { .. } => io::ErrorKind::PermissionDenied,
+            NotFollowed::TooMany { .. } => io::ErrorKind::Other,
         };
-        let dir = at.as_ref().map_or(root, AsFd::as_fd);
-        let next = if n + 1 == parts.len() {
-            let fd = rustix::fs::openat(dir, *name, flags, Mode::empty())?;
-            if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::Directory {
-                return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
-            }
-            fd
-        } else {
-            open_path_dir(dir, name)?
-        };
-        at = Some(next);
+        io::Error::new(kind, e)
     }
-    at.ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Whether a lookup failed for a symlink on the way that is not followed
+/// (or a non-directory there): the path leads nowhere the restore goes.
+pub(super) fn is_not_followed(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR))
+        || e.get_ref().is_some_and(|inner| inner.is::<NotFollowed>())
+}
+
+/// Whether the symlink `link` (its `lstat`) in the directory `dir` may be
+/// followed: only root or this user could have made it, renamed it or
+/// swapped it, as they own it and own its directory, which no one else may
+/// write. Else why not. (A sticky directory such as /tmp is writable by
+/// others: they may make new names there. A POSIX ACL letting another user
+/// write shows as the group write bit, the ACL's mask.)
+fn trusted(dir: BorrowedFd<'_>, link: &Stat) -> Result<(), String> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let trusted_owner = |uid: u32| uid == 0 || uid == euid;
+    if !trusted_owner(link.st_uid) {
+        return Err(format!(
+            "owned by uid {}, neither root nor the restoring user",
+            link.st_uid
+        ));
+    }
+    let parent = rustix::fs::fstat(dir).map_err(|e| format!("in a directory not read: {e}"))?;
+    if !trusted_owner(parent.st_uid) {
+        return Err(format!(
+            "in a directory owned by uid {}, neither root nor the restoring user",
+            parent.st_uid
+        ));
+    }
+    if parent.st_mode & 0o022 != 0 {
+        return Err(format!(
+            "in a directory writable by group or others (mode {:o})",
+            parent.st_mode & 0o7777
+        ));
+    }
+    Ok(())
 }
 
 /// The parent directory a worker used last, kept open: entries come grouped
@@ -189,6 +338,10 @@ pub(super) fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Stat> {
 
 pub(super) fn is_dir(stat: &Stat) -> bool {
     FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+}
+
+pub(super) fn is_symlink(stat: &Stat) -> bool {
+    FileType::from_raw_mode(stat.st_mode) == FileType::Symlink
 }
 
 pub(super) fn is_file(stat: &Stat) -> bool {
@@ -355,8 +508,10 @@ mod tests {
         for fallback in [false, true] {
             NO_OPENAT2.store(fallback, Ordering::Relaxed);
             let e = beneath.parent(&below).unwrap_err();
+            // This user's link is trusted: followed, but inside the target,
+            // where its absolute text leads nowhere.
             assert!(
-                matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+                is_not_followed(&e) || e.kind() == io::ErrorKind::NotFound,
                 "{e}"
             );
             assert!(beneath.make_dirs(&below).is_err());
@@ -370,5 +525,79 @@ mod tests {
         let (dir, name) = beneath.parent(&link).unwrap();
         remove(dir.as_fd(), name, false).unwrap();
         assert!(outside.path().exists());
+    }
+
+    /// The identity of what `path` is (following it).
+    fn inode(path: &Path) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).unwrap();
+        (m.dev(), m.ino())
+    }
+
+    #[test]
+    fn a_trusted_symlink_is_resolved_as_if_the_target_were_the_root() {
+        use std::os::unix::fs::symlink;
+        let target = tempfile::tempdir().unwrap();
+        let root = target.path();
+        std::fs::create_dir_all(root.join("usr/lib/x")).unwrap();
+        std::fs::write(root.join("file"), b"").unwrap();
+        let links = [
+            ("lib", "usr/lib"),
+            // Absolute: from the target, never the host's /usr/lib.
+            ("abs", "/usr/lib"),
+            // `..` at the target stays there.
+            ("usr/up", "../../../../usr/lib"),
+            ("usr/lib/x/back", "../../.."),
+            // Through a further link.
+            ("chain", "lib/x"),
+            ("host-etc", "/etc"),
+            ("dangling", "usr/lib/missing"),
+            ("tofile", "file"),
+            ("loop1", "loop2"),
+            ("loop2", "loop1"),
+        ];
+        for (link, text) in links {
+            symlink(text, root.join(link)).unwrap();
+        }
+        let beneath = Beneath::open(root).unwrap();
+        let lib = inode(&root.join("usr/lib"));
+        let found = [
+            ("lib", lib),
+            ("abs", lib),
+            ("usr/up", lib),
+            ("lib/x/back", inode(root)),
+            ("chain", inode(&root.join("usr/lib/x"))),
+            ("abs/x/back/lib", lib),
+        ];
+        for fallback in [false, true] {
+            NO_OPENAT2.store(fallback, Ordering::Relaxed);
+            for (path, want) in found {
+                let fd = beneath.dir(&root.join(path), false).unwrap();
+                let stat = rustix::fs::fstat(&fd).unwrap();
+                assert_eq!((stat.st_dev, stat.st_ino), want, "{path}");
+            }
+            // /etc is the host's, not the target's.
+            for (path, errno) in [
+                ("host-etc", libc::ENOENT),
+                ("dangling", libc::ENOENT),
+                ("tofile", libc::ENOTDIR),
+            ] {
+                let e = beneath.dir(&root.join(path), false).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(errno), "{path}: {e}");
+            }
+            let e = beneath.dir(&root.join("loop1"), false).unwrap_err();
+            assert!(
+                matches!(
+                    e.get_ref().and_then(|e| e.downcast_ref()),
+                    Some(NotFollowed::TooMany { .. })
+                ),
+                "{e}"
+            );
+            // Made through the link, where it leads.
+            beneath.make_dirs(&root.join("lib/new/deeper")).unwrap();
+            assert!(root.join("usr/lib/new/deeper").is_dir());
+            std::fs::remove_dir_all(root.join("usr/lib/new")).unwrap();
+        }
+        NO_OPENAT2.store(false, Ordering::Relaxed);
     }
 }
