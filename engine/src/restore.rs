@@ -22,6 +22,7 @@ use crate::repository::{FileKind, Repository};
 use crate::tree::{Extents, Node, NodeKind, Tree};
 use crate::tree_reader::TreeReader;
 use beneath::{Beneath, Parents};
+use changes::Changes;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -33,6 +34,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 mod beneath;
+mod changes;
+
+pub use changes::ChangedEntry;
 
 /// What to do with files that already exist at the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +137,11 @@ pub struct RestoreReport {
     /// not (what the link leads to keeps its own).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept_links: Vec<KeptLink>,
+    /// With `--overwrite if-changed`: every entry that was not as the
+    /// snapshot has it, and what of it was (in a dry run: would be)
+    /// changed. Not kept for other overwrite modes, which set everything.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed_entries: Vec<ChangedEntry>,
     /// Entries not restored, or not intact, because the target refused
     /// them: not created, not replaced, content not written, or metadata
     /// (mode, times, extended attributes; owner as root) not applied, each
@@ -659,6 +668,7 @@ fn restore_on_pool(
     let beneath = &beneath;
     let failures = Failures::new(items.len());
     let is_root = nix::unistd::geteuid().is_root();
+    let changed = Changes::new(items.len(), options.overwrite == Overwrite::IfChanged);
 
     // 2. Skeleton: directories, empty files, links, special files.
     let mut hardlinks: HashMap<(u64, u64), usize> = HashMap::new();
@@ -759,6 +769,7 @@ fn restore_on_pool(
                         }
                         Err(why) => {
                             report.warnings.push(replaced_warning(path, &why));
+                            changed.mark(idx, changes::REPLACED);
                             remove_existing().and_then(|()| private_dir())
                         }
                     },
@@ -768,8 +779,14 @@ fn restore_on_pool(
                             path.display()
                         )));
                     }
-                    Ok(_) => remove_existing().and_then(|()| private_dir()),
-                    Err(_) => private_dir(),
+                    Ok(_) => {
+                        changed.mark(idx, changes::REPLACED);
+                        remove_existing().and_then(|()| private_dir())
+                    }
+                    Err(_) => {
+                        changed.mark(idx, changes::CREATED);
+                        private_dir()
+                    }
                 };
                 match made {
                     Ok(()) => {
@@ -802,6 +819,9 @@ fn restore_on_pool(
                     report.damaged_entries.extend(item.damage());
                     continue;
                 };
+                if keep_special(&changed, idx, (dir, name), item) {
+                    continue;
+                }
                 remove_existing().and_then(|()| {
                     rustix::fs::symlinkat(target, dir, name).map_err(|e| {
                         Error::io(format!("creating symlink {}", path.display()), e.into())
@@ -810,11 +830,15 @@ fn restore_on_pool(
             }
             // A fifo and a device node the target refuses are alike: the
             // entry is not restored.
+            NodeKind::Fifo if keep_special(&changed, idx, (dir, name), item) => continue,
             NodeKind::Fifo => remove_existing().and_then(|()| {
                 let mode = rustix::fs::Mode::from_raw_mode(item.mode & 0o7777);
                 rustix::fs::mknodat(dir, name, rustix::fs::FileType::Fifo, mode, 0)
                     .map_err(|e| Error::io(format!("creating fifo {}", path.display()), e.into()))
             }),
+            NodeKind::Dev | NodeKind::Chardev if keep_special(&changed, idx, (dir, name), item) => {
+                continue;
+            }
             NodeKind::Dev | NodeKind::Chardev => {
                 let kind = if item.kind == NodeKind::Dev {
                     rustix::fs::FileType::BlockDevice
@@ -905,13 +929,20 @@ fn restore_on_pool(
             .map_init(
                 || Parents::new(beneath),
                 |parents, &idx| {
-                    compare_existing(
-                        repo,
-                        index,
-                        parents,
-                        &items[idx],
-                        group_of(&groups, &items[idx]),
-                    )
+                    let item = &items[idx];
+                    let compared =
+                        compare_existing(repo, index, parents, item, group_of(&groups, item));
+                    let bits = file_changes(parents, item, compared.as_ref());
+                    // Rewriting it changes its mode and times on the way:
+                    // what was wrong with them is judged before.
+                    if bits & (changes::CONTENT | changes::SIZE) != 0
+                        && let Ok((dir, name)) = parents.of(&item.path)
+                    {
+                        let found = apply_metadata(Meta::At { dir, name }, item, dry_run_meta());
+                        changed.mark(idx, found.changed);
+                    }
+                    changed.mark(idx, bits);
+                    compared
                 },
             )
             .collect();
@@ -1039,6 +1070,7 @@ fn restore_on_pool(
         is_root,
         replace_xattrs: options.overwrite != Overwrite::Never,
         only_differing: resuming,
+        dry_run: false,
     };
     let content = Content {
         repo,
@@ -1110,6 +1142,7 @@ fn restore_on_pool(
                 if same_file((from_dir, from), (dir, name)) {
                     return Ok(());
                 }
+                changed.mark(idx, created_or_replaced((dir, name)));
                 beneath::remove(dir, name, is_root)?;
                 Ok(rustix::fs::linkat(
                     from_dir,
@@ -1167,7 +1200,13 @@ fn restore_on_pool(
     let left = |idx: usize| absent[idx] || failures.is_failed(idx);
     let finish = |parents: &mut Parents<'_>, idx: usize, item: &Item| -> Result<()> {
         match metadata_at(parents, item, rules) {
-            Ok(problems) => failures.metadata(&item.path, problems),
+            Ok(applied) => {
+                // A file rewritten had its metadata judged before.
+                if changed.get(idx) & (changes::CONTENT | changes::SIZE) == 0 {
+                    changed.mark(idx, applied.changed);
+                }
+                failures.metadata(&item.path, applied.problems);
+            }
             Err(e) => {
                 failures.record(Some(idx), &item.path, e)?;
             }
@@ -1204,6 +1243,7 @@ fn restore_on_pool(
     }
     report.failed_entries = failures.entries.into_inner().expect("ok");
     report.failed_entries.sort_by(|a, b| a.path.cmp(&b.path));
+    report.changed_entries = changed.list(items.iter().map(|i| &*i.path));
     Ok(report)
 }
 
@@ -1296,16 +1336,19 @@ fn plan_only(
     beneath: Option<&Beneath>,
 ) -> Result<RestoreReport> {
     let mut report = RestoreReport::default();
-    let files: Vec<&Item> = items.iter().filter(|i| i.kind == NodeKind::File).collect();
+    let files: Vec<(usize, &Item)> = (items.iter().enumerate())
+        .filter(|(_, i)| i.kind == NodeKind::File)
+        .collect();
     report.dirs = items.iter().filter(|i| i.kind == NodeKind::Dir).count() as u64;
     report.files = files.len() as u64;
     // A hard-linked file's further names are linked, not written: only
     // its first name counts toward the bytes, as in a real restore.
     let mut first_names = std::collections::HashSet::new();
-    let files: Vec<&Item> = files
+    let files: Vec<(usize, &Item)> = files
         .into_iter()
-        .filter(|i| i.hardlink().is_none_or(|key| first_names.insert(key)))
+        .filter(|(_, i)| i.hardlink().is_none_or(|key| first_names.insert(key)))
         .collect();
+    let changed = Changes::new(items.len(), options.overwrite == Overwrite::IfChanged);
     let groups = if options.overwrite == Overwrite::IfChanged {
         link_groups(items)
     } else {
@@ -1321,7 +1364,7 @@ fn plan_only(
         .par_iter()
         .map_init(
             || beneath.map(Parents::new),
-            |parents, item| {
+            |parents, &(idx, item)| {
                 let content = &item.content;
                 // As the restore: a file identical to the snapshot is kept, one
                 // that differs is written in place where it can be (and then
@@ -1329,7 +1372,9 @@ fn plan_only(
                 let ok = match parents {
                     Some(parents) if options.overwrite == Overwrite::IfChanged => {
                         let names = group_of(&groups, item);
-                        match compare_existing(repo, index, parents, item, names) {
+                        let compared = compare_existing(repo, index, parents, item, names);
+                        changed.mark(idx, file_changes(parents, item, compared.as_ref()));
+                        match compared {
                             Some(c) if c.identical || resumable(parents, &item.path, names) => {
                                 c.chunks
                             }
@@ -1353,6 +1398,11 @@ fn plan_only(
         .collect();
     report.bytes_written = sizes.iter().map(|(w, _)| w).sum();
     report.bytes_skipped = sizes.iter().map(|(_, s)| s).sum();
+    if let Some(beneath) = beneath
+        && changed.tracked()
+    {
+        planned_changes(items, &changed, beneath, &first_names_of(items));
+    }
     // Symlinks where directories belong, judged as the restore judges them.
     let mut kept_paths = std::collections::HashSet::new();
     for item in items.iter().filter(|i| i.kind == NodeKind::Dir) {
@@ -1387,6 +1437,7 @@ fn plan_only(
         )?;
         report.deleted = report.deleted_paths.len() as u64;
     }
+    report.changed_entries = changed.list(items.iter().map(|i| &*i.path));
     Ok(report)
 }
 
@@ -1401,6 +1452,144 @@ fn judge_link(beneath: &Beneath, path: &Path) -> std::result::Result<KeptLink, S
         }),
         Err(e) if beneath::is_not_followed(&e) => Err(e.to_string()),
         Err(e) => Err(format!("it leads to no directory inside the target ({e})")),
+    }
+}
+
+/// Of each hard-link group, the item whose name is made first (the
+/// others are linked to it).
+fn first_names_of(items: &[Item]) -> HashMap<(u64, u64), usize> {
+    let mut first = HashMap::new();
+    for (idx, item) in items.iter().enumerate() {
+        if let Some(key) = item.hardlink() {
+            first.entry(key).or_insert(idx);
+        }
+    }
+    first
+}
+
+/// A dry run's if-changed judgement of every entry but files' content
+/// (judged with the bytes to write): what is not there, what is there as
+/// another kind (or another symlink, device, hard link) and would be
+/// replaced, and whose metadata differs.
+fn planned_changes(
+    items: &[Item],
+    changed: &Changes,
+    beneath: &Beneath,
+    first_names: &HashMap<(u64, u64), usize>,
+) {
+    let rules = dry_run_meta();
+    items.par_iter().enumerate().for_each_init(
+        || (Parents::new(beneath), Parents::new(beneath)),
+        |(parents, first_parents), (idx, item)| {
+            let Ok(at) = parents.of(&item.path) else {
+                changed.mark(idx, changes::CREATED);
+                return;
+            };
+            let Ok(stat) = beneath::stat_at(at.0, at.1) else {
+                changed.mark(idx, changes::CREATED);
+                return;
+            };
+            let same_kind = match item.kind {
+                // A symlink kept as the directory is judged (and reported)
+                // apart; its metadata is not the restore's to set.
+                NodeKind::Dir if beneath::is_symlink(&stat) => return,
+                NodeKind::Dir => beneath::is_dir(&stat),
+                NodeKind::File => match item.hardlink().and_then(|k| first_names.get(&k)) {
+                    Some(&first) if first != idx => first_parents
+                        .of(&items[first].path)
+                        .is_ok_and(|first| same_file(first, at)),
+                    // Judged with its content.
+                    _ => beneath::is_file(&stat),
+                },
+                NodeKind::Socket => return,
+                _ => same_special(at, &stat, item),
+            };
+            if !same_kind {
+                changed.mark(idx, changes::REPLACED);
+                return;
+            }
+            let applied = apply_metadata(
+                Meta::At {
+                    dir: at.0,
+                    name: at.1,
+                },
+                item,
+                rules,
+            );
+            changed.mark(idx, applied.changed);
+        },
+    );
+}
+
+/// What an if-changed restore changes in the file `item` given what it
+/// found there ([`compare_existing`]).
+fn file_changes(parents: &mut Parents<'_>, item: &Item, compared: Option<&Compared>) -> u16 {
+    match compared {
+        Some(c) if c.identical => 0,
+        Some(c) => {
+            let content = if c.chunks.iter().all(|&ok| ok) {
+                0
+            } else {
+                changes::CONTENT
+            };
+            content | if c.len == item.size { 0 } else { changes::SIZE }
+        }
+        // Not there, or not a file it may keep (another kind, a hard
+        // link to something outside the snapshot).
+        None => parents
+            .of(&item.path)
+            .map_or(changes::CREATED, created_or_replaced),
+    }
+}
+
+/// Whether something is in the way at `at`, to be replaced, or nothing.
+fn created_or_replaced(at: (std::os::fd::BorrowedFd<'_>, &std::ffi::OsStr)) -> u16 {
+    match beneath::stat_at(at.0, at.1) {
+        Ok(_) => changes::REPLACED,
+        Err(_) => changes::CREATED,
+    }
+}
+
+/// With if-changed ([`Changes`] tracked): whether the symlink, fifo or
+/// device node already at `at` is the snapshot's, and is kept as it is;
+/// else it is marked as created or replaced, as the restore will.
+fn keep_special(
+    changed: &Changes,
+    idx: usize,
+    at: (std::os::fd::BorrowedFd<'_>, &std::ffi::OsStr),
+    item: &Item,
+) -> bool {
+    if !changed.tracked() {
+        return false;
+    }
+    match beneath::stat_at(at.0, at.1) {
+        Ok(stat) if same_special(at, &stat, item) => true,
+        _ => {
+            changed.mark(idx, created_or_replaced(at));
+            false
+        }
+    }
+}
+
+/// Whether `stat` (of the entry at `at`, not followed) is the snapshot's
+/// symlink (same text), fifo or device node (same kind and number).
+fn same_special(
+    at: (std::os::fd::BorrowedFd<'_>, &std::ffi::OsStr),
+    stat: &rustix::fs::Stat,
+    item: &Item,
+) -> bool {
+    use rustix::fs::FileType;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    let device = || item.rare.as_ref().and_then(|r| r.device).unwrap_or(0) == stat.st_rdev;
+    match item.kind {
+        NodeKind::Symlink if kind == FileType::Symlink => item.link_target().is_ok_and(|want| {
+            rustix::fs::readlinkat(at.0, at.1, Vec::new())
+                .is_ok_and(|text| text.as_bytes() == want.as_bytes())
+        }),
+        NodeKind::Fifo => kind == FileType::Fifo,
+        NodeKind::Dev => kind == FileType::BlockDevice && device(),
+        NodeKind::Chardev => kind == FileType::CharacterDevice && device(),
+        _ => false,
     }
 }
 
@@ -2044,8 +2233,8 @@ impl Content<'_> {
             file.set_len(item.size)
                 .map_err(|e| Error::io(format!("resizing {}", item.path.display()), e))?;
         }
-        let problems = apply_metadata(Meta::File(file), item, self.rules);
-        self.failures.metadata(&item.path, problems);
+        let applied = apply_metadata(Meta::File(file), item, self.rules);
+        self.failures.metadata(&item.path, applied.problems);
         Ok(())
     }
 }
@@ -2113,6 +2302,19 @@ struct MetaRules {
     /// every change (immutable, on a read-only mount); one whose metadata
     /// matches as well is then no error.
     only_differing: bool,
+    /// Nothing is set: what differs is only found (a dry run of
+    /// if-changed). Implies `only_differing`.
+    dry_run: bool,
+}
+
+/// What an if-changed restore finds different, setting nothing.
+fn dry_run_meta() -> MetaRules {
+    MetaRules {
+        is_root: nix::unistd::geteuid().is_root(),
+        replace_xattrs: true,
+        only_differing: true,
+        dry_run: true,
+    }
 }
 
 /// Attribute namespaces a restore owns. `security.*` belongs to the system
@@ -2124,7 +2326,7 @@ const RESTORED_XATTRS: [&str; 3] = ["user.", "trusted.", "system.posix_acl_"];
 /// anything else by its name in its directory, never following it. What is
 /// there and cannot be opened as what the snapshot has (swapped for a
 /// symlink since it was made) fails the entry.
-fn metadata_at(parents: &mut Parents<'_>, item: &Item, rules: MetaRules) -> Result<Vec<String>> {
+fn metadata_at(parents: &mut Parents<'_>, item: &Item, rules: MetaRules) -> Result<Applied> {
     let path = &item.path;
     let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
     let opened = match item.kind {
@@ -2234,16 +2436,26 @@ impl Current {
     }
 }
 
-/// Applies an entry's metadata; returns what could not be applied (each
-/// "what: why"), which leaves the entry not restored intact.
-fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
+/// What [`apply_metadata`] did: what could not be applied (each "what:
+/// why"), which leaves the entry not restored intact, and what it set
+/// (with `only_differing`, what differed; [`changes`] bits).
+#[derive(Default)]
+struct Applied {
+    problems: Vec<String>,
+    changed: u16,
+}
+
+/// Applies an entry's metadata (with `rules.dry_run`, only finds what
+/// differs).
+fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Applied {
     use std::os::unix::fs::PermissionsExt;
     let mut problems = Vec::new();
+    let mut changed = 0;
     let symlink = item.kind == NodeKind::Symlink;
     let xattrs = item.rare.as_ref().map_or(&[][..], |r| &r.xattrs[..]);
     let attrs = Xattrs::of(at);
     // What is there now, when only what differs is applied.
-    let current = if rules.only_differing {
+    let current = if rules.only_differing || rules.dry_run {
         Current::of(at)
     } else {
         None
@@ -2253,7 +2465,13 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
             let text = name.to_string_lossy();
             let stale = RESTORED_XATTRS.iter().any(|ns| text.starts_with(ns))
                 && !xattrs.iter().any(|x| x.os_name() == name);
-            if stale && let Err(e) = attrs.remove(&name) {
+            if !stale {
+                continue;
+            }
+            changed |= changes::XATTRS;
+            if !rules.dry_run
+                && let Err(e) = attrs.remove(&name)
+            {
                 problems.push(format!("removal of the xattr {text}: {e}"));
             }
         }
@@ -2264,6 +2482,9 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
     // Changing the owner clears set-id bits: the mode is set again after.
     let chown = rules.is_root && !same_owner;
     if chown {
+        changed |= changes::OWNER;
+    }
+    if chown && !rules.dry_run {
         let (uid, gid) = (
             Some(rustix::fs::Uid::from_raw(item.uid)),
             Some(rustix::fs::Gid::from_raw(item.gid)),
@@ -2278,9 +2499,13 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
             problems.push(format!("owner (chown): {}", std::io::Error::from(e)));
         }
     }
-    let same_mode =
-        !chown && (current.as_ref()).is_some_and(|m| m.mode & 0o7777 == item.mode & 0o7777);
-    if !symlink && !same_mode {
+    let mode_differs = (current.as_ref()).is_none_or(|m| m.mode & 0o7777 != item.mode & 0o7777);
+    if !symlink && mode_differs {
+        changed |= changes::MODE;
+    }
+    // Changing the owner cleared set-id bits: the mode is set again.
+    let same_mode = !mode_differs && !chown;
+    if !symlink && !same_mode && !rules.dry_run {
         let r = match at {
             Meta::File(f) => f.set_permissions(fs::Permissions::from_mode(item.mode)),
             Meta::At { dir, name } => beneath::chmod_at(dir, name, item.mode & 0o7777),
@@ -2295,6 +2520,10 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
             // differing only in non-UTF-8 bytes were one, the last value.
             let name = xattr.os_name();
             if current.is_some() && attrs.get(&name).ok().flatten().is_some_and(|v| v == value) {
+                continue;
+            }
+            changed |= changes::XATTRS;
+            if rules.dry_run {
                 continue;
             }
             if let Err(e) = attrs.set(&name, &value) {
@@ -2315,7 +2544,16 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
         same(mtime, m.mtime) && same(atime, m.atime)
     });
     if same_times {
-        return problems;
+        return Applied { problems, changed };
+    }
+    // atime alone differs after any read: only mtime counts as a change.
+    if (current.as_ref())
+        .is_none_or(|m| (mtime.unix_seconds(), i64::from(mtime.nanoseconds())) != m.mtime)
+    {
+        changed |= changes::TIMES;
+    }
+    if rules.dry_run {
+        return Applied { problems, changed };
     }
     let r = match at {
         Meta::File(f) => filetime::set_file_handle_times(f, Some(atime), Some(mtime)),
@@ -2335,7 +2573,7 @@ fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Vec<String> {
     if let Err(e) = r {
         problems.push(format!("times: {e}"));
     }
-    problems
+    Applied { problems, changed }
 }
 
 /// A timestamp as the kernel takes it: seconds rounded down and

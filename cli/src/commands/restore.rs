@@ -291,9 +291,10 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             for path in &report.deleted_paths {
                 outln!("{verb} {path}")?;
             }
+            print_changed(&report.changed_entries, args.dry_run, g.verbose)?;
         }
         outln!(
-            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}{}",
+            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}{}{}",
             if args.dry_run {
                 "dry run: nothing changed; would restore "
             } else {
@@ -311,6 +312,7 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             } else {
                 String::new()
             },
+            changed_counts(&report.changed_entries, args.dry_run),
             if args.delete {
                 let verb = if args.dry_run { "to delete" } else { "deleted" };
                 format!(", {} {verb}", report.deleted)
@@ -549,4 +551,48 @@ fn unsafe_target(target: &std::path::Path) -> Result<Option<String>> {
     let meta =
         std::fs::metadata(&resolved).with_context(|| format!("reading {}", resolved.display()))?;
     Ok(by_whom(&meta).map(|why| format!("{} {why}", resolved.display())))
+}
+
+/// With `--overwrite if-changed`, what was not as the snapshot has it:
+/// every entry changed (`updated PATH (content, mode)`, `replaced PATH`),
+/// and with `-vv` also every one created. A dry run says what it would do.
+fn print_changed(
+    changed: &[vault_engine::restore::ChangedEntry],
+    dry_run: bool,
+    verbose: u8,
+) -> anyhow::Result<()> {
+    for entry in changed {
+        let line = match &entry.changes[..] {
+            ["created"] if verbose < 2 => continue,
+            ["created"] if dry_run => format!("would restore {}", entry.path),
+            ["created"] => format!("restored {}", entry.path),
+            ["replaced"] if dry_run => format!("would replace {}", entry.path),
+            ["replaced"] => format!("replaced {}", entry.path),
+            what => format!(
+                "{} {} ({})",
+                if dry_run { "would update" } else { "updated" },
+                entry.path,
+                what.join(", ")
+            ),
+        };
+        outln!("{line}")?;
+    }
+    Ok(())
+}
+
+/// The summary's count of entries changed and created (if-changed).
+fn changed_counts(changed: &[vault_engine::restore::ChangedEntry], dry_run: bool) -> String {
+    if changed.is_empty() {
+        return String::new();
+    }
+    let created = changed.iter().filter(|e| e.changes == ["created"]).count();
+    let (updated, made) = if dry_run {
+        ("to update", "to create")
+    } else {
+        ("updated", "created")
+    };
+    format!(
+        ", {} entries {updated}, {created} {made}",
+        changed.len() - created
+    )
 }
