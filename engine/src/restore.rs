@@ -43,6 +43,12 @@ pub enum Overwrite {
     /// Verify existing content chunk by chunk and write only what differs
     /// (resumes an interrupted restore).
     IfChanged,
+    /// Replace an existing entry only where the snapshot's is newer (its
+    /// mtime later than the target's, compared to the nanosecond); one as
+    /// new or newer is left as it is, metadata included, as restic 0.17's
+    /// `--overwrite if-newer` leaves it. Directories are not judged: they
+    /// are restored into, and get the snapshot's metadata.
+    IfNewer,
 }
 
 /// Knobs for a restore.
@@ -109,6 +115,10 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     /// Content bytes already correct (if-changed).
     pub bytes_skipped: u64,
+    /// Entries left as the target has them, as new as the snapshot's or
+    /// newer (if-newer).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kept: u64,
     /// Files and directories removed because the snapshot does not hold
     /// them (`delete_within`); a directory counts once.
     pub deleted: u64,
@@ -608,6 +618,15 @@ fn restore_on_pool(
         }
     }
 
+    let kept = if options.overwrite == Overwrite::IfNewer
+        && !target_empty
+        && let Some(beneath) = &existing_target
+    {
+        keep_newer(&mut items, beneath)
+    } else {
+        Vec::new()
+    };
+
     // A file's size is its content's: a node claiming more than its blobs
     // hold (crafted: 1 TiB over one small blob) would have `set_len` make
     // a file of that size (sparse, but counted against quotas, and wrong).
@@ -616,19 +635,21 @@ fn restore_on_pool(
     let size_damage = check_sizes(index, &mut items);
     phase("plan");
     if options.dry_run {
-        let mut report = plan_only(
-            repo,
-            index,
-            &items,
-            options,
-            &includes,
-            &excludes,
-            existing_target.as_ref(),
-        )?;
+        let beneath = existing_target.as_ref();
+        let mut report = plan_only(repo, index, &items, options, beneath)?;
+        if !options.delete_within.is_empty() {
+            report.deleted_paths =
+                delete_extras(&items, &kept, options, &includes, &excludes, beneath, None)?;
+            report.deleted = report.deleted_paths.len() as u64;
+        }
+        report.kept = kept.len() as u64;
         report.damaged_files = size_damage;
         return Ok(report);
     }
-    let mut report = RestoreReport::default();
+    let mut report = RestoreReport {
+        kept: kept.len() as u64,
+        ..RestoreReport::default()
+    };
     // The target itself not there is the restore failing, not an entry.
     fs::create_dir_all(&options.target)
         .map_err(|e| Error::io(format!("creating {}", options.target.display()), e))?;
@@ -1107,6 +1128,7 @@ fn restore_on_pool(
     if !options.delete_within.is_empty() {
         let deleted = delete_extras(
             &items,
+            &kept,
             options,
             &includes,
             &excludes,
@@ -1163,11 +1185,32 @@ fn restore_on_pool(
     Ok(report)
 }
 
-/// Reads every restored file back and compares each chunk with the id the
-/// snapshot gives it (`restore --verify`); returns how many files passed.
-/// What was written mostly comes back from the page cache: this catches a
-/// restore that went wrong on the way to the file system, not media errors
-/// the disk has yet to show.
+/// Takes out of `items` every entry but directories that the target holds
+/// as new as the snapshot's or newer (`Overwrite::IfNewer`), and returns
+/// them: they are not restored, but they are the snapshot's names still,
+/// which `--delete` must not remove.
+fn keep_newer(items: &mut Vec<Item>, beneath: &Beneath) -> Vec<Item> {
+    let newer: Vec<bool> = items
+        .par_iter()
+        .map(|item| {
+            item.kind != NodeKind::Dir
+                && beneath.stat(&item.path).is_ok_and(|stat| {
+                    let nano = u32::try_from(stat.st_mtime_nsec).unwrap_or(0);
+                    // `st_mtime` is i32 on some targets.
+                    #[allow(clippy::useless_conversion)]
+                    let mtime = filetime::FileTime::from_unix_time(stat.st_mtime.into(), nano);
+                    mtime >= file_time(item.mtime)
+                })
+        })
+        .collect();
+    let mut newer = newer.into_iter();
+    let (kept, restored) = std::mem::take(items)
+        .into_iter()
+        .partition(|_| newer.next().unwrap_or(false));
+    *items = restored;
+    kept
+}
+
 /// Gives every file in `items` whose size differs from its content's (the
 /// sum of its blobs' plain lengths in the index) its content's size, and
 /// returns them as damaged files. A file with a blob the index lacks is
@@ -1200,6 +1243,11 @@ pub(crate) fn content_size_mismatch(size: u64, content_len: u64) -> String {
     format!("its size in the snapshot ({size} bytes) is not its content's ({content_len} bytes)")
 }
 
+/// Reads every restored file back and compares each chunk with the id the
+/// snapshot gives it (`restore --verify`); returns how many files passed.
+/// What was written mostly comes back from the page cache: this catches a
+/// restore that went wrong on the way to the file system, not media errors
+/// the disk has yet to show.
 fn verify_restored(
     repo: &Repository,
     index: &Index,
@@ -1247,8 +1295,6 @@ fn plan_only(
     index: &Index,
     items: &[Item],
     options: &RestoreOptions,
-    includes: &[Pattern],
-    excludes: &crate::backup::Excludes,
     beneath: Option<&Beneath>,
 ) -> Result<RestoreReport> {
     let mut report = RestoreReport::default();
@@ -1309,10 +1355,6 @@ fn plan_only(
         .collect();
     report.bytes_written = sizes.iter().map(|(w, _)| w).sum();
     report.bytes_skipped = sizes.iter().map(|(_, s)| s).sum();
-    if !options.delete_within.is_empty() {
-        report.deleted_paths = delete_extras(items, options, includes, excludes, beneath, None)?;
-        report.deleted = report.deleted_paths.len() as u64;
-    }
     Ok(report)
 }
 
@@ -1320,9 +1362,11 @@ fn plan_only(
 /// the includes select whole, the entries the snapshot does not hold, and
 /// returns their paths; with no `failures` to record what cannot be
 /// removed in (a dry run), only returns them. No target (a dry run into
-/// one not there yet) holds nothing to remove.
+/// one not there yet) holds nothing to remove. The snapshot's entries are
+/// `items` and those `kept` as the target has them.
 fn delete_extras(
     items: &[Item],
+    kept: &[Item],
     options: &RestoreOptions,
     includes: &[Pattern],
     excludes: &crate::backup::Excludes,
@@ -1334,7 +1378,7 @@ fn delete_extras(
     };
     let is_root = nix::unistd::geteuid().is_root();
     let mut expected: HashMap<&Path, std::collections::HashSet<&std::ffi::OsStr>> = HashMap::new();
-    for item in items {
+    for item in items.iter().chain(kept) {
         if let (Some(parent), Some(name)) = (item.path.parent(), item.path.file_name()) {
             expected.entry(parent).or_default().insert(name);
         }

@@ -16,6 +16,7 @@ enum OverwriteArg {
     Never,
     Always,
     IfChanged,
+    IfNewer,
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,7 +64,8 @@ pub(crate) struct RestoreArgs {
     /// Skip paths matching these patterns.
     #[arg(short, long = "exclude", value_parser = clap::value_parser!(std::ffi::OsString))]
     excludes: Vec<std::ffi::OsString>,
-    /// Existing files: never (refuse), always, if-changed (verify and fix).
+    /// Existing files: never (refuse), always, if-changed (verify and fix),
+    /// if-newer (replace only what the snapshot has newer, by mtime).
     #[arg(long, value_enum, default_value = "never", num_args = 0..=1, default_missing_value = "always")]
     overwrite: OverwriteArg,
     /// Remove files and directories the snapshot does not hold from the
@@ -190,7 +192,7 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     let target = args.target.clone().context("--target is required")?;
     if args.delete && args.overwrite == OverwriteArg::Never {
         bail!(
-            "--delete makes the target what the snapshot was: give --overwrite (always) or --overwrite if-changed too"
+            "--delete makes the target what the snapshot was: give --overwrite (always), --overwrite if-changed or --overwrite if-newer too"
         );
     }
     if !args.dry_run && !args.allow_unsafe_target && nix::unistd::geteuid().is_root() {
@@ -224,6 +226,7 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             OverwriteArg::Never => Overwrite::Never,
             OverwriteArg::Always => Overwrite::Always,
             OverwriteArg::IfChanged => Overwrite::IfChanged,
+            OverwriteArg::IfNewer => Overwrite::IfNewer,
         },
         delete_within: if args.delete {
             snap.paths.clone()
@@ -284,7 +287,7 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             }
         }
         outln!(
-            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}{}",
+            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}{}{}",
             if args.dry_run {
                 "dry run: nothing changed; would restore "
             } else {
@@ -299,6 +302,11 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             if args.dry_run { "to write" } else { "written" },
             if report.bytes_skipped > 0 {
                 format!(", {} already correct", output::bytes(report.bytes_skipped))
+            } else {
+                String::new()
+            },
+            if report.kept > 0 {
+                format!(", {} kept (as new or newer in the target)", report.kept)
             } else {
                 String::new()
             },

@@ -1,0 +1,110 @@
+//! Restoring over a target that holds entries already: which of them
+//! `--overwrite if-newer` replaces, and what `--delete` removes when
+//! `SNAPSHOT:DIR` makes a directory's content the target's. Each test
+//! backs up a small tree, lays out by hand what the target holds before the
+//! restore (times set with `filetime`), and checks the target after it.
+
+use crate::support::{Env, assert_success};
+use filetime::FileTime;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The time every backed-up entry carries.
+const SNAPSHOT_SECS: i64 = 1_700_000_000;
+
+fn set_mtime(path: &Path, secs: i64) {
+    let t = FileTime::from_unix_time(secs, 0);
+    filetime::set_symlink_file_times(path, t, t).unwrap();
+}
+
+/// restic 0.17's `--overwrite if-newer`: an entry is replaced only where
+/// the snapshot's mtime is later than the target's; one as new (same
+/// mtime) or newer is left as it is, mode included; a missing one is
+/// created.
+#[test]
+fn if_newer_replaces_only_what_the_snapshot_has_newer() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for name in ["newer", "older", "same", "missing"] {
+        std::fs::write(src.join(name), format!("snapshot {name}")).unwrap();
+    }
+    std::os::unix::fs::symlink("snapshot-target", src.join("link")).unwrap();
+    for name in ["newer", "older", "same", "missing", "link"] {
+        set_mtime(&src.join(name), SNAPSHOT_SECS);
+    }
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+
+    let target = env.path("t");
+    let root = target.join(src.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&root).unwrap();
+    for name in ["newer", "older", "same"] {
+        std::fs::write(root.join(name), "local").unwrap();
+        std::fs::set_permissions(root.join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    std::os::unix::fs::symlink("local-target", root.join("link")).unwrap();
+    set_mtime(&root.join("newer"), SNAPSHOT_SECS + 100);
+    set_mtime(&root.join("older"), SNAPSHOT_SECS - 100);
+    set_mtime(&root.join("same"), SNAPSHOT_SECS);
+    set_mtime(&root.join("link"), SNAPSHOT_SECS + 100);
+
+    let t = target.to_str().unwrap();
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "--target",
+            t,
+            "--overwrite",
+            "if-newer",
+        ];
+        args.extend_from_slice(extra);
+        env.json(&args)
+    };
+    let dry = restore(&["--dry-run"]);
+    assert_eq!(
+        (dry["files"].as_u64(), dry["kept"].as_u64()),
+        (Some(2), Some(3)),
+        "{dry}"
+    );
+    assert_eq!(std::fs::read(root.join("older")).unwrap(), b"local");
+
+    let report = restore(&[]);
+    assert_eq!(
+        (report["files"].as_u64(), report["kept"].as_u64()),
+        (Some(2), Some(3)),
+        "{report}"
+    );
+    for kept in ["newer", "same"] {
+        let path = root.join(kept);
+        assert_eq!(std::fs::read(&path).unwrap(), b"local", "{kept}");
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            meta.permissions().mode() & 0o777,
+            0o600,
+            "{kept}: mode reapplied"
+        );
+    }
+    assert_eq!(
+        std::fs::read_link(root.join("link")).unwrap(),
+        Path::new("local-target")
+    );
+    for restored in ["older", "missing"] {
+        let path = root.join(restored);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            format!("snapshot {restored}").as_bytes()
+        );
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            FileTime::from_last_modification_time(&meta).unix_seconds(),
+            SNAPSHOT_SECS
+        );
+    }
+    // Kept entries are the snapshot's names still: --delete leaves them.
+    std::fs::write(root.join("extra"), "not in the snapshot").unwrap();
+    let report = restore(&["--delete"]);
+    assert_eq!(report["deleted"], 1, "{report}");
+    assert!(!root.join("extra").exists());
+    assert_eq!(std::fs::read(root.join("newer")).unwrap(), b"local");
+}
