@@ -1384,11 +1384,16 @@ fn delete_extras(
         }
     }
     let mut deleted = Vec::new();
-    for (idx, item) in items.iter().enumerate() {
-        if item.kind != NodeKind::Dir || failures.is_some_and(|f| f.is_failed(idx)) {
+    // The target itself too, judged where the snapshot's root is within
+    // `delete_within`: `SNAPSHOT:DIR` makes DIR's entries the target's.
+    let restored_dirs = (items.iter().enumerate())
+        .filter(|(_, item)| item.kind == NodeKind::Dir)
+        .map(|(idx, item)| (Some(idx), &*item.path));
+    for (idx, dir_path) in std::iter::once((None, &*options.target)).chain(restored_dirs) {
+        if idx.is_some_and(|idx| failures.is_some_and(|f| f.is_failed(idx))) {
             continue;
         }
-        let Ok(rel) = item.path.strip_prefix(&options.target) else {
+        let Ok(rel) = dir_path.strip_prefix(&options.target) else {
             continue;
         };
         let in_snapshot = Path::new("/").join(rel);
@@ -1399,20 +1404,20 @@ fn delete_extras(
         if !within || !matches_include(&in_snapshot, includes, &options.includes) {
             continue;
         }
-        let listing = |e| Error::io(format!("listing {}", item.path.display()), e);
+        let listing = |e| Error::io(format!("listing {}", dir_path.display()), e);
         // Opened never through a symlink, on the way or in its place: one
         // swapped in since the skeleton made the directory is an entry not
         // restored, and what it points to is never listed, let alone
         // emptied. A directory not there yet holds nothing to remove, and
         // a dry run has not replaced a symlink yet.
         let opened = beneath
-            .dir(&item.path, true)
+            .dir(dir_path, true)
             .and_then(|fd| Ok(rustix::fs::Dir::new(fd)?));
         let mut listed = match (opened, failures) {
             (Ok(listed), _) => listed,
             (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => continue,
             (Err(e), Some(failures)) => {
-                failures.record(Some(idx), &item.path, listing(e))?;
+                failures.record(idx, dir_path, listing(e))?;
                 continue;
             }
             (Err(e), None) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
@@ -1430,7 +1435,7 @@ fn delete_extras(
                     }
                 }
                 (Err(e), Some(failures)) => {
-                    failures.record(None, &item.path, listing(e.into()))?;
+                    failures.record(None, dir_path, listing(e.into()))?;
                     break;
                 }
                 (Err(e), None) => return Err(listing(e.into())),
@@ -1439,12 +1444,12 @@ fn delete_extras(
         let dir = listed.fd().map_err(|e| listing(e.into()))?;
         for name in names {
             if expected
-                .get(&*item.path)
+                .get(dir_path)
                 .is_some_and(|names| names.contains(name.as_os_str()))
             {
                 continue;
             }
-            let path = item.path.join(&name);
+            let path = dir_path.join(&name);
             let is_dir = beneath::stat_at(dir, &name).is_ok_and(|m| beneath::is_dir(&m));
             if excludes.is_excluded(&in_snapshot.join(&name), is_dir) {
                 continue;

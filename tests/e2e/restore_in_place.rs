@@ -108,3 +108,84 @@ fn if_newer_replaces_only_what_the_snapshot_has_newer() {
     assert!(!root.join("extra").exists());
     assert_eq!(std::fs::read(root.join("newer")).unwrap(), b"local");
 }
+
+/// `restore SNAPSHOT:DIR --delete` judges the target against DIR's content:
+/// an extra entry at the target's top level and one deeper go, DIR's files
+/// come back, nothing outside the target is touched, and a dry run lists
+/// the same deletions. It was refused (exit 2): the target's own entries,
+/// DIR's, were judged by nothing.
+#[test]
+fn delete_with_a_subfolder_judges_the_target_against_its_content() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("a/sub")).unwrap();
+    std::fs::write(src.join("a/f"), "f").unwrap();
+    std::fs::write(src.join("a/sub/g"), "g").unwrap();
+    std::fs::write(src.join("top"), "top").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+
+    let target = env.path("t");
+    let t = target.to_str().unwrap();
+    let spec = format!("latest:{}/a", src.display());
+    assert_success(&env.vault(&["restore", &spec, "--target", t]));
+    std::fs::write(target.join("f"), "changed").unwrap();
+    std::fs::write(target.join("extra"), "x").unwrap();
+    std::fs::create_dir(target.join("extra-dir")).unwrap();
+    std::fs::write(target.join("sub/extra"), "x").unwrap();
+    let beside = env.path("beside");
+    std::fs::write(&beside, "beside the target").unwrap();
+
+    let restore = |extra: &[&str]| {
+        let mut args = vec!["restore", &spec, "--target", t, "--overwrite", "always"];
+        args.push("--delete");
+        args.extend_from_slice(extra);
+        env.json(&args)
+    };
+    let listed = |report: &serde_json::Value| {
+        let mut paths: Vec<String> = (report["deleted_paths"].as_array().unwrap().iter())
+            .map(|p| {
+                let p = Path::new(p.as_str().unwrap());
+                p.strip_prefix(&target).unwrap().display().to_string()
+            })
+            .collect();
+        paths.sort();
+        paths
+    };
+    let deletions = ["extra", "extra-dir", "sub/extra"];
+    let dry = restore(&["--dry-run"]);
+    assert_eq!(listed(&dry), deletions, "{dry}");
+    assert!(target.join("extra").exists() && target.join("sub/extra").exists());
+
+    let report = restore(&[]);
+    assert_eq!(listed(&report), deletions, "{report}");
+    assert_eq!(
+        crate::support::walk_entries(&target).len(),
+        4,
+        "t, f, sub, sub/g"
+    );
+    assert_eq!(std::fs::read(target.join("f")).unwrap(), b"f");
+    assert_eq!(std::fs::read(target.join("sub/g")).unwrap(), b"g");
+    assert_eq!(std::fs::read(&beside).unwrap(), b"beside the target");
+
+    // DIR above the backed-up path: the directories on the way there are
+    // not the snapshot's to judge, what is below it is.
+    let above = env.path("above");
+    let a = above.to_str().unwrap();
+    let parent = format!("latest:{}", src.parent().unwrap().display());
+    assert_success(&env.vault(&["restore", &parent, "--target", a]));
+    let name = src.file_name().unwrap();
+    std::fs::write(above.join("on-the-way"), "x").unwrap();
+    std::fs::write(above.join(name).join("extra"), "x").unwrap();
+    let out = env.json(&[
+        "restore",
+        &parent,
+        "--target",
+        a,
+        "--overwrite",
+        "always",
+        "--delete",
+    ]);
+    assert_eq!(out["deleted"], 1, "{out}");
+    assert!(above.join("on-the-way").exists());
+    assert!(!above.join(name).join("extra").exists());
+}

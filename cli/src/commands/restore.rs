@@ -5,7 +5,7 @@ use crate::args::GlobalArgs;
 use crate::output::outln;
 use crate::{exit, global, output};
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -120,25 +120,12 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         spec = Some(snapshot);
         subfolder = Some(dir);
     }
-    if let Some(dir) = subfolder {
-        let why = if args.pitr || args.into_database.is_some() {
-            Some("--pitr and --into-database take a source name")
-        } else if args.delete && !super::is_root(std::ffi::OsStr::new(dir)) {
-            // DIR's own entries are the target's: what --delete would
-            // judge there is not yet done; --include DIR does it whole.
-            Some(
-                "--delete works on whole snapshots: restore with `--include DIR` to delete within DIR",
-            )
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(crate::exit::Coded {
-                code: crate::exit::USAGE,
-                message: format!("SNAPSHOT:DIR: {why}"),
-            }
-            .into());
+    if subfolder.is_some() && (args.pitr || args.into_database.is_some()) {
+        return Err(crate::exit::Coded {
+            code: crate::exit::USAGE,
+            message: "SNAPSHOT:DIR: --pitr and --into-database take a source name".to_owned(),
         }
+        .into());
     }
     if args.pitr {
         let source = source.with_context(|| match spec {
@@ -229,7 +216,7 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             OverwriteArg::IfNewer => Overwrite::IfNewer,
         },
         delete_within: if args.delete {
-            snap.paths.clone()
+            delete_within(&snap.paths, subfolder)
         } else {
             Vec::new()
         },
@@ -402,6 +389,29 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     Ok(ExitCode::SUCCESS)
 }
 
+/// The backed-up paths `--delete` works within, as a restore of the
+/// snapshot's directory `dir` (`SNAPSHOT:DIR`, whose content becomes the
+/// target's) sees them: a backed-up path at or above `dir` makes all of it
+/// the snapshot's (the target's own entries too), one below `dir` the part
+/// of it there, and one beside it nothing. The directories above a
+/// backed-up path are only the way to it, as in a whole restore.
+fn delete_within(paths: &[String], dir: Option<&str>) -> Vec<String> {
+    let Some(dir) = dir.filter(|d| !super::is_root(std::ffi::OsStr::new(d))) else {
+        return paths.to_vec();
+    };
+    let dir = Path::new("/").join(dir);
+    (paths.iter())
+        .filter_map(|path| {
+            if dir.starts_with(path) {
+                Some("/".to_owned())
+            } else {
+                let below = Path::new(path).strip_prefix(&dir).ok()?;
+                Some(Path::new("/").join(below).to_string_lossy().into_owned())
+            }
+        })
+        .collect()
+}
+
 /// A snapshot argument that matched no snapshot id and names no configured
 /// source: say both, since on a new machine without the config a source
 /// name ("no snapshot matches pgmain") looked like a missing backup.
@@ -548,4 +558,30 @@ fn unsafe_target(target: &std::path::Path) -> Result<Option<String>> {
     let meta =
         std::fs::metadata(&resolved).with_context(|| format!("reading {}", resolved.display()))?;
     Ok(by_whom(&meta).map(|why| format!("{} {why}", resolved.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delete_within;
+
+    #[test]
+    fn delete_within_a_subfolder_is_rerooted_at_it() {
+        let paths = [
+            "/srv/a".to_owned(),
+            "/srv/b/c".to_owned(),
+            "/etc".to_owned(),
+        ];
+        let within = |dir| delete_within(&paths, dir);
+        assert_eq!(within(None), paths);
+        assert_eq!(within(Some("/")), paths);
+        // At or below a backed-up path: all of DIR.
+        assert_eq!(within(Some("/srv/a")), ["/"]);
+        assert_eq!(within(Some("srv/a/x/")), ["/"]);
+        // Above backed-up paths: what lies below DIR of them.
+        assert_eq!(within(Some("/srv")), ["/a", "/b/c"]);
+        assert_eq!(within(Some("./srv/b")), ["/c"]);
+        // Beside them, or a name sharing only a prefix: nothing.
+        assert!(within(Some("/home")).is_empty());
+        assert!(within(Some("/srv/ab")).is_empty());
+    }
 }
