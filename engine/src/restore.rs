@@ -1609,12 +1609,31 @@ fn prepare_file(
         }
         f
     } else {
-        beneath::create_file(dir, name, is_root)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?
+        create_file(dir, name, path, is_root)?
     };
     f.set_len(size)
         .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
     Ok(!keep)
+}
+
+/// Creates the file `name` in `dir` (`path`) anew, replacing what is in
+/// the way ([`beneath::create_file`]). Something still there after a
+/// failure is what could not be removed: the error says so, as a
+/// directory tree too deep to remove (EMFILE) was reported as "creating".
+fn create_file(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    path: &Path,
+    is_root: bool,
+) -> Result<fs::File> {
+    beneath::create_file(dir, name, is_root).map_err(|e| {
+        let doing = if beneath::stat_at(dir, name).is_ok() {
+            "removing what is in the way of the snapshot's file at"
+        } else {
+            "creating"
+        };
+        Error::io(format!("{doing} {}", path.display()), e)
+    })
 }
 
 /// The error of a directory on the way to `path` that cannot be opened
@@ -1891,17 +1910,15 @@ impl Content<'_> {
                                 // like every file of a failed restore,
                                 // it must then have its full size,
                                 // holes where content is missing.
-                                (beneath::create_file(dir, name, self.is_root))
-                                    .map_err(|e| Error::io(format!("creating {}", p.display()), e))
-                                    .and_then(|f| {
-                                        if o.remaining > 1 {
-                                            f.set_len(item.size).map_err(|e| {
-                                                Error::io(format!("resizing {}", p.display()), e)
-                                            })?;
-                                            o.len = item.size;
-                                        }
-                                        Ok(f)
-                                    })
+                                create_file(dir, name, p, self.is_root).and_then(|f| {
+                                    if o.remaining > 1 {
+                                        f.set_len(item.size).map_err(|e| {
+                                            Error::io(format!("resizing {}", p.display()), e)
+                                        })?;
+                                        o.len = item.size;
+                                    }
+                                    Ok(f)
+                                })
                             }
                             _ => beneath::open_write(dir, name)
                                 .map_err(|e| Error::io(format!("opening {}", p.display()), e)),
