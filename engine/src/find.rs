@@ -54,6 +54,38 @@ pub struct Match {
     pub mtime: jiff::Timestamp,
     /// Permission and special bits.
     pub mode: u32,
+    /// Access time, where the backup recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atime: Option<jiff::Timestamp>,
+    /// Status change time.
+    pub ctime: jiff::Timestamp,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Owner name, when it was resolvable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// Group name, when it was resolvable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// Inode number (0: not recorded).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub inode: u64,
+    /// Device of the containing file system (0: not recorded).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub device_id: u64,
+    /// Hard link count (0: not recorded).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub links: u64,
+    /// A symlink's target (lossy UTF-8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linktarget: Option<String>,
+}
+
+/// restic omits these fields when zero (`omitempty`).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Match {
@@ -64,6 +96,16 @@ impl Match {
             size: node.size,
             mtime: node.mtime,
             mode: node.mode,
+            atime: node.atime,
+            ctime: node.ctime,
+            uid: node.uid,
+            gid: node.gid,
+            user: node.user.clone(),
+            group: node.group.clone(),
+            inode: node.inode,
+            device_id: node.device_id,
+            links: node.links,
+            linktarget: node.linktarget.clone(),
         }
     }
 
