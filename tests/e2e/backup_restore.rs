@@ -2819,6 +2819,16 @@ fn dump_writes_a_directory_as_a_zip_stream() {
         (0o120_000, &b"big"[..]),
         "{mode:o}"
     );
+    // The MS-DOS attributes (the low byte, as the central directory gives
+    // it): 0x10 marks a directory for the tools that go by them.
+    for (rel, want) in [("/", 0x10), ("/d/", 0x10), ("/d/small", 0), ("/link", 0)] {
+        let attributes = zip
+            .by_name(&format!("{prefix}{rel}"))
+            .unwrap()
+            .external_attributes();
+        assert_eq!(attributes & 0xff, want, "{rel}: {attributes:#x}");
+    }
+
     // The directory whose name is not UTF-8: an entry of its own, a
     // directory with its mode, the name's bytes without the UTF-8 flag (bit
     // 11 of the flags, 6 bytes into the local header that ends 30 bytes
@@ -2829,6 +2839,7 @@ fn dump_writes_a_directory_as_a_zip_stream() {
     let dir = zip.by_index(index).unwrap();
     assert!(dir.is_dir());
     assert_eq!(dir.external_attributes() >> 16, 0o040_710);
+    assert_eq!(dir.external_attributes() & 0xff, 0x10);
     let stamp = dir.extra_data_fields().find_map(|e| match e {
         zip::ExtraField::ExtendedTimestamp(t) => t.mod_time(),
         _ => None,
