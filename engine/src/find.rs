@@ -30,7 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 pub struct FindOptions {
     /// Glob patterns; an entry matching any of them is reported. They
     /// match the bytes of names and paths; one that is not UTF-8 names an
-    /// entry literally (see [`crate::pattern`]).
+    /// entry literally (see `crate::pattern`).
     pub patterns: Vec<std::ffi::OsString>,
     /// Match regardless of case.
     pub ignore_case: bool,
@@ -219,9 +219,9 @@ const MEMO_MATCHES: usize = 64 * 1024;
 /// decoding) is the whole cost of a search. Remembering for each directory
 /// tree the matches found below it, with paths relative to it, lets a later
 /// snapshot skip every unchanged directory, while output still streams as
-/// trees are read. Memory is bounded ([`MEMO_DIRS`], [`MEMO_MATCHES`]):
+/// trees are read. Memory is bounded (`MEMO_DIRS`, `MEMO_MATCHES`):
 /// once full, further directories are simply read again. The one
-/// [`TreeReader`] is kept across snapshots too, so on an object store a
+/// `TreeReader` is kept across snapshots too, so on an object store a
 /// tree pack fetched for one snapshot also serves the next ones while it
 /// stays cached.
 pub struct Finder<'a> {

@@ -220,7 +220,7 @@ pub struct DamagedFile {
 /// Trees are untrusted: one nested deeper than [`crate::tree::MAX_DEPTH`],
 /// or trees listing each other into more than [`crate::tree::MAX_ENTRIES`]
 /// entries, fail the walk as damage. The latter is found from the trees
-/// read ([`Extents`]), not by expanding them: a few dozen crafted trees
+/// read (`tree::Extents`), not by expanding them: a few dozen crafted trees
 /// are refused after about as many entries.
 pub fn walk(
     repo: &Repository,

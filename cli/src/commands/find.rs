@@ -56,8 +56,8 @@ pub(crate) struct FindArgs {
     #[arg(short = 'i', long, conflicts_with = "object")]
     ignore_case: bool,
     /// Only entries modified at or after TIME (restic's --oldest; pick
-    /// snapshots with -s or --tag/--host/--path): "YYYY-MM-DD HH:MM[:SS]"
-    /// or "YYYY-MM-DD" (local time; a date is its midnight), RFC 3339 with
+    /// snapshots with -s or --tag/--host/--path): `YYYY-MM-DD HH:MM[:SS]`
+    /// or `YYYY-MM-DD` (local time; a date is its midnight), RFC 3339 with
     /// an offset, now, today or yesterday (today and yesterday are
     /// midnight, 00:00 local time).
     #[arg(short = 'O', long, value_name = "TIME", value_parser = timespec::parse_arg, conflicts_with = "object")]

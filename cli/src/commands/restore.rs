@@ -27,7 +27,7 @@ pub(crate) struct RestoreArgs {
     /// SNAPSHOT:SUBFOLDER; --include/--exclude then match paths below DIR).
     snapshot: Option<String>,
     /// Restore the newest snapshot at or before this time instead:
-    /// "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" (local time; a date is its
+    /// `YYYY-MM-DD HH:MM[:SS]` or `YYYY-MM-DD` (local time; a date is its
     /// midnight), RFC 3339 with an offset, now, today or yesterday (today
     /// and yesterday are midnight, 00:00 local time).
     #[arg(long, value_name = "TIME", value_parser = crate::timespec::parse_arg)]
