@@ -142,6 +142,10 @@ fn zip_error(what: &str, e: zip::result::ZipError) -> Error {
     }
 }
 
+/// The MS-DOS directory attribute, in the low byte of a zip entry's
+/// external attributes.
+const ZIP_DOS_DIRECTORY: u32 = 0x10;
+
 /// The options of `node`'s zip entry: its mode and file type, its mtime.
 fn zip_options(node: &Node, file_type: u32) -> zip::write::FullFileOptions<'static, 'static> {
     let mtime = node.mtime;
@@ -159,9 +163,17 @@ fn zip_options(node: &Node, file_type: u32) -> zip::write::FullFileOptions<'stat
         .ok()
     })()
     .unwrap_or_default();
+    // The low byte holds MS-DOS attributes: tools that read only those
+    // (Windows' own, and the ones that go by the DOS byte when the name
+    // lacks a `/`) know a directory by 0x10.
+    let dos_attributes = if file_type == libc::S_IFDIR {
+        ZIP_DOS_DIRECTORY
+    } else {
+        0
+    };
     let options = zip::write::SimpleFileOptions::default()
         .last_modified_time(dos)
-        .external_attributes((file_type | (node.mode & 0o7777)) << 16)
+        .external_attributes(((file_type | (node.mode & 0o7777)) << 16) | dos_attributes)
         .large_file(node.size >= u64::from(u32::MAX));
     // Unsigned 32-bit seconds: a time before 1970 or after 2106 has only
     // the DOS field.

@@ -132,7 +132,7 @@ pub struct BackupOptions {
     /// CACHEDIR.TAG itself.
     pub exclude_caches: bool,
     /// Skip the content of directories holding a file of one of these
-    /// names (`NAME` or `NAME:HEADER`, see [`walk::has_marker`]); like
+    /// names (`NAME` or `NAME:HEADER`, see `walk::has_marker`); like
     /// `exclude_caches`, the directory is kept with that file only.
     pub exclude_if_present: Vec<std::ffi::OsString>,
     /// Do not cross file-system boundaries below each given path.

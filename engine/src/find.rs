@@ -30,7 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 pub struct FindOptions {
     /// Glob patterns; an entry matching any of them is reported. They
     /// match the bytes of names and paths; one that is not UTF-8 names an
-    /// entry literally (see [`crate::pattern`]).
+    /// entry literally (see `crate::pattern`).
     pub patterns: Vec<std::ffi::OsString>,
     /// Match regardless of case.
     pub ignore_case: bool,
@@ -54,6 +54,38 @@ pub struct Match {
     pub mtime: jiff::Timestamp,
     /// Permission and special bits.
     pub mode: u32,
+    /// Access time, where the backup recorded it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atime: Option<jiff::Timestamp>,
+    /// Status change time.
+    pub ctime: jiff::Timestamp,
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
+    /// Owner name, when it was resolvable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// Group name, when it was resolvable.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    /// Inode number (0: not recorded).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub inode: u64,
+    /// Device of the containing file system (0: not recorded).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub device_id: u64,
+    /// Hard link count (0: not recorded).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub links: u64,
+    /// A symlink's target (lossy UTF-8).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linktarget: Option<String>,
+}
+
+/// restic omits these fields when zero (`omitempty`).
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Match {
@@ -64,6 +96,16 @@ impl Match {
             size: node.size,
             mtime: node.mtime,
             mode: node.mode,
+            atime: node.atime,
+            ctime: node.ctime,
+            uid: node.uid,
+            gid: node.gid,
+            user: node.user.clone(),
+            group: node.group.clone(),
+            inode: node.inode,
+            device_id: node.device_id,
+            links: node.links,
+            linktarget: node.linktarget.clone(),
         }
     }
 
@@ -177,9 +219,9 @@ const MEMO_MATCHES: usize = 64 * 1024;
 /// decoding) is the whole cost of a search. Remembering for each directory
 /// tree the matches found below it, with paths relative to it, lets a later
 /// snapshot skip every unchanged directory, while output still streams as
-/// trees are read. Memory is bounded ([`MEMO_DIRS`], [`MEMO_MATCHES`]):
+/// trees are read. Memory is bounded (`MEMO_DIRS`, `MEMO_MATCHES`):
 /// once full, further directories are simply read again. The one
-/// [`TreeReader`] is kept across snapshots too, so on an object store a
+/// `TreeReader` is kept across snapshots too, so on an object store a
 /// tree pack fetched for one snapshot also serves the next ones while it
 /// stays cached.
 pub struct Finder<'a> {

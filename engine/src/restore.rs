@@ -49,6 +49,12 @@ pub enum Overwrite {
     /// Verify existing content chunk by chunk and write only what differs
     /// (resumes an interrupted restore).
     IfChanged,
+    /// Replace an existing entry only where the snapshot's is newer (its
+    /// mtime later than the target's, compared to the nanosecond); one as
+    /// new or newer is left as it is, metadata included, as restic 0.17's
+    /// `--overwrite if-newer` leaves it. Directories are not judged: they
+    /// are restored into, and get the snapshot's metadata.
+    IfNewer,
 }
 
 /// Knobs for a restore.
@@ -115,6 +121,10 @@ pub struct RestoreReport {
     pub bytes_written: u64,
     /// Content bytes already correct (if-changed).
     pub bytes_skipped: u64,
+    /// Entries left as the target has them, as new as the snapshot's or
+    /// newer (if-newer).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kept: u64,
     /// Files and directories removed because the snapshot does not hold
     /// them (`delete_within`); a directory counts once.
     pub deleted: u64,
@@ -240,7 +250,7 @@ pub struct DamagedFile {
 /// Trees are untrusted: one nested deeper than [`crate::tree::MAX_DEPTH`],
 /// or trees listing each other into more than [`crate::tree::MAX_ENTRIES`]
 /// entries, fail the walk as damage. The latter is found from the trees
-/// read ([`Extents`]), not by expanding them: a few dozen crafted trees
+/// read (`tree::Extents`), not by expanding them: a few dozen crafted trees
 /// are refused after about as many entries.
 pub fn walk(
     repo: &Repository,
@@ -638,6 +648,15 @@ fn restore_on_pool(
         }
     }
 
+    let kept = if options.overwrite == Overwrite::IfNewer
+        && !target_empty
+        && let Some(beneath) = &existing_target
+    {
+        keep_newer(&mut items, beneath)
+    } else {
+        Vec::new()
+    };
+
     // A file's size is its content's: a node claiming more than its blobs
     // hold (crafted: 1 TiB over one small blob) would have `set_len` make
     // a file of that size (sparse, but counted against quotas, and wrong).
@@ -646,19 +665,18 @@ fn restore_on_pool(
     let size_damage = check_sizes(index, &mut items);
     phase("plan");
     if options.dry_run {
+        let beneath = existing_target.as_ref();
         let mut report = plan_only(
-            repo,
-            index,
-            &items,
-            options,
-            &includes,
-            &excludes,
-            existing_target.as_ref(),
+            repo, index, &items, &kept, options, &includes, &excludes, beneath,
         )?;
+        report.kept = kept.len() as u64;
         report.damaged_files = size_damage;
         return Ok(report);
     }
-    let mut report = RestoreReport::default();
+    let mut report = RestoreReport {
+        kept: kept.len() as u64,
+        ..RestoreReport::default()
+    };
     // The target itself not there is the restore failing, not an entry.
     fs::create_dir_all(&options.target)
         .map_err(|e| Error::io(format!("creating {}", options.target.display()), e))?;
@@ -678,7 +696,7 @@ fn restore_on_pool(
     let mut absent = vec![false; items.len()];
     // Directories whose place a symlink to a directory holds, kept
     // (`judge_link`): restored through, but none of their metadata applied.
-    let mut kept = vec![false; items.len()];
+    let mut kept_link = vec![false; items.len()];
     // Files to fill with content, by item.
     let mut content_files: Vec<usize> = Vec::new();
     // Second and later names of hard-linked files, by item (first name,
@@ -759,9 +777,9 @@ fn restore_on_pool(
                         Ok(())
                     }
                     Ok(m) if beneath::is_symlink(&m) => match judge_link(beneath, path) {
-                        Ok(kept_link) => {
-                            kept[idx] = true;
-                            report.kept_links.push(kept_link);
+                        Ok(kept) => {
+                            kept_link[idx] = true;
+                            report.kept_links.push(kept);
                             Ok(())
                         }
                         Err(why) if options.overwrite == Overwrite::Never => {
@@ -1176,12 +1194,13 @@ fn restore_on_pool(
         phase("verify");
     }
     if !options.delete_within.is_empty() {
-        let kept_paths = (items.iter().zip(&kept))
+        let kept_paths = (items.iter().zip(&kept_link))
             .filter(|(_, kept)| **kept)
             .map(|(item, _)| &*item.path)
             .collect();
         let deleted = delete_extras(
             &items,
+            &kept,
             options,
             &includes,
             &excludes,
@@ -1222,7 +1241,7 @@ fn restore_on_pool(
             |parents, (idx, item)| finish(parents, idx, item),
         )?;
     let mut dirs: Vec<(usize, &Item)> = (items.iter().enumerate())
-        .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx) && !kept[idx])
+        .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx) && !kept_link[idx])
         .collect();
     dirs.sort_by_key(|(_, i)| std::cmp::Reverse(i.path.components().count()));
     let mut parents = Parents::new(beneath);
@@ -1247,11 +1266,32 @@ fn restore_on_pool(
     Ok(report)
 }
 
-/// Reads every restored file back and compares each chunk with the id the
-/// snapshot gives it (`restore --verify`); returns how many files passed.
-/// What was written mostly comes back from the page cache: this catches a
-/// restore that went wrong on the way to the file system, not media errors
-/// the disk has yet to show.
+/// Takes out of `items` every entry but directories that the target holds
+/// as new as the snapshot's or newer (`Overwrite::IfNewer`), and returns
+/// them: they are not restored, but they are the snapshot's names still,
+/// which `--delete` must not remove.
+fn keep_newer(items: &mut Vec<Item>, beneath: &Beneath) -> Vec<Item> {
+    let newer: Vec<bool> = items
+        .par_iter()
+        .map(|item| {
+            item.kind != NodeKind::Dir
+                && beneath.stat(&item.path).is_ok_and(|stat| {
+                    let nano = u32::try_from(stat.st_mtime_nsec).unwrap_or(0);
+                    // `st_mtime` is i32 on some targets.
+                    #[allow(clippy::useless_conversion)]
+                    let mtime = filetime::FileTime::from_unix_time(stat.st_mtime.into(), nano);
+                    mtime >= file_time(item.mtime)
+                })
+        })
+        .collect();
+    let mut newer = newer.into_iter();
+    let (kept, restored) = std::mem::take(items)
+        .into_iter()
+        .partition(|_| newer.next().unwrap_or(false));
+    *items = restored;
+    kept
+}
+
 /// Gives every file in `items` whose size differs from its content's (the
 /// sum of its blobs' plain lengths in the index) its content's size, and
 /// returns them as damaged files. A file with a blob the index lacks is
@@ -1284,6 +1324,11 @@ pub(crate) fn content_size_mismatch(size: u64, content_len: u64) -> String {
     format!("its size in the snapshot ({size} bytes) is not its content's ({content_len} bytes)")
 }
 
+/// Reads every restored file back and compares each chunk with the id the
+/// snapshot gives it (`restore --verify`); returns how many files passed.
+/// What was written mostly comes back from the page cache: this catches a
+/// restore that went wrong on the way to the file system, not media errors
+/// the disk has yet to show.
 fn verify_restored(
     repo: &Repository,
     index: &Index,
@@ -1326,10 +1371,12 @@ fn verify_restored(
 }
 
 /// What a restore would do, changing nothing.
+#[allow(clippy::too_many_arguments)]
 fn plan_only(
     repo: &Repository,
     index: &Index,
     items: &[Item],
+    kept: &[Item],
     options: &RestoreOptions,
     includes: &[Pattern],
     excludes: &crate::backup::Excludes,
@@ -1427,6 +1474,7 @@ fn plan_only(
     if !options.delete_within.is_empty() {
         report.deleted_paths = delete_extras(
             items,
+            kept,
             options,
             includes,
             excludes,
@@ -1612,18 +1660,20 @@ fn replaced_warning(path: &Path, why: &str) -> String {
 /// the includes select whole, the entries the snapshot does not hold, and
 /// returns their paths; with no `failures` to record what cannot be
 /// removed in (a dry run), only returns them. No target (a dry run into
-/// one not there yet) holds nothing to remove. Nothing is judged at or
-/// below a symlink kept as a directory (`kept`): what it leads to is
-/// another directory's, maybe restored under its own name; a warning per
-/// link says so.
+/// one not there yet) holds nothing to remove. The snapshot's entries are
+/// `items` and those `kept` as the target has them (`if-newer`). Nothing
+/// is judged at or below a symlink kept as a directory (`kept_links`):
+/// what it leads to is another directory's, maybe restored under its own
+/// name; a warning per link says so.
 #[allow(clippy::too_many_arguments)]
 fn delete_extras(
     items: &[Item],
+    kept: &[Item],
     options: &RestoreOptions,
     includes: &[Pattern],
     excludes: &crate::backup::Excludes,
     beneath: Option<&Beneath>,
-    kept: &std::collections::HashSet<&Path>,
+    kept_links: &std::collections::HashSet<&Path>,
     failures: Option<&Failures>,
     warnings: &mut Vec<String>,
 ) -> Result<Vec<String>> {
@@ -1633,17 +1683,22 @@ fn delete_extras(
     let mut not_judged = std::collections::BTreeSet::new();
     let is_root = nix::unistd::geteuid().is_root();
     let mut expected: HashMap<&Path, std::collections::HashSet<&std::ffi::OsStr>> = HashMap::new();
-    for item in items {
+    for item in items.iter().chain(kept) {
         if let (Some(parent), Some(name)) = (item.path.parent(), item.path.file_name()) {
             expected.entry(parent).or_default().insert(name);
         }
     }
     let mut deleted = Vec::new();
-    for (idx, item) in items.iter().enumerate() {
-        if item.kind != NodeKind::Dir || failures.is_some_and(|f| f.is_failed(idx)) {
+    // The target itself too, judged where the snapshot's root is within
+    // `delete_within`: `SNAPSHOT:DIR` makes DIR's entries the target's.
+    let restored_dirs = (items.iter().enumerate())
+        .filter(|(_, item)| item.kind == NodeKind::Dir)
+        .map(|(idx, item)| (Some(idx), &*item.path));
+    for (idx, dir_path) in std::iter::once((None, &*options.target)).chain(restored_dirs) {
+        if idx.is_some_and(|idx| failures.is_some_and(|f| f.is_failed(idx))) {
             continue;
         }
-        let Ok(rel) = item.path.strip_prefix(&options.target) else {
+        let Ok(rel) = dir_path.strip_prefix(&options.target) else {
             continue;
         };
         let in_snapshot = Path::new("/").join(rel);
@@ -1654,26 +1709,26 @@ fn delete_extras(
         if !within || !matches_include(&in_snapshot, includes, &options.includes) {
             continue;
         }
-        if !kept.is_empty()
-            && let Some(link) = item.path.ancestors().find(|dir| kept.contains(dir))
+        if !kept_links.is_empty()
+            && let Some(link) = dir_path.ancestors().find(|dir| kept_links.contains(dir))
         {
             not_judged.insert(link);
             continue;
         }
-        let listing = |e| Error::io(format!("listing {}", item.path.display()), e);
+        let listing = |e| Error::io(format!("listing {}", dir_path.display()), e);
         // Opened never through a symlink, on the way or in its place: one
         // swapped in since the skeleton made the directory is an entry not
         // restored, and what it points to is never listed, let alone
         // emptied. A directory not there yet holds nothing to remove, and
         // a dry run has not replaced a symlink yet.
         let opened = beneath
-            .dir(&item.path, true)
+            .dir(dir_path, true)
             .and_then(|fd| Ok(rustix::fs::Dir::new(fd)?));
         let mut listed = match (opened, failures) {
             (Ok(listed), _) => listed,
             (Err(e), _) if e.kind() == std::io::ErrorKind::NotFound => continue,
             (Err(e), Some(failures)) => {
-                failures.record(Some(idx), &item.path, listing(e))?;
+                failures.record(idx, dir_path, listing(e))?;
                 continue;
             }
             (Err(e), None) if beneath::is_not_followed(&e) => {
@@ -1691,7 +1746,7 @@ fn delete_extras(
                     }
                 }
                 (Err(e), Some(failures)) => {
-                    failures.record(None, &item.path, listing(e.into()))?;
+                    failures.record(None, dir_path, listing(e.into()))?;
                     break;
                 }
                 (Err(e), None) => return Err(listing(e.into())),
@@ -1700,12 +1755,12 @@ fn delete_extras(
         let dir = listed.fd().map_err(|e| listing(e.into()))?;
         for name in names {
             if expected
-                .get(&*item.path)
+                .get(dir_path)
                 .is_some_and(|names| names.contains(name.as_os_str()))
             {
                 continue;
             }
-            let path = item.path.join(&name);
+            let path = dir_path.join(&name);
             let is_dir = beneath::stat_at(dir, &name).is_ok_and(|m| beneath::is_dir(&m));
             if excludes.is_excluded(&in_snapshot.join(&name), is_dir) {
                 continue;
@@ -1871,12 +1926,31 @@ fn prepare_file(
         }
         f
     } else {
-        beneath::create_file(dir, name, is_root)
-            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?
+        create_file(dir, name, path, is_root)?
     };
     f.set_len(size)
         .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
     Ok(!keep)
+}
+
+/// Creates the file `name` in `dir` (`path`) anew, replacing what is in
+/// the way ([`beneath::create_file`]). Something still there after a
+/// failure is what could not be removed: the error says so, as a
+/// directory tree too deep to remove (EMFILE) was reported as "creating".
+fn create_file(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    path: &Path,
+    is_root: bool,
+) -> Result<fs::File> {
+    beneath::create_file(dir, name, is_root).map_err(|e| {
+        let doing = if beneath::stat_at(dir, name).is_ok() {
+            "removing what is in the way of the snapshot's file at"
+        } else {
+            "creating"
+        };
+        Error::io(format!("{doing} {}", path.display()), e)
+    })
 }
 
 /// The error of a directory on the way to `path` that cannot be opened
@@ -2153,17 +2227,15 @@ impl Content<'_> {
                                 // like every file of a failed restore,
                                 // it must then have its full size,
                                 // holes where content is missing.
-                                (beneath::create_file(dir, name, self.is_root))
-                                    .map_err(|e| Error::io(format!("creating {}", p.display()), e))
-                                    .and_then(|f| {
-                                        if o.remaining > 1 {
-                                            f.set_len(item.size).map_err(|e| {
-                                                Error::io(format!("resizing {}", p.display()), e)
-                                            })?;
-                                            o.len = item.size;
-                                        }
-                                        Ok(f)
-                                    })
+                                create_file(dir, name, p, self.is_root).and_then(|f| {
+                                    if o.remaining > 1 {
+                                        f.set_len(item.size).map_err(|e| {
+                                            Error::io(format!("resizing {}", p.display()), e)
+                                        })?;
+                                        o.len = item.size;
+                                    }
+                                    Ok(f)
+                                })
                             }
                             _ => beneath::open_write(dir, name)
                                 .map_err(|e| Error::io(format!("opening {}", p.display()), e)),

@@ -3,8 +3,8 @@
 //! each on local disk and on S3.
 
 use crate::support::{
-    Backend, Env, TmpfsMount, as_unprivileged, assert_code, assert_success, is_root, pseudo_random,
-    stderr,
+    Backend, Env, TmpfsMount, as_unprivileged, assert_code, assert_success, is_root, nest_dirs,
+    pseudo_random, stderr, with_open_file_limit,
 };
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
@@ -320,19 +320,7 @@ fn restore_of_many_small_files_stays_within_a_low_open_file_limit(backend: Backe
     let target = env.path("restore");
     // The same command under `ulimit -n 128`.
     let vault = env.command(&["restore", "latest", "--target", target.to_str().unwrap()]);
-    let mut limited = std::process::Command::new("sh");
-    limited
-        .arg("-c")
-        .arg("ulimit -n 128 && exec \"$0\" \"$@\"")
-        .arg(vault.get_program())
-        .args(vault.get_args());
-    for (k, v) in vault.get_envs() {
-        match v {
-            Some(v) => limited.env(k, v),
-            None => limited.env_remove(k),
-        };
-    }
-    assert_success(&limited.output().unwrap());
+    assert_success(&with_open_file_limit(&vault, 128).output().unwrap());
     let (want, _) = scan(&src);
     let (got, _) = scan(&restored_root(&target, &src));
     assert_eq!(want.len(), got.len(), "entry count");
@@ -1698,15 +1686,8 @@ fn restore_over_a_tree_removes_attributes_the_snapshot_lacks() {
 fn a_tree_2000_levels_deep_restores() {
     let env = Env::new();
     let src = env.path("src");
-    // Relative steps: the full path is too long for one system call.
     std::fs::create_dir_all(&src).unwrap();
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("i=0; while [ $i -lt 2000 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; echo bottom > b")
-        .current_dir(&src)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    nest_dirs(&src, 2000);
     assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
     let target = env.path("r");
     // Threads without an explicit stack size get RUST_MIN_STACK: small
@@ -2838,6 +2819,15 @@ fn dump_writes_a_directory_as_a_zip_stream() {
         (0o120_000, &b"big"[..]),
         "{mode:o}"
     );
+    // The MS-DOS attributes (the low byte, as the central directory gives
+    // it): 0x10 marks a directory for the tools that go by them.
+    for (rel, want) in [("/", 0x10), ("/d/", 0x10), ("/d/small", 0), ("/link", 0)] {
+        let attributes = zip
+            .by_name(&format!("{prefix}{rel}"))
+            .unwrap()
+            .external_attributes();
+        assert_eq!(attributes & 0xff, want, "{rel}: {attributes:#x}");
+    }
 
     // The directory whose name is not UTF-8: an entry of its own, a
     // directory with its mode, the name's bytes without the UTF-8 flag (bit
@@ -2849,6 +2839,7 @@ fn dump_writes_a_directory_as_a_zip_stream() {
     let dir = zip.by_index(index).unwrap();
     assert!(dir.is_dir());
     assert_eq!(dir.external_attributes() >> 16, 0o040_710);
+    assert_eq!(dir.external_attributes() & 0xff, 0x10);
     let stamp = dir.extra_data_fields().find_map(|e| match e {
         zip::ExtraField::ExtendedTimestamp(t) => t.mod_time(),
         _ => None,

@@ -430,3 +430,73 @@ fn find_tells_where_blobs_trees_and_packs_are_used() {
         assert_eq!(env.vault(args).status.code(), Some(2), "{args:?}");
     }
 }
+
+/// `find --json` matches carry what restic's do of the node: owner ids and
+/// names, ctime (atime where recorded), inode, device, link count and a
+/// symlink's target. And a search that fails midway (a later snapshot's
+/// tree missing) closes the array it printed before the error goes to
+/// stderr: stdout stays one JSON value, with the matches found before.
+#[test]
+fn find_json_carries_the_nodes_fields_and_stays_valid_when_a_search_fails() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("one.txt"), "one").unwrap();
+    std::fs::hard_link(src.join("one.txt"), src.join("two.txt")).unwrap();
+    std::os::unix::fs::symlink("one.txt", src.join("link.txt")).unwrap();
+    let s = src.to_str().unwrap();
+    assert_success(&env.vault(&["backup", "--time", "2026-01-09 02:30:00", s]));
+
+    let out = env.vault(&["find", "--json", "*.txt"]);
+    assert_success(&out);
+    let groups: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let matches = groups[0]["matches"].as_array().unwrap();
+    let by_name = |name: &str| {
+        (matches.iter())
+            .find(|m| m["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {groups}"))
+    };
+    let meta = std::fs::metadata(src.join("one.txt")).unwrap();
+    let one = by_name("/one.txt");
+    assert_eq!(one["uid"], meta.uid(), "{one}");
+    assert_eq!(one["gid"], meta.gid(), "{one}");
+    assert_eq!(one["inode"], meta.ino(), "{one}");
+    assert_eq!(one["device_id"], meta.dev(), "{one}");
+    assert_eq!(one["links"], 2, "{one}");
+    let ctime: jiff::Timestamp = one["ctime"].as_str().unwrap().parse().unwrap();
+    assert_eq!(ctime.as_second(), meta.ctime(), "{one}");
+    if meta.uid() == 0 {
+        assert_eq!(one["user"], "root", "{one}");
+    }
+    assert!(one.get("atime").is_none(), "not recorded by default: {one}");
+    assert_eq!(by_name("/link.txt")["linktarget"], "one.txt");
+
+    // A second snapshot whose trees are gone: its search fails.
+    let before: std::collections::BTreeSet<String> = crate::support::packs_of_kind(&env, "tree")
+        .into_iter()
+        .collect();
+    std::fs::create_dir(src.join("new")).unwrap();
+    std::fs::write(src.join("new/three.txt"), "three").unwrap();
+    assert_success(&env.vault(&["backup", "--time", "2026-01-10 02:30:00", s]));
+    for pack in crate::support::packs_of_kind(&env, "tree") {
+        if !before.contains(&pack) {
+            env.delete_object(&pack);
+        }
+    }
+    for args in [
+        &["find", "--json", "*.txt"][..],
+        &["find", "--json", "--tree", "0"],
+    ] {
+        let out = env.vault(args);
+        assert!(!out.status.success(), "{args:?}");
+        let text = String::from_utf8(out.stdout.clone()).unwrap();
+        let printed: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON array {text:?}: {e}"));
+        assert!(!crate::support::stderr(&out).is_empty(), "{args:?}");
+        if args[2] == "*.txt" {
+            assert_eq!(printed.len(), 1, "the first snapshot's matches: {text}");
+            assert_eq!(printed[0]["hits"], 3, "{text}");
+        }
+    }
+}

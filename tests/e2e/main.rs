@@ -21,6 +21,7 @@ mod object_lock;
 mod pitr;
 mod repo_ops;
 mod restic_cli;
+mod restore_in_place;
 mod retention;
 mod s3;
 mod sources;

@@ -562,16 +562,6 @@ fn restore_of_a_snapshot_subfolder_puts_its_content_in_the_target() {
     let file = format!("latest:{}/top", src.display());
     assert_code(&env.vault(&["restore", &file, "--target", t]), 1);
     assert_code(&env.vault(&["restore", "latest:/nope", "--target", t]), 1);
-    let out = env.vault(&[
-        "restore",
-        &spec,
-        "--target",
-        t,
-        "--overwrite",
-        "always",
-        "--delete",
-    ]);
-    assert_code(&out, 2);
 }
 
 /// The paths below `dir`, relative to it, sorted.

@@ -551,6 +551,37 @@ pub(crate) fn walk_entries(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `levels` directories `d`, each in the one before, below `at`, and a
+/// file `b` at the bottom; made by relative steps: the whole path is too
+/// long for one system call.
+pub(crate) fn nest_dirs(at: &Path, levels: usize) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("i=0; while [ $i -lt $0 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done; echo bottom > b")
+        .arg(levels.to_string())
+        .current_dir(at)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// `cmd`, with its environment, run under `ulimit -n LIMIT`.
+pub(crate) fn with_open_file_limit(cmd: &Command, limit: u32) -> Command {
+    let mut limited = Command::new("sh");
+    limited
+        .arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => limited.env(k, v),
+            None => limited.env_remove(k),
+        };
+    }
+    limited
+}
+
 pub(crate) fn walk_files(dir: &Path, f: &mut dyn FnMut(&Path)) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

@@ -55,8 +55,8 @@ pub(crate) struct BackupArgs {
     /// Host name to record (default: this machine's).
     #[arg(short = 'H', long = "host")]
     host: Option<String>,
-    /// Snapshot time instead of now: "YYYY-MM-DD HH:MM[:SS]" or
-    /// "YYYY-MM-DD" (local time; a date is its midnight), RFC 3339 with an
+    /// Snapshot time instead of now: `YYYY-MM-DD HH:MM[:SS]` or
+    /// `YYYY-MM-DD` (local time; a date is its midnight), RFC 3339 with an
     /// offset, now, today or yesterday (today and yesterday are midnight,
     /// 00:00 local time).
     #[arg(long, value_name = "TIME", value_parser = timespec::parse_arg)]

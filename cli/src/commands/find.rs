@@ -56,8 +56,8 @@ pub(crate) struct FindArgs {
     #[arg(short = 'i', long, conflicts_with = "object")]
     ignore_case: bool,
     /// Only entries modified at or after TIME (restic's --oldest; pick
-    /// snapshots with -s or --tag/--host/--path): "YYYY-MM-DD HH:MM[:SS]"
-    /// or "YYYY-MM-DD" (local time; a date is its midnight), RFC 3339 with
+    /// snapshots with -s or --tag/--host/--path): `YYYY-MM-DD HH:MM[:SS]`
+    /// or `YYYY-MM-DD` (local time; a date is its midnight), RFC 3339 with
     /// an offset, now, today or yesterday (today and yesterday are
     /// midnight, 00:00 local time).
     #[arg(short = 'O', long, value_name = "TIME", value_parser = timespec::parse_arg, conflicts_with = "object")]
@@ -115,7 +115,7 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
         let mut header = false;
         let earlier = total > 0;
         let mut matches = output::JsonArray::default();
-        let hits = finder.find(&snap.tree, &mut |m: &Match| {
+        let found = finder.find(&snap.tree, &mut |m: &Match| {
             if let Some(groups) = &mut groups {
                 return json_match(groups, &mut matches, m).map_err(output::engine_error);
             }
@@ -137,7 +137,14 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
                 output::local_time(&m.mtime.to_zoned(jiff::tz::TimeZone::UTC)),
                 m.path
             ))
-        })?;
+        });
+        // A search failing midway (a tree missing or damaged) still closes
+        // what --json printed, so that stdout stays one JSON value; the
+        // error follows on stderr. The group's hits are those printed.
+        let hits = match &found {
+            Ok(hits) => *hits,
+            Err(_) => matches.len(),
+        };
         total += hits;
         // The group json_match opened.
         if matches.len() > 0 {
@@ -146,6 +153,13 @@ pub(crate) fn run(g: &GlobalArgs, args: &FindArgs) -> Result<ExitCode> {
                 ",\"hits\":{hits},\"snapshot\":\"{}\"}}",
                 id.to_hex()
             ))?;
+        }
+        if let Err(e) = found {
+            if let Some(groups) = groups {
+                groups.close()?;
+                outln!()?;
+            }
+            return Err(e.into());
         }
     }
     if let Some(groups) = groups {
@@ -246,13 +260,14 @@ fn find_objects(
     let mut total = 0u64;
     // The objects found, in the order first found, for --show-pack-id.
     let mut found: Vec<BlobId> = Vec::new();
+    let mut result = Ok(());
     for (id, snap) in chosen {
         let time = snap
             .time
             .timestamp()
             .display_with_offset(snap.time.offset())
             .to_string();
-        total += finder.find(&snap.tree, &mut |m: &ObjectMatch| {
+        let found = finder.find(&snap.tree, &mut |m: &ObjectMatch| {
             if let Some(places) = &mut places {
                 let mut v = serde_json::to_value(m).map_err(|e| output::engine_error(e.into()))?;
                 v["snapshot"] = id.to_hex().into();
@@ -293,12 +308,22 @@ fn find_objects(
                 id.short(),
                 output::local_time(&snap.time)
             ))
-        })?;
+        });
+        match found {
+            Ok(n) => total += n,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
+    // As for patterns: what --json printed is closed before an error.
     if let Some(places) = places {
         places.close()?;
-        return outln!();
+        outln!()?;
+        return Ok(result?);
     }
+    result?;
     for id in &found {
         for loc in index.locations(id) {
             outln!("Object belongs to pack {}", loc.pack.to_hex())?;

@@ -5,7 +5,7 @@ use crate::args::GlobalArgs;
 use crate::output::outln;
 use crate::{exit, global, output};
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -16,6 +16,7 @@ enum OverwriteArg {
     Never,
     Always,
     IfChanged,
+    IfNewer,
 }
 
 #[derive(Debug, clap::Args)]
@@ -26,7 +27,7 @@ pub(crate) struct RestoreArgs {
     /// SNAPSHOT:SUBFOLDER; --include/--exclude then match paths below DIR).
     snapshot: Option<String>,
     /// Restore the newest snapshot at or before this time instead:
-    /// "YYYY-MM-DD HH:MM[:SS]" or "YYYY-MM-DD" (local time; a date is its
+    /// `YYYY-MM-DD HH:MM[:SS]` or `YYYY-MM-DD` (local time; a date is its
     /// midnight), RFC 3339 with an offset, now, today or yesterday (today
     /// and yesterday are midnight, 00:00 local time).
     #[arg(long, value_name = "TIME", value_parser = crate::timespec::parse_arg)]
@@ -63,7 +64,8 @@ pub(crate) struct RestoreArgs {
     /// Skip paths matching these patterns.
     #[arg(short, long = "exclude", value_parser = clap::value_parser!(std::ffi::OsString))]
     excludes: Vec<std::ffi::OsString>,
-    /// Existing files: never (refuse), always, if-changed (verify and fix).
+    /// Existing files: never (refuse), always, if-changed (verify and fix),
+    /// if-newer (replace only what the snapshot has newer, by mtime).
     #[arg(long, value_enum, default_value = "never", num_args = 0..=1, default_missing_value = "always")]
     overwrite: OverwriteArg,
     /// Remove files and directories the snapshot does not hold from the
@@ -118,25 +120,12 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         spec = Some(snapshot);
         subfolder = Some(dir);
     }
-    if let Some(dir) = subfolder {
-        let why = if args.pitr || args.into_database.is_some() {
-            Some("--pitr and --into-database take a source name")
-        } else if args.delete && !super::is_root(std::ffi::OsStr::new(dir)) {
-            // DIR's own entries are the target's: what --delete would
-            // judge there is not yet done; --include DIR does it whole.
-            Some(
-                "--delete works on whole snapshots: restore with `--include DIR` to delete within DIR",
-            )
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Err(crate::exit::Coded {
-                code: crate::exit::USAGE,
-                message: format!("SNAPSHOT:DIR: {why}"),
-            }
-            .into());
+    if subfolder.is_some() && (args.pitr || args.into_database.is_some()) {
+        return Err(crate::exit::Coded {
+            code: crate::exit::USAGE,
+            message: "SNAPSHOT:DIR: --pitr and --into-database take a source name".to_owned(),
         }
+        .into());
     }
     if args.pitr {
         let source = source.with_context(|| match spec {
@@ -190,7 +179,7 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
     let target = args.target.clone().context("--target is required")?;
     if args.delete && args.overwrite == OverwriteArg::Never {
         bail!(
-            "--delete makes the target what the snapshot was: give --overwrite (always) or --overwrite if-changed too"
+            "--delete makes the target what the snapshot was: give --overwrite (always), --overwrite if-changed or --overwrite if-newer too"
         );
     }
     if !args.dry_run && !args.allow_unsafe_target && nix::unistd::geteuid().is_root() {
@@ -224,9 +213,10 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             OverwriteArg::Never => Overwrite::Never,
             OverwriteArg::Always => Overwrite::Always,
             OverwriteArg::IfChanged => Overwrite::IfChanged,
+            OverwriteArg::IfNewer => Overwrite::IfNewer,
         },
         delete_within: if args.delete {
-            snap.paths.clone()
+            delete_within(&snap.paths, subfolder)
         } else {
             Vec::new()
         },
@@ -294,7 +284,7 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
             print_changed(&report.changed_entries, args.dry_run, g.verbose)?;
         }
         outln!(
-            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}{}{}",
+            "{}snapshot {} ({}) to {}: {} files, {} dirs, {} {}{}{}{}{}{}",
             if args.dry_run {
                 "dry run: nothing changed; would restore "
             } else {
@@ -313,6 +303,11 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
                 String::new()
             },
             changed_counts(&report.changed_entries, args.dry_run),
+            if report.kept > 0 {
+                format!(", {} kept (as new or newer in the target)", report.kept)
+            } else {
+                String::new()
+            },
             if args.delete {
                 let verb = if args.dry_run { "to delete" } else { "deleted" };
                 format!(", {} {verb}", report.deleted)
@@ -403,6 +398,29 @@ fn restore_picked(g: &GlobalArgs, args: &RestoreArgs, cancel: Arc<AtomicBool>) -
         return Ok(ExitCode::from(exit::INCOMPLETE));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The backed-up paths `--delete` works within, as a restore of the
+/// snapshot's directory `dir` (`SNAPSHOT:DIR`, whose content becomes the
+/// target's) sees them: a backed-up path at or above `dir` makes all of it
+/// the snapshot's (the target's own entries too), one below `dir` the part
+/// of it there, and one beside it nothing. The directories above a
+/// backed-up path are only the way to it, as in a whole restore.
+fn delete_within(paths: &[String], dir: Option<&str>) -> Vec<String> {
+    let Some(dir) = dir.filter(|d| !super::is_root(std::ffi::OsStr::new(d))) else {
+        return paths.to_vec();
+    };
+    let dir = Path::new("/").join(dir);
+    (paths.iter())
+        .filter_map(|path| {
+            if dir.starts_with(path) {
+                Some("/".to_owned())
+            } else {
+                let below = Path::new(path).strip_prefix(&dir).ok()?;
+                Some(Path::new("/").join(below).to_string_lossy().into_owned())
+            }
+        })
+        .collect()
 }
 
 /// A snapshot argument that matched no snapshot id and names no configured
@@ -595,4 +613,30 @@ fn changed_counts(changed: &[vault_engine::restore::ChangedEntry], dry_run: bool
         ", {} entries {updated}, {created} {made}",
         changed.len() - created
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delete_within;
+
+    #[test]
+    fn delete_within_a_subfolder_is_rerooted_at_it() {
+        let paths = [
+            "/srv/a".to_owned(),
+            "/srv/b/c".to_owned(),
+            "/etc".to_owned(),
+        ];
+        let within = |dir| delete_within(&paths, dir);
+        assert_eq!(within(None), paths);
+        assert_eq!(within(Some("/")), paths);
+        // At or below a backed-up path: all of DIR.
+        assert_eq!(within(Some("/srv/a")), ["/"]);
+        assert_eq!(within(Some("srv/a/x/")), ["/"]);
+        // Above backed-up paths: what lies below DIR of them.
+        assert_eq!(within(Some("/srv")), ["/a", "/b/c"]);
+        assert_eq!(within(Some("./srv/b")), ["/c"]);
+        // Beside them, or a name sharing only a prefix: nothing.
+        assert!(within(Some("/home")).is_empty());
+        assert!(within(Some("/srv/ab")).is_empty());
+    }
 }

@@ -111,16 +111,16 @@ pub struct S3Options {
     /// path-style for a custom endpoint.
     pub virtual_hosted_style: bool,
     /// Retries per request; defaults to `VAULT_S3_MAX_RETRIES`, then
-    /// [`DEFAULT_MAX_RETRIES`].
+    /// `DEFAULT_MAX_RETRIES`.
     pub max_retries: Option<usize>,
     /// How long a request may go without progress; defaults to
-    /// `VAULT_S3_TIMEOUT` (seconds), then [`DEFAULT_IDLE_TIMEOUT_SECS`].
+    /// `VAULT_S3_TIMEOUT` (seconds), then `DEFAULT_IDLE_TIMEOUT_SECS`.
     pub idle_timeout: Option<Duration>,
     /// Size from which packs use multipart uploads; defaults to
-    /// `VAULT_S3_MULTIPART_THRESHOLD_MIB`, then [`MULTIPART_THRESHOLD`].
+    /// `VAULT_S3_MULTIPART_THRESHOLD_MIB`, then `MULTIPART_THRESHOLD`.
     pub multipart_threshold: Option<usize>,
     /// How long failing operations are retried at least; defaults to
-    /// `VAULT_S3_RETRY_SECS`, then [`DEFAULT_RETRY_SECS`].
+    /// `VAULT_S3_RETRY_SECS`, then `DEFAULT_RETRY_SECS`.
     pub retry_window: Option<Duration>,
     /// Once set (Ctrl-C), no operation is retried any more.
     pub stop: Option<Arc<AtomicBool>>,

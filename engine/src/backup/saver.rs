@@ -510,7 +510,7 @@ impl Saver {
 
     /// [`Saver::finish`], returning the packs stored before the pipeline
     /// started that it deduplicated against: those a snapshot of what it
-    /// saved may reference besides its own (see [`ensure_stored`]).
+    /// saved may reference besides its own (see `ensure_stored`).
     pub fn finish_reused(self) -> Result<Vec<PackId>> {
         let shared = self.shared.clone();
         self.finish()?;

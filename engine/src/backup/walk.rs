@@ -63,7 +63,7 @@ impl Excludes {
     /// are trimmed, stripped of comments and expanded by whoever reads
     /// it); empty ones are skipped. They are globs matched against the
     /// bytes of names and paths; one that is not UTF-8 names a path
-    /// literally (see [`crate::pattern`]).
+    /// literally (see `crate::pattern`).
     pub fn new(patterns: &[OsString]) -> Result<Self, String> {
         let exact = rules(patterns, false)?;
         Ok(Self {
