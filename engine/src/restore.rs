@@ -1681,6 +1681,8 @@ fn delete_extras(
         return Ok(Vec::new());
     };
     let mut not_judged = std::collections::BTreeSet::new();
+    // Mount points met, left alone (the target's own file system only).
+    let mut mounts = std::collections::BTreeSet::new();
     let is_root = nix::unistd::geteuid().is_root();
     let mut expected: HashMap<&Path, std::collections::HashSet<&std::ffi::OsStr>> = HashMap::new();
     for item in items.iter().chain(kept) {
@@ -1753,6 +1755,17 @@ fn delete_extras(
             }
         }
         let dir = listed.fd().map_err(|e| listing(e.into()))?;
+        // A file system mounted where the snapshot has a directory (/proc
+        // in a restore of / to /) holds what the snapshot never saw.
+        if dir_path != options.target
+            && let Ok((parent, _)) = beneath.parent(dir_path)
+            && rustix::fs::fstat(dir).ok().is_some_and(|me| {
+                beneath::is_mount_point(std::os::fd::AsFd::as_fd(&parent), &me).unwrap_or(false)
+            })
+        {
+            mounts.insert(dir_path.to_owned());
+            continue;
+        }
         for name in names {
             if expected
                 .get(dir_path)
@@ -1761,8 +1774,16 @@ fn delete_extras(
                 continue;
             }
             let path = dir_path.join(&name);
-            let is_dir = beneath::stat_at(dir, &name).is_ok_and(|m| beneath::is_dir(&m));
+            let stat = beneath::stat_at(dir, &name).ok();
+            let is_dir = stat.as_ref().is_some_and(beneath::is_dir);
             if excludes.is_excluded(&in_snapshot.join(&name), is_dir) {
+                continue;
+            }
+            if is_dir
+                && let Some(stat) = &stat
+                && beneath::is_mount_point(dir, stat).unwrap_or(false)
+            {
+                mounts.insert(path);
                 continue;
             }
             if let Some(failures) = failures {
@@ -1782,6 +1803,12 @@ fn delete_extras(
             deleted.push(path.to_string_lossy().into_owned());
         }
     }
+    warnings.extend(mounts.into_iter().map(|at| {
+        format!(
+            "--delete left {} alone: another file system is mounted there",
+            at.display()
+        )
+    }));
     warnings.extend(not_judged.into_iter().map(|link| {
         format!(
             "--delete judged nothing below {}: a symlink kept as a directory",

@@ -290,3 +290,28 @@ fn root_restore_follows_no_untrusted_link_and_no_dotdot_out_of_the_target() {
     );
     assert!(!is_symlink(&at.join("lib")));
 }
+
+/// A trusted link to a directory that holds it (`lib -> .`) is not kept:
+/// the snapshot's directory would land in its own ancestor, whose entries
+/// `--delete` would then judge against it. It is replaced, as an untrusted
+/// one is, and the ancestor's entries stay.
+#[test]
+fn root_restore_keeps_no_link_to_a_directory_holding_it() {
+    if !is_root() {
+        eprintln!("NOTICE: skipping: needs root (the trust rule is about owners)");
+        return;
+    }
+    let env = Env::new();
+    let target = env.path("target");
+    let at = backup_through_link(&env, "foo", &target);
+    std::fs::write(at.join("beside"), b"the ancestor's").unwrap();
+    symlink(".", at.join("lib")).unwrap();
+    let out = restore(&env, &target, &["--overwrite", "if-changed", "--delete"]);
+    assert_success(&out);
+    let err = stderr(&out);
+    assert!(err.contains("a directory that holds it"), "{err}");
+    assert!(!is_symlink(&at.join("lib")));
+    assert_eq!(std::fs::read(at.join("lib/foo/file")).unwrap(), b"restored");
+    assert!(!at.join("foo").exists(), "restored into the ancestor");
+    assert_eq!(std::fs::read(at.join("beside")).unwrap(), b"the ancestor's");
+}

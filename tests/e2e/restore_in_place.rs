@@ -227,3 +227,198 @@ fn a_tree_too_deep_to_remove_is_named_as_a_removal() {
         assert!(err.contains(&*x.to_string_lossy()), "{err}");
     }
 }
+
+/// `--overwrite if-changed` names each entry it finds different and what
+/// of it, and its dry run names the same ones: a line appended to a file
+/// (no chunk to write, only its size), a cleared setuid bit, a removed
+/// extended attribute, a symlink pointed elsewhere and a deleted fifo. What
+/// is as the snapshot has it is not named, and a second run names nothing.
+#[test]
+fn if_changed_names_what_it_changes_and_its_dry_run_the_same() {
+    use std::collections::BTreeMap;
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("passwd"), "root:x:0:0::/root:/bin/bash\n").unwrap();
+    std::fs::write(src.join("suid"), "x").unwrap();
+    std::fs::set_permissions(src.join("suid"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::write(src.join("attr"), "abc").unwrap();
+    xattr::set(src.join("attr"), "user.a", b"1").unwrap();
+    std::fs::write(src.join("same"), "same").unwrap();
+    std::os::unix::fs::symlink("passwd", src.join("link")).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("t");
+    let t = target.to_str().unwrap();
+    assert_success(&env.vault(&["restore", "latest", "--target", t]));
+
+    let root = target.join(src.strip_prefix("/").unwrap());
+    let mut passwd = std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("passwd"))
+        .unwrap();
+    std::io::Write::write_all(&mut passwd, b"evil:x:0:0::/:/bin/sh\n").unwrap();
+    std::fs::set_permissions(root.join("suid"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    xattr::remove(root.join("attr"), "user.a").unwrap();
+    std::fs::remove_file(root.join("link")).unwrap();
+    std::os::unix::fs::symlink("suid", root.join("link")).unwrap();
+    std::fs::remove_file(root.join("fifo")).unwrap();
+    // Kept out of the comparison: the directory's times change with the
+    // entries made and removed in it.
+    let changed = |dry: bool| -> BTreeMap<String, Vec<String>> {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "--target",
+            t,
+            "--overwrite",
+            "if-changed",
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        let report = env.json(&args);
+        let entries = report["changed_entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        entries
+            .iter()
+            .map(|e| {
+                let path = e["path"].as_str().unwrap();
+                let name = Path::new(path).file_name().unwrap().to_string_lossy();
+                let what = e["changes"].as_array().unwrap().iter();
+                (
+                    name.into_owned(),
+                    what.map(|w| w.as_str().unwrap().to_owned()).collect(),
+                )
+            })
+            .filter(|(name, _)| name != "src")
+            .collect()
+    };
+    let want: BTreeMap<String, Vec<String>> = [
+        ("attr", vec!["xattrs"]),
+        ("fifo", vec!["created"]),
+        ("link", vec!["replaced"]),
+        ("passwd", vec!["size", "times"]),
+        ("suid", vec!["mode"]),
+    ]
+    .into_iter()
+    .map(|(name, what)| {
+        (
+            name.to_owned(),
+            what.into_iter().map(str::to_owned).collect(),
+        )
+    })
+    .collect();
+    assert_eq!(changed(true), want, "dry run");
+    assert_eq!(changed(false), want, "restore");
+    assert_eq!(changed(false), BTreeMap::new(), "a second restore");
+    assert_eq!(
+        std::fs::read(root.join("passwd")).unwrap(),
+        b"root:x:0:0::/root:/bin/bash\n"
+    );
+
+    // The text output: a line per entry, created ones only with -vv.
+    std::fs::set_permissions(root.join("suid"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--overwrite",
+        "if-changed",
+        "-v",
+    ]);
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let suid = root.join("suid");
+    assert!(
+        text.contains(&format!("updated {} (mode)", suid.display())),
+        "{text}"
+    );
+    assert!(text.contains("1 entry updated, 0 created"), "{text}");
+}
+
+/// Unmounts what a test mounted, whatever the test's outcome.
+struct Mounted(Vec<std::path::PathBuf>);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        for at in &self.0 {
+            let _ = std::process::Command::new("umount").arg(at).status();
+        }
+    }
+}
+
+/// `--delete` leaves other file systems mounted in the target alone: a
+/// restore of `/` to `/` must not empty /proc, /run or a data volume the
+/// backup never saw (nor one mounted on a directory the snapshot has).
+#[test]
+fn delete_leaves_mounted_file_systems_alone() {
+    if !crate::support::is_root() {
+        eprintln!("NOTICE: skipped, mounting needs root");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    std::fs::write(src.join("data/a"), "a").unwrap();
+    std::fs::write(src.join("f"), "f").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("t");
+    let t = target.to_str().unwrap();
+    assert_success(&env.vault(&["restore", "latest", "--target", t]));
+    let root = target.join(src.strip_prefix("/").unwrap());
+    let extra = root.join("volume");
+    std::fs::create_dir(&extra).unwrap();
+    let mut mounted = Mounted(Vec::new());
+    for at in [&extra, &root.join("data")] {
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        if !status.success() {
+            eprintln!("NOTICE: skipped, cannot mount a tmpfs here");
+            return;
+        }
+        mounted.0.push(at.clone());
+        std::fs::write(at.join("precious"), "not in the snapshot").unwrap();
+    }
+    std::fs::write(root.join("stray"), "not in the snapshot").unwrap();
+
+    let out = env.vault(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--overwrite",
+        "if-changed",
+        "--delete",
+    ]);
+    assert_success(&out);
+    let err = stderr(&out);
+    for at in [&extra, &root.join("data")] {
+        assert_eq!(
+            std::fs::read(at.join("precious")).unwrap(),
+            b"not in the snapshot",
+            "{}",
+            at.display()
+        );
+        assert!(
+            err.contains(&format!(
+                "--delete left {} alone: another file system is mounted there",
+                at.display()
+            )),
+            "{err}"
+        );
+    }
+    assert!(!root.join("stray").exists(), "{err}");
+    assert_eq!(std::fs::read(root.join("data/a")).unwrap(), b"a");
+    drop(mounted);
+}

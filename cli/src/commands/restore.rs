@@ -609,10 +609,9 @@ fn changed_counts(changed: &[vault_engine::restore::ChangedEntry], dry_run: bool
     } else {
         ("updated", "created")
     };
-    format!(
-        ", {} entries {updated}, {created} {made}",
-        changed.len() - created
-    )
+    let changed = changed.len() - created;
+    let entries = if changed == 1 { "entry" } else { "entries" };
+    format!(", {changed} {entries} {updated}, {created} {made}")
 }
 
 #[cfg(test)]

@@ -175,9 +175,25 @@ impl Beneath {
     /// its text if so, else why not (an untrusted link, [`NotFollowed`], or
     /// the error of what it leads to).
     pub(super) fn followed_link(&self, path: &Path) -> io::Result<OsString> {
-        self.dir(path, false)?;
+        let led_to = rustix::fs::fstat(self.dir(path, false)?)?;
         let (dir, name) = self.parent(path)?;
         let text = rustix::fs::readlinkat(&dir, name, Vec::new())?;
+        // A link to a directory holding it (`lib -> .`, `a/b -> ..`) would
+        // put the snapshot's directory into its own ancestor, where
+        // `--delete` would judge that ancestor's entries against it.
+        for at in path.ancestors().skip(1) {
+            if !at.starts_with(&self.root) {
+                break;
+            }
+            let ancestor = rustix::fs::fstat(self.dir(at, false)?)?;
+            if (ancestor.st_dev, ancestor.st_ino) == (led_to.st_dev, led_to.st_ino) {
+                return Err(NotFollowed::Untrusted {
+                    link: path.to_owned(),
+                    why: format!("a link to {}, a directory that holds it", at.display()),
+                }
+                .into());
+            }
+        }
         Ok(OsString::from_vec(text.into_bytes()))
     }
 
@@ -462,11 +478,28 @@ pub(super) fn open_up(dir: BorrowedFd<'_>, name: &OsStr, stat: &Stat, is_root: b
 /// never following a symlink; nothing there is no error.
 pub(super) fn remove(dir: BorrowedFd<'_>, name: &OsStr, is_root: bool) -> io::Result<()> {
     match stat_at(dir, name) {
-        Ok(stat) if is_dir(&stat) => remove_tree(dir, name, &stat, is_root),
+        Ok(stat) if is_dir(&stat) => {
+            // Another file system mounted there (/proc, /run, a data
+            // volume) is not the restore's to empty.
+            if is_mount_point(dir, &stat)? {
+                return Err(io::Error::other(format!(
+                    "another file system is mounted at {}; not removed",
+                    name.display()
+                )));
+            }
+            remove_tree(dir, name, &stat, is_root)
+        }
         Ok(_) => Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Whether the directory `stat` (an entry of `dir`) is on another file
+/// system than `dir`: a mount point. (A bind mount of the same file
+/// system is not told apart.)
+pub(super) fn is_mount_point(dir: BorrowedFd<'_>, stat: &Stat) -> io::Result<bool> {
+    Ok(rustix::fs::fstat(dir)?.st_dev != stat.st_dev)
 }
 
 fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr, stat: &Stat, is_root: bool) -> io::Result<()> {
