@@ -697,6 +697,7 @@ fn restore_on_pool(
     // Directories whose place a symlink to a directory holds, kept
     // (`judge_link`): restored through, but none of their metadata applied.
     let mut kept_link = vec![false; items.len()];
+    let mut kept_places_found = Vec::new();
     // Files to fill with content, by item.
     let mut content_files: Vec<usize> = Vec::new();
     // Second and later names of hard-linked files, by item (first name,
@@ -776,21 +777,23 @@ fn restore_on_pool(
                         beneath::open_up(dir, name, &m, is_root);
                         Ok(())
                     }
-                    Ok(m) if beneath::is_symlink(&m) => match judge_link(beneath, path) {
-                        Ok(kept) => {
-                            kept_link[idx] = true;
-                            report.kept_links.push(kept);
-                            Ok(())
+                    Ok(m) if beneath::is_symlink(&m) => {
+                        match judge_link(beneath, path, &items, &mut kept_places_found) {
+                            Ok(kept) => {
+                                kept_link[idx] = true;
+                                report.kept_links.push(kept);
+                                Ok(())
+                            }
+                            Err(why) if options.overwrite == Overwrite::Never => {
+                                return Err(not_kept_error(path, &why));
+                            }
+                            Err(why) => {
+                                report.warnings.push(replaced_warning(path, &why));
+                                changed.mark(idx, changes::REPLACED);
+                                remove_existing().and_then(|()| private_dir())
+                            }
                         }
-                        Err(why) if options.overwrite == Overwrite::Never => {
-                            return Err(not_kept_error(path, &why));
-                        }
-                        Err(why) => {
-                            report.warnings.push(replaced_warning(path, &why));
-                            changed.mark(idx, changes::REPLACED);
-                            remove_existing().and_then(|()| private_dir())
-                        }
-                    },
+                    }
                     Ok(_) if options.overwrite == Overwrite::Never => {
                         return Err(Error::InvalidInput(format!(
                             "{} already exists and is not a directory; pass --overwrite to replace it",
@@ -1194,10 +1197,7 @@ fn restore_on_pool(
         phase("verify");
     }
     if !options.delete_within.is_empty() {
-        let kept_paths = (items.iter().zip(&kept_link))
-            .filter(|(_, kept)| **kept)
-            .map(|(item, _)| &*item.path)
-            .collect();
+        let kept_paths = kept_places(&kept_places_found);
         let deleted = delete_extras(
             &items,
             &kept,
@@ -1451,7 +1451,7 @@ fn plan_only(
         planned_changes(items, &changed, beneath, &first_names_of(items));
     }
     // Symlinks where directories belong, judged as the restore judges them.
-    let mut kept_paths = std::collections::HashSet::new();
+    let mut kept_found = Vec::new();
     for item in items.iter().filter(|i| i.kind == NodeKind::Dir) {
         let Some(beneath) = beneath else { break };
         if !beneath
@@ -1460,11 +1460,8 @@ fn plan_only(
         {
             continue;
         }
-        match judge_link(beneath, &item.path) {
-            Ok(kept_link) => {
-                kept_paths.insert(&*item.path);
-                report.kept_links.push(kept_link);
-            }
+        match judge_link(beneath, &item.path, items, &mut kept_found) {
+            Ok(kept_link) => report.kept_links.push(kept_link),
             Err(why) if options.overwrite == Overwrite::Never => {
                 return Err(not_kept_error(&item.path, &why));
             }
@@ -1479,7 +1476,7 @@ fn plan_only(
             includes,
             excludes,
             beneath,
-            &kept_paths,
+            &kept_places(&kept_found),
             None,
             &mut report.warnings,
         )?;
@@ -1492,15 +1489,58 @@ fn plan_only(
 /// Whether the symlink at `path`, where the snapshot has a directory, is
 /// kept and the directory restored through it ([`beneath`]: trusted, and
 /// leading to a directory inside the target); else why not.
-fn judge_link(beneath: &Beneath, path: &Path) -> std::result::Result<KeptLink, String> {
-    match beneath.followed_link(path) {
-        Ok(text) => Ok(KeptLink {
-            path: path.display().to_string(),
-            target: text.to_string_lossy().into_owned(),
-        }),
-        Err(e) if beneath::is_not_followed(&e) => Err(e.to_string()),
-        Err(e) => Err(format!("it leads to no directory inside the target ({e})")),
+/// Not where the snapshot has entries of its own, nor where another kept
+/// link is or leads: two entries of the snapshot would then land on one
+/// name (one file lost, a restore that never settles), a later entry
+/// could replace where the link leads, and `--delete` would judge what was
+/// restored through the link against another directory of the snapshot.
+/// `kept` holds the links kept so far, each with where it leads; a link
+/// kept is added.
+fn judge_link(
+    beneath: &Beneath,
+    path: &Path,
+    items: &[Item],
+    kept: &mut Vec<(PathBuf, PathBuf)>,
+) -> std::result::Result<KeptLink, String> {
+    let (text, led_to) = match beneath.followed_link(path) {
+        Ok(found) => found,
+        Err(e) if beneath::is_not_followed(&e) => return Err(e.to_string()),
+        Err(e) => return Err(format!("it leads to no directory inside the target ({e})")),
+    };
+    let overlap = |a: &Path, b: &Path| a.starts_with(b) || b.starts_with(a);
+    if let Some((other, _)) = kept
+        .iter()
+        .find(|(link, to)| overlap(to, &led_to) || overlap(link, &led_to))
+    {
+        return Err(format!(
+            "it leads to {}, where the kept symlink {} is or leads too",
+            led_to.display(),
+            other.display()
+        ));
     }
+    if let Some(own) = items
+        .iter()
+        .find(|i| !i.path.starts_with(path) && i.path.starts_with(&led_to))
+    {
+        return Err(format!(
+            "it leads to {}, where the snapshot has {} of its own",
+            led_to.display(),
+            own.path.display()
+        ));
+    }
+    kept.push((path.to_owned(), led_to));
+    Ok(KeptLink {
+        path: path.display().to_string(),
+        target: text.to_string_lossy().into_owned(),
+    })
+}
+
+/// The places `--delete` leaves alone for kept links: each link's path
+/// and where it leads.
+fn kept_places(kept: &[(PathBuf, PathBuf)]) -> std::collections::HashSet<&Path> {
+    kept.iter()
+        .flat_map(|(link, to)| [link.as_path(), to.as_path()])
+        .collect()
 }
 
 /// Of each hard-link group, the item whose name is made first (the
@@ -1714,7 +1754,7 @@ fn delete_extras(
         if !kept_links.is_empty()
             && let Some(link) = dir_path.ancestors().find(|dir| kept_links.contains(dir))
         {
-            not_judged.insert(link);
+            not_judged.insert(link.to_owned());
             continue;
         }
         let listing = |e| Error::io(format!("listing {}", dir_path.display()), e);
@@ -1786,6 +1826,10 @@ fn delete_extras(
                 mounts.insert(path);
                 continue;
             }
+            if kept_links.contains(path.as_path()) {
+                not_judged.insert(path.clone());
+                continue;
+            }
             if let Some(failures) = failures {
                 tracing::info!("deleting {}", path.display());
                 if let Err(e) = beneath::remove(dir, &name, is_root) {
@@ -1811,7 +1855,7 @@ fn delete_extras(
     }));
     warnings.extend(not_judged.into_iter().map(|link| {
         format!(
-            "--delete judged nothing below {}: a symlink kept as a directory",
+            "--delete judged nothing at or below {}: a symlink kept as a directory is or leads there",
             link.display()
         )
     }));

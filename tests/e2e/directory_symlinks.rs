@@ -144,7 +144,7 @@ fn root_restore_keeps_a_trusted_directory_symlink_and_restores_through_it() {
         assert_success(&out);
         assert!(
             stderr(&out).contains(&format!(
-                "warning: --delete judged nothing below {}: a symlink kept as a directory",
+                "warning: --delete judged nothing at or below {}: a symlink kept as a directory is or leads there",
                 lib.display()
             )),
             "dry run {dry}: {}",
@@ -314,4 +314,76 @@ fn root_restore_keeps_no_link_to_a_directory_holding_it() {
     assert_eq!(std::fs::read(at.join("lib/foo/file")).unwrap(), b"restored");
     assert!(!at.join("foo").exists(), "restored into the ancestor");
     assert_eq!(std::fs::read(at.join("beside")).unwrap(), b"the ancestor's");
+}
+
+/// A trusted link is not kept where the snapshot has entries of its own
+/// at or below where it leads (a snapshot of a system from before the
+/// usr merge, restored onto a merged one): `lib/foo` and `usr/lib/foo`
+/// would land on one file (one lost, a restore that never settles),
+/// `usr/lib` as a file would replace where the link leads, and `--delete`
+/// would remove what was restored through the link. The link is replaced
+/// (with `--overwrite`), the message says why, and every file of the
+/// snapshot is there afterwards.
+#[test]
+fn root_restore_keeps_no_link_leading_where_the_snapshot_has_entries() {
+    if !is_root() {
+        eprintln!("NOTICE: skipping: needs root (the trust rule is about owners)");
+        return;
+    }
+    for usr_lib_is_a_file in [false, true] {
+        let env = Env::new();
+        let src = env.path("src");
+        std::fs::create_dir_all(src.join("lib")).unwrap();
+        std::fs::create_dir_all(src.join("usr")).unwrap();
+        std::fs::write(src.join("lib/foo"), b"lib's").unwrap();
+        if usr_lib_is_a_file {
+            std::fs::write(src.join("usr/lib"), b"a file").unwrap();
+        } else {
+            std::fs::create_dir(src.join("usr/lib")).unwrap();
+            std::fs::write(src.join("usr/lib/foo"), b"usr/lib's").unwrap();
+            std::fs::write(src.join("usr/lib/other"), b"other").unwrap();
+        }
+        assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+        let target = env.path("target");
+        std::fs::create_dir_all(target.join("usr/lib")).unwrap();
+        symlink("usr/lib", target.join("lib")).unwrap();
+        let spec = format!("latest:{}", src.display());
+        let t = target.to_str().unwrap();
+        let run = |extra: &[&str]| {
+            let mut args = vec!["restore", &spec, "--target", t, "--overwrite", "always"];
+            args.extend_from_slice(extra);
+            env.vault(&args)
+        };
+        let dry = run(&["--delete", "--dry-run"]);
+        assert_success(&dry);
+        let out = run(&["--delete"]);
+        assert_success(&out);
+        let err = stderr(&out);
+        assert!(err.contains("where the snapshot has"), "{err}");
+        assert!(!is_symlink(&target.join("lib")), "{err}");
+        assert_eq!(std::fs::read(target.join("lib/foo")).unwrap(), b"lib's");
+        if usr_lib_is_a_file {
+            assert_eq!(std::fs::read(target.join("usr/lib")).unwrap(), b"a file");
+        } else {
+            assert_eq!(
+                std::fs::read(target.join("usr/lib/foo")).unwrap(),
+                b"usr/lib's"
+            );
+            assert_eq!(
+                std::fs::read(target.join("usr/lib/other")).unwrap(),
+                b"other"
+            );
+        }
+        // Settled: a dry run of if-changed finds nothing to do.
+        let again = env.json(&[
+            "restore",
+            &spec,
+            "--target",
+            t,
+            "--overwrite",
+            "if-changed",
+            "--dry-run",
+        ]);
+        assert!(again.get("changed_entries").is_none(), "{again}");
+    }
 }

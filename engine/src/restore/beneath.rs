@@ -91,7 +91,7 @@ impl Beneath {
                 r => return Ok(r?),
             }
         }
-        let found = self.resolve(rel)?;
+        let (found, _) = self.resolve(rel)?;
         if read {
             // The walk opens O_PATH: reopened to be listed.
             return Ok(rustix::fs::openat(&found, ".", flags, Mode::empty())?);
@@ -105,7 +105,8 @@ impl Beneath {
     /// kernel follows none. What stands for the directories passed is a
     /// stack of descriptors from the target down: `..` pops one (the
     /// directory it was reached from), and at the target stays there.
-    fn resolve(&self, rel: &Path) -> io::Result<OwnedFd> {
+    /// Also returns where it leads (below the target).
+    fn resolve(&self, rel: &Path) -> io::Result<(OwnedFd, PathBuf)> {
         // Still to look up, the next one last.
         let mut pending: Vec<OsString> = Vec::new();
         for part in rel.components().rev() {
@@ -159,42 +160,45 @@ impl Beneath {
                 _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
             }
         }
+        let mut led_to = self.root.clone();
+        led_to.extend(stack.iter().map(|(name, _)| name));
         match stack.pop() {
-            Some((_, fd)) => Ok(fd),
-            None => Ok(rustix::fs::openat(
-                &self.fd,
-                ".",
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?),
+            Some((_, fd)) => Ok((fd, led_to)),
+            None => Ok((
+                rustix::fs::openat(
+                    &self.fd,
+                    ".",
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?,
+                led_to,
+            )),
         }
     }
 
     /// Whether the symlink `path` (below the target) leads to a directory
     /// the restore may go on into, as [`Self::dir`] follows it: `Ok` with
-    /// its text if so, else why not (an untrusted link, [`NotFollowed`], or
-    /// the error of what it leads to).
-    pub(super) fn followed_link(&self, path: &Path) -> io::Result<OsString> {
-        let led_to = rustix::fs::fstat(self.dir(path, false)?)?;
+    /// its text and the directory it leads to (below the target), if so;
+    /// else why not (an untrusted link, [`NotFollowed`], or the error of
+    /// what it leads to).
+    pub(super) fn followed_link(&self, path: &Path) -> io::Result<(OsString, PathBuf)> {
         let (dir, name) = self.parent(path)?;
         let text = rustix::fs::readlinkat(&dir, name, Vec::new())?;
-        // A link to a directory holding it (`lib -> .`, `a/b -> ..`) would
-        // put the snapshot's directory into its own ancestor, where
-        // `--delete` would judge that ancestor's entries against it.
-        for at in path.ancestors().skip(1) {
-            if !at.starts_with(&self.root) {
-                break;
-            }
-            let ancestor = rustix::fs::fstat(self.dir(at, false)?)?;
-            if (ancestor.st_dev, ancestor.st_ino) == (led_to.st_dev, led_to.st_ino) {
-                return Err(NotFollowed::Untrusted {
-                    link: path.to_owned(),
-                    why: format!("a link to {}, a directory that holds it", at.display()),
-                }
-                .into());
-            }
+        let (found, led_to) = self.resolve(self.relative(path)?)?;
+        let found = rustix::fs::fstat(found)?;
+        if !is_dir(&found) {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        Ok(OsString::from_vec(text.into_bytes()))
+        // A link to a directory holding it (`lib -> .`, `a/b -> ..`) would
+        // put the snapshot's directory into its own ancestor.
+        if path.starts_with(&led_to) {
+            return Err(NotFollowed::Untrusted {
+                link: path.to_owned(),
+                why: format!("a link to {}, a directory that holds it", led_to.display()),
+            }
+            .into());
+        }
+        Ok((OsString::from_vec(text.into_bytes()), led_to))
     }
 
     /// [`Self::dir`] of `path`'s parent (`O_PATH`), and `path`'s last name.
