@@ -1266,22 +1266,46 @@ fn restore_on_pool(
     Ok(report)
 }
 
-/// Takes out of `items` every entry but directories that the target holds
-/// as new as the snapshot's or newer (`Overwrite::IfNewer`), and returns
+/// Takes out of `items` every entry the target holds as new as the
+/// snapshot's or newer (`Overwrite::IfNewer`), and every one where the
+/// target has a directory and the snapshot something else, and returns
 /// them: they are not restored, but they are the snapshot's names still,
-/// which `--delete` must not remove.
+/// which `--delete` must not remove. A directory of the snapshot is kept
+/// (with all below it) only where the target has a newer non-directory.
 fn keep_newer(items: &mut Vec<Item>, beneath: &Beneath) -> Vec<Item> {
     let newer: Vec<bool> = items
         .par_iter()
         .map(|item| {
-            item.kind != NodeKind::Dir
-                && beneath.stat(&item.path).is_ok_and(|stat| {
-                    let nano = u32::try_from(stat.st_mtime_nsec).unwrap_or(0);
-                    // `st_mtime` is i32 on some targets.
-                    #[allow(clippy::useless_conversion)]
-                    let mtime = filetime::FileTime::from_unix_time(stat.st_mtime.into(), nano);
-                    mtime >= file_time(item.mtime)
-                })
+            let Ok(stat) = beneath.stat(&item.path) else {
+                return false;
+            };
+            let nano = u32::try_from(stat.st_mtime_nsec).unwrap_or(0);
+            // `st_mtime` is i32 on some targets.
+            #[allow(clippy::useless_conversion)]
+            let mtime = filetime::FileTime::from_unix_time(stat.st_mtime.into(), nano);
+            let as_new = mtime >= file_time(item.mtime);
+            match item.kind {
+                // A directory is restored into; a symlink in its place is
+                // judged as a kept link or replaced; anything else there
+                // as new or newer is kept, and all the snapshot has below.
+                NodeKind::Dir => !beneath::is_dir(&stat) && !beneath::is_symlink(&stat) && as_new,
+                // A directory's own mtime says nothing of what it holds
+                // (a file edited today in an old directory): never
+                // replaced by something else.
+                _ if beneath::is_dir(&stat) => true,
+                _ => as_new,
+            }
+        })
+        .collect();
+    // Below a directory kept as something else, nothing can be restored.
+    let kept_dirs: std::collections::HashSet<&Path> = (items.iter().zip(&newer))
+        .filter(|(item, keep)| **keep && item.kind == NodeKind::Dir)
+        .map(|(item, _)| &*item.path)
+        .collect();
+    let newer: Vec<bool> = (items.iter().zip(&newer))
+        .map(|(item, &keep)| {
+            keep || (!kept_dirs.is_empty()
+                && item.path.ancestors().skip(1).any(|a| kept_dirs.contains(a)))
         })
         .collect();
     let mut newer = newer.into_iter();

@@ -422,3 +422,43 @@ fn delete_leaves_mounted_file_systems_alone() {
     assert_eq!(std::fs::read(root.join("data/a")).unwrap(), b"a");
     drop(mounted);
 }
+
+/// `--overwrite if-newer` where the target holds another kind of entry:
+/// an old directory holding a file edited today is not replaced by the
+/// snapshot's symlink (a directory's mtime says nothing of what it holds),
+/// and a newer file where the snapshot has a directory is kept, with what
+/// the snapshot has below that directory.
+#[test]
+fn if_newer_replaces_no_directory_and_keeps_a_newer_file_in_place_of_one() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("conf")).unwrap();
+    std::fs::write(src.join("conf/x"), "snapshot").unwrap();
+    std::os::unix::fs::symlink("conf", src.join("current")).unwrap();
+    for name in ["conf/x", "conf", "current"] {
+        set_mtime(&src.join(name), SNAPSHOT_SECS);
+    }
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("t");
+    let root = target.join(src.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(root.join("current")).unwrap();
+    std::fs::write(root.join("current/work.txt"), "written today").unwrap();
+    set_mtime(&root.join("current"), SNAPSHOT_SECS - 1000);
+    std::fs::write(root.join("conf"), "my newer notes").unwrap();
+    set_mtime(&root.join("conf"), SNAPSHOT_SECS + 1000);
+    let t = target.to_str().unwrap();
+    let report = env.json(&[
+        "restore",
+        "latest",
+        "--target",
+        t,
+        "--overwrite",
+        "if-newer",
+    ]);
+    assert_eq!(report["kept"].as_u64(), Some(3), "{report}");
+    assert_eq!(
+        std::fs::read(root.join("current/work.txt")).unwrap(),
+        b"written today"
+    );
+    assert_eq!(std::fs::read(root.join("conf")).unwrap(), b"my newer notes");
+}
