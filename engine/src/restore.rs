@@ -774,6 +774,11 @@ fn restore_on_pool(
                 };
                 let made = match beneath::stat_at(dir, name) {
                     Ok(m) if beneath::is_dir(&m) => {
+                        if changed.tracked() {
+                            let found =
+                                apply_metadata(Meta::At { dir, name }, item, dry_run_meta());
+                            changed.mark(idx, found.changed);
+                        }
                         beneath::open_up(dir, name, &m, is_root);
                         Ok(())
                     }
@@ -954,9 +959,11 @@ fn restore_on_pool(
                     let compared =
                         compare_existing(repo, index, parents, item, group_of(&groups, item));
                     let bits = file_changes(parents, item, compared.as_ref());
-                    // Rewriting it changes its mode and times on the way:
-                    // what was wrong with them is judged before.
-                    if bits & (changes::CONTENT | changes::SIZE) != 0
+                    // Judged before anything is changed: rewriting a file
+                    // changes its mode and times on the way, and the
+                    // metadata pass reaches a hard-linked file by each of
+                    // its names, the first of them finding it right.
+                    if compared.is_some()
                         && let Ok((dir, name)) = parents.of(&item.path)
                     {
                         let found = apply_metadata(Meta::At { dir, name }, item, dry_run_meta());
@@ -1220,8 +1227,9 @@ fn restore_on_pool(
     let finish = |parents: &mut Parents<'_>, idx: usize, item: &Item| -> Result<()> {
         match metadata_at(parents, item, rules) {
             Ok(applied) => {
-                // A file rewritten had its metadata judged before.
-                if changed.get(idx) & (changes::CONTENT | changes::SIZE) == 0 {
+                // Files and directories had theirs judged before anything
+                // changed them (or what they hold).
+                if !matches!(item.kind, NodeKind::File | NodeKind::Dir) {
                     changed.mark(idx, applied.changed);
                 }
                 failures.metadata(&item.path, applied.problems);
@@ -1476,7 +1484,7 @@ fn plan_only(
     }
     // Symlinks where directories belong, judged as the restore judges them.
     let mut kept_found = Vec::new();
-    for item in items.iter().filter(|i| i.kind == NodeKind::Dir) {
+    for (idx, item) in (items.iter().enumerate()).filter(|(_, i)| i.kind == NodeKind::Dir) {
         let Some(beneath) = beneath else { break };
         if !beneath
             .stat(&item.path)
@@ -1489,7 +1497,13 @@ fn plan_only(
             Err(why) if options.overwrite == Overwrite::Never => {
                 return Err(not_kept_error(&item.path, &why));
             }
-            Err(why) => report.warnings.push(replaced_warning(&item.path, &why)),
+            Err(why) => {
+                changed.mark(idx, changes::REPLACED);
+                report.warnings.push(format!(
+                    "would replace the symlink {} with a directory, not kept: {why}",
+                    item.path.display()
+                ));
+            }
         }
     }
     if !options.delete_within.is_empty() {
@@ -1618,6 +1632,16 @@ fn planned_changes(
             };
             if !same_kind {
                 changed.mark(idx, changes::REPLACED);
+                return;
+            }
+            // A further name of a hard-linked file: its metadata is its
+            // first name's, judged there.
+            if item.kind == NodeKind::File
+                && item
+                    .hardlink()
+                    .and_then(|k| first_names.get(&k))
+                    .is_some_and(|&first| first != idx)
+            {
                 return;
             }
             let applied = apply_metadata(

@@ -62,10 +62,6 @@ impl Changes {
         !self.0.is_empty()
     }
 
-    pub(super) fn get(&self, idx: usize) -> u16 {
-        self.0.get(idx).map_or(0, |at| at.load(Ordering::Relaxed))
-    }
-
     pub(super) fn mark(&self, idx: usize, bits: u16) {
         if bits != 0
             && let Some(at) = self.0.get(idx)
