@@ -358,7 +358,38 @@ pub(crate) fn node_from_metadata(
         node.set_link_target(target.as_os_str());
     }
     node.extended_attributes = read_xattrs(path, problems);
+    if matches!(kind, NodeKind::File | NodeKind::Dir) {
+        node.inode_flags = read_inode_flags(path, problems);
+    }
     Some(node)
+}
+
+/// The entry's inode flags (`lsattr`), only those a restore sets again
+/// ([`crate::tree::RECORDED_INODE_FLAGS`]). Only files and directories:
+/// the ioctl needs the entry open, and opening a device or a fifo acts on
+/// it. A file system without the ioctl has no flags to lose; an entry that
+/// cannot be opened (no permission, gone since it was listed) is reported
+/// by the read of its content or listing, not twice.
+fn read_inode_flags(path: &Path, problems: &mut Vec<String>) -> u32 {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::io::Errno;
+    // NONBLOCK: were it swapped for a fifo since, the open must not wait.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let read = rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| (e, true))
+        .and_then(|fd| rustix::fs::ioctl_getflags(&fd).map_err(|e| (e, false)));
+    match read {
+        Ok(flags) => flags.bits() & crate::tree::RECORDED_INODE_FLAGS,
+        Err((Errno::NOTTY | Errno::OPNOTSUPP | Errno::INVAL, false))
+        | Err((Errno::ACCESS | Errno::NOENT, true)) => 0,
+        Err((e, _)) => {
+            problems.push(format!(
+                "inode flags (lsattr) not saved: {}",
+                std::io::Error::from(e)
+            ));
+            0
+        }
+    }
 }
 
 /// The entry's own extended attributes: a symlink's, not its target's
