@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex};
 
 mod beneath;
 mod changes;
+mod flags;
 
 pub use changes::ChangedEntry;
 
@@ -439,6 +440,7 @@ struct Rare {
     /// `(device, inode)` of a file with other hard links.
     hardlink: Option<(u64, u64)>,
     xattrs: Vec<crate::tree::ExtendedAttribute>,
+    inode_flags: u32,
 }
 
 impl Item {
@@ -452,12 +454,14 @@ impl Item {
             device: node.device,
             hardlink,
             xattrs: node.extended_attributes,
+            inode_flags: node.inode_flags,
         };
         let common = rare.atime.is_none()
             && rare.link_target.is_none()
             && rare.device.is_none()
             && rare.hardlink.is_none()
-            && rare.xattrs.is_empty();
+            && rare.xattrs.is_empty()
+            && rare.inode_flags == 0;
         Item {
             path: path.into_boxed_path(),
             kind: node.kind,
@@ -473,6 +477,10 @@ impl Item {
 
     fn hardlink(&self) -> Option<(u64, u64)> {
         self.rare.as_ref().and_then(|r| r.hardlink)
+    }
+
+    fn inode_flags(&self) -> u32 {
+        self.rare.as_ref().map_or(0, |r| r.inode_flags)
     }
 
     /// A symlink's target, or why it cannot be created.
@@ -684,7 +692,7 @@ fn restore_on_pool(
     let beneath = Beneath::open(&options.target)
         .map_err(|e| Error::io(format!("opening {}", options.target.display()), e))?;
     let beneath = &beneath;
-    let failures = Failures::new(items.len());
+    let failures = Failures::new(items.len(), &options.target);
     let is_root = nix::unistd::geteuid().is_root();
     let changed = Changes::new(items.len(), options.overwrite == Overwrite::IfChanged);
 
@@ -1224,8 +1232,8 @@ fn restore_on_pool(
     // 4. Metadata: everything but directories (and files their pack worker
     // finished), then directories deepest first.
     let left = |idx: usize| absent[idx] || failures.is_failed(idx);
-    let finish = |parents: &mut Parents<'_>, idx: usize, item: &Item| -> Result<()> {
-        match metadata_at(parents, item, rules) {
+    let finish = |parents: &mut Parents<'_>, idx: usize, item: &Item, step: Step| -> Result<()> {
+        match step(parents, item, rules) {
             Ok(applied) => {
                 // Files and directories had theirs judged before anything
                 // changed them (or what they hold).
@@ -1246,7 +1254,17 @@ fn restore_on_pool(
         .filter(|&(idx, i)| i.kind != NodeKind::Dir && !owned[idx] && !left(idx))
         .try_for_each_init(
             || Parents::new(beneath),
-            |parents, (idx, item)| finish(parents, idx, item),
+            |parents, (idx, item)| finish(parents, idx, item, metadata_at),
+        )?;
+    // Files' inode flags once every file has the rest: `+i` on one name of
+    // a hard-linked file would refuse the metadata of its other names.
+    items
+        .par_iter()
+        .enumerate()
+        .filter(|&(idx, i)| flags::deferred(i, rules) && !left(idx))
+        .try_for_each_init(
+            || Parents::new(beneath),
+            |parents, (idx, item)| finish(parents, idx, item, flags::at),
         )?;
     let mut dirs: Vec<(usize, &Item)> = (items.iter().enumerate())
         .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx) && !kept_link[idx])
@@ -1254,7 +1272,7 @@ fn restore_on_pool(
     dirs.sort_by_key(|(_, i)| std::cmp::Reverse(i.path.components().count()));
     let mut parents = Parents::new(beneath);
     for (idx, item) in dirs {
-        finish(&mut parents, idx, item)?;
+        finish(&mut parents, idx, item, metadata_at)?;
     }
     phase("metadata");
     // What was restored: an entry the target refused is not counted.
@@ -1920,13 +1938,16 @@ struct Failures {
     /// more is done with it.
     failed: Vec<AtomicBool>,
     entries: Mutex<Vec<FailedEntry>>,
+    /// The restore's target, where a refusal is looked into.
+    target: PathBuf,
 }
 
 impl Failures {
-    fn new(items: usize) -> Self {
+    fn new(items: usize, target: &Path) -> Self {
         Failures {
             failed: (0..items).map(|_| AtomicBool::new(false)).collect(),
             entries: Mutex::new(Vec::new()),
+            target: target.to_owned(),
         }
     }
 
@@ -1946,7 +1967,13 @@ impl Failures {
         let error = match &e {
             Error::Io { context, cause } => {
                 let context = context.replace(&format!(" {}", path.display()), "");
-                format!("{context}: {cause}")
+                match (cause.raw_os_error() == Some(libc::EPERM))
+                    .then(|| flags::refusal_hint(&self.target, path))
+                    .flatten()
+                {
+                    Some(hint) => format!("{context}: {cause}; {hint}"),
+                    None => format!("{context}: {cause}"),
+                }
             }
             e => e.to_string(),
         };
@@ -2530,18 +2557,28 @@ fn metadata_at(parents: &mut Parents<'_>, item: &Item, rules: MetaRules) -> Resu
             }
             other => other,
         },
-        NodeKind::File => beneath::open_read(dir, name).and_then(|f| {
-            let stat = rustix::fs::fstat(&f)?;
-            if beneath::is_file(&stat) {
-                Ok(f)
-            } else {
-                Err(std::io::Error::other("no longer a regular file"))
-            }
-        }),
+        NodeKind::File => open_file_at(dir, name),
         _ => return Ok(apply_metadata(Meta::At { dir, name }, item, rules)),
     };
     let file = opened.map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     Ok(apply_metadata(Meta::File(&file), item, rules))
+}
+
+/// What the metadata pass does to one entry: [`metadata_at`], or
+/// [`flags::at`] in the pass after every file's metadata.
+type Step = fn(&mut Parents<'_>, &Item, MetaRules) -> Result<Applied>;
+
+/// The regular file `name` in `dir`, opened without following it.
+fn open_file_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> std::io::Result<fs::File> {
+    let f = beneath::open_read(dir, name)?;
+    if beneath::is_file(&rustix::fs::fstat(&f)?) {
+        Ok(f)
+    } else {
+        Err(std::io::Error::other("no longer a regular file"))
+    }
 }
 
 /// Where [`apply_metadata`] reads and writes extended attributes: an open
@@ -2637,8 +2674,14 @@ struct Applied {
 }
 
 /// Applies an entry's metadata (with `rules.dry_run`, only finds what
-/// differs).
+/// differs), its inode flags last ([`flags`]).
 fn apply_metadata(at: Meta<'_>, item: &Item, rules: MetaRules) -> Applied {
+    let mut applied = apply_metadata_but_flags(at, item, rules);
+    flags::apply(at, item, rules, &mut applied);
+    applied
+}
+
+fn apply_metadata_but_flags(at: Meta<'_>, item: &Item, rules: MetaRules) -> Applied {
     use std::os::unix::fs::PermissionsExt;
     let mut problems = Vec::new();
     let mut changed = 0;
@@ -2813,7 +2856,7 @@ mod tests {
             assert!(!stops_restore(&io(errno)), "{errno}");
         }
         assert!(stops_restore(&Error::Interrupted));
-        let failures = Failures::new(1);
+        let failures = Failures::new(1, Path::new("/t"));
         let err = failures
             .record(Some(0), Path::new("/t/f"), io(libc::ENOSPC))
             .unwrap_err();

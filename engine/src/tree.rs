@@ -127,12 +127,74 @@ pub struct Node {
     /// Extended attributes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extended_attributes: Vec<ExtendedAttribute>,
+    /// Linux inode flags (`chattr`), Linux's `FS_*_FL` bits, only those of
+    /// [`RECORDED_INODE_FLAGS`]; omitted when none is set, so a node
+    /// without any encodes exactly as before the field existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inode_flags: u32,
     /// Content chunks of a file, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<Vec<BlobId>>,
     /// Tree of a directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subtree: Option<BlobId>,
+}
+
+/// The inode flags a backup records and a restore sets (repo-format.md
+/// §9): those a user sets with `chattr`. What the file system sets itself
+/// (extents, inline data, encryption, verity, ...) describes how the
+/// inode is stored there, not the file, and most of it cannot be set.
+pub const RECORDED_INODE_FLAGS: u32 = FS_SECRM_FL
+    | FS_UNRM_FL
+    | FS_COMPR_FL
+    | FS_SYNC_FL
+    | FS_IMMUTABLE_FL
+    | FS_APPEND_FL
+    | FS_NODUMP_FL
+    | FS_NOATIME_FL
+    | FS_NOCOMP_FL
+    | FS_JOURNAL_DATA_FL
+    | FS_NOTAIL_FL
+    | FS_DIRSYNC_FL
+    | FS_TOPDIR_FL
+    | FS_NOCOW_FL
+    | FS_PROJINHERIT_FL;
+
+// Linux's values (include/uapi/linux/fs.h), fixed by its ABI.
+/// `chattr +s`.
+pub const FS_SECRM_FL: u32 = 0x0000_0001;
+/// `chattr +u`.
+pub const FS_UNRM_FL: u32 = 0x0000_0002;
+/// `chattr +c`.
+pub const FS_COMPR_FL: u32 = 0x0000_0004;
+/// `chattr +S`.
+pub const FS_SYNC_FL: u32 = 0x0000_0008;
+/// `chattr +i`.
+pub const FS_IMMUTABLE_FL: u32 = 0x0000_0010;
+/// `chattr +a`.
+pub const FS_APPEND_FL: u32 = 0x0000_0020;
+/// `chattr +d`.
+pub const FS_NODUMP_FL: u32 = 0x0000_0040;
+/// `chattr +A`.
+pub const FS_NOATIME_FL: u32 = 0x0000_0080;
+/// `chattr +m`.
+pub const FS_NOCOMP_FL: u32 = 0x0000_0400;
+/// `chattr +j`.
+pub const FS_JOURNAL_DATA_FL: u32 = 0x0000_4000;
+/// `chattr +t`.
+pub const FS_NOTAIL_FL: u32 = 0x0000_8000;
+/// `chattr +D`.
+pub const FS_DIRSYNC_FL: u32 = 0x0001_0000;
+/// `chattr +T`.
+pub const FS_TOPDIR_FL: u32 = 0x0002_0000;
+/// `chattr +C`.
+pub const FS_NOCOW_FL: u32 = 0x0080_0000;
+/// `chattr +P`.
+pub const FS_PROJINHERIT_FL: u32 = 0x2000_0000;
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn encode_os(s: &std::ffi::OsStr) -> (String, Option<String>) {
@@ -237,6 +299,7 @@ impl Node {
             linktarget_raw: None,
             device: None,
             extended_attributes: Vec::new(),
+            inode_flags: 0,
             content: None,
             subtree: None,
         }
@@ -551,6 +614,38 @@ mod tests {
         let old: OldTree = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(old.nodes[0].extended_attributes[0].name, "user.\u{fffd}");
         assert_eq!(old.nodes[0].extended_attributes[0].value, "dHdv");
+    }
+
+    /// Inode flags round-trip under `inode_flags`, and a node without any
+    /// encodes byte for byte as before the field existed (golden vectors,
+    /// deduplication with older writers' trees).
+    #[test]
+    fn inode_flags_round_trip_and_are_absent_when_zero() {
+        let mut node = Node::new("f", NodeKind::File);
+        node.mtime = jiff::Timestamp::new(1_768_014_000, 0).unwrap();
+        node.ctime = node.mtime;
+        let plain = Tree {
+            nodes: vec![node.clone()],
+        }
+        .encode();
+        assert_eq!(
+            String::from_utf8(plain.clone()).unwrap(),
+            r#"{"nodes":[{"name":"f","type":"file","mode":420,"mtime":"2026-01-10T03:00:00Z","ctime":"2026-01-10T03:00:00Z","uid":0,"gid":0,"inode":0,"device_id":0,"size":0,"links":1}]}"#
+        );
+        assert_eq!(Tree::decode(&plain).unwrap().nodes[0].inode_flags, 0);
+
+        node.inode_flags = FS_IMMUTABLE_FL | FS_NODUMP_FL;
+        let flagged = Tree { nodes: vec![node] }.encode();
+        let json = String::from_utf8(flagged.clone()).unwrap();
+        assert!(json.contains(r#","inode_flags":80}"#), "{json}");
+        let back = Tree::decode(&flagged).unwrap();
+        assert_eq!(back.nodes[0].inode_flags, 0x10 | 0x40);
+    }
+
+    /// The recorded set is exactly the one repo-format.md §9 lists.
+    #[test]
+    fn recorded_inode_flags_are_the_documented_set() {
+        assert_eq!(RECORDED_INODE_FLAGS, 0x2083_C4FF);
     }
 
     /// Readers ignore fields they do not know, on nodes and attributes:

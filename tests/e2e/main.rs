@@ -15,6 +15,7 @@ mod find;
 mod hostile;
 mod hostile_storage;
 mod hostile_target;
+mod inode_flags;
 mod interrupt;
 mod mount;
 mod object_lock;

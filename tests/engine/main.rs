@@ -6,6 +6,7 @@
 //! - `vectors`: a checked-in golden repository must stay readable;
 //! - `vectors_name_raw`: so must one whose names are not UTF-8 (a file's,
 //!   extended attributes');
+//! - `vectors_inode_flags`: and one whose nodes carry inode flags;
 //! - `roundtrip`: backup then restore gives back the same bytes, and
 //!   deduplication stores repeated data once;
 //! - `tamper`: a flipped byte in any stored object is detected, never
@@ -39,5 +40,6 @@ mod s3_lengths;
 mod tamper;
 mod tree_reads;
 mod vectors;
+mod vectors_inode_flags;
 mod vectors_name_raw;
 mod wal;

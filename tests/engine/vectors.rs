@@ -218,6 +218,71 @@ pub(crate) fn new_vector_set(dir: &Path) -> (PathBuf, PathBuf) {
     (repo_dir, expected_path)
 }
 
+/// Backs up `tree` into a golden repository as the vector sets after v1
+/// do: one path, host and user `golden`, tagged `tag`, at `time` (UTC+1).
+pub(crate) fn back_up_golden(
+    repo: &Arc<Repository>,
+    tree: &Path,
+    tag: &str,
+    time: &str,
+) -> vault_engine::Result<backup::BackupReport> {
+    backup::backup(
+        repo,
+        Source::Paths(vec![tree.to_owned()]),
+        &BackupOptions {
+            hostname: "golden".into(),
+            username: "golden".into(),
+            tags: vec![tag.into()],
+            time: Some(snapshot_time(time, 1)),
+            upload_concurrency: 1,
+            ..BackupOptions::default()
+        },
+        &BackupProgress::default(),
+    )
+}
+
+/// `dir/expected.json` of a vector set.
+pub(crate) fn read_expected<T: serde::de::DeserializeOwned>(dir: &Path) -> T {
+    serde_json::from_slice(&std::fs::read(dir.join("expected.json")).expect("read expected.json"))
+        .expect("parse expected.json")
+}
+
+/// Writes a vector set's `expected.json` (pretty, newline-terminated).
+pub(crate) fn write_expected(path: &Path, expected: &impl Serialize) {
+    let mut json = serde_json::to_string_pretty(expected).expect("serialise");
+    json.push('\n');
+    std::fs::write(path, json).expect("write expected.json");
+}
+
+/// A vector set's repository (`dir/repo`), copied to a temporary directory
+/// and opened with `password`: it must hold one snapshot, `snapshot_id`,
+/// of `path`. Returns the copy (removed when dropped), the repository and
+/// the snapshot.
+pub(crate) fn open_single_snapshot(
+    dir: &Path,
+    password: &str,
+    snapshot_id: &str,
+    path: &str,
+) -> (
+    tempfile::TempDir,
+    Repository,
+    vault_engine::snapshot::Snapshot,
+) {
+    let copy = tempfile::tempdir().expect("tempdir");
+    crate::support::copy_dir(&dir.join("repo"), copy.path());
+    let repo = Repository::open(
+        Arc::new(LocalBackend::new(copy.path())),
+        &Password::new(password),
+    )
+    .expect("open the golden repository");
+    let mut snapshots = repo.snapshots().expect("list snapshots");
+    assert_eq!(snapshots.len(), 1);
+    let (id, snapshot) = snapshots.remove(0);
+    assert_eq!(id.to_hex(), snapshot_id);
+    assert_eq!(snapshot.paths, [path]);
+    (copy, repo, snapshot)
+}
+
 /// A new repository in `repo_dir` with the golden password, master key,
 /// KDF, chunker and pack size, host and user `golden`.
 pub(crate) fn init_golden(repo_dir: &Path) -> Arc<Repository> {

@@ -15,18 +15,14 @@
 
 use crate::support::{blake3_hex, restore_tree};
 use crate::vectors::{
-    GOLDEN_PASSWORD, golden_key_bytes, init_golden, mtime_of, new_vector_set, snapshot_time,
+    GOLDEN_PASSWORD, back_up_golden, golden_key_bytes, init_golden, mtime_of, new_vector_set,
+    open_single_snapshot, read_expected, write_expected,
 };
 use serde::{Deserialize, Serialize};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use vault_engine::backend::LocalBackend;
-use vault_engine::backup::{self, BackupOptions, BackupProgress, Source};
-use vault_engine::crypto::Password;
-use vault_engine::repository::Repository;
 
 /// The file's name: Latin-1 `café.txt`.
 const FILE_NAME: &[u8] = b"caf\xe9.txt";
@@ -114,20 +110,8 @@ fn vectors_name_raw_generate() {
     filetime::set_file_times(&file, t, t).expect("set times");
 
     let repo = init_golden(&repo_dir);
-    let report = backup::backup(
-        &repo,
-        Source::Paths(vec![tree.clone()]),
-        &BackupOptions {
-            hostname: "golden".into(),
-            username: "golden".into(),
-            tags: vec!["name-raw".into()],
-            time: Some(snapshot_time("2026-11-25T10:00:00+01:00", 1)),
-            upload_concurrency: 1,
-            ..BackupOptions::default()
-        },
-        &BackupProgress::default(),
-    )
-    .expect("back up the golden tree");
+    let report = back_up_golden(&repo, &tree, "name-raw", "2026-11-25T10:00:00+01:00")
+        .expect("back up the golden tree");
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 
     let meta = std::fs::metadata(&file).expect("stat");
@@ -145,34 +129,23 @@ fn vectors_name_raw_generate() {
             xattrs: expected_xattrs(),
         },
     };
-    let mut json = serde_json::to_string_pretty(&expected).expect("serialise");
-    json.push('\n');
-    std::fs::write(&expected_path, json).expect("write expected.json");
+    write_expected(&expected_path, &expected);
 }
 
 #[test]
 fn vectors_name_raw_still_readable() {
     let dir = vectors_dir();
-    let expected: Expected = serde_json::from_slice(
-        &std::fs::read(dir.join("expected.json")).expect("read expected.json"),
-    )
-    .expect("parse expected.json");
+    let expected: Expected = read_expected(&dir);
     assert_eq!(expected.file.xattrs, expected_xattrs());
     let name = hex::decode(&expected.file.name_hex).expect("hex name");
     assert_eq!(name, FILE_NAME);
 
-    let copy = tempfile::tempdir().expect("tempdir");
-    crate::support::copy_dir(&dir.join("repo"), copy.path());
-    let repo = Repository::open(
-        Arc::new(LocalBackend::new(copy.path())),
-        &Password::new(expected.password.as_str()),
-    )
-    .expect("open the golden repository");
-    let snapshots = repo.snapshots().expect("list snapshots");
-    assert_eq!(snapshots.len(), 1);
-    let (id, snapshot) = &snapshots[0];
-    assert_eq!(id.to_hex(), expected.snapshot_id);
-    assert_eq!(snapshot.paths, std::slice::from_ref(&expected.path));
+    let (_copy, repo, snapshot) = open_single_snapshot(
+        &dir,
+        &expected.password,
+        &expected.snapshot_id,
+        &expected.path,
+    );
 
     // The stored tree: the exact bytes, in the fields the spec names.
     let index = repo.load_index().expect("load index");

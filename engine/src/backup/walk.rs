@@ -358,7 +358,49 @@ pub(crate) fn node_from_metadata(
         node.set_link_target(target.as_os_str());
     }
     node.extended_attributes = read_xattrs(path, problems);
+    if matches!(kind, NodeKind::File | NodeKind::Dir) {
+        node.inode_flags = read_inode_flags(path, kind, problems);
+    }
     Some(node)
+}
+
+/// The entry's inode flags (`lsattr`), only those a restore sets again
+/// ([`crate::tree::RECORDED_INODE_FLAGS`]). Only files and directories:
+/// the ioctl needs the entry open, and opening a device or a fifo acts on
+/// it. A file system without the ioctl has no flags to lose; an entry that
+/// cannot be opened (no permission, gone or swapped for a symlink since it
+/// was listed) is reported by the read of its content or listing, or seen
+/// by the next backup, not twice.
+fn read_inode_flags(path: &Path, kind: NodeKind, problems: &mut Vec<String>) -> u32 {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::io::Errno;
+    // A directory may be reached through a symlink (an ancestor of a
+    // backed-up path, recorded as the directory it leads to); DIRECTORY
+    // opens nothing else. A file is never followed: what a symlink swapped
+    // in since the listing leads to may be a device. NONBLOCK: nor does
+    // the open wait on a fifo.
+    let how = match kind {
+        NodeKind::Dir => OFlags::DIRECTORY,
+        _ => OFlags::NOFOLLOW,
+    } | OFlags::RDONLY
+        | OFlags::NONBLOCK
+        | OFlags::NOCTTY
+        | OFlags::CLOEXEC;
+    let read = rustix::fs::open(path, how, Mode::empty())
+        .map_err(|e| (e, true))
+        .and_then(|fd| rustix::fs::ioctl_getflags(&fd).map_err(|e| (e, false)));
+    match read {
+        Ok(flags) => flags.bits() & crate::tree::RECORDED_INODE_FLAGS,
+        Err((Errno::NOTTY | Errno::OPNOTSUPP | Errno::INVAL, false))
+        | Err((Errno::ACCESS | Errno::NOENT | Errno::LOOP | Errno::NOTDIR, true)) => 0,
+        Err((e, _)) => {
+            problems.push(format!(
+                "inode flags (lsattr) not saved: {}",
+                std::io::Error::from(e)
+            ));
+            0
+        }
+    }
 }
 
 /// The entry's own extended attributes: a symlink's, not its target's

@@ -21,9 +21,11 @@ pub(super) const MODE: u16 = 1 << 5;
 /// Extended attributes (POSIX ACLs among them) set or removed.
 pub(super) const XATTRS: u16 = 1 << 6;
 pub(super) const TIMES: u16 = 1 << 7;
+/// Inode flags (`chattr`) added.
+pub(super) const FLAGS: u16 = 1 << 8;
 
 /// The words the report uses, by bit.
-const NAMES: [(u16, &str); 8] = [
+const NAMES: [(u16, &str); 9] = [
     (CREATED, "created"),
     (REPLACED, "replaced"),
     (CONTENT, "content"),
@@ -32,6 +34,7 @@ const NAMES: [(u16, &str); 8] = [
     (MODE, "mode"),
     (XATTRS, "xattrs"),
     (TIMES, "times"),
+    (FLAGS, "flags"),
 ];
 
 /// An entry the restore changed (or, in a dry run, would change), and
@@ -40,7 +43,7 @@ const NAMES: [(u16, &str); 8] = [
 pub struct ChangedEntry {
     pub path: String,
     /// Among `created`, `replaced`, `content`, `size`, `owner`, `mode`,
-    /// `xattrs`, `times`.
+    /// `xattrs`, `times`, `flags`.
     pub changes: Vec<&'static str>,
 }
 
