@@ -270,6 +270,8 @@ enum FileOutcome {
     Content {
         ids: Vec<ContentId>,
         size: u64,
+        /// Its inode flags, read through the descriptor that read it.
+        inode_flags: u32,
         /// The file found at the path when it was opened, if it was not
         /// the one listed (replaced by a rename): its own metadata.
         replaced: Option<Box<Node>>,
@@ -925,9 +927,16 @@ impl Ctx<'_> {
                         path.display()
                     );
                 }
+                let mut problems = Vec::new();
+                let inode_flags =
+                    walk::inode_flags_of(std::os::fd::AsFd::as_fd(&file), &mut problems);
+                for problem in problems {
+                    self.record_error(path, problem);
+                }
                 Ok(FileOutcome::Content {
                     ids,
                     size,
+                    inode_flags,
                     replaced,
                 })
             }
@@ -994,11 +1003,13 @@ impl Ctx<'_> {
                     FileOutcome::Content {
                         ids,
                         size,
+                        inode_flags,
                         replaced,
                     } => {
                         if let Some(found) = replaced {
                             node = *found;
                         }
+                        node.inode_flags = inode_flags;
                         let ids = ids
                             .into_iter()
                             .map(|mut c| resolve(&mut c))
@@ -1624,6 +1635,14 @@ impl Walker<'_, '_> {
                         .is_some_and(|c| c.iter().all(|id| ctx.saver.contains(id)))
                 {
                     node.content.clone_from(&old.content);
+                    // Read again, not taken from the parent: a snapshot
+                    // by a vault before inode flags has none for a file
+                    // whose flags predate it.
+                    let mut problems = Vec::new();
+                    node.inode_flags = walk::read_inode_flags(path, NodeKind::File, &mut problems);
+                    for problem in problems {
+                        ctx.record_error(path, problem);
+                    }
                     ctx.counters
                         .files_unmodified
                         .fetch_add(1, Ordering::Relaxed);

@@ -358,7 +358,9 @@ pub(crate) fn node_from_metadata(
         node.set_link_target(target.as_os_str());
     }
     node.extended_attributes = read_xattrs(path, problems);
-    if matches!(kind, NodeKind::File | NodeKind::Dir) {
+    // A file's are read by the descriptor that reads its content, or taken
+    // from the parent snapshot when it is unchanged (`inode_flags_of`).
+    if kind == NodeKind::Dir {
         node.inode_flags = read_inode_flags(path, kind, problems);
     }
     Some(node)
@@ -371,9 +373,10 @@ pub(crate) fn node_from_metadata(
 /// cannot be opened (no permission, gone or swapped for a symlink since it
 /// was listed) is reported by the read of its content or listing, or seen
 /// by the next backup, not twice.
-fn read_inode_flags(path: &Path, kind: NodeKind, problems: &mut Vec<String>) -> u32 {
+pub(crate) fn read_inode_flags(path: &Path, kind: NodeKind, problems: &mut Vec<String>) -> u32 {
     use rustix::fs::{Mode, OFlags};
     use rustix::io::Errno;
+    use std::os::fd::AsFd;
     // A directory may be reached through a symlink (an ancestor of a
     // backed-up path, recorded as the directory it leads to); DIRECTORY
     // opens nothing else. A file is never followed: what a symlink swapped
@@ -386,14 +389,26 @@ fn read_inode_flags(path: &Path, kind: NodeKind, problems: &mut Vec<String>) -> 
         | OFlags::NONBLOCK
         | OFlags::NOCTTY
         | OFlags::CLOEXEC;
-    let read = rustix::fs::open(path, how, Mode::empty())
-        .map_err(|e| (e, true))
-        .and_then(|fd| rustix::fs::ioctl_getflags(&fd).map_err(|e| (e, false)));
-    match read {
+    match rustix::fs::open(path, how, Mode::empty()) {
+        Ok(fd) => inode_flags_of(fd.as_fd(), problems),
+        Err(Errno::ACCESS | Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => 0,
+        Err(e) => {
+            problems.push(format!(
+                "inode flags (lsattr) not saved: {}",
+                std::io::Error::from(e)
+            ));
+            0
+        }
+    }
+}
+
+/// [`read_inode_flags`] of an entry open already (a file being read).
+pub(crate) fn inode_flags_of(fd: std::os::fd::BorrowedFd<'_>, problems: &mut Vec<String>) -> u32 {
+    use rustix::io::Errno;
+    match rustix::fs::ioctl_getflags(fd) {
         Ok(flags) => flags.bits() & crate::tree::RECORDED_INODE_FLAGS,
-        Err((Errno::NOTTY | Errno::OPNOTSUPP | Errno::INVAL, false))
-        | Err((Errno::ACCESS | Errno::NOENT | Errno::LOOP | Errno::NOTDIR, true)) => 0,
-        Err((e, _)) => {
+        Err(Errno::NOTTY | Errno::OPNOTSUPP | Errno::INVAL) => 0,
+        Err(e) => {
             problems.push(format!(
                 "inode flags (lsattr) not saved: {}",
                 std::io::Error::from(e)
