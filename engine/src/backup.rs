@@ -258,6 +258,11 @@ struct Ctx<'a> {
     /// The first error of the readers or the finalizer; the walker stops.
     failure: Mutex<Option<Error>>,
     stop: AtomicBool,
+    /// The parent snapshot's trees record inode flags
+    /// ([`Snapshot::inode_flags`]): an unchanged file's are taken from
+    /// there, not read again (an open and an ioctl per file: a third more
+    /// time for an unchanged re-backup of 52k files).
+    parent_has_flags: bool,
 }
 
 /// A file's content as a reader produced it: ids, some still being hashed.
@@ -384,6 +389,7 @@ pub fn backup(
         counters: Counters::default(),
         failure: Mutex::new(None),
         stop: AtomicBool::new(false),
+        parent_has_flags: parent.as_ref().is_some_and(|(_, snap)| snap.inode_flags),
     };
     let walked = match source {
         Source::Paths(list) => save_paths(&ctx, excludes, &list, parent_tree.as_ref()),
@@ -455,6 +461,7 @@ pub fn backup(
         parent: parent.map(|(id, _)| id),
         original: None,
         program_version: format!("vault {}", env!("CARGO_PKG_VERSION")),
+        inode_flags: true,
         summary: SnapshotSummary {
             backup_start: Some(start),
             backup_end: Some(jiff::Timestamp::now()),
@@ -1635,14 +1642,21 @@ impl Walker<'_, '_> {
                         .is_some_and(|c| c.iter().all(|id| ctx.saver.contains(id)))
                 {
                     node.content.clone_from(&old.content);
-                    // Read again, not taken from the parent: a snapshot
-                    // by a vault before inode flags has none for a file
-                    // whose flags predate it.
-                    let mut problems = Vec::new();
-                    node.inode_flags = walk::read_inode_flags(path, NodeKind::File, &mut problems);
-                    for problem in problems {
-                        ctx.record_error(path, problem);
-                    }
+                    // Changing them changes the ctime: an unchanged
+                    // file's are the parent's, when it recorded them (a
+                    // snapshot by a vault before inode flags has none for
+                    // flags set before it).
+                    node.inode_flags =
+                        if ctx.parent_has_flags && !ctx.options.change_detection.ignore_ctime {
+                            old.inode_flags
+                        } else {
+                            let mut problems = Vec::new();
+                            let flags = walk::read_inode_flags(path, NodeKind::File, &mut problems);
+                            for problem in problems {
+                                ctx.record_error(path, problem);
+                            }
+                            flags
+                        };
                     ctx.counters
                         .files_unmodified
                         .fetch_add(1, Ordering::Relaxed);

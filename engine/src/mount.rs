@@ -330,6 +330,7 @@ mod tests {
                     parent: None,
                     original: None,
                     program_version: "t".into(),
+                    inode_flags: false,
                     summary: SnapshotSummary::default(),
                     extra: serde_json::Map::new(),
                 },

@@ -612,6 +612,8 @@ pub fn recover(
         parent: None,
         original: None,
         program_version: format!("vault {}", env!("CARGO_PKG_VERSION")),
+        // Trees found lying about: whoever wrote them.
+        inode_flags: false,
         summary: crate::snapshot::SnapshotSummary {
             dirs_total: roots.len() as u64 + 1,
             ..crate::snapshot::SnapshotSummary::default()

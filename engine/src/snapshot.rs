@@ -70,6 +70,12 @@ pub struct Snapshot {
     pub original: Option<SnapshotId>,
     /// Writer version.
     pub program_version: String,
+    /// Whether the backup recorded inode flags (repo-format.md §9): a
+    /// file node without `inode_flags` has none. Snapshots by vault before
+    /// inode flags lack it, and a later backup reads the flags of files
+    /// it finds unchanged since such a parent rather than take none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inode_flags: bool,
     /// Counters.
     #[serde(default)]
     pub summary: SnapshotSummary,
@@ -429,6 +435,7 @@ mod select_tests {
             parent: None,
             original: None,
             program_version: "t".into(),
+            inode_flags: false,
             summary: SnapshotSummary::default(),
             extra: serde_json::Map::new(),
         };

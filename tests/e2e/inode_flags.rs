@@ -247,3 +247,29 @@ fn inode_flags_are_repaired_in_place_and_left_out_by_non_root() {
     }
     assert_eq!(std::fs::read(restored.join("log")).unwrap(), b"append only");
 }
+
+/// An unchanged file's flags come from the parent snapshot (no open and
+/// ioctl per file: a third more time for an unchanged re-backup), which
+/// says it recorded them; changing a file's flags changes its ctime, so the
+/// next backup reads them again.
+#[test]
+fn an_unchanged_file_keeps_its_flags_and_a_changed_one_is_read_again() {
+    let Some(dir) = FlagDir::new() else {
+        return;
+    };
+    let env = Env::new();
+    let src = make_source(&dir);
+    let flags_of = |name: &str| {
+        let nodes = env.tree_nodes(&format!("latest:{}", src.display()));
+        let node = nodes.iter().find(|n| n["name"] == name).unwrap();
+        node["inode_flags"].as_u64().unwrap_or(0)
+    };
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    assert_eq!(env.snapshots()[0]["inode_flags"], true);
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    assert_eq!((flags_of("locked"), flags_of("log")), (0x10, 0x20));
+    assert!(chattr("-a", &src.join("log")));
+    let out = env.json(&["backup", src.to_str().unwrap()]);
+    assert_eq!(out["files_unmodified"].as_u64(), Some(4), "{out}");
+    assert_eq!((flags_of("locked"), flags_of("log")), (0x10, 0));
+}
