@@ -1251,7 +1251,13 @@ fn restore_on_pool(
     items
         .par_iter()
         .enumerate()
-        .filter(|&(idx, i)| i.kind != NodeKind::Dir && !owned[idx] && !left(idx))
+        // A file if-changed found right, content and metadata, when it
+        // read it (before changing anything) is not read again: a second
+        // name of it shares its inode.
+        .filter(|&(idx, i)| {
+            let right_already = i.kind == NodeKind::File && changed.untouched(idx);
+            i.kind != NodeKind::Dir && !owned[idx] && !left(idx) && !right_already
+        })
         .try_for_each_init(
             || Parents::new(beneath),
             |parents, (idx, item)| finish(parents, idx, item, metadata_at),

@@ -65,6 +65,14 @@ impl Changes {
         !self.0.is_empty()
     }
 
+    /// Whether entry `idx` was found as the snapshot has it, in all that
+    /// was judged of it (tracked only).
+    pub(super) fn untouched(&self, idx: usize) -> bool {
+        self.0
+            .get(idx)
+            .is_some_and(|at| at.load(Ordering::Relaxed) == 0)
+    }
+
     pub(super) fn mark(&self, idx: usize, bits: u16) {
         if bits != 0
             && let Some(at) = self.0.get(idx)
