@@ -695,6 +695,8 @@ fn restore_on_pool(
     let failures = Failures::new(items.len(), &options.target);
     let is_root = nix::unistd::geteuid().is_root();
     let changed = Changes::new(items.len(), options.overwrite == Overwrite::IfChanged);
+    // How entries are judged for `changed`, before anything changes them.
+    let judging = dry_run_meta();
 
     // 2. Skeleton: directories, empty files, links, special files.
     let mut hardlinks: HashMap<(u64, u64), usize> = HashMap::new();
@@ -783,8 +785,7 @@ fn restore_on_pool(
                 let made = match beneath::stat_at(dir, name) {
                     Ok(m) if beneath::is_dir(&m) => {
                         if changed.tracked() {
-                            let found =
-                                apply_metadata(Meta::At { dir, name }, item, dry_run_meta());
+                            let found = apply_metadata(Meta::At { dir, name }, item, judging);
                             changed.mark(idx, found.changed);
                         }
                         beneath::open_up(dir, name, &m, is_root);
@@ -974,7 +975,7 @@ fn restore_on_pool(
                     if compared.is_some()
                         && let Ok((dir, name)) = parents.of(&item.path)
                     {
-                        let found = apply_metadata(Meta::At { dir, name }, item, dry_run_meta());
+                        let found = apply_metadata(Meta::At { dir, name }, item, judging);
                         changed.mark(idx, found.changed);
                     }
                     changed.mark(idx, bits);
