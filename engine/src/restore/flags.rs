@@ -11,7 +11,11 @@
 //! engine that did not record flags does not say the entry had none, and
 //! an immutable entry stays so until its owner says otherwise.
 
-use super::{Applied, Beneath, Item, Meta, MetaRules, Parents, changes};
+use super::beneath::{Beneath, Parents};
+use super::changes;
+use super::content::in_dir_of;
+use super::item::Item;
+use super::metadata::{Applied, Meta, MetaRules, open_file_at};
 use crate::error::{Error, Result};
 use crate::tree::{FS_APPEND_FL, FS_IMMUTABLE_FL, NodeKind};
 use rustix::fs::IFlags;
@@ -27,9 +31,9 @@ pub(super) fn deferred(item: &Item, rules: MetaRules) -> bool {
 /// Sets the inode flags of a file [`deferred`] to this pass.
 pub(super) fn at(parents: &mut Parents<'_>, item: &Item, rules: MetaRules) -> Result<Applied> {
     let path = &item.path;
-    let (dir, name) = parents.of(path).map_err(|e| super::in_dir_of(path, e))?;
-    let file = super::open_file_at(dir, name)
-        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
+    let file =
+        open_file_at(dir, name).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     let mut applied = Applied::default();
     set(Meta::File(&file), item, rules, &mut applied);
     Ok(applied)
