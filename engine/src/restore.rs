@@ -19,7 +19,7 @@ use crate::pattern::Pattern;
 use crate::repository::Repository;
 use crate::tree::{Extents, Node, NodeKind, Tree};
 use crate::tree_reader::TreeReader;
-use beneath::{Beneath, Parents};
+use beneath::Beneath;
 use changes::Changes;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -39,27 +39,25 @@ mod dry_run;
 mod existing;
 mod failures;
 mod flags;
+mod hardlinks;
 mod item;
 mod metadata;
 mod report;
 mod select;
+mod skeleton;
 mod verify;
 
 pub use changes::ChangedEntry;
-use content::{Content, Want, Write1, idx_u32, into_runs, prepare_file};
+use content::Content;
 use delete::delete_extras;
-use dir_links::{judge_link, kept_places, not_kept_error, replaced_warning};
+use dir_links::kept_places;
 use dry_run::plan_only;
-use existing::{
-    Compared, compare_existing, created_or_replaced, existing_chunks_ok, file_changes,
-    keep_special, same_file,
-};
 use failures::Failures;
-use item::{Item, group_of, link_groups};
-use metadata::{Meta, MetaRules, Step, apply_metadata, dry_run_meta, metadata_at};
+use hardlinks::link_groups;
+use metadata::{MetaRules, dry_run_meta};
 pub use report::{DamagedEntry, DamagedFile, FailedEntry, KeptLink, RestoreReport};
 pub(crate) use select::content_size_mismatch;
-use select::{add_ancestors, check_sizes, is_ancestor_of_include, keep_newer, matches_include};
+use select::{check_sizes, keep_newer};
 use verify::verify_restored;
 
 /// What to do with files that already exist at the target.
@@ -305,67 +303,7 @@ fn restore_on_pool(
     let started = std::time::Instant::now();
     let phase = |name: &str| tracing::debug!("restore: {name} done at {:?}", started.elapsed());
     // 1. Plan: the nodes to restore.
-    let mut items: Vec<Item> = Vec::new();
-    // Directories passed over, for the ancestors of what a relative include
-    // selects further down (known only once the walk gets there; an
-    // absolute include names its ancestors up front).
-    let relative = options
-        .includes
-        .iter()
-        .any(|p| !p.as_bytes().starts_with(b"/"));
-    let mut passed: HashMap<PathBuf, Item> = HashMap::new();
-    let mut matched = false;
-    // The first excluded path an include selects (or leads to): an include
-    // that matches nothing else was emptied by --exclude, not mistyped.
-    let mut excluded_match: Option<PathBuf> = None;
-    walk(repo, index, root, &mut |path, node| {
-        // Planning a large tree takes a while: Ctrl-C must not wait for it.
-        if options.cancel.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted);
-        }
-        if excludes.is_excluded(path, node.kind == NodeKind::Dir) {
-            if excluded_match.is_none()
-                && !options.includes.is_empty()
-                && (matches_include(path, &includes, &options.includes)
-                    || is_ancestor_of_include(path, &options.includes))
-            {
-                excluded_match = Some(path.to_owned());
-            }
-            return Ok(false);
-        }
-        let included = matches_include(path, &includes, &options.includes);
-        matched |= included;
-        let selected = included
-            || (node.kind == NodeKind::Dir && is_ancestor_of_include(path, &options.includes));
-        let restored = options.target.join(path.strip_prefix("/").unwrap_or(path));
-        if selected {
-            items.push(Item::new(restored, node));
-        } else if node.kind == NodeKind::Dir && relative {
-            passed.insert(restored.clone(), Item::new(restored, node));
-        }
-        Ok(true)
-    })?;
-    if !options.includes.is_empty() {
-        if !matched {
-            let given = (options.includes.iter())
-                .map(|p| p.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(Error::InvalidInput(match excluded_match {
-                Some(path) => format!(
-                    "--include {given} selects only what --exclude removes ({} is excluded)",
-                    path.display()
-                ),
-                // A relative include may match below an excluded
-                // directory, where the walk never looks.
-                None if !options.excludes.is_empty() => format!(
-                    "--include {given} matches nothing in the snapshot outside what --exclude removes"
-                ),
-                None => format!("--include {given} matches nothing in the snapshot"),
-            }));
-        }
-        add_ancestors(&mut items, passed, &options.target);
-    }
+    let mut items = select::entries(repo, index, root, options, &includes, &excludes)?;
 
     // Into a missing or empty target nothing can be in the way; otherwise
     // look at every path (on every core: one stat each).
@@ -431,410 +369,84 @@ fn restore_on_pool(
     let judging = dry_run_meta();
 
     // 2. Skeleton: directories, empty files, links, special files.
-    let mut hardlinks: HashMap<(u64, u64), usize> = HashMap::new();
-    let mut fresh = vec![false; items.len()];
-    // Entries the skeleton did not create (sockets, damaged symlinks): no
-    // metadata to apply, and no complaints about a path that is not there.
-    let mut absent = vec![false; items.len()];
-    // Directories whose place a symlink to a directory holds, kept
-    // (`judge_link`): restored through, but none of their metadata applied.
-    let mut kept_link = vec![false; items.len()];
-    let mut kept_places_found = Vec::new();
-    // Files to fill with content, by item.
-    let mut content_files: Vec<usize> = Vec::new();
-    // Second and later names of hard-linked files, by item (first name,
-    // this name): linked once the first name exists.
-    let mut links: Vec<(usize, usize)> = Vec::new();
-    // Directories known to exist. Items come parents first, so this is
-    // nearly always a lookup; calling create_dir_all for every item cost a
-    // failing mkdir and a stat per file, on this one thread.
-    let mut dirs_made: std::collections::HashSet<&Path> = std::collections::HashSet::new();
-    dirs_made.insert(options.target.as_path());
-    // Directories that could not be made, with the number of their
-    // failure: what belongs below one is skipped and counted there rather
-    // than failing (and listed) once per entry.
-    let mut dirs_failed: HashMap<&Path, usize> = HashMap::new();
-    let below_failed = |at: usize| {
-        failures.entries.lock().expect("ok")[at].entries_below += 1;
-    };
-    let mut parents = Parents::new(beneath);
-    for (idx, item) in items.iter().enumerate() {
-        if idx % 1024 == 0 && options.cancel.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted);
-        }
-        let path: &Path = &item.path;
-        if let Some(parent) = path.parent()
-            && !dirs_made.contains(parent)
-        {
-            let at = match dirs_failed.get(parent) {
-                Some(&at) => Some(at),
-                None => match beneath.make_dirs(parent) {
-                    Ok(()) => {
-                        dirs_made.insert(parent);
-                        None
-                    }
-                    Err(e) => {
-                        let e = Error::io(format!("creating {}", parent.display()), e);
-                        let at = failures.record(None, parent, e)?;
-                        dirs_failed.insert(parent, at);
-                        Some(at)
-                    }
-                },
-            };
-            if let Some(at) = at {
-                failures.failed[idx].store(true, Ordering::Relaxed);
-                below_failed(at);
-                if item.kind == NodeKind::Dir {
-                    dirs_failed.insert(path, at);
-                }
-                continue;
-            }
-        }
-        // Where the entry goes: a directory on the way that is not one
-        // (swapped for a symlink since it was made) fails the entry.
-        let (dir, name) = match parents.of(path) {
-            Ok(at) => at,
-            Err(e) => {
-                let e = Error::io(format!("opening the directory of {}", path.display()), e);
-                let at = failures.record(Some(idx), path, e)?;
-                if item.kind == NodeKind::Dir {
-                    dirs_failed.insert(path, at);
-                }
-                continue;
-            }
-        };
-        let replacing = |e| Error::io(format!("replacing {}", path.display()), e);
-        let remove_existing = || beneath::remove(dir, name, is_root).map_err(replacing);
-        let made: Result<()> = match item.kind {
-            NodeKind::Dir => {
-                // Never follow a symlink where a directory belongs: content
-                // would land outside the target.
-                let creating = |e| Error::io(format!("creating {}", path.display()), e);
-                let private_dir = || {
-                    rustix::fs::mkdirat(dir, name, rustix::fs::Mode::from_raw_mode(0o700))
-                        .map_err(|e| creating(e.into()))
-                };
-                let made = match beneath::stat_at(dir, name) {
-                    Ok(m) if beneath::is_dir(&m) => {
-                        if changed.tracked() {
-                            let found = apply_metadata(Meta::At { dir, name }, item, judging);
-                            changed.mark(idx, found.changed);
-                        }
-                        beneath::open_up(dir, name, &m, is_root);
-                        Ok(())
-                    }
-                    Ok(m) if beneath::is_symlink(&m) => {
-                        match judge_link(beneath, path, &items, &mut kept_places_found) {
-                            Ok(kept) => {
-                                kept_link[idx] = true;
-                                report.kept_links.push(kept);
-                                Ok(())
-                            }
-                            Err(why) if options.overwrite == Overwrite::Never => {
-                                return Err(not_kept_error(path, &why));
-                            }
-                            Err(why) => {
-                                report.warnings.push(replaced_warning(path, &why));
-                                changed.mark(idx, changes::REPLACED);
-                                remove_existing().and_then(|()| private_dir())
-                            }
-                        }
-                    }
-                    Ok(_) if options.overwrite == Overwrite::Never => {
-                        return Err(Error::InvalidInput(format!(
-                            "{} already exists and is not a directory; pass --overwrite to replace it",
-                            path.display()
-                        )));
-                    }
-                    Ok(_) => {
-                        changed.mark(idx, changes::REPLACED);
-                        remove_existing().and_then(|()| private_dir())
-                    }
-                    Err(_) => {
-                        changed.mark(idx, changes::CREATED);
-                        private_dir()
-                    }
-                };
-                match made {
-                    Ok(()) => {
-                        dirs_made.insert(path);
-                    }
-                    Err(e) => {
-                        let at = failures.record(Some(idx), path, e)?;
-                        dirs_failed.insert(path, at);
-                    }
-                }
-                Ok(())
-            }
-            NodeKind::File => {
-                if let Some(key) = item.hardlink() {
-                    if let Some(&first) = hardlinks.get(&key) {
-                        links.push((first, idx));
-                        continue;
-                    }
-                    hardlinks.insert(key, idx);
-                }
-                content_files.push(idx);
-                Ok(())
-            }
-            NodeKind::Symlink => {
-                // A target no file system holds is damage to this entry
-                // alone (what is in its place is left alone), not a
-                // failure of the restore.
-                let Ok(target) = item.link_target() else {
-                    absent[idx] = true;
-                    report.damaged_entries.extend(item.damage());
-                    continue;
-                };
-                if keep_special(&changed, idx, (dir, name), item) {
-                    continue;
-                }
-                remove_existing().and_then(|()| {
-                    rustix::fs::symlinkat(target, dir, name).map_err(|e| {
-                        Error::io(format!("creating symlink {}", path.display()), e.into())
-                    })
-                })
-            }
-            // A fifo and a device node the target refuses are alike: the
-            // entry is not restored.
-            NodeKind::Fifo if keep_special(&changed, idx, (dir, name), item) => continue,
-            NodeKind::Fifo => remove_existing().and_then(|()| {
-                let mode = rustix::fs::Mode::from_raw_mode(item.mode & 0o7777);
-                rustix::fs::mknodat(dir, name, rustix::fs::FileType::Fifo, mode, 0)
-                    .map_err(|e| Error::io(format!("creating fifo {}", path.display()), e.into()))
-            }),
-            NodeKind::Dev | NodeKind::Chardev if keep_special(&changed, idx, (dir, name), item) => {
-                continue;
-            }
-            NodeKind::Dev | NodeKind::Chardev => {
-                let kind = if item.kind == NodeKind::Dev {
-                    rustix::fs::FileType::BlockDevice
-                } else {
-                    rustix::fs::FileType::CharacterDevice
-                };
-                let made = remove_existing().map(|()| {
-                    rustix::fs::mknodat(
-                        dir,
-                        name,
-                        kind,
-                        rustix::fs::Mode::from_raw_mode(item.mode & 0o7777),
-                        item.rare.as_ref().and_then(|r| r.device).unwrap_or(0),
-                    )
-                });
-                match made {
-                    Ok(Err(rustix::io::Errno::PERM)) if options.devices_need_root_ok => {
-                        absent[idx] = true;
-                        report.devices_not_created.push(path.display().to_string());
-                        continue;
-                    }
-                    Ok(r) => r.map_err(|e| {
-                        Error::io(format!("creating device node {}", path.display()), e.into())
-                    }),
-                    Err(e) => Err(e),
-                }
-            }
-            NodeKind::Socket => {
-                // Sockets are recreated by the program that owns them.
-                absent[idx] = true;
-                Ok(())
-            }
-        };
-        if let Err(e) = made {
-            failures.record(Some(idx), path, e)?;
-        }
-    }
-    drop(parents);
-    drop(dirs_made);
-    drop(dirs_failed);
-    drop(hardlinks);
-
+    let skeleton::Skeleton {
+        content_files,
+        links,
+        absent,
+        kept_link,
+        kept_places: kept_places_found,
+    } = skeleton::make(
+        &items,
+        beneath,
+        options,
+        &failures,
+        &changed,
+        judging,
+        is_root,
+        &mut report,
+    )?;
     phase("skeleton");
-    // When resuming (if-changed) every file is sized first, then what it
-    // holds already is compared with the snapshot: unchanged chunks are
-    // never fetched.
+    let mut fresh = vec![false; items.len()];
+    // When resuming (if-changed) what each file holds already is compared
+    // with the snapshot first: chunks it holds are never fetched.
     let resuming = options.overwrite == Overwrite::IfChanged;
     let groups = if resuming {
         link_groups(&items)
     } else {
         HashMap::new()
     };
-    // A file that cannot be created or sized is recorded and gets no
-    // content: the pack workers skip it.
-    let prepare = |files: Vec<usize>| -> Result<Vec<(usize, bool)>> {
-        let prepared: Vec<Option<(usize, bool)>> = files
-            .into_par_iter()
-            .map_init(
-                || Parents::new(beneath),
-                |parents, idx| {
-                    let item = &items[idx];
-                    let names = group_of(&groups, item);
-                    let prepared = prepare_file(
-                        parents,
-                        &item.path,
-                        item.size,
-                        options.overwrite,
-                        names,
-                        is_root,
-                    );
-                    match prepared {
-                        Ok(fresh) => Ok(Some((idx, fresh))),
-                        Err(e) => failures.record(Some(idx), &item.path, e).map(|_| None),
-                    }
-                },
-            )
-            .collect::<Result<_>>()?;
-        Ok(prepared.into_iter().flatten().collect())
-    };
-    let verified: Vec<Vec<bool>> = if resuming {
-        // What is there is read and compared first, through a read-only
-        // descriptor: a file identical to the snapshot is kept as it is,
-        // whatever its write permission (immutable, on a read-only mount,
-        // in a read-only directory someone else owns). Only one that
-        // differs is opened for writing, or made anew.
-        let compared: Vec<Option<Compared>> = content_files
-            .par_iter()
-            .map_init(
-                || Parents::new(beneath),
-                |parents, &idx| {
-                    let item = &items[idx];
-                    let compared =
-                        compare_existing(repo, index, parents, item, group_of(&groups, item));
-                    let bits = file_changes(parents, item, compared.as_ref());
-                    // Judged before anything is changed: rewriting a file
-                    // changes its mode and times on the way, and the
-                    // metadata pass reaches a hard-linked file by each of
-                    // its names, the first of them finding it right.
-                    if compared.is_some()
-                        && let Ok((dir, name)) = parents.of(&item.path)
-                    {
-                        let found = apply_metadata(Meta::At { dir, name }, item, judging);
-                        changed.mark(idx, found.changed);
-                    }
-                    changed.mark(idx, bits);
-                    compared
-                },
-            )
-            .collect();
-        let differing = (content_files.iter().zip(&compared))
-            .filter(|(_, c)| !c.as_ref().is_some_and(|c| c.identical))
-            .map(|(&idx, _)| idx)
-            .collect();
-        for (idx, is_fresh) in prepare(differing)? {
-            fresh[idx] = is_fresh;
-        }
-        content_files
-            .par_iter()
-            .zip(compared)
-            .map_init(
-                || Parents::new(beneath),
-                |parents, (&idx, compared)| {
-                    if failures.is_failed(idx) {
-                        return Vec::new();
-                    }
-                    let item = &items[idx];
-                    match compared {
-                        // Kept, or written in place at the size it had: what
-                        // was read holds.
-                        Some(c) if c.identical || (!fresh[idx] && c.len == item.size) => c.chunks,
-                        // Made anew or resized: what it holds now.
-                        _ => existing_chunks_ok(repo, index, parents, &item.path, &item.content)
-                            .unwrap_or_default(),
-                    }
-                },
-            )
-            .collect()
+    let verified = if resuming {
+        existing::compare_files(
+            repo,
+            index,
+            &items,
+            &content_files,
+            beneath,
+            &groups,
+            &changed,
+            judging,
+            &failures,
+            is_root,
+            &mut fresh,
+        )?
     } else {
         Vec::new()
     };
 
-    // 3. Content: every write of every blob, sorted by pack and offset,
-    // then cut into runs of blobs each fetched with one read.
-    let mut wants: Vec<Want> = Vec::new();
-    let mut total = 0u64;
-    let skipped = AtomicU64::new(0);
-    for (file_no, &idx) in content_files.iter().enumerate() {
-        if failures.is_failed(idx) {
-            continue;
-        }
-        let item = &items[idx];
-        let mut offset = 0u64;
-        for (chunk_no, id) in item.content.iter().enumerate() {
-            let loc = index.get(id).ok_or_else(|| Error::NotFound {
-                object: format!("blob {id} of {} (not in any index)", item.path.display()),
-            })?;
-            let unchanged = verified
-                .get(file_no)
-                .and_then(|v| v.get(chunk_no))
-                .copied()
-                .unwrap_or(false);
-            if unchanged {
-                skipped.fetch_add(u64::from(loc.raw_len), Ordering::Relaxed);
-            } else {
-                total += u64::from(loc.raw_len);
-                wants.push(Want {
-                    pack: loc.pack,
-                    offset: loc.offset,
-                    length: loc.length,
-                    raw_len: loc.raw_len,
-                    kind: loc.kind,
-                    write: Write1 {
-                        file: idx_u32(idx)?,
-                        chunk: idx_u32(chunk_no)?,
-                        offset,
-                    },
-                });
-            }
-            offset += u64::from(loc.raw_len);
-        }
-    }
+    // 3. Content.
+    let plan = content::plan(index, &items, &content_files, &verified, &failures)?;
     drop(verified);
-    wants.par_sort_unstable_by(|a, b| (a.pack, a.offset).cmp(&(b.pack, b.offset)));
-    let runs = into_runs(&wants);
-
-    // A file whose content lies in one run (nearly every small file) is
-    // created, written and given its metadata by that run's worker through
-    // one descriptor: creating it here, reopening it for content and
-    // setting metadata by path later cost three path lookups and twice the
-    // syscalls per file. Runs rather than whole packs are the workers'
-    // tasks so that no core waits long for the last one. Not when resuming:
-    // there a file's unchanged chunks are never written, so no worker would
-    // finish it.
-    let mut owned = vec![false; items.len()];
+    let owned = if resuming {
+        vec![false; items.len()]
+    } else {
+        content::owned_files(items.len(), &content_files, &plan)
+    };
     if !resuming {
-        const NONE: usize = usize::MAX;
-        const SEVERAL: usize = usize::MAX - 1;
-        let mut run_of = vec![NONE; items.len()];
-        for (run_no, run) in runs.iter().enumerate() {
-            for w in &wants[run.clone()] {
-                let r = &mut run_of[w.write.file as usize];
-                *r = if *r == NONE || *r == run_no {
-                    run_no
-                } else {
-                    SEVERAL
-                };
-            }
-        }
+        // An owned file is created empty by its worker.
         for &idx in &content_files {
-            // Its worker creates it empty. (A file of zeros only, whose
-            // one blob is written nowhere else, is still owned: the worker
-            // opens it even when it writes nothing.)
-            owned[idx] = run_of[idx] < SEVERAL;
             fresh[idx] = owned[idx];
         }
         // The other regular files are created (and sized) on every core:
         // for trees of small files, creating inodes is most of a restore's
         // time, nearly all of it in the kernel.
-        let others = content_files
-            .iter()
-            .copied()
+        let others = (content_files.iter().copied())
             .filter(|&idx| !owned[idx])
             .collect();
-        for (idx, is_fresh) in prepare(others)? {
+        let prepared = content::prepare_files(
+            others,
+            &items,
+            beneath,
+            &groups,
+            options.overwrite,
+            is_root,
+            &failures,
+        )?;
+        for (idx, is_fresh) in prepared {
             fresh[idx] = is_fresh;
         }
     }
     phase("create files");
-    progress.bytes_total.store(total, Ordering::Relaxed);
+    progress.bytes_total.store(plan.total, Ordering::Relaxed);
     let rules = MetaRules {
         is_root,
         replace_xattrs: options.overwrite != Overwrite::Never,
@@ -854,25 +466,9 @@ fn restore_on_pool(
         progress,
         is_root,
     };
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    runs.par_iter().for_each_init(
-        || Parents::new(beneath),
-        |parents, run| {
-            if options.cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
-                return;
-            }
-            if let Err(e) = content.restore_run(parents, &wants[run.clone()]) {
-                first_error.lock().expect("ok").get_or_insert(e);
-            }
-        },
-    );
-    drop(wants);
-    if let Some(e) = first_error.into_inner().expect("ok") {
-        return Err(e);
-    }
-    if options.cancel.load(Ordering::Relaxed) {
-        return Err(Error::Interrupted);
-    }
+    content.restore_runs(beneath, &plan, &options.cancel)?;
+    let skipped = plan.skipped;
+    drop(plan);
     report.bytes_written = content.written.load(Ordering::Relaxed);
     let damaged = content.damaged.into_inner().expect("ok");
     report.damaged_files = size_damage;
@@ -884,48 +480,8 @@ fn restore_on_pool(
             missing: *missing,
             wrong_size: false,
         }));
-    report.bytes_skipped = skipped.load(Ordering::Relaxed);
-    // Second names of hard-linked files, now that every first name exists
-    // (a first name owned by a pack worker was created just above).
-    // A name already linked to its first one (a restore over its own
-    // output) is left as it is.
-    let mut first_parents = Parents::new(beneath);
-    let mut parents = Parents::new(beneath);
-    for &(first, idx) in &links {
-        let (first_path, path): (&Path, &Path) = (&items[first].path, &items[idx].path);
-        if failures.is_failed(first) {
-            failures.failed[idx].store(true, Ordering::Relaxed);
-            failures.entries.lock().expect("ok").push(FailedEntry {
-                path: path.display().to_string(),
-                error: format!(
-                    "not linked: {}, its other name, was not restored",
-                    first_path.display()
-                ),
-                entries_below: 0,
-            });
-            continue;
-        }
-        let linked = (first_parents.of(first_path))
-            .and_then(|(from_dir, from)| {
-                let (dir, name) = parents.of(path)?;
-                if same_file((from_dir, from), (dir, name)) {
-                    return Ok(());
-                }
-                changed.mark(idx, created_or_replaced((dir, name)));
-                beneath::remove(dir, name, is_root)?;
-                Ok(rustix::fs::linkat(
-                    from_dir,
-                    from,
-                    dir,
-                    name,
-                    rustix::fs::AtFlags::empty(),
-                )?)
-            })
-            .map_err(|e| Error::io(format!("linking {}", path.display()), e));
-        if let Err(e) = linked {
-            failures.record(Some(idx), path, e)?;
-        }
-    }
+    report.bytes_skipped = skipped;
+    hardlinks::link_names(&items, &links, beneath, &failures, &changed, is_root)?;
     phase("content");
     // Content is durable before the restore reports success: one syncfs of
     // the target's file system rather than an fsync per file (which cost
@@ -962,69 +518,13 @@ fn restore_on_pool(
         phase("delete");
     }
 
-    // 4. Metadata: everything but directories (and files their pack worker
-    // finished), then directories deepest first.
+    // 4. Metadata.
     let left = |idx: usize| absent[idx] || failures.is_failed(idx);
-    let finish = |parents: &mut Parents<'_>, idx: usize, item: &Item, step: Step| -> Result<()> {
-        match step(parents, item, rules) {
-            Ok(applied) => {
-                // Files and directories had theirs judged before anything
-                // changed them (or what they hold).
-                if !matches!(item.kind, NodeKind::File | NodeKind::Dir) {
-                    changed.mark(idx, applied.changed);
-                }
-                failures.metadata(&item.path, applied.problems);
-            }
-            Err(e) => {
-                failures.record(Some(idx), &item.path, e)?;
-            }
-        }
-        Ok(())
-    };
-    items
-        .par_iter()
-        .enumerate()
-        // A file if-changed found right, content and metadata, when it
-        // read it (before changing anything) is not read again: a second
-        // name of it shares its inode.
-        .filter(|&(idx, i)| {
-            let right_already = i.kind == NodeKind::File && changed.untouched(idx);
-            i.kind != NodeKind::Dir && !owned[idx] && !left(idx) && !right_already
-        })
-        .try_for_each_init(
-            || Parents::new(beneath),
-            |parents, (idx, item)| finish(parents, idx, item, metadata_at),
-        )?;
-    // Files' inode flags once every file has the rest: `+i` on one name of
-    // a hard-linked file would refuse the metadata of its other names.
-    items
-        .par_iter()
-        .enumerate()
-        .filter(|&(idx, i)| flags::deferred(i, rules) && !left(idx))
-        .try_for_each_init(
-            || Parents::new(beneath),
-            |parents, (idx, item)| finish(parents, idx, item, flags::at),
-        )?;
-    let mut dirs: Vec<(usize, &Item)> = (items.iter().enumerate())
-        .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx) && !kept_link[idx])
-        .collect();
-    dirs.sort_by_key(|(_, i)| std::cmp::Reverse(i.path.components().count()));
-    let mut parents = Parents::new(beneath);
-    for (idx, item) in dirs {
-        finish(&mut parents, idx, item, metadata_at)?;
-    }
+    metadata::apply_all(
+        &items, beneath, rules, &changed, &failures, left, &owned, &kept_link,
+    )?;
     phase("metadata");
-    // What was restored: an entry the target refused is not counted.
-    for (idx, item) in items.iter().enumerate() {
-        if left(idx) {
-            continue;
-        }
-        match item.kind {
-            NodeKind::Dir => report.dirs += 1,
-            NodeKind::File => report.files += 1,
-            _ => report.others += 1,
-        }
-    }
+    report.count(&items, left);
     report.failed_entries = failures.entries.into_inner().expect("ok");
     report.failed_entries.sort_by(|a, b| a.path.cmp(&b.path));
     report.changed_entries = changed.list(items.iter().map(|i| &*i.path));
@@ -1034,6 +534,7 @@ fn restore_on_pool(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod verify_tests {
+    use super::item::Item;
     use super::*;
     use crate::repository::InitOptions;
     use crate::test_support::{SMALL_CHUNKER, backup_stream, memory_repo};

@@ -2,9 +2,10 @@
 //! each, and the workers that fetch a run and write its blobs where they
 //! belong (creating and finishing the files whose content lies in it).
 
-use super::beneath::{self, Parents};
+use super::beneath::{self, Beneath, Parents};
 use super::existing::resumable;
 use super::failures::Failures;
+use super::hardlinks::group_of;
 use super::item::Item;
 use super::metadata::{Meta, MetaRules, apply_metadata};
 use super::{Overwrite, RestoreProgress};
@@ -14,11 +15,13 @@ use crate::error::{Error, Result};
 use crate::id::PackId;
 use crate::index::Index;
 use crate::repository::{FileKind, Repository};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One write of a blob's plaintext into a file.
@@ -322,6 +325,37 @@ impl Content<'_> {
         Ok(())
     }
 
+    /// Restores every run of `plan` on every core (runs rather than whole
+    /// packs are the workers' tasks, so that no core waits long for the
+    /// last one); stops at the first error that stops the restore, or when
+    /// `cancel` is set.
+    pub(super) fn restore_runs(
+        &self,
+        beneath: &Beneath,
+        plan: &Plan,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        plan.runs.par_iter().for_each_init(
+            || Parents::new(beneath),
+            |parents, run| {
+                if cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
+                    return;
+                }
+                if let Err(e) = self.restore_run(parents, &plan.wants[run.clone()]) {
+                    first_error.lock().expect("ok").get_or_insert(e);
+                }
+            },
+        );
+        if let Some(e) = first_error.into_inner().expect("ok") {
+            return Err(e);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        Ok(())
+    }
+
     /// Completes a file whose last write was just made: sizes a tail left
     /// as a hole (`len` is the file's length so far) and applies its
     /// metadata through the open descriptor.
@@ -371,6 +405,137 @@ pub(super) fn into_runs(sorted: &[Want]) -> Vec<std::ops::Range<usize>> {
 pub(super) fn idx_u32(idx: usize) -> Result<u32> {
     u32::try_from(idx)
         .map_err(|_| Error::InvalidInput("more than 4 billion entries or chunks to restore".into()))
+}
+
+/// Creates each of `files` anew or, resuming (`overwrite` if-changed, for
+/// files it may keep), resizes it, on every core; returns those prepared,
+/// each with whether it was created empty. A file that cannot be created
+/// or sized is recorded in `failures` and left out: it gets no content.
+/// `groups` are the hard-link groups of a resuming restore.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn prepare_files(
+    files: Vec<usize>,
+    items: &[Item],
+    beneath: &Beneath,
+    groups: &HashMap<(u64, u64), Vec<&Path>>,
+    overwrite: Overwrite,
+    is_root: bool,
+    failures: &Failures,
+) -> Result<Vec<(usize, bool)>> {
+    let prepared: Vec<Option<(usize, bool)>> = files
+        .into_par_iter()
+        .map_init(
+            || Parents::new(beneath),
+            |parents, idx| {
+                let item = &items[idx];
+                let names = group_of(groups, item);
+                let prepared =
+                    prepare_file(parents, &item.path, item.size, overwrite, names, is_root);
+                match prepared {
+                    Ok(fresh) => Ok(Some((idx, fresh))),
+                    Err(e) => failures.record(Some(idx), &item.path, e).map(|_| None),
+                }
+            },
+        )
+        .collect::<Result<_>>()?;
+    Ok(prepared.into_iter().flatten().collect())
+}
+
+/// The content to fetch: every write of every blob, sorted by pack and
+/// offset, cut into runs of blobs each fetched with one read.
+pub(super) struct Plan {
+    pub(super) wants: Vec<Want>,
+    pub(super) runs: Vec<std::ops::Range<usize>>,
+    /// Plain bytes to write.
+    pub(super) total: u64,
+    /// Plain bytes the target holds right already (if-changed).
+    pub(super) skipped: u64,
+}
+
+/// Plans the content of `content_files` (those not failed): every chunk
+/// but those `verified` (by file, by chunk) found right already. A blob
+/// no index holds fails the restore.
+pub(super) fn plan(
+    index: &Index,
+    items: &[Item],
+    content_files: &[usize],
+    verified: &[Vec<bool>],
+    failures: &Failures,
+) -> Result<Plan> {
+    let mut wants: Vec<Want> = Vec::new();
+    let (mut total, mut skipped) = (0u64, 0u64);
+    for (file_no, &idx) in content_files.iter().enumerate() {
+        if failures.is_failed(idx) {
+            continue;
+        }
+        let item = &items[idx];
+        let mut offset = 0u64;
+        for (chunk_no, id) in item.content.iter().enumerate() {
+            let loc = index.get(id).ok_or_else(|| Error::NotFound {
+                object: format!("blob {id} of {} (not in any index)", item.path.display()),
+            })?;
+            let unchanged = verified
+                .get(file_no)
+                .and_then(|v| v.get(chunk_no))
+                .copied()
+                .unwrap_or(false);
+            if unchanged {
+                skipped += u64::from(loc.raw_len);
+            } else {
+                total += u64::from(loc.raw_len);
+                wants.push(Want {
+                    pack: loc.pack,
+                    offset: loc.offset,
+                    length: loc.length,
+                    raw_len: loc.raw_len,
+                    kind: loc.kind,
+                    write: Write1 {
+                        file: idx_u32(idx)?,
+                        chunk: idx_u32(chunk_no)?,
+                        offset,
+                    },
+                });
+            }
+            offset += u64::from(loc.raw_len);
+        }
+    }
+    wants.par_sort_unstable_by(|a, b| (a.pack, a.offset).cmp(&(b.pack, b.offset)));
+    let runs = into_runs(&wants);
+    Ok(Plan {
+        wants,
+        runs,
+        total,
+        skipped,
+    })
+}
+
+/// By item: whether the file's content lies in one run of `plan` (nearly
+/// every small file), whose worker then creates, writes and finishes it
+/// through one descriptor: creating it beforehand, reopening it for
+/// content and setting metadata by path later cost three path lookups and
+/// twice the syscalls per file. (A file of zeros only, whose one blob is
+/// written nowhere else, is still owned: the worker opens it even when it
+/// writes nothing.) Not for a resuming restore: there a file's unchanged
+/// chunks are never written, so no worker would finish it.
+pub(super) fn owned_files(items: usize, content_files: &[usize], plan: &Plan) -> Vec<bool> {
+    const NONE: usize = usize::MAX;
+    const SEVERAL: usize = usize::MAX - 1;
+    let mut run_of = vec![NONE; items];
+    for (run_no, run) in plan.runs.iter().enumerate() {
+        for w in &plan.wants[run.clone()] {
+            let r = &mut run_of[w.write.file as usize];
+            *r = if *r == NONE || *r == run_no {
+                run_no
+            } else {
+                SEVERAL
+            };
+        }
+    }
+    let mut owned = vec![false; items];
+    for &idx in content_files {
+        owned[idx] = run_of[idx] < SEVERAL;
+    }
+    owned
 }
 
 #[cfg(test)]

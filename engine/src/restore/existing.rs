@@ -2,13 +2,21 @@
 //! if-changed restore may keep and which of their chunks are right, and
 //! symlinks, fifos and devices that are the snapshot's already.
 
+use super::Overwrite;
 use super::beneath::{self, Beneath, Parents};
 use super::changes::{self, Changes};
+use super::content::prepare_files;
+use super::failures::Failures;
+use super::hardlinks::group_of;
 use super::item::Item;
+use super::metadata::{Meta, MetaRules, apply_metadata};
+use crate::error::Result;
 use crate::id::BlobId;
 use crate::index::Index;
 use crate::repository::Repository;
 use crate::tree::NodeKind;
+use rayon::prelude::*;
+use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -217,4 +225,90 @@ pub(super) fn chunks_ok(
         out.push(repo.key().blob_id(&buf) == *id);
     }
     Some(out)
+}
+
+/// For an if-changed restore: reads each of `content_files` the target
+/// holds already and compares it with the snapshot, marking in `changed`
+/// what differs (judged with `judging` before anything is changed: writing
+/// a file changes its mode and times on the way, and the metadata pass
+/// reaches a hard-linked file by each of its names, the first of them
+/// finding it right); then makes anew or resizes each that differs (its
+/// `fresh` set when made empty), and returns, by file, which chunks hold
+/// the snapshot's content.
+///
+/// Read through a read-only descriptor first: a file identical to the
+/// snapshot is kept as it is, whatever its write permission (immutable, on
+/// a read-only mount, in a read-only directory someone else owns). Only
+/// one that differs is opened for writing, or made anew.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn compare_files(
+    repo: &Repository,
+    index: &Index,
+    items: &[Item],
+    content_files: &[usize],
+    beneath: &Beneath,
+    groups: &HashMap<(u64, u64), Vec<&Path>>,
+    changed: &Changes,
+    judging: MetaRules,
+    failures: &Failures,
+    is_root: bool,
+    fresh: &mut [bool],
+) -> Result<Vec<Vec<bool>>> {
+    let compared: Vec<Option<Compared>> = content_files
+        .par_iter()
+        .map_init(
+            || Parents::new(beneath),
+            |parents, &idx| {
+                let item = &items[idx];
+                let compared = compare_existing(repo, index, parents, item, group_of(groups, item));
+                let bits = file_changes(parents, item, compared.as_ref());
+                if compared.is_some()
+                    && let Ok((dir, name)) = parents.of(&item.path)
+                {
+                    let found = apply_metadata(Meta::At { dir, name }, item, judging);
+                    changed.mark(idx, found.changed);
+                }
+                changed.mark(idx, bits);
+                compared
+            },
+        )
+        .collect();
+    let differing = (content_files.iter().zip(&compared))
+        .filter(|(_, c)| !c.as_ref().is_some_and(|c| c.identical))
+        .map(|(&idx, _)| idx)
+        .collect();
+    let prepared = prepare_files(
+        differing,
+        items,
+        beneath,
+        groups,
+        Overwrite::IfChanged,
+        is_root,
+        failures,
+    )?;
+    for (idx, is_fresh) in prepared {
+        fresh[idx] = is_fresh;
+    }
+    let fresh = &*fresh;
+    Ok(content_files
+        .par_iter()
+        .zip(compared)
+        .map_init(
+            || Parents::new(beneath),
+            |parents, (&idx, compared)| {
+                if failures.is_failed(idx) {
+                    return Vec::new();
+                }
+                let item = &items[idx];
+                match compared {
+                    // Kept, or written in place at the size it had: what
+                    // was read holds.
+                    Some(c) if c.identical || (!fresh[idx] && c.len == item.size) => c.chunks,
+                    // Made anew or resized: what it holds now.
+                    _ => existing_chunks_ok(repo, index, parents, &item.path, &item.content)
+                        .unwrap_or_default(),
+                }
+            },
+        )
+        .collect())
 }

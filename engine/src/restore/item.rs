@@ -4,7 +4,6 @@
 use super::report::DamagedEntry;
 use crate::id::BlobId;
 use crate::tree::{Node, NodeKind};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// What a restore keeps of each entry it restores, for all of them at
@@ -99,39 +98,4 @@ impl Item {
             error: why.to_owned(),
         })
     }
-}
-
-/// Of each hard-link group, the item whose name is made first (the
-/// others are linked to it).
-pub(super) fn first_names_of(items: &[Item]) -> HashMap<(u64, u64), usize> {
-    let mut first = HashMap::new();
-    for (idx, item) in items.iter().enumerate() {
-        if let Some(key) = item.hardlink() {
-            first.entry(key).or_insert(idx);
-        }
-    }
-    first
-}
-
-/// Every name this restore gives each hard-linked file, by (device, inode)
-/// in the snapshot: the first in walk order is written, the others are
-/// linked to it.
-pub(super) fn link_groups(items: &[Item]) -> HashMap<(u64, u64), Vec<&Path>> {
-    let mut groups: HashMap<(u64, u64), Vec<&Path>> = HashMap::new();
-    for item in items.iter().filter(|i| i.kind == NodeKind::File) {
-        if let Some(key) = item.hardlink() {
-            groups.entry(key).or_default().push(&item.path);
-        }
-    }
-    groups
-}
-
-/// The names of `item`'s link group (itself among them), or none.
-pub(super) fn group_of<'a>(
-    groups: &'a HashMap<(u64, u64), Vec<&Path>>,
-    item: &Item,
-) -> &'a [&'a Path] {
-    item.hardlink()
-        .and_then(|key| groups.get(&key))
-        .map_or(&[][..], Vec::as_slice)
 }

@@ -1,13 +1,15 @@
 //! Owner, mode, extended attributes and times, applied to what the
 //! restore made (or, for if-changed, only found different).
 
-use super::beneath::{self, Parents};
-use super::changes::{self};
+use super::beneath::{self, Beneath, Parents};
+use super::changes::{self, Changes};
 use super::content::in_dir_of;
+use super::failures::Failures;
 use super::flags;
 use super::item::Item;
 use crate::error::{Error, Result};
 use crate::tree::NodeKind;
+use rayon::prelude::*;
 use std::fs;
 use std::path::PathBuf;
 
@@ -342,6 +344,75 @@ pub(super) fn file_time(t: jiff::Timestamp) -> filetime::FileTime {
     } else {
         filetime::FileTime::from_unix_time(second, nano.unsigned_abs())
     }
+}
+
+/// The metadata pass: everything but directories (and files their pack
+/// worker finished, `owned`), then files' inode flags, then directories
+/// deepest first, so that setting an entry's metadata never disturbs its
+/// directory's times. Entries `left` (not made, or failed) are skipped, as
+/// are directories whose place a kept symlink holds (`kept_link`) and
+/// files an if-changed restore found right when it read them. What is not
+/// applied is recorded in `failures`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn apply_all(
+    items: &[Item],
+    beneath: &Beneath,
+    rules: MetaRules,
+    changed: &Changes,
+    failures: &Failures,
+    left: impl Fn(usize) -> bool + Sync,
+    owned: &[bool],
+    kept_link: &[bool],
+) -> Result<()> {
+    let finish = |parents: &mut Parents<'_>, idx: usize, item: &Item, step: Step| -> Result<()> {
+        match step(parents, item, rules) {
+            Ok(applied) => {
+                // Files and directories had theirs judged before anything
+                // changed them (or what they hold).
+                if !matches!(item.kind, NodeKind::File | NodeKind::Dir) {
+                    changed.mark(idx, applied.changed);
+                }
+                failures.metadata(&item.path, applied.problems);
+            }
+            Err(e) => {
+                failures.record(Some(idx), &item.path, e)?;
+            }
+        }
+        Ok(())
+    };
+    items
+        .par_iter()
+        .enumerate()
+        // A file if-changed found right, content and metadata, when it
+        // read it (before changing anything) is not read again: a second
+        // name of it shares its inode.
+        .filter(|&(idx, i)| {
+            let right_already = i.kind == NodeKind::File && changed.untouched(idx);
+            i.kind != NodeKind::Dir && !owned[idx] && !left(idx) && !right_already
+        })
+        .try_for_each_init(
+            || Parents::new(beneath),
+            |parents, (idx, item)| finish(parents, idx, item, metadata_at),
+        )?;
+    // Files' inode flags once every file has the rest: `+i` on one name of
+    // a hard-linked file would refuse the metadata of its other names.
+    items
+        .par_iter()
+        .enumerate()
+        .filter(|&(idx, i)| flags::deferred(i, rules) && !left(idx))
+        .try_for_each_init(
+            || Parents::new(beneath),
+            |parents, (idx, item)| finish(parents, idx, item, flags::at),
+        )?;
+    let mut dirs: Vec<(usize, &Item)> = (items.iter().enumerate())
+        .filter(|&(idx, i)| i.kind == NodeKind::Dir && !left(idx) && !kept_link[idx])
+        .collect();
+    dirs.sort_by_key(|(_, i)| std::cmp::Reverse(i.path.components().count()));
+    let mut parents = Parents::new(beneath);
+    for (idx, item) in dirs {
+        finish(&mut parents, idx, item, metadata_at)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! What a restore reports.
 
 use super::ChangedEntry;
+use super::item::Item;
+use crate::tree::NodeKind;
 
 /// Outcome of a restore.
 #[derive(Debug, Default, serde::Serialize)]
@@ -104,6 +106,21 @@ pub(super) fn is_zero(n: &u64) -> bool {
 }
 
 impl RestoreReport {
+    /// Counts what was restored of `items`: an entry `left` (not made, or
+    /// refused by the target) is not counted.
+    pub(super) fn count(&mut self, items: &[Item], left: impl Fn(usize) -> bool) {
+        for (idx, item) in items.iter().enumerate() {
+            if left(idx) {
+                continue;
+            }
+            match item.kind {
+                NodeKind::Dir => self.dirs += 1,
+                NodeKind::File => self.files += 1,
+                _ => self.others += 1,
+            }
+        }
+    }
+
     /// How many entries [`Self::failed_entries`] stands for, those below a
     /// directory not created included.
     #[must_use]

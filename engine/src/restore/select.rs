@@ -5,12 +5,95 @@ use super::beneath::{self, Beneath};
 use super::item::Item;
 use super::metadata::file_time;
 use super::report::DamagedFile;
+use super::{RestoreOptions, walk};
+use crate::backup::Excludes;
+use crate::error::{Error, Result};
+use crate::id::BlobId;
 use crate::index::Index;
 use crate::pattern::Pattern;
+use crate::repository::Repository;
 use crate::tree::NodeKind;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// The snapshot's entries below `root` that `options` selects, parents
+/// first: what `includes` match (or lead to), less what `excludes` match,
+/// with the directories above a relative include's matches. Includes that
+/// select nothing fail, saying whether the excludes emptied them.
+pub(super) fn entries(
+    repo: &Repository,
+    index: &Index,
+    root: &BlobId,
+    options: &RestoreOptions,
+    includes: &[Pattern],
+    excludes: &Excludes,
+) -> Result<Vec<Item>> {
+    let mut items: Vec<Item> = Vec::new();
+    // Directories passed over, for the ancestors of what a relative include
+    // selects further down (known only once the walk gets there; an
+    // absolute include names its ancestors up front).
+    let relative = options
+        .includes
+        .iter()
+        .any(|p| !p.as_bytes().starts_with(b"/"));
+    let mut passed: HashMap<PathBuf, Item> = HashMap::new();
+    let mut matched = false;
+    // The first excluded path an include selects (or leads to): an include
+    // that matches nothing else was emptied by --exclude, not mistyped.
+    let mut excluded_match: Option<PathBuf> = None;
+    walk(repo, index, root, &mut |path, node| {
+        // Planning a large tree takes a while: Ctrl-C must not wait for it.
+        if options.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        if excludes.is_excluded(path, node.kind == NodeKind::Dir) {
+            if excluded_match.is_none()
+                && !options.includes.is_empty()
+                && (matches_include(path, includes, &options.includes)
+                    || is_ancestor_of_include(path, &options.includes))
+            {
+                excluded_match = Some(path.to_owned());
+            }
+            return Ok(false);
+        }
+        let included = matches_include(path, includes, &options.includes);
+        matched |= included;
+        let selected = included
+            || (node.kind == NodeKind::Dir && is_ancestor_of_include(path, &options.includes));
+        let restored = options.target.join(path.strip_prefix("/").unwrap_or(path));
+        if selected {
+            items.push(Item::new(restored, node));
+        } else if node.kind == NodeKind::Dir && relative {
+            passed.insert(restored.clone(), Item::new(restored, node));
+        }
+        Ok(true)
+    })?;
+    if !options.includes.is_empty() {
+        if !matched {
+            let given = (options.includes.iter())
+                .map(|p| p.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::InvalidInput(match excluded_match {
+                Some(path) => format!(
+                    "--include {given} selects only what --exclude removes ({} is excluded)",
+                    path.display()
+                ),
+                // A relative include may match below an excluded
+                // directory, where the walk never looks.
+                None if !options.excludes.is_empty() => format!(
+                    "--include {given} matches nothing in the snapshot outside what --exclude removes"
+                ),
+                None => format!("--include {given} matches nothing in the snapshot"),
+            }));
+        }
+        add_ancestors(&mut items, passed, &options.target);
+    }
+    Ok(items)
+}
 
 pub(super) fn matches_include(
     path: &Path,
