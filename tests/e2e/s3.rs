@@ -645,16 +645,47 @@ fn lock_is_exclusive_under_contention(backend: Backend) {
         Err(e) => panic!("contender {i}: {e}"),
     };
     // All at the same instant. With the create-only object exactly one
-    // wins each round; with write-list-wait typically all back off.
+    // wins each round; with write-list-wait typically all back off. The
+    // winner holds the lock until the others of its round have tried (a
+    // fixed hold let a contender the loaded machine started late find the
+    // lock free again, and win a second time in the round).
     let rounds = if atomic { 20 } else { 2 };
     for _ in 0..rounds {
         let barrier = std::sync::Barrier::new(contenders);
+        let tried = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for i in 0..contenders {
-                let (barrier, attempt) = (&barrier, &attempt);
+                let (barrier, tried) = (&barrier, &tried);
+                let (holders, most, granted, refused) = (&holders, &most, &granted, &refused);
+                let repos = &repos;
                 scope.spawn(move || {
                     barrier.wait();
-                    attempt(i, Duration::from_millis(50));
+                    let got = vault_engine::lock::lock_exclusive(
+                        &repos[i],
+                        "test",
+                        &format!("contender-{i}"),
+                        "tester",
+                    );
+                    match got {
+                        Ok(lock) => {
+                            let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now, Ordering::SeqCst);
+                            granted.fetch_add(1, Ordering::SeqCst);
+                            let until = Instant::now() + Duration::from_secs(30);
+                            while tried.load(Ordering::SeqCst) < contenders - 1
+                                && Instant::now() < until
+                            {
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            holders.fetch_sub(1, Ordering::SeqCst);
+                            drop(lock);
+                        }
+                        Err(vault_engine::Error::Locked { .. }) => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                            tried.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => panic!("contender {i}: {e}"),
+                    }
                 });
             }
         });
