@@ -361,7 +361,8 @@ impl Drop for Mounted {
 
 /// `--delete` leaves other file systems mounted in the target alone: a
 /// restore of `/` to `/` must not empty /proc, /run or a data volume the
-/// backup never saw (nor one mounted on a directory the snapshot has).
+/// backup never saw (nor one mounted on a directory the snapshot has, nor
+/// a bind mount of a directory of the target's own file system).
 #[test]
 fn delete_leaves_mounted_file_systems_alone() {
     if !crate::support::is_root() {
@@ -394,6 +395,20 @@ fn delete_leaves_mounted_file_systems_alone() {
         mounted.0.push(at.clone());
         std::fs::write(at.join("precious"), "not in the snapshot").unwrap();
     }
+    // A bind mount of a directory of the same file system: same device
+    // number as its parent, told apart only by the mount-root attribute.
+    let outside = env.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("precious"), "not in the snapshot").unwrap();
+    let bound = root.join("bound");
+    std::fs::create_dir(&bound).unwrap();
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .args([&outside, &bound])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount --bind");
+    mounted.0.push(bound.clone());
     std::fs::write(root.join("stray"), "not in the snapshot").unwrap();
 
     let out = env.vault(&[
@@ -407,7 +422,7 @@ fn delete_leaves_mounted_file_systems_alone() {
     ]);
     assert_success(&out);
     let err = stderr(&out);
-    for at in [&extra, &root.join("data")] {
+    for at in [&extra, &root.join("data"), &bound] {
         assert_eq!(
             std::fs::read(at.join("precious")).unwrap(),
             b"not in the snapshot",

@@ -485,7 +485,7 @@ pub(super) fn remove(dir: BorrowedFd<'_>, name: &OsStr, is_root: bool) -> io::Re
         Ok(stat) if is_dir(&stat) => {
             // Another file system mounted there (/proc, /run, a data
             // volume) is not the restore's to empty.
-            if is_mount_point(dir, &stat)? {
+            if is_mount_point(dir, name, &stat)? {
                 return Err(io::Error::other(format!(
                     "another file system is mounted at {}; not removed",
                     name.display()
@@ -499,11 +499,25 @@ pub(super) fn remove(dir: BorrowedFd<'_>, name: &OsStr, is_root: bool) -> io::Re
     }
 }
 
-/// Whether the directory `stat` (an entry of `dir`) is on another file
-/// system than `dir`: a mount point. (A bind mount of the same file
-/// system is not told apart.)
-pub(super) fn is_mount_point(dir: BorrowedFd<'_>, stat: &Stat) -> io::Result<bool> {
-    Ok(rustix::fs::fstat(dir)?.st_dev != stat.st_dev)
+/// Whether the directory `name` in `dir` (`stat` is its own) is a mount
+/// point: on another file system than `dir`, or the root of a bind mount
+/// of the same one, which only the kernel's mount-root attribute tells
+/// (Linux 5.8; an older kernel does not say, and it counts as none).
+pub(super) fn is_mount_point(dir: BorrowedFd<'_>, name: &OsStr, stat: &Stat) -> io::Result<bool> {
+    use rustix::fs::{StatxAttributes, StatxFlags};
+    if rustix::fs::fstat(dir)?.st_dev != stat.st_dev {
+        return Ok(true);
+    }
+    let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT;
+    Ok(
+        match rustix::fs::statx(dir, name, flags, StatxFlags::empty()) {
+            Ok(x) => {
+                let root = StatxAttributes::MOUNT_ROOT;
+                x.stx_attributes_mask.contains(root) && x.stx_attributes.contains(root)
+            }
+            Err(_) => false,
+        },
+    )
 }
 
 fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr, stat: &Stat, is_root: bool) -> io::Result<()> {

@@ -115,9 +115,10 @@ pub(super) fn delete_extras(
         // A file system mounted where the snapshot has a directory (/proc
         // in a restore of / to /) holds what the snapshot never saw.
         if dir_path != options.target
-            && let Ok((parent, _)) = beneath.parent(dir_path)
+            && let Ok((parent, name)) = beneath.parent(dir_path)
             && rustix::fs::fstat(dir).ok().is_some_and(|me| {
-                beneath::is_mount_point(std::os::fd::AsFd::as_fd(&parent), &me).unwrap_or(false)
+                beneath::is_mount_point(std::os::fd::AsFd::as_fd(&parent), name, &me)
+                    .unwrap_or(false)
             })
         {
             mounts.insert(dir_path.to_owned());
@@ -138,7 +139,7 @@ pub(super) fn delete_extras(
             }
             if is_dir
                 && let Some(stat) = &stat
-                && beneath::is_mount_point(dir, stat).unwrap_or(false)
+                && beneath::is_mount_point(dir, &name, stat).unwrap_or(false)
             {
                 mounts.insert(path);
                 continue;
