@@ -481,3 +481,54 @@ fn if_newer_replaces_no_directory_and_keeps_a_newer_file_in_place_of_one() {
     );
     assert_eq!(std::fs::read(root.join("conf")).unwrap(), b"my newer notes");
 }
+
+/// A dry run says when a restore would remove a directory, and how much
+/// it holds, to put the snapshot's file or symlink in its place (an
+/// `--overwrite always` restore over a tree where a file became a
+/// directory took it silently).
+#[test]
+fn a_dry_run_names_a_directory_it_would_replace_and_what_it_holds() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("report"), "the snapshot's file").unwrap();
+    std::os::unix::fs::symlink("elsewhere", src.join("link")).unwrap();
+    std::fs::write(src.join("same"), "same").unwrap();
+    assert_success(&env.vault(&["backup", src.to_str().unwrap()]));
+    let target = env.path("t");
+    let t = target.to_str().unwrap();
+    assert_success(&env.vault(&["restore", "latest", "--target", t]));
+    let root = target.join(src.strip_prefix("/").unwrap());
+    std::fs::remove_file(root.join("report")).unwrap();
+    std::fs::create_dir_all(root.join("report/sub")).unwrap();
+    std::fs::write(root.join("report/sub/work"), "edited since").unwrap();
+    std::fs::write(root.join("report/notes"), "edited since").unwrap();
+    std::fs::remove_file(root.join("link")).unwrap();
+    std::fs::create_dir(root.join("link")).unwrap();
+
+    for overwrite in ["always", "if-changed"] {
+        let out = env.vault(&[
+            "restore",
+            "latest",
+            "--target",
+            t,
+            "--overwrite",
+            overwrite,
+            "--dry-run",
+        ]);
+        assert_success(&out);
+        let err = stderr(&out);
+        for (path, held, kind) in [("report", 3, "file"), ("link", 0, "symlink")] {
+            let line = format!(
+                "would remove the directory {} and the {held} entries below it, to put the snapshot's {kind} there",
+                root.join(path).display()
+            );
+            assert!(err.contains(&line), "{overwrite}: {err}");
+        }
+        assert!(!err.contains("same"), "{err}");
+        assert_eq!(
+            std::fs::read(root.join("report/sub/work")).unwrap(),
+            b"edited since"
+        );
+    }
+}

@@ -18,6 +18,8 @@ use crate::repository::Repository;
 use crate::tree::NodeKind;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 /// What a restore would do, changing nothing.
 #[allow(clippy::too_many_arguments)]
@@ -98,6 +100,27 @@ pub(super) fn plan_only(
         && changed.tracked()
     {
         planned_changes(items, &changed, beneath, &first_names_of(items));
+    }
+    // A directory where the snapshot has something else is removed, with
+    // all it holds, to put that there: said, as the change list of
+    // if-changed says only "replaced".
+    if let Some(beneath) = beneath {
+        let mut replaced: Vec<(&Item, u64)> = items
+            .par_iter()
+            .filter(|i| !matches!(i.kind, NodeKind::Dir | NodeKind::Socket))
+            .filter_map(|item| {
+                let stat = beneath.stat(&item.path).ok()?;
+                beneath::is_dir(&stat).then(|| (item, entries_below(beneath, &item.path)))
+            })
+            .collect();
+        replaced.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+        report.warnings.extend(replaced.into_iter().map(|(item, held)| {
+            format!(
+                "would remove the directory {} and the {held} entries below it, to put the snapshot's {} there",
+                item.path.display(),
+                kind_name(item.kind)
+            )
+        }));
     }
     // Symlinks where directories belong, judged as the restore judges them.
     let mut kept_found = Vec::new();
@@ -203,4 +226,40 @@ pub(super) fn planned_changes(
             changed.mark(idx, applied.changed);
         },
     );
+}
+
+/// How many entries the directory `path` holds, all levels below it
+/// counted; what cannot be listed counts as nothing.
+fn entries_below(beneath: &Beneath, path: &Path) -> u64 {
+    let Ok(fd) = beneath.dir(path, true) else {
+        return 0;
+    };
+    let Ok(listed) = rustix::fs::Dir::new(fd) else {
+        return 0;
+    };
+    let mut count = 0;
+    for entry in listed.flatten() {
+        let name = std::ffi::OsStr::from_bytes(entry.file_name().to_bytes());
+        if name == "." || name == ".." {
+            continue;
+        }
+        count += 1;
+        if entry.file_type() == rustix::fs::FileType::Directory {
+            count += entries_below(beneath, &path.join(name));
+        }
+    }
+    count
+}
+
+/// The word for an entry of `kind`, as a sentence names it.
+fn kind_name(kind: NodeKind) -> &'static str {
+    match kind {
+        NodeKind::File => "file",
+        NodeKind::Dir => "directory",
+        NodeKind::Symlink => "symlink",
+        NodeKind::Dev => "block device",
+        NodeKind::Chardev => "character device",
+        NodeKind::Fifo => "fifo",
+        NodeKind::Socket => "socket",
+    }
 }
