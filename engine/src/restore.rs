@@ -41,6 +41,7 @@ mod failures;
 mod flags;
 mod hardlinks;
 mod item;
+mod made;
 mod metadata;
 mod report;
 mod select;
@@ -363,6 +364,7 @@ fn restore_on_pool(
         .map_err(|e| Error::io(format!("opening {}", options.target.display()), e))?;
     let beneath = &beneath;
     let failures = Failures::new(items.len(), &options.target);
+    let made = made::Made::new(items.len());
     let is_root = nix::unistd::geteuid().is_root();
     let changed = Changes::new(items.len(), options.overwrite == Overwrite::IfChanged);
     // How entries are judged for `changed`, before anything changes them.
@@ -380,6 +382,7 @@ fn restore_on_pool(
         beneath,
         options,
         &failures,
+        &made,
         &changed,
         judging,
         is_root,
@@ -406,6 +409,7 @@ fn restore_on_pool(
             &changed,
             judging,
             &failures,
+            &made,
             is_root,
             &mut fresh,
         )?
@@ -440,6 +444,7 @@ fn restore_on_pool(
             options.overwrite,
             is_root,
             &failures,
+            &made,
         )?;
         for (idx, is_fresh) in prepared {
             fresh[idx] = is_fresh;
@@ -465,6 +470,7 @@ fn restore_on_pool(
         damaged: Mutex::new(BTreeMap::new()),
         progress,
         is_root,
+        made: &made,
     };
     content.restore_runs(beneath, &plan, &options.cancel)?;
     let skipped = plan.skipped;
@@ -481,7 +487,7 @@ fn restore_on_pool(
             wrong_size: false,
         }));
     report.bytes_skipped = skipped;
-    hardlinks::link_names(&items, &links, beneath, &failures, &changed, is_root)?;
+    hardlinks::link_names(&items, &links, beneath, &failures, &made, &changed, is_root)?;
     phase("content");
     // Content is durable before the restore reports success: one syncfs of
     // the target's file system rather than an fsync per file (which cost
@@ -521,7 +527,7 @@ fn restore_on_pool(
     // 4. Metadata.
     let left = |idx: usize| absent[idx] || failures.is_failed(idx);
     metadata::apply_all(
-        &items, beneath, rules, &changed, &failures, left, &owned, &kept_link,
+        &items, beneath, rules, &changed, &failures, &made, left, &owned, &kept_link,
     )?;
     phase("metadata");
     report.count(&items, left);

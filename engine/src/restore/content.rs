@@ -7,6 +7,7 @@ use super::existing::resumable;
 use super::failures::Failures;
 use super::hardlinks::group_of;
 use super::item::Item;
+use super::made::{self, Ident, Made};
 use super::metadata::{Meta, MetaRules, apply_metadata};
 use super::{Overwrite, RestoreProgress};
 use crate::backend::Backend;
@@ -18,6 +19,7 @@ use crate::repository::{FileKind, Repository};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -49,7 +51,7 @@ pub(super) struct Want {
 }
 
 /// Creates or resizes a file; returns whether it was created empty (so
-/// unwritten ranges are holes reading as zeros). `names` are the names
+/// unwritten ranges are holes reading as zeros), and what it is. `names` are the names
 /// the restore gives it (its link group), when it is hard-linked.
 pub(super) fn prepare_file(
     parents: &mut Parents<'_>,
@@ -58,7 +60,7 @@ pub(super) fn prepare_file(
     overwrite: Overwrite,
     names: &[&Path],
     is_root: bool,
-) -> Result<bool> {
+) -> Result<(bool, Ident)> {
     // A file restored read-only (0444) cannot be opened to write as a user
     // other than root: it is made anew instead, as files that are not
     // there. Resuming was refused outright ("Permission denied").
@@ -87,7 +89,8 @@ pub(super) fn prepare_file(
     };
     f.set_len(size)
         .map_err(|e| Error::io(format!("resizing {}", path.display()), e))?;
-    Ok(!keep)
+    let id = made::of_fd(f.as_fd()).map_err(opening)?;
+    Ok((!keep, id))
 }
 
 /// Creates the file `name` in `dir` (`path`) anew, replacing what is in
@@ -136,6 +139,8 @@ pub(super) struct Content<'a> {
     pub(super) damaged: Mutex<BTreeMap<usize, (String, bool)>>,
     pub(super) progress: &'a RestoreProgress,
     pub(super) is_root: bool,
+    /// What the restore made of each file created before its content.
+    pub(super) made: &'a Made,
 }
 
 /// A file a pack worker creates and finishes itself.
@@ -256,6 +261,14 @@ impl Content<'_> {
                                 // it must then have its full size,
                                 // holes where content is missing.
                                 create_file(dir, name, p, self.is_root).and_then(|f| {
+                                    // Its second names are linked to it by
+                                    // name later.
+                                    if item.hardlink().is_some() {
+                                        let id = made::of_fd(f.as_fd()).map_err(|e| {
+                                            Error::io(format!("opening {}", p.display()), e)
+                                        })?;
+                                        self.made.record(w.file as usize, id);
+                                    }
                                     if o.remaining > 1 {
                                         f.set_len(item.size).map_err(|e| {
                                             Error::io(format!("resizing {}", p.display()), e)
@@ -266,7 +279,12 @@ impl Content<'_> {
                                 })
                             }
                             _ => beneath::open_write(dir, name)
-                                .map_err(|e| Error::io(format!("opening {}", p.display()), e)),
+                                .map_err(|e| Error::io(format!("opening {}", p.display()), e))
+                                .and_then(|f| {
+                                    let made = self.made.get(w.file as usize);
+                                    made::check_fd(made, f.as_fd(), p)?;
+                                    Ok(f)
+                                }),
                         });
                         match opened {
                             Ok(f) => v.insert(f),
@@ -411,7 +429,8 @@ pub(super) fn idx_u32(idx: usize) -> Result<u32> {
 /// files it may keep), resizes it, on every core; returns those prepared,
 /// each with whether it was created empty. A file that cannot be created
 /// or sized is recorded in `failures` and left out: it gets no content.
-/// `groups` are the hard-link groups of a resuming restore.
+/// `groups` are the hard-link groups of a resuming restore. What each file
+/// is goes to `made`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn prepare_files(
     files: Vec<usize>,
@@ -421,6 +440,7 @@ pub(super) fn prepare_files(
     overwrite: Overwrite,
     is_root: bool,
     failures: &Failures,
+    made: &Made,
 ) -> Result<Vec<(usize, bool)>> {
     let prepared: Vec<Option<(usize, bool)>> = files
         .into_par_iter()
@@ -432,7 +452,10 @@ pub(super) fn prepare_files(
                 let prepared =
                     prepare_file(parents, &item.path, item.size, overwrite, names, is_root);
                 match prepared {
-                    Ok(fresh) => Ok(Some((idx, fresh))),
+                    Ok((fresh, id)) => {
+                        made.record(idx, id);
+                        Ok(Some((idx, fresh)))
+                    }
                     Err(e) => failures.record(Some(idx), &item.path, e).map(|_| None),
                 }
             },

@@ -9,6 +9,7 @@ use super::content::prepare_files;
 use super::failures::Failures;
 use super::hardlinks::group_of;
 use super::item::Item;
+use super::made::{self, Ident, Made};
 use super::metadata::{Meta, MetaRules, apply_metadata};
 use crate::error::Result;
 use crate::id::BlobId;
@@ -19,6 +20,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -145,6 +147,8 @@ pub(super) struct Compared {
     /// Whether it is the snapshot's file: every chunk there, and nothing
     /// more.
     pub(super) identical: bool,
+    /// What the file is.
+    pub(super) ident: Ident,
 }
 
 /// Reads the file at `item`'s path, if one the restore may keep
@@ -169,6 +173,7 @@ pub(super) fn compare_existing(
         identical: len == item.size && chunks.iter().all(|&ok| ok),
         len,
         chunks,
+        ident: made::of_fd(f.as_fd()).ok()?,
     })
 }
 
@@ -251,6 +256,7 @@ pub(super) fn compare_files(
     changed: &Changes,
     judging: MetaRules,
     failures: &Failures,
+    made: &Made,
     is_root: bool,
     fresh: &mut [bool],
 ) -> Result<Vec<Vec<bool>>> {
@@ -262,6 +268,9 @@ pub(super) fn compare_files(
                 let item = &items[idx];
                 let compared = compare_existing(repo, index, parents, item, group_of(groups, item));
                 let bits = file_changes(parents, item, compared.as_ref());
+                if let Some(c) = &compared {
+                    made.record(idx, c.ident);
+                }
                 if compared.is_some()
                     && let Ok((dir, name)) = parents.of(&item.path)
                 {
@@ -285,6 +294,7 @@ pub(super) fn compare_files(
         Overwrite::IfChanged,
         is_root,
         failures,
+        made,
     )?;
     for (idx, is_fresh) in prepared {
         fresh[idx] = is_fresh;

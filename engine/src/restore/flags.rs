@@ -15,6 +15,7 @@ use super::beneath::{Beneath, Parents};
 use super::changes;
 use super::content::in_dir_of;
 use super::item::Item;
+use super::made::{self, Ident};
 use super::metadata::{Applied, Meta, MetaRules, open_file_at};
 use crate::error::{Error, Result};
 use crate::tree::{FS_APPEND_FL, FS_IMMUTABLE_FL, NodeKind};
@@ -29,11 +30,17 @@ pub(super) fn deferred(item: &Item, rules: MetaRules) -> bool {
 }
 
 /// Sets the inode flags of a file [`deferred`] to this pass.
-pub(super) fn at(parents: &mut Parents<'_>, item: &Item, rules: MetaRules) -> Result<Applied> {
+pub(super) fn at(
+    parents: &mut Parents<'_>,
+    item: &Item,
+    made: Option<Ident>,
+    rules: MetaRules,
+) -> Result<Applied> {
     let path = &item.path;
     let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
-    let file =
-        open_file_at(dir, name).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    let opening = |e| Error::io(format!("opening {}", path.display()), e);
+    let file = open_file_at(dir, name).map_err(opening)?;
+    made::check_fd(made, file.as_fd(), path)?;
     let mut applied = Applied::default();
     set(Meta::File(&file), item, rules, &mut applied);
     Ok(applied)

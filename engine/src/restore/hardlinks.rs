@@ -6,6 +6,7 @@ use super::changes::Changes;
 use super::existing::{created_or_replaced, same_file};
 use super::failures::Failures;
 use super::item::Item;
+use super::made::{self, Made};
 use super::report::FailedEntry;
 use crate::error::{Error, Result};
 use crate::tree::NodeKind;
@@ -58,6 +59,7 @@ pub(super) fn link_names(
     links: &[(usize, usize)],
     beneath: &Beneath,
     failures: &Failures,
+    made: &Made,
     changed: &Changes,
     is_root: bool,
 ) -> Result<()> {
@@ -78,22 +80,24 @@ pub(super) fn link_names(
             continue;
         }
         let linked = (first_parents.of(first_path))
+            .map_err(|e| Error::io(format!("linking {}", path.display()), e))
             .and_then(|(from_dir, from)| {
-                let (dir, name) = parents.of(path)?;
+                // Linked to what the restore made of the first name, not
+                // to what another user may have put there since.
+                let first_id = made::of_at(from_dir, from)
+                    .map_err(|e| Error::io(format!("linking {}", path.display()), e))?;
+                made::check(made.get(first), first_id, first_path)?;
+                made.record(idx, first_id);
+                let linking = |e| Error::io(format!("linking {}", path.display()), e);
+                let (dir, name) = parents.of(path).map_err(linking)?;
                 if same_file((from_dir, from), (dir, name)) {
                     return Ok(());
                 }
                 changed.mark(idx, created_or_replaced((dir, name)));
-                beneath::remove(dir, name, is_root)?;
-                Ok(rustix::fs::linkat(
-                    from_dir,
-                    from,
-                    dir,
-                    name,
-                    rustix::fs::AtFlags::empty(),
-                )?)
-            })
-            .map_err(|e| Error::io(format!("linking {}", path.display()), e));
+                beneath::remove(dir, name, is_root).map_err(linking)?;
+                rustix::fs::linkat(from_dir, from, dir, name, rustix::fs::AtFlags::empty())
+                    .map_err(|e| linking(e.into()))
+            });
         if let Err(e) = linked {
             failures.record(Some(idx), path, e)?;
         }

@@ -7,6 +7,7 @@ use super::content::in_dir_of;
 use super::failures::Failures;
 use super::flags;
 use super::item::Item;
+use super::made::{self, Ident, Made};
 use crate::error::{Error, Result};
 use crate::tree::NodeKind;
 use rayon::prelude::*;
@@ -66,6 +67,7 @@ pub(super) const RESTORED_XATTRS: [&str; 3] = ["user.", "trusted.", "system.posi
 pub(super) fn metadata_at(
     parents: &mut Parents<'_>,
     item: &Item,
+    made: Option<Ident>,
     rules: MetaRules,
 ) -> Result<Applied> {
     let path = &item.path;
@@ -76,6 +78,11 @@ pub(super) fn metadata_at(
             // restored by non-root): its metadata is read and, where it
             // differs, set by name, never following it, as a fifo's is.
             Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+                if made.is_some() {
+                    let found = made::of_at(dir, name)
+                        .map_err(|e| Error::io(format!("checking {}", path.display()), e))?;
+                    made::check(made, found, path)?;
+                }
                 return Ok(apply_metadata(Meta::At { dir, name }, item, rules));
             }
             other => other,
@@ -84,12 +91,15 @@ pub(super) fn metadata_at(
         _ => return Ok(apply_metadata(Meta::At { dir, name }, item, rules)),
     };
     let file = opened.map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    made::check_fd(made, std::os::fd::AsFd::as_fd(&file), path)?;
     Ok(apply_metadata(Meta::File(&file), item, rules))
 }
 
 /// What the metadata pass does to one entry: [`metadata_at`], or
-/// [`flags::at`] in the pass after every file's metadata.
-pub(super) type Step = fn(&mut Parents<'_>, &Item, MetaRules) -> Result<Applied>;
+/// [`flags::at`] in the pass after every file's metadata. Each is given
+/// what the restore made at the entry's path, if it recorded that
+/// ([`Made`]), and applies nothing to anything else found there.
+pub(super) type Step = fn(&mut Parents<'_>, &Item, Option<Ident>, MetaRules) -> Result<Applied>;
 
 /// The regular file `name` in `dir`, opened without following it.
 pub(super) fn open_file_at(
@@ -360,12 +370,13 @@ pub(super) fn apply_all(
     rules: MetaRules,
     changed: &Changes,
     failures: &Failures,
+    made: &Made,
     left: impl Fn(usize) -> bool + Sync,
     owned: &[bool],
     kept_link: &[bool],
 ) -> Result<()> {
     let finish = |parents: &mut Parents<'_>, idx: usize, item: &Item, step: Step| -> Result<()> {
-        match step(parents, item, rules) {
+        match step(parents, item, made.get(idx), rules) {
             Ok(applied) => {
                 // Files and directories had theirs judged before anything
                 // changed them (or what they hold).

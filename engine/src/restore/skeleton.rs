@@ -8,6 +8,7 @@ use super::dir_links::{judge_link, not_kept_error, replaced_warning};
 use super::existing::keep_special;
 use super::failures::Failures;
 use super::item::Item;
+use super::made::{self, Made};
 use super::metadata::{Meta, MetaRules, apply_metadata};
 use super::report::RestoreReport;
 use super::{Overwrite, RestoreOptions};
@@ -45,6 +46,7 @@ pub(super) fn make(
     beneath: &Beneath,
     options: &RestoreOptions,
     failures: &Failures,
+    made: &Made,
     changed: &Changes,
     judging: MetaRules,
     is_root: bool,
@@ -116,7 +118,7 @@ pub(super) fn make(
         };
         let replacing = |e| Error::io(format!("replacing {}", path.display()), e);
         let remove_existing = || beneath::remove(dir, name, is_root).map_err(replacing);
-        let made: Result<()> = match item.kind {
+        let outcome: Result<()> = match item.kind {
             NodeKind::Dir => {
                 // Never follow a symlink where a directory belongs: content
                 // would land outside the target.
@@ -125,7 +127,7 @@ pub(super) fn make(
                     rustix::fs::mkdirat(dir, name, rustix::fs::Mode::from_raw_mode(0o700))
                         .map_err(|e| creating(e.into()))
                 };
-                let made = match beneath::stat_at(dir, name) {
+                let outcome = match beneath::stat_at(dir, name) {
                     Ok(m) if beneath::is_dir(&m) => {
                         if changed.tracked() {
                             let found = apply_metadata(Meta::At { dir, name }, item, judging);
@@ -166,9 +168,15 @@ pub(super) fn make(
                         private_dir()
                     }
                 };
-                match made {
+                match outcome {
                     Ok(()) => {
                         dirs_made.insert(path);
+                        if let Ok(m) = beneath::stat_at(dir, name)
+                            && beneath::is_dir(&m)
+                            && let Ok(id) = made::of_at(dir, name)
+                        {
+                            made.record(idx, id);
+                        }
                     }
                     Err(e) => {
                         let at = failures.record(Some(idx), path, e)?;
@@ -223,7 +231,7 @@ pub(super) fn make(
                 } else {
                     rustix::fs::FileType::CharacterDevice
                 };
-                let made = remove_existing().map(|()| {
+                let outcome = remove_existing().map(|()| {
                     rustix::fs::mknodat(
                         dir,
                         name,
@@ -232,7 +240,7 @@ pub(super) fn make(
                         item.rare.as_ref().and_then(|r| r.device).unwrap_or(0),
                     )
                 });
-                match made {
+                match outcome {
                     Ok(Err(rustix::io::Errno::PERM)) if options.devices_need_root_ok => {
                         absent[idx] = true;
                         report.devices_not_created.push(path.display().to_string());
@@ -250,7 +258,7 @@ pub(super) fn make(
                 Ok(())
             }
         };
-        if let Err(e) = made {
+        if let Err(e) = outcome {
             failures.record(Some(idx), path, e)?;
         }
     }
