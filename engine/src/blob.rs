@@ -93,14 +93,43 @@ pub fn open(
         .open_blob(&aad(kind, id), stored)
         .map_err(|_| BlobError::Auth)?;
     let plain = compress::decode(&encoded, raw_len as usize)?;
+    is_named(key, id, raw_len, &plain)?;
+    Ok(plain)
+}
+
+/// Proves a stored blob sound as [`open`] does, for a caller that owns the
+/// stored bytes and needs neither them nor the plaintext afterwards (check
+/// reading whole packs): decrypted where it lies, decompressed into
+/// `scratch`, which keeps its allocation from blob to blob. `stored` is
+/// overwritten.
+pub(crate) fn verify_in_place(
+    key: &MasterKey,
+    kind: BlobKind,
+    id: &BlobId,
+    raw_len: u32,
+    stored: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), BlobError> {
+    let encoded = key
+        .open_blob_in_place(&aad(kind, id), stored)
+        .map_err(|_| BlobError::Auth)?;
+    let plain = match compress::decode_into(encoded, raw_len as usize, scratch)? {
+        compress::Decoded::Stored(plain) => plain,
+        compress::Decoded::Buffer => scratch.as_slice(),
+    };
+    is_named(key, id, raw_len, plain)
+}
+
+/// Whether `plain` is exactly the blob `id` names.
+fn is_named(key: &MasterKey, id: &BlobId, raw_len: u32, plain: &[u8]) -> Result<(), BlobError> {
     if plain.len() != raw_len as usize {
         return Err(BlobError::Length {
             expected: raw_len,
             actual: plain.len(),
         });
     }
-    if key.blob_id(&plain) != *id {
+    if key.blob_id(plain) != *id {
         return Err(BlobError::IdMismatch);
     }
-    Ok(plain)
+    Ok(())
 }

@@ -156,8 +156,9 @@ pub fn encode(compression: Compression, data: &[u8]) -> Vec<u8> {
 }
 
 /// zstd-decompresses a frame of at most `cap` bytes with this thread's
-/// context.
-fn zstd_decode(payload: &[u8], cap: usize) -> Result<Vec<u8>, DecompressError> {
+/// context into `out` (cleared first; its capacity is kept, so a caller
+/// reusing it allocates once, not per blob).
+fn zstd_decode_into(payload: &[u8], cap: usize, out: &mut Vec<u8>) -> Result<(), DecompressError> {
     ZSTD_DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
@@ -173,8 +174,14 @@ fn zstd_decode(payload: &[u8], cap: usize) -> Result<Vec<u8>, DecompressError> {
         // (`ZSTD_d_windowLogMax` is only enforced when streaming), so the
         // frame headers are checked here.
         check_zstd_windows(payload)?;
-        d.decompress(payload, cap)
-            .map_err(|e| DecompressError::Invalid(e.to_string()))
+        out.clear();
+        // zstd writes into the capacity and fails with "destination too
+        // small" rather than overrun it. A reused buffer may hold more than
+        // `cap`: the caller's length check refuses what exceeds it.
+        out.reserve_exact(cap);
+        d.decompress_to_buffer(payload, out)
+            .map_err(|e| DecompressError::Invalid(e.to_string()))?;
+        Ok(())
     })
 }
 
@@ -267,27 +274,51 @@ fn lz4_declared_size(payload: &[u8]) -> Result<usize, DecompressError> {
 /// Decodes `tag || payload` back to the blob plaintext. `expected_len` is the
 /// plaintext length the index promises; output may not exceed it.
 pub fn decode(encoded: &[u8], expected_len: usize) -> Result<Vec<u8>, DecompressError> {
+    let mut out = Vec::new();
+    Ok(match decode_into(encoded, expected_len, &mut out)? {
+        Decoded::Stored(plain) => plain.to_vec(),
+        Decoded::Buffer => out,
+    })
+}
+
+/// Where [`decode_into`] left a blob's plaintext.
+pub(crate) enum Decoded<'a> {
+    /// Stored raw: the payload itself, not copied.
+    Stored(&'a [u8]),
+    /// In the caller's buffer.
+    Buffer,
+}
+
+/// Like [`decode`], for a caller that decodes many blobs: a compressed
+/// payload is decoded into `out` (cleared first, its allocation reused), a
+/// raw one is handed back where it lies.
+pub(crate) fn decode_into<'a>(
+    encoded: &'a [u8],
+    expected_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<Decoded<'a>, DecompressError> {
     if expected_len > MAX_BLOB_LEN {
         return Err(DecompressError::TooLarge);
     }
     let (&tag, payload) = encoded.split_first().ok_or(DecompressError::Empty)?;
-    let out = match tag {
-        TAG_NONE => payload.to_vec(),
-        TAG_ZSTD => zstd_decode(payload, expected_len)?,
+    match tag {
+        TAG_NONE if payload.len() > expected_len => return Err(DecompressError::TooLarge),
+        TAG_NONE => return Ok(Decoded::Stored(payload)),
+        TAG_ZSTD => zstd_decode_into(payload, expected_len, out)?,
         TAG_LZ4 => {
             let size = lz4_declared_size(payload)?;
             if size > expected_len {
                 return Err(DecompressError::TooLarge);
             }
-            lz4_flex::block::decompress_size_prepended(payload)
-                .map_err(|e| DecompressError::Invalid(e.to_string()))?
+            *out = lz4_flex::block::decompress_size_prepended(payload)
+                .map_err(|e| DecompressError::Invalid(e.to_string()))?;
         }
         other => return Err(DecompressError::UnknownTag(other)),
-    };
+    }
     if out.len() > expected_len {
         return Err(DecompressError::TooLarge);
     }
-    Ok(out)
+    Ok(Decoded::Buffer)
 }
 
 /// Decodes a whole stored object (index, snapshot, config): like [`decode`]
@@ -339,6 +370,22 @@ mod tests {
             let enc = encode(c, &data);
             prop_assert!(enc.len() <= data.len() + 1);
             prop_assert_eq!(decode(&enc, data.len()).unwrap(), data);
+        }
+
+        #[test]
+        fn decode_into_a_reused_buffer_agrees_with_decode(data in proptest::collection::vec(0u8..4, 0..4096), which in 0usize..3, short in any::<bool>()) {
+            let c = [Compression::None, Compression::Zstd(3), Compression::Lz4][which];
+            let enc = encode(c, &data);
+            // Left large by an earlier, bigger blob: more room than this
+            // blob's length allows must not let a longer plaintext pass.
+            let mut out = Vec::with_capacity(64 * 1024);
+            out.extend_from_slice(b"left over");
+            let expected = if short { data.len().saturating_sub(1) } else { data.len() };
+            let plain = decode_into(&enc, expected, &mut out).map(|d| match d {
+                Decoded::Stored(p) => p.to_vec(),
+                Decoded::Buffer => out.clone(),
+            });
+            prop_assert_eq!(plain.ok(), decode(&enc, expected).ok());
         }
 
         #[test]

@@ -146,4 +146,13 @@ impl MasterKey {
     pub fn open_blob(&self, aad: &[u8; 33], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         aead::open(&self.encrypt, aad, sealed)
     }
+
+    /// Opens a sealed blob where it lies (see [`aead::open_in_place`]).
+    pub(crate) fn open_blob_in_place<'a>(
+        &self,
+        aad: &[u8; 33],
+        sealed: &'a mut [u8],
+    ) -> Result<&'a mut [u8], OpenError> {
+        aead::open_in_place(&self.encrypt, aad, sealed)
+    }
 }

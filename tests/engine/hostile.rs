@@ -15,10 +15,10 @@ use vault_engine::ErrorKind;
 use vault_engine::blob::BlobKind;
 use vault_engine::check::{self, CheckOptions, CheckProgress, CheckReport, VerifySubset};
 use vault_engine::find::{self, FindOptions};
-use vault_engine::id::BlobId;
+use vault_engine::id::{BlobId, PackId};
 use vault_engine::index::{IndexFile, IndexedPack};
 use vault_engine::mount::BlobCache;
-use vault_engine::pack::PackWriter;
+use vault_engine::pack::{PackWriter, PackedBlob};
 use vault_engine::repository::Repository;
 use vault_engine::restore;
 use vault_engine::tree::{MAX_DEPTH, Node, NodeKind, Tree};
@@ -33,11 +33,15 @@ struct Blob {
 impl Blob {
     /// A tree stored raw (tag 0).
     fn tree(tree: &Tree) -> Self {
-        let plain = tree.encode();
+        Self::raw(BlobKind::Tree, tree.encode())
+    }
+
+    /// `plain` stored raw (tag 0).
+    fn raw(kind: BlobKind, plain: Vec<u8>) -> Self {
         let mut encoded = vec![0u8];
         encoded.extend_from_slice(&plain);
         Self {
-            kind: BlobKind::Tree,
+            kind,
             plain,
             encoded,
         }
@@ -49,32 +53,37 @@ impl Blob {
 }
 
 /// Stores `blobs` in one pack with one index file; returns their ids.
+/// Seals `blob` as a pack stores it: its id and sealed bytes.
+fn seal(repo: &Repository, blob: &Blob) -> (BlobId, Vec<u8>) {
+    let id = blob.id(repo);
+    let mut aad = [0u8; 33];
+    aad[0] = blob.kind.to_byte();
+    aad[1..].copy_from_slice(&id.0);
+    (id, repo.key().seal_blob(&aad, blob.encoded.clone()))
+}
+
 fn store(repo: &Repository, blobs: &[Blob]) -> Vec<BlobId> {
     let mut pack = PackWriter::new();
     let mut ids = Vec::new();
     for blob in blobs {
-        let id = blob.id(repo);
-        let mut aad = [0u8; 33];
-        aad[0] = blob.kind.to_byte();
-        aad[1..].copy_from_slice(&id.0);
-        let sealed = repo.key().seal_blob(&aad, blob.encoded.clone());
+        let (id, sealed) = seal(repo, blob);
         pack.add(blob.kind, id, blob.plain.len() as u32, sealed);
         ids.push(id);
     }
     let pack = pack.finish(repo.key());
-    let size = pack.bytes.len() as u64;
-    repo.save_pack(&pack.id, pack.bytes.into())
-        .expect("save pack");
+    save_indexed(repo, pack.id, pack.bytes, pack.blobs);
+    ids
+}
+
+/// Stores a pack and an index file listing `blobs` in it.
+fn save_indexed(repo: &Repository, id: PackId, bytes: Vec<u8>, blobs: Vec<PackedBlob>) {
+    let size = bytes.len() as u64;
+    repo.save_pack(&id, bytes.into()).expect("save pack");
     repo.save_index(&IndexFile {
-        packs: vec![IndexedPack {
-            id: pack.id,
-            size,
-            blobs: pack.blobs,
-        }],
+        packs: vec![IndexedPack { id, size, blobs }],
         ..IndexFile::default()
     })
     .expect("save index");
-    ids
 }
 
 /// A repository holding one real snapshot (its tree is replaced by
@@ -219,6 +228,50 @@ fn a_blob_whose_zstd_window_exceeds_16_mib_is_damaged() {
         "{:?}",
         report.findings
     );
+}
+
+/// `check --verify` opens each blob where it lies in the pack it read,
+/// sparing a copy. A blob the index lays inside another must still be
+/// judged by the bytes the pack stores there: here a raw blob's plaintext
+/// is a whole sealed blob, and the index places that inner blob inside the
+/// outer one. Once the outer blob is opened in place those bytes are the
+/// inner envelope, which opens cleanly, though a restore reading it from
+/// storage finds only ciphertext.
+#[test]
+fn verify_judges_a_blob_laid_inside_another_by_the_stored_bytes() {
+    let repo = repo();
+    let raw = |plain: Vec<u8>| Blob::raw(BlobKind::Data, plain);
+    let inner = raw(b"a blob no pack stores where the index says".to_vec());
+    let (inner_id, inner_sealed) = seal(&repo, &inner);
+    let outer = raw(inner_sealed.clone());
+    let (outer_id, outer_sealed) = seal(&repo, &outer);
+    let mut writer = PackWriter::new();
+    writer.add(
+        BlobKind::Data,
+        outer_id,
+        outer.plain.len() as u32,
+        outer_sealed,
+    );
+    let pack = writer.finish(repo.key());
+    let mut blobs = pack.blobs.clone();
+    // After the outer envelope's 24-byte nonce and its raw tag byte.
+    let offset = blobs[0].offset + 24 + 1;
+    blobs.push(PackedBlob {
+        kind: BlobKind::Data,
+        id: inner_id,
+        offset,
+        length: inner_sealed.len() as u32,
+        raw_len: inner.plain.len() as u32,
+    });
+    save_indexed(&repo, pack.id, pack.bytes, blobs);
+    let report = check(&repo, true);
+    assert!(
+        errors(&report).contains(&("blob_damaged", format!("pack {}", pack.id))),
+        "{:?}",
+        report.findings
+    );
+    // The backup's blobs and the outer one are sound, the inner one not.
+    assert_eq!(report.blobs_verified, report.blobs - 1);
 }
 
 /// A NUL cannot be part of a file name: such a tree is damage to every

@@ -35,22 +35,52 @@ pub(super) fn seal_owned(key: &[u8; 32], aad: &[u8], mut buf: Vec<u8>) -> Vec<u8
 }
 
 pub(super) fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let (nonce, ciphertext, tag) = split(sealed)?;
+    let mut buf = ciphertext.to_vec();
+    decrypt(key, aad, nonce, &mut buf, tag)?;
+    Ok(buf)
+}
+
+/// Opens `sealed` where it lies, for a caller that owns the bytes and
+/// needs them no more: no copy of the ciphertext. Returns the plaintext,
+/// which is `sealed` without its nonce and tag.
+pub(super) fn open_in_place<'a>(
+    key: &[u8; 32],
+    aad: &[u8],
+    sealed: &'a mut [u8],
+) -> Result<&'a mut [u8], OpenError> {
+    let (nonce, ciphertext, tag) = split(sealed)?;
+    let (nonce, tag) = (*XNonce::from_slice(nonce), *Tag::from_slice(tag));
+    let len = ciphertext.len();
+    let buf = sealed
+        .get_mut(NONCE_LEN..NONCE_LEN + len)
+        .ok_or(OpenError)?;
+    decrypt(key, aad, &nonce, buf, &tag)?;
+    Ok(buf)
+}
+
+/// Nonce, ciphertext and tag of a sealed envelope.
+type Parts<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+fn split(sealed: &[u8]) -> Result<Parts<'_>, OpenError> {
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(OpenError);
     }
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let mut buf = ciphertext.to_vec();
-    cipher
-        .decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            aad,
-            &mut buf,
-            Tag::from_slice(tag),
-        )
-        .map_err(|_| OpenError)?;
-    Ok(buf)
+    Ok((nonce, ciphertext, tag))
+}
+
+fn decrypt(
+    key: &[u8; 32],
+    aad: &[u8],
+    nonce: &[u8],
+    buf: &mut [u8],
+    tag: &[u8],
+) -> Result<(), OpenError> {
+    XChaCha20Poly1305::new(key.into())
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+        .map_err(|_| OpenError)
 }
 
 #[cfg(test)]
@@ -65,6 +95,19 @@ mod tests {
             let sealed = seal(&key, &aad, &data);
             prop_assert_eq!(sealed.len(), data.len() + NONCE_LEN + TAG_LEN);
             prop_assert_eq!(open(&key, &aad, &sealed).unwrap(), data);
+        }
+
+        #[test]
+        fn open_in_place_agrees_with_open(data in proptest::collection::vec(any::<u8>(), 0..2048), flip in any::<Option<(prop::sample::Index, u8)>>()) {
+            let key = [5u8; 32];
+            let mut sealed = seal(&key, b"aad", &data);
+            if let Some((pos, bit)) = flip {
+                let i = pos.index(sealed.len());
+                sealed[i] ^= 1 << (bit % 8);
+            }
+            let copied = open(&key, b"aad", &sealed);
+            let in_place = open_in_place(&key, b"aad", &mut sealed).map(|p| p.to_vec());
+            prop_assert_eq!(copied, in_place);
         }
 
         #[test]
