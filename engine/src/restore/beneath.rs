@@ -321,18 +321,34 @@ fn trusted(dir: BorrowedFd<'_>, link: &Stat) -> Result<(), String> {
     Ok(())
 }
 
-/// The parent directory a worker used last, kept open: entries come grouped
-/// by directory, and looking each one's up again cost a lookup per entry.
+/// The parent directories a worker used last, kept open: entries come
+/// grouped by directory, and looking each one's up again cost a lookup per
+/// entry. Many are kept, not one: a pack holds the small files of every
+/// directory its backup's workers read at once, interleaved. Keeping the
+/// last one only, or the last 16, a restore of a 52k-file tree reopened a
+/// directory for 80%, then 24%, of the files it wrote (`openat2` and
+/// `close` each time).
 pub(super) struct Parents<'b> {
     beneath: &'b Beneath,
-    last: Option<(PathBuf, OwnedFd)>,
+    /// Least recently used first.
+    open: Vec<(PathBuf, OwnedFd)>,
+    kept: usize,
 }
+
+/// Directory descriptors the [`Parents`] of all threads keep open at once,
+/// beside their files: half the usual limit of 1024, whatever the number
+/// of threads.
+const PARENTS_KEPT_ALL: usize = 512;
+/// Directories one [`Parents`] keeps open at most.
+const PARENTS_KEPT: usize = 128;
 
 impl<'b> Parents<'b> {
     pub(super) fn new(beneath: &'b Beneath) -> Self {
+        let threads = rayon::current_num_threads().max(1);
         Parents {
             beneath,
-            last: None,
+            open: Vec::new(),
+            kept: (PARENTS_KEPT_ALL / threads).clamp(1, PARENTS_KEPT),
         }
     }
 
@@ -343,11 +359,23 @@ impl<'b> Parents<'b> {
     /// The directory holding `path`, and `path`'s last name.
     pub(super) fn of<'p>(&mut self, path: &'p Path) -> io::Result<(BorrowedFd<'_>, &'p OsStr)> {
         let (parent, name) = split(path)?;
-        if !matches!(&self.last, Some((last, _)) if last == parent) {
-            let fd = self.beneath.dir(parent, false)?;
-            self.last = Some((parent.to_owned(), fd));
+        let parent_bytes = parent.as_os_str().as_bytes();
+        let found = (self.open.iter()).rposition(|(p, _)| p.as_os_str().as_bytes() == parent_bytes);
+        match found {
+            Some(at) if at + 1 == self.open.len() => {}
+            Some(at) => {
+                let used = self.open.remove(at);
+                self.open.push(used);
+            }
+            None => {
+                let fd = self.beneath.dir(parent, false)?;
+                if self.open.len() >= self.kept {
+                    self.open.remove(0);
+                }
+                self.open.push((parent.to_owned(), fd));
+            }
         }
-        let (_, fd) = self.last.as_ref().expect("set just above");
+        let (_, fd) = self.open.last().expect("found or pushed just above");
         Ok((fd.as_fd(), name))
     }
 }
@@ -544,6 +572,27 @@ fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr, stat: &Stat, is_root: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Files of many directories come interleaved (a pack holds them so):
+    /// a directory used before others is still open when its next file
+    /// comes, not looked up again. Moved away meanwhile, it is still found.
+    #[test]
+    fn parents_keep_several_directories_open() {
+        let target = tempfile::tempdir().unwrap();
+        for d in ["a", "b", "c"] {
+            std::fs::create_dir(target.path().join(d)).unwrap();
+        }
+        let beneath = Beneath::open(target.path()).unwrap();
+        let mut parents = Parents::new(&beneath);
+        for d in ["a", "b", "c"] {
+            parents.of(&target.path().join(d).join("x")).unwrap();
+        }
+        std::fs::rename(target.path().join("a"), target.path().join("moved")).unwrap();
+        let y = target.path().join("a/y");
+        let (dir, name) = parents.of(&y).unwrap();
+        create_file(dir, name, false).unwrap();
+        assert!(target.path().join("moved/y").exists());
+    }
 
     #[test]
     fn a_symlink_on_the_way_is_never_followed() {

@@ -24,7 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// One write of a blob's plaintext into a file.
 #[derive(Clone, Copy)]
@@ -347,6 +347,11 @@ impl Content<'_> {
     /// packs are the workers' tasks, so that no core waits long for the
     /// last one); stops at the first error that stops the restore, or when
     /// `cancel` is set.
+    ///
+    /// One worker per thread takes the next run in the plan's order until
+    /// none is left, keeping its directories open (`Parents`) the whole
+    /// time: rayon's split jobs each started with none open, and the
+    /// restore reopened a directory for every eighth file it wrote.
     pub(super) fn restore_runs(
         &self,
         beneath: &Beneath,
@@ -354,17 +359,18 @@ impl Content<'_> {
         cancel: &AtomicBool,
     ) -> Result<()> {
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        plan.runs.par_iter().for_each_init(
-            || Parents::new(beneath),
-            |parents, run| {
-                if cancel.load(Ordering::Relaxed) || first_error.lock().expect("ok").is_some() {
+        let next = AtomicUsize::new(0);
+        rayon::broadcast(|_| {
+            let mut parents = Parents::new(beneath);
+            while !cancel.load(Ordering::Relaxed) && first_error.lock().expect("ok").is_none() {
+                let Some(run) = plan.runs.get(next.fetch_add(1, Ordering::Relaxed)) else {
                     return;
-                }
-                if let Err(e) = self.restore_run(parents, &plan.wants[run.clone()]) {
+                };
+                if let Err(e) = self.restore_run(&mut parents, &plan.wants[run.clone()]) {
                     first_error.lock().expect("ok").get_or_insert(e);
                 }
-            },
-        );
+            }
+        });
         if let Some(e) = first_error.into_inner().expect("ok") {
             return Err(e);
         }
@@ -523,7 +529,12 @@ pub(super) fn plan(
         }
     }
     wants.par_sort_unstable_by(|a, b| (a.pack, a.offset).cmp(&(b.pack, b.offset)));
-    let runs = into_runs(&wants);
+    let mut runs = into_runs(&wants);
+    // Runs in the order of the files they write (the walk's), not of their
+    // packs' ids, which is random: each worker then takes its runs from
+    // one part of the tree at a time, and keeps finding their directories
+    // open (`Parents`) rather than opening them again for every run.
+    runs.sort_by_cached_key(|run| wants[run.clone()].iter().map(|w| w.write.file).min());
     Ok(Plan {
         wants,
         runs,
