@@ -149,7 +149,7 @@ REPOS="$WORK/repos"
 RESTORES="$WORK/restore"
 rm -rf "$REPOS" "$RESTORES" "$WORK/cache" "$WORK/borg-home" "$WORK/logs"
 mkdir -p "$REPOS" "$RESTORES" "$WORK/cache" "$WORK/borg-home" "$WORK/logs"
-printf 'benchmark-password\n' >"$WORK/password"
+(umask 077 && printf 'benchmark-password\n' >"$WORK/password")
 export VAULT_PASSWORD_FILE="$WORK/password"
 export RESTIC_PASSWORD_FILE="$WORK/password" RESTIC_CACHE_DIR="$WORK/cache/restic"
 export BORG_PASSPHRASE="benchmark-password" BORG_BASE_DIR="$WORK/borg-home"
@@ -300,7 +300,9 @@ for round in $(seq "$ROUNDS"); do
         dest="$RESTORES/$t"
         mkdir -p "$dest"
         if [ "$TMPFS_OK" = 1 ]; then
-            mount -t tmpfs -o size=$((TREE_BYTES * 2 + (1 << 30))) tmpfs "$dest"
+            # mode=755: as root, vault refuses a target every user may
+            # write (tmpfs's default 1777), as it would a real one.
+            mount -t tmpfs -o size=$((TREE_BYTES * 2 + (1 << 30))),mode=755 tmpfs "$dest"
         else
             log "not root or no tmpfs: restore step goes to disk"
             sync
