@@ -147,6 +147,10 @@ CEILING_ALL_MBPS=$(ceiling_mbps allcores)
 # --- 4. runs -----------------------------------------------------------------------
 REPOS="$WORK/repos"
 RESTORES="$WORK/restore"
+# A tmpfs an earlier run left mounted (it stopped mid-restore) first.
+if [ -d "$RESTORES" ]; then
+    awk -v d="$RESTORES/" 'index($2, d) == 1 { print $2 }' /proc/mounts | xargs -r -n1 umount
+fi
 rm -rf "$REPOS" "$RESTORES" "$WORK/cache" "$WORK/borg-home" "$WORK/logs"
 mkdir -p "$REPOS" "$RESTORES" "$WORK/cache" "$WORK/borg-home" "$WORK/logs"
 (umask 077 && printf 'benchmark-password\n' >"$WORK/password")
