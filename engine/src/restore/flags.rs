@@ -13,11 +13,10 @@
 
 use super::beneath::{Beneath, Parents};
 use super::changes;
-use super::content::in_dir_of;
 use super::item::Item;
-use super::made::{self, Ident};
-use super::metadata::{Applied, Meta, MetaRules, open_file_at};
-use crate::error::{Error, Result};
+use super::made::Ident;
+use super::metadata::{Applied, Meta, MetaRules, open_made_file};
+use crate::error::Result;
 use crate::tree::{FS_APPEND_FL, FS_IMMUTABLE_FL, NodeKind};
 use rustix::fs::IFlags;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -36,11 +35,7 @@ pub(super) fn at(
     made: Option<Ident>,
     rules: MetaRules,
 ) -> Result<Applied> {
-    let path = &item.path;
-    let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
-    let opening = |e| Error::io(format!("opening {}", path.display()), e);
-    let file = open_file_at(dir, name).map_err(opening)?;
-    made::check_fd(made, file.as_fd(), path)?;
+    let file = open_made_file(parents, item, made)?;
     let mut applied = Applied::default();
     set(Meta::File(&file), item, rules, &mut applied);
     Ok(applied)

@@ -70,6 +70,10 @@ pub(super) fn metadata_at(
     made: Option<Ident>,
     rules: MetaRules,
 ) -> Result<Applied> {
+    if item.kind == NodeKind::File {
+        let file = open_made_file(parents, item, made)?;
+        return Ok(apply_metadata(Meta::File(&file), item, rules));
+    }
     let path = &item.path;
     let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
     let opened = match item.kind {
@@ -87,7 +91,6 @@ pub(super) fn metadata_at(
             }
             other => other,
         },
-        NodeKind::File => open_file_at(dir, name),
         _ => return Ok(apply_metadata(Meta::At { dir, name }, item, rules)),
     };
     let file = opened.map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
@@ -100,6 +103,21 @@ pub(super) fn metadata_at(
 /// what the restore made at the entry's path, if it recorded that
 /// ([`Made`]), and applies nothing to anything else found there.
 pub(super) type Step = fn(&mut Parents<'_>, &Item, Option<Ident>, MetaRules) -> Result<Applied>;
+
+/// The regular file at `item`'s path, opened without following it, when
+/// it is what the restore made there (`made`, if recorded).
+pub(super) fn open_made_file(
+    parents: &mut Parents<'_>,
+    item: &Item,
+    made: Option<Ident>,
+) -> Result<fs::File> {
+    let path = &item.path;
+    let (dir, name) = parents.of(path).map_err(|e| in_dir_of(path, e))?;
+    let file =
+        open_file_at(dir, name).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    made::check_fd(made, std::os::fd::AsFd::as_fd(&file), path)?;
+    Ok(file)
+}
 
 /// The regular file `name` in `dir`, opened without following it.
 pub(super) fn open_file_at(
